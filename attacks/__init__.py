@@ -1,0 +1,1 @@
+"""Attack suites: membership inference and reconstruction, with honest metrics."""

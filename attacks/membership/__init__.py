@@ -1,0 +1,1 @@
+"""Membership-inference attacks (LOSS, reference, LiRA, RMIA) and empirical epsilon."""

@@ -1,0 +1,1 @@
+"""Reconstruction attacks (gradient inversion, informed adversary, canary exposure)."""

@@ -1,0 +1,1 @@
+"""Compliance audits: policy, checks, the report model and its renderers."""

@@ -1,0 +1,65 @@
+"""Shared test fixtures. Area-specific fixtures live in each area's own conftest.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+try:  # two xdist workers on two cores: one thread each
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
+
+class CliResult:
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.code = proc.returncode
+        self.out = proc.stdout
+        self.err = proc.stderr
+
+    def __repr__(self) -> str:
+        return f"CliResult(code={self.code}, out={self.out[-2000:]!r}, err={self.err[-2000:]!r})"
+
+
+@pytest.fixture
+def forge_cli(tmp_path_factory):
+    """Run the real ``forge`` command in a subprocess: ``forge_cli("train", "--site", ...)``.
+
+    Returns a CliResult with ``code``, ``out`` and ``err``. FORGE_HOME points at a fresh
+    temporary directory so ledgers, replay stores and caches never touch the user's.
+    """
+    home = tmp_path_factory.mktemp("forge-home")
+
+    def run(*args: str, cwd: str | Path | None = None, env: dict | None = None, timeout: int = 600) -> CliResult:
+        full_env = dict(os.environ, FORGE_HOME=str(home), COLUMNS="200")
+        full_env.update(env or {})
+        proc = subprocess.run(
+            [sys.executable, "-m", "forge_secure.cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env=full_env,
+            timeout=timeout,
+        )
+        return CliResult(proc)
+
+    run.home = home
+    return run
+
+
+def assert_clean_error(result: CliResult, *words: str) -> None:
+    """A user error: exit 2, one short message on stderr naming the problem, no traceback."""
+    assert result.code == 2, result
+    assert "Traceback" not in result.err and "Traceback" not in result.out, result
+    text = (result.err + result.out).lower()
+    for w in words:
+        assert w.lower() in text, (w, result)
