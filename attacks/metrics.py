@@ -2,11 +2,36 @@
 
 Convention everywhere: label 1 = member (the positive class), higher score = more
 likely a member.
+
+What is here:
+
+- ROC curve and AUC (``sklearn.metrics.roc_curve`` / ``roc_auc_score``);
+- TPR at a fixed low FPR *together with the FPR actually reached* (Carlini et al. 2022,
+  "Membership Inference Attacks From First Principles", argue for the low-FPR regime;
+  AUC alone hides the tail);
+- balanced accuracy at the best threshold;
+- seeded bootstrap confidence intervals for any of these (Efron 1979, percentile method);
+- empirical epsilon lower bounds: the Clopper-Pearson bound from TPR/FPR with the threshold
+  chosen on one half of the records and the bound computed on the other (Jagielski et al.
+  2020, "Auditing Differentially Private Machine Learning"; Nasr et al. 2021), and the
+  one-run audit of Steinke, Nasr and Jagielski (2023), "Privacy Auditing with One (1)
+  Training Run", Theorem 3.1 / Algorithm 1.
 """
 
 from __future__ import annotations
 
-from scipy.stats import binomtest
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+from scipy.stats import beta as beta_dist
+from scipy.stats import binom, binomtest
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from forge_secure.errors import ForgeValueError
+
+DEFAULT_FPRS = (0.001, 0.01)
 
 
 def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -21,3 +46,388 @@ def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tu
         return 0.0, 1.0
     ci = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=confidence, method="exact")
     return float(ci.low), float(ci.high)
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _check_scores_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1)
+    if s.shape != y.shape:
+        raise ForgeValueError(
+            f"scores and labels differ in length ({s.size} vs {y.size})",
+            fix="pass one score per labelled record",
+            code="metrics.shape",
+        )
+    if not np.all(np.isin(y, (0, 1))):
+        raise ForgeValueError(
+            f"labels must be 0 (non-member) or 1 (member), found {sorted(set(np.unique(y).tolist()) - {0, 1})[:5]}",
+            fix="encode members as 1 and non-members as 0",
+            code="metrics.labels",
+        )
+    y = y.astype(np.int64)
+    if y.sum() == 0 or y.sum() == y.size:
+        raise ForgeValueError(
+            f"labels hold only one class ({int(y.sum())} members of {y.size} records)",
+            fix="give both members and non-members",
+            code="metrics.one_class",
+        )
+    if not np.all(np.isfinite(s)):
+        raise ForgeValueError(
+            f"{int((~np.isfinite(s)).sum())} scores are NaN or infinite",
+            fix="check the attack's inputs (logits) for NaN/inf",
+            code="metrics.nonfinite",
+        )
+    return s, y
+
+
+# --------------------------------------------------------------------------- ROC metrics
+
+
+def roc(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)`` from ``sklearn.metrics.roc_curve`` (members positive)."""
+    s, y = _check_scores_labels(scores, labels)
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    return fpr, tpr, thr
+
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve (``sklearn.metrics.roc_auc_score``); 0.5 is chance."""
+    s, y = _check_scores_labels(scores, labels)
+    return float(roc_auc_score(y, s))
+
+
+@dataclass(frozen=True)
+class TprAtFpr:
+    """TPR at the largest achieved FPR not above ``target_fpr``.
+
+    ``fpr_reached`` is that achieved FPR (0 when even the strictest threshold has false
+    positives at this sample size, in which case ``tpr`` is the TPR at FPR 0, possibly 0).
+    ``min_resolvable_fpr`` = 1/N: below it a target FPR cannot be measured honestly.
+    """
+
+    target_fpr: float
+    tpr: float
+    fpr_reached: float
+    threshold: float
+    min_resolvable_fpr: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tpr_at_fpr(scores, labels, target_fpr: float) -> TprAtFpr:
+    """TPR at fixed FPR, reporting the FPR actually reached (Carlini et al. 2022, Sec. 4)."""
+    if not (0.0 <= target_fpr <= 1.0):
+        raise ForgeValueError(f"target FPR {target_fpr!r} is outside [0, 1]", fix="use e.g. 0.001 or 0.01", code="metrics.fpr")
+    fpr, tpr, thr = roc(scores, labels)
+    n_neg = int((np.asarray(labels).reshape(-1) == 0).sum())
+    ok = np.flatnonzero(fpr <= target_fpr + 1e-12)
+    # roc_curve's fpr is non-decreasing; the last admissible point has the largest FPR and,
+    # among equal FPRs, the largest TPR.
+    i = int(ok[-1])
+    return TprAtFpr(
+        target_fpr=float(target_fpr),
+        tpr=float(tpr[i]),
+        fpr_reached=float(fpr[i]),
+        threshold=float(thr[i]),
+        min_resolvable_fpr=1.0 / n_neg,
+    )
+
+
+def balanced_accuracy(scores, labels, threshold: float | None = None) -> tuple[float, float]:
+    """Balanced accuracy ``(TPR + TNR) / 2`` of the rule "member if score >= threshold".
+
+    With ``threshold=None`` the best threshold on these same records is used (an
+    optimistic figure: say so when reporting it). Returns ``(accuracy, threshold)``.
+    """
+    s, y = _check_scores_labels(scores, labels)
+    if threshold is None:
+        fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+        j = int(np.argmax(tpr - fpr))
+        return float((tpr[j] + 1.0 - fpr[j]) / 2.0), float(thr[j])
+    pred = s >= threshold
+    tpr = pred[y == 1].mean()
+    tnr = (~pred[y == 0]).mean()
+    return float((tpr + tnr) / 2.0), float(threshold)
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    scores,
+    labels,
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int | np.random.Generator = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval (Efron 1979) of ``statistic(scores, labels)``.
+
+    Resamples members and non-members separately (stratified), so every replicate has both
+    classes and the class balance of the sample. Seeded: the same inputs and seed give the
+    same interval.
+    """
+    s, y = _check_scores_labels(scores, labels)
+    if n_boot < 10:
+        raise ForgeValueError(f"n_boot={n_boot} is too small", fix="use at least 10 (1000 is usual)", code="metrics.n_boot")
+    if not (0.0 < confidence < 1.0):
+        raise ForgeValueError(f"confidence {confidence!r} is not in (0, 1)", fix="use e.g. 0.95", code="metrics.confidence")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    values = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+        values[b] = statistic(s[idx], y[idx])
+    lo, hi = np.quantile(values, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    return float(lo), float(hi)
+
+
+def attack_metrics(
+    scores,
+    labels,
+    *,
+    fprs: tuple[float, ...] = DEFAULT_FPRS,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Every headline metric with a bootstrap interval, as a JSON-ready dict.
+
+    ``{"members": P, "non_members": N, "auc": {"value", "ci"}, "tpr_at_fpr": [{"target_fpr",
+    "tpr", "fpr_reached", "min_resolvable_fpr", "ci"}], "balanced_accuracy": {"value",
+    "threshold", "ci", "note"}, "confidence": 0.95, "n_boot": 1000, "seed": 0}``.
+    """
+    s, y = _check_scores_labels(scores, labels)
+    rng = np.random.default_rng(seed)
+    out: dict = {
+        "members": int(y.sum()),
+        "non_members": int((y == 0).sum()),
+        "confidence": confidence,
+        "n_boot": n_boot,
+        "seed": seed,
+        "positive_class": "member",
+    }
+    out["auc"] = {
+        "value": roc_auc(s, y),
+        "ci": list(bootstrap_ci(roc_auc, s, y, n_boot=n_boot, confidence=confidence, seed=rng)),
+    }
+    rows = []
+    for f in fprs:
+        point = tpr_at_fpr(s, y, f)
+        ci = bootstrap_ci(lambda a, b, f=f: tpr_at_fpr(a, b, f).tpr, s, y, n_boot=n_boot, confidence=confidence, seed=rng)
+        rows.append({**point.to_dict(), "ci": list(ci)})
+    out["tpr_at_fpr"] = rows
+    acc, thr = balanced_accuracy(s, y)
+    out["balanced_accuracy"] = {
+        "value": acc,
+        "threshold": thr,
+        "ci": list(bootstrap_ci(lambda a, b: balanced_accuracy(a, b)[0], s, y, n_boot=n_boot, confidence=confidence, seed=rng)),
+        "note": "threshold chosen on the same records (optimistic)",
+    }
+    return out
+
+
+# --------------------------------------------------------------------------- empirical epsilon
+
+
+def epsilon_from_rates(tpr: float, fpr: float, delta: float = 0.0) -> float:
+    """The epsilon implied by one test with these error rates.
+
+    Any test against an (eps, delta)-DP mechanism satisfies TPR <= e^eps FPR + delta and
+    TNR <= e^eps FNR + delta (Kairouz et al. 2015), so
+    eps >= max{ln((TPR - delta)/FPR), ln((1 - FPR - delta)/(1 - TPR))}. Returns 0 when the
+    test is no better than chance and ``inf`` when an error rate is 0 with a useful test.
+    """
+    best = 0.0
+    for num, den in ((tpr - delta, fpr), (1.0 - fpr - delta, 1.0 - tpr)):
+        if num <= 0:
+            continue
+        if den <= 0:
+            return math.inf
+        best = max(best, math.log(num / den))
+    return best
+
+
+def clopper_pearson_epsilon(
+    tp: int, n_pos: int, fp: int, n_neg: int, *, delta: float = 0.0, alpha: float = 0.05
+) -> dict:
+    """Empirical epsilon lower bound with Clopper-Pearson intervals (Jagielski et al. 2020).
+
+    At confidence 1 - alpha: TPR_lo = Beta^-1(alpha/2; TP, P - TP + 1) (0 if TP = 0),
+    FPR_hi = Beta^-1(1 - alpha/2; FP + 1, N - FP) (1 if FP = N); and symmetrically for the
+    other tail (TNR_lo, FNR_hi). Returns ``{"epsilon_lb", "tpr_lo", "fpr_hi", ...}``.
+    """
+    for name, k, n in (("TP", tp, n_pos), ("FP", fp, n_neg)):
+        if n <= 0 or k < 0 or k > n:
+            raise ForgeValueError(f"need 0 <= {name} <= count and count > 0, got {k}/{n}", code="metrics.counts")
+    if not (0 < alpha < 1):
+        raise ForgeValueError(f"alpha {alpha!r} is not in (0, 1)", fix="use e.g. 0.05", code="metrics.alpha")
+
+    def lo(k, n):
+        return 0.0 if k == 0 else float(beta_dist.ppf(alpha / 2, k, n - k + 1))
+
+    def hi(k, n):
+        return 1.0 if k == n else float(beta_dist.ppf(1 - alpha / 2, k + 1, n - k))
+
+    tpr_lo, fpr_hi = lo(tp, n_pos), hi(fp, n_neg)
+    tnr_lo, fnr_hi = lo(n_neg - fp, n_neg), hi(n_pos - tp, n_pos)
+    eps = 0.0
+    if tpr_lo - delta > 0 and fpr_hi > 0:
+        eps = max(eps, math.log((tpr_lo - delta) / fpr_hi))
+    if tnr_lo - delta > 0 and fnr_hi > 0:
+        eps = max(eps, math.log((tnr_lo - delta) / fnr_hi))
+    return {
+        "epsilon_lb": eps,
+        "tpr_lo": tpr_lo,
+        "fpr_hi": fpr_hi,
+        "tnr_lo": tnr_lo,
+        "fnr_hi": fnr_hi,
+        "tp": int(tp),
+        "fp": int(fp),
+        "members": int(n_pos),
+        "non_members": int(n_neg),
+        "alpha": alpha,
+        "delta": delta,
+    }
+
+
+def split_clopper_pearson_epsilon(
+    scores, labels, *, delta: float = 0.0, alpha: float = 0.05, seed: int | np.random.Generator = 0
+) -> dict:
+    """Empirical epsilon with the threshold chosen on one half and the bound on the other.
+
+    Records are split at random (seeded, stratified by label) into a selection half and an
+    evaluation half. On the selection half every threshold's Clopper-Pearson bound is
+    computed and the best threshold kept; the reported bound is computed on the evaluation
+    half with that one threshold, so it is not biased upward by the search (REFERENCES.md,
+    "a maximum over thresholds on the same data is biased upward").
+    """
+    s, y = _check_scores_labels(scores, labels)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    sel = np.zeros(s.size, dtype=bool)
+    for cls in (0, 1):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        sel[idx[: idx.size // 2]] = True
+    ev = ~sel
+    if y[sel].sum() == 0 or (y[sel] == 0).sum() == 0 or y[ev].sum() == 0 or (y[ev] == 0).sum() == 0:
+        raise ForgeValueError(
+            f"too few records to split ({int(y.sum())} members, {int((y == 0).sum())} non-members)",
+            fix="give at least 2 members and 2 non-members",
+            code="metrics.too_few",
+        )
+
+    def counts(ss, yy, t):
+        pred = ss >= t
+        return int((pred & (yy == 1)).sum()), int((yy == 1).sum()), int((pred & (yy == 0)).sum()), int((yy == 0).sum())
+
+    s_sel, y_sel = s[sel], y[sel]
+    candidates = np.unique(s_sel)
+    best_t, best_eps = float(candidates[-1]), -1.0
+    for t in candidates:
+        eps = clopper_pearson_epsilon(*counts(s_sel, y_sel, t), delta=delta, alpha=alpha)["epsilon_lb"]
+        if eps > best_eps:
+            best_t, best_eps = float(t), eps
+    result = clopper_pearson_epsilon(*counts(s[ev], y[ev], best_t), delta=delta, alpha=alpha)
+    result.update(
+        {
+            "method": "clopper-pearson",
+            "threshold": best_t,
+            "selection_records": int(sel.sum()),
+            "evaluation_records": int(ev.sum()),
+            "selection_epsilon": max(best_eps, 0.0),
+        }
+    )
+    return result
+
+
+def one_run_p_value(r: int, v: int, m: int, epsilon: float, delta: float = 0.0) -> float:
+    """p-value of the one-run audit (Steinke, Nasr, Jagielski 2023, Thm 3.1 / Prop. 5.7).
+
+    r guesses, v of them correct, m audit examples each included independently with
+    probability 1/2. With q = e^eps / (1 + e^eps):
+    beta = P[Bin(r, q) >= v]; alpha = max_{i=1..v} (1/i) P[v - i <= Bin(r, q) < v];
+    p = beta + alpha * delta * 2m (capped at 1).
+    """
+    if not (0 <= v <= r <= m) or m <= 0:
+        raise ForgeValueError(f"need 0 <= v <= r <= m and m > 0, got v={v}, r={r}, m={m}", code="metrics.one_run_counts")
+    if epsilon < 0 or delta < 0:
+        raise ForgeValueError(f"epsilon and delta must be >= 0, got {epsilon}, {delta}", code="metrics.one_run_eps")
+    q = 1.0 / (1.0 + math.exp(-epsilon)) if epsilon < 700 else 1.0
+    beta = float(binom.sf(v - 1, r, q)) if v > 0 else 1.0  # P[Bin >= v]
+    alpha = 0.0
+    if delta > 0 and v > 0:
+        cdf = binom.cdf(np.arange(-1, v), r, q)  # cdf[k+1] = P[Bin <= k], k = -1..v-1
+        # P[v - i <= Bin < v] = P[Bin <= v-1] - P[Bin <= v-i-1]
+        i = np.arange(1, v + 1)
+        mass = cdf[v] - cdf[v - i]
+        alpha = float(np.max(mass / i))
+    return float(min(1.0, beta + alpha * delta * 2 * m))
+
+
+def one_run_epsilon(r: int, v: int, m: int, *, delta: float = 0.0, p_target: float = 0.05, tol: float = 1e-6) -> float:
+    """eps_LB = sup{eps : p(eps) < p_target} by bisection (Steinke et al. 2023, Alg. 1).
+
+    p(eps) increases with eps, so the set is an interval [0, eps_LB); returns 0 when even
+    eps = 0 is not rejected.
+    """
+    if not (0 < p_target < 1):
+        raise ForgeValueError(f"p_target {p_target!r} is not in (0, 1)", fix="use e.g. 0.05", code="metrics.p_target")
+    if one_run_p_value(r, v, m, 0.0, delta) >= p_target:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while one_run_p_value(r, v, m, hi, delta) < p_target:
+        hi *= 2.0
+        if hi > 200:
+            return math.inf
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        if one_run_p_value(r, v, m, mid, delta) < p_target:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def one_run_audit(
+    scores,
+    labels,
+    *,
+    k_plus: int | None = None,
+    k_minus: int | None = None,
+    delta: float = 0.0,
+    p_target: float = 0.05,
+) -> dict:
+    """The one-run audit on ``m`` records whose membership was drawn by fair coin flips.
+
+    Guess IN for the ``k_plus`` highest scores and OUT for the ``k_minus`` lowest, abstain on
+    the rest (Steinke et al. 2023, Alg. 1). The guesses must be fixed without looking at the
+    labels; by default a fixed fraction (the top and bottom 10 % of records, at least one
+    each) is used, never tuned on this data. Valid only when membership came from
+    independent coin flips with probability 1/2.
+    """
+    s, y = _check_scores_labels(scores, labels)
+    m = s.size
+    if k_plus is None:
+        k_plus = max(1, int(round(0.1 * m)))
+    if k_minus is None:
+        k_minus = max(1, int(round(0.1 * m)))
+    if k_plus < 0 or k_minus < 0 or k_plus + k_minus > m:
+        raise ForgeValueError(f"k+={k_plus}, k-={k_minus} do not fit {m} records", fix="use k+ + k- <= m", code="metrics.one_run_k")
+    order = np.argsort(s, kind="stable")
+    guess_in = order[m - k_plus :] if k_plus else np.array([], dtype=int)
+    guess_out = order[:k_minus]
+    v = int(y[guess_in].sum() + (1 - y[guess_out]).sum())
+    r = int(k_plus + k_minus)
+    eps = one_run_epsilon(r, v, m, delta=delta, p_target=p_target)
+    return {
+        "method": "one-run (Steinke, Nasr, Jagielski 2023)",
+        "epsilon_lb": eps,
+        "m": int(m),
+        "guesses": r,
+        "correct": v,
+        "k_plus": int(k_plus),
+        "k_minus": int(k_minus),
+        "p_target": p_target,
+        "delta": delta,
+    }

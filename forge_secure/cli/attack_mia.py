@@ -1,9 +1,116 @@
-"""`forge attack ...` sub-command of this suite. See forge_secure/cli/attack.py."""
+"""`forge attack mia`: membership inference on a plugin, merged plugin or Mixture.
+
+Thin: parses, calls :func:`attacks.membership.run.run_mia`, writes the results file and
+the ROC plot, prints a summary (or ``--json``).
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from . import _common
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return v
+
+
+def _pos_int(text: str) -> int:
+    v = _nonneg_int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return v
+
 
 def register(sub: "argparse._SubParsersAction") -> None:
-    """Add this suite's sub-command under `forge attack`."""
+    """Add `forge attack mia`."""
+    p = sub.add_parser(
+        "mia",
+        help="membership inference (LiRA, RMIA, LOSS, reference) with low-FPR metrics and an empirical epsilon",
+        description="Attack a plugin, merged plugin or Mixture: score each candidate record, report ROC AUC and TPR at "
+        "0.1%% / 1%% FPR with intervals, and an empirical epsilon lower bound next to the claimed epsilon.",
+    )
+    p.add_argument("--target", required=True, help="plugin directory (forge.json) or mixture directory (mixture.json)")
+    p.add_argument("--data", required=True, help="candidate records: a site's pool (bundled:site-1) or a file with --membership-seed")
+    p.add_argument("--attack", default="lira", help="attack by registered name: lira, rmia, loss, reference (default lira)")
+    p.add_argument("--references", type=_nonneg_int, default=16, help="reference models to train or load (default 16)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--online", dest="online", action="store_true", default=True, help="references trained with and without each candidate (default)")
+    mode.add_argument("--offline", dest="online", action="store_false", help="references trained on population data only")
+    p.add_argument("--population", default="auto", help="population data for references and RMIA (default: the bundled public split for bundled data; 'none' to disable)")
+    p.add_argument("--membership-seed", type=_nonneg_int, default=None, help="the site's membership seed (checked against the target's commitment)")
+    p.add_argument("--nonmembers", default=None, help="non-member records; then --data holds the members (no one-run audit)")
+    p.add_argument("--label-column", default=None, help="label column of CSV data (default 'label')")
+    p.add_argument("--base", default=None, help="the base model you expect the target to use (refused if its digest differs)")
+    p.add_argument("--recipe", default=None, help="plugin directory whose recipe trains the references (for merged plugins)")
+    p.add_argument("--component", default=None, help="for a Mixture: the site of the component trained on the candidates")
+    p.add_argument("--fixed-variance", action="store_true", help="LiRA: one global variance (better with few references)")
+    p.add_argument("--rmia-a", type=float, default=None, help="RMIA offline: the a of P(x) ~ ((1+a) P_OUT + 1-a)/2 (default: tuned)")
+    p.add_argument("--gamma", type=float, default=2.0, help="RMIA: likelihood-ratio threshold gamma (default 2)")
+    p.add_argument("--temperature", type=float, default=2.0, help="RMIA: softmax temperature (default 2)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the reference splits, training and bootstrap (default 0)")
+    p.add_argument("--n-boot", type=_pos_int, default=1000, help="bootstrap replicates for the intervals (default 1000)")
+    p.add_argument("--workers", type=_pos_int, default=None, help="worker processes for reference training (default: all cores)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help="train references on a Ray cluster (host:port), or 'auto' for a local Ray")
+    p.add_argument("--no-cache", dest="cache", action="store_false", help="retrain references even when cached")
+    p.add_argument("--out", required=True, help="results JSON (every score, labels, settings, metrics, epsilon)")
+    p.add_argument("--plot", default=None, help="ROC plot (linear and log-log), .png or .svg")
+    _common.add_json_flag(p)
+    p.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from attacks.membership.run import MiaSettings, run_mia, summary_lines, write_results
+    from attacks.plots import _format_of, plot_roc
+    from forge_secure.errors import ForgeValueError
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise ForgeValueError(f"--out {out} is a directory", fix="give a file name such as results.json", code="attack.out")
+    if args.plot:
+        _format_of(Path(args.plot))  # fail before the work, not after
+    settings = MiaSettings(
+        attack=args.attack,
+        references=args.references,
+        online=args.online,
+        fixed_variance=args.fixed_variance,
+        rmia_a=args.rmia_a,
+        gamma=args.gamma,
+        temperature=args.temperature,
+        seed=args.seed,
+        n_boot=args.n_boot,
+    )
+    results = run_mia(
+        args.target,
+        args.data,
+        settings=settings,
+        population=args.population,
+        membership_seed=args.membership_seed,
+        nonmembers=args.nonmembers,
+        base=args.base,
+        recipe=args.recipe,
+        component=args.component,
+        label_column=args.label_column,
+        workers=args.workers,
+        ray=args.ray,
+        cache=args.cache,
+    )
+    write_results(results, out)
+    if args.plot:
+        plot_roc({results["attack"]: (results["scores"], results["labels"])}, args.plot)
+    if args.json:
+        _common.emit_json({"results": str(out), "plot": args.plot, "attack": results["attack"], "metrics": results["metrics"],
+                           "empirical_epsilon": results["empirical_epsilon"], "claimed_epsilon": results["claimed_epsilon"]})
+    else:
+        for line in summary_lines(results):
+            _common.console.print(line, highlight=False)
+        _common.console.print(f"results: {out}" + (f"; plot: {args.plot}" if args.plot else ""), highlight=False)
+    return 0

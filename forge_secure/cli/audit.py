@@ -1,9 +1,127 @@
-"""`forge` sub-commands of this area. See forge_secure/cli/__init__.py."""
+"""`forge audit` and `forge verify-report`. Thin: parse, call :mod:`audits`, print.
+
+Exit codes: ``forge audit`` 0 = the audit passed, 1 = it failed, 2 = it could not run (bad
+policy, missing evidence, bad key, existing --out). ``forge verify-report`` 0 = signature and
+files check out, 1 = they do not (changed or wrongly signed), 2 = it could not check (missing
+directory, bad key file).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from . import _common
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add this area's sub-commands to the `forge` parser."""
+    p = sub.add_parser(
+        "audit",
+        help="audit an evidence directory against a policy and write a signed report",
+        description="Run the policy's checks on an evidence directory (layout: audits/README.md) and write "
+        "report.json, report.html and report.pdf (+ report.sig.json with --key) into --out. "
+        "Exit 0 on pass, 1 on fail, 2 when the audit could not run.",
+    )
+    p.add_argument("--policy", metavar="P", help="policy TOML (default: the shipped default policy)")
+    p.add_argument("--evidence", metavar="DIR", help="evidence directory")
+    p.add_argument("--out", metavar="REPORT_DIR", help="new directory for the report")
+    p.add_argument("--key", metavar="AUDITOR_KEY", help="the auditor's signing.key (forge keys new) to sign the report")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--passphrase-file", metavar="FILE", help="passphrase of --key, first line of FILE")
+    g.add_argument("--passphrase-env", metavar="VAR", help="passphrase of --key, from environment variable VAR")
+    p.add_argument("--decryption-key", metavar="KEY", help="the recipient's decryption.key: open each bundle to bind plugin weights to it")
+    p.add_argument("--print-default-policy", action="store_true", help="print the default policy TOML and exit")
+    _common.add_json_flag(p)
+    p.set_defaults(func=cmd_audit)
+
+    v = sub.add_parser(
+        "verify-report",
+        help="check an audit report's signature and file digests",
+        description="Verify report.sig.json in REPORT_DIR with the auditor's public key and check that report.json, "
+        "report.html and report.pdf are exactly the signed files. Exit 0 valid, 1 invalid, 2 could not check.",
+    )
+    v.add_argument("report_dir", metavar="REPORT_DIR")
+    v.add_argument("--key", metavar="AUDITOR_PUBLIC_KEY", required=True, help="the auditor's public.json (or its key directory)")
+    _common.add_json_flag(v)
+    v.set_defaults(func=cmd_verify_report)
+
+
+def _need(args, *names: str) -> None:
+    from ..errors import ForgeValueError
+
+    missing = [n for n in names if not getattr(args, n.replace("-", "_"))]
+    if missing:
+        raise ForgeValueError(
+            f"forge audit needs {', '.join('--' + n for n in missing)}",
+            fix="run: forge audit --evidence DIR --out REPORT_DIR [--policy P] [--key AUDITOR_KEY]",
+            code="cli.missing_argument",
+        )
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from audits import audit_directory, default_policy_text
+
+    if args.print_default_policy:
+        sys.stdout.write(default_policy_text())
+        return 0
+    _need(args, "evidence", "out")
+    passphrase = None
+    if args.passphrase_file or args.passphrase_env:
+        from ..crypto.keys import read_passphrase
+
+        passphrase = read_passphrase(args.passphrase_file, args.passphrase_env)
+    report = audit_directory(
+        args.evidence, args.policy, out=args.out, key=args.key, passphrase=passphrase,
+        decryption_key=args.decryption_key,
+    )
+    verdict = report.verdict.value
+    if args.json:
+        _common.emit_json({
+            "verdict": verdict, "report_dir": str(args.out), "report_id": report.report_id, "signed": bool(args.key),
+            "counts": report.counts(), "checks": [{"name": c.name, "status": c.status.value} for c in report.checks],
+            "failures": [{"check": f.check, "subject": f.subject, "summary": f.summary, "remedy": f.remedy} for f in report.failures()],
+        })
+    else:
+        _print_summary(report, args)
+    return 0 if report.passed else 1
+
+
+def _print_summary(report, args) -> None:
+    from rich.table import Table
+
+    style = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
+    table = Table(title=f"audit against policy {report.policy.get('name')}", show_lines=False)
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("findings", justify="right")
+    for c in report.checks:
+        s = c.status.value
+        table.add_row(c.name, f"[{style[s]}]{s.upper()}[/{style[s]}]", str(len(c.findings)))
+    con = _common.console
+    con.print(table)
+    for f in report.failures():
+        con.print(f"[bold red]FAIL[/bold red] {f.check} [dim]{f.subject}[/dim]: {f.summary}\n    [italic]what to do:[/italic] {f.remedy}", highlight=False, soft_wrap=True)
+    colour = "green" if report.passed else "red"
+    con.print(f"[bold {colour}]AUDIT {'PASSED' if report.passed else 'FAILED'}[/bold {colour}]")
+    con.print(f"report: {args.out}/report.html (also report.json, report.pdf{', report.sig.json' if args.key else ''})", highlight=False)
+
+
+def cmd_verify_report(args: argparse.Namespace) -> int:
+    from audits.signing import ReportSignatureError, load_auditor_public_key, verify_report_dir
+
+    public = load_auditor_public_key(args.key)
+    try:
+        statement = verify_report_dir(args.report_dir, public)
+    except ReportSignatureError as e:
+        _common.print_error(e, args)
+        return 1
+    if args.json:
+        _common.emit_json({"valid": True, "signer": public.site, "key_id": public.key_id, **statement})
+    else:
+        _common.console.print(
+            f"[green]valid[/green]: report {statement['report_id'][:16]}... (verdict {statement['verdict'].upper()}, "
+            f"{statement['created_at']}) signed by {public.site} ({public.key_id[:16]}...); all files match",
+            highlight=False,
+        )
+    return 0

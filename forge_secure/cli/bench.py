@@ -1,9 +1,109 @@
-"""`forge` sub-commands of this area. See forge_secure/cli/__init__.py."""
+"""``forge bench``: the leakage-resistance benchmark (library: :mod:`attacks.bench`).
+
+    forge bench [--config bench.toml | default] [--out DIR] [--workers N] [--ray auto|HOST:PORT]
+                [--cache DIR] [--dry-run] [--print-default] [--json]
+
+The configuration is validated completely before any work starts; finished cells are taken
+from the on-disk cache (``$FORGE_HOME/cache/bench`` unless ``--cache``), so an interrupted
+run resumes and a changed setting reruns only the cells it touches.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from . import _common
+
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add this area's sub-commands to the `forge` parser."""
+    p = sub.add_parser(
+        "bench",
+        help="run a leakage-resistance grid (epsilon x rank x LoRA/FFA x merge x attack x seed)",
+        description="Run the grid of a bench TOML file: train DP site plugins, merge them, measure utility and "
+        "attack them; write results.csv, summary.md/html and plots to --out. Cells are cached, so a rerun "
+        "resumes. Start from the bundled grid: forge bench --print-default > bench.toml",
+    )
+    p.add_argument("--config", default="default", help='bench TOML file, or "default" for the bundled grid (default)')
+    p.add_argument("--out", default="forge-bench", help="output directory (default ./forge-bench; a previous bench output there is replaced)")
+    p.add_argument("--workers", type=int, default=None, help="local worker processes (default: [run] workers of the config)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help='run on Ray: "auto" starts a local Ray, or HOST:PORT of a cluster')
+    p.add_argument("--cache", default=None, metavar="DIR", help="cell cache directory (default $FORGE_HOME/cache/bench)")
+    p.add_argument("--dry-run", action="store_true", help="validate the config and show the plan (cells, cached, to run); do no work")
+    p.add_argument("--print-default", action="store_true", help="print the bundled default config (to copy and edit) and exit")
+    _common.add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def _dry_run(args, config) -> int:
+    from attacks.bench.cache import BenchCache
+    from attacks.bench.data import load_bench_data
+    from attacks.bench.runner import plan
+
+    cache = BenchCache(args.cache)
+    data = load_bench_data(config.data)
+    pairs, skipped = plan(config, cache, data.digest)
+    cached = sum(cache.has_result(k) for _, _, k in pairs)
+    info = {
+        "config": config.source,
+        "cells": len(pairs) // max(len(config.seeds), 1),
+        "seeds": list(config.seeds),
+        "runs": len(pairs),
+        "cached": cached,
+        "to_run": len(pairs) - cached,
+        "skipped": skipped,
+        "grid": config.to_dict()["grid"],
+    }
+    if args.json:
+        _common.emit_json(info)
+    else:
+        _common.console.print(
+            f"{info['cells']} cells x {len(config.seeds)} seeds = {info['runs']} runs: {cached} cached, {info['to_run']} to run"
+            + (f"; {len(skipped)} cells skipped (not applicable)" if skipped else "")
+        )
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from attacks.bench.config import DEFAULT_CONFIG, load_config
+    from forge_secure.errors import ForgeValueError
+
+    if args.print_default:
+        print(DEFAULT_CONFIG.read_text(encoding="utf-8"), end="")
+        return 0
+    if args.workers is not None and args.workers < 1:
+        raise ForgeValueError(f"--workers {args.workers} must be at least 1", fix="use e.g. --workers 2", code="bench.workers")
+    config = load_config(args.config)  # every config error surfaces here, before any work
+    if args.dry_run:
+        return _dry_run(args, config)
+    from attacks.bench.output import check_out
+
+    check_out(args.out)  # refuse a wrong --out before importing and running anything heavy
+    from attacks.bench.runner import run_bench
+
+    result = run_bench(config, args.out, cache_root=args.cache, workers=args.workers, ray=args.ray)
+    if args.json:
+        _common.emit_json(result.to_dict())
+        return 0
+    from rich.table import Table
+
+    from attacks.bench import report
+
+    head, body = report.table_rows(report.summarize(result.rows, config.confidence))
+    table = Table(title=f"forge bench ({len(result.rows)} runs; mean ± {config.confidence:.0%} t-interval over seeds)")
+    for h in head:
+        table.add_column(h)
+    for r in body:
+        table.add_row(*r)
+    _common.console.print(table)
+    _common.console.print(
+        f"{result.computed} runs computed, {result.cached} from the cache, {result.trained} plugins trained, "
+        f"{result.seconds:.1f} s. Wrote {result.out}/results.csv, summary.md, summary.html and plots/."
+    )
+    if result.flagged:
+        _common.console.print(f"[bold red]{len(result.flagged)} run(s) measured more leakage than the claimed epsilon (a bug):[/bold red]")
+        for f in result.flagged:
+            _common.console.print(f"  {f}")
+    if result.skipped:
+        _common.console.print(f"skipped {len(result.skipped)} cells that do not apply: " + "; ".join(result.skipped))
+    return 0

@@ -1,9 +1,261 @@
-"""`forge` sub-commands of this area. See forge_secure/cli/__init__.py."""
+"""`forge keys`, `forge roster`, `forge seal`, `forge verify`, `forge open`.
+
+Thin: each handler parses, calls :mod:`forge_secure.crypto`, prints. Errors are
+``BundleError`` (a ``ForgeError``): one line on stderr, exit 2, nothing written.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from . import _common
+
+
+def _passphrase_flags(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--passphrase-file", metavar="FILE", help=f"read the passphrase {what} from the first line of FILE")
+    g.add_argument("--passphrase-env", metavar="VAR", help=f"read the passphrase {what} from environment variable VAR")
+
+
+def _passphrase(args):
+    from ..crypto import read_passphrase
+
+    return read_passphrase(args.passphrase_file, args.passphrase_env)
+
+
+def _print_pairs(title: str, pairs: list[tuple[str, object]]) -> None:
+    _common.console.print(f"[bold]{title}[/bold]", highlight=False)
+    for k, v in pairs:
+        _common.console.print(f"  {k:<14} {v}", highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def _keys_new(args) -> int:
+    from ..crypto import new_keys
+
+    files = new_keys(args.site, args.out, post_quantum=args.post_quantum, passphrase=_passphrase(args))
+    pub = files.public_key
+    info = {"site": pub.site, "key_id": pub.key_id, "encryption_key_id": pub.encryption_key_id,
+            "signing_algorithms": list(pub.signing.algorithms), "kem": pub.kem,
+            "signing_key": str(files.signing), "decryption_key": str(files.decryption), "public_key": str(files.public)}
+    if args.json:
+        _common.emit_json(info)
+    else:
+        _print_pairs(f"keys written for {pub.site}", [
+            ("key id", pub.key_id), ("signing", " + ".join(pub.signing.algorithms)), ("encryption", pub.kem),
+            ("private", f"{files.signing}, {files.decryption} (mode 0600; keep them secret)"),
+            ("public", f"{files.public} (send this to the consortium)")])
+    return 0
+
+
+# --------------------------------------------------------------------------- roster
+
+
+def _when(text, what, default=None):
+    from ..crypto import _time
+
+    return default if text is None else _time.parse_when(text, what)
+
+
+def _roster_summary(roster, args, action: str) -> int:
+    desc = roster.describe()
+    if args.json:
+        _common.emit_json(desc)
+        return 0
+    _print_pairs(f"roster {action}: {desc['consortium']} version {desc['version']}", [
+        ("expires", desc["expires"] + (" (EXPIRED)" if desc["expired"] else "")),
+        ("signatures", f"{desc['valid_signatures']} valid of {desc['threshold']} needed"
+                       + ("" if desc["trusted"] else "  -> sign it with 'forge roster sign'")),
+        ("admins", ", ".join(f"{a['name']} {a['key_id'][:16]}{' (signed)' if a['signed'] else ''}" for a in desc["admins"]) or "none"),
+        ("sites", ", ".join(f"{s['site']} {s['key_id'][:16]} {s['not_before']}..{s['not_after']}{' REVOKED' if s['revoked'] else ''}"
+                            for s in desc["sites"]) or "none"),
+        ("revocations", len(desc["revocations"])),
+        ("sha256", desc["sha256"])])
+    return 0
+
+
+def _roster_init(args) -> int:
+    from ..crypto import _time, init_roster, load_public_key
+
+    admins = [load_public_key(p) for p in args.admin]
+    roster = init_roster(args.out, args.consortium, admins, threshold=args.threshold,
+                         expires=_time.parse_when(args.expires, "--expires"))
+    return _roster_summary(roster, args, "written (unsigned)")
+
+
+def _roster_add(args) -> int:
+    from ..crypto import _time, add_admin_key, add_site_key, load_public_key
+
+    if bool(args.site_key) == bool(args.admin):
+        from ..crypto import BundleError
+
+        raise BundleError("give exactly one of --site-key or --admin", fix="add one key per command", code="roster.usage")
+    expires = _when(args.expires, "--expires")
+    if args.site_key:
+        now = _time.now()
+        not_before = _when(args.not_before, "--not-before", now)
+        roster = add_site_key(args.roster, load_public_key(args.site_key), not_before=not_before,
+                              not_after=_time.parse_when(args.not_after, "--not-after", reference=now), expires=expires)
+    else:
+        roster = add_admin_key(args.roster, load_public_key(args.admin), threshold=args.threshold, expires=expires)
+    return _roster_summary(roster, args, "updated (signatures cleared)")
+
+
+def _roster_revoke(args) -> int:
+    from ..crypto import revoke_key
+
+    roster = revoke_key(args.roster, args.key_id, reason=args.reason, expires=_when(args.expires, "--expires"))
+    return _roster_summary(roster, args, "updated (signatures cleared)")
+
+
+def _roster_sign(args) -> int:
+    from ..crypto import load_signing_key, sign_roster
+
+    roster = sign_roster(args.roster, load_signing_key(args.key, _passphrase(args)))
+    return _roster_summary(roster, args, "signed")
+
+
+def _roster_show(args) -> int:
+    from ..crypto import read_roster
+
+    return _roster_summary(read_roster(args.roster), args, "shown")
+
+
+# --------------------------------------------------------------------------- seal / verify / open
+
+
+def _verified_pairs(v) -> list[tuple[str, object]]:
+    dp = v.dp or {}
+    if dp and dp.get("enabled", True) is False:
+        dp_text = "trained without DP (epsilon inf)"
+    elif dp:
+        dp_text = ", ".join(f"{k} {dp[k]}" for k in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps",
+                                                     "max_grad_norm", "accountant") if k in dp) or str(dp)
+    else:
+        dp_text = "no DP claim in forge.json"
+    return [
+        ("site", f"{v.site} (sequence {v.sequence})"), ("signer", v.signer), ("signed with", " + ".join(v.algorithms["signature"])),
+        ("submission", v.submission_id), ("created", v.created), ("base digest", v.base_digest or "none"),
+        ("DP claim", dp_text), ("content", f"{v.content.get('format')} ({v.content.get('kind')}, {v.content.get('files')} files)"),
+        ("sizes", f"payload {v.payload_size} bytes in {v.chunks} chunks of {v.chunk_size}; bundle {v.bundle_size} bytes"),
+        ("recipient", f"{v.recipient} ({v.algorithms['kem']})"),
+        ("roster", f"{v.roster_consortium} version {v.roster_version}")]
+
+
+def _seal(args) -> int:
+    from ..crypto import load_signing_key, seal
+
+    out = seal(args.plugin_dir, load_signing_key(args.signer, _passphrase(args)), args.recipient, args.out,
+               sequence=args.sequence)
+    if args.json:
+        _common.emit_json({"bundle": str(out), "size": out.stat().st_size})
+    else:
+        _common.console.print(f"sealed {args.plugin_dir} -> {out} ({out.stat().st_size} bytes)", highlight=False)
+    return 0
+
+
+def _verify(args) -> int:
+    from ..crypto import verify
+
+    v = verify(args.bundle, args.roster)
+    if args.json:
+        _common.emit_json({"verified": True, **v.to_dict()})
+    else:
+        _print_pairs(f"OK: {args.bundle} verifies", _verified_pairs(v))
+    return 0
+
+
+def _open(args) -> int:
+    from ..crypto import load_decryption_key, open_bundle
+
+    opened = open_bundle(args.bundle, load_decryption_key(args.key, _passphrase(args)), args.roster, args.out)
+    if args.json:
+        _common.emit_json(opened.to_dict())
+    else:
+        _print_pairs(f"opened {args.bundle} -> {opened.out}", _verified_pairs(opened.verified) + [("files", ", ".join(opened.files))])
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add this area's sub-commands to the `forge` parser."""
+    keys = sub.add_parser("keys", help="make signing and encryption keys")
+    ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    p = ksub.add_parser("new", help="write signing.key, decryption.key (mode 0600) and public.json into --out")
+    p.add_argument("--site", required=True, help="site (or admin / consortium) name the keys belong to")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for the key files (existing keys are never overwritten)")
+    p.add_argument("--post-quantum", action="store_true", help="add ML-DSA-65 signatures and use ML-KEM-768+X25519 encryption")
+    _passphrase_flags(p, "that protects the private keys")
+    _common.add_json_flag(p)
+    p.set_defaults(func=_keys_new)
+
+    roster = sub.add_parser("roster", help="the consortium's signed trust roster")
+    rsub = roster.add_subparsers(dest="roster_command", metavar="ACTION", required=True)
+    p = rsub.add_parser("init", help="write a new, unsigned roster (version 1)")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--consortium", required=True, help="consortium name (the roster's identity)")
+    p.add_argument("--admin", required=True, action="append", metavar="PUB", help="an admin's public.json (repeat for more)")
+    p.add_argument("--threshold", type=int, default=1, help="admin signatures needed (default 1)")
+    p.add_argument("--expires", default="365d", help="expiry: a UTC time 2027-01-31T00:00:00Z or a duration like 365d")
+    _common.add_json_flag(p)
+    p.set_defaults(func=_roster_init)
+
+    p = rsub.add_parser("add", help="add a site key (or an admin key); a new version, to be signed again")
+    p.add_argument("roster", metavar="ROSTER")
+    p.add_argument("--site-key", metavar="PUB", help="the site's public.json")
+    p.add_argument("--admin", metavar="PUB", help="add an admin instead")
+    p.add_argument("--threshold", type=int, help="new admin threshold (with --admin)")
+    p.add_argument("--not-before", help="start of the key's validity (default now)")
+    p.add_argument("--not-after", default="365d", help="end of the key's validity (default 365d)")
+    p.add_argument("--expires", help="new roster expiry (default: unchanged)")
+    _common.add_json_flag(p)
+    p.set_defaults(func=_roster_add)
+
+    p = rsub.add_parser("revoke", help="revoke a site key; a new version, to be signed again")
+    p.add_argument("roster", metavar="ROSTER")
+    p.add_argument("--key-id", required=True, help="the full key id (see 'forge roster show')")
+    p.add_argument("--reason", required=True, help="why (kept in the roster)")
+    p.add_argument("--expires", help="new roster expiry (default: unchanged)")
+    _common.add_json_flag(p)
+    p.set_defaults(func=_roster_revoke)
+
+    p = rsub.add_parser("sign", help="sign the roster with an admin key")
+    p.add_argument("roster", metavar="ROSTER")
+    p.add_argument("--key", required=True, metavar="KEY", help="the admin's signing.key")
+    _passphrase_flags(p, "of the admin key")
+    _common.add_json_flag(p)
+    p.set_defaults(func=_roster_sign)
+
+    p = rsub.add_parser("show", help="print a roster and whether it is signed and current")
+    p.add_argument("roster", metavar="ROSTER")
+    _common.add_json_flag(p)
+    p.set_defaults(func=_roster_show)
+
+    p = sub.add_parser("seal", help="sign and encrypt a plugin directory into one .forge bundle")
+    p.add_argument("plugin_dir", metavar="PLUGIN_DIR")
+    p.add_argument("--signer", required=True, metavar="KEY", help="the site's signing.key")
+    p.add_argument("--recipient", required=True, metavar="PUB", help="the consortium's public.json")
+    p.add_argument("--out", required=True, metavar="FILE.forge")
+    p.add_argument("--sequence", type=int, help="sequence number (default: the site's counter under FORGE_HOME, plus one)")
+    _passphrase_flags(p, "of the signing key")
+    _common.add_json_flag(p)
+    p.set_defaults(func=_seal)
+
+    p = sub.add_parser("verify", help="check a bundle's signature and signer against the roster (no secret needed)")
+    p.add_argument("bundle", metavar="FILE.forge")
+    p.add_argument("--roster", required=True, metavar="ROSTER")
+    _common.add_json_flag(p)
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("open", help="verify, refuse replays, and decrypt a bundle into --out")
+    p.add_argument("bundle", metavar="FILE.forge")
+    p.add_argument("--key", required=True, metavar="KEY", help="the consortium's decryption.key")
+    p.add_argument("--roster", required=True, metavar="ROSTER")
+    p.add_argument("--out", required=True, metavar="DIR")
+    _passphrase_flags(p, "of the decryption key")
+    _common.add_json_flag(p)
+    p.set_defaults(func=_open)

@@ -1,0 +1,320 @@
+"""The cell runner: what one worker does for one training group (epsilon, rank, lora, seed).
+
+1. train each site's plugin with :func:`forge_secure.privacy.train_plugin` on its coin-flip
+   training set (cached as plugin directories);
+2. per merge method, build the target model (:mod:`attacks.bench.models`), measure utility
+   (accuracy and ROC AUC on the union of the sites' test sets) and its logits on the
+   candidate records (the sites' pools; members = the coin-flip training sets) and on the
+   population (the public split);
+3. membership attacks (LiRA, RMIA from :mod:`attacks.membership`): reference models are the
+   whole pipeline again (train every site's plugin with the same recipe on a random half of
+   its pool, merge the same way). References come in complementary pairs, so with R even
+   every candidate is IN for exactly R/2 of them (Carlini et al. 2022). They are shared by
+   every attack of the group and cached one by one, so more references reuse the old ones;
+4. metrics from :mod:`attacks.metrics`: ROC AUC, TPR at 1 % and 0.1 % FPR (with the FPR
+   reached), and the empirical epsilon lower bound (Clopper-Pearson, threshold chosen on a
+   held-out half; Jagielski et al. 2020), flagged when above the claimed epsilon;
+5. reconstruction (:mod:`attacks.reconstruction`): the informed adversary's success rate
+   with its Clopper-Pearson interval, the baseline 1/prior and the ReRo bound.
+
+Each (cell, seed) result is written to the cache atomically as soon as it is known, so an
+interrupted run loses at most the cells in flight.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forge_secure.errors import ForgeDataError
+from forge_secure.plugins import data as pdata
+
+from . import grid as G
+from .cache import BenchCache
+from .config import BenchConfig
+from .data import BenchData, load_bench_data
+from .registries import ATTACKS, MERGE_NONE
+
+MODEL_STAGE = "model"
+REFERENCE_STAGE = "reference"
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed derived from integers (numpy SeedSequence), for every random draw."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, dtype=np.uint32)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class GroupTask:
+    """One unit of work for a worker (picklable)."""
+
+    config: BenchConfig
+    group: G.TrainGroup
+    cells: tuple[G.Cell, ...]
+    cache_root: str
+    data_digest: str
+
+
+def run_group(task: GroupTask) -> dict[str, Any]:
+    """Compute every listed cell of one training group; return counts for the run log."""
+    return _GroupRunner(task).run()
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def utility(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(accuracy, ROC AUC) of a model's logits; multi-class AUC is one-vs-rest."""
+    from sklearn.metrics import roc_auc_score
+
+    p = _softmax(np.asarray(logits, dtype=np.float64))
+    acc = float((p.argmax(axis=1) == y).mean())
+    try:
+        auc = float(roc_auc_score(y, p[:, 1])) if p.shape[1] == 2 else float(roc_auc_score(y, p, multi_class="ovr", labels=list(range(p.shape[1]))))
+    except ValueError:  # one class only in the test set
+        auc = math.nan
+    return acc, auc
+
+
+def _claimed(meta: dict) -> tuple[float, float, str]:
+    """(epsilon, delta, accountant) of a plugin's DP record (epsilon inf without DP)."""
+    from forge_secure.plugins.plugin import meta_epsilon
+
+    dp = meta.get("dp", {}) or {}
+    delta = dp.get("delta")
+    delta = float(delta) if isinstance(delta, (int, float)) and not isinstance(delta, bool) else math.nan
+    return meta_epsilon(meta), delta, str(dp.get("accountant", "none")) if dp.get("enabled") else "none"
+
+
+class _GroupRunner:
+    def __init__(self, task: GroupTask):
+        self.task = task
+        self.config = task.config
+        self.group = task.group
+        self.cache = BenchCache(task.cache_root)
+        self.data: BenchData = load_bench_data(self.config.data)
+        if self.data.digest != task.data_digest:
+            raise ForgeDataError(
+                "the bench data changed while the run was being planned",
+                fix="rerun forge bench; do not edit the data file during a run",
+                code="bench.data_changed",
+            )
+        self.sites = self.data.for_seed(self.group.seed)
+        self.trained = 0
+        self._base = None
+        self._models: dict[tuple[str, int | None], dict[str, np.ndarray]] = {}
+        self.train_key = G.train_key(self.config, self.group, task.data_digest)
+
+    # ------------------------------------------------------------------ training
+    @property
+    def base(self):
+        if self._base is None:
+            from forge_secure.plugins.bases import load_base
+
+            self._base = load_base(self.config.training.base)
+        return self._base
+
+    def train_config(self, site_index: int, ref: int | None):
+        from forge_secure.privacy import TrainConfig
+
+        t, g = self.config.training, self.group
+        seed = derive_seed(g.seed, site_index, -1 if ref is None else ref, 7)
+        kwargs: dict[str, Any] = dict(
+            base=t.base, rank=g.rank, alpha=t.alpha_scale * g.rank, ffa=g.lora == "ffa", ffa_seed=0,
+            epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, seed=seed,
+            max_grad_norm=t.max_grad_norm, accountant=t.accountant,
+        )
+        if math.isinf(g.epsilon):
+            kwargs["no_dp"] = True
+        else:
+            kwargs["target_epsilon"] = g.epsilon
+            if t.delta is not None:
+                kwargs["delta"] = t.delta
+        return TrainConfig(**kwargs)
+
+    def ref_mask(self, site_index: int, ref: int) -> np.ndarray:
+        """Reference ``ref``'s training half of one site's pool: pairs (2p, 2p+1) are complements."""
+        pool = self.sites[site_index].pool
+        half = pdata.draw_membership(len(pool), derive_seed(self.group.seed, site_index, ref // 2, 11), 0.5)
+        return half if ref % 2 == 0 else ~half
+
+    def site_plugin(self, site_index: int, ref: int | None) -> Path:
+        from forge_secure.plugins.plugin import load_plugin
+        from forge_secure.privacy import train_plugin
+
+        key = self.train_key if ref is None else G.reference_key(self.config, self.group, self.task.data_digest, ref)
+        site = self.sites[site_index]
+        out = self.cache.plugin_dir(key, site.site)
+        with self.cache.lock(f"{key}-{site.site}"):
+            if out.exists():
+                try:
+                    load_plugin(out, self.base)
+                    return out
+                except Exception:  # a damaged cache entry: retrain it
+                    self.cache.discard_plugin(key, site.site)
+            if ref is None:
+                train, commitment = site.train(), {"membership": site.commitment()}
+            else:
+                train = site.pool.subset(self.ref_mask(site_index, ref), name=f"{site.pool.name}#ref{ref}")
+                commitment = None
+            train_plugin(self.train_config(site_index, ref), train, site=site.site, base=self.base, commitment=commitment, out=out)
+            self.trained += 1
+        return out
+
+    # ------------------------------------------------------------------ models
+    def model_sites(self, merge: str) -> list[int]:
+        return [0] if merge == MERGE_NONE else list(range(len(self.sites)))
+
+    def candidates(self, merge: str) -> tuple[pdata.Dataset, np.ndarray]:
+        idx = self.model_sites(merge)
+        pool = self.sites[idx[0]].pool
+        members = [self.sites[idx[0]].members()]
+        for i in idx[1:]:
+            pool = pool.concat(self.sites[i].pool, name="union/pool")
+            members.append(self.sites[i].members())
+        return pool, np.concatenate(members)
+
+    def model_arrays(self, cell: G.Cell, ref: int | None) -> dict[str, np.ndarray]:
+        """Logits of the target (ref None) or of reference ``ref`` on candidates, population
+        and (target only) the union test set, plus the claimed epsilon; cached on disk."""
+        mkey = G.model_key(self.config, cell, self.group.seed, self.task.data_digest)
+        key = mkey if ref is None else G.digest({"model": mkey, "reference": ref})
+        stage = MODEL_STAGE if ref is None else REFERENCE_STAGE
+        hit = self._models.get((cell.merge, ref)) or self.cache.load_arrays(stage, key)
+        if hit is not None:
+            self._models[(cell.merge, ref)] = hit
+            return hit
+        from forge_secure.plugins.plugin import load_plugin
+
+        from .models import build_model
+
+        idx = self.model_sites(cell.merge)
+        dirs = [self.site_plugin(i, ref) for i in idx]
+        plugins = [load_plugin(d, self.base) for d in dirs]
+        model = build_model(cell.merge, dirs, self.base, seed=derive_seed(self.group.seed, 13), tune_X=self.data.public.X, tune_y=self.data.public.y)
+        cand, members = self.candidates(cell.merge)
+        arrays: dict[str, np.ndarray] = {
+            "candidates": model.logits(cand.X),
+            "population": model.logits(self.data.public.X),
+        }
+        claims = [_claimed(p.meta) for p in plugins]
+        if ref is None:
+            arrays["test"] = model.logits(self.data.union_test().X)
+            arrays["members"] = members
+            arrays["claimed_epsilon"] = np.array(max(c[0] for c in claims))
+            arrays["delta"] = np.array(max(c[1] for c in claims))
+            arrays["accountant"] = np.array(claims[0][2])
+            arrays["dp_records"] = np.array(  # per site: noise multiplier, sample rate, steps
+                [
+                    [float(dp.get("noise_multiplier") or 0.0), float(dp.get("sample_rate") or 0.0), float(dp.get("steps") or 0)]
+                    for dp in ((p.meta.get("dp") or {}) for p in plugins)
+                ]
+            )
+        else:
+            arrays["in_mask"] = np.concatenate([self.ref_mask(i, ref) for i in idx])
+        self.cache.store_arrays(stage, key, **arrays)
+        self._models[(cell.merge, ref)] = arrays
+        return arrays
+
+    # ------------------------------------------------------------------ attacks
+    def membership_row(self, cell: G.Cell, target: dict[str, np.ndarray]) -> dict[str, Any]:
+        from attacks import metrics
+        from attacks.membership import make_attack
+
+        s = self.config.attack_settings(cell.attack)
+        R = int(s["references"])
+        refs = [self.model_arrays(cell, k) for k in range(R)]
+        cand, members = self.candidates(cell.merge)
+        labels = cand.y
+        n_pop = min(int(s.get("population", len(self.data.public))), len(self.data.public))
+        options = {k: v for k, v in s.items() if k not in ("references", "population")}
+        attack = make_attack(cell.attack, **options)
+        fit_kwargs: dict[str, Any] = {}
+        score_kwargs: dict[str, Any] = {}
+        if attack.needs_population:
+            fit_kwargs = dict(
+                population_reference_logits=np.stack([r["population"][:n_pop] for r in refs]),
+                population_labels=self.data.public.y[:n_pop],
+                population_in_mask=np.zeros((R, n_pop), dtype=bool),  # references never train on the public split
+            )
+            score_kwargs = dict(population_target_logits=target["population"][:n_pop])
+        attack.fit(np.stack([r["candidates"] for r in refs]), labels, np.stack([r["in_mask"].astype(bool) for r in refs]), **fit_kwargs)
+        scores = attack.score(target["candidates"], labels, **score_kwargs)
+        y = members.astype(np.int64)
+        claimed = float(target["claimed_epsilon"])
+        delta = float(target["delta"])
+        at1 = metrics.tpr_at_fpr(scores, y, 0.01)
+        at01 = metrics.tpr_at_fpr(scores, y, 0.001)
+        emp = metrics.split_clopper_pearson_epsilon(scores, y, delta=0.0 if math.isnan(delta) else delta, seed=derive_seed(self.group.seed, 17))
+        return {
+            "attack_auc": metrics.roc_auc(scores, y),
+            "tpr_at_1pct_fpr": at1.tpr,
+            "fpr_reached_1pct": at1.fpr_reached,
+            "tpr_at_0.1pct_fpr": at01.tpr,
+            "empirical_epsilon": float(emp["epsilon_lb"]),
+            "above_claim": bool(float(emp["epsilon_lb"]) > claimed + 1e-9),
+            "n_members": int(y.sum()),
+            "n_nonmembers": int((y == 0).sum()),
+            "references": R,
+        }
+
+    def recon_row(self, cell: G.Cell, target: dict[str, np.ndarray]) -> dict[str, Any]:
+        from .recon import informed_adversary_row
+
+        return informed_adversary_row(self, cell, target, self.config.attack_settings(cell.attack))
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> dict[str, Any]:
+        done = []
+        for cell in self.task.cells:
+            key = G.cell_key(self.config, cell, self.group.seed, self.task.data_digest)
+            t0 = time.perf_counter()
+            target = self.model_arrays(cell, None)
+            test = self.data.union_test()
+            acc, auc = utility(target["test"], test.y)
+            row: dict[str, Any] = {
+                **{k: getattr(cell, k) for k in ("epsilon", "rank", "lora", "merge", "attack")},
+                "seed": self.group.seed,
+                "claimed_epsilon": float(target["claimed_epsilon"]),
+                "delta": float(target["delta"]),
+                "accountant": str(target["accountant"]),
+                "accuracy": acc,
+                "utility_auc": auc,
+            }
+            if ATTACKS.get(cell.attack).kind == "membership":
+                row.update(self.membership_row(cell, target))
+            else:
+                row.update(self.recon_row(cell, target))
+            row["seconds"] = time.perf_counter() - t0
+            row["cell_key"] = key
+            self.cache.store_result(key, _jsonable_row(row))
+            done.append(key)
+        return {"group": self.group, "computed": done, "trained": self.trained}
+
+
+def _jsonable_row(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, float) and (math.isinf(v) or math.isnan(v)):
+            v = "inf" if v > 0 else ("-inf" if v < 0 else "nan")
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def row_from_json(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in row.items():
+        if v in ("inf", "-inf", "nan") and k not in ("lora", "merge", "attack", "accountant", "cell_key"):
+            v = float(v)
+        out[k] = v
+    return out

@@ -1,0 +1,204 @@
+"""The bench's tables: the tidy CSV (one row per cell and seed) and the summary across
+seeds (mean and Student-t confidence interval, with n), rendered as Markdown and HTML
+(jinja2).
+
+The t-interval for a mean of n values with sample standard deviation s is
+mean +- t_{(1+c)/2, n-1} s / sqrt(n) (Student 1908); with n = 1 there is no interval and
+the tables say so instead of inventing one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import jinja2
+import numpy as np
+from scipy import stats
+
+from forge_secure.fileio import atomic_write_bytes
+
+# one CSV row per (cell, seed): the grid coordinates, then what was measured
+KEY_COLUMNS = ("epsilon", "rank", "lora", "merge", "attack")
+COLUMNS = (
+    *KEY_COLUMNS,
+    "seed",
+    "claimed_epsilon",  # the epsilon the accountant recorded (largest over the sites in the model)
+    "delta",
+    "accountant",
+    "accuracy",  # utility on the union of the sites' test sets
+    "utility_auc",
+    "attack_auc",  # membership: ROC AUC, member = positive class
+    "tpr_at_1pct_fpr",
+    "fpr_reached_1pct",  # the FPR actually reached at that threshold (<= 1 %)
+    "tpr_at_0.1pct_fpr",
+    "empirical_epsilon",  # lower bound, Clopper-Pearson with a held-out threshold
+    "above_claim",  # empirical lower bound > claimed epsilon: a bug in the DP pipeline
+    "n_members",
+    "n_nonmembers",
+    "references",
+    "recon_success",  # reconstruction (informed adversary) success rate
+    "recon_low",
+    "recon_high",
+    "recon_baseline",
+    "recon_bound",  # the ReRo bound the DP guarantee gives
+    "seconds",
+    "cell_key",
+)
+
+# (column, heading, decimals) of the summary table
+SUMMARY_METRICS = (
+    ("accuracy", "accuracy", 3),
+    ("utility_auc", "utility AUC", 3),
+    ("attack_auc", "attack AUC", 3),
+    ("tpr_at_1pct_fpr", "TPR @ 1% FPR", 3),
+    ("empirical_epsilon", "empirical eps (LB)", 2),
+    ("recon_success", "recon success", 3),
+    ("claimed_epsilon", "claimed eps", 2),
+)
+
+
+def _fmt_csv(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    return str(value)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COLUMNS)
+    for r in rows:
+        w.writerow([_fmt_csv(r.get(c)) for c in COLUMNS])
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """Read the tidy CSV back (numbers as floats/ints, empty cells as NaN)."""
+    out = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for k, v in raw.items():
+                if k in ("lora", "merge", "attack", "cell_key", "accountant"):
+                    row[k] = v
+                elif k == "above_claim":
+                    row[k] = v == "true"
+                elif k in ("rank", "seed", "n_members", "n_nonmembers", "references"):
+                    row[k] = int(v) if v else None
+                else:
+                    row[k] = float(v) if v else math.nan
+            out.append(row)
+    return out
+
+
+def t_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[int, float, float]:
+    """(n, mean, half-width) of the Student-t interval over the finite values; the
+    half-width is NaN when n < 2 (no interval from one value)."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    n = int(v.size)
+    if n == 0:
+        return 0, math.nan, math.nan
+    mean = float(v.mean())
+    if n < 2:
+        return n, mean, math.nan
+    sd = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n))
+    return n, mean, half
+
+
+def _sort_key(k: tuple) -> tuple:
+    return tuple((0, x) if isinstance(x, (int, float)) else (1, str(x)) for x in k)
+
+
+def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> list[dict[str, Any]]:
+    """One entry per cell: its coordinates, the number of seeds and, per metric, the
+    ``(n, mean, half_width)`` across seeds."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[c] for c in KEY_COLUMNS), []).append(r)
+    out = []
+    for key in sorted(groups, key=_sort_key):
+        members = groups[key]
+        entry: dict[str, Any] = dict(zip(KEY_COLUMNS, key))
+        entry["seeds"] = len(members)
+        entry["above_claim"] = sum(bool(r.get("above_claim")) for r in members)
+        for col, _, _ in SUMMARY_METRICS:
+            values = [r.get(col) for r in members]
+            if values and all(v is not None and math.isinf(v) and v > 0 for v in values):
+                entry[col] = (len(values), math.inf, math.nan)  # e.g. the claim without DP
+            else:
+                entry[col] = t_interval(values, confidence)
+        out.append(entry)
+    return out
+
+
+def _eps(value: float) -> str:
+    return "∞" if math.isinf(value) else f"{value:g}"
+
+
+def _cell(stat: tuple[int, float, float], decimals: int) -> str:
+    n, mean, half = stat
+    if n == 0:
+        return "-"
+    if math.isinf(mean):
+        return "∞"
+    text = f"{mean:.{decimals}f}"
+    if not math.isnan(half):
+        text += f" ± {half:.{decimals}f}"
+    return text
+
+
+def table_rows(summary: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    head = ["epsilon", "rank", "LoRA", "merge", "attack", "n"] + [h for _, h, _ in SUMMARY_METRICS] + ["above claim"]
+    body = []
+    for e in summary:
+        body.append(
+            [_eps(e["epsilon"]), str(e["rank"]), e["lora"], e["merge"], e["attack"], str(e["seeds"])]
+            + [_cell(e[c], d) for c, _, d in SUMMARY_METRICS]
+            + [str(e["above_claim"])]
+        )
+    return head, body
+
+
+def _legend(confidence: float, seeds: int) -> str:
+    return (
+        f"Mean ± half-width of the {confidence:.0%} Student-t interval across seeds "
+        f"(n = {seeds} per cell unless the n column says otherwise; no interval when n = 1). "
+        "Utility is on the union of the sites' test sets; membership attacks count members as "
+        "the positive class; the empirical epsilon is a Clopper-Pearson lower bound with the "
+        "threshold chosen on a held-out half; 'above claim' counts seeds whose bound exceeds the "
+        "claimed epsilon (a bug)."
+    )
+
+
+def markdown(summary: Sequence[dict[str, Any]], confidence: float, seeds: int) -> str:
+    head, body = table_rows(summary)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return _legend(confidence, seeds) + "\n\n" + "\n".join(lines) + "\n"
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("attacks.bench", "."),
+    autoescape=jinja2.select_autoescape(["html", "j2"], default=True),
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def html(summary: Sequence[dict[str, Any]], confidence: float, seeds: int, *, title: str, plots: Sequence[str], flagged: Sequence[str], meta: dict[str, Any]) -> str:
+    head, body = table_rows(summary)
+    return _ENV.get_template("summary.html.j2").render(
+        title=title, legend=_legend(confidence, seeds), head=head, body=body, plots=list(plots), flagged=list(flagged), meta=meta
+    )

@@ -1,0 +1,434 @@
+"""One membership-inference run end to end, and its results file.
+
+:func:`run_mia` loads the target (plugin, merged plugin or Mixture), the candidate records
+with their membership labels, and the population data; trains or loads the reference
+models; scores every candidate with the chosen attack; and computes the metrics with
+intervals and the empirical epsilon beside the claimed one. The returned dict is the
+results file (:func:`write_results`), from which reports can be rebuilt without rerunning.
+
+Results file (format ``forge-mia-results/1``, JSON; ``"inf"`` stands for infinity)::
+
+    format            "forge-mia-results/1"
+    kind              "membership"
+    toolkit_version   str
+    created           ISO-8601 UTC time
+    attack            "lira" | "rmia" | "loss" | "reference"
+    settings          the attack's settings (as used: e.g. RMIA's tuned "a_used") and the run's
+                      (references, online, seed, n_boot, confidence, ...)
+    target            {"path", "kind": "plugin"|"merged"|"mixture", "site", "base": {"name",
+                      "digest"}, "adapter_digest", ...}
+    data              {"candidates": {"name", "digest", "rows"}, "population": {...} | null}
+    membership        {"source": "seed"|"explicit", "include_prob", "seed_sha256",
+                      "commitment_checked": bool}
+    coin_flip         true when membership came from independent fair coin flips (one-run
+                      audit valid)
+    scores            [float] one per candidate, higher = member
+    labels            [0|1]   1 = member (the positive class)
+    references        {"count", "mode", "seed", "cached", "trained", "in_per_candidate",
+                      "cache_keys"}
+    metrics           attacks.metrics.attack_metrics(...): "auc" {"value", "ci"},
+                      "tpr_at_fpr" [{"target_fpr", "tpr", "fpr_reached", "min_resolvable_fpr",
+                      "threshold", "ci"}], "balanced_accuracy", "members", "non_members", ...
+    claimed_epsilon   {"epsilon": float|"inf", "delta", "accountant", "dp_enabled"}
+    empirical_epsilon {"clopper_pearson": {...split bound...}, "one_run": {...}|null,
+                      "one_run_canaries": {...}|null, "epsilon_lb": max of the bounds,
+                      "claimed": same as claimed_epsilon.epsilon, "exceeds_claim": bool}
+    canaries          null, or {"count", "scores", "labels"} when the target was trained with
+                      --canaries and the auditor gave the canary seed
+
+:data:`RESULTS_SCHEMA` is the JSON Schema that :func:`load_results` checks.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forge_secure import __version__
+from forge_secure.errors import ForgeConfigError, ForgeDataError, ForgeValueError
+from forge_secure.fileio import atomic_write_json, read_json_file
+
+from .. import metrics as M
+from ..references import train_references
+from .base import ATTACKS, TooFewReferences, make_attack
+from .target import AttackTarget, load_target
+
+RESULTS_FORMAT = "forge-mia-results/1"
+
+_NUM_OR_INF = {"anyOf": [{"type": "number"}, {"enum": ["inf", "-inf", "nan"]}]}
+RESULTS_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["format", "kind", "attack", "settings", "target", "scores", "labels", "metrics", "claimed_epsilon",
+                 "empirical_epsilon", "membership", "coin_flip"],
+    "properties": {
+        "format": {"const": RESULTS_FORMAT},
+        "kind": {"const": "membership"},
+        "attack": {"type": "string"},
+        "settings": {"type": "object"},
+        "target": {"type": "object", "required": ["path", "kind"]},
+        "scores": {"type": "array", "items": {"type": "number"}, "minItems": 2},
+        "labels": {"type": "array", "items": {"enum": [0, 1]}, "minItems": 2},
+        "metrics": {"type": "object", "required": ["auc", "tpr_at_fpr"]},
+        "claimed_epsilon": {"type": "object", "required": ["epsilon"], "properties": {"epsilon": _NUM_OR_INF}},
+        "empirical_epsilon": {"type": "object", "required": ["epsilon_lb", "clopper_pearson"]},
+        "membership": {"type": "object"},
+        "coin_flip": {"type": "boolean"},
+    },
+}
+
+
+@dataclass(frozen=True)
+class MiaSettings:
+    """Settings of one run; validated on construction."""
+
+    attack: str = "lira"
+    references: int = 16
+    online: bool = True
+    fixed_variance: bool = False
+    rmia_a: float | None = None
+    gamma: float = 2.0
+    temperature: float = 2.0
+    seed: int = 0
+    n_boot: int = 1000
+    confidence: float = 0.95
+    p_target: float = 0.05
+    audit_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        ATTACKS.get(self.attack)  # unknown names list the registered ones
+        if not isinstance(self.references, int) or isinstance(self.references, bool) or not 0 <= self.references <= 4096:
+            raise ForgeConfigError(f"references={self.references!r} must be an integer from 0 to 4096", fix="use e.g. --references 16",
+                                   code="attack.references")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ForgeConfigError(f"seed={self.seed!r} must be a non-negative integer", code="attack.seed")
+        if not isinstance(self.n_boot, int) or self.n_boot < 10:
+            raise ForgeConfigError(f"n_boot={self.n_boot!r} must be an integer >= 10", code="attack.n_boot")
+        for name in ("confidence", "p_target"):
+            v = getattr(self, name)
+            if not 0 < v < 1:
+                raise ForgeConfigError(f"{name}={v!r} must be in (0, 1)", code="attack.settings")
+        if not 0 < self.audit_fraction <= 0.5:
+            raise ForgeConfigError(f"audit_fraction={self.audit_fraction!r} must be in (0, 0.5]", code="attack.settings")
+        self.make_attack()  # validates the attack's own settings
+
+    def make_attack(self):
+        if self.attack == "lira":
+            return make_attack("lira", online=self.online, fixed_variance=self.fixed_variance)
+        if self.attack == "rmia":
+            return make_attack("rmia", online=self.online, a=self.rmia_a, gamma=self.gamma, temperature=self.temperature)
+        return make_attack(self.attack)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Candidate records, their membership labels (1 = member) and where the labels came from."""
+
+    data: Any                 # forge_secure.plugins.data.Dataset
+    labels: np.ndarray
+    coin_flip: bool
+    provenance: dict
+
+
+def _commitment_check(meta: dict, seed: int, n: int) -> bool:
+    """Compare a membership seed and pool size with the target's recorded commitment."""
+    from forge_secure.plugins.data import seed_sha256
+
+    record = (meta.get("data") or {}).get("membership") or {}
+    if not record:
+        return False
+    if record.get("seed_sha256") and record["seed_sha256"] != seed_sha256(seed):
+        raise ForgeValueError(
+            "the membership seed does not match the target's forge.json commitment (sha256 of the seed differs)",
+            fix="give the seed the site used (--membership-seed) and the same candidate pool the target was drawn from",
+            code="attack.membership_mismatch",
+        )
+    if record.get("pool_rows") is not None and int(record["pool_rows"]) != n:
+        raise ForgeValueError(
+            f"the candidate data has {n} records but the target's training set was drawn from a pool of {record['pool_rows']}",
+            fix="give the site's whole candidate pool (e.g. bundled:site-1)",
+            code="attack.membership_mismatch",
+        )
+    return True
+
+
+def resolve_candidates(spec: str, *, meta: dict, membership_seed: int | None = None, nonmembers: str | None = None,
+                       label_column: str | None = None) -> Candidates:
+    """The candidate records and labels.
+
+    - ``nonmembers`` given: ``spec`` holds the members and ``nonmembers`` the non-members
+      (membership not by coin flips: the one-run audit does not apply);
+    - ``bundled:site-N`` (or ``/pool``, ``/train``, ``/holdout``): that site's whole pool,
+      labelled by the site's coin flips (or ``membership_seed``);
+    - any other data: the pool the site drew its training set from, labelled by
+      ``draw_membership(n, membership_seed, include_prob)``.
+    The seed is checked against the target's commitment (sha256 of the seed, pool size).
+    """
+    from forge_secure.plugins.data import draw_membership, is_bundled, load_data, resolve_bundled, seed_sha256
+
+    if nonmembers is not None:
+        members, non = load_data(spec, label_column=label_column), load_data(nonmembers, label_column=label_column)
+        data = members.concat(non, name=f"{members.name} + {non.name}")
+        labels = np.r_[np.ones(len(members), np.int64), np.zeros(len(non), np.int64)]
+        return Candidates(data, labels, False, {"source": "explicit", "members": members.name, "non_members": non.name,
+                                                 "commitment_checked": False})
+    record = (meta.get("data") or {}).get("membership") or {}
+    if is_bundled(spec):
+        _, shard, part = resolve_bundled(spec)
+        if shard is None or part == "test":
+            raise ForgeValueError(
+                f"{spec} holds no candidate records (members and non-members of a site)",
+                fix="give a site's pool, e.g. --data bundled:site-1",
+                code="attack.candidates",
+            )
+        data = shard.pool
+        seed = shard.membership_seed if membership_seed is None else membership_seed
+        include_prob = shard.include_prob
+    else:
+        data = load_data(spec, label_column=label_column)
+        if membership_seed is None:
+            raise ForgeValueError(
+                f"the membership of the records in {spec} is unknown",
+                fix="give the site's --membership-seed (the pool's coin flips), or the non-members with --nonmembers",
+                code="attack.membership_missing",
+            )
+        seed = membership_seed
+        include_prob = float(record.get("include_prob", 0.5))
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ForgeValueError(f"membership seed {seed!r} must be a non-negative integer", code="attack.membership_seed")
+    checked = _commitment_check(meta, int(seed), len(data))
+    labels = draw_membership(len(data), int(seed), include_prob).astype(np.int64)
+    return Candidates(
+        data,
+        labels,
+        abs(include_prob - 0.5) < 1e-12,
+        {"source": "seed", "include_prob": include_prob, "seed_sha256": seed_sha256(int(seed)), "commitment_checked": checked},
+    )
+
+
+def _check_columns(target: AttackTarget, data, what: str) -> None:
+    want = tuple(getattr(target.base, "input_shape", ()) or ())
+    if want and tuple(data.shape) != want:
+        raise ForgeDataError(
+            f"{what} {data.name!r} has records of shape {tuple(data.shape)}, the target's base {target.base.name} expects {want}",
+            fix="give data with the same columns (features) the target was trained on",
+            code="attack.data_columns",
+        )
+    if data.kind != target.base.kind:
+        raise ForgeDataError(f"{what} {data.name!r} is {data.kind} data, the target is a {target.base.kind} model",
+                             fix="give data of the target's kind", code="attack.data_kind")
+    if len(data.y) and int(data.y.max()) >= int(target.base.n_classes):
+        raise ForgeDataError(f"{what} {data.name!r} has label {int(data.y.max())}, the target predicts {target.base.n_classes} classes",
+                             fix="give data with the target's labels", code="attack.data_labels")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "inf" if obj > 0 else ("-inf" if obj < 0 else "nan")
+    return obj
+
+
+def _claimed_float(claimed: dict) -> float:
+    eps = claimed.get("epsilon", "inf")
+    return math.inf if eps == "inf" else float(eps)
+
+
+def empirical_epsilon(scores, labels, *, coin_flip: bool, delta: float, seed: int, p_target: float = 0.05,
+                      audit_fraction: float = 0.1, claimed: dict | None = None, canaries: dict | None = None) -> dict:
+    """Both lower bounds (split Clopper-Pearson; one-run when membership is by coin flips)
+    next to the claimed epsilon."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
+    out: dict = {"clopper_pearson": M.split_clopper_pearson_epsilon(scores, labels, delta=delta, seed=seed)}
+    k = max(1, int(round(audit_fraction * len(scores))))
+    out["one_run"] = (
+        M.one_run_audit(scores, labels, k_plus=k, k_minus=k, delta=delta, p_target=p_target)
+        if coin_flip
+        else None
+    )
+    out["one_run_note"] = None if coin_flip else "membership was not drawn by independent fair coin flips; the one-run audit does not apply"
+    out["one_run_canaries"] = None
+    if canaries is not None:
+        cs, cl = np.asarray(canaries["scores"], float), np.asarray(canaries["labels"])
+        kc = max(1, int(round(audit_fraction * len(cs))))
+        out["one_run_canaries"] = M.one_run_audit(cs, cl, k_plus=kc, k_minus=kc, delta=delta, p_target=p_target)
+    bounds = [out["clopper_pearson"]["epsilon_lb"]] + [out[k]["epsilon_lb"] for k in ("one_run", "one_run_canaries") if out[k]]
+    out["epsilon_lb"] = float(max(bounds))
+    claimed = claimed or {"epsilon": "inf"}
+    out["claimed"] = claimed.get("epsilon", "inf")
+    out["exceeds_claim"] = bool(out["epsilon_lb"] > _claimed_float(claimed))
+    out["confidence"] = "Clopper-Pearson at 95 %; one-run at p < %g" % p_target
+    return out
+
+
+def run_mia(
+    target: str | Path,
+    data: str,
+    *,
+    settings: MiaSettings | None = None,
+    population: str | None = "auto",
+    membership_seed: int | None = None,
+    nonmembers: str | None = None,
+    base: str | None = None,
+    recipe: str | Path | None = None,
+    component: str | None = None,
+    label_column: str | None = None,
+    workers: int | None = None,
+    ray: str | None = None,
+    cache: bool = True,
+) -> dict:
+    """Run one attack and return the results dict (see the module docstring).
+
+    ``population="auto"`` uses the bundled public split when the candidates are bundled,
+    and none otherwise; ``None`` or ``"none"`` disables it. ``recipe`` is a plugin directory
+    whose recipe trains the references (needed for merged plugins without their own).
+    """
+    from forge_secure.plugins.data import is_bundled, load_data, seed_sha256
+    from forge_secure.plugins.plugin import read_meta
+
+    settings = settings or MiaSettings()
+    attack = settings.make_attack()
+    need = attack.min_references()
+    if settings.references < need:
+        raise TooFewReferences(
+            f"attack {settings.attack!r} ({attack._variant()}) needs at least {need} reference models, got {settings.references}",
+            fix=f"use --references {need} or more" + (", or --fixed-variance" if settings.attack == "lira" and not settings.fixed_variance else ""),
+        )
+    seed_sha = seed_sha256(membership_seed) if isinstance(membership_seed, int) and membership_seed >= 0 else None
+    if seed_sha is None and is_bundled(data):
+        from forge_secure.plugins.data import resolve_bundled
+
+        _, shard, _ = resolve_bundled(data)
+        seed_sha = seed_sha256(shard.membership_seed) if shard is not None else None
+    tgt = load_target(target, base=base, component=component, membership_seed_sha256=seed_sha)
+    cands = resolve_candidates(data, meta=tgt.meta, membership_seed=membership_seed, nonmembers=nonmembers, label_column=label_column)
+    _check_columns(tgt, cands.data, "candidate data")
+    if population == "auto":
+        population = "bundled:public" if is_bundled(data) and data.startswith("bundled:") else (
+            "bundled-digits:public" if is_bundled(data) else None)
+    pop = None
+    if population not in (None, "none"):
+        pop = load_data(population, label_column=label_column)
+        _check_columns(tgt, pop, "population data")
+    if attack.needs_population and pop is None:
+        raise ForgeValueError(f"attack {settings.attack!r} needs population data", fix="give --population (e.g. bundled:public)",
+                              code="attack.population_missing")
+    recipe_meta = read_meta(recipe) if recipe is not None else tgt.meta
+    if recipe is not None and recipe_meta["base"]["digest"] != tgt.base.digest:
+        raise ForgeValueError(f"the recipe plugin {recipe} was trained on another base than the target",
+                              fix="give a recipe plugin of the target's base model", code="attack.base_mismatch")
+
+    refs = None
+    n_refs = settings.references if need > 0 else 0
+    if n_refs:
+        refs = train_references(recipe_meta, cands.data, pop, count=n_refs, seed=settings.seed, online=settings.online,
+                                workers=workers, ray=ray, cache=cache, base_digest=tgt.base.digest,
+                                mixture=tgt.mixture_context())
+    t_logits = tgt.logits(cands.data.X)
+    pop_t_logits = tgt.logits(pop.X) if pop is not None else None
+    if refs is not None:
+        attack.fit(refs, cands.data.y, population_labels=pop.y if pop is not None else None)
+    else:
+        attack.fit(None, cands.data.y)
+    scores = attack.score(t_logits, cands.data.y, population_target_logits=pop_t_logits)
+    labels = cands.labels
+    metrics = M.attack_metrics(scores, labels, n_boot=settings.n_boot, confidence=settings.confidence, seed=settings.seed)
+    claimed = tgt.claimed_epsilon
+    delta = float(claimed["delta"]) if claimed.get("delta") not in (None, "inf") else 0.0
+    emp = empirical_epsilon(scores, labels, coin_flip=cands.coin_flip, delta=delta, seed=settings.seed,
+                            p_target=settings.p_target, audit_fraction=settings.audit_fraction, claimed=claimed)
+    run_settings = {**asdict(settings), **attack.settings(), "references": n_refs, "workers": workers, "ray": ray}
+    results = {
+        "format": RESULTS_FORMAT,
+        "kind": "membership",
+        "toolkit_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "attack": settings.attack,
+        "settings": run_settings,
+        "target": tgt.describe(),
+        "data": {
+            "candidates": {"name": cands.data.name, "digest": cands.data.digest(), "rows": len(cands.data)},
+            "population": None if pop is None else {"name": pop.name, "digest": pop.digest(), "rows": len(pop)},
+        },
+        "membership": cands.provenance,
+        "coin_flip": cands.coin_flip,
+        "scores": scores,
+        "labels": labels,
+        "references": refs.summary() if refs is not None else {"count": 0, "note": f"attack {settings.attack!r} uses no reference models"},
+        "metrics": metrics,
+        "claimed_epsilon": claimed,
+        "empirical_epsilon": emp,
+        "canaries": None,
+    }
+    return _jsonable(results)
+
+
+def write_results(results: dict, path: str | Path) -> Path:
+    """Write a results dict atomically as JSON (infinities as "inf")."""
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise ForgeValueError(f"--out {path} is a directory", fix="give a file name such as results.json", code="attack.out")
+    validate_results(_jsonable(results), str(path))
+    atomic_write_json(path, _jsonable(results))
+    return path
+
+
+def validate_results(data: Any, where: str = "results") -> dict:
+    import jsonschema
+
+    if not isinstance(data, dict):
+        raise ForgeDataError(f"{where} holds a {type(data).__name__}, not a results object", fix="give a file written by forge attack mia",
+                             code="attack.results_invalid")
+    if data.get("format") != RESULTS_FORMAT:
+        raise ForgeDataError(f"{where} has format {data.get('format')!r}, expected {RESULTS_FORMAT!r}",
+                             fix="give a file written by forge attack mia", code="attack.results_format")
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(RESULTS_SCHEMA).iter_errors(data))
+    if error is not None:
+        at = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ForgeDataError(f"{where} is invalid at {at}: {error.message[:200]}", fix="rerun forge attack mia; the file may be damaged",
+                             code="attack.results_invalid")
+    if len(data["scores"]) != len(data["labels"]):
+        raise ForgeDataError(f"{where} has {len(data['scores'])} scores but {len(data['labels'])} labels",
+                             fix="rerun forge attack mia; the file may be damaged", code="attack.results_invalid")
+    return data
+
+
+def load_results(path: str | Path) -> dict:
+    """Read and check a results file (format, schema, one label per score)."""
+    return validate_results(read_json_file(path, "attack results"), str(path))
+
+
+def summary_lines(results: dict) -> list[str]:
+    """A few human-readable lines for the CLI."""
+    m, e = results["metrics"], results["empirical_epsilon"]
+    auc = m["auc"]
+    lines = [
+        f"attack {results['attack']} on {results['target']['path']} ({results['target']['kind']}); "
+        f"{m['members']} members, {m['non_members']} non-members; {results['references'].get('count', 0)} reference models",
+        f"ROC AUC {auc['value']:.3f} (95% CI {auc['ci'][0]:.3f}-{auc['ci'][1]:.3f})",
+    ]
+    for r in m["tpr_at_fpr"]:
+        lines.append(
+            f"TPR at {100 * r['target_fpr']:g}% FPR: {100 * r['tpr']:.1f}% (CI {100 * r['ci'][0]:.1f}-{100 * r['ci'][1]:.1f}%), "
+            f"FPR reached {100 * r['fpr_reached']:.2f}%" + (" (below 1/N: not resolvable)" if r["min_resolvable_fpr"] > r["target_fpr"] else "")
+        )
+    one = e.get("one_run")
+    lines.append(
+        f"empirical epsilon lower bound {e['epsilon_lb']:.3f} (Clopper-Pearson {e['clopper_pearson']['epsilon_lb']:.3f}"
+        + (f", one-run {one['epsilon_lb']:.3f}" if one else "")
+        + f") vs claimed epsilon {e['claimed']}"
+        + ("  ** EXCEEDS THE CLAIM **" if e.get("exceeds_claim") else "")
+    )
+    return lines

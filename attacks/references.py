@@ -1,0 +1,345 @@
+"""Reference models for membership attacks: training with the target's recipe, and a cache.
+
+A reference model is trained exactly like the target (same base, LoRA settings, training
+and DP settings, read from the target's ``forge.json`` through
+``forge_secure.privacy.TrainConfig.from_meta``), but on a random half of the attacker's
+data, so that the attack can compare the target with models known to have (IN) or not
+have (OUT) seen each candidate record (Carlini et al. 2022, Sec. 4; Zarifzadeh et al. 2024).
+
+Splits (:func:`reference_masks`). References come in complementary pairs: reference 2k is
+trained on a random half H_k of the training pool, reference 2k+1 on the complement. Every
+record is therefore IN for exactly half of an even number of references (the balanced
+design of Carlini et al.'s code), and the split of reference i depends only on
+``(seed, i // 2)``, not on how many references are asked for, so the cache is reused when
+the count grows. The pool is candidates + population when ``online`` and the population
+alone when offline (then no candidate is ever IN, the offline threat model).
+
+Cache. Each trained reference's logits (on candidates and population) are stored as
+safetensors under ``forge_home()/cache/references/<key>.safetensors``. The key is the
+sha256 of canonical JSON over everything the reference depends on: the target's recipe
+(``base``, ``lora``, ``training``, ``dp`` sections of ``forge.json``), the base digest, the
+digests of the candidate and population data, the mode (online/offline), the seed and the
+index, and the toolkit version. A changed target recipe or data therefore never reuses a
+stale entry. An entry that fails to load or does not match is ignored and retrained.
+No pickle is involved: arrays only, via ``safetensors.numpy``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forge_secure import __version__
+from forge_secure.errors import ForgeConfigError, ForgeValueError
+from forge_secure.fileio import atomic_output, canonical_json, sha256_bytes
+from forge_secure.home import cache_dir
+
+CACHE_FORMAT = "forge-mia-reference/1"
+RECIPE_SECTIONS = ("base", "lora", "training", "dp")
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """Logits of R reference models and which records each was trained on.
+
+    ``candidate_logits`` (R, n, C) float64, ``in_mask`` (R, n) bool; ``population_logits``
+    (R, m, C) and ``population_in_mask`` (R, m), or None without population data.
+    ``keys`` are the cache keys; ``cached`` / ``trained`` count how each was obtained.
+    """
+
+    candidate_logits: np.ndarray
+    in_mask: np.ndarray
+    population_logits: np.ndarray | None = None
+    population_in_mask: np.ndarray | None = None
+    keys: tuple[str, ...] = ()
+    cached: int = 0
+    trained: int = 0
+    online: bool = True
+    seed: int = 0
+
+    @property
+    def count(self) -> int:
+        return int(self.in_mask.shape[0])
+
+    def summary(self) -> dict:
+        return {
+            "count": self.count,
+            "mode": "online" if self.online else "offline",
+            "seed": self.seed,
+            "cached": self.cached,
+            "trained": self.trained,
+            "in_per_candidate": {
+                "min": int(self.in_mask.sum(0).min()) if self.in_mask.size else 0,
+                "max": int(self.in_mask.sum(0).max()) if self.in_mask.size else 0,
+            },
+            "cache_keys": list(self.keys),
+        }
+
+
+def _canon(obj: Any) -> Any:
+    """JSON-able copy with floats as their repr (canonical JSON holds no floats)."""
+    if isinstance(obj, float):
+        return repr(obj)
+    if isinstance(obj, dict):
+        return {str(k): _canon(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canon(v) for v in obj]
+    return obj
+
+
+def recipe_of(meta: dict) -> dict:
+    """The parts of a plugin's ``forge.json`` that reference training depends on."""
+    if not isinstance(meta, dict):
+        raise ForgeConfigError(f"plugin metadata must be a JSON object, got {type(meta).__name__}", code="attack.recipe")
+    missing = [k for k in RECIPE_SECTIONS if k not in meta]
+    if missing:
+        raise ForgeConfigError(
+            f"the target's forge.json lacks the recipe section(s) {', '.join(missing)}",
+            fix="attack a plugin trained by forge train, or give --recipe PLUGIN_DIR with the recipe to use for references",
+            code="attack.recipe",
+        )
+    return {k: meta[k] for k in RECIPE_SECTIONS}
+
+
+def reference_masks(n_candidates: int, n_population: int, count: int, *, seed: int, online: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """IN masks ``(count, n_candidates)`` and ``(count, n_population)`` (pair design, see module doc)."""
+    if count < 0 or n_candidates < 0 or n_population < 0:
+        raise ForgeValueError("counts must be non-negative", code="attack.references")
+    cand = np.zeros((count, n_candidates), dtype=bool)
+    pop = np.zeros((count, n_population), dtype=bool)
+    n_pool = n_candidates + n_population if online else n_population
+    for i in range(count):
+        rng = np.random.default_rng([int(seed), i // 2, 0x5EED])
+        half = np.zeros(n_pool, dtype=bool)
+        half[rng.permutation(n_pool)[: n_pool // 2]] = True
+        if i % 2 == 1:
+            half = ~half
+        if online:
+            cand[i], pop[i] = half[:n_candidates], half[n_candidates:]
+        else:
+            pop[i] = half
+    return cand, pop
+
+
+def reference_seed(seed: int, index: int) -> int:
+    """The training seed of reference ``index`` (distinct from the split seed)."""
+    return int(np.random.SeedSequence([int(seed), int(index), 0x7EA1]).generate_state(1)[0])
+
+
+def cache_key(recipe: dict, base_digest: str, candidates_digest: str, population_digest: str | None, *, online: bool, seed: int,
+              index: int, context: dict | None = None) -> str:
+    """sha256 over everything a reference model depends on (see the module docstring);
+    ``context`` is extra identity, e.g. the mixture a reference plugin is placed into."""
+    doc = {
+        "context": _canon(context),
+        "format": CACHE_FORMAT,
+        "toolkit_version": __version__,
+        "recipe": _canon(recipe),
+        "base_digest": base_digest,
+        "candidates": candidates_digest,
+        "population": population_digest,
+        "mode": "online" if online else "offline",
+        "seed": int(seed),
+        "index": int(index),
+    }
+    return sha256_bytes(canonical_json(doc))
+
+
+def _cache_path(key: str, root: Path | None) -> Path:
+    return (Path(root) if root is not None else cache_dir("references")) / f"{key}.safetensors"
+
+
+def _load_cached(path: Path, key: str, n_eval: int, in_mask: np.ndarray) -> np.ndarray | None:
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            logits = f.get_tensor("logits")
+            mask = f.get_tensor("in_mask")
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError):
+        return None
+    if meta.get("key") != key or meta.get("format") != CACHE_FORMAT:
+        return None
+    if logits.ndim != 2 or logits.shape[0] != n_eval or not np.all(np.isfinite(logits)):
+        return None
+    if mask.shape != in_mask.shape or not np.array_equal(mask.astype(bool), in_mask):
+        return None
+    return logits.astype(np.float64)
+
+
+def _store(path: Path, key: str, logits: np.ndarray, in_mask: np.ndarray) -> None:
+    from safetensors.numpy import save
+
+    data = save({"logits": np.ascontiguousarray(logits, dtype=np.float64), "in_mask": in_mask.astype(np.uint8)},
+                metadata={"key": key, "format": CACHE_FORMAT})
+    with atomic_output(path) as f:
+        f.write(data)
+
+
+# --------------------------------------------------------------------------- training (worker side)
+
+_BASES: dict[tuple[str, str], Any] = {}
+
+
+def _base_for(recipe: dict):
+    """Load (once per process) the recipe's base and check its digest."""
+    from forge_secure.plugins.bases import load_base
+
+    name, digest = recipe["base"]["name"], recipe["base"]["digest"]
+    memo = _BASES.get((name, digest))
+    if memo is not None:
+        return memo
+    base = load_base(name)
+    if base.digest != digest:
+        raise ForgeValueError(
+            f"base {name!r} here has digest {base.digest[:12]}..., the target was trained on {digest[:12]}...",
+            fix="use the base model the target was trained on",
+            code="attack.base_mismatch",
+        )
+    _BASES[(name, digest)] = base
+    return base
+
+
+def train_one_reference(task: dict) -> np.ndarray:
+    """Train one reference model and return its logits on ``task["eval_X"]`` (float64).
+
+    Top level so worker processes (spawn) and Ray can import it. ``task`` holds the recipe,
+    the training arrays, the evaluation arrays and the training seed.
+    """
+    from forge_secure.plugins.data import Dataset
+    from forge_secure.privacy import TrainConfig, train_plugin
+
+    recipe = task["recipe"]
+    config = TrainConfig.from_meta(recipe)
+    config = dataclasses.replace(config, seed=int(task["seed"]))
+    base = _base_for(recipe)
+    data = Dataset(task["X"], task["y"], int(task["n_classes"]), f"reference-{task['index']}", task["kind"])
+    plugin = train_plugin(config, data, site=f"reference-{task['index']}", base=base)
+    model = plugin
+    mixture = task.get("mixture")
+    if mixture:  # a Mixture target: the same mixture with the attacked component replaced
+        from forge_secure.fileio import sha256_file
+        from forge_secure.merge.mixture import load_mixture
+
+        mix_path = Path(mixture["path"])
+        if sha256_file(mix_path / "mixture.json") != mixture["sha256"]:
+            raise ForgeValueError(f"mixture {mix_path} changed while reference models were trained", code="attack.target_changed")
+        model = load_mixture(mix_path, base)
+        model.plugins[int(mixture["component"])] = plugin
+    return np.asarray(model.logits(task["eval_X"]), dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def train_references(
+    meta: dict,
+    candidates,
+    population=None,
+    *,
+    count: int,
+    seed: int = 0,
+    online: bool = True,
+    workers: int | None = None,
+    ray: str | None = None,
+    cache: bool = True,
+    cache_root: str | Path | None = None,
+    base_digest: str | None = None,
+    mixture: dict | None = None,
+) -> ReferenceSet:
+    """Train (or load from the cache) ``count`` reference models with the recipe in ``meta``.
+
+    ``candidates`` / ``population`` are :class:`forge_secure.plugins.data.Dataset`; offline
+    mode needs population data (references never see the candidates). Training runs through
+    :func:`forge_secure.parallel.run_tasks` (local worker processes by default, Ray when
+    ``ray`` is given).
+    """
+    from forge_secure.parallel import run_tasks
+
+    recipe = recipe_of(meta)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ForgeValueError(f"reference count {count!r} must be a non-negative integer", fix="use e.g. --references 16", code="attack.references")
+    if not online and (population is None or len(population) < 2):
+        raise ForgeValueError(
+            "offline reference models are trained on population data only, and none was given",
+            fix="give --population (e.g. bundled:public), or use --online",
+            code="attack.population_missing",
+        )
+    if population is not None and (population.kind != candidates.kind or population.shape != candidates.shape):
+        raise ForgeValueError(
+            f"population {population.name!r} {population.shape} does not match the candidates {candidates.name!r} {candidates.shape}",
+            fix="give population records of the same kind and columns as the candidates",
+            code="attack.population_shape",
+        )
+    digest = base_digest or recipe["base"].get("digest")
+    n, m = len(candidates), (len(population) if population is not None else 0)
+    in_mask, pop_mask = reference_masks(n, m, count, seed=seed, online=online)
+    pool_X = candidates.X if population is None else np.concatenate([candidates.X, population.X])
+    pool_y = candidates.y if population is None else np.concatenate([candidates.y, population.y])
+    n_classes = max(candidates.n_classes, population.n_classes if population is not None else 0)
+    eval_X = pool_X
+    cand_digest = candidates.digest()
+    pop_digest = population.digest() if population is not None else None
+
+    logits: list[np.ndarray | None] = [None] * count
+    keys: list[str] = []
+    tasks: list[dict] = []
+    todo: list[int] = []
+    for i in range(count):
+        key = cache_key(recipe, digest, cand_digest, pop_digest, online=online, seed=seed, index=i, context=mixture)
+        keys.append(key)
+        full_mask = np.concatenate([in_mask[i], pop_mask[i]])
+        hit = _load_cached(_cache_path(key, cache_root), key, n + m, full_mask) if cache else None
+        if hit is not None:
+            logits[i] = hit
+            continue
+        train_sel = full_mask if online else np.concatenate([np.zeros(n, dtype=bool), pop_mask[i]])
+        if train_sel.sum() < 2:
+            raise ForgeValueError(
+                f"reference {i} would train on {int(train_sel.sum())} records",
+                fix="give more candidate or population records",
+                code="attack.too_little_data",
+            )
+        tasks.append(
+            {
+                "recipe": recipe,
+                "X": pool_X[train_sel],
+                "y": pool_y[train_sel],
+                "n_classes": n_classes,
+                "kind": candidates.kind,
+                "eval_X": eval_X,
+                "seed": reference_seed(seed, i),
+                "index": i,
+                "mixture": mixture,
+            }
+        )
+        todo.append(i)
+    if tasks:
+        results = run_tasks(train_one_reference, tasks, workers=workers, ray=ray, description="training reference models")
+        for i, out in zip(todo, results):
+            if out.shape[0] != n + m or not np.all(np.isfinite(out)):
+                raise ForgeValueError(f"reference model {i} produced unusable logits (shape {out.shape})", code="attack.reference_failed")
+            logits[i] = out
+            if cache:
+                _store(_cache_path(keys[i], cache_root), keys[i], out, np.concatenate([in_mask[i], pop_mask[i]]))
+    C = logits[0].shape[1] if count else max(n_classes, 2)
+    stacked = np.stack(logits) if count else np.zeros((0, n + m, C))
+    return ReferenceSet(
+        candidate_logits=stacked[:, :n],
+        in_mask=in_mask,
+        population_logits=stacked[:, n:] if population is not None else None,
+        population_in_mask=pop_mask if population is not None else None,
+        keys=tuple(keys),
+        cached=count - len(tasks),
+        trained=len(tasks),
+        online=online,
+        seed=seed,
+    )

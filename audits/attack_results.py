@@ -1,0 +1,143 @@
+"""Reading attack results files (``attacks/*.json`` in the evidence) into one shape.
+
+The audit recomputes every figure it judges from the per-record data in the file (scores
+and membership labels for membership inference; per-trial outcomes for reconstruction) with
+the metrics of :mod:`attacks.metrics`; headline numbers stated in the file are shown next to
+the recomputed ones but never used for the verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from forge_secure.errors import ForgeDataError
+
+MEMBERSHIP, RECONSTRUCTION = "membership", "reconstruction"
+
+
+def _bad(rel: str, why: str) -> ForgeDataError:
+    return ForgeDataError(
+        f"attack results {rel} {why}",
+        fix="re-run the attack with forge attack mia / forge attack recon and copy its results file into attacks/",
+        code="evidence.attack_results",
+    )
+
+
+def result_kind(data: dict) -> str | None:
+    fmt = str(data.get("format", "")).lower()
+    kind = str(data.get("kind", data.get("suite", ""))).lower()
+    if "mia" in fmt or "membership" in fmt or kind in ("mia", "membership"):
+        return MEMBERSHIP
+    if "recon" in fmt or kind in ("recon", "reconstruction"):
+        return RECONSTRUCTION
+    return None
+
+
+def target_refs(data: dict) -> list[str]:
+    """Every way the file names its target plugin (path, name, digest)."""
+    t = data.get("target")
+    refs: list[str] = []
+    if isinstance(t, str):
+        refs.append(t)
+    elif isinstance(t, dict):
+        for key in ("adapter_digest", "digest", "plugin", "path", "name"):
+            v = t.get(key)
+            if isinstance(v, str) and v:
+                refs.append(v)
+    for key in ("plugin", "target_plugin", "target_path"):
+        v = data.get(key)
+        if isinstance(v, str) and v:
+            refs.append(v)
+    return refs
+
+
+@dataclass(frozen=True)
+class MembershipResult:
+    rel: str
+    attack: str
+    scores: np.ndarray
+    labels: np.ndarray
+    coin_flip: bool                  # membership drawn by independent fair coin flips (one-run audit valid)
+    stated: dict = field(default_factory=dict)
+    refs: tuple[str, ...] = ()
+    canary_scores: np.ndarray | None = None   # canaries inserted by coin flip, when the file has them
+    canary_labels: np.ndarray | None = None
+
+
+def _array(data: dict, keys: tuple[str, ...], rel: str) -> np.ndarray | None:
+    for holder in (data, data.get("records") if isinstance(data.get("records"), dict) else {}):
+        for k in keys:
+            if k in holder:
+                try:
+                    arr = np.asarray(holder[k], dtype=np.float64).reshape(-1)
+                except (TypeError, ValueError):
+                    raise _bad(rel, f"has a non-numeric '{k}' list") from None
+                return arr
+    return None
+
+
+def read_membership(rel: str, data: dict) -> MembershipResult:
+    if data.get("format") == "forge-mia-results/1":  # the membership suite's own files: its schema first
+        from attacks.membership.run import validate_results
+
+        validate_results(data, rel)
+    scores = _array(data, ("scores", "score"), rel)
+    labels = _array(data, ("labels", "members", "is_member"), rel)
+    if scores is None or labels is None:
+        raise _bad(rel, "holds no per-record 'scores' and 'labels', so its figures cannot be re-derived")
+    if scores.size != labels.size or scores.size == 0:
+        raise _bad(rel, f"has {scores.size} scores but {labels.size} labels")
+    if not np.all(np.isin(labels, (0.0, 1.0))):
+        raise _bad(rel, "has labels other than 0 (non-member) and 1 (member)")
+    membership = data.get("membership", {})
+    include_prob = membership.get("include_prob") if isinstance(membership, dict) else None
+    coin = bool(isinstance(include_prob, (int, float)) and abs(float(include_prob) - 0.5) < 1e-12)
+    if isinstance(data.get("coin_flip"), bool):
+        coin = data["coin_flip"]
+    stated = {k: data[k] for k in ("metrics", "auc", "tpr_at_fpr", "epsilon_lb", "empirical_epsilon") if k in data}
+    canary_scores = canary_labels = None
+    canaries = data.get("canaries")
+    if isinstance(canaries, dict) and canaries.get("scores") is not None:
+        canary_scores = _array(canaries, ("scores",), rel)
+        canary_labels = _array(canaries, ("labels",), rel)
+        if canary_labels is None or canary_scores.size != canary_labels.size or not np.all(np.isin(canary_labels, (0.0, 1.0))):
+            raise _bad(rel, "has canary scores without matching 0/1 canary labels")
+        canary_labels = canary_labels.astype(np.int64)
+    return MembershipResult(rel, str(data.get("attack", data.get("method", "?"))), scores, labels.astype(np.int64), coin, stated,
+                            tuple(target_refs(data)), canary_scores, canary_labels)
+
+
+@dataclass(frozen=True)
+class ReconstructionResult:
+    rel: str
+    attack: str
+    successes: int
+    trials: int
+    kappa: float                     # baseline success probability of the prior
+    stated: dict = field(default_factory=dict)
+    refs: tuple[str, ...] = ()
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def read_reconstruction(rel: str, data: dict) -> ReconstructionResult:
+    outcomes = data.get("outcomes", data.get("successes_per_trial"))
+    successes, trials = _int(data.get("successes")), _int(data.get("trials"))
+    if isinstance(outcomes, list) and outcomes:
+        if not all(isinstance(o, (bool, int)) and int(o) in (0, 1) for o in outcomes):
+            raise _bad(rel, "has per-trial outcomes other than 0/1")
+        successes, trials = int(sum(int(o) for o in outcomes)), len(outcomes)
+    if successes is None or trials is None or trials <= 0 or not 0 <= successes <= trials:
+        raise _bad(rel, "holds no usable per-trial outcomes (or successes and trials)")
+    kappa = data.get("kappa", data.get("baseline"))
+    if isinstance(kappa, dict):
+        kappa = kappa.get("kappa", kappa.get("value"))
+    if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not 0 < float(kappa) <= 1:
+        raise _bad(rel, f"has no valid baseline success probability kappa (got {kappa!r})")
+    stated = {k: data[k] for k in ("success_rate", "bound", "rero_bound") if k in data}
+    return ReconstructionResult(rel, str(data.get("attack", data.get("method", "?"))), successes, trials, float(kappa), stated, tuple(target_refs(data)))

@@ -1,0 +1,159 @@
+"""The evidence directory: what an audit reads, and how. Nothing here ever writes.
+
+Layout (every part optional, but at least one must be present)::
+
+    EVIDENCE/
+      roster.json          the signed trust roster (``forge roster ...``)
+      bundles/*.forge      sealed submissions as the sites sent them (``forge seal``)
+      plugins/<name>/      plugin directories opened from those bundles (``forge open``):
+                           adapter_config.json, adapter_model.safetensors, forge.json
+      merged/<name>/       merged model versions (``forge merge``); forge.json has
+                           kind "merged", parents [{digest, site}] and merge {method, ...}
+      attacks/*.json       results files of ``forge attack mia`` and ``forge attack recon``
+      ledgers/             per-site privacy budget ledgers (``forge ledger``), as written
+                           by forge_secure.privacy.Ledger under its root
+
+A file that is present but unreadable (truncated, not JSON, wrong type) is not a reason to
+stop: it is loaded as an :class:`Item` with its ``error`` set, and the check that needs it
+reports a FAIL finding naming the file and the reason code. The audit only refuses to run
+(exit 2) when the evidence directory itself is missing, not a directory, or holds none of
+the parts above.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from forge_secure.errors import ForgeDataError, ForgeError, ForgeFileError
+from forge_secure.fileio import read_json_file, sha256_file
+
+PARTS = ("roster.json", "bundles", "plugins", "merged", "attacks", "ledgers")
+PLUGIN_META = "forge.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One piece of evidence: its path relative to the evidence root, its parsed content
+    (``data``), or the error that kept it from loading."""
+
+    rel: str
+    path: Path
+    data: Any = None
+    error: ForgeError | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _load_json(path: Path, rel: str, what: str, expect_type: type = dict) -> Item:
+    try:
+        data = read_json_file(path, what)
+    except ForgeError as e:
+        return Item(rel, path, error=e)
+    if not isinstance(data, expect_type):
+        return Item(
+            rel, path,
+            error=ForgeDataError(
+                f"{what} {rel} holds a JSON {type(data).__name__}, not an object",
+                fix="restore the file from the tool that wrote it",
+                code="evidence.wrong_type",
+            ),
+        )
+    return Item(rel, path, data=data)
+
+
+def _load_plugin_dir(path: Path, rel: str) -> Item:
+    meta_path = path / PLUGIN_META
+    item = _load_json(meta_path, f"{rel}/{PLUGIN_META}", "plugin manifest")
+    if not item.ok:
+        return Item(rel, path, error=item.error)
+    weights = path / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        return Item(
+            rel, path, data=item.data,
+            error=ForgeFileError(f"plugin {rel} has no {ADAPTER_WEIGHTS}", fix="copy the whole plugin directory into the evidence", code="evidence.no_weights"),
+        )
+    return Item(rel, path, data=item.data, extra={"adapter_digest": sha256_file(weights)})
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """What the auditor brings besides the evidence: optionally the recipient's decryption key
+    (so provenance can open each bundle and bind its weights to plugins/), and the time the
+    audit judges validity at (integer UTC seconds; default now)."""
+
+    decryption_key: Path | None = None
+    passphrase: bytes | None = field(default=None, repr=False)
+    now: int | None = None
+
+
+class Evidence:
+    """Read-only view of an evidence directory. Loads everything once, on construction."""
+
+    def __init__(self, root: str | os.PathLike, options: AuditOptions | None = None):
+        self.options = options or AuditOptions()
+        root = Path(root)
+        if not root.exists():
+            raise ForgeFileError(f"evidence directory {root} does not exist", fix="check --evidence", code="evidence.missing")
+        if not root.is_dir():
+            raise ForgeFileError(f"evidence {root} is not a directory", fix="give the directory that holds roster.json, bundles/, plugins/, ...", code="evidence.not_directory")
+        present = [p for p in PARTS if (root / p).exists()]
+        if not present:
+            raise ForgeFileError(
+                f"evidence directory {root} holds none of {', '.join(PARTS)}",
+                fix="lay out the evidence as described in audits/README.md",
+                code="evidence.empty",
+            )
+        self.root = root
+        self.roster_path: Path | None = root / "roster.json" if (root / "roster.json").exists() else None
+        self.bundles: list[Item] = [Item(self._rel(p), p) for p in self._files("bundles", ".forge")]
+        self.plugins: list[Item] = [_load_plugin_dir(p, self._rel(p)) for p in self._dirs("plugins")]
+        self.merged: list[Item] = [_load_plugin_dir(p, self._rel(p)) for p in self._dirs("merged")]
+        self.attacks: list[Item] = [_load_json(p, self._rel(p), "attack results") for p in self._files("attacks", ".json")]
+        self.ledger_root: Path | None = root / "ledgers" if (root / "ledgers").is_dir() else None
+
+    def _rel(self, p: Path) -> str:
+        return p.relative_to(self.root).as_posix()
+
+    def _files(self, sub: str, suffix: str) -> list[Path]:
+        d = self.root / sub
+        return sorted(p for p in d.glob(f"*{suffix}") if p.is_file()) if d.is_dir() else []
+
+    def _dirs(self, sub: str) -> list[Path]:
+        d = self.root / sub
+        return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.is_dir() else []
+
+    def all_plugins(self) -> list[Item]:
+        return self.plugins + self.merged
+
+    def find_plugin(self, ref: str) -> Item | None:
+        """A plugin or merged version by relative path, directory name or adapter digest."""
+        for item in self.all_plugins():
+            if ref in (item.rel, item.path.name, item.extra.get("adapter_digest")):
+                return item
+            if ref and Path(ref).name == item.path.name:
+                return item
+        return None
+
+    def inventory(self) -> dict[str, str]:
+        return snapshot(self.root)
+
+
+def snapshot(root: str | os.PathLike) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``root`` (the audit's inventory, and
+    the test that the audit changed nothing)."""
+    root = Path(root)
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if p.is_file():
+                out[p.relative_to(root).as_posix()] = sha256_file(p)
+    return out

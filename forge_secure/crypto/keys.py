@@ -1,0 +1,399 @@
+"""Site and consortium keys: a signing key, a decryption key and a public key file.
+
+``new_keys(site, out)`` writes three files into ``out``:
+
+* ``signing.key`` (mode 0600): Ed25519, plus ML-DSA-65 with ``post_quantum`` (both must
+  sign), each as PKCS#8 PEM, encrypted with the passphrase when one is given;
+* ``decryption.key`` (mode 0600): X25519, or ML-KEM-768 + X25519 with ``post_quantum``
+  (the HPKE hybrid KEM), stored the same way;
+* ``public.json``: the site, the key ids and the public keys (base64).
+
+A key id is the sha256 (hex) of the public key bytes: the raw public keys of the key's
+algorithms concatenated in their stated order. Key files are small JSON documents
+(format ``forge-private-key/1``) holding one PKCS#8 PEM per algorithm; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..fileio import atomic_write_bytes, canonical_json
+from . import _primitives as P
+from .errors import BundleError, fail
+
+PUBLIC_FORMAT = "forge-public-key/1"
+PRIVATE_FORMAT = "forge-private-key/1"
+SIGNING_FILE, DECRYPTION_FILE, PUBLIC_FILE = "signing.key", "decryption.key", "public.json"
+CLASSIC_SIGNATURES = ("ed25519",)
+PQ_SIGNATURES = ("ed25519", "ml-dsa-65")
+CLASSIC_KEM, PQ_KEM = "x25519", "ml-kem-768+x25519"
+SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_KEY_FILE = 1 << 20
+
+
+def check_site(site: object) -> str:
+    if not isinstance(site, str) or not SITE_RE.match(site):
+        raise fail("key.bad_site", f"site name {site!r} is not allowed",
+                   "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return site
+
+
+def b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64d(text: object, what: str, code: str = "key.invalid") -> bytes:
+    if not isinstance(text, str):
+        raise fail(code, f"{what} is not a base64 string", "restore the file from a good copy")
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise fail(code, f"{what} is not valid base64", "restore the file from a good copy") from None
+
+
+def key_id(public_raw: bytes) -> str:
+    """sha256 hex of the public key bytes."""
+    return hashlib.sha256(public_raw).hexdigest()
+
+
+# --------------------------------------------------------------------------- public keys
+
+
+@dataclass(frozen=True)
+class SigningPublicKey:
+    """The public half of a signing key: its algorithms and raw public keys."""
+
+    algorithms: tuple[str, ...]
+    keys: dict[str, bytes] = field(hash=False)
+
+    def __post_init__(self):
+        if self.algorithms not in (CLASSIC_SIGNATURES, PQ_SIGNATURES):
+            raise fail("key.algorithm", f"signature algorithms {list(self.algorithms)} are not supported",
+                       f"use {list(CLASSIC_SIGNATURES)} or {list(PQ_SIGNATURES)}")
+        for alg in self.algorithms:
+            raw = self.keys.get(alg)
+            if raw is None or len(raw) != P.SIGNATURES.get(alg).public_bytes:
+                raise fail("key.invalid", f"the {alg} public key is missing or of the wrong length",
+                           "restore the key file or roster from a good copy")
+
+    @property
+    def key_id(self) -> str:
+        return key_id(b"".join(self.keys[a] for a in self.algorithms))
+
+    def verify_all(self, message: bytes, signatures: dict[str, bytes]) -> bool:
+        """True only when every algorithm of the key has a valid signature (hybrid: both)."""
+        return set(signatures) == set(self.algorithms) and all(
+            P.SIGNATURES.get(a).verify(self.keys[a], signatures[a], message) for a in self.algorithms
+        )
+
+    def to_dict(self) -> dict:
+        return {"algorithms": list(self.algorithms), "public_keys": {a: b64e(self.keys[a]) for a in self.algorithms}}
+
+    @classmethod
+    def from_dict(cls, doc: object, where: str, code: str = "key.invalid") -> "SigningPublicKey":
+        if not isinstance(doc, dict) or not isinstance(doc.get("algorithms"), list) or not isinstance(doc.get("public_keys"), dict):
+            raise fail(code, f"{where} is not a signing key entry", "restore it from a good copy")
+        algs = tuple(str(a) for a in doc["algorithms"])
+        keys = {a: b64d(doc["public_keys"].get(a), f"{where}: {a} public key", code) for a in algs}
+        return cls(algs, keys)
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """The public half of a party's keys, as ``public.json`` holds it."""
+
+    site: str
+    signing: SigningPublicKey
+    kem: str
+    encryption_key: bytes
+
+    def __post_init__(self):
+        check_site(self.site)
+        if self.kem not in P.KEMS:
+            raise fail("key.algorithm", f"key encapsulation {self.kem!r} is not supported",
+                       f"use one of: {', '.join(P.KEMS.names())}")
+        try:
+            P.KEMS.get(self.kem).public_from_raw(self.encryption_key)
+        except ValueError as e:
+            raise fail("key.invalid", f"the {self.kem} public key is not valid ({e})",
+                       "restore the public key file from a good copy") from None
+
+    @property
+    def key_id(self) -> str:
+        return self.signing.key_id
+
+    @property
+    def encryption_key_id(self) -> str:
+        return key_id(self.encryption_key)
+
+    @property
+    def post_quantum(self) -> bool:
+        return self.signing.algorithms == PQ_SIGNATURES
+
+    def to_dict(self) -> dict:
+        return {
+            "format": PUBLIC_FORMAT,
+            "site": self.site,
+            "key_id": self.key_id,
+            "signing": self.signing.to_dict(),
+            "encryption": {"kem": self.kem, "key_id": self.encryption_key_id, "public_key": b64e(self.encryption_key)},
+        }
+
+    @classmethod
+    def from_dict(cls, doc: object, where: str) -> "PublicKey":
+        if not isinstance(doc, dict) or doc.get("format") != PUBLIC_FORMAT:
+            got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+            raise fail("key.wrong_type", f"{where} is not a forge public key file (format {got!r})",
+                       f"give the {PUBLIC_FILE} written by 'forge keys new'")
+        try:
+            encryption = doc["encryption"]
+            pub = cls(doc["site"], SigningPublicKey.from_dict(doc["signing"], f"{where}: signing"),
+                      str(encryption["kem"]), b64d(encryption["public_key"], f"{where}: encryption public key"))
+        except (KeyError, TypeError):
+            raise fail("key.invalid", f"{where} is missing fields of a public key file",
+                       "restore it from a good copy or write a new one with 'forge keys new'") from None
+        for stated, real in ((doc.get("key_id"), pub.key_id), (encryption.get("key_id"), pub.encryption_key_id)):
+            if stated != real:
+                raise fail("key.invalid", f"{where}: stated key id {stated!r} does not match the keys ({real})",
+                           "the file was edited or damaged; restore it from a good copy")
+        return pub
+
+
+def _read_small(path: str | os.PathLike, what: str) -> bytes:
+    path = Path(path)
+    if path.is_dir():
+        raise fail("file.is_directory", f"{what} {path} is a directory", "give the path of the file itself")
+    if not path.exists():
+        raise fail("file.missing", f"{what} {path} does not exist", "check the path")
+    size = path.stat().st_size
+    if size == 0:
+        raise fail("file.empty", f"{what} {path} is empty", "restore it from a good copy")
+    if size > MAX_KEY_FILE:
+        raise fail("key.wrong_type", f"{what} {path} is {size} bytes, far too large for a key file",
+                   "give the key file written by 'forge keys new'")
+    return path.read_bytes()
+
+
+def _read_json_doc(path: str | os.PathLike, what: str) -> object:
+    raw = _read_small(path, what)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise fail("key.invalid", f"{what} {path} is not a forge key file (not JSON; truncated or of the wrong type)",
+                   "give the file written by 'forge keys new', restored from a good copy") from None
+
+
+def load_public_key(path: str | os.PathLike) -> PublicKey:
+    """Read a ``public.json`` (or a key directory holding one)."""
+    path = Path(path)
+    if path.is_dir() and (path / PUBLIC_FILE).is_file():
+        path = path / PUBLIC_FILE
+    return PublicKey.from_dict(_read_json_doc(path, "public key file"), str(path))
+
+
+# --------------------------------------------------------------------------- private keys
+
+
+@dataclass(frozen=True)
+class PrivateKey:
+    """A loaded signing or decryption key: the site, its algorithms and key objects."""
+
+    role: str                            # "signing" | "decryption"
+    site: str
+    algorithms: tuple[str, ...]          # signature algorithms, or (kem name,)
+    keys: dict[str, object] = field(hash=False, repr=False)
+
+    @property
+    def public_raw(self) -> bytes:
+        if self.role == "signing":
+            return b"".join(P.SignatureAlgorithm.public_raw(self.keys[a]) for a in self.algorithms)
+        return P.KEMS.get(self.algorithms[0]).public_raw(self.keys)
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.public_raw)
+
+    def signing_public(self) -> SigningPublicKey:
+        if self.role != "signing":
+            raise fail("key.wrong_type", "a decryption key has no signing half", f"give the {SIGNING_FILE} file")
+        return SigningPublicKey(self.algorithms, {a: P.SignatureAlgorithm.public_raw(self.keys[a]) for a in self.algorithms})
+
+    def sign_all(self, message: bytes) -> dict[str, bytes]:
+        """One signature per algorithm over ``message``."""
+        if self.role != "signing":
+            raise fail("key.wrong_type", "a decryption key cannot sign", f"give the {SIGNING_FILE} file")
+        return {a: P.SignatureAlgorithm.sign(self.keys[a], message) for a in self.algorithms}
+
+
+def read_passphrase(file: str | os.PathLike | None = None, env: str | None = None) -> bytes | None:
+    """A passphrase from a file (first line) or an environment variable; None when neither."""
+    if file is not None and env is not None:
+        raise fail("key.passphrase_source", "both --passphrase-file and --passphrase-env were given", "give only one")
+    if file is not None:
+        raw = _read_small(file, "passphrase file").split(b"\n", 1)[0].rstrip(b"\r")
+        if not raw:
+            raise fail("key.passphrase_empty", f"passphrase file {file} has an empty first line", "write the passphrase on its first line")
+        return raw
+    if env is not None:
+        value = os.environ.get(env)
+        if not value:
+            raise fail("key.passphrase_empty", f"environment variable {env} is not set or empty",
+                       f"export {env} with the passphrase, or use --passphrase-file")
+        return value.encode("utf-8")
+    return None
+
+
+def _private_doc(role: str, site: str, algorithms: tuple[str, ...], keys: dict, passphrase: bytes | None, kid: str) -> bytes:
+    doc = {
+        "format": PRIVATE_FORMAT,
+        "role": role,
+        "site": site,
+        "key_id": kid,
+        "algorithms": list(algorithms),
+        "encrypted": bool(passphrase),
+        "pkcs8": {name: P.private_to_pem(k, passphrase) for name, k in keys.items()},
+    }
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def load_private_key(path: str | os.PathLike, passphrase: bytes | None = None, *, role: str | None = None) -> PrivateKey:
+    """Read ``signing.key`` or ``decryption.key``; checks role, passphrase and key id."""
+    path = Path(path)
+    if path.is_dir() and role:
+        guess = path / (SIGNING_FILE if role == "signing" else DECRYPTION_FILE)
+        if guess.is_file():
+            path = guess
+    what = f"{role or 'private'} key file"
+    doc = _read_json_doc(path, what)
+    if not isinstance(doc, dict) or doc.get("format") != PRIVATE_FORMAT:
+        hint = " (that is a public key file)" if isinstance(doc, dict) and doc.get("format") == PUBLIC_FORMAT else ""
+        raise fail("key.wrong_type", f"{path} is not a forge private key file{hint}",
+                   f"give the {SIGNING_FILE if role != 'decryption' else DECRYPTION_FILE} written by 'forge keys new'")
+    if role and doc.get("role") != role:
+        raise fail("key.wrong_type", f"{path} is a {doc.get('role')} key, but a {role} key is needed",
+                   f"give the {SIGNING_FILE if role == 'signing' else DECRYPTION_FILE} file")
+    try:
+        site = check_site(doc["site"])
+        algorithms = tuple(doc["algorithms"])
+        pems = doc["pkcs8"]
+        stated_id = doc["key_id"]
+        encrypted = bool(doc["encrypted"])
+        kind = doc["role"]
+    except (KeyError, TypeError):
+        raise fail("key.invalid", f"{path} is missing fields of a private key file", "restore it from a good copy") from None
+    if kind == "signing":
+        if algorithms not in (CLASSIC_SIGNATURES, PQ_SIGNATURES):
+            raise fail("key.algorithm", f"{path}: signature algorithms {list(algorithms)} are not supported",
+                       "write new keys with 'forge keys new'")
+        names = algorithms
+    elif kind == "decryption":
+        if len(algorithms) != 1 or algorithms[0] not in P.KEMS:
+            raise fail("key.algorithm", f"{path}: key encapsulation {list(algorithms)} is not supported",
+                       f"use one of: {', '.join(P.KEMS.names())}")
+        names = P.KEMS.get(algorithms[0]).components
+    else:
+        raise fail("key.wrong_type", f"{path} has unknown role {kind!r}", "give a key file written by 'forge keys new'")
+    if not isinstance(pems, dict) or set(pems) != set(names):
+        raise fail("key.invalid", f"{path} does not hold exactly the keys {list(names)}", "restore it from a good copy")
+    if encrypted and not passphrase:
+        raise fail("key.passphrase_required", f"{path} is protected by a passphrase",
+                   "give it with --passphrase-file FILE or --passphrase-env VAR")
+    if passphrase and not encrypted:
+        raise fail("key.not_encrypted", f"{path} is not passphrase-protected, but a passphrase was given",
+                   "drop --passphrase-file/--passphrase-env, or check that this is the right key file")
+    keys = {}
+    for name in names:
+        try:
+            keys[name] = P.private_from_pem(str(pems[name]), passphrase if encrypted else None)
+        except ValueError as e:
+            if encrypted and "password" in str(e).lower():
+                raise fail("key.bad_passphrase", f"wrong passphrase for {path}",
+                           "give the passphrase the key was written with") from None
+            raise fail("key.invalid", f"{path}: the {name} key cannot be read ({e})", "restore it from a good copy") from None
+        except (TypeError, UnicodeEncodeError) as e:
+            raise fail("key.invalid", f"{path}: the {name} key cannot be read ({e})", "restore it from a good copy") from None
+    key = PrivateKey(kind, site, algorithms, keys)
+    try:
+        real_id = key.key_id
+    except Exception:  # a PEM of another algorithm in this slot
+        raise fail("key.invalid", f"{path}: a key is of the wrong algorithm", "restore it from a good copy") from None
+    if real_id != stated_id:
+        raise fail("key.invalid", f"{path}: stated key id {stated_id!r} does not match the key ({real_id})",
+                   "the file was edited or damaged; restore it from a good copy")
+    return key
+
+
+def load_signing_key(path, passphrase: bytes | None = None) -> PrivateKey:
+    return load_private_key(path, passphrase, role="signing")
+
+
+def load_decryption_key(path, passphrase: bytes | None = None) -> PrivateKey:
+    return load_private_key(path, passphrase, role="decryption")
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@dataclass(frozen=True)
+class KeyFiles:
+    signing: Path
+    decryption: Path
+    public: Path
+    public_key: PublicKey
+
+
+def new_keys(site: str, out: str | os.PathLike, *, post_quantum: bool = False, passphrase: bytes | None = None,
+             random: P.RandomSource = os.urandom) -> KeyFiles:
+    """Generate and write a party's keys into ``out`` (created if needed).
+
+    ``random`` supplies the key material (default: the OS CSPRNG); tests inject a fixed
+    source to make known-answer vectors. Existing key files are never overwritten.
+    """
+    check_site(site)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise fail("file.not_a_directory", f"--out {out} exists and is not a directory", "give a directory for the keys")
+    paths = KeyFiles(out / SIGNING_FILE, out / DECRYPTION_FILE, out / PUBLIC_FILE, None)  # type: ignore[arg-type]
+    for p in (paths.signing, paths.decryption, paths.public):
+        if p.exists():
+            raise fail("key.exists", f"{p} already exists; keys are never overwritten",
+                       "choose another --out directory, or move the old keys away first")
+    if passphrase is not None and len(passphrase) < 8:
+        raise fail("key.passphrase_short", "the passphrase has fewer than 8 characters", "use a longer passphrase")
+    sig_algs = PQ_SIGNATURES if post_quantum else CLASSIC_SIGNATURES
+    sig_keys = {a: P.SIGNATURES.get(a).generate(random) for a in sig_algs}
+    kem = P.KEMS.get(PQ_KEM if post_quantum else CLASSIC_KEM)
+    kem_keys = kem.generate(random)
+    signing = PrivateKey("signing", site, sig_algs, sig_keys)
+    decryption = PrivateKey("decryption", site, (kem.name,), kem_keys)
+    public = PublicKey(site, SigningPublicKey(sig_algs, {a: P.SignatureAlgorithm.public_raw(k) for a, k in sig_keys.items()}),
+                       kem.name, kem.public_raw(kem_keys))
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        for path, data, mode in (
+            (paths.signing, _private_doc("signing", site, sig_algs, sig_keys, passphrase, signing.key_id), 0o600),
+            (paths.decryption, _private_doc("decryption", site, (kem.name,), kem_keys, passphrase, decryption.key_id), 0o600),
+            (paths.public, canonical_json(public.to_dict()) + b"\n", 0o644),
+        ):
+            if path.exists():  # raced with another writer
+                raise fail("key.exists", f"{path} appeared while writing keys", "choose another --out directory")
+            atomic_write_bytes(path, data, mode)
+            written.append(path)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return KeyFiles(paths.signing, paths.decryption, paths.public, public)
+
+
+__all__ = [
+    "BundleError", "KeyFiles", "PrivateKey", "PublicKey", "SigningPublicKey", "key_id", "load_decryption_key", "load_private_key",
+    "load_public_key", "load_signing_key", "new_keys", "read_passphrase",
+]

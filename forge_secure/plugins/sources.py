@@ -1,0 +1,124 @@
+"""From a ``--data`` argument to what training needs: the training set, its commitment,
+the data-set identity for the budget ledger, and the matching test split.
+
+For bundled data (``bundled:site-1``) the training set is the site's coin-flip draw from
+its pool (:meth:`SiteShard.train`) and the commitment records the pool size, the
+inclusion probability and the sha256 of the membership seed. A user file is trained on
+whole; its commitment records no membership draw.
+
+Canaries (``canaries=M``): ``M`` out-of-distribution records (:func:`make_canaries`), each
+included in the training set by an independent fair coin flip (Steinke, Nasr and
+Jagielski 2023, "Privacy auditing with one (1) training run"); both the canaries and their
+coin flips come from ``canary_seed``, of which forge.json records only the sha256. Whoever
+holds the seed regenerates both with :func:`canary_set`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ForgeDataError, ForgeValueError
+from .bases import Base
+from .data import Dataset, draw_membership, is_bundled, load_data, make_canaries, resolve_bundled, seed_sha256
+
+CANARY_INCLUDE_PROB = 0.5
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingData:
+    data: Dataset              # what is trained on (with the included canaries appended)
+    commitment: dict           # the forge.json "data" record except rows/kind/n_classes
+    ledger_dataset: str        # the data set the site's budget ledger composes over
+    test: Dataset | None       # the site's test split (bundled data), else None
+    site: str | None           # the bundled site the data belongs to, else None
+    canary_mask: np.ndarray | None = None  # which canaries were included (kept in memory only)
+
+
+def canary_set(m: int, like: Dataset, seed: int) -> tuple[Dataset, np.ndarray]:
+    """The ``m`` canaries of ``seed`` and their inclusion mask (fair coins)."""
+    gen_seed, coin_seed = np.random.SeedSequence(int(seed)).generate_state(2, dtype=np.uint32).tolist()
+    canaries = make_canaries(m, like, seed=gen_seed)
+    return canaries, draw_membership(m, coin_seed, CANARY_INCLUDE_PROB)
+
+
+def default_canary_seed(site: str, seed: int) -> int:
+    """A canary seed derived from the site and the training seed (used when none is given)."""
+    return int.from_bytes(hashlib.sha256(f"forge-canaries|{site}|{seed}".encode()).digest()[:8], "big") >> 1
+
+
+def prepare_training_data(spec: str, *, label_column: str | None = None, canaries: int = 0,
+                          canary_seed: int | None = None) -> TrainingData:
+    """Resolve ``spec`` (see :func:`load_data`) into a :class:`TrainingData`."""
+    spec = str(spec)
+    test = None
+    site = None
+    if is_bundled(spec):
+        splits, shard, part = resolve_bundled(spec)
+        if shard is None or part != "train":
+            raise ForgeValueError(
+                f"{spec!r} is not a site's training set",
+                fix=f"train on {spec.split(':')[0]}:<site> (e.g. {spec.split(':')[0]}:site-1), which is the site's coin-flip draw",
+                code="data.not_training_set",
+            )
+        data = shard.train()
+        membership = shard.commitment()
+        ledger_dataset = data.name.rsplit("/", 1)[0]  # e.g. breast-cancer/site-1: the site's patients
+        test, site = shard.test, shard.site
+    else:
+        data = load_data(spec, label_column=label_column)
+        membership = None
+        ledger_dataset = str(Path(spec.rsplit(".npz:", 1)[0] + (".npz" if ".npz:" in spec else "")).resolve())
+    canary_record = {"count": 0, "seed_sha256": None}
+    mask = None
+    if canaries:
+        if canary_seed is None:
+            raise ForgeValueError("canaries need a seed", fix="pass canary_seed", code="data.canary_seed")
+        cset, mask = canary_set(canaries, data, canary_seed)
+        data = data.concat(cset.subset(mask), name=data.name)
+        canary_record = {"count": int(canaries), "include_prob": CANARY_INCLUDE_PROB, "seed_sha256": seed_sha256(canary_seed)}
+    commitment = {"name": data.name, "membership": membership, "canaries": canary_record}
+    return TrainingData(data, commitment, ledger_dataset, test, site, mask)
+
+
+def check_compatible(base: Base, data: Dataset) -> None:
+    """Refuse data that the base cannot take: wrong kind, record shape or label range."""
+    if base.kind in ("tabular", "image") and data.kind != base.kind:
+        raise ForgeDataError(
+            f"base {base.name} takes {base.kind} data, but {data.name} is {data.kind} data",
+            fix="use tabular-mlp for tables and vit-tiny (or a local Hugging Face image model) for images",
+            code="data.kind_mismatch",
+        )
+    if base.input_shape and data.shape != tuple(base.input_shape):
+        if data.kind == "tabular":
+            msg = f"{data.name} has {data.shape[0]} feature columns, base {base.name} expects {base.input_shape[0]}"
+            fix = "give a CSV with exactly the base's features plus the label column"
+        else:
+            msg = f"{data.name} has images of shape {data.shape}, base {base.name} expects {tuple(base.input_shape)}"
+            fix = "resize the images or build the base for this size"
+        raise ForgeDataError(msg, fix=fix, code="data.shape_mismatch")
+    if len(data) and int(data.y.max()) >= base.n_classes:
+        raise ForgeDataError(
+            f"{data.name} has label {int(data.y.max())}, base {base.name} has {base.n_classes} classes",
+            fix=f"encode the labels as 0..{base.n_classes - 1}",
+            code="data.labels",
+        )
+
+
+def base_kwargs_for(base_name: str, data: Dataset) -> dict:
+    """Builder settings that fit a built-in base to the data (vit-tiny: image size,
+    channels and classes of the data when they differ from its 8x8x1, 10-class default)."""
+    if base_name == "vit-tiny" and data.kind == "image":
+        c, h, w = data.shape
+        if h != w:
+            raise ForgeDataError(f"{data.name} has non-square images {h}x{w}", fix="crop or pad the images to a square", code="data.shape")
+        kwargs = {}
+        if (c, h) != (1, 8):
+            kwargs.update(image_size=int(h), num_channels=int(c), patch_size=2 if h <= 16 else 4)
+        if data.n_classes != 10:
+            kwargs["n_classes"] = int(data.n_classes)
+        return kwargs
+    return {}

@@ -1,0 +1,124 @@
+"""A small grid end to end on real Opacus / PEFT training, real merges and real attacks;
+resuming and changed settings recompute only what they must (counted)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+
+from attacks.bench import config_from_dict
+from attacks.bench import grid as G
+from attacks.bench.cache import BenchCache
+from attacks.bench.report import COLUMNS, read_csv
+from attacks.bench.runner import run_bench
+
+SMALL = {
+    "bench": {"seeds": [0, 1]},
+    "data": {"n_sites": 2},
+    "training": {"epochs": 2, "batch_size": 16, "lr": 0.1},
+    "grid": {"epsilon": [8, "inf"], "rank": [2], "lora": ["ffa"], "merge": ["none", "exact"], "attack": ["lira", "rmia", "recon"]},
+    "attack": {"lira": {"references": 2}, "rmia": {"references": 2, "population": 60}, "recon": {"trials": 30, "prior": 4}},
+    "run": {"workers": 1},
+}
+N_RUNS = 2 * 1 * 1 * 2 * 3 * 2  # epsilon x rank x lora x merge x attack x seeds
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    cfg = config_from_dict(copy.deepcopy(SMALL))
+    result = run_bench(cfg, root / "out", cache_root=root / "cache", workers=1)
+    return root, cfg, result
+
+
+def test_small_grid_end_to_end(first):
+    root, cfg, result = first
+    out = root / "out"
+    assert result.computed == N_RUNS and result.cached == 0
+    # per (epsilon, seed): 2 target site plugins + 2 references x 2 sites
+    assert result.trained == 2 * 2 * (2 + 2 * 2)
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == N_RUNS and set(rows[0]) == set(COLUMNS)
+    assert {(r["epsilon"], r["merge"], r["attack"], r["seed"]) for r in rows} == {
+        (e, m, a, s) for e in (8.0, math.inf) for m in ("none", "exact") for a in ("lira", "rmia", "recon") for s in (0, 1)
+    }
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["utility_auc"] <= 1.0
+        if math.isinf(r["epsilon"]):
+            assert math.isinf(r["claimed_epsilon"])
+        else:  # the accountant's epsilon for a target of 8
+            assert 0 < r["claimed_epsilon"] <= 8.0 + 1e-6
+        if r["attack"] == "recon":
+            assert 0.0 <= r["recon_low"] <= r["recon_success"] <= r["recon_high"] <= 1.0
+            assert r["recon_baseline"] == pytest.approx(0.25)
+            assert r["recon_baseline"] <= r["recon_bound"] <= 1.0
+            assert math.isnan(r["attack_auc"])
+        else:
+            assert 0.0 <= r["attack_auc"] <= 1.0 and 0.0 <= r["tpr_at_1pct_fpr"] <= 1.0
+            assert r["fpr_reached_1pct"] <= 0.01
+            assert r["empirical_epsilon"] >= 0.0
+            assert r["above_claim"] == (r["empirical_epsilon"] > r["claimed_epsilon"])
+            assert r["n_members"] > 5 and r["n_nonmembers"] > 5 and r["references"] == 2
+    # the merged model is scored on the union of both sites' pools, the single plugin on one
+    sizes = {(r["merge"], r["n_members"] + r["n_nonmembers"]) for r in rows if r["attack"] == "lira" and r["seed"] == 0}
+    assert len({n for m, n in sizes if m == "none"}) == 1 and max(n for m, n in sizes if m == "exact") > max(n for m, n in sizes if m == "none")
+    md = (out / "summary.md").read_text()
+    assert "n = 2" in md and md.count("\n| ") == N_RUNS // 2 + 1
+    assert "<table>" in (out / "summary.html").read_text()
+    for stem in ("utility_vs_epsilon", "tpr_vs_epsilon", "empirical_vs_claimed"):
+        assert (out / "plots" / f"{stem}.png").stat().st_size > 1000
+        assert (out / "plots" / f"{stem}.svg").stat().st_size > 1000
+    log = json.loads((out / "bench.json").read_text())
+    assert log["computed"] == N_RUNS and log["rows"] == N_RUNS
+
+
+def test_resume_recomputes_only_the_missing_cells(first, tmp_path):
+    root, cfg, result = first
+    cache = BenchCache(root / "cache")
+    keys = [r["cell_key"] for r in result.rows]
+    # an interrupted run: three cells never finished, one result file was cut short
+    lost = keys[:3]
+    for k in lost:
+        cache._result_path(k).unlink()
+    cache._result_path(keys[5]).write_text('{"format": "forge-bench-cell/1", "key": ')
+    again = run_bench(cfg, tmp_path / "out2", cache_root=root / "cache", workers=1)
+    assert again.computed == 4 and again.cached == N_RUNS - 4
+    assert again.trained == 0  # the plugins and reference models were cached
+    before = {r["cell_key"]: r for r in result.rows}
+    for r in again.rows:
+        b = before[r["cell_key"]]
+        for col in ("accuracy", "attack_auc", "empirical_epsilon", "recon_success"):
+            assert (math.isnan(b[col]) and math.isnan(r[col])) or b[col] == pytest.approx(r[col]), col  # deterministic
+    # a complete cache: nothing runs, and the same --out (a bench output) is replaced
+    third = run_bench(cfg, tmp_path / "out2", cache_root=root / "cache", workers=1)
+    assert third.computed == 0 and third.trained == 0 and len(third.rows) == N_RUNS
+
+
+def test_a_changed_setting_recomputes_only_its_cells(first, tmp_path):
+    root, cfg, result = first
+    doc = copy.deepcopy(SMALL)
+    doc["attack"]["rmia"]["gamma"] = 1.5
+    doc["grid"]["merge"] = ["exact", "none"]  # order does not matter
+    changed = config_from_dict(doc)
+    again = run_bench(changed, tmp_path / "out3", cache_root=root / "cache", workers=1)
+    assert again.computed == N_RUNS // 3  # the rmia rows only
+    assert again.trained == 0
+    rmia_keys = {r["cell_key"] for r in again.rows if r["attack"] == "rmia"}
+    assert rmia_keys.isdisjoint({r["cell_key"] for r in result.rows})
+    # dropping a value of the grid reruns nothing
+    doc["grid"]["epsilon"] = ["inf"]
+    fewer = run_bench(config_from_dict(doc), tmp_path / "out4", cache_root=root / "cache", workers=1)
+    assert fewer.computed == 0 and len(fewer.rows) == N_RUNS // 2
+
+
+def test_cell_keys_are_stable(first):
+    root, cfg, result = first
+    from attacks.bench.data import load_bench_data
+
+    digest = load_bench_data(cfg.data).digest
+    for r in result.rows:
+        cell = G.Cell(r["epsilon"], r["rank"], r["lora"], r["merge"], r["attack"])
+        assert G.cell_key(cfg, cell, r["seed"], digest) == r["cell_key"]

@@ -1,0 +1,54 @@
+"""Fixtures for the membership suite: small plugins trained once per session on the bundled data.
+
+FORGE_HOME points at a private temporary directory for the whole session (base-model and
+reference caches), so nothing touches the user's.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def mia_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("mia-home")
+    old = os.environ.get("FORGE_HOME")
+    os.environ["FORGE_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("FORGE_HOME", None)
+    else:
+        os.environ["FORGE_HOME"] = old
+
+
+def _train(out, *, site="site-1", seed=0, **cfg):
+    from forge_secure.plugins.data import load_data, resolve_bundled
+    from forge_secure.privacy import TrainConfig, train_plugin
+
+    _, shard, _ = resolve_bundled(f"bundled:{site}")
+    train_plugin(TrainConfig(seed=seed, **cfg), load_data(f"bundled:{site}"), site=site, commitment=shard.commitment(), out=out)
+    return out
+
+
+# An overfitting recipe: no DP, many epochs, a higher rank (issue 5: "train without DP with many
+# epochs and a higher rank so it overfits"). Cheap: the site has ~100 candidate records.
+OVERFIT = dict(no_dp=True, epochs=60, batch_size=16, lr=0.1, rank=16, alpha=32)
+# A DP recipe at epsilon 1.
+DP_EPS1 = dict(target_epsilon=1.0, delta=1e-3, epochs=10, batch_size=16, lr=0.1, rank=4, alpha=8)
+
+
+@pytest.fixture(scope="session")
+def overfit_plugin(mia_home, tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("plugins") / "overfit", **OVERFIT)
+
+
+@pytest.fixture(scope="session")
+def dp_plugin(mia_home, tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("plugins") / "dp-eps1", **DP_EPS1)
+
+
+@pytest.fixture(scope="session")
+def train():
+    return _train

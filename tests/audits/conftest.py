@@ -1,0 +1,163 @@
+"""Fixtures of the audit tests: a consortium built with the real crypto (keys, signed roster,
+sealed bundles), plugin directories with real safetensors weights, and attack results files.
+
+``world`` builds, in a temporary directory, the keys of three sites, an admin, the
+consortium's recipient key and the auditor's key, a signed roster, and an empty evidence
+directory. Helpers add plugins, bundles, merged versions and attack results to it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from forge_secure.crypto import _time
+from forge_secure.crypto.bundle import seal
+from forge_secure.crypto.keys import load_public_key, load_signing_key, new_keys
+from forge_secure.crypto.replay import SequenceCounter
+from forge_secure.crypto.roster import add_site_key, init_roster, revoke_key, sign_roster
+from forge_secure.fileio import sha256_file
+
+DAY = 86400
+
+BASE_DIGEST = "2a265712a610b75bd83b6f3af43d29a9b64d7bf8e4a4cba8e4df9e631e12982c"
+
+
+def plugin_meta(site: str, *, dp: dict | None = None, rows: int = 400, kind: str = "trained", parents=None, merge=None) -> dict:
+    if dp is None:
+        dp = {"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.08, "steps": 100, "max_grad_norm": 1.0,
+              "accountant": "prv", "epsilon": 4.0, "delta": 1e-4}
+    return {
+        "format": "forge-plugin/1", "toolkit_version": "0.1.0", "site": site, "kind": kind,
+        "base": {"name": "tabular-mlp", "digest": BASE_DIGEST},
+        "lora": {"rank": 4, "alpha": 8, "targets": ["fc1"], "ffa": True, "ffa_seed": 0, "dropout": 0.0},
+        "training": {"epochs": 5, "batch_size": 32, "lr": 0.05, "optimizer": "sgd", "seed": 0},
+        "dp": dp,
+        "data": {"name": f"bundled:{site}", "kind": "tabular", "rows": rows, "n_classes": 2,
+                 "membership": {"include_prob": 0.5, "pool_rows": 2 * rows, "seed_sha256": "0" * 64},
+                 "canaries": {"count": 0, "seed_sha256": None}},
+        "parents": parents or [], "merge": merge,
+    }
+
+
+def write_plugin(out: Path, meta: dict, seed: int) -> Path:
+    """A plugin directory with real safetensors LoRA weights (PEFT names) and forge.json."""
+    g = torch.Generator().manual_seed(seed)
+    out.mkdir(parents=True)
+    tensors = {
+        "base_model.model.fc1.lora_A.weight": torch.randn(4, 30, generator=g),
+        "base_model.model.fc1.lora_B.weight": torch.randn(64, 4, generator=g) * 0.01,
+    }
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["fc1"]}))
+    meta = copy.deepcopy(meta)
+    meta["adapter"] = {"sha256": sha256_file(out / "adapter_model.safetensors")}
+    (out / "forge.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return out
+
+
+def membership_results(target: str, *, separation: float, n: int = 400, seed: int = 0, attack: str = "lira") -> dict:
+    """An attack results document: per-record scores and coin-flip membership labels.
+
+    ``separation`` is the shift of member scores (in standard deviations): 0 is an attack
+    that learns nothing, 4 one that nearly always tells members apart."""
+    labels = np.random.default_rng([seed, 1]).random(n) < 0.5
+    scores = np.random.default_rng([seed, 2]).normal(0.0, 1.0, n) + separation * labels
+    return {
+        "format": "forge-attack-mia/1", "attack": attack, "target": {"path": target},
+        "membership": {"include_prob": 0.5}, "scores": scores.tolist(), "labels": labels.astype(int).tolist(),
+    }
+
+
+@dataclass
+class World:
+    root: Path
+    keys: dict = field(default_factory=dict)
+    now: int = 0
+    counter: SequenceCounter | None = None
+
+    @property
+    def evidence(self) -> Path:
+        return self.root / "evidence"
+
+    @property
+    def roster(self) -> Path:
+        return self.evidence / "roster.json"
+
+    def signing(self, name: str):
+        return load_signing_key(self.keys[name] / "signing.key")
+
+    def public(self, name: str):
+        return load_public_key(self.keys[name] / "public.json")
+
+    def add_plugin(self, name: str, site: str, *, seed: int = 0, seal_it: bool = True, **meta_kw) -> Path:
+        """plugins/<name> and, when ``seal_it``, bundles/<name>.forge sealed by ``site``."""
+        meta = plugin_meta(site, **meta_kw)
+        staging = self.root / "staging" / name
+        write_plugin(staging, meta, seed)
+        if seal_it:
+            self.seal(staging, site, self.evidence / "bundles" / f"{name}.forge")
+        dest = self.evidence / "plugins" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(staging, dest)
+        return dest
+
+    def seal(self, plugin_dir: Path, site: str, out: Path) -> Path:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return seal(plugin_dir, self.signing(site), self.public("consortium"), out, now=self.now - 60, counter=self.counter)
+
+    def add_merged(self, name: str, parents: list[tuple[str, str]], *, method: str = "he-fusion", seed: int = 99) -> Path:
+        """merged/<name> whose parents are (digest, site) pairs."""
+        meta = plugin_meta("consortium", kind="merged", parents=[{"digest": d, "site": s} for d, s in parents],
+                           merge={"method": method, "weights": [1.0] * len(parents)})
+        return write_plugin(self.evidence / "merged" / name, meta, seed)
+
+    def add_attack(self, name: str, doc: dict) -> Path:
+        p = self.evidence / "attacks" / f"{name}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(doc))
+        return p
+
+    def revoke(self, site: str) -> None:
+        revoke_key(self.roster, self.public(site).key_id, reason="key compromised", at=self.now - 30)
+        sign_roster(self.roster, self.signing("admin"))
+
+
+def build_world(root: Path) -> World:
+    w = World(root=root, now=_time.now())
+    w.counter = SequenceCounter(root / "counter")
+    for name in ("site-1", "site-2", "site-3", "admin", "consortium", "auditor"):
+        w.keys[name] = new_keys(name, root / "keys" / name).public.parent
+    w.evidence.mkdir(parents=True)
+    init_roster(w.roster, "medforge", [w.public("admin")], expires=w.now + 90 * DAY)
+    for site in ("site-1", "site-2", "site-3"):
+        add_site_key(w.roster, w.public(site), not_before=w.now - DAY, not_after=w.now + 365 * DAY)
+    sign_roster(w.roster, w.signing("admin"))
+    return w
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch) -> World:
+    monkeypatch.setenv("FORGE_HOME", str(tmp_path / "forge-home"))
+    return build_world(tmp_path)
+
+
+@pytest.fixture
+def compliant_world(world) -> World:
+    """Three sites' DP plugins (epsilon re-derives below the claim), sealed and opened, a
+    homomorphic merge of all three, and a membership attack that learns nothing."""
+    digests = []
+    for i, site in enumerate(("site-1", "site-2", "site-3")):
+        p = world.add_plugin(f"{site}-plugin", site, seed=i)
+        digests.append((sha256_file(p / "adapter_model.safetensors"), site))
+        world.add_attack(f"mia-{site}", membership_results(f"plugins/{site}-plugin", separation=0.0, seed=i))
+    world.add_merged("v1", digests)
+    return world

@@ -1,0 +1,316 @@
+"""Each check on evidence built with the real crypto (keys, signed roster, sealed bundles),
+real safetensors plugin directories and attack results files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from audits import CHECKS, Policy, Status, run_audit, snapshot
+from audits.policy import parse_policy
+from forge_secure.errors import ForgeFileError
+from forge_secure.fileio import sha256_file
+
+from .conftest import DAY, membership_results
+
+
+def audit(world, *checks: str, **settings):
+    """Run only ``checks`` (each with ``settings[name]`` overrides) on the world's evidence."""
+    table = {name: CHECKS.get(name).Settings(**settings.get(name.replace("-", "_"), {})) for name in checks}
+    return run_audit(Policy(name="test", description="", checks=table), world.evidence)
+
+
+def findings(report, check: str) -> list:
+    return next(c for c in report.checks if c.name == check).findings
+
+
+def by_subject(report, check: str) -> dict:
+    return {f.subject: f for f in findings(report, check)}
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def test_compliant_evidence_passes_every_check(compliant_world):
+    before = snapshot(compliant_world.evidence)
+    report = run_audit(parse_policy(_policy_without("reconstruction")), compliant_world.evidence)
+    assert report.verdict is Status.PASS, [f.summary for f in report.failures()]
+    statuses = {c.name: c.status for c in report.checks}
+    assert statuses["provenance"] is Status.WARN  # weights not bound without the decryption key
+    assert statuses["dp-claims"] is Status.PASS and statuses["consistency"] is Status.PASS
+    assert statuses["he-contributions"] is Status.PASS and statuses["roster-freshness"] is Status.PASS
+    assert snapshot(compliant_world.evidence) == before  # the audit never changes its inputs
+    assert set(report.inventory) == set(before)
+
+
+def _policy_without(*names: str) -> str:
+    from audits import default_policy_text
+
+    text = default_policy_text()
+    for name in names:
+        text = text.replace(f"[checks.{name}]", f"[checks.{name}]\nenabled = false", 1)
+    return text
+
+
+def test_tampered_bundle_fails_provenance(compliant_world):
+    bundle = compliant_world.evidence / "bundles" / "site-2-plugin.forge"
+    data = bytearray(bundle.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit inside the encrypted payload
+    bundle.write_bytes(bytes(data))
+    report = audit(compliant_world, "provenance")
+    f = by_subject(report, "provenance")
+    assert f["bundles/site-2-plugin.forge"].status is Status.FAIL
+    assert f["bundles/site-2-plugin.forge"].evidence["reason_code"] in ("bundle.digest", "bundle.signature")
+    assert f["bundles/site-1-plugin.forge"].status is Status.PASS
+    # the plugin claimed to come from that bundle is now unlinked, and the merge does not chain
+    assert f["plugins/site-2-plugin"].status is Status.FAIL
+    assert f["merged/v1"].status is Status.FAIL
+    assert report.verdict is Status.FAIL
+
+
+def test_truncated_and_wrong_type_bundles_fail_provenance(compliant_world):
+    b1 = compliant_world.evidence / "bundles" / "site-1-plugin.forge"
+    b1.write_bytes(b1.read_bytes()[:300])
+    b3 = compliant_world.evidence / "bundles" / "site-3-plugin.forge"
+    b3.write_bytes(json.dumps({"not": "a bundle"}).encode())
+    f = by_subject(audit(compliant_world, "provenance"), "provenance")
+    assert f["bundles/site-1-plugin.forge"].status is Status.FAIL
+    assert f["bundles/site-1-plugin.forge"].evidence["reason_code"].startswith("bundle.")
+    assert f["bundles/site-3-plugin.forge"].status is Status.FAIL
+    assert f["bundles/site-2-plugin.forge"].status is Status.PASS
+
+
+def test_revoked_signer_fails_provenance(compliant_world):
+    compliant_world.revoke("site-3")
+    report = audit(compliant_world, "provenance")
+    f = by_subject(report, "provenance")
+    bad = f["bundles/site-3-plugin.forge"]
+    assert bad.status is Status.FAIL and bad.evidence["reason_code"] == "bundle.revoked"
+    assert "revoked" in bad.summary and bad.remedy
+    assert f["bundles/site-1-plugin.forge"].status is Status.PASS
+
+
+def test_signer_outside_allowed_signers_fails(compliant_world):
+    report = audit(compliant_world, "provenance", provenance={"allowed_signers": ["site-1", "site-2"]})
+    f = by_subject(report, "provenance")
+    assert f["bundles/site-3-plugin.forge"].status is Status.FAIL
+    assert "does not allow" in f["bundles/site-3-plugin.forge"].summary
+
+
+def test_plugin_whose_claim_was_edited_after_sealing_does_not_link(compliant_world):
+    meta_path = compliant_world.evidence / "plugins" / "site-1-plugin" / "forge.json"
+    meta = json.loads(meta_path.read_text())
+    meta["dp"]["epsilon"] = 0.5
+    meta_path.write_text(json.dumps(meta))
+    f = by_subject(audit(compliant_world, "provenance"), "provenance")
+    assert f["plugins/site-1-plugin"].status is Status.FAIL
+    assert "no verified bundle" in f["plugins/site-1-plugin"].summary
+
+
+def test_weights_are_bound_with_the_decryption_key(compliant_world):
+    from audits.evidence import AuditOptions
+
+    w = compliant_world
+    # swap site-2's weights for other ones: only opening the bundle can notice
+    shutil.copy(w.evidence / "plugins" / "site-1-plugin" / "adapter_model.safetensors",
+                w.evidence / "plugins" / "site-2-plugin" / "adapter_model.safetensors")
+    policy = Policy(name="t", description="", checks={"provenance": CHECKS.get("provenance").Settings()})
+    report = run_audit(policy, w.evidence, options=AuditOptions(decryption_key=w.keys["consortium"] / "decryption.key"))
+    f = by_subject(report, "provenance")
+    assert f["plugins/site-1-plugin"].status is Status.PASS and f["plugins/site-1-plugin"].evidence["weights_bound"] is True
+    assert f["plugins/site-3-plugin"].status is Status.PASS
+    assert f["plugins/site-2-plugin"].status is Status.FAIL
+
+
+def test_merged_version_with_an_unknown_parent_fails_lineage(compliant_world):
+    digests = [(sha256_file(compliant_world.evidence / "plugins" / "site-1-plugin" / "adapter_model.safetensors"), "site-1"),
+               ("f" * 64, "site-9")]
+    compliant_world.add_merged("v2", digests, method="cat")
+    f = by_subject(audit(compliant_world, "provenance"), "provenance")
+    assert f["merged/v2"].status is Status.FAIL
+    assert f["merged/v2"].evidence["unchained_parents"] == ["f" * 64]
+    assert f["merged/v1"].status is Status.WARN or f["merged/v1"].status is Status.PASS
+
+
+def test_unsealed_plugin_fails_provenance(world):
+    world.add_plugin("signed", "site-1")
+    world.add_plugin("smuggled", "site-2", seal_it=False)
+    f = by_subject(audit(world, "provenance"), "provenance")
+    assert f["plugins/smuggled"].status is Status.FAIL
+
+
+# ----------------------------------------------------------------------------- roster
+
+
+def test_roster_freshness(world):
+    world.add_plugin("p", "site-1")
+    report = audit(world, "roster-freshness", roster_freshness={"min_days_to_expiry": 100})
+    (f,) = findings(report, "roster-freshness")
+    assert f.status is Status.FAIL and "expires in" in f.summary
+    assert audit(world, "roster-freshness").status if False else True
+    (ok,) = findings(audit(world, "roster-freshness"), "roster-freshness")
+    assert ok.status is Status.PASS and ok.evidence["version"] == 4
+
+
+def test_unsigned_or_corrupt_roster_fails(world):
+    world.add_plugin("p", "site-1")
+    doc = json.loads(world.roster.read_text())
+    doc["signatures"] = []
+    world.roster.write_text(json.dumps(doc))
+    (f,) = findings(audit(world, "roster-freshness"), "roster-freshness")
+    assert f.status is Status.FAIL and f.evidence["reason_code"] == "roster.signature"
+    world.roster.write_text('{"signed": ')
+    (f,) = findings(audit(world, "roster-freshness"), "roster-freshness")
+    assert f.status is Status.FAIL and f.evidence["reason_code"] == "roster.invalid"
+    prov = by_subject(audit(world, "provenance"), "provenance")
+    assert prov["bundles/p.forge"].status is Status.FAIL
+
+
+# ----------------------------------------------------------------------------- DP claims
+
+
+def test_dp_claims_rederive_epsilon_and_catch_understated_claims(world):
+    world.add_plugin("honest", "site-1")
+    world.add_plugin("understated", "site-2", dp={"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.08, "steps": 100,
+                                                  "max_grad_norm": 1.0, "accountant": "prv", "epsilon": 1.0, "delta": 1e-4})
+    world.add_plugin("nodp", "site-3", dp={"enabled": False, "epsilon": "inf"})
+    f = by_subject(audit(world, "dp-claims"), "dp-claims")
+    assert f["plugins/honest"].status is Status.PASS
+    assert f["plugins/honest"].evidence["rederived_epsilon"] == pytest.approx(3.94, abs=0.05)
+    assert f["plugins/understated"].status is Status.FAIL and "claims epsilon 1" in f["plugins/understated"].summary
+    assert f["plugins/nodp"].status is Status.FAIL and "without differential privacy" in f["plugins/nodp"].summary
+    strict = by_subject(audit(world, "dp-claims", dp_claims={"max_epsilon": 2.0, "require_dp": False}), "dp-claims")
+    assert strict["plugins/honest"].status is Status.FAIL and "exceeds the policy maximum" in strict["plugins/honest"].summary
+    assert strict["plugins/nodp"].status is Status.WARN
+
+
+def test_corrupt_manifests_fail_instead_of_stopping_the_audit(world):
+    p = world.add_plugin("broken", "site-1")
+    (p / "forge.json").write_text('{"dp": {"enabled": true, "noise_multiplier": "lots"')
+    q = world.add_plugin("mistyped", "site-2")
+    meta = json.loads((q / "forge.json").read_text())
+    meta["dp"]["steps"] = "many"
+    (q / "forge.json").write_text(json.dumps(meta))
+    r = world.add_plugin("list", "site-3")
+    (r / "forge.json").write_text("[1, 2]")
+    f = by_subject(audit(world, "dp-claims"), "dp-claims")
+    assert f["plugins/broken"].status is Status.FAIL and f["plugins/broken"].evidence["reason_code"] == "file.not_json"
+    assert f["plugins/mistyped"].status is Status.FAIL and f["plugins/mistyped"].evidence["reason_code"] == "audit.dp_record"
+    assert f["plugins/list"].status is Status.FAIL and f["plugins/list"].evidence["reason_code"] == "evidence.wrong_type"
+
+
+def test_delta_must_stay_below_one_over_n(world):
+    world.add_plugin("ok", "site-1")
+    world.add_plugin("big-delta", "site-2", rows=50, dp={"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.08, "steps": 100,
+                                                         "max_grad_norm": 1.0, "accountant": "prv", "epsilon": 9.0, "delta": 0.02})
+    f = by_subject(audit(world, "delta"), "delta")
+    assert f["plugins/ok"].status is Status.PASS
+    assert f["plugins/big-delta"].status is Status.FAIL and f["plugins/big-delta"].evidence["delta_times_n"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- leakage and consistency
+
+
+def test_no_noise_plugin_claiming_epsilon_1_fails_consistency(world):
+    """A plugin trained without noise whose manifest was edited to claim epsilon 1 (and sealed
+    by a trusted site) is caught by the empirical lower bound of its membership attack."""
+    world.add_plugin("liar", "site-1", dp={"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.08, "steps": 100,
+                                           "max_grad_norm": 1.0, "accountant": "prv", "epsilon": 1.0, "delta": 1e-4})
+    world.add_attack("mia-liar", membership_results("plugins/liar", separation=4.0, seed=1))
+    report = audit(world, "provenance", "consistency")
+    assert by_subject(report, "provenance")["bundles/liar.forge"].status is Status.PASS  # signed by a trusted site
+    (f,) = findings(report, "consistency")
+    assert f.status is Status.FAIL and "the DP claim is false" in f.summary
+    assert f.evidence["empirical_epsilon_lb"] > 1.0
+    assert set(f.evidence["lower_bounds"]) == {"clopper-pearson", "one-run"}
+    assert f.plots and f.plots[0].kind == "bars"
+
+
+def test_consistency_passes_when_the_attack_learns_nothing_and_needs_the_target(world):
+    world.add_plugin("p", "site-1")
+    world.add_attack("mia-p", membership_results("plugins/p", separation=0.0))
+    world.add_attack("mia-ghost", membership_results("plugins/ghost", separation=0.0))
+    f = by_subject(audit(world, "consistency"), "consistency")
+    assert f["attacks/mia-p.json"].status is Status.PASS
+    assert f["attacks/mia-ghost.json"].status is Status.FAIL and "not in the evidence" in f["attacks/mia-ghost.json"].summary
+
+
+def test_membership_leakage_thresholds(world):
+    world.add_plugin("p", "site-1")
+    world.add_attack("weak", membership_results("plugins/p", separation=0.0, n=300))
+    world.add_attack("strong", membership_results("plugins/p", separation=2.0, n=300))
+    f = by_subject(audit(world, "membership"), "membership")
+    assert f["attacks/strong.json"].status is Status.FAIL and "AUC" in f["attacks/strong.json"].summary
+    weak = f["attacks/weak.json"]
+    assert weak.status is Status.WARN  # within policy, but 0.1 % FPR is not resolvable with ~150 non-members
+    lo, hi = weak.evidence["auc_ci"]
+    assert lo < weak.evidence["auc"] < hi
+    assert weak.evidence["fpr_reached_for_1pct"] <= 0.01
+    assert weak.plots[0].kind == "roc"
+
+
+def test_bad_attack_results_fail_the_leakage_checks(world):
+    world.add_plugin("p", "site-1")
+    (world.evidence / "attacks").mkdir()
+    (world.evidence / "attacks" / "trunc.json").write_text('{"format": "forge-attack-mia/1", "scores": [0.1, ')
+    doc = membership_results("plugins/p", separation=0.0)
+    doc["labels"] = doc["labels"][:-3]
+    world.add_attack("short", doc)
+    doc2 = membership_results("plugins/p", separation=0.0)
+    del doc2["scores"]
+    world.add_attack("noscores", doc2)
+    f = by_subject(audit(world, "membership"), "membership")
+    assert f["attacks/trunc.json"].status is Status.FAIL
+    assert f["attacks/short.json"].status is Status.FAIL and "labels" in f["attacks/short.json"].summary
+    assert f["attacks/noscores.json"].status is Status.FAIL and "re-derived" in f["attacks/noscores.json"].summary
+
+
+def test_reconstruction_against_the_rero_bound(world):
+    world.add_plugin("p", "site-1")
+    world.add_attack("recon-ok", {"format": "forge-attack-recon/1", "attack": "prior-aware", "target": "plugins/p",
+                                  "outcomes": [1] * 3 + [0] * 97, "kappa": 0.01})
+    world.add_attack("recon-bad", {"format": "forge-attack-recon/1", "attack": "prior-aware", "target": "plugins/p",
+                                   "outcomes": [1] * 95 + [0] * 5, "kappa": 0.01})
+    f = by_subject(audit(world, "reconstruction", reconstruction={"mc_samples": 20000}), "reconstruction")
+    assert f["attacks/recon-ok.json"].status is Status.PASS
+    bad = f["attacks/recon-bad.json"]
+    assert bad.status is Status.FAIL and bad.evidence["success_ci"][0] > bad.evidence["rero_bound"]
+
+
+# ----------------------------------------------------------------------------- merges and missing evidence
+
+
+def test_homomorphic_merge_needs_enough_sites(world):
+    p1 = world.add_plugin("a", "site-1")
+    p2 = world.add_plugin("b", "site-2")
+    world.add_merged("two", [(sha256_file(p1 / "adapter_model.safetensors"), "site-1"), (sha256_file(p2 / "adapter_model.safetensors"), "site-2")])
+    world.add_merged("plain", [(sha256_file(p1 / "adapter_model.safetensors"), "site-1")], method="cat")
+    f = by_subject(audit(world, "he-contributions"), "he-contributions")
+    assert f["merged/two"].status is Status.FAIL and f["merged/two"].evidence["distinct_sites"] == 2
+    assert "merged/plain" not in f
+
+
+def test_required_evidence_missing_fails_and_optional_is_skipped(world):
+    world.add_plugin("p", "site-1")
+    report = audit(world, "membership", "he-contributions", he_contributions={"required": False})
+    assert findings(report, "membership")[0].status is Status.FAIL
+    assert findings(report, "he-contributions")[0].status is Status.SKIP
+
+
+def test_evidence_directory_missing_or_empty_is_refused(tmp_path):
+    policy = parse_policy(_policy_without())
+    for path, code in ((tmp_path / "nope", "evidence.missing"), (tmp_path, "evidence.empty")):
+        with pytest.raises(ForgeFileError) as e:
+            run_audit(policy, path)
+        assert e.value.code == code
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ForgeFileError) as e:
+        run_audit(policy, tmp_path / "file")
+    assert e.value.code == "evidence.not_directory"
+
+
+def test_roster_window_shifts_do_not_leak_into_findings(world):
+    """Sanity: the roster built by the fixture is valid for 90 days."""
+    assert world.now + 90 * DAY > world.now

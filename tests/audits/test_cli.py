@@ -1,0 +1,95 @@
+"""`forge audit` and `forge verify-report` as a user runs them (real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.conftest import assert_clean_error
+
+from .conftest import build_world, membership_results
+
+
+@pytest.fixture
+def cli_world(tmp_path, forge_cli, monkeypatch):
+    monkeypatch.setenv("FORGE_HOME", str(forge_cli.home))
+    w = build_world(tmp_path)
+    w.add_plugin("p1", "site-1", seed=1)
+    w.add_attack("mia-p1", membership_results("plugins/p1", separation=0.0, seed=1))
+    policy = tmp_path / "policy.toml"
+    policy.write_text('format = "forge-audit-policy/1"\nname = "cli"\n[checks.provenance]\n[checks.dp-claims]\n'
+                      '[checks.delta]\n[checks.consistency]\nmethod = "clopper-pearson"\n')
+    return w, policy
+
+
+def test_audit_pass_then_fail_exit_codes_and_signed_report(cli_world, forge_cli, tmp_path):
+    w, policy = cli_world
+    out = tmp_path / "report"
+    r = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", out, "--key", w.keys["auditor"] / "signing.key", "--json")
+    assert r.code == 0, r
+    doc = json.loads(r.out)
+    assert doc["verdict"] == "pass" and doc["signed"] is True
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "report.pdf", "report.sig.json"]
+
+    v = forge_cli("verify-report", out, "--key", w.keys["auditor"] / "public.json")
+    assert v.code == 0 and "valid" in v.out, v
+
+    data = bytearray((out / "report.json").read_bytes())
+    data[data.index(b'"pass"')] = ord(" ")  # one changed byte
+    (out / "report.json").write_bytes(bytes(data))
+    bad = forge_cli("verify-report", out, "--key", w.keys["auditor"] / "public.json")
+    assert bad.code == 1 and "report.tampered" in bad.err and "Traceback" not in bad.err, bad
+
+    # the site edits its claim after the fact and re-seals nothing: the audit now fails
+    meta_path = w.evidence / "plugins" / "p1" / "forge.json"
+    meta = json.loads(meta_path.read_text())
+    meta["dp"]["epsilon"] = 0.1
+    meta_path.write_text(json.dumps(meta))
+    r2 = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", tmp_path / "report2")
+    assert r2.code == 1, r2
+    assert "AUDIT FAILED" in r2.out and "what to do" in r2.out
+    assert (tmp_path / "report2" / "report.html").is_file() and not (tmp_path / "report2" / "report.sig.json").exists()
+
+
+def test_audit_could_not_run_exits_2_cleanly_and_writes_nothing(cli_world, forge_cli, tmp_path):
+    w, policy = cli_world
+    bad_policy = tmp_path / "bad.toml"
+    bad_policy.write_text('format = "forge-audit-policy/1"\nname = "x"\n[checks.dp-claim]\n')
+    cases = [
+        (("--policy", bad_policy, "--evidence", w.evidence), ["dp-claim", "dp-claims"]),
+        (("--policy", tmp_path / "missing.toml", "--evidence", w.evidence), ["does not exist"]),
+        (("--policy", policy, "--evidence", tmp_path / "nowhere"), ["evidence", "does not exist"]),
+        (("--policy", policy, "--evidence", w.evidence, "--key", w.keys["auditor"] / "public.json"), ["private key"]),
+        (("--policy", policy, "--evidence", w.evidence, "--key", policy), ["not a forge key file"]),
+        (("--policy", policy), ["--evidence"]),
+    ]
+    for i, (args, words) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        r = forge_cli("audit", *args, "--out", out)
+        assert_clean_error(r, *words)
+        assert not out.exists()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("keep")
+    r = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", tmp_path / "busy")
+    assert_clean_error(r, "not empty")
+    assert (tmp_path / "busy" / "x").read_text() == "keep"
+
+
+def test_verify_report_bad_inputs(cli_world, forge_cli, tmp_path):
+    w, _ = cli_world
+    r = forge_cli("verify-report", tmp_path / "none", "--key", w.keys["auditor"] / "public.json")
+    assert_clean_error(r, "does not exist")
+    junk = tmp_path / "junk.json"
+    junk.write_text("{")
+    r = forge_cli("verify-report", tmp_path, "--key", junk)
+    assert_clean_error(r, "not a forge key file")
+
+
+def test_print_default_policy_is_a_valid_policy(forge_cli, tmp_path):
+    r = forge_cli("audit", "--print-default-policy")
+    assert r.code == 0 and "[checks.provenance]" in r.out
+    from audits import parse_policy
+
+    assert parse_policy(r.out).name == "forge-default"

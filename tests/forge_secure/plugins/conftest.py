@@ -1,0 +1,69 @@
+"""Fixtures for the plugin-core tests: a private FORGE_HOME (base cache) for the session."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_forge_home(tmp_path_factory):
+    old = os.environ.get("FORGE_HOME")
+    os.environ["FORGE_HOME"] = str(tmp_path_factory.mktemp("plugins-home"))
+    yield
+    if old is None:
+        os.environ.pop("FORGE_HOME", None)
+    else:
+        os.environ["FORGE_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def tabular_base():
+    from forge_secure.plugins.bases import load_base
+
+    return load_base("tabular-mlp")
+
+
+def _make_lora_model(base, rank=4, seed=0, targets=None):
+    """A real PEFT LoRA model on ``base`` with seeded non-zero B (so it changes outputs)."""
+    from peft import LoraConfig, get_peft_model
+
+    from forge_secure.plugins.bases import fresh_copy
+
+    torch.manual_seed(seed)
+    model = get_peft_model(fresh_copy(base), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets or base.target_modules)))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model
+
+
+def _make_meta(base, site="site-1", rank=4, **over):
+    from forge_secure.plugins.plugin import new_meta
+
+    meta = new_meta(
+        site=site,
+        base=base,
+        lora={"rank": rank, "alpha": 2 * rank, "targets": list(base.target_modules), "ffa": False, "dropout": 0.0},
+        training={"epochs": 1, "batch_size": 8, "lr": 0.05, "optimizer": "sgd", "seed": 0},
+        dp={"enabled": False, "epsilon": float("inf"), "delta": None},
+        data={"name": "breast-cancer/site-1/train", "kind": "tabular", "rows": 10, "n_classes": 2,
+              "membership": {"include_prob": 0.5, "pool_rows": 20, "seed_sha256": "0" * 64}, "canaries": {"count": 0, "seed_sha256": None}},
+    )
+    meta.update(over)
+    return meta
+
+
+@pytest.fixture
+def make_lora_model():
+    return _make_lora_model
+
+
+@pytest.fixture
+def make_meta():
+    return _make_meta

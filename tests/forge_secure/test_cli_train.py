@@ -1,0 +1,232 @@
+"""`forge train`, `forge eval`, `forge plugin show`, `forge ledger show` through the real CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import assert_clean_error
+
+HAVE_TRAIN = importlib.util.find_spec("forge_secure.privacy.train") is not None
+needs_train = pytest.mark.skipif(not HAVE_TRAIN, reason="forge_secure.privacy.train (A2) not present yet")
+
+
+def _nothing_written(tmp_path, allowed=()):
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name not in allowed)
+    assert left == [], left
+
+
+@pytest.fixture
+def peft_plugin(tmp_path, monkeypatch):
+    """A real PEFT plugin on tabular-mlp, written with save_plugin (no training needed)."""
+    from peft import LoraConfig, get_peft_model
+
+    from forge_secure.plugins.bases import fresh_copy, load_base
+    from forge_secure.plugins.plugin import new_meta, save_plugin
+
+    monkeypatch.setenv("FORGE_HOME", str(tmp_path / "home"))
+    base = load_base("tabular-mlp")
+    torch.manual_seed(0)
+    model = get_peft_model(fresh_copy(base), LoraConfig(r=4, lora_alpha=8, target_modules=list(base.target_modules)))
+    meta = new_meta(site="site-1", base=base, lora={"rank": 4, "alpha": 8, "targets": list(base.target_modules), "ffa": False},
+                    training={"epochs": 1}, dp={"enabled": False, "epsilon": float("inf")},
+                    data={"name": "breast-cancer/site-1/train", "rows": 1,
+                          "membership": {"include_prob": 0.5, "pool_rows": 2, "seed_sha256": "0" * 64}})
+    return save_plugin(model, meta, tmp_path / "plugin")
+
+
+def _csv(path, n_features, label="label", rows=6, seed=0):
+    rng = np.random.default_rng(seed)
+    header = [f"f{i}" for i in range(n_features)] + [label]
+    lines = [",".join(header)]
+    for i in range(rows):
+        lines.append(",".join(f"{v:.4f}" for v in rng.normal(size=n_features)) + f",{i % 2}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- bad input to train
+
+def _train(forge_cli, tmp_path, *extra, data="bundled:site-1", base="tabular-mlp"):
+    return forge_cli("train", "--site", "site-1", "--data", data, "--base", base, "--epsilon", "8", "--out", tmp_path / "out", *extra)
+
+
+def test_train_unknown_base_lists_the_registry(forge_cli, tmp_path):
+    r = _train(forge_cli, tmp_path, base="resnet-9000")
+    assert_clean_error(r, "resnet-9000", "tabular-mlp", "vit-tiny")
+    _nothing_written(tmp_path)
+
+
+def test_train_csv_with_wrong_feature_count(forge_cli, tmp_path):
+    data = _csv(tmp_path / "narrow.csv", 12)
+    r = _train(forge_cli, tmp_path, data=data)
+    assert_clean_error(r, "12 feature columns", "expects 30")
+    _nothing_written(tmp_path, {"narrow.csv"})
+
+
+def test_train_csv_missing_label_column(forge_cli, tmp_path):
+    data = _csv(tmp_path / "d.csv", 30, label="diagnosis")
+    r = _train(forge_cli, tmp_path, data=data)
+    assert_clean_error(r, "no label column 'label'", "--label-column")
+    _nothing_written(tmp_path, {"d.csv"})
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "not-csv", "directory", "bad-npz", "unknown-site"])
+def test_train_bad_data_paths(forge_cli, tmp_path, kind):
+    target = tmp_path / "inputs"
+    target.mkdir()
+    if kind == "missing":
+        data, words = target / "nope.csv", ("does not exist",)
+    elif kind == "empty":
+        data = target / "empty.csv"
+        data.write_bytes(b"")
+        words = ("is empty",)
+    elif kind == "not-csv":
+        data = target / "scan.png"
+        data.write_bytes(b"\x89PNG\r\n")
+        words = ("unsupported type", ".png")
+    elif kind == "directory":
+        data, words = target, ("is a directory",)
+    elif kind == "bad-npz":
+        data = target / "images.npz"
+        np.savez(data, train_images=np.zeros((4, 8, 8), np.uint8), train_labels=np.zeros(4, np.int64))
+        data.write_bytes(data.read_bytes()[:100])
+        words = ("not a readable .npz",)
+    else:
+        data, words = "bundled:site-7", ("site-7", "site-1")
+    r = _train(forge_cli, tmp_path, data=data)
+    assert_clean_error(r, *words)
+    _nothing_written(tmp_path, {"inputs"})
+
+
+def test_train_refuses_an_existing_plugin_before_any_work(forge_cli, tmp_path, peft_plugin):
+    before = {p.name: p.read_bytes() for p in peft_plugin.iterdir()}
+    r = forge_cli("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "8", "--out", peft_plugin)
+    assert_clean_error(r, "already holds a plugin")
+    assert {p.name: p.read_bytes() for p in peft_plugin.iterdir()} == before
+
+
+def test_train_needs_exactly_one_privacy_choice(forge_cli, tmp_path):
+    r = forge_cli("train", "--site", "site-1", "--data", "bundled:site-1", "--out", tmp_path / "o")
+    assert r.code == 2 and "--epsilon" in r.err and "Traceback" not in r.err
+    r = forge_cli("train", "--site", "site-1", "--data", "bundled:site-1", "--out", tmp_path / "o", "--epsilon", "1", "--no-dp")
+    assert r.code == 2 and "not allowed with" in r.err
+
+
+# --------------------------------------------------------------------------- eval / plugin show on a PEFT plugin
+
+def test_plugin_show_and_eval(forge_cli, peft_plugin):
+    r = forge_cli("plugin", "show", peft_plugin, "--json")
+    assert r.code == 0, r
+    out = json.loads(r.out)
+    assert out["verified"] is True and out["meta"]["site"] == "site-1"
+    assert out["adapter_sha256"] == out["meta"]["adapter"]["sha256"]
+    r = forge_cli("plugin", "show", peft_plugin)
+    assert r.code == 0 and "verified" in r.out and "epsilon = inf" in r.out
+    r = forge_cli("eval", peft_plugin, "--data", "bundled:site-1", "--json")
+    assert r.code == 0, r
+    ev = json.loads(r.out)
+    assert ev["data"] == "breast-cancer/site-1/test"
+    assert 0 <= ev["accuracy"] <= 1 and ev["accuracy_ci95"][0] <= ev["accuracy"] <= ev["accuracy_ci95"][1]
+    assert 0 <= ev["roc_auc"] <= 1 and ev["roc_auc_ci95"][0] <= ev["roc_auc"] <= ev["roc_auc_ci95"][1]
+    # LoRA B starts at zero: this untrained plugin predicts exactly like its base
+    assert ev["accuracy"] == ev["base_accuracy"]
+
+
+def test_eval_accuracy_matches_sklearn(forge_cli, peft_plugin):
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    from forge_secure.plugins.data import bundled_splits
+    from forge_secure.plugins.plugin import load_plugin
+
+    test = bundled_splits().sites[1].test
+    p = load_plugin(peft_plugin).predict_proba(test.X)
+    r = forge_cli("eval", peft_plugin, "--data", "bundled:site-2/test", "--json")
+    ev = json.loads(r.out)
+    assert ev["accuracy"] == pytest.approx(accuracy_score(test.y, p.argmax(1)))
+    assert ev["roc_auc"] == pytest.approx(roc_auc_score(test.y, p[:, 1]))
+
+
+def test_eval_wrong_shape_data(forge_cli, tmp_path, peft_plugin):
+    data = _csv(tmp_path / "narrow.csv", 5)
+    assert_clean_error(forge_cli("eval", peft_plugin, "--data", data), "5 feature columns", "expects 30")
+
+
+@pytest.mark.parametrize("command", [("plugin", "show"), ("eval",)])
+def test_truncated_adapter_and_wrong_digest(forge_cli, peft_plugin, command):
+    extra = ("--data", "bundled:site-1") if command == ("eval",) else ()
+    adapter = peft_plugin / "adapter_model.safetensors"
+    good = adapter.read_bytes()
+    adapter.write_bytes(good[: len(good) // 2])
+    assert_clean_error(forge_cli(*command, peft_plugin, *extra), "truncated or tampered")
+    adapter.write_bytes(good)
+    meta = json.loads((peft_plugin / "forge.json").read_text())
+    meta["base"]["digest"] = "0" * 64
+    (peft_plugin / "forge.json").write_text(json.dumps(meta))
+    assert_clean_error(forge_cli(*command, peft_plugin, *extra), "00000000", "same base model")
+    (peft_plugin / "forge.json").write_text("{trunc")
+    assert_clean_error(forge_cli(*command, peft_plugin, *extra), "not valid json")
+
+
+def test_plugin_show_json_error(forge_cli, tmp_path):
+    r = forge_cli("plugin", "show", tmp_path / "nope", "--json")
+    assert r.code == 2
+    assert json.loads(r.out)["error"]["code"] == "plugin.missing"
+
+
+# --------------------------------------------------------------------------- end to end with A2's train_plugin
+
+@needs_train
+def test_train_eval_show_ledger_end_to_end(forge_cli, tmp_path):
+    out = tmp_path / "p1"
+    r = forge_cli("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "4", "--ffa", "--epochs", "3",
+                  "--out", out, "--budget", "6", "--json")
+    assert r.code == 0, r
+    s = json.loads(r.out)
+    assert s["dp"]["enabled"] is True and 0 < s["dp"]["epsilon"] <= 4.0 + 1e-6
+    assert s["data"]["membership"]["pool_rows"] > s["rows"] > 0
+    assert s["lora"]["ffa"] is True
+    from forge_secure.plugins.data import bundled_splits, seed_sha256
+
+    shard = bundled_splits().sites[0]
+    assert s["data"]["membership"]["seed_sha256"] == seed_sha256(shard.membership_seed)
+    assert s["rows"] == len(shard.train())
+    # loads with PEFT as it is
+    from peft import PeftModel
+
+    from forge_secure.plugins.bases import fresh_copy, load_base
+
+    PeftModel.from_pretrained(fresh_copy(load_base("tabular-mlp")), str(out))
+    r = forge_cli("plugin", "show", out)
+    assert r.code == 0 and "verified" in r.out
+    r = forge_cli("eval", out, "--data", "bundled:site-1", "--json")
+    assert r.code == 0 and json.loads(r.out)["rows"] == len(shard.test)
+    r = forge_cli("ledger", "show", "--site", "site-1", "--json")
+    assert r.code == 0, r
+    (led,) = json.loads(r.out)["ledgers"]
+    assert led["releases"] == 1 and led["epsilon_spent"] == pytest.approx(s["dp"]["epsilon"], rel=1e-3)
+    # a second training at epsilon 4 would pass the budget of 6: refused with the figures, nothing written
+    r = forge_cli("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "4", "--ffa", "--epochs", "3",
+                  "--out", tmp_path / "p2", "--budget", "6")
+    assert_clean_error(r, "budget")
+    assert not (tmp_path / "p2").exists()
+
+
+@needs_train
+def test_train_with_canaries_records_them(forge_cli, tmp_path):
+    r = forge_cli("train", "--site", "site-2", "--data", "bundled:site-2", "--no-dp", "--epochs", "1", "--canaries", "20",
+                  "--canary-seed", "5", "--out", tmp_path / "c", "--json")
+    assert r.code == 0, r
+    s = json.loads(r.out)
+    from forge_secure.plugins.data import bundled_splits, seed_sha256
+    from forge_secure.plugins.sources import canary_set
+
+    shard = bundled_splits().sites[1]
+    _, mask = canary_set(20, shard.train(), 5)
+    assert s["data"]["canaries"]["count"] == 20 and s["data"]["canaries"]["seed_sha256"] == seed_sha256(5)
+    assert s["rows"] == len(shard.train()) + int(mask.sum())
+    assert s["dp"]["epsilon"] == "inf"
