@@ -7,12 +7,15 @@ data, so that the attack can compare the target with models known to have (IN) o
 have (OUT) seen each candidate record (Carlini et al. 2022, Sec. 4; Zarifzadeh et al. 2024).
 
 Splits (:func:`reference_masks`). References come in complementary pairs: reference 2k is
-trained on a random half H_k of the training pool, reference 2k+1 on the complement. Every
-record is therefore IN for exactly half of an even number of references (the balanced
-design of Carlini et al.'s code), and the split of reference i depends only on
-``(seed, i // 2)``, not on how many references are asked for, so the cache is reused when
-the count grows. The pool is candidates + population when ``online`` and the population
-alone when offline (then no candidate is ever IN, the offline threat model).
+trained on a random half H_k of the candidates, reference 2k+1 on the complement, so every
+candidate is IN for exactly half of an even number of references (the balanced design of
+Carlini et al.'s code). Each reference is topped up with random population records to the
+target's training-set size (``data.rows`` of its forge.json): a reference trained on more
+records than the target takes more steps, reaches larger margins, and then mis-calibrates
+the attack (measured here: LiRA fell below chance with references 1.5x the target's size).
+The split of reference i depends only on ``(seed, i)``, not on how many references are
+asked for, so the cache is reused when the count grows. Offline, references train on
+population records only (no candidate is ever IN: the offline threat model).
 
 Cache. Each trained reference's logits (on candidates and population) are stored as
 safetensors under ``forge_home()/cache/references/<key>.safetensors``. The key is the
@@ -106,23 +109,36 @@ def recipe_of(meta: dict) -> dict:
     return {k: meta[k] for k in RECIPE_SECTIONS}
 
 
-def reference_masks(n_candidates: int, n_population: int, count: int, *, seed: int, online: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """IN masks ``(count, n_candidates)`` and ``(count, n_population)`` (pair design, see module doc)."""
+def reference_masks(n_candidates: int, n_population: int, count: int, *, seed: int, online: bool = True,
+                    train_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """IN masks ``(count, n_candidates)`` and ``(count, n_population)`` (see the module doc).
+
+    Online: reference 2k trains on a random half H_k of the candidates and reference 2k+1 on
+    the complement, so every candidate is IN for exactly half of an even number of
+    references; each is topped up with random population records to ``train_rows``
+    records (the target's training-set size; default half of candidates + population), so
+    that references see as many records, and take as many DP-SGD steps at the same sample
+    rate, as the target. Offline: ``train_rows`` random population records (at most all but
+    one), and no candidate is ever IN. Reference i's split depends only on ``(seed, i)``.
+    """
     if count < 0 or n_candidates < 0 or n_population < 0:
         raise ForgeValueError("counts must be non-negative", code="attack.references")
+    if train_rows is None:
+        train_rows = (n_candidates + n_population) // 2 if online else n_population // 2
     cand = np.zeros((count, n_candidates), dtype=bool)
     pop = np.zeros((count, n_population), dtype=bool)
-    n_pool = n_candidates + n_population if online else n_population
     for i in range(count):
-        rng = np.random.default_rng([int(seed), i // 2, 0x5EED])
-        half = np.zeros(n_pool, dtype=bool)
-        half[rng.permutation(n_pool)[: n_pool // 2]] = True
-        if i % 2 == 1:
-            half = ~half
+        pair = np.random.default_rng([int(seed), i // 2, 0x5EED])
+        own = np.random.default_rng([int(seed), i, 0x70F])
         if online:
-            cand[i], pop[i] = half[:n_candidates], half[n_candidates:]
+            half = np.zeros(n_candidates, dtype=bool)
+            half[pair.permutation(n_candidates)[: n_candidates // 2]] = True
+            cand[i] = ~half if i % 2 == 1 else half
+            k = int(np.clip(train_rows - cand[i].sum(), 0, n_population))
         else:
-            pop[i] = half
+            k = int(np.clip(train_rows, 1, max(n_population - 1, 1)))
+        if k and n_population:
+            pop[i, own.permutation(n_population)[:k]] = True
     return cand, pop
 
 
@@ -281,7 +297,9 @@ def train_references(
         )
     digest = base_digest or recipe["base"].get("digest")
     n, m = len(candidates), (len(population) if population is not None else 0)
-    in_mask, pop_mask = reference_masks(n, m, count, seed=seed, online=online)
+    rows = (meta.get("data") or {}).get("rows")
+    rows = int(rows) if isinstance(rows, int) and rows > 1 else None
+    in_mask, pop_mask = reference_masks(n, m, count, seed=seed, online=online, train_rows=rows)
     pool_X = candidates.X if population is None else np.concatenate([candidates.X, population.X])
     pool_y = candidates.y if population is None else np.concatenate([candidates.y, population.y])
     n_classes = max(candidates.n_classes, population.n_classes if population is not None else 0)
@@ -301,7 +319,7 @@ def train_references(
         if hit is not None:
             logits[i] = hit
             continue
-        train_sel = full_mask if online else np.concatenate([np.zeros(n, dtype=bool), pop_mask[i]])
+        train_sel = full_mask
         if train_sel.sum() < 2:
             raise ForgeValueError(
                 f"reference {i} would train on {int(train_sel.sum())} records",

@@ -12,6 +12,10 @@ Layout (every part optional, but at least one must be present)::
       attacks/*.json       results files of ``forge attack mia`` and ``forge attack recon``
       ledgers/             per-site privacy budget ledgers (``forge ledger``), as written
                            by forge_secure.privacy.Ledger under its root
+      canaries/*.json      {"plugin": "plugins/<name>", "seed": <int>}: the canary seed a site
+                           gives the auditor, so the audit regenerates the canaries and their
+                           coin flips (checked against forge.json's seed_sha256) and runs the
+                           one-run audit on them itself
 
 A file that is present but unreadable (truncated, not JSON, wrong type) is not a reason to
 stop: it is loaded as an :class:`Item` with its ``error`` set, and the check that needs it
@@ -30,7 +34,7 @@ from typing import Any
 from forge_secure.errors import ForgeDataError, ForgeError, ForgeFileError
 from forge_secure.fileio import read_json_file, sha256_file
 
-PARTS = ("roster.json", "bundles", "plugins", "merged", "attacks", "ledgers")
+PARTS = ("roster.json", "bundles", "plugins", "merged", "attacks", "ledgers", "canaries")
 PLUGIN_META = "forge.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -116,6 +120,7 @@ class Evidence:
         self.plugins: list[Item] = [_load_plugin_dir(p, self._rel(p)) for p in self._dirs("plugins")]
         self.merged: list[Item] = [_load_plugin_dir(p, self._rel(p)) for p in self._dirs("merged")]
         self.attacks: list[Item] = [_load_json(p, self._rel(p), "attack results") for p in self._files("attacks", ".json")]
+        self.canaries: list[Item] = [_load_json(p, self._rel(p), "canary seed file") for p in self._files("canaries", ".json")]
         self.ledger_root: Path | None = root / "ledgers" if (root / "ledgers").is_dir() else None
 
     def _rel(self, p: Path) -> str:

@@ -134,6 +134,11 @@ def audit_directory(
         policy = load_policy(policy)
     if out is not None:
         _check_out(Path(out), overwrite)
+        if Path(out).resolve().is_relative_to(Path(evidence_dir).resolve()):
+            from forge_secure.errors import ForgeFileError
+
+            raise ForgeFileError(f"--out {out} is inside the evidence directory {evidence_dir}",
+                                 fix="write the report outside the evidence (the audit never changes its inputs)", code="file.inside_input")
     signing_key = load_auditor_key(key, passphrase) if key is not None else None  # fail early, before the work
     if decryption_key is not None:
         from forge_secure.crypto.keys import load_decryption_key

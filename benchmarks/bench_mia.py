@@ -85,14 +85,14 @@ def _fmt_ci(v, ci, pct=False):
 
 
 def train_target(out_dir: Path, *, no_dp: bool, epochs: int, rank: int, seed: int = 0) -> Path:
-    from forge_secure.plugins.data import load_data, resolve_bundled
+    from forge_secure.plugins.sources import prepare_training_data
     from forge_secure.privacy import TrainConfig, train_plugin
 
-    _, shard, _ = resolve_bundled("bundled:site-1")
+    td = prepare_training_data("bundled:site-1")
     cfg = (TrainConfig(epochs=epochs, batch_size=16, lr=0.05, rank=rank, alpha=2 * rank, seed=seed, no_dp=True)
            if no_dp else
            TrainConfig(epochs=epochs, batch_size=16, lr=0.05, rank=rank, alpha=2 * rank, seed=seed, target_epsilon=8.0, delta=1e-3))
-    train_plugin(cfg, load_data("bundled:site-1"), site="site-1", commitment=shard.commitment(), out=out_dir)
+    train_plugin(cfg, td.data, site="site-1", commitment=td.commitment, out=out_dir)
     return out_dir
 
 

@@ -61,8 +61,13 @@ class GroupTask:
 
 
 def run_group(task: GroupTask) -> dict[str, Any]:
-    """Compute every listed cell of one training group; return counts for the run log."""
-    return _GroupRunner(task).run()
+    """Compute every listed cell of one training group; return counts for the run log
+    (cells computed, plugins trained, and the group's wall and CPU seconds in its worker)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = _GroupRunner(task).run()
+    out["wall_seconds"] = time.perf_counter() - wall
+    out["cpu_seconds"] = time.process_time() - cpu
+    return out
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -109,6 +114,7 @@ class _GroupRunner:
             )
         self.sites = self.data.for_seed(self.group.seed)
         self.trained = 0
+        self._dp: tuple[float, float] | None = None
         self._base = None
         self._models: dict[tuple[str, int | None], dict[str, np.ndarray]] = {}
         self.train_key = G.train_key(self.config, self.group, task.data_digest)
@@ -122,6 +128,36 @@ class _GroupRunner:
             self._base = load_base(self.config.training.base)
         return self._base
 
+    def dp_plan(self) -> tuple[float, float] | None:
+        """(noise multiplier, delta) shared by every plugin of a DP group, or None without DP.
+
+        The noise multiplier is calibrated once per group with the configured accountant
+        (:func:`forge_secure.privacy.plan_privacy`) for the target epsilon at the smallest
+        site training set, so every site's own accounted epsilon (recorded in its
+        forge.json, reported as the claim) is at most about the grid's epsilon. Reference
+        models reuse it: they follow the target's recipe, as in LiRA (Carlini et al. 2022).
+        Delta is the config's, or 1/(10 n) for the largest pool, below 1/n for every set.
+        """
+        if math.isinf(self.group.epsilon):
+            return None
+        if self._dp is None:
+            from forge_secure.privacy import TrainConfig, default_delta, plan_privacy
+
+            t = self.config.training
+            delta = t.delta if t.delta is not None else default_delta(max(len(s.pool) for s in self.sites))
+            key = G.digest({"stage": "dp-plan", "train": self.train_key, "delta": delta})
+            hit = self.cache.load_arrays("dp-plan", key)
+            if hit is not None:
+                self._dp = (float(hit["sigma"]), float(hit["delta"]))
+            else:
+                n = min(int(s.members().sum()) for s in self.sites)
+                cfg = TrainConfig(base=t.base, rank=self.group.rank, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                                  target_epsilon=self.group.epsilon, delta=delta, max_grad_norm=t.max_grad_norm, accountant=t.accountant)
+                plan = plan_privacy(cfg, n)
+                self._dp = (float(plan.noise_multiplier), float(delta))
+                self.cache.store_arrays("dp-plan", key, sigma=np.array(self._dp[0]), delta=np.array(delta), n=np.array(n))
+        return self._dp
+
     def train_config(self, site_index: int, ref: int | None):
         from forge_secure.privacy import TrainConfig
 
@@ -132,12 +168,11 @@ class _GroupRunner:
             epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, seed=seed,
             max_grad_norm=t.max_grad_norm, accountant=t.accountant,
         )
-        if math.isinf(g.epsilon):
+        dp = self.dp_plan()
+        if dp is None:
             kwargs["no_dp"] = True
         else:
-            kwargs["target_epsilon"] = g.epsilon
-            if t.delta is not None:
-                kwargs["delta"] = t.delta
+            kwargs["noise_multiplier"], kwargs["delta"] = dp
         return TrainConfig(**kwargs)
 
     def ref_mask(self, site_index: int, ref: int) -> np.ndarray:

@@ -15,6 +15,7 @@ an interrupted run leaves no half-written directory; the cache keeps finished ce
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class BenchResult:
     cached: int  # taken from the cache
     trained: int  # plugins trained in this run (targets and references)
     seconds: float
+    cpu_seconds: float = 0.0  # CPU time of the workers on the cells of this run (load-independent)
     skipped: list[str] = field(default_factory=list)
     flagged: list[str] = field(default_factory=list)
 
@@ -54,6 +56,7 @@ class BenchResult:
             "cached": self.cached,
             "trained": self.trained,
             "seconds": round(self.seconds, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
             "skipped": self.skipped,
             "flagged": self.flagged,
         }
@@ -81,6 +84,64 @@ def plan(config: BenchConfig, cache: BenchCache, data_digest: str) -> tuple[list
     return pairs, skipped
 
 
+def preflight(config: BenchConfig, data) -> None:
+    """The checks that need the libraries, done once before any work: the base model exists
+    and accepts the data, every training recipe of the grid validates as a
+    :class:`forge_secure.privacy.TrainConfig` (accountant, learning rate, ...), and every
+    membership attack accepts its settings."""
+    import numpy as np
+    import torch
+
+    from forge_secure.errors import ForgeDataError
+    from forge_secure.plugins.bases import load_base
+    from forge_secure.privacy import TrainConfig
+
+    from .registries import ATTACKS
+
+    t = config.training
+    base = load_base(t.base)
+    try:
+        with torch.no_grad():
+            out = base.model(torch.as_tensor(np.array(data.public.X[:2])))
+        out = getattr(out, "logits", out)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ForgeDataError(
+            f"the data {config.data.source!r} does not fit base {t.base!r} (records of shape {data.public.shape}: {str(e).splitlines()[0][:120]})",
+            fix="give data with the features the base expects, or another base",
+            code="bench.data_base_mismatch",
+        ) from None
+    if out.shape[-1] != data.public.n_classes and data.public.n_classes > out.shape[-1]:
+        raise ForgeDataError(
+            f"the data has {data.public.n_classes} classes, base {t.base!r} predicts {out.shape[-1]}",
+            fix="give data with as many classes as the base, or another base",
+            code="bench.data_base_mismatch",
+        )
+    for rank in config.grid.rank:
+        for lora in config.grid.lora:
+            for eps in config.grid.epsilon:
+                dp = {"no_dp": True} if math.isinf(eps) else {"target_epsilon": eps, "delta": t.delta}
+                TrainConfig(base=t.base, rank=rank, alpha=t.alpha_scale * rank, ffa=lora == "ffa", epochs=t.epochs, batch_size=t.batch_size,
+                            lr=t.lr, max_grad_norm=t.max_grad_norm, accountant=t.accountant, **dp)
+    from forge_secure.privacy import ACCOUNTANTS
+
+    ACCOUNTANTS.get(t.accountant)
+    for name in config.grid.attack:
+        if ATTACKS.get(name).kind == "membership":
+            from attacks.membership import make_attack
+
+            s = config.attack_settings(name)
+            attack = make_attack(name, **{k: v for k, v in s.items() if k not in ("references", "population")})
+            if attack.min_references() > s["references"]:
+                from forge_secure.errors import ForgeConfigError
+
+                raise ForgeConfigError(
+                    f"bench config [attack.{name}]: these settings need at least {attack.min_references()} reference models, "
+                    f"references = {s['references']}",
+                    fix=f"set references = {attack.min_references()} or more, or choose a variant that needs fewer",
+                    code="bench.config.too_few_references",
+                )
+
+
 def run_bench(
     config: BenchConfig,
     out: str | Path,
@@ -101,6 +162,7 @@ def run_bench(
         check_ray_address(ray)  # an unreachable cluster is an error before any work, not a hang
     cache = BenchCache(cache_root)
     data = load_bench_data(config.data)
+    preflight(config, data)
     pairs, skipped = plan(config, cache, data.digest)
     if not pairs:
         from forge_secure.errors import ForgeConfigError
@@ -114,15 +176,18 @@ def run_bench(
     results = run_tasks(run_group, tasks, workers=workers, ray=ray or None, description="bench cells")
     computed = sum(len(r["computed"]) for r in results)
     trained = sum(int(r["trained"]) for r in results)
+    cpu = sum(float(r["cpu_seconds"]) for r in results)
 
     rows = []
     for cell, seed, key in pairs:
         doc = cache.load_result(key)
         if doc is None:  # pragma: no cover - a worker returned without storing: a bug
             raise RuntimeError(f"cell {cell.label()} seed {seed} has no result after the run")
-        rows.append(row_from_json(doc["row"]))
+        row = row_from_json(doc["row"])
+        # the tidy table has every column in every row: what an attack does not measure is NaN
+        rows.append({c: row.get(c, False if c == "above_claim" else math.nan) for c in report.COLUMNS})
     flagged = [f"{r['attack']} on {r['merge']} ({r['lora']}, rank {r['rank']}, seed {r['seed']}): empirical {r['empirical_epsilon']:.2f} > claimed {r['claimed_epsilon']:.2f}" for r in plots.flagged_rows(rows)]
-    result = BenchResult(out, rows, computed, len(pairs) - len(missing), trained, 0.0, skipped, flagged)
+    result = BenchResult(out, rows, computed, len(pairs) - len(missing), trained, 0.0, cpu, skipped, flagged)
     write_outputs(config, result, replace=replace, t0=t0)
     return result
 

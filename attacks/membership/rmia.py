@@ -11,7 +11,8 @@ with LR(x, z) >= gamma (higher = member).
 
 - online: P(x) is the mean over all references (half were trained on x, half not);
 - offline: only references not trained on x, with the paper's linear correction
-  P(x) ~ 1/2 [(1 + a) P_OUT(x) + (1 - a)], applied to x and z alike. ``a`` is given, or
+  P(x) ~ 1/2 [(1 + a) P_OUT(x) + (1 - a)], and the same correction on P(z), the mean over
+  all references (population records may be IN for some). ``a`` is given, or
   tuned (``a=None``) by using one reference model as a stand-in target on the population
   records (which are IN for some references and OUT for others) and keeping the ``a`` with
   the best AUC, as the paper suggests.
@@ -94,29 +95,31 @@ class RmiaAttack(MembershipAttack):
             self.prob_z_ = p_z.mean(0)
             self.a_ = None
             return
-        out_x, out_z = ~in_mask, ~pop_in
+        out_x = ~in_mask
         self._require_per_record(out_x.sum(0), 1, "OUT", "use more --references")
-        self._require_per_record(out_z.sum(0), 1, "OUT (population)", "use more --references")
         a = cfg.a if cfg.a is not None else self._tune_a(p_z, pop_in)
         self.a_ = float(a)
         self.prob_x_ = self._offline_prob(_mean_where(p_x, out_x), self.a_)
-        self.prob_z_ = self._offline_prob(_mean_where(p_z, out_z), self.a_)
+        # population records: the mean over all references, as for any population sample
+        self.prob_z_ = self._offline_prob(p_z.mean(0), self.a_)
 
     def _tune_a(self, p_z: np.ndarray, pop_in: np.ndarray) -> float:
         """Pick ``a`` with one reference as stand-in target on the population records."""
         R = p_z.shape[0]
         for k in range(R):
-            labels = pop_in[k]
             others = np.delete(np.arange(R), k)
-            out = ~pop_in[others]
-            if labels.any() and (~labels).any() and out.sum(0).min() >= 1:
+            usable = (~pop_in[others]).sum(0) >= 1  # records OUT for at least one other reference
+            labels = pop_in[k][usable]
+            if labels.sum() >= 1 and (~labels).sum() >= 1:
                 break
         else:
             raise TooFewReferences(
                 "RMIA offline cannot tune a: no reference model can stand in as a target "
-                "(its population records must be partly IN, and every record OUT for another reference)",
+                "(it needs population records it was and was not trained on, each OUT for another reference)",
                 fix="give a fixed a (e.g. --rmia-a 0.3) or use more --references",
             )
+        p_z = p_z[:, usable]
+        out = ~pop_in[others][:, usable]
         p_out = _mean_where(p_z[others], out)
         best_a, best_auc = float(A_GRID[0]), -1.0
         for a in A_GRID:

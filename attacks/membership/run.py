@@ -269,7 +269,7 @@ def empirical_epsilon(scores, labels, *, coin_flip: bool, delta: float, seed: in
     claimed = claimed or {"epsilon": "inf"}
     out["claimed"] = claimed.get("epsilon", "inf")
     out["exceeds_claim"] = bool(out["epsilon_lb"] > _claimed_float(claimed))
-    out["confidence"] = "Clopper-Pearson at 95 %; one-run at p < %g" % p_target
+    out["confidence"] = f"Clopper-Pearson at 95 %; one-run at p < {p_target:g}"
     return out
 
 

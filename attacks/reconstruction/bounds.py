@@ -89,10 +89,11 @@ def rero_bound_dpsgd(
 ) -> ReRoBound:
     """Hayes et al. 2023 ReRo bound for DP-SGD, by Monte Carlo on the log-likelihood ratio.
 
-    ``samples`` draws from Q fix the (1 - kappa) quantile of the LLR (the Neyman-Pearson set
-    S with Q(S) = kappa); P(S) is then estimated by importance weighting the same draws,
-    P(S) = E_Q[exp(LLR) 1{LLR > tau}], computed in log space. The standard error of that mean
-    is returned too. Without noise (sigma = 0) the bound is 1.
+    ``samples`` draws from Q fix the (1 - kappa) quantile tau of the LLR (the Neyman-Pearson
+    set S = {LLR > tau} with Q(S) = kappa); ``samples`` draws from P then estimate P(S) as a
+    plain frequency (importance weighting the Q draws instead is badly heavy-tailed when P
+    and Q are far apart, i.e. at low noise). The binomial standard error is returned too.
+    Without noise (sigma = 0) the bound is 1.
     """
     _check_kappa(kappa)
     if not (0.0 < sample_rate <= 1.0) or int(steps) != steps or steps < 1:
@@ -114,23 +115,16 @@ def rero_bound_dpsgd(
         return ReRoBound(1.0, 0.0, kappa, float(noise_multiplier), float(sample_rate), steps, 0, seed)
     rng = np.random.default_rng(seed)
     sigma = float(noise_multiplier)
-    llr = np.empty(samples)
+    llr_q = np.empty(samples)
+    llr_p = np.empty(samples)
     for start in range(0, samples, chunk):
         m = min(chunk, samples - start)
-        llr[start : start + m] = _llr(rng.normal(0.0, sigma, size=(m, steps)), sample_rate, sigma)
-    tau = float(np.quantile(llr, 1.0 - kappa, method="higher"))
-    inside = llr > tau
-    # log of the importance weights of the points inside S; P(S) = mean over all draws
-    if not inside.any():
-        return ReRoBound(float(kappa), 0.0, kappa, sigma, float(sample_rate), steps, samples, seed)
-    w = np.zeros(samples)
-    lw = llr[inside]
-    shift = lw.max()
-    w[inside] = np.exp(lw - shift)
-    mean_scaled = w.mean()
-    log_p = math.log(mean_scaled) + shift if mean_scaled > 0 else -math.inf
-    p = math.exp(log_p) if log_p < 700 else math.inf
-    se = float(w.std(ddof=1) / math.sqrt(samples) * math.exp(shift)) if shift < 700 else math.inf
+        llr_q[start : start + m] = _llr(rng.normal(0.0, sigma, size=(m, steps)), sample_rate, sigma)
+        shift = (rng.random((m, steps)) < sample_rate).astype(np.float64)
+        llr_p[start : start + m] = _llr(rng.normal(0.0, sigma, size=(m, steps)) + shift, sample_rate, sigma)
+    tau = float(np.quantile(llr_q, 1.0 - kappa, method="higher"))
+    p = float((llr_p > tau).mean())
+    se = math.sqrt(max(p * (1.0 - p), 1.0 / samples) / samples)
     # The Neyman-Pearson set can only raise success above the prior: P(S) >= Q(S) = kappa.
     bound = float(min(1.0, max(p, kappa)))
     return ReRoBound(bound, min(se, 1.0), float(kappa), sigma, float(sample_rate), steps, samples, seed)

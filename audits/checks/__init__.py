@@ -20,6 +20,6 @@ RUN_ORDER = (
     "membership", "reconstruction", "consistency", "he-contributions",
 )
 
-from . import dp, leakage, merges, provenance  # noqa: E402,F401  (registration)
+from . import budget, dp, leakage, merges, provenance  # noqa: E402,F401  (registration)
 
 __all__ = ["CHECKS", "Check", "CheckSettings", "RUN_ORDER", "register_check"]

@@ -202,6 +202,14 @@ def _plugin_guarantee(target) -> dict | None:
     """Re-derived (epsilon, delta) and DP-SGD parameters of a target plugin, or None without DP."""
     if target is None or target.data is None:
         return None
+    if target.data.get("kind") == "merged":  # post-processing: its claim is the largest of its parents'
+        dp = target.data.get("dp") if isinstance(target.data.get("dp"), dict) else {}
+        claimed = dp.get("epsilon", "inf")
+        try:
+            claimed = float(claimed)
+        except (TypeError, ValueError):
+            return None
+        return {"claimed_epsilon": claimed, "enabled": False, "merged": True}
     try:
         rec = dp_record(target.data, target.rel)
     except ForgeError:
@@ -305,21 +313,37 @@ class Consistency(Check):
         method: str = "both"
         confidence: float = 0.95
         seed: int = 0
+        canary_audit: bool = True
+        canary_k_plus_fraction: float = 0.0
+        canary_k_minus_fraction: float = 0.25
 
         def validate(self) -> None:
+            for name in ("canary_k_plus_fraction", "canary_k_minus_fraction"):
+                if not (0 <= getattr(self, name) <= 0.5):
+                    raise self.bad(name, getattr(self, name), "in [0, 0.5]")
+            if self.canary_k_plus_fraction + self.canary_k_minus_fraction <= 0:
+                raise self.bad("canary_k_minus_fraction", self.canary_k_minus_fraction, "positive when canary_k_plus_fraction is 0")
             if self.method not in Consistency.METHODS:
                 raise self.bad("method", self.method, f"one of {', '.join(Consistency.METHODS)}")
             if not (0.5 < self.confidence < 1):
                 raise self.bad("confidence", self.confidence, "in (0.5, 1)")
 
+    def _canary_audit(self, evidence, item, settings, bars: list) -> Finding:
+        return _canary_audit_impl(self, evidence, item, settings, bars)
+
     def run(self, evidence, settings, *, progress=None) -> list[Finding]:
         from attacks.metrics import one_run_audit, split_clopper_pearson_epsilon
 
         results = _results(evidence, MEMBERSHIP)
-        if not results:
-            return missing_evidence(self.name, settings, "membership attack results to audit the claims with",
-                                    "run forge attack mia on each plugin and copy the results into attacks/")
+        canary_files = evidence.canaries if settings.canary_audit else []
+        if not results and not canary_files:
+            return missing_evidence(self.name, settings, "membership attack results or canary seeds to audit the claims with",
+                                    "run forge attack mia on each plugin and copy the results into attacks/, or give canaries/<plugin>.json")
         findings, bars = [], []
+        for i, item in enumerate(canary_files):
+            if progress:
+                progress(f"canary audit: {item.rel}", i, len(canary_files))
+            findings.append(self._canary_audit(evidence, item, settings, bars))
         for item, res, err in results:
             if err is not None:
                 findings.append(bad_evidence(self.name, type(item)(item.rel, item.path, error=err)))
@@ -375,8 +399,63 @@ class Consistency(Check):
                                         ev, remedy="the DP training or its record is broken; reject the plugin and investigate the training run"))
             else:
                 findings.append(Finding(self.name, Status.PASS, item.rel, f"empirical lower bound {eps_lb:.3f} is consistent with the claimed epsilon {claimed:g}", ev))
-        if bars:
+        if bars and findings:
             last = findings[-1]
             plot = Plot("bars", "Empirical epsilon lower bound (bar) vs claimed epsilon (marker)", tuple(bars), y_label="epsilon")
             findings[-1] = Finding(last.check, last.status, last.subject, last.summary, last.evidence, last.remedy, last.plots + (plot,))
         return findings
+
+
+def _canary_audit_impl(check: Consistency, evidence, item, settings, bars: list) -> Finding:
+    """Regenerate a plugin's canaries from the seed its site gave the auditor, score them with
+    the plugin (log-probability of the canary's label, a LOSS attack), and run the one-run audit
+    (Steinke, Nasr, Jagielski 2023) with guess counts fixed by the policy, not by the data."""
+    import numpy as np
+
+    from attacks.metrics import one_run_audit
+    from forge_secure.plugins.data import Dataset, seed_sha256
+    from forge_secure.plugins.plugin import load_plugin
+    from forge_secure.plugins.sources import canary_set
+
+    name = check.name
+    if not item.ok:
+        return bad_evidence(name, item)
+    doc = item.data
+    seed, ref = doc.get("seed"), doc.get("plugin")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not isinstance(ref, str):
+        return Finding(name, Status.FAIL, item.rel, 'canary seed file must be {"plugin": "plugins/<name>", "seed": <integer>}',
+                       {"reason_code": "evidence.canaries"}, remedy="ask the site for the canary seed of that plugin and write the file as shown")
+    target = evidence.find_plugin(ref)
+    if target is None or target.data is None:
+        return Finding(name, Status.FAIL, item.rel, f"the plugin {ref!r} is not in the evidence", {"plugin": ref},
+                       remedy="put the plugin directory under plugins/")
+    record = (target.data.get("data") or {}).get("canaries") or {}
+    if not record.get("count") or record.get("seed_sha256") != seed_sha256(seed):
+        return Finding(name, Status.FAIL, item.rel, f"the seed does not match the canary commitment in {target.rel}/forge.json",
+                       {"plugin": target.rel, "committed": record.get("seed_sha256"), "count": record.get("count")},
+                       remedy="the site must give the seed it trained with; a plugin without canaries cannot be audited this way")
+    g = _plugin_guarantee(target) or {"claimed_epsilon": math.inf, "enabled": False}
+    claimed = g["claimed_epsilon"]
+    delta = g.get("delta", 0.0) if g.get("enabled") else 0.0
+    plugin = load_plugin(target.path)
+    shape = tuple(getattr(plugin.base, "input_shape", ()) or ())
+    like = Dataset(np.zeros((1,) + shape, np.float32), np.zeros(1, np.int64), int(plugin.base.n_classes), "canary-shape", plugin.base.kind)
+    canaries, included = canary_set(int(record["count"]), like, seed)
+    proba = plugin.predict_proba(canaries.X)
+    scores = np.log(np.clip(proba[np.arange(len(canaries.y)), canaries.y], 1e-300, 1.0))
+    m = int(len(scores))
+    k_plus, k_minus = int(round(settings.canary_k_plus_fraction * m)), int(round(settings.canary_k_minus_fraction * m))
+    audit = one_run_audit(scores, included.astype(np.int64), k_plus=k_plus, k_minus=k_minus, delta=delta, p_target=1 - settings.confidence)
+    eps_lb = audit["epsilon_lb"]
+    ev = {"plugin": target.rel, "canaries": m, "included": int(included.sum()), "guesses": audit["guesses"], "correct": audit["correct"],
+          "k_plus": k_plus, "k_minus": k_minus, "delta": delta, "claimed_epsilon": claimed, "empirical_epsilon_lb": eps_lb,
+          "confidence": settings.confidence, "method": audit["method"]}
+    bars.append({"label": f"{target.path.name} (canaries)", "value": eps_lb, "claimed": claimed})
+    if math.isinf(claimed):
+        return Finding(name, Status.SKIP, item.rel, f"{target.rel} claims no finite epsilon; canary bound {eps_lb:.3f} (see dp-claims)", ev)
+    if eps_lb > claimed:
+        return Finding(name, Status.FAIL, item.rel,
+                       f"canary audit: empirical epsilon lower bound {eps_lb:.3f} ({settings.confidence:.0%}) exceeds the claimed epsilon {claimed:g} of {target.rel}: the DP claim is false",
+                       ev, remedy="reject the plugin; its training did not give the privacy it claims (check for missing noise or an edited manifest)")
+    return Finding(name, Status.PASS, item.rel, f"canary audit: lower bound {eps_lb:.3f} is consistent with the claimed epsilon {claimed:g}", ev)
+

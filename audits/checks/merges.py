@@ -29,7 +29,7 @@ class HomomorphicContributions(Check):
     @dataclass(frozen=True)
     class Settings(CheckSettings):
         min_contributions: int = 3
-        he_methods: tuple[str, ...] = ("he-fusion", "ckks", "ckks-fusion", "homomorphic", "he")
+        he_methods: tuple[str, ...] = ("ffa-ckks", "he-fusion", "ckks")
 
         def validate(self) -> None:
             if self.min_contributions < 2:

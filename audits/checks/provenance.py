@@ -187,6 +187,12 @@ class Provenance(Check):
                 continue
             digest = item.extra["adapter_digest"]
             site = item.data.get("site")
+            recorded = (item.data.get("adapter") or {}).get("sha256") if isinstance(item.data.get("adapter"), dict) else None
+            if recorded is not None and recorded != digest:
+                findings.append(Finding(self.name, Status.FAIL, item.rel, "its weights do not match the adapter digest its forge.json records",
+                                        {"adapter_sha256": digest, "recorded_sha256": recorded},
+                                        remedy="the weights were replaced after training; re-open the plugin from its verified bundle"))
+                continue
             match, bound = None, False
             for rel, (v, ev) in verified.items():
                 if rel in used:

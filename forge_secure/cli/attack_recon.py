@@ -1,9 +1,148 @@
-"""`forge attack ...` sub-command of this suite. See forge_secure/cli/attack.py."""
+"""`forge attack recon`: reconstruction attacks on a plugin (gradient inversion of one update,
+the informed adversary, canary exposure), each beside the ReRo bound of its DP guarantee.
+
+Thin: parses, calls the attack registered under ``--kind`` in
+:data:`attacks.reconstruction.run.ATTACKS`, writes the results JSON (and the picture) atomically,
+prints a summary (or ``--json``).
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from . import _common
+
+KINDS = ("gradient", "informed", "canary")  # help text only; the registry decides
+
+
+def _int(low: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{text!r} must be >= {low}")
+        return v
+
+    return parse
+
+
+def _reps(text: str) -> tuple[int, ...]:
+    try:
+        reps = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not reps or min(reps) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: repetitions must be integers >= 1, e.g. 1,2,4,8")
+    return reps
+
+
+def _groups(text: str) -> tuple[tuple[int, ...], ...]:
+    try:
+        return tuple(tuple(int(c) for c in g.split(",")) for g in text.split(";") if g.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one-hot groups as column indices, e.g. '3,4,5;6,7'") from None
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
-    """Add this suite's sub-command under `forge attack`."""
+    """Add `forge attack recon`."""
+    p = sub.add_parser(
+        "recon",
+        help="reconstruction attacks (gradient inversion, informed adversary, canary exposure) beside the ReRo bound",
+        description="Try to rebuild training records from a plugin or one plugin update, and set the empirical success "
+        "(with a Clopper-Pearson interval) beside a random baseline and the reconstruction-robustness bound that the "
+        "plugin's DP guarantee gives.",
+    )
+    p.add_argument("--target", required=True, help="plugin directory (forge.json)")
+    p.add_argument("--kind", required=True, help=f"attack by registered name: {', '.join(KINDS)}")
+    p.add_argument("--data", default=None,
+                   help="records to attack (gradient), the known training records (informed) or the training data to plant "
+                   "canaries in (canary); default: the bundled site's training set for built-in bases")
+    p.add_argument("--prior", default=None, help="the attacker's population data (default: the bundled public split for built-in bases)")
+    p.add_argument("--label-column", default=None, help="label column of CSV data (default 'label')")
+    p.add_argument("--trials", type=_int(1), default=10, help="attacked updates (gradient) or games (informed) (default 10)")
+    p.add_argument("--seed", type=_int(0), default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--batch-size", type=_int(1), default=1, help="gradient: records per attacked update (default 1)")
+    p.add_argument("--steps", type=_int(1), default=None, help="gradient: optimisation steps (default 1500 tabular, 2000 images)")
+    p.add_argument("--restarts", type=_int(1), default=None, help="gradient: random restarts (default 8 tabular, 4 images)")
+    p.add_argument("--labels", default="given", help="gradient: labels given, by the iDLG rule (idlg), or searched (search)")
+    p.add_argument("--tolerance", type=float, default=0.25, help="gradient, tabular: a continuous feature counts within this many std (default 0.25)")
+    p.add_argument("--categorical", type=_groups, default=(), help="gradient, tabular: one-hot column groups, e.g. '3,4,5;6,7'")
+    p.add_argument("--no-noise", dest="dp", action="store_const", const="none", default="plugin",
+                   help="gradient: attack the update without the plugin's DP noise (what a non-DP site would send)")
+    p.add_argument("--candidates", type=_int(2), default=10, help="informed: prior size n, baseline 1/n (default 10)")
+    p.add_argument("--mode", default="gradients", help="informed: adversary sees every noisy gradient (gradients) or the final plugin (model)")
+    p.add_argument("--repetitions", type=_reps, default=(1, 2, 4, 8), help="canary: repetition counts (default 1,2,4,8)")
+    p.add_argument("--canaries", type=_int(1), default=4, help="canary: canaries per repetition count (default 4)")
+    p.add_argument("--canary-candidates", type=_int(2), default=100, help="canary: size of each canary's candidate set |R| (default 100)")
+    p.add_argument("--bound-samples", type=_int(1000), default=100_000, help="Monte Carlo samples of the ReRo bound (default 100000)")
+    p.add_argument("--out", required=True, help="results JSON")
+    p.add_argument("--plot", default=None, help="picture: originals and reconstructions (PNG)")
+    _common.add_json_flag(p)
+    p.set_defaults(func=handle)
+
+
+def _default_data(plugin, which: str) -> str:
+    from forge_secure.errors import ForgeValueError
+
+    prefix = {"tabular-mlp": "bundled", "vit-tiny": "bundled-digits"}.get(plugin.base.name)
+    if prefix is None:
+        raise ForgeValueError(f"no bundled data for base {plugin.base.name!r}", fix=f"give --{which}", code="recon.no_data")
+    if which == "prior":
+        return f"{prefix}:public"
+    site = plugin.meta.get("site") or "site-1"
+    return f"{prefix}:{site}/train"
+
+
+def handle(args: argparse.Namespace) -> int:
+    from attacks.reconstruction.run import ATTACKS, ReconSettings
+    from forge_secure.errors import ForgeValueError
+    from forge_secure.fileio import atomic_write_json
+    from forge_secure.plugins import load_data, load_plugin
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise ForgeValueError(f"--out {out} is a directory", fix="give a file name such as results.json", code="recon.out")
+    if args.plot and Path(args.plot).suffix.lower() != ".png":
+        raise ForgeValueError(f"--plot {args.plot} is not a .png file name", fix="give a file name ending in .png", code="recon.plot")
+    run = ATTACKS.get(args.kind)  # unknown kinds fail here, before any loading
+    settings = ReconSettings(
+        trials=args.trials, seed=args.seed, batch_size=args.batch_size, steps=args.steps, restarts=args.restarts,
+        labels=args.labels, tolerance=args.tolerance, dp=args.dp, candidates=args.candidates, mode=args.mode,
+        repetitions=args.repetitions, canaries_per_repetition=args.canaries, canary_candidates=args.canary_candidates,
+        bound_samples=args.bound_samples,
+    )
+    plugin = load_plugin(args.target)
+    data = load_data(args.data or _default_data(plugin, "data"), label_column=args.label_column)
+    prior = load_data(args.prior or _default_data(plugin, "prior"), label_column=args.label_column)
+    result = run(plugin, data, prior, settings, plot=args.plot, categorical=args.categorical)
+    from attacks.reconstruction.run import target_record
+
+    result["target"] = target_record(plugin)
+    result["data"] = {"name": data.name, "rows": len(data), "kind": data.kind, "prior": prior.name, "prior_rows": len(prior)}
+    if args.plot:
+        result["plot"] = str(args.plot)
+    atomic_write_json(out, _common._jsonable(result))
+    if args.json:
+        _common.emit_json(result)
+        return 0
+    h = result["headline"]
+    bound = h.get("bound")
+    if bound is None:
+        b = result["bound"]
+        bound = b.get("feature_accuracy", b.get("nn_identification", b)).get("bound")
+    _common.console.print(
+        f"[bold]{args.kind}[/bold] on {args.target}: {h['metric']} {h['rate']:.3f} "
+        f"(95% CI {h['ci'][0]:.3f}-{h['ci'][1]:.3f}), baseline {h['baseline']:.3f}, ReRo bound {bound:.3f}",
+        highlight=False,
+    )
+    if "exposure_bits" in h:
+        rows = result["success"]["by_repetition"]
+        _common.console.print("exposure (bits) by repetitions: " + ", ".join(f"r={r['repetitions']}: {r['mean_exposure_bits']:.2f}" for r in rows)
+                              + f" (max {result['success']['max_exposure_bits']:.2f})", highlight=False)
+    if "psnr_db" in h:
+        _common.console.print(f"PSNR {h['psnr_db']:.1f} dB (baseline {h['baseline_psnr_db']:.1f} dB)", highlight=False)
+    _common.console.print(f"results: {out}" + (f", picture: {args.plot}" if args.plot else ""), highlight=False)
+    return 0

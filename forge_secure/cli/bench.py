@@ -38,10 +38,11 @@ def register(sub: "argparse._SubParsersAction") -> None:
 def _dry_run(args, config) -> int:
     from attacks.bench.cache import BenchCache
     from attacks.bench.data import load_bench_data
-    from attacks.bench.runner import plan
+    from attacks.bench.runner import plan, preflight
 
     cache = BenchCache(args.cache)
     data = load_bench_data(config.data)
+    preflight(config, data)
     pairs, skipped = plan(config, cache, data.digest)
     cached = sum(cache.has_result(k) for _, _, k in pairs)
     info = {

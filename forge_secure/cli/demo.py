@@ -16,7 +16,6 @@ the demo directory, so the demo never touches the user's real budget ledgers.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -93,17 +92,21 @@ STAGES: list[tuple[str, Callable[[dict], None]]] = [("sites", stage_sites)]
 def _print_sites(ctx: dict) -> None:
     from rich.table import Table
 
-    t = Table(title=f"stage 1: three hospitals train DP plugins (FFA-LoRA, target epsilon {ctx['epsilon']:g}, base "
-                    f"{ctx['base']['name']} {ctx['base']['digest'][:12]}...)")
-    for col in ("site", "training rows (of pool)", "benign share", "epsilon (delta)", "noise / steps", "test accuracy [95% CI]",
-                "ROC AUC", "base accuracy", "plugin"):
-        t.add_column(col)
+    t = Table(title=f"Stage 1: three hospitals train DP plugins (FFA-LoRA, target epsilon {ctx['epsilon']:g})")
+    for col in ("site", "rows (pool)", "benign", "eps (delta)", "sigma/steps", "accuracy (95% CI)", "AUC", "base acc"):
+        t.add_column(col, overflow="fold")
     for r in ctx["sites"]:
         lo, hi = r["accuracy_ci95"]
-        t.add_row(r["site"], f"{r['train_rows']} ({r['pool_rows']})", f"{r['label_share_benign']:.2f}",
-                  f"{float(r['epsilon']):.2f} ({r['delta']:.1g})", f"{r['noise_multiplier']:.2f} / {r['steps']}",
-                  f"{r['accuracy']:.3f} [{lo:.2f}, {hi:.2f}]", f"{r['roc_auc']:.3f}", f"{r['base_accuracy']:.3f}", r["plugin"])
+        t.add_row(r["site"], f"{r['train_rows']} ({r['pool_rows']})", f"{r['label_share_benign']:.2f}", f"{float(r['epsilon']):.2f} ({r['delta']:.0e})",
+                  f"{r['noise_multiplier']:.2f}/{r['steps']}", f"{r['accuracy']:.2f} ({lo:.2f}-{hi:.2f})", f"{r['roc_auc']:.2f}",
+                  f"{r['base_accuracy']:.2f}")
     _common.console.print(t)
+    _common.console.print(
+        f"Base {ctx['base']['name']} sha256 {ctx['base']['digest'][:16]}... ; each site's delta is below 1/n of its rows; "
+        "accuracy and AUC are on each site's held-out test split; 'benign' is the label share (non-IID skew)."
+    )
+    for r in ctx["sites"]:
+        _common.console.print(f"  {r['site']}: {r['plugin']}", soft_wrap=True, highlight=False)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -125,7 +128,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     _print_sites(ctx)
     _common.console.print(
-        f"Plugins: {out}/plugins/<site>/ (PEFT adapter + forge.json); ledgers: {out}/ledgers/; summary: {out}/summary.json. "
-        f"Took {ctx['seconds']:.1f} s. Inspect one with: forge plugin show {out}/plugins/site-1"
+        f"Each plugin is a PEFT adapter directory plus forge.json. Budget ledgers: {out}/ledgers/; summary: {out}/summary.json. "
+        f"Took {ctx['seconds']:.1f} s. Inspect a plugin with: forge plugin show {out}/plugins/site-1",
+        soft_wrap=True, highlight=False,
     )
     return 0

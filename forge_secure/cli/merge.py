@@ -181,21 +181,21 @@ def _he_decrypt(args) -> int:
 
 def _synth(args) -> int:
     from ..plugins.bases import load_base
-    from ..plugins.data import load_data
+    from ..plugins.sources import prepare_training_data
     from ..privacy.synthetic import SynthConfig, make_synthetic, save_synthetic
 
     config = SynthConfig(noise_multiplier=args.sigma, target_epsilon=args.epsilon, delta=args.delta, clip=args.clip, per_class=args.per_class,
                          space=args.space, spread=args.spread, accountant=args.accountant, seed=args.seed)
-    base = load_base(args.base)
-    data = load_data(args.data)
-    ledger = None
-    if not args.no_ledger:
-        from ..privacy import Ledger
-
-        ledger = Ledger.open(args.site, data.name if not args.dataset else args.dataset, args.budget)
-    synth = make_synthetic(base, data, config, site=args.site, ledger=ledger)
     if args.out.exists():
         raise ForgeValueError(f"{args.out} already exists", fix="choose another --out", code="file.exists")
+    td = prepare_training_data(args.data)  # the same data and ledger name as `forge train`
+    base = load_base(args.base)
+    ledger = None
+    if not args.no_ledger:
+        from ..privacy.ledger import Ledger
+
+        ledger = Ledger.open(args.site, args.dataset or td.ledger_dataset, args.budget)
+    synth = make_synthetic(base, td.data, config, site=args.site, ledger=ledger)
     save_synthetic(synth, args.out)
     rel = synth.meta["release"]
     data_out = {"out": str(args.out), "rows": synth.meta["rows"], "epsilon": rel["epsilon"], "delta": rel["delta"], "noise_multiplier": rel["noise_multiplier"],
@@ -302,7 +302,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     sy.add_argument("--spread", type=float, default=0.5)
     sy.add_argument("--accountant", default="prv")
     sy.add_argument("--budget", type=float, default=None, help="the site's total epsilon budget for the ledger")
-    sy.add_argument("--dataset", default=None, help="ledger data-set name (default: the data's name)")
+    sy.add_argument("--dataset", default=None, help="ledger data-set name (default: the one `forge train` uses for --data)")
     sy.add_argument("--no-ledger", action="store_true", help="do not charge the site's ledger (testing only)")
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--out", required=True, type=Path, metavar="FILE.npz")

@@ -11,8 +11,9 @@ A ``.forge`` bundle (format ``forge-bundle/1``; integers big-endian)::
     chunks       ``chunks`` AES-256-GCM chunks of ``chunk_size`` plaintext bytes (the last
                  one shorter) + 16-byte tags; AAD = sha256(magic..wrapped_key) || index || last flag
     env_len      u32       1 .. 65536
-    envelope     DSSE envelope (JSON) of an in-toto Statement v1 whose subject is the
-                 sha256 of every byte before ``env_len`` and whose predicate is the manifest
+    envelope     DSSE envelope (JSON) of an in-toto Statement v1 whose subjects are the
+                 sha256 of every byte before ``env_len`` ("<id>.payload") and the sha256 of
+                 magic..wrapped_key ("<id>.header"), and whose predicate is the manifest
 
 The manifest (type ``https://forge-secure.dev/submission/v1``) holds the format, the
 algorithms, a random submission id, the site and its sequence number, the creation time,
@@ -45,6 +46,7 @@ from ..fileio import atomic_directory, atomic_output, canonical_json
 from ..progress import task
 from . import _primitives as P
 from . import _time
+from ._pipeline import FanOut, prefetch
 from .container import ContainerReader, scan_directory, index_bytes, Entry
 from .errors import BundleError, fail
 from .keys import PrivateKey, PublicKey, load_decryption_key, load_public_key, load_signing_key
@@ -287,28 +289,30 @@ def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphras
         cipher = P.ChunkCipher(data_key, nonce_prefix, hashlib.sha256(head).digest())
         digest = hashlib.sha256(head)
         source = _ContainerSource(entries)
-        plain = bytearray(chunk_size)
-        sealed = bytearray(chunk_size + P.TAG_BYTES)
+        def sizes():
+            return (payload_size - i * chunk_size if i == chunks - 1 else chunk_size for i in range(chunks))
+
         try:
             with atomic_output(out) as f, task("sealing", chunks) as advance:
                 f.write(head)
-                view = memoryview(plain)
-                for index in range(chunks):
-                    n = source.readinto(view)
-                    last = index == chunks - 1
-                    if n != (payload_size - index * chunk_size if last else chunk_size):
-                        raise fail("bundle.source_changed", f"{plugin_dir} changed while it was being sealed",
-                                   "wait until the plugin is fully written, then seal again")
-                    block = cipher.seal_chunk(index, last, view[:n], sealed)
-                    digest.update(block)
-                    f.write(block)
-                    advance(1)
+                # read ahead | encrypt here | hash and write on two helper threads
+                with FanOut([digest.update, f.write], chunk_size + P.TAG_BYTES, threaded=chunks > 2) as fan:
+                    stream = prefetch(source, None, payload_size, sizes(), block=chunk_size)
+                    for (index, plain), want in zip(enumerate(stream), sizes()):
+                        if len(plain) != want:
+                            raise fail("bundle.source_changed", f"{plugin_dir} changed while it was being sealed",
+                                       "wait until the plugin is fully written, then seal again")
+                        buf = fan.buffer()
+                        block = cipher.seal_chunk(index, index == chunks - 1, plain, buf)
+                        fan.submit(buf, len(block))
+                        advance(1)
                 if source.readinto(memoryview(bytearray(1))):
                     raise fail("bundle.source_changed", f"{plugin_dir} grew while it was being sealed",
                                "wait until the plugin is fully written, then seal again")
                 statement = {
                     "_type": STATEMENT_TYPE,
-                    "subject": [{"name": f"{submission_id}.payload", "digest": {"sha256": digest.hexdigest()}}],
+                    "subject": [{"name": f"{submission_id}.payload", "digest": {"sha256": digest.hexdigest()}},
+                                {"name": f"{submission_id}.header", "digest": {"sha256": hashlib.sha256(head).hexdigest()}}],
                     "predicateType": PREDICATE_TYPE,
                     "predicate": manifest,
                 }
@@ -441,20 +445,16 @@ def _parse(f: BinaryIO, path) -> _Parsed:
 
 
 def _hash_prefix(f: BinaryIO, parsed: _Parsed) -> str:
-    """sha256 of every byte before the envelope (streamed; bounded memory)."""
+    """sha256 of every byte before the envelope (streamed, read and hashed ahead; bounded memory)."""
     h = hashlib.sha256(parsed.head)
-    f.seek(parsed.chunks_offset)
-    left = parsed.envelope_offset - parsed.chunks_offset
-    buf = bytearray(READ_BLOCK)
-    view = memoryview(buf)
+    total = parsed.envelope_offset - parsed.chunks_offset
+    seen = 0
     with task("verifying", parsed.header["chunks"]) as advance:
-        while left:
-            n = f.readinto(view[: min(left, READ_BLOCK)])
-            if not n:
-                raise _truncated(parsed.path)
-            h.update(view[:n])
-            left -= n
-            advance(max(1, n // parsed.header["chunk_size"]))
+        for view in prefetch(f, parsed.chunks_offset, total, block=READ_BLOCK, hasher=h):
+            seen += len(view)
+            advance(max(1, len(view) // parsed.header["chunk_size"]))
+    if seen != total:
+        raise _truncated(parsed.path)
     return h.hexdigest()
 
 
@@ -489,14 +489,20 @@ def _keyids(parsed: _Parsed) -> list[str]:
     return [str(s.get("keyid")) for s in json.loads(parsed.envelope)["signatures"]]
 
 
-def _verify(f: BinaryIO, path, roster: Roster, now: int) -> tuple[_Parsed, Verified]:
+def _digest_error(path) -> BundleError:
+    return fail("bundle.digest", f"the encrypted payload of {path} does not match its signed digest",
+                "do not use this bundle: its payload was changed, swapped or damaged; ask the site to send it again")
+
+
+def _verify(f: BinaryIO, path, roster: Roster, now: int, *, full_digest: bool = True) -> tuple[_Parsed, Verified]:
+    """Every check of a bundle. With ``full_digest=False`` (used by open, which hashes the
+    ciphertext while decrypting and compares before releasing anything) the payload digest
+    is returned as claimed; the header digest (which authenticates the wrapped key and so
+    every chunk's key) is always checked here, before any decryption."""
     parsed = _parse(f, path)
     header = parsed.header
     signer_id = header["signer"]
-    rev = roster.revoked(signer_id)
-    if rev is not None or roster.site_key(signer_id) is None:
-        roster.check_signer(signer_id, "?", 0, now)  # raises revoked / untrusted with the message
-    entry = roster.site_key(signer_id)
+    entry = roster.listed_key(signer_id)  # revoked / not in the roster: refused before any signature work
     body, sigs = _decode_envelope(parsed)
     if list(sigs) != list(entry.key.algorithms) or any(len(v) != 1 for v in sigs.values()):
         raise _signature_error(path)
@@ -510,8 +516,9 @@ def _verify(f: BinaryIO, path, roster: Roster, now: int) -> tuple[_Parsed, Verif
         subject = statement["subject"]
         ok = (isinstance(statement, dict) and statement.get("_type") == STATEMENT_TYPE
               and statement.get("predicateType") == PREDICATE_TYPE and isinstance(manifest, dict)
-              and isinstance(subject, list) and len(subject) == 1)
-        claimed = subject[0]["digest"]["sha256"]
+              and isinstance(subject, list) and len(subject) == 2
+              and [x["name"] for x in subject] == [f"{manifest['submission_id']}.payload", f"{manifest['submission_id']}.header"])
+        claimed, claimed_head = subject[0]["digest"]["sha256"], subject[1]["digest"]["sha256"]
     except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
         ok = False
     if not ok:
@@ -536,10 +543,11 @@ def _verify(f: BinaryIO, path, roster: Roster, now: int) -> tuple[_Parsed, Verif
     if created > now + CLOCK_SKEW:
         raise fail("bundle.future", f"{path} claims to be sealed at {manifest['created']}, in the future",
                    "check the clocks of the site and of this machine")
-    computed = _hash_prefix(f, parsed)
+    if claimed_head != hashlib.sha256(parsed.head).hexdigest():
+        raise _digest_error(path)
+    computed = _hash_prefix(f, parsed) if full_digest else claimed
     if claimed != computed:
-        raise fail("bundle.digest", f"the encrypted payload of {path} does not match its signed digest",
-                   "do not use this bundle: its payload was changed, swapped or damaged; ask the site to send it again")
+        raise _digest_error(path)
     dp, base = manifest.get("dp"), manifest.get("base_digest")
     return parsed, Verified(
         path=str(path), site=site, sequence=seq, submission_id=sub_id, created=manifest["created"], signer=signer_id,
@@ -585,9 +593,12 @@ def open_bundle(bundle, key, roster, out, *, passphrase: bytes | None = None, no
     """Verify, refuse replays, decrypt into a temporary directory and rename it to ``out``
     only after the last chunk has authenticated and the container is complete.
 
-    Verification and decryption read the same open file; the decryption pass reuses the
-    header bytes checked by verification, and every chunk is authenticated (AES-GCM, bound
-    to that header) before its plaintext is used.
+    Before any decryption: structure, roster, signer, signature, manifest, the signed digest
+    of the header (so the wrapped data key is the sealer's) and the replay store. Then one
+    pass over the same open file hashes the ciphertext and decrypts it; every chunk is
+    authenticated (AES-GCM, bound to the header, its index and the last-chunk flag) before
+    its plaintext is written, and the payload digest must equal the signed one before the
+    temporary directory is renamed to ``out``.
     """
     now = _time.now() if now is None else int(now)
     out = Path(out)
@@ -610,7 +621,7 @@ def open_bundle(bundle, key, roster, out, *, passphrase: bytes | None = None, no
 
 def _open(f: BinaryIO, path, key: PrivateKey, trusted: Roster, out: Path, now: int, replay: ReplayStore) -> Opened:
     before = _stamp(f)
-    parsed, v = _verify(f, path, trusted, now)
+    parsed, v = _verify(f, path, trusted, now, full_digest=False)
     if key.key_id != v.recipient:
         raise fail("bundle.wrong_recipient", f"{path} is sealed for key {v.recipient[:16]}..., not for this key ({key.key_id[:16]}...)",
                    "open it with the consortium's decryption.key that matches the --recipient used to seal it")
@@ -625,25 +636,34 @@ def _open(f: BinaryIO, path, key: PrivateKey, trusted: Roster, out: Path, now: i
     h = parsed.header
     cipher = P.ChunkCipher(data_key, bytes.fromhex(h["nonce_prefix"]), hashlib.sha256(parsed.head).digest())
     cs, total = h["chunk_size"], h["chunks"]
-    inbuf, outbuf = bytearray(cs + P.TAG_BYTES), bytearray(cs)
+    def sizes():
+        return ((h["payload_size"] - i * cs if i == total - 1 else cs) + P.TAG_BYTES for i in range(total))
+
+    # One pass: read ahead and hash (helper thread) | authenticate and decrypt (here) | write
+    # (helper thread). The header digest was checked against the signature above, so the data
+    # key is the sealer's and every chunk is authenticated (AES-GCM) before its plaintext is
+    # used; the payload digest is compared before the directory is renamed into place.
     with replay.accept(v.submission_id, v.site, v.sequence, now=now), atomic_directory(out) as tmp:
         reader = ContainerReader(tmp, h["payload_size"])
         try:
-            f.seek(parsed.chunks_offset)
-            with task("opening", total) as advance:
-                for index in range(total):
-                    last = index == total - 1
-                    n = (h["payload_size"] - index * cs if last else cs) + P.TAG_BYTES
-                    view = memoryview(inbuf)[:n]
-                    if f.readinto(view) != n:
+            # read ahead | authenticate and decrypt here | write the files on a helper thread
+            digest = hashlib.sha256(parsed.head)
+            with task("opening", total) as advance, FanOut([reader.feed], cs, threaded=total > 2) as fan:
+                stream = prefetch(f, parsed.chunks_offset, parsed.envelope_offset - parsed.chunks_offset, sizes(),
+                                  block=cs + P.TAG_BYTES, hasher=digest)
+                for (index, view), want in zip(enumerate(stream), sizes()):
+                    if len(view) != want:
                         raise _truncated(path)
+                    buf = fan.buffer()
                     try:
-                        plain = cipher.open_chunk(index, last, view, outbuf)
+                        plain = cipher.open_chunk(index, index == total - 1, view, buf)
                     except InvalidTag:
                         raise fail("bundle.chunk", f"chunk {index} of {path} does not authenticate",
                                    "do not use this bundle: it was changed after sealing or damaged") from None
-                    reader.feed(plain)
+                    fan.submit(buf, len(plain))
                     advance(1)
+            if digest.hexdigest() != v.bundle_sha256:
+                raise _digest_error(path)
             entries = reader.finish()
         finally:
             reader.close()

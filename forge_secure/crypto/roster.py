@@ -95,6 +95,9 @@ class Roster:
         ids = [a.key.key_id for a in self.admins]
         if len(set(ids)) != len(ids):
             raise fail("roster.invalid", "an admin key is listed twice", "list each admin key once")
+        site_ids = [s.key.key_id for s in self.sites]
+        if len(set(site_ids)) != len(site_ids):
+            raise fail("roster.invalid", "a site key is listed twice", "list each site key once")
         if not isinstance(self.threshold, int) or not 1 <= self.threshold <= len(self.admins):
             raise fail("roster.threshold", f"threshold {self.threshold!r} must be between 1 and the {len(self.admins)} admin keys",
                        "give --threshold between 1 and the number of admins")
@@ -142,8 +145,8 @@ class Roster:
     def site_key(self, key_id: str) -> SiteKey | None:
         return next((s for s in self.sites if s.key.key_id == key_id), None)
 
-    def check_signer(self, key_id: str, site: str, created: int, now: int) -> SiteKey:
-        """The roster entry that lets ``key_id`` sign for ``site`` at ``created`` and now."""
+    def listed_key(self, key_id: str) -> SiteKey:
+        """The site entry of ``key_id``; raises ``bundle.revoked`` or ``bundle.untrusted_signer``."""
         rev = self.revoked(key_id)
         if rev is not None:
             raise fail("bundle.revoked", f"signer key {key_id[:16]}... was revoked on {_time.format_time(rev.revoked)} ({rev.reason})",
@@ -152,6 +155,11 @@ class Roster:
         if entry is None:
             raise fail("bundle.untrusted_signer", f"signer key {key_id[:16]}... is not in roster version {self.version} of {self.consortium}",
                        "add the site's public key with 'forge roster add' and sign the roster, or check you have the current roster")
+        return entry
+
+    def check_signer(self, key_id: str, site: str, created: int, now: int) -> SiteKey:
+        """The roster entry that lets ``key_id`` sign for ``site`` at ``created`` and now."""
+        entry = self.listed_key(key_id)
         if entry.site != site:
             raise fail("bundle.untrusted_signer", f"signer key {key_id[:16]}... belongs to site {entry.site!r}, but the bundle claims site {site!r}",
                        "do not use this bundle; it claims another site's identity")

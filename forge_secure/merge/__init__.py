@@ -14,9 +14,9 @@ from .adapter import LoraAdapter, check_finite
 from .fusion import FUSIONS, FusionResult, fuse, tune_weights
 from .lineage import lineage_lines, lineage_tree
 from .mixture import ROUTERS, Mixture, build_mixture, load_mixture, mixture_merge
-from .recipes import fusion_merge
+from .recipes import fusion_merge, homomorphic_merge, merge_stage
 
 __all__ = [
-    "FUSIONS", "ROUTERS", "FusionResult", "LoraAdapter", "Mixture", "build_mixture", "check_finite", "fuse", "fusion_merge",
+    "FUSIONS", "ROUTERS", "FusionResult", "LoraAdapter", "Mixture", "build_mixture", "check_finite", "fuse", "fusion_merge", "homomorphic_merge", "merge_stage",
     "lineage_lines", "lineage_tree", "load_mixture", "mixture_merge", "tune_weights",
 ]

@@ -83,3 +83,37 @@ def fusion_merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         parents = [lineage_entry(p.meta, p.digest) for p in plugins]
         return write_merged_plugin(base, result.adapter, parents=parents, method=method, weights=result.weights, details=details,
                                    template_meta=plugins[0].meta, template_config=plugins[0].config, out=out)
+
+
+def homomorphic_merge(plugin_dirs: Sequence[str | os.PathLike], workdir: str | os.PathLike, out: str | os.PathLike, *, weights: Sequence[float] | None = None,
+                      k: int = 2, keys: str | os.PathLike | None = None) -> Path:
+    """The whole CKKS path in one call (for the demo and tests): key generation (unless
+    ``keys`` is given), one encrypted contribution per site under the public context, the
+    aggregate with the public context only, and the key holder's decryption into ``out``.
+    Each role's files go to its own folder under ``workdir``."""
+    from .he import aggregate, decrypt_to_plugin, encrypt_plugin, keygen
+
+    work = Path(workdir)
+    keys = Path(keys) if keys is not None else keygen(work / "key-holder").path
+    if weights is not None and len(weights) != len(plugin_dirs):
+        raise ForgeValueError(f"{len(weights)} weights for {len(plugin_dirs)} plugins", fix="give one weight per plugin", code="merge.bad_weights")
+    contributions = [encrypt_plugin(p, keys / "public.ctx", work / "sites" / f"contribution-{i + 1}", weight=None if weights is None else weights[i]).path
+                     for i, p in enumerate(plugin_dirs)]
+    aggregate(contributions, keys / "public.ctx", work / "aggregator" / "aggregate")
+    return decrypt_to_plugin(work / "aggregator" / "aggregate", keys, out, k=k)
+
+
+def merge_stage(plugin_dirs: Sequence[str | os.PathLike], workdir: str | os.PathLike, *, tune_on: str | os.PathLike | None = None, seed: int = 0) -> dict[str, Path]:
+    """The demo's merge stage: Fusion (exact; FFA and CKKS when every plugin is FFA-LoRA)
+    and Mixture (static; gate when synthetic data is given). Returns ``{name: path}``."""
+    from .mixture import mixture_merge
+
+    work = Path(workdir)
+    out: dict[str, Path] = {"fusion-exact": fusion_merge(plugin_dirs, work / "fusion-exact", method="exact", seed=seed)}
+    if all(read_plugin_files(p).adapter.ffa for p in plugin_dirs):
+        out["fusion-ffa"] = fusion_merge(plugin_dirs, work / "fusion-ffa", method="ffa", seed=seed)
+        out["fusion-ckks"] = homomorphic_merge(plugin_dirs, work / "ckks", work / "fusion-ckks")
+    out["mixture-static"] = mixture_merge(plugin_dirs, work / "mixture-static", router="static", seed=seed)
+    if tune_on is not None:
+        out["mixture-gate"] = mixture_merge(plugin_dirs, work / "mixture-gate", router="gate", tune_on=tune_on, seed=seed)
+    return out

@@ -27,6 +27,8 @@ Every figure should be stored together with the name of the accountant that prod
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import numbers
 import warnings
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from ..errors import ForgeValueError
+from ..fileio import atomic_write_json
 from ..registry import Registry
 
 #: PRV is refused above this epsilon (judged by the cheap RDP upper bound): beyond it the
@@ -129,6 +132,12 @@ def _merge(history: History) -> History:
 
 
 def _opacus_epsilon(name: str, history: History, delta: float) -> float:
+    return _opacus_epsilon_cached(name, tuple(sorted(history)), delta)
+
+
+@functools.lru_cache(maxsize=1024)
+def _opacus_epsilon_cached(name: str, history: tuple, delta: float) -> float:
+    """Cached: PRV takes seconds, and plans, records and ledgers ask for the same figures."""
     from opacus.accountants import create_accountant
 
     with warnings.catch_warnings():
@@ -195,9 +204,10 @@ def calibrate_noise_multiplier(
     release of ``steps`` steps at ``sample_rate``, composed with ``prior``, has epsilon at
     most ``target_epsilon`` under ``accountant``.
 
-    Bisection on log(sigma) with the same accountant that will report the figure (as
-    Opacus's ``get_noise_multiplier`` does, here bounded to
-    [:data:`MIN_NOISE_MULTIPLIER`, :data:`MAX_NOISE_MULTIPLIER`]). The result always
+    Brent's method on log(sigma) with the same accountant that will report the figure (as
+    Opacus's ``get_noise_multiplier`` bisects, here bounded to
+    [:data:`MIN_NOISE_MULTIPLIER`, :data:`MAX_NOISE_MULTIPLIER`]). Results are cached under
+    ``cache_dir("dp-calibration")``; a cached value is re-checked with the accountant. The result always
     satisfies ``epsilon <= target``. A target that needs more noise than
     :data:`MAX_NOISE_MULTIPLIER` raises a :class:`ForgeValueError` that says what to change.
     """
@@ -238,6 +248,35 @@ def calibrate_noise_multiplier(
             code="dp.unreachable",
         )
     lo = MIN_NOISE_MULTIPLIER
+    cached = _calibration_cache(target, delta, q, t, accountant, prior_h, rel_tolerance)
+    if cached.exists():  # verified, never trusted: the figure must still be within the target
+        try:
+            sigma = float(json.loads(cached.read_text())["sigma"])
+            if lo <= sigma <= hi and (1 - 2 * rel_tolerance) * target <= eps_at(sigma) <= target:
+                return sigma
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    sigma = _calibrate(eps_at, target, lo, hi, rel_tolerance)
+    try:
+        atomic_write_json(cached, {"sigma": sigma, "target_epsilon": target, "delta": delta, "sample_rate": q, "steps": t,
+                                   "accountant": accountant, "prior": prior_h})
+    except OSError:
+        pass
+    return sigma
+
+
+def _calibration_cache(target, delta, q, t, accountant, prior, tol):
+    import opacus
+
+    from ..fileio import sha256_bytes
+    from ..home import cache_dir
+
+    key = json.dumps([target, delta, q, t, accountant, prior, tol, MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER,
+                      PRV_MAX_EPSILON, opacus.__version__])
+    return cache_dir("dp-calibration") / f"{sha256_bytes(key.encode())[:32]}.json"
+
+
+def _calibrate(eps_at, target: float, lo: float, hi: float, rel_tolerance: float) -> float:
     if eps_at(lo) <= target:
         return lo
     # epsilon falls smoothly and monotonically in sigma: Brent's method on log(sigma),

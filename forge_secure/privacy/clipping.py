@@ -31,6 +31,7 @@ optimizer. Clip factors use Opacus's formula, so the result equals Opacus's
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ForgeValueError
@@ -93,9 +94,9 @@ class LoraClipper:
             if B.weight.requires_grad:
                 self.taps.append(tap)
                 lora_params.update({id(B.weight), id(A.weight)})
-                self._handles.append(B.register_forward_hook(self._hook_B(tap)))
+                self._wrap(B, self._tap_B(tap))
                 if tap.train_A:
-                    self._handles.append(A.register_forward_hook(self._hook_A(tap)))
+                    self._wrap(A, self._tap_A(tap))
             elif A.weight.requires_grad:
                 raise ForgeValueError(f"LoRA layer {name} trains A but not B", fix="train B (FFA) or both", code="dp.unsupported_layer")
         if not self.taps:
@@ -105,20 +106,33 @@ class LoraClipper:
             raise ForgeValueError(f"parameters outside LoRA are trainable ({', '.join(others[:3])})",
                                   fix="freeze the base model; DP training covers the LoRA parameters only", code="dp.not_lora_only")
 
-    @staticmethod
-    def _hook_A(tap: _Tap):
-        def hook(module, inputs, output):
-            if torch.is_grad_enabled():
-                tap.x.append(inputs[0].detach())
-        return hook
+    def _wrap(self, module: nn.Linear, fn) -> None:
+        """Replace the module's ``forward`` (instance attribute) by a recording one.
+        Cheaper than a forward hook, which sends every call down PyTorch's slow path."""
+        module.forward = fn
+        self._handles.append(module)
 
     @staticmethod
-    def _hook_B(tap: _Tap):
-        def hook(module, inputs, output):
+    def _tap_A(tap: _Tap):
+        A = tap.A
+
+        def forward(x):
             if torch.is_grad_enabled():
-                tap.h.append(inputs[0].detach())
-                tap.u.append(output)
-        return hook
+                tap.x.append(x.detach())
+            return F.linear(x, A.weight, A.bias)
+        return forward
+
+    @staticmethod
+    def _tap_B(tap: _Tap):
+        B = tap.B
+
+        def forward(h):
+            u = F.linear(h, B.weight, B.bias)
+            if torch.is_grad_enabled():
+                tap.h.append(h.detach())
+                tap.u.append(u)
+            return u
+        return forward
 
     @property
     def parameters(self) -> list[nn.Parameter]:
@@ -135,8 +149,9 @@ class LoraClipper:
 
     def remove(self) -> None:
         """Remove the hooks (the model is left as it was)."""
-        for h in self._handles:
-            h.remove()
+        for module in self._handles:
+            if "forward" in module.__dict__:
+                del module.forward
         self._handles.clear()
         self.reset()
 
@@ -170,11 +185,11 @@ class LoraClipper:
         """Squared per-sample norms of grad_B (and grad_A), plus what the clipped sum needs."""
         sq, cache = [], {}
         if g.dim() == 2:  # one token per sample: norms factorise
-            sq.append(g.square().sum(1) * h.square().sum(1))
+            sq.append((torch.linalg.vector_norm(g, dim=1) * torch.linalg.vector_norm(h, dim=1)).square())
             if x is not None:
                 ga = g @ tap.B.weight  # (n, r) = B^T g_i
                 cache["ga"] = ga
-                sq.append(ga.square().sum(1) * x.square().sum(1))
+                sq.append((torch.linalg.vector_norm(ga, dim=1) * torch.linalg.vector_norm(x, dim=1)).square())
         else:  # sequences: form the small (out x r) and (r x in) per-sample gradients
             g3, h3 = _as_seq(g), _as_seq(h)
             psB = torch.einsum("nto,ntr->nor", g3, h3)

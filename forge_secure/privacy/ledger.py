@@ -99,7 +99,7 @@ class Ledger:
         ledger = cls(path, site, dataset, budget)
         if path.exists():
             ledger.records()  # verify now: a corrupt ledger is reported before any work
-        if budget is not None and ledger.budget != budget:
+        if budget is not None and ledger._recorded_budget() != budget:
             ledger._append({"kind": "budget", "budget": budget})
         return ledger
 
@@ -176,12 +176,17 @@ class Ledger:
         """The DP releases (entries that are not budget changes), verified."""
         return [e for e in self._read() if e.get("kind") != "budget"]
 
-    @property
-    def budget(self) -> float | None:
+    def _recorded_budget(self) -> float | None:
         recorded = None
         for e in self._read():
             if e.get("kind") == "budget":
                 recorded = float(e["budget"])
+        return recorded
+
+    @property
+    def budget(self) -> float | None:
+        """The site's total epsilon budget on this data set (the latest recorded one)."""
+        recorded = self._recorded_budget()
         return recorded if recorded is not None else self._requested_budget
 
     @property
@@ -203,10 +208,12 @@ class Ledger:
 
     # ------------------------------------------------------------------ checking and writing
     def _check(self, history: list, new_history: list, delta: float, accountant: str, budget: float | None) -> tuple[float, float, float]:
-        total = compute_epsilon(history + new_history, delta, accountant)
-        before = compute_epsilon(history, delta, accountant) if history else 0.0
         alone = compute_epsilon(new_history, delta, accountant) if new_history else 0.0
+        if budget is None and history:  # nothing to enforce: the composed figure is computed on demand (spent)
+            return math.nan, math.nan, alone
+        total = compute_epsilon(history + new_history, delta, accountant)
         if budget is not None and total > budget:
+            before = compute_epsilon(history, delta, accountant) if history else 0.0
             raise ForgeBudgetError(
                 f"this release (epsilon {alone:.3f} alone) on top of epsilon {before:.3f} already spent by "
                 f"{len(self.records())} releases composes to epsilon {total:.3f} at delta {delta:.3g} ({accountant}), "
@@ -215,7 +222,7 @@ class Ledger:
                     "or raise the site's budget if its policy allows",
                 code="budget.exceeded",
             )
-        return total, before, alone
+        return total, math.nan, alone
 
     def check(self, new_history: Iterable[Sequence], delta: float, accountant: str = "prv") -> float:
         """The epsilon after composing ``new_history`` with every recorded release;
@@ -223,7 +230,8 @@ class Ledger:
         new = validate_history(new_history)
         delta = validate_delta(delta)
         ACCOUNTANTS.get(accountant)
-        return self._check(self.history(), new, delta, accountant, self.budget)[0]
+        return compute_epsilon(self.history() + new, delta, accountant) if self.budget is None else \
+            self._check(self.history(), new, delta, accountant, self.budget)[0]
 
     def record(self, new_history: Iterable[Sequence], *, kind: str, delta: float, note: dict | None = None,
                accountant: str = "prv") -> dict:
@@ -246,7 +254,8 @@ class Ledger:
                     budget = float(e["budget"])
             total, before, alone = self._check(history, new, delta, accountant, budget)
             holder["entry"] = {"kind": kind, "history": [list(h) for h in new], "delta": delta, "accountant": accountant,
-                               "epsilon": alone, "epsilon_total": total, "budget": budget, "note": note or {}}
+                               "epsilon": alone, "epsilon_total": None if math.isnan(total) else total, "budget": budget,
+                               "note": note or {}}
             return holder["entry"]
 
         return self._append(build)

@@ -137,14 +137,46 @@ def _secure_engine(accountant: str, secure: bool):
             ) from None
 
 
+def _optimizer_class():
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+
+    class _Cls(DPOptimizerFastGradientClipping):
+        """Opacus's optimizer for already-clipped gradients (noise, scaling, accountant hook,
+        secure-mode noise all unchanged). ``accumulate`` keeps a reference to ``p.grad``
+        instead of a deep copy: every step writes a fresh clipped gradient, so there is
+        nothing to protect, and the copy was a tenth of a small model's step."""
+
+        def accumulate(self):
+            for p in self.params:
+                if p.summed_grad is not None:
+                    p.summed_grad.add_(p.grad)
+                else:
+                    p.summed_grad = p.grad.detach()
+
+    return _Cls
+
+
+class ClippedGradDPOptimizer:
+    """Factory for the Opacus optimizer subclass (created lazily: Opacus imports are slow)."""
+
+    _cls = None
+
+    def __new__(cls, *args, **kwargs):
+        if cls._cls is None:
+            cls._cls = _optimizer_class()
+        return cls._cls(*args, **kwargs)
+
+
 class TrainingRun:
     """The state of one training run; :meth:`epoch` runs one epoch of Poisson-sampled
     steps. Used by :func:`train_plugin` and by ``benchmarks/bench_dp_overhead.py``."""
 
-    def __init__(self, model, X: torch.Tensor, y: torch.Tensor, config: TrainConfig, plan: DPPlan):
+    def __init__(self, model, X: torch.Tensor, y: torch.Tensor, config: TrainConfig, plan: DPPlan, *,
+                 stabilise_no_dp: bool = True):
         self.model, self.X, self.y, self.config, self.plan = model, X, y, config, plan
+        self.stabilise_no_dp = stabilise_no_dp
         self.dp = plan.noise_multiplier is not None
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = self.params = [p for p in model.parameters() if p.requires_grad]
         cls_name, extra = OPTIMIZERS.get(config.optimizer)
         base_opt = getattr(torch.optim, cls_name)(params, lr=config.lr, **extra)
         self.engine = None
@@ -152,16 +184,13 @@ class TrainingRun:
         sample_seed, noise_seed = (int(v) for v in torch.randint(0, 2**62, (2,), generator=gen_seed))
         self.sample_gen = torch.Generator().manual_seed(sample_seed)
         if self.dp:
-            from opacus.optimizers import DPOptimizerFastGradientClipping
-
             self.engine = _secure_engine(config.accountant, config.secure_mode)
-            noise_gen = None
-            if config.secure_mode:
-                self.sample_gen = self.engine.secure_rng
+            if config.secure_mode:  # Opacus's CSPRNG for both the Poisson sampling and the noise
+                self.sample_gen = noise_gen = self.engine.secure_rng
             else:
                 noise_gen = torch.Generator().manual_seed(noise_seed)
             self.clipper = LoraClipper(model)
-            self.optimizer = DPOptimizerFastGradientClipping(
+            self.optimizer = ClippedGradDPOptimizer(
                 base_opt, noise_multiplier=plan.noise_multiplier, max_grad_norm=config.max_grad_norm,
                 expected_batch_size=plan.n * plan.sample_rate, loss_reduction="mean",
                 generator=noise_gen, secure_mode=config.secure_mode,
@@ -196,6 +225,8 @@ class TrainingRun:
             ix = torch.as_tensor(idx)
             loss = F.cross_entropy(model(self.X[ix]), self.y[ix])
             loss.backward()
+            if self.stabilise_no_dp:  # the batch gradient (not per sample) clipped, as DP-SGD's is bounded
+                torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
             opt.step()
         self.steps_done += 1
 
@@ -256,8 +287,8 @@ def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None
         ledger.check(plan.history, plan.delta, accountant=plan.accountant)
 
     model, targets = build_lora_model(base, config)
-    X = torch.from_numpy(np.ascontiguousarray(data.X, dtype=np.float32))
-    y = torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.int64))
+    X = torch.from_numpy(np.array(data.X, dtype=np.float32))
+    y = torch.from_numpy(np.array(data.y, dtype=np.int64))
     run = TrainingRun(model, X, y, config, plan)
     started = time.perf_counter()
     with progress.task(f"training {site} ({'DP' if run.dp else 'no DP'})", total=config.epochs) as advance:
@@ -265,6 +296,10 @@ def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None
             run.epoch()
             advance(1)
     seconds = time.perf_counter() - started
+    if not all(torch.isfinite(p).all() for p in run.params):
+        run.close()
+        raise ForgeValueError(f"training diverged (non-finite LoRA weights) at learning rate {config.lr:g}",
+                              fix="lower --lr", code="train.diverged")
     history = run.history
     run.close()
 
@@ -293,6 +328,8 @@ def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None
     data_record.update(commitment)
     training = config.training_record()
     training.update({"steps_per_epoch": plan.steps_per_epoch, "seconds": round(seconds, 3)})
+    if not run.dp:
+        training["batch_gradient_clip"] = config.max_grad_norm  # stabiliser of the no-DP run (not a privacy measure)
     meta = new_meta(site=site, base=base, lora=config.lora_record(targets), dp=dp, training=training, data=data_record)
 
     if ledger is not None and run.dp:

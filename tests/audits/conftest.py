@@ -25,6 +25,7 @@ from forge_secure.crypto.keys import load_public_key, load_signing_key, new_keys
 from forge_secure.crypto.replay import SequenceCounter
 from forge_secure.crypto.roster import add_site_key, init_roster, revoke_key, sign_roster
 from forge_secure.fileio import sha256_file
+from forge_secure.privacy.ledger import Ledger
 
 DAY = 86400
 
@@ -98,9 +99,13 @@ class World:
     def public(self, name: str):
         return load_public_key(self.keys[name] / "public.json")
 
-    def add_plugin(self, name: str, site: str, *, seed: int = 0, seal_it: bool = True, **meta_kw) -> Path:
-        """plugins/<name> and, when ``seal_it``, bundles/<name>.forge sealed by ``site``."""
+    def add_plugin(self, name: str, site: str, *, seed: int = 0, seal_it: bool = True, ledger: bool = True, **meta_kw) -> Path:
+        """plugins/<name> and, when ``seal_it``, bundles/<name>.forge sealed by ``site``; the
+        training is recorded in the site's real budget ledger under ledgers/ (``ledger``)."""
         meta = plugin_meta(site, **meta_kw)
+        dp = meta["dp"]
+        if ledger and dp.get("enabled"):
+            self.record(site, [(dp["noise_multiplier"], dp["sample_rate"], dp["steps"])], dp["delta"])
         staging = self.root / "staging" / name
         write_plugin(staging, meta, seed)
         if seal_it:
@@ -110,11 +115,14 @@ class World:
         shutil.copytree(staging, dest)
         return dest
 
+    def record(self, site: str, history, delta: float, budget: float | None = None) -> None:
+        Ledger.open(site, f"bundled:{site}", budget, root=self.evidence / "ledgers").record(history, kind="train", delta=delta, note={})
+
     def seal(self, plugin_dir: Path, site: str, out: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         return seal(plugin_dir, self.signing(site), self.public("consortium"), out, now=self.now - 60, counter=self.counter)
 
-    def add_merged(self, name: str, parents: list[tuple[str, str]], *, method: str = "he-fusion", seed: int = 99) -> Path:
+    def add_merged(self, name: str, parents: list[tuple[str, str]], *, method: str = "ffa-ckks", seed: int = 99) -> Path:
         """merged/<name> whose parents are (digest, site) pairs."""
         meta = plugin_meta("consortium", kind="merged", parents=[{"digest": d, "site": s} for d, s in parents],
                            merge={"method": method, "weights": [1.0] * len(parents)})

@@ -1,15 +1,38 @@
-"""`forge audit` and `forge verify-report` as a user runs them (real subprocess)."""
+"""`forge audit` and `forge verify-report` as a user runs them.
+
+Every `forge` subprocess pays the whole CLI's start-up (torch is imported by other areas'
+parsers), so the fast tests run the real command twice and check the error matrix through
+the same entry point in-process (``forge_secure.cli.main``); the slow test runs it all as
+subprocesses."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-from tests.conftest import assert_clean_error
+from forge_secure.cli import main as forge_main
+from tests.conftest import CliResult, assert_clean_error
 
 from .conftest import build_world, membership_results
+
+
+class _Proc:
+    def __init__(self, code, out, err):
+        self.returncode, self.stdout, self.stderr = code, out, err
+
+
+@pytest.fixture
+def forge_inproc(capsys):
+    """Run ``forge`` through its entry point in this process: same parser, handlers, errors."""
+
+    def run(*args) -> CliResult:
+        capsys.readouterr()
+        code = forge_main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return CliResult(_Proc(code, cap.out, cap.err))
+
+    return run
 
 
 @pytest.fixture
@@ -24,7 +47,28 @@ def cli_world(tmp_path, forge_cli, monkeypatch):
     return w, policy
 
 
-def test_audit_pass_then_fail_exit_codes_and_signed_report(cli_world, forge_cli, tmp_path):
+def test_audit_and_verify_report_as_subprocesses(cli_world, forge_cli, tmp_path):
+    w, policy = cli_world
+    out = tmp_path / "report"
+    r = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", out, "--key", w.keys["auditor"] / "signing.key")
+    assert r.code == 0 and "AUDIT PASSED" in r.out and "Traceback" not in r.err, r
+    data = bytearray((out / "report.pdf").read_bytes())
+    data[len(data) // 2] ^= 0x20  # one changed byte
+    (out / "report.pdf").write_bytes(bytes(data))
+    bad = forge_cli("verify-report", out, "--key", w.keys["auditor"] / "public.json")
+    assert bad.code == 1 and "report.tampered" in bad.err and "Traceback" not in bad.err, bad
+
+
+@pytest.mark.slow
+def test_audit_pass_then_fail_exit_codes_and_signed_report_subprocess(cli_world, forge_cli, tmp_path):
+    _pass_then_fail(cli_world, forge_cli, tmp_path)
+
+
+def test_audit_pass_then_fail_exit_codes_and_signed_report(cli_world, forge_inproc, tmp_path):
+    _pass_then_fail(cli_world, forge_inproc, tmp_path)
+
+
+def _pass_then_fail(cli_world, forge_cli, tmp_path):
     w, policy = cli_world
     out = tmp_path / "report"
     r = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", out, "--key", w.keys["auditor"] / "signing.key", "--json")
@@ -53,7 +97,8 @@ def test_audit_pass_then_fail_exit_codes_and_signed_report(cli_world, forge_cli,
     assert (tmp_path / "report2" / "report.html").is_file() and not (tmp_path / "report2" / "report.sig.json").exists()
 
 
-def test_audit_could_not_run_exits_2_cleanly_and_writes_nothing(cli_world, forge_cli, tmp_path):
+def test_audit_could_not_run_exits_2_cleanly_and_writes_nothing(cli_world, forge_inproc, tmp_path):
+    forge_cli = forge_inproc
     w, policy = cli_world
     bad_policy = tmp_path / "bad.toml"
     bad_policy.write_text('format = "forge-audit-policy/1"\nname = "x"\n[checks.dp-claim]\n')
@@ -70,6 +115,9 @@ def test_audit_could_not_run_exits_2_cleanly_and_writes_nothing(cli_world, forge
         r = forge_cli("audit", *args, "--out", out)
         assert_clean_error(r, *words)
         assert not out.exists()
+    r = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", w.evidence / "report")
+    assert_clean_error(r, "inside the evidence")
+    assert not (w.evidence / "report").exists()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("keep")
     r = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", tmp_path / "busy")
@@ -77,7 +125,8 @@ def test_audit_could_not_run_exits_2_cleanly_and_writes_nothing(cli_world, forge
     assert (tmp_path / "busy" / "x").read_text() == "keep"
 
 
-def test_verify_report_bad_inputs(cli_world, forge_cli, tmp_path):
+def test_verify_report_bad_inputs(cli_world, forge_inproc, tmp_path):
+    forge_cli = forge_inproc
     w, _ = cli_world
     r = forge_cli("verify-report", tmp_path / "none", "--key", w.keys["auditor"] / "public.json")
     assert_clean_error(r, "does not exist")
@@ -87,7 +136,8 @@ def test_verify_report_bad_inputs(cli_world, forge_cli, tmp_path):
     assert_clean_error(r, "not a forge key file")
 
 
-def test_print_default_policy_is_a_valid_policy(forge_cli, tmp_path):
+def test_print_default_policy_is_a_valid_policy(forge_inproc, tmp_path):
+    forge_cli = forge_inproc
     r = forge_cli("audit", "--print-default-policy")
     assert r.code == 0 and "[checks.provenance]" in r.out
     from audits import parse_policy

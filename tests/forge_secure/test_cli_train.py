@@ -15,6 +15,34 @@ HAVE_TRAIN = importlib.util.find_spec("forge_secure.privacy.train") is not None
 needs_train = pytest.mark.skipif(not HAVE_TRAIN, reason="forge_secure.privacy.train (A2) not present yet")
 
 
+class _Result:
+    def __init__(self, code, out, err):
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self):
+        return f"_Result(code={self.code}, out={self.out[-1500:]!r}, err={self.err[-1500:]!r})"
+
+
+@pytest.fixture
+def forge(tmp_path_factory, monkeypatch, capsys):
+    """The `forge` command run in this process (same parser, handlers and error printing as
+    the installed entry point, without a subprocess's import cost); private FORGE_HOME."""
+    from forge_secure.cli import main
+
+    monkeypatch.setenv("FORGE_HOME", str(tmp_path_factory.mktemp("cli-home")))
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse usage errors
+            code = e.code
+        out, err = capsys.readouterr()
+        return _Result(code, out, err)
+
+    return run
+
+
 def _nothing_written(tmp_path, allowed=()):
     left = sorted(p.name for p in tmp_path.iterdir() if p.name not in allowed)
     assert left == [], left
@@ -61,22 +89,22 @@ def test_train_unknown_base_lists_the_registry(forge_cli, tmp_path):
     _nothing_written(tmp_path)
 
 
-def test_train_csv_with_wrong_feature_count(forge_cli, tmp_path):
+def test_train_csv_with_wrong_feature_count(forge, tmp_path):
     data = _csv(tmp_path / "narrow.csv", 12)
-    r = _train(forge_cli, tmp_path, data=data)
+    r = _train(forge, tmp_path, data=data)
     assert_clean_error(r, "12 feature columns", "expects 30")
     _nothing_written(tmp_path, {"narrow.csv"})
 
 
-def test_train_csv_missing_label_column(forge_cli, tmp_path):
+def test_train_csv_missing_label_column(forge, tmp_path):
     data = _csv(tmp_path / "d.csv", 30, label="diagnosis")
-    r = _train(forge_cli, tmp_path, data=data)
+    r = _train(forge, tmp_path, data=data)
     assert_clean_error(r, "no label column 'label'", "--label-column")
     _nothing_written(tmp_path, {"d.csv"})
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "not-csv", "directory", "bad-npz", "unknown-site"])
-def test_train_bad_data_paths(forge_cli, tmp_path, kind):
+def test_train_bad_data_paths(forge, tmp_path, kind):
     target = tmp_path / "inputs"
     target.mkdir()
     if kind == "missing":
@@ -98,36 +126,36 @@ def test_train_bad_data_paths(forge_cli, tmp_path, kind):
         words = ("not a readable .npz",)
     else:
         data, words = "bundled:site-7", ("site-7", "site-1")
-    r = _train(forge_cli, tmp_path, data=data)
+    r = _train(forge, tmp_path, data=data)
     assert_clean_error(r, *words)
     _nothing_written(tmp_path, {"inputs"})
 
 
-def test_train_refuses_an_existing_plugin_before_any_work(forge_cli, tmp_path, peft_plugin):
+def test_train_refuses_an_existing_plugin_before_any_work(forge, tmp_path, peft_plugin):
     before = {p.name: p.read_bytes() for p in peft_plugin.iterdir()}
-    r = forge_cli("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "8", "--out", peft_plugin)
+    r = forge("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "8", "--out", peft_plugin)
     assert_clean_error(r, "already holds a plugin")
     assert {p.name: p.read_bytes() for p in peft_plugin.iterdir()} == before
 
 
-def test_train_needs_exactly_one_privacy_choice(forge_cli, tmp_path):
-    r = forge_cli("train", "--site", "site-1", "--data", "bundled:site-1", "--out", tmp_path / "o")
+def test_train_needs_exactly_one_privacy_choice(forge, tmp_path):
+    r = forge("train", "--site", "site-1", "--data", "bundled:site-1", "--out", tmp_path / "o")
     assert r.code == 2 and "--epsilon" in r.err and "Traceback" not in r.err
-    r = forge_cli("train", "--site", "site-1", "--data", "bundled:site-1", "--out", tmp_path / "o", "--epsilon", "1", "--no-dp")
+    r = forge("train", "--site", "site-1", "--data", "bundled:site-1", "--out", tmp_path / "o", "--epsilon", "1", "--no-dp")
     assert r.code == 2 and "not allowed with" in r.err
 
 
 # --------------------------------------------------------------------------- eval / plugin show on a PEFT plugin
 
-def test_plugin_show_and_eval(forge_cli, peft_plugin):
-    r = forge_cli("plugin", "show", peft_plugin, "--json")
+def test_plugin_show_and_eval(forge, peft_plugin):
+    r = forge("plugin", "show", peft_plugin, "--json")
     assert r.code == 0, r
     out = json.loads(r.out)
     assert out["verified"] is True and out["meta"]["site"] == "site-1"
     assert out["adapter_sha256"] == out["meta"]["adapter"]["sha256"]
-    r = forge_cli("plugin", "show", peft_plugin)
+    r = forge("plugin", "show", peft_plugin)
     assert r.code == 0 and "verified" in r.out and "epsilon = inf" in r.out
-    r = forge_cli("eval", peft_plugin, "--data", "bundled:site-1", "--json")
+    r = forge("eval", peft_plugin, "--data", "bundled:site-1", "--json")
     assert r.code == 0, r
     ev = json.loads(r.out)
     assert ev["data"] == "breast-cancer/site-1/test"
@@ -137,7 +165,7 @@ def test_plugin_show_and_eval(forge_cli, peft_plugin):
     assert ev["accuracy"] == ev["base_accuracy"]
 
 
-def test_eval_accuracy_matches_sklearn(forge_cli, peft_plugin):
+def test_eval_accuracy_matches_sklearn(forge, peft_plugin):
     from sklearn.metrics import accuracy_score, roc_auc_score
 
     from forge_secure.plugins.data import bundled_splits
@@ -145,35 +173,35 @@ def test_eval_accuracy_matches_sklearn(forge_cli, peft_plugin):
 
     test = bundled_splits().sites[1].test
     p = load_plugin(peft_plugin).predict_proba(test.X)
-    r = forge_cli("eval", peft_plugin, "--data", "bundled:site-2/test", "--json")
+    r = forge("eval", peft_plugin, "--data", "bundled:site-2/test", "--json")
     ev = json.loads(r.out)
     assert ev["accuracy"] == pytest.approx(accuracy_score(test.y, p.argmax(1)))
     assert ev["roc_auc"] == pytest.approx(roc_auc_score(test.y, p[:, 1]))
 
 
-def test_eval_wrong_shape_data(forge_cli, tmp_path, peft_plugin):
+def test_eval_wrong_shape_data(forge, tmp_path, peft_plugin):
     data = _csv(tmp_path / "narrow.csv", 5)
-    assert_clean_error(forge_cli("eval", peft_plugin, "--data", data), "5 feature columns", "expects 30")
+    assert_clean_error(forge("eval", peft_plugin, "--data", data), "5 feature columns", "expects 30")
 
 
 @pytest.mark.parametrize("command", [("plugin", "show"), ("eval",)])
-def test_truncated_adapter_and_wrong_digest(forge_cli, peft_plugin, command):
+def test_truncated_adapter_and_wrong_digest(forge, peft_plugin, command):
     extra = ("--data", "bundled:site-1") if command == ("eval",) else ()
     adapter = peft_plugin / "adapter_model.safetensors"
     good = adapter.read_bytes()
     adapter.write_bytes(good[: len(good) // 2])
-    assert_clean_error(forge_cli(*command, peft_plugin, *extra), "truncated or tampered")
+    assert_clean_error(forge(*command, peft_plugin, *extra), "truncated or tampered")
     adapter.write_bytes(good)
     meta = json.loads((peft_plugin / "forge.json").read_text())
     meta["base"]["digest"] = "0" * 64
     (peft_plugin / "forge.json").write_text(json.dumps(meta))
-    assert_clean_error(forge_cli(*command, peft_plugin, *extra), "00000000", "same base model")
+    assert_clean_error(forge(*command, peft_plugin, *extra), "00000000", "same base model")
     (peft_plugin / "forge.json").write_text("{trunc")
-    assert_clean_error(forge_cli(*command, peft_plugin, *extra), "not valid json")
+    assert_clean_error(forge(*command, peft_plugin, *extra), "not valid json")
 
 
-def test_plugin_show_json_error(forge_cli, tmp_path):
-    r = forge_cli("plugin", "show", tmp_path / "nope", "--json")
+def test_plugin_show_json_error(forge, tmp_path):
+    r = forge("plugin", "show", tmp_path / "nope", "--json")
     assert r.code == 2
     assert json.loads(r.out)["error"]["code"] == "plugin.missing"
 
@@ -181,10 +209,10 @@ def test_plugin_show_json_error(forge_cli, tmp_path):
 # --------------------------------------------------------------------------- end to end with A2's train_plugin
 
 @needs_train
-def test_train_eval_show_ledger_end_to_end(forge_cli, tmp_path):
+def test_train_eval_show_ledger_end_to_end(forge, tmp_path):
     out = tmp_path / "p1"
-    r = forge_cli("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "4", "--ffa", "--epochs", "3",
-                  "--out", out, "--budget", "6", "--json")
+    r = forge("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "4", "--ffa", "--epochs", "3",
+                  "--out", out, "--budget", "5", "--json")
     assert r.code == 0, r
     s = json.loads(r.out)
     assert s["dp"]["enabled"] is True and 0 < s["dp"]["epsilon"] <= 4.0 + 1e-6
@@ -201,24 +229,24 @@ def test_train_eval_show_ledger_end_to_end(forge_cli, tmp_path):
     from forge_secure.plugins.bases import fresh_copy, load_base
 
     PeftModel.from_pretrained(fresh_copy(load_base("tabular-mlp")), str(out))
-    r = forge_cli("plugin", "show", out)
+    r = forge("plugin", "show", out)
     assert r.code == 0 and "verified" in r.out
-    r = forge_cli("eval", out, "--data", "bundled:site-1", "--json")
+    r = forge("eval", out, "--data", "bundled:site-1", "--json")
     assert r.code == 0 and json.loads(r.out)["rows"] == len(shard.test)
-    r = forge_cli("ledger", "show", "--site", "site-1", "--json")
+    r = forge("ledger", "show", "--site", "site-1", "--json")
     assert r.code == 0, r
     (led,) = json.loads(r.out)["ledgers"]
     assert led["releases"] == 1 and led["epsilon_spent"] == pytest.approx(s["dp"]["epsilon"], rel=1e-3)
-    # a second training at epsilon 4 would pass the budget of 6: refused with the figures, nothing written
-    r = forge_cli("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "4", "--ffa", "--epochs", "3",
-                  "--out", tmp_path / "p2", "--budget", "6")
+    # a second training at epsilon 4 would pass the budget of 5: refused with the figures, nothing written
+    r = forge("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "4", "--ffa", "--epochs", "3",
+                  "--out", tmp_path / "p2")
     assert_clean_error(r, "budget")
     assert not (tmp_path / "p2").exists()
 
 
 @needs_train
-def test_train_with_canaries_records_them(forge_cli, tmp_path):
-    r = forge_cli("train", "--site", "site-2", "--data", "bundled:site-2", "--no-dp", "--epochs", "1", "--canaries", "20",
+def test_train_with_canaries_records_them(forge, tmp_path):
+    r = forge("train", "--site", "site-2", "--data", "bundled:site-2", "--no-dp", "--epochs", "1", "--canaries", "20",
                   "--canary-seed", "5", "--out", tmp_path / "c", "--json")
     assert r.code == 0, r
     s = json.loads(r.out)
@@ -230,3 +258,64 @@ def test_train_with_canaries_records_them(forge_cli, tmp_path):
     assert s["data"]["canaries"]["count"] == 20 and s["data"]["canaries"]["seed_sha256"] == seed_sha256(5)
     assert s["rows"] == len(shard.train()) + int(mask.sum())
     assert s["dp"]["epsilon"] == "inf"
+
+
+def test_vectorised_bootstrap_auc_equals_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    from forge_secure.cli.train import auc_of_resamples
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    score = np.round(rng.normal(size=60) + y, 1)  # rounded: ties exercise the 1/2 rule
+    idx = rng.integers(0, 60, size=(20, 60))
+    got = auc_of_resamples(y, score, idx)
+    want = [roc_auc_score(y[i], score[i]) for i in idx]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert np.isnan(auc_of_resamples(np.zeros(5, int), score[:5], np.arange(5)[None]))[0]
+
+
+@needs_train
+def test_ledger_show_and_corrupt_ledger(forge, tmp_path):
+    r = forge("ledger", "show", "--json")
+    assert r.code == 0 and json.loads(r.out) == {"ledgers": []}
+    r = forge("train", "--site", "site-3", "--data", "bundled:site-3", "--noise-multiplier", "2", "--epochs", "1",
+              "--out", tmp_path / "p", "--json")
+    assert r.code == 0, r
+    eps = json.loads(r.out)["dp"]["epsilon"]
+    r = forge("ledger", "show")
+    assert r.code == 0 and "site-3" in r.out
+    (led,) = json.loads(forge("ledger", "show", "--site", "site-3", "--json").out)["ledgers"]
+    assert led["dataset"] == "breast-cancer/site-3" and led["epsilon_spent"] == pytest.approx(eps, rel=1e-3)
+    assert json.loads(forge("ledger", "show", "--site", "site-1", "--json").out) == {"ledgers": []}
+    from pathlib import Path
+
+    path = Path(led["path"])
+    path.write_text(path.read_text()[:-15])
+    assert_clean_error(forge("ledger", "show"), "corrupt")
+    r = forge("train", "--site", "site-3", "--data", "bundled:site-3", "--noise-multiplier", "2", "--epochs", "1", "--out", tmp_path / "q")
+    assert_clean_error(r, "corrupt")
+    assert not (tmp_path / "q").exists()
+
+
+@needs_train
+def test_vit_tiny_on_a_medmnist_npz(forge, tmp_path):
+    """Image path end to end: a MedMNIST-layout .npz of 8x8 digits, vit-tiny, q/v LoRA."""
+    from forge_secure.plugins.data import bundled_image_splits
+
+    s = bundled_image_splits()
+    tr, te = s.sites[0].train(), s.sites[0].test
+    to_u8 = lambda d: np.round(d.X[:, 0] * 255).astype(np.uint8)  # noqa: E731
+    np.savez(tmp_path / "digits.npz", train_images=to_u8(tr), train_labels=tr.y[:, None], val_images=to_u8(te)[:4],
+             val_labels=te.y[:4, None], test_images=to_u8(te), test_labels=te.y[:, None])
+    r = forge("train", "--site", "site-1", "--data", tmp_path / "digits.npz", "--base", "vit-tiny", "--no-dp", "--epochs", "1",
+              "--rank", "2", "--out", tmp_path / "vit", "--json")
+    assert r.code == 0, r
+    s = json.loads(r.out)
+    assert s["base"]["name"] == "vit-tiny" and sorted(s["lora"]["targets"]) in (["q_proj", "v_proj"], ["query", "value"])
+    r = forge("eval", tmp_path / "vit", "--data", tmp_path / "digits.npz", "--json")
+    assert r.code == 0, r
+    ev = json.loads(r.out)
+    assert ev["rows"] == len(te) and 0 <= ev["roc_auc"] <= 1 and ev["data"].endswith("digits.npz:test")
+    # tabular data into an image base is refused
+    assert_clean_error(forge("eval", tmp_path / "vit", "--data", "bundled:site-1"), "takes image data")

@@ -142,3 +142,29 @@ def test_keys_change_only_for_the_cells_a_setting_touches():
     # seeds and cells are distinct keys
     keys = {G.cell_key(a, c_, s, digest) for c_ in expand_grid(a) for s in a.seeds}
     assert len(keys) == len(expand_grid(a)) * len(a.seeds)
+
+
+@pytest.mark.parametrize(
+    "mutate, words",
+    [
+        (lambda d: d.update(training={"accountant": "moments"}), ["unknown accountant 'moments'", "prv", "rdp"]),
+        (lambda d: d.update(training={"base": "resnet-9000"}), ["unknown base model 'resnet-9000'", "tabular-mlp"]),
+        (lambda d: d["attack"].update(lira={"references": 1, "fixed_variance": False}), ["at least 4 reference models"]),
+        (lambda d: d["attack"].update(rmia={"a": 3.0}), ["a=3.0", "[0, 1]"]),
+    ],
+)
+def test_preflight_checks_the_libraries_settings_before_any_work(tmp_path, mutate, words):
+    from attacks.bench.data import load_bench_data
+    from attacks.bench.runner import preflight, run_bench
+    from forge_secure.errors import ForgeError
+
+    doc = base_doc()
+    mutate(doc)
+    cfg = config_from_dict(doc)
+    with pytest.raises(ForgeError) as info:
+        preflight(cfg, load_bench_data(cfg.data))
+    for w in words:
+        assert w in str(info.value)
+    with pytest.raises(ForgeError):
+        run_bench(cfg, tmp_path / "out", cache_root=tmp_path / "cache", workers=1)
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "cache").rglob("*.json"))

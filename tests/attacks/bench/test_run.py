@@ -18,7 +18,7 @@ from attacks.bench.runner import run_bench
 SMALL = {
     "bench": {"seeds": [0, 1]},
     "data": {"n_sites": 2},
-    "training": {"epochs": 2, "batch_size": 16, "lr": 0.1},
+    "training": {"epochs": 2, "batch_size": 16, "lr": 0.1, "accountant": "rdp"},
     "grid": {"epsilon": [8, "inf"], "rank": [2], "lora": ["ffa"], "merge": ["none", "exact"], "attack": ["lira", "rmia", "recon"]},
     "attack": {"lira": {"references": 2}, "rmia": {"references": 2, "population": 60}, "recon": {"trials": 30, "prior": 4}},
     "run": {"workers": 1},
@@ -122,3 +122,40 @@ def test_cell_keys_are_stable(first):
     for r in result.rows:
         cell = G.Cell(r["epsilon"], r["rank"], r["lora"], r["merge"], r["attack"])
         assert G.cell_key(cfg, cell, r["seed"], digest) == r["cell_key"]
+
+
+def test_cli_reads_the_cache_and_writes_the_outputs(first, forge_cli, tmp_path):
+    root, cfg, result = first
+    toml = tmp_path / "small.toml"
+    toml.write_text(
+        """
+[bench]
+seeds = [0, 1]
+[data]
+n_sites = 2
+[training]
+epochs = 2
+batch_size = 16
+lr = 0.1
+accountant = "rdp"
+[grid]
+epsilon = [8, "inf"]
+rank = [2]
+lora = ["ffa"]
+merge = ["none"]
+attack = ["lira"]
+[attack.lira]
+references = 2
+"""
+    )
+    out = tmp_path / "cli-out"
+    res = forge_cli("bench", "--config", toml, "--out", out, "--cache", root / "cache", "--workers", "1", "--json")
+    assert res.code == 0, res
+    info = json.loads(res.out)
+    assert info["computed"] == 0 and info["rows"] == 4 and info["trained"] == 0
+    assert (out / "config.toml").read_text() == toml.read_text()
+    assert len(read_csv(out / "results.csv")) == 4
+    # the human-readable form prints the table and where the outputs are
+    res = forge_cli("bench", "--config", toml, "--out", out, "--cache", root / "cache", "--workers", "1")
+    assert res.code == 0, res
+    assert "results.csv" in res.out and "from the cache" in res.out

@@ -23,12 +23,13 @@ def mia_home(tmp_path_factory):
         os.environ["FORGE_HOME"] = old
 
 
-def _train(out, *, site="site-1", seed=0, **cfg):
-    from forge_secure.plugins.data import load_data, resolve_bundled
+def _train(out, *, site="site-1", seed=0, canaries=0, canary_seed=None, **cfg):
+    """Train like ``forge train --data bundled:<site>`` does (same commitment and canaries)."""
+    from forge_secure.plugins.sources import prepare_training_data
     from forge_secure.privacy import TrainConfig, train_plugin
 
-    _, shard, _ = resolve_bundled(f"bundled:{site}")
-    train_plugin(TrainConfig(seed=seed, **cfg), load_data(f"bundled:{site}"), site=site, commitment=shard.commitment(), out=out)
+    td = prepare_training_data(f"bundled:{site}", canaries=canaries, canary_seed=canary_seed)
+    train_plugin(TrainConfig(seed=seed, **cfg), td.data, site=site, commitment=td.commitment, out=out)
     return out
 
 

@@ -46,6 +46,10 @@ def resign(world, data: bytes, kit, *, site="site-1", header_edit=None, rewrap_k
     chunks = parts.chunks if chunks is None else chunks
     body = kit.join(header_bytes, wrapped, chunks, b"x")[: -(4 + 1)]
     statement["subject"][0]["digest"]["sha256"] = hashlib.sha256(body).hexdigest()
+    head = kit.join(header_bytes, wrapped, [], b"x")[: -(4 + 1)]
+    for item, suffix in zip(statement["subject"], ("payload", "header")):
+        item["name"] = f"{manifest['submission_id']}.{suffix}"
+    statement["subject"][1]["digest"]["sha256"] = hashlib.sha256(head).hexdigest()
     statement["predicate"] = manifest
     payload = canonical_json(statement)
     signer = world.signer(site)
@@ -136,7 +140,8 @@ def test_large_multi_chunk_round_trip(tmp_path, kit):
 # --------------------------------------------------------------------------- tampering
 
 
-def test_every_flipped_byte_is_refused(world):
+def test_every_flipped_byte_is_refused(tmp_path, kit):
+    world = kit.build_world(tmp_path, rows=8)  # a small bundle, so every one of its bytes can be flipped
     data = world.seal().read_bytes()
     for i in range(len(data)):
         mutated = data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from forge_secure.crypto import _primitives as P
-from forge_secure.crypto import bundle, keys, load_decryption_key, open_bundle, verify
+from forge_secure.crypto import keys, load_decryption_key, open_bundle, verify
 from forge_secure.crypto.bundle import INFO_LABEL
 
 VECTORS = Path(__file__).resolve().parents[2] / "vectors"

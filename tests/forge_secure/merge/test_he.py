@@ -184,3 +184,27 @@ def test_params_are_checked_against_the_security_cap():
         HEParams(1000)
     p = HEParams()
     assert p.slots == 4096 and p.capacity == 2.0**19 and p.max_contributions >= 10
+
+
+def test_out_of_range_aggregate_is_refused_after_decryption(tmp_path, keys, contributions):
+    """Ciphertexts are malleable: an aggregator that swaps in an encryption of huge values is
+    caught by the key holder's range check, and nothing is released."""
+    import hashlib
+
+    from forge_secure.merge.he.ops import encrypt_vector
+    from forge_secure.merge.he.pack import write_ciphertexts
+
+    aggregate(contributions[:2], keys.path, tmp_path / "agg")
+    meta = json.loads((tmp_path / "agg" / "forge.json").read_text())
+    ctx, info = load_public_context(keys.path)
+    forged = encrypt_vector(ctx, np.full(meta["n_values"], 1e5), info.params.slots)
+    write_ciphertexts(tmp_path / "agg" / "ciphertexts.bin", forged)
+    meta["files"]["ciphertexts.bin"] = hashlib.sha256((tmp_path / "agg" / "ciphertexts.bin").read_bytes()).hexdigest()
+    (tmp_path / "agg" / "forge.json").write_text(json.dumps(meta))
+    log = keys.path / "releases.json"
+    before = log.read_text() if log.exists() else None
+    with pytest.raises(ForgeIntegrityError, match="out of range") as e:
+        decrypt_to_plugin(tmp_path / "agg", keys.path, tmp_path / "merged")
+    assert e.value.code == "he.out_of_range"
+    assert not (tmp_path / "merged").exists()
+    assert (log.read_text() if log.exists() else None) == before

@@ -140,3 +140,16 @@ def test_existing_output_is_not_overwritten(plain, tmp_path):
     with pytest.raises(ForgeError):
         fusion_merge(plain[:2], out)
     assert (out / "keep.txt").read_text() == "x"
+
+
+def test_merge_stage_for_the_demo(ffa, tmp_path):
+    from forge_secure.merge import merge_stage
+    from forge_secure.merge.mixture import load_mixture
+
+    out = merge_stage(ffa, tmp_path)
+    assert set(out) == {"fusion-exact", "fusion-ffa", "fusion-ckks", "mixture-static"}
+    X = X_test()
+    ckks, ffa_plain = load_plugin(out["fusion-ckks"]), load_plugin(out["fusion-ffa"])
+    np.testing.assert_allclose(ckks.logits(X), ffa_plain.logits(X), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(load_plugin(out["fusion-exact"]).logits(X), ffa_plain.logits(X), rtol=1e-4, atol=1e-4)
+    assert np.allclose(load_mixture(out["mixture-static"]).predict_proba(X).sum(1), 1.0)

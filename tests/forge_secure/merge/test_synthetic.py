@@ -78,3 +78,39 @@ def test_bad_synthetic_inputs(tmp_path):
     np.savez(tmp_path / "pickled.npz", X=obj, y=obj, meta=obj)
     with pytest.raises(ForgeDataError, match="not a forge synthetic"):
         load_synthetic(tmp_path / "pickled.npz")  # object arrays would need pickle: refused
+
+
+def test_release_is_charged_to_the_ledger_and_refused_over_budget(base, site_data, tmp_path):
+    from forge_secure.errors import ForgeBudgetError
+    from forge_secure.privacy.ledger import Ledger
+
+    ledger = Ledger.open("site-1", "breast-cancer/site-1", 2.2, root=tmp_path / "ledgers")
+    synth = make_synthetic(base, site_data, SynthConfig(target_epsilon=2.0, per_class=10), site="site-1", ledger=ledger)
+    sigma = synth.meta["release"]["noise_multiplier"]
+    assert ledger.history() == [(sigma, 1.0, 1)]
+    with pytest.raises(ForgeBudgetError):
+        make_synthetic(base, site_data, SynthConfig(target_epsilon=2.0, per_class=10), site="site-1", ledger=ledger)
+    assert ledger.history() == [(sigma, 1.0, 1)]  # the refused release was not recorded
+
+
+def test_forge_synth_command_and_tuning_with_it(tmp_path, capsys, make_plugin):
+    import json
+
+    from forge_secure.cli import main
+    from forge_secure.merge import fusion_merge
+    from forge_secure.plugins.plugin import load_plugin
+
+    code = main(["synth", "--data", "bundled:site-1", "--site", "site-1", "--epsilon", "1", "--budget", "10", "--per-class", "30", "--out", str(tmp_path / "s.npz"), "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out
+    info = json.loads(out.out)
+    assert info["epsilon"] <= 1.0 + 1e-9 and info["ledger"] is True
+    assert main(["synth", "--data", "bundled:site-1", "--site", "site-1", "--epsilon", "1", "--out", str(tmp_path / "s.npz")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["synth", "--data", "bundled:site-1", "--site", "site-1", "--sigma", "-1", "--out", str(tmp_path / "t.npz")]) == 2
+    assert "noise multiplier" in capsys.readouterr().err and not (tmp_path / "t.npz").exists()
+    plugins = [make_plugin(tmp_path / f"p{i}", 60 + i, ffa=True, site=f"site-{i + 1}") for i in range(2)]
+    merged = load_plugin(fusion_merge(plugins, tmp_path / "tuned", method="ffa", tune_on=tmp_path / "s.npz", budget=10))
+    assert merged.meta["merge"]["details"]["weight_source"] == "tuned on synthetic data"
+    seq = load_plugin(fusion_merge(plugins, tmp_path / "seq", method="sequential", tune_on=tmp_path / "s.npz", budget=8))
+    assert len(seq.meta["merge"]["details"]["steps"]) == 1

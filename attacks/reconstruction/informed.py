@@ -1,0 +1,216 @@
+"""The informed adversary: knows every training record but one and must tell which of ``n``
+candidates is the missing one (Balle, Cherubin, Hayes, "Reconstructing Training Data with
+Informed Adversaries", IEEE S&P 2022; Hayes, Mahloujifar, Balle, "Bounding Training Data
+Reconstruction in DP-SGD", NeurIPS 2023).
+
+The game, repeated over many trials: the challenger draws ``n`` candidates from the
+population, picks the target uniformly among them (baseline success kappa = 1/n), and runs
+DP-SGD with the plugin's recorded recipe (Poisson sample rate q, noise multiplier sigma,
+clipping norm C, T steps, learning rate) on the known records plus the target, starting from
+the plugin's LoRA tensors. The adversary sees
+
+* ``mode="gradients"``: every noisy gradient of the run (and so every intermediate model),
+  and which known records each batch held (the target's inclusion stays hidden). Prior-aware
+  score of Hayes et al. 2023: ``sum_t < B g~_t - sum_{known j in batch t} clip(grad(z_j)),
+  clip(grad(c_i)) >`` with B the expected batch size, all gradients at the step's parameters;
+* ``mode="model"``: only the final plugin. Score: how much the candidate's loss fell from the
+  starting plugin to the final one.
+
+It guesses the highest-scoring candidate. The success rate carries a Clopper-Pearson
+interval and sits beside the ReRo bound for (q, sigma, T) and kappa, which no attack in this
+threat model can exceed (up to the bound's Monte Carlo error and the interval).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from attacks.metrics import clopper_pearson
+from forge_secure.errors import ForgeDataError, ForgeValueError
+from forge_secure.progress import task
+
+from .bounds import rero_bound_dpsgd
+from .gradients import DPSetting, LoraFunctional, clip_per_sample, unflatten
+
+INFORMED_MODES = ("gradients", "model")
+
+
+@dataclass
+class InformedConfig:
+    """The game's settings; the DP-SGD recipe is the plugin's (see :meth:`from_meta`)."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    max_grad_norm: float = 1.0
+    lr: float = 0.05
+    candidates: int = 10
+    mode: str = "gradients"
+    bound_samples: int = 100_000
+
+    def __post_init__(self) -> None:
+        DPSetting(self.noise_multiplier, self.max_grad_norm, self.sample_rate, self.steps)  # validates
+        if not (isinstance(self.candidates, int) and self.candidates >= 2):
+            raise ForgeValueError(f"need at least 2 candidates, got {self.candidates!r}", fix="use e.g. --candidates 10", code="recon.config")
+        if self.mode not in INFORMED_MODES:
+            raise ForgeValueError(f"unknown informed-adversary mode {self.mode!r}", fix=f"use one of: {', '.join(INFORMED_MODES)}",
+                                  code="recon.config")
+        if not self.lr > 0:
+            raise ForgeValueError(f"lr must be > 0, got {self.lr!r}", code="recon.config")
+
+    @classmethod
+    def from_meta(cls, meta: dict, **overrides) -> "InformedConfig":
+        """The recipe recorded in a plugin's forge.json (no DP: noise 0, sample rate from the
+        batch size over the row count, steps from the epochs)."""
+        dp = meta.get("dp") or {}
+        tr = meta.get("training") or {}
+        rows = int((meta.get("data") or {}).get("rows") or 1)
+        try:
+            if dp.get("enabled"):
+                kw = dict(noise_multiplier=float(dp["noise_multiplier"]), sample_rate=float(dp["sample_rate"]),
+                          steps=int(dp["steps"]), max_grad_norm=float(dp["max_grad_norm"]))
+            else:
+                q = min(1.0, float(tr.get("batch_size", rows)) / rows)
+                kw = dict(noise_multiplier=0.0, sample_rate=q, steps=max(1, int(round(int(tr.get("epochs", 1)) / q))),
+                          max_grad_norm=float(dp.get("max_grad_norm") or 1.0))
+            kw["lr"] = float(tr.get("lr", 0.05))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ForgeValueError(f"the plugin's training record is malformed ({e.__class__.__name__}: {e})",
+                                  fix="attack a plugin written by forge train", code="recon.dp_record") from None
+        kw.update(overrides)
+        return cls(**kw)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Transcript:
+    """What one DP-SGD run released: the noisy gradients (flat), the parameters each was taken
+    at, and the known records each batch held; ``target_sampled`` is the challenger's secret."""
+
+    noisy: list[torch.Tensor] = field(default_factory=list)
+    params: list[dict] = field(default_factory=list)
+    known_batches: list[np.ndarray] = field(default_factory=list)
+    target_sampled: list[bool] = field(default_factory=list)
+    final: dict | None = None
+
+
+def simulate_dpsgd(
+    fn: LoraFunctional,
+    known_X: torch.Tensor,
+    known_y: torch.Tensor,
+    target_x: torch.Tensor,
+    target_y: torch.Tensor,
+    cfg: InformedConfig,
+    generator: torch.Generator,
+) -> Transcript:
+    """Run DP-SGD (Abadi et al. 2016; Poisson sampling, per-sample clipping, Gaussian noise
+    sigma*C on the sum, division by the expected batch size q*N) on the known records plus the
+    target, from the plugin's LoRA tensors, and record what it releases."""
+    N = len(known_X) + 1
+    expected = cfg.sample_rate * N
+    params = {n: p.clone() for n, p in fn.params.items()}
+    tr = Transcript()
+    for _ in range(cfg.steps):
+        take = torch.rand(N, generator=generator) < cfg.sample_rate
+        known_idx = torch.nonzero(take[:-1]).flatten()
+        xs = torch.cat([known_X[known_idx], target_x[None]]) if take[-1] else known_X[known_idx]
+        ys = torch.cat([known_y[known_idx], target_y[None]]) if take[-1] else known_y[known_idx]
+        d = sum(p.numel() for p in params.values())
+        total = torch.zeros(d, dtype=fn.dtype)
+        if len(xs):
+            total = clip_per_sample(fn.flatten(fn.per_sample_grads(xs, ys, params)), cfg.max_grad_norm).sum(dim=0)
+        noise = torch.normal(0.0, cfg.noise_multiplier * cfg.max_grad_norm, size=(d,), generator=generator, dtype=fn.dtype)
+        g = (total + noise) / expected
+        tr.noisy.append(g)
+        tr.params.append(params)
+        tr.known_batches.append(known_idx.numpy())
+        tr.target_sampled.append(bool(take[-1]))
+        step = unflatten(fn, g)
+        params = {n: p - cfg.lr * step[n] for n, p in params.items()}
+    tr.final = params
+    return tr
+
+
+class InformedAdversary:
+    """``InformedAdversary(config).fit(fn, known_X, known_y).score(cand_X, cand_y, transcript)``;
+    :meth:`run` plays the whole game over many trials."""
+
+    def __init__(self, config: InformedConfig):
+        self.config = config
+
+    def fit(self, fn: LoraFunctional, known_X: np.ndarray, known_y: np.ndarray) -> "InformedAdversary":
+        """The starting plugin and the records the adversary knows (all but the target)."""
+        if len(known_X) != len(known_y) or len(known_X) < 1:
+            raise ForgeDataError(f"{len(known_X)} known records with {len(known_y)} labels", code="recon.data")
+        self.fn_ = fn
+        self.known_X_ = torch.tensor(np.asarray(known_X), dtype=fn.dtype)
+        self.known_y_ = torch.tensor(np.asarray(known_y), dtype=torch.long)
+        return self
+
+    def _clipped(self, X: torch.Tensor, y: torch.Tensor, params: dict) -> torch.Tensor:
+        return clip_per_sample(self.fn_.flatten(self.fn_.per_sample_grads(X, y, params)), self.config.max_grad_norm)
+
+    def score(self, cand_X: np.ndarray, cand_y: np.ndarray, transcript: Transcript) -> np.ndarray:
+        """One score per candidate; the guess is the arg-max."""
+        fn, cfg = self.fn_, self.config
+        cx = torch.tensor(np.asarray(cand_X), dtype=fn.dtype)
+        cy = torch.tensor(np.asarray(cand_y), dtype=torch.long)
+        if cfg.mode == "model":
+            with torch.no_grad():
+                before = torch.nn.functional.cross_entropy(fn.logits(cx), cy, reduction="none")
+                after = torch.nn.functional.cross_entropy(fn.logits(cx, transcript.final), cy, reduction="none")
+            return (before - after).numpy()
+        expected = cfg.sample_rate * (len(self.known_X_) + 1)
+        scores = torch.zeros(len(cx), dtype=fn.dtype)
+        n = len(cx)
+        for g, params, idx in zip(transcript.noisy, transcript.params, transcript.known_batches):
+            # one vmap call per step for the candidates and the known records of the batch
+            clipped = self._clipped(torch.cat([cx, self.known_X_[idx]]), torch.cat([cy, self.known_y_[idx]]), params)
+            residual = g * expected - clipped[n:].sum(dim=0)
+            scores += clipped[:n] @ residual
+        return scores.numpy()
+
+    def run(self, pool_X: np.ndarray, pool_y: np.ndarray, trials: int, *, seed: int = 0) -> dict:
+        """Play ``trials`` games with candidates drawn from ``pool`` (records not in the known set);
+        return the success rate with its interval, the baseline 1/n and the ReRo bound."""
+        cfg = self.config
+        pool_X, pool_y = np.asarray(pool_X), np.asarray(pool_y)
+        if len(pool_X) < cfg.candidates:
+            raise ForgeDataError(
+                f"the candidate pool holds {len(pool_X)} records, fewer than the {cfg.candidates} candidates a trial needs",
+                fix="give more data or fewer --candidates",
+                code="recon.data",
+            )
+        if not (isinstance(trials, int) and trials >= 1):
+            raise ForgeValueError(f"trials must be a positive integer, got {trials!r}", code="recon.trials")
+        rng = np.random.default_rng(seed)
+        gen = torch.Generator().manual_seed(int(rng.integers(0, 2**31 - 1)))
+        wins = 0
+        with task("informed adversary", trials) as advance:
+            for _ in range(trials):
+                pick = rng.choice(len(pool_X), size=cfg.candidates, replace=False)
+                t = int(rng.integers(0, cfg.candidates))
+                cx, cy = pool_X[pick], pool_y[pick]
+                tx = torch.tensor(cx[t], dtype=self.fn_.dtype)
+                ty = torch.tensor(int(cy[t]), dtype=torch.long)
+                transcript = simulate_dpsgd(self.fn_, self.known_X_, self.known_y_, tx, ty, cfg, gen)
+                s = self.score(cx, cy, transcript)
+                # ties (e.g. no noise and the target never sampled) broken at random
+                best = np.flatnonzero(s == s.max())
+                wins += int(rng.choice(best) == t)
+                advance(1)
+        kappa = 1.0 / cfg.candidates
+        lo, hi = clopper_pearson(wins, trials, 0.95)
+        bound = rero_bound_dpsgd(cfg.noise_multiplier, cfg.sample_rate, cfg.steps, kappa, samples=cfg.bound_samples, seed=seed)
+        return {
+            "success": {"rate": wins / trials, "successes": wins, "trials": trials, "ci": [lo, hi], "confidence": 0.95},
+            "baseline": kappa,
+            "bound": bound.to_dict(),
+            "within_bound": bool(lo <= bound.bound + 3 * bound.mc_stderr),
+            "settings": cfg.to_dict(),
+        }

@@ -1,0 +1,315 @@
+"""The three reconstruction attacks run end to end on a plugin, each returning one results
+dictionary (empirical success with its interval, the random baseline, the ReRo bound, the
+settings), registered by name in :data:`ATTACKS` for the ``forge attack recon`` command.
+
+- ``gradient``: invert one plugin update (one local SGD step on a batch of records, or, for
+  a DP plugin, one noisy DP-SGD gradient simulated with the plugin's noise multiplier and
+  clipping norm). The bound is for that one release: (sigma, q = 1, T = 1), kappa the
+  baseline's success probability.
+- ``informed``: the informed adversary's game with the plugin's DP-SGD recipe; bound for the
+  recipe's (sigma, q, T) at kappa = 1/n.
+- ``canary``: retrain with the plugin's recipe on the data with canaries inserted, rank them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from forge_secure.errors import ForgeDataError, ForgeValueError
+from forge_secure.registry import Registry
+
+from . import plots
+from .bounds import rero_bound_dp, rero_bound_dpsgd
+from .canary import CanaryConfig, CanaryExposure
+from .features import FeatureSpec
+from .gradients import DPSetting, LoraFunctional, gradient_from_update, noisy_dp_gradient, one_step_update, to_tensor
+from .image import ImageInversion, ImageInversionConfig
+from .informed import INFORMED_MODES, InformedAdversary, InformedConfig
+from .labels import LABEL_MODES
+from .measures import DEFAULT_TOLERANCE, feature_hits, image_baseline, image_success, match_images, match_records, tabular_baseline, tabular_success
+from .tabular import TabularInversion, TabularInversionConfig
+
+ATTACKS: Registry[Callable[..., dict]] = Registry("reconstruction attack")
+
+
+@dataclass
+class ReconSettings:
+    """Settings shared by the attacks (each uses the ones it needs). Validated on construction."""
+
+    trials: int = 10
+    seed: int = 0
+    batch_size: int = 1
+    steps: int | None = None  # inversion steps (default: 1,500 tabular, 2,000 images)
+    restarts: int | None = None  # inversion restarts (default: 8 tabular, 4 images)
+    labels: str = "given"
+    tolerance: float = DEFAULT_TOLERANCE
+    dp: str = "plugin"  # gradient attack: "plugin" (noise as recorded) or "none" (the update without noise)
+    candidates: int = 10
+    mode: str = "gradients"
+    repetitions: tuple[int, ...] = (1, 2, 4, 8)
+    canaries_per_repetition: int = 4
+    canary_candidates: int = 100
+    bound_samples: int = 100_000
+    plot_records: int = 3
+
+    def __post_init__(self) -> None:
+        def pos(name: str) -> None:
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ForgeValueError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}", code="recon.settings")
+
+        for name in ("trials", "batch_size", "steps", "restarts", "candidates", "canaries_per_repetition", "canary_candidates", "bound_samples"):
+            pos(name)
+        if self.labels not in LABEL_MODES:
+            raise ForgeValueError(f"unknown label mode {self.labels!r}", fix=f"use one of: {', '.join(LABEL_MODES)}", code="recon.settings")
+        if self.mode not in INFORMED_MODES:
+            raise ForgeValueError(f"unknown informed mode {self.mode!r}", fix=f"use one of: {', '.join(INFORMED_MODES)}", code="recon.settings")
+        if self.dp not in ("plugin", "none"):
+            raise ForgeValueError(f"unknown dp setting {self.dp!r}", fix="use plugin or none", code="recon.settings")
+        if not (0 < self.tolerance):
+            raise ForgeValueError(f"tolerance must be > 0, got {self.tolerance!r}", code="recon.settings")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ForgeValueError(f"seed must be a non-negative integer, got {self.seed!r}", code="recon.settings")
+        self.repetitions = tuple(self.repetitions)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["repetitions"] = list(self.repetitions)
+        return d
+
+
+# --------------------------------------------------------------------------- helpers
+def check_data(plugin, data, what: str = "data") -> None:
+    """The records must be of the plugin's kind and shape (columns, or C x H x W)."""
+    base = plugin.base
+    if data.kind != base.kind:
+        raise ForgeDataError(f"{what} {data.name!r} holds {data.kind} records, the plugin's base {base.name} takes {base.kind}",
+                             fix=f"give {base.kind} data", code="recon.data_kind")
+    want = tuple(getattr(base, "input_shape", ()) or ())
+    if want and tuple(data.shape) != want:
+        unit = "columns" if base.kind == "tabular" else "C x H x W"
+        raise ForgeDataError(
+            f"{what} {data.name!r} has records of shape {tuple(data.shape)}, the plugin's base {base.name} takes {want} ({unit})",
+            fix="give data with the same columns the plugin was trained on",
+            code="recon.data_columns",
+        )
+    if len(data) < 2:
+        raise ForgeDataError(f"{what} {data.name!r} holds {len(data)} record(s)", fix="give at least two records", code="recon.data_small")
+    if int(np.max(data.y)) >= base.n_classes:
+        raise ForgeDataError(f"{what} {data.name!r} has label {int(np.max(data.y))}, the plugin has {base.n_classes} classes",
+                             fix="give labels 0..C-1 of the plugin's task", code="recon.data_labels")
+
+
+def target_record(plugin) -> dict:
+    meta = plugin.meta
+    return {"path": str(plugin.path) if plugin.path else None, "site": meta.get("site"), "base": meta.get("base", {}).get("name"),
+            "adapter_sha256": (meta.get("adapter") or {}).get("sha256"), "dp": meta.get("dp"), "lora": meta.get("lora")}
+
+
+def lora_functional(plugin) -> LoraFunctional:
+    ffa = bool((plugin.meta.get("lora") or {}).get("ffa"))
+    return LoraFunctional(plugin.model, ffa=ffa)
+
+
+def _rate_bound(dp: DPSetting | None, kappa: float, samples: int, seed: int) -> dict:
+    """ReRo bound for one observed noisy gradient of a batch holding the target (q = 1, T = 1)."""
+    kappa = float(min(1.0, max(kappa, 1e-12)))
+    if dp is None:
+        return {"bound": 1.0, "kappa": kappa, "note": "no noise: no bound"}
+    b = rero_bound_dpsgd(dp.noise_multiplier, 1.0, 1, kappa, samples=samples, seed=seed)
+    return {"bound": b.bound, "mc_stderr": b.mc_stderr, "kappa": kappa, "noise_multiplier": dp.noise_multiplier,
+            "sample_rate": 1.0, "steps": 1, "method": b.method + ", one observed step"}
+
+
+# --------------------------------------------------------------------------- gradient inversion
+@ATTACKS.register("gradient")
+def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None,
+                 categorical: tuple[tuple[int, ...], ...] = ()) -> dict:
+    """Invert ``settings.trials`` updates, each one local step on ``batch_size`` records of
+    ``data``; ``prior`` is the attacker's population data (bounds, starting points, baseline)."""
+    check_data(plugin, data)
+    check_data(plugin, prior, "population prior")
+    s = settings
+    meta = plugin.meta
+    fn = lora_functional(plugin)
+    lr = float((meta.get("training") or {}).get("lr") or 0.05)
+    dp = DPSetting.from_meta(meta.get("dp") or {}) if s.dp == "plugin" else None
+    rng = np.random.default_rng(s.seed)
+    gen = torch.Generator().manual_seed(int(rng.integers(0, 2**31 - 1)))
+    need = s.trials * s.batch_size
+    if need > len(data):
+        raise ForgeValueError(f"{s.trials} trials of {s.batch_size} record(s) need {need} records, {data.name!r} holds {len(data)}",
+                              fix="lower --trials or --batch-size, or give more data", code="recon.data_small")
+    order = rng.permutation(len(data))[:need].reshape(s.trials, s.batch_size)
+    image = data.kind == "image"
+    if image:
+        cfg = ImageInversionConfig(steps=s.steps or 2000, restarts=s.restarts or 4, labels=s.labels)
+        attack = ImageInversion(cfg).fit(fn, tuple(data.shape))
+    else:
+        spec = FeatureSpec.from_prior(prior.X, categorical, names=tuple(data.feature_names) or ())
+        cfg = TabularInversionConfig(steps=s.steps or 1500, restarts=s.restarts or 8, labels=s.labels)
+        attack = TabularInversion(cfg).fit(fn, spec, prior.X)
+    recs, truths, labels_ok = [], [], 0
+    started = time.perf_counter()
+    for t in range(s.trials):
+        idx = order[t]
+        x = to_tensor(data.X[idx], fn.dtype)
+        y = torch.tensor(data.y[idx], dtype=torch.long)
+        if dp is None:
+            g = gradient_from_update(one_step_update(fn, x, y, lr), lr)
+        else:
+            g = noisy_dp_gradient(fn, x, y, dp, generator=gen)
+        given = data.y[idx] if s.labels == "given" else None
+        r = attack.reconstruct(g, s.batch_size, given, n_classes=plugin.base.n_classes, seed=rng)
+        recs.append(r.records)
+        truths.append(np.asarray(data.X[idx], dtype=np.float64))
+        labels_ok += int(np.array_equal(np.sort(r.labels), np.sort(data.y[idx])))
+    seconds = time.perf_counter() - started
+    out: dict[str, Any] = {
+        "kind": "gradient",
+        "observed": "one noisy DP-SGD gradient (plugin's noise multiplier and clipping norm)" if dp else f"one local SGD step (lr {lr})",
+        "seconds": seconds,
+        "seconds_per_record": seconds / need,
+        "labels_recovered": {"rate": labels_ok / s.trials, "mode": s.labels},
+        "settings": {**s.to_dict(), "inversion": cfg.to_dict(), "lr": lr,
+                     "dp": asdict(dp) if dp else None},
+    }
+    if image:
+        pool = prior.X[np.random.default_rng(s.seed + 1).permutation(len(prior))[:100]]
+        succ = image_success(recs, truths, pool)
+        base = image_baseline(truths, prior.X, pool, seed=s.seed)
+        ident = succ["nn_identification"]
+        out.update(success=succ, baseline=base,
+                   bound={"nn_identification": _rate_bound(dp, base["nn_identification"]["ci"][1] or 1.0 / (len(pool) + 1),
+                                                           s.bound_samples, s.seed)},
+                   headline={"metric": "nearest-neighbour identification", "rate": ident["rate"], "ci": ident["ci"],
+                             "baseline": base["nn_identification"]["rate"], "psnr_db": succ["psnr_db"]["mean"],
+                             "baseline_psnr_db": base["psnr_db"]["mean"]})
+        if plot:
+            k = min(8, len(recs))
+            plots.image_figure(np.concatenate(truths[:k]), np.concatenate([r[match_images(r, t)] for r, t in zip(recs[:k], truths[:k])]),
+                               plot, f"gradient inversion of {plugin.base.name} plugin updates "
+                               f"(PSNR {succ['psnr_db']['mean']:.1f} dB, baseline {base['psnr_db']['mean']:.1f} dB)")
+    else:
+        succ = tabular_success(recs, truths, spec, tolerance=s.tolerance)
+        base = tabular_baseline(truths, prior.X, spec, tolerance=s.tolerance, seed=s.seed)
+        fa, ra = succ["feature_accuracy"], succ["record_rate"]
+        # kappa: the baseline's upper confidence limit, so that the bound is not understated
+        out.update(success=succ, baseline=base,
+                   bound={"feature_accuracy": _rate_bound(dp, base["feature_accuracy"]["ci"][1], s.bound_samples, s.seed),
+                          "record_rate": _rate_bound(dp, base["record_rate"]["ci"][1], s.bound_samples, s.seed)},
+                   headline={"metric": "feature accuracy", "rate": fa["rate"], "ci": fa["ci"], "baseline": base["feature_accuracy"]["rate"],
+                             "record_rate": ra["rate"], "record_ci": ra["ci"]})
+        k = min(s.plot_records, len(recs))
+        t_all = np.concatenate(truths[:k])[: s.plot_records]
+        r_all = np.concatenate([r[match_records(r, t, spec, s.tolerance)] for r, t in zip(recs[:k], truths[:k])])[: s.plot_records]
+        hits = feature_hits(r_all, t_all, spec, s.tolerance)
+        names = spec.feature_names()
+        out["table_markdown"] = plots.markdown_table(names, spec.decode(t_all), spec.decode(r_all), hits, s.plot_records)
+        if plot:
+            plots.tabular_figure(names, spec.decode(t_all), spec.decode(r_all), hits, plot,
+                                 f"gradient inversion of {plugin.base.name} plugin updates: feature accuracy {fa['rate']:.0%} "
+                                 f"(baseline {base['feature_accuracy']['rate']:.0%})", s.plot_records)
+    return out
+
+
+# --------------------------------------------------------------------------- informed adversary
+@ATTACKS.register("informed")
+def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None, **_: Any) -> dict:
+    """The informed adversary with the plugin's DP-SGD recipe: ``data`` holds the known records
+    (all the training set but the target), candidates come from ``prior``."""
+    check_data(plugin, data)
+    check_data(plugin, prior, "population prior")
+    s = settings
+    fn = lora_functional(plugin)
+    cfg = InformedConfig.from_meta(plugin.meta, candidates=s.candidates, mode=s.mode, bound_samples=s.bound_samples)
+    rows = int((plugin.meta.get("data") or {}).get("rows") or len(data))
+    known = data.subset(np.arange(min(len(data), max(1, rows - 1))))
+    started = time.perf_counter()
+    res = InformedAdversary(cfg).fit(fn, known.X, known.y).run(prior.X, prior.y, s.trials, seed=s.seed)
+    seconds = time.perf_counter() - started
+    dp = plugin.meta.get("dp") or {}
+    generic = None
+    if dp.get("enabled"):
+        generic = rero_bound_dp(float(dp["epsilon"]), float(dp["delta"]), 1.0 / cfg.candidates)
+    out = {
+        "kind": "informed",
+        "observed": "every noisy gradient of the run" if cfg.mode == "gradients" else "the final plugin only",
+        "success": res["success"],
+        "baseline": res["baseline"],
+        "bound": {**res["bound"], "epsilon_delta_bound": generic},
+        "within_bound": res["within_bound"],
+        "headline": {"metric": "target identified among candidates", "rate": res["success"]["rate"], "ci": res["success"]["ci"],
+                     "baseline": res["baseline"], "bound": res["bound"]["bound"]},
+        "seconds": seconds,
+        "settings": {**s.to_dict(), "game": res["settings"], "known_records": len(known)},
+    }
+    if plot:
+        plots.bars_figure([f"sigma {cfg.noise_multiplier:g}"], [res["success"]["rate"]], [res["success"]["ci"][0]],
+                          [res["success"]["ci"][1]], res["baseline"], [res["bound"]["bound"]], plot,
+                          f"informed adversary ({cfg.mode}), {s.trials} trials", "target identified")
+    return out
+
+
+# --------------------------------------------------------------------------- canary exposure
+@ATTACKS.register("canary")
+def run_canary(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None, train_fn: Callable | None = None,
+               **_: Any) -> dict:
+    """Retrain with the plugin's recipe on ``data`` plus canaries repeated r times; rank them."""
+    from forge_secure.plugins import make_canaries
+
+    check_data(plugin, data)
+    s = settings
+    attack = CanaryExposure(CanaryConfig(s.repetitions, s.canaries_per_repetition, s.canary_candidates)).fit(data, make_canaries, s.seed)
+    if train_fn is None:
+        from forge_secure.privacy import TrainConfig, train_plugin
+
+        if plugin.meta.get("kind") != "trained":
+            raise ForgeValueError(f"the canary test retrains with the plugin's recipe; {plugin.path} is a {plugin.meta.get('kind')} plugin",
+                                  fix="attack a trained plugin", code="recon.no_recipe")
+        recipe = replace(TrainConfig.from_meta(plugin.meta), seed=s.seed)
+
+        def train_fn(ds):
+            return train_plugin(recipe, ds, site="canary-audit", base=plugin.base)
+
+    started = time.perf_counter()
+    model = train_fn(attack.training_set_)
+    exposures = attack.score(model.logits)
+    seconds = time.perf_counter() - started
+    dp = (getattr(model, "meta", None) or {}).get("dp") or {}
+    kappa = 1.0 / s.canary_candidates
+    if dp.get("enabled"):
+        b = rero_bound_dpsgd(float(dp["noise_multiplier"]), float(dp["sample_rate"]), int(dp["steps"]), kappa,
+                             samples=s.bound_samples, seed=s.seed)
+        bound = {"bound": b.bound, "mc_stderr": b.mc_stderr, "kappa": kappa, "noise_multiplier": b.noise_multiplier,
+                 "sample_rate": b.sample_rate, "steps": b.steps, "epsilon": dp.get("epsilon"), "applies_to": "r = 1"}
+    else:
+        bound = {"bound": 1.0, "kappa": kappa, "note": "trained without DP: no bound"}
+    summary = attack.summary(exposures, bound["bound"])
+    top = summary["by_repetition"][-1]
+    out = {
+        "kind": "canary",
+        "observed": "the plugin retrained with its recipe on the data with canaries inserted",
+        "success": summary,
+        "baseline": {"rank1": kappa, "mean_exposure_bits": summary["chance_exposure_bits"]},
+        "bound": bound,
+        "headline": {"metric": "mean exposure (bits) at the most repetitions", "rate": top["rank1"]["rate"], "ci": top["rank1"]["ci"],
+                     "exposure_bits": top["mean_exposure_bits"], "baseline": kappa, "bound": bound["bound"]},
+        "seconds": seconds,
+        "settings": s.to_dict(),
+    }
+    if plot:
+        plots.bars_figure([f"r={row['repetitions']}" for row in summary["by_repetition"]],
+                          [row["mean_exposure_bits"] / summary["max_exposure_bits"] for row in summary["by_repetition"]],
+                          [row["mean_exposure_bits"] / summary["max_exposure_bits"] for row in summary["by_repetition"]],
+                          [row["mean_exposure_bits"] / summary["max_exposure_bits"] for row in summary["by_repetition"]],
+                          summary["chance_exposure_bits"] / summary["max_exposure_bits"],
+                          None, plot,
+                          f"canary exposure (fraction of the {summary['max_exposure_bits']:.1f}-bit maximum)", "exposure / max")
+    return out
