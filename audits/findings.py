@@ -66,8 +66,9 @@ def _plain(value: Any, where: str) -> Any:
 
 @dataclass(frozen=True)
 class Plot:
-    """Data for one chart. ``kind`` is ``"roc"`` (series of fpr/tpr, drawn log-log),
-    ``"bars"`` (labelled values with an optional limit line)."""
+    """Data for one chart. ``kind`` is ``"roc"`` (series of {label, fpr, tpr}, drawn log-log)
+    or ``"bars"`` (series of {label, value, optional claimed / bound markers}; a bar is red
+    when its value exceeds the limit line, its claimed value or its bound)."""
 
     kind: str
     title: str

@@ -46,13 +46,17 @@ def _bars(ax, plot: Plot) -> None:
     finite = [v for v in values if math.isfinite(v)]
     top = max(finite + [plot.limit or 0.0, 1e-9]) * 1.25
     shown = [v if math.isfinite(v) else top for v in values]
-    colors = ["#b00020" if (plot.limit is not None and v > plot.limit) else "#1b5e20" for v in values]
+    def over(s: dict, v: float) -> bool:
+        marks = [plot.limit] + [_num(s[k]) for k in ("claimed", "bound") if s.get(k) is not None]
+        return any(m is not None and not math.isnan(m) and v > m for m in marks)
+
+    colors = ["#b00020" if over(s, v) else "#1b5e20" for s, v in zip(plot.series, values)]
     xs = list(range(len(labels)))
     ax.bar(xs, shown, color=colors, label=plot.y_label or "value")
     for x, v in zip(xs, values):
         if not math.isfinite(v):
             ax.text(x, top * 0.95, "inf", ha="center", va="top", color="white", fontweight="bold")
-    for key, marker, name in (("claimed", "D", "claimed"), ("empirical", "v", "empirical lower bound")):
+    for key, marker, name in (("claimed", "D", "claimed"), ("bound", "v", "bound")):
         pts = [(x, _num(s[key])) for x, s in zip(xs, plot.series) if key in s and s[key] is not None]
         pts = [(x, min(v, top)) for x, v in pts if not math.isnan(v)]
         if pts:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from _report import write_section  # noqa: E402
-from forge_secure.merge.he.keys import fingerprint, make_context, public_copy  # noqa: E402
+from forge_secure.merge.he.keys import make_context, public_copy  # noqa: E402
 from forge_secure.merge.he.ops import add_all, decrypt_vectors, encrypt_vector, load_vectors  # noqa: E402
 from forge_secure.merge.he.params import HEParams  # noqa: E402
 

@@ -37,7 +37,7 @@ A_GRID = np.round(np.linspace(0.0, 1.0, 21), 2)
 class RmiaConfig:
     online: bool = True
     a: float | None = None
-    gamma: float = 2.0
+    gamma: float = 1.0
     temperature: float = 2.0
     max_population: int | None = None
 

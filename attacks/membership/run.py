@@ -33,8 +33,10 @@ Results file (format ``forge-mia-results/1``, JSON; ``"inf"`` stands for infinit
     empirical_epsilon {"clopper_pearson": {...split bound...}, "one_run": {...}|null,
                       "one_run_canaries": {...}|null, "epsilon_lb": max of the bounds,
                       "claimed": same as claimed_epsilon.epsilon, "exceeds_claim": bool}
-    canaries          null, or {"count", "scores", "labels"} when the target was trained with
-                      --canaries and the auditor gave the canary seed
+    is_canary         [bool] per candidate: true for the target's canaries (added to the
+                      candidates when their seed is known; their labels are their coin flips)
+    canaries          null (no canaries), or {"count", "used", "included", "seed_sha256",
+                      "metrics_records_only": metrics without the canaries} 
 
 :data:`RESULTS_SCHEMA` is the JSON Schema that :func:`load_results` checks.
 """
@@ -92,7 +94,7 @@ class MiaSettings:
     online: bool = True
     fixed_variance: bool = False
     rmia_a: float | None = None
-    gamma: float = 2.0
+    gamma: float = 1.0
     temperature: float = 2.0
     seed: int = 0
     n_boot: int = 1000
@@ -288,12 +290,20 @@ def run_mia(
     workers: int | None = None,
     ray: str | None = None,
     cache: bool = True,
+    canary_seed: int | None = None,
+    use_canaries: bool = True,
 ) -> dict:
     """Run one attack and return the results dict (see the module docstring).
 
     ``population="auto"`` uses the bundled public split when the candidates are bundled,
     and none otherwise; ``None`` or ``"none"`` disables it. ``recipe`` is a plugin directory
     whose recipe trains the references (needed for merged plugins without their own).
+
+    Canaries: when the target was trained with ``--canaries M`` and the canary seed is
+    known (``canary_seed``, or the default seed ``forge train`` derives from the site and
+    training seed, recognised by its sha256 in forge.json), the M canaries are regenerated
+    and added to the candidates with their coin-flip labels (``is_canary`` marks them), and
+    the one-run audit is also run on the canaries alone.
     """
     from forge_secure.plugins.data import is_bundled, load_data, seed_sha256
     from forge_secure.plugins.plugin import read_meta
@@ -315,6 +325,7 @@ def run_mia(
     tgt = load_target(target, base=base, component=component, membership_seed_sha256=seed_sha)
     cands = resolve_candidates(data, meta=tgt.meta, membership_seed=membership_seed, nonmembers=nonmembers, label_column=label_column)
     _check_columns(tgt, cands.data, "candidate data")
+    canary_block, cands = _with_canaries(tgt.meta, cands, canary_seed, use_canaries)
     if population == "auto":
         population = "bundled:public" if is_bundled(data) and data.startswith("bundled:") else (
             "bundled-digits:public" if is_bundled(data) else None)
@@ -347,8 +358,14 @@ def run_mia(
     metrics = M.attack_metrics(scores, labels, n_boot=settings.n_boot, confidence=settings.confidence, seed=settings.seed)
     claimed = tgt.claimed_epsilon
     delta = float(claimed["delta"]) if claimed.get("delta") not in (None, "inf") else 0.0
+    is_canary = np.asarray(cands.provenance.get("is_canary", np.zeros(len(labels), bool)), dtype=bool)
+    canary_scores = {"scores": scores[is_canary], "labels": labels[is_canary]} if is_canary.any() else None
     emp = empirical_epsilon(scores, labels, coin_flip=cands.coin_flip, delta=delta, seed=settings.seed,
-                            p_target=settings.p_target, audit_fraction=settings.audit_fraction, claimed=claimed)
+                            p_target=settings.p_target, audit_fraction=settings.audit_fraction, claimed=claimed,
+                            canaries=canary_scores)
+    if is_canary.any():
+        canary_block["metrics_records_only"] = M.attack_metrics(scores[~is_canary], labels[~is_canary], n_boot=settings.n_boot,
+                                                                confidence=settings.confidence, seed=settings.seed)
     run_settings = {**asdict(settings), **attack.settings(), "references": n_refs, "workers": workers, "ray": ray}
     results = {
         "format": RESULTS_FORMAT,
@@ -362,7 +379,8 @@ def run_mia(
             "candidates": {"name": cands.data.name, "digest": cands.data.digest(), "rows": len(cands.data)},
             "population": None if pop is None else {"name": pop.name, "digest": pop.digest(), "rows": len(pop)},
         },
-        "membership": cands.provenance,
+        "membership": {k: v for k, v in cands.provenance.items() if k != "is_canary"},
+        "is_canary": is_canary,
         "coin_flip": cands.coin_flip,
         "scores": scores,
         "labels": labels,
@@ -370,9 +388,42 @@ def run_mia(
         "metrics": metrics,
         "claimed_epsilon": claimed,
         "empirical_epsilon": emp,
-        "canaries": None,
+        "canaries": canary_block,
     }
     return _jsonable(results)
+
+
+def _with_canaries(meta: dict, cands: Candidates, canary_seed: int | None, use: bool) -> tuple[dict | None, Candidates]:
+    """Add the target's canaries (regenerated from their seed) to the candidates."""
+    from forge_secure.plugins.data import seed_sha256
+    from forge_secure.plugins.sources import canary_set, default_canary_seed
+
+    record = (meta.get("data") or {}).get("canaries") or {}
+    count = int(record.get("count") or 0)
+    if not count or not use:
+        if canary_seed is not None and not count:
+            raise ForgeValueError("a canary seed was given but the target was trained without canaries",
+                                  fix="drop --canary-seed", code="attack.no_canaries")
+        return ({"count": count, "used": False, "note": "not used"} if count else None), cands
+    recorded = record.get("seed_sha256")
+    if canary_seed is not None:
+        if seed_sha256(canary_seed) != recorded:
+            raise ForgeValueError("the canary seed does not match the target's forge.json commitment",
+                                  fix="give the --canary-seed used for forge train --canaries", code="attack.canary_mismatch")
+        seed = canary_seed
+    else:
+        guess = default_canary_seed(str(meta.get("site", "")), int((meta.get("training") or {}).get("seed", 0)))
+        if seed_sha256(guess) != recorded:
+            return {"count": count, "used": False, "note": "canary seed unknown: give --canary-seed to use the canaries"}, cands
+        seed = guess
+    canaries, included = canary_set(count, cands.data, seed)
+    data = cands.data.concat(canaries, name=cands.data.name + f" + {count} canaries")
+    labels = np.r_[cands.labels, included.astype(np.int64)]
+    provenance = {**cands.provenance, "canaries": count,
+                  "is_canary": np.r_[np.zeros(len(cands.data), bool), np.ones(count, bool)]}
+    block = {"count": count, "used": True, "included": int(included.sum()), "seed_sha256": recorded,
+             "include_prob": record.get("include_prob", 0.5)}
+    return block, Candidates(data, labels, cands.coin_flip and abs(float(record.get("include_prob", 0.5)) - 0.5) < 1e-12, provenance)
 
 
 def write_results(results: dict, path: str | Path) -> Path:

@@ -116,6 +116,25 @@ class LoraFunctional:
 DISTANCES = ("cosine", "layer-cosine")
 
 
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine that stays defined for gradients as small as 1e-38 (a confidently classified
+    record): norms with a 1e-300 floor instead of torch's 1e-8 eps."""
+    return (a * b).sum() / (torch.sqrt((a * a).sum() + 1e-300) * torch.sqrt((b * b).sum() + 1e-300))
+
+
+def normalise(target: Mapping[str, torch.Tensor], names: Sequence[str], kind: str) -> Grads:
+    """Scale the observed gradient (cosine losses ignore its scale) so that tiny gradients keep
+    their direction in floating point: per tensor for ``layer-cosine``, as a whole for ``cosine``."""
+    if kind == "cosine":
+        norm = torch.sqrt(sum((target[n] ** 2).sum() for n in names))
+        return {n: target[n] / norm if norm > 0 else target[n] for n in names}
+    out = {}
+    for n in names:
+        norm = target[n].norm()
+        out[n] = target[n] / norm if norm > 0 else target[n]
+    return out
+
+
 def gradient_distance(g: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], names: Sequence[str], kind: str) -> torch.Tensor:
     """Gradient-matching loss. ``cosine``: 1 - cos between the concatenated gradients (Geiping et
     al. 2020). ``layer-cosine``: the mean over tensors of 1 - cos, so that a small tensor such as
@@ -123,10 +142,10 @@ def gradient_distance(g: Mapping[str, torch.Tensor], target: Mapping[str, torch.
     if kind == "cosine":
         a = torch.cat([g[n].reshape(-1) for n in names])
         b = torch.cat([target[n].reshape(-1) for n in names])
-        return 1.0 - torch.nn.functional.cosine_similarity(a, b, dim=0)
+        return 1.0 - _cos(a, b)
     total = 0.0
     for n in names:
-        total = total + (1.0 - torch.nn.functional.cosine_similarity(g[n].reshape(-1), target[n].reshape(-1), dim=0, eps=1e-12))
+        total = total + (1.0 - _cos(g[n].reshape(-1), target[n].reshape(-1)))
     return total / len(names)
 
 

@@ -21,7 +21,7 @@ import torch
 from forge_secure.errors import ForgeDataError, ForgeValueError
 from forge_secure.progress import task
 
-from .gradients import DISTANCES, Grads, LoraFunctional, gradient_distance
+from .gradients import DISTANCES, Grads, LoraFunctional, gradient_distance, normalise
 from .labels import LABEL_MODES, label_candidates
 from .tabular import Reconstruction, _milestones
 
@@ -91,7 +91,7 @@ class ImageInversion:
                 code="recon.update_mismatch",
             )
         label_sets = label_candidates(fn, target, batch_size, labels, n_classes, cfg.labels)
-        target = {n: t.to(fn.dtype) for n, t in target.items()}
+        target = normalise({n: t.to(fn.dtype) for n, t in target.items()}, fn.names, cfg.distance)
         if not all(torch.isfinite(t).all() for t in target.values()) or all(t.norm() == 0 for t in target.values()):
             raise ForgeDataError("the observed update is zero or not finite", fix="check the update", code="recon.update_zero")
         R = cfg.restarts

@@ -22,7 +22,7 @@ from forge_secure.errors import ForgeDataError, ForgeValueError
 from forge_secure.progress import task
 
 from .features import FeatureSpec
-from .gradients import DISTANCES, Grads, LoraFunctional, gradient_distance
+from .gradients import DISTANCES, Grads, LoraFunctional, gradient_distance, normalise
 from .labels import LABEL_MODES, label_candidates
 from .measures import match_records
 
@@ -42,12 +42,15 @@ class TabularInversionConfig:
     distance: str = "layer-cosine"  # "cosine" over all tensors at once, or averaged per tensor
     scale_search: bool = True  # grid search over each record's scale half-way (see _scale_search)
     scale_grid: int = 49
+    pool_fraction: float = 0.5  # pool the best half of the restarts (a stuck restart only adds noise)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.steps, int) and self.steps >= 1):
             raise ForgeValueError(f"steps must be a positive integer, got {self.steps!r}", code="recon.config")
         if not (isinstance(self.restarts, int) and self.restarts >= 1):
             raise ForgeValueError(f"restarts must be a positive integer, got {self.restarts!r}", code="recon.config")
+        if not (0 < self.pool_fraction <= 1):
+            raise ForgeValueError(f"pool_fraction must lie in (0, 1], got {self.pool_fraction!r}", code="recon.config")
         if not (self.lr > 0 and self.temperature > 0):
             raise ForgeValueError(f"lr and temperature must be > 0, got lr={self.lr}, temperature={self.temperature}", code="recon.config")
         if self.distance not in DISTANCES:
@@ -144,7 +147,7 @@ class TabularInversion:
                 code="recon.update_mismatch",
             )
         label_sets = label_candidates(fn, target, batch_size, labels, n_classes, cfg.labels)
-        target = {n: t.to(fn.dtype) for n, t in target.items()}
+        target = normalise({n: t.to(fn.dtype) for n, t in target.items()}, fn.names, cfg.distance)
         tflat = fn.flatten(target)
         if not torch.isfinite(tflat).all() or tflat.norm() == 0:
             raise ForgeDataError("the observed update is zero or not finite", fix="check the update", code="recon.update_zero")
@@ -226,9 +229,12 @@ class TabularInversion:
         return z
 
     def _pool(self, recs: np.ndarray, losses: np.ndarray) -> np.ndarray:
-        """Match every restart's records to the best restart's (Hungarian), then take the median
-        of continuous columns and the majority category of every one-hot group."""
+        """Keep the best ``pool_fraction`` of the restarts, match their records to the best
+        restart's (Hungarian), then take the median of continuous columns and the majority
+        category of every one-hot group."""
         spec = self.spec_
+        keep = np.argsort(losses)[: max(1, int(np.ceil(len(losses) * self.config.pool_fraction)))]
+        recs, losses = recs[keep], losses[keep]
         ref = recs[int(np.argmin(losses))]
         aligned = np.stack([r[match_records(r, ref, spec)] for r in recs])  # (R, B, d)
         out = np.median(aligned, axis=0)

@@ -279,7 +279,7 @@ class ReconstructionLeakage(Check):
                 "confidence": settings.confidence, "kappa": res.kappa, "rero_bound": bound, "bound_method": how,
                 "max_success_rate": settings.max_success_rate, "stated": res.stated,
             }
-            bars.append({"label": item.path.stem, "value": rate, "empirical": bound})
+            bars.append({"label": item.path.stem, "value": rate, "bound": bound})
             if lo > bound:
                 findings.append(Finding(self.name, Status.FAIL, item.rel,
                                         f"success rate {rate:.3f} (CI low {lo:.3f}) exceeds the ReRo bound {bound:.3f} of the DP claim: the claim does not hold", ev,

@@ -52,8 +52,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--component", default=None, help="for a Mixture: the site of the component trained on the candidates")
     p.add_argument("--fixed-variance", action="store_true", help="LiRA: one global variance (better with few references)")
     p.add_argument("--rmia-a", type=float, default=None, help="RMIA offline: the a of P(x) ~ ((1+a) P_OUT + 1-a)/2 (default: tuned)")
-    p.add_argument("--gamma", type=float, default=2.0, help="RMIA: likelihood-ratio threshold gamma (default 2)")
+    p.add_argument("--gamma", type=float, default=1.0, help="RMIA: likelihood-ratio threshold gamma (default 1)")
     p.add_argument("--temperature", type=float, default=2.0, help="RMIA: softmax temperature (default 2)")
+    p.add_argument("--canary-seed", type=_nonneg_int, default=None, help="seed of the target's canaries (forge train --canary-seed)")
+    p.add_argument("--no-canaries", dest="use_canaries", action="store_false", help="leave the target's canaries out of the candidates")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the reference splits, training and bootstrap (default 0)")
     p.add_argument("--n-boot", type=_pos_int, default=1000, help="bootstrap replicates for the intervals (default 1000)")
     p.add_argument("--workers", type=_pos_int, default=None, help="worker processes for reference training (default: all cores)")
@@ -102,6 +104,8 @@ def handle(args: argparse.Namespace) -> int:
         workers=args.workers,
         ray=args.ray,
         cache=args.cache,
+        canary_seed=args.canary_seed,
+        use_canaries=args.use_canaries,
     )
     write_results(results, out)
     if args.plot:

@@ -55,6 +55,9 @@ def _check_target(out: Path) -> None:
 
 def stage_sites(ctx: dict) -> None:
     """Each hospital trains a DP FFA-LoRA plugin on its coin-flip training set."""
+    import numpy as np
+    import torch
+
     from ..plugins.bases import load_base
     from ..plugins.data import bundled_splits
     from .train import evaluate, train_site
@@ -69,9 +72,6 @@ def stage_sites(ctx: dict) -> None:
                                 budget=DEMO_BUDGET, ledger_root=work / "ledgers", target_epsilon=ctx["epsilon"], ffa=True, seed=0)
         test = splits.site(site).test
         ev = evaluate(plugin, test)
-        import numpy as np
-        import torch
-
         with torch.no_grad():
             base_acc = float((base.model(torch.tensor(test.X)).argmax(1).numpy() == test.y).mean())
         dp = plugin.meta["dp"]

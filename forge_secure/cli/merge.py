@@ -8,7 +8,6 @@ stderr and exit 2; outputs are written atomically, so a failure leaves nothing b
 from __future__ import annotations
 
 import argparse
-import math
 
 from ..errors import ForgeValueError
 from . import _common

@@ -55,6 +55,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--data", required=True, metavar="DATA", help="bundled:site-1 (its test split), a CSV or a .npz (its test split unless :train/:val)")
     p.add_argument("--label-column", help="label column of a CSV (default: label)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap for the AUC interval")
+    p.add_argument("--base", help="the base model, if not where forge.json says (e.g. a moved Hugging Face directory)")
     _common.add_json_flag(p)
     p.set_defaults(func=cmd_eval)
 
@@ -62,6 +63,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     psub = p.add_subparsers(dest="plugin_command", metavar="ACTION", required=True)
     s = psub.add_parser("show", help="check a plugin directory and show its forge.json record")
     s.add_argument("plugin", type=Path, metavar="DIR")
+    s.add_argument("--base", help="the base model, if not where forge.json says (e.g. a moved Hugging Face directory)")
     _common.add_json_flag(s)
     s.set_defaults(func=cmd_plugin_show)
 
@@ -80,6 +82,12 @@ def _fmt_eps(value) -> str:
     if value in (None, "inf") or (isinstance(value, float) and math.isinf(value)):
         return "inf"
     return f"{float(value):.3g}"
+
+
+def _base_arg(args: argparse.Namespace):
+    from ..plugins.bases import load_base
+
+    return load_base(args.base) if getattr(args, "base", None) else None
 
 
 def _check_out(out: Path) -> None:
@@ -106,6 +114,9 @@ def train_site(*, site: str, data_spec: str, base_name: str, out: Path, label_co
     if canaries and canary_seed is None:
         canary_seed = default_canary_seed(site, seed)
     td = prepare_training_data(data_spec, label_column=label_column, canaries=canaries, canary_seed=canary_seed)
+    if td.site is not None and td.site != site:
+        raise ForgeValueError(f"--data {data_spec} is the training set of {td.site}, but --site is {site}",
+                              fix=f"use --site {td.site}, or --data {data_spec.split(':')[0]}:{site}", code="train.site_mismatch")
     base = load_base(base_name, **base_kwargs_for(base_name, td.data))
     check_compatible(base, td.data)
     from ..privacy import Ledger, TrainConfig, train_plugin
@@ -220,7 +231,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..plugins.plugin import load_plugin
     from ..plugins.sources import check_compatible
 
-    plugin = load_plugin(args.plugin)
+    plugin = load_plugin(args.plugin, base=_base_arg(args))
     spec = str(args.data)
     if is_bundled(spec):
         splits, shard, part = resolve_bundled(spec)
@@ -259,7 +270,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_plugin_show(args: argparse.Namespace) -> int:
     from ..plugins.plugin import adapter_digest, load_plugin
 
-    plugin = load_plugin(args.plugin)  # checks forge.json, the adapter digest and file, and the base digest
+    plugin = load_plugin(args.plugin, base=_base_arg(args))  # checks forge.json, the adapter file and digest, the base digest
     meta = plugin.meta
     n_params = sum(int(t.numel()) for t in plugin.adapter_state().values())
     if args.json:

@@ -30,6 +30,7 @@ HPKE, RFC 9180; the chunked stream is STREAM (Hoang et al., CRYPTO 2015), see ``
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import math
@@ -289,6 +290,7 @@ def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphras
         cipher = P.ChunkCipher(data_key, nonce_prefix, hashlib.sha256(head).digest())
         digest = hashlib.sha256(head)
         source = _ContainerSource(entries)
+
         def sizes():
             return (payload_size - i * chunk_size if i == chunks - 1 else chunk_size for i in range(chunks))
 
@@ -296,8 +298,8 @@ def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphras
             with atomic_output(out) as f, task("sealing", chunks) as advance:
                 f.write(head)
                 # read ahead | encrypt here | hash and write on two helper threads
-                with FanOut([digest.update, f.write], chunk_size + P.TAG_BYTES, threaded=chunks > 2) as fan:
-                    stream = prefetch(source, None, payload_size, sizes(), block=chunk_size)
+                with FanOut([digest.update, f.write], chunk_size + P.TAG_BYTES, threaded=chunks > 2) as fan, \
+                        contextlib.closing(prefetch(source, None, payload_size, sizes(), block=chunk_size)) as stream:
                     for (index, plain), want in zip(enumerate(stream), sizes()):
                         if len(plain) != want:
                             raise fail("bundle.source_changed", f"{plugin_dir} changed while it was being sealed",
@@ -450,9 +452,10 @@ def _hash_prefix(f: BinaryIO, parsed: _Parsed) -> str:
     total = parsed.envelope_offset - parsed.chunks_offset
     seen = 0
     with task("verifying", parsed.header["chunks"]) as advance:
-        for view in prefetch(f, parsed.chunks_offset, total, block=READ_BLOCK, hasher=h):
-            seen += len(view)
-            advance(max(1, len(view) // parsed.header["chunk_size"]))
+        with contextlib.closing(prefetch(f, parsed.chunks_offset, total, block=READ_BLOCK, hasher=h)) as stream:
+            for view in stream:
+                seen += len(view)
+                advance(max(1, len(view) // parsed.header["chunk_size"]))
     if seen != total:
         raise _truncated(parsed.path)
     return h.hexdigest()
@@ -636,6 +639,7 @@ def _open(f: BinaryIO, path, key: PrivateKey, trusted: Roster, out: Path, now: i
     h = parsed.header
     cipher = P.ChunkCipher(data_key, bytes.fromhex(h["nonce_prefix"]), hashlib.sha256(parsed.head).digest())
     cs, total = h["chunk_size"], h["chunks"]
+
     def sizes():
         return ((h["payload_size"] - i * cs if i == total - 1 else cs) + P.TAG_BYTES for i in range(total))
 
@@ -646,11 +650,11 @@ def _open(f: BinaryIO, path, key: PrivateKey, trusted: Roster, out: Path, now: i
     with replay.accept(v.submission_id, v.site, v.sequence, now=now), atomic_directory(out) as tmp:
         reader = ContainerReader(tmp, h["payload_size"])
         try:
-            # read ahead | authenticate and decrypt here | write the files on a helper thread
             digest = hashlib.sha256(parsed.head)
-            with task("opening", total) as advance, FanOut([reader.feed], cs, threaded=total > 2) as fan:
-                stream = prefetch(f, parsed.chunks_offset, parsed.envelope_offset - parsed.chunks_offset, sizes(),
+            ciphertext = prefetch(f, parsed.chunks_offset, parsed.envelope_offset - parsed.chunks_offset, sizes(),
                                   block=cs + P.TAG_BYTES, hasher=digest)
+            with task("opening", total) as advance, FanOut([reader.feed], cs, threaded=total > 2) as fan, \
+                    contextlib.closing(ciphertext) as stream:
                 for (index, view), want in zip(enumerate(stream), sizes()):
                     if len(view) != want:
                         raise _truncated(path)

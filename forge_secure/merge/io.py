@@ -21,7 +21,6 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .. import __version__
 from ..errors import ForgeDataError, ForgeFileError, ForgeIntegrityError, ForgeValueError
 from ..fileio import read_json_file, sha256_file
 from .adapter import LoraAdapter, check_finite

@@ -344,25 +344,30 @@ def load_hf_base(path: str | Path) -> Base:
     except (OSError, ValueError, KeyError) as e:
         raise ForgeDataError(f"{path}/config.json cannot be read as a model configuration ({e})", fix="restore the directory from a good copy",
                              code="base.bad_config") from None
-    loaders = (AutoModelForImageClassification, AutoModelForSequenceClassification)
     hf = None
-    for auto in loaders:
+    for auto in (AutoModelForImageClassification, AutoModelForSequenceClassification):
         try:
-            hf = auto.from_pretrained(path, local_files_only=True, use_safetensors=True, attn_implementation="eager")
+            hf, info = auto.from_pretrained(path, local_files_only=True, use_safetensors=True, attn_implementation="eager",
+                                            output_loading_info=True)
             break
-        except ValueError as e:  # config not of this family
-            if "Unrecognized configuration class" in str(e):
+        except ValueError as e:
+            if "Unrecognized configuration class" in str(e):  # not of this model family: try the next
                 continue
-            raise ForgeDataError(f"cannot load the model in {path} ({e})", fix="restore the directory from a good copy", code="base.bad_weights") from None
-        except (OSError, RuntimeError) as e:
-            raise ForgeDataError(f"cannot load the model in {path} ({e.__class__.__name__}: {str(e)[:200]})",
-                                 fix="restore the directory from a good copy", code="base.bad_weights") from None
-        except Exception as e:  # safetensors errors (truncated headers, ...) are their own types
+            raise ForgeDataError(f"cannot load the model in {path} ({str(e)[:200]})", fix="restore the directory from a good copy",
+                                 code="base.bad_weights") from None
+        except Exception as e:  # OSError, RuntimeError, safetensors' own errors for truncated files, ...
             raise ForgeDataError(f"cannot load the model in {path} ({e.__class__.__name__}: {str(e)[:200]})",
                                  fix="restore the directory from a good copy", code="base.bad_weights") from None
     if hf is None:
         raise ForgeValueError(f"{path} holds a {config.model_type!r} model, which is not an image or sequence classifier",
                               fix="give a model with a classification head", code="base.unsupported")
+    missing = list(info.get("missing_keys") or [])
+    if missing:  # freshly initialised weights would make the digest differ on every load
+        raise ForgeDataError(
+            f"the model in {path} has no stored weights for {', '.join(sorted(missing)[:4])}",
+            fix="give a complete classification model (with its trained head) saved by save_pretrained",
+            code="base.incomplete",
+        )
     hf.float()
     model = _freeze(HFClassifier(hf))
     image = model.input_name == "pixel_values"

@@ -182,8 +182,8 @@ def save_plugin(model, meta: dict, out_dir: str | Path) -> Path:
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         for extra in tmp.iterdir():  # PEFT also writes a model card; the plugin is exactly three files
-            if extra.name not in (CONFIG_FILE, ADAPTER_FILE):
-                extra.unlink() if extra.is_file() else None
+            if extra.name not in (CONFIG_FILE, ADAPTER_FILE) and extra.is_file():
+                extra.unlink()
         if not (tmp / ADAPTER_FILE).is_file():
             raise ForgeValueError("PEFT wrote no adapter_model.safetensors", code="plugin.save_failed")
         meta["adapter"] = {"sha256": sha256_file(tmp / ADAPTER_FILE)}

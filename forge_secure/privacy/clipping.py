@@ -215,17 +215,18 @@ class LoraClipper:
                 sq = v if sq is None else sq + v
         norms = sq.sqrt()
         # Opacus's clip factor (DPOptimizer.clip_and_accumulate)
-        c = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        c = (max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)
+        c_col = c[:, None]
         for (tap, g, h, x), cache in zip(parts, caches):
             if "psB" in cache:
                 tap.B.weight.grad = torch.einsum("n,nor->or", c, cache["psB"])
                 if x is not None:
                     tap.A.weight.grad = torch.einsum("n,nri->ri", c, cache["psA"])
             else:
-                gc = g * c[:, None]
-                tap.B.weight.grad = gc.T @ h
+                gc = (g * c_col).T
+                tap.B.weight.grad = gc @ h
                 if x is not None:
-                    tap.A.weight.grad = (cache["ga"] * c[:, None]).T @ x
+                    tap.A.weight.grad = (cache["ga"] * c_col).T @ x
         for tap in self.taps:  # layers that did not run (or empty batch): zero gradient
             if tap.B.weight.grad is None:
                 tap.B.weight.grad = torch.zeros_like(tap.B.weight)

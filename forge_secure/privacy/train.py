@@ -153,6 +153,20 @@ def _optimizer_class():
                 else:
                     p.summed_grad = p.grad.detach()
 
+        def add_noise(self):
+            """Without secure mode: the same N(0, (sigma C)^2) noise per coordinate, drawn in
+            one call for all parameters from the seeded generator instead of one call per
+            parameter. Secure mode keeps Opacus's own (floating-point-attack resistant) noise."""
+            if self.secure_mode or getattr(self, "_adjusted_noise_multiplier", None) is not None:
+                return super().add_noise()
+            params = self.params
+            sizes = [p.summed_grad.numel() for p in params]
+            noise = torch.normal(0.0, self.noise_multiplier * self.max_grad_norm, size=(sum(sizes),),
+                                 generator=self.generator, dtype=params[0].summed_grad.dtype)
+            for p, n in zip(params, noise.split(sizes)):
+                p.grad = (p.summed_grad + n.view_as(p.summed_grad)).view_as(p)
+                p.summed_grad._processed = True  # what Opacus's _mark_as_processed records
+
     return _Cls
 
 

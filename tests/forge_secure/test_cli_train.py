@@ -319,3 +319,18 @@ def test_vit_tiny_on_a_medmnist_npz(forge, tmp_path):
     assert ev["rows"] == len(te) and 0 <= ev["roc_auc"] <= 1 and ev["data"].endswith("digits.npz:test")
     # tabular data into an image base is refused
     assert_clean_error(forge("eval", tmp_path / "vit", "--data", "bundled:site-1"), "takes image data")
+
+
+def test_train_site_must_own_the_bundled_data(forge, tmp_path):
+    r = forge("train", "--site", "site-2", "--data", "bundled:site-1", "--epsilon", "1", "--out", tmp_path / "o")
+    assert_clean_error(r, "training set of site-1", "--site site-1")
+    assert not (tmp_path / "o").exists()
+
+
+@needs_train
+def test_train_unreachable_epsilon_is_a_clean_error(forge, tmp_path):
+    r = forge("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "0.01", "--epochs", "5", "--out", tmp_path / "o")
+    assert_clean_error(r, "0.01", "cannot be reached")
+    assert not (tmp_path / "o").exists()
+    r = forge("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "0.01", "--out", tmp_path / "o", "--json")
+    assert r.code == 2 and json.loads(r.out)["error"]["code"] == "dp.unreachable"

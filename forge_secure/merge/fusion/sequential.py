@@ -20,7 +20,6 @@ import warnings
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from ...errors import ForgeValueError
 from ..adapter import LoraAdapter, check_compatible, check_finite

@@ -18,17 +18,19 @@ RECIPE = {
 
 def test_pair_design_balances_membership_and_is_stable():
     cand, pop = reference_masks(30, 20, 8, seed=1)
-    assert (cand.sum(0) == 4).all() and (pop.sum(0) == 4).all()  # every record IN for exactly half
+    assert (cand.sum(0) == 4).all()  # every candidate IN for exactly half
     assert np.array_equal(cand[0], ~cand[1])
-    # each reference trains on half of the pool
-    assert ((cand.sum(1) + pop.sum(1)) == 25).all()
+    # each reference is topped up with population records to the training-set size
+    assert ((cand.sum(1) + pop.sum(1)) == 25).all() and (pop.sum(1) == 10).all()
+    sized, sized_pop = reference_masks(30, 20, 4, seed=1, train_rows=18)
+    assert (sized.sum(1) + sized_pop.sum(1) == 18).all()
     # the split of reference i does not depend on how many references are asked for
     c4, p4 = reference_masks(30, 20, 4, seed=1)
     assert np.array_equal(c4, cand[:4]) and np.array_equal(p4, pop[:4])
     assert not np.array_equal(reference_masks(30, 20, 2, seed=2)[0], cand[:2])
     # offline: candidates never IN
-    c_off, p_off = reference_masks(30, 20, 4, seed=1, online=False)
-    assert not c_off.any() and (p_off.sum(0) == 2).all()
+    c_off, p_off = reference_masks(30, 20, 4, seed=1, online=False, train_rows=12)
+    assert not c_off.any() and (p_off.sum(1) == 12).all()
     assert reference_seed(0, 1) != reference_seed(0, 2) != reference_seed(1, 1)
 
 

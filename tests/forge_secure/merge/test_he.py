@@ -11,7 +11,7 @@ import stat
 import numpy as np
 import pytest
 
-from forge_secure.errors import ForgeConfigError, ForgeDataError, ForgeError, ForgeIntegrityError, ForgeValueError
+from forge_secure.errors import ForgeConfigError, ForgeDataError, ForgeIntegrityError, ForgeValueError
 from forge_secure.merge import fuse, fusion_merge, lineage_tree
 from forge_secure.merge.he import HEParams, aggregate, decrypt_sum, decrypt_to_plugin, encrypt_plugin, keygen, load_public_context, load_secret_context
 from forge_secure.merge.he.pack import flatten
@@ -186,7 +186,7 @@ def test_params_are_checked_against_the_security_cap():
     assert p.slots == 4096 and p.capacity == 2.0**19 and p.max_contributions >= 10
 
 
-def test_out_of_range_aggregate_is_refused_after_decryption(tmp_path, keys, contributions):
+def test_out_of_range_aggregate_is_refused_after_decryption(tmp_path, keys, ffa):
     """Ciphertexts are malleable: an aggregator that swaps in an encryption of huge values is
     caught by the key holder's range check, and nothing is released."""
     import hashlib
@@ -194,7 +194,8 @@ def test_out_of_range_aggregate_is_refused_after_decryption(tmp_path, keys, cont
     from forge_secure.merge.he.ops import encrypt_vector
     from forge_secure.merge.he.pack import write_ciphertexts
 
-    aggregate(contributions[:2], keys.path, tmp_path / "agg")
+    fresh = [encrypt_plugin(p, keys.path, tmp_path / f"c{i}").path for i, p in enumerate(ffa[:2])]
+    aggregate(fresh, keys.path, tmp_path / "agg")
     meta = json.loads((tmp_path / "agg" / "forge.json").read_text())
     ctx, info = load_public_context(keys.path)
     forged = encrypt_vector(ctx, np.full(meta["n_values"], 1e5), info.params.slots)

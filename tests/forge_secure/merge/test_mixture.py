@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from forge_secure.errors import ForgeDataError, ForgeValueError
-from forge_secure.merge.mixture import GateRouter, Mixture, StaticRouter, build_mixture, fit_gate, load_mixture, tune_static_weights
+from forge_secure.merge.mixture import Mixture, StaticRouter, build_mixture, fit_gate, load_mixture, tune_static_weights
 from forge_secure.plugins.plugin import load_plugin
 
 

@@ -11,7 +11,6 @@ import torch
 
 from forge_secure.errors import ForgeDataError, ForgeError, ForgeFileError, ForgeIntegrityError, ForgeValueError
 from forge_secure.merge import fusion_merge, lineage_lines, lineage_tree
-from forge_secure.merge.evaluate import adapted_logits
 from forge_secure.merge.io import read_plugin_files
 from forge_secure.plugins.plugin import load_plugin
 
@@ -40,13 +39,13 @@ def test_exact_merge_writes_a_peft_plugin_equal_to_the_weighted_updates(plain, b
     w = np.array([84, 62, 31]) / 177
     X = X_test()
     # reference: W0 + sum_i w_i s_i B_i A_i, applied directly to the base weights
-    ref_model = torch.nn.Module()
-    ref = base.model
+    from forge_secure.plugins.bases import fresh_copy
+
+    ref = fresh_copy(base).double()  # never change the shared base
     deltas = {m: sum(wi * f.adapter.delta(m) for wi, f in zip(w, files)) for m in files[0].adapter.modules}
     params = {f"{m.split('base_model.model.')[1]}.weight": dict(ref.named_modules())[m.split('base_model.model.')[1]].weight.double() + d for m, d in deltas.items()}
     with torch.no_grad():
-        want = torch.func.functional_call(ref.double(), params, (torch.as_tensor(X).double(),)).numpy()
-    ref.float()
+        want = torch.func.functional_call(ref, params, (torch.as_tensor(X).double(),)).numpy()
     np.testing.assert_allclose(merged.logits(X), want, rtol=1e-4, atol=1e-4)
     meta = merged.meta
     assert meta["kind"] == "merged" and meta["merge"]["method"] == "exact"

@@ -40,5 +40,10 @@ def test_merged_accuracy_at_epsilon_8_is_at_least_the_best_single_plugin(base, t
     assert fused >= best, (fused, singles)
     assert exact >= best, (exact, singles)
     assert mixture >= best, (mixture, singles)
+    # the homomorphic path on the same DP-trained plugins gives the same model
+    from forge_secure.merge import homomorphic_merge
+
+    he = load_plugin(homomorphic_merge(paths, tmp_path / "ckks-work", tmp_path / "ckks"))
+    np.testing.assert_allclose(he.logits(X), load_plugin(tmp_path / "ffa").logits(X), rtol=1e-5, atol=1e-5)
     meta = load_plugin(tmp_path / "ffa").meta
     assert [p["epsilon"] for p in meta["dp"]["per_parent"]] == [load_plugin(p).meta["dp"]["epsilon"] for p in paths]

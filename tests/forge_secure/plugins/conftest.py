@@ -1,4 +1,4 @@
-"""Fixtures for the plugin-core tests: a private FORGE_HOME (base cache) for the session."""
+"""Fixtures for the plugin-core tests: a private FORGE_HOME (base cache) per test module."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _private_forge_home(tmp_path_factory):
     old = os.environ.get("FORGE_HOME")
     os.environ["FORGE_HOME"] = str(tmp_path_factory.mktemp("plugins-home"))

@@ -155,3 +155,25 @@ def test_bad_hugging_face_directories(tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ForgeError, match="cannot load the model"):
         load_base(path)
+
+
+def test_tabular_digest_independent_of_thread_count(monkeypatch, tmp_path):
+    """BLAS splits sums differently with more threads; the grid rounding absorbs it."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _fresh_build(monkeypatch, tmp_path, "tabular-mlp").digest == TABULAR_DIGEST
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_hugging_face_directory_without_its_head_is_refused(tmp_path):
+    """A backbone without a classification head would get a fresh random head on every load."""
+    from transformers import ViTModel
+
+    torch.manual_seed(0)
+    path = tmp_path / "backbone"
+    ViTModel(bases.vit_config(layers=1)).save_pretrained(path)
+    with pytest.raises(ForgeError, match="no stored weights for") as e:
+        load_base(path)
+    assert e.value.code == "base.incomplete"

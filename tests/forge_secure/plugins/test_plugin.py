@@ -171,3 +171,29 @@ def test_non_finite_adapter_is_refused(saved, tmp_path, tabular_base, make_lora_
     _edit_meta(path, lambda m: m["adapter"].update(sha256=adapter_digest(path)))
     with pytest.raises(ForgeIntegrityError, match="NaN or infinite"):
         load_plugin(path)
+
+
+def test_plugin_on_a_local_hugging_face_base(tmp_path, make_meta):
+    """q/v LoRA on a local HF ViT directory; the base is found again by its path, or given."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import ViTForImageClassification
+
+    from forge_secure.plugins import bases as b
+
+    torch.manual_seed(0)
+    hf_dir = tmp_path / "hf"
+    ViTForImageClassification(b.vit_config(n_classes=3, layers=1)).save_pretrained(hf_dir)
+    base = load_base(hf_dir)
+    torch.manual_seed(1)
+    model = get_peft_model(fresh_copy(base), LoraConfig(r=2, lora_alpha=4, target_modules=list(base.target_modules), init_lora_weights=False))
+    meta = make_meta(base, rank=2)
+    path = save_plugin(model, meta, tmp_path / "plugin")
+    X = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    with torch.no_grad():
+        expect = model(torch.tensor(X)).double().numpy()
+    np.testing.assert_allclose(load_plugin(path).logits(X), expect, rtol=1e-5, atol=1e-6)
+    moved = tmp_path / "hf-moved"
+    hf_dir.rename(moved)
+    with pytest.raises(ForgeFileError, match="does not exist"):
+        load_plugin(path)
+    np.testing.assert_allclose(load_plugin(path, base=load_base(moved)).logits(X), expect, rtol=1e-5, atol=1e-6)
