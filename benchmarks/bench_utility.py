@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         a = np.array([v for v in aucs if not math.isnan(v)])
         half = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else float("nan")
         lines.append(f"| {name} | {f'{min(sig):.2f}-{max(sig):.2f}' if sig else '-'} | {c / n:.3f} [{ci.low:.3f}, {ci.high:.3f}] "
-                     f"| {f'{min(accs):.3f}-{max(accs):.3f}' if accs else '-'} | {a.mean():.3f} [{a.mean() - half:.3f}, {a.mean() + half:.3f}] |")
+                     f"| {f'{min(accs):.3f}-{max(accs):.3f}' if accs else '-'} | {a.mean():.3f} [{max(0.0, a.mean() - half):.3f}, {min(1.0, a.mean() + half):.3f}] |")
     lines += ["", "Epsilon is per site (PRV accountant, delta = 1/(10 n)); the noise multiplier is calibrated per site since n differs. "
               "Pooled counts treat each (site, seed) test prediction as one trial, so the interval is optimistic about "
               "seed-to-seed variation; the per-run range shows it."]

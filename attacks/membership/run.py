@@ -160,7 +160,7 @@ def _commitment_check(meta: dict, seed: int, n: int) -> bool:
 
 
 def resolve_candidates(spec: str, *, meta: dict, membership_seed: int | None = None, nonmembers: str | None = None,
-                       label_column: str | None = None) -> Candidates:
+                       label_column: str | None = None, check_data=None) -> Candidates:
     """The candidate records and labels.
 
     - ``nonmembers`` given: ``spec`` holds the members and ``nonmembers`` the non-members
@@ -169,12 +169,16 @@ def resolve_candidates(spec: str, *, meta: dict, membership_seed: int | None = N
       labelled by the site's coin flips (or ``membership_seed``);
     - any other data: the pool the site drew its training set from, labelled by
       ``draw_membership(n, membership_seed, include_prob)``.
-    The seed is checked against the target's commitment (sha256 of the seed, pool size).
+    The seed is checked against the target's commitment (sha256 of the seed, pool size),
+    after ``check_data(dataset)`` (e.g. the column check) has accepted the records.
     """
     from forge_secure.plugins.data import draw_membership, is_bundled, load_data, resolve_bundled, seed_sha256
 
     if nonmembers is not None:
         members, non = load_data(spec, label_column=label_column), load_data(nonmembers, label_column=label_column)
+        if check_data is not None:
+            check_data(members)
+            check_data(non)
         data = members.concat(non, name=f"{members.name} + {non.name}")
         labels = np.r_[np.ones(len(members), np.int64), np.zeros(len(non), np.int64)]
         return Candidates(data, labels, False, {"source": "explicit", "members": members.name, "non_members": non.name,
@@ -201,6 +205,8 @@ def resolve_candidates(spec: str, *, meta: dict, membership_seed: int | None = N
             )
         seed = membership_seed
         include_prob = float(record.get("include_prob", 0.5))
+    if check_data is not None:
+        check_data(data)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ForgeValueError(f"membership seed {seed!r} must be a non-negative integer", code="attack.membership_seed")
     checked = _commitment_check(meta, int(seed), len(data))
@@ -323,8 +329,8 @@ def run_mia(
         _, shard, _ = resolve_bundled(data)
         seed_sha = seed_sha256(shard.membership_seed) if shard is not None else None
     tgt = load_target(target, base=base, component=component, membership_seed_sha256=seed_sha)
-    cands = resolve_candidates(data, meta=tgt.meta, membership_seed=membership_seed, nonmembers=nonmembers, label_column=label_column)
-    _check_columns(tgt, cands.data, "candidate data")
+    cands = resolve_candidates(data, meta=tgt.meta, membership_seed=membership_seed, nonmembers=nonmembers, label_column=label_column,
+                               check_data=lambda d: _check_columns(tgt, d, "candidate data"))
     canary_block, cands = _with_canaries(tgt.meta, cands, canary_seed, use_canaries)
     if population == "auto":
         population = "bundled:public" if is_bundled(data) and data.startswith("bundled:") else (

@@ -302,8 +302,8 @@ class Consistency(Check):
     title = "Empirical privacy vs the claim"
     description = (
         "Derives an empirical epsilon lower bound from each membership attack (Clopper-Pearson with a held-out "
-        "threshold; the one-run audit when membership was drawn by fair coin flips). A lower bound above the "
-        "claimed epsilon proves the claim false."
+        "threshold; the one-run audit when membership was drawn by fair coin flips) and, given a site's canary seed, "
+        "from its own one-run audit of the plugin's canaries. A lower bound above the claimed epsilon proves the claim false."
     )
 
     METHODS = ("clopper-pearson", "one-run", "both")
@@ -329,7 +329,11 @@ class Consistency(Check):
                 raise self.bad("confidence", self.confidence, "in (0.5, 1)")
 
     def _canary_audit(self, evidence, item, settings, bars: list) -> Finding:
-        return _canary_audit_impl(self, evidence, item, settings, bars)
+        try:
+            return _canary_audit_impl(self, evidence, item, settings, bars)
+        except ForgeError as e:  # e.g. the plugin cannot be loaded against its base
+            return Finding(self.name, Status.FAIL, item.rel, f"the canary audit could not run: {e}", {"reason_code": e.code},
+                           remedy=e.fix or "check the plugin directory and its base model")
 
     def run(self, evidence, settings, *, progress=None) -> list[Finding]:
         from attacks.metrics import one_run_audit, split_clopper_pearson_epsilon

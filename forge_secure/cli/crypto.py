@@ -113,7 +113,7 @@ def _roster_revoke(args) -> int:
 def _roster_sign(args) -> int:
     from ..crypto import load_signing_key, sign_roster
 
-    roster = sign_roster(args.roster, load_signing_key(args.key, _passphrase(args)))
+    roster = sign_roster(args.roster, load_signing_key(args.key, _passphrase(args)), expires=_when(args.expires, "--expires"))
     return _roster_summary(roster, args, "signed")
 
 
@@ -226,6 +226,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p = rsub.add_parser("sign", help="sign the roster with an admin key")
     p.add_argument("roster", metavar="ROSTER")
     p.add_argument("--key", required=True, metavar="KEY", help="the admin's signing.key")
+    p.add_argument("--expires", help="renew: make a new version with this expiry (other admins sign it again)")
     _passphrase_flags(p, "of the admin key")
     _common.add_json_flag(p)
     p.set_defaults(func=_roster_sign)

@@ -129,7 +129,7 @@ def _he_encrypt(args) -> int:
     from ..merge.io import open_inputs
 
     with open_inputs([args.plugin], key=_bundle_key(args), roster=args.roster) as dirs:
-        c = encrypt_plugin(dirs[0], args.context, args.out, weight=args.weight)
+        c = encrypt_plugin(dirs[0], args.context, args.out, weight=args.weight, hide_digest=args.hide_digest)
     data = {"out": str(c.path), "site": c.meta["site"], "weight": c.meta["weight"], "ciphertexts": c.meta["n_ciphertexts"],
             "values": c.meta["n_values"], "fingerprint": c.meta["context_fingerprint"], "commitment": c.meta["parent"]["commitment"], "salt": c.salt}
     if args.json:
@@ -269,6 +269,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     en.add_argument("--context", required=True, metavar="PUBLIC_CTX")
     en.add_argument("--weight", type=float, help="merge weight (default: the training-set size)")
     en.add_argument("--out", required=True, type=Path, metavar="DIR")
+    en.add_argument("--hide-digest", action="store_true", help="record only a salted commitment to the plugin, not its digest (keep the printed salt)")
     _bundle_flags(en)
     _common.add_json_flag(en)
     en.set_defaults(func=_he_encrypt)

@@ -273,7 +273,7 @@ def trust(roster: Roster, *, now: int | None = None, state_dir: str | os.PathLik
                    f"{roster.threshold} needed", "have the admins sign it with 'forge roster sign', or restore a good copy")
     if now > roster.expires:
         raise fail("roster.expired", f"roster version {roster.version} expired on {_time.format_time(roster.expires)}",
-                   "get the current roster from the consortium (admins: re-sign it with a later --expires)")
+                   "get the current roster from the consortium (admins: renew it with 'forge roster sign --expires 365d')")
     state_file = _state_path(roster.consortium, state_dir)
     with FileLock(str(state_file) + ".lock", timeout=60):
         state = None
@@ -369,9 +369,12 @@ def revoke_key(path: str | os.PathLike, key_id: str, *, reason: str, at: int | N
     return new
 
 
-def sign_roster(path: str | os.PathLike, key: PrivateKey) -> Roster:
-    """Add (or replace) the signature of admin ``key``."""
+def sign_roster(path: str | os.PathLike, key: PrivateKey, *, expires: int | None = None) -> Roster:
+    """Add (or replace) the signature of admin ``key``. With ``expires``, first make a new
+    version with that expiry (dropping the old signatures), e.g. to renew an expiring roster."""
     roster = read_roster(path)
+    if expires is not None:
+        roster = _bump(roster, expires)
     pub = key.signing_public()
     if pub.key_id not in {a.key.key_id for a in roster.admins}:
         raise fail("roster.not_admin", f"key {pub.key_id[:16]}... ({key.site}) is not an admin of this roster",

@@ -2,7 +2,7 @@
 
 Merged plugins carry their parents recursively in ``forge.json`` (digest, site, kind, DP
 record, and the parents' own parents), so :func:`lineage_tree` needs no other files;
-encrypted contributions appear by their salted commitment instead of a digest.
+encrypted contributions made with ``hide_digest`` appear by their salted commitment only.
 """
 
 from __future__ import annotations

@@ -381,9 +381,13 @@ def load_hf_base(path: str | Path) -> Base:
 def load_base(name_or_path: str | Path, **kwargs) -> Base:
     """A base by registered name (``tabular-mlp``, ``vit-tiny``; ``kwargs`` go to its
     builder) or by the path of a local Hugging Face model directory. Results are memoised
-    in-process (the model is frozen; use :func:`fresh_copy` before wrapping it)."""
+    in-process (a directory only while its files are unchanged); the model is frozen, so use
+    :func:`fresh_copy` before wrapping it."""
     name = str(name_or_path)
     memo_key = name + "|" + canonical_json({k: repr(v) for k, v in kwargs.items()}).decode()
+    if name not in BASES and Path(name).is_dir():  # a directory: remember it only while its files are unchanged
+        files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(name).iterdir() if f.is_file())
+        memo_key = str(Path(name).resolve()) + "|" + repr(files)
     with _cache_lock:
         if memo_key in _memo:
             return _memo[memo_key]

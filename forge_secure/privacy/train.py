@@ -299,6 +299,14 @@ def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None
     plan = plan_privacy(config, len(data))
     if ledger is not None and plan.history:
         ledger.check(plan.history, plan.delta, accountant=plan.accountant)
+    elif ledger is not None and ledger.budget is not None:
+        from ..errors import ForgeBudgetError
+
+        raise ForgeBudgetError(
+            f"training without DP spends an unbounded epsilon, but {site} has a budget of {ledger.budget:g} on {ledger.dataset}",
+            fix="train with --epsilon or --noise-multiplier, or train on data outside the budget",
+            code="budget.exceeded",
+        )
 
     model, targets = build_lora_model(base, config)
     X = torch.from_numpy(np.array(data.X, dtype=np.float32))

@@ -340,3 +340,18 @@ def test_evidence_directory_missing_or_empty_is_refused(tmp_path):
     with pytest.raises(ForgeFileError) as e:
         run_audit(policy, tmp_path / "file")
     assert e.value.code == "evidence.not_directory"
+
+
+def test_canary_seed_files_are_checked_before_use(world):
+    world.add_plugin("p", "site-1")
+    (world.evidence / "canaries").mkdir()
+    (world.evidence / "canaries" / "wrong-seed.json").write_text(json.dumps({"plugin": "plugins/p", "seed": 7}))
+    (world.evidence / "canaries" / "ghost.json").write_text(json.dumps({"plugin": "plugins/ghost", "seed": 7}))
+    (world.evidence / "canaries" / "mistyped.json").write_text(json.dumps({"plugin": "plugins/p", "seed": "7"}))
+    (world.evidence / "canaries" / "trunc.json").write_text('{"plugin": ')
+    f = by_subject(audit(world, "consistency"), "consistency")
+    assert "does not match the canary commitment" in f["canaries/wrong-seed.json"].summary
+    assert "not in the evidence" in f["canaries/ghost.json"].summary
+    assert f["canaries/mistyped.json"].evidence["reason_code"] == "evidence.canaries"
+    assert f["canaries/trunc.json"].evidence["reason_code"] == "file.not_json"
+    assert all(x.status is Status.FAIL for x in f.values())

@@ -28,6 +28,7 @@ name = "e2e"
 [checks.roster-freshness]
 [checks.dp-claims]
 [checks.delta]
+[checks.site-budget]
 [checks.consistency]
 """
 
@@ -41,9 +42,11 @@ def _consortium(root, now):
     return keys, roster
 
 
-def _evidence(root, name, plugin, keys, roster, now):
+def _evidence(root, name, plugin, keys, roster, now, home):
     ev = root / name
-    (ev / "plugins").mkdir(parents=True)
+    if (home / "ledgers").is_dir():  # the site's budget ledgers, as forge train wrote them
+        shutil.copytree(home / "ledgers", ev / "ledgers")
+    (ev / "plugins").mkdir(parents=True, exist_ok=True)
     (ev / "bundles").mkdir()
     (ev / "canaries").mkdir()
     shutil.copy(roster, ev / "roster.json")
@@ -70,7 +73,7 @@ def test_no_noise_plugin_claiming_epsilon_1_fails_and_a_dp_plugin_passes(forge_c
     sigma = calibrate_noise_multiplier(1.0, delta, q, steps, "prv")
     meta["dp"].update({"enabled": True, "noise_multiplier": sigma, "delta": delta, "accountant": "prv", "epsilon": 1.0, "max_grad_norm": 1.0})
     (tmp_path / "nodp" / "forge.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    liar = _evidence(tmp_path, "liar", tmp_path / "nodp", keys, roster, now)
+    liar = _evidence(tmp_path, "liar", tmp_path / "nodp", keys, roster, now, forge_cli.home)
 
     out = tmp_path / "liar-report"
     a = forge_cli("audit", "--policy", policy, "--evidence", liar, "--out", out, "--key", keys["auditor"] / "signing.key",
@@ -81,6 +84,7 @@ def test_no_noise_plugin_claiming_epsilon_1_fails_and_a_dp_plugin_passes(forge_c
     assert status["provenance"] == "pass"  # sealed by a trusted site, weights bound to the signed payload
     assert status["dp-claims"] == "pass"   # the forged record is self-consistent
     assert status["consistency"] == "fail"  # ... but the canaries were memorised
+    assert status["site-budget"] == "fail"  # and the claimed training was never recorded in the site's ledger
     (finding,) = [f for c in report["checks"] if c["name"] == "consistency" for f in c["findings"]]
     assert finding["evidence"]["empirical_epsilon_lb"] > 1.0 and "the DP claim is false" in finding["summary"]
     assert forge_cli("verify-report", out, "--key", keys["auditor"] / "public.json").code == 0
@@ -89,9 +93,11 @@ def test_no_noise_plugin_claiming_epsilon_1_fails_and_a_dp_plugin_passes(forge_c
     r = forge_cli("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "2", "--delta", "1e-5", "--canaries", "300",
                   "--out", tmp_path / "dp")
     assert r.code == 0, r
-    honest = _evidence(tmp_path, "honest", tmp_path / "dp", keys, roster, now)
+    honest = _evidence(tmp_path, "honest", tmp_path / "dp", keys, roster, now, forge_cli.home)
     out2 = tmp_path / "honest-report"
     a2 = forge_cli("audit", "--policy", policy, "--evidence", honest, "--out", out2, "--decryption-key", keys["consortium"] / "decryption.key")
     assert a2.code == 0, a2
     report2 = json.loads((out2 / "report.json").read_text())
-    assert all(c["status"] in ("pass", "warn") for c in report2["checks"])
+    assert all(c["status"] in ("pass", "warn") for c in report2["checks"]), report2["checks"]
+    budget = next(c for c in report2["checks"] if c["name"] == "site-budget")
+    assert budget["status"] == "pass" and any(f["evidence"].get("releases") == 1 for f in budget["findings"])

@@ -59,8 +59,10 @@ def check_weight(weight) -> float:
     return w
 
 
-def encrypt_plugin(plugin_dir: str | os.PathLike, public_context: str | os.PathLike, out: str | os.PathLike, *, weight: float | None = None) -> Contribution:
-    """Encrypt ``weight * B`` of an FFA plugin under the public context into ``out``."""
+def encrypt_plugin(plugin_dir: str | os.PathLike, public_context: str | os.PathLike, out: str | os.PathLike, *, weight: float | None = None,
+                   hide_digest: bool = False) -> Contribution:
+    """Encrypt ``weight * B`` of an FFA plugin under the public context into ``out``
+    (``hide_digest``: record only a salted commitment to the plugin, see above)."""
     from safetensors.torch import save_file
 
     ctx, info = load_public_context(public_context)
@@ -109,8 +111,9 @@ def encrypt_plugin(plugin_dir: str | os.PathLike, public_context: str | os.PathL
             "n_values": n_values(layout),
             "n_ciphertexts": len(blobs),
             "files": {CIPHERTEXTS: sha256_file(tmp / CIPHERTEXTS), FROZEN_A: sha256_file(tmp / FROZEN_A), ADAPTER_CONFIG: sha256_file(tmp / ADAPTER_CONFIG)},
-            "parent": {"commitment": sha256_bytes(bytes.fromhex(salt) + bytes.fromhex(plugin.digest)), "site": plugin.site, "kind": plugin.meta.get("kind", "trained"),
-                       "dp": plugin.meta.get("dp"), "rows": plugin.rows},
+            "parent": dict({"commitment": sha256_bytes(bytes.fromhex(salt) + bytes.fromhex(plugin.digest)), "site": plugin.site,
+                            "kind": plugin.meta.get("kind", "trained"), "dp": plugin.meta.get("dp"), "rows": plugin.rows},
+                           **({} if hide_digest else {"digest": plugin.digest})),
             "dp": plugin.meta.get("dp"),
         }
         atomic_write_json(tmp / "forge.json", meta)

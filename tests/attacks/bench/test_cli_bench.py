@@ -36,15 +36,10 @@ references = 2
 
 @pytest.mark.parametrize(
     "text, words",
-    [
+    [  # the three; every other bad value is covered at the library level (test_config.py)
         (GOOD.replace("[bench]", "[bench]\nfast = true"), ["unknown key 'fast'", "seeds"]),
         (GOOD.replace('attack = ["lira"]', 'attack = ["lira", "shadow-models"]'), ["unknown attack 'shadow-models'", "lira", "recon", "rmia"]),
-        (GOOD.replace('merge = ["none"]', 'merge = ["average"]'), ["unknown merge method 'average'", "mixture", "exact"]),
         (GOOD.replace("epsilon = [8]", "epsilon = []"), ["epsilon is empty"]),
-        (GOOD.replace("seeds = [0]", "seeds = []"), ["seeds is empty"]),
-        (GOOD.replace("rank = [2]", "rank = [-2]"), ["rank must be an integer >= 1"]),
-        (GOOD.replace("[grid]", "[grid"), ["not valid toml"]),
-        ("", ["is empty"]),
     ],
 )
 def test_bad_config_is_refused_before_any_work(forge_cli, tmp_path, text, words):
@@ -59,11 +54,10 @@ def test_bad_config_is_refused_before_any_work(forge_cli, tmp_path, text, words)
 
 def test_missing_and_wrong_type_config(forge_cli, tmp_path):
     _assert_clean(forge_cli("bench", "--config", tmp_path / "nope.toml", "--out", tmp_path / "o"), "does not exist")
-    _assert_clean(forge_cli("bench", "--config", tmp_path, "--out", tmp_path / "o"), "is a directory")
     png = tmp_path / "plot.toml"
     png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00")
     _assert_clean(forge_cli("bench", "--config", png, "--out", tmp_path / "o"), "not valid toml")
-    _assert_clean(forge_cli("bench", "--workers", "0", "--out", tmp_path / "o"), "--workers")
+    assert not (tmp_path / "o").exists()
 
 
 def test_out_that_is_not_a_bench_output_is_refused(forge_cli, tmp_path):
@@ -74,9 +68,6 @@ def test_out_that_is_not_a_bench_output_is_refused(forge_cli, tmp_path):
     (out / "thesis.tex").write_text("do not overwrite")
     _assert_clean(forge_cli("bench", "--config", cfg, "--out", out), "did not write")
     assert (out / "thesis.tex").read_text() == "do not overwrite"
-    f = tmp_path / "file"
-    f.write_text("x")
-    _assert_clean(forge_cli("bench", "--config", cfg, "--out", f), "not a directory")
 
 
 def test_print_default_and_dry_run(forge_cli, tmp_path):

@@ -26,7 +26,7 @@ def test_default_config_loads_and_expands():
     assert cfg == load_config(None) == load_config(DEFAULT_CONFIG)
     assert math.inf in cfg.grid.epsilon and 1.0 in cfg.grid.epsilon
     cells = expand_grid(cfg)
-    assert len(cells) == cfg.grid.size == 3 * 1 * 2 * 3 * 2
+    assert len(cells) == cfg.grid.size == 3 * 1 * 2 * 3 * 3
     assert len(set(cells)) == len(cells)
     assert {c.lora for c in cells} == {"lora", "ffa"}
     # every attack table of the bundled file is a known attack with known keys
@@ -168,3 +168,22 @@ def test_preflight_checks_the_libraries_settings_before_any_work(tmp_path, mutat
     with pytest.raises(ForgeError):
         run_bench(cfg, tmp_path / "out", cache_root=tmp_path / "cache", workers=1)
     assert not (tmp_path / "out").exists() and not list((tmp_path / "cache").rglob("*.json"))
+
+
+def test_out_rules(tmp_path):
+    from attacks.bench.output import MARKER, check_out
+
+    assert check_out(tmp_path / "new") is False
+    (tmp_path / "empty").mkdir()
+    assert check_out(tmp_path / "empty") is False
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ForgeFileError, match="not a directory"):
+        check_out(f)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    with pytest.raises(ForgeFileError, match="did not write"):
+        check_out(other)
+    (other / MARKER).write_text("{}")
+    assert check_out(other) is True

@@ -44,6 +44,15 @@ OVERFIT = dict(no_dp=True, epochs=60, batch_size=16, lr=0.1, rank=16, alpha=32, 
 DP_EPS1 = dict(target_epsilon=1.0, delta=1e-3, epochs=10, batch_size=16, lr=0.1, rank=4, alpha=8)
 
 
+# A cheap plugin for command-line, cache and bad-input tests (trains in about a second).
+SMALL = dict(no_dp=True, epochs=5, batch_size=16, lr=0.05, rank=4, alpha=8)
+
+
+@pytest.fixture(scope="session")
+def small_plugin(mia_home, tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("plugins") / "small", **SMALL)
+
+
 @pytest.fixture(scope="session")
 def overfit_plugin(mia_home, tmp_path_factory):
     return _train(tmp_path_factory.mktemp("plugins") / "overfit", **OVERFIT)

@@ -30,9 +30,10 @@ def forge_inproc(capsys, mia_home):
     return run
 
 
-def test_cli_run_writes_results_and_plot(forge_cli, overfit_plugin, tmp_path):
+@pytest.mark.slow
+def test_cli_run_writes_results_and_plot(forge_cli, small_plugin, tmp_path):
     out, plot = tmp_path / "results.json", tmp_path / "roc.svg"
-    r = forge_cli("attack", "mia", "--target", overfit_plugin, "--data", "bundled:site-1", "--attack", "lira",
+    r = forge_cli("attack", "mia", "--target", small_plugin, "--data", "bundled:site-1", "--attack", "lira",
                   "--references", "4", "--fixed-variance", "--workers", "1", "--n-boot", "100", "--out", out, "--plot", plot, "--json")
     assert r.code == 0, r
     summary = json.loads(r.out)
@@ -43,11 +44,14 @@ def test_cli_run_writes_results_and_plot(forge_cli, overfit_plugin, tmp_path):
     assert "<svg" in plot.read_text()
 
 
-def test_cli_text_summary(forge_inproc, overfit_plugin, tmp_path):
-    r = forge_inproc("attack", "mia", "--target", overfit_plugin, "--data", "bundled:site-1", "--attack", "loss",
-                     "--n-boot", "50", "--out", tmp_path / "r.json", "--plot", tmp_path / "roc.png")
+def test_cli_text_summary(forge_inproc, small_plugin, tmp_path):
+    r = forge_inproc("attack", "mia", "--target", small_plugin, "--data", "bundled:site-1", "--attack", "lira", "--references", "4",
+                     "--fixed-variance", "--workers", "1", "--n-boot", "50", "--out", tmp_path / "r.json", "--plot", tmp_path / "roc.png")
     assert r.code == 0, r
-    assert "ROC AUC" in r.out and "TPR at 0.1% FPR" in r.out and "claimed epsilon inf" in r.out
+    assert "ROC AUC" in r.out and "TPR at 0.1% FPR" in r.out and "claimed epsilon inf" in r.out and "4 reference models" in r.out
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["references"]["trained"] + data["references"]["cached"] == 4
+    assert data["settings"]["fixed_variance"] is True and len(data["scores"]) == data["data"]["candidates"]["rows"]
     assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -57,7 +61,7 @@ def _broken_copy(src, tmp_path, name):
     return dst
 
 
-def test_cli_bad_inputs(forge_inproc, overfit_plugin, tmp_path):
+def test_cli_bad_inputs(forge_inproc, small_plugin, tmp_path):
     out = tmp_path / "results.json"
     base = ["attack", "mia", "--data", "bundled:site-1", "--attack", "loss", "--out", out, "--n-boot", "20"]
 
@@ -76,29 +80,29 @@ def test_cli_bad_inputs(forge_inproc, overfit_plugin, tmp_path):
     empty.mkdir()
     check(forge_inproc(*base, "--target", empty), "forge.json")
 
-    truncated = _broken_copy(overfit_plugin, tmp_path, "truncated")
+    truncated = _broken_copy(small_plugin, tmp_path, "truncated")
     raw = (truncated / "forge.json").read_bytes()
     (truncated / "forge.json").write_bytes(raw[: len(raw) // 2])
     check(forge_inproc(*base, "--target", truncated), "not valid json")
 
-    tampered = _broken_copy(overfit_plugin, tmp_path, "tampered")
+    tampered = _broken_copy(small_plugin, tmp_path, "tampered")
     ad = tampered / "adapter_model.safetensors"
     blob = bytearray(ad.read_bytes())
     blob[-1] ^= 0xFF
     ad.write_bytes(bytes(blob))
     check(forge_inproc(*base, "--target", tampered), "tampered")
 
-    wrong_type = _broken_copy(overfit_plugin, tmp_path, "wrongtype")
+    wrong_type = _broken_copy(small_plugin, tmp_path, "wrongtype")
     (wrong_type / "forge.json").write_text(json.dumps(["not", "an", "object"]))
     check(forge_inproc(*base, "--target", wrong_type), "forge.json")
 
-    other_base = _broken_copy(overfit_plugin, tmp_path, "otherbase")
+    other_base = _broken_copy(small_plugin, tmp_path, "otherbase")
     meta = json.loads((other_base / "forge.json").read_text())
     meta["base"]["digest"] = "0" * 64
     (other_base / "forge.json").write_text(json.dumps(meta))
     check(forge_inproc(*base, "--target", other_base), "digest")
 
-    t = ["--target", overfit_plugin]
+    t = ["--target", small_plugin]
     check(forge_inproc(*base[:4], *t, "--attack", "lira", "--references", "2", "--out", out), "at least 4", "--references")
     check(forge_inproc(*base, *t, "--attack", "shadow"), "lira, loss, reference, rmia")
     check(forge_inproc(*base, *t, "--plot", tmp_path / "roc.gif"), ".png")
@@ -114,12 +118,12 @@ def test_cli_bad_inputs(forge_inproc, overfit_plugin, tmp_path):
     assert r.code == 2 and "directory" in r.err
 
 
-def test_results_file_checks(tmp_path, overfit_plugin, forge_inproc):
+def test_results_file_checks(tmp_path, small_plugin, forge_inproc):
     from attacks.membership.run import load_results
     from forge_secure.errors import ForgeDataError, ForgeFileError
 
     out = tmp_path / "r.json"
-    assert forge_inproc("attack", "mia", "--target", overfit_plugin, "--data", "bundled:site-1", "--attack", "loss",
+    assert forge_inproc("attack", "mia", "--target", small_plugin, "--data", "bundled:site-1", "--attack", "loss",
                         "--n-boot", "20", "--out", out).code == 0
     good = json.loads(out.read_text())
     assert load_results(out)["attack"] == "loss"

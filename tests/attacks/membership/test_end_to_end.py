@@ -18,6 +18,7 @@ def _tpr_at(results, fpr):
     return next(r for r in results["metrics"]["tpr_at_fpr"] if r["target_fpr"] == fpr)
 
 
+@pytest.mark.slow
 def test_overfit_plugin_leaks_membership(overfit_plugin, tmp_path):
     """LiRA and RMIA on a non-DP plugin trained until it overfits: AUC > 0.6, TPR at 1 % FPR > 1 %."""
     common = dict(references=8, seed=0, n_boot=200)
@@ -39,6 +40,7 @@ def test_overfit_plugin_leaks_membership(overfit_plugin, tmp_path):
     assert roc_auc(back["scores"], back["labels"]) == pytest.approx(lira["metrics"]["auc"]["value"])
 
 
+@pytest.mark.slow
 def test_dp_eps1_plugin_stays_near_chance(dp_plugin):
     res = run_mia(dp_plugin, "bundled:site-1", settings=MiaSettings(attack="lira", references=4, fixed_variance=True, n_boot=300), workers=1)
     auc = res["metrics"]["auc"]
@@ -60,11 +62,11 @@ def test_empirical_epsilon_never_exceeds_claim_across_dp_runs(train, tmp_path):
             assert emp["epsilon_lb"] <= res["claimed_epsilon"]["epsilon"], (seed, eps, attack, emp)
 
 
-def test_reference_cache_is_invalidated_by_any_change(overfit_plugin, mia_home, tmp_path):
+def test_reference_cache_is_invalidated_by_any_change(small_plugin, mia_home, tmp_path):
     from forge_secure.plugins import load_data
     from forge_secure.plugins.plugin import read_meta
 
-    meta = read_meta(overfit_plugin)
+    meta = read_meta(small_plugin)
     cands = load_data("bundled:site-1/pool")
     pop = load_data("bundled:public")
     root = tmp_path / "cache"
@@ -82,17 +84,18 @@ def test_reference_cache_is_invalidated_by_any_change(overfit_plugin, mia_home, 
     assert train_references(meta, cands, pop.subset(np.arange(len(pop) - 1)), **kw).cached == 0
     assert train_references(meta, cands, pop, **{**kw, "seed": 6}).cached == 0
     # a damaged entry is retrained, not trusted
-    victim = sorted(root.glob("*.safetensors"))[0]
+    victim = root / f"{again.keys[0]}.safetensors"
     victim.write_bytes(victim.read_bytes()[:100])
     redo = train_references(meta, cands, pop, **kw)
     assert redo.trained >= 1 and redo.cached >= 1
 
 
-def test_worker_processes_match_in_process_training(overfit_plugin, tmp_path):
+@pytest.mark.slow
+def test_worker_processes_match_in_process_training(small_plugin, tmp_path):
     from forge_secure.plugins import load_data
     from forge_secure.plugins.plugin import read_meta
 
-    meta = read_meta(overfit_plugin)
+    meta = read_meta(small_plugin)
     cands, pop = load_data("bundled:site-1/pool"), load_data("bundled:public")
     a = train_references(meta, cands, pop, count=2, seed=3, workers=1, cache=False)
     b = train_references(meta, cands, pop, count=2, seed=3, workers=2, cache=False)
@@ -100,18 +103,19 @@ def test_worker_processes_match_in_process_training(overfit_plugin, tmp_path):
 
 
 @pytest.mark.slow
-def test_references_on_local_ray(overfit_plugin, tmp_path):
+def test_references_on_local_ray(small_plugin, tmp_path):
     from forge_secure.plugins import load_data
     from forge_secure.plugins.plugin import read_meta
 
-    meta = read_meta(overfit_plugin)
+    meta = read_meta(small_plugin)
     cands, pop = load_data("bundled:site-1/pool"), load_data("bundled:public")
     local = train_references(meta, cands, pop, count=2, seed=4, workers=1, cache=False)
     on_ray = train_references(meta, cands, pop, count=2, seed=4, workers=2, ray="auto", cache=False)
     np.testing.assert_allclose(local.candidate_logits, on_ray.candidate_logits, rtol=1e-5, atol=1e-6)
 
 
-def test_bad_inputs_to_run_mia(overfit_plugin, tmp_path):
+def test_bad_inputs_to_run_mia(small_plugin, tmp_path):
+    overfit_plugin = small_plugin
     from attacks.membership.base import TooFewReferences
 
     with pytest.raises(TooFewReferences, match="at least 4"):

@@ -38,7 +38,7 @@ def test_per_sample_gradients_match_opacus():
     x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 1, 2, 1, 0])
     ours = fn.per_sample_grads(x, y)
-    gsm = GradSampleModule(pm)
+    gsm = GradSampleModule(pm, loss_reduction="sum")
     nn.functional.cross_entropy(gsm(x), y, reduction="sum").backward()
     for name, p in gsm.named_parameters():
         clean = name.removeprefix("_module.")

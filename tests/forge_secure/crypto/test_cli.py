@@ -47,6 +47,8 @@ def test_cli_story_in_process(tmp_path, kit, capsys, monkeypatch):
     assert code == 0 and "version 2" in text
     code, text = run(capsys, "roster", "sign", roster, "--key", tmp_path / "admin-1" / "signing.key", "--json")
     assert code == 0 and json.loads(text)["trusted"] is True
+    code, text = run(capsys, "roster", "sign", roster, "--key", tmp_path / "admin-1", "--expires", "400d", "--json")
+    assert code == 0 and json.loads(text)["version"] == 3 and json.loads(text)["trusted"] is True
     plugin = kit.make_plugin(tmp_path / "plugin")
     bundle = tmp_path / "site-1.forge"
     seal_args = ("seal", plugin, "--signer", tmp_path / "site" / "signing.key", "--passphrase-env", "SITE_PASS",

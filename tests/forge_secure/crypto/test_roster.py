@@ -67,6 +67,10 @@ def test_expired_rollback_fork(tmp_path, admins, kit):
     init_roster(path, "medforge", [admins["admin-1"].public_key], expires=kit.NOW + kit.DAY)
     sign_roster(path, key)
     assert code_of(load_roster, path, now=kit.NOW + 2 * kit.DAY, state_dir=state) == "roster.expired"
+    renewed = tmp_path / "renewed.json"
+    renewed.write_bytes(path.read_bytes())
+    assert sign_roster(renewed, key, expires=kit.NOW + 10 * kit.DAY).version == 2
+    assert load_roster(renewed, now=kit.NOW + 2 * kit.DAY, state_dir=tmp_path / "other-state").version == 2
     v1 = path.read_bytes()
     load_roster(path, now=kit.NOW, state_dir=state)
     add_site_key(path, admins["site-1"].public_key, not_before=kit.NOW, not_after=kit.NOW + 100)

@@ -57,7 +57,7 @@ def test_homomorphic_fusion_equals_plaintext_fusion(tmp_path, keys, ffa, contrib
 
 def test_key_holder_writes_the_merged_plugin_once(tmp_path, keys, ffa, make_plugin):
     d = tmp_path / "c"
-    contribs = [encrypt_plugin(p, keys.path / "public.ctx", d / f"c{i}").path for i, p in enumerate(ffa)]
+    contribs = [encrypt_plugin(p, keys.path / "public.ctx", d / f"c{i}", hide_digest=i == 2).path for i, p in enumerate(ffa)]
     aggregate(contribs, keys.path, tmp_path / "agg")
     out = decrypt_to_plugin(tmp_path / "agg", keys.path, tmp_path / "merged", k=3)
     he = load_plugin(out)
@@ -66,7 +66,8 @@ def test_key_holder_writes_the_merged_plugin_once(tmp_path, keys, ffa, make_plug
     np.testing.assert_allclose(he.logits(X), plain.logits(X), rtol=1e-5, atol=1e-5)
     assert he.meta["kind"] == "merged" and he.meta["merge"]["method"] == "ffa-ckks"
     assert [p["site"] for p in he.meta["parents"]] == ["site-1", "site-2", "site-3"]
-    assert all(len(p["commitment"]) == 64 and "digest" not in p for p in he.meta["parents"])
+    assert all(len(p["commitment"]) == 64 for p in he.meta["parents"])
+    assert [p.get("digest") for p in he.meta["parents"]] == [read_plugin_files(p).digest for p in ffa[:2]] + [None]  # site-3 hid it
     tree = lineage_tree(out)
     assert [c["site"] for c in tree["parents"]] == ["site-1", "site-2", "site-3"]
     # one merge releases one aggregate: the same contributions cannot be decrypted again

@@ -49,6 +49,9 @@ def test_training_refused_before_it_starts(tab_base, tab_train, tmp_path):
                      ledger=led, out=tmp_path / "p")
     assert "budget 2" in str(e.value)
     assert not (tmp_path / "p").exists() and led.records() == []
+    with pytest.raises(ForgeBudgetError) as e:  # no DP = unbounded epsilon: refused where a budget exists
+        train_plugin(TrainConfig(no_dp=True, epochs=1), tab_train, site="site-1", base=tab_base, ledger=led)
+    assert "unbounded" in str(e.value)
     plugin = train_plugin(TrainConfig(noise_multiplier=3.0, epochs=2, accountant="rdp"), tab_train, site="site-1", base=tab_base,
                           ledger=led, out=tmp_path / "q")
     (rec,) = led.records()

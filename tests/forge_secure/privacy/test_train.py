@@ -159,3 +159,21 @@ def test_wrong_data_refused(tab_base, tab_train):
     with pytest.raises(ForgeValueError) as e:
         train_plugin(TrainConfig(no_dp=True, epochs=1, targets=("nope",)), tab_train, site="site-1", base=tab_base)
     assert "fc1" in str(e.value)
+
+
+def test_dp_step_adds_calibrated_noise(tab_base, tab_train):
+    """One DP step on an empty batch leaves only the noise: N(0, (sigma C / expected batch)^2)."""
+    from forge_secure.privacy import build_lora_model
+    from forge_secure.privacy.train import TrainingRun
+
+    cfg = TrainConfig(noise_multiplier=2.0, max_grad_norm=0.5, ffa=True, accountant="rdp")
+    model, _ = build_lora_model(tab_base, cfg)
+    plan = plan_privacy(cfg, len(tab_train))
+    run = TrainingRun(model, torch.tensor(tab_train.X), torch.tensor(tab_train.y), cfg, plan)
+    run._step([])
+    noise = torch.cat([p.grad.flatten() for p in run.clipper.parameters])
+    expected = 2.0 * 0.5 / (plan.n * plan.sample_rate)
+    assert noise.numel() > 500
+    assert abs(noise.std().item() / expected - 1) < 0.1 and abs(noise.mean().item()) < 0.2 * expected
+    assert run.history == [(2.0, plan.sample_rate, 1)]
+    run.close()
