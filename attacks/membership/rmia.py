@@ -7,7 +7,8 @@ For a record x and population records z, the likelihood ratio is
 
 with P(. | theta) the target's softmax probability of the true label (temperature T) and
 P(x) its average over reference models. The score is the fraction of population records z
-with LR(x, z) >= gamma (higher = member).
+with LR(x, z) >= gamma (higher = member). Records with equal fractions are ordered by
+P(x|theta)/P(x) (a tie-break below the 1/m step; it never reorders untied records).
 
 - online: P(x) is the mean over all references (half were trained on x, half not);
 - offline: only references not trained on x, with the paper's linear correction
@@ -142,7 +143,12 @@ class RmiaAttack(MembershipAttack):
             )
         ratio_x = true_class_probability(target, labels, cfg.temperature) / self.prob_x_
         ratio_z = true_class_probability(pz_t, self.population_labels_, cfg.temperature) / self.prob_z_
-        return _fraction_dominated(ratio_x, ratio_z, float(cfg.gamma))
+        score = _fraction_dominated(ratio_x, ratio_z, float(cfg.gamma))
+        # The fraction takes only m + 1 values; with a small population many records tie,
+        # which leaves the low-FPR end of the ROC undefined. Ties are broken by the ratio
+        # P(x|theta)/P(x) itself, scaled below the 1/m step so no untied order changes.
+        tie_break = np.arctan(np.log(ratio_x)) / np.pi + 0.5  # monotone, in (0, 1)
+        return score + tie_break / (2.0 * (ratio_z.size + 1))
 
     def settings(self) -> dict:
         out = super().settings()

@@ -331,10 +331,12 @@ def cmd_ledger_show(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     t = Table(title="DP budget ledgers")
-    for col in ("site", "data set", "releases", "epsilon spent", "delta", "budget", "ledger file"):
-        t.add_column(col)
+    for col in ("site", "data set", "releases", "epsilon spent", "delta", "accountant", "budget"):
+        t.add_column(col, overflow="fold")
     for r in rows:
         t.add_row(r["site"], r["dataset"], str(r["releases"]), _fmt_eps(r["epsilon_spent"]),
-                  f"{r['delta']:.2g}" if r["delta"] else "-", _fmt_eps(r["budget"]) if r["budget"] is not None else "none", r["path"])
+                  f"{r['delta']:.2g}" if r["delta"] else "-", str(r["accountant"]),
+                  _fmt_eps(r["budget"]) if r["budget"] is not None else "none")
     _common.console.print(t)
+    _common.console.print(f"ledger files: {Path(rows[0]['path']).parent.parent}", soft_wrap=True, highlight=False)
     return 0

@@ -192,14 +192,15 @@ class LoraClipper:
                 sq.append((torch.linalg.vector_norm(ga, dim=1) * torch.linalg.vector_norm(x, dim=1)).square())
         else:  # sequences: form the small (out x r) and (r x in) per-sample gradients
             g3, h3 = _as_seq(g), _as_seq(h)
-            psB = torch.einsum("nto,ntr->nor", g3, h3)
+            n = g3.shape[0]
+            psB = torch.bmm(g3.transpose(1, 2), h3).reshape(n, -1)  # (n, out * r)
             cache["psB"] = psB
-            sq.append(psB.square().sum((1, 2)))
+            sq.append(psB.square().sum(1))
             if x is not None:
                 ga = g3 @ tap.B.weight  # (n, T, r)
-                psA = torch.einsum("ntr,nti->nri", ga, _as_seq(x))
+                psA = torch.bmm(ga.transpose(1, 2), _as_seq(x)).reshape(n, -1)  # (n, r * in)
                 cache["psA"] = psA
-                sq.append(psA.square().sum((1, 2)))
+                sq.append(psA.square().sum(1))
         return sq, cache
 
     def clip_backward(self, loss: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
@@ -219,9 +220,9 @@ class LoraClipper:
         c_col = c[:, None]
         for (tap, g, h, x), cache in zip(parts, caches):
             if "psB" in cache:
-                tap.B.weight.grad = torch.einsum("n,nor->or", c, cache["psB"])
+                tap.B.weight.grad = (c @ cache["psB"]).view_as(tap.B.weight)
                 if x is not None:
-                    tap.A.weight.grad = torch.einsum("n,nri->ri", c, cache["psA"])
+                    tap.A.weight.grad = (c @ cache["psA"]).view_as(tap.A.weight)
             else:
                 gc = (g * c_col).T
                 tap.B.weight.grad = gc @ h

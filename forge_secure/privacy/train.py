@@ -159,7 +159,11 @@ def _optimizer_class():
             parameter. Secure mode keeps Opacus's own (floating-point-attack resistant) noise."""
             if self.secure_mode or getattr(self, "_adjusted_noise_multiplier", None) is not None:
                 return super().add_noise()
+            from opacus.optimizers.optimizer import _check_processed_flag
+
             params = self.params
+            for p in params:
+                _check_processed_flag(p.summed_grad)  # as Opacus: refuse to noise the same sum twice
             sizes = [p.summed_grad.numel() for p in params]
             noise = torch.normal(0.0, self.noise_multiplier * self.max_grad_norm, size=(sum(sizes),),
                                  generator=self.generator, dtype=params[0].summed_grad.dtype)

@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from audits import Report, Status, audit_directory, report_schema, snapshot, validate_report_dict, verify_report_dir
+from audits import Report, Status, audit_directory, report_schema, snapshot, verify_report_dir
 from audits.signing import ReportSignatureError, load_auditor_public_key
 from forge_secure.errors import ForgeDataError, ForgeFileError
 
@@ -21,9 +21,6 @@ from .conftest import build_world, membership_results
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-POLICY_NO_RECON = None
-
 
 def _policy(tmp: Path) -> Path:
     from audits import default_policy_text

@@ -334,3 +334,13 @@ def test_train_unreachable_epsilon_is_a_clean_error(forge, tmp_path):
     assert not (tmp_path / "o").exists()
     r = forge("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "0.01", "--out", tmp_path / "o", "--json")
     assert r.code == 2 and json.loads(r.out)["error"]["code"] == "dp.unreachable"
+
+
+@needs_train
+def test_secure_mode_without_its_dependency_is_a_clean_error(forge, tmp_path):
+    if importlib.util.find_spec("torchcsprng") is not None:
+        pytest.skip("torchcsprng is installed here")
+    r = forge("train", "--site", "site-1", "--data", "bundled:site-1", "--noise-multiplier", "1", "--epochs", "1", "--secure-mode",
+              "--out", tmp_path / "o")
+    assert_clean_error(r, "torchcsprng", "--secure-mode")
+    assert not (tmp_path / "o").exists()

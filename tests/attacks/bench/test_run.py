@@ -159,3 +159,25 @@ references = 2
     res = forge_cli("bench", "--config", toml, "--out", out, "--cache", root / "cache", "--workers", "1")
     assert res.code == 0, res
     assert "results.csv" in res.out and "from the cache" in res.out
+
+
+def test_damaged_cache_entries_are_recomputed_not_trusted(first, tmp_path):
+    root, cfg, result = first
+    from attacks.bench.data import load_bench_data
+
+    cache = BenchCache(root / "cache")
+    digest = load_bench_data(cfg.data).digest
+    row = next(r for r in result.rows if r["merge"] == "none" and r["attack"] == "lira" and r["seed"] == 0 and math.isfinite(r["epsilon"]))
+    cell = G.Cell(row["epsilon"], row["rank"], row["lora"], row["merge"], row["attack"])
+    group = G.TrainGroup(cell.epsilon, cell.rank, cell.lora, 0)
+    # the cell's result is gone, its model arrays are truncated, its site-1 plugin tampered with
+    cache._result_path(row["cell_key"]).unlink()
+    npz = cache._array_path("model", G.model_key(cfg, cell, 0, digest))
+    npz.write_bytes(npz.read_bytes()[:100])
+    weights = cache.plugin_dir(G.train_key(cfg, group, digest), "site-1") / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
+    again = run_bench(cfg, tmp_path / "out", cache_root=root / "cache", workers=1)
+    assert again.computed == 1 and again.trained == 1  # only the damaged plugin is retrained
+    redo = next(r for r in again.rows if r["cell_key"] == row["cell_key"])
+    assert redo["accuracy"] == pytest.approx(row["accuracy"])  # seeded: the same plugin again
+    assert redo["attack_auc"] == pytest.approx(row["attack_auc"])

@@ -104,7 +104,8 @@ def test_rmia_hand_computed():
     ratio_x = p(0.5) / ((p(1.0) + p(-1.0)) / 2)
     ratio_z = np.array([p(0.0) / p(0.0), p(1.0) / ((p(1.0) + p(-1.0)) / 2), p(3.0) / p(2.0)])
     expected = np.mean(ratio_x / ratio_z >= 1.0)
-    assert score[0] == pytest.approx(expected)
+    step = 1 / (2 * (3 + 1))  # ties are broken below half of the 1/m step
+    assert expected <= score[0] < expected + step
     assert expected == pytest.approx(2 / 3)  # LR = 1.245, 0.85, 1.151 against gamma 1
     # offline with a given a: P(x) = ((1 + a) P_OUT(x) + (1 - a)) / 2
     a = 0.3
@@ -113,7 +114,7 @@ def test_rmia_hand_computed():
     px = ((1 + a) * p(-1.0) + (1 - a)) / 2
     pz = ((1 + a) * np.array([p(0.0), (p(1.0) + p(-1.0)) / 2, p(2.0)]) + (1 - a)) / 2
     expected_off = np.mean((p(0.5) / px) / (np.array([p(0.0), p(1.0), p(3.0)]) / pz) >= 1.0)
-    assert off.score(target, y, population_target_logits=pop_target)[0] == pytest.approx(expected_off)
+    assert expected_off <= off.score(target, y, population_target_logits=pop_target)[0] < expected_off + step
 
 
 def _synthetic(n=400, m=200, R=8, signal=2.0, seed=0):

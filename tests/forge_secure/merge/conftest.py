@@ -10,8 +10,9 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _merge_forge_home(tmp_path_factory):
+    """A private FORGE_HOME for each merge test module (restored afterwards)."""
     old = os.environ.get("FORGE_HOME")
     os.environ["FORGE_HOME"] = str(tmp_path_factory.mktemp("merge-forge-home"))
     yield
@@ -21,14 +22,14 @@ def _merge_forge_home(tmp_path_factory):
         os.environ["FORGE_HOME"] = old
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def base(_merge_forge_home):
     from forge_secure.plugins.bases import load_base
 
     return load_base("tabular-mlp")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def make_plugin(base):
     """``make_plugin(out, seed, ffa=False, rank=4, rows=50, site="site-1", epsilon=3.0)``."""
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict

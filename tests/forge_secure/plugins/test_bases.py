@@ -17,6 +17,8 @@ from forge_secure.plugins.data import bundled_image_splits, bundled_splits
 # The digests every machine must reproduce (torch 2.x, safetensors 0.x). If one changes,
 # every existing plugin stops loading: change it only together with a format version bump.
 TABULAR_DIGEST = "5aed6ac8343c14b8e377559e81a4839590ea34b207bc90cea3c259d4d5e1f188"
+# vit-tiny's also depends on transformers' ViT parameter names (pinned for transformers 5.x)
+VIT_DIGEST = "8a841c11cd5e3d3d6bbb9f40c56869e6e89704fa3c332ca88e09b666c79e2c47"
 
 
 def _fresh_build(monkeypatch, tmp_path, name, **kwargs):
@@ -96,7 +98,7 @@ def test_load_base_memoises(tabular_base):
 def test_vit_tiny(monkeypatch, tmp_path):
     v = _fresh_build(monkeypatch, tmp_path, "vit-tiny")
     again = _fresh_build(monkeypatch, tmp_path, "vit-tiny")  # from the cache
-    assert v.digest == again.digest == weights_digest(again.model)
+    assert v.digest == again.digest == weights_digest(again.model) == VIT_DIGEST
     assert v.kind == "image" and v.n_classes == 10 and v.input_shape == (1, 8, 8)
     assert v.target_modules in (("query", "value"), ("q_proj", "v_proj"))
     x = torch.tensor(bundled_image_splits().sites[0].test.X[:5])
@@ -112,7 +114,7 @@ def test_vit_tiny(monkeypatch, tmp_path):
 def test_vit_tiny_digest_identical_in_fresh_homes(monkeypatch, tmp_path):
     a = _fresh_build(monkeypatch, tmp_path / "a", "vit-tiny")
     b = _fresh_build(monkeypatch, tmp_path / "b", "vit-tiny")
-    assert a.digest == b.digest
+    assert a.digest == b.digest == VIT_DIGEST
 
 
 def _hf_dir(tmp_path):

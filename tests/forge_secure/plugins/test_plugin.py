@@ -10,7 +10,7 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model_state_dict
 
-from forge_secure.errors import ForgeDataError, ForgeError, ForgeFileError, ForgeIntegrityError, ForgeValueError
+from forge_secure.errors import ForgeDataError, ForgeFileError, ForgeIntegrityError, ForgeValueError
 from forge_secure.plugins.bases import fresh_copy, load_base
 from forge_secure.plugins.data import bundled_splits
 from forge_secure.plugins.plugin import (

@@ -1,0 +1,1 @@
+"""Package data: the versioned JSON Schema of report.json (a package so wheels ship it)."""
