@@ -26,7 +26,8 @@ class ForgeError(Exception):
     def __str__(self) -> str:  # one line: what is wrong, then what to do
         text = self.message.rstrip(".")
         if self.fix:
-            text += ". " + self.fix.rstrip(".") + "."
+            fix = self.fix.rstrip(".")
+            text += ". " + fix[:1].upper() + fix[1:] + "."
         else:
             text += "."
         return text

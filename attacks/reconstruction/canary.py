@@ -56,6 +56,16 @@ def exposure(rank: np.ndarray | int, n_candidates: int) -> np.ndarray:
     return math.log2(n_candidates) - np.log2(rank)
 
 
+def base_logits_fn(base) -> Callable[[np.ndarray], np.ndarray]:
+    """``X -> logits`` of a frozen base model (``forge_secure.plugins.Base``)."""
+
+    def run(X: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return base.model(torch.as_tensor(np.asarray(X, dtype=np.float32))).double().numpy()
+
+    return run
+
+
 def losses(logits_fn: Callable[[np.ndarray], np.ndarray], X: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Cross-entropy of each record under a model given as ``X -> logits`` (float64)."""
     logits = torch.tensor(np.asarray(logits_fn(np.asarray(X, dtype=np.float32)), dtype=np.float64))
@@ -86,12 +96,21 @@ class CanaryExposure:
         self.data_ = data
         return self
 
-    def score(self, logits_fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """Exposure (bits) of every canary, ordered like ``reps_``."""
+    def score(self, logits_fn: Callable[[np.ndarray], np.ndarray],
+              reference_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+        """Exposure (bits) of every canary, ordered like ``reps_``.
+
+        With ``reference_fn`` (the public base model, which never saw a canary) candidates are
+        ranked by their loss under the plugin *minus* their loss under the base: out-of-
+        distribution candidates that the base already happens to extrapolate well then gain
+        nothing, and only what the plugin learnt counts (the calibration of Watson et al.,
+        ICLR 2022). Without it, by the plugin's loss alone as in Carlini et al."""
         cfg = self.config
         m = len(self.cand_X_)
         flat = self.cand_X_.reshape((m * cfg.candidates,) + self.cand_X_.shape[2:])
         ls = losses(logits_fn, flat, self.cand_y_.reshape(-1)).reshape(m, cfg.candidates)
+        if reference_fn is not None:
+            ls = ls - losses(reference_fn, flat, self.cand_y_.reshape(-1)).reshape(m, cfg.candidates)
         if not np.isfinite(ls).all():
             raise ForgeDataError("the model gives non-finite losses on the canaries", code="recon.nonfinite")
         # rank of the inserted canary: 1 + number of candidates with a strictly lower loss,

@@ -58,6 +58,9 @@ def _merge_fusion(args) -> int:
     if args.encrypted:
         return _aggregate(args)
     from ..merge import fusion_merge
+    from ..merge.fusion import FUSIONS
+
+    FUSIONS.get(args.method)  # an unknown method fails here, before any input is opened
     from ..plugins.plugin import read_meta
 
     out = fusion_merge(args.inputs, args.out, method=args.method, weights=_weights(args.weights), tune_on=args.tune_on,
@@ -79,7 +82,9 @@ def _merge_fusion(args) -> int:
 
 def _merge_mixture(args) -> int:
     from ..merge import mixture_merge
-    from ..merge.mixture import read_mixture_meta
+    from ..merge.mixture import ROUTERS, read_mixture_meta
+
+    ROUTERS.get(args.router)  # an unknown router fails here, before any input is opened
 
     out = mixture_merge(args.inputs, args.out, router=args.router, weights=_weights(args.weights), tune_on=args.tune_on,
                         key=_bundle_key(args), roster=args.roster, seed=args.seed, budget=args.budget)
@@ -215,9 +220,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     """Add `merge`, `lineage`, `he` and `synth` to the `forge` parser."""
     from pathlib import Path
 
-    from ..merge.fusion import FUSIONS
-    from ..merge.mixture import ROUTERS
-
+    # The method and router names are checked against their registries when the command
+    # runs (an unknown name lists the allowed ones), so building the parser imports no torch.
     merge = sub.add_parser("merge", help="merge plugins: fusion (one plugin) or mixture (kept apart)")
     msub = merge.add_subparsers(dest="merge_kind", metavar="KIND", required=True)
 
@@ -225,7 +229,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
                          "Weights: --weights, else tuned on --tune-on synthetic data, else the training-set sizes. With --encrypted, sum encrypted contributions (aggregator).")
     fu.add_argument("inputs", nargs="+", metavar="PLUGIN_DIR_OR_BUNDLE")
     fu.add_argument("--out", required=True, type=Path, metavar="DIR")
-    fu.add_argument("--method", default="exact", choices=FUSIONS.names(), help="fusion method (default exact)")
+    fu.add_argument("--method", default="exact", help="fusion method (default exact); an unknown name lists the registered methods")
     fu.add_argument("--weights", metavar="W1,W2,...", help="one weight per plugin (normalised to sum 1)")
     fu.add_argument("--tune-on", metavar="SYNTH", help="DP synthetic data (forge synth) to tune weights on")
     fu.add_argument("--density", type=float, default=0.5, help="fraction kept by ties / dare (default 0.5)")
@@ -240,7 +244,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     mx = msub.add_parser("mixture", help="keep plugins apart and mix their predictions", description="Build a Mixture of plugins (directories or sealed bundles).")
     mx.add_argument("inputs", nargs="+", metavar="PLUGIN_DIR_OR_BUNDLE")
     mx.add_argument("--out", required=True, type=Path, metavar="DIR")
-    mx.add_argument("--router", default="static", choices=ROUTERS.names(), help="static weights, a gate fitted on --tune-on, or similarity (training-free)")
+    mx.add_argument("--router", default="static", help="router (default static): static weights, a gate fitted on --tune-on, or similarity (training-free)")
     mx.add_argument("--weights", metavar="W1,W2,...", help="static weights (default: training-set sizes, or tuned with --tune-on)")
     mx.add_argument("--tune-on", metavar="SYNTH", help="DP synthetic data to tune static weights or fit the gate")
     mx.add_argument("--budget", type=int, default=40)

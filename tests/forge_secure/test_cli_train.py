@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import assert_clean_error
+from tests.conftest import assert_clean_error as _assert_clean_error
 
 HAVE_TRAIN = importlib.util.find_spec("forge_secure.privacy.train") is not None
 needs_train = pytest.mark.skipif(not HAVE_TRAIN, reason="forge_secure.privacy.train (A2) not present yet")
@@ -41,6 +41,13 @@ def forge(tmp_path_factory, monkeypatch, capsys):
         return _Result(code, out, err)
 
     return run
+
+
+def assert_clean_error(result, *words):
+    """Exit 2, no traceback, the words named, and exactly one line of message."""
+    _assert_clean_error(result, *words)
+    lines = [ln for ln in (result.err + result.out).splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
 
 
 def _nothing_written(tmp_path, allowed=()):

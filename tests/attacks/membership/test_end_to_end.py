@@ -22,8 +22,8 @@ def _tpr_at(results, fpr):
 def test_overfit_plugin_leaks_membership(overfit_plugin, tmp_path):
     """LiRA and RMIA on a non-DP plugin trained until it overfits: AUC > 0.6, TPR at 1 % FPR > 1 %."""
     common = dict(references=16, seed=0, n_boot=200)
-    lira = run_mia(overfit_plugin, "bundled:site-1", settings=MiaSettings(attack="lira", fixed_variance=True, **common), workers=2)
-    rmia = run_mia(overfit_plugin, "bundled:site-1", settings=MiaSettings(attack="rmia", **common), workers=2)
+    lira = run_mia(overfit_plugin, "bundled:site-1", settings=MiaSettings(attack="lira", fixed_variance=True, **common), workers=1)
+    rmia = run_mia(overfit_plugin, "bundled:site-1", settings=MiaSettings(attack="rmia", **common), workers=1)
     assert rmia["references"]["cached"] == 16  # same recipe, data and seed: LiRA's references reused
     assert lira["canaries"]["used"] is True  # the target's 40 canaries are among the candidates
     for res in (lira, rmia):
