@@ -1,7 +1,9 @@
 """Where forge-secure keeps per-user state (budget ledgers, replay stores, caches).
 
 ``FORGE_HOME`` overrides the default ``~/.forge-secure``; tests point it at a temporary
-directory.
+directory. Content-keyed caches (pretrained bases, noise calibrations, reference models, bench
+cells) live under ``FORGE_HOME/cache`` unless ``FORGE_CACHE`` names another directory; they hold
+nothing secret and are safe to share between homes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ def forge_home() -> Path:
 
 
 def cache_dir(kind: str) -> Path:
-    d = forge_home() / "cache" / kind
+    root = os.environ.get("FORGE_CACHE")
+    d = (Path(root) if root else forge_home() / "cache") / kind
     d.mkdir(parents=True, exist_ok=True)
     return d

@@ -20,6 +20,20 @@ except ImportError:  # pragma: no cover
     pass
 
 
+@pytest.fixture(scope="session")
+def _shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("forge-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_forge_home(tmp_path_factory, _shared_cache, monkeypatch):
+    """Every test gets its own FORGE_HOME (ledgers, roster state, replay store, sequence
+    counters), so tests never share state with each other or with the user's home; the
+    content-keyed caches are shared within a worker through FORGE_CACHE."""
+    monkeypatch.setenv("FORGE_HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.setenv("FORGE_CACHE", str(_shared_cache))
+
+
 class CliResult:
     def __init__(self, proc: subprocess.CompletedProcess):
         self.code = proc.returncode

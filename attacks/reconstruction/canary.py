@@ -2,7 +2,8 @@
 Testing Unintended Memorization in Neural Networks", USENIX Security 2019).
 
 Canaries, out-of-distribution records with random labels (``forge_secure.plugins.make_canaries``),
-are inserted into the training set, ``r`` copies each, for several repetition counts ``r``.
+are inserted into the training set, ``r`` copies each, for several repetition counts ``r``
+(``r = 0``: control canaries, drawn but never inserted, whose exposure is the chance level).
 After training, each canary is ranked among its candidate set R: itself plus ``|R| - 1``
 fresh records from the same canary distribution that were never inserted, by the trained
 model's loss (lowest first). Exposure = log2 |R| - log2 rank, in bits: about log2(e) = 1.44
@@ -27,15 +28,15 @@ from forge_secure.errors import ForgeDataError, ForgeValueError
 
 @dataclass
 class CanaryConfig:
-    repetitions: tuple[int, ...] = (1, 2, 4, 8)
+    repetitions: tuple[int, ...] = (0, 1, 2, 4, 8)  # 0: control canaries, never inserted
     canaries_per_repetition: int = 4
     candidates: int = 100  # |R|, the inserted canary included
 
     def __post_init__(self) -> None:
         reps = tuple(self.repetitions)
-        if not reps or not all(isinstance(r, (int, np.integer)) and r >= 1 for r in reps) or len(set(reps)) != len(reps):
-            raise ForgeValueError(f"repetitions must be distinct positive integers, got {self.repetitions!r}",
-                                  fix="use e.g. --repetitions 1,2,4,8", code="recon.config")
+        if not reps or not all(isinstance(r, (int, np.integer)) and r >= 0 for r in reps) or len(set(reps)) != len(reps) or max(reps) < 1:
+            raise ForgeValueError(f"repetitions must be distinct integers >= 0 (0 = a control canary never inserted), at least one "
+                                  f"above 0, got {self.repetitions!r}", fix="use e.g. --repetitions 0,1,2,4,8", code="recon.config")
         self.repetitions = tuple(sorted(int(r) for r in reps))
         if not (isinstance(self.canaries_per_repetition, int) and self.canaries_per_repetition >= 1):
             raise ForgeValueError(f"canaries_per_repetition must be >= 1, got {self.canaries_per_repetition!r}", code="recon.config")
@@ -61,7 +62,7 @@ def base_logits_fn(base) -> Callable[[np.ndarray], np.ndarray]:
 
     def run(X: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return base.model(torch.as_tensor(np.asarray(X, dtype=np.float32))).double().numpy()
+            return base.model(torch.tensor(np.asarray(X, dtype=np.float32))).double().numpy()
 
     return run
 
@@ -90,7 +91,7 @@ class CanaryExposure:
         Y = np.asarray(draws.y).reshape(m, cfg.candidates)
         self.cand_X_, self.cand_y_ = X, Y  # candidate 0 of each set is the inserted canary
         self.reps_ = np.repeat(np.array(cfg.repetitions), cfg.canaries_per_repetition)
-        rows = np.concatenate([np.full(r, k) for k, r in enumerate(self.reps_)])
+        rows = np.concatenate([np.full(r, k, dtype=int) for k, r in enumerate(self.reps_)])
         inserted = draws.subset(rows * cfg.candidates, name=f"canaries/{len(rows)}-rows")
         self.training_set_ = data.concat(inserted, name=f"{data.name}+canaries")
         self.data_ = data

@@ -34,8 +34,8 @@ def _reps(text: str) -> tuple[int, ...]:
         reps = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not reps or min(reps) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: repetitions must be integers >= 1, e.g. 1,2,4,8")
+    if not reps or min(reps) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: repetitions must be integers >= 0, e.g. 0,1,2,4,8")
     return reps
 
 
@@ -74,7 +74,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="gradient: attack the update without the plugin's DP noise (what a non-DP site would send)")
     p.add_argument("--candidates", type=_int(2), default=10, help="informed: prior size n, baseline 1/n (default 10)")
     p.add_argument("--mode", default="gradients", help="informed: adversary sees every noisy gradient (gradients) or the final plugin (model)")
-    p.add_argument("--repetitions", type=_reps, default=(1, 2, 4, 8), help="canary: repetition counts (default 1,2,4,8)")
+    p.add_argument("--repetitions", type=_reps, default=(0, 1, 2, 4, 8),
+                   help="canary: repetition counts, 0 for control canaries never inserted (default 0,1,2,4,8)")
     p.add_argument("--canaries", type=_int(1), default=4, help="canary: canaries per repetition count (default 4)")
     p.add_argument("--canary-candidates", type=_int(2), default=100, help="canary: size of each canary's candidate set |R| (default 100)")
     p.add_argument("--bound-samples", type=_int(1000), default=100_000, help="Monte Carlo samples of the ReRo bound (default 100000)")

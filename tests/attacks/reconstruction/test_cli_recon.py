@@ -57,11 +57,11 @@ def test_informed_attack_from_the_command_line_json(forge_cli, plugin_dirs, tmp_
 @pytest.mark.slow
 def test_canary_attack_from_the_command_line(forge_cli, plugin_dirs, tmp_path):
     out = tmp_path / "c.json"
-    r = forge_cli("attack", "recon", "--target", plugin_dirs / "nodp", "--kind", "canary", "--repetitions", "1,8",
+    r = forge_cli("attack", "recon", "--target", plugin_dirs / "nodp", "--kind", "canary", "--repetitions", "0,8",
                   "--canaries", "2", "--canary-candidates", "16", "--out", out, "--plot", tmp_path / "c.png")
     assert r.code == 0, r
     res = json.loads(out.read_text())
-    assert [row["repetitions"] for row in res["success"]["by_repetition"]] == [1, 8]
+    assert [row["repetitions"] for row in res["success"]["by_repetition"]] == [0, 8]
 
 
 def test_unknown_kind(forge_cli, plugin_dirs, tmp_path):
