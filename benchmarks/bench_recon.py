@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from benchmarks._report import write_section  # noqa: E402
+from _report import write_section  # noqa: E402
 
 
 def main() -> None:

@@ -9,7 +9,9 @@ seeded random bytes), then times, in this process:
   * the baseline: AES-256-GCM (1 MiB chunks, ``encrypt_into``) + SHA-256 over the same number
     of bytes from memory;
   * ``seal`` (read the files, encrypt, hash, write the bundle with fsync);
-  * ``open_bundle`` (hash pass to verify, decrypt pass, write the files).
+  * ``open_bundle`` (verify the signature and header, then one pass that hashes the ciphertext,
+    authenticates and decrypts each chunk and writes the files; the payload digest is compared
+    before the output directory is renamed into place).
 Peak RSS is measured in fresh child processes (``resource.getrusage(RUSAGE_CHILDREN)``
 after each child exits) that seal and open the 1 GB payload. Files live in a tmpfs
 (/dev/shm when present) so the disk of this shared machine does not dominate.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ class BenchCache:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError, KeyError):  # truncated or not an npz: recompute
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # truncated or not an npz: recompute
             return None
 
     def store_arrays(self, stage: str, key: str, **arrays: np.ndarray) -> None:

@@ -11,8 +11,14 @@ the plugin's LoRA tensors. The adversary sees
 
 * ``mode="gradients"``: every noisy gradient of the run (and so every intermediate model),
   and which known records each batch held (the target's inclusion stays hidden). Prior-aware
-  score of Hayes et al. 2023: ``sum_t < B g~_t - sum_{known j in batch t} clip(grad(z_j)),
-  clip(grad(c_i)) >`` with B the expected batch size, all gradients at the step's parameters;
+  attack of Hayes et al. 2023 on the residuals r_t = B g~_t - sum_{known j in batch t}
+  clip(grad(z_j)) (B the expected batch size, gradients at the step's parameters), which are
+  N(0, (sigma C)^2) plus, with probability q, the target's clipped gradient c_t. Each
+  candidate is scored by its exact log-likelihood ratio under that mixture,
+  ``sum_t log[(1 - q) + q exp((<r_t, c_it> - |c_it|^2 / 2) / (sigma C)^2)]``; when all
+  candidate gradients share one norm this ranks exactly as Hayes et al.'s inner-product
+  score ``sum_t <r_t, c_it>``, and otherwise it does not favour candidates with large
+  gradients;
 * ``mode="model"``: only the final plugin. Score: how much the candidate's loss fell from the
   starting plugin to the final one.
 
@@ -23,6 +29,7 @@ threat model can exceed (up to the bound's Monte Carlo error and the interval).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -168,11 +175,16 @@ class InformedAdversary:
         expected = cfg.sample_rate * (len(self.known_X_) + 1)
         scores = torch.zeros(len(cx), dtype=fn.dtype)
         n = len(cx)
+        var = max(cfg.noise_multiplier * cfg.max_grad_norm, 1e-6) ** 2
+        log_out = math.log1p(-cfg.sample_rate) if cfg.sample_rate < 1 else 0.0
+        log_in = math.log(cfg.sample_rate)
         for g, params, idx in zip(transcript.noisy, transcript.params, transcript.known_batches):
             # one vmap call per step for the candidates and the known records of the batch
             clipped = self._clipped(torch.cat([cx, self.known_X_[idx]]), torch.cat([cy, self.known_y_[idx]]), params)
             residual = g * expected - clipped[n:].sum(dim=0)
-            scores += clipped[:n] @ residual
+            c = clipped[:n]
+            z = (c @ residual - 0.5 * (c * c).sum(dim=1)) / var
+            scores += z if cfg.sample_rate >= 1 else torch.logaddexp(torch.full_like(z, log_out), log_in + z)
         return scores.numpy()
 
     def run(self, pool_X: np.ndarray, pool_y: np.ndarray, trials: int, *, seed: int = 0) -> dict:

@@ -138,8 +138,6 @@ class TabularInversion:
         """Rebuild ``batch_size`` records from the observed gradient ``target``."""
         fn, cfg = self.fn_, self.config
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        torch_seed = int(rng.integers(0, 2**31 - 1))
-        torch.manual_seed(torch_seed)
         if set(target) != set(fn.names):
             raise ForgeDataError(
                 "the observed update does not hold the plugin's trainable LoRA tensors",

@@ -170,7 +170,7 @@ def _he_decrypt(args) -> int:
     from ..merge.he import decrypt_to_plugin
     from ..plugins.plugin import read_meta
 
-    out = decrypt_to_plugin(args.aggregate, args.key, args.out, k=args.k)
+    out = decrypt_to_plugin(args.aggregate, args.key, args.out, k=args.k, contributions=args.contributions)
     meta = read_meta(out)
     data = {"out": str(out), "method": meta["merge"]["method"], "weights": meta["merge"]["weights"], "parents": [p["site"] for p in meta["parents"]]}
     if args.json:
@@ -288,7 +288,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
     de.add_argument("aggregate", metavar="AGGREGATE_DIR")
     de.add_argument("--key", required=True, metavar="SECRET_CTX_DIR", help="the key directory (or secret.ctx)")
     de.add_argument("--out", required=True, type=Path, metavar="DIR")
-    de.add_argument("--k", type=int, default=2, help="minimum number of contributions (default 2)")
+    de.add_argument("--k", type=int, default=2, help="minimum number of distinct sites (default 2)")
+    de.add_argument("--contributions", nargs="+", metavar="CONTRIBUTION_DIR",
+                    help="the contributions themselves (opened from the sites' signed bundles): checked against the aggregate's list, "
+                         "and their sum is computed here, so a cheating aggregator cannot make a single plugin pass for an aggregate")
     _common.add_json_flag(de)
     de.set_defaults(func=_he_decrypt)
 

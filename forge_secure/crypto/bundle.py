@@ -605,6 +605,8 @@ def open_bundle(bundle, key, roster, out, *, passphrase: bytes | None = None, no
     """
     now = _time.now() if now is None else int(now)
     out = Path(out)
+    if out.is_symlink():
+        raise fail("file.symlink", f"--out {out} is a symbolic link", "give a new directory path that is not a link")
     if out.exists() and not out.is_dir():
         raise fail("file.not_a_directory", f"--out {out} exists and is a file", "give a new directory for the opened plugin")
     if out.is_dir() and any(out.iterdir()):

@@ -124,6 +124,37 @@ def default_weights(plugins: Sequence[PluginFiles]) -> list[float]:
     return [float(r) for r in rows]
 
 
+def check_signed_site(plugin_dir: Path, signed_site: str, bundle: Path) -> None:
+    """The site named in an opened bundle's ``forge.json`` must be the site whose roster key
+    signed it: otherwise one site could pass its plugin off as another's, and the merge's
+    lineage and per-site DP records would name the wrong author. Merged plugins (``kind:
+    merged``, sealed by whoever merged them) carry their authors in their parents instead."""
+    meta = read_json_file(plugin_dir / FORGE_JSON, f"forge.json in {bundle}") if (plugin_dir / FORGE_JSON).is_file() else None
+    if not isinstance(meta, dict) or meta.get("kind") == "merged":
+        return
+    if meta.get("site") != signed_site:
+        raise ForgeIntegrityError(
+            f"{bundle} is signed by {signed_site}'s key but its forge.json names site {meta.get('site')!r}",
+            fix=f"do not merge it; ask {signed_site} to seal its own plugin (a site may only submit plugins in its own name)",
+            code="merge.site_mismatch",
+        )
+
+
+def check_merge_request(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, weights: Sequence[float] | None) -> None:
+    """Cheap checks of a merge's own arguments, run before any sealed bundle is opened:
+    opening records a bundle in the replay store, so a merge that failed afterwards on a
+    typo would leave the bundles impossible to merge again."""
+    from .adapter import normalise_weights
+
+    if weights is not None:
+        normalise_weights(weights, len(inputs))
+    o = Path(out)
+    if o.exists() and not o.is_dir():
+        raise ForgeFileError(f"--out {o} exists and is a file", fix="give a new directory for the merge", code="file.not_a_directory")
+    if o.is_dir() and any(o.iterdir()):
+        raise ForgeFileError(f"--out {o} already exists and is not empty", fix="choose a new --out directory or remove the old one", code="file.exists")
+
+
 @contextlib.contextmanager
 def open_inputs(paths: Sequence[str | os.PathLike], *, key=None, roster=None) -> Iterator[list[Path]]:
     """Yield plugin directories for ``paths``: directories as they are, ``.forge`` bundles
@@ -140,7 +171,8 @@ def open_inputs(paths: Sequence[str | os.PathLike], *, key=None, roster=None) ->
                 from ..crypto import bundle as crypto_bundle
 
                 target = Path(tmp) / f"input-{i}"
-                crypto_bundle.open_bundle(p, key, roster, target)
+                opened = crypto_bundle.open_bundle(p, key, roster, target)
+                check_signed_site(target, opened.verified.site, p)
                 out.append(target)
             else:
                 out.append(p)

@@ -359,10 +359,20 @@ def build_mixture(plugin_dirs: Sequence[str | os.PathLike], *, router: str = "st
 def mixture_merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, router: str = "static", weights=None, tune_on=None,
                   key=None, roster=None, seed: int = 0, budget: int = 40) -> Path:
     """Build a mixture from plugin directories or sealed bundles and save it at ``out``."""
-    from .io import open_inputs
+    from .io import check_merge_request, open_inputs
 
     if len(inputs) < 2:
         raise ForgeValueError(f"a mixture needs at least two plugins, got {len(inputs)}", fix="give two or more plugins", code="merge.too_few")
+    ROUTERS.get(router)
+    check_merge_request(inputs, out, weights)  # before any sealed bundle is opened (and recorded as seen)
+    if router == "gate" and tune_on is None:
+        raise ForgeValueError("the gate router is fitted on data and got none", fix="give synthetic data with --tune-on (forge synth)", code="merge.needs_tuning_data")
+    if router != "static" and weights is not None:
+        raise ForgeValueError(f"the {router} router chooses its own weights", fix="drop --weights", code="merge.bad_weights")
+    if tune_on is not None:
+        from ..privacy.synthetic import load_synthetic
+
+        load_synthetic(tune_on)
     with open_inputs(inputs, key=key, roster=roster) as dirs:
         mix = build_mixture(dirs, router=router, weights=weights, tune_on=tune_on, seed=seed, budget=budget)
         return mix.save(out)

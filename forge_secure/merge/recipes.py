@@ -17,7 +17,7 @@ from ..errors import ForgeValueError
 from .adapter import normalise_weights
 from .evaluate import make_loss
 from .fusion import FUSIONS, fuse, tune_weights
-from .io import PluginFiles, check_same_base, default_weights, lineage_entry, open_inputs, read_plugin_files, write_merged_plugin
+from .io import PluginFiles, check_merge_request, check_same_base, default_weights, lineage_entry, open_inputs, read_plugin_files, write_merged_plugin
 
 
 def read_plugins(dirs: Sequence[str | os.PathLike]) -> list[PluginFiles]:
@@ -52,15 +52,24 @@ def fusion_merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     spec = FUSIONS.get(method)
     if len(inputs) < 2:
         raise ForgeValueError(f"a merge needs at least two plugins, got {len(inputs)}", fix="give two or more plugin directories or bundles", code="merge.too_few")
+    # everything that can be checked without the plugins is checked before any bundle is opened
+    check_merge_request(inputs, out, weights)
+    if spec.needs_loss and weights is not None:
+        raise ForgeValueError("the sequential merge tunes its own scalars", fix="drop --weights (give --tune-on)", code="merge.bad_weights")
+    if spec.needs_loss and tune_on is None:
+        raise ForgeValueError("the sequential (MedForge) merge tunes its scalars on data and got none",
+                              fix="give synthetic tuning data (forge synth, then --tune-on FILE)", code="merge.needs_tuning_data")
+    synth = None
+    if tune_on is not None:
+        from ..privacy.synthetic import load_synthetic
+
+        synth = load_synthetic(tune_on)
     with open_inputs(inputs, key=key, roster=roster) as dirs:
         plugins = read_plugins(dirs)
         adapters = [p.adapter for p in plugins]
         base = base or base_of(plugins[0])
         loss_fn = None
-        if tune_on is not None:
-            from ..privacy.synthetic import load_synthetic
-
-            synth = load_synthetic(tune_on)
+        if synth is not None:
             loss_fn = make_loss(base.model, synth.dataset.X, synth.dataset.y)
         options = {"seed": seed, "density": density, "rank": rank, "budget": budget, "loss_fn": loss_fn}
         if spec.needs_loss:
@@ -100,7 +109,8 @@ def homomorphic_merge(plugin_dirs: Sequence[str | os.PathLike], workdir: str | o
     contributions = [encrypt_plugin(p, keys / "public.ctx", work / "sites" / f"contribution-{i + 1}", weight=None if weights is None else weights[i]).path
                      for i, p in enumerate(plugin_dirs)]
     aggregate(contributions, keys / "public.ctx", work / "aggregator" / "aggregate")
-    return decrypt_to_plugin(work / "aggregator" / "aggregate", keys, out, k=k)
+    # the key holder checks the aggregate against the contributions and decrypts its own sum
+    return decrypt_to_plugin(work / "aggregator" / "aggregate", keys, out, k=k, contributions=contributions)
 
 
 def merge_stage(plugin_dirs: Sequence[str | os.PathLike], workdir: str | os.PathLike, *, tune_on: str | os.PathLike | None = None, seed: int = 0) -> dict[str, Path]:

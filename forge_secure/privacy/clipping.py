@@ -173,6 +173,10 @@ class LoraClipper:
         """Per-sample gradient norms over all trainable LoRA parameters (no clipping, no
         change to ``p.grad``): for testing against Opacus's reference implementation."""
         parts = self._output_grads(loss)
+        with torch.no_grad():
+            return self._norms_only(parts)
+
+    def _norms_only(self, parts) -> torch.Tensor:
         sq = None
         for tap, g, h, x in parts:
             for s in self._sq_norms(tap, g, h, x)[0]:
@@ -211,17 +215,20 @@ class LoraClipper:
         if not all(len(t.u) == 1 and t.u[0].dim() == 2 for t in taps):
             return None
         gs = torch.autograd.grad(loss, [t.u[0] for t in taps], allow_unused=True)
-        if any(g is None for g in gs):
-            raise ForgeValueError("a LoRA layer did not contribute to the loss", fix="train only the LoRA layers the model uses",
-                                  code="dp.unused_layer")
+        gs = [g if g is not None else torch.zeros_like(t.u[0]) for g, t in zip(gs, taps)]  # a branch the loss ignores
+        with torch.no_grad():  # the math below must not be recorded by autograd (B requires grad)
+            return self._flat_math(taps, gs, max_grad_norm)
+
+    def _flat_math(self, taps, gs, max_grad_norm: float) -> torch.Tensor:
+        vecdot = torch.linalg.vecdot
         sq, gas = None, []
         for t, g in zip(taps, gs):
             h = t.h[0]
-            s = (g * g).sum(1) * (h * h).sum(1)
+            s = vecdot(g, g) * vecdot(h, h)  # ||grad_B,i||^2 = ||g_i||^2 ||h_i||^2
             ga = None
             if t.train_A:
                 ga, x = g @ t.B.weight, t.x[0]
-                s = s + (ga * ga).sum(1) * (x * x).sum(1)
+                s = s + vecdot(ga, ga) * vecdot(x, x)  # ||grad_A,i||^2 = ||B^T g_i||^2 ||x_i||^2
             gas.append(ga)
             sq = s if sq is None else sq + s
         norms = sq.sqrt()
@@ -241,6 +248,10 @@ class LoraClipper:
         if fast is not None:
             return fast
         parts = self._output_grads(loss)
+        with torch.no_grad():  # B requires grad: keep autograd out of the clipping math
+            return self._general_math(parts, max_grad_norm)
+
+    def _general_math(self, parts, max_grad_norm: float) -> torch.Tensor:
         sq, caches = None, []
         for tap, g, h, x in parts:
             s, cache = self._sq_norms(tap, g, h, x)

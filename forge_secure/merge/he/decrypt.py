@@ -8,6 +8,13 @@ would reveal single plugins):
 - decrypt only an aggregate of at least ``k`` contributions (default 2);
 - one merge releases one aggregate: a contribution id that was part of an aggregate
   already released is refused (the release log lives beside the secret context);
+- the aggregate's list of contributions is written by the aggregator, who holds only the
+  public context and so can encrypt anything: given the contributions themselves
+  (``contributions=``, directories the key holder received, e.g. from sites' signed
+  bundles), the key holder checks that they are exactly the ones the aggregate lists and
+  decrypts *its own* sum of their ciphertexts, so a cheating aggregator cannot pass off one
+  site's ciphertext (or a re-encryption of it) as an aggregate of k sites. Without them
+  the k-of-n rule rests on the aggregator's honesty;
 - check the range after decryption (ciphertexts are malleable), divide by the sum of the
   weights, round to float32 (which drops the low-order CKKS noise bits), and write the
   plugin: ``B = sum_i w_i B_i / sum_i w_i`` with the shared frozen ``A``.
@@ -38,10 +45,39 @@ def _release_log(key_path: Path) -> Path:
     return (key_path if key_path.is_dir() else key_path.parent) / RELEASE_LOG
 
 
-def decrypt_sum(aggregate_dir: str | os.PathLike, secret_context: str | os.PathLike, *, k: int = 2, release=None) -> tuple[dict, np.ndarray]:
+def _own_sum(ctx, info, meta: dict, contributions) -> list:
+    """The key holder's sum of the given contribution directories, after checking that they
+    are exactly the contributions the aggregate lists (ids, sites, weights, layout)."""
+    from .contribution import CONTRIBUTION_FORMAT
+    from .ops import add_all
+
+    paths = [Path(c) for c in contributions]
+    metas = [read_he_dir(c, CONTRIBUTION_FORMAT, "homomorphic contribution") for c in paths]
+    listed = sorted((str(c.get("id")), str(c.get("site")), float(c.get("weight", 0))) for c in meta.get("contributions") or [])
+    given = sorted((str(m.get("id")), str(m.get("site")), float(m.get("weight", 0))) for m in metas)
+    if listed != given:
+        raise ForgeIntegrityError(
+            f"the aggregate lists contributions {[x[:2] for x in listed]}, but the contributions given are {[x[:2] for x in given]}",
+            fix="give exactly the contributions the aggregator summed (the sites' signed bundles); nothing was released",
+            code="he.contribution_mismatch",
+        )
+    total = None
+    for c, m in zip(paths, metas):
+        if m["context_fingerprint"] != info.fingerprint or m.get("layout") != meta.get("layout") or m.get("files", {}).get(FROZEN_A) != meta.get("files", {}).get(FROZEN_A):
+            raise ForgeIntegrityError(f"contribution {c} does not fit the aggregate (context, layout or frozen A)",
+                                      fix="give the contributions the aggregate was made from; nothing was released", code="he.contribution_mismatch")
+        vecs = _load_vectors(ctx, c, m, "contribution")
+        total = vecs if total is None else add_all([total, vecs])
+    return total
+
+
+def decrypt_sum(aggregate_dir: str | os.PathLike, secret_context: str | os.PathLike, *, k: int = 2, release=None,
+                contributions=None) -> tuple[dict, np.ndarray]:
     """Decrypt an aggregate (after the checks above): returns its forge.json and the weighted
     mean ``sum_i w_i B_i / sum_i w_i`` as one flat float64 vector. ``release(meta, mean)``,
-    if given, is called before the release is logged (a failure there logs nothing)."""
+    if given, is called before the release is logged (a failure there logs nothing).
+    ``contributions`` (directories): check the aggregate against them and decrypt the key
+    holder's own sum of them instead of the aggregator's ciphertexts."""
     from filelock import FileLock
 
     if not isinstance(k, int) or isinstance(k, bool) or k < 2:
@@ -57,6 +93,15 @@ def decrypt_sum(aggregate_dir: str | os.PathLike, secret_context: str | os.PathL
         raise ForgeValueError(
             f"the aggregate holds {len(contribs)} contribution(s), fewer than k = {k}",
             fix=f"wait until at least {k} sites have contributed; a smaller aggregate would reveal a single plugin",
+            code="he.too_few",
+        )
+    # k counts parties, not contributions: two contributions of one site sum to
+    # (w1 + w2) * B of that site, which decrypts to its plugin in the clear
+    sites = {c.get("site") for c in contribs}
+    if None in sites or "" in sites or len(sites) < k:
+        raise ForgeValueError(
+            f"the aggregate holds contributions of {len(sites - {None, ''})} distinct site(s), fewer than k = {k}",
+            fix=f"aggregate one contribution from each of at least {k} different sites; several from one site would reveal its plugin",
             code="he.too_few",
         )
     if meta["context_fingerprint"] != info.fingerprint:
@@ -75,7 +120,7 @@ def decrypt_sum(aggregate_dir: str | os.PathLike, secret_context: str | os.PathL
                 fix="one merge releases one aggregate; decrypting another combination would reveal single plugins. Ask the sites for fresh contributions",
                 code="he.already_released",
             )
-        vecs = _load_vectors(ctx, p, meta, "aggregate")
+        vecs = _load_vectors(ctx, p, meta, "aggregate") if contributions is None else _own_sum(ctx, info, meta, contributions)
         flat = decrypt_vectors(vecs, int(meta["n_values"]))
         if flat.size != int(meta["n_values"]):
             raise ForgeIntegrityError("the aggregate decrypts to fewer values than its layout", fix="aggregate again", code="he.bad_ciphertexts")
@@ -94,7 +139,8 @@ def decrypt_sum(aggregate_dir: str | os.PathLike, secret_context: str | os.PathL
     return meta, mean
 
 
-def decrypt_to_plugin(aggregate_dir: str | os.PathLike, secret_context: str | os.PathLike, out: str | os.PathLike, *, k: int = 2, base=None) -> Path:
+def decrypt_to_plugin(aggregate_dir: str | os.PathLike, secret_context: str | os.PathLike, out: str | os.PathLike, *, k: int = 2, base=None,
+                      contributions=None) -> Path:
     """Decrypt the aggregate and write the merged FFA plugin (``kind: merged``, method
     ``ffa-ckks``, parents = the contributions' commitments)."""
     import torch
@@ -122,8 +168,8 @@ def decrypt_to_plugin(aggregate_dir: str | os.PathLike, secret_context: str | os
         template_meta = {"base": base_meta, "lora": meta.get("lora"), "data": {"kind": base.kind, "n_classes": base.n_classes}}
         written.append(write_merged_plugin(
             base, adapter, parents=parents, method="ffa-ckks", weights=[c["weight"] / sw for c in contribs],
-            details={"k": k, "contributions": len(contribs), "context_fingerprint": meta["context_fingerprint"], "params": meta["params"]},
+            details={"k": k, "contributions": len(contribs), "key_holder_summed": contributions is not None, "context_fingerprint": meta["context_fingerprint"], "params": meta["params"]},
             template_meta=template_meta, template_config=config, out=out))
 
-    decrypt_sum(p, secret_context, k=k, release=release)
+    decrypt_sum(p, secret_context, k=k, release=release, contributions=contributions)
     return written[0]

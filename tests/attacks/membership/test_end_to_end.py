@@ -135,3 +135,19 @@ def test_bad_inputs_to_run_mia(small_plugin, tmp_path):
         run_mia(overfit_plugin, str(csv), settings=MiaSettings(attack="loss"))
     with pytest.raises(ForgeValueError, match="population"):
         run_mia(overfit_plugin, "bundled:site-1", population="none", settings=MiaSettings(attack="rmia", references=2))
+
+
+def test_mixture_target(small_plugin, train, tmp_path):
+    """A Mixture directory is attacked through its component trained on the candidates;
+    references are the same Mixture with that component replaced."""
+    from forge_secure.merge.mixture import build_mixture
+
+    other = train(tmp_path / "site2", site="site-2", no_dp=True, epochs=3, batch_size=16, lr=0.05, rank=4, alpha=8)
+    mix_dir = build_mixture([small_plugin, other], router="static", weights=[0.5, 0.5]).save(tmp_path / "mix")
+    res = run_mia(mix_dir, "bundled:site-1", settings=MiaSettings(attack="lira", references=2, fixed_variance=True, n_boot=50), workers=1)
+    assert res["target"]["kind"] == "mixture" and res["target"]["component"] == "site-1"
+    assert res["membership"]["commitment_checked"] is True
+    assert np.all(np.isfinite(res["scores"])) and res["references"]["trained"] == 2
+    # site-2's candidates pick the other component
+    res2 = run_mia(mix_dir, "bundled:site-2", settings=MiaSettings(attack="loss", n_boot=50))
+    assert res2["target"]["component"] == "site-2"

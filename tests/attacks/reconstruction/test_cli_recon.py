@@ -70,7 +70,10 @@ def test_unknown_kind(forge_cli, plugin_dirs, tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
-@pytest.mark.parametrize("make", ["missing", "empty_dir", "file", "no_meta", "bad_meta"])
+@pytest.mark.parametrize("make", [
+    pytest.param("missing", marks=pytest.mark.slow), "empty_dir", pytest.param("file", marks=pytest.mark.slow),
+    pytest.param("no_meta", marks=pytest.mark.slow), "bad_meta",
+])
 def test_target_that_is_not_a_plugin(forge_cli, tmp_path, make):
     target = tmp_path / "target"
     if make == "empty_dir":
@@ -88,7 +91,7 @@ def test_target_that_is_not_a_plugin(forge_cli, tmp_path, make):
     assert not (tmp_path / "x.json").exists()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "tamper"])
+@pytest.mark.parametrize("damage", ["truncate", pytest.param("tamper", marks=pytest.mark.slow)])
 def test_damaged_adapter(forge_cli, plugin_dirs, tmp_path, damage):
     target = tmp_path / "p"
     shutil.copytree(plugin_dirs / "nodp", target)

@@ -13,6 +13,7 @@ from attacks.reconstruction.measures import image_baseline, image_success
 from forge_secure.errors import ForgeDataError, ForgeValueError
 
 
+@pytest.mark.slow
 def test_image_inversion_beats_the_baseline_without_dp(digits_lora):
     """Issue 6: PSNR well above the random baseline, without DP."""
     pm, splits = digits_lora

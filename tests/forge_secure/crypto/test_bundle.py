@@ -407,6 +407,17 @@ def test_open_refuses_existing_output(world):
     expect("file.not_a_directory", world.open, path, out="roster.json")
 
 
+def test_open_refuses_a_symlink_as_output_and_consumes_nothing(world):
+    """--out pointing through a symbolic link would be replaced (or written through) after
+    the whole payload was decrypted; it is refused up front, and the bundle stays unopened."""
+    path = world.seal()
+    (world.root / "elsewhere").mkdir()
+    (world.root / "link").symlink_to(world.root / "elsewhere")
+    expect("file.symlink", world.open, path, out="link")
+    assert (world.root / "link").is_symlink() and not any((world.root / "elsewhere").iterdir())
+    assert world.open(path, out="real").files  # not recorded as seen by the failed attempt
+
+
 # --------------------------------------------------------------------------- seal input
 
 

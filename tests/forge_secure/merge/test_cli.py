@@ -99,7 +99,10 @@ def test_homomorphic_fusion_on_sealed_contributions(forge, consortium, ffa_plugi
     key, roster = consortium["cons"].decryption, consortium["roster"]
     r = forge("merge", "fusion", "--encrypted", *bundles, "--context", pub, "--key", key, "--roster", roster, "--out", tmp_path / "agg")
     assert r.code == 0, r
-    r = forge("he", "decrypt", tmp_path / "agg", "--key", tmp_path / "keys", "--out", tmp_path / "merged", "--json")
+    r = forge("he", "decrypt", tmp_path / "agg", "--key", tmp_path / "keys", "--out", tmp_path / "o", "--contributions", *contribs[:2])
+    assert_clean_error(r, "contributions given")  # the aggregate lists three
+    assert not (tmp_path / "o").exists()
+    r = forge("he", "decrypt", tmp_path / "agg", "--key", tmp_path / "keys", "--out", tmp_path / "merged", "--json", "--contributions", *contribs)
     assert r.code == 0, r
     assert json.loads(r.out)["method"] == "ffa-ckks"
     # the same aggregate again: one merge releases one aggregate
@@ -143,3 +146,44 @@ def test_cli_bad_inputs_give_one_line_and_exit_2(forge, consortium, ffa_plugins,
         assert_clean_error(r, *words)
         assert len(r.err.strip().splitlines()) == 1, r
         assert not (tmp_path / "o").exists(), args
+
+
+def test_bundle_whose_plugin_claims_another_site_is_refused(consortium, ffa_plugins, tmp_path):
+    """site-1 signs a plugin whose forge.json says site-2: the merge must not record
+    site-2 as its author (lineage and per-site DP records would be false)."""
+    import shutil
+
+    from forge_secure.crypto import load_signing_key, seal
+    from forge_secure.errors import ForgeIntegrityError
+    from forge_secure.merge import fusion_merge
+
+    forged = tmp_path / "forged"
+    shutil.copytree(ffa_plugins[1], forged)  # forge.json says site-2
+    good = seal_all(consortium, ffa_plugins[:1], tmp_path, "attr")[0]
+    bad = tmp_path / "attr-forged.forge"
+    seal(forged, load_signing_key(consortium["sites"]["site-1"].signing), consortium["cons"].public, bad)
+    key, roster = consortium["cons"].decryption, consortium["roster"]
+    with pytest.raises(ForgeIntegrityError, match="site-2") as e:
+        fusion_merge([good, bad], tmp_path / "o", method="ffa", key=key, roster=roster)
+    assert e.value.code == "merge.site_mismatch"
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_merge_arguments_do_not_consume_sealed_bundles(forge, consortium, ffa_plugins, tmp_path):
+    """Opening a bundle records it in the replay store; a merge that fails on its own
+    arguments must fail before opening, or the bundles could never be merged again."""
+    bundles = seal_all(consortium, ffa_plugins[:2], tmp_path, "burn")
+    key, roster = consortium["cons"].decryption, consortium["roster"]
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "x").write_text("x")
+    for args, words in [
+        (("--weights", "1,2,3", "--out", tmp_path / "o"), ("3 weights for 2 plugins",)),
+        (("--out", taken), ("already exists",)),
+    ]:
+        r = forge("merge", "fusion", "--method", "ffa", *bundles, "--key", key, "--roster", roster, *args)
+        assert_clean_error(r, *words)
+        r = forge("merge", "mixture", *bundles, "--key", key, "--roster", roster, *args)
+        assert_clean_error(r, *words)
+    r = forge("merge", "fusion", "--method", "ffa", *bundles, "--key", key, "--roster", roster, "--out", tmp_path / "o", "--json")
+    assert r.code == 0, r

@@ -210,3 +210,36 @@ def test_out_of_range_aggregate_is_refused_after_decryption(tmp_path, keys, ffa)
     assert e.value.code == "he.out_of_range"
     assert not (tmp_path / "merged").exists()
     assert (log.read_text() if log.exists() else None) == before
+
+
+def test_k_counts_distinct_sites_not_contributions(tmp_path, keys, ffa):
+    """Two contributions of one site are still one site: decrypting their sum is
+    (w1 + w2) * B of that site, i.e. its plugin in the clear. k-of-n must count sites."""
+    twice = [encrypt_plugin(ffa[0], keys.path, tmp_path / f"same{i}").path for i in range(2)]
+    aggregate(twice, keys.path, tmp_path / "agg")
+    log = keys.path / "releases.json"
+    before = log.read_text() if log.exists() else None
+    with pytest.raises(ForgeValueError, match="distinct site") as e:
+        decrypt_sum(tmp_path / "agg", keys.path, k=2)
+    assert e.value.code == "he.too_few"
+    assert (log.read_text() if log.exists() else None) == before
+
+
+def test_key_holder_sums_the_contributions_itself(tmp_path, keys, ffa):
+    """The aggregator writes the aggregate's list of contributions and holds the public
+    context, so it can present one site's ciphertext as the sum of two. Given the
+    contributions, the key holder checks the list and decrypts its own sum."""
+    fresh = [encrypt_plugin(p, keys.path, tmp_path / f"c{i}").path for i, p in enumerate(ffa[:2])]
+    aggregate(fresh[:1], keys.path, tmp_path / "agg")  # only site-1's ciphertext ...
+    meta = json.loads((tmp_path / "agg" / "forge.json").read_text())
+    other = json.loads((fresh[1] / "forge.json").read_text())
+    meta["contributions"].append({"id": other["id"], "site": other["site"], "weight": other["weight"], "parent": other["parent"]})
+    meta["sum_weights"] = meta["contributions"][0]["weight"] + other["weight"]  # ... listed as site-1 + site-2
+    (tmp_path / "agg" / "forge.json").write_text(json.dumps(meta))
+    with pytest.raises(ForgeIntegrityError, match="contributions given") as e:
+        decrypt_sum(tmp_path / "agg", keys.path, contributions=fresh[:1])
+    assert e.value.code == "he.contribution_mismatch"
+    _, mean = decrypt_sum(tmp_path / "agg", keys.path, contributions=fresh)
+    plain = fuse("ffa", [read_plugin_files(p).adapter for p in ffa[:2]], [84, 62]).adapter
+    want = flatten(plain.state, json.loads((tmp_path / "agg" / "forge.json").read_text())["layout"])
+    assert np.linalg.norm(mean - want) / np.linalg.norm(want) < 1e-6  # the true two-site mean, not site-1 alone
