@@ -22,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# benchmarks/ itself, for _report (an installed package named "benchmarks" shadows ours)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def run_once(workers: int, seeds: list[int] | None) -> dict:
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         "The quiet-machine estimate is the main process's CPU time (planning, preflight, tables, plots) plus the "
         "cells' CPU time divided by the number of workers (each worker runs one torch thread); it leaves out worker "
         "start-up (a few seconds each). The measured wall time includes whatever else the shared machine was running "
-        "(the load average column). Target: the default grid finishes in at most 15 minutes with 2 workers on this "
+        "(the load average column); CPU time itself grows under heavy contention, so the estimates are indicative, not measurements. Target: the default grid finishes in at most 15 minutes with 2 workers on this "
         "machine's 2 cores.",
         "",
         "<details><summary>Summary table of the 2-worker run</summary>",
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        from benchmarks._report import write_section
+        from _report import write_section
 
         cmd = "python benchmarks/bench_grid.py" + (f" --workers {' '.join(map(str, args.workers))}" if args.workers != [1, 2] else "") + (
             f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else "")

@@ -162,7 +162,8 @@ def plot_empirical(rows, stem: Path) -> list[Path]:
     ax.set_ylabel("empirical epsilon lower bound")
     ax.set_title("Measured leakage against the DP claim")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left")
     return _save(fig, stem)
 
 

@@ -59,7 +59,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--kind", required=True, help=f"attack by registered name: {', '.join(KINDS)}")
     p.add_argument("--data", default=None,
                    help="records to attack (gradient), the known training records (informed) or the training data to plant "
-                   "canaries in (canary); default: the bundled site's training set for built-in bases")
+                   "canaries in (canary); default for built-in bases: the bundled site's holdout (gradient) or training set")
     p.add_argument("--prior", default=None, help="the attacker's population data (default: the bundled public split for built-in bases)")
     p.add_argument("--label-column", default=None, help="label column of CSV data (default 'label')")
     p.add_argument("--trials", type=_int(1), default=10, help="attacked updates (gradient) or games (informed) (default 10)")
@@ -85,7 +85,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=handle)
 
 
-def _default_data(plugin, which: str) -> str:
+def _default_data(plugin, which: str, kind: str = "") -> str:
     from forge_secure.errors import ForgeValueError
 
     prefix = {"tabular-mlp": "bundled", "vit-tiny": "bundled-digits"}.get(plugin.base.name)
@@ -94,7 +94,9 @@ def _default_data(plugin, which: str) -> str:
     if which == "prior":
         return f"{prefix}:public"
     site = plugin.meta.get("site") or "site-1"
-    return f"{prefix}:{site}/train"
+    # the gradient attack inverts the *next* local step, on records the plugin has not seen yet
+    # (the site's holdout); the informed adversary and the canary test use its training set
+    return f"{prefix}:{site}/{'holdout' if kind == 'gradient' else 'train'}"
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -116,7 +118,7 @@ def handle(args: argparse.Namespace) -> int:
         bound_samples=args.bound_samples,
     )
     plugin = load_plugin(args.target)
-    data = load_data(args.data or _default_data(plugin, "data"), label_column=args.label_column)
+    data = load_data(args.data or _default_data(plugin, "data", args.kind), label_column=args.label_column)
     prior = load_data(args.prior or _default_data(plugin, "prior"), label_column=args.label_column)
     result = run(plugin, data, prior, settings, plot=args.plot, categorical=args.categorical)
     from attacks.reconstruction.run import target_record

@@ -176,7 +176,10 @@ def _he_decrypt(args) -> int:
     if args.json:
         _common.emit_json(data)
     else:
-        _print(f"merged plugin written to {out}", [("method", data["method"]), ("weights", _fmt_w(data["weights"])), ("sites", ", ".join(data["parents"]))])
+        checked = ("summed here from the given contributions" if args.contributions else
+                   "as listed by the aggregator (give --contributions to check the list and sum them here)")
+        _print(f"merged plugin written to {out}", [("method", data["method"]), ("weights", _fmt_w(data["weights"])), ("sites", ", ".join(data["parents"])),
+                                                   ("aggregate", checked)])
     return 0
 
 

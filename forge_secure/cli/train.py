@@ -318,9 +318,16 @@ def cmd_ledger_show(args: argparse.Namespace) -> int:
         history = led.history()
         deltas = [r.get("delta") for r in led.records() if r.get("delta") is not None]
         delta = args.delta if args.delta is not None else (min(deltas) if deltas else None)
-        spent = led.spent(delta) if (history and delta) else 0.0
+        accountant = led.accountant
+        try:
+            spent = led.spent(delta) if (history and delta) else 0.0
+        except ForgeValueError as e:  # PRV refuses very large epsilons: fall back to RDP, and say so
+            if e.code != "dp.prv_range":
+                raise
+            accountant = "rdp"
+            spent = led.spent(delta, accountant="rdp")
         rows.append({"site": led.site, "dataset": led.dataset, "releases": len(led.records()), "history": history,
-                     "delta": delta, "epsilon_spent": spent, "budget": led.budget, "accountant": led.accountant,
+                     "delta": delta, "epsilon_spent": spent, "budget": led.budget, "accountant": accountant,
                      "path": str(led.path), "records": led.records()})
     if args.json:
         _common.emit_json({"ledgers": rows})

@@ -53,8 +53,8 @@ def test_bootstrap_is_seeded_and_brackets():
     rng = np.random.default_rng(1)
     y = np.r_[np.zeros(100, int), np.ones(100, int)]
     s = rng.normal(size=200) + 0.8 * y
-    a = M.bootstrap_ci(M.roc_auc, s, y, n_boot=200, seed=3)
-    b = M.bootstrap_ci(M.roc_auc, s, y, n_boot=200, seed=3)
+    a = M.bootstrap_ci(M.roc_auc, s, y, n_boot=60, seed=3)
+    b = M.bootstrap_ci(M.roc_auc, s, y, n_boot=60, seed=3)
     assert a == b
     assert a[0] < M.roc_auc(s, y) < a[1]
     assert M.bootstrap_ci(M.roc_auc, np.arange(4.0), [0, 0, 1, 1], n_boot=50, seed=0) == (1.0, 1.0)
@@ -64,7 +64,7 @@ def test_attack_metrics_dict():
     rng = np.random.default_rng(0)
     y = np.r_[np.zeros(300, int), np.ones(300, int)]
     s = rng.normal(size=600) + y
-    out = M.attack_metrics(s, y, n_boot=100, seed=0)
+    out = M.attack_metrics(s, y, n_boot=40, seed=0)
     assert out["members"] == 300 and out["non_members"] == 300
     assert out["auc"]["ci"][0] <= out["auc"]["value"] <= out["auc"]["ci"][1]
     assert [r["target_fpr"] for r in out["tpr_at_fpr"]] == [0.001, 0.01]

@@ -26,15 +26,22 @@ SMALL = {
 N_RUNS = 2 * 1 * 1 * 2 * 3 * 2  # epsilon x rank x lora x merge x attack x seeds
 
 
-@pytest.fixture(scope="module")
-def first(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
+def test_small_grid_end_to_end_then_resume_change_repair_and_cli(tmp_path, forge_cli):
+    """One test, so that the shared cache is built once and used in order even when the
+    suite runs under pytest-xdist (tests of one module may land on different workers)."""
+    root = tmp_path / "bench"
     cfg = config_from_dict(copy.deepcopy(SMALL))
     result = run_bench(cfg, root / "out", cache_root=root / "cache", workers=1)
-    return root, cfg, result
+    first = (root, cfg, result)
+    _check_first_run(first)
+    _check_cell_keys(first)
+    _check_resume(first, tmp_path / "resume")
+    _check_changed_setting(first, tmp_path / "changed")
+    _check_repair(first, tmp_path / "repair")
+    _check_cli(first, forge_cli, tmp_path / "cli")
 
 
-def test_small_grid_end_to_end(first):
+def _check_first_run(first):
     root, cfg, result = first
     out = root / "out"
     assert result.computed == N_RUNS and result.cached == 0
@@ -75,7 +82,7 @@ def test_small_grid_end_to_end(first):
     assert log["computed"] == N_RUNS and log["rows"] == N_RUNS
 
 
-def test_resume_recomputes_only_the_missing_cells(first, tmp_path):
+def _check_resume(first, tmp_path):
     root, cfg, result = first
     cache = BenchCache(root / "cache")
     keys = [r["cell_key"] for r in result.rows]
@@ -97,7 +104,7 @@ def test_resume_recomputes_only_the_missing_cells(first, tmp_path):
     assert third.computed == 0 and third.trained == 0 and len(third.rows) == N_RUNS
 
 
-def test_a_changed_setting_recomputes_only_its_cells(first, tmp_path):
+def _check_changed_setting(first, tmp_path):
     root, cfg, result = first
     doc = copy.deepcopy(SMALL)
     doc["attack"]["rmia"]["gamma"] = 1.5
@@ -114,7 +121,7 @@ def test_a_changed_setting_recomputes_only_its_cells(first, tmp_path):
     assert fewer.computed == 0 and len(fewer.rows) == N_RUNS // 2
 
 
-def test_cell_keys_are_stable(first):
+def _check_cell_keys(first):
     root, cfg, result = first
     from attacks.bench.data import load_bench_data
 
@@ -124,7 +131,8 @@ def test_cell_keys_are_stable(first):
         assert G.cell_key(cfg, cell, r["seed"], digest) == r["cell_key"]
 
 
-def test_cli_reads_the_cache_and_writes_the_outputs(first, forge_cli, tmp_path):
+def _check_cli(first, forge_cli, tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     root, cfg, result = first
     toml = tmp_path / "small.toml"
     toml.write_text(
@@ -149,19 +157,16 @@ references = 2
 """
     )
     out = tmp_path / "cli-out"
-    res = forge_cli("bench", "--config", toml, "--out", out, "--cache", root / "cache", "--workers", "1", "--json")
-    assert res.code == 0, res
-    info = json.loads(res.out)
-    assert info["computed"] == 0 and info["rows"] == 4 and info["trained"] == 0
-    assert (out / "config.toml").read_text() == toml.read_text()
-    assert len(read_csv(out / "results.csv")) == 4
-    # the human-readable form prints the table and where the outputs are
     res = forge_cli("bench", "--config", toml, "--out", out, "--cache", root / "cache", "--workers", "1")
     assert res.code == 0, res
-    assert "results.csv" in res.out and "from the cache" in res.out
+    assert "0 runs computed, 4 from the cache, 0 plugins trained" in res.out
+    assert "results.csv" in res.out and "summary.html" in res.out
+    assert (out / "config.toml").read_text() == toml.read_text()
+    assert len(read_csv(out / "results.csv")) == 4
+    assert json.loads((out / "bench.json").read_text())["cached"] == 4
 
 
-def test_damaged_cache_entries_are_recomputed_not_trusted(first, tmp_path):
+def _check_repair(first, tmp_path):
     root, cfg, result = first
     from attacks.bench.data import load_bench_data
 
@@ -207,8 +212,9 @@ def test_the_users_csv_data(tmp_path):
     assert result.computed == 1 and result.trained == 1
     row = result.rows[0]
     assert 0.5 <= row["accuracy"] <= 1.0 and row["recon_bound"] == 1.0 and row["recon_baseline"] == 0.25
-    # the data digest is part of every key: another file is another grid
-    csv.write_text(csv.read_text().replace("\n1", "\n0", 3))
+    # the data digest is part of every key: an edited file is another grid, rerun in full
     from attacks.bench.data import load_bench_data
 
-    assert load_bench_data(load_config(toml).data).digest != load_bench_data(cfg.data).digest
+    before = load_bench_data(cfg.data).digest
+    csv.write_text(csv.read_text().replace("\n1", "\n0", 3))
+    assert load_bench_data(cfg.data).digest != before

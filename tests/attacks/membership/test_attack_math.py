@@ -178,3 +178,21 @@ def test_score_shape_errors():
         make_attack("lira").fit(bad, y[:n], in_mask)
     with pytest.raises(ForgeValueError, match="labels"):
         make_attack("lira").fit(ref[:, :n], np.full(n, 5), in_mask)
+
+
+def test_lira_agrees_with_the_independent_numpy_version_in_the_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_mia.py"
+    spec = importlib.util.spec_from_file_location("bench_mia_under_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(7)
+    R, n, C = 8, 40, 3
+    ref, target = rng.normal(0, 20, (R, n, C)), rng.normal(0, 20, (n, C))
+    y = rng.integers(0, C, n)
+    mask, _ = reference_masks(n, 0, R, seed=3)
+    for kw in ({}, {"fixed_variance": True}, {"online": False}, {"online": False, "fixed_variance": True}):
+        lib = make_attack("lira", **kw).fit(ref, y, mask).score(target, y)
+        np.testing.assert_allclose(lib, bench.numpy_lira(target, ref, mask, y, **kw), rtol=1e-9, atol=1e-9)

@@ -137,6 +137,7 @@ def test_bad_inputs_to_run_mia(small_plugin, tmp_path):
         run_mia(overfit_plugin, "bundled:site-1", population="none", settings=MiaSettings(attack="rmia", references=2))
 
 
+@pytest.mark.slow
 def test_mixture_target(small_plugin, train, tmp_path):
     """A Mixture directory is attacked through its component trained on the candidates;
     references are the same Mixture with that component replaced."""
