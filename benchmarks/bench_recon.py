@@ -38,11 +38,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from attacks.reconstruction.gradients import DPSetting
     from attacks.reconstruction.informed import InformedAdversary, InformedConfig
     from attacks.reconstruction.plots import epsilon_figure
     from attacks.reconstruction.run import ReconSettings, lora_functional, run_gradient
-    from forge_secure.fileio import atomic_write_json
     from forge_secure.plugins import load_data, load_plugin, make_canaries
     from forge_secure.privacy import TrainConfig, compute_epsilon, train_plugin
 
@@ -99,7 +97,6 @@ def main() -> None:
     img = ROOT / "docs" / "img" / "recon_vs_epsilon.png"
     img.parent.mkdir(parents=True, exist_ok=True)
     epsilon_figure(rows, img, "Reconstruction success against epsilon (delta 1e-5, RDP), beside the ReRo bound")
-    atomic_write_json(ROOT / "docs" / "img" / "recon_vs_epsilon.json", rows)
 
     def ci(c):
         return f"{c[0]:.2f}-{c[1]:.2f}"

@@ -139,7 +139,11 @@ def flagged_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def plot_empirical(rows, stem: Path) -> list[Path]:
     pts = [r for r in rows if r.get("empirical_epsilon") is not None and math.isfinite(r.get("empirical_epsilon", math.nan))]
     claimed = [r.get("claimed_epsilon", r["epsilon"]) for r in pts] or [r["epsilon"] for r in rows]
-    to_x, ticks, labels, log = _x_mapper(claimed)
+    # ticks at the grid's epsilons (round numbers); points at the accountant's claims (<= them)
+    to_x, ticks, labels, log = _x_mapper([r["epsilon"] for r in rows] + claimed)
+    grid_eps = sorted({r["epsilon"] for r in rows})
+    ticks = [to_x(e) for e in grid_eps]
+    labels = ["∞" if math.isinf(e) else f"{e:g}" for e in grid_eps]
     fig, ax = plt.subplots(figsize=(5.6, 5.0))
     finite = [c for c in claimed if math.isfinite(c)]
     if finite:

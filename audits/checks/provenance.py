@@ -156,26 +156,31 @@ class Provenance(Check):
                     findings.append(Finding(self.name, Status.FAIL, b.rel, f"signed by {v.site}, which the policy does not allow", ev,
                                             remedy=f"only accept submissions from: {', '.join(settings.allowed_signers)}"))
                     continue
+                opened_meta = None
                 if evidence.options.decryption_key is not None:
                     try:
-                        ev["adapter_sha256"] = self._open_digest(b.path, roster, evidence, Path(scratch) / f"open-{i}", now)
+                        ev["adapter_sha256"], opened_meta = self._open_digest(b.path, roster, evidence, Path(scratch) / f"open-{i}", now)
                     except ForgeError as e:
                         findings.append(Finding(self.name, Status.FAIL, b.rel, f"verified, but cannot be opened: {e}", {**ev, "reason_code": e.code},
                                                 remedy=e.fix or "check the decryption key given to the audit"))
                         continue
-                verified[b.rel] = (v, ev)
+                verified[b.rel] = (v, ev, opened_meta)
                 findings.append(Finding(self.name, Status.PASS, b.rel, f"signature by {v.site} verifies; signer in roster v{v.roster_version}, not revoked; payload digest matches", ev))
         findings += self._link_plugins(evidence, settings, verified)
         return findings
 
-    def _open_digest(self, path: Path, roster, evidence, out: Path, now: int) -> str:
+    def _open_digest(self, path: Path, roster, evidence, out: Path, now: int) -> tuple[str, object]:
+        """(sha256 of the opened adapter weights, the opened forge.json parsed, or None)."""
         from forge_secure.crypto.bundle import open_bundle
         from forge_secure.crypto.replay import ReplayStore
+        from forge_secure.fileio import read_json_file
 
         opened = open_bundle(path, evidence.options.decryption_key, roster, out, passphrase=evidence.options.passphrase, now=now,
                              replay=ReplayStore(out.parent / f"{out.name}-replay"), state_dir=out.parent / "roster-state")
         weights = opened.out / "adapter_model.safetensors"
-        return sha256_file(weights) if weights.is_file() else ""
+        meta_path = opened.out / "forge.json"
+        meta = read_json_file(meta_path, "opened plugin manifest") if meta_path.is_file() else None
+        return (sha256_file(weights) if weights.is_file() else ""), meta
 
     def _link_plugins(self, evidence, settings, verified: dict) -> list[Finding]:
         findings = []
@@ -193,13 +198,14 @@ class Provenance(Check):
                                         {"adapter_sha256": digest, "recorded_sha256": recorded},
                                         remedy="the weights were replaced after training; re-open the plugin from its verified bundle"))
                 continue
-            match, bound = None, False
-            for rel, (v, ev) in verified.items():
+            match, bound, edited = None, False, False
+            for rel, (v, ev, opened_meta) in verified.items():
                 if rel in used:
                     continue
                 if "adapter_sha256" in ev:
                     if ev["adapter_sha256"] == digest:
-                        match, bound = rel, True
+                        # the weights are the signed ones; the manifest (DP record, base, site) must be too
+                        match, bound, edited = rel, True, opened_meta != item.data
                         break
                 elif v.site == site and v.dp == _claim(item.data) and v.base_digest == _base_digest(item.data):
                     match = rel
@@ -213,8 +219,13 @@ class Provenance(Check):
             used.add(match)
             chained.add(digest)
             ev["bundle"] = match
-            if bound:
-                findings.append(Finding(self.name, Status.PASS, item.rel, f"weights match the opened content of {match}", {**ev, "weights_bound": True}))
+            if edited:
+                findings.append(Finding(self.name, Status.FAIL, item.rel,
+                                        f"its weights match {match}, but its forge.json differs from the signed one in that bundle (edited after opening)",
+                                        {**ev, "weights_bound": True, "manifest_bound": False},
+                                        remedy="judge only the plugin as opened from its verified bundle: re-open it with forge open"))
+            elif bound:
+                findings.append(Finding(self.name, Status.PASS, item.rel, f"weights and forge.json match the opened content of {match}", {**ev, "weights_bound": True, "manifest_bound": True}))
             else:
                 status = Status.FAIL if settings.require_weight_binding else Status.WARN
                 findings.append(Finding(self.name, status, item.rel,

@@ -129,7 +129,7 @@ class LoraClipper:
         def forward(h):
             u = F.linear(h, B.weight, B.bias)
             if torch.is_grad_enabled():
-                tap.h.append(h.detach())
+                tap.h.append(h)  # attached: the fast path asks autograd for dL/dh = B^T g
                 tap.u.append(u)
             return u
         return forward
@@ -210,33 +210,70 @@ class LoraClipper:
     def _clip_backward_flat(self, loss: torch.Tensor, max_grad_norm: float) -> torch.Tensor | None:
         """The common tabular case with the fewest tensor operations (small models are
         dominated by per-operation overhead): every layer ran once on (n, d) inputs.
-        Returns None (nothing changed) when that does not hold."""
-        taps = self.taps
-        if not all(len(t.u) == 1 and t.u[0].dim() == 2 for t in taps):
-            return None
-        gs = torch.autograd.grad(loss, [t.u[0] for t in taps], allow_unused=True)
-        gs = [g if g is not None else torch.zeros_like(t.u[0]) for g, t in zip(gs, taps)]  # a branch the loss ignores
-        with torch.no_grad():  # the math below must not be recorded by autograd (B requires grad)
-            return self._flat_math(taps, gs, max_grad_norm)
+        Returns None (nothing changed) when that does not hold.
 
-    def _flat_math(self, taps, gs, max_grad_norm: float) -> torch.Tensor:
-        vecdot = torch.linalg.vecdot
-        sq, gas = None, []
+        One ``autograd.grad`` call returns the output gradients ``g`` of every LoRA branch
+        and, for trained A, the gradients ``B^T g`` with respect to the branch's rank-r
+        activation ``h`` (computed inside the engine; for all but the first layer it is
+        needed for back-propagation anyway). All layers are then handled at once: the
+        output-side factors ``G = [g_1, B_1^T g_1, g_2, ...]`` and the input-side factors
+        ``H = [h_1, x_1, h_2, ...]`` are concatenated, every per-sample squared factor norm
+        is one product with a 0/1 segment matrix, and every clipped sum is one block of the
+        single product ``(c * G)^T H`` (the off-diagonal blocks are unused; they are tiny).
+        """
+        taps = self.taps
+        for t in taps:
+            if len(t.u) != 1 or t.u[0].dim() != 2:
+                return None
+        outs = [t.u[0] for t in taps]
+        hs = [t.h[0] for t in taps if t.train_A]
+        need_h = all(h.requires_grad for h in hs)
+        gs = torch.autograd.grad(loss, outs + hs if need_h else outs, allow_unused=True)
+        with torch.no_grad():  # the math below must not be recorded by autograd (B requires grad)
+            return self._flat_math(taps, gs, max_grad_norm, need_h)
+
+    def _flat_layout(self, taps):
+        """Segment matrix and gradient blocks for the fused math, built once per shape."""
+        key = tuple((t.u[0].shape[1], t.h[0].shape[1], t.x[0].shape[1] if t.train_A else 0) for t in taps)
+        lay = getattr(self, "_layout", None)
+        if lay is not None and lay[0] == key:
+            return lay
+        gw = [w for out, r, inp in key for w in ((out, r) if inp else (out,))]  # G segment widths
+        hw = [w for out, r, inp in key for w in ((r, inp) if inp else (r,))]    # H segment widths
+        k = len(gw)
+        S = torch.zeros(sum(gw) + sum(hw), 2 * k, dtype=taps[0].u[0].dtype)
+        blocks, g0, h0 = [], 0, 0
+        for j, (a, b) in enumerate(zip(gw, hw)):
+            S[g0:g0 + a, j] = 1.0
+            S[sum(gw) + h0:sum(gw) + h0 + b, k + j] = 1.0
+            blocks.append((slice(g0, g0 + a), slice(h0, h0 + b)))
+            g0, h0 = g0 + a, h0 + b
+        params = [p for t in taps for p in ((t.B.weight, t.A.weight) if t.train_A else (t.B.weight,))]
+        self._layout = lay = (key, S, sum(gw), k, list(zip(params, blocks)))
+        return lay
+
+    def _flat_math(self, taps, gs, max_grad_norm: float, need_h: bool = True) -> torch.Tensor:
+        _, S, wg, k, blocks = self._flat_layout(taps)
+        gs = [g if g is not None else torch.zeros_like(t.u[0]) for g, t in zip(gs, taps)]  # a branch the loss ignores
+        gparts, hparts, j = [], [], len(taps)
         for t, g in zip(taps, gs):
-            h = t.h[0]
-            s = vecdot(g, g) * vecdot(h, h)  # ||grad_B,i||^2 = ||g_i||^2 ||h_i||^2
-            ga = None
+            gparts.append(g)
+            hparts.append(t.h[0])
             if t.train_A:
-                ga, x = g @ t.B.weight, t.x[0]
-                s = s + vecdot(ga, ga) * vecdot(x, x)  # ||grad_A,i||^2 = ||B^T g_i||^2 ||x_i||^2
-            gas.append(ga)
-            sq = s if sq is None else sq + s
-        norms = sq.sqrt()
-        c = (max_grad_norm / (norms + 1e-6)).clamp_(max=1.0).unsqueeze(1)  # Opacus's clip factor
-        for t, g, ga in zip(taps, gs, gas):
-            t.B.weight.grad = (g * c).t() @ t.h[0]
-            if ga is not None:
-                t.A.weight.grad = (ga * c).t() @ t.x[0]
+                if need_h:
+                    ga = gs[j] if j < len(gs) and gs[j] is not None else torch.zeros_like(t.h[0])
+                    j += 1
+                else:
+                    ga = g @ t.B.weight  # B^T g_i
+                gparts.append(ga)
+                hparts.append(t.x[0])
+        GH = torch.cat(gparts + hparts, dim=1)  # (n, wg + wh)
+        Q = GH.square() @ S                      # (n, 2k): squared norms of every factor
+        norms = torch.linalg.vecdot(Q[:, :k], Q[:, k:]).sqrt_()  # ||grad_i||^2 = sum ||g||^2 ||h||^2
+        c = (max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)    # Opacus's clip factor
+        M = (GH[:, :wg] * c.unsqueeze(1)).t() @ GH[:, wg:]      # every clipped sum, as blocks
+        for p, (rows, cols) in blocks:
+            p.grad = M[rows, cols]
         self.reset()
         return norms
 

@@ -124,6 +124,24 @@ def test_weights_are_bound_with_the_decryption_key(compliant_world):
     assert f["plugins/site-2-plugin"].status is Status.FAIL
 
 
+def test_bound_weights_do_not_excuse_an_edited_manifest(compliant_world):
+    """With the decryption key the weights match the bundle, but forge.json was edited after
+    opening (more noise recorded, smaller epsilon claimed): the signed manifest must still bind it."""
+    from audits.evidence import AuditOptions
+
+    w = compliant_world
+    meta_path = w.evidence / "plugins" / "site-1-plugin" / "forge.json"
+    meta = json.loads(meta_path.read_text())
+    meta["dp"].update(noise_multiplier=5.0, epsilon=0.3)
+    meta_path.write_text(json.dumps(meta))
+    policy = Policy(name="t", description="", checks={"provenance": CHECKS.get("provenance").Settings()})
+    report = run_audit(policy, w.evidence, options=AuditOptions(decryption_key=w.keys["consortium"] / "decryption.key"))
+    f = by_subject(report, "provenance")
+    assert f["plugins/site-1-plugin"].status is Status.FAIL, f["plugins/site-1-plugin"].summary
+    assert "forge.json" in f["plugins/site-1-plugin"].summary
+    assert f["plugins/site-2-plugin"].status is Status.PASS and f["plugins/site-2-plugin"].evidence["weights_bound"] is True
+
+
 def test_merged_version_with_an_unknown_parent_fails_lineage(compliant_world):
     digests = [(sha256_file(compliant_world.evidence / "plugins" / "site-1-plugin" / "adapter_model.safetensors"), "site-1"),
                ("f" * 64, "site-9")]

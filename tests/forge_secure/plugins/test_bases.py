@@ -22,7 +22,10 @@ VIT_DIGEST = "8a841c11cd5e3d3d6bbb9f40c56869e6e89704fa3c332ca88e09b666c79e2c47"
 
 
 def _fresh_build(monkeypatch, tmp_path, name, **kwargs):
+    """Build with a private home *and* cache (tests/conftest.py shares FORGE_CACHE between
+    tests): the build really runs, and a test that damages the cache damages only its own."""
     monkeypatch.setenv("FORGE_HOME", str(tmp_path))
+    monkeypatch.setenv("FORGE_CACHE", str(tmp_path / "cache"))
     return bases.BASES.get(name)(**kwargs)
 
 
