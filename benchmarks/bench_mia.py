@@ -232,7 +232,8 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        from benchmarks._report import write_section
+        sys.path.insert(0, str(Path(__file__).resolve().parent))  # a site-packages "benchmarks" shadows this folder
+        from _report import write_section
 
         cmd = "python benchmarks/bench_mia.py" + (" --quick" if args.quick else "") + (" --target-dp" if args.target_dp else "")
         write_section("mia", "Membership inference: LiRA / RMIA, reference throughput, LiRA agreement", cmd, body)

@@ -254,17 +254,16 @@ class LoraClipper:
 
     def _flat_math(self, taps, gs, max_grad_norm: float, need_h: bool = True) -> torch.Tensor:
         _, S, wg, k, blocks = self._flat_layout(taps)
-        gs = [g if g is not None else torch.zeros_like(t.u[0]) for g, t in zip(gs, taps)]  # a branch the loss ignores
         gparts, hparts, j = [], [], len(taps)
         for t, g in zip(taps, gs):
-            gparts.append(g)
+            gparts.append(g if g is not None else torch.zeros_like(t.u[0]))  # a branch the loss ignores
             hparts.append(t.h[0])
             if t.train_A:
                 if need_h:
                     ga = gs[j] if j < len(gs) and gs[j] is not None else torch.zeros_like(t.h[0])
                     j += 1
                 else:
-                    ga = g @ t.B.weight  # B^T g_i
+                    ga = gparts[-1] @ t.B.weight  # B^T g_i
                 gparts.append(ga)
                 hparts.append(t.x[0])
         GH = torch.cat(gparts + hparts, dim=1)  # (n, wg + wh)

@@ -142,9 +142,26 @@ def _optimizer_class():
 
     class _Cls(DPOptimizerFastGradientClipping):
         """Opacus's optimizer for already-clipped gradients (noise, scaling, accountant hook,
-        secure-mode noise all unchanged). ``accumulate`` keeps a reference to ``p.grad``
-        instead of a deep copy: every step writes a fresh clipped gradient, so there is
-        nothing to protect, and the copy was a tenth of a small model's step."""
+        secure-mode noise all unchanged), with the per-step Python and per-parameter work
+        taken out (a small model's step is dominated by it):
+
+        * ``params``: the flat parameter list is built once (Opacus rebuilds it from the
+          param groups on every access, four times per step);
+        * ``accumulate`` keeps a reference to ``p.grad`` instead of a deep copy: every step
+          writes a fresh clipped gradient, so there is nothing to protect;
+        * ``add_noise`` (without secure mode) draws the same N(0, (sigma C)^2) noise per
+          coordinate in one call for all parameters from the seeded generator and adds it
+          with one multi-tensor (``torch._foreach``) operation; ``scale_grad`` divides all
+          gradients by the expected batch size in one such operation."""
+
+        @property
+        def params(self):
+            cache = self.__dict__.get("_forge_params")
+            if cache is None:
+                from opacus.optimizers.optimizer import params as _params
+
+                cache = self.__dict__["_forge_params"] = _params(self)
+            return cache
 
         def accumulate(self):
             for p in self.params:
@@ -154,22 +171,27 @@ def _optimizer_class():
                     p.summed_grad = p.grad.detach()
 
         def add_noise(self):
-            """Without secure mode: the same N(0, (sigma C)^2) noise per coordinate, drawn in
-            one call for all parameters from the seeded generator instead of one call per
-            parameter. Secure mode keeps Opacus's own (floating-point-attack resistant) noise."""
             if self.secure_mode or getattr(self, "_adjusted_noise_multiplier", None) is not None:
                 return super().add_noise()
             from opacus.optimizers.optimizer import _check_processed_flag
 
             params = self.params
-            for p in params:
-                _check_processed_flag(p.summed_grad)  # as Opacus: refuse to noise the same sum twice
-            sizes = [p.summed_grad.numel() for p in params]
+            sums = [p.summed_grad for p in params]
+            for sg in sums:
+                _check_processed_flag(sg)  # as Opacus: refuse to noise the same sum twice
+            sizes = self.__dict__.get("_forge_sizes")
+            if sizes is None:
+                sizes = self.__dict__["_forge_sizes"] = [p.numel() for p in params]
             noise = torch.normal(0.0, self.noise_multiplier * self.max_grad_norm, size=(sum(sizes),),
-                                 generator=self.generator, dtype=params[0].summed_grad.dtype)
-            for p, n in zip(params, noise.split(sizes)):
-                p.grad = (p.summed_grad + n.view_as(p.summed_grad)).view_as(p)
-                p.summed_grad._processed = True  # what Opacus's _mark_as_processed records
+                                 generator=self.generator, dtype=sums[0].dtype)
+            noisy = torch._foreach_add(sums, [n.view(p.shape) for p, n in zip(params, noise.split(sizes))])
+            for p, g, sg in zip(params, noisy, sums):
+                p.grad = g
+                sg._processed = True  # what Opacus's _mark_as_processed records
+
+        def scale_grad(self):
+            if self.loss_reduction == "mean":
+                torch._foreach_div_([p.grad for p in self.params], self.expected_batch_size * self.accumulated_iterations)
 
     return _Cls
 

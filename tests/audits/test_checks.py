@@ -277,6 +277,36 @@ def test_no_noise_plugin_claiming_epsilon_1_fails_consistency(world):
     assert f.plots and f.plots[0].kind == "bars"
 
 
+def test_one_run_audit_needs_coin_flips_recorded_by_the_target_not_just_the_attack_file(world):
+    """The one-run audit is valid only for membership drawn by fair coin flips. An attack file
+    saying so is not enough when the target's own forge.json records no such draw (trained on a
+    whole file) or another seed: only the threshold-based bound applies then."""
+    import copy
+
+    from .conftest import plugin_meta
+
+    whole = plugin_meta("site-1")
+    whole["data"]["membership"] = None
+    world.add_plugin("whole", "site-1", seal_it=False)
+    meta_path = world.evidence / "plugins" / "whole" / "forge.json"
+    meta = json.loads(meta_path.read_text())
+    meta["data"]["membership"] = None
+    meta_path.write_text(json.dumps(meta))
+    world.add_attack("mia-whole", membership_results("plugins/whole", separation=4.0, seed=1))
+    world.add_plugin("drawn", "site-2", seal_it=False)
+    doc = membership_results("plugins/drawn", separation=4.0, seed=2)
+    other = copy.deepcopy(doc)
+    other["membership"]["seed_sha256"] = "1" * 64  # not the draw the plugin committed to ("0" * 64)
+    world.add_attack("mia-drawn-other-seed", other)
+    doc["membership"]["seed_sha256"] = "0" * 64
+    world.add_attack("mia-drawn", doc)
+    f = by_subject(audit(world, "consistency"), "consistency")
+    assert set(f["attacks/mia-whole.json"].evidence["lower_bounds"]) == {"clopper-pearson"}
+    assert f["attacks/mia-whole.json"].evidence["coin_flip_membership"] is False
+    assert set(f["attacks/mia-drawn-other-seed.json"].evidence["lower_bounds"]) == {"clopper-pearson"}
+    assert set(f["attacks/mia-drawn.json"].evidence["lower_bounds"]) == {"clopper-pearson", "one-run"}
+
+
 def test_consistency_passes_when_the_attack_learns_nothing_and_needs_the_target(world):
     world.add_plugin("p", "site-1")
     world.add_attack("mia-p", membership_results("plugins/p", separation=0.0))

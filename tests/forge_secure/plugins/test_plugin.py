@@ -88,6 +88,12 @@ def _edit_meta(path, fn):
         (lambda p: _edit_meta(p, lambda m: m.update(format="forge-plugin/9")), ForgeDataError, "plugin.format", "forge-plugin/9"),
         (lambda p: _edit_meta(p, lambda m: m.pop("dp")), ForgeDataError, "plugin.meta_invalid", "'dp' is a required property"),
         (lambda p: _edit_meta(p, lambda m: m["lora"].update(rank="four")), ForgeDataError, "plugin.meta_invalid", "lora.rank"),
+        # the DP record must be complete and consistent: a claim the record cannot back is refused
+        (lambda p: _edit_meta(p, lambda m: m["dp"].update(epsilon=1.0)), ForgeDataError, "plugin.meta_invalid", "dp.epsilon"),
+        (lambda p: _edit_meta(p, lambda m: m["dp"].update(enabled=True, epsilon=1.0)), ForgeDataError, "plugin.meta_invalid", "noise_multiplier"),
+        (lambda p: _edit_meta(p, lambda m: m["dp"].update(enabled=True, epsilon=1.0, noise_multiplier=1.1, sample_rate=1.5, steps=10,
+                                                          delta=1e-5, max_grad_norm=1.0, accountant="prv")),
+         ForgeDataError, "plugin.meta_invalid", "dp.sample_rate"),
         (lambda p: _edit_meta(p, lambda m: m["base"].update(digest="ab" * 32)), ForgeIntegrityError, "plugin.base_mismatch", "digest abababab"),
         (lambda p: (p / ADAPTER_FILE).write_bytes((p / ADAPTER_FILE).read_bytes()[:-40]), ForgeIntegrityError, "plugin.adapter_digest", "truncated or tampered"),
         (lambda p: (p / ADAPTER_FILE).unlink(), ForgeFileError, "plugin.no_adapter", "adapter_model.safetensors"),
