@@ -65,6 +65,7 @@ class MembershipResult:
     refs: tuple[str, ...] = ()
     canary_scores: np.ndarray | None = None   # canaries inserted by coin flip, when the file has them
     canary_labels: np.ndarray | None = None
+    membership_seed_sha256: str | None = None  # the membership draw the attack says it used, when stated
 
 
 def _array(data: dict, keys: tuple[str, ...], rel: str) -> np.ndarray | None:
@@ -106,8 +107,10 @@ def read_membership(rel: str, data: dict) -> MembershipResult:
         if canary_labels is None or canary_scores.size != canary_labels.size or not np.all(np.isin(canary_labels, (0.0, 1.0))):
             raise _bad(rel, "has canary scores without matching 0/1 canary labels")
         canary_labels = canary_labels.astype(np.int64)
+    stated_seed = membership.get("seed_sha256") if isinstance(membership, dict) else None
     return MembershipResult(rel, str(data.get("attack", data.get("method", "?"))), scores, labels.astype(np.int64), coin, stated,
-                            tuple(target_refs(data)), canary_scores, canary_labels)
+                            tuple(target_refs(data)), canary_scores, canary_labels,
+                            stated_seed if isinstance(stated_seed, str) else None)
 
 
 @dataclass(frozen=True)

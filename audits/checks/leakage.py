@@ -364,8 +364,9 @@ class Consistency(Check):
             claimed = g["claimed_epsilon"]
             delta = g.get("delta", 0.0) if g["enabled"] else 0.0
             alpha = 1 - settings.confidence
+            coin_flip, coin_note = _coin_flip_membership(res, target)
             methods = ["clopper-pearson", "one-run"] if settings.method == "both" else [settings.method]
-            if "one-run" in methods and not res.coin_flip:
+            if "one-run" in methods and not coin_flip:
                 methods.remove("one-run")
             if not methods:
                 methods = ["clopper-pearson"]
@@ -386,8 +387,10 @@ class Consistency(Check):
             ev = {
                 "target": target.rel, "attack": res.attack, "claimed_epsilon": claimed, "delta": delta,
                 "empirical_epsilon_lb": eps_lb, "lower_bounds": bounds, "confidence": settings.confidence,
-                "bonferroni_alpha_per_method": per, "coin_flip_membership": res.coin_flip,
+                "bonferroni_alpha_per_method": per, "coin_flip_membership": coin_flip,
             }
+            if coin_note:
+                ev["one_run_not_applied"] = coin_note
             if g["enabled"]:
                 ev["rederived_epsilon"] = g["rederived_epsilon"]
             bars.append({"label": target.path.name, "value": eps_lb, "claimed": claimed})
@@ -408,6 +411,25 @@ class Consistency(Check):
             plot = Plot("bars", "Empirical epsilon lower bound (bar) vs claimed epsilon (marker)", tuple(bars), y_label="epsilon")
             findings[-1] = Finding(last.check, last.status, last.subject, last.summary, last.evidence, last.remedy, last.plots + (plot,))
         return findings
+
+
+def _coin_flip_membership(res, target) -> tuple[bool, str | None]:
+    """Whether the one-run audit applies to an attack's labels: membership drawn by independent
+    fair coin flips (Steinke, Nasr, Jagielski 2023), as the attack file states *and* as the
+    target's own forge.json commits to (include_prob 1/2; the same seed when the file names it).
+    A merged version's members are its parents' draws; the file's statement is used for it."""
+    if not res.coin_flip:
+        return False, "the attack file does not state fair coin-flip membership"
+    if target.data.get("kind") == "merged":
+        return True, None
+    data = target.data.get("data") if isinstance(target.data.get("data"), dict) else {}
+    record = data.get("membership")
+    p = record.get("include_prob") if isinstance(record, dict) else None
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or abs(float(p) - 0.5) > 1e-12:
+        return False, f"{target.rel}/forge.json records no fair coin-flip draw of its training set"
+    if res.membership_seed_sha256 is not None and res.membership_seed_sha256 != record.get("seed_sha256"):
+        return False, f"the attack's membership seed is not the one {target.rel}/forge.json commits to"
+    return True, None
 
 
 def _canary_audit_impl(check: Consistency, evidence, item, settings, bars: list) -> Finding:

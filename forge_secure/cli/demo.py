@@ -562,6 +562,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if show and name in PRINTERS:
                 PRINTERS[name](ctx)
                 _common.console.print(f"  [dim]({timings[name]['wall_seconds']:.0f} s)[/dim]")
+        ctx["stages"] = [n for n, _ in stages]
         ctx["stage_seconds"] = timings
         ctx["seconds"] = round(time.perf_counter() - t0, 2)
         ctx["cpu_seconds"] = round(_cpu_seconds() - c0, 1)

@@ -249,11 +249,20 @@ class LoraClipper:
             blocks.append((slice(g0, g0 + a), slice(h0, h0 + b)))
             g0, h0 = g0 + a, h0 + b
         params = [p for t in taps for p in ((t.B.weight, t.A.weight) if t.train_A else (t.B.weight,))]
-        self._layout = lay = (key, S, sum(gw), k, list(zip(params, blocks)))
+        # positions of every parameter's block, row-major, in the flattened (wg x wh) product:
+        # one ``take`` gathers all clipped sums into one flat vector (parameters in order)
+        wh = sum(hw)
+        cols = torch.arange(wh)
+        idx = torch.cat([(torch.arange(r.start, r.stop)[:, None] * wh + cols[c]).reshape(-1) for r, c in blocks])
+        views, o = [], 0
+        for p in params:
+            views.append((p, o, o + p.numel(), p.shape))
+            o += p.numel()
+        self._layout = lay = (key, S, sum(gw), k, idx, views)
         return lay
 
     def _flat_math(self, taps, gs, max_grad_norm: float, need_h: bool = True) -> torch.Tensor:
-        _, S, wg, k, blocks = self._flat_layout(taps)
+        _, S, wg, k, idx, views = self._flat_layout(taps)
         gparts, hparts, j = [], [], len(taps)
         for t, g in zip(taps, gs):
             gparts.append(g if g is not None else torch.zeros_like(t.u[0]))  # a branch the loss ignores
@@ -271,8 +280,9 @@ class LoraClipper:
         norms = torch.linalg.vecdot(Q[:, :k], Q[:, k:]).sqrt_()  # ||grad_i||^2 = sum ||g||^2 ||h||^2
         c = (max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)    # Opacus's clip factor
         M = (GH[:, :wg] * c.unsqueeze(1)).t() @ GH[:, wg:]      # every clipped sum, as blocks
-        for p, (rows, cols) in blocks:
-            p.grad = M[rows, cols]
+        flat = torch.take(M, idx)                                 # the diagonal blocks, flat
+        for p, a, b, shape in views:  # contiguous views of one buffer (Opacus's noise step uses that)
+            p.grad = flat[a:b].view(shape)
         self.reset()
         return norms
 

@@ -179,19 +179,30 @@ def _optimizer_class():
             sums = [p.summed_grad for p in params]
             for sg in sums:
                 _check_processed_flag(sg)  # as Opacus: refuse to noise the same sum twice
-            sizes = self.__dict__.get("_forge_sizes")
-            if sizes is None:
-                sizes = self.__dict__["_forge_sizes"] = [p.numel() for p in params]
-            noise = torch.normal(0.0, self.noise_multiplier * self.max_grad_norm, size=(sum(sizes),),
-                                 generator=self.generator, dtype=sums[0].dtype)
-            noisy = torch._foreach_add(sums, [n.view(p.shape) for p, n in zip(params, noise.split(sizes))])
-            for p, g, sg in zip(params, noisy, sums):
-                p.grad = g
+            layout = self.__dict__.get("_forge_layout")
+            if layout is None:
+                layout, o = [], 0
+                for p in params:
+                    layout.append((p, o, o + p.numel(), p.shape))
+                    o += p.numel()
+                self.__dict__["_forge_layout"] = layout
+            flat = torch.cat([sg.reshape(-1) for sg in sums])
+            # summed_grad + N(0, (sigma C)^2) per coordinate, in one draw from the seeded generator
+            noisy = torch.normal(flat, self.noise_multiplier * self.max_grad_norm, generator=self.generator)
+            self.__dict__["_forge_flat_grad"] = noisy
+            for (p, a, b, shape), sg in zip(layout, sums):
+                p.grad = noisy[a:b].view(shape)
                 sg._processed = True  # what Opacus's _mark_as_processed records
 
         def scale_grad(self):
-            if self.loss_reduction == "mean":
-                torch._foreach_div_([p.grad for p in self.params], self.expected_batch_size * self.accumulated_iterations)
+            if self.loss_reduction != "mean":
+                return
+            div = self.expected_batch_size * self.accumulated_iterations
+            flat = self.__dict__.pop("_forge_flat_grad", None)
+            if flat is not None:  # every p.grad is a view of it (set by add_noise just before)
+                flat.div_(div)
+            else:
+                torch._foreach_div_([p.grad for p in self.params], div)
 
     return _Cls
 

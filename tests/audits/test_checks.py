@@ -283,10 +283,6 @@ def test_one_run_audit_needs_coin_flips_recorded_by_the_target_not_just_the_atta
     whole file) or another seed: only the threshold-based bound applies then."""
     import copy
 
-    from .conftest import plugin_meta
-
-    whole = plugin_meta("site-1")
-    whole["data"]["membership"] = None
     world.add_plugin("whole", "site-1", seal_it=False)
     meta_path = world.evidence / "plugins" / "whole" / "forge.json"
     meta = json.loads(meta_path.read_text())
