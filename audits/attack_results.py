@@ -93,6 +93,8 @@ def read_membership(rel: str, data: dict) -> MembershipResult:
         raise _bad(rel, f"has {scores.size} scores but {labels.size} labels")
     if not np.all(np.isin(labels, (0.0, 1.0))):
         raise _bad(rel, "has labels other than 0 (non-member) and 1 (member)")
+    if not np.all(np.isfinite(scores)):
+        raise _bad(rel, f"has {int((~np.isfinite(scores)).sum())} NaN or infinite scores")
     membership = data.get("membership", {})
     include_prob = membership.get("include_prob") if isinstance(membership, dict) else None
     coin = bool(isinstance(include_prob, (int, float)) and abs(float(include_prob) - 0.5) < 1e-12)
@@ -106,6 +108,8 @@ def read_membership(rel: str, data: dict) -> MembershipResult:
         canary_labels = _array(canaries, ("labels",), rel)
         if canary_labels is None or canary_scores.size != canary_labels.size or not np.all(np.isin(canary_labels, (0.0, 1.0))):
             raise _bad(rel, "has canary scores without matching 0/1 canary labels")
+        if not np.all(np.isfinite(canary_scores)):
+            raise _bad(rel, "has NaN or infinite canary scores")
         canary_labels = canary_labels.astype(np.int64)
     stated_seed = membership.get("seed_sha256") if isinstance(membership, dict) else None
     return MembershipResult(rel, str(data.get("attack", data.get("method", "?"))), scores, labels.astype(np.int64), coin, stated,

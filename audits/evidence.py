@@ -106,7 +106,7 @@ class Evidence:
         if not root.exists():
             raise ForgeFileError(f"evidence directory {root} does not exist", fix="check --evidence", code="evidence.missing")
         if not root.is_dir():
-            raise ForgeFileError(f"evidence {root} is not a directory", fix="give the directory that holds roster.json, bundles/, plugins/, ...", code="evidence.not_directory")
+            raise ForgeFileError(f"evidence {root} is not a directory", fix="give the evidence directory (roster.json, bundles/, plugins/ and the rest, as in audits/README.md)", code="evidence.not_directory")
         present = [p for p in PARTS if (root / p).exists()]
         if not present:
             raise ForgeFileError(

@@ -220,6 +220,10 @@ def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
 
 
 # --------------------------------------------------------------------------- informed adversary
+RESULTS_FORMAT = "forge-recon-results/1"
+"""Format tag of an informed-adversary results file, as the audit reads it."""
+
+
 @ATTACKS.register("informed")
 def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None, **_: Any) -> dict:
     """The informed adversary with the plugin's DP-SGD recipe: ``data`` holds the known records
@@ -239,7 +243,12 @@ def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
     if dp.get("enabled"):
         generic = rero_bound_dp(float(dp["epsilon"]), float(dp["delta"]), 1.0 / cfg.candidates)
     out = {
+        "format": RESULTS_FORMAT,
         "kind": "informed",
+        # the figures the audit's reconstruction check reads (audits/README.md)
+        "successes": res["success"]["successes"],
+        "trials": res["success"]["trials"],
+        "kappa": res["baseline"],
         "observed": "every noisy gradient of the run" if cfg.mode == "gradients" else "the final plugin only",
         "success": res["success"],
         "baseline": res["baseline"],

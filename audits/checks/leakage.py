@@ -61,6 +61,11 @@ def _target(evidence, result):
     return None
 
 
+def _unusable(check: str, item, err: ForgeError) -> Finding:
+    return Finding(check, Status.FAIL, item.rel, f"attack results cannot be evaluated: {err}", {"reason_code": err.code},
+                   remedy=err.fix or "re-run the attack with more records and copy its results file into attacks/")
+
+
 def _fmt_ci(ci) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
@@ -113,7 +118,11 @@ class MembershipLeakage(Check):
                 continue
             if progress:
                 progress(f"membership metrics: {item.rel}", 0, 1)
-            m = membership_metrics(res.scores, res.labels, n_boot=settings.n_boot, confidence=settings.confidence, seed=settings.seed)
+            try:
+                m = membership_metrics(res.scores, res.labels, n_boot=settings.n_boot, confidence=settings.confidence, seed=settings.seed)
+            except ForgeError as e:  # e.g. one class only: this file fails, the others are still judged
+                findings.append(_unusable(self.name, item, e))
+                continue
             target = _target(evidence, res)
             limits = {0.001: settings.max_tpr_at_0_1pct_fpr, 0.01: settings.max_tpr_at_1pct_fpr}
             ev = {
@@ -182,6 +191,11 @@ def membership_metrics(scores, labels, *, n_boot: int, confidence: float, seed: 
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels).astype(int)
     pos, neg = s[y == 1], s[y == 0]
+    if pos.size < 2 or neg.size < 2:  # the bootstrap (and any interval) needs two of each
+        from forge_secure.errors import ForgeDataError
+
+        raise ForgeDataError(f"{pos.size} members and {neg.size} non-members are too few to measure leakage",
+                             fix="attack at least 2 members and 2 non-members (in practice hundreds)", code="evidence.too_few_records")
     auc = roc_auc(s, y)
 
     def auc_stat(a, b, axis=-1):
@@ -375,14 +389,18 @@ class Consistency(Check):
             canaries = res.canary_scores is not None and settings.method != "clopper-pearson"
             if canaries:  # canaries are inserted by fair coin flips: the one-run audit applies to them
                 per = alpha / (len(methods) + 1)
-            if "one-run" in methods:
-                orun = one_run_audit(res.scores, res.labels, delta=delta, p_target=per)
-                bounds["one-run"] = orun["epsilon_lb"]
-            if canaries and len(set(res.canary_labels.tolist())) == 2:
-                bounds["one-run-canaries"] = one_run_audit(res.canary_scores, res.canary_labels, delta=delta, p_target=per)["epsilon_lb"]
-            if "clopper-pearson" in methods:
-                cp = split_clopper_pearson_epsilon(res.scores, res.labels, delta=delta, alpha=per, seed=settings.seed)
-                bounds["clopper-pearson"] = cp["epsilon_lb"]
+            try:
+                if "one-run" in methods:
+                    orun = one_run_audit(res.scores, res.labels, delta=delta, p_target=per)
+                    bounds["one-run"] = orun["epsilon_lb"]
+                if canaries and len(set(res.canary_labels.tolist())) == 2:
+                    bounds["one-run-canaries"] = one_run_audit(res.canary_scores, res.canary_labels, delta=delta, p_target=per)["epsilon_lb"]
+                if "clopper-pearson" in methods:
+                    cp = split_clopper_pearson_epsilon(res.scores, res.labels, delta=delta, alpha=per, seed=settings.seed)
+                    bounds["clopper-pearson"] = cp["epsilon_lb"]
+            except ForgeError as e:  # e.g. too few records to split: this file fails, the others are still judged
+                findings.append(_unusable(self.name, item, e))
+                continue
             eps_lb = max(bounds.values())
             ev = {
                 "target": target.rel, "attack": res.attack, "claimed_epsilon": claimed, "delta": delta,

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -95,6 +94,10 @@ def _shown(ctx: dict, path: Path) -> str:
 
 def _cpu_seconds() -> float:
     """CPU time of this process and its finished children (reference-model workers)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX: this process only
+        return time.process_time()
     a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
@@ -170,7 +173,7 @@ def _print_keys(ctx: dict) -> None:
     k = ctx["keys"]
     c = _common.console
     c.print("[bold]Stage 2: keys and the trust roster[/bold]")
-    c.print(f"  {len(k['parties'])} parties made Ed25519 signing + X25519 (HPKE) keys: {', '.join(k['parties'])}", highlight=False)
+    c.print(f"  {len(k['parties'])} parties made Ed25519 signing + X25519 (HPKE) keys: {', '.join(k['parties'])}", highlight=False, soft_wrap=True)
     c.print(f"  the consortium admin signed roster version {k['roster']['version']} listing the keys of "
             f"{', '.join(k['roster']['sites'])}, valid {k['roster']['expires_days']} days: {k['roster']['path']}", highlight=False, soft_wrap=True)
     c.print(f"  the CKKS key holder made the consortium context (fingerprint {k['ckks']['fingerprint'][:12]}...); "
@@ -242,7 +245,7 @@ def _print_open(ctx: dict) -> None:
     for o in ctx["open"]:
         c.print(f"  {o['site']} {o['what']} (sequence {o['sequence']}, signer {o['signer'][:12]}...): verified, opened to {o['out']}",
                 highlight=False, soft_wrap=True)
-    c.print("  (each submission is accepted once: the maintainer's replay store refuses it a second time)", highlight=False)
+    c.print("  (each submission is accepted once: the maintainer's replay store refuses it a second time)", highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- 5. merge
@@ -251,7 +254,7 @@ def _print_open(ctx: dict) -> None:
 def stage_merge(ctx: dict) -> None:
     """Homomorphic Fusion (aggregate with the public context, one k-of-n decryption), checked
     against the plaintext FFA merge, and a static Mixture; evaluated on the pooled test splits."""
-    import numpy as np
+    import torch
 
     from ..merge import fusion_merge, load_mixture, mixture_merge
     from ..merge import he
@@ -284,8 +287,6 @@ def stage_merge(ctx: dict) -> None:
     for name, model in models.items():
         ev = evaluate(model, pooled)
         evals[name] = {"accuracy": ev["accuracy"], "accuracy_ci95": ev["accuracy_ci95"], "roc_auc": ev["roc_auc"]}
-    import torch
-
     with torch.no_grad():
         base_acc = float((base.model(torch.tensor(pooled.X)).argmax(1).numpy() == pooled.y).mean())
     evals["base model"] = {"accuracy": base_acc, "accuracy_ci95": None, "roc_auc": None}
@@ -296,7 +297,6 @@ def stage_merge(ctx: dict) -> None:
         "evaluation": {"data": f"pooled test splits of {', '.join(DEMO_SITES)}", "rows": len(pooled), "models": evals},
     }
     ctx["_merged"] = merged
-    _ = np  # numpy is imported for the evaluation helpers
 
 
 def _print_merge(ctx: dict) -> None:
@@ -326,21 +326,6 @@ def _skip(ctx: dict, what: str, error: Exception) -> dict:
     reason = f"{error.__class__.__name__}: {error}"
     ctx.setdefault("skipped", []).append({"what": what, "reason": reason})
     return {"skipped": True, "reason": reason}
-
-
-def _recon_evidence(result: dict) -> dict:
-    """The informed-adversary result as the audit's reconstruction reader takes it
-    (audits/README.md: ``successes``/``trials`` and ``kappa``), the figures copied unchanged
-    from the attack's own result."""
-    out = dict(result)
-    succ = result.get("success") or {}
-    if isinstance(succ.get("successes"), int) and isinstance(succ.get("trials"), int):
-        out.setdefault("format", "forge-recon-results/1")
-        out.setdefault("successes", succ["successes"])
-        out.setdefault("trials", succ["trials"])
-        if isinstance(result.get("baseline"), (int, float)):
-            out.setdefault("kappa", float(result["baseline"]))
-    return out
 
 
 def stage_attacks(ctx: dict) -> None:
@@ -400,7 +385,7 @@ def stage_attacks(ctx: dict) -> None:
                 res["target"] = target_record(plugin)
                 res["data"] = {"name": data.name, "rows": len(data), "kind": data.kind, "prior": prior.name, "prior_rows": len(prior)}
                 path = out_dir / f"reconstruction-informed-{name}.json"
-                atomic_write_json(path, _common._jsonable(_recon_evidence(res)))
+                atomic_write_json(path, _common._jsonable(res))
             except ForgeError as e:
                 report["reconstruction"][name] = _skip(ctx, f"reconstruction attack on {name}", e)
                 continue
@@ -415,7 +400,7 @@ def stage_attacks(ctx: dict) -> None:
 def _print_attacks(ctx: dict) -> None:
     c = _common.console
     a = ctx["attacks"]
-    c.print(f"[bold]Stage 6: attacks on the {ATTACKED_SITE} plugin and on the merged model (candidates: {ATTACKED_SITE}'s records)[/bold]")
+    c.print(f"[bold]Stage 6: attacks on the {ATTACKED_SITE} plugin and on the merged model (candidates: {ATTACKED_SITE}'s records)[/bold]", soft_wrap=True)
     for name, r in a["membership"].items():
         if r.get("skipped"):
             c.print(f"  membership on {name}: [yellow]SKIPPED[/yellow] ({r['reason']})", highlight=False, soft_wrap=True)
@@ -471,11 +456,11 @@ def stage_audit(ctx: dict) -> None:
 def _print_audit(ctx: dict) -> None:
     c = _common.console
     a = ctx["audit"]
-    c.print("[bold]Stage 7: the compliance audit (default policy) of the evidence[/bold]")
+    c.print(f"[bold]Stage 7: the compliance audit (default policy) of the evidence in {a.get('evidence', 'evidence/')}[/bold]", soft_wrap=True, highlight=False)
     if a.get("skipped"):
         c.print(f"  [yellow]SKIPPED[/yellow] ({a['reason']})", highlight=False, soft_wrap=True)
         return
-    c.print("  " + ", ".join(f"{name} {st}" for name, st in a["checks"].items()), highlight=False, soft_wrap=True)
+    c.print("  checks: " + ", ".join(f"{name} {st.upper()}" for name, st in a["checks"].items()), highlight=False, soft_wrap=True)
     for label, items in (("FAIL", a["failures"]), ("WARN", a["warnings"])):
         for f in items:
             c.print(f"  {label} {f['check']}: {f['subject']}: {f['summary']}", highlight=False, soft_wrap=True)

@@ -104,10 +104,12 @@ def train_site(*, site: str, data_spec: str, base_name: str, out: Path, label_co
                canary_seed: int | None = None, budget: float | None = None, ledger_root: Path | None = None, **config_kwargs):
     """Resolve data and base, open the site's ledger, train with ``privacy.train_plugin``.
     Returns ``(plugin, training_data)``. Shared by ``forge train`` and ``forge demo``."""
-    from ..plugins.bases import load_base
+    from ..plugins.bases import BASES, load_base
     from ..plugins.sources import base_kwargs_for, check_compatible, default_canary_seed, prepare_training_data
 
     _check_out(out)
+    if base_name not in BASES and not Path(base_name).is_dir():
+        load_base(base_name)  # an unknown name or a missing directory: refused before the data is read
     if canaries < 0:
         raise ForgeValueError(f"--canaries {canaries} must be >= 0", fix="give a number of canaries such as 100", code="data.canaries")
     seed = int(config_kwargs.get("seed", 0) or 0)
@@ -310,8 +312,11 @@ def cmd_plugin_show(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_show(args: argparse.Namespace) -> int:
+    from ..privacy.accountants import validate_delta
     from ..privacy.ledger import Ledger
 
+    if args.delta is not None:
+        validate_delta(args.delta)  # delta 0 would otherwise report nothing spent
     entries = Ledger.list_all(site=args.site)
     rows = []
     for led in entries:

@@ -215,11 +215,8 @@ class LoraClipper:
         One ``autograd.grad`` call returns the output gradients ``g`` of every LoRA branch
         and, for trained A, the gradients ``B^T g`` with respect to the branch's rank-r
         activation ``h`` (computed inside the engine; for all but the first layer it is
-        needed for back-propagation anyway). All layers are then handled at once: the
-        output-side factors ``G = [g_1, B_1^T g_1, g_2, ...]`` and the input-side factors
-        ``H = [h_1, x_1, h_2, ...]`` are concatenated, every per-sample squared factor norm
-        is one product with a 0/1 segment matrix, and every clipped sum is one block of the
-        single product ``(c * G)^T H`` (the off-diagonal blocks are unused; they are tiny).
+        needed for back-propagation anyway); :meth:`_flat_math` then handles all layers
+        with one stacked set of operations.
         """
         taps = self.taps
         for t in taps:
@@ -230,59 +227,50 @@ class LoraClipper:
         need_h = all(h.requires_grad for h in hs)
         gs = torch.autograd.grad(loss, outs + hs if need_h else outs, allow_unused=True)
         with torch.no_grad():  # the math below must not be recorded by autograd (B requires grad)
-            return self._flat_math(taps, gs, max_grad_norm, need_h)
-
-    def _flat_layout(self, taps):
-        """Segment matrix and gradient blocks for the fused math, built once per shape."""
-        key = tuple((t.u[0].shape[1], t.h[0].shape[1], t.x[0].shape[1] if t.train_A else 0) for t in taps)
-        lay = getattr(self, "_layout", None)
-        if lay is not None and lay[0] == key:
-            return lay
-        gw = [w for out, r, inp in key for w in ((out, r) if inp else (out,))]  # G segment widths
-        hw = [w for out, r, inp in key for w in ((r, inp) if inp else (r,))]    # H segment widths
-        k = len(gw)
-        S = torch.zeros(sum(gw) + sum(hw), 2 * k, dtype=taps[0].u[0].dtype)
-        blocks, g0, h0 = [], 0, 0
-        for j, (a, b) in enumerate(zip(gw, hw)):
-            S[g0:g0 + a, j] = 1.0
-            S[sum(gw) + h0:sum(gw) + h0 + b, k + j] = 1.0
-            blocks.append((slice(g0, g0 + a), slice(h0, h0 + b)))
-            g0, h0 = g0 + a, h0 + b
-        params = [p for t in taps for p in ((t.B.weight, t.A.weight) if t.train_A else (t.B.weight,))]
-        # positions of every parameter's block, row-major, in the flattened (wg x wh) product:
-        # one ``take`` gathers all clipped sums into one flat vector (parameters in order)
-        wh = sum(hw)
-        cols = torch.arange(wh)
-        idx = torch.cat([(torch.arange(r.start, r.stop)[:, None] * wh + cols[c]).reshape(-1) for r, c in blocks])
-        views, o = [], 0
-        for p in params:
-            views.append((p, o, o + p.numel(), p.shape))
-            o += p.numel()
-        self._layout = lay = (key, S, sum(gw), k, idx, views)
-        return lay
+            norms = self._flat_math(taps, gs, max_grad_norm, need_h)
+            if norms is None:  # layers of different ranks (rare): the general path's per-layer math
+                parts = [(t, g, t.h[0], t.x[0] if t.train_A else None) for t, g in zip(taps, gs)]
+                parts = [(t, g if g is not None else torch.zeros_like(t.u[0]), h, x) for t, g, h, x in parts]
+                norms = self._general_math(parts, max_grad_norm)
+            return norms
 
     def _flat_math(self, taps, gs, max_grad_norm: float, need_h: bool = True) -> torch.Tensor:
-        _, S, wg, k, idx, views = self._flat_layout(taps)
-        gparts, hparts, j = [], [], len(taps)
+        """All layers at once. Every per-sample gradient here is a rank-one product: grad_B,i
+        = g_i h_i^T and grad_A,i^T = x_i (B^T g_i)^T, i.e. ``L_i R_i^T`` with a wide factor
+        ``L`` (g or x) and a rank-r factor ``R`` (h or B^T g). The factors are stacked (the
+        wide ones zero-padded to one width), so the squared norms ``||L_i||^2 ||R_i||^2``
+        summed over parameters are three ``vecdot`` calls and every clipped sum ``L^T (c R)``
+        is one batched product."""
+        Ls, Rs, params, j = [], [], [], len(taps)
         for t, g in zip(taps, gs):
-            gparts.append(g if g is not None else torch.zeros_like(t.u[0]))  # a branch the loss ignores
-            hparts.append(t.h[0])
+            Ls.append(g if g is not None else torch.zeros_like(t.u[0]))  # a branch the loss ignores
+            Rs.append(t.h[0])
+            params.append((t.B.weight, False))
             if t.train_A:
                 if need_h:
-                    ga = gs[j] if j < len(gs) and gs[j] is not None else torch.zeros_like(t.h[0])
+                    ga = gs[j] if gs[j] is not None else torch.zeros_like(t.h[0])
                     j += 1
                 else:
-                    ga = gparts[-1] @ t.B.weight  # B^T g_i
-                gparts.append(ga)
-                hparts.append(t.x[0])
-        GH = torch.cat(gparts + hparts, dim=1)  # (n, wg + wh)
-        Q = GH.square() @ S                      # (n, 2k): squared norms of every factor
-        norms = torch.linalg.vecdot(Q[:, :k], Q[:, k:]).sqrt_()  # ||grad_i||^2 = sum ||g||^2 ||h||^2
-        c = (max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)    # Opacus's clip factor
-        M = (GH[:, :wg] * c.unsqueeze(1)).t() @ GH[:, wg:]      # every clipped sum, as blocks
-        flat = torch.take(M, idx)                                 # the diagonal blocks, flat
-        for p, a, b, shape in views:  # contiguous views of one buffer (Opacus's noise step uses that)
-            p.grad = flat[a:b].view(shape)
+                    ga = Ls[-1] @ t.B.weight  # B^T g_i
+                Ls.append(t.x[0])
+                Rs.append(ga)
+                params.append((t.A.weight, True))
+        r = Rs[0].shape[1]
+        if any(R.shape[1] != r for R in Rs):  # layers of different rank: one product each
+            return None
+        W = max(L.shape[1] for L in Ls)
+        L = torch.stack([L if L.shape[1] == W else F.pad(L, (0, W - L.shape[1])) for L in Ls])  # (k, n, W)
+        R = torch.stack(Rs)                                                                    # (k, n, r)
+        vecdot = torch.linalg.vecdot
+        norms = vecdot(vecdot(L, L), vecdot(R, R), dim=0).sqrt_()  # sum_k ||L_k,i||^2 ||R_k,i||^2
+        c = (max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)       # Opacus's clip factor
+        out = torch.bmm(L.transpose(1, 2), R * c.unsqueeze(1))     # (k, W, r): sum_i c_i L_i R_i^T
+        for k, (p, is_A) in enumerate(params):
+            blk = out[k]
+            if is_A:
+                p.grad = blk[:p.shape[1]].t()
+            else:
+                p.grad = blk if p.shape[0] == W else blk[:p.shape[0]]
         self.reset()
         return norms
 

@@ -342,6 +342,24 @@ def test_bad_attack_results_fail_the_leakage_checks(world):
     assert f["attacks/noscores.json"].status is Status.FAIL and "re-derived" in f["attacks/noscores.json"].summary
 
 
+def test_one_bad_attack_file_does_not_hide_the_findings_on_the_others(world):
+    """NaN scores, or too few records to split, fail that file only: the other files are still judged."""
+    world.add_plugin("p", "site-1")
+    world.add_attack("good", membership_results("plugins/p", separation=0.0))
+    nan = membership_results("plugins/p", separation=0.0)
+    nan["scores"][0] = float("nan")
+    world.add_attack("nan", nan)
+    world.add_attack("tiny", {**membership_results("plugins/p", separation=0.0), "scores": [0.2, 0.1, 0.3], "labels": [1, 0, 1]})
+    report = audit(world, "membership", "consistency")
+    for check in ("membership", "consistency"):
+        f = by_subject(report, check)
+        assert f["attacks/good.json"].status in (Status.PASS, Status.WARN), (check, f["attacks/good.json"].summary)
+        assert f["attacks/nan.json"].status is Status.FAIL and "NaN" in f["attacks/nan.json"].summary, check
+    for check in ("membership", "consistency"):  # 1 non-member: no interval exists; a finding, not a crash
+        tiny = by_subject(report, check)["attacks/tiny.json"]
+        assert tiny.status is Status.FAIL and "cannot be evaluated" in tiny.summary, (check, tiny.summary)
+
+
 def test_reconstruction_against_the_rero_bound(world):
     world.add_plugin("p", "site-1")
     world.add_attack("recon-ok", {"format": "forge-attack-recon/1", "attack": "prior-aware", "target": "plugins/p",

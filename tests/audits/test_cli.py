@@ -48,7 +48,12 @@ def cli_world(tmp_path, forge_cli, monkeypatch):
 
 
 def test_audit_and_verify_report_as_subprocesses(cli_world, forge_cli, tmp_path):
-    w, policy = cli_world
+    """The real commands and exit codes. Checks that need a privacy accountant import Opacus and
+    torch (half a minute per process on a loaded machine); they run in-process in the test
+    below and as subprocesses in the slow one, so this policy leaves them out."""
+    w, _ = cli_world
+    policy = tmp_path / "no-accountant.toml"
+    policy.write_text('format = "forge-audit-policy/1"\nname = "cli-fast"\n[checks.provenance]\n[checks.delta]\n[checks.roster-freshness]\n')
     out = tmp_path / "report"
     r = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", out, "--key", w.keys["auditor"] / "signing.key")
     assert r.code == 0 and "AUDIT PASSED" in r.out and "Traceback" not in r.err, r
@@ -102,6 +107,8 @@ def test_audit_could_not_run_exits_2_cleanly_and_writes_nothing(cli_world, forge
     w, policy = cli_world
     bad_policy = tmp_path / "bad.toml"
     bad_policy.write_text('format = "forge-audit-policy/1"\nname = "x"\n[checks.dp-claim]\n')
+    junk = tmp_path / "junk.key"
+    junk.write_bytes(b"\x00\x01 not a key")
     cases = [
         (("--policy", bad_policy, "--evidence", w.evidence), ["dp-claim", "dp-claims"]),
         (("--policy", tmp_path / "missing.toml", "--evidence", w.evidence), ["does not exist"]),
@@ -109,6 +116,12 @@ def test_audit_could_not_run_exits_2_cleanly_and_writes_nothing(cli_world, forge
         (("--policy", policy, "--evidence", w.evidence, "--key", w.keys["auditor"] / "public.json"), ["private key"]),
         (("--policy", policy, "--evidence", w.evidence, "--key", policy), ["not a forge key file"]),
         (("--policy", policy), ["--evidence"]),
+        (("--policy", policy, "--evidence", policy), ["not a directory"]),
+        (("--policy", w.keys["auditor"] / "signing.key", "--evidence", w.evidence), ["not valid TOML"]),
+        (("--policy", policy, "--evidence", w.evidence, "--decryption-key", junk), ["not a forge key file"]),
+        (("--policy", policy, "--evidence", w.evidence, "--decryption-key", w.keys["site-1"] / "signing.key"), ["decryption key is needed"]),
+        (("--policy", policy, "--evidence", w.evidence, "--key", w.keys["auditor"] / "signing.key",
+          "--passphrase-file", tmp_path / "no-passphrase"), ["passphrase file", "does not exist"]),
     ]
     for i, (args, words) in enumerate(cases):
         out = tmp_path / f"out{i}"
@@ -127,13 +140,27 @@ def test_audit_could_not_run_exits_2_cleanly_and_writes_nothing(cli_world, forge
 
 def test_verify_report_bad_inputs(cli_world, forge_inproc, tmp_path):
     forge_cli = forge_inproc
-    w, _ = cli_world
+    w, policy = cli_world
     r = forge_cli("verify-report", tmp_path / "none", "--key", w.keys["auditor"] / "public.json")
     assert_clean_error(r, "does not exist")
     junk = tmp_path / "junk.json"
     junk.write_text("{")
     r = forge_cli("verify-report", tmp_path, "--key", junk)
     assert_clean_error(r, "not a forge key file")
+    r = forge_cli("verify-report", junk, "--key", w.keys["auditor"] / "public.json")
+    assert_clean_error(r, "not a directory")
+    # a real signed report, checked with the wrong kind of key and after damage to its signature
+    out = tmp_path / "report"
+    assert forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", out, "--key", w.keys["auditor"] / "signing.key").code == 0
+    r = forge_cli("verify-report", out, "--key", w.keys["auditor"] / "signing.key")
+    assert_clean_error(r, "not a forge public key file")
+    sig = out / "report.sig.json"
+    sig.write_bytes(sig.read_bytes()[:50])  # truncated
+    r = forge_cli("verify-report", out, "--key", w.keys["auditor"] / "public.json")
+    assert r.code == 1 and "report.signature_corrupt" in r.err and "Traceback" not in r.err, r
+    sig.write_text("[1, 2]")  # wrong type
+    r = forge_cli("verify-report", out, "--key", w.keys["auditor"] / "public.json")
+    assert r.code == 1 and "not a forge report signature" in r.err, r
 
 
 def test_print_default_policy_is_a_valid_policy(forge_inproc, tmp_path):

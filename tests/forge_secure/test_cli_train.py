@@ -295,6 +295,8 @@ def test_ledger_show_and_corrupt_ledger(forge, tmp_path):
     (led,) = json.loads(forge("ledger", "show", "--site", "site-3", "--json").out)["ledgers"]
     assert led["dataset"] == "breast-cancer/site-3" and led["epsilon_spent"] == pytest.approx(eps, rel=1e-3)
     assert json.loads(forge("ledger", "show", "--site", "site-1", "--json").out) == {"ledgers": []}
+    for bad in ("0", "1.5"):  # no delta outside (0, 1) may report a spend (delta 0 used to print epsilon 0)
+        assert_clean_error(forge("ledger", "show", "--delta", bad), "delta", bad)
     from pathlib import Path
 
     path = Path(led["path"])
