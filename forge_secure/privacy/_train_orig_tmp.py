@@ -1,0 +1,369 @@
+"""Training a site plugin: LoRA or FFA-LoRA on a frozen base, with DP-SGD on Opacus.
+
+DP-SGD (Abadi et al. 2016, "Deep learning with differential privacy"): every step draws a
+Poisson sample of the training set (each record independently with probability
+``q = batch_size / n``; Opacus ``UniformWithReplacementSampler``), clips each record's
+gradient of the LoRA parameters to ``max_grad_norm``, sums, adds Gaussian noise of standard
+deviation ``noise_multiplier * max_grad_norm`` and divides by the expected batch size.
+
+Opacus is the engine: its sampler, its ``DPOptimizerFastGradientClipping`` (noise,
+scaling, accountant hook, secure-mode noise), its ``PrivacyEngine`` accountants and secure
+RNG. Only the per-sample clipping is computed here, in closed form for LoRA layers
+(:mod:`.clipping`), which is what keeps DP-SGD close to the cost of ordinary training.
+Training without DP uses the same sampler and loop with an ordinary optimiser step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import progress
+from ..errors import ForgeDataError, ForgeDependencyError, ForgeFileError, ForgeValueError
+from .accountants import ACCOUNTANTS, calibrate_noise_multiplier, compute_epsilon, default_delta
+from ._clip_orig_tmp import LoraClipper
+from .config import OPTIMIZERS, TrainConfig
+from .ffa import ffa_matrix, lora_init_matrix, lora_layers
+
+CLIPPING_METHOD = "per-sample, closed-form LoRA norms (book-keeping, one backward); Opacus DPOptimizerFastGradientClipping"
+
+
+@dataclass(frozen=True)
+class DPPlan:
+    """The privacy parameters of one training run, fixed before it starts."""
+
+    n: int
+    sample_rate: float
+    steps_per_epoch: int
+    steps: int
+    delta: float | None
+    noise_multiplier: float | None
+    epsilon: float  # planned (equal to the recorded one: same accountant, same history)
+    accountant: str | None
+
+    @property
+    def history(self) -> list[tuple[float, float, int]]:
+        return [] if self.noise_multiplier is None else [(self.noise_multiplier, self.sample_rate, self.steps)]
+
+
+def plan_privacy(config: TrainConfig, n: int, *, prior: list | None = None) -> DPPlan:
+    """Sample rate, steps, delta and noise multiplier for ``config`` on ``n`` records.
+
+    ``q = min(1, batch_size / n)``, ``ceil(n / batch_size)`` steps per epoch; delta
+    defaults to ``1 / (10 n)`` and must be below ``1 / n``; a target epsilon is calibrated
+    with the configured accountant.
+    """
+    if n < 1:
+        raise ForgeDataError("the training set is empty", fix="give a data set with at least one record", code="data.empty")
+    q = min(1.0, config.batch_size / n)
+    steps_per_epoch = max(1, math.ceil(n / config.batch_size))
+    steps = config.epochs * steps_per_epoch
+    if config.no_dp:
+        return DPPlan(n, q, steps_per_epoch, steps, None, None, math.inf, None)
+    delta = config.delta if config.delta is not None else default_delta(n)
+    if delta >= 1.0 / n:
+        raise ForgeValueError(
+            f"delta {delta:g} is not below 1/n = {1.0 / n:.4g} for {n} training records",
+            fix=f"give --delta below {1.0 / n:.3g} (default 1/(10 n) = {default_delta(n):.3g})",
+            code="dp.delta",
+        )
+    sigma = config.noise_multiplier
+    if sigma is None:
+        sigma = calibrate_noise_multiplier(config.target_epsilon, delta, q, steps, config.accountant)
+    eps = compute_epsilon([(sigma, q, steps)], delta, config.accountant)
+    return DPPlan(n, q, steps_per_epoch, steps, delta, float(sigma), eps, config.accountant)
+
+
+def build_lora_model(base, config: TrainConfig, targets: tuple[str, ...] | None = None):
+    """``base`` (a fresh copy) wrapped with a PEFT LoRA adapter: B = 0, A derived
+    deterministically (FFA: from the base digest and ``ffa_seed``, then frozen; standard:
+    from the training seed). The global torch RNG is left untouched."""
+    from peft import LoraConfig, get_peft_model
+
+    from ..plugins.bases import fresh_copy
+
+    targets = tuple(targets or config.targets or base.target_modules)
+    module = fresh_copy(base)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    lcfg = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(targets), lora_dropout=config.dropout, bias="none")
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = get_peft_model(module, lcfg)
+    except ValueError as e:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ForgeValueError(
+            f"LoRA targets {list(targets)} do not fit base {base.name} ({str(e).splitlines()[0][:120]})",
+            fix=f"name Linear modules of the base, e.g. {', '.join(names[:8])}",
+            code="train.targets",
+        ) from None
+    with torch.no_grad():
+        for name, layer in lora_layers(model):
+            A, B = layer.lora_A["default"], layer.lora_B["default"]
+            make = ffa_matrix if config.ffa else lora_init_matrix
+            seed = config.ffa_seed if config.ffa else config.seed
+            A.weight.copy_(make(base.digest, seed, name, tuple(A.weight.shape)))
+            B.weight.zero_()
+            A.weight.requires_grad_(not config.ffa)
+            B.weight.requires_grad_(True)
+    model.eval()  # the base stays in eval mode (no batch statistics mixing records)
+    if config.dropout > 0:
+        for _, layer in lora_layers(model):
+            layer.lora_dropout["default"].train()
+    return model, targets
+
+
+def _secure_engine(accountant: str, secure: bool):
+    from opacus import PrivacyEngine
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return PrivacyEngine(accountant=ACCOUNTANTS.get(accountant).opacus_name, secure_mode=secure)
+        except ImportError:
+            raise ForgeDependencyError(
+                "secure mode needs the torchcsprng package (Opacus's cryptographically secure RNG), which is not installed",
+                fix="install a torchcsprng build that matches your torch, or train without --secure-mode",
+                code="dependency.torchcsprng",
+            ) from None
+
+
+def _optimizer_class():
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+
+    class _Cls(DPOptimizerFastGradientClipping):
+        """Opacus's optimizer for already-clipped gradients (noise, scaling, accountant hook,
+        secure-mode noise all unchanged). ``accumulate`` keeps a reference to ``p.grad``
+        instead of a deep copy: every step writes a fresh clipped gradient, so there is
+        nothing to protect, and the copy was a tenth of a small model's step."""
+
+        def accumulate(self):
+            for p in self.params:
+                if p.summed_grad is not None:
+                    p.summed_grad.add_(p.grad)
+                else:
+                    p.summed_grad = p.grad.detach()
+
+        def add_noise(self):
+            """Without secure mode: the same N(0, (sigma C)^2) noise per coordinate, drawn in
+            one call for all parameters from the seeded generator instead of one call per
+            parameter. Secure mode keeps Opacus's own (floating-point-attack resistant) noise."""
+            if self.secure_mode or getattr(self, "_adjusted_noise_multiplier", None) is not None:
+                return super().add_noise()
+            from opacus.optimizers.optimizer import _check_processed_flag
+
+            params = self.params
+            for p in params:
+                _check_processed_flag(p.summed_grad)  # as Opacus: refuse to noise the same sum twice
+            sizes = [p.summed_grad.numel() for p in params]
+            noise = torch.normal(0.0, self.noise_multiplier * self.max_grad_norm, size=(sum(sizes),),
+                                 generator=self.generator, dtype=params[0].summed_grad.dtype)
+            for p, n in zip(params, noise.split(sizes)):
+                p.grad = (p.summed_grad + n.view_as(p.summed_grad)).view_as(p)
+                p.summed_grad._processed = True  # what Opacus's _mark_as_processed records
+
+    return _Cls
+
+
+class ClippedGradDPOptimizer:
+    """Factory for the Opacus optimizer subclass (created lazily: Opacus imports are slow)."""
+
+    _cls = None
+
+    def __new__(cls, *args, **kwargs):
+        if cls._cls is None:
+            cls._cls = _optimizer_class()
+        return cls._cls(*args, **kwargs)
+
+
+class TrainingRun:
+    """The state of one training run; :meth:`epoch` runs one epoch of Poisson-sampled
+    steps. Used by :func:`train_plugin` and by ``benchmarks/bench_dp_overhead.py``."""
+
+    def __init__(self, model, X: torch.Tensor, y: torch.Tensor, config: TrainConfig, plan: DPPlan, *,
+                 stabilise_no_dp: bool = True):
+        self.model, self.X, self.y, self.config, self.plan = model, X, y, config, plan
+        self.stabilise_no_dp = stabilise_no_dp
+        self.dp = plan.noise_multiplier is not None
+        params = self.params = [p for p in model.parameters() if p.requires_grad]
+        cls_name, extra = OPTIMIZERS.get(config.optimizer)
+        base_opt = getattr(torch.optim, cls_name)(params, lr=config.lr, **extra)
+        self.engine = None
+        gen_seed = torch.Generator().manual_seed(int(config.seed))
+        sample_seed, noise_seed = (int(v) for v in torch.randint(0, 2**62, (2,), generator=gen_seed))
+        self.sample_gen = torch.Generator().manual_seed(sample_seed)
+        if self.dp:
+            self.engine = _secure_engine(config.accountant, config.secure_mode)
+            if config.secure_mode:  # Opacus's CSPRNG for both the Poisson sampling and the noise
+                self.sample_gen = noise_gen = self.engine.secure_rng
+            else:
+                noise_gen = torch.Generator().manual_seed(noise_seed)
+            self.clipper = LoraClipper(model)
+            self.optimizer = ClippedGradDPOptimizer(
+                base_opt, noise_multiplier=plan.noise_multiplier, max_grad_norm=config.max_grad_norm,
+                expected_batch_size=plan.n * plan.sample_rate, loss_reduction="mean",
+                generator=noise_gen, secure_mode=config.secure_mode,
+            )
+            self.optimizer.attach_step_hook(self.engine.accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
+        else:
+            self.clipper = None
+            self.optimizer = base_opt
+        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+        self.sampler = UniformWithReplacementSampler(num_samples=plan.n, sample_rate=plan.sample_rate,
+                                                     generator=self.sample_gen, steps=plan.steps_per_epoch)
+        self.steps_done = 0
+
+    @property
+    def history(self) -> list[tuple[float, float, int]]:
+        return [] if self.engine is None else [tuple(h) for h in self.engine.accountant.history]
+
+    def _step(self, idx: list[int]) -> None:
+        model, opt = self.model, self.optimizer
+        opt.zero_grad(set_to_none=True)
+        if self.dp:
+            if idx:
+                ix = torch.as_tensor(idx)
+                loss = F.cross_entropy(model(self.X[ix]), self.y[ix], reduction="sum")
+                self.clipper.clip_backward(loss, self.config.max_grad_norm)
+            else:  # an empty Poisson batch is still a step: noise only
+                for p in self.clipper.parameters:
+                    p.grad = torch.zeros_like(p)
+            opt.step()
+        elif idx:
+            ix = torch.as_tensor(idx)
+            loss = F.cross_entropy(model(self.X[ix]), self.y[ix])
+            loss.backward()
+            if self.stabilise_no_dp:  # the batch gradient (not per sample) clipped, as DP-SGD's is bounded
+                torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+            opt.step()
+        self.steps_done += 1
+
+    def epoch(self) -> None:
+        for idx in self.sampler:
+            self._step(idx)
+
+    def close(self) -> None:
+        if self.clipper is not None:
+            self.clipper.remove()
+        self.model.eval()
+        for p in self.model.parameters():
+            p.grad = None
+
+
+def _check_out(out: Path | None) -> None:
+    if out is None:
+        return
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ForgeFileError(f"{out} already exists and is not an empty directory",
+                             fix="choose a new --out directory or remove the old plugin", code="plugin.exists")
+
+
+def _check_data(base, data) -> None:
+    from ..plugins.sources import check_compatible
+
+    if len(data) == 0:
+        raise ForgeDataError(f"training set {data.name} is empty", fix="give a data set with at least one record", code="data.empty")
+    check_compatible(base, data)
+    if data.n_classes != base.n_classes:
+        raise ForgeDataError(f"{data.name} has {data.n_classes} classes, base {base.name} has {base.n_classes}",
+                             fix="use a base built for this number of classes", code="data.labels")
+
+
+def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None, commitment: dict | None = None,
+                 out: str | Path | None = None):
+    """Train one plugin of ``site`` on ``data`` with ``config``; return a ``Plugin``.
+
+    With a ``ledger``, the epsilon of this release composed with everything already in
+    the ledger is checked against the site's budget *before* training (refused with the
+    figures) and the release is recorded after it, before the plugin is written. With
+    ``out``, the plugin directory is written atomically (an existing plugin is refused
+    before any work is done).
+    """
+    from ..plugins.bases import load_base
+    from ..plugins.plugin import Plugin, new_meta, read_meta, save_plugin
+
+    if not isinstance(config, TrainConfig):
+        raise ForgeValueError(f"config is a {type(config).__name__}, not a TrainConfig", code="train.config")
+    if not isinstance(site, str) or not site:
+        raise ForgeValueError(f"site {site!r} must be a non-empty name", fix="give --site such as site-1", code="train.site")
+    _check_out(out)
+    base = base if base is not None else load_base(config.base)
+    _check_data(base, data)
+    plan = plan_privacy(config, len(data))
+    if ledger is not None and plan.history:
+        ledger.check(plan.history, plan.delta, accountant=plan.accountant)
+    elif ledger is not None and ledger.budget is not None:
+        from ..errors import ForgeBudgetError
+
+        raise ForgeBudgetError(
+            f"training without DP spends an unbounded epsilon, but {site} has a budget of {ledger.budget:g} on {ledger.dataset}",
+            fix="train with --epsilon or --noise-multiplier, or train on data outside the budget",
+            code="budget.exceeded",
+        )
+
+    model, targets = build_lora_model(base, config)
+    X = torch.from_numpy(np.array(data.X, dtype=np.float32))
+    y = torch.from_numpy(np.array(data.y, dtype=np.int64))
+    run = TrainingRun(model, X, y, config, plan)
+    started = time.perf_counter()
+    with progress.task(f"training {site} ({'DP' if run.dp else 'no DP'})", total=config.epochs) as advance:
+        for _ in range(config.epochs):
+            run.epoch()
+            advance(1)
+    seconds = time.perf_counter() - started
+    if not all(torch.isfinite(p).all() for p in run.params):
+        run.close()
+        raise ForgeValueError(f"training diverged (non-finite LoRA weights) at learning rate {config.lr:g}",
+                              fix="lower --lr", code="train.diverged")
+    history = run.history
+    run.close()
+
+    if run.dp:
+        if sum(h[2] for h in history) != plan.steps or {(h[0], h[1]) for h in history} != {(plan.noise_multiplier, plan.sample_rate)}:
+            raise RuntimeError(f"accountant history {history} does not match the plan {plan.history}")  # a bug, not bad input
+        epsilon = compute_epsilon(history, plan.delta, plan.accountant)
+        spec = ACCOUNTANTS.get(plan.accountant)
+        dp: dict[str, Any] = {
+            "enabled": True, "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps,
+            "max_grad_norm": config.max_grad_norm, "accountant": plan.accountant, "epsilon": epsilon, "delta": plan.delta,
+            "history": [list(h) for h in history], "target_epsilon": config.target_epsilon, "secure_mode": config.secure_mode,
+            "sampling": "poisson", "clipping": CLIPPING_METHOD,
+        }
+        if spec.caveat:
+            dp["accountant_caveat"] = spec.caveat
+    else:
+        epsilon = math.inf
+        dp = {"enabled": False, "epsilon": "inf", "noise_multiplier": None, "sample_rate": plan.sample_rate, "steps": plan.steps,
+              "max_grad_norm": None, "accountant": None, "delta": None, "sampling": "poisson"}
+
+    commitment = dict(commitment or {})
+    data_record = {"name": commitment.pop("name", data.name), "kind": data.kind, "rows": len(data), "n_classes": data.n_classes,
+                   "digest": data.digest(), "membership": commitment.pop("membership", None),
+                   "canaries": commitment.pop("canaries", None) or {"count": 0, "seed_sha256": None}}
+    data_record.update(commitment)
+    training = config.training_record()
+    training.update({"steps_per_epoch": plan.steps_per_epoch, "seconds": round(seconds, 3)})
+    if not run.dp:
+        training["batch_gradient_clip"] = config.max_grad_norm  # stabiliser of the no-DP run (not a privacy measure)
+    meta = new_meta(site=site, base=base, lora=config.lora_record(targets), dp=dp, training=training, data=data_record)
+
+    if ledger is not None and run.dp:
+        ledger.record(history, kind="train", delta=plan.delta, accountant=plan.accountant,
+                      note={"epsilon": epsilon, "out": str(out) if out is not None else None, "data_digest": data_record["digest"],
+                            "base_digest": base.digest})
+    path = None
+    if out is not None:
+        path = save_plugin(model, meta, out)
+        meta = read_meta(path)
+    return Plugin(path, model, base, meta)
