@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from forge_secure.errors import ForgeValueError
+from forge_secure.errors import ForgeDataError, ForgeValueError
 
 Grads = dict[str, torch.Tensor]
 
@@ -232,3 +232,24 @@ def unflatten(fn: LoraFunctional, flat: torch.Tensor) -> Grads:
 
 def to_tensor(x: np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return torch.tensor(np.asarray(x), dtype=dtype)
+
+
+def prepare_observed(fn: "LoraFunctional", target: Grads, batch_size: int, labels, n_classes, label_mode: str,
+                     distance: str) -> tuple[list, Grads]:
+    """The checks and set-up every gradient-inversion attack does first: the observed update must
+    hold exactly the plugin's trainable LoRA tensors and be finite and non-zero; returns the label
+    candidates and the observed update normalised for ``distance``."""
+    from .labels import label_candidates
+
+    if set(target) != set(fn.names):
+        raise ForgeDataError(
+            "the observed update does not hold the plugin's trainable LoRA tensors",
+            fix="pass the update of this plugin (same adapter, same FFA setting)",
+            code="recon.update_mismatch",
+        )
+    label_sets = label_candidates(fn, target, batch_size, labels, n_classes, label_mode)
+    target = normalise({n: t.to(fn.dtype) for n, t in target.items()}, fn.names, distance)
+    flat = fn.flatten(target)
+    if not torch.isfinite(flat).all() or flat.norm() == 0:
+        raise ForgeDataError("the observed update is zero or not finite", fix="check the update", code="recon.update_zero")
+    return label_sets, target

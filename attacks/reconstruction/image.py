@@ -21,8 +21,8 @@ import torch
 from forge_secure.errors import ForgeDataError, ForgeValueError
 from forge_secure.progress import task
 
-from .gradients import DISTANCES, Grads, LoraFunctional, gradient_distance, normalise
-from .labels import LABEL_MODES, label_candidates
+from .gradients import DISTANCES, Grads, LoraFunctional, gradient_distance, prepare_observed
+from .labels import LABEL_MODES
 from .tabular import Reconstruction, _milestones
 
 
@@ -84,16 +84,7 @@ class ImageInversion:
     ) -> Reconstruction:
         fn, cfg = self.fn_, self.config
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        if set(target) != set(fn.names):
-            raise ForgeDataError(
-                "the observed update does not hold the plugin's trainable LoRA tensors",
-                fix="pass the update of this plugin (same adapter, same FFA setting)",
-                code="recon.update_mismatch",
-            )
-        label_sets = label_candidates(fn, target, batch_size, labels, n_classes, cfg.labels)
-        target = normalise({n: t.to(fn.dtype) for n, t in target.items()}, fn.names, cfg.distance)
-        if not all(torch.isfinite(t).all() for t in target.values()) or all(t.norm() == 0 for t in target.values()):
-            raise ForgeDataError("the observed update is zero or not finite", fix="check the update", code="recon.update_zero")
+        label_sets, target = prepare_observed(fn, target, batch_size, labels, n_classes, cfg.labels, cfg.distance)
         R = cfg.restarts
         ys = torch.stack([torch.tensor(ls, dtype=torch.long) for ls in label_sets for _ in range(R)])
         x = torch.tensor(rng.uniform(0.0, 1.0, size=(len(ys), batch_size) + self.shape_), dtype=fn.dtype, requires_grad=True)

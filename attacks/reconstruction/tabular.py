@@ -22,8 +22,8 @@ from forge_secure.errors import ForgeDataError, ForgeValueError
 from forge_secure.progress import task
 
 from .features import FeatureSpec
-from .gradients import DISTANCES, Grads, LoraFunctional, gradient_distance, normalise
-from .labels import LABEL_MODES, label_candidates
+from .gradients import DISTANCES, Grads, LoraFunctional, gradient_distance, prepare_observed
+from .labels import LABEL_MODES
 from .measures import match_records
 
 
@@ -138,17 +138,7 @@ class TabularInversion:
         """Rebuild ``batch_size`` records from the observed gradient ``target``."""
         fn, cfg = self.fn_, self.config
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        if set(target) != set(fn.names):
-            raise ForgeDataError(
-                "the observed update does not hold the plugin's trainable LoRA tensors",
-                fix="pass the update of this plugin (same adapter, same FFA setting)",
-                code="recon.update_mismatch",
-            )
-        label_sets = label_candidates(fn, target, batch_size, labels, n_classes, cfg.labels)
-        target = normalise({n: t.to(fn.dtype) for n, t in target.items()}, fn.names, cfg.distance)
-        tflat = fn.flatten(target)
-        if not torch.isfinite(tflat).all() or tflat.norm() == 0:
-            raise ForgeDataError("the observed update is zero or not finite", fix="check the update", code="recon.update_zero")
+        label_sets, target = prepare_observed(fn, target, batch_size, labels, n_classes, cfg.labels, cfg.distance)
         R = cfg.restarts
         ys = torch.stack([torch.tensor(ls, dtype=torch.long) for ls in label_sets for _ in range(R)])
         z = self._init((len(ys), batch_size, self.spec_.n_columns), rng).requires_grad_(True)

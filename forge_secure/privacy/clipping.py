@@ -129,7 +129,7 @@ class LoraClipper:
         def forward(h):
             u = F.linear(h, B.weight, B.bias)
             if torch.is_grad_enabled():
-                tap.h.append(h)  # attached: the fast path asks autograd for dL/dh = B^T g
+                tap.h.append(h.detach())
                 tap.u.append(u)
             return u
         return forward
@@ -210,67 +210,33 @@ class LoraClipper:
     def _clip_backward_flat(self, loss: torch.Tensor, max_grad_norm: float) -> torch.Tensor | None:
         """The common tabular case with the fewest tensor operations (small models are
         dominated by per-operation overhead): every layer ran once on (n, d) inputs.
-        Returns None (nothing changed) when that does not hold.
-
-        One ``autograd.grad`` call returns the output gradients ``g`` of every LoRA branch
-        and, for trained A, the gradients ``B^T g`` with respect to the branch's rank-r
-        activation ``h`` (computed inside the engine; for all but the first layer it is
-        needed for back-propagation anyway); :meth:`_flat_math` then handles all layers
-        with one stacked set of operations.
-        """
+        Returns None (nothing changed) when that does not hold."""
         taps = self.taps
-        for t in taps:
-            if len(t.u) != 1 or t.u[0].dim() != 2:
-                return None
-        outs = [t.u[0] for t in taps]
-        hs = [t.h[0] for t in taps if t.train_A]
-        need_h = all(h.requires_grad for h in hs)
-        gs = torch.autograd.grad(loss, outs + hs if need_h else outs, allow_unused=True)
-        with torch.no_grad():  # the math below must not be recorded by autograd (B requires grad)
-            norms = self._flat_math(taps, gs, max_grad_norm, need_h)
-            if norms is None:  # layers of different ranks (rare): the general path's per-layer math
-                parts = [(t, g, t.h[0], t.x[0] if t.train_A else None) for t, g in zip(taps, gs)]
-                parts = [(t, g if g is not None else torch.zeros_like(t.u[0]), h, x) for t, g, h, x in parts]
-                norms = self._general_math(parts, max_grad_norm)
-            return norms
-
-    def _flat_math(self, taps, gs, max_grad_norm: float, need_h: bool = True) -> torch.Tensor:
-        """All layers at once. Every per-sample gradient here is a rank-one product: grad_B,i
-        = g_i h_i^T and grad_A,i^T = x_i (B^T g_i)^T, i.e. ``L_i R_i^T`` with a wide factor
-        ``L`` (g or x) and a rank-r factor ``R`` (h or B^T g). The factors are stacked (the
-        wide ones zero-padded to one width), so the squared norms ``||L_i||^2 ||R_i||^2``
-        summed over parameters are three ``vecdot`` calls and every clipped sum ``L^T (c R)``
-        is one batched product."""
-        Ls, Rs, params, j = [], [], [], len(taps)
-        for t, g in zip(taps, gs):
-            Ls.append(g if g is not None else torch.zeros_like(t.u[0]))  # a branch the loss ignores
-            Rs.append(t.h[0])
-            params.append((t.B.weight, False))
-            if t.train_A:
-                if need_h:
-                    ga = gs[j] if gs[j] is not None else torch.zeros_like(t.h[0])
-                    j += 1
-                else:
-                    ga = Ls[-1] @ t.B.weight  # B^T g_i
-                Ls.append(t.x[0])
-                Rs.append(ga)
-                params.append((t.A.weight, True))
-        r = Rs[0].shape[1]
-        if any(R.shape[1] != r for R in Rs):  # layers of different rank: one product each
+        if not all(len(t.u) == 1 and t.u[0].dim() == 2 for t in taps):
             return None
-        W = max(L.shape[1] for L in Ls)
-        L = torch.stack([L if L.shape[1] == W else F.pad(L, (0, W - L.shape[1])) for L in Ls])  # (k, n, W)
-        R = torch.stack(Rs)                                                                    # (k, n, r)
+        gs = torch.autograd.grad(loss, [t.u[0] for t in taps], allow_unused=True)
+        gs = [g if g is not None else torch.zeros_like(t.u[0]) for g, t in zip(gs, taps)]  # a branch the loss ignores
+        with torch.no_grad():  # the math below must not be recorded by autograd (B requires grad)
+            return self._flat_math(taps, gs, max_grad_norm)
+
+    def _flat_math(self, taps, gs, max_grad_norm: float) -> torch.Tensor:
         vecdot = torch.linalg.vecdot
-        norms = vecdot(vecdot(L, L), vecdot(R, R), dim=0).sqrt_()  # sum_k ||L_k,i||^2 ||R_k,i||^2
-        c = (max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)       # Opacus's clip factor
-        out = torch.bmm(L.transpose(1, 2), R * c.unsqueeze(1))     # (k, W, r): sum_i c_i L_i R_i^T
-        for k, (p, is_A) in enumerate(params):
-            blk = out[k]
-            if is_A:
-                p.grad = blk[:p.shape[1]].t()
-            else:
-                p.grad = blk if p.shape[0] == W else blk[:p.shape[0]]
+        sq, gas = None, []
+        for t, g in zip(taps, gs):
+            h = t.h[0]
+            s = vecdot(g, g) * vecdot(h, h)  # ||grad_B,i||^2 = ||g_i||^2 ||h_i||^2
+            ga = None
+            if t.train_A:
+                ga, x = g @ t.B.weight, t.x[0]
+                s = s + vecdot(ga, ga) * vecdot(x, x)  # ||grad_A,i||^2 = ||B^T g_i||^2 ||x_i||^2
+            gas.append(ga)
+            sq = s if sq is None else sq + s
+        norms = sq.sqrt()
+        c = (max_grad_norm / (norms + 1e-6)).clamp_(max=1.0).unsqueeze(1)  # Opacus's clip factor
+        for t, g, ga in zip(taps, gs, gas):
+            t.B.weight.grad = (g * c).t() @ t.h[0]
+            if ga is not None:
+                t.A.weight.grad = (ga * c).t() @ t.x[0]
         self.reset()
         return norms
 

@@ -22,7 +22,6 @@ would reveal single plugins):
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
