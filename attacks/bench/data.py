@@ -65,9 +65,9 @@ def load_bench_data(spec: DataSpec) -> BenchData:
     else:
         ds = pdata.load_data(spec.source, label_column=spec.label_column)
         # the same cut as the bundled data (public split, Dirichlet shards, test part, pool)
-        splits = pdata._split(  # noqa: SLF001 - see the report: a public alias is requested
-            ds.X, ds.y, ds.n_classes, f"{ds.name}#{sha256_file(spec.source)[:12]}", ds.kind, ds.feature_names,
-            n_sites=spec.n_sites, alpha=spec.alpha, seed=spec.split_seed, public_fraction=0.2,
-            test_fraction=spec.test_fraction, include_prob=0.5, min_rows=20, min_per_class=2,
+        splits = pdata.split_dataset(
+            ds, name=f"{ds.name}#{sha256_file(spec.source)[:12]}", n_sites=spec.n_sites, alpha=spec.alpha,
+            seed=spec.split_seed, public_fraction=0.2, test_fraction=spec.test_fraction, include_prob=0.5,
+            min_rows=20, min_per_class=2,
         )
     return BenchData(splits.public, tuple(splits.sites), _digest(splits))

@@ -284,6 +284,17 @@ def _split(X: np.ndarray, y: np.ndarray, n_classes: int, base_name: str, kind: s
 
 
 @functools.lru_cache(maxsize=8)
+def split_dataset(ds: Dataset, *, n_sites: int, alpha: float = 0.5, seed: int = 0, name: str | None = None,
+                  public_fraction: float = 0.2, test_fraction: float = 0.25, include_prob: float = 0.5,
+                  min_rows: int = 20, min_per_class: int = 2) -> BundledSplits:
+    """Cut any data set the way the bundled one is cut (see the module docstring): a public
+    split, ``n_sites`` Dirichlet(alpha)-skewed shards, each with a fixed test part and a
+    coin-flip candidate pool. Deterministic in its arguments."""
+    return _split(ds.X, ds.y, ds.n_classes, name or ds.name, ds.kind, ds.feature_names, n_sites=n_sites, alpha=alpha,
+                  seed=seed, public_fraction=public_fraction, test_fraction=test_fraction, include_prob=include_prob,
+                  min_rows=min_rows, min_per_class=min_per_class)
+
+
 def bundled_splits(n_sites: int = 3, *, alpha: float = 0.5, seed: int = 0, public_fraction: float = 0.2,
                    test_fraction: float = 0.25, include_prob: float = 0.5) -> BundledSplits:
     """The breast-cancer data as a public split and ``n_sites`` skewed hospital shards
