@@ -485,7 +485,8 @@ def summary_lines(results: dict) -> list[str]:
     lines.append(
         f"empirical epsilon lower bound {e['epsilon_lb']:.3f} (Clopper-Pearson {e['clopper_pearson']['epsilon_lb']:.3f}"
         + (f", one-run {one['epsilon_lb']:.3f}" if one else "")
-        + f") vs claimed epsilon {e['claimed']}"
+        + ") vs claimed epsilon "
+        + (f"{e['claimed']:.3f}" if isinstance(e["claimed"], float) else str(e["claimed"]))
         + ("  ** EXCEEDS THE CLAIM **" if e.get("exceeds_claim") else "")
     )
     return lines

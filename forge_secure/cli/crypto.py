@@ -126,13 +126,23 @@ def _roster_show(args) -> int:
 # --------------------------------------------------------------------------- seal / verify / open
 
 
+def _short(value: object) -> str:
+    """A signed number (the manifest keeps them as exact strings) shown to 4 significant digits;
+    ``--json`` prints the exact value."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+    return str(value) if isinstance(value, int) else f"{number:.4g}"
+
+
 def _verified_pairs(v) -> list[tuple[str, object]]:
     dp = v.dp or {}
     if dp and dp.get("enabled", True) is False:
         dp_text = "trained without DP (epsilon inf)"
     elif dp:
-        dp_text = ", ".join(f"{k} {dp[k]}" for k in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps",
-                                                     "max_grad_norm", "accountant") if k in dp) or str(dp)
+        dp_text = ", ".join(f"{k} {_short(dp[k])}" for k in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps",
+                                                             "max_grad_norm", "accountant") if k in dp) or str(dp)
     else:
         dp_text = "no DP claim in forge.json"
     return [
