@@ -283,7 +283,6 @@ def _split(X: np.ndarray, y: np.ndarray, n_classes: int, base_name: str, kind: s
     return BundledSplits(public, sites, alpha, seed, mean, std, info)
 
 
-@functools.lru_cache(maxsize=8)
 def split_dataset(ds: Dataset, *, n_sites: int, alpha: float = 0.5, seed: int = 0, name: str | None = None,
                   public_fraction: float = 0.2, test_fraction: float = 0.25, include_prob: float = 0.5,
                   min_rows: int = 20, min_per_class: int = 2) -> BundledSplits:
@@ -295,6 +294,7 @@ def split_dataset(ds: Dataset, *, n_sites: int, alpha: float = 0.5, seed: int = 
                   min_rows=min_rows, min_per_class=min_per_class)
 
 
+@functools.lru_cache(maxsize=8)
 def bundled_splits(n_sites: int = 3, *, alpha: float = 0.5, seed: int = 0, public_fraction: float = 0.2,
                    test_fraction: float = 0.25, include_prob: float = 0.5) -> BundledSplits:
     """The breast-cancer data as a public split and ``n_sites`` skewed hospital shards
