@@ -22,6 +22,13 @@ the plugin's LoRA tensors. The adversary sees
 * ``mode="model"``: only the final plugin. Score: how much the candidate's loss fell from the
   starting plugin to the final one.
 
+A merged plugin holds no DP-SGD recipe of its own; the game then takes one parent site's
+recipe (:class:`MergeRelease`): that site continues DP-SGD from its own plugin on the known
+records plus the target, the other parents stay fixed, and the attacker sees only the
+re-released merge (the merged tensors plus the site's weight times the site's change), i.e.
+``mode="model"`` on the merged model. The merge is post-processing of the site's DP release,
+so the site's ReRo bound (its sigma, q, T) applies.
+
 It guesses the highest-scoring candidate. The success rate carries a Clopper-Pearson
 interval and sits beside the ReRo bound for (q, sigma, T) and kappa, which no attack in this
 threat model can exceed (up to the bound's Monte Carlo error and the interval).
@@ -143,6 +150,75 @@ def simulate_dpsgd(
     return tr
 
 
+class MergeRelease:
+    """The merge released after the recipe site's run, the other parents fixed.
+
+    * FFA merges (``ffa``, ``ffa-ckks``: B averaged, A shared and frozen; the trainable
+      tensors line up): released = merged + weight * (site's final - site's starting tensors);
+    * ``exact`` (concatenation: ``A' = vstack(w_i s_i A_i)``, ``B' = hstack(B_i)``): the site's
+      block of each module is found in the merged tensors (checked against the site's own
+      tensors) and replaced by the site's final ``A`` (times ``w s``) and ``B``.
+
+    Other merges (``ties``, ``dare``, ``sequential``) are not a fixed function of one site's
+    tensors given the others that this class can redo; they are refused."""
+
+    def __init__(self, merged: LoraFunctional, weight: float, site_start: dict, *, scaling: float = 1.0, method: str = "ffa",
+                 site_frozen: dict | None = None):
+        if not (0.0 < float(weight) <= 1.0):
+            raise ForgeValueError(f"merge weight {weight!r} of the recipe site is not in (0, 1]", code="recon.merge_weight")
+        self.fn = merged
+        self.weight = float(weight)
+        self.start = {n: p.detach().clone() for n, p in site_start.items()}
+        self.blocks: dict[str, tuple[int, int, float]] | None = None  # name -> (offset, rank, factor) for exact
+        refuse = ForgeValueError(f"cannot redo the {method!r} merge from the recipe site's tensors: they do not line up with the merged plugin's",
+                                 fix="attack an ffa, ffa-ckks or exact merge, or the site plugin itself", code="recon.merge_method")
+        if set(merged.params) == set(site_start) and all(merged.params[n].shape == site_start[n].shape for n in site_start):
+            return
+        if method != "exact" or not set(site_start) <= set(merged.params):
+            raise refuse
+        site_all = {**(site_frozen or {}), **site_start}
+        factor = self.weight * float(scaling)
+        self.blocks = {}
+        for n, mB in merged.params.items():
+            if ".lora_B." not in n:
+                continue
+            na = n.replace(".lora_B.", ".lora_A.")
+            B = site_all.get(n)
+            if B is None or na not in site_all or na not in merged.params:
+                raise refuse
+            B = B.to(mB.dtype)
+            r = B.shape[1]
+            found = None
+            for off in range(0, mB.shape[1] - r + 1):
+                if torch.allclose(mB[:, off:off + r], B, rtol=1e-5, atol=1e-8) and \
+                        torch.allclose(merged.params[na][off:off + r], factor * site_all[na].to(mB.dtype), rtol=1e-4, atol=1e-7):
+                    found = off
+                    break
+            if found is None:
+                raise refuse
+            self.blocks[n] = (found, r, 1.0)
+            self.blocks[na] = (found, r, factor)
+        if set(self.blocks) != set(merged.params):
+            raise refuse
+
+    def __call__(self, site_params: dict) -> dict:
+        if self.blocks is None:
+            return {n: self.fn.params[n] + self.weight * (site_params[n] - self.start[n]) for n in self.fn.params}
+        out = {}
+        for n, m in self.fn.params.items():
+            off, r, f = self.blocks[n]
+            if n not in site_params:  # frozen in the site (FFA): its block does not change
+                out[n] = m
+                continue
+            m = m.clone()
+            if ".lora_B." in n:
+                m[:, off:off + r] = site_params[n]
+            else:
+                m[off:off + r] = f * site_params[n]
+            out[n] = m
+        return out
+
+
 class InformedAdversary:
     """``InformedAdversary(config).fit(fn, known_X, known_y).score(cand_X, cand_y, transcript)``;
     :meth:`run` plays the whole game over many trials."""
@@ -150,10 +226,16 @@ class InformedAdversary:
     def __init__(self, config: InformedConfig):
         self.config = config
 
-    def fit(self, fn: LoraFunctional, known_X: np.ndarray, known_y: np.ndarray) -> "InformedAdversary":
-        """The starting plugin and the records the adversary knows (all but the target)."""
+    def fit(self, fn: LoraFunctional, known_X: np.ndarray, known_y: np.ndarray, *,
+            release: MergeRelease | None = None) -> "InformedAdversary":
+        """The starting plugin and the records the adversary knows (all but the target);
+        ``release`` (mode ``model`` only): the attacker sees the merge re-released after the run."""
         if len(known_X) != len(known_y) or len(known_X) < 1:
             raise ForgeDataError(f"{len(known_X)} known records with {len(known_y)} labels", code="recon.data")
+        if release is not None and self.config.mode != "model":
+            raise ForgeValueError("on a merged plugin the attacker sees only the released merge", fix="use mode model",
+                                  code="recon.config")
+        self.release_ = release
         self.fn_ = fn
         self.known_X_ = torch.tensor(np.asarray(known_X), dtype=fn.dtype)
         self.known_y_ = torch.tensor(np.asarray(known_y), dtype=torch.long)
@@ -167,6 +249,12 @@ class InformedAdversary:
         fn, cfg = self.fn_, self.config
         cx = torch.tensor(np.asarray(cand_X), dtype=fn.dtype)
         cy = torch.tensor(np.asarray(cand_y), dtype=torch.long)
+        if cfg.mode == "model" and self.release_ is not None:
+            rel = self.release_
+            with torch.no_grad():
+                before = torch.nn.functional.cross_entropy(rel.fn.logits(cx), cy, reduction="none")
+                after = torch.nn.functional.cross_entropy(rel.fn.logits(cx, rel(transcript.final)), cy, reduction="none")
+            return (before - after).numpy()
         if cfg.mode == "model":
             with torch.no_grad():
                 before = torch.nn.functional.cross_entropy(fn.logits(cx), cy, reduction="none")

@@ -9,6 +9,13 @@ settings), registered by name in :data:`ATTACKS` for the ``forge attack recon`` 
 - ``informed``: the informed adversary's game with the plugin's DP-SGD recipe; bound for the
   recipe's (sigma, q, T) at kappa = 1/n.
 - ``canary``: retrain with the plugin's recipe on the data with canaries inserted, rank them.
+
+A merged plugin (``"kind": "merged"``) records no DP-SGD recipe; each attack then takes
+``recipe=`` (a parent site plugin's directory, as ``forge attack mia --recipe``): the gradient
+attack inverts one update of the merged model's trainable tensors with the recipe's DP
+setting, the informed game runs the recipe site's DP-SGD and releases the merge with the
+other parents fixed (mode ``model``, the site's ReRo bound: the merge is post-processing of
+the site's release), the canary test retrains with the recipe.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from .canary import CanaryConfig, CanaryExposure, base_logits_fn
 from .features import FeatureSpec
 from .gradients import DPSetting, LoraFunctional, gradient_from_update, noisy_dp_gradient, one_step_update, to_tensor
 from .image import ImageInversion, ImageInversionConfig
-from .informed import INFORMED_MODES, InformedAdversary, InformedConfig
+from .informed import INFORMED_MODES, InformedAdversary, InformedConfig, MergeRelease
 from .labels import LABEL_MODES
 from .measures import DEFAULT_TOLERANCE, feature_hits, image_baseline, image_success, match_images, match_records, tabular_baseline, tabular_success
 from .tabular import TabularInversion, TabularInversionConfig
@@ -112,6 +119,62 @@ def target_record(plugin) -> dict:
             "adapter_sha256": (meta.get("adapter") or {}).get("sha256"), "dp": meta.get("dp"), "lora": meta.get("lora")}
 
 
+def _parent_sites(meta: dict) -> list[str]:
+    return [str(p.get("site")) for p in (meta.get("parents") or []) if isinstance(p, dict) and p.get("site")]
+
+
+def resolve_recipe(plugin, recipe: str | Path | None) -> tuple[dict, Path | None, int | None]:
+    """``(recipe_meta, recipe_dir, parent_index)``: the DP-SGD recipe an attack on ``plugin``
+    uses. A trained plugin is its own recipe unless ``recipe`` is given; a merged plugin needs
+    ``recipe``, the directory (or forge.json) of one of its parent site plugins."""
+    from forge_secure.plugins import read_meta
+
+    meta = plugin.meta
+    merged = meta.get("kind") == "merged"
+    if recipe is None:
+        if merged:
+            sites = _parent_sites(meta) or ["(none recorded)"]
+            raise ForgeValueError(
+                f"{plugin.path or 'the target'} is a merged plugin of sites {', '.join(sites)}; its forge.json holds no DP-SGD recipe",
+                fix=f"pass --recipe with the plugin directory of one of its parents ({', '.join(sites)})", code="recon.needs_recipe")
+        return meta, None, None
+    rdir = Path(recipe)
+    if rdir.name == "forge.json" and rdir.is_file():
+        rdir = rdir.parent
+    rmeta = read_meta(rdir)
+    if rmeta.get("kind") != "trained":
+        raise ForgeValueError(f"the recipe plugin {rdir} is a {rmeta.get('kind')} plugin, not a site plugin trained with DP-SGD",
+                              fix="give a parent site plugin's directory as --recipe", code="recon.recipe_kind")
+    if rmeta["base"]["digest"] != plugin.base.digest:
+        raise ForgeValueError(f"the recipe plugin {rdir} was trained on another base than the target",
+                              fix="give a recipe plugin of the target's base model", code="recon.base_mismatch")
+    if not merged:
+        return rmeta, rdir, None
+    parents = [p for p in (meta.get("parents") or []) if isinstance(p, dict)]
+    digest = (rmeta.get("adapter") or {}).get("sha256")
+    index = next((i for i, p in enumerate(parents) if digest and p.get("digest") == digest), None)
+    if index is None:  # digests hidden (ffa-ckks --hide-digest): match by site
+        same = [i for i, p in enumerate(parents) if p.get("site") == rmeta.get("site") and not p.get("digest")]
+        index = same[0] if len(same) == 1 else None
+    if index is None:
+        sites = _parent_sites(meta) or ["(none recorded)"]
+        raise ForgeValueError(f"the recipe plugin {rdir} (site {rmeta.get('site')}) is not a parent of the merged plugin {plugin.path}",
+                              fix=f"pass --recipe with one of its parents ({', '.join(sites)})", code="recon.recipe_not_parent")
+    return rmeta, rdir, index
+
+
+def _recipe_record(plugin, rmeta: dict, rdir: Path | None, index: int | None) -> dict | None:
+    if rdir is None:
+        return None
+    rec = {"path": str(rdir), "site": rmeta.get("site"), "adapter_sha256": (rmeta.get("adapter") or {}).get("sha256"),
+           "dp": rmeta.get("dp")}
+    if index is not None:
+        rec["parent_index"] = index
+        weights = (plugin.meta.get("merge") or {}).get("weights")
+        rec["merge_weight"] = weights[index] if isinstance(weights, list) and index < len(weights) else None
+    return rec
+
+
 def lora_functional(plugin) -> LoraFunctional:
     ffa = bool((plugin.meta.get("lora") or {}).get("ffa"))
     return LoraFunctional(plugin.model, ffa=ffa)
@@ -130,13 +193,15 @@ def _rate_bound(dp: DPSetting | None, kappa: float, samples: int, seed: int) -> 
 # --------------------------------------------------------------------------- gradient inversion
 @ATTACKS.register("gradient")
 def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None,
-                 categorical: tuple[tuple[int, ...], ...] = ()) -> dict:
+                 categorical: tuple[tuple[int, ...], ...] = (), recipe: str | Path | None = None) -> dict:
     """Invert ``settings.trials`` updates, each one local step on ``batch_size`` records of
-    ``data``; ``prior`` is the attacker's population data (bounds, starting points, baseline)."""
+    ``data``; ``prior`` is the attacker's population data (bounds, starting points, baseline).
+    For a merged plugin, ``recipe`` (a parent site plugin) gives the DP setting and learning
+    rate; the update is one of the merged model's trainable tensors."""
     check_data(plugin, data)
     check_data(plugin, prior, "population prior")
     s = settings
-    meta = plugin.meta
+    meta, rdir, index = resolve_recipe(plugin, recipe)
     fn = lora_functional(plugin)
     lr = float((meta.get("training") or {}).get("lr") or 0.05)
     dp = DPSetting.from_meta(meta.get("dp") or {}) if s.dp == "plugin" else None
@@ -173,10 +238,13 @@ def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
     seconds = time.perf_counter() - started
     out: dict[str, Any] = {
         "kind": "gradient",
-        "observed": "one noisy DP-SGD gradient (plugin's noise multiplier and clipping norm)" if dp else f"one local SGD step (lr {lr})",
+        "observed": ("one noisy DP-SGD gradient (plugin's noise multiplier and clipping norm)" if dp else f"one local SGD step (lr {lr})")
+        + (f" of the merged model's trainable tensors, with the DP setting and lr of site {meta.get('site')}'s recipe"
+           if index is not None else ""),
         "seconds": seconds,
         "seconds_per_record": seconds / need,
         "labels_recovered": {"rate": labels_ok / s.trials, "mode": s.labels},
+        "recipe": _recipe_record(plugin, meta, rdir, index),
         "settings": {**s.to_dict(), "inversion": cfg.to_dict(), "lr": lr,
                      "dp": asdict(dp) if dp else None},
     }
@@ -225,23 +293,59 @@ RESULTS_FORMAT = "forge-recon-results/1"
 
 
 @ATTACKS.register("informed")
-def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None, **_: Any) -> dict:
+def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None,
+                 recipe: str | Path | None = None, **_: Any) -> dict:
     """The informed adversary with the plugin's DP-SGD recipe: ``data`` holds the known records
-    (all the training set but the target), candidates come from ``prior``."""
+    (all the training set but the target), candidates come from ``prior``.
+
+    For a merged plugin, ``recipe`` is a parent site plugin: the game runs that site's DP-SGD
+    (from the site's plugin, on the known records plus the target), releases the merge with
+    the other parents fixed, and the attacker sees only that merged model (mode ``model``);
+    the bound is the site's (sigma, q, T), since the merge is post-processing of its release."""
     check_data(plugin, data)
     check_data(plugin, prior, "population prior")
     s = settings
-    fn = lora_functional(plugin)
-    cfg = InformedConfig.from_meta(plugin.meta, candidates=s.candidates, mode=s.mode, bound_samples=s.bound_samples)
-    rows = int((plugin.meta.get("data") or {}).get("rows") or len(data))
+    meta, rdir, index = resolve_recipe(plugin, recipe)
+    merged = index is not None
+    release = None
+    if merged:
+        from forge_secure.plugins import load_plugin
+
+        site_plugin = load_plugin(rdir, base=plugin.base)
+        fn = lora_functional(site_plugin)
+        weights = (plugin.meta.get("merge") or {}).get("weights")
+        if not isinstance(weights, list) or len(weights) <= index:
+            raise ForgeValueError(f"the merged plugin {plugin.path} records no merge weight for parent {index} (site {meta.get('site')})",
+                                  fix="attack a merge written by forge merge or forge he", code="recon.merge_weight")
+        lora = meta.get("lora") or {}
+        rank, alpha = int(lora.get("rank") or 8), float(lora.get("alpha") or 16)
+        scaling = alpha / (rank ** 0.5 if lora.get("rslora") else rank)
+        release = MergeRelease(lora_functional(plugin), float(weights[index]), fn.params, scaling=scaling,
+                               method=str((plugin.meta.get("merge") or {}).get("method")), site_frozen=fn.frozen)
+        cfg = InformedConfig.from_meta(meta, candidates=s.candidates, mode="model", bound_samples=s.bound_samples)
+    else:
+        fn = lora_functional(plugin)
+        cfg = InformedConfig.from_meta(meta, candidates=s.candidates, mode=s.mode, bound_samples=s.bound_samples)
+    rows = int((meta.get("data") or {}).get("rows") or len(data))
     known = data.subset(np.arange(min(len(data), max(1, rows - 1))))
     started = time.perf_counter()
-    res = InformedAdversary(cfg).fit(fn, known.X, known.y).run(prior.X, prior.y, s.trials, seed=s.seed)
+    res = InformedAdversary(cfg).fit(fn, known.X, known.y, release=release).run(prior.X, prior.y, s.trials, seed=s.seed)
     seconds = time.perf_counter() - started
-    dp = plugin.meta.get("dp") or {}
+    dp = meta.get("dp") or {}
     generic = None
     if dp.get("enabled"):
         generic = rero_bound_dp(float(dp["epsilon"]), float(dp["delta"]), 1.0 / cfg.candidates)
+    if merged:
+        observed = (f"only the merged plugin, re-released after site {meta.get('site')} ran DP-SGD with its recipe on the known "
+                    f"records plus the target (from its own plugin) and the merge was redone with the other parents fixed "
+                    f""
+                    + (f"(merged tensors + weight {release.weight:.4g} x the site's change)" if release.blocks is None else
+                       "(the site's block of the concatenated merge replaced by its new tensors)"))
+        applies = (f"site {meta.get('site')}'s DP-SGD release (sigma, q, T of its recipe): the merge is post-processing of it, "
+                   "so the site's ReRo bound holds for the merged model")
+    else:
+        observed = "every noisy gradient of the run" if cfg.mode == "gradients" else "the final plugin only"
+        applies = "the plugin's DP-SGD release (sigma, q, T of its recipe)"
     out = {
         "format": RESULTS_FORMAT,
         "kind": "informed",
@@ -249,10 +353,12 @@ def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
         "successes": res["success"]["successes"],
         "trials": res["success"]["trials"],
         "kappa": res["baseline"],
-        "observed": "every noisy gradient of the run" if cfg.mode == "gradients" else "the final plugin only",
+        "observed": observed,
+        "mode": cfg.mode,
+        "recipe": _recipe_record(plugin, meta, rdir, index),
         "success": res["success"],
         "baseline": res["baseline"],
-        "bound": {**res["bound"], "epsilon_delta_bound": generic},
+        "bound": {**res["bound"], "epsilon_delta_bound": generic, "applies_to": applies},
         "within_bound": res["within_bound"],
         "headline": {"metric": "target identified among candidates", "rate": res["success"]["rate"], "ci": res["success"]["ci"],
                      "baseline": res["baseline"], "bound": res["bound"]["bound"]},
@@ -262,30 +368,32 @@ def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
     if plot:
         plots.bars_figure([f"sigma {cfg.noise_multiplier:g}"], [res["success"]["rate"]], [res["success"]["ci"][0]],
                           [res["success"]["ci"][1]], res["baseline"], [res["bound"]["bound"]], plot,
-                          f"informed adversary ({cfg.mode}), {s.trials} trials", "target identified")
+                          f"informed adversary ({cfg.mode}{', merged' if merged else ''}), {s.trials} trials", "target identified")
     return out
 
 
 # --------------------------------------------------------------------------- canary exposure
 @ATTACKS.register("canary")
 def run_canary(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None, train_fn: Callable | None = None,
-               **_: Any) -> dict:
-    """Retrain with the plugin's recipe on ``data`` plus canaries repeated r times; rank them."""
+               recipe: str | Path | None = None, **_: Any) -> dict:
+    """Retrain with the plugin's recipe (for a merged plugin: ``recipe``, a parent site plugin)
+    on ``data`` plus canaries repeated r times; rank them."""
     from forge_secure.plugins import make_canaries
 
     check_data(plugin, data)
     s = settings
+    meta, rdir, index = (plugin.meta, None, None) if train_fn is not None and recipe is None else resolve_recipe(plugin, recipe)
     attack = CanaryExposure(CanaryConfig(s.repetitions, s.canaries_per_repetition, s.canary_candidates)).fit(data, make_canaries, s.seed)
     if train_fn is None:
         from forge_secure.privacy import TrainConfig, train_plugin
 
-        if plugin.meta.get("kind") != "trained":
-            raise ForgeValueError(f"the canary test retrains with the plugin's recipe; {plugin.path} is a {plugin.meta.get('kind')} plugin",
-                                  fix="attack a trained plugin", code="recon.no_recipe")
-        recipe = replace(TrainConfig.from_meta(plugin.meta), seed=s.seed)
+        if meta.get("kind") != "trained":
+            raise ForgeValueError(f"the canary test retrains with the plugin's recipe; {plugin.path} is a {meta.get('kind')} plugin",
+                                  fix="attack a trained plugin, or pass --recipe with a parent site plugin", code="recon.no_recipe")
+        train_config = replace(TrainConfig.from_meta(meta), seed=s.seed)
 
         def train_fn(ds):
-            return train_plugin(recipe, ds, site="canary-audit", base=plugin.base)
+            return train_plugin(train_config, ds, site="canary-audit", base=plugin.base)
 
     started = time.perf_counter()
     model = train_fn(attack.training_set_)
@@ -304,8 +412,10 @@ def run_canary(plugin, data, prior, settings: ReconSettings, *, plot: str | Path
     top = summary["by_repetition"][-1]
     out = {
         "kind": "canary",
-        "observed": "the plugin retrained with its recipe on the data with canaries inserted; candidates ranked by "
-                    "their loss under it minus their loss under the public base",
+        "observed": ("the plugin retrained with its recipe" if index is None else
+                     f"a site plugin retrained with the recipe of site {meta.get('site')} (a parent of the merged target)")
+                    + " on the data with canaries inserted; candidates ranked by their loss under it minus their loss under the public base",
+        "recipe": _recipe_record(plugin, meta, rdir, index),
         "success": summary,
         "baseline": {"rank1": kappa, "mean_exposure_bits": summary["chance_exposure_bits"]},
         "bound": bound,

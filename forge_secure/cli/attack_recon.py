@@ -57,6 +57,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
     )
     p.add_argument("--target", required=True, help="plugin directory (forge.json)")
     p.add_argument("--kind", required=True, help=f"attack by registered name: {', '.join(KINDS)}")
+    p.add_argument("--recipe", default=None, metavar="PLUGIN_DIR",
+                   help="a parent site plugin whose DP-SGD recipe the attack uses (needed for a merged plugin, whose forge.json "
+                   "holds none): gradient uses its DP setting on the merged model, informed runs its DP-SGD and releases the "
+                   "merge with the other parents fixed (the site's ReRo bound applies), canary retrains with it")
     p.add_argument("--data", default=None,
                    help="records to attack (gradient), the known training records (informed) or the training data to plant "
                    "canaries in (canary); default for built-in bases: the bundled site's holdout (gradient) or training set")
@@ -85,7 +89,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=handle)
 
 
-def _default_data(plugin, which: str, kind: str = "") -> str:
+def _default_data(plugin, which: str, kind: str = "", site: str | None = None) -> str:
     from forge_secure.errors import ForgeValueError
 
     prefix = {"tabular-mlp": "bundled", "vit-tiny": "bundled-digits"}.get(plugin.base.name)
@@ -93,14 +97,14 @@ def _default_data(plugin, which: str, kind: str = "") -> str:
         raise ForgeValueError(f"no bundled data for base {plugin.base.name!r}", fix=f"give --{which}", code="recon.no_data")
     if which == "prior":
         return f"{prefix}:public"
-    site = plugin.meta.get("site") or "site-1"
+    site = site or plugin.meta.get("site") or "site-1"
     # the gradient attack inverts the *next* local step, on records the plugin has not seen yet
     # (the site's holdout); the informed adversary and the canary test use its training set
     return f"{prefix}:{site}/{'holdout' if kind == 'gradient' else 'train'}"
 
 
 def handle(args: argparse.Namespace) -> int:
-    from attacks.reconstruction.run import ATTACKS, ReconSettings
+    from attacks.reconstruction.run import ATTACKS, ReconSettings, resolve_recipe
     from forge_secure.errors import ForgeValueError
     from forge_secure.fileio import atomic_write_json
     from forge_secure.plugins import load_data, load_plugin
@@ -118,9 +122,10 @@ def handle(args: argparse.Namespace) -> int:
         bound_samples=args.bound_samples,
     )
     plugin = load_plugin(args.target)
-    data = load_data(args.data or _default_data(plugin, "data", args.kind), label_column=args.label_column)
+    recipe_meta, _dir, _index = resolve_recipe(plugin, args.recipe)  # a merged target without --recipe fails here
+    data = load_data(args.data or _default_data(plugin, "data", args.kind, recipe_meta.get("site")), label_column=args.label_column)
     prior = load_data(args.prior or _default_data(plugin, "prior"), label_column=args.label_column)
-    result = run(plugin, data, prior, settings, plot=args.plot, categorical=args.categorical)
+    result = run(plugin, data, prior, settings, plot=args.plot, categorical=args.categorical, recipe=args.recipe)
     from attacks.reconstruction.run import target_record
 
     result["target"] = target_record(plugin)

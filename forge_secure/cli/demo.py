@@ -376,12 +376,13 @@ def stage_attacks(ctx: dict) -> None:
         from ..plugins import load_data, load_plugin
 
         data, prior = load_data(f"bundled:{ATTACKED_SITE}/train"), load_data("bundled:public")
-        for name, (target, _recipe) in targets.items():
+        for name, (target, recipe) in targets.items():
             t0 = time.perf_counter()
             try:
+                # on the merged model the game runs site-1's recipe and releases the merge (mode model, site-1's bound)
                 settings = ReconSettings(trials=ctx["recon_trials"], seed=0, candidates=10, mode="gradients")
                 plugin = load_plugin(target)
-                res = RECON.get("informed")(plugin, data, prior, settings)
+                res = RECON.get("informed")(plugin, data, prior, settings, recipe=recipe)
                 res["target"] = target_record(plugin)
                 res["data"] = {"name": data.name, "rows": len(data), "kind": data.kind, "prior": prior.name, "prior_rows": len(prior)}
                 path = out_dir / f"reconstruction-informed-{name}.json"
@@ -392,7 +393,8 @@ def stage_attacks(ctx: dict) -> None:
             h = res["headline"]
             report["reconstruction"][name] = {
                 "results": _shown(ctx, path), "attack": "informed adversary", "trials": ctx["recon_trials"], "rate": h["rate"],
-                "ci": h["ci"], "baseline": h["baseline"], "rero_bound": h["bound"], "seconds": round(time.perf_counter() - t0, 1),
+                "ci": h["ci"], "baseline": h["baseline"], "rero_bound": h["bound"], "mode": res.get("mode"),
+                "recipe_site": (res.get("recipe") or {}).get("site"), "seconds": round(time.perf_counter() - t0, 1),
             }
     ctx["attacks"] = report
 

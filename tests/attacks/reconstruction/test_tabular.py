@@ -108,7 +108,7 @@ def test_batch_of_one_without_dp_recovers_90_percent_of_features(tabular_plugins
     """Issue 6: one local step on one record of a tabular-mlp plugin trained without DP."""
     plugin = tabular_plugins["nodp"]
     data, prior = load_data("bundled:site-1/holdout"), load_data("bundled:public")
-    res = run_gradient(plugin, data, prior, ReconSettings(trials=6, steps=500, restarts=6, bound_samples=2000))
+    res = run_gradient(plugin, data, prior, ReconSettings(trials=6, steps=1000, restarts=6, bound_samples=2000))
     assert res["success"]["feature_accuracy"]["rate"] >= 0.9, res["success"]
     assert res["success"]["feature_accuracy"]["ci"][0] > res["baseline"]["feature_accuracy"]["ci"][1]
 
