@@ -80,6 +80,9 @@ class LoraClipper:
     def __init__(self, model: nn.Module, adapter: str = "default"):
         self.taps: list[_Tap] = []
         self._handles = []
+        self._flat: torch.Tensor | None = None
+        self._flat_plan = None
+        self.flat_grad: torch.Tensor | None = None  # set when the last clip_backward filled the flat buffer
         lora_params: set[int] = set()
         for name, layer in lora_layers(model, adapter):
             A, B = layer.lora_A[adapter], layer.lora_B[adapter]
@@ -118,7 +121,7 @@ class LoraClipper:
 
         def forward(x):
             if torch.is_grad_enabled():
-                tap.x.append(x.detach())
+                tap.x.append(x)  # read only under no_grad
             return F.linear(x, A.weight, A.bias)
         return forward
 
@@ -129,7 +132,7 @@ class LoraClipper:
         def forward(h):
             u = F.linear(h, B.weight, B.bias)
             if torch.is_grad_enabled():
-                tap.h.append(h.detach())
+                tap.h.append(h)  # kept in the graph: the flat path asks autograd for dL/dh = B^T g
                 tap.u.append(u)
             return u
         return forward
@@ -207,43 +210,79 @@ class LoraClipper:
                 sq.append(psA.square().sum(1))
         return sq, cache
 
+    def _flat_views(self):
+        """One persistent buffer holding every trainable LoRA gradient (in
+        :attr:`parameters` order) and a view of it per weight: the flat path writes its
+        clipped sums straight into the views, and the optimizer noises the whole buffer in
+        one operation (see ``privacy.train``)."""
+        if self._flat is None:
+            params = self.parameters
+            flat = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype)
+            views, o = {}, 0
+            for p in params:
+                views[id(p)] = flat[o:o + p.numel()].view(p.shape)
+                o += p.numel()
+            self._flat = flat
+            self._flat_plan = [(t.B.weight, views[id(t.B.weight)], t.A.weight if t.train_A else None,
+                                views[id(t.A.weight)] if t.train_A else None) for t in self.taps]
+        return self._flat, self._flat_plan
+
     def _clip_backward_flat(self, loss: torch.Tensor, max_grad_norm: float) -> torch.Tensor | None:
         """The common tabular case with the fewest tensor operations (small models are
         dominated by per-operation overhead): every layer ran once on (n, d) inputs.
         Returns None (nothing changed) when that does not hold."""
         taps = self.taps
-        if not all(len(t.u) == 1 and t.u[0].dim() == 2 for t in taps):
-            return None
-        gs = torch.autograd.grad(loss, [t.u[0] for t in taps], allow_unused=True)
-        gs = [g if g is not None else torch.zeros_like(t.u[0]) for g, t in zip(gs, taps)]  # a branch the loss ignores
-        with torch.no_grad():  # the math below must not be recorded by autograd (B requires grad)
-            return self._flat_math(taps, gs, max_grad_norm)
-
-    def _flat_math(self, taps, gs, max_grad_norm: float) -> torch.Tensor:
-        vecdot = torch.linalg.vecdot
-        sq, gas = None, []
-        for t, g in zip(taps, gs):
-            h = t.h[0]
-            s = vecdot(g, g) * vecdot(h, h)  # ||grad_B,i||^2 = ||g_i||^2 ||h_i||^2
-            ga = None
+        outs, hs = [], []
+        for t in taps:
+            if len(t.u) != 1 or t.u[0].dim() != 2:
+                return None
+            outs.append(t.u[0])
             if t.train_A:
-                ga, x = g @ t.B.weight, t.x[0]
-                s = s + vecdot(ga, ga) * vecdot(x, x)  # ||grad_A,i||^2 = ||B^T g_i||^2 ||x_i||^2
-            gas.append(ga)
-            sq = s if sq is None else sq + s
-        norms = sq.sqrt()
-        c = (max_grad_norm / (norms + 1e-6)).clamp_(max=1.0).unsqueeze(1)  # Opacus's clip factor
+                if not t.h[0].requires_grad:
+                    return None
+                hs.append(t.h[0])
+        # dL/du (the LoRA branch outputs) and, for trained A, dL/dh = B^T g (h = A x), which
+        # autograd forms on its way down anyway
+        grads = torch.autograd.grad(loss, outs + hs, allow_unused=True)
+        if any(g is None for g in grads):  # a branch the loss ignores: zero gradient
+            grads = [g if g is not None else torch.zeros_like(v) for g, v in zip(grads, outs + hs)]
+        gs, it = grads[:len(taps)], iter(grads[len(taps):])
+        gas = [next(it) if t.train_A else None for t in taps]
+        with torch.no_grad():  # the math below must not be recorded by autograd (B requires grad)
+            return self._flat_math(taps, gs, gas, max_grad_norm)
+
+    def _flat_math(self, taps, gs, gas, max_grad_norm: float) -> torch.Tensor:
+        """As few tensor operations as the maths allows: for one token per sample each
+        block's per-sample norm is a product of two row norms, and the per-sample norm over
+        all blocks is the row norm of those products."""
+        norm = torch.linalg.vector_norm
+        flat, plan = self._flat_views()
+        blocks = []
         for t, g, ga in zip(taps, gs, gas):
-            t.B.weight.grad = (g * c).t() @ t.h[0]
+            blocks.append(norm(g, dim=1, keepdim=True) * norm(t.h[0], dim=1, keepdim=True))  # ||grad_B,i|| = ||g_i|| ||h_i||
             if ga is not None:
-                t.A.weight.grad = (ga * c).t() @ t.x[0]
+                blocks.append(norm(ga, dim=1, keepdim=True) * norm(t.x[0], dim=1, keepdim=True))  # ||grad_A,i|| = ||B^T g_i|| ||x_i||
+        norms = norm(torch.cat(blocks, 1), dim=1, keepdim=True)  # (n, 1)
+        # Opacus's clip factor min(1, C / (norm + 1e-6))
+        c = (norms + 1e-6).reciprocal_().mul_(max_grad_norm).clamp_(max=1.0)
+        for t, g, ga, (Bw, vB, Aw, vA) in zip(taps, gs, gas, plan):
+            torch.mm((g * c).t(), t.h[0], out=vB)
+            if Bw.grad is not vB:
+                Bw.grad = vB
+            if ga is not None:
+                torch.mm((ga * c).t(), t.x[0], out=vA)
+                if Aw.grad is not vA:
+                    Aw.grad = vA
+        flat._forge_processed = False  # fresh clipped sums: the optimizer may noise them once
+        self.flat_grad = flat
         self.reset()
-        return norms
+        return norms.view(-1)
 
     def clip_backward(self, loss: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
         """One backward pass; sets ``p.grad = sum_i c_i grad_i`` for every trainable LoRA
         weight and returns the per-sample norms before clipping. ``loss`` must be the *sum*
         of per-sample losses."""
+        self.flat_grad = None
         fast = self._clip_backward_flat(loss, max_grad_norm)
         if fast is not None:
             return fast

@@ -152,7 +152,10 @@ def _optimizer_class():
         * ``add_noise`` (without secure mode) draws the same N(0, (sigma C)^2) noise per
           coordinate in one call for all parameters from the seeded generator and adds it
           with one multi-tensor (``torch._foreach``) operation; ``scale_grad`` divides all
-          gradients by the expected batch size in one such operation."""
+          gradients by the expected batch size in one such operation;
+        * ``step_flat``: when the clipper left every clipped sum in one flat buffer (the
+          tabular case), noise, scaling and the accountant hook act on that buffer directly
+          and Opacus's per-parameter bookkeeping (``zero_grad``, ``accumulate``) is skipped."""
 
         @property
         def params(self):
@@ -193,6 +196,42 @@ def _optimizer_class():
             for (p, a, b, shape), sg in zip(layout, sums):
                 p.grad = noisy[a:b].view(shape)
                 sg._processed = True  # what Opacus's _mark_as_processed records
+
+        def step_flat(self, flat: torch.Tensor):
+            """Opacus's ``step`` for clipped sums held in one buffer of which every
+            trainable gradient is a view (:class:`LoraClipper`'s flat path): ``pre_step``'s
+            noise, scaling and accountant hook in three tensor operations, then the wrapped
+            optimizer's step. The noise is Opacus's: N(0, (sigma C)^2) per coordinate from
+            the seeded generator, added to the clipped sum, then division by the expected
+            batch size. Secure mode, virtual steps and adjusted noise take Opacus's own path."""
+            if self.secure_mode or self._step_skip_queue or getattr(self, "_adjusted_noise_multiplier", None) is not None \
+                    or self.loss_reduction != "mean":
+                for p in self.params:
+                    p.summed_grad = None
+                return self.step()
+            if getattr(flat, "_forge_processed", True):  # as Opacus: never noise the same sum twice
+                raise ValueError("Gradients haven't been cleared since the last optimizer step. In order to obtain "
+                                 "privacy guarantees you must compute fresh clipped gradients before each step")
+            flat.add_(self._standard_noise(flat), alpha=self.noise_multiplier * self.max_grad_norm)
+            flat.div_(self.expected_batch_size)
+            flat._forge_processed = True
+            if self.step_hook:
+                self.step_hook(self)
+            self._is_last_step_skipped = False
+            return self.original_optimizer.step()
+
+        def _standard_noise(self, flat: torch.Tensor) -> torch.Tensor:
+            """N(0, 1) for every coordinate of ``flat``, drawn from the seeded generator
+            in blocks of up to 64 steps (at most 2^20 numbers per block): one draw per block
+            instead of one per step."""
+            block = self.__dict__.get("_forge_noise")
+            k = self.__dict__.get("_forge_noise_k", 0)
+            if block is None or k >= block.shape[0] or block.shape[1] != flat.numel() or block.dtype != flat.dtype:
+                rows = max(1, min(64, (1 << 20) // flat.numel()))
+                block = self.__dict__["_forge_noise"] = torch.randn((rows, flat.numel()), dtype=flat.dtype, generator=self.generator)
+                k = 0
+            self.__dict__["_forge_noise_k"] = k + 1
+            return block[k]
 
         def scale_grad(self):
             if self.loss_reduction != "mean":
@@ -255,6 +294,7 @@ class TrainingRun:
         self.sampler = UniformWithReplacementSampler(num_samples=plan.n, sample_rate=plan.sample_rate,
                                                      generator=self.sample_gen, steps=plan.steps_per_epoch)
         self.steps_done = 0
+        self._dirty = True
 
     @property
     def history(self) -> list[tuple[float, float, int]]:
@@ -262,17 +302,26 @@ class TrainingRun:
 
     def _step(self, idx: list[int]) -> None:
         model, opt = self.model, self.optimizer
-        opt.zero_grad(set_to_none=True)
         if self.dp:
+            if self._dirty:  # Opacus's bookkeeping after a step on its own path
+                opt.zero_grad(set_to_none=True)
             if idx:
                 ix = torch.as_tensor(idx)
                 loss = F.cross_entropy(model(self.X[ix]), self.y[ix], reduction="sum")
                 self.clipper.clip_backward(loss, self.config.max_grad_norm)
+                flat = self.clipper.flat_grad
+                if flat is not None:  # every LoRA gradient is a view of one buffer
+                    opt.step_flat(flat)
+                    self._dirty = False
+                    self.steps_done += 1
+                    return
             else:  # an empty Poisson batch is still a step: noise only
                 for p in self.clipper.parameters:
                     p.grad = torch.zeros_like(p)
             opt.step()
+            self._dirty = True
         elif idx:
+            opt.zero_grad(set_to_none=True)
             ix = torch.as_tensor(idx)
             loss = F.cross_entropy(model(self.X[ix]), self.y[ix])
             loss.backward()
