@@ -46,6 +46,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="add M out-of-distribution canaries, each included with probability 1/2 (for one-run privacy audits)")
     p.add_argument("--canary-seed", type=int, help="seed of the canaries and their coin flips (default: derived from --site and --seed)")
     p.add_argument("--label-column", help="label column of a CSV (default: label)")
+    p.add_argument("--membership-seed", type=int, metavar="S",
+                   help="your own CSV/.npz only: train on an independent coin-flip draw of its records from seed S (the rest is "
+                        "holdout), so that a membership audit is valid; forge.json records only sha256(S)")
+    p.add_argument("--include-prob", type=float, default=0.5, help="inclusion probability of those coin flips (default 0.5)")
     _common.add_json_flag(p)
     p.set_defaults(func=cmd_train)
 
@@ -101,7 +105,8 @@ def _check_out(out: Path) -> None:
 
 
 def train_site(*, site: str, data_spec: str, base_name: str, out: Path, label_column: str | None = None, canaries: int = 0,
-               canary_seed: int | None = None, budget: float | None = None, ledger_root: Path | None = None, **config_kwargs):
+               canary_seed: int | None = None, budget: float | None = None, ledger_root: Path | None = None,
+               membership_seed: int | None = None, include_prob: float = 0.5, **config_kwargs):
     """Resolve data and base, open the site's ledger, train with ``privacy.train_plugin``.
     Returns ``(plugin, training_data)``. Shared by ``forge train`` and ``forge demo``."""
     from ..plugins.bases import BASES, load_base
@@ -115,7 +120,8 @@ def train_site(*, site: str, data_spec: str, base_name: str, out: Path, label_co
     seed = int(config_kwargs.get("seed", 0) or 0)
     if canaries and canary_seed is None:
         canary_seed = default_canary_seed(site, seed)
-    td = prepare_training_data(data_spec, label_column=label_column, canaries=canaries, canary_seed=canary_seed)
+    td = prepare_training_data(data_spec, label_column=label_column, canaries=canaries, canary_seed=canary_seed,
+                               membership_seed=membership_seed, include_prob=include_prob)
     if td.site is not None and td.site != site:
         raise ForgeValueError(f"--data {data_spec} is the training set of {td.site}, but --site is {site}",
                               fix=f"use --site {td.site}, or --data {data_spec.split(':')[0]}:{site}", code="train.site_mismatch")
@@ -196,7 +202,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         accountant=args.accountant, no_dp=args.no_dp or None, secure_mode=args.secure_mode or None,
     )
     plugin, td = train_site(site=args.site, data_spec=args.data, base_name=args.base, out=args.out, label_column=args.label_column,
-                            canaries=args.canaries, canary_seed=args.canary_seed, budget=args.budget, **config_kwargs)
+                            canaries=args.canaries, canary_seed=args.canary_seed, budget=args.budget,
+                            membership_seed=args.membership_seed, include_prob=args.include_prob, **config_kwargs)
     meta = plugin.meta
     summary = {"plugin": str(args.out), "site": args.site, "base": meta["base"], "rows": meta.get("data", {}).get("rows"),
                "dp": meta["dp"], "lora": meta["lora"], "training": meta.get("training"), "data": meta.get("data"),

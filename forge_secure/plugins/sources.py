@@ -4,7 +4,11 @@ the data-set identity for the budget ledger, and the matching test split.
 For bundled data (``bundled:site-1``) the training set is the site's coin-flip draw from
 its pool (:meth:`SiteShard.train`) and the commitment records the pool size, the
 inclusion probability and the sha256 of the membership seed. A user file is trained on
-whole; its commitment records no membership draw.
+whole (its commitment records no membership draw) unless a ``membership_seed`` is given:
+then the file is the pool, each record is included by an independent coin flip
+(:func:`draw_membership`, probability ``include_prob``), the rest is the holdout, and the
+commitment records the same fields as for bundled data, so that a membership audit of the
+plugin is statistically valid (``forge attack mia --data FILE --membership-seed S``).
 
 Canaries (``canaries=M``): ``M`` out-of-distribution records (:func:`make_canaries`), each
 included in the training set by an independent fair coin flip (Steinke, Nasr and
@@ -51,12 +55,23 @@ def default_canary_seed(site: str, seed: int) -> int:
 
 
 def prepare_training_data(spec: str, *, label_column: str | None = None, canaries: int = 0,
-                          canary_seed: int | None = None) -> TrainingData:
+                          canary_seed: int | None = None, membership_seed: int | None = None,
+                          include_prob: float = 0.5) -> TrainingData:
     """Resolve ``spec`` (see :func:`load_data`) into a :class:`TrainingData`."""
     spec = str(spec)
+    if membership_seed is not None:
+        if isinstance(membership_seed, bool) or not isinstance(membership_seed, (int, np.integer)) or membership_seed < 0:
+            raise ForgeValueError(f"membership seed {membership_seed!r} must be a non-negative integer",
+                                  fix="give --membership-seed such as 20261123 (keep it secret until the audit)", code="data.membership_seed")
+        if not (0.0 < float(include_prob) < 1.0):
+            raise ForgeValueError(f"inclusion probability {include_prob!r} is not strictly between 0 and 1",
+                                  fix="give --include-prob such as 0.5", code="data.include_prob")
     test = None
     site = None
     if is_bundled(spec):
+        if membership_seed is not None:
+            raise ForgeValueError(f"{spec} already has its site's recorded coin flips",
+                                  fix="drop --membership-seed (it is for your own CSV or .npz files)", code="data.membership_seed")
         splits, shard, part = resolve_bundled(spec)
         if shard is None or part != "train":
             raise ForgeValueError(
@@ -71,6 +86,14 @@ def prepare_training_data(spec: str, *, label_column: str | None = None, canarie
     else:
         data = load_data(spec, label_column=label_column)
         membership = None
+        if membership_seed is not None:
+            pool = data
+            mask = draw_membership(len(pool), int(membership_seed), float(include_prob))
+            if not mask.any():
+                raise ForgeDataError(f"the coin flips of seed {membership_seed} include none of the {len(pool)} records of {pool.name}",
+                                     fix="give more records, another --membership-seed or a larger --include-prob", code="data.empty")
+            data = pool.subset(mask, name=pool.name)
+            membership = {"include_prob": float(include_prob), "pool_rows": len(pool), "seed_sha256": seed_sha256(int(membership_seed))}
         ledger_dataset = str(Path(spec.rsplit(".npz:", 1)[0] + (".npz" if ".npz:" in spec else "")).resolve())
     canary_record = {"count": 0, "seed_sha256": None}
     mask = None

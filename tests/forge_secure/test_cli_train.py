@@ -353,3 +353,30 @@ def test_secure_mode_without_its_dependency_is_a_clean_error(forge, tmp_path):
               "--out", tmp_path / "o")
     assert_clean_error(r, "torchcsprng", "--secure-mode")
     assert not (tmp_path / "o").exists()
+
+
+@needs_train
+def test_train_own_csv_by_coin_flips_then_attack_candidates_check(forge, tmp_path):
+    """`--membership-seed` on a user CSV: the training set is a coin-flip draw, forge.json
+    commits to it, and the membership attack's candidate labelling accepts the seed (and
+    refuses another)."""
+    from attacks.membership.run import resolve_candidates
+    from forge_secure.errors import ForgeValueError
+    from forge_secure.plugins.data import draw_membership
+
+    data = _csv(tmp_path / "own.csv", 30, rows=50)
+    r = forge("train", "--site", "site-1", "--data", data, "--no-dp", "--epochs", "1", "--membership-seed", "41",
+              "--out", tmp_path / "p", "--json")
+    assert r.code == 0, r
+    meta = json.loads((tmp_path / "p" / "forge.json").read_text())
+    mask = draw_membership(50, 41, 0.5)
+    assert meta["data"]["rows"] == int(mask.sum())
+    assert meta["data"]["membership"]["pool_rows"] == 50
+    cands = resolve_candidates(str(data), meta=meta, membership_seed=41)
+    assert cands.provenance["commitment_checked"] and np.array_equal(cands.labels, mask.astype(np.int64))
+    with pytest.raises(ForgeValueError) as e:
+        resolve_candidates(str(data), meta=meta, membership_seed=42)
+    assert e.value.code == "attack.membership_mismatch"
+    bad = forge("train", "--site", "site-1", "--data", data, "--no-dp", "--membership-seed", "-3", "--out", tmp_path / "q")
+    assert_clean_error(bad, "-3", "--membership-seed")
+    assert not (tmp_path / "q").exists()

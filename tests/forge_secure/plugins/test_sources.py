@@ -64,3 +64,28 @@ def test_vit_settings_follow_the_data():
     rgb = digits.__class__(np.zeros((2, 3, 28, 28)), [0, 1], 2, "rgb", "image")
     assert base_kwargs_for("vit-tiny", rgb) == {"image_size": 28, "num_channels": 3, "patch_size": 4, "n_classes": 2}
     assert base_kwargs_for("tabular-mlp", bundled_splits().public) == {}
+
+
+def test_user_file_coin_flip_membership(tmp_path):
+    from forge_secure.plugins.data import draw_membership
+
+    p = tmp_path / "d.csv"
+    rows = "\n".join(f"{i},{i * 2},{i % 2}" for i in range(60))
+    p.write_text("a,b,label\n" + rows + "\n")
+    whole = prepare_training_data(str(p))
+    td = prepare_training_data(str(p), membership_seed=7, include_prob=0.5)
+    mask = draw_membership(60, 7, 0.5)
+    assert 0 < mask.sum() < 60 and len(td.data) == mask.sum()
+    np.testing.assert_array_equal(td.data.X, whole.data.X[mask])
+    assert td.commitment["membership"] == {"include_prob": 0.5, "pool_rows": 60, "seed_sha256": seed_sha256(7)}
+    assert td.ledger_dataset == whole.ledger_dataset  # the same patients, whatever the draw
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ForgeValueError) as e:
+            prepare_training_data(str(p), membership_seed=bad)
+        assert e.value.code == "data.membership_seed"
+    with pytest.raises(ForgeValueError) as e:
+        prepare_training_data(str(p), membership_seed=3, include_prob=1.0)
+    assert e.value.code == "data.include_prob"
+    with pytest.raises(ForgeValueError) as e:
+        prepare_training_data("bundled:site-1", membership_seed=3)
+    assert e.value.code == "data.membership_seed" and "Drop --membership-seed" in str(e.value)
