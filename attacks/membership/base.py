@@ -19,6 +19,7 @@ settings, and unknown names get an error listing the registered ones.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any, ClassVar
 
@@ -36,7 +37,7 @@ class TooFewReferences(ForgeValueError):
     default_code = "attack.too_few_references"
 
 
-class MembershipAttack:
+class MembershipAttack(abc.ABC):
     """Base class. Subclasses set ``name``, ``Config`` and implement ``_fit`` / ``_score``."""
 
     name: ClassVar[str] = ""
@@ -155,11 +156,13 @@ class MembershipAttack:
     def _variant(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.config).items()) or "default settings"
 
+    @abc.abstractmethod
     def _fit(self, ref: np.ndarray, labels: np.ndarray, in_mask: np.ndarray, population) -> None:
-        raise NotImplementedError
+        """Learn from the reference models' logits (``ref``) and their membership (``in_mask``)."""
 
+    @abc.abstractmethod
     def _score(self, target: np.ndarray, labels: np.ndarray, population_target) -> np.ndarray:
-        raise NotImplementedError
+        """Membership scores of the fitted records (higher = more likely a member)."""
 
     def _require_per_record(self, counts: np.ndarray, need: int, what: str, fix: str) -> None:
         """Raise :class:`TooFewReferences` when some record has fewer than ``need`` references of a kind."""

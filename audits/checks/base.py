@@ -9,6 +9,8 @@ each class adds its own range checks in ``validate()``.
 
 from __future__ import annotations
 
+import abc
+
 import dataclasses
 import typing
 from dataclasses import dataclass
@@ -104,7 +106,7 @@ class CheckSettings:
         return cls(**table)
 
 
-class Check:
+class Check(abc.ABC):
     """Base class of a registered check."""
 
     name: ClassVar[str]
@@ -112,8 +114,9 @@ class Check:
     description: ClassVar[str]
     Settings: ClassVar[type[CheckSettings]] = CheckSettings
 
+    @abc.abstractmethod
     def run(self, evidence, settings: CheckSettings, *, progress: ProgressFn | None = None) -> list[Finding]:
-        raise NotImplementedError
+        """The findings of this check on ``evidence`` under ``settings``."""
 
 
 def register_check(name: str):

@@ -21,6 +21,8 @@ treat a mixture like any model. A mixture is saved as a directory: ``plugins/NN-
 
 from __future__ import annotations
 
+import abc
+
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -45,11 +47,12 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return np.exp(log_softmax(z))
 
 
-class Router:
+class Router(abc.ABC):
     name = "router"
 
-    def weights(self, mixture: "Mixture", X: np.ndarray) -> np.ndarray:  # (n, J)
-        raise NotImplementedError
+    @abc.abstractmethod
+    def weights(self, mixture: "Mixture", X: np.ndarray) -> np.ndarray:
+        """Routing weights of every record over the J components, shape (n, J)."""
 
     def to_json(self) -> dict:
         return {}
