@@ -36,3 +36,20 @@ def tab_shard(_privacy_home):
 @pytest.fixture(scope="session")
 def tab_train(tab_shard):
     return tab_shard.train()
+
+
+@pytest.fixture(scope="session")
+def randomise_B():
+    """Set every LoRA B weight to seeded N(0, 0.3^2) values: B = 0 at initialisation would
+    make grad_A vanish, so tests of the general case start here."""
+    import torch
+
+    def randomise(model, seed):
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        return model
+
+    return randomise

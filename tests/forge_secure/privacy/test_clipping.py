@@ -14,14 +14,6 @@ from forge_secure.privacy import TrainConfig, build_lora_model
 from forge_secure.privacy.clipping import LoraClipper
 
 
-def _randomise_B(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-
-
 def _opacus_reference(model, X, y, max_grad_norm):
     """Per-sample gradient norms and the clipped sum from Opacus's GradSampleModule (hooks)
     and DPOptimizer.clip_and_accumulate."""
@@ -54,9 +46,9 @@ def _ours(model, X, y, max_grad_norm):
 
 
 @pytest.mark.parametrize("ffa", [False, True])
-def test_tabular_norms_and_clipping_match_opacus(tab_base, tab_train, ffa):
+def test_tabular_norms_and_clipping_match_opacus(tab_base, tab_train, ffa, randomise_B):
     model, _ = build_lora_model(tab_base, TrainConfig(no_dp=True, ffa=ffa, seed=3))
-    _randomise_B(model, 1)  # B = 0 at init would make grad_A vanish: test the general case
+    randomise_B(model, 1)  # B = 0 at init would make grad_A vanish: test the general case
     X, y = torch.tensor(tab_train.X[:40]), torch.tensor(tab_train.y[:40])
     ref_norms, ref_grads = _opacus_reference(model, X, y, 0.5)
     norms, grads = _ours(model, X, y, 0.5)
@@ -69,14 +61,14 @@ def test_tabular_norms_and_clipping_match_opacus(tab_base, tab_train, ffa):
         assert not any("lora_A" in n for n in grads)
 
 
-def test_sequence_norms_match_opacus():
+def test_sequence_norms_match_opacus(randomise_B):
     """vit-tiny: LoRA on attention q/v sees 17 positions per image (ghost-norm case)."""
     from forge_secure.plugins import bundled_image_splits, load_base
 
     base = load_base("vit-tiny")
     data = bundled_image_splits().sites[0].pool
     model, _ = build_lora_model(base, TrainConfig(no_dp=True, seed=1))
-    _randomise_B(model, 2)
+    randomise_B(model, 2)
     X, y = torch.tensor(data.X[:12]), torch.tensor(data.y[:12])
     ref_norms, ref_grads = _opacus_reference(model, X, y, 1.0)
     norms, grads = _ours(model, X, y, 1.0)

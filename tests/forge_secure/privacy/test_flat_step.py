@@ -12,17 +12,9 @@ from forge_secure.privacy.clipping import LoraClipper
 from forge_secure.privacy.train import ClippedGradDPOptimizer, TrainingRun, plan_privacy
 
 
-def _randomise_B(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-
-
-def _setup(tab_base, tab_train, sigma, seed=5):
+def _setup(tab_base, tab_train, randomise_B, sigma, seed=5):
     model, _ = build_lora_model(tab_base, TrainConfig(no_dp=True, seed=3))
-    _randomise_B(model, 1)
+    randomise_B(model, 1)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = ClippedGradDPOptimizer(torch.optim.SGD(params, lr=0.1), noise_multiplier=sigma, max_grad_norm=0.5,
                                  expected_batch_size=20.0, loss_reduction="mean", generator=torch.Generator().manual_seed(seed))
@@ -32,11 +24,11 @@ def _setup(tab_base, tab_train, sigma, seed=5):
     return model, params, opt, clipper
 
 
-def test_flat_step_equals_opacus_path_without_noise(tab_base, tab_train):
+def test_flat_step_equals_opacus_path_without_noise(tab_base, tab_train, randomise_B):
     """sigma = 0: the flat step and Opacus's accumulate/add_noise/scale_grad path move the
     weights identically."""
-    m1, p1, opt1, c1 = _setup(tab_base, tab_train, 0.0)
-    m2, p2, opt2, c2 = _setup(tab_base, tab_train, 0.0)
+    m1, p1, opt1, c1 = _setup(tab_base, tab_train, randomise_B, 0.0)
+    m2, p2, opt2, c2 = _setup(tab_base, tab_train, randomise_B, 0.0)
     assert c1.flat_grad is not None
     assert all(p.grad.untyped_storage().data_ptr() == c1.flat_grad.untyped_storage().data_ptr() for p in p1)
     for p in p2:  # detach the second model's gradients from its flat buffer: Opacus's own path
@@ -47,9 +39,9 @@ def test_flat_step_equals_opacus_path_without_noise(tab_base, tab_train):
         assert torch.allclose(a, b, atol=1e-7), (a - b).abs().max()
 
 
-def test_flat_step_noise_has_the_dp_sgd_scale(tab_base, tab_train):
+def test_flat_step_noise_has_the_dp_sgd_scale(tab_base, tab_train, randomise_B):
     """The noise added is N(0, (sigma C)^2) per coordinate, divided by the expected batch size."""
-    _, params, opt, clipper = _setup(tab_base, tab_train, 2.0)
+    _, params, opt, clipper = _setup(tab_base, tab_train, randomise_B, 2.0)
     clean = clipper.flat_grad.clone() / 20.0
     saved = [p.detach().clone() for p in params]
     opt.original_optimizer.param_groups[0]["lr"] = 0.0  # look at the gradient, not the step
@@ -62,8 +54,8 @@ def test_flat_step_noise_has_the_dp_sgd_scale(tab_base, tab_train):
         assert torch.equal(p, s)
 
 
-def test_flat_step_refuses_to_noise_twice(tab_base, tab_train):
-    _, _, opt, clipper = _setup(tab_base, tab_train, 1.0)
+def test_flat_step_refuses_to_noise_twice(tab_base, tab_train, randomise_B):
+    _, _, opt, clipper = _setup(tab_base, tab_train, randomise_B, 1.0)
     opt.step_flat(clipper.flat_grad)
     with pytest.raises(ValueError, match="cleared"):
         opt.step_flat(clipper.flat_grad)
