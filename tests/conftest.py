@@ -25,6 +25,21 @@ def _shared_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("forge-cache")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_forge_home(tmp_path_factory, _shared_cache):
+    """Session- and module-scoped fixtures are built before any test's own home exists:
+    they get a private home of the session (never the user's), and the shared cache."""
+    old = {k: os.environ.get(k) for k in ("FORGE_HOME", "FORGE_CACHE")}
+    os.environ["FORGE_HOME"] = str(tmp_path_factory.mktemp("session-home"))
+    os.environ["FORGE_CACHE"] = str(_shared_cache)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(autouse=True)
 def _isolated_forge_home(tmp_path_factory, _shared_cache, monkeypatch):
     """Every test gets its own FORGE_HOME (ledgers, roster state, replay store, sequence

@@ -4,26 +4,13 @@ exercised where utility matters)."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _merge_forge_home(tmp_path_factory):
-    """A private FORGE_HOME for each merge test module (restored afterwards)."""
-    old = os.environ.get("FORGE_HOME")
-    os.environ["FORGE_HOME"] = str(tmp_path_factory.mktemp("merge-forge-home"))
-    yield
-    if old is None:
-        os.environ.pop("FORGE_HOME", None)
-    else:
-        os.environ["FORGE_HOME"] = old
-
-
 @pytest.fixture(scope="module")
-def base(_merge_forge_home):
+def base():
     from forge_secure.plugins.bases import load_base
 
     return load_base("tabular-mlp")

@@ -1,22 +1,10 @@
-"""Fixtures for the plugin-core tests: a private FORGE_HOME (base cache) per test module."""
+"""Fixtures for the plugin-core tests (homes and caches: tests/conftest.py)."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _private_forge_home(tmp_path_factory):
-    old = os.environ.get("FORGE_HOME")
-    os.environ["FORGE_HOME"] = str(tmp_path_factory.mktemp("plugins-home"))
-    yield
-    if old is None:
-        os.environ.pop("FORGE_HOME", None)
-    else:
-        os.environ["FORGE_HOME"] = old
 
 
 @pytest.fixture(scope="session")

@@ -1,33 +1,20 @@
-"""Fixtures of the privacy tests: a private FORGE_HOME, the bundled tabular shard and base."""
+"""Fixtures of the privacy tests: the bundled tabular shard and base (homes and caches: tests/conftest.py)."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _privacy_home(tmp_path_factory):
-    """Ledgers, calibration and base caches of these tests live in a temporary home."""
-    old = os.environ.get("FORGE_HOME")
-    os.environ["FORGE_HOME"] = str(tmp_path_factory.mktemp("privacy-home"))
-    yield
-    if old is None:
-        os.environ.pop("FORGE_HOME", None)
-    else:
-        os.environ["FORGE_HOME"] = old
-
-
 @pytest.fixture(scope="session")
-def tab_base(_privacy_home):
+def tab_base():
     from forge_secure.plugins import load_base
 
     return load_base("tabular-mlp")
 
 
 @pytest.fixture(scope="session")
-def tab_shard(_privacy_home):
+def tab_shard():
     from forge_secure.plugins import bundled_splits
 
     return bundled_splits().sites[0]
