@@ -20,7 +20,7 @@ Both runs are built first, warmed up for ``--warmup`` epochs, then timed in alte
 median of the per-repetition ratios with its interquartile range, and the ratio of the
 minimum epoch times (the least disturbed by other processes on a shared machine).
 
-    .venv/bin/python benchmarks/bench_dp_overhead.py [--reps 40] [--warmup 5] [--bases tabular-mlp,vit-tiny]
+    .venv/bin/python benchmarks/bench_dp_overhead.py [--reps 100] [--warmup 5] [--bases tabular-mlp,vit-tiny]
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--reps", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.02, help="learning rate of every run (0.05 makes the unclipped no-DP baseline diverge)")
