@@ -31,6 +31,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     g.add_argument("--passphrase-file", metavar="FILE", help="passphrase of --key, first line of FILE")
     g.add_argument("--passphrase-env", metavar="VAR", help="passphrase of --key, from environment variable VAR")
     p.add_argument("--decryption-key", metavar="KEY", help="the recipient's decryption.key: open each bundle to bind plugin weights to it")
+    d = p.add_mutually_exclusive_group()
+    d.add_argument("--decryption-passphrase-file", metavar="FILE", help="passphrase of --decryption-key, first line of FILE")
+    d.add_argument("--decryption-passphrase-env", metavar="VAR", help="passphrase of --decryption-key, from environment variable VAR")
     p.add_argument("--print-default-policy", action="store_true", help="print the default policy TOML and exit")
     _common.add_json_flag(p)
     p.set_defaults(func=cmd_audit)
@@ -66,14 +69,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
         sys.stdout.write(default_policy_text())
         return 0
     _need(args, "evidence", "out")
-    passphrase = None
-    if args.passphrase_file or args.passphrase_env:
-        from ..crypto.keys import read_passphrase
+    from ..crypto.keys import read_passphrase
 
-        passphrase = read_passphrase(args.passphrase_file, args.passphrase_env)
+    passphrase = read_passphrase(args.passphrase_file, args.passphrase_env)
+    decryption_passphrase = read_passphrase(args.decryption_passphrase_file, args.decryption_passphrase_env)
+    if decryption_passphrase is not None and not args.decryption_key:
+        from ..errors import ForgeValueError
+
+        raise ForgeValueError("a decryption passphrase was given without --decryption-key",
+                              fix="add --decryption-key KEY, or drop the decryption passphrase", code="cli.missing_argument")
     report = audit_directory(
         args.evidence, args.policy, out=args.out, key=args.key, passphrase=passphrase,
-        decryption_key=args.decryption_key,
+        decryption_key=args.decryption_key, decryption_passphrase=decryption_passphrase,
     )
     verdict = report.verdict.value
     if args.json:

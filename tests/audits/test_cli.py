@@ -170,3 +170,34 @@ def test_print_default_policy_is_a_valid_policy(forge_inproc, tmp_path):
     from audits import parse_policy
 
     assert parse_policy(r.out).name == "forge-default"
+
+
+def test_audit_opens_bundles_with_a_passphrase_protected_decryption_key(cli_world, forge_inproc, tmp_path, monkeypatch):
+    """--decryption-key under a passphrase: the passphrase comes from a file or the
+    environment; a wrong or missing one is a clean error and nothing is written."""
+    from forge_secure.crypto.keys import _private_doc, load_decryption_key
+
+    forge_cli = forge_inproc
+    w, policy = cli_world
+    plain = load_decryption_key(w.keys["consortium"] / "decryption.key")
+    locked = tmp_path / "locked.key"
+    locked.write_bytes(_private_doc(plain.role, plain.site, plain.algorithms, plain.keys, b"correct horse", plain.key_id))
+    locked.chmod(0o600)
+    (tmp_path / "pass.txt").write_text("correct horse\n")
+    ok = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", tmp_path / "r1",
+                   "--decryption-key", locked, "--decryption-passphrase-file", tmp_path / "pass.txt", "--json")
+    assert ok.code == 0, ok
+    monkeypatch.setenv("FORGE_TEST_PW", "correct horse")
+    ok2 = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", tmp_path / "r2",
+                    "--decryption-key", locked, "--decryption-passphrase-env", "FORGE_TEST_PW")
+    assert ok2.code == 0, ok2
+    monkeypatch.setenv("FORGE_TEST_PW", "wrong")
+    for i, (extra, words) in enumerate([
+        (("--decryption-key", locked, "--decryption-passphrase-env", "FORGE_TEST_PW"), ["passphrase"]),
+        (("--decryption-key", locked), ["passphrase"]),
+        (("--decryption-passphrase-env", "FORGE_TEST_PW"), ["--decryption-key"]),
+    ]):
+        out = tmp_path / f"bad{i}"
+        r = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", out, *extra)
+        assert_clean_error(r, *words)
+        assert not out.exists()
