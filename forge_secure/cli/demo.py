@@ -415,7 +415,10 @@ def _print_attacks(ctx: dict) -> None:
         if r.get("skipped"):
             c.print(f"  reconstruction on {name}: [yellow]SKIPPED[/yellow] ({r['reason']})", highlight=False, soft_wrap=True)
             continue
-        c.print(f"  reconstruction (informed adversary, {r['trials']} games) on {name}: picked the right record "
+        how = {"gradients": "sees every noisy gradient", "model": "sees the released weights"}.get(r.get("mode"), r.get("mode") or "")
+        if r.get("recipe_site"):
+            how += f", replays {r['recipe_site']}'s training inside the merge"
+        c.print(f"  reconstruction (informed adversary{', ' + how if how else ''}; {r['trials']} games) on {name}: picked the right record "
                 f"{100 * r['rate']:.0f}% of the time (95% CI {100 * r['ci'][0]:.0f}-{100 * r['ci'][1]:.0f}%), guessing "
                 f"{100 * r['baseline']:.0f}%, DP bound {100 * r['rero_bound']:.0f}%", highlight=False, soft_wrap=True)
 
