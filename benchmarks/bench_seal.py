@@ -12,16 +12,25 @@ seeded random bytes), then times, in this process:
   * ``open_bundle`` (verify the signature and header, then one pass that hashes the ciphertext,
     authenticates and decrypts each chunk and writes the files; the payload digest is compared
     before the output directory is renamed into place).
+The three are interleaved within each repeat, so a busy moment of this shared machine hits
+the baseline and the measurement alike. Sizes up to 64 MiB are short, so they get more
+repeats (``--small-repeats``); every repeat is kept. Reported: the medians, the per-repeat
+ratios' interquartile range, and how long this process's threads waited for a CPU during
+the timed calls (run-queue delay from ``/proc/self/task/*/schedstat``: near 0 when the two
+cores were free, several ms when other work competed for them).
 Peak RSS is measured in fresh child processes (``resource.getrusage(RUSAGE_CHILDREN)``
-after each child exits) that seal and open the 1 GB payload. Files live in a tmpfs
-(/dev/shm when present) so the disk of this shared machine does not dominate.
+after each child exits) that seal and open the 1 GB payload; fresh children also time the
+first seal and open of a 16 MiB payload in a new process (as one ``forge seal`` call does:
+no helper thread or buffers exist yet). Files live in a tmpfs (/dev/shm when present) so
+the disk of this shared machine does not dominate.
 
-Run:  .venv/bin/python benchmarks/bench_seal.py [--sizes 16,256,1024] [--repeats 3] [--no-write]
+Run:  .venv/bin/python benchmarks/bench_seal.py [--sizes 16,256,1024] [--repeats 3] [--small-repeats 15] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -80,6 +89,25 @@ def baseline(size: int, seed: int) -> tuple[float, float, float]:
     return t1 - t0, t2 - t1, time.process_time() - c0
 
 
+def run_queue_ms() -> float:
+    """Total time this process's threads have waited on a run queue so far (ms; 0 if unknown)."""
+    total = 0
+    for path in glob.glob("/proc/self/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e6
+
+
+def iqr(values: list[float]) -> tuple[float, float]:
+    if len(values) < 4:
+        return min(values), max(values)
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
 CHILD = r"""
 import json, os, resource, sys, time
 from forge_secure.crypto import open_bundle, seal
@@ -110,6 +138,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="16,256,1024", help="payload sizes in MiB")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per size (median reported)")
+    ap.add_argument("--small-repeats", type=int, default=15, help="timed repeats for sizes up to 64 MiB")
     ap.add_argument("--rss-size", type=int, default=1024, help="payload MiB for the peak-memory children")
     ap.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = ap.parse_args()
@@ -132,22 +161,27 @@ def main() -> None:
         for size in sizes:
             plugin = make_plugin(root, size, seed=size)
             b_aes, b_sha, b_cpu, t_seal, t_open, c_seal, c_open = [], [], [], [], [], [], []
-            for r in range(args.repeats):
+            q_seal, q_open, r_seal, r_open = [], [], [], []
+            for r in range(args.small_repeats if size <= 64 * MB else args.repeats):
                 a, s, c = baseline(size, seed=r)
                 b_aes.append(a)
                 b_sha.append(s)
                 b_cpu.append(c)
                 seq += 1
                 bundle = root / f"b{seq}.forge"
-                c0, t0 = time.process_time(), time.perf_counter()
+                q0, c0, t0 = run_queue_ms(), time.process_time(), time.perf_counter()
                 seal(plugin, signer, cons.public, bundle, sequence=seq)
                 t_seal.append(time.perf_counter() - t0)
                 c_seal.append(time.process_time() - c0)
+                q_seal.append(run_queue_ms() - q0)
                 out = root / f"o{seq}"
-                c0, t0 = time.process_time(), time.perf_counter()
+                q0, c0, t0 = run_queue_ms(), time.process_time(), time.perf_counter()
                 open_bundle(bundle, key, roster, out)
                 t_open.append(time.perf_counter() - t0)
                 c_open.append(time.process_time() - c0)
+                q_open.append(run_queue_ms() - q0)
+                r_seal.append((a + s) / t_seal[-1])
+                r_open.append((a + s) / t_open[-1])
                 bundle.unlink()
                 shutil.rmtree(out)
             aes, sha = statistics.median(b_aes), statistics.median(b_sha)
@@ -156,8 +190,10 @@ def main() -> None:
             rows.append({"size_mb": size // MB, "aes_gbps": size / aes / 1e9, "sha_gbps": size / sha / 1e9,
                          "limit_gbps": size / limit / 1e9, "seal_gbps": size / ts / 1e9, "open_gbps": size / to / 1e9,
                          "seal_ratio": limit / ts, "open_ratio": limit / to, "both_ratio": 2 * limit / (ts + to),
+                         "seal_ratio_iqr": iqr(r_seal), "open_ratio_iqr": iqr(r_open),
                          "seal_cpu_ratio": statistics.median(b_cpu) / statistics.median(c_seal),
                          "open_cpu_ratio": statistics.median(b_cpu) / statistics.median(c_open),
+                         "seal_wait_ms": statistics.median(q_seal), "open_wait_ms": statistics.median(q_open),
                          "repeats": len(t_seal), "seal_spread": (min(t_seal), max(t_seal)), "open_spread": (min(t_open), max(t_open))})
             print(json.dumps(rows[-1]), flush=True)
             if size != args.rss_size * MB:
@@ -172,9 +208,19 @@ def main() -> None:
         rs = child(["seal", str(rss_plugin), str(site.signing), str(cons.public), str(bundle), "", "", "", str(seq)], env)
         ro = child(["open", "", "", "", str(bundle), str(cons.decryption), str(roster), str(out)], env)
         idle = child_idle(env)
+        cold_plugin = make_plugin(root, 16 * MB, seed=16)
+        cold_seal, cold_open = [], []
+        for r in range(3):
+            seq += 1
+            cb, co = root / f"cold{r}.forge", root / f"cold{r}"
+            cold_seal.append(child(["seal", str(cold_plugin), str(site.signing), str(cons.public), str(cb), "", "", "", str(seq)],
+                                   env)["seconds"])
+            cold_open.append(child(["open", "", "", "", str(cb), str(cons.decryption), str(roster), str(co)], env)["seconds"])
+        cold_limit = statistics.median(sum(baseline(16 * MB, seed=r)[:2]) for r in range(3))
         mem = {"seal_mb": rs["maxrss_kb"] / 1024, "open_mb": ro["maxrss_kb"] / 1024, "import_only_mb": idle / 1024,
                "seal_hwm_mb": rs["vmhwm_kb"] / 1024, "open_hwm_mb": ro["vmhwm_kb"] / 1024, "size_mb": args.rss_size,
-               "seal_s": rs["seconds"], "open_s": ro["seconds"]}
+               "seal_s": rs["seconds"], "open_s": ro["seconds"], "cold_seal_s": statistics.median(cold_seal),
+               "cold_open_s": statistics.median(cold_open), "cold_limit_s": cold_limit}
         print(json.dumps(mem), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -183,7 +229,8 @@ def main() -> None:
     print(md)
     if not args.no_write:
         write_section("bench_seal", "Sealed bundles: seal / open throughput and peak memory",
-                      f".venv/bin/python benchmarks/bench_seal.py --sizes {args.sizes} --repeats {args.repeats}", md)
+                      f".venv/bin/python benchmarks/bench_seal.py --sizes {args.sizes} --repeats {args.repeats} "
+                      f"--small-repeats {args.small_repeats}", md)
 
 
 def child_idle(env) -> int:
@@ -195,20 +242,31 @@ def child_idle(env) -> int:
 def render(rows, mem, load) -> str:
     lines = [
         "Baseline (\"limit\"): one AES-256-GCM pass (1 MiB chunks) plus one SHA-256 pass over the same number of bytes,",
-        "timed in the same run; ratio = limit time / measured time (target >= 0.7). Seal includes reading the files",
-        "and an fsync of the bundle; open includes verification and writing the files. Files on tmpfs. Wall-time ratios",
-        "are the claim; the CPU ratios (process CPU seconds, all threads, against the baseline's) show the extra work",
-        "(reading and writing the bytes) independently of how busy the machine is. Medians over the repeats.",
+        "timed in the same run, interleaved with the measurements; ratio = limit time / measured time (target >= 0.7).",
+        "Seal includes reading the files and an fsync of the bundle; open includes verification and writing (and fsyncing)",
+        "the files. Files on tmpfs. Wall-time ratios are the claim: the ratio of the medians, and in brackets the",
+        "interquartile range of the per-repeat ratios. The CPU ratios (process CPU seconds, all threads, against the",
+        "baseline's) show the extra work (reading and writing the bytes). \"CPU wait\" is the median time this process's",
+        "threads spent waiting for a CPU during one seal / open (other processes on the 2 cores): near 0 means the",
+        "figure was measured on free cores.",
         "",
-        "| payload | AES-GCM GB/s | SHA-256 GB/s | limit GB/s | seal GB/s | seal ratio | open GB/s | open ratio | seal+open ratio "
-        "| seal CPU ratio | open CPU ratio | repeats |",
+        "| payload | AES-GCM GB/s | SHA-256 GB/s | limit GB/s | seal GB/s | seal ratio [IQR] | open GB/s | open ratio [IQR] "
+        "| seal+open ratio | seal / open CPU ratio | CPU wait seal / open | repeats |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        (sl, sh), (ol, oh) = r["seal_ratio_iqr"], r["open_ratio_iqr"]
         lines.append(f"| {r['size_mb']} MiB | {r['aes_gbps']:.2f} | {r['sha_gbps']:.2f} | {r['limit_gbps']:.2f} | "
-                     f"{r['seal_gbps']:.2f} | **{r['seal_ratio']:.2f}** | {r['open_gbps']:.2f} | **{r['open_ratio']:.2f}** | "
-                     f"{r['both_ratio']:.2f} | {r['seal_cpu_ratio']:.2f} | {r['open_cpu_ratio']:.2f} | {r['repeats']} |")
+                     f"{r['seal_gbps']:.2f} | **{r['seal_ratio']:.2f}** [{sl:.2f}, {sh:.2f}] | {r['open_gbps']:.2f} | "
+                     f"**{r['open_ratio']:.2f}** [{ol:.2f}, {oh:.2f}] | {r['both_ratio']:.2f} | "
+                     f"{r['seal_cpu_ratio']:.2f} / {r['open_cpu_ratio']:.2f} | "
+                     f"{r['seal_wait_ms']:.1f} / {r['open_wait_ms']:.1f} ms | {r['repeats']} |")
     lines += [
+        "",
+        f"First call in a fresh process (16 MiB, median of 3 children; no helper thread or buffers exist yet, as in one "
+        f"`forge seal` / `forge open` command; interpreter start and imports not included): seal "
+        f"{mem['cold_seal_s'] * 1e3:.1f} ms, open {mem['cold_open_s'] * 1e3:.1f} ms, ratios "
+        f"{mem['cold_limit_s'] / mem['cold_seal_s']:.2f} / {mem['cold_limit_s'] / mem['cold_open_s']:.2f}.",
         "",
         f"Peak resident memory (fresh child process, `ru_maxrss`) for a {mem['size_mb']} MiB payload: "
         f"seal **{mem['seal_mb']:.0f} MB**, open **{mem['open_mb']:.0f} MB** (target <= 128 MB; "

@@ -4,6 +4,7 @@ streamed hashing, and refusing to overwrite. Nothing here unpickles anything."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -75,6 +76,24 @@ def atomic_output(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def fsync_directory(path: str | os.PathLike) -> None:
+    """Make the entries of directory ``path`` durable (after creating or renaming something in
+    it, the file's own fsync does not cover its name). A no-op where directories cannot be
+    opened or synced (Windows, some network file systems)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        fd = os.open(path, flags)
+    except (PermissionError, IsADirectoryError):  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:

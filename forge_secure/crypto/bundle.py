@@ -30,12 +30,13 @@ HPKE, RFC 9180; the chunked stream is STREAM (Hoang et al., CRYPTO 2015), see ``
 from __future__ import annotations
 
 import base64
-import contextlib
+import bisect
 import hashlib
 import json
 import math
 import os
 import struct
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -43,11 +44,12 @@ from typing import BinaryIO, Callable
 from cryptography.exceptions import InvalidTag
 
 from .. import __version__
-from ..fileio import atomic_directory, atomic_output, canonical_json
+from ..fileio import atomic_directory, atomic_output, canonical_json, fsync_directory
 from ..progress import task
 from . import _primitives as P
 from . import _time
-from ._pipeline import FanOut, prefetch
+from ._pipeline import (EarlyWriteback, TwoLanes, give_back, hash_stream, positional_fd, pread_exactly, pwrite_all,
+                        readinto_exactly, take_buffers)
 from .container import ContainerReader, scan_directory, index_bytes, Entry
 from .errors import BundleError, fail
 from .keys import PrivateKey, PublicKey, load_decryption_key, load_public_key, load_signing_key
@@ -159,54 +161,122 @@ def _algorithms(kem: str, signature: tuple[str, ...]) -> dict:
 
 
 class _ContainerSource:
-    """The container bytes of ``entries`` as a reader filling caller buffers (no copies)."""
+    """The container bytes of ``entries``, read at any offset by any thread (``read_at``).
+
+    Each file is opened when first needed and closed once all its bytes were read, after
+    checking that it did not change size while it was being sealed."""
 
     def __init__(self, entries: list[Entry]):
-        self._pending = memoryview(index_bytes(entries))
+        self._index = index_bytes(entries)
         self._entries = list(entries)
-        self._file: BinaryIO | None = None
-        self._left = 0
-        self._entry: Entry | None = None
+        self._starts: list[int] = []
+        pos = len(self._index)
+        for e in self._entries:
+            self._starts.append(pos)
+            pos += e.size
+        self.size = pos
+        self._lock = threading.Lock()
+        self._fds: dict[int, int] = {}
+        self._left = {k: e.size for k, e in enumerate(self._entries)}
 
-    def _changed(self):
-        return fail("bundle.source_changed", f"{self._entry.path} changed while it was being sealed",
+    def _changed(self, entry: Entry):
+        return fail("bundle.source_changed", f"{entry.path} changed while it was being sealed",
                     "wait until the plugin is fully written, then seal again")
 
-    def readinto(self, buf: memoryview) -> int:
+    def _fd(self, k: int) -> int:
+        with self._lock:
+            if k not in self._fds:
+                try:  # O_NOFOLLOW: a file replaced by a link since the scan is not followed
+                    self._fds[k] = os.open(self._entries[k].path,
+                                           os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
+                except OSError:
+                    raise self._changed(self._entries[k]) from None
+            return self._fds[k]
+
+    def _done(self, k: int, n: int) -> None:
+        with self._lock:
+            self._left[k] -= n
+            if self._left[k]:
+                return
+            fd = self._fds.pop(k)
+        try:
+            if os.fstat(fd).st_size != self._entries[k].size:  # it grew (or shrank after we read it)
+                raise self._changed(self._entries[k])
+        finally:
+            os.close(fd)
+
+    def read_at(self, offset: int, view: memoryview) -> int:
+        """Fill ``view`` with the container bytes at ``offset``; returns the bytes filled
+        (fewer only at the end of the container)."""
         filled = 0
-        while filled < len(buf):
-            if len(self._pending):
-                n = min(len(self._pending), len(buf) - filled)
-                buf[filled:filled + n] = self._pending[:n]
-                self._pending = self._pending[n:]
-                filled += n
-                continue
-            if self._file is None:
-                if not self._entries:
-                    break
-                self._entry = self._entries.pop(0)
-                self._file = open(self._entry.path, "rb")
-                self._left = self._entry.size
-            want = min(self._left, len(buf) - filled)
-            n = self._file.readinto(buf[filled:filled + want]) if want else 0
-            if want and not n:
-                raise self._changed()
-            filled += n
-            self._left -= n
-            if self._left == 0:
-                extra = self._file.read(1)
-                self._file.close()
-                self._file = None
-                if extra:
-                    raise self._changed()
+        if offset < len(self._index):
+            n = min(len(self._index) - offset, len(view))
+            view[:n] = self._index[offset:offset + n]
+            filled = n
+        k = bisect.bisect_right(self._starts, offset + filled) - 1
+        while filled < len(view) and 0 <= k < len(self._entries):
+            e, inside = self._entries[k], offset + filled - self._starts[k]
+            want = min(e.size - inside, len(view) - filled)
+            if want > 0:
+                if pread_exactly(self._fd(k), view[filled:filled + want], inside) != want:
+                    raise self._changed(e)  # it shrank
+                filled += want
+                self._done(k, want)
+            k += 1
         return filled
 
-    def close(self):
-        if self._file:
-            self._file.close()
+    def finish(self) -> None:
+        """After the last chunk: every file was read whole, and the empty ones are still empty."""
+        for k, e in enumerate(self._entries):
+            if self._left[k] or (e.size == 0 and os.stat(e.path).st_size != 0):
+                raise self._changed(e)
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
+            os.close(fd)
 
 
 # --------------------------------------------------------------------------- seal
+
+
+def _seal_head(signer, recipient, kem, algorithms, meta, entries, seq, created, payload_size, chunk_size, chunks, random,
+               wrap):
+    """The manifest, the clear head (magic .. wrapped key), the running payload digest and the
+    chunk cipher of a new bundle (the draws from ``random``, in the order the vectors fix)."""
+    submission_id = random(16).hex()
+    data_key, nonce_prefix = random(32), random(P.NONCE_PREFIX_BYTES)
+    base = meta.get("base")
+    manifest = {
+        "format": FORMAT,
+        "algorithms": algorithms,
+        "submission_id": submission_id,
+        "site": signer.site,
+        "sequence": seq,
+        "created": _time.format_time(created),
+        "signer": signer.key_id,
+        "recipient": recipient.encryption_key_id,
+        "base_digest": base.get("digest") if isinstance(base, dict) and isinstance(base.get("digest"), str) else None,
+        "dp": _jsonable_claim(meta.get("dp")) if isinstance(meta.get("dp"), dict) else None,
+        "content": {"format": str(meta.get("format", "unknown")), "kind": str(meta.get("kind", "unknown")),
+                    "files": len(entries)},
+        "payload_size": payload_size,
+        "chunk_size": chunk_size,
+        "chunks": chunks,
+        "toolkit_version": __version__,
+    }
+    manifest_bytes = canonical_json(manifest)
+    header = canonical_json({
+        "format": FORMAT, "algorithms": algorithms, "chunk_size": chunk_size, "payload_size": payload_size,
+        "chunks": chunks, "nonce_prefix": nonce_prefix.hex(), "recipient": recipient.encryption_key_id,
+        "signer": signer.key_id, "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+    })
+    pre = MAGIC + struct.pack(">I", len(header)) + header
+    wrapped = wrap(kem, recipient.encryption_key, data_key, INFO_LABEL + hashlib.sha256(pre).digest())
+    head = pre + struct.pack(">H", len(wrapped)) + wrapped
+    cipher = P.ChunkCipher(data_key, nonce_prefix, hashlib.sha256(head).digest())
+    return head, manifest, hashlib.sha256(head), cipher, submission_id
 
 
 def seal(plugin_dir, signer, recipient, out, *, sequence: int | None = None, chunk_size: int = DEFAULT_CHUNK,
@@ -256,61 +326,45 @@ def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphras
     algorithms = _algorithms(kem.name, signer.algorithms)
     created = _time.now() if now is None else int(now)
     counter = counter or SequenceCounter()
-    with counter.next(signer.site, sequence) as seq:
-        submission_id = random(16).hex()
-        data_key, nonce_prefix = random(32), random(P.NONCE_PREFIX_BYTES)
-        base = meta.get("base")
-        manifest = {
-            "format": FORMAT,
-            "algorithms": algorithms,
-            "submission_id": submission_id,
-            "site": signer.site,
-            "sequence": seq,
-            "created": _time.format_time(created),
-            "signer": signer.key_id,
-            "recipient": recipient.encryption_key_id,
-            "base_digest": base.get("digest") if isinstance(base, dict) and isinstance(base.get("digest"), str) else None,
-            "dp": _jsonable_claim(meta.get("dp")) if isinstance(meta.get("dp"), dict) else None,
-            "content": {"format": str(meta.get("format", "unknown")), "kind": str(meta.get("kind", "unknown")),
-                        "files": len(entries)},
-            "payload_size": payload_size,
-            "chunk_size": chunk_size,
-            "chunks": chunks,
-            "toolkit_version": __version__,
-        }
-        manifest_bytes = canonical_json(manifest)
-        header = canonical_json({
-            "format": FORMAT, "algorithms": algorithms, "chunk_size": chunk_size, "payload_size": payload_size,
-            "chunks": chunks, "nonce_prefix": nonce_prefix.hex(), "recipient": recipient.encryption_key_id,
-            "signer": signer.key_id, "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
-        })
-        pre = MAGIC + struct.pack(">I", len(header)) + header
-        wrapped = wrap(kem, recipient.encryption_key, data_key, INFO_LABEL + hashlib.sha256(pre).digest())
-        head = pre + struct.pack(">H", len(wrapped)) + wrapped
-        cipher = P.ChunkCipher(data_key, nonce_prefix, hashlib.sha256(head).digest())
-        digest = hashlib.sha256(head)
-        source = _ContainerSource(entries)
+    stride = chunk_size + P.TAG_BYTES
+    plain_bufs: list[bytearray] = []
+    local = threading.local()
+    source = _ContainerSource(entries)
+    try:
+        with counter.next(signer.site, sequence) as seq:
+            head, manifest, digest, cipher, submission_id = _seal_head(
+                signer, recipient, kem, algorithms, meta, entries, seq, created, payload_size, chunk_size, chunks, random,
+                wrap)
 
-        def sizes():
-            return (payload_size - i * chunk_size if i == chunks - 1 else chunk_size for i in range(chunks))
-
-        try:
-            with atomic_output(out) as f, task("sealing", chunks) as advance:
-                f.write(head)
-                # read ahead | encrypt here | hash and write on two helper threads
-                with FanOut([digest.update, f.write], chunk_size + P.TAG_BYTES, threaded=chunks > 2) as fan, \
-                        contextlib.closing(prefetch(source, None, payload_size, sizes(), block=chunk_size)) as stream:
-                    for (index, plain), want in zip(enumerate(stream), sizes()):
-                        if len(plain) != want:
-                            raise fail("bundle.source_changed", f"{plugin_dir} changed while it was being sealed",
-                                       "wait until the plugin is fully written, then seal again")
-                        buf = fan.buffer()
-                        block = cipher.seal_chunk(index, index == chunks - 1, plain, buf)
-                        fan.submit(buf, len(block))
-                        advance(1)
-                if source.readinto(memoryview(bytearray(1))):
-                    raise fail("bundle.source_changed", f"{plugin_dir} grew while it was being sealed",
+            def encrypt(index: int, buf: bytearray) -> int:  # any thread, any order (chunks are independent)
+                want = payload_size - index * chunk_size if index == chunks - 1 else chunk_size
+                mine = getattr(local, "plain", None)
+                if mine is None:  # one plaintext buffer per thread
+                    mine = local.plain = take_buffers(chunk_size, 1)[0]
+                    plain_bufs.append(mine)
+                plain = memoryview(mine)[:want]
+                if source.read_at(index * chunk_size, plain) != want:
+                    raise fail("bundle.source_changed", f"{plugin_dir} changed while it was being sealed",
                                "wait until the plugin is fully written, then seal again")
+                return len(cipher.seal_chunk(index, index == chunks - 1, plain, buf))
+
+            with atomic_output(out) as f:
+                f.write(head)
+                f.flush()
+                fd = f.fileno()
+                writeback = EarlyWriteback(fd)  # start write-back early, so the final fsync is short
+
+                def store(index: int, block: memoryview) -> None:  # any thread, any order
+                    pwrite_all(fd, block, len(head) + index * stride)
+                    if index % 4 == 3:
+                        writeback.hint(len(head) + (index - 3) * stride, 4 * stride)
+
+                with task("sealing", chunks) as advance:
+                    # read -> encrypt by either thread; SHA-256 in order on a pooled helper; each
+                    # chunk written (pwrite at its offset) by whichever thread is free (_pipeline)
+                    TwoLanes(chunks, stride, fill=encrypt, update=digest.update, drain=store, fill_anywhere=True,
+                             drain_anywhere=True, threaded=chunks > 2, progress=advance).run()
+                source.finish()
                 statement = {
                     "_type": STATEMENT_TYPE,
                     "subject": [{"name": f"{submission_id}.payload", "digest": {"sha256": digest.hexdigest()}},
@@ -323,12 +377,15 @@ def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphras
                 envelope = canonical_json({
                     "payloadType": PAYLOAD_TYPE,
                     "payload": base64.b64encode(body).decode("ascii"),
-                    "signatures": [{"keyid": f"{alg}:{signer.key_id}", "sig": base64.b64encode(signatures[alg]).decode("ascii")}
-                                   for alg in signer.algorithms],
+                    "signatures": [{"keyid": f"{alg}:{signer.key_id}",
+                                    "sig": base64.b64encode(signatures[alg]).decode("ascii")} for alg in signer.algorithms],
                 })
+                f.seek(len(head) + payload_size + chunks * P.TAG_BYTES)  # the end of the last (short) chunk
                 f.write(struct.pack(">I", len(envelope)) + envelope)
-        finally:
-            source.close()
+            fsync_directory(out.parent)  # the file was fsynced before the rename; make its name durable too
+    finally:
+        source.close()
+        give_back(plain_bufs)
     return out
 
 
@@ -447,15 +504,12 @@ def _parse(f: BinaryIO, path) -> _Parsed:
 
 
 def _hash_prefix(f: BinaryIO, parsed: _Parsed) -> str:
-    """sha256 of every byte before the envelope (streamed, read and hashed ahead; bounded memory)."""
+    """sha256 of every byte before the envelope (read on both threads, hashed in order on the
+    helper; bounded memory)."""
     h = hashlib.sha256(parsed.head)
     total = parsed.envelope_offset - parsed.chunks_offset
-    seen = 0
-    with task("verifying", parsed.header["chunks"]) as advance:
-        with contextlib.closing(prefetch(f, parsed.chunks_offset, total, block=READ_BLOCK, hasher=h)) as stream:
-            for view in stream:
-                seen += len(view)
-                advance(max(1, len(view) // parsed.header["chunk_size"]))
+    with task("verifying", -(-total // READ_BLOCK)) as advance:
+        seen = hash_stream(f, parsed.chunks_offset, total, h.update, block=READ_BLOCK, progress=advance)
     if seen != total:
         raise _truncated(parsed.path)
     return h.hexdigest()
@@ -601,7 +655,11 @@ def open_bundle(bundle, key, roster, out, *, passphrase: bytes | None = None, no
     pass over the same open file hashes the ciphertext and decrypts it; every chunk is
     authenticated (AES-GCM, bound to the header, its index and the last-chunk flag) before
     its plaintext is written, and the payload digest must equal the signed one before the
-    temporary directory is renamed to ``out``.
+    temporary directory is renamed to ``out``. (Reading and hashing the ciphertext, which
+    reveals nothing, starts on a helper thread while the roster and signature are checked;
+    the chunks hashed then are the very buffers decrypted later.) The opened files and
+    directories are fsynced before the rename, and the rename before the submission is
+    recorded as accepted, so a crash loses nothing and cannot turn into a refused replay.
     """
     now = _time.now() if now is None else int(now)
     out = Path(out)
@@ -615,17 +673,73 @@ def open_bundle(bundle, key, roster, out, *, passphrase: bytes | None = None, no
         key = load_decryption_key(key, passphrase)
     if key.role != "decryption":
         raise fail("key.wrong_type", "--key must be a decryption key", "give the decryption.key written by 'forge keys new'")
-    trusted = load_roster(roster, now=now, state_dir=state_dir)
-    f, path, owned = _open_file(bundle)
+    try:  # a missing or unreadable bundle is reported after the roster, as always
+        f, path, owned = _open_file(bundle)
+        unopened = None
+    except BundleError as e:
+        f, owned, unopened = None, False, e
+    early = None
     try:
-        return _open(f, path, key, trusted, out, now, replay or ReplayStore())
+        if f is not None:
+            before = _stamp(f)
+            early = _start_hashing(f, path)
+        trusted = load_roster(roster, now=now, state_dir=state_dir)
+        if unopened is not None:
+            raise unopened
+        return _open(f, path, key, trusted, out, now, replay or ReplayStore(), early=early, before=before)
     finally:
+        if early is not None:
+            early[2].cancel()  # a no-op once it ran
         if owned:
             f.close()
 
 
-def _open(f: BinaryIO, path, key: PrivateKey, trusted: Roster, out: Path, now: int, replay: ReplayStore) -> Opened:
-    before = _stamp(f)
+def _start_hashing(f: BinaryIO, path):
+    """Start reading and hashing the ciphertext of a real bundle file on the helper thread
+    while the roster and the signature are checked: (parsed, digest, lanes), or None when the
+    file does not parse (``_verify`` then says why). Hashing is not decryption: nothing is
+    decrypted before every check has passed, and the chunks hashed here are the very buffers
+    decrypted later, so the payload digest compared before renaming covers them."""
+    fd = positional_fd(f)
+    if fd is None:
+        return None
+    try:
+        parsed = _parse(f, path)
+    except BundleError:
+        return None
+    lanes = _open_lanes(parsed, f, fd, path)
+    lanes[1].start()
+    return (parsed, *lanes)
+
+
+def _open_lanes(parsed: _Parsed, f: BinaryIO, fd: int | None, path):
+    """The running payload digest and the two-lane stream over the chunks of ``parsed`` (its
+    ordered ``drain``, decrypting, is set by the caller once everything is verified)."""
+    h = parsed.header
+    cs, total = h["chunk_size"], h["chunks"]
+    stride = cs + P.TAG_BYTES
+    digest = hashlib.sha256(parsed.head)
+    if fd is None:
+        f.seek(parsed.chunks_offset)
+
+    def load(index: int, buf: bytearray) -> int:  # any thread (pread) when f is a real file
+        want = (h["payload_size"] - index * cs if index == total - 1 else cs) + P.TAG_BYTES
+        view = memoryview(buf)[:want]
+        got = pread_exactly(fd, view, parsed.chunks_offset + index * stride) if fd is not None else readinto_exactly(f, view)
+        if got != want:
+            raise _truncated(path)
+        return want
+
+    def not_yet(index: int, view: memoryview) -> None:  # pragma: no cover - replaced before run()
+        raise RuntimeError("the stream was run before it was verified")
+
+    return digest, TwoLanes(total, stride, fill=load, update=digest.update, drain=not_yet, fill_anywhere=fd is not None,
+                            threaded=total > 2)
+
+
+def _open(f: BinaryIO, path, key: PrivateKey, trusted: Roster, out: Path, now: int, replay: ReplayStore, *,
+          early=None, before=None) -> Opened:
+    before = _stamp(f) if early is None else before
     parsed, v = _verify(f, path, trusted, now, full_digest=False)
     if key.key_id != v.recipient:
         raise fail("bundle.wrong_recipient", f"{path} is sealed for key {v.recipient[:16]}..., not for this key ({key.key_id[:16]}...)",
@@ -642,39 +756,48 @@ def _open(f: BinaryIO, path, key: PrivateKey, trusted: Roster, out: Path, now: i
     cipher = P.ChunkCipher(data_key, bytes.fromhex(h["nonce_prefix"]), hashlib.sha256(parsed.head).digest())
     cs, total = h["chunk_size"], h["chunks"]
 
-    def sizes():
-        return ((h["payload_size"] - i * cs if i == total - 1 else cs) + P.TAG_BYTES for i in range(total))
+    # One pass over the ciphertext on two threads (_pipeline.TwoLanes): each chunk is read
+    # (pread at its offset) by whichever thread is free, hashed in order on the helper, and
+    # authenticated, decrypted and written in order here. The header digest was checked
+    # against the signature above, so the data key is the sealer's and every chunk is
+    # authenticated (AES-GCM) before its plaintext is used; the payload digest is compared
+    # before the directory is renamed into place.
+    with replay.accept(v.submission_id, v.site, v.sequence, now=now):
+        with atomic_directory(out) as tmp:
+            reader = ContainerReader(tmp, h["payload_size"])
+            plain_buf = take_buffers(cs, 1)
+            try:
+                if early is not None and (early[0].head, early[0].chunks_offset, early[0].envelope_offset) == \
+                        (parsed.head, parsed.chunks_offset, parsed.envelope_offset):
+                    _, digest, lanes = early   # the same bytes as verified: keep what was hashed so far
+                else:  # no early start (an in-memory stream), or the file changed under us: start afresh
+                    if early is not None:
+                        early[2].cancel()
+                    digest, lanes = _open_lanes(parsed, f, positional_fd(f), path)
 
-    # One pass: read ahead and hash (helper thread) | authenticate and decrypt (here) | write
-    # (helper thread). The header digest was checked against the signature above, so the data
-    # key is the sealer's and every chunk is authenticated (AES-GCM) before its plaintext is
-    # used; the payload digest is compared before the directory is renamed into place.
-    with replay.accept(v.submission_id, v.site, v.sequence, now=now), atomic_directory(out) as tmp:
-        reader = ContainerReader(tmp, h["payload_size"])
-        try:
-            digest = hashlib.sha256(parsed.head)
-            ciphertext = prefetch(f, parsed.chunks_offset, parsed.envelope_offset - parsed.chunks_offset, sizes(),
-                                  block=cs + P.TAG_BYTES, hasher=digest)
-            with task("opening", total) as advance, FanOut([reader.feed], cs, threaded=total > 2) as fan, \
-                    contextlib.closing(ciphertext) as stream:
-                for (index, view), want in zip(enumerate(stream), sizes()):
-                    if len(view) != want:
-                        raise _truncated(path)
-                    buf = fan.buffer()
+                def decrypt(index: int, view: memoryview) -> None:  # in order, on this thread
                     try:
-                        plain = cipher.open_chunk(index, index == total - 1, view, buf)
+                        plain = cipher.open_chunk(index, index == total - 1, view, plain_buf[0])
                     except InvalidTag:
                         raise fail("bundle.chunk", f"chunk {index} of {path} does not authenticate",
                                    "do not use this bundle: it was changed after sealing or damaged") from None
-                    fan.submit(buf, len(plain))
-                    advance(1)
-            if digest.hexdigest() != v.bundle_sha256:
-                raise _digest_error(path)
-            entries = reader.finish()
-        finally:
-            reader.close()
-        if _stamp(f) != before:
-            raise fail("bundle.changed", f"{path} changed while it was being opened", "copy it again and open the copy")
+                    reader.feed(plain)
+
+                lanes.drain = decrypt
+                with task("opening", total) as advance:
+                    lanes.progress = advance
+                    lanes.run()
+                if digest.hexdigest() != v.bundle_sha256:
+                    raise _digest_error(path)
+                entries = reader.finish()
+            finally:
+                reader.close()
+                give_back(plain_buf)
+            if _stamp(f) != before:
+                raise fail("bundle.changed", f"{path} changed while it was being opened", "copy it again and open the copy")
+        # files and directories were fsynced by the reader; now the rename, before the
+        # submission is recorded as accepted (a replay is refused only once nothing can be lost)
+        fsync_directory(out.parent)
     return Opened(v, out, tuple(e.name for e in entries))
 
 

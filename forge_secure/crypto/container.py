@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from ..fileio import fsync_directory
+from ._pipeline import EarlyWriteback
 from .errors import fail
 
 MAGIC = b"FGCONT\x00\x01"
@@ -116,17 +118,26 @@ def iter_container(entries: list[Entry], block: int = READ_BLOCK) -> Iterator[by
 
 
 class ContainerReader:
-    """Incremental parser that writes the files into ``out_dir`` as bytes arrive."""
+    """Incremental parser that writes the files into ``out_dir`` as bytes arrive.
 
-    def __init__(self, out_dir: str | os.PathLike, expected_size: int):
+    With ``durable`` (the default) every file is fsynced when it is complete (write-back is
+    started early, see :class:`~forge_secure.crypto._pipeline.EarlyWriteback`) and
+    ``finish`` fsyncs every directory it created and ``out_dir`` itself, so once the caller
+    renames ``out_dir`` into place (and syncs its parent) nothing opened can be lost.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, expected_size: int, *, durable: bool = True):
         self.out = Path(out_dir)
         self.expected = expected_size
+        self.durable = durable
         self.received = 0
         self._buf = bytearray()
         self._entries: list[Entry] | None = None
         self._current: int = -1
         self._remaining = 0
         self._file: BinaryIO | None = None
+        self._writeback: EarlyWriteback | None = None
+        self._dirs: set[Path] = {self.out}
 
     def _bad(self, why: str):
         return fail("bundle.container", f"the decrypted payload is not a valid container ({why})",
@@ -172,24 +183,34 @@ class ContainerReader:
         self._entries = entries
         return True
 
+    def _close_file(self) -> None:
+        f, self._file = self._file, None
+        try:
+            f.flush()
+            if self.durable:
+                os.fsync(f.fileno())
+        finally:
+            f.close()
+
     def _next_file(self) -> None:
         assert self._entries is not None
         if self._file:
-            self._file.close()
-            self._file = None
+            self._close_file()
         self._current += 1
         while self._current < len(self._entries):
             e = self._entries[self._current]
             target = self.out / e.name
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.parent not in self._dirs:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._dirs.update(p for p in target.parents if p.is_relative_to(self.out))
             # O_EXCL + O_NOFOLLOW: never write through a link or over an earlier file
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
             self._file = os.fdopen(fd, "wb")
+            self._writeback = EarlyWriteback(fd) if self.durable else None
             self._remaining = e.size
             if e.size:
                 return
-            self._file.close()
-            self._file = None
+            self._close_file()
             self._current += 1
 
     def feed(self, data) -> None:
@@ -200,7 +221,7 @@ class ContainerReader:
             self._buf += data
             if not self._parse_index():
                 return
-            data, self._buf = bytes(self._buf), bytearray()
+            data, self._buf = self._buf, bytearray()  # what follows the index (ours: no copy needed)
             self._next_file()
         view = memoryview(data)
         while len(view):
@@ -208,14 +229,20 @@ class ContainerReader:
                 raise self._bad("bytes after the last file")
             take = min(self._remaining, len(view))
             self._file.write(view[:take])
+            if self._writeback is not None:
+                self._writeback.wrote(take)
             self._remaining -= take
             view = view[take:]
             if self._remaining == 0:
                 self._next_file()
 
     def finish(self) -> list[Entry]:
+        """Check that the container is complete; with ``durable``, fsync the directories."""
         if self._entries is None or self._file is not None or self.received != self.expected:
             raise self._bad("it ends early")
+        if self.durable:
+            for d in sorted(self._dirs, key=lambda p: len(p.parts), reverse=True):
+                fsync_directory(d)
         return self._entries
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ from typing import Iterator
 
 from filelock import FileLock
 
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, fsync_directory
 from ..home import forge_home
 from . import _time
 from .errors import fail
@@ -63,6 +63,7 @@ class ReplayStore:
                 "site": site, "sequence": sequence, "opened": _time.format_time(_time.now() if now is None else now)}
             state.setdefault("sites", {})[site] = sequence
             atomic_write_json(self.path, state)
+            fsync_directory(self.root)  # the renamed store must survive a crash, or a replay would pass
 
     def last_sequence(self, site: str) -> int | None:
         return _read_state(self.path, "replay store").get("sites", {}).get(site)
@@ -92,3 +93,4 @@ class SequenceCounter:
                 raise fail("bundle.sequence", f"sequence number {seq} must be at least 1", "give --sequence 1 or more")
             yield seq
             atomic_write_json(path, {"site": site, "last": max(last, seq)})
+            fsync_directory(self.root)  # a lost update would hand out the same sequence number again
