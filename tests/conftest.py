@@ -20,6 +20,19 @@ except ImportError:  # pragma: no cover
     pass
 
 
+def randomise_lora_B(model, seed: int, scale: float):
+    """Set every LoRA B weight of ``model`` to seeded N(0, scale^2) values (B = 0 at
+    initialisation would make grad_A and every merge trivial); returns the model."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
 @pytest.fixture(scope="session")
 def _shared_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("forge-cache")

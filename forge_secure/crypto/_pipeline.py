@@ -286,27 +286,26 @@ class Cancelled(Exception):
 # --------------------------------------------------------------------------- small helpers
 
 
-def readinto_exactly(f: BinaryIO, view: memoryview) -> int:
-    """Fill ``view`` from ``f`` (raw files may return short reads); returns the bytes read,
-    fewer than ``len(view)`` only at the end of the file."""
+def _fill(view: memoryview, read) -> int:
+    """Call ``read(rest, done)`` until ``view`` is full or it returns 0 (end of file)."""
     filled = 0
     while filled < len(view):
-        n = f.readinto(view[filled:])
+        n = read(view[filled:], filled)
         if not n:
             break
         filled += n
     return filled
+
+
+def readinto_exactly(f: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``f`` (raw files may return short reads); returns the bytes read,
+    fewer than ``len(view)`` only at the end of the file."""
+    return _fill(view, lambda rest, done: f.readinto(rest))
 
 
 def pread_exactly(fd: int, view: memoryview, offset: int) -> int:
     """``readinto_exactly`` at a position, without moving any file offset (thread-safe)."""
-    filled = 0
-    while filled < len(view):
-        n = os.preadv(fd, [view[filled:]], offset + filled)
-        if not n:
-            break
-        filled += n
-    return filled
+    return _fill(view, lambda rest, done: os.preadv(fd, [rest], offset + done))
 
 
 def pwrite_all(fd: int, view: memoryview, offset: int) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 import pytest
+
+from tests.conftest import randomise_lora_B
 import torch
 
 
@@ -22,12 +24,7 @@ def _make_lora_model(base, rank=4, seed=0, targets=None):
 
     torch.manual_seed(seed)
     model = get_peft_model(fresh_copy(base), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets or base.target_modules)))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return model
+    return randomise_lora_B(model, seed, 0.5)
 
 
 def _make_meta(base, site="site-1", rank=4, **over):

@@ -29,14 +29,6 @@ def tab_train(tab_shard):
 def randomise_B():
     """Set every LoRA B weight to seeded N(0, 0.3^2) values: B = 0 at initialisation would
     make grad_A vanish, so tests of the general case start here."""
-    import torch
+    from tests.conftest import randomise_lora_B
 
-    def randomise(model, seed):
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-        return model
-
-    return randomise
+    return lambda model, seed: randomise_lora_B(model, seed, 0.3)
