@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
 import pytest
+import torch
 
 from tests.conftest import randomise_lora_B
-import torch
 
 
 @pytest.fixture(scope="session")
