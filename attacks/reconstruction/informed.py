@@ -20,7 +20,9 @@ the plugin's LoRA tensors. The adversary sees
   score ``sum_t <r_t, c_it>``, and otherwise it does not favour candidates with large
   gradients;
 * ``mode="model"``: only the final plugin. Score: how much the candidate's loss fell from the
-  starting plugin to the final one.
+  starting plugin to the final one (on a TIES / DARE / sequential merge: minus the distance
+  between the released merge and the merge redone with the candidate's expected run,
+  :func:`expected_run`, :mod:`.merged`).
 
 A merged plugin holds no DP-SGD recipe of its own; the game then takes one parent site's
 recipe (:class:`MergeRelease`): that site continues DP-SGD from its own plugin on the known
@@ -150,6 +152,20 @@ def simulate_dpsgd(
     return tr
 
 
+def expected_run(fn: LoraFunctional, X: torch.Tensor, y: torch.Tensor, cfg: InformedConfig) -> dict:
+    """The noise-free mean of one DP-SGD run of :func:`simulate_dpsgd` on ``(X, y)``: with
+    Poisson sampling at rate q and division by the expected batch size qN, every step's
+    expected gradient is the mean of all N clipped per-sample gradients (the noise has mean
+    zero), so this is full-batch gradient descent on clipped gradients for ``cfg.steps``
+    steps from the plugin's tensors. The informed adversary's hypothesis for one candidate."""
+    params = {n: p.clone() for n, p in fn.params.items()}
+    for _ in range(cfg.steps):
+        mean = clip_per_sample(fn.flatten(fn.per_sample_grads(X, y, params)), cfg.max_grad_norm).mean(dim=0)
+        step = unflatten(fn, mean)
+        params = {n: p - cfg.lr * step[n] for n, p in params.items()}
+    return params
+
+
 class MergeRelease:
     """The merge released after the recipe site's run, the other parents fixed.
 
@@ -160,7 +176,8 @@ class MergeRelease:
       tensors) and replaced by the site's final ``A`` (times ``w s``) and ``B``.
 
     Other merges (``ties``, ``dare``, ``sequential``) are not a fixed function of one site's
-    tensors given the others that this class can redo; they are refused."""
+    change given the merged tensors alone; they are redone from every parent by
+    :class:`attacks.reconstruction.merged.MergeRedo` (and refused here)."""
 
     def __init__(self, merged: LoraFunctional, weight: float, site_start: dict, *, scaling: float = 1.0, method: str = "ffa",
                  site_frozen: dict | None = None):
@@ -249,6 +266,17 @@ class InformedAdversary:
         fn, cfg = self.fn_, self.config
         cx = torch.tensor(np.asarray(cand_X), dtype=fn.dtype)
         cy = torch.tensor(np.asarray(cand_y), dtype=torch.long)
+        if cfg.mode == "model" and getattr(self.release_, "score_space", None):
+            # a redone merge (ties, dare, sequential): the candidate whose expected run, merged
+            # with the other parents, lands nearest the released merge
+            rel = self.release_
+            with torch.no_grad():
+                observed = rel.deltas(transcript.final)
+                out = np.empty(len(cx))
+                for i in range(len(cx)):
+                    final = expected_run(fn, torch.cat([self.known_X_, cx[i:i + 1]]), torch.cat([self.known_y_, cy[i:i + 1]]), cfg)
+                    out[i] = -rel.distance(observed, rel.deltas(final))
+            return out
         if cfg.mode == "model" and self.release_ is not None:
             rel = self.release_
             with torch.no_grad():

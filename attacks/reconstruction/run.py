@@ -15,7 +15,8 @@ A merged plugin (``"kind": "merged"``) records no DP-SGD recipe; each attack the
 attack inverts one update of the merged model's trainable tensors with the recipe's DP
 setting, the informed game runs the recipe site's DP-SGD and releases the merge with the
 other parents fixed (mode ``model``, the site's ReRo bound: the merge is post-processing of
-the site's release), the canary test retrains with the recipe.
+the site's release; ``ties``, ``dare`` and ``sequential`` merges are redone from every parent,
+given as ``parents=``, see :mod:`.merged`), the canary test retrains with the recipe.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from .features import FeatureSpec
 from .gradients import DPSetting, LoraFunctional, gradient_from_update, noisy_dp_gradient, one_step_update, to_tensor
 from .image import ImageInversion, ImageInversionConfig
 from .informed import INFORMED_MODES, InformedAdversary, InformedConfig, MergeRelease
+from .merged import REDO_METHODS
 from .labels import LABEL_MODES
 from .measures import DEFAULT_TOLERANCE, feature_hits, image_baseline, image_success, match_images, match_records, tabular_baseline, tabular_success
 from .tabular import TabularInversion, TabularInversionConfig
@@ -193,7 +195,7 @@ def _rate_bound(dp: DPSetting | None, kappa: float, samples: int, seed: int) -> 
 # --------------------------------------------------------------------------- gradient inversion
 @ATTACKS.register("gradient")
 def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None,
-                 categorical: tuple[tuple[int, ...], ...] = (), recipe: str | Path | None = None) -> dict:
+                 categorical: tuple[tuple[int, ...], ...] = (), recipe: str | Path | None = None, **_: Any) -> dict:
     """Invert ``settings.trials`` updates, each one local step on ``batch_size`` records of
     ``data``; ``prior`` is the attacker's population data (bounds, starting points, baseline).
     For a merged plugin, ``recipe`` (a parent site plugin) gives the DP setting and learning
@@ -292,16 +294,38 @@ RESULTS_FORMAT = "forge-recon-results/1"
 """Format tag of an informed-adversary results file, as the audit reads it."""
 
 
+def _merge_redo(plugin, rdir: Path, index: int, fn: LoraFunctional, parents: Sequence[str | Path] | None):
+    """The :class:`~attacks.reconstruction.merged.MergeRedo` of a ties/dare/sequential merge:
+    the recipe site's plugin and the other parents (``parents``) read with the merge's own
+    reader (clean errors for missing, truncated or tampered plugins), matched by digest."""
+    from forge_secure.merge.io import read_plugin_files
+
+    from .merged import MergeRedo, order_parents
+
+    if plugin.path is None:
+        raise ForgeValueError("the merged plugin has no directory to read its adapter from", fix="load it with load_plugin(DIR)",
+                              code="recon.merge_redo")
+    merged_files = read_plugin_files(plugin.path)
+    recipe_files = read_plugin_files(rdir)
+    given = [read_plugin_files(p) for p in (parents or [])]
+    ordered = order_parents(plugin.meta, recipe_files, given)
+    return MergeRedo(merged_files, ordered, index, fn)
+
+
 @ATTACKS.register("informed")
 def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None,
-                 recipe: str | Path | None = None, **_: Any) -> dict:
+                 recipe: str | Path | None = None, parents: Sequence[str | Path] | None = None, **_: Any) -> dict:
     """The informed adversary with the plugin's DP-SGD recipe: ``data`` holds the known records
     (all the training set but the target), candidates come from ``prior``.
 
     For a merged plugin, ``recipe`` is a parent site plugin: the game runs that site's DP-SGD
     (from the site's plugin, on the known records plus the target), releases the merge with
     the other parents fixed, and the attacker sees only that merged model (mode ``model``);
-    the bound is the site's (sigma, q, T), since the merge is post-processing of its release."""
+    the bound is the site's (sigma, q, T), since the merge is post-processing of its release.
+    ``ties``, ``dare`` and ``sequential`` merges are redone from every parent
+    (:mod:`.merged`): ``parents`` are the other parents' plugin directories; the adversary
+    scores each candidate by the distance between the released merge and the merge of its
+    expected run (:func:`.informed.expected_run`)."""
     check_data(plugin, data)
     check_data(plugin, prior, "population prior")
     s = settings
@@ -320,8 +344,12 @@ def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
         lora = meta.get("lora") or {}
         rank, alpha = int(lora.get("rank") or 8), float(lora.get("alpha") or 16)
         scaling = alpha / (rank ** 0.5 if lora.get("rslora") else rank)
-        release = MergeRelease(lora_functional(plugin), float(weights[index]), fn.params, scaling=scaling,
-                               method=str((plugin.meta.get("merge") or {}).get("method")), site_frozen=fn.frozen)
+        method = str((plugin.meta.get("merge") or {}).get("method"))
+        if method in REDO_METHODS:
+            release = _merge_redo(plugin, rdir, index, fn, parents)
+        else:
+            release = MergeRelease(lora_functional(plugin), float(weights[index]), fn.params, scaling=scaling, method=method,
+                                   site_frozen=fn.frozen)
         cfg = InformedConfig.from_meta(meta, candidates=s.candidates, mode="model", bound_samples=s.bound_samples)
     else:
         fn = lora_functional(plugin)
@@ -335,12 +363,18 @@ def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
     generic = None
     if dp.get("enabled"):
         generic = rero_bound_dp(float(dp["epsilon"]), float(dp["delta"]), 1.0 / cfg.candidates)
+    redo = getattr(release, "score_space", None) is not None
     if merged:
+        if redo:
+            how = (f"(the {release.method} merge redone from all {len(release.parents)} parents with its recorded settings; "
+                   "candidates scored by the distance between the released merge and the merge of each candidate's expected run, "
+                   "in the merged updates s B A)")
+        elif release.blocks is None:
+            how = f"(merged tensors + weight {release.weight:.4g} x the site's change)"
+        else:
+            how = "(the site's block of the concatenated merge replaced by its new tensors)"
         observed = (f"only the merged plugin, re-released after site {meta.get('site')} ran DP-SGD with its recipe on the known "
-                    f"records plus the target (from its own plugin) and the merge was redone with the other parents fixed "
-                    f""
-                    + (f"(merged tensors + weight {release.weight:.4g} x the site's change)" if release.blocks is None else
-                       "(the site's block of the concatenated merge replaced by its new tensors)"))
+                    f"records plus the target (from its own plugin) and the merge was redone with the other parents fixed " + how)
         applies = (f"site {meta.get('site')}'s DP-SGD release (sigma, q, T of its recipe): the merge is post-processing of it, "
                    "so the site's ReRo bound holds for the merged model")
     else:
@@ -356,6 +390,7 @@ def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
         "observed": observed,
         "mode": cfg.mode,
         "recipe": _recipe_record(plugin, meta, rdir, index),
+        "merge_redo": release.record() if redo else None,
         "success": res["success"],
         "baseline": res["baseline"],
         "bound": {**res["bound"], "epsilon_delta_bound": generic, "applies_to": applies},

@@ -61,6 +61,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="a parent site plugin whose DP-SGD recipe the attack uses (needed for a merged plugin, whose forge.json "
                    "holds none): gradient uses its DP setting on the merged model, informed runs its DP-SGD and releases the "
                    "merge with the other parents fixed (the site's ReRo bound applies), canary retrains with it")
+    p.add_argument("--parents", nargs="+", default=None, metavar="PLUGIN_DIR",
+                   help="informed on a ties, dare or sequential merge: the merge's other parent plugin directories (the adversary "
+                   "knows them and redoes the merge with each candidate; matched by adapter digest, any order)")
     p.add_argument("--data", default=None,
                    help="records to attack (gradient), the known training records (informed) or the training data to plant "
                    "canaries in (canary); default for built-in bases: the bundled site's holdout (gradient) or training set")
@@ -115,6 +118,9 @@ def handle(args: argparse.Namespace) -> int:
     if args.plot and Path(args.plot).suffix.lower() != ".png":
         raise ForgeValueError(f"--plot {args.plot} is not a .png file name", fix="give a file name ending in .png", code="recon.plot")
     run = ATTACKS.get(args.kind)  # unknown kinds fail here, before any loading
+    if args.parents and args.kind != "informed":
+        raise ForgeValueError(f"--parents is used by --kind informed only, not {args.kind}",
+                              fix="drop --parents (gradient and canary need only --recipe)", code="recon.settings")
     settings = ReconSettings(
         trials=args.trials, seed=args.seed, batch_size=args.batch_size, steps=args.steps, restarts=args.restarts,
         labels=args.labels, tolerance=args.tolerance, dp=args.dp, candidates=args.candidates, mode=args.mode,
@@ -125,7 +131,8 @@ def handle(args: argparse.Namespace) -> int:
     recipe_meta, _dir, _index = resolve_recipe(plugin, args.recipe)  # a merged target without --recipe fails here
     data = load_data(args.data or _default_data(plugin, "data", args.kind, recipe_meta.get("site")), label_column=args.label_column)
     prior = load_data(args.prior or _default_data(plugin, "prior"), label_column=args.label_column)
-    result = run(plugin, data, prior, settings, plot=args.plot, categorical=args.categorical, recipe=args.recipe)
+    result = run(plugin, data, prior, settings, plot=args.plot, categorical=args.categorical, recipe=args.recipe,
+                 parents=args.parents)
     from attacks.reconstruction.run import target_record
 
     result["target"] = target_record(plugin)
