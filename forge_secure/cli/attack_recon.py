@@ -55,7 +55,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
         "(with a Clopper-Pearson interval) beside a random baseline and the reconstruction-robustness bound that the "
         "plugin's DP guarantee gives.",
     )
-    p.add_argument("--target", required=True, help="plugin directory (forge.json)")
+    p.add_argument("--target", required=True, help="plugin directory (forge.json), or a Mixture directory with --component")
+    p.add_argument("--component", default=None, metavar="SITE",
+                   help="for a Mixture target: the site whose component plugin is attacked (a Mixture keeps every site's plugin "
+                   "unchanged; its router is fitted on DP synthetic data only)")
     p.add_argument("--kind", required=True, help=f"attack by registered name: {', '.join(KINDS)}")
     p.add_argument("--recipe", default=None, metavar="PLUGIN_DIR",
                    help="a parent site plugin whose DP-SGD recipe the attack uses (needed for a merged plugin, whose forge.json "
@@ -106,6 +109,38 @@ def _default_data(plugin, which: str, kind: str = "", site: str | None = None) -
     return f"{prefix}:{site}/{'holdout' if kind == 'gradient' else 'train'}"
 
 
+def _mixture_component(target: Path, site: str | None) -> Path:
+    """The plugin directory to attack: ``target`` itself, or a Mixture's component of ``site``.
+    Reconstruction from a Mixture is reconstruction from one of its components: each is a
+    site's plugin copied unchanged, and the router is post-processing of DP synthetic data."""
+    from forge_secure.errors import ForgeValueError
+    from forge_secure.fileio import read_json_file
+    from forge_secure.merge.mixture import MIXTURE_FORMAT
+
+    manifest = target / "mixture.json"
+    if not manifest.is_file():
+        if site is not None:
+            raise ForgeValueError(f"--component {site} is for a Mixture target, and {target} holds no mixture.json",
+                                  fix="drop --component, or give a directory written by forge merge mixture", code="recon.component")
+        return target
+    meta = read_json_file(manifest, what="mixture manifest")
+    entries = meta.get("plugins") if isinstance(meta, dict) and meta.get("format") == MIXTURE_FORMAT else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("path"), str) for e in entries):
+        raise ForgeValueError(f"{manifest} is not a {MIXTURE_FORMAT} manifest", fix="restore the Mixture from a good copy",
+                              code="recon.component")
+    sites = [str(e.get("site")) for e in entries]
+    if site is None or site not in sites:
+        raise ForgeValueError(
+            (f"{target} is a Mixture of {', '.join(sites)}" if site is None else f"the Mixture {target} has no component of site {site!r}")
+            + "; reconstruction attacks one component (a site's plugin, kept unchanged in the Mixture)",
+            fix=f"add --component SITE with SITE one of: {', '.join(sites)}", code="recon.component")
+    rel = Path(entries[sites.index(site)]["path"])
+    path = (target / rel).resolve()
+    if rel.is_absolute() or ".." in rel.parts or not path.is_relative_to(target.resolve()):
+        raise ForgeValueError(f"{manifest} points outside the Mixture ({rel})", fix="restore the Mixture from a good copy", code="recon.component")
+    return path
+
+
 def handle(args: argparse.Namespace) -> int:
     from attacks.reconstruction.run import ATTACKS, ReconSettings, resolve_recipe
     from forge_secure.errors import ForgeValueError
@@ -127,7 +162,7 @@ def handle(args: argparse.Namespace) -> int:
         repetitions=args.repetitions, canaries_per_repetition=args.canaries, canary_candidates=args.canary_candidates,
         bound_samples=args.bound_samples,
     )
-    plugin = load_plugin(args.target)
+    plugin = load_plugin(_mixture_component(Path(args.target), args.component))
     recipe_meta, _dir, _index = resolve_recipe(plugin, args.recipe)  # a merged target without --recipe fails here
     data = load_data(args.data or _default_data(plugin, "data", args.kind, recipe_meta.get("site")), label_column=args.label_column)
     prior = load_data(args.prior or _default_data(plugin, "prior"), label_column=args.label_column)
@@ -136,6 +171,8 @@ def handle(args: argparse.Namespace) -> int:
     from attacks.reconstruction.run import target_record
 
     result["target"] = target_record(plugin)
+    if args.component is not None:
+        result["target"]["mixture"] = {"path": str(args.target), "component": args.component}
     result["data"] = {"name": data.name, "rows": len(data), "kind": data.kind, "prior": prior.name, "prior_rows": len(prior)}
     if args.plot:
         result["plot"] = str(args.plot)

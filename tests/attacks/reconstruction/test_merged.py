@@ -15,6 +15,7 @@ from attacks.reconstruction.informed import MergeRelease
 from attacks.reconstruction.run import ReconSettings, lora_functional, resolve_recipe, run_canary, run_gradient, run_informed
 from forge_secure.errors import ForgeValueError
 from forge_secure.plugins import load_data, load_plugin
+from tests.conftest import assert_clean_error
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +86,6 @@ def test_a_merge_without_recipe_names_its_parents(merged_dirs):
 
 
 def test_cli_merged_without_recipe_is_a_clean_error(forge_cli, merged_dirs, tmp_path):
-    from tests.conftest import assert_clean_error
-
     r = forge_cli("attack", "recon", "--target", merged_dirs / "ffa", "--kind", "informed", "--out", tmp_path / "r.json")
     assert_clean_error(r, "merged plugin", "--recipe", "site-1", "site-2")
     assert len(r.err.strip().splitlines()) == 1
@@ -117,3 +116,53 @@ def test_gradient_and_canary_on_a_merge_with_recipe(merged_dirs):
     c = run_canary(merged, train, prior, s, recipe=merged_dirs / "site-1")
     assert c["recipe"]["site"] == "site-1" and c["bound"]["noise_multiplier"] == pytest.approx(dp["noise_multiplier"])
     assert np.isfinite(c["success"]["by_repetition"][-1]["mean_exposure_bits"])
+
+
+class _Run:
+    def __init__(self, code, out, err):
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self):
+        return f"_Run(code={self.code}, out={self.out[-1500:]!r}, err={self.err[-1500:]!r})"
+
+
+@pytest.fixture
+def forge_inproc_recon(capsys):
+    """``forge`` through its entry point in this process (same parser, handlers and error
+    printing as the command, without a subprocess's import time)."""
+    from forge_secure.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return _Run(code, cap.out, cap.err)
+
+    return run
+
+
+def test_mixture_target_attacks_the_named_component(forge_inproc_recon, merged_dirs, tmp_path):
+    """A Mixture keeps every site's plugin unchanged: `--component SITE` attacks that one;
+    without it, or with an unknown site, a clean error lists the components."""
+    from forge_secure.merge.mixture import build_mixture
+
+    mix = build_mixture([merged_dirs / "site-1", merged_dirs / "site-2"], router="static",
+                        weights=[0.5, 0.5]).save(tmp_path / "mix")
+    out = tmp_path / "r.json"
+    r = forge_inproc_recon("attack", "recon", "--target", mix, "--component", "site-2", "--kind", "informed",
+                           "--trials", "4", "--bound-samples", "1000", "--out", out)
+    assert r.code == 0, r
+    res = json.loads(out.read_text())
+    assert res["target"]["mixture"] == {"path": str(mix), "component": "site-2"} and res["target"]["site"] == "site-2"
+    assert "site-2/train" in res["data"]["name"]
+    for extra, words in (((), ["Mixture of site-1, site-2", "--component"]), (("--component", "site-9"), ["site-9", "site-1, site-2"])):
+        bad = tmp_path / "bad.json"
+        r = forge_inproc_recon("attack", "recon", "--target", mix, *extra, "--kind", "informed", "--out", bad)
+        assert_clean_error(r, *words)
+        assert not bad.exists()
+    r = forge_inproc_recon("attack", "recon", "--target", merged_dirs / "site-1", "--component", "site-1", "--kind", "informed",
+                           "--out", tmp_path / "c.json")
+    assert_clean_error(r, "no mixture.json", "drop --component")
+    (mix / "mixture.json").write_text("{not json")
+    r = forge_inproc_recon("attack", "recon", "--target", mix, "--component", "site-1", "--kind", "informed", "--out", tmp_path / "d.json")
+    assert_clean_error(r, "mixture.json")
