@@ -62,6 +62,35 @@ def _isolated_forge_home(tmp_path_factory, _shared_cache, monkeypatch):
     monkeypatch.setenv("FORGE_CACHE", str(_shared_cache))
 
 
+class InprocResult:
+    """What ``forge_inproc`` returns: exit code, stdout and stderr."""
+
+    def __init__(self, code, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self) -> str:
+        return f"InprocResult(code={self.code}, out={self.out[-1500:]!r}, err={self.err[-1500:]!r})"
+
+
+@pytest.fixture
+def forge_inproc(capsys):
+    """Run ``forge`` through its entry point in this process (same parser, handlers and error
+    printing as the installed command, without a subprocess's import time):
+    ``forge_inproc("attack", "recon", ...)``. Usage errors give argparse's exit code."""
+    from forge_secure.cli import main
+
+    def run(*args) -> InprocResult:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+        cap = capsys.readouterr()
+        return InprocResult(code, cap.out, cap.err)
+
+    return run
+
+
 class CliResult:
     def __init__(self, proc: subprocess.CompletedProcess):
         self.code = proc.returncode

@@ -163,20 +163,19 @@ class TwoLanes:
         # _next_drain) before it picks again, so a chunk is never drained twice
         if not self.drain_anywhere and self._next_drain in self._filled:
             return ("drain", self._next_drain, None)
-        task = self._claim_fill()
-        if task:
-            return task
-        if self.drain_anywhere and self._undrained:
-            return ("drain", self._undrained.popleft(), None)
-        return None
+        return self._spare_work(fill=True)
 
     def _pick_helper(self):
         if self._next_hash < self.count and self._next_hash in self._filled:
             return ("hash", self._next_hash, None)
-        if self.fill_anywhere:
-            task = self._claim_fill()
-            if task:
-                return task
+        return self._spare_work(fill=self.fill_anywhere)
+
+    def _spare_work(self, *, fill: bool):
+        """A chunk to fill (when this thread may), else one to drain out of order (when
+        drains may run anywhere), else nothing."""
+        task = self._claim_fill() if fill else None
+        if task:
+            return task
         if self.drain_anywhere and self._undrained:
             return ("drain", self._undrained.popleft(), None)
         return None

@@ -15,32 +15,11 @@ HAVE_TRAIN = importlib.util.find_spec("forge_secure.privacy.train") is not None
 needs_train = pytest.mark.skipif(not HAVE_TRAIN, reason="forge_secure.privacy.train (A2) not present yet")
 
 
-class _Result:
-    def __init__(self, code, out, err):
-        self.code, self.out, self.err = code, out, err
-
-    def __repr__(self):
-        return f"_Result(code={self.code}, out={self.out[-1500:]!r}, err={self.err[-1500:]!r})"
-
-
 @pytest.fixture
-def forge(tmp_path_factory, monkeypatch, capsys):
-    """The `forge` command run in this process (same parser, handlers and error printing as
-    the installed entry point, without a subprocess's import cost); private FORGE_HOME."""
-    from forge_secure.cli import main
-
+def forge(forge_inproc, tmp_path_factory, monkeypatch):
+    """The `forge` command run in this process (tests/conftest.py), with a private FORGE_HOME."""
     monkeypatch.setenv("FORGE_HOME", str(tmp_path_factory.mktemp("cli-home")))
-
-    def run(*args):
-        capsys.readouterr()
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as e:  # argparse usage errors
-            code = e.code
-        out, err = capsys.readouterr()
-        return _Result(code, out, err)
-
-    return run
+    return forge_inproc
 
 
 def assert_clean_error(result, *words):

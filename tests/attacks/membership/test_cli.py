@@ -7,27 +7,11 @@ import shutil
 
 import pytest
 
-from forge_secure.cli import main
-
-
-class _Result:
-    def __init__(self, code, out, err):
-        self.code, self.out, self.err = code, out, err
-
-    def __repr__(self):
-        return f"_Result({self.code}, out={self.out[-1500:]!r}, err={self.err[-1500:]!r})"
-
 
 @pytest.fixture
-def forge_inproc(capsys, mia_home):
-    """Run ``forge`` in this process (imports are already warm), capturing its output."""
-
-    def run(*args):
-        code = main([str(a) for a in args])
-        cap = capsys.readouterr()
-        return _Result(code, cap.out, cap.err)
-
-    return run
+def forge_inproc(forge_inproc, mia_home):
+    """``forge`` in this process (tests/conftest.py) with the membership tests' home."""
+    return forge_inproc
 
 
 @pytest.mark.slow

@@ -118,30 +118,7 @@ def test_gradient_and_canary_on_a_merge_with_recipe(merged_dirs):
     assert np.isfinite(c["success"]["by_repetition"][-1]["mean_exposure_bits"])
 
 
-class _Run:
-    def __init__(self, code, out, err):
-        self.code, self.out, self.err = code, out, err
-
-    def __repr__(self):
-        return f"_Run(code={self.code}, out={self.out[-1500:]!r}, err={self.err[-1500:]!r})"
-
-
-@pytest.fixture
-def forge_inproc_recon(capsys):
-    """``forge`` through its entry point in this process (same parser, handlers and error
-    printing as the command, without a subprocess's import time)."""
-    from forge_secure.cli import main
-
-    def run(*args):
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        cap = capsys.readouterr()
-        return _Run(code, cap.out, cap.err)
-
-    return run
-
-
-def test_mixture_target_attacks_the_named_component(forge_inproc_recon, merged_dirs, tmp_path):
+def test_mixture_target_attacks_the_named_component(forge_inproc, merged_dirs, tmp_path):
     """A Mixture keeps every site's plugin unchanged: `--component SITE` attacks that one;
     without it, or with an unknown site, a clean error lists the components."""
     from forge_secure.merge.mixture import build_mixture
@@ -149,7 +126,7 @@ def test_mixture_target_attacks_the_named_component(forge_inproc_recon, merged_d
     mix = build_mixture([merged_dirs / "site-1", merged_dirs / "site-2"], router="static",
                         weights=[0.5, 0.5]).save(tmp_path / "mix")
     out = tmp_path / "r.json"
-    r = forge_inproc_recon("attack", "recon", "--target", mix, "--component", "site-2", "--kind", "informed",
+    r = forge_inproc("attack", "recon", "--target", mix, "--component", "site-2", "--kind", "informed",
                            "--trials", "4", "--bound-samples", "1000", "--out", out)
     assert r.code == 0, r
     res = json.loads(out.read_text())
@@ -157,12 +134,12 @@ def test_mixture_target_attacks_the_named_component(forge_inproc_recon, merged_d
     assert "site-2/train" in res["data"]["name"]
     for extra, words in (((), ["Mixture of site-1, site-2", "--component"]), (("--component", "site-9"), ["site-9", "site-1, site-2"])):
         bad = tmp_path / "bad.json"
-        r = forge_inproc_recon("attack", "recon", "--target", mix, *extra, "--kind", "informed", "--out", bad)
+        r = forge_inproc("attack", "recon", "--target", mix, *extra, "--kind", "informed", "--out", bad)
         assert_clean_error(r, *words)
         assert not bad.exists()
-    r = forge_inproc_recon("attack", "recon", "--target", merged_dirs / "site-1", "--component", "site-1", "--kind", "informed",
+    r = forge_inproc("attack", "recon", "--target", merged_dirs / "site-1", "--component", "site-1", "--kind", "informed",
                            "--out", tmp_path / "c.json")
     assert_clean_error(r, "no mixture.json", "drop --component")
     (mix / "mixture.json").write_text("{not json")
-    r = forge_inproc_recon("attack", "recon", "--target", mix, "--component", "site-1", "--kind", "informed", "--out", tmp_path / "d.json")
+    r = forge_inproc("attack", "recon", "--target", mix, "--component", "site-1", "--kind", "informed", "--out", tmp_path / "d.json")
     assert_clean_error(r, "mixture.json")

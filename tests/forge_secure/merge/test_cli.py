@@ -12,27 +12,13 @@ import time
 
 import pytest
 
-from forge_secure.cli import main
 
 from ...conftest import assert_clean_error
 
 
-class Result:
-    def __init__(self, code, out, err):
-        self.code, self.out, self.err = code, out, err
-
-    def __repr__(self):
-        return f"Result({self.code}, out={self.out[-1500:]!r}, err={self.err[-1500:]!r})"
-
-
 @pytest.fixture
-def forge(capsys):
-    def run(*args):
-        code = main([str(a) for a in args])
-        cap = capsys.readouterr()
-        return Result(code, cap.out, cap.err)
-
-    return run
+def forge(forge_inproc):
+    return forge_inproc
 
 
 @pytest.fixture(scope="module")
