@@ -115,5 +115,5 @@ class SiteBudget(Check):
                         limit=settings.max_site_epsilon, limit_label="policy per-site maximum")
             idx = next(i for i, f in enumerate(findings) if f.subject.startswith("ledgers/"))
             f = findings[idx]
-            findings[idx] = Finding(f.check, f.status, f.subject, f.summary, f.evidence, f.remedy, f.plots + (plot,))
+            findings[idx] = f.replace(plots=f.plots + (plot,))
         return findings

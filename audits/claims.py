@@ -1,0 +1,80 @@
+"""The per-plugin claims table: for each plugin, which of its claims the audit verified, which
+it re-derived from the site's own records, and which it took on the site's word.
+
+Rows come from the findings' ``plugin`` / ``claim`` / ``basis`` fields (:mod:`audits.findings`).
+A plugin with a PASS finding of the ``replay`` check (subject or plugin = the plugin's evidence
+path) is *verified by replay*: its DP parameters and data commitment were re-run and matched
+(and an epsilon re-derived from them is then verified too). Without it, its DP parameters are
+*claimed only*, however self-consistent they are: a site that trains with less noise than it
+records writes a manifest that re-derives perfectly.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .findings import BASES, CLAIM_TITLES, CLAIMS, CheckResult, Finding, Status
+
+PLUGIN_ROOTS = ("plugins/", "merged/")
+REPLAY_CHECK = "replay"
+_REPLAYED = ("dp-parameters", "data-commitment")
+
+
+def plugin_of(f: Finding) -> str:
+    """The plugin a finding is about: its ``plugin`` field, else its subject when that is a
+    plugin directory of the evidence (``plugins/<name>`` or ``merged/<name>``)."""
+    if f.plugin:
+        return f.plugin
+    return f.subject if f.subject.startswith(PLUGIN_ROOTS) and f.subject.count("/") == 1 else ""
+
+
+def _strongest(bases: Iterable[str]) -> str:
+    found = [b for b in bases if b]
+    return min(found, key=BASES.index) if found else "claimed"
+
+
+def claims_table(checks: Iterable[CheckResult]) -> list[dict]:
+    """One row per (plugin, claim): ``{"plugin", "claim", "title", "status", "basis", "checks",
+    "note"}``. ``status`` is the worst status of the findings on that claim ("" when no check
+    judged it: the site's word), ``basis`` the strongest basis among the findings that have
+    that status, ``checks`` the checks that judged it."""
+    findings = [f for c in checks for f in c.findings]
+    plugins: list[str] = []
+    for f in findings:
+        p = plugin_of(f)
+        if p and p not in plugins:
+            plugins.append(p)
+    rows: list[dict] = []
+    for p in sorted(plugins):
+        mine = [f for f in findings if plugin_of(f) == p]
+        replay = [f for f in mine if f.check == REPLAY_CHECK]
+        replayed = bool(replay) and Status.worst(f.status for f in replay) is Status.PASS
+        by_claim: dict[str, dict] = {}
+        for claim in CLAIMS:
+            on = [f for f in mine if f.claim == claim]
+            if claim in _REPLAYED:
+                on += [f for f in replay if not f.claim]  # the replay check judges these as a whole
+            if not on:
+                by_claim[claim] = {"status": "", "basis": "claimed", "checks": [], "note": "not judged by any check: the site's word"}
+                continue
+            status = Status.worst(f.status for f in on)
+            basis = _strongest(f.basis or ("verified" if f.check == REPLAY_CHECK else "") for f in on if f.status is status)
+            note = ""
+            if claim == "dp-parameters":
+                if replayed:
+                    basis, note = "verified", "verified by replay"
+                else:
+                    basis = "claimed" if basis != "verified" else basis
+                    note = "replay failed" if replay else "claimed only (no replay)"
+            if claim == "data-commitment" and replayed:
+                basis, note = "verified", "verified by replay"
+            by_claim[claim] = {"status": status.value, "basis": basis, "checks": sorted({f.check for f in on}), "note": note}
+        eps = by_claim["epsilon"]
+        if replayed and eps["status"] == "pass" and eps["basis"] == "re-derived":
+            eps.update(basis="verified", note="re-derived from parameters verified by replay")
+        for claim in CLAIMS:
+            rows.append({"plugin": p, "claim": claim, "title": CLAIM_TITLES[claim], **by_claim[claim]})
+    return rows
+
+
+__all__ = ["PLUGIN_ROOTS", "REPLAY_CHECK", "claims_table", "plugin_of"]
