@@ -18,6 +18,20 @@ from .findings import BASES, CLAIM_TITLES, CLAIMS, CheckResult, Finding, Status
 PLUGIN_ROOTS = ("plugins/", "merged/")
 REPLAY_CHECK = "replay"
 _REPLAYED = ("dp-parameters", "data-commitment")
+#: the claim a check judges when its findings do not name one
+DEFAULT_CLAIMS = {"auditor-canaries": "epsilon", "dp-randomness": "dp-parameters"}
+
+
+def claim_of(f: Finding) -> str:
+    return f.claim or DEFAULT_CLAIMS.get(f.check, "")
+
+
+def basis_of(f: Finding) -> str:
+    """The finding's basis, or the one its evidence states (``evidence["basis"]``), or ""."""
+    if f.basis:
+        return f.basis
+    b = f.evidence.get("basis") if isinstance(f.evidence, dict) else None
+    return b if b in BASES else ""
 
 
 def plugin_of(f: Finding) -> str:
@@ -51,21 +65,21 @@ def claims_table(checks: Iterable[CheckResult]) -> list[dict]:
         replayed = bool(replay) and Status.worst(f.status for f in replay) is Status.PASS
         by_claim: dict[str, dict] = {}
         for claim in CLAIMS:
-            on = [f for f in mine if f.claim == claim]
+            on = [f for f in mine if claim_of(f) == claim]
             if claim in _REPLAYED:
                 on += [f for f in replay if not f.claim]  # the replay check judges these as a whole
             if not on:
                 by_claim[claim] = {"status": "", "basis": "claimed", "checks": [], "note": "not judged by any check: the site's word"}
                 continue
             status = Status.worst(f.status for f in on)
-            basis = _strongest(f.basis or ("verified" if f.check == REPLAY_CHECK else "") for f in on if f.status is status)
+            basis = _strongest(basis_of(f) for f in on if f.status is status)
             note = ""
             if claim == "dp-parameters":
                 if replayed:
                     basis, note = "verified", "verified by replay"
-                else:
-                    basis = "claimed" if basis != "verified" else basis
-                    note = "replay failed" if replay else "claimed only (no replay)"
+                else:  # self-consistent or not, without replay the parameters are the site's word
+                    basis = "claimed"
+                    note = "replay failed: claimed only" if replay else "claimed only (no replay)"
             if claim == "data-commitment" and replayed:
                 basis, note = "verified", "verified by replay"
             by_claim[claim] = {"status": status.value, "basis": basis, "checks": sorted({f.check for f in on}), "note": note}
@@ -77,4 +91,4 @@ def claims_table(checks: Iterable[CheckResult]) -> list[dict]:
     return rows
 
 
-__all__ = ["PLUGIN_ROOTS", "REPLAY_CHECK", "claims_table", "plugin_of"]
+__all__ = ["DEFAULT_CLAIMS", "PLUGIN_ROOTS", "REPLAY_CHECK", "basis_of", "claim_of", "claims_table", "plugin_of"]
