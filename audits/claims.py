@@ -51,7 +51,7 @@ def claims_table(checks: Iterable[CheckResult]) -> list[dict]:
     """One row per (plugin, claim): ``{"plugin", "claim", "title", "status", "basis", "checks",
     "note"}``. ``status`` is the worst status of the findings on that claim ("" when no check
     judged it: the site's word), ``basis`` the strongest basis among the findings that have
-    that status, ``checks`` the checks that judged it."""
+    that status, ``checks`` the checks of those findings (the ones that established it)."""
     findings = [f for c in checks for f in c.findings]
     plugins: list[str] = []
     for f in findings:
@@ -69,10 +69,12 @@ def claims_table(checks: Iterable[CheckResult]) -> list[dict]:
             if claim in _REPLAYED:
                 on += [f for f in replay if not f.claim]  # the replay check judges these as a whole
             if not on:
-                by_claim[claim] = {"status": "", "basis": "claimed", "checks": [], "note": "not judged by any check: the site's word"}
+                note = "claimed only (no replay)" if claim in _REPLAYED else "not judged by any check: the site's word"
+                by_claim[claim] = {"status": "", "basis": "claimed", "checks": [], "note": note}
                 continue
             status = Status.worst(f.status for f in on)
-            basis = _strongest(basis_of(f) for f in on if f.status is status)
+            deciding = [f for f in on if f.status is status]  # the findings that established the row's status
+            basis = _strongest(basis_of(f) for f in deciding)
             note = ""
             if claim == "dp-parameters":
                 if replayed:
@@ -82,7 +84,8 @@ def claims_table(checks: Iterable[CheckResult]) -> list[dict]:
                     note = "replay failed: claimed only" if replay else "claimed only (no replay)"
             if claim == "data-commitment" and replayed:
                 basis, note = "verified", "verified by replay"
-            by_claim[claim] = {"status": status.value, "basis": basis, "checks": sorted({f.check for f in on}), "note": note}
+            checks_ = {f.check for f in deciding} | ({REPLAY_CHECK} if replay and claim in _REPLAYED else set())
+            by_claim[claim] = {"status": status.value, "basis": basis, "checks": sorted(checks_), "note": note}
         eps = by_claim["epsilon"]
         if replayed and eps["status"] == "pass" and eps["basis"] == "re-derived":
             eps.update(basis="verified", note="re-derived from parameters verified by replay")

@@ -131,7 +131,7 @@ BASES = ("verified", "re-derived", "claimed")
 CLAIMS = ("dp-parameters", "epsilon", "delta", "data-commitment", "weights-binding", "membership-leakage")
 
 CLAIM_TITLES = {
-    "dp-parameters": "DP parameters (noise, sample rate, steps, clipping)",
+    "dp-parameters": "DP parameters (noise, sampling, steps)",
     "epsilon": "epsilon",
     "delta": "delta",
     "data-commitment": "data commitment (rows, canaries)",

@@ -181,11 +181,11 @@ def _claims_pdf(pdf, report: Report, width: float) -> None:
             pdf.set_font("Helvetica", "B", 9)
             pdf.cell(width, 6, _latin1(plugin), new_x="LMARGIN", new_y="NEXT")
         pdf.set_font("Helvetica", "", 8)
-        pdf.cell(62, 5, _latin1(row["title"][:48]))
+        pdf.cell(62, 5, _latin1(row["title"]))
         _badge(pdf, row["status"] or "skip", label=(row["status"] or "n/a"))
         _badge(pdf, row["basis"], label=row["basis"], colors=_BASIS_COLORS, w=20)
         pdf.set_font("Helvetica", "", 8)
-        text = ", ".join(row["checks"]) + (f" - {row['note']}" if row["note"] else "")
+        text = " - ".join(t for t in (", ".join(row["checks"]), row["note"]) if t)
         pdf.multi_cell(pdf.w - pdf.r_margin - pdf.get_x(), 5, _latin1(text or "-"), new_x="LMARGIN", new_y="NEXT")
 
 
