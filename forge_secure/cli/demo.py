@@ -112,7 +112,8 @@ def stage_sites(ctx: dict) -> None:
 
     from ..plugins.bases import load_base
     from ..plugins.data import bundled_splits
-    from .train import evaluate, train_site
+    from ..privacy.site import train_site
+    from .train import evaluate
 
     work: Path = ctx["work"]
     base = load_base("tabular-mlp")
@@ -120,8 +121,9 @@ def stage_sites(ctx: dict) -> None:
     results = []
     for site in DEMO_SITES:
         t0 = time.perf_counter()
-        plugin, td = train_site(site=site, data_spec=f"bundled:{site}", base_name="tabular-mlp", out=work / "plugins" / site,
-                                budget=DEMO_BUDGET, ledger_root=work / "ledgers", target_epsilon=ctx["epsilon"], ffa=True, seed=0)
+        run = train_site(site=site, data_spec=f"bundled:{site}", base_name="tabular-mlp", out=work / "plugins" / site,
+                         budget=DEMO_BUDGET, ledger_root=work / "ledgers", target_epsilon=ctx["epsilon"], ffa=True, seed=0)
+        plugin, td = run.plugin, run.training
         test = splits.site(site).test
         ev = evaluate(plugin, test)
         with torch.no_grad():

@@ -231,21 +231,6 @@ def test_train_eval_show_ledger_end_to_end(forge, tmp_path):
 
 
 @needs_train
-def test_train_with_canaries_records_them(forge, tmp_path):
-    r = forge("train", "--site", "site-2", "--data", "bundled:site-2", "--no-dp", "--epochs", "1", "--canaries", "20",
-                  "--canary-seed", "5", "--out", tmp_path / "c", "--json")
-    assert r.code == 0, r
-    s = json.loads(r.out)
-    from forge_secure.plugins.data import bundled_splits, seed_sha256
-    from forge_secure.plugins.sources import canary_set
-
-    shard = bundled_splits().sites[1]
-    _, mask = canary_set(20, shard.train(), 5)
-    assert s["data"]["canaries"]["count"] == 20 and s["data"]["canaries"]["seed_sha256"] == seed_sha256(5)
-    assert s["rows"] == len(shard.train()) + int(mask.sum())
-    assert s["dp"]["epsilon"] == "inf"
-
-
 def test_vectorised_bootstrap_auc_equals_sklearn():
     from sklearn.metrics import roc_auc_score
 
@@ -322,16 +307,6 @@ def test_train_unreachable_epsilon_is_a_clean_error(forge, tmp_path):
     assert not (tmp_path / "o").exists()
     r = forge("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "0.01", "--out", tmp_path / "o", "--json")
     assert r.code == 2 and json.loads(r.out)["error"]["code"] == "dp.unreachable"
-
-
-@needs_train
-def test_secure_mode_without_its_dependency_is_a_clean_error(forge, tmp_path):
-    if importlib.util.find_spec("torchcsprng") is not None:
-        pytest.skip("torchcsprng is installed here")
-    r = forge("train", "--site", "site-1", "--data", "bundled:site-1", "--noise-multiplier", "1", "--epochs", "1", "--secure-mode",
-              "--out", tmp_path / "o")
-    assert_clean_error(r, "torchcsprng", "--secure-mode")
-    assert not (tmp_path / "o").exists()
 
 
 @needs_train
