@@ -44,7 +44,7 @@ def canary_scores(plugin, canaries) -> np.ndarray:
         return own - rest
 
     with torch.no_grad():
-        base_logits = plugin.base.model(torch.as_tensor(canaries.X)).double().numpy()
+        base_logits = plugin.base.model(torch.as_tensor(np.array(canaries.X, dtype=np.float32))).double().numpy()
     return log_odds(plugin.logits(canaries.X)) - log_odds(base_logits)
 
 
