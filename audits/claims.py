@@ -81,8 +81,8 @@ def claims_table(checks: Iterable[CheckResult]) -> list[dict]:
                     basis, note = "verified", "verified by replay"
                 else:  # self-consistent or not, without replay the parameters are the site's word
                     basis = "claimed"
-                    failed = any(f.status is Status.FAIL for f in replay)
-                    note = "replay failed: claimed only" if failed else "claimed only (no replay)"
+                    failed = any(f.status is Status.FAIL for f in replay)  # not replayed, or replayed and different
+                    note = "not verified by replay (see the replay check): claimed only" if failed else "claimed only (no replay)"
             if claim == "data-commitment" and replayed:
                 basis, note = "verified", "verified by replay"
             checks_ = {f.check for f in deciding} | ({REPLAY_CHECK} if replay and claim in _REPLAYED else set())
