@@ -70,6 +70,8 @@ def claims_table(checks: Iterable[CheckResult]) -> list[dict]:
                 on += [f for f in replay if not f.claim]  # the replay check judges these as a whole
             if not on:
                 note = "claimed only (no replay)" if claim in _REPLAYED else "not judged by any check: the site's word"
+                if p.startswith("merged/") and claim in ("dp-parameters", "data-commitment", "epsilon", "delta"):
+                    note = "a merged version: its guarantee is its parents' (post-processing)"
                 by_claim[claim] = {"status": "", "basis": "claimed", "checks": [], "note": note}
                 continue
             status = Status.worst(f.status for f in on)

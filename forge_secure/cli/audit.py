@@ -142,7 +142,8 @@ def _print_summary(report, args) -> None:
         s = f.status.value
         con.print(f"[{style[s]}]{s.upper()}[/{style[s]}] {escape(f.check)} [dim]{escape(f.subject)}[/dim]: {escape(f.summary)}\n"
                   f"    [italic]what to do:[/italic] {escape(f.remedy)}", highlight=False, soft_wrap=True)
-    claimed = sorted({r["plugin"] for r in report.claims() if r["claim"] == "dp-parameters" and r["basis"] == "claimed"})
+    claimed = sorted({r["plugin"] for r in report.claims()
+                      if r["claim"] == "dp-parameters" and r["basis"] == "claimed" and not r["plugin"].startswith("merged/")})
     if claimed:
         con.print(f"[yellow]DP parameters claimed only (not verified by replay):[/yellow] {escape(', '.join(claimed))}", highlight=False, soft_wrap=True)
     colour = "green" if report.passed else "red"

@@ -52,6 +52,8 @@ def test_compliant_evidence_passes_every_check(compliant_world):
     assert rows[("plugins/site-1-plugin", "dp-parameters")]["basis"] == "claimed"
     assert rows[("plugins/site-1-plugin", "dp-parameters")]["note"] == "claimed only (no replay)"
     assert rows[("plugins/site-1-plugin", "membership-leakage")]["basis"] == "verified"
+    assert rows[("merged/v1", "dp-parameters")]["note"].startswith("a merged version")
+    assert rows[("merged/v1", "weights-binding")]["status"] == "pass"
 
 
 def test_unbound_weights_fail_the_default_policy(compliant_world):
