@@ -158,6 +158,14 @@ def create_app(hub: Hub) -> FastAPI:
                 raise ForgeError(f"size {at} does not contain entry {index}", fix="give a larger size", code="hub.bad_request")
             return hub.log.receipt(conn, index, at)
 
+    @app.get("/v1/receipt")
+    def receipt_by_bundle(bundle: str = ""):
+        with db.read(hub.engine) as conn:
+            index = conn.execute(sa.select(db.submissions.c.log_index).where(db.submissions.c.bundle_sha256 == bundle)).scalar()
+            if index is None:
+                raise ForgeError(f"no accepted bundle with sha256 {bundle[:64]!r}", fix="push it", code="hub.not_found")
+            return hub.log.receipt(conn, index)
+
     @app.get("/v1/bundles/{sha256}")
     def bundle(sha256: str):
         with db.read(hub.engine) as conn:

@@ -74,8 +74,9 @@ def parse_request(doc: object) -> tuple[dict, bytes, str, dict]:
     return statement, body, kid, sig
 
 
-def verify_request(doc: object, roster: Roster, *, action: str, origin: str, now: int, admins_only: bool = True) -> dict:
-    """The verified statement of ``doc``; raises :class:`AuthError` (nonce reuse is checked by the caller)."""
+def verify_request(doc: object, roster: Roster, *, action: str, origin: str, now: int | None, admins_only: bool = True) -> dict:
+    """The verified statement of ``doc``; raises :class:`AuthError` (nonce reuse is checked by the
+    caller). ``now=None`` skips the freshness check (a site checking a release long after it was made)."""
     statement, body, kid, sigs = parse_request(doc)
     if statement.get("action") != action:
         raise AuthError(f"the request is signed for action {statement.get('action')!r}, not {action!r}",
@@ -96,7 +97,7 @@ def verify_request(doc: object, roster: Roster, *, action: str, origin: str, now
         raise AuthError("the request's signature does not verify", fix="sign the request again with the right key",
                         code="hub.signature")
     issued, nonce = statement.get("issued"), statement.get("nonce")
-    if not isinstance(issued, int) or isinstance(issued, bool) or abs(now - issued) > SKEW:
+    if not isinstance(issued, int) or isinstance(issued, bool) or (now is not None and abs(now - issued) > SKEW):
         raise AuthError(f"the request was issued at {issued!r}, more than {SKEW} s from the hub's clock ({now})",
                         fix="check the clocks, and send a fresh request (old ones are refused against replay)", code="hub.stale")
     if not isinstance(nonce, str) or len(nonce) != 32 or any(c not in "0123456789abcdef" for c in nonce):
