@@ -57,7 +57,7 @@ class NoteVerifier:
     @classmethod
     def decode(cls, text: str) -> "NoteVerifier":
         try:
-            name, h, key = text.strip().split("+")
+            name, h, key = text.strip().split("+", 2)
             raw = base64.b64decode(key, validate=True)
         except (ValueError, binascii.Error):
             raise NoteError(f"{text[:80]!r} is not a signed-note verifier key", fix="give the key printed by 'forge hub info'") from None

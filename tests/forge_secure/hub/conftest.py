@@ -182,3 +182,63 @@ def start_hub_process(tmp: Path, *, roster: Path | None, db: str, store: Path, k
     url = f"http://127.0.0.1:{port}"
     wait_for(url, proc)
     return proc, url
+
+
+# --------------------------------------------------------------------------- in-process hubs
+
+
+@dataclass
+class HubEnv:
+    hub: object
+    client: object  # starlette TestClient
+    consortium: Consortium
+    root: Path
+
+    def push(self, path: Path):
+        return self.client.post("/v1/push", content=Path(path).read_bytes(), headers={"content-type": "application/octet-stream"})
+
+    def state(self) -> dict:
+        """What the hub holds: log size, submissions and stored blobs (for 'nothing stored')."""
+        import sqlalchemy as sa
+
+        from forge_secure.hub import db
+        with db.read(self.hub.engine) as conn:
+            size = conn.execute(sa.select(db.log_head.c.size)).scalar()
+            subs = conn.execute(sa.select(sa.func.count()).select_from(db.submissions)).scalar()
+        blobs = sorted(p.name for p in (self.hub.store.root / "sha256").rglob("*") if p.is_file())
+        incoming = list((self.hub.store.root / "incoming").iterdir())
+        return {"log": size, "submissions": subs, "blobs": blobs, "incoming": len(incoming)}
+
+
+def make_hub(root: Path, consortium: Consortium, db_url: str, **kw):
+    from forge_secure.hub.service import Hub, HubConfig
+
+    budgets = kw.pop("budgets", None)
+    default_budget = kw.pop("default_budget", None)
+    config = HubConfig(store=root / "store", db_url=db_url, key_dir=root / "hub-keys", **kw)
+    return Hub(config, roster=consortium.roster, budgets=budgets, default_budget=default_budget)
+
+
+@pytest.fixture
+def hub_factory(tmp_path, consortium, db_url):
+    from starlette.testclient import TestClient
+
+    from forge_secure.hub.app import create_app
+
+    made = []
+
+    def factory(**kw) -> HubEnv:
+        hub = make_hub(tmp_path / f"hub{len(made)}", consortium, db_url, **kw)
+        client = TestClient(create_app(hub), raise_server_exceptions=True)
+        made.append((hub, client))
+        return HubEnv(hub, client, consortium, tmp_path)
+
+    yield factory
+    for hub, client in made:
+        client.close()
+        hub.engine.dispose()
+
+
+@pytest.fixture
+def hub_env(hub_factory) -> HubEnv:
+    return hub_factory()
