@@ -242,3 +242,45 @@ def hub_factory(tmp_path, consortium, db_url):
 @pytest.fixture
 def hub_env(hub_factory) -> HubEnv:
     return hub_factory()
+
+
+class LiveServer:
+    """uvicorn serving ``app`` on a loopback port in a background thread."""
+
+    def __init__(self, app):
+        import threading
+
+        import uvicorn
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def live_hub(hub_factory):
+    """A hub served over real HTTP on loopback: (HubEnv, url); the client's FORGE_HOME is the test's."""
+    from forge_secure.hub.app import create_app
+
+    servers = []
+
+    def start(**kw):
+        env = hub_factory(**kw)
+        srv = LiveServer(create_app(env.hub))
+        servers.append(srv)
+        return env, srv.url
+
+    yield start
+    for s in servers:
+        s.stop()
