@@ -15,9 +15,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
 
 from forge_secure.crypto import add_site_key, init_roster, load_signing_key, new_keys, seal, sign_roster
 from forge_secure.crypto import SequenceCounter
@@ -284,3 +288,37 @@ def live_hub(hub_factory):
     yield start
     for s in servers:
         s.stop()
+
+
+class Proxy:
+    """A man in the middle between a site and the hub that can replay old metadata."""
+
+    def __init__(self, upstream: str):
+        self.upstream, self.overrides = upstream, {}
+
+        async def handle(request):
+            path = request.url.path
+            if path in self.overrides:
+                return Response(self.overrides[path], media_type="application/json")
+            r = httpx.get(self.upstream + path, params=dict(request.query_params))
+            return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"))
+
+        self.server = LiveServer(Starlette(routes=[Route("/{path:path}", handle)]))
+        self.url = self.server.url
+
+    def snapshot(self, *names):
+        return {f"/tuf/metadata/{n}": httpx.get(f"{self.upstream}/tuf/metadata/{n}").content for n in names}
+
+
+
+@pytest.fixture
+def make_proxy():
+    made = []
+
+    def make(upstream: str) -> Proxy:
+        made.append(Proxy(upstream))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.server.stop()
