@@ -31,7 +31,8 @@ DAY = 86400
 SITES = ("site-1", "site-2")
 
 
-def make_plugin(path: Path, *, site="site-1", rows=16, seed=0, sigma=1.1, q=0.25, steps=40, delta=1e-3, dp=True) -> Path:
+def make_plugin(path: Path, *, site="site-1", rows=16, seed=0, sigma=1.1, q=0.25, steps=40, delta=1e-3, dp=True,
+                accountant="rdp") -> Path:
     path.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     save_file({"base_model.model.fc1.lora_A.weight": rng.standard_normal((4, rows)).astype(np.float32),
@@ -39,9 +40,9 @@ def make_plugin(path: Path, *, site="site-1", rows=16, seed=0, sigma=1.1, q=0.25
               str(path / "adapter_model.safetensors"))
     record = {"enabled": False, "epsilon": "inf"}
     if dp:
-        eps = compute_epsilon([(sigma, q, steps)], delta, "prv")
+        eps = compute_epsilon([(sigma, q, steps)], delta, accountant)
         record = {"enabled": True, "noise_multiplier": sigma, "sample_rate": q, "steps": steps, "max_grad_norm": 1.0,
-                  "accountant": "prv", "epsilon": eps, "delta": delta, "history": [[sigma, q, steps]]}
+                  "accountant": accountant, "epsilon": eps, "delta": delta, "history": [[sigma, q, steps]]}
     meta = {"format": "forge-plugin/1", "kind": "trained", "site": site, "base": {"name": "tabular-mlp", "digest": "ab" * 32},
             "dp": record}
     (path / "forge.json").write_text(json.dumps(meta, indent=2))
@@ -54,6 +55,7 @@ class Consortium:
     keys: dict
     roster: Path
     plugins: dict = field(default_factory=dict)
+    sites: tuple = SITES
     n: int = 0
 
     def signer(self, site="site-1"):
@@ -85,7 +87,7 @@ def build_consortium(root: Path, sites=SITES) -> Consortium:
     for site in sites:
         add_site_key(roster, keys[site].public_key, not_before=now - DAY, not_after=now + 180 * DAY)
     sign_roster(roster, load_signing_key(keys["admin-1"].signing))
-    return Consortium(root, keys, roster)
+    return Consortium(root, keys, roster, sites=tuple(sites))
 
 
 @pytest.fixture
@@ -322,3 +324,12 @@ def make_proxy():
     yield make
     for p in made:
         p.server.stop()
+
+
+@pytest.fixture
+def hubkit():
+    """Helpers for test modules (conftest is not importable under --import-mode=importlib)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(build_consortium=build_consortium, start_hub_process=start_hub_process, make_plugin=make_plugin,
+                           free_port=_free_port, LiveServer=LiveServer)

@@ -30,7 +30,7 @@ def test_push_accepted_with_signed_receipt(hub_env):
     import hashlib
     assert entry["bundle_sha256"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
     assert hub_env.hub.store.path(entry["bundle_sha256"]).read_bytes() == bundle.read_bytes()
-    assert float(entry["dp"]["epsilon"]) > 0 and entry["dp"]["accountant"] == "prv"
+    assert float(entry["dp"]["epsilon"]) > 0 and entry["dp"]["accountant"] == "rdp"
     listed = hub_env.client.get("/v1/submissions").json()["submissions"]
     assert [s["submission_id"] for s in listed] == [entry["submission_id"]]
 
