@@ -11,6 +11,7 @@ one database therefore append to the log one after the other, never both at inde
 from __future__ import annotations
 
 import contextlib
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -112,9 +113,26 @@ def migrate(engine: sa.Engine) -> None:
             conn.execute(log_head.insert().values(id=1, size=0))
 
 
+_LOCKS: dict[int, threading.Lock] = {}
+
+
 @contextlib.contextmanager
 def write(engine: sa.Engine) -> Iterator[sa.Connection]:
-    """A write transaction holding the hub's one writer lock; commits on success."""
+    """A write transaction holding the hub's one writer lock; commits on success. On SQLite
+    the threads of one process queue on a lock first (SQLite's own busy handler, which
+    serialises processes, sleeps in steps of up to 100 ms)."""
+    if engine.dialect.name == "sqlite":
+        lock = _LOCKS.setdefault(id(engine), threading.Lock())
+        with lock:
+            with _write(engine) as conn:
+                yield conn
+    else:
+        with _write(engine) as conn:
+            yield conn
+
+
+@contextlib.contextmanager
+def _write(engine: sa.Engine) -> Iterator[sa.Connection]:
     with engine.connect() as conn:
         conn.info["write"] = True
         try:

@@ -19,7 +19,19 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ForgeBudgetError, ForgeError, ForgeIntegrityError
-from ..privacy.accountants import compute_epsilon, validate_history
+
+
+def compute_epsilon(history, delta, accountant):
+    """The project's accountant (imported on first use: it brings in torch and Opacus)."""
+    from ..privacy.accountants import compute_epsilon as compute
+
+    return compute(history, delta, accountant)
+
+
+def validate_history(history):
+    from ..privacy.accountants import validate_history as validate
+
+    return validate(history)
 
 DEFAULT_DELTA = 1e-5
 TOLERANCE = 1e-6

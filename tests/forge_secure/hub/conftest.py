@@ -56,10 +56,13 @@ class Consortium:
     roster: Path
     plugins: dict = field(default_factory=dict)
     sites: tuple = SITES
+    _signers: dict = field(default_factory=dict)
     n: int = 0
 
     def signer(self, site="site-1"):
-        return load_signing_key(self.keys[site].signing)
+        if site not in self._signers:
+            self._signers[site] = load_signing_key(self.keys[site].signing)
+        return self._signers[site]
 
     def plugin(self, site="site-1", **kw) -> Path:
         key = (site, tuple(sorted(kw.items())))
