@@ -336,3 +336,22 @@ def hubkit():
 
     return SimpleNamespace(build_consortium=build_consortium, start_hub_process=start_hub_process, make_plugin=make_plugin,
                            free_port=_free_port, LiveServer=LiveServer)
+
+
+@pytest.fixture(scope="module")
+def hub_env_once(tmp_path_factory):
+    """One SQLite hub for a module's property tests (many examples, one hub)."""
+    from types import SimpleNamespace
+
+    from starlette.testclient import TestClient
+
+    from forge_secure.hub.app import create_app
+    from forge_secure.hub.service import Hub, HubConfig
+
+    root = tmp_path_factory.mktemp("hub-once")
+    c = build_consortium(root / "c")
+    hub = Hub(HubConfig(store=root / "store", db_url=f"sqlite:///{root / 'hub.sqlite3'}", key_dir=root / "keys"), roster=c.roster)
+    client = TestClient(create_app(hub))
+    yield SimpleNamespace(hub=hub, client=client, consortium=c)
+    client.close()
+    hub.engine.dispose()
