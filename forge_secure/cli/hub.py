@@ -41,8 +41,9 @@ def _out(args, obj, lines: list[tuple[str, object]], title: str) -> int:
 
 
 def _serve(args) -> int:
-    from ..hub.server import build_hub, serve
+    from ..hub.server import build_hub, check_bind, serve
 
+    check_bind(args.host, args.tls_cert, args.insecure_bind)
     hub = build_hub(store=args.store, db_url=args.db, key_dir=args.key_dir, roster=args.roster, origin=args.origin,
                     max_bundle=args.max_bundle, budgets=dict(args.budget or []), default_budget=args.default_budget)
     _common.console_err.print(f"forge hub {escape(hub.origin)} on http://{args.host}:{args.port} (hub key {escape(hub.keys.verifier)})",

@@ -30,12 +30,8 @@ def build_hub(*, store: str | Path | None = None, db_url: str | None = None, key
     return hub
 
 
-def serve(hub: Hub, *, host: str = "127.0.0.1", port: int = 8613, tls_cert: str | None = None, tls_key: str | None = None,
-          insecure_bind: bool = False, log_level: str = "warning") -> None:
-    import uvicorn
-
-    from .app import create_app
-
+def check_bind(host: str, tls_cert: str | None, insecure_bind: bool) -> None:
+    """Refuse plain HTTP on a non-loopback address (before anything is built)."""
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -44,5 +40,14 @@ def serve(hub: Hub, *, host: str = "127.0.0.1", port: int = 8613, tls_cert: str 
         raise ForgeValueError(f"--host {host} is not a loopback address and no TLS certificate is given",
                               fix="serve on 127.0.0.1 behind a TLS reverse proxy, or give --tls-cert and --tls-key",
                               code="hub.insecure")
+
+
+def serve(hub: Hub, *, host: str = "127.0.0.1", port: int = 8613, tls_cert: str | None = None, tls_key: str | None = None,
+          insecure_bind: bool = False, log_level: str = "warning") -> None:
+    import uvicorn
+
+    from .app import create_app
+
+    check_bind(host, tls_cert, insecure_bind)
     uvicorn.run(create_app(hub), host=host, port=port, log_level=log_level, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
                 h11_max_incomplete_event_size=64 * 1024, timeout_keep_alive=30)
