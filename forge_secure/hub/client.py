@@ -147,25 +147,38 @@ def push(bundle: str | Path, url: str, *, receipt_out: str | Path | None = None,
     if not bundle.is_file():
         raise ForgeFileError(f"bundle {bundle} does not exist or is not a file", fix="give the .forge file", code="file.missing")
     trust = pinned(url, hub_key)
-    sha = sha256_file(bundle)
     size = bundle.stat().st_size
+    digest: dict = {}
+
+    def hashed_chunks():  # the sha256 is computed while the bytes stream out (one read of the file)
+        h = hashlib.sha256()
+        for block in _file_chunks(bundle):
+            h.update(block)
+            yield block
+        digest["sha256"] = h.hexdigest()
+
+    def sha() -> str:
+        if "sha256" not in digest:
+            digest["sha256"] = sha256_file(bundle)
+        return digest["sha256"]
+
     last: Exception | None = None
     for attempt in range(retries + 1):
         try:
-            resp = httpx.post(f"{url}/v1/push", content=_file_chunks(bundle), timeout=TIMEOUT,
+            resp = httpx.post(f"{url}/v1/push", content=hashed_chunks(), timeout=TIMEOUT,
                               headers={"content-type": "application/octet-stream", "content-length": str(size)})
         except httpx.HTTPError as e:
             last = e
             time.sleep(min(0.5 * 2 ** attempt, 5))
             continue
         if resp.status_code == 409 and attempt > 0:
-            found = httpx.get(f"{url}/v1/receipt", params={"bundle": sha}, timeout=TIMEOUT)
+            found = httpx.get(f"{url}/v1/receipt", params={"bundle": sha()}, timeout=TIMEOUT)
             if found.status_code == 200:  # our earlier attempt was accepted: its answer was lost
                 resp = found
         raise_for(resp)
         receipt = resp.json()
         checked = verify_receipt(receipt, trust["hub_key"])
-        if checked["entry"].get("bundle_sha256") != sha:
+        if checked["entry"].get("bundle_sha256") != sha():
             raise ForgeIntegrityError("the hub's receipt is for other bytes than the bundle sent",
                                       fix="do not rely on this hub; report it to the consortium", code="log.receipt")
         _save_receipt(receipt, Path(receipt_out) if receipt_out else None)
