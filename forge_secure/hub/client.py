@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import json
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -57,9 +58,23 @@ def raise_for(resp: httpx.Response) -> None:
                        code="hub.http") from None
 
 
+_HTTP: httpx.Client | None = None
+_HTTP_LOCK = threading.Lock()
+
+
+def http() -> httpx.Client:
+    """One shared connection pool per process (thread-safe, keep-alive): a new client per call
+    would build a TLS context and a connection each time."""
+    global _HTTP
+    with _HTTP_LOCK:
+        if _HTTP is None:
+            _HTTP = httpx.Client(timeout=TIMEOUT, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        return _HTTP
+
+
 def _request(method: str, url: str, **kw) -> httpx.Response:
     try:
-        resp = httpx.request(method, url, timeout=TIMEOUT, **kw)
+        resp = http().request(method, url, **kw)
     except httpx.HTTPError as e:
         raise HubError(f"cannot reach the hub at {url} ({e.__class__.__name__}: {e})",
                        fix="check the URL, that the hub runs, and the network", code="hub.unreachable") from None
@@ -165,14 +180,14 @@ def push(bundle: str | Path, url: str, *, receipt_out: str | Path | None = None,
     last: Exception | None = None
     for attempt in range(retries + 1):
         try:
-            resp = httpx.post(f"{url}/v1/push", content=hashed_chunks(), timeout=TIMEOUT,
+            resp = http().post(f"{url}/v1/push", content=hashed_chunks(),
                               headers={"content-type": "application/octet-stream", "content-length": str(size)})
         except httpx.HTTPError as e:
             last = e
             time.sleep(min(0.5 * 2 ** attempt, 5))
             continue
         if resp.status_code == 409 and attempt > 0:
-            found = httpx.get(f"{url}/v1/receipt", params={"bundle": sha()}, timeout=TIMEOUT)
+            found = http().get(f"{url}/v1/receipt", params={"bundle": sha()})
             if found.status_code == 200:  # our earlier attempt was accepted: its answer was lost
                 resp = found
         raise_for(resp)
@@ -250,7 +265,7 @@ def pull(url: str, out: str | Path, *, site: str | None = None, hub_key: str | N
         if not (target.exists() and sha256_file(target) == s["bundle_sha256"]):
             h = hashlib.sha256()
             with atomic_output(target) as f:
-                with httpx.stream("GET", f"{url}/v1/bundles/{s['bundle_sha256']}", timeout=TIMEOUT) as resp:
+                with http().stream("GET", f"{url}/v1/bundles/{s['bundle_sha256']}") as resp:
                     raise_for(resp)
                     for block in resp.iter_bytes(BLOCK):
                         h.update(block)

@@ -52,6 +52,7 @@ class Hub:
     def __init__(self, config: HubConfig, *, roster: str | Path | Roster | None = None,
                  budgets: dict[str, float] | None = None, default_budget: float | None = None):
         self.config = config
+        self._roster_cache: Roster | None = None
         self.clock = config.clock or time.time
         self.store = Store(config.store)
         self.engine = db.make_engine(config.db_url)
@@ -96,10 +97,15 @@ class Hub:
         if conn is None:
             with db.read(self.engine) as c:
                 return self.roster(c)
-        doc = conn.execute(sa.select(db.rosters.c.document).order_by(db.rosters.c.version.desc()).limit(1)).scalar()
-        if doc is None:
+        row = conn.execute(sa.select(db.rosters.c.version, db.rosters.c.digest).order_by(db.rosters.c.version.desc()).limit(1)).first()
+        if row is None:
             raise ForgeError("this hub has no roster yet", fix="start it with --roster ROSTER.json", code="hub.no_roster")
-        return parse_roster(json.loads(doc), "the hub's roster")
+        cached = self._roster_cache
+        if cached is not None and (cached.version, cached.digest) == tuple(row):
+            return cached
+        doc = conn.execute(sa.select(db.rosters.c.document).where(db.rosters.c.version == row[0])).scalar()
+        self._roster_cache = parse_roster(json.loads(doc), "the hub's roster")
+        return self._roster_cache
 
     def update_roster(self, new: Roster) -> dict:
         """Adopt a newer roster: trusted now (admin threshold, expiry) and, when it changes the
@@ -198,11 +204,11 @@ class Hub:
         return [ledger.history_of(json.loads(d)) for (d,) in rows]
 
     def _ledger_after(self, conn, site: str, record: ledger.DpRecord):
-        histories = self._histories(conn, site)
         budget = self.budget(conn, site)
-        new = record.history if record.bounded else None
         if budget is None:  # nothing to enforce: the figures are computed when the ledger is read
             return None, math.nan, math.nan, "deferred"
+        histories = self._histories(conn, site)
+        new = record.history if record.bounded else None
         before, _ = ledger.spent(histories, self.config.ledger_delta)
         after, accountant = ledger.spent(histories + [new], self.config.ledger_delta)
         return budget, before, after, accountant
