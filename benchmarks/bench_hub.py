@@ -207,14 +207,19 @@ def main() -> None:
         proc.kill()
         proc.wait()
 
-    # 3. peak server memory under concurrent big uploads
-    warm = sealer.seal("site-1", plugin(tmp, 4 * KB, 1))
-    big = [sealer.seal(f"site-{i}", plugin(tmp, args.big_mb * MB, 5000 + i)) for i in range(1, args.big_clients + 1)]
-    for i in range(1, args.big_clients + 1):  # the plugins are not needed any more; keep the disk use down
-        import shutil
+    # 3. peak server memory under concurrent big uploads (on disk: gigabytes of bundles and store)
+    import shutil
 
-        shutil.rmtree(tmp / f"plugin-{args.big_mb * MB}-{5000 + i}", ignore_errors=True)
-    proc, url = start_hub(tmp, roster, "memory")
+    shutil.rmtree(tmp / "bundles", ignore_errors=True)
+    disk = Path(tempfile.mkdtemp(prefix="bench-hub-big-"))
+    sealer.root = disk
+    warm = sealer.seal("site-1", plugin(disk, 4 * KB, 1))
+    big = []
+    for i in range(1, args.big_clients + 1):
+        plug = plugin(disk, args.big_mb * MB, 5000 + i)
+        big.append(sealer.seal(f"site-{i}", plug))
+        shutil.rmtree(plug)  # keep the disk use down
+    proc, url = start_hub(disk, roster, "memory")
     try:
         client.push(warm, url)  # warm-up, as above
         idle = status_kb(proc.pid, "VmRSS")
@@ -231,9 +236,8 @@ def main() -> None:
     finally:
         proc.kill()
         proc.wait()
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(disk, ignore_errors=True)
 
     if not args.no_write:
         body = ("Push (``client.push``: stream, receive with sha256, verify, store, log, signed receipt, receipt checked) "
