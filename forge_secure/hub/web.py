@@ -28,9 +28,16 @@ def submissions(hub, site: str | None = None) -> list[dict]:
         dp = json.loads(r["dp"])
         out.append({"submission_id": r["submission_id"], "site": r["site"], "sequence": r["sequence"],
                     "bundle_sha256": r["bundle_sha256"], "size": r["size"], "signer": r["signer"], "created": r["created"],
-                    "accepted": r["accepted"], "log_index": r["log_index"], "epsilon": dp.get("epsilon"),
+                    "accepted": r["accepted"], "log_index": r["log_index"], "epsilon": _short(dp.get("epsilon")),
                     "accountant": dp.get("accountant"), "delta": dp.get("delta")})
     return out
+
+
+def _short(value) -> str | None:
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return value
 
 
 def ledgers(hub) -> list[dict]:
@@ -58,8 +65,8 @@ def ledgers(hub) -> list[dict]:
 
 def releases(hub) -> list[dict]:
     with db.read(hub.engine) as conn:
-        rows = conn.execute(sa.select(db.releases.c.statement).order_by(db.releases.c.version)).all()
-    return [json.loads(s) for (s,) in rows]
+        rows = conn.execute(sa.select(db.releases.c.statement, db.releases.c.log_index).order_by(db.releases.c.version)).all()
+    return [{**json.loads(s), "log_index": index} for s, index in rows]
 
 
 def audit_blob(hub, version: int) -> dict | None:
@@ -80,12 +87,16 @@ def budget_plot(entry: dict) -> str:
     ax = fig.add_subplot(1, 1, 1)
     xs = [p["sequence"] for p in entry["entries"]]
     ys = [p["spent"] if p["spent"] is not None else float("nan") for p in entry["entries"]]
-    ax.step(xs, ys, where="post", marker="o", label="spent")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.plot(xs, ys, marker="o", label="spent")
     if entry["budget"] is not None:
         ax.axhline(entry["budget"], color="tab:red", linestyle="--", label=f"budget {entry['budget']:g}")
+    ax.set_ylim(bottom=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("submission sequence")
     ax.set_ylabel(f"epsilon (delta {entry['delta']:g})")
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     buf = io.StringIO()
     fig.savefig(buf, format="svg")

@@ -48,7 +48,7 @@ def test_page_in_headless_chromium(live_hub, tmp_path):
     cp = httpx.get(f"{url}/v1/log/checkpoint").text
     assert cp.splitlines()[0] in html and cp.splitlines()[2] in html  # the latest checkpoint
     assert "ciphertext" not in html.lower() and ".forge" not in html  # metadata only
-    shot = tmp_path / "hub.png"
+    shot = tmp_path / "hub.png"  # kept in the test's tmp_path for inspection
     res = _chromium([f"--screenshot={shot}", "--window-size=1200,1600", "--hide-scrollbars", url + "/"], tmp_path)
     assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
     img = Image.open(shot).convert("RGB")
