@@ -94,6 +94,8 @@ def budget_plot(entry: dict) -> str:
         ax.axhline(entry["budget"], color="tab:red", linestyle="--", label=f"budget {entry['budget']:g}")
     ax.set_ylim(bottom=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(set(xs)) == 1:
+        ax.set_xlim(xs[0] - 1, xs[0] + 1)
     ax.set_xlabel("submission sequence")
     ax.set_ylabel(f"epsilon (delta {entry['delta']:g})")
     ax.legend(loc="best", fontsize=7)
