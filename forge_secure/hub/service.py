@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,8 +147,11 @@ class Hub:
         store), then move it into the store and record it in one transaction."""
         now = self.now()
         roster = self.roster()
-        path, received_sha256 = inc.path, inc.sha256
-        v = verify(path, roster, now=now, state_dir=self.state_dir)
+        path = inc.path
+        with ThreadPoolExecutor(1) as pool:  # the content address is hashed while verify reads the bundle
+            digest = pool.submit(inc.hash_file)
+            v = verify(path, roster, now=now, state_dir=self.state_dir)
+            received_sha256 = digest.result()
         record = ledger.rederive(v.dp)
         with db.read(self.engine) as conn:  # the ledger figure outside the lock first (the accountant is cached)
             self._ledger_after(conn, v.site, record)

@@ -80,25 +80,43 @@ class Incoming:
 
     def __init__(self, store: Store, path: Path, file):
         self.store, self.path, self.file = store, path, file
-        self.size, self._hash = 0, hashlib.sha256()
+        self.size, self._hash, self._digest = 0, hashlib.sha256(), None
 
-    def write(self, block: bytes, limit: int | None = None) -> None:
+    def write(self, block: bytes, limit: int | None = None, *, hashing: bool = True) -> None:
         self.size += len(block)
         if limit is not None and self.size > limit:
             raise TooLarge(f"the upload is larger than the hub's limit of {limit} bytes",
                            fix="the hub refuses bundles above --max-bundle; ask its operator, or send a smaller bundle")
-        self._hash.update(block)
+        if hashing:
+            self._hash.update(block)
+        else:
+            self._hash = None
         self.file.write(block)
 
-    async def receive(self, stream: AsyncIterator[bytes], limit: int) -> None:
+    async def receive(self, stream: AsyncIterator[bytes], limit: int, *, hashing: bool = True) -> None:
+        """Write the request body; with ``hashing=False`` the sha256 is computed later from
+        the file (:meth:`hash_file`, e.g. on a thread while the bundle is verified)."""
         async for block in stream:
             if block:
-                self.write(block, limit)
+                self.write(block, limit, hashing=hashing)
         self.file.flush()
+
+    def hash_file(self) -> str:
+        """The sha256 of what was received, read back from the file (thread-safe: own fd)."""
+        if self._digest is None:
+            if self._hash is not None:
+                self._digest = self._hash.hexdigest()
+            else:
+                h = hashlib.sha256()
+                with open(self.path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                self._digest = h.hexdigest()
+        return self._digest
 
     @property
     def sha256(self) -> str:
-        return self._hash.hexdigest()
+        return self.hash_file()
 
     def commit(self) -> str:
         """Move the received bytes into the store (durably); returns their sha256."""
