@@ -23,10 +23,13 @@ class EmbeddedHub:
     """A hub (SQLite, content store and keys under ``root``) served by uvicorn on 127.0.0.1
     in a background thread; use it as a context manager."""
 
-    def __init__(self, root: str | Path, roster: str | Path, *, budgets: dict | None = None):
+    def __init__(self, root: str | Path, roster: str | Path, *, budgets: dict | None = None, ledger_delta: float | None = None):
+        from .ledger import DEFAULT_DELTA
+
         self.root = Path(root)
         self.hub = Hub(HubConfig(store=self.root / "store", db_url=f"sqlite:///{self.root / 'hub.sqlite3'}",
-                                 key_dir=self.root / "keys"), roster=roster, budgets=budgets)
+                                 key_dir=self.root / "keys", ledger_delta=ledger_delta or DEFAULT_DELTA),
+                       roster=roster, budgets=budgets)
         self.url = ""
         self._server = self._thread = None
 
@@ -58,7 +61,8 @@ class EmbeddedHub:
 
 
 def run_hub_cycle(work: str | Path, roster: str | Path, bundles: dict[str, list[str | Path]], publisher_key, merged: str | Path,
-                  *, audit: str | Path | None = None, budgets: dict | None = None, fetch_sites: list[str] | None = None) -> dict:
+                  *, audit: str | Path | None = None, budgets: dict | None = None, ledger_delta: float | None = None,
+                  fetch_sites: list[str] | None = None) -> dict:
     """One cycle through an embedded hub under ``work``:
 
     1. each site pushes its bundles (``bundles``: site -> .forge paths); receipts go to
@@ -72,13 +76,14 @@ def run_hub_cycle(work: str | Path, roster: str | Path, bundles: dict[str, list[
        into ``work/sites/<site>/v1``, checks the maintainer's signature against ``roster``, and
        checks its receipts' inclusion and the log's consistency (``verify-log``).
 
-    Returns a summary (log size, submissions, version, what each site verified) for printing.
+    ``budgets`` (site -> epsilon) and ``ledger_delta`` (default 1e-5) configure the consortium
+    ledger; a push past a budget is refused. Returns a summary (log size, submissions, version, what each site verified) for printing.
     Raises a :class:`ForgeError` when any step is refused.
     """
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     summary: dict = {"pushed": [], "fetched": []}
-    with EmbeddedHub(work / "hub", roster, budgets=budgets) as eh:
+    with EmbeddedHub(work / "hub", roster, budgets=budgets, ledger_delta=ledger_delta) as eh:
         summary["url"], summary["hub_key"] = eh.url, eh.hub.keys.verifier
         receipts: dict[str, list[Path]] = {}
         for site, paths in sorted(bundles.items()):
