@@ -25,7 +25,7 @@ from ..crypto.roster import parse_roster
 from ..errors import ForgeError
 from . import db, merkle, releases, web
 from . import log as logmod
-from .auth import MAX_REQUEST
+from .auth import MAX_REQUEST, verify_request
 from .service import Hub
 from .store import TooLarge, UploadError
 
@@ -112,6 +112,8 @@ def create_app(hub: Hub) -> FastAPI:
         except (ValueError, binascii.Error):
             raise ForgeError("the Forge-Request header is missing or not base64 JSON", fix="upload with 'forge hub publish'",
                              code="hub.auth") from None
+        # the signature, signer and freshness are checked before a byte of the body is stored
+        verify_request(doc, hub.roster(), action="blob", origin=hub.origin, now=hub.now())
         return await _receive(request, hub.config.max_bundle, lambda inc: releases.upload_blob(hub, doc, inc))
 
     @app.post("/v1/releases")

@@ -89,17 +89,26 @@ def make_engine(url: str | None = None) -> sa.Engine:
     return engine
 
 
+_MIGRATE = threading.Lock()  # Alembic's command API keeps global state: one migration per process at a time
+
+
 def migrate(engine: sa.Engine) -> None:
-    """Bring the schema to the newest revision (Alembic), one process at a time."""
+    """Bring the schema to the newest revision (Alembic), one process at a time: a
+    PostgreSQL advisory lock, or a file lock beside the SQLite file."""
     from alembic import command
     from alembic.config import Config
+    from filelock import FileLock
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.connect() as conn:
+    path = sqlite_path(engine)
+    between_processes = FileLock(path + ".migrate.lock", timeout=300) if path and path != ":memory:" else contextlib.nullcontext()
+    with _MIGRATE, between_processes, engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("SELECT pg_advisory_lock(917013)")
             conn.commit()
+        else:
+            conn.info["write"] = True  # BEGIN IMMEDIATE
         try:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
@@ -108,6 +117,7 @@ def migrate(engine: sa.Engine) -> None:
             if engine.dialect.name == "postgresql":
                 conn.exec_driver_sql("SELECT pg_advisory_unlock(917013)")
                 conn.commit()
+            conn.info.pop("write", None)
     with write(engine) as conn:
         if conn.execute(sa.select(log_head.c.size).where(log_head.c.id == 1)).first() is None:
             conn.execute(log_head.insert().values(id=1, size=0))

@@ -76,6 +76,11 @@ def test_publish_refusals(live_hub, tmp_path):
     assert r.status_code == 400 and r.json()["error"]["code"] == "hub.digest"
     r = httpx.post(f"{url}/v1/blobs", content=b"hello", headers={"forge-request": "%%%"})
     assert r.status_code == 401
+    before = env.state()
+    site_req = sign_request(load_signing_key(c.keys["site-1"].signing), "blob", {"sha256": "ab" * 32, "size": 5}, origin)
+    r = httpx.post(f"{url}/v1/blobs", content=b"hello", headers={"forge-request": base64.b64encode(canonical_json(site_req)).decode()})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "hub.forbidden"  # refused before the body is stored
+    assert env.state() == before
     assert post("admin-1", params).status_code == 200
 
 
