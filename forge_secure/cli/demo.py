@@ -20,6 +20,8 @@
 7. ``audit``: the evidence directory (``audits/README.md`` layout) is judged by the default
    policy on site: the auditor replays every site's training from its envelope and runs the
    one-run audit on its canaries; the signed report (JSON, HTML, PDF) is written.
+8. ``hub``: the same submissions go through the consortium hub embedded on loopback (push,
+   pull, publish the merged version with the report, fetch through TUF, verify the log).
 
 Each stage is a function ``stage(ctx) -> None`` that reads and extends the context dict; its
 printer (if any) shows a short summary as soon as it ends. A library piece that fails with a
@@ -500,9 +502,40 @@ def _print_audit(ctx: dict) -> None:
             c.print(f"  {label} {f['check']}: {f['subject']}: {f['summary']}", highlight=False, soft_wrap=True)
 
 
+# --------------------------------------------------------------------------- 8. hub
+
+
+def stage_hub(ctx: dict) -> None:
+    """The asynchronous cycle through the consortium hub, embedded on loopback: every site pushes
+    its sealed bundles (verified before storing, logged, receipts), the maintainer pulls them and
+    publishes the merged version with the audit report, and every site fetches it through TUF and
+    checks its receipts' inclusion and the log's consistency."""
+    from ..hub.demo import run_hub_cycle
+
+    work: Path = ctx["work"]
+    # per site in sequence order: the plugin bundle, then the CKKS contribution
+    bundles = {s: [work / "evidence" / "bundles" / f"{s}.forge", work / "maintainer" / "inbox" / f"{s}-ckks.forge"] for s in DEMO_SITES}
+    report = work / "report" / "report.html"
+    summary = run_hub_cycle(work / "hub", ctx["_roster"], bundles, ctx["_keys"]["consortium-admin"].signing, ctx["_merged"],
+                            audit=report if report.exists() else None)
+    ctx["hub"] = {"pushed": len(summary["pushed"]), "pulled": summary["pulled"], "version": summary["version"],
+                  "log_size": summary["log_size"], "fetched": [f["site"] for f in summary["fetched"]],
+                  "receipts_checked": sum(len(f["receipts_in_log"]) for f in summary["fetched"]), "dir": _shown(ctx, work / "hub")}
+
+
+def _print_hub(ctx: dict) -> None:
+    h = ctx["hub"]
+    c = _common.console
+    c.print("[bold]Stage 8: the consortium hub (embedded on loopback)[/bold]")
+    c.print(f"  the sites pushed {h['pushed']} sealed bundles (each verified against the roster before it was stored, then logged); "
+            f"the maintainer pulled {h['pulled']} and published version {h['version']} with the audit report", highlight=False, soft_wrap=True)
+    c.print(f"  {', '.join(h['fetched'])} fetched version {h['version']} through TUF and checked {h['receipts_checked']} receipts "
+            f"against the transparency log ({h['log_size']} entries, consistent): {h['dir']}", highlight=False, soft_wrap=True)
+
+
 STAGES: list[tuple[str, Callable[[dict], None]]] = [
     ("keys", stage_keys), ("sites", stage_sites), ("seal", stage_seal), ("open", stage_open), ("merge", stage_merge),
-    ("attacks", stage_attacks), ("audit", stage_audit),
+    ("attacks", stage_attacks), ("audit", stage_audit), ("hub", stage_hub),
 ]
 
 
@@ -530,7 +563,7 @@ def _print_sites(ctx: dict) -> None:
 
 PRINTERS: dict[str, Callable[[dict], None]] = {
     "sites": _print_sites, "keys": _print_keys, "seal": _print_seal, "open": _print_open, "merge": _print_merge,
-    "attacks": _print_attacks, "audit": _print_audit,
+    "attacks": _print_attacks, "audit": _print_audit, "hub": _print_hub,
 }
 
 
