@@ -136,7 +136,7 @@ class _GroupRunner:
         site training set, so every site's own accounted epsilon (recorded in its
         forge.json, reported as the claim) is at most about the grid's epsilon. Reference
         models reuse it: they follow the target's recipe, as in LiRA (Carlini et al. 2022).
-        Delta is the config's, or 1/(10 n) for the largest pool, below 1/n for every set.
+        Delta is the config's, or default_delta(n) = min(1e-5, 1/n^2) for the largest pool, below 1/n for every set.
         """
         if math.isinf(self.group.epsilon):
             return None

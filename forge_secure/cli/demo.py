@@ -357,12 +357,14 @@ def _skip(ctx: dict, what: str, error: Exception) -> dict:
 
 def stage_attacks(ctx: dict) -> None:
     """Membership inference (RMIA, offline, a few reference models) and reconstruction (the
-    informed adversary) on a site plugin and on the merged model; results into evidence/attacks/."""
+    informed adversary) on a site plugin and on the merged model, run by the auditor: results into
+    auditor/attacks/ (outside the evidence, which is the sites' to fill; the audit counts them
+    because the auditor hands them over itself)."""
     work: Path = ctx["work"]
     evidence = work / "evidence"
     site_plugin = evidence / "plugins" / ATTACKED_SITE
     targets = {ATTACKED_SITE: (site_plugin, None), "fusion-ckks": (ctx["_merged"], site_plugin)}
-    out_dir = evidence / "attacks"
+    out_dir = work / "auditor" / "attacks"
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"membership": {}, "reconstruction": {}}
     try:
@@ -472,7 +474,8 @@ def stage_audit(ctx: dict) -> None:
         shutil.copy2(env, evidence / "plugins" / env.name)
     # on site: the auditor replays every training on the site's data and scores its own canaries
     report = audit_directory(evidence, None, out=report_dir, key=keys["auditor"].signing, decryption_key=keys["maintainer"].decryption,
-                             replay_key=keys["auditor"].decryption, canary_records=ctx.get("_canary_records", ()))
+                             replay_key=keys["auditor"].decryption, canary_records=ctx.get("_canary_records", ()),
+                             attack_results=sorted((work / "auditor" / "attacks").glob("*.json")))
     checks = {c.name: c.status.value for c in report.checks}
     warnings = [{"check": f.check, "subject": f.subject, "summary": f.summary} for c in report.checks for f in c.findings
                 if f.status.value == "warn"]
