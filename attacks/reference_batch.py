@@ -13,17 +13,18 @@ nothing to a clipped sum). DP-SGD is the target's, per reference (Abadi et al. 2
 
 - Poisson sampling and Gaussian noise come from the generators of a real
   :class:`forge_secure.privacy.train.TrainingRun` built for each reference with that
-  reference's seed (its Opacus ``UniformWithReplacementSampler`` and its optimizer's
-  ``_standard_noise``), so the random draws are *the same objects* a one-at-a-time run uses;
+  reference's seed (and secret, once ``TrainingRun`` takes one): its Opacus
+  ``UniformWithReplacementSampler``'s generator, drawn the way the sampler draws
+  (``torch.rand(n) < q`` per step), and its optimizer's own ``_standard_noise``, so the
+  random draws are those of a one-at-a-time run;
 - per-sample clipping uses the closed-form LoRA gradients of
   :mod:`forge_secure.privacy.clipping` (``||grad_B,i|| = ||g_i|| ||h_i||``,
   ``||grad_A,i|| = ||B^T g_i|| ||x_i||``; per-sample ``out x r`` factors for sequences) with
   a reference axis added, and Opacus's clip factor ``min(1, C / (norm + 1e-6))``;
 - noise ``N(0, (sigma C)^2)`` is added to each reference's clipped sum (its own generator),
   which is then divided by that reference's expected batch size ``n q``;
-- the optimizer is the recipe's ``torch.optim`` class over per-reference views of one
-  parameter buffer, so its update (SGD momentum, Adam) is element-wise that of each
-  reference's own optimizer.
+- the optimizer is the recipe's ``torch.optim`` class over one (R, P) parameter tensor, so
+  its update (SGD momentum, Adam) is element-wise that of each reference's own optimizer.
 
 Without DP, each reference's batch-mean gradient is clipped as a whole (as
 ``train_plugin``'s stabiliser, ``clip_grad_norm_``) and stepped.
@@ -40,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
-import itertools
 from typing import Any
 
 import numpy as np
@@ -128,9 +128,16 @@ class _Layer:
             del self.layer.forward
 
 
-def _batches(sampler, epochs: int):
-    """The index lists of ``epochs`` passes of ``sampler`` (TrainingRun.epoch, repeated)."""
-    return itertools.chain.from_iterable(sampler for _ in range(epochs))
+class _Poisson:
+    """The Poisson batches of one reference, drawn as its TrainingRun's Opacus
+    ``UniformWithReplacementSampler`` draws them (one ``torch.rand(n) < q`` per step from the
+    sampler's own generator), but kept as a boolean row instead of an index list."""
+
+    def __init__(self, sampler):
+        self.generator, self.q, self.n = sampler.generator, float(sampler.sample_rate), int(sampler.num_samples)
+
+    def draw(self) -> torch.Tensor:
+        return torch.rand(self.n, generator=self.generator) < self.q
 
 
 def _pad_sets(sets: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,7 +182,7 @@ def train_batched(recipe: dict, base, sets: list[tuple[np.ndarray, np.ndarray]],
         kw = {k: reference_secret(seeds[r]) for k in extra}
         run = TrainingRun(model, X[r, :n_r], Y[r, :n_r], c, p, **kw)
         run.close()
-        samplers.append(_batches(run.sampler, c.epochs))
+        samplers.append(_Poisson(run.sampler))
         noise.append(run.optimizer if dp else None)
 
     layers = [_Layer(name, layer, R) for name, layer in lora_layers(model)]
@@ -229,17 +236,26 @@ def _train_loop(model, layers, configs, plans, samplers, noise, X, Y, eval_X, dp
     clip = cfg.max_grad_norm
     sigma_c = (plans[0].noise_multiplier or 0.0) * clip
     ar = torch.arange(R)[:, None]
+    zeros_P = torch.zeros(P)
+    n_max = X.shape[1]
     for t in range(max(steps)):
-        batches = [next(samplers[r]) if t < steps[r] else None for r in range(R)]
-        b_max = max((len(b) for b in batches if b), default=0)
-        skip = [r for r in range(R) if batches[r] is None or (not batches[r] and not dp)]
+        active = [r for r in range(R) if t < steps[r]]
+        drawn = torch.zeros((R, n_max), dtype=torch.bool)
+        for r in active:
+            drawn[r, : samplers[r].n] = samplers[r].draw()
+        lens_t = drawn.sum(1)
+        lens = lens_t.numpy()
+        b_max = int(lens.max())
+        skip = [r for r in range(R) if t >= steps[r] or (lens[r] == 0 and not dp)]
         if b_max:
+            # every reference's batch (ascending indices, as the sampler yields them) in one
+            # padded (R, b_max) index; padded slots get weight 0
+            rows, picked = drawn.nonzero(as_tuple=True)
+            cols = torch.arange(rows.numel()) - torch.repeat_interleave(torch.cumsum(lens_t, 0) - lens_t, lens_t)
             idx = torch.zeros((R, b_max), dtype=torch.int64)
+            idx[rows, cols] = picked
             mask = torch.zeros((R, b_max), dtype=torch.float32)
-            for r, b in enumerate(batches):
-                if b:
-                    idx[r, : len(b)] = torch.as_tensor(b)
-                    mask[r, : len(b)] = 1.0
+            mask[rows, cols] = 1.0
             xb = X[ar, idx].reshape(R * b_max, *X.shape[2:])
             yb = Y[ar, idx].reshape(-1)
             stacked = bind(requires_grad=not dp)
@@ -260,16 +276,16 @@ def _train_loop(model, layers, configs, plans, samplers, noise, X, Y, eval_X, dp
             grads.zero_()
         if dp:
             with torch.no_grad():
-                rows = []
+                draws = []
                 for r in range(R):
-                    if batches[r] is None:
-                        rows.append(torch.zeros(P))
-                    elif batches[r]:
-                        rows.append(noise[r]._standard_noise(grads[r]))
+                    if t >= steps[r]:
+                        draws.append(zeros_P)
+                    elif lens[r]:
+                        draws.append(noise[r]._standard_noise(grads[r]))
                     else:  # an empty Poisson batch: TrainingRun's noise-only step (Opacus's add_noise)
                         grads[r] = 0.0
-                        rows.append(torch.normal(torch.zeros(P), 1.0, generator=noise[r].generator))
-                grads.add_(torch.stack(rows), alpha=sigma_c)
+                        draws.append(torch.normal(torch.zeros(P), 1.0, generator=noise[r].generator))
+                grads.add_(torch.stack(draws), alpha=sigma_c)
                 grads.div_(ebs)
         _step(opt, params, skip)
     if not torch.isfinite(params).all():

@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,13 +92,15 @@ def cluster(tmp_path):
         assert proc.poll() is None, (logs / f"{name}.log").read_text()[-3000:]
         return proc
 
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     try:
-        start("head", ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={tmp_path / 'ray'}"])
+        start("head", ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={ray_tmp}"])
         node = start("node", [f"--address=127.0.0.1:{port}"])
         yield {"address": f"127.0.0.1:{port}", "env": env, "node": node}
     finally:
         for proc in reversed(procs):
             _kill_group(proc)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _bench(cluster, tmp_path, out: str) -> subprocess.Popen:
