@@ -137,3 +137,23 @@ def test_dropout_recipe_is_not_batched(mia_home, train, tmp_path):
     assert e.value.code == "attack.references" and "dropout" in e.value.message
     refs = train_references(meta, cands, None, count=2, cache=False)  # falls back to one at a time
     assert refs.candidate_logits.shape == (2, len(cands), 2)
+
+
+@pytest.mark.slow
+def test_persistent_workers_give_the_in_process_references(mia_home, dp_plugin):
+    """Two persistent workers (each a batch of references) return what one process returns."""
+    from attacks.references import train_references
+    from forge_secure.parallel import close_pools
+    from forge_secure.plugins.data import load_data
+    from forge_secure.plugins.plugin import read_meta
+
+    meta = read_meta(dp_plugin)
+    cands, pop = load_data("bundled:site-1/pool"), load_data("bundled:public")
+    try:
+        here = train_references(meta, cands, pop, count=4, seed=5, cache=False)
+        pooled = train_references(meta, cands, pop, count=4, seed=5, cache=False, workers=2)
+        again = train_references(meta, cands, pop, count=4, seed=5, cache=False, workers=2, batch=False)
+    finally:
+        close_pools()
+    assert _agree(pooled.candidate_logits, here.candidate_logits) < TOL
+    assert _agree(again.candidate_logits, here.candidate_logits) < TOL
