@@ -158,8 +158,13 @@ _POOLS: dict[tuple, WorkerPool] = {}
 
 def worker_pool(workers: int, warm: Sequence[str] = ()) -> WorkerPool:
     """The process-wide persistent pool of ``workers`` processes importing ``warm`` (created
-    on first use, closed at exit)."""
-    key = (int(workers), tuple(warm))
+    on first use, closed at exit). Workers keep the environment they were started with
+    (``FORGE_HOME`` and the rest), so a changed environment gets a fresh pool and the old
+    pools are closed."""
+    env = hash(frozenset(os.environ.items()))
+    key = (int(workers), tuple(warm), env)
+    for k in [k for k in _POOLS if k[2] != env]:
+        _POOLS.pop(k).close()
     pool = _POOLS.get(key)
     if pool is None or pool.closed or getattr(pool._pool, "_broken", False):
         pool = _POOLS[key] = WorkerPool(workers, warm)

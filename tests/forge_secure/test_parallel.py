@@ -80,3 +80,19 @@ def test_default_is_one_process():
     from forge_secure.parallel import default_workers
 
     assert default_workers() == 1
+
+
+def test_changed_environment_gets_fresh_workers(monkeypatch):
+    """Workers keep the environment they started with, so a changed FORGE_HOME is never served
+    by workers started under the old one."""
+    from forge_secure.parallel import close_pools, worker_pool
+
+    try:
+        monkeypatch.setenv("FORGE_HOME", "/tmp/forge-home-a")
+        a = worker_pool(2)
+        monkeypatch.setenv("FORGE_HOME", "/tmp/forge-home-b")
+        b = worker_pool(2)
+        assert a is not b and a.closed and not b.closed
+        assert worker_pool(2) is b
+    finally:
+        close_pools()
