@@ -147,7 +147,7 @@ def _pad_sets(sets: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, 
     Y = torch.zeros((len(sets), n_max), dtype=torch.int64)
     for r, (x, y) in enumerate(sets):
         X[r, : len(y)] = torch.from_numpy(np.array(x, dtype=np.float32))
-        Y[r, : len(y)] = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        Y[r, : len(y)] = torch.from_numpy(np.array(y, dtype=np.int64))
     return X, Y
 
 

@@ -53,6 +53,8 @@ def _agree(a, b):
     dict(noise_multiplier=1.5, epochs=4, batch_size=16, lr=0.1, rank=4, alpha=8),           # DP-SGD, LoRA A and B trained
     dict(no_dp=True, epochs=6, batch_size=16, lr=0.05, rank=4, alpha=8),                     # no DP: batch-gradient clipping
     dict(noise_multiplier=1.0, epochs=4, batch_size=16, lr=0.01, ffa=True, optimizer="adam"),  # FFA-LoRA (A frozen), Adam
+    dict(noise_multiplier=1.0, epochs=2, batch_size=1, lr=0.05, rank=2, alpha=4),  # q = 1/60: many empty Poisson batches (noise only)
+    dict(no_dp=True, epochs=2, batch_size=1, lr=0.05, rank=2, alpha=4),             # ... and skipped steps without DP
 ])
 def test_batched_equals_one_at_a_time_tabular(mia_home, cfg):
     from attacks.reference_batch import train_batched
