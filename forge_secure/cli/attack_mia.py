@@ -28,6 +28,11 @@ def _pos_int(text: str) -> int:
     return v
 
 
+#: the default attack and variant (MiaSettings' defaults; kept here so that building the parser
+#: imports no attack code; tests/attacks/membership/test_rescore.py checks they agree)
+DEFAULT_ATTACK_TEXT = "lira, online, per-record variance"
+
+
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add `forge attack mia`."""
     p = sub.add_parser(
@@ -38,10 +43,11 @@ def register(sub: "argparse._SubParsersAction") -> None:
     )
     p.add_argument("--target", help="plugin directory (forge.json) or mixture directory (mixture.json) (required)")
     p.add_argument("--data", help="(required) ""candidate records: a site's pool (bundled:site-1) or a file with --membership-seed")
-    p.add_argument("--attack", default="lira", help="attack by registered name: lira, rmia, loss, reference (default lira)")
+    p.add_argument("--attack", default=None, help="attack by registered name: lira, rmia, loss, reference "
+                   "(default: the strongest at the default budget, measured in docs/benchmarks.md: " + DEFAULT_ATTACK_TEXT + ")")
     p.add_argument("--references", type=_nonneg_int, default=16, help="reference models to train or load (default 16)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--online", dest="online", action="store_true", default=True, help="references trained with and without each candidate (default)")
+    mode.add_argument("--online", dest="online", action="store_true", default=None, help="references trained with and without each candidate")
     mode.add_argument("--offline", dest="online", action="store_false", help="references trained on population data only")
     p.add_argument("--population", default="auto", help="population data for references and RMIA (default: the bundled public split for bundled data; 'none' to disable)")
     p.add_argument("--membership-seed", type=_nonneg_int, default=None, help="the site's membership seed (checked against the target's commitment)")
@@ -50,7 +56,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--base", default=None, help="the base model you expect the target to use (refused if its digest differs)")
     p.add_argument("--recipe", default=None, help="plugin directory whose recipe trains the references (for merged plugins)")
     p.add_argument("--component", default=None, help="for a Mixture: the site of the component trained on the candidates")
-    p.add_argument("--fixed-variance", action="store_true", help="LiRA: one global variance (better with few references)")
+    var = p.add_mutually_exclusive_group()
+    var.add_argument("--fixed-variance", dest="fixed_variance", action="store_true", default=None,
+                     help="LiRA: one global variance (better with few references)")
+    var.add_argument("--per-record-variance", dest="fixed_variance", action="store_false", help="LiRA: a variance per record")
     p.add_argument("--rmia-a", type=float, default=None, help="RMIA offline: the a of P(x) ~ ((1+a) P_OUT + 1-a)/2 (default: tuned)")
     p.add_argument("--gamma", type=float, default=1.0, help="RMIA: likelihood-ratio threshold gamma (default 1)")
     p.add_argument("--temperature", type=float, default=2.0, help="RMIA: softmax temperature (default 2)")
@@ -108,11 +117,11 @@ def handle(args: argparse.Namespace) -> int:
         raise ForgeValueError(f"--out {out} is a directory", fix="give a file name such as results.json", code="attack.out")
     if args.plot:
         _format_of(Path(args.plot))  # fail before the work, not after
+    chosen = {k: v for k, v in (("attack", args.attack), ("online", args.online), ("fixed_variance", args.fixed_variance))
+              if v is not None}
     settings = MiaSettings(
-        attack=args.attack,
+        **chosen,
         references=args.references,
-        online=args.online,
-        fixed_variance=args.fixed_variance,
         rmia_a=args.rmia_a,
         gamma=args.gamma,
         temperature=args.temperature,

@@ -169,3 +169,16 @@ def test_cli_rescore_bad_files(forge_inproc, saved, tmp_path, damage):
 def test_cli_mia_still_needs_its_options(forge_inproc, tmp_path):
     r = forge_inproc("attack", "mia", "--data", "bundled:site-1", "--out", tmp_path / "x.json")
     assert r.code == 2 and "--target" in r.err
+
+
+def test_cli_names_the_library_default():
+    import dataclasses
+
+    from attacks.membership.run import MiaSettings
+    from forge_secure.cli.attack_mia import DEFAULT_ATTACK_TEXT
+
+    d = {f.name: f.default for f in dataclasses.fields(MiaSettings)}
+    parts = [d["attack"], "online" if d["online"] else "offline"]
+    if d["attack"] == "lira":
+        parts.append("fixed variance" if d["fixed_variance"] else "per-record variance")
+    assert DEFAULT_ATTACK_TEXT == ", ".join(parts)
