@@ -95,6 +95,14 @@ class AuditOptions:
     decryption_key: Path | None = None
     passphrase: bytes | None = field(default=None, repr=False)
     now: int | None = None
+    #: the auditor's decryption key for the replay envelopes beside each plugin (on-site audit)
+    replay_key: Path | None = None
+    replay_passphrase: bytes | None = field(default=None, repr=False)
+    #: the auditor's private canary records (``forge audit canaries issue``), never the site's files
+    canary_records: tuple[Path, ...] = ()
+    #: ``(site, data spec)`` pairs: the data the auditor replays each site's training on
+    #: (default: the source the envelope names)
+    site_data: tuple[tuple[str, str], ...] = ()
 
 
 class Evidence:

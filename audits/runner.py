@@ -125,9 +125,16 @@ def audit_directory(
     decryption_passphrase: bytes | None = None,
     progress: ProgressFn | None = None,
     overwrite: bool = False,
+    replay_key: str | os.PathLike | None = None,
+    replay_passphrase: bytes | None = None,
+    canary_records: tuple | list = (),
+    site_data: dict | None = None,
 ) -> Report:
     """One call for the whole audit: ``policy`` is a Policy, a TOML path, or None (the shipped
-    default); with ``out`` the rendered (and, with ``key``, signed) report is written there."""
+    default); with ``out`` the rendered (and, with ``key``, signed) report is written there.
+    ``replay_key`` (the auditor's decryption key), ``canary_records`` (the auditor's private
+    canary records) and ``site_data`` (site -> data spec) are what an on-site audit brings to
+    verify the DP claims by replay and test them on canaries the site never saw."""
     if policy is None:
         policy = default_policy()
     elif not isinstance(policy, Policy):
@@ -144,7 +151,19 @@ def audit_directory(
         from forge_secure.crypto.keys import load_decryption_key
 
         load_decryption_key(decryption_key, decryption_passphrase)  # fail early on a bad key file
-    options = AuditOptions(decryption_key=Path(decryption_key) if decryption_key is not None else None, passphrase=decryption_passphrase)
+    if replay_key is not None:
+        from forge_secure.crypto.keys import load_decryption_key
+
+        load_decryption_key(replay_key, replay_passphrase)  # fail early on a bad key file
+    if canary_records:
+        from forge_secure.privacy.canaries import read_record
+
+        for rec in canary_records:
+            read_record(rec)  # fail early: the record is the auditor's own file
+    options = AuditOptions(decryption_key=Path(decryption_key) if decryption_key is not None else None, passphrase=decryption_passphrase,
+                           replay_key=Path(replay_key) if replay_key is not None else None, replay_passphrase=replay_passphrase,
+                           canary_records=tuple(Path(p) for p in canary_records),
+                           site_data=tuple(sorted((site_data or {}).items())))
     report = run_audit(policy, evidence_dir, progress=progress, options=options, auditor=signing_key.site if signing_key else "")
     if out is not None:
         write_report(report, out, key=signing_key, overwrite=overwrite)

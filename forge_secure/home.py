@@ -1,7 +1,7 @@
 """Where forge-secure keeps per-user state (budget ledgers, replay stores, caches).
 
 ``FORGE_HOME`` overrides the default ``~/.forge-secure``; tests point it at a temporary
-directory. Content-keyed caches (pretrained bases, noise calibrations, reference models, bench
+directory. Content-keyed caches (noise calibrations, reference models, bench
 cells) live under ``FORGE_HOME/cache`` unless ``FORGE_CACHE`` names another directory; they hold
 nothing secret and are safe to share between homes.
 """

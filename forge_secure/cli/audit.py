@@ -35,8 +35,20 @@ def register(sub: "argparse._SubParsersAction") -> None:
     d.add_argument("--decryption-passphrase-file", metavar="FILE", help="passphrase of --decryption-key, first line of FILE")
     d.add_argument("--decryption-passphrase-env", metavar="VAR", help="passphrase of --decryption-key, from environment variable VAR")
     p.add_argument("--print-default-policy", action="store_true", help="print the default policy TOML and exit")
+    onsite = p.add_argument_group("on-site audit", "what the auditor brings to verify DP claims instead of taking them on the site's word")
+    onsite.add_argument("--replay-key", metavar="KEY", help="the auditor's decryption.key: open each plugin's replay envelope and re-run its training")
+    onsite.add_argument("--canary-record", metavar="RECORD", action="append", default=[],
+                        help="the auditor's private canary record (forge audit canaries issue); repeat for several sites")
+    onsite.add_argument("--site-data", metavar="SITE=DATA", action="append", default=[],
+                        help="replay SITE's training on DATA (default: the source its envelope names); repeatable")
+    rp = onsite.add_mutually_exclusive_group()
+    rp.add_argument("--replay-passphrase-file", metavar="FILE", help="passphrase of --replay-key, first line of FILE")
+    rp.add_argument("--replay-passphrase-env", metavar="VAR", help="passphrase of --replay-key, from environment variable VAR")
     _common.add_json_flag(p)
     p.set_defaults(func=cmd_audit)
+    from .audit_replay import register_under
+
+    register_under(p.add_subparsers(dest="audit_command", metavar="[replay | canaries]", required=False))
 
     v = sub.add_parser(
         "verify-report",
@@ -78,9 +90,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
         raise ForgeValueError("a decryption passphrase was given without --decryption-key",
                               fix="add --decryption-key KEY, or drop the decryption passphrase", code="cli.missing_argument")
+    site_data = {}
+    for pair in args.site_data:
+        site, sep, spec = pair.partition("=")
+        if not sep or not site or not spec:
+            from ..errors import ForgeValueError
+
+            raise ForgeValueError(f"--site-data {pair!r} is not SITE=DATA", fix="give e.g. --site-data site-1=records.csv",
+                                  code="cli.bad_argument")
+        site_data[site] = spec
     report = audit_directory(
         args.evidence, args.policy, out=args.out, key=args.key, passphrase=passphrase,
         decryption_key=args.decryption_key, decryption_passphrase=decryption_passphrase,
+        replay_key=args.replay_key, replay_passphrase=read_passphrase(args.replay_passphrase_file, args.replay_passphrase_env),
+        canary_records=args.canary_record, site_data=site_data,
     )
     verdict = report.verdict.value
     if args.json:

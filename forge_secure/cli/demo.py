@@ -1,11 +1,13 @@
 """`forge demo`: the whole forge-secure path on the bundled data, in stages.
 
-1. ``sites``: three simulated hospitals (the bundled breast-cancer shards, non-IID) each
-   train a DP FFA-LoRA plugin on their coin-flip training set at epsilon 8, with their own
-   budget ledger, and are evaluated on their test split;
-2. ``keys``: every party makes its keys (consortium admin, the three sites, the maintainer
+1. ``keys``: every party makes its keys (consortium admin, the three sites, the maintainer
    who receives submissions, the auditor), the CKKS key holder makes the consortium's
-   homomorphic context, and the admin signs a trust roster listing the site keys;
+   homomorphic context, and the admin signs a trust roster listing the site and auditor keys;
+2. ``sites``: the auditor issues each site 256 canaries (half held back, sealed grant); three
+   simulated hospitals (the bundled breast-cancer shards, non-IID) each train a DP FFA-LoRA
+   plugin on their coin-flip training set plus the canaries at epsilon 8, with noise from a
+   fresh OS secret and their own budget ledger, seal the secret and recipe to the auditor
+   (replay envelope), and are evaluated on their test split;
 3. ``seal``: each site seals its plugin, and its CKKS-encrypted contribution (``w_i * B_i``
    under the public context), into ``.forge`` bundles for the maintainer;
 4. ``open``: the maintainer verifies every bundle against the roster and opens it (replay
@@ -16,7 +18,8 @@
 6. ``attacks``: membership inference (RMIA with a few reference models) and reconstruction
    (the informed adversary) on a site plugin and on the merged model;
 7. ``audit``: the evidence directory (``audits/README.md`` layout) is judged by the default
-   policy and the signed report (JSON, HTML, PDF) is written.
+   policy on site: the auditor replays every site's training from its envelope and runs the
+   one-run audit on its canaries; the signed report (JSON, HTML, PDF) is written.
 
 Each stage is a function ``stage(ctx) -> None`` that reads and extends the context dict; its
 printer (if any) shows a short summary as soon as it ends. A library piece that fails with a
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import time
@@ -112,16 +116,35 @@ def stage_sites(ctx: dict) -> None:
 
     from ..plugins.bases import load_base
     from ..plugins.data import bundled_splits
-    from .train import evaluate, train_site
+    from ..crypto.keys import load_signing_key
+    from ..privacy.canaries import issue_record, write_grant
+    from ..privacy.site import train_site
+    from .train import evaluate
 
     work: Path = ctx["work"]
+    keys = ctx["_keys"]
     base = load_base("tabular-mlp")
     splits = bundled_splits()
     results = []
+    records = ctx["_canary_records"] = []
+    auditor_dir = work / "auditor"
+    auditor_dir.mkdir(parents=True, exist_ok=True)
     for site in DEMO_SITES:
         t0 = time.perf_counter()
-        plugin, td = train_site(site=site, data_spec=f"bundled:{site}", base_name="tabular-mlp", out=work / "plugins" / site,
-                                budget=DEMO_BUDGET, ledger_root=work / "ledgers", target_epsilon=ctx["epsilon"], ffa=True, seed=0)
+        # the auditor draws canaries for the site, keeps its record and seals only those to insert
+        record = issue_record(site, 256, splits.site(site).pool)
+        rec_path = auditor_dir / f"canaries-{site}.json"
+        rec_path.write_text(json.dumps(record))
+        rec_path.chmod(0o600)
+        records.append(rec_path)
+        grant = write_grant(record, signer=load_signing_key(keys["auditor"].signing), site_key=keys[site].public,
+                            out=work / "sites" / site / "canaries.forge")
+        # the site trains on its data and the canaries, and seals the replay envelope to the auditor
+        run = train_site(site=site, data_spec=f"bundled:{site}", base_name="tabular-mlp", out=work / "plugins" / site,
+                         budget=DEMO_BUDGET, ledger_root=work / "ledgers", target_epsilon=ctx["epsilon"], ffa=True, seed=0,
+                         canary_grant=grant, grant_key=keys[site].decryption, roster=ctx["_roster"],
+                         auditor=keys["auditor"].public, signer=keys[site].signing)
+        plugin, td = run.plugin, run.training
         test = splits.site(site).test
         ev = evaluate(plugin, test)
         with torch.no_grad():
@@ -133,6 +156,8 @@ def stage_sites(ctx: dict) -> None:
             "steps": dp.get("steps"), "accuracy": ev["accuracy"], "accuracy_ci95": ev["accuracy_ci95"], "roc_auc": ev["roc_auc"],
             "base_accuracy": base_acc, "plugin": str(ctx["out"] / "plugins" / site), "seconds": round(time.perf_counter() - t0, 2),
             "label_share_benign": float(np.mean(td.data.y)),
+            "canaries_inserted": run.canaries["count"], "canaries_issued": record["count"],
+            "replay_envelope": _shown(ctx, run.envelope),
         })
     ctx["sites"] = results
     ctx["base"] = {"name": base.name, "digest": base.digest}
@@ -154,7 +179,7 @@ def stage_keys(ctx: dict) -> None:
     now = crypto_now()
     roster = work / "roster.json"
     init_roster(roster, CONSORTIUM, [load_public_key(keys["consortium-admin"].public)], expires=now + ROSTER_DAYS * DAY)
-    for site in DEMO_SITES:
+    for site in (*DEMO_SITES, "auditor"):  # the auditor signs canary grants, so sites must find its key in the roster
         add_site_key(roster, load_public_key(keys[site].public), not_before=now - 3600, not_after=now + ROSTER_DAYS * DAY)
     signed = sign_roster(roster, load_signing_key(keys["consortium-admin"].signing))
     ckks = he.keygen(work / "key-holder" / "ckks")
@@ -172,7 +197,7 @@ def stage_keys(ctx: dict) -> None:
 def _print_keys(ctx: dict) -> None:
     k = ctx["keys"]
     c = _common.console
-    c.print("[bold]Stage 2: keys and the trust roster[/bold]")
+    c.print("[bold]Stage 1: keys and the trust roster[/bold]")
     c.print(f"  {len(k['parties'])} parties made Ed25519 signing + X25519 (HPKE) keys: {', '.join(k['parties'])}", highlight=False, soft_wrap=True)
     c.print(f"  the consortium admin signed roster version {k['roster']['version']} listing the keys of "
             f"{', '.join(k['roster']['sites'])}, valid {k['roster']['expires_days']} days: {k['roster']['path']}", highlight=False, soft_wrap=True)
@@ -441,7 +466,11 @@ def stage_audit(ctx: dict) -> None:
         return
     keys = ctx["_keys"]
     report_dir = work / "report"
-    report = audit_directory(evidence, None, out=report_dir, key=keys["auditor"].signing, decryption_key=keys["maintainer"].decryption)
+    for env in sorted((work / "plugins").glob("*.replay.forge")):  # the envelopes travel with the plugins
+        shutil.copy2(env, evidence / "plugins" / env.name)
+    # on site: the auditor replays every training on the site's data and scores its own canaries
+    report = audit_directory(evidence, None, out=report_dir, key=keys["auditor"].signing, decryption_key=keys["maintainer"].decryption,
+                             replay_key=keys["auditor"].decryption, canary_records=ctx.get("_canary_records", ()))
     checks = {c.name: c.status.value for c in report.checks}
     warnings = [{"check": f.check, "subject": f.subject, "summary": f.summary} for c in report.checks for f in c.findings
                 if f.status.value == "warn"]
@@ -472,7 +501,7 @@ def _print_audit(ctx: dict) -> None:
 
 
 STAGES: list[tuple[str, Callable[[dict], None]]] = [
-    ("sites", stage_sites), ("keys", stage_keys), ("seal", stage_seal), ("open", stage_open), ("merge", stage_merge),
+    ("keys", stage_keys), ("sites", stage_sites), ("seal", stage_seal), ("open", stage_open), ("merge", stage_merge),
     ("attacks", stage_attacks), ("audit", stage_audit),
 ]
 
@@ -480,7 +509,8 @@ STAGES: list[tuple[str, Callable[[dict], None]]] = [
 def _print_sites(ctx: dict) -> None:
     from rich.table import Table
 
-    t = Table(title=f"Stage 1: three hospitals train DP plugins (FFA-LoRA, target epsilon {ctx['epsilon']:g})")
+    t = Table(title=f"Stage 2: three hospitals train DP plugins (FFA-LoRA, target epsilon {ctx['epsilon']:g}) on their data "
+                    "and the auditor's canaries; each seals its run's secret and recipe to the auditor")
     for col in ("site", "rows (pool)", "benign", "eps (delta)", "sigma/steps", "accuracy (95% CI)", "AUC", "base acc"):
         t.add_column(col, overflow="fold")
     for r in ctx["sites"]:

@@ -11,7 +11,7 @@ import argparse
 import math
 from pathlib import Path
 
-from ..errors import ForgeFileError, ForgeValueError
+from ..errors import ForgeValueError
 from . import _common
 
 
@@ -38,13 +38,23 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--batch-size", type=int, help="expected batch size (Poisson sampling rate = batch size / rows)")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--max-grad-norm", type=float, help="per-sample clipping norm")
-    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="public seed of the initial LoRA A matrix (default 0); the DP noise and sampling never come from it, "
+                        "but from a fresh secret drawn from the OS on every run")
     p.add_argument("--accountant", choices=("prv", "rdp"), help="privacy accountant (default prv)")
-    p.add_argument("--secure-mode", action="store_true", help="Opacus secure mode (cryptographically secure noise)")
     p.add_argument("--budget", type=float, help="the site's total epsilon budget for this data set; training that would pass it is refused")
-    p.add_argument("--canaries", type=int, default=0, metavar="M",
-                   help="add M out-of-distribution canaries, each included with probability 1/2 (for one-run privacy audits)")
-    p.add_argument("--canary-seed", type=int, help="seed of the canaries and their coin flips (default: derived from --site and --seed)")
+    audit = p.add_argument_group("audit", "replay envelope and auditor canaries (what an on-site audit needs to verify the claims)")
+    audit.add_argument("--auditor", type=Path, metavar="PUBLIC_JSON",
+                       help="seal the run's secret and exact recipe to this auditor's public.json, beside the plugin "
+                            "(<out>.replay.forge), so the auditor can replay the training and verify every claim")
+    audit.add_argument("--signer", type=Path, metavar="KEY", help="the site's signing.key (signs the replay envelope)")
+    audit.add_argument("--canary-grant", type=Path, metavar="GRANT",
+                       help="insert the auditor's canaries: the .forge grant from 'forge audit canaries issue'")
+    audit.add_argument("--grant-key", type=Path, metavar="KEY", help="the site's decryption.key (opens the canary grant)")
+    audit.add_argument("--roster", type=Path, help="the consortium roster (checks the auditor's signature on the grant)")
+    pp = audit.add_mutually_exclusive_group()
+    pp.add_argument("--passphrase-file", metavar="FILE", help="passphrase of the site's keys, from the first line of FILE")
+    pp.add_argument("--passphrase-env", metavar="VAR", help="passphrase of the site's keys, from environment variable VAR")
     p.add_argument("--label-column", help="label column of a CSV (default: label)")
     p.add_argument("--membership-seed", type=int, metavar="S",
                    help="your own CSV/.npz only: train on an independent coin-flip draw of its records from seed S (the rest is "
@@ -92,49 +102,6 @@ def _base_arg(args: argparse.Namespace):
     from ..plugins.bases import load_base
 
     return load_base(args.base) if getattr(args, "base", None) else None
-
-
-def _check_out(out: Path) -> None:
-    """Refuse an output directory that would be refused at the end, before any work."""
-    from ..plugins.plugin import is_plugin_dir
-
-    if is_plugin_dir(out):
-        raise ForgeFileError(f"{out} already holds a plugin", fix="choose a new --out directory or remove the old plugin", code="plugin.exists")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ForgeFileError(f"{out} already exists and is not an empty directory", fix="choose a new --out directory", code="file.exists")
-
-
-def train_site(*, site: str, data_spec: str, base_name: str, out: Path, label_column: str | None = None, canaries: int = 0,
-               canary_seed: int | None = None, budget: float | None = None, ledger_root: Path | None = None,
-               membership_seed: int | None = None, include_prob: float = 0.5, **config_kwargs):
-    """Resolve data and base, open the site's ledger, train with ``privacy.train_plugin``.
-    Returns ``(plugin, training_data)``. Shared by ``forge train`` and ``forge demo``."""
-    from ..plugins.bases import BASES, load_base
-    from ..plugins.sources import base_kwargs_for, check_compatible, default_canary_seed, prepare_training_data
-
-    _check_out(out)
-    if base_name not in BASES and not Path(base_name).is_dir():
-        load_base(base_name)  # an unknown name or a missing directory: refused before the data is read
-    if canaries < 0:
-        raise ForgeValueError(f"--canaries {canaries} must be >= 0", fix="give a number of canaries such as 100", code="data.canaries")
-    seed = int(config_kwargs.get("seed", 0) or 0)
-    if canaries and canary_seed is None:
-        canary_seed = default_canary_seed(site, seed)
-    td = prepare_training_data(data_spec, label_column=label_column, canaries=canaries, canary_seed=canary_seed,
-                               membership_seed=membership_seed, include_prob=include_prob)
-    if td.site is not None and td.site != site:
-        raise ForgeValueError(f"--data {data_spec} is the training set of {td.site}, but --site is {site}",
-                              fix=f"use --site {td.site}, or --data {data_spec.split(':')[0]}:{site}", code="train.site_mismatch")
-    base = load_base(base_name, **base_kwargs_for(base_name, td.data))
-    check_compatible(base, td.data)
-    from ..privacy import Ledger, TrainConfig, train_plugin
-
-    config = TrainConfig(base=base_name, **{k: v for k, v in config_kwargs.items() if v is not None})
-    ledger = None
-    if not config.no_dp or budget is not None:
-        ledger = Ledger.open(site, td.ledger_dataset, budget, root=ledger_root)
-    plugin = train_plugin(config, td.data, site=site, base=base, ledger=ledger, commitment=td.commitment, out=out)
-    return plugin, td
 
 
 def auc_of_resamples(y, score, idx):
@@ -199,20 +166,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_grad_norm=args.max_grad_norm, seed=args.seed,
         noise_multiplier=args.noise_multiplier, target_epsilon=args.epsilon, delta=args.delta,
-        accountant=args.accountant, no_dp=args.no_dp or None, secure_mode=args.secure_mode or None,
+        accountant=args.accountant, no_dp=args.no_dp or None,
     )
-    plugin, td = train_site(site=args.site, data_spec=args.data, base_name=args.base, out=args.out, label_column=args.label_column,
-                            canaries=args.canaries, canary_seed=args.canary_seed, budget=args.budget,
-                            membership_seed=args.membership_seed, include_prob=args.include_prob, **config_kwargs)
+    from ..crypto import read_passphrase
+    from ..privacy.site import train_site
+
+    run = train_site(site=args.site, data_spec=args.data, base_name=args.base, out=args.out, label_column=args.label_column,
+                     budget=args.budget, membership_seed=args.membership_seed, include_prob=args.include_prob,
+                     canary_grant=args.canary_grant, grant_key=args.grant_key, roster=args.roster, auditor=args.auditor,
+                     signer=args.signer, passphrase=read_passphrase(args.passphrase_file, args.passphrase_env), **config_kwargs)
+    plugin, td = run.plugin, run.training
     meta = plugin.meta
     summary = {"plugin": str(args.out), "site": args.site, "base": meta["base"], "rows": meta.get("data", {}).get("rows"),
                "dp": meta["dp"], "lora": meta["lora"], "training": meta.get("training"), "data": meta.get("data"),
-               "adapter_sha256": meta.get("adapter", {}).get("sha256")}
+               "adapter_sha256": meta.get("adapter", {}).get("sha256"),
+               "replay_envelope": str(run.envelope) if run.envelope else None, "canaries": run.canaries}
     if td.test is not None:
         summary["test"] = evaluate(plugin, td.test)
     if args.json:
         _common.emit_json(summary)
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
     dp = meta["dp"]
@@ -228,6 +202,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                         f"{dp.get('steps')} steps, clip {dp.get('max_grad_norm')}")
     else:
         t.add_row("DP", "[yellow]none (--no-dp): epsilon = inf[/yellow]")
+    t.add_row("randomness", f"fresh OS secret (commitment {dp['randomness']['secret_commitment'][:16]}...)")
+    if run.canaries:
+        t.add_row("auditor canaries", f"{run.canaries['count']} inserted (grant {run.canaries['grant_id'][:12]}...)")
+    t.add_row("replay envelope", escape(str(run.envelope)) if run.envelope else
+              "[yellow]none: without --auditor, an on-site audit can only take the DP claim on the site's word[/yellow]")
     if "test" in summary:
         r = summary["test"]
         t.add_row("test split", f"accuracy {r['accuracy']:.3f}, ROC AUC {r['roc_auc']:.3f} ({r['rows']} rows)")

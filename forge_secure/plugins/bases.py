@@ -1,64 +1,92 @@
-"""Base models: the frozen networks that plugins adapt.
+"""Base models: the frozen networks that plugins adapt, loaded from files and named by digest.
 
-A base is identified by the sha256 of its weights: the bytes of
-``safetensors.torch.save(model.state_dict())``. Built-in bases are registered by name in
-:data:`BASES` and are made deterministically, so every site that asks for ``tabular-mlp``
-gets the same digest without downloading anything:
+A base is an artifact, not a recipe: the sites of a consortium must hold byte-identical
+bases or their plugins do not merge, and floating-point training differs between CPUs.
+Nothing is trained when a base is loaded.
 
-1. parameters are initialised from a seeded NumPy ``Generator`` (PCG64);
-2. pretraining is full-batch Adam in **float64** on the bundled public split (no sampling,
-   no dropout), so the only machine dependence is BLAS summation order (~1e-15 relative);
-3. the weights are then rounded onto a coarse grid (multiples of ``2**-16``) and stored as
-   float32, which removes those last-bit differences before hashing.
+Identity: the base digest
+-------------------------
+Every base, bundled or a local directory, is identified by the digest of **the files that
+define it**::
 
-The pretrained weights are cached as safetensors under ``home.cache_dir("bases")``, keyed
-by the builder's settings, with their digest beside them; a cache file whose bytes do not
-hash to the recorded digest is discarded and rebuilt.
+    manifest = "".join(f"{sha256(file)}  {relative_path}\\n" for each defining file, sorted by path)
+    digest   = sha256(manifest.encode("utf-8"))            # lowercase hex
 
-Built-ins
----------
-- ``tabular-mlp``: ``fc1`` (30 -> 64), ``fc2`` (64 -> 64), ``head`` (64 -> 2), ReLU. LoRA
-  targets the hidden layers ``fc1`` and ``fc2``. Pretrained (60 full-batch Adam steps,
-  lr 0.01) on the 113-row public split **using only the ten standard-error features**
-  (columns 10-19; fc1's weights for the other twenty are exactly zero). The full data is
-  easy (a linear model on all features reaches about 97 %), so a base trained on all of it
-  would leave plugins nothing to learn; this one reaches 0.81 / 0.79 / 0.88 accuracy on the
-  three bundled sites' test splits, and plugins gain by
-  bringing in the other features through their fc1 update, and by fitting their site's
-  label skew.
-- ``vit-tiny``: a ``transformers`` ``ViTForImageClassification`` built from a
-  ``ViTConfig`` (hidden 64, 2 layers, 2 heads, MLP 128, patch 2, image 8x8x1, 10 classes),
-  pretrained briefly (30 full-batch float64 Adam steps on the first 128 public digits, about
-  50 % test accuracy; float64 keeps the digest machine-independent but costs a few seconds
-  on the first build); LoRA targets the attention query and value projections (``q_proj`` /
-  ``v_proj`` in transformers 5), as MedForge does.
-- Any local Hugging Face model directory (``from_pretrained(path, local_files_only=True)``,
-  safetensors weights only), digest computed from its loaded weights; LoRA targets its
-  attention q/v projections, found by name.
+The manifest is exactly what ``sha256sum`` prints (two spaces, then the path), so in a base
+directory ``sha256sum base.json model.safetensors | sha256sum`` gives the digest. Paths are
+relative to the base directory, with ``/`` separators, sorted by code point. The defining
+files are:
 
-Hugging Face models are wrapped so that ``forward(x)`` returns the logits tensor.
+- a forge base directory (``base.json`` + ``model.safetensors``; the bundled bases and what
+  ``tools/make_bases.py --out DIR`` writes): those two files;
+- a Hugging Face model directory (``config.json``): ``config.json``, every ``*.safetensors``
+  and ``*.safetensors.index.json``, and the tokenizer files present among
+  :data:`HF_TOKENIZER_FILES` (a text plugin means something only with the tokenizer that made
+  its token ids). READMEs, licences and other files do not count.
+
+The digest is what ``forge.json`` records as ``base.digest``; loading a plugin, merging,
+decrypting an aggregate and every attack check it against the base they are given.
+
+Bundled bases
+-------------
+``tabular-mlp`` and ``vit-tiny`` ship inside the package under
+``forge_secure/plugins/assets/<name>/`` as forge base directories. Their digests are pinned
+in :data:`SHIPPED`; a file that is missing, truncated or altered is refused with a
+:class:`~forge_secure.errors.ForgeIntegrityError` (code ``base.asset_missing`` or
+``base.digest_mismatch``). ``tools/make_bases.py`` produced them (the recipe is in
+:mod:`.base_builders`); other builder settings (another ``seed``, ``hidden`` size, image
+size, ...) are not shipped: build them once with that script into a directory and use the
+directory as the base, which every site then copies byte for byte.
+
+``base.json`` (``format: forge-base/1``) names the architecture and its constructor
+arguments (``config``), the data kind, class count, record shape, LoRA targets (``null``:
+the attention q/v projections, found by name), the builder ``settings`` (recorded in
+``forge.json``) and provenance (``pretraining``, ``built_with``).
+
+Hugging Face directories
+------------------------
+``from_pretrained(path, local_files_only=True)``, safetensors weights only, with a stored
+classification head (a fresh random head would differ on every load). LoRA targets the
+attention q/v projections, found by name. Models are wrapped so that ``forward(x)``
+returns the logits tensor.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from .. import home
-from ..errors import ForgeDataError, ForgeFileError, ForgeValueError
-from ..fileio import atomic_write_bytes, atomic_write_json, canonical_json, sha256_bytes
+from ..errors import ForgeDataError, ForgeFileError, ForgeIntegrityError, ForgeValueError
+from ..fileio import sha256_bytes, sha256_file
 from ..registry import Registry
 
-GRID = 2.0 ** -16
-CACHE_FORMAT = "forge-base-cache/1"
+GRID = 2.0 ** -16                   # the bundled bases' weights are multiples of this
+BASE_FORMAT = "forge-base/1"
+BASE_FILE = "base.json"
+WEIGHTS_FILE = "model.safetensors"
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+# The digests of the bundled bases (see the module docstring). Changing a shipped file
+# changes its digest, and every plugin trained on the old one stops loading.
+SHIPPED = {
+    "tabular-mlp": "9d7df87e53cf8a5f080f557cf6ef532edc44d3acdd6978ac14fb94370d8d8b3f",
+    "vit-tiny": "fdd903fd2589821741bde06138197190e468afb1b56f20d095521701d21685e0",
+}
+
+# The tabular base sees only the ten "standard error" features of the breast-cancer data
+# (columns 10-19); its fc1 weights for the other twenty are exactly zero. A plugin's fc1
+# update B A (A spans all 30 inputs) is what brings the mean and worst-case features in.
+TABULAR_BASE_FEATURES = tuple(range(10, 20))
+
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                      "merges.txt", "added_tokens.json", "sentencepiece.bpe.model", "spiece.model")
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,13 +106,33 @@ class Base:
         return {"name": self.name, "digest": self.digest, "settings": dict(self.settings)}
 
 
-BASES: Registry[Callable[..., Base]] = Registry("base model")
+# --------------------------------------------------------------------------- digests
+
+def manifest_digest(file_hashes: dict[str, str]) -> str:
+    """The base digest from ``{relative path: sha256 hex}`` (see the module docstring)."""
+    manifest = "".join(f"{file_hashes[rel]}  {rel}\n" for rel in sorted(file_hashes))
+    return hashlib.sha256(manifest.encode("utf-8")).hexdigest()
 
 
-# --------------------------------------------------------------------------- helpers
+def defining_files(folder: Path) -> list[str]:
+    """The relative paths of the files that define the base in ``folder``."""
+    if (folder / BASE_FILE).is_file():
+        return [BASE_FILE, WEIGHTS_FILE]
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    return [n for n in names if n == "config.json" or n.endswith(".safetensors") or n.endswith(".safetensors.index.json")
+            or n in HF_TOKENIZER_FILES]
+
+
+def directory_digest(folder: str | Path, names: list[str] | None = None) -> tuple[str, dict[str, str]]:
+    """``(digest, {relative path: sha256})`` of a base directory's defining files."""
+    folder = Path(folder)
+    names = defining_files(folder) if names is None else names
+    hashes = {rel: sha256_file(folder / rel) for rel in names}
+    return manifest_digest(hashes), hashes
+
 
 def weights_bytes(model: nn.Module) -> bytes:
-    """The canonical bytes of a model's weights: safetensors of its state dict (CPU, contiguous)."""
+    """The safetensors bytes of a model's state dict (CPU, contiguous): what a forge base stores."""
     from safetensors.torch import save
 
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
@@ -92,102 +140,14 @@ def weights_bytes(model: nn.Module) -> bytes:
 
 
 def weights_digest(model: nn.Module) -> str:
+    """sha256 of :func:`weights_bytes` (the weights file of a forge base directory)."""
     return sha256_bytes(weights_bytes(model))
 
 
-def _round_to_grid(model: nn.Module) -> None:
-    """Round every parameter and buffer onto multiples of GRID, in float32."""
-    model.float()
-    with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
-            if t.is_floating_point():
-                t.copy_(torch.round(t.double() / GRID) * GRID)
-
-
-def _freeze(model: nn.Module) -> nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def _numpy_init(model: nn.Module, seed: int) -> None:
-    """Initialise all parameters from a seeded NumPy Generator (stable across machines):
-    weights U(-k, k) with k = 1/sqrt(fan_in) (PyTorch's Linear default), biases 0,
-    LayerNorm weight 1 / bias 0."""
-    rng = np.random.default_rng(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.zero_()
-            elif p.ndim == 1:  # LayerNorm scale, embeddings tokens
-                if "layernorm" in name.lower() or "norm" in name.lower():
-                    p.fill_(1.0)
-                else:
-                    p.copy_(torch.from_numpy(rng.normal(0.0, 0.02, size=tuple(p.shape))))
-            else:
-                fan_in = int(np.prod(p.shape[1:])) if p.ndim > 1 else p.shape[0]
-                k = 1.0 / np.sqrt(fan_in)
-                p.copy_(torch.from_numpy(rng.uniform(-k, k, size=tuple(p.shape))))
-
-
-def _pretrain(model: nn.Module, X: np.ndarray, y: np.ndarray, steps: int, lr: float) -> None:
-    """Full-batch Adam in float64 (deterministic: no sampling, no dropout)."""
-    model.double().train()
-    Xt = torch.tensor(np.asarray(X, dtype=np.float64))
-    yt = torch.tensor(np.asarray(y, dtype=np.int64))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(Xt), yt)
-        loss.backward()
-        opt.step()
-    model.eval()
-
-
-_cache_lock = threading.Lock()
-_memo: dict[str, Base] = {}
-
-
-def _cached_build(name: str, settings: dict, make: Callable[[], nn.Module], pretrain: Callable[[nn.Module], None]) -> tuple[nn.Module, str]:
-    """Return (frozen model, digest), from the on-disk cache when its digest checks out."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    key = sha256_bytes(canonical_json({"format": CACHE_FORMAT, "name": name, "settings": settings, "torch": torch.__version__.split("+")[0]}))[:20]
-    folder = home.cache_dir("bases")
-    wfile, mfile = folder / f"{name}-{key}.safetensors", folder / f"{name}-{key}.json"
-    with torch.random.fork_rng(devices=[]):  # constructors draw from the global RNG: leave it untouched
-        torch.manual_seed(0)
-        model = make()
-    if wfile.is_file() and mfile.is_file():
-        try:
-            raw = wfile.read_bytes()
-            recorded = json.loads(mfile.read_text())["digest"]
-            if sha256_bytes(raw) == recorded:
-                model.load_state_dict(load(raw), strict=True)
-                return _freeze(model), recorded
-        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError):
-            pass  # unreadable or tampered cache: rebuild below
-    pretrain(model)
-    _round_to_grid(model)
-    raw = weights_bytes(model)
-    digest = sha256_bytes(raw)
-    atomic_write_bytes(wfile, raw)
-    atomic_write_json(mfile, {"format": CACHE_FORMAT, "name": name, "settings": settings, "digest": digest})
-    return _freeze(model), digest
-
-
-def _check_int(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ForgeValueError(f"{name} {value!r} must be an integer >= {low}", code="base.settings")
-    return int(value)
-
-
-# --------------------------------------------------------------------------- tabular-mlp
+# --------------------------------------------------------------------------- architectures
 
 class TabularMLP(nn.Module):
-    """30 -> 64 -> 64 -> 2 multilayer perceptron with named layers fc1, fc2, head."""
+    """d_in -> hidden -> hidden -> n_classes multilayer perceptron with named layers fc1, fc2, head."""
 
     def __init__(self, d_in: int = 30, hidden: int = 64, n_classes: int = 2):
         super().__init__()
@@ -199,51 +159,6 @@ class TabularMLP(nn.Module):
         return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
-# The tabular base sees only the ten "standard error" features of the breast-cancer data
-# (columns 10-19); its fc1 weights for the other twenty are exactly zero. A plugin's fc1
-# update B A (A spans all 30 inputs) is what brings the mean and worst-case features in.
-TABULAR_BASE_FEATURES = tuple(range(10, 20))
-
-
-@BASES.register("tabular-mlp")
-def build_tabular_mlp(*, hidden: int = 64, seed: int = 0, pretrain_steps: int = 60, lr: float = 0.01,
-                      init_scale: float = 1.0) -> Base:
-    """The tabular base, pretrained on the bundled breast-cancer public split using only
-    the standard-error features (:data:`TABULAR_BASE_FEATURES`), so that it is useful
-    (about 82 % accuracy on the sites' test splits) but leaves the sites something to learn."""
-    from .data import bundled_splits
-
-    hidden = _check_int("hidden", hidden)
-    pretrain_steps = _check_int("pretrain_steps", pretrain_steps, 0)
-    seed = _check_int("seed", seed, 0)
-    public = bundled_splits().public
-    d_in, n_classes = public.X.shape[1], public.n_classes
-    settings = {"hidden": hidden, "seed": seed, "pretrain_steps": pretrain_steps, "lr": repr(float(lr)),
-                "init_scale": repr(float(init_scale)), "data": public.digest(),
-                "features": list(TABULAR_BASE_FEATURES)}
-
-    def make() -> nn.Module:
-        return TabularMLP(d_in, hidden, n_classes)
-
-    def pretrain(model: nn.Module) -> None:
-        _numpy_init(model, seed)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.mul_(float(init_scale))
-        keep = np.zeros(d_in, dtype=bool)
-        keep[list(TABULAR_BASE_FEATURES)] = True
-        with torch.no_grad():
-            model.fc1.weight[:, torch.from_numpy(~keep)] = 0.0
-        X = np.where(keep, public.X, 0.0)  # masked inputs: the zeroed weights get no gradient
-        _pretrain(model, X, public.y, pretrain_steps, float(lr))
-
-    model, digest = _cached_build("tabular-mlp", settings, make, pretrain)
-    return Base("tabular-mlp", model, digest, ("fc1", "fc2"), "tabular", n_classes, (d_in,),
-                {"hidden": hidden, "seed": seed, "pretrain_steps": pretrain_steps, "lr": float(lr), "init_scale": float(init_scale)})
-
-
-# --------------------------------------------------------------------------- Hugging Face models
-
 class HFClassifier(nn.Module):
     """Wrap a Hugging Face classifier so that ``forward(x)`` returns the logits tensor."""
 
@@ -254,6 +169,34 @@ class HFClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.hf(**{self.input_name: x}).logits
+
+
+def vit_config(image_size: int = 8, num_channels: int = 1, n_classes: int = 10, patch_size: int = 2, hidden: int = 64,
+               layers: int = 2, heads: int = 2, intermediate: int = 128):
+    from transformers import ViTConfig
+
+    return ViTConfig(image_size=image_size, patch_size=patch_size, num_channels=num_channels, hidden_size=hidden,
+                     num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,
+                     num_labels=n_classes, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def _vit_tiny(config: dict) -> nn.Module:
+    from transformers import ViTForImageClassification
+
+    cfg = vit_config(**config)
+    cfg._attn_implementation = "eager"
+    return HFClassifier(ViTForImageClassification(cfg))
+
+
+ARCHITECTURES = {"tabular-mlp": lambda config: TabularMLP(**config), "vit-tiny": _vit_tiny}
+
+
+def build_architecture(architecture: str, config: dict) -> nn.Module:
+    """An untrained module of a forge base architecture (its weights come from the base's file)."""
+    if architecture not in ARCHITECTURES:
+        raise ForgeValueError(f"unknown base architecture {architecture!r}", fix=f"use one of: {', '.join(sorted(ARCHITECTURES))}",
+                              code="base.unsupported")
+    return ARCHITECTURES[architecture](config)
 
 
 # attention query/value projection names used by common HF architectures (MedForge targets q/v)
@@ -273,61 +216,117 @@ def attention_qv_targets(model: nn.Module) -> tuple[str, ...]:
     )
 
 
-def vit_config(image_size: int = 8, num_channels: int = 1, n_classes: int = 10, patch_size: int = 2, hidden: int = 64,
-               layers: int = 2, heads: int = 2, intermediate: int = 128):
-    from transformers import ViTConfig
-
-    return ViTConfig(image_size=image_size, patch_size=patch_size, num_channels=num_channels, hidden_size=hidden,
-                     num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,
-                     num_labels=n_classes, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+def _freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
-@BASES.register("vit-tiny")
-def build_vit_tiny(*, image_size: int = 8, num_channels: int = 1, n_classes: int = 10, patch_size: int = 2,
-                   seed: int = 0, pretrain_steps: int = 30, lr: float = 0.01, pretrain_rows: int = 128) -> Base:
-    """A tiny ViT pretrained briefly on the public digits split.
+# --------------------------------------------------------------------------- forge base directories
 
-    Other image sizes/channels/class counts are allowed (e.g. for MedMNIST files): the
-    digits are then resized (bilinear), repeated over channels, and labelled ``y mod C``
-    for pretraining, which only serves as a generic, deterministic warm start.
+def _read_defining(folder: Path, names: list[str], what: str, missing_error) -> dict[str, bytes]:
+    files = {}
+    for rel in names:
+        try:
+            files[rel] = (folder / rel).read_bytes()
+        except FileNotFoundError:
+            raise missing_error(rel) from None
+        except OSError as e:
+            raise ForgeFileError(f"cannot read {folder / rel} ({e.strerror or e})", fix=f"restore {what} from a good copy",
+                                 code="base.unreadable") from None
+    return files
+
+
+def _load_forge_dir(folder: Path, name: str, expected: str | None, fix: str) -> Base:
+    """Load a forge base directory; ``expected`` is the pinned digest of a bundled base."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    def missing(rel: str):
+        if expected is not None:
+            return ForgeIntegrityError(f"bundled base {name} is incomplete: {folder / rel} is missing", fix=fix, code="base.asset_missing")
+        return ForgeFileError(f"base directory {folder} has no {rel}", fix=fix, code="base.missing_file")
+
+    files = _read_defining(folder, [BASE_FILE, WEIGHTS_FILE], f"base {name}", missing)
+    digest = manifest_digest({rel: sha256_bytes(data) for rel, data in files.items()})
+    if expected is not None and digest != expected:
+        raise ForgeIntegrityError(f"bundled base {name} in {folder} has digest {digest[:16]}..., not the pinned {expected[:16]}... "
+                                  "(a file is altered or truncated)", fix=fix, code="base.digest_mismatch")
+    try:
+        record = json.loads(files[BASE_FILE].decode("utf-8"))
+        if not isinstance(record, dict) or record.get("format") != BASE_FORMAT:
+            raise ValueError(f"format is not {BASE_FORMAT}")
+        architecture, config = record["architecture"], record["config"]
+        kind, n_classes, shape = str(record["kind"]), int(record["n_classes"]), tuple(int(d) for d in record["input_shape"])
+        targets, settings = record.get("targets"), dict(record.get("settings") or {})
+        if not isinstance(config, dict):
+            raise ValueError("config is not an object")
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ForgeDataError(f"{folder / BASE_FILE} is not a {BASE_FORMAT} record ({e.__class__.__name__}: {e})", fix=fix,
+                             code="base.bad_config") from None
+    with torch.random.fork_rng(devices=[]):  # constructors draw from the global RNG: leave it untouched
+        torch.manual_seed(0)
+        try:
+            model = build_architecture(architecture, config)
+        except TypeError as e:
+            raise ForgeDataError(f"{folder / BASE_FILE} has a bad {architecture} config ({e})", fix=fix, code="base.bad_config") from None
+    try:
+        model.load_state_dict(load(files[WEIGHTS_FILE]), strict=True)
+    except (SafetensorError, RuntimeError, ValueError) as e:
+        raise ForgeDataError(f"the weights in {folder / WEIGHTS_FILE} do not load ({e.__class__.__name__}: {str(e).splitlines()[0][:160]})",
+                             fix=fix, code="base.bad_weights") from None
+    model = _freeze(model)
+    targets = tuple(targets) if targets else attention_qv_targets(model)
+    return Base(name, model, digest, targets, kind, n_classes, shape, settings)
+
+
+def _asset_fix(name: str) -> str:
+    return (f"reinstall forge-secure (pip install --force-reinstall forge-secure), or restore forge_secure/plugins/assets/{name}/ "
+            "from the repository (git checkout -- forge_secure/plugins/assets)")
+
+
+def load_shipped(name: str, **settings) -> Base:
+    """A bundled base from the package's assets, checked against its pinned digest.
+
+    ``settings`` are accepted only when they equal the shipped ones (``forge.json`` records
+    them and plugin loading passes them back); other settings need a base built with
+    ``tools/make_bases.py`` into a directory.
     """
-    from transformers import ViTForImageClassification
+    if name not in SHIPPED:
+        raise ForgeValueError(f"unknown base model {name!r}", fix=f"use one of: {', '.join(sorted(SHIPPED))}", code="base.unknown")
+    with _lock:
+        base = _memo.get(name)
+    if base is None:
+        base = _load_forge_dir(ASSETS / name, name, SHIPPED[name], _asset_fix(name))
+        with _lock:
+            base = _memo.setdefault(name, base)
+    unknown = sorted(set(settings) - set(base.settings))
+    if unknown:
+        raise ForgeValueError(f"base {name} has no setting {', '.join(unknown)}", fix=f"its settings are {', '.join(sorted(base.settings))}",
+                              code="base.settings")
+    other = {k: v for k, v in settings.items() if not _same_setting(v, base.settings[k])}
+    if other:
+        told = " ".join(f"{k}={v!r}" for k, v in sorted(other.items()))
+        raise ForgeValueError(
+            f"the bundled {name} is built with {', '.join(f'{k}={base.settings[k]!r}' for k in sorted(other))}; {told} is not shipped, "
+            "and nothing is trained when a base is loaded",
+            fix=f"build it once with: python tools/make_bases.py {name} " + " ".join(f"--set {k}={v}" for k, v in sorted(other.items()))
+                + " --out DIR, copy DIR to every site and use it as the base (--base DIR)",
+            code="base.not_shipped",
+        )
+    return base
 
-    from .data import bundled_image_splits
 
-    image_size = _check_int("image_size", image_size)
-    num_channels = _check_int("num_channels", num_channels)
-    n_classes = _check_int("n_classes", n_classes, 2)
-    patch_size = _check_int("patch_size", patch_size)
-    if image_size % patch_size:
-        raise ForgeValueError(f"image size {image_size} is not a multiple of the patch size {patch_size}", code="base.settings")
-    pretrain_steps = _check_int("pretrain_steps", pretrain_steps, 0)
-    seed = _check_int("seed", seed, 0)
-    pretrain_rows = _check_int("pretrain_rows", pretrain_rows)
-    public = bundled_image_splits().public
-    settings = {"image_size": image_size, "num_channels": num_channels, "n_classes": n_classes, "patch_size": patch_size,
-                "seed": seed, "pretrain_steps": pretrain_steps, "lr": repr(float(lr)), "pretrain_rows": pretrain_rows,
-                "data": public.digest()}
-    config = vit_config(image_size, num_channels, n_classes, patch_size)
-    config._attn_implementation = "eager"
+def _same_setting(given, shipped) -> bool:
+    if isinstance(given, bool) or isinstance(shipped, bool):
+        return given is shipped
+    if isinstance(given, (int, float)) and isinstance(shipped, (int, float)):
+        return float(given) == float(shipped)
+    return given == shipped
 
-    def make() -> nn.Module:
-        return HFClassifier(ViTForImageClassification(config))
 
-    def pretrain(model: nn.Module) -> None:
-        _numpy_init(model, seed)
-        X = torch.tensor(public.X[:pretrain_rows], dtype=torch.float64)
-        if image_size != X.shape[-1]:
-            X = nn.functional.interpolate(X, size=(image_size, image_size), mode="bilinear", align_corners=False)
-        X = X.repeat(1, num_channels, 1, 1)
-        _pretrain(model, X.numpy(), public.y[:pretrain_rows] % n_classes, pretrain_steps, float(lr))
-
-    model, digest = _cached_build("vit-tiny", settings, make, pretrain)
-    return Base("vit-tiny", model, digest, attention_qv_targets(model), "image", n_classes,
-                (num_channels, image_size, image_size),
-                {"image_size": image_size, "num_channels": num_channels, "n_classes": n_classes, "patch_size": patch_size,
-                 "seed": seed, "pretrain_steps": pretrain_steps, "lr": float(lr), "pretrain_rows": pretrain_rows})
-
+# --------------------------------------------------------------------------- Hugging Face models
 
 def load_hf_base(path: str | Path) -> Base:
     """A Hugging Face classification model from a local directory (safetensors only)."""
@@ -335,13 +334,14 @@ def load_hf_base(path: str | Path) -> Base:
     if not path.is_dir():
         raise ForgeFileError(f"base model directory {path} does not exist", fix="give a local Hugging Face model directory", code="base.missing")
     if not (path / "config.json").is_file():
-        raise ForgeFileError(f"{path} has no config.json, so it is not a Hugging Face model directory",
-                             fix="give a directory written by save_pretrained", code="base.not_hf")
+        raise ForgeFileError(f"{path} has no config.json (Hugging Face) or {BASE_FILE} (forge base), so it is not a base directory",
+                             fix="give a directory written by save_pretrained or by tools/make_bases.py", code="base.not_hf")
     if not any(path.glob("*.safetensors")):
         raise ForgeFileError(f"{path} holds no .safetensors weights", fix="convert the weights to safetensors (pickled weights are refused)",
                              code="base.no_safetensors")
     from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
 
+    digest, _ = directory_digest(path)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
@@ -365,50 +365,71 @@ def load_hf_base(path: str | Path) -> Base:
         raise ForgeValueError(f"{path} holds a {config.model_type!r} model, which is not an image or sequence classifier",
                               fix="give a model with a classification head", code="base.unsupported")
     missing = list(info.get("missing_keys") or [])
-    if missing:  # freshly initialised weights would make the digest differ on every load
+    if missing:  # freshly initialised weights would make the model differ on every load
         raise ForgeDataError(
             f"the model in {path} has no stored weights for {', '.join(sorted(missing)[:4])}",
             fix="give a complete classification model (with its trained head) saved by save_pretrained",
             code="base.incomplete",
         )
+    if directory_digest(path)[0] != digest:
+        raise ForgeFileError(f"the files of {path} changed while it was loaded", fix="load it again once nothing writes to it",
+                             code="base.changed")
     hf.float()
     model = _freeze(HFClassifier(hf))
     image = model.input_name == "pixel_values"
     shape = (int(getattr(config, "num_channels", 3)), int(config.image_size), int(config.image_size)) if image and hasattr(config, "image_size") else ()
-    return Base(str(path.resolve()), model, weights_digest(model), attention_qv_targets(model), "image" if image else "sequence",
+    return Base(str(path.resolve()), model, digest, attention_qv_targets(model), "image" if image else "sequence",
                 int(config.num_labels), shape, {})
 
 
 # --------------------------------------------------------------------------- entry points
 
+_lock = threading.Lock()
+_memo: dict[str, Base] = {}
+
+BASES: Registry = Registry("base model")
+for _name in SHIPPED:
+    BASES.add(_name, lambda _n=_name, **settings: load_shipped(_n, **settings))
+
+
 def load_base(name_or_path: str | Path, **kwargs) -> Base:
-    """A base by registered name (``tabular-mlp``, ``vit-tiny``; ``kwargs`` go to its
-    builder) or by the path of a local Hugging Face model directory. Results are memoised
-    in-process (a directory only while its files are unchanged); the model is frozen, so use
-    :func:`fresh_copy` before wrapping it."""
+    """A bundled base by name (``tabular-mlp``, ``vit-tiny``; ``kwargs`` must equal its
+    shipped settings) or a base directory by path: a forge base directory (``base.json``,
+    written by ``tools/make_bases.py``) or a local Hugging Face model directory. Nothing is
+    trained. Directories are remembered in-process only while their defining files are
+    unchanged; the model is frozen, so use :func:`fresh_copy` before wrapping it."""
     name = str(name_or_path)
-    memo_key = name + "|" + canonical_json({k: repr(v) for k, v in kwargs.items()}).decode()
-    if name not in BASES and Path(name).is_dir():  # a directory: remember it only while its files are unchanged
-        files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(name).iterdir() if f.is_file())
-        memo_key = str(Path(name).resolve()) + "|" + repr(files)
-    with _cache_lock:
-        if memo_key in _memo:
-            return _memo[memo_key]
     if name in BASES:
-        base = BASES.get(name)(**kwargs)
-    elif Path(name).is_dir() or "/" in name or name.startswith("."):
-        if kwargs:
-            raise ForgeValueError(f"settings {sorted(kwargs)} apply only to built-in bases", code="base.settings")
-        base = load_hf_base(name)
-    else:
+        return load_shipped(name, **kwargs)
+    folder = Path(name)
+    if not (folder.is_dir() or "/" in name or name.startswith(".")):
         raise ForgeValueError(
             f"unknown base model {name!r}",
-            fix=f"use one of: {', '.join(BASES.names())}, or the path of a local Hugging Face model directory",
+            fix=f"use one of: {', '.join(BASES.names())}, or the path of a base directory (forge or Hugging Face)",
             code="base.unknown",
         )
-    with _cache_lock:
-        _memo[memo_key] = base
-    return base
+    if kwargs:
+        raise ForgeValueError(f"settings {sorted(kwargs)} apply only to bundled bases", fix="drop them; a directory holds its own settings",
+                              code="base.settings")
+    if not folder.is_dir():
+        raise ForgeFileError(f"base model directory {folder} does not exist", fix="give a local base directory", code="base.missing")
+    stats = []
+    for rel in defining_files(folder):
+        try:
+            st = (folder / rel).stat()
+            stats.append((rel, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append((rel, -1, -1))
+    memo_key = str(folder.resolve()) + "|" + repr(stats)
+    with _lock:
+        if memo_key in _memo:
+            return _memo[memo_key]
+    if (folder / BASE_FILE).is_file():
+        base = _load_forge_dir(folder, str(folder.resolve()), None, "rebuild it with tools/make_bases.py or copy it again from the consortium")
+    else:
+        base = load_hf_base(folder)
+    with _lock:
+        return _memo.setdefault(memo_key, base)
 
 
 def fresh_copy(base: Base) -> nn.Module:

@@ -19,7 +19,7 @@ unpickled.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ class Plugin:
     model: Any  # peft.PeftModel, eval()
     base: Base
     meta: dict
+    #: the randomness secret of the run that trained it, in memory only (set by train_plugin,
+    #: for the replay envelope); never written next to the plugin
+    secret: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def site(self) -> str:

@@ -132,8 +132,10 @@ def check_compatible(base: Base, data: Dataset) -> None:
 
 
 def base_kwargs_for(base_name: str, data: Dataset) -> dict:
-    """Builder settings that fit a built-in base to the data (vit-tiny: image size,
-    channels and classes of the data when they differ from its 8x8x1, 10-class default)."""
+    """Builder settings that fit a bundled base to the data (vit-tiny: image size,
+    channels and classes of the data when they differ from its 8x8x1, 10-class default).
+    Only the shipped settings load; for others :func:`~.bases.load_base` refuses with the
+    ``tools/make_bases.py`` command that builds that base into a directory."""
     if base_name == "vit-tiny" and data.kind == "image":
         c, h, w = data.shape
         if h != w:

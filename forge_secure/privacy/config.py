@@ -37,7 +37,7 @@ def _pos(field: str, value: Any, *, allow_zero: bool = False) -> float:
 
 @dataclass
 class TrainConfig:
-    """How to train one plugin. Exactly one of ``noise_multiplier``, ``target_epsilon``
+    """How to train one plugin (everything but the randomness secret). Exactly one of ``noise_multiplier``, ``target_epsilon``
     (calibrated) or ``no_dp=True`` must be given: training without DP is never a default.
 
     ``delta`` defaults to ``1 / (10 n)`` for a training set of n records and must stay
@@ -61,7 +61,6 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     accountant: str = "prv"
     no_dp: bool = False
-    secure_mode: bool = False
     optimizer: str = "sgd"
     dropout: float = 0.0
 
@@ -89,7 +88,6 @@ class TrainConfig:
         if self.dropout >= 1:
             raise _bad("dropout", self.dropout, "must be below 1")
         self.no_dp = bool(self.no_dp)
-        self.secure_mode = bool(self.secure_mode)
         chosen = [name for name, v in (("noise_multiplier", self.noise_multiplier), ("target_epsilon", self.target_epsilon))
                   if v is not None] + (["no_dp"] if self.no_dp else [])
         if len(chosen) != 1:
@@ -107,8 +105,6 @@ class TrainConfig:
             self.delta = _pos("delta", self.delta)
             if self.delta >= 1:
                 raise _bad("delta", self.delta, "must be below 1 (and below 1/n)")
-        if self.no_dp and self.secure_mode:
-            raise ForgeConfigError("secure mode protects DP noise, but no_dp is set", fix="drop --secure-mode or --no-dp", code="train.config")
 
     @property
     def dp(self) -> bool:
@@ -120,8 +116,7 @@ class TrainConfig:
 
     def training_record(self) -> dict:
         return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "optimizer": self.optimizer,
-                "seed": self.seed, "sampling": "poisson", "target_epsilon": self.target_epsilon,
-                "secure_mode": self.secure_mode}
+                "seed": self.seed, "sampling": "poisson", "target_epsilon": self.target_epsilon}
 
     @classmethod
     def from_meta(cls, meta: dict) -> "TrainConfig":
@@ -136,7 +131,6 @@ class TrainConfig:
                 ffa_seed=lora.get("ffa_seed") or 0, targets=tuple(lora["targets"]), dropout=lora.get("dropout", 0.0) or 0.0,
                 epochs=training["epochs"], batch_size=training["batch_size"], lr=training["lr"],
                 seed=training.get("seed", 0), optimizer=training.get("optimizer", "sgd"),
-                secure_mode=bool(training.get("secure_mode", False)),
             )
             if dp["enabled"]:
                 kwargs.update(noise_multiplier=dp["noise_multiplier"], delta=dp.get("delta"),

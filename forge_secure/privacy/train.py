@@ -6,11 +6,16 @@ Poisson sample of the training set (each record independently with probability
 gradient of the LoRA parameters to ``max_grad_norm``, sums, adds Gaussian noise of standard
 deviation ``noise_multiplier * max_grad_norm`` and divides by the expected batch size.
 
-Opacus is the engine: its sampler, its ``DPOptimizerFastGradientClipping`` (noise,
-scaling, accountant hook, secure-mode noise), its ``PrivacyEngine`` accountants and secure
-RNG. Only the per-sample clipping is computed here, in closed form for LoRA layers
-(:mod:`.clipping`), which is what keeps DP-SGD close to the cost of ordinary training.
-Training without DP uses the same sampler and loop with an ordinary optimiser step.
+Opacus is the engine: its ``DPOptimizerFastGradientClipping`` (scaling, accountant hook)
+and its accountants. The per-sample clipping is computed here, in closed form for LoRA
+layers (:mod:`.clipping`), which is what keeps DP-SGD close to the cost of ordinary training.
+
+The randomness the guarantee rests on is secret (:mod:`.randomness`): every run draws a fresh
+256-bit secret from the OS (or is given one, to replay a run), and the Poisson sampling, the
+Gaussian noise (Opacus's secure-mode recipe: four normals summed) and the dropout masks are
+independent ChaCha20 streams of it. ``forge.json`` records only a commitment to the secret;
+the training seed (``TrainConfig.seed``) draws nothing but the initial LoRA ``A`` matrix,
+which is public. Training without DP uses the same sampler and loop with an ordinary step.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import progress
-from ..errors import ForgeDataError, ForgeDependencyError, ForgeFileError, ForgeValueError
+from ..errors import ForgeDataError, ForgeFileError, ForgeValueError
 from .accountants import ACCOUNTANTS, calibrate_noise_multiplier, compute_epsilon, default_delta
 from .clipping import LoraClipper
 from .config import OPTIMIZERS, TrainConfig
 from .ffa import ffa_matrix, lora_init_matrix, lora_layers
+from .randomness import (DROPOUT, GENERATOR, NOISE, NOISE_RECIPE, SAMPLING, NoiseSource, PoissonSampler, SecretStream,
+                         check_secret, commit, fresh_secret, keyed_digest)
 
 CLIPPING_METHOD = "per-sample, closed-form LoRA norms (book-keeping, one backward); Opacus DPOptimizerFastGradientClipping"
 
@@ -122,40 +129,36 @@ def build_lora_model(base, config: TrainConfig, targets: tuple[str, ...] | None 
     return model, targets
 
 
-def _secure_engine(accountant: str, secure: bool):
-    from opacus import PrivacyEngine
+def _accountant(accountant: str):
+    from opacus.accountants import create_accountant
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return PrivacyEngine(accountant=ACCOUNTANTS.get(accountant).opacus_name, secure_mode=secure)
-        except ImportError:
-            raise ForgeDependencyError(
-                "secure mode needs the torchcsprng package (Opacus's cryptographically secure RNG), which is not installed",
-                fix="install a torchcsprng build that matches your torch, or train without --secure-mode",
-                code="dependency.torchcsprng",
-            ) from None
+    return create_accountant(ACCOUNTANTS.get(accountant).opacus_name)
 
 
 def _optimizer_class():
     from opacus.optimizers import DPOptimizerFastGradientClipping
 
     class _Cls(DPOptimizerFastGradientClipping):
-        """Opacus's optimizer for already-clipped gradients (noise, scaling, accountant hook,
-        secure-mode noise all unchanged), with the per-step Python and per-parameter work
-        taken out (a small model's step is dominated by it):
+        """Opacus's optimizer for already-clipped gradients (scaling and accountant hook
+        unchanged), with the noise drawn from the run's secret stream (:class:`NoiseSource`:
+        N(0, (sigma C)^2) per coordinate, Opacus's secure-mode recipe of four normals summed)
+        instead of a torch generator, and with the per-step Python and per-parameter work taken
+        out (a small model's step is dominated by it):
 
         * ``params``: the flat parameter list is built once (Opacus rebuilds it from the
           param groups on every access, four times per step);
         * ``accumulate`` keeps a reference to ``p.grad`` instead of a deep copy: every step
           writes a fresh clipped gradient, so there is nothing to protect;
-        * ``add_noise`` (without secure mode) draws the same N(0, (sigma C)^2) noise per
-          coordinate in one call for all parameters from the seeded generator and adds it
-          with one multi-tensor (``torch._foreach``) operation; ``scale_grad`` divides all
-          gradients by the expected batch size in one such operation;
+        * ``add_noise`` draws the noise of all parameters at once and adds it in one buffer;
+          ``scale_grad`` divides all gradients by the expected batch size in one operation;
         * ``step_flat``: when the clipper left every clipped sum in one flat buffer (the
           tabular case), noise, scaling and the accountant hook act on that buffer directly
-          and Opacus's per-parameter bookkeeping (``zero_grad``, ``accumulate``) is skipped."""
+          and Opacus's per-parameter bookkeeping (``zero_grad``, ``accumulate``) is skipped.
+
+        Both paths take the same numbers from the stream in the same order (all trainable
+        coordinates of one step, parameter by parameter), so a replay reproduces either."""
+
+        noise_source: NoiseSource | None = None
 
         @property
         def params(self):
@@ -173,65 +176,46 @@ def _optimizer_class():
                 else:
                     p.summed_grad = p.grad.detach()
 
+        def _noise(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+            if self.noise_source is None:
+                raise RuntimeError("the DP optimizer has no secret noise source")  # a bug, not bad input
+            return self.noise_source.take(numel).to(dtype)
+
         def add_noise(self):
-            if self.secure_mode or getattr(self, "_adjusted_noise_multiplier", None) is not None:
-                return super().add_noise()
             from opacus.optimizers.optimizer import _check_processed_flag
 
             params = self.params
             sums = [p.summed_grad for p in params]
             for sg in sums:
                 _check_processed_flag(sg)  # as Opacus: refuse to noise the same sum twice
-            layout = self.__dict__.get("_forge_layout")
-            if layout is None:
-                layout, o = [], 0
-                for p in params:
-                    layout.append((p, o, o + p.numel(), p.shape))
-                    o += p.numel()
-                self.__dict__["_forge_layout"] = layout
             flat = torch.cat([sg.reshape(-1) for sg in sums])
-            # summed_grad + N(0, (sigma C)^2) per coordinate, in one draw from the seeded generator
-            noisy = torch.normal(flat, self.noise_multiplier * self.max_grad_norm, generator=self.generator)
+            noisy = flat.add_(self._noise(flat.numel(), flat.dtype), alpha=self.noise_multiplier * self.max_grad_norm)
             self.__dict__["_forge_flat_grad"] = noisy
-            for (p, a, b, shape), sg in zip(layout, sums):
-                p.grad = noisy[a:b].view(shape)
+            o = 0
+            for p, sg in zip(params, sums):
+                p.grad = noisy[o:o + p.numel()].view(p.shape)
+                o += p.numel()
                 sg._processed = True  # what Opacus's _mark_as_processed records
 
         def step_flat(self, flat: torch.Tensor):
             """Opacus's ``step`` for clipped sums held in one buffer of which every
             trainable gradient is a view (:class:`LoraClipper`'s flat path): ``pre_step``'s
             noise, scaling and accountant hook in three tensor operations, then the wrapped
-            optimizer's step. The noise is Opacus's: N(0, (sigma C)^2) per coordinate from
-            the seeded generator, added to the clipped sum, then division by the expected
-            batch size. Secure mode, virtual steps and adjusted noise take Opacus's own path."""
-            if self.secure_mode or self._step_skip_queue or getattr(self, "_adjusted_noise_multiplier", None) is not None \
-                    or self.loss_reduction != "mean":
+            optimizer's step. Virtual steps take Opacus's own path."""
+            if self._step_skip_queue or self.loss_reduction != "mean":
                 for p in self.params:
                     p.summed_grad = None
                 return self.step()
             if getattr(flat, "_forge_processed", True):  # as Opacus: never noise the same sum twice
                 raise ValueError("Gradients haven't been cleared since the last optimizer step. In order to obtain "
                                  "privacy guarantees you must compute fresh clipped gradients before each step")
-            flat.add_(self._standard_noise(flat), alpha=self.noise_multiplier * self.max_grad_norm)
+            flat.add_(self._noise(flat.numel(), flat.dtype), alpha=self.noise_multiplier * self.max_grad_norm)
             flat.div_(self.expected_batch_size)
             flat._forge_processed = True
             if self.step_hook:
                 self.step_hook(self)
             self._is_last_step_skipped = False
             return self.original_optimizer.step()
-
-        def _standard_noise(self, flat: torch.Tensor) -> torch.Tensor:
-            """N(0, 1) for every coordinate of ``flat``, drawn from the seeded generator
-            in blocks of up to 64 steps (at most 2^20 numbers per block): one draw per block
-            instead of one per step."""
-            block = self.__dict__.get("_forge_noise")
-            k = self.__dict__.get("_forge_noise_k", 0)
-            if block is None or k >= block.shape[0] or block.shape[1] != flat.numel() or block.dtype != flat.dtype:
-                rows = max(1, min(64, (1 << 20) // flat.numel()))
-                block = self.__dict__["_forge_noise"] = torch.randn((rows, flat.numel()), dtype=flat.dtype, generator=self.generator)
-                k = 0
-            self.__dict__["_forge_noise_k"] = k + 1
-            return block[k]
 
         def scale_grad(self):
             if self.loss_reduction != "mean":
@@ -259,46 +243,39 @@ class ClippedGradDPOptimizer:
 
 class TrainingRun:
     """The state of one training run; :meth:`epoch` runs one epoch of Poisson-sampled
-    steps. Used by :func:`train_plugin` and by ``benchmarks/bench_dp_overhead.py``."""
+    steps. All its randomness comes from ``secret`` (32 bytes; see :mod:`.randomness`).
+    Used by :func:`train_plugin` and by ``benchmarks/bench_dp_overhead.py``."""
 
     def __init__(self, model, X: torch.Tensor, y: torch.Tensor, config: TrainConfig, plan: DPPlan, *,
-                 stabilise_no_dp: bool = True):
+                 secret: bytes, stabilise_no_dp: bool = True):
         self.model, self.X, self.y, self.config, self.plan = model, X, y, config, plan
         self.stabilise_no_dp = stabilise_no_dp
         self.dp = plan.noise_multiplier is not None
+        secret = check_secret(secret)
         params = self.params = [p for p in model.parameters() if p.requires_grad]
         cls_name, extra = OPTIMIZERS.get(config.optimizer)
         base_opt = getattr(torch.optim, cls_name)(params, lr=config.lr, **extra)
-        self.engine = None
-        gen_seed = torch.Generator().manual_seed(int(config.seed))
-        sample_seed, noise_seed = (int(v) for v in torch.randint(0, 2**62, (2,), generator=gen_seed))
-        self.sample_gen = torch.Generator().manual_seed(sample_seed)
+        self.accountant = None
+        self.dropout_seed = SecretStream(secret, DROPOUT).torch_seed()
         if self.dp:
-            self.engine = _secure_engine(config.accountant, config.secure_mode)
-            if config.secure_mode:  # Opacus's CSPRNG for both the Poisson sampling and the noise
-                self.sample_gen = noise_gen = self.engine.secure_rng
-            else:
-                noise_gen = torch.Generator().manual_seed(noise_seed)
+            self.accountant = _accountant(config.accountant)
             self.clipper = LoraClipper(model)
             self.optimizer = ClippedGradDPOptimizer(
                 base_opt, noise_multiplier=plan.noise_multiplier, max_grad_norm=config.max_grad_norm,
                 expected_batch_size=plan.n * plan.sample_rate, loss_reduction="mean",
-                generator=noise_gen, secure_mode=config.secure_mode,
             )
-            self.optimizer.attach_step_hook(self.engine.accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
+            self.optimizer.noise_source = NoiseSource(SecretStream(secret, NOISE))
+            self.optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
         else:
             self.clipper = None
             self.optimizer = base_opt
-        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-
-        self.sampler = UniformWithReplacementSampler(num_samples=plan.n, sample_rate=plan.sample_rate,
-                                                     generator=self.sample_gen, steps=plan.steps_per_epoch)
+        self.sampler = PoissonSampler(SecretStream(secret, SAMPLING), plan.n, plan.sample_rate, plan.steps_per_epoch)
         self.steps_done = 0
         self._dirty = True
 
     @property
     def history(self) -> list[tuple[float, float, int]]:
-        return [] if self.engine is None else [tuple(h) for h in self.engine.accountant.history]
+        return [] if self.accountant is None else [tuple(h) for h in self.accountant.history]
 
     def _step(self, idx: list[int]) -> None:
         model, opt = self.model, self.optimizer
@@ -334,6 +311,16 @@ class TrainingRun:
         for idx in self.sampler:
             self._step(idx)
 
+    def run(self, epochs: int, advance=None) -> None:
+        """``epochs`` epochs, with the dropout masks drawn from the secret's dropout stream
+        (the global torch RNG is restored afterwards)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.dropout_seed)
+            for _ in range(epochs):
+                self.epoch()
+                if advance is not None:
+                    advance(1)
+
     def close(self) -> None:
         if self.clipper is not None:
             self.clipper.remove()
@@ -362,9 +349,30 @@ def _check_data(base, data) -> None:
                              fix="use a base built for this number of classes", code="data.labels")
 
 
+def randomness_record(secret: bytes, *, supplied: bool) -> dict:
+    """What forge.json says of a run's randomness: the generator, the noise recipe and a hiding
+    commitment to the secret; ``source`` is ``"os"`` for a fresh secret from the OS and
+    ``"supplied"`` when the caller gave one (then the toolkit cannot vouch that it is secret)."""
+    return {"generator": GENERATOR, "noise": NOISE_RECIPE, "secret_commitment": commit(secret),
+            "source": "supplied" if supplied else "os"}
+
+
+def data_commitment(secret: bytes, data) -> str:
+    """A hiding commitment to the training set (keyed by the run's secret): a plain hash of the
+    data would let anyone holding all records but one test each candidate for the last."""
+    return keyed_digest(secret, "training-data", data.digest())
+
+
 def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None, commitment: dict | None = None,
-                 out: str | Path | None = None):
+                 out: str | Path | None = None, secret: bytes | None = None):
     """Train one plugin of ``site`` on ``data`` with ``config``; return a ``Plugin``.
+
+    The sampling, noise and dropout come from ``secret`` (default: 32 fresh bytes from the OS,
+    which is what every released plugin should use); the returned plugin holds it in memory as
+    ``plugin.secret`` (for :func:`forge_secure.privacy.replay.write_replay_envelope`), and
+    forge.json records only a commitment to it. Give ``secret`` only to replay a run or for an
+    auditor's own reproducible experiments: forge.json then says ``randomness.source =
+    "supplied"`` and the default audit refuses such a plugin unless a replay verifies it.
 
     With a ``ledger``, the epsilon of this release composed with everything already in
     the ledger is checked against the site's budget *before* training (refused with the
@@ -397,12 +405,12 @@ def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None
     model, targets = build_lora_model(base, config)
     X = torch.from_numpy(np.array(data.X, dtype=np.float32))
     y = torch.from_numpy(np.array(data.y, dtype=np.int64))
-    run = TrainingRun(model, X, y, config, plan)
+    supplied = secret is not None
+    secret = check_secret(secret) if supplied else fresh_secret()
+    run = TrainingRun(model, X, y, config, plan, secret=secret)
     started = time.perf_counter()
     with progress.task(f"training {site} ({'DP' if run.dp else 'no DP'})", total=config.epochs) as advance:
-        for _ in range(config.epochs):
-            run.epoch()
-            advance(1)
+        run.run(config.epochs, advance)
     seconds = time.perf_counter() - started
     if not all(torch.isfinite(p).all() for p in run.params):
         run.close()
@@ -419,7 +427,7 @@ def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None
         dp: dict[str, Any] = {
             "enabled": True, "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps,
             "max_grad_norm": config.max_grad_norm, "accountant": plan.accountant, "epsilon": epsilon, "delta": plan.delta,
-            "history": [list(h) for h in history], "target_epsilon": config.target_epsilon, "secure_mode": config.secure_mode,
+            "history": [list(h) for h in history], "target_epsilon": config.target_epsilon,
             "sampling": "poisson", "clipping": CLIPPING_METHOD,
         }
         if spec.caveat:
@@ -428,10 +436,11 @@ def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None
         epsilon = math.inf
         dp = {"enabled": False, "epsilon": "inf", "noise_multiplier": None, "sample_rate": plan.sample_rate, "steps": plan.steps,
               "max_grad_norm": None, "accountant": None, "delta": None, "sampling": "poisson"}
+    dp["randomness"] = randomness_record(secret, supplied=supplied)
 
     commitment = dict(commitment or {})
     data_record = {"name": commitment.pop("name", data.name), "kind": data.kind, "rows": len(data), "n_classes": data.n_classes,
-                   "digest": data.digest(), "membership": commitment.pop("membership", None),
+                   "commitment": data_commitment(secret, data), "membership": commitment.pop("membership", None),
                    "canaries": commitment.pop("canaries", None) or {"count": 0, "seed_sha256": None}}
     data_record.update(commitment)
     training = config.training_record()
@@ -442,10 +451,10 @@ def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None
 
     if ledger is not None and run.dp:
         ledger.record(history, kind="train", delta=plan.delta, accountant=plan.accountant,
-                      note={"epsilon": epsilon, "out": str(out) if out is not None else None, "data_digest": data_record["digest"],
+                      note={"epsilon": epsilon, "out": str(out) if out is not None else None, "data_commitment": data_record["commitment"],
                             "base_digest": base.digest})
     path = None
     if out is not None:
         path = save_plugin(model, meta, out)
         meta = read_meta(path)
-    return Plugin(path, model, base, meta)
+    return Plugin(path, model, base, meta, secret=secret)

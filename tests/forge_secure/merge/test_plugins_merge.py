@@ -82,9 +82,11 @@ def test_lineage_of_a_merge_of_merges(ffa, plain, tmp_path):
 
 
 def test_different_base_digests_are_refused(plain, tmp_path, make_plugin, base):
+    from forge_secure.plugins.base_builders import write_base
     from forge_secure.plugins.bases import load_base
 
-    other = load_base("tabular-mlp", seed=1)
+    write_base("tabular-mlp", tmp_path / "seed-1", seed=1)  # another seed: another base, built into a directory
+    other = load_base(tmp_path / "seed-1")
     odd = make_plugin(tmp_path / "odd", 5, rank=3, the_base=other)
     with pytest.raises(ForgeDataError, match="different base models") as e:
         fusion_merge([plain[0], odd], tmp_path / "out", method="exact")

@@ -148,15 +148,17 @@ def test_missing_or_wrong_type_paths(tmp_path):
 def test_adapter_that_does_not_fit_the_base(tmp_path, monkeypatch, make_lora_model, make_meta):
     """A plugin for a wider base, presented with a base whose digest was forged to match."""
     from forge_secure.plugins import bases as b
+    from forge_secure.plugins.base_builders import write_base
 
-    wide = b.BASES.get("tabular-mlp")(hidden=32)
+    write_base("tabular-mlp", tmp_path / "wide-base", hidden=32)
+    wide = load_base(tmp_path / "wide-base")
     path = save_plugin(make_lora_model(wide), make_meta(wide), tmp_path / "wide")
     std = load_base("tabular-mlp")
     forged = b.Base(std.name, std.model, wide.digest, std.target_modules, std.kind, std.n_classes, std.input_shape, {})
     with pytest.raises(ForgeIntegrityError) as e:
         load_plugin(path, base=forged)
     assert e.value.code == "plugin.adapter_mismatch"
-    # with no base given, the recorded builder settings rebuild the right (wide) base
+    # with no base given, the recorded base directory gives the right (wide) base
     assert load_plugin(path).base.digest == wide.digest
 
 

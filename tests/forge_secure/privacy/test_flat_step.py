@@ -9,15 +9,17 @@ import torch.nn.functional as F
 
 from forge_secure.privacy import TrainConfig, build_lora_model
 from forge_secure.privacy.clipping import LoraClipper
+from forge_secure.privacy.randomness import NOISE, NoiseSource, SecretStream, fresh_secret
 from forge_secure.privacy.train import ClippedGradDPOptimizer, TrainingRun, plan_privacy
 
 
-def _setup(tab_base, tab_train, randomise_B, sigma, seed=5):
+def _setup(tab_base, tab_train, randomise_B, sigma, secret=None):
     model, _ = build_lora_model(tab_base, TrainConfig(no_dp=True, seed=3))
     randomise_B(model, 1)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = ClippedGradDPOptimizer(torch.optim.SGD(params, lr=0.1), noise_multiplier=sigma, max_grad_norm=0.5,
-                                 expected_batch_size=20.0, loss_reduction="mean", generator=torch.Generator().manual_seed(seed))
+                                 expected_batch_size=20.0, loss_reduction="mean")
+    opt.noise_source = NoiseSource(SecretStream(secret or fresh_secret(), NOISE))
     clipper = LoraClipper(model)
     X, y = torch.tensor(tab_train.X[:24]), torch.tensor(tab_train.y[:24])
     clipper.clip_backward(F.cross_entropy(model(X), y, reduction="sum"), 0.5)
@@ -37,6 +39,23 @@ def test_flat_step_equals_opacus_path_without_noise(tab_base, tab_train, randomi
     opt2.step()
     for a, b in zip(p1, p2):
         assert torch.allclose(a, b, atol=1e-7), (a - b).abs().max()
+
+
+def test_flat_step_and_opacus_path_draw_the_same_secret_noise(tab_base, tab_train, randomise_B):
+    """sigma > 0 and one secret: both paths take the same numbers from the noise stream, so a
+    replay reproduces a run whichever path it takes."""
+    secret = fresh_secret()
+    m1, p1, opt1, c1 = _setup(tab_base, tab_train, randomise_B, 1.5, secret)
+    m2, p2, opt2, c2 = _setup(tab_base, tab_train, randomise_B, 1.5, secret)
+    for p in p2:
+        p.grad = p.grad.clone()
+    opt1.step_flat(c1.flat_grad)
+    opt2.step()
+    for a, b in zip(p1, p2):
+        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+    _, p3, opt3, c3 = _setup(tab_base, tab_train, randomise_B, 1.5)  # another secret: other noise
+    opt3.step_flat(c3.flat_grad)
+    assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(p1, p3))
 
 
 def test_flat_step_noise_has_the_dp_sgd_scale(tab_base, tab_train, randomise_B):
@@ -66,7 +85,7 @@ def test_training_run_uses_the_flat_path_and_counts_every_step(tab_base, tab_tra
     model, _ = build_lora_model(tab_base, cfg)
     X, y = torch.tensor(tab_train.X), torch.tensor(tab_train.y)
     plan = plan_privacy(cfg, len(X))
-    run = TrainingRun(model, X, y, cfg, plan)
+    run = TrainingRun(model, X, y, cfg, plan, secret=fresh_secret())
     run.epoch()
     run.epoch()
     assert run.clipper.flat_grad is not None

@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from forge_secure.errors import ForgeConfigError, ForgeDependencyError, ForgeFileError, ForgeValueError
+from forge_secure.errors import ForgeConfigError, ForgeFileError, ForgeValueError
 from forge_secure.privacy import TrainConfig, ffa_matrix, train_plugin
+from forge_secure.privacy.randomness import commit, fresh_secret, seed_from_label
 from forge_secure.privacy.train import plan_privacy
 
 
@@ -60,13 +61,36 @@ def test_plugin_loads_with_peft_and_forge(dp_plugin, tab_base, tab_train):
     assert np.allclose(loaded.logits(tab_train.X[:10]), dp_plugin.logits(tab_train.X[:10]))
 
 
-def test_same_seed_same_plugin(tab_base, tab_train):
-    cfg = TrainConfig(noise_multiplier=1.0, epochs=2, seed=11)
-    a = train_plugin(cfg, tab_train, site="site-1", base=tab_base).adapter_state()
-    b = train_plugin(cfg, tab_train, site="site-1", base=tab_base).adapter_state()
-    c = train_plugin(dataclasses.replace(cfg, seed=12), tab_train, site="site-1", base=tab_base).adapter_state()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert any(not torch.equal(a[k], c[k]) for k in a)
+@pytest.mark.parametrize("dp", [True, False])
+def test_identical_arguments_give_different_plugins_and_forge_json_cannot_regenerate_them(tab_base, tab_train, dp):
+    """The noise and the sampling come from a fresh OS secret: two runs with identical arguments
+    (the training seed included) differ, and forge.json holds only commitments."""
+    cfg = TrainConfig(noise_multiplier=1.0, epochs=2, seed=11) if dp else TrainConfig(no_dp=True, epochs=2, seed=11)
+    a = train_plugin(cfg, tab_train, site="site-1", base=tab_base)
+    b = train_plugin(cfg, tab_train, site="site-1", base=tab_base)
+    sa, sb = a.adapter_state(), b.adapter_state()
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa if "lora_B" in k)
+    assert a.secret != b.secret and len(a.secret) == 32
+    text = json.dumps(a.meta)
+    assert a.secret.hex() not in text and "digest" not in a.meta["data"]
+    rnd = a.meta["dp"]["randomness"]
+    assert rnd["source"] == "os" and rnd["secret_commitment"] == commit(a.secret) != commit(b.secret)
+    # the published training seed replays nothing: training with a secret derived from it differs
+    c = train_plugin(cfg, tab_train, site="site-1", base=tab_base, secret=seed_from_label("training", 11))
+    assert any(not torch.equal(sa[k], c.adapter_state()[k]) for k in sa if "lora_B" in k)
+    assert c.meta["dp"]["randomness"]["source"] == "supplied"
+
+
+def test_the_secret_replays_a_run_bit_for_bit(tab_base, tab_train):
+    cfg = TrainConfig(noise_multiplier=1.0, epochs=2, seed=11, dropout=0.1)
+    a = train_plugin(cfg, tab_train, site="site-1", base=tab_base)
+    b = train_plugin(cfg, tab_train, site="site-1", base=tab_base, secret=a.secret)
+    sa, sb = a.adapter_state(), b.adapter_state()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.meta["data"]["commitment"] == b.meta["data"]["commitment"]
+    with pytest.raises(ForgeValueError) as e:
+        train_plugin(cfg, tab_train, site="site-1", base=tab_base, secret=b"short")
+    assert e.value.code == "dp.secret"
 
 
 def test_ffa_plugin_a_is_its_derivation_and_only_b_changes(tab_base, tab_train):
@@ -134,16 +158,6 @@ def test_unreachable_target_refused_before_training(tab_base, tab_train, tmp_pat
     assert not (tmp_path / "p").exists()
 
 
-def test_secure_mode_needs_torchcsprng(tab_base, tab_train):
-    import importlib.util
-
-    if importlib.util.find_spec("torchcsprng") is not None:
-        pytest.skip("torchcsprng is installed here")
-    with pytest.raises(ForgeDependencyError) as e:
-        train_plugin(TrainConfig(noise_multiplier=1.0, epochs=1, secure_mode=True), tab_train, site="site-1", base=tab_base)
-    assert "torchcsprng" in str(e.value)
-
-
 def test_existing_output_refused_before_training(dp_plugin, tab_base, tab_train):
     with pytest.raises(ForgeFileError):
         train_plugin(TrainConfig(noise_multiplier=1.0, epochs=1), tab_train, site="site-1", base=tab_base, out=dp_plugin.path)
@@ -169,7 +183,7 @@ def test_dp_step_adds_calibrated_noise(tab_base, tab_train):
     cfg = TrainConfig(noise_multiplier=2.0, max_grad_norm=0.5, ffa=True, accountant="rdp")
     model, _ = build_lora_model(tab_base, cfg)
     plan = plan_privacy(cfg, len(tab_train))
-    run = TrainingRun(model, torch.tensor(tab_train.X), torch.tensor(tab_train.y), cfg, plan)
+    run = TrainingRun(model, torch.tensor(tab_train.X), torch.tensor(tab_train.y), cfg, plan, secret=fresh_secret())
     run._step([])
     noise = torch.cat([p.grad.flatten() for p in run.clipper.parameters])
     expected = 2.0 * 0.5 / (plan.n * plan.sample_rate)

@@ -1,0 +1,160 @@
+"""Auditor-issued canaries (Steinke, Nasr and Jagielski 2023, "Privacy auditing with one (1)
+training run"), drawn so that the audited site cannot choose them, drop them, or learn which
+were held back.
+
+The auditor (``forge audit canaries issue``) draws ``M`` canaries and an independent fair coin
+for each from a fresh secret of its own (:class:`~.randomness.SecretStream`); it keeps a private
+*record* (the secret and the parameters, from which everything is regenerated) and seals to the
+site a *grant* (a ``.forge`` bundle signed by the auditor, encrypted to the site) that holds only
+the canaries whose coin came up heads. The site inserts them (``forge train --canary-grant``); the
+replay envelope binds their digest, so dropping or altering them fails replay. The audit scores
+the released plugin on all ``M`` canaries and runs the one-run audit on included against held-back
+ones: a split the site never saw.
+
+Canaries: tabular records with every feature ``+-U(4, 8)`` standard deviations (random sign),
+where real records almost never lie, and image records of uniform noise pixels; labels uniformly
+random. An out-of-distribution record with a random label is only predicted right when it was
+memorised (Carlini et al. 2019, "The Secret Sharer").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ForgeDataError, ForgeFileError, ForgeValueError
+from .randomness import SecretStream, check_secret, fresh_secret
+
+RECORD_FORMAT = "forge-canary-record/1"
+GRANT_FORMAT = "forge-canary-grant/1"
+#: default number of canaries drawn (half, in expectation, are inserted): see docs/benchmarks.md
+#: ("audit power") for why this many can contradict a false epsilon-1 claim of a plugin trained
+#: without noise on the bundled data
+DEFAULT_COUNT = 256
+
+
+def _like_record(like) -> dict:
+    return {"kind": like.kind, "shape": list(like.shape), "n_classes": int(like.n_classes),
+            "feature_names": list(like.feature_names)}
+
+
+def draw_canaries(secret: bytes, count: int, like: dict):
+    """All ``count`` canaries of ``secret`` and their inclusion coins: ``(Dataset, mask)``."""
+    from ..plugins.data import Dataset
+
+    s = SecretStream(check_secret(secret), "auditor-canaries")
+    shape = (int(count), *like["shape"])
+    n = int(np.prod(shape))
+    if like["kind"] == "tabular":
+        sign = np.where(s.uniform(n) < 0.5, -1.0, 1.0)
+        X = (sign * (4.0 + 4.0 * s.uniform(n))).reshape(shape)
+    else:
+        X = s.uniform(n).reshape(shape)
+    y = np.minimum((s.uniform(int(count)) * like["n_classes"]).astype(np.int64), like["n_classes"] - 1)
+    mask = s.uniform(int(count)) < 0.5
+    data = Dataset(X.astype(np.float32), y, int(like["n_classes"]), f"canaries/m={count}", like["kind"],
+                   tuple(like.get("feature_names") or ()))
+    return data, mask
+
+
+def issue_record(site: str, count: int, like, *, secret: bytes | None = None) -> dict:
+    """The auditor's private record of a new canary set for ``site`` shaped like ``like``."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 2:
+        raise ForgeValueError(f"canary count {count!r} must be an integer of at least 2",
+                              fix=f"give --count such as {DEFAULT_COUNT}", code="canaries.count")
+    secret = check_secret(secret) if secret is not None else fresh_secret()
+    record = {"format": RECORD_FORMAT, "site": site, "count": int(count), "secret": secret.hex(),
+              "grant_id": os.urandom(16).hex(), "like": _like_record(like), "created": int(time.time())}
+    cset, mask = draw_canaries(secret, count, record["like"])
+    record["included"] = int(mask.sum())
+    record["included_digest"] = cset.subset(mask).digest()
+    return record
+
+
+def read_record(path: str | Path) -> dict:
+    """Read an auditor's canary record (a private file)."""
+    from ..fileio import read_json_file
+
+    rec = read_json_file(Path(path), "canary record")
+    try:
+        if rec.get("format") != RECORD_FORMAT:
+            raise ValueError(f"format {rec.get('format')!r}")
+        check_secret(bytes.fromhex(rec["secret"]))
+        int(rec["count"])
+        rec["like"]["shape"], rec["like"]["kind"], rec["like"]["n_classes"]  # noqa: B018
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ForgeDataError(f"{path} is not a {RECORD_FORMAT} file ({e})",
+                             fix="give the record that 'forge audit canaries issue' wrote", code="canaries.record") from None
+    return rec
+
+
+def all_canaries(record: dict):
+    """``(Dataset of all canaries, inclusion mask)`` of an auditor's record."""
+    return draw_canaries(bytes.fromhex(record["secret"]), int(record["count"]), record["like"])
+
+
+def included_canaries(record: dict, like=None):
+    """The canaries the site was given (in grant order)."""
+    cset, mask = all_canaries(record)
+    if like is not None and (tuple(like.shape) != tuple(cset.shape) or like.kind != cset.kind):
+        raise ForgeDataError(f"the canaries are {cset.kind} records of shape {cset.shape}, the site's data {like.kind} "
+                             f"of shape {like.shape}", fix="issue canaries shaped like the site's data", code="canaries.shape")
+    return cset.subset(mask)
+
+
+def write_grant(record: dict, *, signer, site_key, out: str | Path, passphrase: bytes | None = None) -> Path:
+    """Seal the included canaries of ``record`` to the site (``site_key``: its public key or
+    ``public.json``), signed by the auditor's ``signer``."""
+    from safetensors.numpy import save_file
+
+    from ..crypto.bundle import seal
+    from ..crypto.replay import SequenceCounter
+    from ..home import forge_home
+
+    cset = included_canaries(record)
+    with tempfile.TemporaryDirectory(prefix=".forge-grant-") as tmp:
+        d = Path(tmp) / "grant"
+        d.mkdir(mode=0o700)
+        meta = {"format": GRANT_FORMAT, "kind": "canary-grant", "site": record["site"], "grant_id": record["grant_id"],
+                "count": len(cset), "digest": cset.digest(), "like": record["like"]}
+        (d / "forge.json").write_text(json.dumps(meta, sort_keys=True))
+        save_file({"X": np.ascontiguousarray(cset.X), "y": np.ascontiguousarray(cset.y)}, str(d / "canaries.safetensors"))
+        return seal(d, signer, site_key, out, passphrase=passphrase, counter=SequenceCounter(forge_home() / "sequence-grants"))
+
+
+def open_grant(grant: str | Path, *, key, roster, passphrase: bytes | None = None) -> tuple[dict, object]:
+    """Verify and open a canary grant: ``(grant meta, Dataset of the canaries to insert)``."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from ..crypto.bundle import open_bundle
+    from ..crypto.replay import ReplayStore
+    from ..plugins.data import Dataset
+
+    grant = Path(grant)
+    if not grant.is_file():
+        raise ForgeFileError(f"canary grant {grant} does not exist", fix="give the .forge file the auditor sent",
+                             code="canaries.grant_missing")
+    with tempfile.TemporaryDirectory(prefix=".forge-grant-open-") as tmp:
+        out = Path(tmp) / "grant"
+        open_bundle(grant, key, roster, out, passphrase=passphrase, replay=ReplayStore(Path(tmp) / "seen"))
+        try:
+            meta = json.loads((out / "forge.json").read_text())
+            arrays = load_file(str(out / "canaries.safetensors"))
+            if meta.get("format") != GRANT_FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}")
+            like = meta["like"]
+            data = Dataset(arrays["X"], arrays["y"].astype(np.int64), int(like["n_classes"]), f"canaries/{meta['grant_id']}",
+                           like["kind"], tuple(like.get("feature_names") or ()))
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+            raise ForgeDataError(f"{grant} is not a canary grant ({e})", fix="give the .forge file the auditor sent",
+                                 code="canaries.grant_invalid") from None
+    if data.digest() != meta.get("digest") or len(data) != meta.get("count"):
+        raise ForgeDataError(f"the canaries in {grant} do not match its own record", fix="ask the auditor to issue the grant again",
+                             code="canaries.grant_invalid")
+    return meta, data
