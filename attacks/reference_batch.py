@@ -11,12 +11,11 @@ Every reference gets its own Poisson batch at every step; batches are padded to 
 largest one and padded rows carry zero loss weight (zero gradient, zero norm, so they add
 nothing to a clipped sum). DP-SGD is the target's, per reference (Abadi et al. 2016):
 
-- Poisson sampling and Gaussian noise come from the generators of a real
-  :class:`forge_secure.privacy.train.TrainingRun` built for each reference with that
-  reference's seed (and secret, once ``TrainingRun`` takes one): its Opacus
-  ``UniformWithReplacementSampler``'s generator, drawn the way the sampler draws
-  (``torch.rand(n) < q`` per step), and its optimizer's own ``_standard_noise``, so the
-  random draws are those of a one-at-a-time run;
+- Poisson sampling and Gaussian noise come from a real
+  :class:`forge_secure.privacy.train.TrainingRun` built for each reference with the secret
+  derived from that reference's seed (:func:`reference_secret`): its ``PoissonSampler``'s
+  secret stream and its optimizer's ``NoiseSource``, both consumed in order, so the random
+  draws are exactly those of a one-at-a-time run;
 - per-sample clipping uses the closed-form LoRA gradients of
   :mod:`forge_secure.privacy.clipping` (``||grad_B,i|| = ||g_i|| ||h_i||``,
   ``||grad_A,i|| = ||B^T g_i|| ||x_i||``; per-sample ``out x r`` factors for sequences) with
@@ -39,8 +38,6 @@ torch's global generator), and Mixture targets (a reference is placed into a mix
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import inspect
 from typing import Any
 
 import numpy as np
@@ -52,26 +49,19 @@ EVAL_ROWS = 16384
 
 
 def reference_secret(seed: int) -> bytes:
-    """The 32-byte secret of a reference model's DP noise and Poisson sampling: derived from
-    its seed, because reference training is the auditor's own (reproducible) experiment."""
-    return hashlib.sha256(b"forge-reference-secret/1\x00" + str(int(seed)).encode()).digest()
+    """The 32-byte secret of a reference model's DP noise and Poisson sampling, derived from its
+    seed (``privacy.randomness.seed_from_label``): reference training is the auditor's own
+    experiment, so it is reproducible, unlike a site's run."""
+    from forge_secure.privacy.randomness import seed_from_label
 
-
-def _secret_kwargs(fn) -> dict:
-    """``{"secret": ...}`` when ``fn`` accepts one (``train_plugin`` / ``TrainingRun`` once
-    their randomness comes from a secret), else nothing."""
-    try:
-        return {"secret": None} if "secret" in inspect.signature(fn).parameters else {}
-    except (TypeError, ValueError):
-        return {}
+    return seed_from_label("forge-reference-model", int(seed))
 
 
 def reference_config(recipe: dict, seed: int):
-    """The target's recipe (``TrainConfig.from_meta``) with the reference's seed. Secure mode
-    is off: it only swaps the generator for a CSPRNG, and references must be reproducible."""
+    """The target's recipe (``TrainConfig.from_meta``) with the reference's seed."""
     from forge_secure.privacy import TrainConfig
 
-    return dataclasses.replace(TrainConfig.from_meta(recipe), seed=int(seed), secure_mode=False)
+    return dataclasses.replace(TrainConfig.from_meta(recipe), seed=int(seed))
 
 
 def why_not_batched(config, mixture: Any = None) -> str | None:
@@ -129,15 +119,21 @@ class _Layer:
 
 
 class _Poisson:
-    """The Poisson batches of one reference, drawn as its TrainingRun's Opacus
-    ``UniformWithReplacementSampler`` draws them (one ``torch.rand(n) < q`` per step from the
-    sampler's own generator), but kept as a boolean row instead of an index list."""
+    """The Poisson batches of one reference from its TrainingRun's ``PoissonSampler``: the
+    same uniforms from the same secret stream (which is consumed strictly in order, so an
+    epoch's draw equals the sampler's), kept as boolean rows instead of index lists."""
 
     def __init__(self, sampler):
-        self.generator, self.q, self.n = sampler.generator, float(sampler.sample_rate), int(sampler.num_samples)
+        self.stream, self.n, self.q, self.steps = sampler.stream, int(sampler.n), float(sampler.q), int(sampler.steps)
+        self._rows = None
+        self._k = 0
 
     def draw(self) -> torch.Tensor:
-        return torch.rand(self.n, generator=self.generator) < self.q
+        if self._rows is None or self._k == self.steps:  # one epoch, as PoissonSampler.__iter__ draws it
+            self._rows = torch.from_numpy(self.stream.uniform(self.n * self.steps).reshape(self.steps, self.n) < self.q)
+            self._k = 0
+        self._k += 1
+        return self._rows[self._k - 1]
 
 
 def _pad_sets(sets: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,16 +170,14 @@ def train_batched(recipe: dict, base, sets: list[tuple[np.ndarray, np.ndarray]],
     model, _ = build_lora_model(base, cfg)  # the PEFT model: PEFT's own target matching and scaling
     X, Y = _pad_sets(sets)
 
-    # The randomness of each reference: a real TrainingRun with its seed (and secret).
+    # The randomness of each reference: a real TrainingRun with its seed's secret.
     samplers, noise = [], []
-    extra = _secret_kwargs(TrainingRun)
     for r, (c, p) in enumerate(zip(configs, plans)):
         n_r = len(sets[r][1])
-        kw = {k: reference_secret(seeds[r]) for k in extra}
-        run = TrainingRun(model, X[r, :n_r], Y[r, :n_r], c, p, **kw)
+        run = TrainingRun(model, X[r, :n_r], Y[r, :n_r], c, p, secret=reference_secret(seeds[r]))
         run.close()
         samplers.append(_Poisson(run.sampler))
-        noise.append(run.optimizer if dp else None)
+        noise.append(run.optimizer.noise_source if dp else None)
 
     layers = [_Layer(name, layer, R) for name, layer in lora_layers(model)]
     try:
@@ -236,7 +230,7 @@ def _train_loop(model, layers, configs, plans, samplers, noise, X, Y, eval_X, dp
     clip = cfg.max_grad_norm
     sigma_c = (plans[0].noise_multiplier or 0.0) * clip
     ar = torch.arange(R)[:, None]
-    zeros_P = torch.zeros(P)
+    zeros_P = torch.zeros(P, dtype=torch.float64)
     n_max = X.shape[1]
     for t in range(max(steps)):
         active = [r for r in range(R) if t < steps[r]]
@@ -276,16 +270,10 @@ def _train_loop(model, layers, configs, plans, samplers, noise, X, Y, eval_X, dp
             grads.zero_()
         if dp:
             with torch.no_grad():
-                draws = []
-                for r in range(R):
-                    if t >= steps[r]:
-                        draws.append(zeros_P)
-                    elif lens[r]:
-                        draws.append(noise[r]._standard_noise(grads[r]))
-                    else:  # an empty Poisson batch: TrainingRun's noise-only step (Opacus's add_noise)
-                        grads[r] = 0.0
-                        draws.append(torch.normal(torch.zeros(P), 1.0, generator=noise[r].generator))
-                grads.add_(torch.stack(draws), alpha=sigma_c)
+                # each reference's next P normals from its noise stream (an empty batch is a
+                # noise-only step, as in TrainingRun), converted to float32 as its optimizer does
+                draws = [noise[r].take(P) if t < steps[r] else zeros_P for r in range(R)]
+                grads.add_(torch.stack(draws).to(grads.dtype), alpha=sigma_c)
                 grads.div_(ebs)
         _step(opt, params, skip)
     if not torch.isfinite(params).all():

@@ -234,14 +234,13 @@ def train_one_reference(task: dict) -> np.ndarray:
     from forge_secure.plugins.data import Dataset
     from forge_secure.privacy import train_plugin
 
-    from .reference_batch import _secret_kwargs, reference_config, reference_secret
+    from .reference_batch import reference_config, reference_secret
 
     recipe = task["recipe"]
     config = reference_config(recipe, int(task["seed"]))
     base = _base_for(recipe)
     data = Dataset(task["X"], task["y"], int(task["n_classes"]), f"reference-{task['index']}", task["kind"])
-    secret = {k: reference_secret(int(task["seed"])) for k in _secret_kwargs(train_plugin)}
-    plugin = train_plugin(config, data, site=f"reference-{task['index']}", base=base, **secret)
+    plugin = train_plugin(config, data, site=f"reference-{task['index']}", base=base, secret=reference_secret(int(task["seed"])))
     model = plugin
     mixture = task.get("mixture")
     if mixture:  # a Mixture target: the same mixture with the attacked component replaced

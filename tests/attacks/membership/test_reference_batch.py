@@ -1,8 +1,8 @@
 """Batched reference training (attacks.reference_batch) against one-at-a-time training.
 
 The batched path must give the *same* reference models as ``train_plugin`` with the same
-seeds: same LoRA initialisation, same Poisson batches, same Gaussian noise (drawn from the
-same generators), same clipping and optimizer. Exact equality is impossible only because the
+seeds and secrets: same LoRA initialisation, same Poisson batches, same Gaussian noise (drawn
+from the same secret streams), same clipping and optimizer. Exact equality is impossible only because the
 grouped products sum the same float32 terms in another order (last-bit differences, which
 training carries along); the logits are required to agree to 1e-4 relative to their scale,
 while a single different batch or noise draw moves them by orders of magnitude more
@@ -24,13 +24,14 @@ def _recipe(meta):
 
 
 def _one_at_a_time(recipe, base, sets, seeds, eval_X, kind):
-    from attacks.reference_batch import reference_config
+    from attacks.reference_batch import reference_config, reference_secret
     from forge_secure.plugins.data import Dataset
     from forge_secure.privacy import train_plugin
 
     out = []
     for (X, y), s in zip(sets, seeds):
-        plugin = train_plugin(reference_config(recipe, s), Dataset(X, y, base.n_classes, "ref", kind), site="ref", base=base)
+        plugin = train_plugin(reference_config(recipe, s), Dataset(X, y, base.n_classes, "ref", kind), site="ref", base=base,
+                              secret=reference_secret(s))
         out.append(np.asarray(plugin.logits(eval_X), dtype=np.float64))
     return np.stack(out)
 
