@@ -87,7 +87,12 @@ def main() -> None:
     close_pools()
 
     one = grid[0][1]
+    load = os.getloadavg()
     lines = [
+        f"Machine load while measuring: load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min) on "
+        f"{os.cpu_count()} cores. Speed-ups need idle cores: on a machine busier than its core count, extra workers only "
+        "compete with the other processes for the same cores.",
+        "",
         f"Grid: {args.groups} cells (no DP, FFA-LoRA rank 4, 2 sites, {args.epochs} epochs, LiRA with {args.references} references, "
         "every reference the whole pipeline), empty cache each time; wall time includes starting the workers.",
         "",
@@ -115,7 +120,8 @@ def main() -> None:
         from _report import write_section
 
         write_section("runners", "Runner scaling: one process, persistent workers, Ray actors",
-                      "python benchmarks/bench_runners.py" + (" --no-ray" if args.no_ray else ""), body)
+                      f"python benchmarks/bench_runners.py --groups {args.groups} --references {args.references} --epochs {args.epochs}"
+                      + (" --no-ray" if args.no_ray else ""), body)
 
 
 if __name__ == "__main__":
