@@ -125,7 +125,7 @@ def main() -> None:
         from _report import write_section
 
         write_section("default-attack", "Membership: the default attack, chosen by measurement",
-                      "python benchmarks/bench_default_attack.py", body)
+                      f"python benchmarks/bench_default_attack.py --references {args.references} --n-boot {args.n_boot}", body)
 
 
 if __name__ == "__main__":

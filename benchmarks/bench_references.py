@@ -103,7 +103,7 @@ def main() -> None:
         from _report import write_section
 
         write_section("references", "Reference models: batched against one at a time",
-                      "python benchmarks/bench_references.py" + (" --quick" if args.quick else ""), body)
+                      "python benchmarks/bench_references.py" + (" --quick" if args.quick else f" --repeat {args.repeat}"), body)
 
 
 if __name__ == "__main__":
