@@ -200,7 +200,14 @@ class _GroupRunner:
             else:
                 train = site.pool.subset(self.ref_mask(site_index, ref), name=f"{site.pool.name}#ref{ref}")
                 commitment = None
-            train_plugin(self.train_config(site_index, ref), train, site=site.site, base=self.base, commitment=commitment, out=out)
+            from forge_secure.privacy.randomness import seed_from_label
+
+            config = self.train_config(site_index, ref)
+            # a benchmark is the researcher's own experiment: its plugins' sampling and noise come
+            # from a secret derived from the cell's seed, so a rerun (or a repaired cache entry)
+            # trains the same plugin
+            train_plugin(config, train, site=site.site, base=self.base, commitment=commitment, out=out,
+                         secret=seed_from_label("forge-bench-plugin", config.seed))
             self.trained += 1
         return out
 
