@@ -78,7 +78,7 @@ def report_texts(raw_X: np.ndarray, splits: BundledSplits | None = None) -> list
     texts = []
     for row in Xs:
         words = [REPORT_OPENING]
-        for (col, template, choices), (lo, hi) in zip(REPORT_PHRASES, cuts):
+        for (col, template, choices), (lo, hi) in zip(REPORT_PHRASES, cuts, strict=True):
             words.append(template.format(choices[int(row[col] > lo) + int(row[col] > hi)]))
         texts.append(" ".join(words))
     return texts

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from forge_secure.errors import ForgeDataError, ForgeDependencyError, ForgeError
+from forge_secure.errors import ForgeDataError, ForgeDependencyError
 from forge_secure.plugins import text
 from forge_secure.plugins.bases import directory_digest, load_base
 from forge_secure.plugins.data import Dataset, bundled_splits, load_data, make_canaries
@@ -45,7 +45,7 @@ def test_reports_are_clinical_words_split_like_the_bundled_data(small_base_dir):
     tab = bundled_splits()
     assert splits.public.kind == "text" and splits.public.shape == (text.MAX_TOKENS,)
     np.testing.assert_array_equal(splits.public.y, tab.public.y)
-    for s, t in zip(splits.sites, tab.sites):
+    for s, t in zip(splits.sites, tab.sites, strict=True):
         np.testing.assert_array_equal(s.pool.y, t.pool.y)
         np.testing.assert_array_equal(s.test.y, t.test.y)
         assert s.membership_seed == t.membership_seed
@@ -55,9 +55,10 @@ def test_reports_are_clinical_words_split_like_the_bundled_data(small_base_dir):
 
 
 def test_small_tokenizer_knows_every_report_word(small_base_dir):
+    from sklearn.datasets import load_breast_cancer
+
     tok = text.load_tokenizer(small_base_dir)
-    ids = text.tokenize(text.report_texts(bundled_splits().public.X[:0].reshape(0, 30) if False else
-                                          __import__("sklearn.datasets").datasets.load_breast_cancer().data[:50]), tok)
+    ids = text.tokenize(text.report_texts(load_breast_cancer().data[:50]), tok)
     assert ids.shape == (50, text.MAX_TOKENS)
     assert tok.unk_token_id not in set(ids.ravel().tolist())
     assert (ids[:, 0] == tok.cls_token_id).all() and (ids[:, -1] == tok.pad_token_id).all()
