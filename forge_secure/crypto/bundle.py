@@ -55,7 +55,7 @@ from .container import ContainerReader, scan_directory, index_bytes, Entry
 from .errors import BundleError, fail
 from .keys import PrivateKey, PublicKey, load_decryption_key, load_public_key, load_signing_key
 from .replay import ReplayStore, SequenceCounter
-from .roster import Roster, load_roster
+from .roster import Roster, load_roster, trusted_rosters
 
 FORMAT = "forge-bundle/1"
 MAGIC = b"FORGEBDL"
@@ -298,21 +298,46 @@ def _seal_head(signer, recipient, kem, algorithms, meta, entries, seq, created, 
 
 def seal(plugin_dir, signer, recipient, out, *, sequence: int | None = None, chunk_size: int = DEFAULT_CHUNK,
          passphrase: bytes | None = None, random: P.RandomSource = os.urandom, now: int | None = None,
-         counter: SequenceCounter | None = None) -> Path:
+         counter: SequenceCounter | None = None, roster=None, root=None, state_dir=None) -> Path:
     """Seal ``plugin_dir`` for ``recipient``, signed by ``signer``; write ``out`` atomically.
 
     ``signer`` is a loaded signing :class:`PrivateKey` or the path of ``signing.key``
     (with ``passphrase``); ``recipient`` a :class:`PublicKey` or the path of its
-    ``public.json``. ``sequence`` defaults to the next value of the site's counter under
-    ``forge_home()``. ``random`` (submission id, data key, nonce prefix) and ``now`` are
-    injectable for known-answer tests; the defaults are the OS CSPRNG and the clock.
+    ``public.json``, which must be listed as a recipient in the signed ``roster`` (a path or
+    :class:`Roster`, trusted against this machine's pinned root, see
+    :func:`~forge_secure.crypto.roster.trust`; ``root`` pins one first). Without ``roster``
+    the latest roster trusted on this machine that lists the recipient is used; with none,
+    ``bundle.unlisted_recipient``. ``sequence`` defaults to the next value of the site's
+    counter under ``forge_home()``. ``random`` (submission id, data key, nonce prefix) and
+    ``now`` are injectable for known-answer tests; the defaults are the OS CSPRNG and the clock.
     """
     return _seal(plugin_dir, signer, recipient, out, sequence=sequence, chunk_size=chunk_size, passphrase=passphrase,
-                 random=random, now=now, counter=counter, wrap=P.hpke_wrap)
+                 random=random, now=now, counter=counter, wrap=P.hpke_wrap, roster=roster, root=root, state_dir=state_dir)
+
+
+def _listed_recipient(recipient: PublicKey, roster, root, state_dir, now: int) -> Roster:
+    """The trusted roster that lists ``recipient`` (see :func:`seal`)."""
+    if roster is not None:
+        trusted = load_roster(roster, now=now, state_dir=state_dir, root=root)
+        trusted.check_recipient(recipient)
+        return trusted
+    candidates = trusted_rosters(now=now, state_dir=state_dir)
+    for trusted in candidates:
+        try:
+            trusted.check_recipient(recipient)
+            return trusted
+        except BundleError:
+            continue
+    where = ", ".join(f"{r.consortium} version {r.version}" for r in candidates) or "none"
+    raise fail("bundle.unlisted_recipient",
+               f"recipient key {recipient.encryption_key_id[:16]}... ({recipient.site}) is not listed in any roster trusted on "
+               f"this machine (trusted: {where})",
+               "give the consortium's roster with --roster (pin its root once with 'forge roster pin'), and seal to a "
+               "recipient it lists")
 
 
 def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphrase, random, now, counter,
-          wrap: Callable[[P.KemAlgorithm, bytes, bytes, bytes], bytes]) -> Path:
+          wrap: Callable[[P.KemAlgorithm, bytes, bytes, bytes], bytes], roster=None, root=None, state_dir=None) -> Path:
     plugin_dir, out = Path(plugin_dir), Path(out)
     if not plugin_dir.exists():
         raise fail("file.missing", f"plugin directory {plugin_dir} does not exist", "check the path")
@@ -335,6 +360,7 @@ def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphras
         raise fail("key.wrong_type", "--signer must be a signing key", "give the signing.key written by 'forge keys new'")
     if not isinstance(recipient, PublicKey):
         recipient = load_public_key(recipient)
+    _listed_recipient(recipient, roster, root, state_dir, _time.now() if now is None else int(now))
     meta = _read_forge_json(plugin_dir)
     entries = scan_directory(plugin_dir)
     payload_size = len(index_bytes(entries)) + sum(e.size for e in entries)
@@ -655,14 +681,15 @@ def _open_file(bundle):
         raise fail("file.unreadable", f"bundle {path} cannot be read ({e.strerror})", "check its permissions") from None
 
 
-def verify(bundle, roster, *, now: int | None = None, state_dir=None) -> Verified:
+def verify(bundle, roster, *, now: int | None = None, state_dir=None, root=None) -> Verified:
     """Check a bundle without any secret: structure, roster trust, signer, signature and
     the digest of the encrypted payload. Returns what the bundle says, or raises BundleError.
 
     ``bundle`` is a path or a readable, seekable binary stream; ``roster`` a path or a
-    :class:`Roster` (trusted here: threshold signatures, expiry, rollback)."""
+    :class:`Roster` (trusted here against this machine's pinned root: threshold signatures,
+    expiry, rollback, rotation; ``root`` pins the consortium's root first if none is)."""
     now = _time.now() if now is None else int(now)
-    trusted = load_roster(roster, now=now, state_dir=state_dir)
+    trusted = load_roster(roster, now=now, state_dir=state_dir, root=root)
     f, path, owned = _open_file(bundle)
     try:
         return _verify(f, path, trusted, now)[1]
@@ -672,7 +699,7 @@ def verify(bundle, roster, *, now: int | None = None, state_dir=None) -> Verifie
 
 
 def open_bundle(bundle, key, roster, out, *, passphrase: bytes | None = None, now: int | None = None,
-                replay: ReplayStore | None = None, state_dir=None) -> Opened:
+                replay: ReplayStore | None = None, state_dir=None, root=None) -> Opened:
     """Verify, refuse replays, decrypt into a temporary directory and rename it to ``out``
     only after the last chunk has authenticated and the container is complete.
 
@@ -709,7 +736,7 @@ def open_bundle(bundle, key, roster, out, *, passphrase: bytes | None = None, no
         if f is not None:
             before = _stamp(f)
             early = _start_hashing(f, path)
-        trusted = load_roster(roster, now=now, state_dir=state_dir)
+        trusted = load_roster(roster, now=now, state_dir=state_dir, root=root)
         if unopened is not None:
             raise unopened
         return _open(f, path, key, trusted, out, now, replay or ReplayStore(), early=early, before=before)
