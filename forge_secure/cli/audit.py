@@ -104,13 +104,13 @@ def _print_summary(report, args) -> None:
     table.add_column("findings", justify="right")
     for c in report.checks:
         s = c.status.value
-        table.add_row(c.name, f"[{style[s]}]{s.upper()}[/{style[s]}]", str(len(c.findings)))
+        table.add_row(c.name, _common.styled((s.upper(), style[s])), str(len(c.findings)))
     con = _common.console
     con.print(table)
     for f in report.failures():
-        con.print(f"[bold red]FAIL[/bold red] {f.check} [dim]{f.subject}[/dim]: {f.summary}\n    [italic]what to do:[/italic] {f.remedy}", highlight=False, soft_wrap=True)
+        con.print(f"[bold red]FAIL[/bold red] {_common.escape(f.check)} [dim]{_common.escape(f.subject)}[/dim]: {_common.escape(f.summary)}\n    [italic]what to do:[/italic] {_common.escape(f.remedy)}", highlight=False, soft_wrap=True, markup=True)
     colour = "green" if report.passed else "red"
-    con.print(f"[bold {colour}]AUDIT {'PASSED' if report.passed else 'FAILED'}[/bold {colour}]")
+    con.print(f"[bold {colour}]AUDIT {'PASSED' if report.passed else 'FAILED'}[/bold {colour}]", markup=True)
     con.print(f"report: {args.out}/report.html (also report.json, report.pdf{', report.sig.json' if args.key else ''})", highlight=False)
 
 
@@ -127,8 +127,8 @@ def cmd_verify_report(args: argparse.Namespace) -> int:
         _common.emit_json({"valid": True, "signer": public.site, "key_id": public.key_id, **statement})
     else:
         _common.console.print(
-            f"[green]valid[/green]: report {statement['report_id'][:16]}... (verdict {statement['verdict'].upper()}, "
-            f"{statement['created_at']}) signed by {public.site} ({public.key_id[:16]}...); all files match",
-            highlight=False,
+            f"[green]valid[/green]: report {_common.escape(statement['report_id'][:16])}... (verdict {_common.escape(statement['verdict'].upper())}, "
+            f"{_common.escape(statement['created_at'])}) signed by {_common.escape(public.site)} ({public.key_id[:16]}...); all files match",
+            highlight=False, markup=True,
         )
     return 0

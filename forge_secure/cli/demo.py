@@ -172,7 +172,7 @@ def stage_keys(ctx: dict) -> None:
 def _print_keys(ctx: dict) -> None:
     k = ctx["keys"]
     c = _common.console
-    c.print("[bold]Stage 2: keys and the trust roster[/bold]")
+    c.print("Stage 2: keys and the trust roster", style="bold")
     c.print(f"  {len(k['parties'])} parties made Ed25519 signing + X25519 (HPKE) keys: {', '.join(k['parties'])}", highlight=False, soft_wrap=True)
     c.print(f"  the consortium admin signed roster version {k['roster']['version']} listing the keys of "
             f"{', '.join(k['roster']['sites'])}, valid {k['roster']['expires_days']} days: {k['roster']['path']}", highlight=False, soft_wrap=True)
@@ -209,7 +209,7 @@ def stage_seal(ctx: dict) -> None:
 
 def _print_seal(ctx: dict) -> None:
     c = _common.console
-    c.print("[bold]Stage 3: each site signs and encrypts its submissions for the maintainer[/bold]")
+    c.print("Stage 3: each site signs and encrypts its submissions for the maintainer", style="bold")
     for s in ctx["seal"]:
         c.print(f"  {s['site']}: plugin {s['plugin_bundle']} ({s['plugin_bundle_bytes'] / 1024:.0f} KiB); "
                 f"CKKS contribution (weight {s['ckks_weight']:g} x B) {s['ckks_bundle']} ({s['ckks_bundle_bytes'] / 1024:.0f} KiB)",
@@ -241,7 +241,7 @@ def stage_open(ctx: dict) -> None:
 
 def _print_open(ctx: dict) -> None:
     c = _common.console
-    c.print("[bold]Stage 4: the maintainer verifies every bundle against the roster, then opens it[/bold]")
+    c.print("Stage 4: the maintainer verifies every bundle against the roster, then opens it", style="bold")
     for o in ctx["open"]:
         c.print(f"  {o['site']} {o['what']} (sequence {o['sequence']}, signer {o['signer'][:12]}...): verified, opened to {o['out']}",
                 highlight=False, soft_wrap=True)
@@ -304,7 +304,7 @@ def _print_merge(ctx: dict) -> None:
 
     m, c = ctx["merge"], _common.console
     f = m["fusion_ckks"]
-    c.print("[bold]Stage 5: the maintainer merges[/bold]")
+    c.print("Stage 5: the maintainer merges", style="bold")
     c.print(f"  homomorphic Fusion: the aggregator added {f['contributions']} encrypted contributions holding only the public "
             f"CKKS context; the key holder decrypted the one aggregate (k = {f['k']} of n = {f['contributions']}) into "
             f"{f['path']}; largest difference from the plaintext FFA merge {f['max_abs_diff_vs_plaintext_ffa']:.1e}",
@@ -402,10 +402,10 @@ def stage_attacks(ctx: dict) -> None:
 def _print_attacks(ctx: dict) -> None:
     c = _common.console
     a = ctx["attacks"]
-    c.print(f"[bold]Stage 6: attacks on the {ATTACKED_SITE} plugin and on the merged model (candidates: {ATTACKED_SITE}'s records)[/bold]", soft_wrap=True)
+    c.print(f"Stage 6: attacks on the {ATTACKED_SITE} plugin and on the merged model (candidates: {ATTACKED_SITE}'s records)", soft_wrap=True, style="bold")
     for name, r in a["membership"].items():
         if r.get("skipped"):
-            c.print(f"  membership on {name}: [yellow]SKIPPED[/yellow] ({r['reason']})", highlight=False, soft_wrap=True)
+            c.print(f"  membership on {name}: SKIPPED ({r['reason']})", highlight=False, soft_wrap=True)
             continue
         tpr = ", ".join(f"TPR {100 * t['tpr']:.1f}% at {100 * t['fpr']:g}% FPR" for t in r["tpr_at_fpr"])
         c.print(f"  membership (RMIA, {r['references']} reference models) on {name}: AUC {r['auc']:.3f} "
@@ -413,7 +413,7 @@ def _print_attacks(ctx: dict) -> None:
                 f"{r['epsilon_lb']:.2f} vs claimed {float(r['claimed_epsilon']):.2f}", highlight=False, soft_wrap=True)
     for name, r in a["reconstruction"].items():
         if r.get("skipped"):
-            c.print(f"  reconstruction on {name}: [yellow]SKIPPED[/yellow] ({r['reason']})", highlight=False, soft_wrap=True)
+            c.print(f"  reconstruction on {name}: SKIPPED ({r['reason']})", highlight=False, soft_wrap=True)
             continue
         how = {"gradients": "sees every noisy gradient", "model": "sees the released weights"}.get(r.get("mode"), r.get("mode") or "")
         if r.get("recipe_site"):
@@ -461,9 +461,9 @@ def stage_audit(ctx: dict) -> None:
 def _print_audit(ctx: dict) -> None:
     c = _common.console
     a = ctx["audit"]
-    c.print(f"[bold]Stage 7: the compliance audit (default policy) of the evidence in {a.get('evidence', 'evidence/')}[/bold]", soft_wrap=True, highlight=False)
+    c.print(f"Stage 7: the compliance audit (default policy) of the evidence in {a.get('evidence', 'evidence/')}", soft_wrap=True, highlight=False, style="bold")
     if a.get("skipped"):
-        c.print(f"  [yellow]SKIPPED[/yellow] ({a['reason']})", highlight=False, soft_wrap=True)
+        c.print(f"  SKIPPED ({a['reason']})", highlight=False, soft_wrap=True)
         return
     c.print("  checks: " + ", ".join(f"{name} {st.upper()}" for name, st in a["checks"].items()), highlight=False, soft_wrap=True)
     for label, items in (("FAIL", a["failures"]), ("WARN", a["warnings"])):
@@ -551,7 +551,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             timings[name] = {"wall_seconds": round(time.perf_counter() - s0, 1), "cpu_seconds": round(_cpu_seconds() - sc0, 1)}
             if show and name in PRINTERS:
                 PRINTERS[name](ctx)
-                _common.console.print(f"  [dim]({timings[name]['wall_seconds']:.0f} s)[/dim]")
+                _common.console.print(f"  ({timings[name]['wall_seconds']:.0f} s)", style="dim")
         ctx["stages"] = [n for n, _ in stages]
         ctx["stage_seconds"] = timings
         ctx["seconds"] = round(time.perf_counter() - t0, 2)
@@ -567,11 +567,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     c.print(f"Done in {ctx['seconds']:.0f} s ({ctx['cpu_seconds']:.0f} s of CPU). Everything is in {out}/ "
             f"(summary: {out}/summary.json).", highlight=False, soft_wrap=True)
     for s in ctx["skipped"]:
-        c.print(f"[yellow]skipped[/yellow] {s['what']}: {s['reason']}", highlight=False, soft_wrap=True)
+        c.print(f"skipped {s['what']}: {s['reason']}", highlight=False, soft_wrap=True)
     audit = ctx.get("audit")
     if audit and not audit.get("skipped"):
         colour = "green" if audit["verdict"].upper() == "PASS" else "red"
-        c.print(f"Audit verdict: [bold {colour}]{audit['verdict'].upper()}[/bold {colour}]. Report: {audit['report_dir']}/report.html "
+        c.print(f"Audit verdict: {audit['verdict'].upper()}. Report: {audit['report_dir']}/report.html "
                 f"(also report.json, report.pdf; signed: report.sig.json). Check the signature with: "
                 f"forge verify-report {audit['report_dir']} --key {audit['auditor_public_key']}", highlight=False, soft_wrap=True)
     elif "sites" in ctx:

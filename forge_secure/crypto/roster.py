@@ -607,7 +607,7 @@ def revoke_key(path: str | os.PathLike, key_id: str, *, reason: str, at: int | N
     if not roster.site_key(key_id) and not roster.recipient(key_id):
         known = ", ".join([f"{s.site}:{s.key.key_id[:16]}" for s in roster.sites]
                           + [f"{r.name}:{r.key_id[:16]}" for r in roster.recipients]) or "none"
-        raise fail("roster.unknown_key", f"no site or recipient key with id {key_id[:80]!r} in the roster",
+        raise fail("roster.unknown_key", f"no site key or recipient key with id {key_id[:80]!r} in the roster",
                    f"give the full key id of one of the site or recipient keys ({known})")
     if roster.revoked(key_id):
         raise fail("roster.duplicate", f"key {key_id[:16]}... is already revoked", "nothing to do")
