@@ -191,20 +191,72 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+PARTIAL_PREFIX = ".forge-partial."  # every temporary file or directory of an atomic write starts with this
+
+
+def _try_lock(fd: int) -> bool:
+    """A non-blocking exclusive flock on ``fd``: True when taken (no live process holds it)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock (Windows): partial outputs are left alone
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def sweep_partials(directory: str | os.PathLike) -> list[Path]:
+    """Remove the partial outputs (``.forge-partial.*``) that a killed process left in
+    ``directory``; returns what was removed. Each partial output is flock-ed by the process
+    writing it for as long as it lives, so one still being written is never touched (the
+    kernel drops the lock when its process dies, even by ``kill -9``)."""
+    directory = Path(directory)
+    removed: list[Path] = []
+    try:
+        candidates = [p for p in directory.iterdir() if p.name.startswith(PARTIAL_PREFIX)]
+    except OSError:
+        return removed
+    for p in candidates:
+        try:
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+        try:
+            if not _try_lock(fd):
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+            removed.append(p)
+        finally:
+            os.close(fd)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Any]:
     """Open a temporary file beside ``path`` for binary writing; on success fsync it and
-    rename it into place, on any exception delete it. Readers never see a partial file."""
+    rename it into place, on any exception delete it. Readers never see a partial file.
+
+    The temporary file is named ``.forge-partial.<name>.<random>.part`` and flock-ed while it is
+    written; partial files that a killed process left beside ``path`` are removed first
+    (:func:`sweep_partials`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    sweep_partials(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{path.name}.", suffix=".part", dir=path.parent)
+    _try_lock(fd)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # renamed while still locked, so a sweeper never removes it half-way
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -243,7 +295,12 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, mode: int = 0o644) -> N
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory in a temporary sibling and rename it to ``path`` only when the
-    block succeeds. Refuses an existing non-empty ``path`` unless ``overwrite``."""
+    block succeeds. Refuses an existing non-empty ``path`` unless ``overwrite``.
+
+    The sibling is named ``.forge-partial.<name>.<random>.part``, has mode 0700 (decrypted data
+    written there is never readable by others) and is flock-ed while it is built; partial
+    directories that a killed process left beside ``path`` are removed first
+    (:func:`sweep_partials`)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ForgeFileError(f"{path} exists and is not a directory", fix="choose another --out", code="file.not_a_directory")
@@ -254,7 +311,10 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
             code="file.exists",
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    sweep_partials(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{path.name}.", suffix=".part", dir=path.parent))  # mode 0700
+    lock_fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    _try_lock(lock_fd)
     try:
         yield tmp
         if path.exists():
@@ -263,6 +323,8 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(lock_fd)
 
 
 def read_json_file(path: str | os.PathLike, what: str = "JSON file", *, max_bytes: int = 64 << 20,

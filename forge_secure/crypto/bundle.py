@@ -815,8 +815,9 @@ def _open(f: BinaryIO, path, key: PrivateKey, trusted: Roster, out: Path, now: i
     # against the signature above, so the data key is the sealer's and every chunk is
     # authenticated (AES-GCM) before its plaintext is used; the payload digest is compared
     # before the directory is renamed into place.
-    with replay.accept(v.submission_id, v.site, v.sequence, now=now):
+    with replay.accept(v.submission_id, v.site, v.sequence, now=now) as ticket:
         with atomic_directory(out) as tmp:
+            ticket.reserve(out, tmp)  # durable before anything can be renamed into out (crash-safe, see replay)
             reader = ContainerReader(tmp, h["payload_size"])
             plain_buf = take_buffers(cs, 1)
             try:
