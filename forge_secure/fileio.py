@@ -170,7 +170,7 @@ def read_bounded_bytes(path: str | os.PathLike, what: str, *, max_bytes: int, co
     except OSError as e:
         raise ForgeFileError(f"{what} {path} cannot be read ({e.strerror})", fix="check its permissions",
                              code="file.unreadable") from None
-    if not raw.strip():
+    if not raw:
         raise ForgeDataError(f"{what} {path} is empty", fix="restore it from a good copy", code="file.empty")
     if len(raw) > max_bytes:
         raise ForgeDataError(f"{what} {path} is larger than {max_bytes} bytes", fix=f"give the {what} itself",
@@ -335,6 +335,8 @@ def read_json_file(path: str | os.PathLike, what: str = "JSON file", *, max_byte
     file that someone else wrote (policies, evidence, results, rosters, keys) goes through
     this function or :func:`loads_bounded`."""
     raw = read_bounded_bytes(path, what, max_bytes=max_bytes)
+    if not raw.strip():
+        raise ForgeDataError(f"{what} {path} is empty", fix="restore it from a good copy", code="file.empty")
     try:
         return loads_bounded(raw, max_depth=max_depth, max_int_digits=max_int_digits, allow_nonfinite=True)
     except ValueError as e:

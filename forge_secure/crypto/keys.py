@@ -210,7 +210,10 @@ def _read_small(path: str | os.PathLike, what: str) -> bytes:
 
 
 def _read_json_doc(path: str | os.PathLike, what: str) -> object:
-    raw = _read_small(path, what)
+    return _json_doc(_read_small(path, what), path, what)
+
+
+def _json_doc(raw: bytes, path, what: str) -> object:
     try:
         return loads_bounded(raw, max_depth=8, max_int_digits=12, allow_floats=False)
     except ValueError as e:
@@ -224,6 +227,13 @@ def load_public_key(path: str | os.PathLike) -> PublicKey:
     if path.is_dir() and (path / PUBLIC_FILE).is_file():
         path = path / PUBLIC_FILE
     return PublicKey.from_dict(_read_json_doc(path, "public key file"), str(path))
+
+
+def public_key_from_bytes(raw: bytes, where: str = "<public key>") -> PublicKey:
+    """Parse the bytes of a ``public.json`` (what :func:`load_public_key` does after reading)."""
+    if len(raw) > MAX_KEY_FILE:
+        raise fail("key.too_large", f"{where} is larger than {MAX_KEY_FILE} bytes", "give the key file itself")
+    return PublicKey.from_dict(_json_doc(raw, where, "public key file"), where)
 
 
 # --------------------------------------------------------------------------- private keys
@@ -348,12 +358,25 @@ def load_private_key(path: str | os.PathLike, passphrase: bytes | None = None, *
         if guess.is_file():
             path = guess
     what = f"{role or 'private'} key file"
-    doc = _read_json_doc(path, what)
+    return _private_key(_read_json_doc(path, what), path, passphrase, role, check_mode=True)
+
+
+def private_key_from_bytes(raw: bytes, passphrase: bytes | None = None, *, role: str | None = None,
+                           where: str = "<private key>") -> PrivateKey:
+    """Parse the bytes of a private key file (what :func:`load_private_key` does after reading it
+    and checking its mode)."""
+    if len(raw) > MAX_KEY_FILE:
+        raise fail("key.too_large", f"{where} is larger than {MAX_KEY_FILE} bytes", "give the key file itself")
+    return _private_key(_json_doc(raw, where, f"{role or 'private'} key file"), where, passphrase, role, check_mode=False)
+
+
+def _private_key(doc: object, path, passphrase: bytes | None, role: str | None, *, check_mode: bool) -> PrivateKey:
     if not isinstance(doc, dict) or doc.get("format") not in PRIVATE_FORMATS:
         hint = " (that is a public key file)" if isinstance(doc, dict) and doc.get("format") == PUBLIC_FORMAT else ""
         raise fail("key.wrong_type", f"{path} is not a forge private key file{hint}",
                    f"give the {SIGNING_FILE if role != 'decryption' else DECRYPTION_FILE} written by 'forge keys new'")
-    _check_mode(path)
+    if check_mode:
+        _check_mode(path)
     if role and doc.get("role") != role:
         raise fail("key.wrong_type", f"{path} is a {str(doc.get('role'))[:20]} key, but a {role} key is needed",
                    f"give the {SIGNING_FILE if role == 'signing' else DECRYPTION_FILE} file")
@@ -509,5 +532,6 @@ def new_keys(site: str, out: str | os.PathLike, *, post_quantum: bool = False, p
 
 __all__ = [
     "BundleError", "KeyFiles", "PrivateKey", "PublicKey", "SigningPublicKey", "key_id", "load_decryption_key", "load_private_key",
-    "load_public_key", "load_signing_key", "new_keys", "protect_key_file", "read_passphrase",
+    "load_public_key", "load_signing_key", "new_keys", "private_key_from_bytes", "protect_key_file", "public_key_from_bytes",
+    "read_passphrase",
 ]

@@ -375,12 +375,19 @@ def read_roster(path: str | os.PathLike) -> Roster:
         raw = read_bounded_bytes(path, "roster", max_bytes=MAX_ROSTER, code_prefix="roster")
     except ForgeError as e:
         raise fail(e.code, e.message, e.fix or "restore it from a good copy") from None
+    return replace(roster_from_bytes(raw, str(path)), path=path)
+
+
+def roster_from_bytes(raw: bytes, where: str = "<roster>") -> Roster:
+    """Parse the bytes of a roster file without trusting it (what :func:`read_roster` does after reading)."""
+    if len(raw) > MAX_ROSTER:
+        raise fail("roster.too_large", f"{where} is larger than {MAX_ROSTER} bytes", "give the roster file itself")
     try:
         doc = loads_bounded(raw, max_depth=8, max_int_digits=16, allow_floats=False)
     except ValueError as e:
-        raise fail("roster.invalid", f"roster {path} is not JSON within bounds ({e})",
+        raise fail("roster.invalid", f"roster {where} is not JSON within bounds ({e})",
                    "restore the roster from a good copy or ask the consortium for it") from None
-    return replace(parse_roster(doc, str(path)), path=path)
+    return parse_roster(doc, where)
 
 
 # --------------------------------------------------------------------------- trust
@@ -640,4 +647,4 @@ def sign_roster(path: str | os.PathLike, key: PrivateKey, *, expires: int | None
 
 
 __all__ = ["Admin", "Recipient", "Revocation", "Roster", "SiteKey", "add_admin_key", "add_recipient", "add_site_key",
-           "init_roster", "load_roster", "pin_root", "read_roster", "revoke_key", "sign_roster", "trust", "trusted_rosters"]
+           "init_roster", "load_roster", "pin_root", "read_roster", "roster_from_bytes", "revoke_key", "sign_roster", "trust", "trusted_rosters"]
