@@ -20,6 +20,8 @@ def _passphrase_flags(p: argparse.ArgumentParser, what: str) -> None:
 def _root_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", metavar="ROOT", help="pin the consortium's root first, if this machine has none: a roster file "
                    "obtained out of band, or sha256:DIGEST of the --roster given (see 'forge roster pin')")
+    p.add_argument("--timestamp", metavar="FILE", help="a signed timestamp (forge roster timestamp, or the hub's): the roster "
+                   "must be the one it names as current, and it must not have expired")
 
 
 def _passphrase(args):
@@ -119,13 +121,17 @@ def _roster_init(args) -> int:
 def _roster_add(args) -> int:
     from ..crypto import _time, add_admin_key, add_recipient, add_site_key, load_public_key
 
-    if sum(bool(x) for x in (args.site_key, args.admin, args.recipient)) != 1:
+    if sum(bool(x) for x in (args.site_key, args.admin, args.recipient, args.timestamp_key)) != 1:
         from ..crypto import BundleError
 
-        raise BundleError("give exactly one of --site-key, --admin or --recipient", fix="add one key per command",
+        raise BundleError("give exactly one of --site-key, --admin, --recipient or --timestamp-key", fix="add one key per command",
                           code="roster.usage")
     expires = _when(args.expires, "--expires")
-    if args.recipient:
+    if args.timestamp_key:
+        from ..crypto.roster import add_timestamp_key
+
+        roster = add_timestamp_key(args.roster, load_public_key(args.timestamp_key), expires=expires)
+    elif args.recipient:
         roster = add_recipient(args.roster, load_public_key(args.recipient), role=args.role, expires=expires)
     elif args.site_key:
         now = _time.now()
@@ -155,6 +161,21 @@ def _roster_show(args) -> int:
     from ..crypto import read_roster
 
     return _roster_summary(read_roster(args.roster), args, "shown")
+
+
+def _roster_timestamp(args) -> int:
+    from ..crypto import _time, load_signing_key
+    from ..crypto.timestamp import issue_timestamp
+
+    lifetime = _time.parse_when(args.lifetime, "--lifetime", reference=0)
+    ts = issue_timestamp(args.roster, load_signing_key(args.key, _passphrase(args)), args.out, lifetime=lifetime)
+    info = {"timestamp": str(args.out), **ts.signed_dict()}
+    if args.json:
+        _common.emit_json(info)
+    else:
+        _print_pairs(f"timestamp written: {args.out}", [("consortium", ts.consortium), ("roster", f"version {ts.roster_version}"),
+                                                        ("issued", info["issued"]), ("expires", info["expires"])])
+    return 0
 
 
 def _roster_pin(args) -> int:
@@ -199,7 +220,7 @@ def _seal(args) -> int:
     from ..crypto import load_signing_key, seal
 
     out = seal(args.plugin_dir, load_signing_key(args.signer, _passphrase(args)), args.recipient, args.out,
-               sequence=args.sequence, roster=args.roster, root=args.root)
+               sequence=args.sequence, roster=args.roster, root=args.root, timestamp=args.timestamp)
     if args.json:
         _common.emit_json({"bundle": str(out), "size": out.stat().st_size})
     else:
@@ -210,7 +231,7 @@ def _seal(args) -> int:
 def _verify(args) -> int:
     from ..crypto import verify
 
-    v = verify(args.bundle, args.roster, root=args.root)
+    v = verify(args.bundle, args.roster, root=args.root, timestamp=args.timestamp)
     if args.json:
         _common.emit_json({"verified": True, **v.to_dict()})
     else:
@@ -221,7 +242,8 @@ def _verify(args) -> int:
 def _open(args) -> int:
     from ..crypto import load_decryption_key, open_bundle
 
-    opened = open_bundle(args.bundle, load_decryption_key(args.key, _passphrase(args)), args.roster, args.out, root=args.root)
+    opened = open_bundle(args.bundle, load_decryption_key(args.key, _passphrase(args)), args.roster, args.out, root=args.root,
+                         timestamp=args.timestamp)
     if args.json:
         _common.emit_json(opened.to_dict())
     else:
@@ -272,6 +294,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--admin", metavar="PUB", help="add an admin instead")
     p.add_argument("--recipient", metavar="PUB", help="add a recipient's encryption key instead (bundles may be sealed to it)")
     p.add_argument("--role", choices=("consortium", "auditor"), default="consortium", help="the recipient's role (with --recipient)")
+    p.add_argument("--timestamp-key", metavar="PUB", help="add a key that may sign timestamps instead (a hub's online key)")
     p.add_argument("--threshold", type=int, help="new admin threshold (with --admin)")
     p.add_argument("--not-before", help="start of the key's validity (default now)")
     p.add_argument("--not-after", default="365d", help="end of the key's validity (default 365d)")
@@ -294,6 +317,15 @@ def register(sub: "argparse._SubParsersAction") -> None:
     _passphrase_flags(p, "of the admin key")
     _common.add_json_flag(p)
     p.set_defaults(func=_roster_sign)
+
+    p = rsub.add_parser("timestamp", help="sign a short-lived timestamp naming this roster as current (offline file; a hub serves it)")
+    p.add_argument("roster", metavar="ROSTER")
+    p.add_argument("--key", required=True, metavar="KEY", help="a timestamp key's (or an admin's) signing.key")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--lifetime", default="6h", help="how long it is valid (default 6h, at most 7d)")
+    _passphrase_flags(p, "of the key")
+    _common.add_json_flag(p)
+    p.set_defaults(func=_roster_timestamp)
 
     p = rsub.add_parser("pin", help="pin the consortium's root of trust on this machine (once, from a roster obtained out of band)")
     p.add_argument("roster", metavar="ROSTER")

@@ -298,7 +298,7 @@ def _seal_head(signer, recipient, kem, algorithms, meta, entries, seq, created, 
 
 def seal(plugin_dir, signer, recipient, out, *, sequence: int | None = None, chunk_size: int = DEFAULT_CHUNK,
          passphrase: bytes | None = None, random: P.RandomSource = os.urandom, now: int | None = None,
-         counter: SequenceCounter | None = None, roster=None, root=None, state_dir=None) -> Path:
+         counter: SequenceCounter | None = None, roster=None, root=None, state_dir=None, timestamp=None) -> Path:
     """Seal ``plugin_dir`` for ``recipient``, signed by ``signer``; write ``out`` atomically.
 
     ``signer`` is a loaded signing :class:`PrivateKey` or the path of ``signing.key``
@@ -312,13 +312,15 @@ def seal(plugin_dir, signer, recipient, out, *, sequence: int | None = None, chu
     ``now`` are injectable for known-answer tests; the defaults are the OS CSPRNG and the clock.
     """
     return _seal(plugin_dir, signer, recipient, out, sequence=sequence, chunk_size=chunk_size, passphrase=passphrase,
-                 random=random, now=now, counter=counter, wrap=P.hpke_wrap, roster=roster, root=root, state_dir=state_dir)
+                 random=random, now=now, counter=counter, wrap=P.hpke_wrap, roster=roster, root=root, state_dir=state_dir,
+                 timestamp=timestamp)
 
 
-def _listed_recipient(recipient: PublicKey, roster, root, state_dir, now: int) -> Roster:
+def _listed_recipient(recipient: PublicKey, roster, root, state_dir, now: int, timestamp=None) -> Roster:
     """The trusted roster that lists ``recipient`` (see :func:`seal`)."""
     if roster is not None:
         trusted = load_roster(roster, now=now, state_dir=state_dir, root=root)
+        _fresh(trusted, timestamp, now)
         trusted.check_recipient(recipient)
         return trusted
     candidates = trusted_rosters(now=now, state_dir=state_dir)
@@ -337,7 +339,8 @@ def _listed_recipient(recipient: PublicKey, roster, root, state_dir, now: int) -
 
 
 def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphrase, random, now, counter,
-          wrap: Callable[[P.KemAlgorithm, bytes, bytes, bytes], bytes], roster=None, root=None, state_dir=None) -> Path:
+          wrap: Callable[[P.KemAlgorithm, bytes, bytes, bytes], bytes], roster=None, root=None, state_dir=None,
+          timestamp=None) -> Path:
     plugin_dir, out = Path(plugin_dir), Path(out)
     if not plugin_dir.exists():
         raise fail("file.missing", f"plugin directory {plugin_dir} does not exist", "check the path")
@@ -360,7 +363,7 @@ def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphras
         raise fail("key.wrong_type", "--signer must be a signing key", "give the signing.key written by 'forge keys new'")
     if not isinstance(recipient, PublicKey):
         recipient = load_public_key(recipient)
-    _listed_recipient(recipient, roster, root, state_dir, _time.now() if now is None else int(now))
+    _listed_recipient(recipient, roster, root, state_dir, _time.now() if now is None else int(now), timestamp)
     meta = _read_forge_json(plugin_dir)
     entries = scan_directory(plugin_dir)
     payload_size = len(index_bytes(entries)) + sum(e.size for e in entries)
@@ -681,15 +684,25 @@ def _open_file(bundle):
         raise fail("file.unreadable", f"bundle {path} cannot be read ({e.strerror})", "check its permissions") from None
 
 
-def verify(bundle, roster, *, now: int | None = None, state_dir=None, root=None) -> Verified:
+def _fresh(trusted: Roster, timestamp, now: int) -> None:
+    if timestamp is not None:
+        from .timestamp import verify_timestamp
+
+        verify_timestamp(timestamp, trusted, now=now)
+
+
+def verify(bundle, roster, *, now: int | None = None, state_dir=None, root=None, timestamp=None) -> Verified:
     """Check a bundle without any secret: structure, roster trust, signer, signature and
     the digest of the encrypted payload. Returns what the bundle says, or raises BundleError.
 
     ``bundle`` is a path or a readable, seekable binary stream; ``roster`` a path or a
     :class:`Roster` (trusted here against this machine's pinned root: threshold signatures,
-    expiry, rollback, rotation; ``root`` pins the consortium's root first if none is)."""
+    expiry, rollback, rotation; ``root`` pins the consortium's root first if none is).
+    ``timestamp`` (a file or :class:`~forge_secure.crypto.timestamp.Timestamp`) must then name
+    this roster as current and be unexpired (a bound on freeze attacks)."""
     now = _time.now() if now is None else int(now)
     trusted = load_roster(roster, now=now, state_dir=state_dir, root=root)
+    _fresh(trusted, timestamp, now)
     f, path, owned = _open_file(bundle)
     try:
         return _verify(f, path, trusted, now)[1]
@@ -699,7 +712,7 @@ def verify(bundle, roster, *, now: int | None = None, state_dir=None, root=None)
 
 
 def open_bundle(bundle, key, roster, out, *, passphrase: bytes | None = None, now: int | None = None,
-                replay: ReplayStore | None = None, state_dir=None, root=None) -> Opened:
+                replay: ReplayStore | None = None, state_dir=None, root=None, timestamp=None) -> Opened:
     """Verify, refuse replays, decrypt into a temporary directory and rename it to ``out``
     only after the last chunk has authenticated and the container is complete.
 
@@ -737,6 +750,7 @@ def open_bundle(bundle, key, roster, out, *, passphrase: bytes | None = None, no
             before = _stamp(f)
             early = _start_hashing(f, path)
         trusted = load_roster(roster, now=now, state_dir=state_dir, root=root)
+        _fresh(trusted, timestamp, now)
         if unopened is not None:
             raise unopened
         return _open(f, path, key, trusted, out, now, replay or ReplayStore(), early=early, before=before)

@@ -9,11 +9,14 @@ software update systems", CCS 2010; TUF specification 1.0)::
                 "admins": [{"name", "key_id", "algorithms", "public_keys"}],
                 "sites": [{"site", "key_id", "algorithms", "public_keys", "not_before", "not_after"}],
                 "recipients": [{"name", "role", "key_id", "kem", "public_key"}],
+                "timestamp_keys": [{"name", "key_id", "algorithms", "public_keys"}],
                 "revocations": [{"key_id", "revoked", "reason"}]},
      "signatures": [{"keyid": "<admin key id>", "sig": {"ed25519": "<b64>", ...}}]}
 
 Format 2 adds ``recipients``: the encryption keys a bundle may be sealed to (the
-consortium's, an auditor's), so ``seal`` refuses a swapped ``public.json``. Format 1
+consortium's, an auditor's), so ``seal`` refuses a swapped ``public.json``; and
+``timestamp_keys``: the online keys (a hub's, as TUF's timestamp role) that may sign the
+short-lived timestamps of :mod:`forge_secure.crypto.timestamp` (admins may sign them too). Format 1
 rosters (no recipients) are still read and verified; editing one writes format 2.
 
 Signatures are over the DSSE PAE of the canonical JSON (RFC 8785) of ``signed`` (payload
@@ -147,13 +150,14 @@ class Roster:
     path: Path | None = field(default=None, compare=False)
     recipients: tuple[Recipient, ...] = ()
     format: str = FORMAT
+    timestamp_keys: tuple[Admin, ...] = ()
 
     def __post_init__(self):
         check_site(self.consortium)
         if self.format not in FORMATS:
             raise fail("roster.version", f"roster format {str(self.format)[:40]!r} is not one this toolkit reads ({', '.join(FORMATS)})",
                        "use a roster written by forge-secure")
-        if self.format == FORMAT_V1 and self.recipients:
+        if self.format == FORMAT_V1 and (self.recipients or self.timestamp_keys):
             raise fail("roster.invalid", f"a {FORMAT_V1} roster lists no recipients", f"write it as {FORMAT}")
         rids = [r.key_id for r in self.recipients]
         if len(set(rids)) != len(rids):
@@ -190,6 +194,7 @@ class Roster:
         }
         if self.format != FORMAT_V1:
             signed["recipients"] = sorted((r.to_dict() for r in self.recipients), key=lambda d: d["key_id"])
+            signed["timestamp_keys"] = sorted((t.to_dict() for t in self.timestamp_keys), key=lambda d: d["key_id"])
         return signed
 
     def signed_bytes(self) -> bytes:
@@ -297,6 +302,7 @@ class Roster:
                        "not_before": _time.format_time(s.not_before), "not_after": _time.format_time(s.not_after),
                        "revoked": self.revoked(s.key.key_id) is not None} for s in self.sites],
             "recipients": [{**r.to_dict(), "revoked": self.revoked(r.key_id) is not None} for r in self.recipients],
+            "timestamp_keys": [{"name": t.name, "key_id": t.key.key_id} for t in self.timestamp_keys],
             "revocations": [r.to_dict() for r in self.revocations],
             "format": self.format,
             "sha256": self.digest,
@@ -329,11 +335,19 @@ def parse_roster(doc: object, where: str) -> Roster:
         revocations = tuple(Revocation(_text(r["key_id"], 64), _time.parse_time(r["revoked"], "revoked"), _text(r["reason"], 1000))
                             for r in s["revocations"])
         recipients: tuple[Recipient, ...] = ()
+        timestamp_keys: tuple[Admin, ...] = ()
         if s["format"] == FORMAT:
             if not isinstance(s.get("recipients"), list):
                 raise TypeError("'recipients' must be a list")
             recipients = tuple(Recipient(r["name"], r["role"], r["kem"], b64d(r["public_key"], f"{where}: recipient", "roster.invalid"))
                                for r in s["recipients"])
+            if not isinstance(s.get("timestamp_keys"), list):
+                raise TypeError("'timestamp_keys' must be a list")
+            timestamp_keys = tuple(Admin(check_site(t["name"]), SigningPublicKey.from_dict(t, f"{where}: timestamp key", "roster.invalid"))
+                                   for t in s["timestamp_keys"])
+            for t in s["timestamp_keys"]:
+                if t.get("key_id") != SigningPublicKey.from_dict(t, where, "roster.invalid").key_id:
+                    raise _bad(where, f"stated timestamp key id {str(t.get('key_id'))[:80]!r} does not match its keys")
             for r, entry in zip(recipients, s["recipients"]):
                 if entry.get("key_id") != r.key_id:
                     raise _bad(where, f"stated recipient key id {str(entry.get('key_id'))[:80]!r} does not match its key")
@@ -347,7 +361,8 @@ def parse_roster(doc: object, where: str) -> Roster:
                 raise _bad(where, "a signature entry is malformed or repeated")
             sigs[kid] = {str(a): b64d(v, f"{where}: signature", "roster.invalid") for a, v in item["sig"].items()}
         roster = Roster(check_site(s["consortium"]), s["version"], _time.parse_time(s["expires"], "expires"),
-                        s["threshold"], admins, sites, revocations, sigs, recipients=recipients, format=s["format"])
+                        s["threshold"], admins, sites, revocations, sigs, recipients=recipients, format=s["format"],
+                        timestamp_keys=timestamp_keys)
         same = canonical_json(roster.signed_dict()) == canonical_json(s)
     except BundleError as e:
         if e.code.startswith("roster."):
@@ -599,6 +614,17 @@ def add_site_key(path: str | os.PathLike, key: PublicKey, *, not_before: int, no
     return new
 
 
+def add_timestamp_key(path: str | os.PathLike, key: PublicKey, *, expires: int | None = None) -> Roster:
+    """List ``key``'s signing key as one that may sign timestamps (a hub's online key; a new version)."""
+    roster = read_roster(path)
+    if any(t.key.key_id == key.key_id for t in roster.timestamp_keys):
+        raise fail("roster.duplicate", f"timestamp key {key.key_id[:16]}... of {key.site} is already in the roster",
+                   "nothing to do")
+    new = _bump(roster, expires, timestamp_keys=roster.timestamp_keys + (Admin(key.site, key.signing),))
+    new.write(path)
+    return new
+
+
 def add_admin_key(path: str | os.PathLike, key: PublicKey, *, threshold: int | None = None,
                   expires: int | None = None) -> Roster:
     roster = read_roster(path)
@@ -647,4 +673,5 @@ def sign_roster(path: str | os.PathLike, key: PrivateKey, *, expires: int | None
 
 
 __all__ = ["Admin", "Recipient", "Revocation", "Roster", "SiteKey", "add_admin_key", "add_recipient", "add_site_key",
+           "add_timestamp_key",
            "init_roster", "load_roster", "pin_root", "read_roster", "roster_from_bytes", "revoke_key", "sign_roster", "trust", "trusted_rosters"]
