@@ -23,7 +23,7 @@ from forge_secure.crypto import _time
 from forge_secure.crypto.bundle import seal
 from forge_secure.crypto.keys import load_public_key, load_signing_key, new_keys
 from forge_secure.crypto.replay import SequenceCounter
-from forge_secure.crypto.roster import add_site_key, init_roster, revoke_key, sign_roster
+from forge_secure.crypto.roster import Recipient, add_site_key, init_roster, revoke_key, sign_roster
 from forge_secure.fileio import sha256_file
 from forge_secure.privacy.ledger import Ledger
 
@@ -145,7 +145,8 @@ def build_world(root: Path) -> World:
     for name in ("site-1", "site-2", "site-3", "admin", "consortium", "auditor"):
         w.keys[name] = new_keys(name, root / "keys" / name).public.parent
     w.evidence.mkdir(parents=True)
-    init_roster(w.roster, "medforge", [w.public("admin")], expires=w.now + 90 * DAY)
+    init_roster(w.roster, "medforge", [w.public("admin")], expires=w.now + 90 * DAY,
+                recipients=[w.public("consortium"), Recipient.from_public(w.public("auditor"), "auditor")])
     for site in ("site-1", "site-2", "site-3"):
         add_site_key(w.roster, w.public(site), not_before=w.now - DAY, not_after=w.now + 365 * DAY)
     sign_roster(w.roster, w.signing("admin"))

@@ -28,7 +28,7 @@ from forge_secure.crypto import timestamp as ts_mod
 from forge_secure.crypto.roster import roster_from_bytes
 from forge_secure.fileio import loads_bounded
 
-QUICK, SLOW = 300, 100_000
+QUICK, SLOW = 200, 100_000
 TOKENS = [b"[" * 60_000, b"{\"a\":" * 3000, b"1" * 5000, b"-" + b"9" * 400, b"1e999", b"NaN", b"-Infinity", b"\"\\ud800\"",
           b"[\"x25519\"]", b"null", b"true", b"{}", b"[]", b"\xff\xfe", b"\"" + b"a" * 5000 + b"\"", b"0.5", b"\x00"]
 

@@ -32,7 +32,7 @@ def consortium(tmp_path_factory):
     cons = new_keys("consortium", d / "cons")
     sites = {s: new_keys(s, d / s) for s in ("site-1", "site-2", "site-3")}
     roster = d / "roster.json"
-    init_roster(roster, "test-consortium", [admin.public_key], expires=now + 86400)
+    init_roster(roster, "test-consortium", [admin.public_key], expires=now + 86400, recipients=[cons.public_key])
     for k in sites.values():
         add_site_key(roster, k.public_key, not_before=now - 600, not_after=now + 86400)
     sign_roster(roster, load_signing_key(admin.signing))
@@ -40,13 +40,14 @@ def consortium(tmp_path_factory):
 
 
 def seal_all(consortium, dirs, out_dir, tag):
-    from forge_secure.crypto import load_signing_key, seal
+    from forge_secure.crypto import load_signing_key, pin_root, seal
 
+    pin_root(consortium["roster"])  # this test's FORGE_HOME trusts the consortium's root (given out of band)
     out = []
     for i, p in enumerate(dirs):
         site = f"site-{i + 1}"
         b = out_dir / f"{tag}-{site}.forge"
-        seal(p, load_signing_key(consortium["sites"][site].signing), consortium["cons"].public, b)
+        seal(p, load_signing_key(consortium["sites"][site].signing), consortium["cons"].public, b, roster=consortium["roster"])
         out.append(b)
     return out
 
