@@ -164,8 +164,8 @@ class ReplayStore:
             try:
                 yield ticket
             except BaseException:
-                if ticket.reserved:
-                    state["pending"].pop(submission_id, None)
+                if ticket.reserved:  # settled like a crash: accepted if the plugin was delivered before the failure
+                    self._resolve(state)
                     self._write(state)
                 raise
             state["pending"].pop(submission_id, None)
