@@ -39,10 +39,19 @@ def consortium(tmp_path_factory):
     return {"roster": roster, "cons": cons, "sites": sites, "dir": d}
 
 
-def seal_all(consortium, dirs, out_dir, tag):
-    from forge_secure.crypto import load_signing_key, pin_root, seal
+@pytest.fixture(autouse=True)
+def _pinned_root(request):
+    """Each test's FORGE_HOME trusts the consortium's root, as a maintainer's machine does once
+    it was given the root out of band ('forge roster pin')."""
+    if "consortium" in request.fixturenames:
+        from forge_secure.crypto import pin_root
 
-    pin_root(consortium["roster"])  # this test's FORGE_HOME trusts the consortium's root (given out of band)
+        pin_root(request.getfixturevalue("consortium")["roster"])
+
+
+def seal_all(consortium, dirs, out_dir, tag):
+    from forge_secure.crypto import load_signing_key, seal
+
     out = []
     for i, p in enumerate(dirs):
         site = f"site-{i + 1}"
