@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 from filelock import FileLock
@@ -198,6 +199,10 @@ class Roster:
         return signed
 
     def signed_bytes(self) -> bytes:
+        return self._signed_bytes
+
+    @cached_property
+    def _signed_bytes(self) -> bytes:  # the dataclass is frozen: computed once per instance
         return P.pae(PAYLOAD_TYPE, canonical_json(self.signed_dict()))
 
     @property
