@@ -120,7 +120,8 @@ class World:
 
     def seal(self, plugin_dir: Path, site: str, out: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return seal(plugin_dir, self.signing(site), self.public("consortium"), out, now=self.now - 60, counter=self.counter)
+        return seal(plugin_dir, self.signing(site), self.public("consortium"), out, now=self.now - 60, counter=self.counter,
+                    roster=self.roster, state_dir=self.root / "site-roster-state", root=self.roster)
 
     def add_merged(self, name: str, parents: list[tuple[str, str]], *, method: str = "ffa-ckks", seed: int = 99) -> Path:
         """merged/<name> whose parents are (digest, site) pairs."""
