@@ -327,7 +327,8 @@ def _unprotect(path: Path, doc: dict, names: tuple[str, ...], passphrase: bytes)
         raise fail("key.invalid", f"{path} does not state a supported key protection (scrypt + aes-256-gcm)",
                    "restore it from a good copy")
     lo, hi = SCRYPT_LOG_N_RANGE
-    if not (lo <= kdf["log_n"] <= hi and 1 <= kdf["r"] <= 32 and 1 <= kdf["p"] <= 16):
+    if not (lo <= kdf["log_n"] <= hi and 1 <= kdf["r"] <= 16 and 1 <= kdf["p"] <= 4
+            and 128 * kdf["r"] * (1 << kdf["log_n"]) <= 1 << 30):  # at most 1 GiB and 4 passes per unlock
         raise fail("key.invalid", f"{path} states scrypt parameters out of range (log_n {kdf['log_n']}, r {kdf['r']}, p {kdf['p']})",
                    f"rewrite it with 'forge keys protect' (log_n {lo}..{hi})")
     salt, nonce = b64d(kdf["salt"], f"{path}: salt"), b64d(fields["nonce"], f"{path}: nonce")
