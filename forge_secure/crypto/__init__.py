@@ -15,8 +15,8 @@ from .bundle import Opened, Verified, open_bundle, seal, verify
 from .errors import BundleError
 from .keys import PrivateKey, PublicKey, load_decryption_key, load_public_key, load_signing_key, new_keys, read_passphrase
 from .replay import ReplayStore, SequenceCounter
-from .roster import (Recipient, Roster, add_admin_key, add_recipient, add_site_key, init_roster, load_roster, pin_root,
-                     read_roster, revoke_key, sign_roster, trusted_rosters)
+from .roster import Recipient, Roster, add_admin_key, add_recipient, add_site_key, init_roster, read_roster, revoke_key, sign_roster
+from .trust import load_roster, pin_root, trusted_rosters
 
 __all__ = [
     "BundleError", "Opened", "PrivateKey", "PublicKey", "Recipient", "ReplayStore", "Roster", "SequenceCounter", "Verified",

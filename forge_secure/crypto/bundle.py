@@ -55,7 +55,8 @@ from .container import ContainerReader, scan_directory, index_bytes, Entry
 from .errors import BundleError, fail
 from .keys import PrivateKey, PublicKey, load_decryption_key, load_public_key, load_signing_key
 from .replay import ReplayStore, SequenceCounter
-from .roster import Roster, load_roster, trusted_rosters
+from .roster import Roster
+from .trust import load_roster, trusted_rosters
 
 FORMAT = "forge-bundle/1"
 MAGIC = b"FORGEBDL"
