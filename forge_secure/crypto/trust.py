@@ -171,7 +171,8 @@ def trust(roster: Roster, *, now: int | None = None, state_dir: str | os.PathLik
         if rotated and roster.signer_count(state.admins) < state.threshold:
             raise fail("roster.rotation", f"roster version {roster.version} changes the admin keys but is not signed "
                        f"by {state.threshold} of the admins already trusted",
-                       "have the previous admins sign it too, or trust the intermediate rosters in order")
+                       "have the previous admins sign it too, or trust the intermediate rosters in order; if the "
+                       f"consortium was deliberately re-created with new admin keys, remove {state_file} and pin its new root")
         if remember and (roster.version > state.version or state.document is None):
             _write_state(state_file, roster, now, state.raw.get("pinned"))
     return roster
