@@ -470,3 +470,13 @@ def test_recipient_from_public_key_roundtrip(world):
     r = Recipient.from_public(world.keys["consortium"].public_key)
     assert r.key_id == world.keys["consortium"].public_key.encryption_key_id
     assert load_public_key(world.keys["consortium"].public).encryption_key_id == r.key_id
+
+
+def test_cli_roster_pin(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FORGE_HOME", str(tmp_path / "fresh-home"))  # a fresh machine
+    digest = read_roster(world.roster).digest
+    assert forge_main(["roster", "pin", str(world.roster), "--sha256", "ab" * 32]) == 2
+    assert "roster.pin_mismatch" in capsys.readouterr().err
+    assert forge_main(["roster", "pin", str(world.roster), "--sha256", f"sha256:{digest}", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sha256"] == digest
+    assert (tmp_path / "fresh-home" / "roster" / "medforge.json").is_file()
