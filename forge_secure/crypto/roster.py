@@ -349,7 +349,7 @@ def parse_roster(doc: object, where: str) -> Roster:
         roster = Roster(check_site(s["consortium"]), s["version"], _time.parse_time(s["expires"], "expires"),
                         s["threshold"], admins, sites, revocations, sigs, recipients=recipients, format=s["format"],
                         timestamp_keys=timestamp_keys)
-        same = canonical_json(roster.signed_dict()) == canonical_json(s)
+        same = roster.signed_bytes() == P.pae(PAYLOAD_TYPE, canonical_json(s))  # one encoding only
     except BundleError as e:
         if e.code.startswith("roster."):
             raise

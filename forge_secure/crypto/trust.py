@@ -132,6 +132,28 @@ def _as_root(root, roster: Roster):
     return read_roster(root), None
 
 
+def _check_chain(roster: Roster, state: "_State | None", state_file: Path) -> "_State":
+    """Refuse ``roster`` unless it chains to the pinned ``state`` (see the module docstring)."""
+    if state is None:
+        raise fail("roster.unpinned", f"this machine has no pinned root of trust for consortium {roster.consortium!r}",
+                   "pin the consortium's root once, obtained out of band: 'forge roster pin ROOT.json', or "
+                   "'forge roster pin ROSTER --sha256 DIGEST' with the digest the consortium published")
+    if roster.version < state.version:
+        raise fail("roster.rollback", f"roster version {roster.version} is older than version {state.version} already trusted",
+                   "get the current roster from the consortium; an old roster may hide revocations")
+    if roster.version == state.version and roster.digest != state.digest:
+        raise fail("roster.fork", f"roster version {roster.version} differs from the version {state.version} already trusted",
+                   "ask the consortium which roster is genuine; two rosters with one version number should never exist")
+    rotated = ({a.key.key_id for a in state.admins} != {a.key.key_id for a in roster.admins}
+               or state.threshold != roster.threshold)
+    if rotated and roster.signer_count(state.admins) < state.threshold:
+        raise fail("roster.rotation", f"roster version {roster.version} changes the admin keys but is not signed "
+                   f"by {state.threshold} of the admins already trusted",
+                   "have the previous admins sign it too, or trust the intermediate rosters in order; if the "
+                   f"consortium was deliberately re-created with new admin keys, remove {state_file} and pin its new root")
+    return state
+
+
 def trust(roster: Roster, *, now: int | None = None, state_dir: str | os.PathLike | None = None, remember: bool = True,
           root=None, check_expiry: bool = True) -> Roster:
     """Check that ``roster`` is trusted now and chains to this machine's pinned root; remember it.
@@ -154,27 +176,14 @@ def trust(roster: Roster, *, now: int | None = None, state_dir: str | os.PathLik
             raise fail("roster.unpinned", f"the root given is for consortium {pin.consortium!r}, the roster for {roster.consortium!r}",
                        "give the root of the roster's own consortium")
         pin_root(pin, sha256=digest, state_dir=state_dir, now=now)
-    with FileLock(str(state_file) + ".lock", timeout=60):
-        state = _read_state(state_file)
-        if state is None:
-            raise fail("roster.unpinned", f"this machine has no pinned root of trust for consortium {roster.consortium!r}",
-                       "pin the consortium's root once, obtained out of band: 'forge roster pin ROOT.json', or "
-                       "'forge roster pin ROSTER --sha256 DIGEST' with the digest the consortium published")
-        if roster.version < state.version:
-            raise fail("roster.rollback", f"roster version {roster.version} is older than version {state.version} already trusted",
-                       "get the current roster from the consortium; an old roster may hide revocations")
-        if roster.version == state.version and roster.digest != state.digest:
-            raise fail("roster.fork", f"roster version {roster.version} differs from the version {state.version} already trusted",
-                       "ask the consortium which roster is genuine; two rosters with one version number should never exist")
-        rotated = ({a.key.key_id for a in state.admins} != {a.key.key_id for a in roster.admins}
-                   or state.threshold != roster.threshold)
-        if rotated and roster.signer_count(state.admins) < state.threshold:
-            raise fail("roster.rotation", f"roster version {roster.version} changes the admin keys but is not signed "
-                       f"by {state.threshold} of the admins already trusted",
-                       "have the previous admins sign it too, or trust the intermediate rosters in order; if the "
-                       f"consortium was deliberately re-created with new admin keys, remove {state_file} and pin its new root")
-        if remember and (roster.version > state.version or state.document is None):
-            _write_state(state_file, roster, now, state.raw.get("pinned"))
+    # State files are replaced atomically, so they are read without the lock; the lock is taken
+    # only to write, and the checks are repeated under it.
+    state = _check_chain(roster, _read_state(state_file), state_file)
+    if remember and (roster.version > state.version or state.document is None):
+        with FileLock(str(state_file) + ".lock", timeout=60):
+            state = _check_chain(roster, _read_state(state_file), state_file)
+            if roster.version > state.version or state.document is None:
+                _write_state(state_file, roster, now, state.raw.get("pinned"))
     return roster
 
 
