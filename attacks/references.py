@@ -29,7 +29,6 @@ No pickle is involved: arrays only, via ``safetensors.numpy``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

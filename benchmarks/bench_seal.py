@@ -114,7 +114,7 @@ from forge_secure.crypto import open_bundle, seal
 mode, plugin, signer, recipient, bundle, key, roster, out = sys.argv[1:9]
 t = time.perf_counter()
 if mode == "seal":
-    seal(plugin, signer, recipient, bundle, sequence=int(sys.argv[9]))
+    seal(plugin, signer, recipient, bundle, sequence=int(sys.argv[9]))  # the roster trusted under FORGE_HOME
 else:
     open_bundle(bundle, key, roster, out)
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
@@ -153,7 +153,7 @@ def main() -> None:
         site, cons, admin = (new_keys(n, root / "keys" / n) for n in ("site-1", "consortium", "admin-1"))
         roster = root / "roster.json"
         now = _time.now()
-        init_roster(roster, "bench", [admin.public_key], expires=now + 86400)
+        init_roster(roster, "bench", [admin.public_key], expires=now + 86400, recipients=[cons.public_key])
         add_site_key(roster, site.public_key, not_before=now - 60, not_after=now + 86400)
         sign_roster(roster, load_signing_key(admin.signing))
         signer, key = load_signing_key(site.signing), load_decryption_key(cons.decryption)
@@ -170,7 +170,7 @@ def main() -> None:
                 seq += 1
                 bundle = root / f"b{seq}.forge"
                 q0, c0, t0 = run_queue_ms(), time.process_time(), time.perf_counter()
-                seal(plugin, signer, cons.public, bundle, sequence=seq)
+                seal(plugin, signer, cons.public, bundle, sequence=seq, roster=roster)  # the recipient checked in the roster
                 t_seal.append(time.perf_counter() - t0)
                 c_seal.append(time.process_time() - c0)
                 q_seal.append(run_queue_ms() - q0)

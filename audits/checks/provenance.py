@@ -139,7 +139,7 @@ class Provenance(Check):
                 if progress:
                     progress(f"verifying {b.rel}", i, len(evidence.bundles))
                 try:
-                    v = verify(b.path, roster, now=now, state_dir=Path(scratch) / "roster-state")
+                    v = verify(b.path, roster, now=now, state_dir=Path(scratch) / "roster-state", root=roster)
                 except ForgeError as e:
                     findings.append(Finding(self.name, Status.FAIL, b.rel, f"bundle rejected: {e}", {"reason_code": e.code},
                                             remedy=e.fix or "do not use this bundle; ask the site to seal again"))
@@ -176,7 +176,8 @@ class Provenance(Check):
         from forge_secure.fileio import read_json_file
 
         opened = open_bundle(path, evidence.options.decryption_key, roster, out, passphrase=evidence.options.passphrase, now=now,
-                             replay=ReplayStore(out.parent / f"{out.name}-replay"), state_dir=out.parent / "roster-state")
+                             replay=ReplayStore(out.parent / f"{out.name}-replay"), state_dir=out.parent / "roster-state",
+                             root=roster)
         weights = opened.out / "adapter_model.safetensors"
         meta_path = opened.out / "forge.json"
         meta = read_json_file(meta_path, "opened plugin manifest") if meta_path.is_file() else None

@@ -106,6 +106,14 @@ class Replay(Check):
                 records[rec["grant_id"]] = rec
             except ForgeError:
                 continue  # the auditor-canaries check reports an unreadable record
+        from .provenance import trusted_roster
+
+        trusted, err = trusted_roster(evidence)
+        if trusted is None:
+            return [Finding(self.name, Status.FAIL, item.rel, f"not replayed: the roster is not trusted ({err})",
+                            evidence={"basis": "claimed", "reason_code": getattr(err, "code", "roster")},
+                            remedy="pin the consortium's root on the auditor's machine (forge roster pin) and audit again",
+                            plugin=item.rel, claim="dp-parameters", basis="claimed") for item in plugins]
         data_for = dict(opts.site_data)
         out = []
         for item in plugins:
@@ -115,7 +123,7 @@ class Replay(Check):
                 out.append(bad_evidence(self.name, item))
                 continue
             env = envelope_path(item.path)
-            out.append(self._one(item, env, opts, evidence.roster_path, records, data_for, settings))
+            out.append(self._one(item, env, opts, trusted, records, data_for, settings))
         return out
 
     def _one(self, item, env, opts, roster, records, data_for, settings) -> Finding:
@@ -128,7 +136,7 @@ class Replay(Check):
                            evidence={"reason_code": "replay.missing", "basis": "claimed"},
                            remedy="ask the site for the envelope that 'forge train --auditor' writes beside the plugin")
         try:
-            recipe = open_replay_envelope(env, key=opts.replay_key, roster=roster, passphrase=opts.replay_passphrase)
+            recipe = open_replay_envelope(env, key=opts.replay_key, roster=roster, passphrase=opts.replay_passphrase, root=roster)
             if recipe.get("site") != item.data.get("site"):
                 return Finding(self.name, Status.FAIL, item.rel, f"the envelope is {recipe.get('site')}'s, the plugin {item.data.get('site')}'s",
                                evidence={"reason_code": "replay.other_plugin", "basis": "claimed"}, remedy=fail_remedy)

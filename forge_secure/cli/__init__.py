@@ -50,15 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         _common.print_error(e, args)
         return 2
     except KeyboardInterrupt:
-        _common.console_err.print("[red]interrupted[/red]: nothing was written")
+        _common.console_err.print(_common.styled(("interrupted", "red"), ": nothing was written"))
         return 130
     except Exception as e:  # a bug, not bad input: say so, keep it one line unless --debug
         if getattr(args, "debug", False):
             raise
-        _common.console_err.print(
-            f"[red]internal error[/red]: {e.__class__.__name__}: {e}. "
+        _common.console_err.print(_common.styled(("internal error", "red"),
+            f": {e.__class__.__name__}: {e}. "
             "This is a bug in forge-secure; rerun with --debug and report the traceback."
-        )
+        ))
         return 3
 
 

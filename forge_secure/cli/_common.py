@@ -1,4 +1,12 @@
-"""Shared CLI plumbing: consoles, ``--json`` output, error printing."""
+"""Shared CLI plumbing: consoles, ``--json`` output, error printing.
+
+No outside text is ever read as markup: both consoles are made with ``markup=False`` and
+``highlight=False``, so a path, a site name, a consortium name or a plugin's forge.json field
+such as ``[/x]`` or ``[link=...]`` prints as itself (tables included; rich renders their
+strings with the console's setting). Emphasis comes from styles (``print(text,
+style="bold")`` or :func:`styled`), never from markup in an f-string. Nothing is a format
+string either: messages are built with f-strings from values, never ``text.format(...)``
+or ``%`` on outside text."""
 
 from __future__ import annotations
 
@@ -8,12 +16,32 @@ import math
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape as _escape
+from rich.text import Text
 
 from .. import progress
 from ..errors import ForgeError
 
-console = Console()
-console_err = Console(stderr=True)
+console = Console(markup=False, highlight=False, emoji=False)
+console_err = Console(stderr=True, markup=False, highlight=False, emoji=False)
+
+
+def escape(text: object) -> str:
+    """``text`` made safe for a place that does read markup (a rich Console of another module made
+    with markup on). The consoles here need none of it."""
+    return _escape(str(text))
+
+
+def styled(*parts: tuple[object, str] | object) -> Text:
+    """A line of plain text pieces, each optionally with a style: ``styled(("error", "bold red"), ": ", msg)``.
+    The pieces are never parsed as markup."""
+    text = Text()
+    for part in parts:
+        if isinstance(part, tuple):
+            text.append(str(part[0]), style=part[1])
+        else:
+            text.append(str(part))
+    return text
 
 
 def add_json_flag(p: argparse.ArgumentParser) -> None:
@@ -44,4 +72,4 @@ def print_error(e: ForgeError, args: argparse.Namespace) -> None:
     if getattr(args, "json", False):
         print(json.dumps({"error": e.to_dict()}, sort_keys=True))
     else:
-        console_err.print(f"[bold red]error[/bold red] [dim]({e.code})[/dim]: {e}", highlight=False, soft_wrap=True)
+        console_err.print(styled(("error", "bold red"), " ", (f"({e.code})", "dim"), f": {e}"), soft_wrap=True)

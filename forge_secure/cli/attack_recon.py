@@ -186,9 +186,9 @@ def handle(args: argparse.Namespace) -> int:
         b = result["bound"]
         bound = b.get("feature_accuracy", b.get("nn_identification", b)).get("bound")
     _common.console.print(
-        f"[bold]{args.kind}[/bold] on {args.target}: {h['metric']} {h['rate']:.3f} "
+        f"[bold]{_common.escape(args.kind)}[/bold] on {_common.escape(args.target)}: {h['metric']} {h['rate']:.3f} "
         f"(95% CI {h['ci'][0]:.3f}-{h['ci'][1]:.3f}), baseline {h['baseline']:.3f}, ReRo bound {bound:.3f}",
-        highlight=False,
+        highlight=False, markup=True,
     )
     if "exposure_bits" in h:
         rows = result["success"]["by_repetition"]

@@ -135,25 +135,25 @@ def _print_summary(report, args) -> None:
     table.add_column("findings", justify="right")
     for c in report.checks:
         s = c.status.value
-        table.add_row(escape(c.name), f"[{style[s]}]{s.upper()}[/{style[s]}]", str(len(c.findings)))
+        table.add_row(c.name, _common.styled((s.upper(), style[s])), str(len(c.findings)))
     con = _common.console
     con.print(table)
     for f in report.failures() + report.inconclusive():
         s = f.status.value
         con.print(f"[{style[s]}]{s.upper()}[/{style[s]}] {escape(f.check)} [dim]{escape(f.subject)}[/dim]: {escape(f.summary)}\n"
-                  f"    [italic]what to do:[/italic] {escape(f.remedy)}", highlight=False, soft_wrap=True)
+                  f"    [italic]what to do:[/italic] {escape(f.remedy)}", highlight=False, soft_wrap=True, markup=True)
     claimed = sorted({r["plugin"] for r in report.claims()
                       if r["claim"] == "dp-parameters" and r["basis"] == "claimed" and not r["plugin"].startswith("merged/")})
     if claimed:
-        con.print(f"[yellow]DP parameters claimed only (not verified by replay):[/yellow] {escape(', '.join(claimed))}", highlight=False, soft_wrap=True)
+        con.print(f"[yellow]DP parameters claimed only (not verified by replay):[/yellow] {escape(', '.join(claimed))}", highlight=False, soft_wrap=True, markup=True)
     colour = "green" if report.passed else "red"
     detail = report.verdict_detail()
     if report.passed and detail["inconclusive_checks"]:
         con.print(f"[bold {colour}]AUDIT PASSED[/bold {colour}] [bold magenta]with {len(detail['inconclusive_checks'])} INCONCLUSIVE check(s): "
                   f"{escape(', '.join(detail['inconclusive_checks']))}[/bold magenta] (they could neither confirm nor refute the claims)",
-                  highlight=False, soft_wrap=True)
+                  highlight=False, soft_wrap=True, markup=True)
     else:
-        con.print(f"[bold {colour}]AUDIT {'PASSED' if report.passed else 'FAILED'}[/bold {colour}]")
+        con.print(f"[bold {colour}]AUDIT {'PASSED' if report.passed else 'FAILED'}[/bold {colour}]", markup=True)
     con.print(f"report: {args.out}/report.html (also report.json, report.pdf{', report.sig.json' if args.key else ''})", highlight=False)
 
 
@@ -170,8 +170,8 @@ def cmd_verify_report(args: argparse.Namespace) -> int:
         _common.emit_json({"valid": True, "signer": public.site, "key_id": public.key_id, **statement})
     else:
         _common.console.print(
-            f"[green]valid[/green]: report {statement['report_id'][:16]}... (verdict {statement['verdict'].upper()}, "
-            f"{statement['created_at']}) signed by {public.site} ({public.key_id[:16]}...); all files match",
-            highlight=False,
+            f"[green]valid[/green]: report {_common.escape(statement['report_id'][:16])}... (verdict {_common.escape(statement['verdict'].upper())}, "
+            f"{_common.escape(statement['created_at'])}) signed by {_common.escape(public.site)} ({public.key_id[:16]}...); all files match",
+            highlight=False, markup=True,
         )
     return 0

@@ -58,6 +58,8 @@ def register_under(audit_sub: "argparse._SubParsersAction") -> None:
     i.add_argument("--site-key", type=Path, required=True, metavar="PUBLIC_JSON", help="the site's public.json (the grant is encrypted to it)")
     i.add_argument("--out", type=Path, required=True, metavar="GRANT", help="the sealed grant to send to the site (.forge)")
     i.add_argument("--record", type=Path, required=True, metavar="RECORD", help="your private record (JSON, written 0600)")
+    i.add_argument("--roster", type=Path, help="the consortium roster that lists the site's key as a recipient (default: the latest "
+                                              "roster trusted on this machine)")
     _passphrase_flags(i, "--signer")
     _common.add_json_flag(i)
     i.set_defaults(func=cmd_canaries_issue)
@@ -79,11 +81,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         colour = "green" if result.verified else "red"
         word = "VERIFIED BY REPLAY" if result.verified else "NOT VERIFIED"
         _common.console.print(f"[bold {colour}]{word}[/bold {colour}] {escape(str(args.plugin))}: {escape(result.message)}",
-                              highlight=False, soft_wrap=True)
+                              highlight=False, soft_wrap=True, markup=True)
         for c in result.comparisons:
             if not c.ok:
                 _common.console.print(f"  [red]{escape(c.field)}[/red]: claimed {escape(repr(c.claimed))}, recipe {escape(repr(c.replayed))}",
-                                      highlight=False, soft_wrap=True)
+                                      highlight=False, soft_wrap=True, markup=True)
         _common.console.print(f"  {len(result.comparisons)} claims compared; replay took {result.seconds:.1f} s"
                               + ("" if result.same_environment else " (another platform or library versions than the site's)"),
                               highlight=False)
@@ -105,7 +107,7 @@ def cmd_canaries_issue(args: argparse.Namespace) -> int:
     signer = load_signing_key(args.signer, _passphrase(args))
     like = load_data(args.like, label_column=args.label_column)
     record = issue_record(args.site, DEFAULT_COUNT if args.count is None else args.count, like)
-    write_grant(record, signer=signer, site_key=args.site_key, out=args.out)
+    write_grant(record, signer=signer, site_key=args.site_key, out=args.out, roster=args.roster)
     import json
 
     atomic_write_bytes(args.record, json.dumps(record, sort_keys=True, indent=1).encode(), mode=0o600)
@@ -114,10 +116,8 @@ def cmd_canaries_issue(args: argparse.Namespace) -> int:
     if args.json:
         _common.emit_json(summary)
     else:
-        from rich.markup import escape
-
-        _common.console.print(f"issued {record['count']} canaries to {escape(args.site)}: {record['included']} sealed to the site in "
-                              f"{escape(str(args.out))}, the other {record['count'] - record['included']} held back. Keep "
-                              f"{escape(str(args.record))} private: the audit needs it (forge audit --canary-record).",
+        _common.console.print(f"issued {record['count']} canaries to {args.site}: {record['included']} sealed to the site in "
+                              f"{args.out}, the other {record['count'] - record['included']} held back. Keep "
+                              f"{args.record} private: the audit needs it (forge audit --canary-record).",
                               highlight=False, soft_wrap=True)
     return 0

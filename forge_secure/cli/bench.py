@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         f"{result.seconds:.1f} s. Wrote {result.out}/results.csv, summary.md, summary.html and plots/."
     )
     if result.flagged:
-        _common.console.print(f"[bold red]{len(result.flagged)} run(s) measured more leakage than the claimed epsilon (a bug):[/bold red]")
+        _common.console.print(f"{len(result.flagged)} run(s) measured more leakage than the claimed epsilon (a bug):", style="bold red")
         for f in result.flagged:
             _common.console.print(f"  {f}")
     if result.skipped:

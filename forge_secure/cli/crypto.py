@@ -17,6 +17,13 @@ def _passphrase_flags(p: argparse.ArgumentParser, what: str) -> None:
     g.add_argument("--passphrase-env", metavar="VAR", help=f"read the passphrase {what} from environment variable VAR")
 
 
+def _root_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", metavar="ROOT", help="pin the consortium's root first, if this machine has none: a roster file "
+                   "obtained out of band, or sha256:DIGEST of the --roster given (see 'forge roster pin')")
+    p.add_argument("--timestamp", metavar="FILE", help="a signed timestamp (forge roster timestamp, or the hub's): the roster "
+                   "must be the one it names as current, and it must not have expired")
+
+
 def _passphrase(args):
     from ..crypto import read_passphrase
 
@@ -24,9 +31,10 @@ def _passphrase(args):
 
 
 def _print_pairs(title: str, pairs: list[tuple[str, object]]) -> None:
-    _common.console.print(f"[bold]{title}[/bold]", highlight=False)
+    """A bold title and aligned pairs; outside text is printed as itself (the consoles read no markup)."""
+    _common.console.print(title, style="bold", soft_wrap=True)
     for k, v in pairs:
-        _common.console.print(f"  {k:<14} {v}", highlight=False, soft_wrap=True)
+        _common.console.print(f"  {k:<14} {v}", soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- keys
@@ -47,6 +55,25 @@ def _keys_new(args) -> int:
             ("key id", pub.key_id), ("signing", " + ".join(pub.signing.algorithms)), ("encryption", pub.kem),
             ("private", f"{files.signing}, {files.decryption} (mode 0600; keep them secret)"),
             ("public", f"{files.public} (send this to the consortium)")])
+    return 0
+
+
+def _keys_protect(args) -> int:
+    from ..crypto import keys, read_passphrase
+
+    new = read_passphrase(args.new_passphrase_file, args.new_passphrase_env)
+    if new is None:
+        from ..crypto import BundleError
+
+        raise BundleError("no new passphrase given", fix="give --new-passphrase-file FILE or --new-passphrase-env VAR",
+                          code="key.passphrase_required")
+    path = keys.protect_key_file(args.key, _passphrase(args), new)
+    if args.json:
+        _common.emit_json({"key": str(path), "format": keys.PROTECTED_FORMAT, "kdf": {"name": "scrypt", "log_n": keys.SCRYPT_LOG_N,
+                                                                                      "r": keys.SCRYPT_R, "p": keys.SCRYPT_P}})
+    else:
+        _common.console.print(f"{path} rewritten as {keys.PROTECTED_FORMAT} (scrypt N=2^{keys.SCRYPT_LOG_N}, r={keys.SCRYPT_R}, "
+                              f"p={keys.SCRYPT_P}; AES-256-GCM), mode 0600", soft_wrap=True)
     return 0
 
 
@@ -71,6 +98,8 @@ def _roster_summary(roster, args, action: str) -> int:
         ("admins", ", ".join(f"{a['name']} {a['key_id'][:16]}{' (signed)' if a['signed'] else ''}" for a in desc["admins"]) or "none"),
         ("sites", ", ".join(f"{s['site']} {s['key_id'][:16]} {s['not_before']}..{s['not_after']}{' REVOKED' if s['revoked'] else ''}"
                             for s in desc["sites"]) or "none"),
+        ("recipients", ", ".join(f"{r['name']} ({r['role']}) {r['key_id'][:16]}{' REVOKED' if r['revoked'] else ''}"
+                                 for r in desc["recipients"]) or "none"),
         ("revocations", len(desc["revocations"])),
         ("sha256", desc["sha256"])])
     return 0
@@ -79,21 +108,32 @@ def _roster_summary(roster, args, action: str) -> int:
 def _roster_init(args) -> int:
     from ..crypto import _time, init_roster, load_public_key
 
+    from ..crypto import Recipient
+
     admins = [load_public_key(p) for p in args.admin]
+    recipients = [Recipient.from_public(load_public_key(p), "consortium") for p in args.recipient or ()]
+    recipients += [Recipient.from_public(load_public_key(p), "auditor") for p in args.auditor or ()]
     roster = init_roster(args.out, args.consortium, admins, threshold=args.threshold,
-                         expires=_time.parse_when(args.expires, "--expires"))
+                         expires=_time.parse_when(args.expires, "--expires"), recipients=recipients)
     return _roster_summary(roster, args, "written (unsigned)")
 
 
 def _roster_add(args) -> int:
-    from ..crypto import _time, add_admin_key, add_site_key, load_public_key
+    from ..crypto import _time, add_admin_key, add_recipient, add_site_key, load_public_key
 
-    if bool(args.site_key) == bool(args.admin):
+    if sum(bool(x) for x in (args.site_key, args.admin, args.recipient, args.timestamp_key)) != 1:
         from ..crypto import BundleError
 
-        raise BundleError("give exactly one of --site-key or --admin", fix="add one key per command", code="roster.usage")
+        raise BundleError("give exactly one of --site-key, --admin, --recipient or --timestamp-key", fix="add one key per command",
+                          code="roster.usage")
     expires = _when(args.expires, "--expires")
-    if args.site_key:
+    if args.timestamp_key:
+        from ..crypto.roster import add_timestamp_key
+
+        roster = add_timestamp_key(args.roster, load_public_key(args.timestamp_key), expires=expires)
+    elif args.recipient:
+        roster = add_recipient(args.roster, load_public_key(args.recipient), role=args.role, expires=expires)
+    elif args.site_key:
         now = _time.now()
         not_before = _when(args.not_before, "--not-before", now)
         roster = add_site_key(args.roster, load_public_key(args.site_key), not_before=not_before,
@@ -121,6 +161,28 @@ def _roster_show(args) -> int:
     from ..crypto import read_roster
 
     return _roster_summary(read_roster(args.roster), args, "shown")
+
+
+def _roster_timestamp(args) -> int:
+    from ..crypto import _time, load_signing_key
+    from ..crypto.timestamp import issue_timestamp
+
+    lifetime = _time.parse_when(args.lifetime, "--lifetime", reference=0)
+    ts = issue_timestamp(args.roster, load_signing_key(args.key, _passphrase(args)), args.out, lifetime=lifetime)
+    info = {"timestamp": str(args.out), **ts.signed_dict()}
+    if args.json:
+        _common.emit_json(info)
+    else:
+        _print_pairs(f"timestamp written: {args.out}", [("consortium", ts.consortium), ("roster", f"version {ts.roster_version}"),
+                                                        ("issued", info["issued"]), ("expires", info["expires"])])
+    return 0
+
+
+def _roster_pin(args) -> int:
+    from ..crypto import pin_root
+
+    roster = pin_root(args.roster, sha256=args.sha256)
+    return _roster_summary(roster, args, "pinned as this machine's root of trust")
 
 
 # --------------------------------------------------------------------------- seal / verify / open
@@ -158,18 +220,18 @@ def _seal(args) -> int:
     from ..crypto import load_signing_key, seal
 
     out = seal(args.plugin_dir, load_signing_key(args.signer, _passphrase(args)), args.recipient, args.out,
-               sequence=args.sequence)
+               sequence=args.sequence, roster=args.roster, root=args.root, timestamp=args.timestamp)
     if args.json:
         _common.emit_json({"bundle": str(out), "size": out.stat().st_size})
     else:
-        _common.console.print(f"sealed {args.plugin_dir} -> {out} ({out.stat().st_size} bytes)", highlight=False)
+        _common.console.print(f"sealed {args.plugin_dir} -> {out} ({out.stat().st_size} bytes)", soft_wrap=True)
     return 0
 
 
 def _verify(args) -> int:
     from ..crypto import verify
 
-    v = verify(args.bundle, args.roster)
+    v = verify(args.bundle, args.roster, root=args.root, timestamp=args.timestamp)
     if args.json:
         _common.emit_json({"verified": True, **v.to_dict()})
     else:
@@ -180,7 +242,8 @@ def _verify(args) -> int:
 def _open(args) -> int:
     from ..crypto import load_decryption_key, open_bundle
 
-    opened = open_bundle(args.bundle, load_decryption_key(args.key, _passphrase(args)), args.roster, args.out)
+    opened = open_bundle(args.bundle, load_decryption_key(args.key, _passphrase(args)), args.roster, args.out, root=args.root,
+                         timestamp=args.timestamp)
     if args.json:
         _common.emit_json(opened.to_dict())
     else:
@@ -203,6 +266,15 @@ def register(sub: "argparse._SubParsersAction") -> None:
     _common.add_json_flag(p)
     p.set_defaults(func=_keys_new)
 
+    p = ksub.add_parser("protect", help="(re)protect a private key file with a passphrase (scrypt, format 2)")
+    p.add_argument("key", metavar="KEY", help="signing.key or decryption.key")
+    _passphrase_flags(p, "the key is protected with now (if any)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--new-passphrase-file", metavar="FILE", help="read the new passphrase from the first line of FILE")
+    g.add_argument("--new-passphrase-env", metavar="VAR", help="read the new passphrase from environment variable VAR")
+    _common.add_json_flag(p)
+    p.set_defaults(func=_keys_protect)
+
     roster = sub.add_parser("roster", help="the consortium's signed trust roster")
     rsub = roster.add_subparsers(dest="roster_command", metavar="ACTION", required=True)
     p = rsub.add_parser("init", help="write a new, unsigned roster (version 1)")
@@ -210,6 +282,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--consortium", required=True, help="consortium name (the roster's identity)")
     p.add_argument("--admin", required=True, action="append", metavar="PUB", help="an admin's public.json (repeat for more)")
     p.add_argument("--threshold", type=int, default=1, help="admin signatures needed (default 1)")
+    p.add_argument("--recipient", action="append", metavar="PUB", help="the consortium's public.json: bundles may be sealed to it (repeatable)")
+    p.add_argument("--auditor", action="append", metavar="PUB", help="an auditor's public.json, listed as a recipient (repeatable)")
     p.add_argument("--expires", default="365d", help="expiry: a UTC time 2027-01-31T00:00:00Z or a duration like 365d")
     _common.add_json_flag(p)
     p.set_defaults(func=_roster_init)
@@ -218,6 +292,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("roster", metavar="ROSTER")
     p.add_argument("--site-key", metavar="PUB", help="the site's public.json")
     p.add_argument("--admin", metavar="PUB", help="add an admin instead")
+    p.add_argument("--recipient", metavar="PUB", help="add a recipient's encryption key instead (bundles may be sealed to it)")
+    p.add_argument("--role", choices=("consortium", "auditor"), default="consortium", help="the recipient's role (with --recipient)")
+    p.add_argument("--timestamp-key", metavar="PUB", help="add a key that may sign timestamps instead (a hub's online key)")
     p.add_argument("--threshold", type=int, help="new admin threshold (with --admin)")
     p.add_argument("--not-before", help="start of the key's validity (default now)")
     p.add_argument("--not-after", default="365d", help="end of the key's validity (default 365d)")
@@ -241,6 +318,21 @@ def register(sub: "argparse._SubParsersAction") -> None:
     _common.add_json_flag(p)
     p.set_defaults(func=_roster_sign)
 
+    p = rsub.add_parser("timestamp", help="sign a short-lived timestamp naming this roster as current (offline file; a hub serves it)")
+    p.add_argument("roster", metavar="ROSTER")
+    p.add_argument("--key", required=True, metavar="KEY", help="a timestamp key's (or an admin's) signing.key")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--lifetime", default="6h", help="how long it is valid (default 6h, at most 7d)")
+    _passphrase_flags(p, "of the key")
+    _common.add_json_flag(p)
+    p.set_defaults(func=_roster_timestamp)
+
+    p = rsub.add_parser("pin", help="pin the consortium's root of trust on this machine (once, from a roster obtained out of band)")
+    p.add_argument("roster", metavar="ROSTER")
+    p.add_argument("--sha256", metavar="DIGEST", help="the roster's digest obtained out of band (as 'forge roster show' prints it)")
+    _common.add_json_flag(p)
+    p.set_defaults(func=_roster_pin)
+
     p = rsub.add_parser("show", help="print a roster and whether it is signed and current")
     p.add_argument("roster", metavar="ROSTER")
     _common.add_json_flag(p)
@@ -249,7 +341,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("seal", help="sign and encrypt a plugin directory into one .forge bundle")
     p.add_argument("plugin_dir", metavar="PLUGIN_DIR")
     p.add_argument("--signer", required=True, metavar="KEY", help="the site's signing.key")
-    p.add_argument("--recipient", required=True, metavar="PUB", help="the consortium's public.json")
+    p.add_argument("--recipient", required=True, metavar="PUB", help="the consortium's public.json (must be listed in the roster)")
+    p.add_argument("--roster", metavar="ROSTER", help="the consortium's roster (default: the latest one trusted on this machine)")
+    _root_flag(p)
     p.add_argument("--out", required=True, metavar="FILE.forge")
     p.add_argument("--sequence", type=int, help="sequence number (default: the site's counter under FORGE_HOME, plus one)")
     _passphrase_flags(p, "of the signing key")
@@ -259,6 +353,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("verify", help="check a bundle's signature and signer against the roster (no secret needed)")
     p.add_argument("bundle", metavar="FILE.forge")
     p.add_argument("--roster", required=True, metavar="ROSTER")
+    _root_flag(p)
     _common.add_json_flag(p)
     p.set_defaults(func=_verify)
 
@@ -267,6 +362,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--key", required=True, metavar="KEY", help="the consortium's decryption.key")
     p.add_argument("--roster", required=True, metavar="ROSTER")
     p.add_argument("--out", required=True, metavar="DIR")
+    _root_flag(p)
     _passphrase_flags(p, "of the decryption key")
     _common.add_json_flag(p)
     p.set_defaults(func=_open)

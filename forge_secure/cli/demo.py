@@ -142,7 +142,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             timings[name] = {"wall_seconds": round(time.perf_counter() - s0, 1), "cpu_seconds": round(_cpu_seconds() - sc0, 1)}
             if show and name in PRINTERS:
                 PRINTERS[name](ctx)
-                _common.console.print(f"  [dim]({timings[name]['wall_seconds']:.0f} s)[/dim]")
+                _common.console.print(f"  ({timings[name]['wall_seconds']:.0f} s)", style="dim")
         ctx["stages"] = [n for n, _ in stages]
         ctx["stage_seconds"] = timings
         ctx["seconds"] = round(time.perf_counter() - t0, 2)
@@ -158,13 +158,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     c.print(f"Done in {ctx['seconds']:.0f} s ({ctx['cpu_seconds']:.0f} s of CPU). Everything is in {out}/ "
             f"(summary: {out}/summary.json).", highlight=False, soft_wrap=True)
     for s in ctx["skipped"]:
-        c.print(f"[yellow]skipped[/yellow] {s['what']}: {s['reason']}", highlight=False, soft_wrap=True)
+        c.print(_common.styled(("skipped", "yellow"), f" {s['what']}: {s['reason']}"), highlight=False, soft_wrap=True)
     audit = ctx.get("audit")
     if audit and not audit.get("skipped"):
         colour = "green" if audit["verdict"].upper() == "PASS" else "red"
-        c.print(f"Audit verdict: [bold {colour}]{audit['verdict'].upper()}[/bold {colour}]. Report: {audit['report_dir']}/report.html "
-                f"(also report.json, report.pdf; signed: report.sig.json). Check the signature with: "
-                f"forge verify-report {audit['report_dir']} --key {audit['auditor_public_key']}", highlight=False, soft_wrap=True)
+        c.print(_common.styled("Audit verdict: ", (audit["verdict"].upper(), f"bold {colour}"),
+                               f". Report: {audit['report_dir']}/report.html (also report.json, report.pdf; signed: report.sig.json). "
+                               f"Check the signature with: forge verify-report {audit['report_dir']} --key {audit['auditor_public_key']}"),
+                highlight=False, soft_wrap=True)
     elif "sites" in ctx:
         c.print(f"Inspect a plugin with: forge plugin show {out}/plugins/site-1", highlight=False, soft_wrap=True)
     return 0

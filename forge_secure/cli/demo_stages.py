@@ -93,6 +93,7 @@ def stage_keys(ctx: dict) -> None:
     """Every party makes its keys; the admin signs a roster of the site keys; the key holder
     makes the CKKS context (public part for the sites and the aggregator, secret part kept)."""
     from ..crypto import add_site_key, init_roster, load_public_key, load_signing_key, new_keys, sign_roster
+    from ..crypto.roster import Recipient
     from ..crypto._time import now as crypto_now
     from ..merge import he
 
@@ -101,7 +102,12 @@ def stage_keys(ctx: dict) -> None:
     keys = {who: new_keys(who, work / "keys" / who) for who in parties}
     now = crypto_now()
     roster = work / "roster.json"
-    init_roster(roster, CONSORTIUM, [load_public_key(keys["consortium-admin"].public)], expires=now + ROSTER_DAYS * DAY)
+    # recipients: the maintainer (submissions), the auditor (replay envelopes), each site (the auditor's canary grants)
+    recipients = [Recipient.from_public(load_public_key(keys["maintainer"].public), "consortium"),
+                  Recipient.from_public(load_public_key(keys["auditor"].public), "auditor"),
+                  *(Recipient.from_public(load_public_key(keys[s].public), "site") for s in DEMO_SITES)]
+    init_roster(roster, CONSORTIUM, [load_public_key(keys["consortium-admin"].public)], expires=now + ROSTER_DAYS * DAY,
+                recipients=recipients)
     for site in (*DEMO_SITES, "auditor"):  # the auditor signs canary grants, so sites must find its key in the roster
         add_site_key(roster, load_public_key(keys[site].public), not_before=now - 3600, not_after=now + ROSTER_DAYS * DAY)
     signed = sign_roster(roster, load_signing_key(keys["consortium-admin"].signing))
@@ -120,7 +126,7 @@ def stage_keys(ctx: dict) -> None:
 def _print_keys(ctx: dict) -> None:
     k = ctx["keys"]
     c = _common.console
-    c.print("[bold]Stage 1: keys and the trust roster[/bold]")
+    c.print("Stage 1: keys and the trust roster", style="bold")
     c.print(f"  {len(k['parties'])} parties made Ed25519 signing + X25519 (HPKE) keys: {', '.join(k['parties'])}", highlight=False, soft_wrap=True)
     c.print(f"  the consortium admin signed roster version {k['roster']['version']} listing the keys of "
             f"{', '.join(k['roster']['sites'])}, valid {k['roster']['expires_days']} days: {k['roster']['path']}", highlight=False, soft_wrap=True)
@@ -157,7 +163,7 @@ def stage_seal(ctx: dict) -> None:
 
 def _print_seal(ctx: dict) -> None:
     c = _common.console
-    c.print("[bold]Stage 3: each site signs and encrypts its submissions for the maintainer[/bold]")
+    c.print("Stage 3: each site signs and encrypts its submissions for the maintainer", style="bold")
     for s in ctx["seal"]:
         c.print(f"  {s['site']}: plugin {s['plugin_bundle']} ({s['plugin_bundle_bytes'] / 1024:.0f} KiB); "
                 f"CKKS contribution (weight {s['ckks_weight']:g} x B) {s['ckks_bundle']} ({s['ckks_bundle_bytes'] / 1024:.0f} KiB)",
@@ -180,8 +186,8 @@ def stage_open(ctx: dict) -> None:
     for site in DEMO_SITES:
         for bundle, target, what in ((work / "evidence" / "bundles" / f"{site}.forge", work / "evidence" / "plugins" / site, "plugin"),
                                      (maint / "inbox" / f"{site}-ckks.forge", maint / "contributions" / site, "CKKS contribution")):
-            v = verify(bundle, roster, state_dir=state)
-            o = open_bundle(bundle, key, roster, target, replay=replay, state_dir=state)
+            v = verify(bundle, roster, state_dir=state, root=roster)  # the maintainer was handed the roster out of band
+            o = open_bundle(bundle, key, roster, target, replay=replay, state_dir=state, root=roster)
             opened.append({"site": v.site, "what": what, "sequence": v.sequence, "signer": v.signer, "dp_epsilon": (v.dp or {}).get("epsilon"),
                            "out": _shown(ctx, o.out), "files": len(o.files)})
     ctx["open"] = opened
@@ -189,7 +195,7 @@ def stage_open(ctx: dict) -> None:
 
 def _print_open(ctx: dict) -> None:
     c = _common.console
-    c.print("[bold]Stage 4: the maintainer verifies every bundle against the roster, then opens it[/bold]")
+    c.print("Stage 4: the maintainer verifies every bundle against the roster, then opens it", style="bold")
     for o in ctx["open"]:
         c.print(f"  {o['site']} {o['what']} (sequence {o['sequence']}, signer {o['signer'][:12]}...): verified, opened to {o['out']}",
                 highlight=False, soft_wrap=True)
@@ -252,7 +258,7 @@ def _print_merge(ctx: dict) -> None:
 
     m, c = ctx["merge"], _common.console
     f = m["fusion_ckks"]
-    c.print("[bold]Stage 5: the maintainer merges[/bold]")
+    c.print("Stage 5: the maintainer merges", style="bold")
     c.print(f"  homomorphic Fusion: the aggregator added {f['contributions']} encrypted contributions holding only the public "
             f"CKKS context; the key holder decrypted the one aggregate (k = {f['k']} of n = {f['contributions']}) into "
             f"{f['path']}; largest difference from the plaintext FFA merge {f['max_abs_diff_vs_plaintext_ffa']:.1e}",
@@ -352,10 +358,10 @@ def stage_attacks(ctx: dict) -> None:
 def _print_attacks(ctx: dict) -> None:
     c = _common.console
     a = ctx["attacks"]
-    c.print(f"[bold]Stage 6: attacks on the {ATTACKED_SITE} plugin and on the merged model (candidates: {ATTACKED_SITE}'s records)[/bold]", soft_wrap=True)
+    c.print(f"Stage 6: attacks on the {ATTACKED_SITE} plugin and on the merged model (candidates: {ATTACKED_SITE}'s records)", style="bold", soft_wrap=True)
     for name, r in a["membership"].items():
         if r.get("skipped"):
-            c.print(f"  membership on {name}: [yellow]SKIPPED[/yellow] ({r['reason']})", highlight=False, soft_wrap=True)
+            c.print(f"  membership on {name}: SKIPPED ({r['reason']})", highlight=False, soft_wrap=True)
             continue
         tpr = ", ".join(f"TPR {100 * t['tpr']:.1f}% at {100 * t['fpr']:g}% FPR" for t in r["tpr_at_fpr"])
         c.print(f"  membership (RMIA, {r['references']} reference models) on {name}: AUC {r['auc']:.3f} "
@@ -363,7 +369,7 @@ def _print_attacks(ctx: dict) -> None:
                 f"{r['epsilon_lb']:.2f} vs claimed {float(r['claimed_epsilon']):.2f}", highlight=False, soft_wrap=True)
     for name, r in a["reconstruction"].items():
         if r.get("skipped"):
-            c.print(f"  reconstruction on {name}: [yellow]SKIPPED[/yellow] ({r['reason']})", highlight=False, soft_wrap=True)
+            c.print(f"  reconstruction on {name}: SKIPPED ({r['reason']})", highlight=False, soft_wrap=True)
             continue
         how = {"gradients": "sees every noisy gradient", "model": "sees the released weights"}.get(r.get("mode"), r.get("mode") or "")
         if r.get("recipe_site"):
@@ -416,9 +422,9 @@ def stage_audit(ctx: dict) -> None:
 def _print_audit(ctx: dict) -> None:
     c = _common.console
     a = ctx["audit"]
-    c.print(f"[bold]Stage 7: the compliance audit (default policy) of the evidence in {a.get('evidence', 'evidence/')}[/bold]", soft_wrap=True, highlight=False)
+    c.print(f"Stage 7: the compliance audit (default policy) of the evidence in {a.get('evidence', 'evidence/')}", style="bold", soft_wrap=True, highlight=False)
     if a.get("skipped"):
-        c.print(f"  [yellow]SKIPPED[/yellow] ({a['reason']})", highlight=False, soft_wrap=True)
+        c.print(f"  SKIPPED ({a['reason']})", highlight=False, soft_wrap=True)
         return
     c.print("  checks: " + ", ".join(f"{name} {st.upper()}" for name, st in a["checks"].items()), highlight=False, soft_wrap=True)
     for label, items in (("FAIL", a["failures"]), ("WARN", a["warnings"])):
@@ -450,7 +456,7 @@ def stage_hub(ctx: dict) -> None:
 def _print_hub(ctx: dict) -> None:
     h = ctx["hub"]
     c = _common.console
-    c.print("[bold]Stage 8: the consortium hub (embedded on loopback)[/bold]")
+    c.print("Stage 8: the consortium hub (embedded on loopback)", style="bold")
     c.print(f"  the sites pushed {h['pushed']} sealed bundles (each verified against the roster before it was stored, then logged); "
             f"the maintainer pulled {h['pulled']} and published version {h['version']} with the audit report", highlight=False, soft_wrap=True)
     c.print(f"  {', '.join(h['fetched'])} fetched version {h['version']} through TUF and checked {h['receipts_checked']} receipts "

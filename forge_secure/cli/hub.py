@@ -34,7 +34,7 @@ def _out(args, obj, lines: list[tuple[str, object]], title: str) -> int:
     if args.json:
         _common.emit_json(obj)
         return 0
-    _common.console.print(f"[bold]{escape(title)}[/bold]", highlight=False)
+    _common.console.print(str(title), style="bold", highlight=False)
     for k, v in lines:
         _common.console.print(f"  {k:<14} {escape(str(v))}", highlight=False, soft_wrap=True)
     return 0

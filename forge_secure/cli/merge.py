@@ -42,7 +42,7 @@ def _bundle_key(args):
 
 
 def _print(title: str, pairs: list[tuple[str, object]]) -> None:
-    _common.console.print(f"[bold]{title}[/bold]", highlight=False)
+    _common.console.print(title, style="bold")
     for k, v in pairs:
         _common.console.print(f"  {k:<14} {v}", highlight=False, soft_wrap=True)
 

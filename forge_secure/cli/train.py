@@ -186,7 +186,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         _common.emit_json(summary)
         return 0
-    from rich.markup import escape
     from rich.table import Table
 
     dp = meta["dp"]
@@ -201,12 +200,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                         f"noise {dp.get('noise_multiplier'):.3g}, sample rate {dp.get('sample_rate'):.3g}, "
                         f"{dp.get('steps')} steps, clip {dp.get('max_grad_norm')}")
     else:
-        t.add_row("DP", "[yellow]none (--no-dp): epsilon = inf[/yellow]")
+        t.add_row("DP", _common.styled(("none (--no-dp): epsilon = inf", "yellow")))
     t.add_row("randomness", f"fresh OS secret (commitment {dp['randomness']['secret_commitment'][:16]}...)")
     if run.canaries:
         t.add_row("auditor canaries", f"{run.canaries['count']} inserted (grant {run.canaries['grant_id'][:12]}...)")
-    t.add_row("replay envelope", escape(str(run.envelope)) if run.envelope else
-              "[yellow]none: without --auditor, an on-site audit can only take the DP claim on the site's word[/yellow]")
+    t.add_row("replay envelope", str(run.envelope) if run.envelope else
+              _common.styled(("none: without --auditor, an on-site audit can only take the DP claim on the site's word", "yellow")))
     if "test" in summary:
         r = summary["test"]
         t.add_row("test split", f"accuracy {r['accuracy']:.3f}, ROC AUC {r['roc_auc']:.3f} ({r['rows']} rows)")
@@ -268,7 +267,7 @@ def cmd_plugin_show(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     dp, lora, data = meta["dp"], meta["lora"], meta.get("data") or {}
-    t = Table(title=f"plugin {args.plugin} [green](verified)[/green]", show_header=False)
+    t = Table(title=f"plugin {args.plugin} (verified)", show_header=False)
     t.add_row("site / kind", f"{meta['site']} / {meta['kind']}")
     t.add_row("base", f"{meta['base']['name']} sha256 {meta['base']['digest']}")
     t.add_row("adapter", f"sha256 {adapter_digest(args.plugin)}, {n_params} parameters")

@@ -15,11 +15,12 @@ from .bundle import Opened, Verified, open_bundle, seal, verify
 from .errors import BundleError
 from .keys import PrivateKey, PublicKey, load_decryption_key, load_public_key, load_signing_key, new_keys, read_passphrase
 from .replay import ReplayStore, SequenceCounter
-from .roster import Roster, add_admin_key, add_site_key, init_roster, load_roster, read_roster, revoke_key, sign_roster
+from .roster import Recipient, Roster, add_admin_key, add_recipient, add_site_key, init_roster, read_roster, revoke_key, sign_roster
+from .trust import load_roster, pin_root, trusted_rosters
 
 __all__ = [
-    "BundleError", "Opened", "PrivateKey", "PublicKey", "ReplayStore", "Roster", "SequenceCounter", "Verified",
-    "add_admin_key", "add_site_key", "init_roster", "load_decryption_key", "load_public_key", "load_roster",
+    "BundleError", "Opened", "PrivateKey", "PublicKey", "Recipient", "ReplayStore", "Roster", "SequenceCounter", "Verified",
+    "add_admin_key", "add_recipient", "add_site_key", "pin_root", "trusted_rosters", "init_roster", "load_decryption_key", "load_public_key", "load_roster",
     "load_signing_key", "new_keys", "open_bundle", "read_passphrase", "read_roster", "revoke_key", "seal",
     "sign_roster", "verify",
 ]

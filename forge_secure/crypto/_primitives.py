@@ -182,6 +182,15 @@ def private_to_pem(key, passphrase: bytes | None) -> str:
     return key.private_bytes(PRIVATE_PEM, PKCS8, enc).decode("ascii")
 
 
+def private_to_der(key) -> bytes:
+    """Unencrypted PKCS#8 DER (only ever stored inside an AES-GCM-sealed key file)."""
+    return key.private_bytes(serialization.Encoding.DER, PKCS8, serialization.NoEncryption())
+
+
+def private_from_der(der: bytes):
+    return serialization.load_der_private_key(der, password=None)
+
+
 def private_from_pem(pem: str, passphrase: bytes | None):
     """Load a PKCS#8 PEM key. Raises ``ValueError`` (bad passphrase / bad data) or
     ``TypeError`` (passphrase missing or given for an unencrypted key), as the library does."""

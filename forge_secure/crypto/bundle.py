@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import bisect
 import hashlib
-import json
 import math
 import os
 import struct
@@ -44,7 +43,8 @@ from typing import BinaryIO, Callable
 from cryptography.exceptions import InvalidTag
 
 from .. import __version__
-from ..fileio import atomic_directory, atomic_output, canonical_json, fsync_directory
+from ..errors import ForgeDataError
+from ..fileio import atomic_directory, atomic_output, canonical_json, fsync_directory, loads_bounded
 from ..progress import task
 from . import _primitives as P
 from . import _time
@@ -54,7 +54,8 @@ from .container import ContainerReader, scan_directory, index_bytes, Entry
 from .errors import BundleError, fail
 from .keys import PrivateKey, PublicKey, load_decryption_key, load_public_key, load_signing_key
 from .replay import ReplayStore, SequenceCounter
-from .roster import Roster, load_roster
+from .roster import Roster
+from .trust import load_roster, trusted_rosters
 
 FORMAT = "forge-bundle/1"
 MAGIC = b"FORGEBDL"
@@ -68,6 +69,20 @@ MIN_CHUNK, MAX_CHUNK = 1 << 12, 1 << 26
 MAX_HEADER = MAX_ENVELOPE = 1 << 16
 CLOCK_SKEW = 300
 READ_BLOCK = 1 << 20
+MAX_SAFE_INT = (1 << 53) - 1  # RFC 8785 / I-JSON: integers a double holds exactly
+JSON_DEPTH = 8                 # header, envelope and statement nest at most 5 levels
+
+
+def _loads(raw: bytes):
+    """Outside JSON of a bundle (header, envelope, statement), bounded before use; raises ValueError."""
+    return loads_bounded(raw, max_depth=JSON_DEPTH, max_int_digits=16, allow_floats=False)
+
+
+def _canonical(obj, path, what: str) -> bytes:
+    try:
+        return canonical_json(obj)
+    except ForgeDataError:
+        raise _format(path, f"the {what} cannot be written as canonical JSON") from None
 
 
 # --------------------------------------------------------------------------- results
@@ -135,6 +150,8 @@ def _jsonable_claim(value):
         return {str(k): _jsonable_claim(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable_claim(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INT:
+        return str(value)  # canonical JSON (RFC 8785) holds integers a double holds exactly
     if value is None or isinstance(value, (str, int, bool)):
         return value
     return str(value)
@@ -148,9 +165,9 @@ def _read_forge_json(plugin_dir: Path) -> dict:
     if meta_path.stat().st_size > 1 << 20:
         raise fail("bundle.not_plugin", f"{meta_path} is larger than 1 MiB", "give a plugin directory with a normal forge.json")
     try:
-        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise fail("bundle.not_plugin", f"{meta_path} is not valid JSON", "repair or rewrite the plugin's forge.json") from None
+        meta = loads_bounded(meta_path.read_bytes(), allow_nonfinite=True)
+    except ValueError as e:
+        raise fail("bundle.not_plugin", f"{meta_path} is not valid JSON ({e})", "repair or rewrite the plugin's forge.json") from None
     if not isinstance(meta, dict):
         raise fail("bundle.not_plugin", f"{meta_path} is not a JSON object", "repair or rewrite the plugin's forge.json")
     return meta
@@ -281,21 +298,49 @@ def _seal_head(signer, recipient, kem, algorithms, meta, entries, seq, created, 
 
 def seal(plugin_dir, signer, recipient, out, *, sequence: int | None = None, chunk_size: int = DEFAULT_CHUNK,
          passphrase: bytes | None = None, random: P.RandomSource = os.urandom, now: int | None = None,
-         counter: SequenceCounter | None = None) -> Path:
+         counter: SequenceCounter | None = None, roster=None, root=None, state_dir=None, timestamp=None) -> Path:
     """Seal ``plugin_dir`` for ``recipient``, signed by ``signer``; write ``out`` atomically.
 
     ``signer`` is a loaded signing :class:`PrivateKey` or the path of ``signing.key``
     (with ``passphrase``); ``recipient`` a :class:`PublicKey` or the path of its
-    ``public.json``. ``sequence`` defaults to the next value of the site's counter under
-    ``forge_home()``. ``random`` (submission id, data key, nonce prefix) and ``now`` are
-    injectable for known-answer tests; the defaults are the OS CSPRNG and the clock.
+    ``public.json``, which must be listed as a recipient in the signed ``roster`` (a path or
+    :class:`Roster`, trusted against this machine's pinned root, see
+    :func:`~forge_secure.crypto.roster.trust`; ``root`` pins one first). Without ``roster``
+    the latest roster trusted on this machine that lists the recipient is used; with none,
+    ``bundle.unlisted_recipient``. ``sequence`` defaults to the next value of the site's
+    counter under ``forge_home()``. ``random`` (submission id, data key, nonce prefix) and
+    ``now`` are injectable for known-answer tests; the defaults are the OS CSPRNG and the clock.
     """
     return _seal(plugin_dir, signer, recipient, out, sequence=sequence, chunk_size=chunk_size, passphrase=passphrase,
-                 random=random, now=now, counter=counter, wrap=P.hpke_wrap)
+                 random=random, now=now, counter=counter, wrap=P.hpke_wrap, roster=roster, root=root, state_dir=state_dir,
+                 timestamp=timestamp)
+
+
+def _listed_recipient(recipient: PublicKey, roster, root, state_dir, now: int, timestamp=None) -> Roster:
+    """The trusted roster that lists ``recipient`` (see :func:`seal`)."""
+    if roster is not None:
+        trusted = load_roster(roster, now=now, state_dir=state_dir, root=root)
+        _fresh(trusted, timestamp, now)
+        trusted.check_recipient(recipient)
+        return trusted
+    candidates = trusted_rosters(now=now, state_dir=state_dir)
+    for trusted in candidates:
+        try:
+            trusted.check_recipient(recipient)
+            return trusted
+        except BundleError:
+            continue
+    where = ", ".join(f"{r.consortium} version {r.version}" for r in candidates) or "none"
+    raise fail("bundle.unlisted_recipient",
+               f"recipient key {recipient.encryption_key_id[:16]}... ({recipient.site}) is not listed in any roster trusted on "
+               f"this machine (trusted: {where})",
+               "give the consortium's roster with --roster (pin its root once with 'forge roster pin'), and seal to a "
+               "recipient it lists")
 
 
 def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphrase, random, now, counter,
-          wrap: Callable[[P.KemAlgorithm, bytes, bytes, bytes], bytes]) -> Path:
+          wrap: Callable[[P.KemAlgorithm, bytes, bytes, bytes], bytes], roster=None, root=None, state_dir=None,
+          timestamp=None) -> Path:
     plugin_dir, out = Path(plugin_dir), Path(out)
     if not plugin_dir.exists():
         raise fail("file.missing", f"plugin directory {plugin_dir} does not exist", "check the path")
@@ -318,6 +363,7 @@ def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphras
         raise fail("key.wrong_type", "--signer must be a signing key", "give the signing.key written by 'forge keys new'")
     if not isinstance(recipient, PublicKey):
         recipient = load_public_key(recipient)
+    _listed_recipient(recipient, roster, root, state_dir, _time.now() if now is None else int(now), timestamp)
     meta = _read_forge_json(plugin_dir)
     entries = scan_directory(plugin_dir)
     payload_size = len(index_bytes(entries)) + sum(e.size for e in entries)
@@ -425,13 +471,16 @@ def _check_header(h: object, path) -> dict:
     alg = h["algorithms"]
     if not isinstance(alg, dict) or set(alg) != {"kem", "kdf", "aead", "stream", "signature"}:
         raise _format(path, "the algorithm list is malformed")
+    if not (all(isinstance(alg[k], str) for k in ("kem", "kdf", "aead", "stream")) and isinstance(alg["signature"], list)
+            and all(isinstance(a, str) for a in alg["signature"])):  # types first: a list is no registry key
+        raise _format(path, "an algorithm name is not a string")
     if alg["kem"] not in P.KEMS or alg["kdf"] != KDF or alg["aead"] != AEAD or alg["stream"] != STREAM or \
             alg["signature"] not in (["ed25519"], ["ed25519", "ml-dsa-65"]):
         raise fail("bundle.algorithm", f"{path} names algorithms this toolkit does not accept ({alg})",
                    f"bundles use kem {' or '.join(P.KEMS.names())}, {KDF}, {AEAD}, {STREAM}, ed25519 (+ ml-dsa-65)")
     for k in ("chunk_size", "payload_size", "chunks"):
-        if not isinstance(h[k], int) or isinstance(h[k], bool) or h[k] < 1:
-            raise _format(path, f"{k} is not a positive integer")
+        if not isinstance(h[k], int) or isinstance(h[k], bool) or not 1 <= h[k] <= MAX_SAFE_INT:
+            raise _format(path, f"{k} is not a positive integer below 2**53")
     cs = h["chunk_size"]
     if not (MIN_CHUNK <= cs <= MAX_CHUNK and cs & (cs - 1) == 0) or h["chunks"] != -(-h["payload_size"] // cs) \
             or h["chunks"] >= P.MAX_CHUNKS:
@@ -473,11 +522,11 @@ def _parse(f: BinaryIO, path) -> _Parsed:
         raise _format(path, f"header length {hlen}")
     header_bytes = _read_exact(f, hlen, path)
     try:
-        header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _format(path, "the header is not JSON") from None
+        header = _loads(header_bytes)
+    except ValueError as e:
+        raise _format(path, f"the header is not JSON within bounds: {e}") from None
     header = _check_header(header, path)
-    if canonical_json(header) != header_bytes:
+    if _canonical(header, path, "header") != header_bytes:
         raise _format(path, "the header is not canonical JSON")
     kem = P.KEMS.get(header["algorithms"]["kem"])
     (wlen,) = struct.unpack(">H", _read_exact(f, 2, path))
@@ -522,13 +571,15 @@ def _signature_error(path) -> BundleError:
 
 def _decode_envelope(parsed: _Parsed) -> tuple[bytes, dict[str, list[bytes]]]:
     try:
-        env = json.loads(parsed.envelope.decode("utf-8"))
+        env = _loads(parsed.envelope)
         if not isinstance(env, dict) or env.get("payloadType") != PAYLOAD_TYPE or not isinstance(env.get("signatures"), list):
             raise ValueError
         body = base64.b64decode(env["payload"], validate=True)
         sigs: dict[str, list[bytes]] = {}
         for s in env["signatures"]:
-            alg = str(s["keyid"]).split(":", 1)[0]
+            if not isinstance(s, dict) or not isinstance(s.get("keyid"), str) or not isinstance(s.get("sig"), str):
+                raise ValueError("a signature entry is malformed")
+            alg = s["keyid"].split(":", 1)[0]
             sigs.setdefault(alg, []).append(base64.b64decode(s["sig"], validate=True))
         # one encoding only: canonical JSON, canonical base64 (no spare bits, no whitespace)
         rebuilt = canonical_json({"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(body).decode("ascii"),
@@ -536,14 +587,16 @@ def _decode_envelope(parsed: _Parsed) -> tuple[bytes, dict[str, list[bytes]]]:
                                       base64.b64decode(s["sig"], validate=True)).decode("ascii")} for s in env["signatures"]]})
         if rebuilt != parsed.envelope:
             raise ValueError("not canonical")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        if not isinstance(env["payload"], str):
+            raise ValueError("the payload is not a string")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError):
         raise fail("bundle.envelope", f"the signature envelope of {parsed.path} is malformed",
                    "do not use this bundle: it was changed after sealing or damaged; ask the site to send it again") from None
     return body, sigs
 
 
 def _keyids(parsed: _Parsed) -> list[str]:
-    return [str(s.get("keyid")) for s in json.loads(parsed.envelope)["signatures"]]
+    return [s["keyid"] for s in _loads(parsed.envelope)["signatures"]]  # checked by _decode_envelope
 
 
 def _digest_error(path) -> BundleError:
@@ -568,7 +621,7 @@ def _verify(f: BinaryIO, path, roster: Roster, now: int, *, full_digest: bool = 
     if not entry.key.verify_all(P.pae(PAYLOAD_TYPE, body), {a: v[0] for a, v in sigs.items()}):
         raise _signature_error(path)
     try:
-        statement = json.loads(body.decode("utf-8"))
+        statement = _loads(body)
         manifest = statement["predicate"]
         subject = statement["subject"]
         ok = (isinstance(statement, dict) and statement.get("_type") == STATEMENT_TYPE
@@ -576,12 +629,14 @@ def _verify(f: BinaryIO, path, roster: Roster, now: int, *, full_digest: bool = 
               and isinstance(subject, list) and len(subject) == 2
               and [x["name"] for x in subject] == [f"{manifest['submission_id']}.payload", f"{manifest['submission_id']}.header"])
         claimed, claimed_head = subject[0]["digest"]["sha256"], subject[1]["digest"]["sha256"]
-    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
+        ok = ok and isinstance(claimed, str) and isinstance(claimed_head, str)
+        manifest_digest = hashlib.sha256(canonical_json(manifest)).hexdigest() if ok else None
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, AttributeError):
         ok = False
     if not ok:
         raise fail("bundle.statement", f"{path} is signed but its statement is not a forge submission",
                    "ask the site to seal its plugin again with 'forge seal'")
-    if hashlib.sha256(canonical_json(manifest)).hexdigest() != header["manifest_sha256"]:
+    if manifest_digest != header["manifest_sha256"]:
         raise _format(path, "the signed manifest does not match the header")
     for k in ("algorithms", "chunk_size", "payload_size", "chunks", "recipient", "signer", "format"):
         if manifest.get(k) != header.get(k):
@@ -629,14 +684,25 @@ def _open_file(bundle):
         raise fail("file.unreadable", f"bundle {path} cannot be read ({e.strerror})", "check its permissions") from None
 
 
-def verify(bundle, roster, *, now: int | None = None, state_dir=None) -> Verified:
+def _fresh(trusted: Roster, timestamp, now: int) -> None:
+    if timestamp is not None:
+        from .timestamp import verify_timestamp
+
+        verify_timestamp(timestamp, trusted, now=now)
+
+
+def verify(bundle, roster, *, now: int | None = None, state_dir=None, root=None, timestamp=None) -> Verified:
     """Check a bundle without any secret: structure, roster trust, signer, signature and
     the digest of the encrypted payload. Returns what the bundle says, or raises BundleError.
 
     ``bundle`` is a path or a readable, seekable binary stream; ``roster`` a path or a
-    :class:`Roster` (trusted here: threshold signatures, expiry, rollback)."""
+    :class:`Roster` (trusted here against this machine's pinned root: threshold signatures,
+    expiry, rollback, rotation; ``root`` pins the consortium's root first if none is).
+    ``timestamp`` (a file or :class:`~forge_secure.crypto.timestamp.Timestamp`) must then name
+    this roster as current and be unexpired (a bound on freeze attacks)."""
     now = _time.now() if now is None else int(now)
-    trusted = load_roster(roster, now=now, state_dir=state_dir)
+    trusted = load_roster(roster, now=now, state_dir=state_dir, root=root)
+    _fresh(trusted, timestamp, now)
     f, path, owned = _open_file(bundle)
     try:
         return _verify(f, path, trusted, now)[1]
@@ -646,7 +712,7 @@ def verify(bundle, roster, *, now: int | None = None, state_dir=None) -> Verifie
 
 
 def open_bundle(bundle, key, roster, out, *, passphrase: bytes | None = None, now: int | None = None,
-                replay: ReplayStore | None = None, state_dir=None) -> Opened:
+                replay: ReplayStore | None = None, state_dir=None, root=None, timestamp=None) -> Opened:
     """Verify, refuse replays, decrypt into a temporary directory and rename it to ``out``
     only after the last chunk has authenticated and the container is complete.
 
@@ -683,7 +749,8 @@ def open_bundle(bundle, key, roster, out, *, passphrase: bytes | None = None, no
         if f is not None:
             before = _stamp(f)
             early = _start_hashing(f, path)
-        trusted = load_roster(roster, now=now, state_dir=state_dir)
+        trusted = load_roster(roster, now=now, state_dir=state_dir, root=root)
+        _fresh(trusted, timestamp, now)
         if unopened is not None:
             raise unopened
         return _open(f, path, key, trusted, out, now, replay or ReplayStore(), early=early, before=before)
@@ -762,8 +829,9 @@ def _open(f: BinaryIO, path, key: PrivateKey, trusted: Roster, out: Path, now: i
     # against the signature above, so the data key is the sealer's and every chunk is
     # authenticated (AES-GCM) before its plaintext is used; the payload digest is compared
     # before the directory is renamed into place.
-    with replay.accept(v.submission_id, v.site, v.sequence, now=now):
+    with replay.accept(v.submission_id, v.site, v.sequence, now=now) as ticket:
         with atomic_directory(out) as tmp:
+            ticket.reserve(out, tmp)  # durable before anything can be renamed into out (crash-safe, see replay)
             reader = ContainerReader(tmp, h["payload_size"])
             plain_buf = take_buffers(cs, 1)
             try:

@@ -201,10 +201,11 @@ class ContainerReader:
             e = self._entries[self._current]
             target = self.out / e.name
             if target.parent not in self._dirs:
-                target.parent.mkdir(parents=True, exist_ok=True)
+                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self._dirs.update(p for p in target.parents if p.is_relative_to(self.out))
             # O_EXCL + O_NOFOLLOW: never write through a link or over an earlier file
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            # 0600: decrypted plugin data is never readable by others (the directories are 0700)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
             self._file = os.fdopen(fd, "wb")
             self._writeback = EarlyWriteback(fd) if self.durable else None
             self._remaining = e.size

@@ -1,23 +1,30 @@
-"""The consortium's trust roster: who may sign submissions, and until when.
+"""The consortium's trust roster: who may sign submissions, who may receive them, and until when.
 
 A roster is a signed, versioned JSON document in the manner of The Update Framework's
 root metadata (Samuel, Mathewson, Cappos, Dingledine, "Survivable key compromise in
 software update systems", CCS 2010; TUF specification 1.0)::
 
-    {"signed": {"format": "forge-roster/1", "consortium": "...", "version": 3,
+    {"signed": {"format": "forge-roster/2", "consortium": "...", "version": 3,
                 "expires": "2027-11-23T00:00:00Z", "threshold": 1,
                 "admins": [{"name", "key_id", "algorithms", "public_keys"}],
                 "sites": [{"site", "key_id", "algorithms", "public_keys", "not_before", "not_after"}],
+                "recipients": [{"name", "role", "key_id", "kem", "public_key"}],
+                "timestamp_keys": [{"name", "key_id", "algorithms", "public_keys"}],
                 "revocations": [{"key_id", "revoked", "reason"}]},
      "signatures": [{"keyid": "<admin key id>", "sig": {"ed25519": "<b64>", ...}}]}
 
-Signatures are over the DSSE PAE of the canonical JSON of ``signed`` (payload type
-``application/vnd.forge.roster+json``); a hybrid admin key must sign with both algorithms.
-A roster is trusted when a threshold of its admins signed it and it has not expired. The
-client remembers, under ``forge_home()``, the highest version it trusted for each
-consortium with its admin keys: a lower version is refused (rollback), the same version with
-other content is refused (fork), and a roster that changes the admins or threshold must also
-be signed by a threshold of the previously trusted admins (TUF root rotation).
+Format 2 adds ``recipients``: the encryption keys a bundle may be sealed to (the
+consortium's, an auditor's), so ``seal`` refuses a swapped ``public.json``; and
+``timestamp_keys``: the online keys (a hub's, as TUF's timestamp role) that may sign the
+short-lived timestamps of :mod:`forge_secure.crypto.timestamp` (admins may sign them too). Format 1
+rosters (no recipients) are still read and verified; editing one writes format 2.
+
+Signatures are over the DSSE PAE of the canonical JSON (RFC 8785) of ``signed`` (payload
+type ``application/vnd.forge.roster+json``); a hybrid admin key must sign with both
+algorithms and counts as one signer, and no two admin entries may share a component key,
+so a threshold counts distinct signers.
+
+Trust (the pinned root, rotation, rollback, fork) is in :mod:`forge_secure.crypto.trust`.
 """
 
 from __future__ import annotations
@@ -25,20 +32,58 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
-from filelock import FileLock
 
-from ..fileio import atomic_write_bytes, atomic_write_json, canonical_json, sha256_bytes
-from ..home import forge_home
+from ..errors import ForgeError
+from ..fileio import atomic_write_bytes, canonical_json, loads_bounded, read_bounded_bytes, sha256_bytes
 from . import _primitives as P
 from . import _time
 from .errors import BundleError, fail
-from .keys import PrivateKey, PublicKey, SigningPublicKey, b64d, b64e, check_site
+from .keys import PrivateKey, PublicKey, SigningPublicKey, b64d, b64e, check_site, key_id as _key_id
 
-FORMAT = "forge-roster/1"
+FORMAT = "forge-roster/2"
+FORMAT_V1 = "forge-roster/1"
+FORMATS = (FORMAT_V1, FORMAT)
 PAYLOAD_TYPE = "application/vnd.forge.roster+json"
-MAX_ROSTER = 16 << 20
+MAX_ROSTER = 4 << 20
+RECIPIENT_ROLES = ("consortium", "auditor", "site")  # site: the auditor seals canary grants to it
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """An encryption key that bundles may be sealed to."""
+
+    name: str
+    role: str
+    kem: str
+    public_key: bytes
+
+    def __post_init__(self):
+        check_site(self.name)
+        if self.role not in RECIPIENT_ROLES:
+            raise fail("roster.invalid", f"recipient role {str(self.role)[:40]!r} is not one of {list(RECIPIENT_ROLES)}",
+                       "give --role consortium or --role auditor")
+        if not isinstance(self.kem, str) or self.kem not in P.KEMS:
+            raise fail("roster.invalid", f"recipient key encapsulation {str(self.kem)[:40]!r} is not supported",
+                       f"use one of: {', '.join(P.KEMS.names())}")
+        try:
+            P.KEMS.get(self.kem).public_from_raw(self.public_key)
+        except ValueError as e:
+            raise fail("roster.invalid", f"the {self.kem} recipient key of {self.name} is not valid ({e})",
+                       "restore the roster from a good copy") from None
+
+    @property
+    def key_id(self) -> str:
+        return _key_id(self.public_key)
+
+    @classmethod
+    def from_public(cls, pub: PublicKey, role: str = "consortium") -> "Recipient":
+        return cls(pub.site, role, pub.kem, pub.encryption_key)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "role": self.role, "key_id": self.key_id, "kem": self.kem, "public_key": b64e(self.public_key)}
 
 
 @dataclass(frozen=True)
@@ -85,10 +130,25 @@ class Roster:
     revocations: tuple[Revocation, ...] = ()
     signatures: dict[str, dict[str, bytes]] = field(default_factory=dict, hash=False)
     path: Path | None = field(default=None, compare=False)
+    recipients: tuple[Recipient, ...] = ()
+    format: str = FORMAT
+    timestamp_keys: tuple[Admin, ...] = ()
 
     def __post_init__(self):
         check_site(self.consortium)
-        if not isinstance(self.version, int) or self.version < 1:
+        if self.format not in FORMATS:
+            raise fail("roster.version", f"roster format {str(self.format)[:40]!r} is not one this toolkit reads ({', '.join(FORMATS)})",
+                       "use a roster written by forge-secure")
+        if self.format == FORMAT_V1 and (self.recipients or self.timestamp_keys):
+            raise fail("roster.invalid", f"a {FORMAT_V1} roster lists no recipients", f"write it as {FORMAT}")
+        rids = [r.key_id for r in self.recipients]
+        if len(set(rids)) != len(rids):
+            raise fail("roster.invalid", "a recipient key is listed twice", "list each recipient key once")
+        components = [(alg, raw) for a in self.admins for alg, raw in a.key.keys.items()]
+        if len(set(components)) != len(components):  # a hybrid key and its own Ed25519 half are one signer
+            raise fail("roster.invalid", "two admin entries share a key (one party would count twice towards the threshold)",
+                       "list each admin once, with all the algorithms of its key")
+        if not isinstance(self.version, int) or isinstance(self.version, bool) or not 1 <= self.version < 1 << 53:
             raise fail("roster.invalid", f"roster version {self.version!r} is not a positive integer", "rebuild the roster")
         if not self.admins:
             raise fail("roster.invalid", "the roster lists no admin keys", "give at least one --admin public key")
@@ -98,14 +158,14 @@ class Roster:
         site_ids = [s.key.key_id for s in self.sites]
         if len(set(site_ids)) != len(site_ids):
             raise fail("roster.invalid", "a site key is listed twice", "list each site key once")
-        if not isinstance(self.threshold, int) or not 1 <= self.threshold <= len(self.admins):
+        if not isinstance(self.threshold, int) or isinstance(self.threshold, bool) or not 1 <= self.threshold <= len(self.admins):
             raise fail("roster.threshold", f"threshold {self.threshold!r} must be between 1 and the {len(self.admins)} admin keys",
                        "give --threshold between 1 and the number of admins")
 
     # ------------------------------------------------------------ serialisation
     def signed_dict(self) -> dict:
-        return {
-            "format": FORMAT,
+        signed = {
+            "format": self.format,
             "consortium": self.consortium,
             "version": self.version,
             "expires": _time.format_time(self.expires),
@@ -114,8 +174,16 @@ class Roster:
             "sites": sorted((s.to_dict() for s in self.sites), key=lambda d: (d["site"], d["key_id"])),
             "revocations": sorted((r.to_dict() for r in self.revocations), key=lambda d: d["key_id"]),
         }
+        if self.format != FORMAT_V1:
+            signed["recipients"] = sorted((r.to_dict() for r in self.recipients), key=lambda d: d["key_id"])
+            signed["timestamp_keys"] = sorted((t.to_dict() for t in self.timestamp_keys), key=lambda d: d["key_id"])
+        return signed
 
     def signed_bytes(self) -> bytes:
+        return self._signed_bytes
+
+    @cached_property
+    def _signed_bytes(self) -> bytes:  # the dataclass is frozen: computed once per instance
         return P.pae(PAYLOAD_TYPE, canonical_json(self.signed_dict()))
 
     @property
@@ -138,6 +206,43 @@ class Roster:
         message = self.signed_bytes()
         return {a.key.key_id for a in (admins or self.admins)
                 if a.key.key_id in self.signatures and a.key.verify_all(message, self.signatures[a.key.key_id])}
+
+    def signer_count(self, admins: tuple[Admin, ...] | None = None) -> int:
+        """The number of distinct parties among ``admins`` with a valid signature: admin entries
+        that share any component public key are one party (a hybrid key is one signer)."""
+        admins = tuple(admins or self.admins)
+        valid = self.valid_signers(admins)
+        groups: list[set] = []
+        for a in admins:
+            if a.key.key_id not in valid:
+                continue
+            mine = set(a.key.keys.items())
+            joined = [g for g in groups if g & mine]
+            for g in joined:
+                groups.remove(g)
+                mine |= g
+            groups.append(mine)
+        return len(groups)
+
+    def recipient(self, key_id: str) -> Recipient | None:
+        return next((r for r in self.recipients if r.key_id == key_id), None)
+
+    def check_recipient(self, pub: PublicKey) -> Recipient:
+        """The roster entry of ``pub``'s encryption key; raises ``bundle.unlisted_recipient``."""
+        kid = pub.encryption_key_id
+        entry = self.recipient(kid)
+        if entry is None or entry.kem != pub.kem:
+            listed = ", ".join(f"{r.name} ({r.role}) {r.key_id[:16]}" for r in self.recipients) or "none"
+            raise fail("bundle.unlisted_recipient",
+                       f"recipient key {kid[:16]}... ({pub.site}) is not listed in roster version {self.version} of "
+                       f"{self.consortium} (listed: {listed})",
+                       "seal to a recipient listed in the signed roster ('forge roster show'); if the key is genuine, "
+                       "the admins add it with 'forge roster add --recipient PUB' and sign the roster")
+        rev = self.revoked(kid)
+        if rev is not None:
+            raise fail("bundle.unlisted_recipient", f"recipient key {kid[:16]}... ({pub.site}) was revoked on "
+                       f"{_time.format_time(rev.revoked)} ({rev.reason})", "seal to the consortium's current key listed in the roster")
+        return entry
 
     def revoked(self, key_id: str) -> Revocation | None:
         return next((r for r in self.revocations if r.key_id == key_id), None)
@@ -176,13 +281,16 @@ class Roster:
         signers = self.valid_signers()
         return {
             "consortium": self.consortium, "version": self.version, "expires": _time.format_time(self.expires),
-            "expired": now > self.expires, "threshold": self.threshold, "valid_signatures": len(signers),
-            "trusted": len(signers) >= self.threshold and now <= self.expires,
+            "expired": now > self.expires, "threshold": self.threshold, "valid_signatures": self.signer_count(),
+            "trusted": self.signer_count() >= self.threshold and now <= self.expires,
             "admins": [{"name": a.name, "key_id": a.key.key_id, "signed": a.key.key_id in signers} for a in self.admins],
             "sites": [{"site": s.site, "key_id": s.key.key_id, "algorithms": list(s.key.algorithms),
                        "not_before": _time.format_time(s.not_before), "not_after": _time.format_time(s.not_after),
                        "revoked": self.revoked(s.key.key_id) is not None} for s in self.sites],
+            "recipients": [{**r.to_dict(), "revoked": self.revoked(r.key_id) is not None} for r in self.recipients],
+            "timestamp_keys": [{"name": t.name, "key_id": t.key.key_id} for t in self.timestamp_keys],
             "revocations": [r.to_dict() for r in self.revocations],
+            "format": self.format,
             "sha256": self.digest,
         }
 
@@ -198,139 +306,125 @@ def parse_roster(doc: object, where: str) -> Roster:
     if not isinstance(doc, dict) or not isinstance(doc.get("signed"), dict) or not isinstance(doc.get("signatures"), list):
         raise fail("roster.wrong_type", f"{where} is not a forge roster", "give the roster file written by 'forge roster init'")
     s = doc["signed"]
-    if s.get("format") != FORMAT:
-        raise fail("roster.version", f"{where} has roster format {s.get('format')!r}, this toolkit reads {FORMAT}",
+    if s.get("format") not in FORMATS:
+        raise fail("roster.version", f"{where} has roster format {str(s.get('format'))[:40]!r}, this toolkit reads {', '.join(FORMATS)}",
                    "use a roster written by this version of forge-secure")
     try:
-        admins = tuple(Admin(str(a["name"]), SigningPublicKey.from_dict(a, f"{where}: admin", "roster.invalid")) for a in s["admins"])
+        if not all(isinstance(s.get(k), list) for k in ("admins", "sites", "revocations")):
+            raise TypeError("'admins', 'sites' and 'revocations' must be lists")
+        admins = tuple(Admin(check_site(a["name"]), SigningPublicKey.from_dict(a, f"{where}: admin", "roster.invalid"))
+                       for a in s["admins"])
         sites = tuple(
             SiteKey(check_site(e["site"]), SigningPublicKey.from_dict(e, f"{where}: site key", "roster.invalid"),
                     _time.parse_time(e["not_before"], "not_before"), _time.parse_time(e["not_after"], "not_after"))
             for e in s["sites"])
-        revocations = tuple(Revocation(str(r["key_id"]), _time.parse_time(r["revoked"], "revoked"), str(r["reason"]))
+        revocations = tuple(Revocation(_text(r["key_id"], 64), _time.parse_time(r["revoked"], "revoked"), _text(r["reason"], 1000))
                             for r in s["revocations"])
+        recipients: tuple[Recipient, ...] = ()
+        timestamp_keys: tuple[Admin, ...] = ()
+        if s["format"] == FORMAT:
+            if not isinstance(s.get("recipients"), list):
+                raise TypeError("'recipients' must be a list")
+            recipients = tuple(Recipient(r["name"], r["role"], r["kem"], b64d(r["public_key"], f"{where}: recipient", "roster.invalid"))
+                               for r in s["recipients"])
+            if not isinstance(s.get("timestamp_keys"), list):
+                raise TypeError("'timestamp_keys' must be a list")
+            timestamp_keys = tuple(Admin(check_site(t["name"]), SigningPublicKey.from_dict(t, f"{where}: timestamp key", "roster.invalid"))
+                                   for t in s["timestamp_keys"])
+            for t in s["timestamp_keys"]:
+                if t.get("key_id") != SigningPublicKey.from_dict(t, where, "roster.invalid").key_id:
+                    raise _bad(where, f"stated timestamp key id {str(t.get('key_id'))[:80]!r} does not match its keys")
+            for r, entry in zip(recipients, s["recipients"]):
+                if entry.get("key_id") != r.key_id:
+                    raise _bad(where, f"stated recipient key id {str(entry.get('key_id'))[:80]!r} does not match its key")
         for entry in (*s["admins"], *s["sites"]):
             if entry.get("key_id") != SigningPublicKey.from_dict(entry, where, "roster.invalid").key_id:
-                raise _bad(where, f"stated key id {entry.get('key_id')!r} does not match its keys")
+                raise _bad(where, f"stated key id {str(entry.get('key_id'))[:80]!r} does not match its keys")
         sigs: dict[str, dict[str, bytes]] = {}
         for item in doc["signatures"]:
             kid = item["keyid"]
-            if not isinstance(kid, str) or kid in sigs or not isinstance(item["sig"], dict):
+            if not isinstance(kid, str) or kid in sigs or not isinstance(item["sig"], dict) or len(item["sig"]) > 4:
                 raise _bad(where, "a signature entry is malformed or repeated")
             sigs[kid] = {str(a): b64d(v, f"{where}: signature", "roster.invalid") for a, v in item["sig"].items()}
         roster = Roster(check_site(s["consortium"]), s["version"], _time.parse_time(s["expires"], "expires"),
-                        s["threshold"], admins, sites, revocations, sigs)
+                        s["threshold"], admins, sites, revocations, sigs, recipients=recipients, format=s["format"],
+                        timestamp_keys=timestamp_keys)
+        same = roster.signed_bytes() == P.pae(PAYLOAD_TYPE, canonical_json(s))  # one encoding only
     except BundleError as e:
         if e.code.startswith("roster."):
             raise
         raise _bad(where, e.message) from None
+    except ForgeError as e:  # canonical JSON refused a value
+        raise _bad(where, e.message) from None
     except (KeyError, TypeError, AttributeError) as e:
-        raise _bad(where, f"missing or mistyped field {e}") from None
-    if canonical_json(roster.signed_dict()) != canonical_json(s):
+        raise _bad(where, f"missing or mistyped field {str(e)[:80]}") from None
+    if not same:
         raise _bad(where, "it holds fields or orderings this toolkit does not write")
     return roster
+
+
+def _text(value: object, limit: int) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise TypeError(f"a text field is not a string of at most {limit} characters")
+    return value
 
 
 def read_roster(path: str | os.PathLike) -> Roster:
     """Parse a roster file without trusting it (see :func:`load_roster`)."""
     path = Path(path)
-    if path.is_dir():
-        raise fail("file.is_directory", f"roster {path} is a directory", "give the path of the roster file itself")
-    if not path.exists():
-        raise fail("file.missing", f"roster {path} does not exist", "check the path")
-    size = path.stat().st_size
-    if size == 0:
-        raise fail("file.empty", f"roster {path} is empty", "restore it from a good copy")
-    if size > MAX_ROSTER:
-        raise fail("roster.wrong_type", f"{path} is {size} bytes, far too large for a roster", "give the roster file")
     try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise fail("roster.invalid", f"roster {path} is not JSON (truncated or of the wrong type)",
+        raw = read_bounded_bytes(path, "roster", max_bytes=MAX_ROSTER, code_prefix="roster")
+    except ForgeError as e:
+        raise fail(e.code, e.message, e.fix or "restore it from a good copy") from None
+    return replace(roster_from_bytes(raw, str(path)), path=path)
+
+
+def roster_from_bytes(raw: bytes, where: str = "<roster>") -> Roster:
+    """Parse the bytes of a roster file without trusting it (what :func:`read_roster` does after reading)."""
+    if len(raw) > MAX_ROSTER:
+        raise fail("roster.too_large", f"{where} is larger than {MAX_ROSTER} bytes", "give the roster file itself")
+    try:
+        doc = loads_bounded(raw, max_depth=8, max_int_digits=16, allow_floats=False)
+    except ValueError as e:
+        raise fail("roster.invalid", f"roster {where} is not JSON within bounds ({e})",
                    "restore the roster from a good copy or ask the consortium for it") from None
-    return replace(parse_roster(doc, str(path)), path=path)
-
-
-# --------------------------------------------------------------------------- trust
-
-
-def _state_path(consortium: str, state_dir: str | os.PathLike | None) -> Path:
-    root = Path(state_dir) if state_dir is not None else forge_home() / "roster"
-    root.mkdir(parents=True, exist_ok=True)
-    return root / f"{consortium}.json"
-
-
-def trust(roster: Roster, *, now: int | None = None, state_dir: str | os.PathLike | None = None, remember: bool = True) -> Roster:
-    """Check that ``roster`` is trusted now and not older than one already seen; remember it.
-
-    Raises ``roster.signature`` (too few admin signatures), ``roster.expired``,
-    ``roster.rollback``, ``roster.fork`` or ``roster.rotation``.
-    """
-    now = _time.now() if now is None else now
-    signers = roster.valid_signers()
-    if len(signers) < roster.threshold:
-        raise fail("roster.signature", f"roster version {roster.version} has {len(signers)} valid admin signatures, "
-                   f"{roster.threshold} needed", "have the admins sign it with 'forge roster sign', or restore a good copy")
-    if now > roster.expires:
-        raise fail("roster.expired", f"roster version {roster.version} expired on {_time.format_time(roster.expires)}",
-                   "get the current roster from the consortium (admins: renew it with 'forge roster sign --expires 365d')")
-    state_file = _state_path(roster.consortium, state_dir)
-    with FileLock(str(state_file) + ".lock", timeout=60):
-        state = None
-        if state_file.exists():
-            try:
-                state = json.loads(state_file.read_text())
-                seen_version, seen_digest = int(state["version"]), str(state["sha256"])
-                old_admins = tuple(Admin(a["name"], SigningPublicKey.from_dict(a, "roster state")) for a in state["admins"])
-                old_threshold = int(state["threshold"])
-            except (ValueError, KeyError, TypeError, BundleError):
-                raise fail("roster.state", f"the remembered roster state {state_file} is damaged",
-                           "restore it from a backup; deleting it trusts the next roster on first use") from None
-            if roster.version < seen_version:
-                raise fail("roster.rollback", f"roster version {roster.version} is older than version {seen_version} already seen",
-                           "get the current roster from the consortium; an old roster may hide revocations")
-            if roster.version == seen_version and roster.digest != seen_digest:
-                raise fail("roster.fork", f"roster version {roster.version} differs from the version {seen_version} already seen",
-                           "ask the consortium which roster is genuine; two rosters with one version number should never exist")
-            rotated = ({a.key.key_id for a in old_admins} != {a.key.key_id for a in roster.admins}
-                       or old_threshold != roster.threshold)
-            if rotated and len(roster.valid_signers(old_admins)) < old_threshold:
-                raise fail("roster.rotation", f"roster version {roster.version} changes the admin keys but is not signed "
-                           f"by {old_threshold} of the admins already trusted", "have the previous admins sign it too")
-        if remember and (state is None or roster.version > seen_version):
-            atomic_write_json(state_file, {
-                "consortium": roster.consortium, "version": roster.version, "sha256": roster.digest,
-                "threshold": roster.threshold, "admins": [a.to_dict() for a in roster.admins],
-                "seen": _time.format_time(now),
-            })
-    return roster
-
-
-def load_roster(path_or_roster, *, now: int | None = None, state_dir: str | os.PathLike | None = None,
-                remember: bool = True) -> Roster:
-    """Read (if a path) and :func:`trust` a roster."""
-    roster = path_or_roster if isinstance(path_or_roster, Roster) else read_roster(path_or_roster)
-    return trust(roster, now=now, state_dir=state_dir, remember=remember)
+    return parse_roster(doc, where)
 
 
 # --------------------------------------------------------------------------- editing
 
 
 def init_roster(out: str | os.PathLike, consortium: str, admins: list[PublicKey], *, threshold: int = 1,
-                expires: int) -> Roster:
-    """Write a new, unsigned roster version 1 (sign it with :func:`sign_roster`)."""
+                expires: int, recipients: list[PublicKey] | list[Recipient] = ()) -> Roster:
+    """Write a new, unsigned roster version 1 (sign it with :func:`sign_roster`).
+
+    ``recipients``: the public keys bundles may be sealed to (the consortium's; a
+    :class:`Recipient` gives another role, e.g. an auditor's)."""
     out = Path(out)
     if out.exists():
         raise fail("roster.exists", f"{out} already exists", "choose another --out, or edit it with 'forge roster add/revoke'")
-    roster = Roster(consortium, 1, expires, threshold, tuple(Admin(a.site, a.signing) for a in admins))
+    roster = Roster(consortium, 1, expires, threshold, tuple(Admin(a.site, a.signing) for a in admins),
+                    recipients=tuple(r if isinstance(r, Recipient) else Recipient.from_public(r) for r in recipients))
     roster.write(out)
     return roster
 
 
 def _bump(roster: Roster, expires: int | None, **changes) -> Roster:
     """A new version: edits drop every signature (the admins sign the new content)."""
-    return replace(roster, version=roster.version + 1, signatures={},
+    return replace(roster, version=roster.version + 1, signatures={}, format=FORMAT,
                    expires=roster.expires if expires is None else expires, **changes)
+
+
+def add_recipient(path: str | os.PathLike, key: PublicKey, *, role: str = "consortium", expires: int | None = None) -> Roster:
+    """List ``key``'s encryption key as a recipient bundles may be sealed to (a new version)."""
+    roster = read_roster(path)
+    entry = Recipient.from_public(key, role)
+    if roster.recipient(entry.key_id) or roster.revoked(entry.key_id):
+        raise fail("roster.duplicate", f"recipient key {entry.key_id[:16]}... of {key.site} is already in the roster (or revoked)",
+                   "give a new key; a revoked key cannot come back")
+    new = _bump(roster, expires, recipients=roster.recipients + (entry,))
+    new.write(path)
+    return new
 
 
 def add_site_key(path: str | os.PathLike, key: PublicKey, *, not_before: int, not_after: int,
@@ -342,6 +436,17 @@ def add_site_key(path: str | os.PathLike, key: PublicKey, *, not_before: int, no
         raise fail("roster.duplicate", f"key {key.key_id[:16]}... of {key.site} is already in the roster (or revoked)",
                    "give a new key; a revoked key cannot come back")
     new = _bump(roster, expires, sites=roster.sites + (SiteKey(key.site, key.signing, not_before, not_after),))
+    new.write(path)
+    return new
+
+
+def add_timestamp_key(path: str | os.PathLike, key: PublicKey, *, expires: int | None = None) -> Roster:
+    """List ``key``'s signing key as one that may sign timestamps (a hub's online key; a new version)."""
+    roster = read_roster(path)
+    if any(t.key.key_id == key.key_id for t in roster.timestamp_keys):
+        raise fail("roster.duplicate", f"timestamp key {key.key_id[:16]}... of {key.site} is already in the roster",
+                   "nothing to do")
+    new = _bump(roster, expires, timestamp_keys=roster.timestamp_keys + (Admin(key.site, key.signing),))
     new.write(path)
     return new
 
@@ -358,10 +463,11 @@ def add_admin_key(path: str | os.PathLike, key: PublicKey, *, threshold: int | N
 def revoke_key(path: str | os.PathLike, key_id: str, *, reason: str, at: int | None = None,
                expires: int | None = None) -> Roster:
     roster = read_roster(path)
-    if not roster.site_key(key_id):
-        known = ", ".join(f"{s.site}:{s.key.key_id[:16]}" for s in roster.sites) or "none"
-        raise fail("roster.unknown_key", f"no site key with id {key_id!r} in the roster",
-                   f"give the full key id of one of the site keys ({known})")
+    if not roster.site_key(key_id) and not roster.recipient(key_id):
+        known = ", ".join([f"{s.site}:{s.key.key_id[:16]}" for s in roster.sites]
+                          + [f"{r.name}:{r.key_id[:16]}" for r in roster.recipients]) or "none"
+        raise fail("roster.unknown_key", f"no site key or recipient key with id {key_id[:80]!r} in the roster",
+                   f"give the full key id of one of the site or recipient keys ({known})")
     if roster.revoked(key_id):
         raise fail("roster.duplicate", f"key {key_id[:16]}... is already revoked", "nothing to do")
     new = _bump(roster, expires, revocations=roster.revocations + (Revocation(key_id, _time.now() if at is None else at, reason),))
@@ -369,9 +475,14 @@ def revoke_key(path: str | os.PathLike, key_id: str, *, reason: str, at: int | N
     return new
 
 
-def sign_roster(path: str | os.PathLike, key: PrivateKey, *, expires: int | None = None) -> Roster:
+def sign_roster(path: str | os.PathLike, key: PrivateKey, *, expires: int | None = None,
+                state_dir: str | os.PathLike | None = None) -> Roster:
     """Add (or replace) the signature of admin ``key``. With ``expires``, first make a new
-    version with that expiry (dropping the old signatures), e.g. to renew an expiring roster."""
+    version with that expiry (dropping the old signatures), e.g. to renew an expiring roster.
+
+    An admin vouches for what it signs: when this machine has no pinned root for the
+    consortium yet and the roster now has its threshold of signatures, it is pinned here
+    (in ``state_dir``, default under ``forge_home()``)."""
     roster = read_roster(path)
     if expires is not None:
         roster = _bump(roster, expires)
@@ -381,8 +492,25 @@ def sign_roster(path: str | os.PathLike, key: PrivateKey, *, expires: int | None
                    "sign with one of the admin keys listed by 'forge roster show'")
     new = replace(roster, signatures={**roster.signatures, pub.key_id: key.sign_all(roster.signed_bytes())})
     new.write(path)
+    from .trust import _state_path, pin_root
+
+    if not _state_path(new.consortium, state_dir).exists() and new.signer_count() >= new.threshold:
+        pin_root(new, state_dir=state_dir)
     return new
 
 
-__all__ = ["Admin", "Revocation", "Roster", "SiteKey", "add_admin_key", "add_site_key", "init_roster", "load_roster",
-           "read_roster", "revoke_key", "sign_roster", "trust"]
+_MOVED = ("load_roster", "pin_root", "trust", "trusted_rosters")
+
+
+def __getattr__(name: str):
+    """Trust (pinning, rotation, rollback) lives in :mod:`forge_secure.crypto.trust`; the old
+    ``from forge_secure.crypto.roster import trust, load_roster`` keeps working."""
+    if name in _MOVED:
+        from . import trust as _trust
+
+        return getattr(_trust, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Admin", "Recipient", "Revocation", "Roster", "SiteKey", "add_admin_key", "add_recipient", "add_site_key",
+           "add_timestamp_key", "init_roster", "parse_roster", "read_roster", "revoke_key", "roster_from_bytes", "sign_roster"]

@@ -133,7 +133,9 @@ class Hub:
                     if len(new.valid_signers(current.admins)) < current.threshold:
                         raise fail("roster.rotation", "the new roster changes the admins but is not signed by a threshold of the current admins",
                                    "have the current admins sign the new roster too")
-            trust(new, now=self.now(), state_dir=self.state_dir)
+            # the hub's root of trust is the roster its operator started it with (given out of band);
+            # every later version chains to the current one, checked above and by trust()
+            trust(new, now=self.now(), state_dir=self.state_dir, root=current if current is not None else new)
             doc = canonical_json(new.to_document()).decode()
             index = logmod.append(conn, "roster", {"consortium": new.consortium, "version": new.version, "sha256": new.digest,
                                                    "document": json.loads(doc)}, self.now())
@@ -150,7 +152,7 @@ class Hub:
         path = inc.path
         with ThreadPoolExecutor(1) as pool:  # the content address is hashed while verify reads the bundle
             digest = pool.submit(inc.hash_file)
-            v = verify(path, roster, now=now, state_dir=self.state_dir)
+            v = verify(path, roster, now=now, state_dir=self.state_dir, root=roster)
             received_sha256 = digest.result()
         record = ledger.rederive(v.dp)
         with db.read(self.engine) as conn:  # the ledger figure outside the lock first (the accountant is cached)

@@ -107,9 +107,9 @@ def included_canaries(record: dict, like=None):
     return cset.subset(mask)
 
 
-def write_grant(record: dict, *, signer, site_key, out: str | Path, passphrase: bytes | None = None) -> Path:
+def write_grant(record: dict, *, signer, site_key, out: str | Path, passphrase: bytes | None = None, roster=None) -> Path:
     """Seal the included canaries of ``record`` to the site (``site_key``: its public key or
-    ``public.json``), signed by the auditor's ``signer``."""
+    ``public.json``, listed as a recipient in the trusted ``roster``), signed by the auditor's ``signer``."""
     from safetensors.numpy import save_file
 
     from ..crypto.bundle import seal
@@ -124,10 +124,11 @@ def write_grant(record: dict, *, signer, site_key, out: str | Path, passphrase: 
                 "count": len(cset), "digest": cset.digest(), "like": record["like"]}
         (d / "forge.json").write_text(json.dumps(meta, sort_keys=True))
         save_file({"X": np.ascontiguousarray(cset.X), "y": np.ascontiguousarray(cset.y)}, str(d / "canaries.safetensors"))
-        return seal(d, signer, site_key, out, passphrase=passphrase, counter=SequenceCounter(forge_home() / "sequence-grants"))
+        return seal(d, signer, site_key, out, passphrase=passphrase, counter=SequenceCounter(forge_home() / "sequence-grants"),
+                    roster=roster)
 
 
-def open_grant(grant: str | Path, *, key, roster, passphrase: bytes | None = None) -> tuple[dict, object]:
+def open_grant(grant: str | Path, *, key, roster, passphrase: bytes | None = None, root=None) -> tuple[dict, object]:
     """Verify and open a canary grant: ``(grant meta, Dataset of the canaries to insert)``."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
@@ -142,7 +143,7 @@ def open_grant(grant: str | Path, *, key, roster, passphrase: bytes | None = Non
                              code="canaries.grant_missing")
     with tempfile.TemporaryDirectory(prefix=".forge-grant-open-") as tmp:
         out = Path(tmp) / "grant"
-        open_bundle(grant, key, roster, out, passphrase=passphrase, replay=ReplayStore(Path(tmp) / "seen"))
+        open_bundle(grant, key, roster, out, passphrase=passphrase, replay=ReplayStore(Path(tmp) / "seen"), root=root)
         try:
             meta = json.loads((out / "forge.json").read_text())
             arrays = load_file(str(out / "canaries.safetensors"))

@@ -97,9 +97,11 @@ def build_recipe(plugin, config, *, source: dict, data, canaries: dict | None = 
     }
 
 
-def write_replay_envelope(recipe: dict, *, signer, auditor, out: str | Path, passphrase: bytes | None = None) -> Path:
+def write_replay_envelope(recipe: dict, *, signer, auditor, out: str | Path, passphrase: bytes | None = None, roster=None) -> Path:
     """Seal ``recipe`` to ``auditor`` (a public key or its ``public.json``), signed by the site's
-    ``signer``; ``out`` is written atomically. The envelopes use their own sequence counter."""
+    ``signer``; ``out`` is written atomically. The auditor must be a recipient listed in the
+    trusted ``roster`` (default: the latest roster trusted on this machine that lists it), so a
+    swapped key file cannot receive the secret. The envelopes use their own sequence counter."""
     from ..crypto.bundle import seal
     from ..crypto.replay import SequenceCounter
     from ..home import forge_home
@@ -111,14 +113,15 @@ def write_replay_envelope(recipe: dict, *, signer, auditor, out: str | Path, pas
                  "plugin": recipe["plugin"]}
         (d / "forge.json").write_text(json.dumps(claim, sort_keys=True))
         (d / "replay.json").write_text(json.dumps(recipe, sort_keys=True))
-        return seal(d, signer, auditor, out, passphrase=passphrase, counter=SequenceCounter(forge_home() / "sequence-replay"))
+        return seal(d, signer, auditor, out, passphrase=passphrase, counter=SequenceCounter(forge_home() / "sequence-replay"),
+                    roster=roster)
 
 
 def _bad(code: str, message: str, fix: str) -> ReplayError:
     return ReplayError(message, fix=fix, code=code)
 
 
-def open_replay_envelope(envelope: str | Path, *, key, roster, passphrase: bytes | None = None) -> dict:
+def open_replay_envelope(envelope: str | Path, *, key, roster, passphrase: bytes | None = None, root=None) -> dict:
     """Verify (signature, roster) and decrypt an envelope; return its recipe, with ``secret`` as bytes."""
     from ..crypto.bundle import open_bundle
     from ..crypto.errors import BundleError
@@ -130,7 +133,8 @@ def open_replay_envelope(envelope: str | Path, *, key, roster, passphrase: bytes
                    "ask the site for the <plugin>.replay.forge that 'forge train --auditor' wrote beside the plugin")
     with tempfile.TemporaryDirectory(prefix=".forge-replay-open-") as tmp:
         try:
-            open_bundle(envelope, key, roster, Path(tmp) / "out", passphrase=passphrase, replay=ReplayStore(Path(tmp) / "seen"))
+            open_bundle(envelope, key, roster, Path(tmp) / "out", passphrase=passphrase, replay=ReplayStore(Path(tmp) / "seen"),
+                        root=root)
         except BundleError as e:
             code = "replay.not_for_this_key" if e.code in ("bundle.wrong_recipient", "bundle.key_unwrap") else "replay.damaged"
             raise _bad(code, f"replay envelope {envelope} cannot be opened: {e}",

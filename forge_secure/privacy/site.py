@@ -89,6 +89,6 @@ def train_site(*, site: str, data_spec: str, base_name: str, out: Path, label_co
     if auditor is not None:
         source = {"spec": data_spec, "label_column": label_column, "membership_seed": membership_seed, "include_prob": include_prob}
         recipe = build_recipe(plugin, config, source=source, data=data, canaries=canaries)
-        envelope = write_replay_envelope(recipe, signer=signer, auditor=auditor, out=envelope_path(out))
+        envelope = write_replay_envelope(recipe, signer=signer, auditor=auditor, out=envelope_path(out), roster=roster)
     plugin.secret = None  # the envelope holds it now; nothing else does
     return SiteRun(plugin, td, envelope, canaries)

@@ -28,7 +28,7 @@ from forge_secure.crypto import _time
 from forge_secure.crypto.bundle import seal
 from forge_secure.crypto.keys import load_public_key, load_signing_key, new_keys
 from forge_secure.crypto.replay import SequenceCounter
-from forge_secure.crypto.roster import add_site_key, init_roster, revoke_key, sign_roster
+from forge_secure.crypto.roster import Recipient, add_site_key, init_roster, revoke_key, sign_roster
 from forge_secure.fileio import sha256_file
 from forge_secure.privacy.ledger import Ledger
 
@@ -126,7 +126,8 @@ class World:
 
     def seal(self, plugin_dir: Path, site: str, out: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return seal(plugin_dir, self.signing(site), self.public("consortium"), out, now=self.now - 60, counter=self.counter)
+        return seal(plugin_dir, self.signing(site), self.public("consortium"), out, now=self.now - 60, counter=self.counter,
+                    roster=self.roster, state_dir=self.root / "site-roster-state", root=self.roster)
 
     def add_merged(self, name: str, parents: list[tuple[str, str]], *, method: str = "ffa-ckks", seed: int = 99) -> Path:
         """merged/<name> whose parents are (digest, site) pairs."""
@@ -168,7 +169,8 @@ def build_world(root: Path) -> World:
     for name in ("site-1", "site-2", "site-3", "admin", "consortium", "auditor"):
         w.keys[name] = new_keys(name, root / "keys" / name).public.parent
     w.evidence.mkdir(parents=True)
-    init_roster(w.roster, "medforge", [w.public("admin")], expires=w.now + 90 * DAY)
+    init_roster(w.roster, "medforge", [w.public("admin")], expires=w.now + 90 * DAY,
+                recipients=[w.public("consortium"), Recipient.from_public(w.public("auditor"), "auditor")])
     for site in ("site-1", "site-2", "site-3"):
         add_site_key(w.roster, w.public(site), not_before=w.now - DAY, not_after=w.now + 365 * DAY)
     sign_roster(w.roster, w.signing("admin"))

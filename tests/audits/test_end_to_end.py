@@ -22,7 +22,7 @@ from forge_secure.crypto import _time
 from forge_secure.crypto.bundle import seal
 from forge_secure.crypto.keys import load_public_key, load_signing_key, new_keys
 from forge_secure.crypto.replay import SequenceCounter
-from forge_secure.crypto.roster import add_site_key, init_roster, sign_roster
+from forge_secure.crypto.roster import Recipient, add_site_key, init_roster, sign_roster
 from forge_secure.privacy.accountants import calibrate_noise_multiplier, default_delta
 
 from .conftest import membership_results
@@ -44,7 +44,8 @@ required = false
 def _consortium(root, now):
     keys = {n: new_keys(n, root / "keys" / n).public.parent for n in ("site-1", "admin", "consortium", "auditor")}
     roster = root / "roster.json"
-    init_roster(roster, "medforge", [load_public_key(keys["admin"])], expires=now + 60 * 86400)
+    init_roster(roster, "medforge", [load_public_key(keys["admin"])], expires=now + 60 * 86400,
+                recipients=[load_public_key(keys["consortium"]), Recipient.from_public(load_public_key(keys["auditor"]), "auditor")])
     add_site_key(roster, load_public_key(keys["site-1"]), not_before=now - 86400, not_after=now + 365 * 86400)
     sign_roster(roster, load_signing_key(keys["admin"] / "signing.key"))
     return keys, roster

@@ -12,6 +12,11 @@ the data key the fixed random source gives under the regenerated header, which m
 classical bundle identical byte for byte; for the post-quantum bundle every byte before
 the envelope and the signed statement must match, and the fresh ML-DSA signature must verify.
 
+``roster.json`` is format ``forge-roster/2`` (it lists the consortium keys as recipients);
+``roster-v1.json`` is the format-1 roster of the same keys, kept as written before format 2
+(regenerated in December 2026 when rosters gained recipients): it must keep verifying the
+same bundles. The bundles and key files did not change.
+
 Regenerate deliberately (only when the format changes on purpose, with a format version bump)::
 
     .venv/bin/python tests/vectors/make_vectors.py
@@ -90,20 +95,35 @@ def make_keys(root: Path) -> dict[str, keys.KeyFiles]:
 
 def make_roster(root: Path, made: dict[str, keys.KeyFiles]) -> Path:
     path = root / "roster.json"
-    roster.init_roster(path, "vector-consortium", [made["admin-1"].public_key], expires=FAR)
+    if path.exists():  # made already (deterministic: the same bytes)
+        return path
+    roster.init_roster(path, "vector-consortium", [made["admin-1"].public_key], expires=FAR,
+                       recipients=[made["consortium"].public_key, made["consortium-pq"].public_key])
     for site in ("site-1", "site-pq"):
         roster.add_site_key(path, made[site].public_key, not_before=NOT_BEFORE, not_after=FAR)
-    roster.sign_roster(path, keys.load_signing_key(made["admin-1"].signing))
+    roster.sign_roster(path, keys.load_signing_key(made["admin-1"].signing), state_dir=root / "state")
     return path
+
+
+def _made(root: Path) -> dict[str, keys.KeyFiles]:
+    out = {}
+    for name in KEY_SPECS:
+        d = root / "keys" / name
+        out[name] = keys.KeyFiles(d / keys.SIGNING_FILE, d / keys.DECRYPTION_FILE, d / keys.PUBLIC_FILE,
+                                  keys.load_public_key(d / keys.PUBLIC_FILE))
+    return out
 
 
 def make_bundle(root: Path, name: str, plugin: Path, wrap=P.hpke_wrap) -> Path:
     signer, recipient = BUNDLES[name]
     out = root / name
+    roster_path = root / "roster.json"
+    if not roster_path.exists():
+        make_roster(root, _made(root))
     with tempfile.TemporaryDirectory() as counter_dir:
         bundle._seal(plugin, root / "keys" / signer / keys.SIGNING_FILE, root / "keys" / recipient / keys.PUBLIC_FILE, out,
                      sequence=SEQUENCE, chunk_size=CHUNK, passphrase=None, random=Drbg(f"bundle {name}"), now=FIXED_NOW,
-                     counter=SequenceCounter(counter_dir), wrap=wrap)
+                     counter=SequenceCounter(counter_dir), wrap=wrap, roster=roster_path, state_dir=root / "state")
     return out
 
 

@@ -4,7 +4,6 @@ the empirical epsilon against the claim, the reference cache, and the Ray path."
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest

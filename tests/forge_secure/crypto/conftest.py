@@ -16,7 +16,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from forge_secure.crypto import (
-    ReplayStore, SequenceCounter, add_site_key, init_roster, load_decryption_key, load_signing_key, new_keys,
+    Recipient, ReplayStore, SequenceCounter, add_site_key, init_roster, load_decryption_key, load_signing_key, new_keys,
     open_bundle, revoke_key, seal, sign_roster, verify,
 )
 from forge_secure.crypto import _time, load_roster
@@ -111,7 +111,8 @@ def build_world(root: Path, *, post_quantum: bool = False, rows: int = 64) -> Wo
                      ("admin-1", False), ("stranger", False)):
         keys[name] = new_keys(name, root / "keys" / name, post_quantum=pq, random=Drbg(f"world key {name} {pq}"))
     roster = root / "roster.json"
-    init_roster(roster, "medforge", [keys["admin-1"].public_key], expires=NOW + 365 * DAY)
+    init_roster(roster, "medforge", [keys["admin-1"].public_key], expires=NOW + 365 * DAY,
+                recipients=[keys["consortium"].public_key, Recipient.from_public(keys["other"].public_key, "auditor")])
     for site in ("site-1", "site-2"):
         add_site_key(roster, keys[site].public_key, not_before=NOW - 30 * DAY, not_after=NOW + 180 * DAY)
     sign_roster(roster, load_signing_key(keys["admin-1"].signing))

@@ -13,7 +13,7 @@ import json
 import pytest
 
 from forge_secure.cli import main as forge_main
-from forge_secure.crypto import add_site_key, init_roster, load_signing_key, new_keys, sign_roster
+from forge_secure.crypto import Recipient, add_site_key, init_roster, load_signing_key, new_keys, sign_roster
 from tests.conftest import assert_clean_error
 
 
@@ -23,7 +23,10 @@ def test_cli_subprocess_seal_verify_open(forge_cli, tmp_path, setup):
     env = {"SITE_PASS": "correct horse battery"}
     bundle = tmp_path / "b.forge"
     r = forge_cli("seal", plugin, "--signer", keys["site-1"].signing, "--recipient", keys["consortium"].public,
-                  "--out", bundle, "--sequence", "5")
+                  "--out", bundle, "--sequence", "5", "--roster", roster)
+    assert_clean_error(r, "roster.unpinned", "no pinned root")  # the subprocess's FORGE_HOME has no root of trust yet
+    r = forge_cli("seal", plugin, "--signer", keys["site-1"].signing, "--recipient", keys["consortium"].public,
+                  "--out", bundle, "--sequence", "5", "--roster", roster, "--root", roster)
     assert r.code == 0 and bundle.exists(), r
     r = forge_cli("verify", bundle, "--roster", roster, "--json")
     assert r.code == 0 and json.loads(r.out)["sequence"] == 5, r
@@ -41,7 +44,8 @@ def test_cli_story_in_process(tmp_path, kit, capsys, monkeypatch):
     for who in ("consortium", "admin-1"):
         assert run(capsys, "keys", "new", "--site", who, "--out", tmp_path / who, "--json")[0] == 0
     roster = tmp_path / "roster.json"
-    code, text = run(capsys, "roster", "init", "--out", roster, "--consortium", "medforge", "--admin", tmp_path / "admin-1")
+    code, text = run(capsys, "roster", "init", "--out", roster, "--consortium", "medforge", "--admin", tmp_path / "admin-1",
+                     "--recipient", tmp_path / "consortium" / "public.json")
     assert code == 0 and "version 1" in text
     code, text = run(capsys, "roster", "add", roster, "--site-key", tmp_path / "site" / "public.json", "--not-after", "30d")
     assert code == 0 and "version 2" in text
@@ -80,7 +84,8 @@ def test_cli_story_seal_verify_open(forge_cli, tmp_path, kit):
     new_keys("consortium", tmp_path / "cons", random=kit.Drbg("cli cons"))
     new_keys("admin-1", tmp_path / "admin", random=kit.Drbg("cli admin"))
     roster = tmp_path / "roster.json"
-    r = forge_cli("roster", "init", "--out", roster, "--consortium", "medforge", "--admin", tmp_path / "admin" / "public.json")
+    r = forge_cli("roster", "init", "--out", roster, "--consortium", "medforge", "--admin", tmp_path / "admin" / "public.json",
+                  "--recipient", tmp_path / "cons" / "public.json")
     assert r.code == 0 and "version 1" in r.out, r
     r = forge_cli("roster", "add", roster, "--site-key", tmp_path / "site" / "public.json", "--not-after", "30d")
     assert r.code == 0 and "version 2" in r.out, r
@@ -120,7 +125,8 @@ def test_cli_story_seal_verify_open(forge_cli, tmp_path, kit):
 def setup(tmp_path, kit, capsys):
     keys = {n: new_keys(n, tmp_path / n, random=kit.Drbg(f"cli {n}")) for n in ("site-1", "consortium", "other", "admin-1")}
     roster = tmp_path / "roster.json"
-    init_roster(roster, "medforge", [keys["admin-1"].public_key], expires=kit.NOW + 3650 * kit.DAY)
+    init_roster(roster, "medforge", [keys["admin-1"].public_key], expires=kit.NOW + 3650 * kit.DAY,
+                recipients=[keys["consortium"].public_key, Recipient.from_public(keys["other"].public_key, "auditor")])
     add_site_key(roster, keys["site-1"].public_key, not_before=kit.NOW - kit.DAY, not_after=kit.NOW + 3650 * kit.DAY)
     sign_roster(roster, load_signing_key(keys["admin-1"].signing))
     plugin = kit.make_plugin(tmp_path / "plugin")

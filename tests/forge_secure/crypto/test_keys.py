@@ -50,7 +50,9 @@ def test_refuses_to_overwrite(tmp_path):
 
 def test_passphrases(tmp_path):
     files = new_keys("site-1", tmp_path / "k", passphrase=b"correct horse battery")
-    assert "ENCRYPTED PRIVATE KEY" in files.signing.read_text()
+    doc = json.loads(files.signing.read_text())
+    assert doc["format"] == "forge-private-key/2" and doc["kdf"] == {**doc["kdf"], "name": "scrypt", "log_n": 18, "r": 8, "p": 1}
+    assert "PRIVATE KEY" not in files.signing.read_text()
     assert load_signing_key(files.signing, b"correct horse battery").site == "site-1"
     assert code_of(load_signing_key, files.signing, b"wrong horse battery") == "key.bad_passphrase"
     assert code_of(load_decryption_key, files.decryption, b"wrong horse battery") == "key.bad_passphrase"
@@ -97,6 +99,7 @@ def test_broken_key_files(tmp_path):
     cases[json.dumps(doc).encode()] = "key.invalid"                       # tampered PEM body
     for data, code in cases.items():
         bad.write_bytes(data)
+        bad.chmod(0o600)
         if code is None:
             load_signing_key(bad)
         else:
@@ -108,3 +111,62 @@ def test_broken_key_files(tmp_path):
     pub["signing"]["public_keys"]["ed25519"] = "AAAA"
     bad.write_text(json.dumps(pub))
     assert code_of(load_public_key, bad) == "key.invalid"
+
+
+def _legacy_encrypted(path, key, passphrase: bytes) -> None:
+    """A format-1 key file protected the old way (PKCS#8 BestAvailableEncryption: PBKDF2 + AES-CBC)."""
+    from forge_secure.crypto import _primitives as P
+
+    doc = {"format": "forge-private-key/1", "role": "signing", "site": key.site, "key_id": key.key_id,
+           "algorithms": list(key.algorithms), "encrypted": True,
+           "pkcs8": {a: P.private_to_pem(k, passphrase) for a, k in key.keys.items()}}
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    path.chmod(0o600)
+
+
+def test_legacy_encrypted_keys_load_and_a_wrong_passphrase_is_always_named(tmp_path):
+    """Format-1 PKCS#8-encrypted keys still load. A wrong passphrase on them used to surface about once in
+    256 tries as 'key.invalid' (the CBC padding happened to be valid, and the DER parse failed instead):
+    the cause of the intermittent failure of test_cli_story_in_process (issue 14). It is now always
+    'key.bad_passphrase'."""
+    key = load_signing_key(new_keys("site-1", tmp_path / "k").signing)
+    legacy = tmp_path / "legacy.key"
+    for _ in range(600):  # fresh salt and IV each time: P(no padding-valid case in 600) ~ 10%
+        _legacy_encrypted(legacy, key, b"correct horse battery")
+        assert code_of(load_signing_key, legacy, b"wrong pass!") == "key.bad_passphrase"
+    assert load_signing_key(legacy, b"correct horse battery").key_id == key.key_id
+    # and `forge keys protect` (protect_key_file) rewrites it as format 2
+    from forge_secure.crypto.keys import protect_key_file
+
+    protect_key_file(legacy, b"correct horse battery", b"a new passphrase", log_n=14)
+    assert json.loads(legacy.read_text())["format"] == "forge-private-key/2"
+    assert stat.S_IMODE(legacy.stat().st_mode) == 0o600
+    assert load_signing_key(legacy, b"a new passphrase").key_id == key.key_id
+    assert code_of(load_signing_key, legacy, b"correct horse battery") == "key.bad_passphrase"
+
+
+def test_secret_key_readable_by_others_is_refused_with_the_chmod_fix(tmp_path):
+    files = new_keys("site-1", tmp_path / "k")
+    for mode in (0o640, 0o604, 0o660, 0o644):
+        files.signing.chmod(mode)
+        with pytest.raises(BundleError) as e:
+            load_signing_key(files.signing)
+        assert e.value.code == "key.permissions" and f"chmod 600 {files.signing}" in str(e.value)
+    files.signing.chmod(0o600)
+    assert load_signing_key(files.signing).site == "site-1"
+    files.public.chmod(0o644)
+    assert load_public_key(files.public).site == "site-1"  # public keys are public
+
+
+def test_tampered_protected_key_fields_fail_authentication(tmp_path):
+    files = new_keys("site-1", tmp_path / "k", passphrase=b"correct horse battery", kdf_log_n=14)
+    doc = json.loads(files.signing.read_text())
+    for field, value in (("site", "site-2"), ("role", "signing"), ("kdf", {**doc["kdf"], "log_n": 15})):
+        changed = dict(doc, **{field: value})
+        files.signing.write_text(json.dumps(changed))
+        if field == "role":
+            assert load_signing_key(files.signing, b"correct horse battery").site == "site-1"
+        else:
+            assert code_of(load_signing_key, files.signing, b"correct horse battery") == "key.bad_passphrase"
+    files.signing.write_text(json.dumps(dict(doc, kdf={**doc["kdf"], "log_n": 40})))
+    assert code_of(load_signing_key, files.signing, b"correct horse battery") == "key.invalid"  # bounded before use

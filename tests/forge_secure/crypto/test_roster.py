@@ -70,9 +70,9 @@ def test_expired_rollback_fork(tmp_path, admins, kit):
     renewed = tmp_path / "renewed.json"
     renewed.write_bytes(path.read_bytes())
     assert sign_roster(renewed, key, expires=kit.NOW + 10 * kit.DAY).version == 2
-    assert load_roster(renewed, now=kit.NOW + 2 * kit.DAY, state_dir=tmp_path / "other-state").version == 2
+    assert load_roster(renewed, now=kit.NOW + 2 * kit.DAY, state_dir=tmp_path / "other-state", root=renewed).version == 2
     v1 = path.read_bytes()
-    load_roster(path, now=kit.NOW, state_dir=state)
+    load_roster(path, now=kit.NOW, state_dir=state, root=path)
     add_site_key(path, admins["site-1"].public_key, not_before=kit.NOW, not_after=kit.NOW + 100)
     sign_roster(path, key)
     load_roster(path, now=kit.NOW, state_dir=state)  # version 2 remembered
@@ -85,15 +85,18 @@ def test_expired_rollback_fork(tmp_path, admins, kit):
     add_site_key(fork, admins["admin-2"].public_key, not_before=kit.NOW, not_after=kit.NOW + 100)
     sign_roster(fork, key)
     assert code_of(load_roster, fork, now=kit.NOW, state_dir=state) == "roster.fork"
-    # a fresh client (no state) trusts either on first use
-    assert load_roster(fork, now=kit.NOW, state_dir=tmp_path / "fresh").version == 2
+    # a fresh client trusts nothing on first use: it needs the root, and a digest given out of band must match
+    assert code_of(load_roster, fork, now=kit.NOW, state_dir=tmp_path / "fresh") == "roster.unpinned"
+    genuine = read_roster(path).digest
+    assert code_of(load_roster, fork, now=kit.NOW, state_dir=tmp_path / "fresh", root=f"sha256:{genuine}") == "roster.pin_mismatch"
+    assert load_roster(path, now=kit.NOW, state_dir=tmp_path / "fresh", root=f"sha256:{genuine}").version == 2
 
 
 def test_admin_rotation_needs_the_old_admins(tmp_path, admins, kit):
     path, state = tmp_path / "r.json", tmp_path / "state"
     init_roster(path, "medforge", [admins["admin-1"].public_key], expires=kit.NOW + kit.DAY)
     sign_roster(path, load_signing_key(admins["admin-1"].signing))
-    load_roster(path, now=kit.NOW, state_dir=state)
+    load_roster(path, now=kit.NOW, state_dir=state, root=path)
     hijack = tmp_path / "hijack.json"  # an attacker's roster for the same consortium, higher version
     init_roster(hijack, "medforge", [admins["admin-2"].public_key], expires=kit.NOW + kit.DAY)
     add_admin_key(hijack, admins["admin-3"].public_key)  # version 2 > the version 1 already seen

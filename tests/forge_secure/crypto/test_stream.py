@@ -155,7 +155,7 @@ def test_a_source_changed_while_sealing_is_refused_and_nothing_is_written(tmp_pa
     with pytest.raises(BundleError) as info:
         world.seal("changed.forge", random=Tamper(kit, change))
     assert info.value.code == "bundle.source_changed"
-    assert not any(p.name.startswith((".changed.forge", "changed.forge")) for p in world.root.iterdir())
+    assert not any(p.name.startswith((".forge-partial.changed.forge", "changed.forge")) for p in world.root.iterdir())
 
 
 def test_opened_files_and_directories_are_fsynced(big, monkeypatch):
@@ -172,7 +172,7 @@ def test_opened_files_and_directories_are_fsynced(big, monkeypatch):
     names = {os.path.basename(p) for p in synced}
     for name in opened.files:  # every file, its directory, and the directory the output was renamed in
         assert os.path.basename(name) in names
-    assert any(os.path.basename(p).startswith(".opened.") for p in synced)
+    assert any(os.path.basename(p).startswith(".forge-partial.opened.") for p in synced)
     assert str(world.root) in synced
 
 

@@ -32,11 +32,21 @@ def consortium(tmp_path_factory):
     cons = new_keys("consortium", d / "cons")
     sites = {s: new_keys(s, d / s) for s in ("site-1", "site-2", "site-3")}
     roster = d / "roster.json"
-    init_roster(roster, "test-consortium", [admin.public_key], expires=now + 86400)
+    init_roster(roster, "test-consortium", [admin.public_key], expires=now + 86400, recipients=[cons.public_key])
     for k in sites.values():
         add_site_key(roster, k.public_key, not_before=now - 600, not_after=now + 86400)
     sign_roster(roster, load_signing_key(admin.signing))
     return {"roster": roster, "cons": cons, "sites": sites, "dir": d}
+
+
+@pytest.fixture(autouse=True)
+def _pinned_root(request):
+    """Each test's FORGE_HOME trusts the consortium's root, as a maintainer's machine does once
+    it was given the root out of band ('forge roster pin')."""
+    if "consortium" in request.fixturenames:
+        from forge_secure.crypto import pin_root
+
+        pin_root(request.getfixturevalue("consortium")["roster"])
 
 
 def seal_all(consortium, dirs, out_dir, tag):
@@ -46,7 +56,7 @@ def seal_all(consortium, dirs, out_dir, tag):
     for i, p in enumerate(dirs):
         site = f"site-{i + 1}"
         b = out_dir / f"{tag}-{site}.forge"
-        seal(p, load_signing_key(consortium["sites"][site].signing), consortium["cons"].public, b)
+        seal(p, load_signing_key(consortium["sites"][site].signing), consortium["cons"].public, b, roster=consortium["roster"])
         out.append(b)
     return out
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from forge_secure.errors import ForgeConfigError, ForgeFileError, ForgeValueError
+from forge_secure.errors import ForgeFileError, ForgeValueError
 from forge_secure.privacy import TrainConfig, ffa_matrix, train_plugin
 from forge_secure.privacy.randomness import commit, fresh_secret, seed_from_label
 from forge_secure.privacy.train import plan_privacy
