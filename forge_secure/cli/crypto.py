@@ -293,7 +293,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--site-key", metavar="PUB", help="the site's public.json")
     p.add_argument("--admin", metavar="PUB", help="add an admin instead")
     p.add_argument("--recipient", metavar="PUB", help="add a recipient's encryption key instead (bundles may be sealed to it)")
-    p.add_argument("--role", choices=("consortium", "auditor"), default="consortium", help="the recipient's role (with --recipient)")
+    p.add_argument("--role", choices=("consortium", "auditor", "site"), default="consortium", help="the recipient's role (with --recipient)")
     p.add_argument("--timestamp-key", metavar="PUB", help="add a key that may sign timestamps instead (a hub's online key)")
     p.add_argument("--threshold", type=int, help="new admin threshold (with --admin)")
     p.add_argument("--not-before", help="start of the key's validity (default now)")
