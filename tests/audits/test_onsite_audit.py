@@ -22,7 +22,8 @@ from audits import audit_directory
 from audits.findings import Status
 from forge_secure.crypto.bundle import seal
 from forge_secure.crypto.keys import load_public_key, load_signing_key, new_keys
-from forge_secure.crypto.roster import add_site_key, init_roster, sign_roster
+from forge_secure.crypto.roster import Recipient, add_site_key, init_roster, sign_roster
+from forge_secure.crypto.trust import pin_root
 from forge_secure.fileio import sha256_file
 from forge_secure.plugins.data import load_data
 from forge_secure.privacy import Ledger, TrainConfig, train_plugin
@@ -42,16 +43,26 @@ def consortium(tmp_path_factory):
     keys = {who: new_keys(who, root / "keys" / who) for who in ("admin", SITE, "auditor", "maintainer")}
     now = int(time.time())
     roster = root / "roster.json"
-    init_roster(roster, "medforge", [load_public_key(keys["admin"].public)], expires=now + 90 * DAY)
+    recipients = [Recipient.from_public(load_public_key(keys["auditor"].public), "auditor"),
+                  Recipient.from_public(load_public_key(keys[SITE].public), "site")]
+    recipients.append(Recipient.from_public(load_public_key(keys["maintainer"].public), "consortium"))
+    init_roster(roster, "onsite-test", [load_public_key(keys["admin"].public)], expires=now + 90 * DAY, recipients=recipients)
     for who in (SITE, "auditor"):
         add_site_key(roster, load_public_key(keys[who].public), not_before=now - DAY, not_after=now + 365 * DAY)
     sign_roster(roster, load_signing_key(keys["admin"].signing))
     record = issue_record(SITE, 64, load_data(f"bundled:{SITE}"))
     rec_path = root / "auditor-record.json"
     rec_path.write_text(json.dumps(record))
-    grant = write_grant(record, signer=load_signing_key(keys["auditor"].signing), site_key=keys[SITE].public, out=root / "grant.forge")
+    grant = write_grant(record, signer=load_signing_key(keys["auditor"].signing), site_key=keys[SITE].public, out=root / "grant.forge", roster=roster)
     return {"root": root, "keys": keys, "roster": roster, "record": record, "record_path": rec_path, "grant": grant}
 
+
+
+@pytest.fixture(autouse=True)
+def _pinned(request):
+    """Every test has its own FORGE_HOME: pin the consortium's root there (obtained out of band)."""
+    if "consortium" in request.fixturenames:
+        pin_root(request.getfixturevalue("consortium")["roster"])
 
 def _evidence(c, name: str, plugin_dir: Path, ledgers: Path) -> Path:
     ev = c["root"] / name / "evidence"

@@ -26,14 +26,18 @@ def redo_dirs(tmp_path_factory):
     tuning data, and their ties, dare and sequential merges: ``root/{method}-{nodp|dp}``."""
     from forge_secure.merge import fusion_merge
     from forge_secure.plugins.bases import load_base
-    from forge_secure.privacy import TrainConfig, train_plugin
+    from forge_secure.privacy.randomness import seed_from_label
+from forge_secure.privacy import TrainConfig, train_plugin
     from forge_secure.privacy.synthetic import SynthConfig, make_synthetic, save_synthetic
 
     root = tmp_path_factory.mktemp("recon-redo")
     for site in ("site-1", "site-2"):
         data = load_data(f"bundled:{site}")
-        train_plugin(TrainConfig(no_dp=True, epochs=3, seed=0), data, site=site, out=root / f"{site}-nodp")
-        train_plugin(TrainConfig(noise_multiplier=1.0, epochs=3, seed=0), data, site=site, out=root / f"{site}-dp")
+        # the attacker's own experiment: reproducible randomness (a secret derived from a public label)
+        train_plugin(TrainConfig(no_dp=True, epochs=3, seed=0), data, site=site, out=root / f"{site}-nodp",
+                     secret=seed_from_label(f"test-merged-redo-{site}-nodp", 0))
+        train_plugin(TrainConfig(noise_multiplier=1.0, epochs=3, seed=0), data, site=site, out=root / f"{site}-dp",
+                     secret=seed_from_label(f"test-merged-redo-{site}-dp", 0))
     synth = make_synthetic(load_base("tabular-mlp"), load_data("bundled:site-1"), SynthConfig(noise_multiplier=2.0, per_class=20),
                            site="site-1")
     save_synthetic(synth, root / "synth.npz")

@@ -86,7 +86,7 @@ def build_consortium(root: Path, sites=SITES) -> Consortium:
     for name in (*sites, "consortium", "admin-1", "stranger"):
         keys[name] = new_keys(name, root / "keys" / name)
     roster = root / "roster.json"
-    init_roster(roster, "medforge", [keys["admin-1"].public_key], expires=now + 365 * DAY)
+    init_roster(roster, "medforge", [keys["admin-1"].public_key], expires=now + 365 * DAY, recipients=[keys["consortium"].public_key])
     for site in sites:
         add_site_key(roster, keys[site].public_key, not_before=now - DAY, not_after=now + 180 * DAY)
     sign_roster(roster, load_signing_key(keys["admin-1"].signing))

@@ -172,7 +172,7 @@ def test_text_plugin_trains_seals_and_merges(forge_inproc, small_base_dir, repor
     now = _time.parse_time("2026-06-01T12:00:00Z", "now")
     keys = {n: new_keys(n, tmp_path / "keys" / n) for n in ("site-1", "consortium", "admin")}
     roster = tmp_path / "roster.json"
-    init_roster(roster, "reports", [keys["admin"].public_key], expires=now + 86400 * 365)
+    init_roster(roster, "reports", [keys["admin"].public_key], expires=now + 86400 * 365, recipients=[keys["consortium"].public_key])
     add_site_key(roster, keys["site-1"].public_key, not_before=now - 86400, not_after=now + 86400 * 30)
     sign_roster(roster, load_signing_key(keys["admin"].signing))
     bundle = seal(plugins["site-1"], load_signing_key(keys["site-1"].signing), keys["consortium"].public, tmp_path / "s1.forge", now=now)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from forge_secure.crypto.keys import load_public_key, load_signing_key, new_keys
-from forge_secure.crypto.roster import add_site_key, init_roster, sign_roster
+from forge_secure.crypto.roster import Recipient, add_site_key, init_roster, sign_roster
+from forge_secure.crypto.trust import pin_root
 from forge_secure.errors import ForgeError
 from forge_secure.fileio import sha256_file
 from forge_secure.plugins.data import load_data
@@ -41,18 +42,27 @@ def world(tmp_path_factory):
     keys = {who: new_keys(who, root / "keys" / who) for who in ("admin", SITE, "auditor", "stranger")}
     now = int(time.time())
     roster = root / "roster.json"
-    init_roster(roster, "medforge", [load_public_key(keys["admin"].public)], expires=now + 90 * DAY)
+    recipients = [Recipient.from_public(load_public_key(keys["auditor"].public), "auditor"),
+                  Recipient.from_public(load_public_key(keys[SITE].public), "site")]
+    init_roster(roster, "replay-test", [load_public_key(keys["admin"].public)], expires=now + 90 * DAY, recipients=recipients)
     for who in (SITE, "auditor"):
         add_site_key(roster, load_public_key(keys[who].public), not_before=now - DAY, not_after=now + 365 * DAY)
     sign_roster(roster, load_signing_key(keys["admin"].signing))
     like = load_data(f"bundled:{SITE}")
     record = issue_record(SITE, 64, like)
-    grant = write_grant(record, signer=load_signing_key(keys["auditor"].signing), site_key=keys[SITE].public, out=root / "grant.forge")
+    grant = write_grant(record, signer=load_signing_key(keys["auditor"].signing), site_key=keys[SITE].public, out=root / "grant.forge", roster=roster)
     honest = train_site(site=SITE, data_spec=f"bundled:{SITE}", base_name="tabular-mlp", out=root / "honest", canary_grant=grant,
                         grant_key=keys[SITE].decryption, roster=roster, auditor=keys["auditor"].public, signer=keys[SITE].signing,
                         ledger_root=root / "ledgers", **CLAIMED)
     return {"root": root, "keys": keys, "roster": roster, "record": record, "grant": grant, "honest": honest}
 
+
+
+@pytest.fixture(autouse=True)
+def _pinned(request):
+    """Every test has its own FORGE_HOME: pin the consortium's root there (obtained out of band)."""
+    if "world" in request.fixturenames:
+        pin_root(request.getfixturevalue("world")["roster"])
 
 def _replay(world, plugin_dir: Path, envelope: Path | None = None, *, key=None):
     recipe = open_replay_envelope(envelope or envelope_path(plugin_dir), key=key or world["keys"]["auditor"].decryption,
@@ -80,6 +90,7 @@ def test_replay_in_another_process_through_the_cli(world, forge_cli):
     run = world["honest"]
     rec = world["root"] / "record.json"
     rec.write_text(json.dumps(world["record"]))
+    assert forge_cli("roster", "pin", world["roster"]).code == 0  # the auditor's machine pins the root once
     r = forge_cli("audit", "replay", run.envelope, "--plugin", run.plugin.path, "--key", world["keys"]["auditor"].decryption,
                   "--roster", world["roster"], "--canary-record", rec, "--json")
     assert r.code == 0, r.err
@@ -186,6 +197,7 @@ def test_replay_refuses_the_wrong_canary_record(world):
 def test_train_cli_writes_the_envelope_and_the_grant_is_refused_to_another_site(world, forge_cli, tmp_path):
     k = world["keys"]
     out = tmp_path / "p"
+    assert forge_cli("roster", "pin", world["roster"]).code == 0  # the site's machine pins the root once
     r = forge_cli("train", "--site", SITE, "--data", f"bundled:{SITE}", "--noise-multiplier", "1", "--epochs", "1",
                   "--out", out, "--auditor", k["auditor"].public, "--signer", k[SITE].signing, "--canary-grant", world["grant"],
                   "--grant-key", k[SITE].decryption, "--roster", world["roster"], "--json")
