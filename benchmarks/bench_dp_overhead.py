@@ -86,6 +86,7 @@ def _finite(run) -> bool:
 def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks: bool, lr: float) -> dict:
     from forge_secure.plugins import load_base
     from forge_secure.privacy import TrainConfig, build_lora_model
+    from forge_secure.privacy.randomness import fresh_secret
     from forge_secure.privacy.train import TrainingRun, plan_privacy
 
     base = load_base(base_name)
@@ -96,7 +97,10 @@ def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks:
                                  ("no_dp_product", TrainConfig(no_dp=True, batch_size=batch_size, lr=lr), True),
                                  ("dp", TrainConfig(noise_multiplier=1.0, batch_size=batch_size, accountant="rdp", lr=lr), False)):
         model, _ = build_lora_model(base, cfg)
-        runs[name] = TrainingRun(model, X, y, cfg, plan_privacy(cfg, len(data)), stabilise_no_dp=stabilise)
+        # a fresh OS secret per run, as train_plugin draws it: the timed DP step includes the secret
+        # ChaCha20 noise (four float64 normals per coordinate) and the secret Poisson sampler
+        runs[name] = TrainingRun(model, X, y, cfg, plan_privacy(cfg, len(data)), secret=fresh_secret(),
+                                 stabilise_no_dp=stabilise)
     if with_hooks:
         runs["opacus_hooks"] = _OpacusHooks(base, data, TrainConfig(noise_multiplier=1.0, batch_size=batch_size, lr=lr))
     cpu = {k: [] for k in runs}
