@@ -83,6 +83,40 @@ def _finite(run) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in run.model.parameters() if p.requires_grad)
 
 
+def _noise_cost(run, reps: int) -> dict:
+    """CPU time of the secret noise alone, drawn exactly as the DP run draws it (a NoiseSource on a
+    fresh secret's ChaCha20 stream, one ``take`` of all trainable coordinates per step, plus the
+    float32 cast), over as many epochs as were timed; and its parts on one 16-step block."""
+    from forge_secure.privacy.randomness import NoiseSource, SecretStream, fresh_secret
+
+    numel = sum(p.numel() for p in run.params)
+    steps = run.plan.steps_per_epoch
+    src = NoiseSource(SecretStream(fresh_secret(), "bench-noise"))
+    epochs = max(reps, 48)  # a block holds up to 16 steps' noise: average over whole blocks, not a median epoch
+    c0 = time.process_time()
+    for _ in range(epochs * steps):
+        src.take(numel).to(torch.float32)
+    per_epoch = (time.process_time() - c0) / epochs
+    # the parts, on one block of 16 steps' noise (4 normals per coordinate)
+    s = SecretStream(fresh_secret(), "bench-parts")
+    n = 4 * 16 * numel
+    parts = {"keystream": [], "erfinv": [], "all": []}
+    x = torch.rand(n, dtype=torch.float64).mul_(2).sub_(1)
+    for _ in range(max(10, reps // 5)):
+        c0 = time.process_time()
+        s._enc.update(bytes(8 * n))
+        c1 = time.process_time()
+        x.clone().erfinv_()
+        c2 = time.process_time()
+        s.secure_normal(16 * numel)
+        c3 = time.process_time()
+        parts["keystream"].append(c1 - c0)
+        parts["erfinv"].append(c2 - c1)
+        parts["all"].append(c3 - c2)
+    return {"numel": numel, "mean_cpu_s_per_epoch": per_epoch,
+            "block": {k: statistics.median(v) for k, v in parts.items()}}
+
+
 def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks: bool, lr: float) -> dict:
     from forge_secure.plugins import load_base
     from forge_secure.privacy import TrainConfig, build_lora_model
@@ -116,6 +150,7 @@ def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks:
     out = {"base": base_name, "rows": len(data), "batch_size": batch_size, "steps_per_epoch": runs["dp"].plan.steps_per_epoch,
            "reps": reps, "lr": lr, "finite": {k: _finite(r) for k, r in runs.items()}, "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
            "median_wall_s": {k: statistics.median(v) for k, v in wall.items()}}
+    out["noise"] = _noise_cost(runs["dp"], reps)
     for k in [k for k in runs if k != "no_dp"]:
         out[k] = {}
         for clock, times in (("cpu", cpu), ("wall", wall)):
@@ -144,6 +179,11 @@ def main(argv=None) -> int:
              "| base | rows | steps/epoch | clock | no-DP epoch | DP epoch | **DP / no-DP** median [IQR] | min-time ratio "
              "| product no-DP path / no-DP | Opacus hooks / no-DP median [IQR] | weights finite |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    noise_lines = ["", "Where the DP step's time goes: the secret noise (`forge_secure/privacy/randomness.py`: four float64 normals per "
+                   "trainable coordinate per step, each `sqrt(2) erfinv(2u - 1)` of a 53-bit uniform from the ChaCha20 keystream), "
+                   "timed alone (CPU) exactly as the DP run draws it, against the no-DP epoch:", "",
+                   "| base | trainable coordinates | normals / step | noise per epoch (mean) | noise / median no-DP epoch | (median DP epoch - noise) / median no-DP epoch "
+                   "| 16-step block: keystream | erfinv (float64) | whole secure_normal |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         h = r.get("opacus_hooks")
         finite = "all" if all(r["finite"].values()) else "NOT: " + ", ".join(k for k, v in r["finite"].items() if not v)
@@ -155,6 +195,14 @@ def main(argv=None) -> int:
                 f"| {r['base']} | {r['rows']} | {r['steps_per_epoch']} | {clock} | {med['no_dp'] * 1e3:.1f} ms | {med['dp'] * 1e3:.1f} ms "
                 f"| **{d['median']:.3f}** [{d['q1']:.3f}, {d['q3']:.3f}] | {d['min_ratio']:.3f} | {pr['median']:.3f} "
                 + (f"| {hk['median']:.2f} [{hk['q1']:.2f}, {hk['q3']:.2f}] " if hk else "| n/a ") + f"| {finite} |")
+    for r in results:
+        nz, med = r["noise"], r["median_cpu_s"]
+        b = nz["block"]
+        noise_lines.append(
+            f"| {r['base']} | {nz['numel']} | {4 * nz['numel']} | {nz['mean_cpu_s_per_epoch'] * 1e3:.2f} ms "
+            f"| {nz['mean_cpu_s_per_epoch'] / med['no_dp']:.3f} | {(med['dp'] - nz['mean_cpu_s_per_epoch']) / med['no_dp']:.3f} "
+            f"| {b['keystream'] * 1e3:.2f} ms | {b['erfinv'] * 1e3:.2f} ms | {b['all'] * 1e3:.2f} ms |")
+    lines += noise_lines
     lines += ["", f"{results[0]['reps']} timed epochs per run after warm-up; learning rate {results[0]['lr']} in every run (at the "
               "training default 0.05 the unclipped no-DP baseline diverges on tabular-mlp and would time NaN arithmetic). "
               "\"product no-DP path\" is `forge train --no-dp`'s step, which adds a batch-gradient clip. DP clipping: closed-form "
