@@ -1,0 +1,159 @@
+"""Audit power: the epsilon lower bound the one-run audit on auditor canaries reaches (issue 12, item 3).
+
+A `tabular-mlp` plugin (LoRA rank 8, the product defaults except the epochs) is trained on the
+bundled site-1 data with the included half of ``M`` auditor canaries
+(:func:`forge_secure.privacy.canaries.issue_record`: a fresh auditor secret per repetition,
+out-of-distribution records with random labels, fair inclusion coins), without noise and with
+DP-SGD at epsilon 1, 4 and 8 (delta 1e-5, PRV accountant, fresh training secret). The audit is
+the one of ``audits/checks/canaries.py``: each canary scored by
+:func:`audits.checks.canaries.canary_scores` (log-odds of its label under the plugin minus under
+the base), guesses fixed in advance, the Steinke-Nasr-Jagielski bound at 95 % confidence
+(:func:`attacks.metrics.one_run_audit`) with delta = the claim's delta (1e-5; for the no-noise
+plugin, the delta of a false claim). Two guessing policies, both fixed before any score is seen:
+the audit's default (IN for the top 25 %, OUT for the bottom 25 %) and a sparser one (10 % / 10 %).
+Beside each bound: the ceiling, the largest epsilon a perfect attack (every guess right) could show
+on that sample. The bound is itself a 95 % confidence bound; repetitions (fresh canaries, fresh
+secrets) show how it varies from run to run.
+
+    .venv/bin/python benchmarks/bench_audit_power.py [--reps 3] [--counts 256,1000,4000] [--epochs 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _report import write_section  # noqa: E402
+
+SITE = "site-1"
+DELTA = 1e-5
+P_TARGET = 0.05
+POLICIES = {"25/25 (audit default)": (0.25, 0.25), "10/10": (0.10, 0.10)}
+SETTINGS = {"no noise": None, "DP, epsilon 1": 1.0, "DP, epsilon 4": 4.0, "DP, epsilon 8": 8.0}
+ANCHOR = 5.48  # ML Privacy Meter, 1000 mislabelled canaries, no noise, one run, delta 1e-5
+
+
+def audit_one(plugin, cset, mask, delta: float) -> dict:
+    from attacks.metrics import one_run_audit, one_run_epsilon
+    from audits.checks.canaries import canary_scores
+
+    scores = canary_scores(plugin, cset)
+    m = len(mask)
+    out = {}
+    for name, (fp, fm) in POLICIES.items():
+        kp, km = int(round(fp * m)), int(round(fm * m))
+        a = one_run_audit(scores, mask.astype(int), k_plus=kp, k_minus=km, delta=delta, p_target=P_TARGET)
+        ceiling = one_run_epsilon(a["guesses"], a["guesses"], m, delta=delta, p_target=P_TARGET)
+        out[name] = {"lb": a["epsilon_lb"], "correct": a["correct"], "guesses": a["guesses"], "ceiling": ceiling}
+    acc = plugin.logits(cset.X).argmax(axis=1) == cset.y
+    out["acc_in"], out["acc_out"] = float(acc[mask].mean()), float(acc[~mask].mean())
+    return out
+
+
+def run(counts: list[int], reps: int, epochs: int) -> list[dict]:
+    import torch
+
+    from forge_secure.plugins.data import load_data
+    from forge_secure.privacy import TrainConfig, train_plugin
+    from forge_secure.privacy.canaries import all_canaries, issue_record
+
+    torch.set_num_threads(1)
+    site = load_data(f"bundled:{SITE}")
+    rows = []
+    for m in counts:
+        for rep in range(reps):
+            record = issue_record(SITE, m, site)
+            cset, mask = all_canaries(record)
+            data = site.concat(cset.subset(mask), name=site.name)
+            for setting, eps in SETTINGS.items():
+                cfg = TrainConfig(no_dp=True, epochs=epochs) if eps is None else TrainConfig(target_epsilon=eps, delta=DELTA, epochs=epochs)
+                c0 = time.process_time()
+                plugin = train_plugin(cfg, data, site=SITE)
+                seconds = time.process_time() - c0
+                dp = plugin.meta["dp"]
+                claimed = math.inf if eps is None else float(dp["epsilon"])
+                res = audit_one(plugin, cset, mask, DELTA)
+                rows.append({"m": m, "rep": rep, "setting": setting, "claimed": claimed, "rows": len(data),
+                             "sigma": dp.get("noise_multiplier"), "cpu_s": seconds, **res})
+                print(f"M={m} rep={rep} {setting}: " + ", ".join(f"{p} lb {res[p]['lb']:.3f} ({res[p]['correct']}/{res[p]['guesses']}, "
+                                                                 f"ceiling {res[p]['ceiling']:.3f})" for p in POLICIES)
+                      + f"; canary accuracy in {res['acc_in']:.2f} / out {res['acc_out']:.2f}; {seconds:.1f} s", flush=True)
+    return rows
+
+
+def render(rows: list[dict], counts: list[int], reps: int, epochs: int, total_s: float) -> str:
+    lines = [f"`tabular-mlp` (LoRA rank 8, batch 32, lr 0.05, C = 1, {epochs} epochs, so that the no-noise plugin memorises its "
+             f"canaries) on bundled {SITE} data plus the included half of M auditor canaries; one-run audit at 95 % confidence, "
+             f"delta {DELTA:g}; {reps} repetitions per cell (fresh canaries, fresh secrets). Cells: median lower bound "
+             "[min, max over repetitions]; ceiling = what a perfect attack could show on that sample (same policy).", ""]
+    for policy in POLICIES:
+        lines += [f"Guessing policy {policy}:", "",
+                  "| M | plugin | sigma | claimed epsilon | **epsilon lower bound** median [min, max] | correct / guesses (median) "
+                  "| ceiling | bound <= claim | canary accuracy in / held back |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for m in counts:
+            for setting in SETTINGS:
+                cell = [r for r in rows if r["m"] == m and r["setting"] == setting]
+                if not cell:
+                    continue
+                lbs = [r[policy]["lb"] for r in cell]
+                claimed = cell[0]["claimed"]
+                ok = sum(lb <= c["claimed"] for lb, c in zip(lbs, cell))
+                sig = "-" if cell[0]["sigma"] is None else f"{np.median([r['sigma'] for r in cell]):.3f}"
+                lines.append(
+                    f"| {m} | {setting} | {sig} | {'none (inf)' if math.isinf(claimed) else f'{claimed:.3g}'} "
+                    f"| **{np.median(lbs):.3f}** [{min(lbs):.3f}, {max(lbs):.3f}] "
+                    f"| {int(np.median([r[policy]['correct'] for r in cell]))} / {cell[0][policy]['guesses']} "
+                    f"| {cell[0][policy]['ceiling']:.3f} | {'n/a' if math.isinf(claimed) else f'{ok}/{len(cell)}'} "
+                    f"| {np.median([r['acc_in'] for r in cell]):.2f} / {np.median([r['acc_out'] for r in cell]):.2f} |")
+        lines.append("")
+    default = list(POLICIES)[0]
+    lines.append("A false claim of epsilon 1 on the no-noise plugin (audit default policy):")
+    lines.append("")
+    for m in counts:
+        cell = [r for r in rows if r["m"] == m and r["setting"] == "no noise"]
+        if cell:
+            hit = sum(r[default]["lb"] > 1.0 for r in cell)
+            lines.append(f"- M = {m}: contradicted (bound > 1) in {hit} of {len(cell)} repetitions "
+                         f"(bounds {', '.join(format(r[default]['lb'], '.2f') for r in cell)}).")
+    anchor = [r for r in rows if r["m"] == 1000 and r["setting"] == "no noise"]
+    if anchor:
+        best = max(max(r[p]["lb"] for p in POLICIES) for r in anchor)
+        ceil = anchor[0][default]["ceiling"], anchor[0]["10/10"]["ceiling"]
+        lines += ["", f"Anchor: ML Privacy Meter reports {ANCHOR} for a model trained without noise with 1000 mislabelled canaries "
+                  f"(one run, delta 1e-5). Here, M = 1000 without noise: median {np.median([r[default]['lb'] for r in anchor]):.2f} "
+                  f"(25/25) and {np.median([r['10/10']['lb'] for r in anchor]):.2f} (10/10), best single run {best:.2f}; ceilings "
+                  f"{ceil[0]:.2f} and {ceil[1]:.2f}."]
+    lines += ["", f"Total runtime {total_s / 60:.1f} min (CPU, one thread, all cells)."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--counts", default="256,1000,4000")
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    counts = [int(c) for c in args.counts.split(",")]
+    c0 = time.process_time()
+    rows = run(counts, args.reps, args.epochs)
+    text = render(rows, counts, args.reps, args.epochs, time.process_time() - c0)
+    print(text)
+    if not args.no_write:
+        cmd = "python benchmarks/bench_audit_power.py"
+        if (args.reps, args.counts, args.epochs) != (3, "256,1000,4000", 100):
+            cmd += f" --reps {args.reps} --counts {args.counts} --epochs {args.epochs}"
+        write_section("audit_power", "Audit power: the one-run audit on auditor canaries", cmd, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
