@@ -9,8 +9,12 @@ the one of ``audits/checks/canaries.py``: each canary scored by
 :func:`audits.checks.canaries.canary_scores` (log-odds of its label under the plugin minus under
 the base), guesses fixed in advance, the Steinke-Nasr-Jagielski bound at 95 % confidence
 (:func:`attacks.metrics.one_run_audit`) with delta = the claim's delta (1e-5; for the no-noise
-plugin, the delta of a false claim). Two guessing policies, both fixed before any score is seen:
-the audit's default (IN for the top 25 %, OUT for the bottom 25 %) and a sparser one (10 % / 10 %).
+plugin, the delta of a false claim). Three guessing policies, all fixed before any score of these
+runs is seen: the audit's default (IN for the top 25 %, OUT for the bottom 25 %), a sparser one
+(10 % / 10 %), and OUT guesses only on the bottom 20 % (chosen on separate exploratory runs, not
+these: with two classes, a held-back canary's random label agrees with the plugin's confident
+extrapolation half the time, so high scores are ambiguous while very low scores, a label the
+plugin confidently rejects, mark held-back canaries).
 Beside each bound: the ceiling, the largest epsilon a perfect attack (every guess right) could show
 on that sample. The bound is itself a 95 % confidence bound; repetitions (fresh canaries, fresh
 secrets) show how it varies from run to run.
@@ -35,7 +39,7 @@ from _report import write_section  # noqa: E402
 SITE = "site-1"
 DELTA = 1e-5
 P_TARGET = 0.05
-POLICIES = {"25/25 (audit default)": (0.25, 0.25), "10/10": (0.10, 0.10)}
+POLICIES = {"25/25 (audit default)": (0.25, 0.25), "10/10": (0.10, 0.10), "0/20 (OUT guesses only)": (0.0, 0.20)}
 SETTINGS = {"no noise": None, "DP, epsilon 1": 1.0, "DP, epsilon 4": 4.0, "DP, epsilon 8": 8.0}
 ANCHOR = 5.48  # ML Privacy Meter, 1000 mislabelled canaries, no noise, one run, delta 1e-5
 
@@ -114,23 +118,21 @@ def render(rows: list[dict], counts: list[int], reps: int, epochs: int, total_s:
                     f"| {cell[0][policy]['ceiling']:.3f} | {'n/a' if math.isinf(claimed) else f'{ok}/{len(cell)}'} "
                     f"| {np.median([r['acc_in'] for r in cell]):.2f} / {np.median([r['acc_out'] for r in cell]):.2f} |")
         lines.append("")
-    default = list(POLICIES)[0]
-    lines.append("A false claim of epsilon 1 on the no-noise plugin (audit default policy):")
+    lines.append("A false claim of epsilon 1 on the no-noise plugin: repetitions in which the bound exceeds 1 (the claim is contradicted):")
     lines.append("")
     for m in counts:
         cell = [r for r in rows if r["m"] == m and r["setting"] == "no noise"]
         if cell:
-            hit = sum(r[default]["lb"] > 1.0 for r in cell)
-            lines.append(f"- M = {m}: contradicted (bound > 1) in {hit} of {len(cell)} repetitions "
-                         f"(bounds {', '.join(format(r[default]['lb'], '.2f') for r in cell)}).")
+            lines.append(f"- M = {m}: " + "; ".join(
+                f"{p}: {sum(r[p]['lb'] > 1.0 for r in cell)}/{len(cell)} (bounds {', '.join(format(r[p]['lb'], '.2f') for r in cell)})"
+                for p in POLICIES))
     anchor = [r for r in rows if r["m"] == 1000 and r["setting"] == "no noise"]
     if anchor:
         best = max(max(r[p]["lb"] for p in POLICIES) for r in anchor)
-        ceil = anchor[0][default]["ceiling"], anchor[0]["10/10"]["ceiling"]
+        per = "; ".join(f"{p}: median {np.median([r[p]['lb'] for r in anchor]):.2f} (ceiling {anchor[0][p]['ceiling']:.2f})"
+                        for p in POLICIES)
         lines += ["", f"Anchor: ML Privacy Meter reports {ANCHOR} for a model trained without noise with 1000 mislabelled canaries "
-                  f"(one run, delta 1e-5). Here, M = 1000 without noise: median {np.median([r[default]['lb'] for r in anchor]):.2f} "
-                  f"(25/25) and {np.median([r['10/10']['lb'] for r in anchor]):.2f} (10/10), best single run {best:.2f}; ceilings "
-                  f"{ceil[0]:.2f} and {ceil[1]:.2f}."]
+                  f"(one run, delta 1e-5). Here, M = 1000 without noise: {per}; best single run {best:.2f}."]
     lines += ["", f"Total runtime {total_s / 60:.1f} min (CPU, one thread, all cells)."]
     return "\n".join(lines)
 
