@@ -19,7 +19,7 @@ Beside each bound: the ceiling, the largest epsilon a perfect attack (every gues
 on that sample. The bound is itself a 95 % confidence bound; repetitions (fresh canaries, fresh
 secrets) show how it varies from run to run.
 
-    .venv/bin/python benchmarks/bench_audit_power.py [--reps 3] [--counts 256,1000,4000] [--epochs 100]
+    .venv/bin/python benchmarks/bench_audit_power.py [--reps 3] [--counts 64,256,1000,4000] [--epochs 100]
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ DELTA = 1e-5
 P_TARGET = 0.05
 POLICIES = {"25/25 (audit default)": (0.25, 0.25), "10/10": (0.10, 0.10), "0/20 (OUT guesses only)": (0.0, 0.20)}
 SETTINGS = {"no noise": None, "DP, epsilon 1": 1.0, "DP, epsilon 4": 4.0, "DP, epsilon 8": 8.0}
+#: the plugins trained: the product's (LoRA rank 8, every setting) and, for the no-noise plugin only, a
+#: higher-capacity one trained longer, which memorises its included canaries at every M measured
+VARIANTS = {"rank 8": {"rank": 8, "settings": tuple(SETTINGS)}, "rank 32, 3x epochs": {"rank": 32, "settings": ("no noise",)}}
 ANCHOR = 5.48  # ML Privacy Meter, 1000 mislabelled canaries, no noise, one run, delta 1e-5
 
 
@@ -62,6 +65,7 @@ def audit_one(plugin, cset, mask, delta: float) -> dict:
 
 
 def run(counts: list[int], reps: int, epochs: int) -> list[dict]:
+    """Every (M, repetition) draws one canary set and trains every variant's settings on it."""
     import torch
 
     from forge_secure.plugins.data import load_data
@@ -76,63 +80,80 @@ def run(counts: list[int], reps: int, epochs: int) -> list[dict]:
             record = issue_record(SITE, m, site)
             cset, mask = all_canaries(record)
             data = site.concat(cset.subset(mask), name=site.name)
-            for setting, eps in SETTINGS.items():
-                cfg = TrainConfig(no_dp=True, epochs=epochs) if eps is None else TrainConfig(target_epsilon=eps, delta=DELTA, epochs=epochs)
-                c0 = time.process_time()
-                plugin = train_plugin(cfg, data, site=SITE)
-                seconds = time.process_time() - c0
-                dp = plugin.meta["dp"]
-                claimed = math.inf if eps is None else float(dp["epsilon"])
-                res = audit_one(plugin, cset, mask, DELTA)
-                rows.append({"m": m, "rep": rep, "setting": setting, "claimed": claimed, "rows": len(data),
-                             "sigma": dp.get("noise_multiplier"), "cpu_s": seconds, **res})
-                print(f"M={m} rep={rep} {setting}: " + ", ".join(f"{p} lb {res[p]['lb']:.3f} ({res[p]['correct']}/{res[p]['guesses']}, "
-                                                                 f"ceiling {res[p]['ceiling']:.3f})" for p in POLICIES)
-                      + f"; canary accuracy in {res['acc_in']:.2f} / out {res['acc_out']:.2f}; {seconds:.1f} s", flush=True)
+            for variant, spec in VARIANTS.items():
+                ep = epochs if spec["rank"] == 8 else 3 * epochs
+                for setting in spec["settings"]:
+                    eps = SETTINGS[setting]
+                    common = dict(rank=spec["rank"], alpha=2 * spec["rank"], epochs=ep)
+                    cfg = TrainConfig(no_dp=True, **common) if eps is None else TrainConfig(target_epsilon=eps, delta=DELTA, **common)
+                    c0 = time.process_time()
+                    plugin = train_plugin(cfg, data, site=SITE)
+                    seconds = time.process_time() - c0
+                    dp = plugin.meta["dp"]
+                    claimed = math.inf if eps is None else float(dp["epsilon"])
+                    res = audit_one(plugin, cset, mask, DELTA)
+                    rows.append({"m": m, "rep": rep, "variant": variant, "epochs": ep, "setting": setting, "claimed": claimed,
+                                 "rows": len(data), "sigma": dp.get("noise_multiplier"), "cpu_s": seconds, **res})
+                    print(f"M={m} rep={rep} {variant} {setting}: " + ", ".join(
+                        f"{p} lb {res[p]['lb']:.3f} ({res[p]['correct']}/{res[p]['guesses']}, ceiling {res[p]['ceiling']:.3f})"
+                        for p in POLICIES) + f"; canary accuracy in {res['acc_in']:.2f} / out {res['acc_out']:.2f}; {seconds:.1f} s",
+                        flush=True)
     return rows
 
 
+def _cells(rows: list[dict], m: int):
+    for variant, spec in VARIANTS.items():
+        for setting in spec["settings"]:
+            cell = [r for r in rows if r["m"] == m and r["variant"] == variant and r["setting"] == setting]
+            if cell:
+                yield variant, setting, cell
+
+
 def render(rows: list[dict], counts: list[int], reps: int, epochs: int, total_s: float) -> str:
-    lines = [f"`tabular-mlp` (LoRA rank 8, batch 32, lr 0.05, C = 1, {epochs} epochs, so that the no-noise plugin memorises its "
-             f"canaries) on bundled {SITE} data plus the included half of M auditor canaries; one-run audit at 95 % confidence, "
-             f"delta {DELTA:g}; {reps} repetitions per cell (fresh canaries, fresh secrets). Cells: median lower bound "
-             "[min, max over repetitions]; ceiling = what a perfect attack could show on that sample (same policy).", ""]
+    lines = [f"`tabular-mlp` on bundled {SITE} data plus the included half of M auditor canaries; batch 32, lr 0.05, C = 1. Plugins: "
+             f"LoRA rank 8 (the product default) trained {epochs} epochs, without noise and with DP at epsilon 1, 4, 8 (delta "
+             f"{DELTA:g}, PRV); and, without noise only, LoRA rank 32 trained {3 * epochs} epochs (enough to memorise the included "
+             f"canaries at every M here; rank 8 is not: see its canary accuracy). One-run audit at 95 % confidence, delta {DELTA:g}; "
+             f"{reps} repetitions per cell (fresh canaries, fresh secrets). Cells: median lower bound [min, max over repetitions]; "
+             "ceiling = the largest bound a perfect attack (every guess right) could show on that sample under the same policy.", ""]
     for policy in POLICIES:
         lines += [f"Guessing policy {policy}:", "",
-                  "| M | plugin | sigma | claimed epsilon | **epsilon lower bound** median [min, max] | correct / guesses (median) "
-                  "| ceiling | bound <= claim | canary accuracy in / held back |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| M | plugin | epochs | sigma | claimed epsilon | **epsilon lower bound** median [min, max] | correct / guesses "
+                  "(median) | ceiling | bound <= claim | canary accuracy included / held back |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for m in counts:
-            for setting in SETTINGS:
-                cell = [r for r in rows if r["m"] == m and r["setting"] == setting]
-                if not cell:
-                    continue
+            for variant, setting, cell in _cells(rows, m):
                 lbs = [r[policy]["lb"] for r in cell]
                 claimed = cell[0]["claimed"]
                 ok = sum(lb <= c["claimed"] for lb, c in zip(lbs, cell))
                 sig = "-" if cell[0]["sigma"] is None else f"{np.median([r['sigma'] for r in cell]):.3f}"
                 lines.append(
-                    f"| {m} | {setting} | {sig} | {'none (inf)' if math.isinf(claimed) else f'{claimed:.3g}'} "
+                    f"| {m} | {variant}, {setting} | {cell[0]['epochs']} | {sig} "
+                    f"| {'none (inf)' if math.isinf(claimed) else f'{claimed:.3g}'} "
                     f"| **{np.median(lbs):.3f}** [{min(lbs):.3f}, {max(lbs):.3f}] "
                     f"| {int(np.median([r[policy]['correct'] for r in cell]))} / {cell[0][policy]['guesses']} "
                     f"| {cell[0][policy]['ceiling']:.3f} | {'n/a' if math.isinf(claimed) else f'{ok}/{len(cell)}'} "
                     f"| {np.median([r['acc_in'] for r in cell]):.2f} / {np.median([r['acc_out'] for r in cell]):.2f} |")
         lines.append("")
-    lines.append("A false claim of epsilon 1 on the no-noise plugin: repetitions in which the bound exceeds 1 (the claim is contradicted):")
-    lines.append("")
+    dp_rows = [r for r in rows if not math.isinf(r["claimed"])]
+    above = [r for r in dp_rows if any(r[p]["lb"] > r["claimed"] for p in POLICIES)]
+    lines.append(f"DP plugins: {len(dp_rows) - len(above)} of {len(dp_rows)} stay below their claim under every policy"
+                 + ("." if not above else ": NOT " + ", ".join(f"M={r['m']} {r['setting']} rep {r['rep']}" for r in above) + "."))
+    lines += ["", "A false claim of epsilon 1 on a no-noise plugin: repetitions in which the bound exceeds 1 (the claim is contradicted):", ""]
     for m in counts:
-        cell = [r for r in rows if r["m"] == m and r["setting"] == "no noise"]
-        if cell:
-            lines.append(f"- M = {m}: " + "; ".join(
+        for variant, setting, cell in _cells(rows, m):
+            if setting != "no noise":
+                continue
+            lines.append(f"- M = {m}, {variant}: " + "; ".join(
                 f"{p}: {sum(r[p]['lb'] > 1.0 for r in cell)}/{len(cell)} (bounds {', '.join(format(r[p]['lb'], '.2f') for r in cell)})"
                 for p in POLICIES))
-    anchor = [r for r in rows if r["m"] == 1000 and r["setting"] == "no noise"]
-    if anchor:
-        best = max(max(r[p]["lb"] for p in POLICIES) for r in anchor)
-        per = "; ".join(f"{p}: median {np.median([r[p]['lb'] for r in anchor]):.2f} (ceiling {anchor[0][p]['ceiling']:.2f})"
-                        for p in POLICIES)
+    for variant, setting, cell in _cells(rows, 1000):
+        if setting != "no noise":
+            continue
+        best = max(max(r[p]["lb"] for p in POLICIES) for r in cell)
+        per = "; ".join(f"{p}: median {np.median([r[p]['lb'] for r in cell]):.2f} (ceiling {cell[0][p]['ceiling']:.2f})" for p in POLICIES)
         lines += ["", f"Anchor: ML Privacy Meter reports {ANCHOR} for a model trained without noise with 1000 mislabelled canaries "
-                  f"(one run, delta 1e-5). Here, M = 1000 without noise: {per}; best single run {best:.2f}."]
+                  f"(one run, delta 1e-5). Here, M = 1000, {variant}, no noise: {per}; best single run {best:.2f}."]
     lines += ["", f"Total runtime {total_s / 60:.1f} min (CPU, one thread, all cells)."]
     return "\n".join(lines)
 
@@ -140,7 +161,7 @@ def render(rows: list[dict], counts: list[int], reps: int, epochs: int, total_s:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--counts", default="256,1000,4000")
+    ap.add_argument("--counts", default="64,256,1000,4000")
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
@@ -151,7 +172,7 @@ def main(argv=None) -> int:
     print(text)
     if not args.no_write:
         cmd = "python benchmarks/bench_audit_power.py"
-        if (args.reps, args.counts, args.epochs) != (3, "256,1000,4000", 100):
+        if (args.reps, args.counts, args.epochs) != (3, "64,256,1000,4000", 100):
             cmd += f" --reps {args.reps} --counts {args.counts} --epochs {args.epochs}"
         write_section("audit_power", "Audit power: the one-run audit on auditor canaries", cmd, text)
     return 0
