@@ -16,8 +16,9 @@ of the recipe it claims (same secret, so every claim and commitment is self-cons
 weights come from what it really did, and its envelope holds the claimed recipe and the true
 secret. Subtle lies (5 % less noise, a 1 % larger learning rate, one record or one canary
 dropped) are measured beside the gross ones. ``DEFAULT_TOLERANCE`` must lie above every honest
-distance and below every lie's. (The noise block size of ``NoiseSource`` cannot matter: the
-stream is consumed in order; ``tests/forge_secure/privacy/test_train.py`` checks it.)
+distance and below every lie's. (How the noise is drawn in blocks cannot matter: the stream is
+consumed strictly in order; the script checks that noise drawn in one call, per step through
+``NoiseSource`` and with another conversion chunk size is the same bit for bit.)
 
     .venv/bin/python benchmarks/bench_replay.py [--reps 5] [--lie-reps 3]
 """
@@ -170,6 +171,22 @@ def _lies(world: dict) -> dict:
     }
 
 
+def block_size_check() -> bool:
+    """The same secret's noise drawn three ways (one call; 1776 numbers per step through
+    NoiseSource's blocks; another conversion chunk) is bit-identical."""
+    import torch
+
+    from forge_secure.privacy.randomness import NOISE, NoiseSource, SecretStream, fresh_secret
+
+    secret, numel, steps = fresh_secret(), 1776, 40
+    whole = SecretStream(secret, NOISE).secure_normal(numel * steps)
+    src = NoiseSource(SecretStream(secret, NOISE))
+    per_step = torch.cat([src.take(numel).clone() for _ in range(steps)])
+    other = SecretStream(secret, NOISE)
+    other.CHUNK = 1000
+    return bool(torch.equal(whole, per_step) and torch.equal(whole, other.secure_normal(numel * steps)))
+
+
 def _iqr(v) -> tuple[float, float, float]:
     return float(np.median(v)), float(np.percentile(v, 25)), float(np.percentile(v, 75))
 
@@ -229,7 +246,7 @@ def run(reps: int, lie_reps: int) -> dict:
     ratio_wall = np.array(timings["replay_wall"]) / np.array(timings["train_wall"])
     return {"reps": reps, "lie_reps": lie_reps, "rows": rows, "canaries_included": len(world["cset"]), "sigma": world["sigma"],
             "timings": timings, "ratio_cpu": _iqr(ratio_cpu), "ratio_wall": _iqr(ratio_wall), "honest": distances, "lies": lies,
-            "tolerance": DEFAULT_TOLERANCE}
+            "tolerance": DEFAULT_TOLERANCE, "blocks_identical": block_size_check()}
 
 
 def render(res: dict) -> str:
@@ -275,7 +292,10 @@ def render(res: dict) -> str:
               "the margin for replays on another platform or library build (where float reductions may round differently), and "
               "it sits orders of magnitude below the smallest lie measured, including the subtle ones."
               if honest_max == 0.0 else
-              "Honest replays are not all bit-exact here; the table shows by how much they differ."]
+              "Honest replays are not all bit-exact here; the table shows by how much they differ.",
+              "",
+              "Noise drawn in one call, per step through `NoiseSource`'s blocks, and with another conversion chunk size: "
+              + ("bit-identical." if res["blocks_identical"] else "NOT identical (a bug).")]
     return "\n".join(lines)
 
 
