@@ -46,7 +46,7 @@ POLICIES = {"audit score, 25/25 (the audit's default)": ("audit", 0.25, 0.25), "
             "audit score, 0/20 (OUT guesses only)": ("audit", 0.0, 0.20), "plugin-only score, 25/25": ("plugin", 0.25, 0.25)}
 SETTINGS = {"no noise": None, "DP, epsilon 1": 1.0, "DP, epsilon 4": 4.0, "DP, epsilon 8": 8.0}
 #: the plugins trained: the product's (LoRA rank 8, every setting) and, for the no-noise plugin only, a
-#: higher-capacity one trained longer, which memorises its included canaries at every M measured
+#: higher-capacity one trained longer, which memorises more of its included canaries
 VARIANTS = {"rank 8": {"rank": 8, "settings": tuple(SETTINGS)}, "rank 32, 3x epochs": {"rank": 32, "settings": ("no noise",)}}
 ANCHOR = 5.48  # ML Privacy Meter, 1000 mislabelled canaries, no noise, one run, delta 1e-5
 
@@ -125,8 +125,8 @@ def _cells(rows: list[dict], m: int):
 def render(rows: list[dict], counts: list[int], reps: int, epochs: int, total_s: float) -> str:
     lines = [f"`tabular-mlp` on bundled {SITE} data plus the included half of M auditor canaries; batch 32, lr 0.05, C = 1. Plugins: "
              f"LoRA rank 8 (the product default) trained {epochs} epochs, without noise and with DP at epsilon 1, 4, 8 (delta "
-             f"{DELTA:g}, PRV); and, without noise only, LoRA rank 32 trained {3 * epochs} epochs (enough to memorise the included "
-             f"canaries at every M here; rank 8 is not: see its canary accuracy). One-run audit at 95 % confidence, delta {DELTA:g}; "
+             f"{DELTA:g}, PRV); and, without noise only, LoRA rank 32 trained {3 * epochs} epochs, which memorises more of its "
+             "included canaries than rank 8 does (compare the canary accuracies: neither memorises thousands). One-run audit at 95 % confidence, delta {DELTA:g}; "
              f"{reps} repetitions per cell (fresh canaries, fresh secrets). Cells: median lower bound [min, max over repetitions]; "
              "ceiling = the largest bound a perfect attack (every guess right) could show on that sample under the same policy.", ""]
     for policy in POLICIES:
