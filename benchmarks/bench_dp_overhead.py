@@ -26,6 +26,7 @@ minimum epoch times (the least disturbed by other processes on a shared machine)
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -77,6 +78,17 @@ class _OpacusHooks:
                 if len(X):
                     F.cross_entropy(self.model(X), y).backward()
                 self.opt.step()
+
+
+class _TorchNoise:
+    """A NoiseSource stand-in drawing float32 normals from a seeded torch generator (NOT private:
+    only to attribute the DP step's time to the secret noise)."""
+
+    def __init__(self):
+        self.g = torch.Generator().manual_seed(0)
+
+    def take(self, numel: int):
+        return torch.randn(int(numel), generator=self.g)
 
 
 def _finite(run) -> bool:
@@ -135,6 +147,12 @@ def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks:
         # ChaCha20 noise (four float64 normals per coordinate) and the secret Poisson sampler
         runs[name] = TrainingRun(model, X, y, cfg, plan_privacy(cfg, len(data)), secret=fresh_secret(),
                                  stabilise_no_dp=stabilise)
+    # attribution only: the same DP run with its noise from a seeded torch generator (float32 normals,
+    # what the toolkit drew before the noise became secret), timed in the same alternation
+    cfg = TrainConfig(noise_multiplier=1.0, batch_size=batch_size, accountant="rdp", lr=lr)
+    model, _ = build_lora_model(base, cfg)
+    runs["dp_torch_noise"] = TrainingRun(model, X, y, cfg, plan_privacy(cfg, len(data)), secret=fresh_secret(), stabilise_no_dp=False)
+    runs["dp_torch_noise"].optimizer.noise_source = _TorchNoise()
     if with_hooks:
         runs["opacus_hooks"] = _OpacusHooks(base, data, TrainConfig(noise_multiplier=1.0, batch_size=batch_size, lr=lr))
     cpu = {k: [] for k in runs}
@@ -147,10 +165,15 @@ def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks:
             if i >= warmup:
                 cpu[k].append(dc)
                 wall[k].append(dt)
-    out = {"base": base_name, "rows": len(data), "batch_size": batch_size, "steps_per_epoch": runs["dp"].plan.steps_per_epoch,
+    out = {"loadavg": os.getloadavg(), "base": base_name, "rows": len(data), "batch_size": batch_size, "steps_per_epoch": runs["dp"].plan.steps_per_epoch,
            "reps": reps, "lr": lr, "finite": {k: _finite(r) for k, r in runs.items()}, "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
            "median_wall_s": {k: statistics.median(v) for k, v in wall.items()}}
     out["noise"] = _noise_cost(runs["dp"], reps)
+    out["secret_vs_torch"] = {}
+    for clock, times in (("cpu", cpu), ("wall", wall)):
+        ratios = np.array(times["dp"]) / np.array(times["dp_torch_noise"])
+        out["secret_vs_torch"][clock] = {"median": float(np.median(ratios)), "q1": float(np.percentile(ratios, 25)),
+                                         "q3": float(np.percentile(ratios, 75))}
     for k in [k for k in runs if k != "no_dp"]:
         out[k] = {}
         for clock, times in (("cpu", cpu), ("wall", wall)):
@@ -202,6 +225,18 @@ def main(argv=None) -> int:
             f"| {r['base']} | {nz['numel']} | {4 * nz['numel']} | {nz['mean_cpu_s_per_epoch'] * 1e3:.2f} ms "
             f"| {nz['mean_cpu_s_per_epoch'] / med['no_dp']:.3f} | {(med['dp'] - nz['mean_cpu_s_per_epoch']) / med['no_dp']:.3f} "
             f"| {b['keystream'] * 1e3:.2f} ms | {b['erfinv'] * 1e3:.2f} ms | {b['all'] * 1e3:.2f} ms |")
+    noise_lines += ["", "The same DP run with its noise from a seeded torch generator instead (float32 normals, the generator before "
+                    "the noise became secret; not private, timed in the same alternation only to attribute the time):", "",
+                    "| base | clock | DP, secret noise / DP, torch-generator noise median [IQR] | DP, torch-generator noise / no-DP median [IQR] |",
+                    "|---|---|---|---|"]
+    for r in results:
+        for clock in ("cpu", "wall"):
+            a, t = r["secret_vs_torch"][clock], r["dp_torch_noise"][clock]
+            noise_lines.append(f"| {r['base']} | {clock} | {a['median']:.3f} [{a['q1']:.3f}, {a['q3']:.3f}] "
+                               f"| {t['median']:.3f} [{t['q1']:.3f}, {t['q3']:.3f}] |")
+    noise_lines += ["", "Load average (1, 5, 15 min) at the end of each base's timing: "
+                    + "; ".join(f"{r['base']} {', '.join(f'{x:.1f}' for x in r['loadavg'])}" for r in results)
+                    + f" on {os.cpu_count()} cores (other processes share the machine; CPU time is the robust clock)."]
     lines += noise_lines
     lines += ["", f"{results[0]['reps']} timed epochs per run after warm-up; learning rate {results[0]['lr']} in every run (at the "
               "training default 0.05 the unclipped no-DP baseline diverges on tabular-mlp and would time NaN arithmetic). "
