@@ -126,7 +126,8 @@ def render(rows: list[dict], counts: list[int], reps: int, epochs: int, total_s:
     lines = [f"`tabular-mlp` on bundled {SITE} data plus the included half of M auditor canaries; batch 32, lr 0.05, C = 1. Plugins: "
              f"LoRA rank 8 (the product default) trained {epochs} epochs, without noise and with DP at epsilon 1, 4, 8 (delta "
              f"{DELTA:g}, PRV); and, without noise only, LoRA rank 32 trained {3 * epochs} epochs, which memorises more of its "
-             "included canaries than rank 8 does (compare the canary accuracies: neither memorises thousands). One-run audit at 95 % confidence, delta {DELTA:g}; "
+             "included canaries than rank 8 does (compare the canary accuracies: neither memorises thousands). "
+             f"One-run audit at 95 % confidence, delta {DELTA:g}; "
              f"{reps} repetitions per cell (fresh canaries, fresh secrets). Cells: median lower bound [min, max over repetitions]; "
              "ceiling = the largest bound a perfect attack (every guess right) could show on that sample under the same policy.", ""]
     for policy in POLICIES:
