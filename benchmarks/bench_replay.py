@@ -265,7 +265,7 @@ def render(res: dict) -> str:
         "",
         f"(b) Relative L2 distance between the released adapter and the replayed one. Honest: {res['reps']} plugins trained with "
         f"one torch thread, each replayed in the four settings below, and {max(1, res['reps'] // 2)} trained with two threads, "
-        "replayed with one. Lies: {res['lie_reps']} self-consistent liars per kind (forge.json from a real honest run of the "
+        f"replayed with one. Lies: {res['lie_reps']} self-consistent liars per kind (forge.json from a real honest run of the "
         "claimed recipe with the same secret; weights from the real run; the envelope holds the claimed recipe and the secret), "
         f"each replayed once. `DEFAULT_TOLERANCE` = {res['tolerance']:g}.", "",
         "| replay of | n | bit-exact | distance min | distance max | verified |", "|---|---|---|---|---|---|"]
