@@ -15,12 +15,14 @@ baseline diverges on ``tabular-mlp`` (non-finite weights from the fifth epoch), 
 NaN arithmetic says nothing about training. Every run's trainable weights are checked to
 be finite after the timing, and the table says so.
 
-Both runs are built first, warmed up for ``--warmup`` epochs, then timed in alternation
-(DP, no DP, Opacus hooks, ...) for ``--reps`` epochs each, one thread. Reported: the
+All runs are built first, warmed up for ``--warmup`` epochs, then timed in alternation
+(DP, no DP, Opacus hooks, ...) for ``--reps`` repetitions of ``--group`` consecutive epochs each
+(16: a whole number of the secret noise's 16-step blocks, which a median over single epochs would
+mostly miss), one thread. Reported: the
 median of the per-repetition ratios with its interquartile range, and the ratio of the
 minimum epoch times (the least disturbed by other processes on a shared machine).
 
-    .venv/bin/python benchmarks/bench_dp_overhead.py [--reps 100] [--warmup 5] [--bases tabular-mlp,vit-tiny]
+    .venv/bin/python benchmarks/bench_dp_overhead.py [--reps 30] [--group 16] [--warmup 5] [--bases tabular-mlp,vit-tiny]
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def _noise_cost(run, reps: int) -> dict:
             "block": {k: statistics.median(v) for k, v in parts.items()}}
 
 
-def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks: bool, lr: float) -> dict:
+def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks: bool, lr: float, group: int = 16) -> dict:
     from forge_secure.plugins import load_base
     from forge_secure.privacy import TrainConfig, build_lora_model
     from forge_secure.privacy.randomness import fresh_secret
@@ -157,16 +159,18 @@ def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks:
         runs["opacus_hooks"] = _OpacusHooks(base, data, TrainConfig(noise_multiplier=1.0, batch_size=batch_size, lr=lr))
     cpu = {k: [] for k in runs}
     wall = {k: [] for k in runs}
-    for i in range(warmup + reps):
+    for _ in range(warmup):
+        for r in runs.values():
+            r.epoch()
+    for _ in range(reps):  # one repetition = `group` consecutive epochs of each run, runs alternated
         for k, r in runs.items():
             c0, t0 = time.process_time(), time.perf_counter()
-            r.epoch()
-            dc, dt = time.process_time() - c0, time.perf_counter() - t0
-            if i >= warmup:
-                cpu[k].append(dc)
-                wall[k].append(dt)
+            for _ in range(group):
+                r.epoch()
+            cpu[k].append((time.process_time() - c0) / group)
+            wall[k].append((time.perf_counter() - t0) / group)
     out = {"loadavg": os.getloadavg(), "base": base_name, "rows": len(data), "batch_size": batch_size, "steps_per_epoch": runs["dp"].plan.steps_per_epoch,
-           "reps": reps, "lr": lr, "finite": {k: _finite(r) for k, r in runs.items()}, "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
+           "reps": reps, "group": group, "lr": lr, "finite": {k: _finite(r) for k, r in runs.items()}, "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
            "median_wall_s": {k: statistics.median(v) for k, v in wall.items()}}
     out["noise"] = _noise_cost(runs["dp"], reps)
     out["secret_vs_torch"] = {}
@@ -185,7 +189,10 @@ def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=100)
+    ap.add_argument("--reps", type=int, default=30, help="timed repetitions of --group epochs per run")
+    ap.add_argument("--group", type=int, default=16,
+                    help="epochs per repetition: 16 epochs hold a whole number of the 16-step noise blocks, so every repetition "
+                         "pays its share of the secret noise (a median over single epochs would mostly miss the block draws)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.02, help="learning rate of every run (0.05 makes the unclipped no-DP baseline diverge)")
@@ -194,7 +201,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    results = [measure(b, args.reps, args.warmup, args.batch_size, not args.no_hooks, args.lr) for b in args.bases.split(",")]
+    results = [measure(b, args.reps, args.warmup, args.batch_size, not args.no_hooks, args.lr, args.group)
+               for b in args.bases.split(",")]
     lines = ["DP-SGD epoch time / no-DP epoch time, same LoRA plugin (rank 8), data (site-1 pool), batch size and optimiser; "
              "Poisson sampling in both; one thread; runs alternated after warm-up. Target: at most 1.15.", "",
              "CPU time (`time.process_time`, one thread) is the primary clock: on a shared machine it is not inflated by other "
@@ -238,7 +246,9 @@ def main(argv=None) -> int:
                     + "; ".join(f"{r['base']} {', '.join(f'{x:.1f}' for x in r['loadavg'])}" for r in results)
                     + f" on {os.cpu_count()} cores (other processes share the machine; CPU time is the robust clock)."]
     lines += noise_lines
-    lines += ["", f"{results[0]['reps']} timed epochs per run after warm-up; learning rate {results[0]['lr']} in every run (at the "
+    lines += ["", f"{results[0]['reps']} timed repetitions of {results[0]['group']} consecutive epochs per run (times per epoch), "
+              "after warm-up; a repetition of 16 epochs holds a whole number of the secret noise's 16-step blocks, so each pays "
+              "its share of the block draws; learning rate {results[0]['lr']} in every run (at the "
               "training default 0.05 the unclipped no-DP baseline diverges on tabular-mlp and would time NaN arithmetic). "
               "\"product no-DP path\" is `forge train --no-dp`'s step, which adds a batch-gradient clip. DP clipping: closed-form "
               "per-sample LoRA norms and book-keeping clipped sums in one backward pass (forge_secure/privacy/clipping.py); "
