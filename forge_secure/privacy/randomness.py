@@ -98,21 +98,58 @@ class SecretStream:
         """``n`` float64 uniforms in (0, 1): 53 random bits, offset by half a unit."""
         return ((self.words(n) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
 
+    #: normals converted per pass: the keystream words and their floats stay in the CPU cache
+    #: (one pass over a whole noise block of a larger model is memory-bound)
+    CHUNK = 16384
+
+    def _normals_into(self, out) -> None:
+        """Fill the float64 tensor ``out`` with the next ``out.numel()`` standard normals, chunk
+        by chunk (the keystream is consumed in order, so the chunking changes
+        no number)."""
+        import torch
+
+        n = out.numel()
+        self.drawn += n
+        c = min(self.CHUNK, n)
+        if c == 0:
+            return
+        words = torch.empty(c, dtype=torch.int64)
+        raw = memoryview(words.numpy()).cast("B")
+        zeros = bytes(8 * c)
+        for s in range(0, n, c):
+            k = min(c, n - s)
+            w = words[:k]
+            self._enc.update_into(zeros[:8 * k] if k < c else zeros, raw[:8 * k] if k < c else raw)
+            x = out[s:s + k]
+            x.copy_(w.bitwise_and_((1 << 53) - 1))  # the 53-bit integer m, exactly representable
+            x.mul_(2.0 ** -52).add_(2.0 ** -53 - 1.0)  # 2u - 1, exactly: both steps are exact in float64
+            x.erfinv_().mul_(math.sqrt(2.0))
+
     def normal(self, n: int):
         """``n`` standard normals as a float64 torch tensor: ``sqrt(2) erfinv(2u - 1)`` of
         53-bit uniforms ``u`` (computed as ``(m + 1/2) 2^-52 - 1`` for the 53-bit integer ``m``)."""
         import torch
 
-        n = int(n)
-        self.drawn += n
-        raw = bytearray(self._enc.update(bytes(8 * n)))
-        m = torch.frombuffer(raw, dtype=torch.int64).bitwise_and_((1 << 53) - 1).to(torch.float64)
-        x = m.mul_(2.0 ** -52).add_(2.0 ** -53 - 1.0)  # 2u - 1, exactly: both steps are exact in float64
-        return x.erfinv_().mul_(math.sqrt(2.0))
+        out = torch.empty(int(n), dtype=torch.float64)
+        self._normals_into(out)
+        return out
 
     def secure_normal(self, n: int):
-        """``n`` standard normals (float64 torch tensor), each the sum of four draws divided by two."""
-        return self.normal(4 * int(n)).view(-1, 4).sum(dim=1).mul_(0.5)
+        """``n`` standard normals (float64 torch tensor), each the sum of four draws divided by two
+        (the same numbers as ``normal(4 n).view(-1, 4).sum(dim=1) / 2``, computed a chunk at a
+        time so that the four draws are summed while they are in cache)."""
+        import torch
+
+        n = int(n)
+        out = torch.empty(n, dtype=torch.float64)
+        rows = max(1, self.CHUNK // 4)
+        buf = torch.empty(4 * min(rows, n), dtype=torch.float64)
+        for s in range(0, n, rows):
+            k = min(rows, n - s)
+            x = buf[:4 * k]
+            self._normals_into(x)
+            torch.sum(x.view(k, 4), dim=1, out=out[s:s + k])
+        return out.mul_(0.5)
 
     def torch_seed(self) -> int:
         """A 63-bit seed for a torch generator (dropout masks)."""
