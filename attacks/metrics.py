@@ -431,3 +431,78 @@ def one_run_audit(
         "p_target": p_target,
         "delta": delta,
     }
+
+
+# --------------------------------------------------------------------------- what a sample can show
+
+
+def one_run_epsilon_ceiling(r: int, *, m: int | None = None, delta: float = 0.0, p_target: float = 0.05) -> float:
+    """The largest epsilon lower bound a one-run audit with ``r`` guesses can ever report.
+
+    Even a perfect attack (all ``r`` guesses right, v = r) cannot show more: with delta = 0
+    the bound solves q^r = p_target with q = e^eps / (1 + e^eps), so
+    ``eps_max = ln(b / (1 - b))``, ``b = p_target ** (1 / r)`` (Steinke, Nasr, Jagielski 2023,
+    Thm 3.1; REFERENCES.md "The ceiling of a one-run audit"). At p_target 0.05: r = 64 -> 3.04,
+    256 -> 4.44, 1000 -> 5.81, 4000 -> 7.20. A claim above the ceiling can be neither confirmed
+    nor contradicted by that sample.
+
+    Arguments:
+        r: number of guesses the audit makes (k+ IN guesses plus k- OUT guesses).
+        m: number of audit examples (canaries or coin-flip records) each included with
+            probability 1/2, r <= m; default r. Only matters when delta > 0: the delta term
+            of the p-value grows with delta * m, so a larger delta or m lowers the ceiling.
+        delta: the delta of the (eps, delta) claim being audited.
+        p_target: the audit's significance level (1 - confidence), e.g. 0.05.
+
+    Returns 0.0 when ``r == 0`` (no guess shows anything).
+    """
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0:
+        raise ForgeValueError(f"r = {r!r} must be a whole number of guesses >= 0", fix="count the guesses the audit makes", code="metrics.one_run_counts")
+    m = int(r) if m is None else m
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < r or m < 0:
+        raise ForgeValueError(f"m = {m!r} must be a whole number >= r = {r}", fix="give the number of audit examples", code="metrics.one_run_counts")
+    if not (0 < p_target < 1):
+        raise ForgeValueError(f"p_target {p_target!r} is not in (0, 1)", fix="use e.g. 0.05", code="metrics.p_target")
+    if not (0 <= delta < 1):
+        raise ForgeValueError(f"delta {delta!r} is not in [0, 1)", fix="give the claim's delta", code="metrics.one_run_eps")
+    r = int(r)
+    if r == 0:
+        return 0.0
+    if delta == 0:
+        b = p_target ** (1.0 / r)
+        return float(math.log(b / (1.0 - b)))
+    return float(one_run_epsilon(r, r, max(int(m), 1), delta=delta, p_target=p_target))
+
+
+def clopper_pearson_epsilon_ceiling(members: int, non_members: int, *, delta: float = 0.0, alpha: float = 0.05) -> float:
+    """The largest Clopper-Pearson epsilon lower bound a sample of this size can ever give.
+
+    A perfect test (TP = members, FP = 0) on ``members`` members and ``non_members``
+    non-members gives TPR_lo = (alpha/2)^(1/P) and FPR_hi = 1 - (alpha/2)^(1/N), so
+    ``eps_max = ln((TPR_lo - delta) / FPR_hi)`` (:func:`clopper_pearson_epsilon`, Jagielski
+    et al. 2020). No attack on this sample can demonstrate more.
+
+    Arguments:
+        members: members in the sample the bound is computed on (for
+            :func:`split_clopper_pearson_epsilon`, the evaluation half: ``P - P // 2``).
+        non_members: non-members in that sample (evaluation half: ``N - N // 2``).
+        delta: the delta of the (eps, delta) claim being audited.
+        alpha: 1 - confidence of the two-sided intervals (alpha / 2 per tail), as in
+            :func:`clopper_pearson_epsilon`.
+    """
+    for name, n in (("members", members), ("non_members", non_members)):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ForgeValueError(f"{name} = {n!r} must be a whole number >= 1", fix="count the records the bound is computed on", code="metrics.counts")
+    return float(clopper_pearson_epsilon(int(members), int(members), 0, int(non_members), delta=delta, alpha=alpha)["epsilon_lb"])
+
+
+def one_run_guesses_needed(epsilon: float, *, p_target: float = 0.05) -> int:
+    """The fewest guesses r with which a perfect one-run audit (delta 0) could demonstrate
+    ``epsilon``: the smallest r with ``one_run_epsilon_ceiling(r) >= epsilon``
+    (q^r <= p_target, q = e^eps / (1 + e^eps)). What an audit needs to settle a claim."""
+    if not (epsilon > 0) or not math.isfinite(epsilon):
+        raise ForgeValueError(f"epsilon {epsilon!r} must be finite and > 0", code="metrics.one_run_eps")
+    if not (0 < p_target < 1):
+        raise ForgeValueError(f"p_target {p_target!r} is not in (0, 1)", fix="use e.g. 0.05", code="metrics.p_target")
+    log_q = -math.log1p(math.exp(-epsilon))
+    return int(math.ceil(math.log(p_target) / log_q - 1e-12))

@@ -227,17 +227,20 @@ def train_one_reference(task: dict) -> np.ndarray:
     """Train one reference model and return its logits on ``task["eval_X"]`` (float64).
 
     Top level so worker processes (spawn) and Ray can import it. ``task`` holds the recipe,
-    the training arrays, the evaluation arrays and the training seed.
+    the training arrays, the evaluation arrays and the training seed. The recipe is the
+    target's (``TrainConfig.from_meta``, DP included), with the reference's seed and its
+    secret derived from that seed (the auditor's experiment is reproducible).
     """
     from forge_secure.plugins.data import Dataset
-    from forge_secure.privacy import TrainConfig, train_plugin
+    from forge_secure.privacy import train_plugin
+
+    from .reference_batch import reference_config, reference_secret
 
     recipe = task["recipe"]
-    config = TrainConfig.from_meta(recipe)
-    config = dataclasses.replace(config, seed=int(task["seed"]))
+    config = reference_config(recipe, int(task["seed"]))
     base = _base_for(recipe)
     data = Dataset(task["X"], task["y"], int(task["n_classes"]), f"reference-{task['index']}", task["kind"])
-    plugin = train_plugin(config, data, site=f"reference-{task['index']}", base=base)
+    plugin = train_plugin(config, data, site=f"reference-{task['index']}", base=base, secret=reference_secret(int(task["seed"])))
     model = plugin
     mixture = task.get("mixture")
     if mixture:  # a Mixture target: the same mixture with the attacked component replaced
@@ -250,6 +253,17 @@ def train_one_reference(task: dict) -> np.ndarray:
         model = load_mixture(mix_path, base)
         model.plugins[int(mixture["component"])] = plugin
     return np.asarray(model.logits(task["eval_X"]), dtype=np.float64)
+
+
+def train_reference_batch(task: dict) -> np.ndarray:
+    """Train a batch of references at once (:mod:`attacks.reference_batch`) and return their
+    logits on ``task["eval_X"]``, (R, N, C) float64. ``task["masks"]`` (R, pool) selects each
+    reference's training records from ``task["X"]`` / ``task["y"]``; top level for workers."""
+    from .reference_batch import train_batched
+
+    X, y = task["X"], task["y"]
+    sets = [(X[m], y[m]) for m in np.asarray(task["masks"], dtype=bool)]
+    return train_batched(task["recipe"], _base_for(task["recipe"]), sets, [int(s) for s in task["seeds"]], task["eval_X"])
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -269,13 +283,17 @@ def train_references(
     cache_root: str | Path | None = None,
     base_digest: str | None = None,
     mixture: dict | None = None,
+    batch: bool | None = None,
 ) -> ReferenceSet:
     """Train (or load from the cache) ``count`` reference models with the recipe in ``meta``.
 
     ``candidates`` / ``population`` are :class:`forge_secure.plugins.data.Dataset`; offline
     mode needs population data (references never see the candidates). Training runs through
-    :func:`forge_secure.parallel.run_tasks` (local worker processes by default, Ray when
-    ``ray`` is given).
+    :func:`forge_secure.parallel.run_tasks`. ``batch`` (default: whenever the recipe allows,
+    see :func:`attacks.reference_batch.why_not_batched`) trains the references that are not
+    cached together in one pass per worker (:mod:`attacks.reference_batch`), the same models
+    as one at a time; ``workers`` (default 1, in this process: measured fastest, see
+    docs/benchmarks.md) splits them over persistent local workers, ``ray`` over a Ray cluster.
     """
     from forge_secure.parallel import run_tasks
 
@@ -328,6 +346,7 @@ def train_references(
         tasks.append(
             {
                 "recipe": recipe,
+                "mask": train_sel,
                 "X": pool_X[train_sel],
                 "y": pool_y[train_sel],
                 "n_classes": n_classes,
@@ -340,7 +359,20 @@ def train_references(
         )
         todo.append(i)
     if tasks:
-        results = run_tasks(train_one_reference, tasks, workers=workers, ray=ray, description="training reference models")
+        from .reference_batch import reference_config, why_not_batched
+
+        reason = why_not_batched(reference_config(recipe, 0), mixture)
+        if batch and reason:
+            raise ForgeValueError(f"reference models cannot be trained batched here: {reason}", fix="train them one at a time",
+                                  code="attack.references")
+        if batch is None:
+            batch = reason is None
+        if batch:
+            parts = _batch_tasks(tasks, pool_X, pool_y, workers if not ray else (workers or 2))
+            results = [r for out in run_tasks(train_reference_batch, parts, workers=workers or 1, ray=ray,
+                                              description="training reference models (batched)") for r in out]
+        else:
+            results = run_tasks(train_one_reference, tasks, workers=workers or 1, ray=ray, description="training reference models")
         for i, out in zip(todo, results):
             if out.shape[0] != n + m or not np.all(np.isfinite(out)):
                 raise ForgeValueError(f"reference model {i} produced unusable logits (shape {out.shape})", code="attack.reference_failed")
@@ -360,3 +392,15 @@ def train_references(
         online=online,
         seed=seed,
     )
+
+
+def _batch_tasks(tasks: list[dict], pool_X: np.ndarray, pool_y: np.ndarray, workers: int | None) -> list[dict]:
+    """The one-reference tasks grouped into one batched task per worker (in order)."""
+    k = max(1, min(int(workers or 1), len(tasks)))
+    bounds = np.linspace(0, len(tasks), k + 1).astype(int)
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        chunk = tasks[a:b]
+        out.append({"recipe": chunk[0]["recipe"], "X": pool_X, "y": pool_y, "masks": np.stack([t["mask"] for t in chunk]),
+                    "seeds": [t["seed"] for t in chunk], "eval_X": chunk[0]["eval_X"]})
+    return out

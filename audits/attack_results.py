@@ -148,3 +148,123 @@ def read_reconstruction(rel: str, data: dict) -> ReconstructionResult:
         raise _bad(rel, f"has no valid baseline success probability kappa (got {kappa!r})")
     stated = {k: data[k] for k in ("success_rate", "bound", "rero_bound") if k in data}
     return ReconstructionResult(rel, str(data.get("attack", data.get("method", "?"))), successes, trials, float(kappa), stated, tuple(target_refs(data)))
+
+
+# --------------------------------------------------------------------------- which results count
+
+AUDITOR, SITE = "auditor", "site"
+
+
+@dataclass(frozen=True)
+class AttackEvidence:
+    """One attack results file and whether the audit may count it.
+
+    ``origin``: ``"auditor"`` (given on the auditor's own command line: the audit ran the
+    attack) or ``"site"`` (under the evidence's ``attacks/``: written by the audited site,
+    unsigned). ``basis`` is ``"verified"`` for the auditor's files, ``"re-derived"`` for a
+    site file whose every score was recomputed from its per-record signals, ``"claimed"`` for
+    a site file that is not counted (``note`` says why). ``error`` is set when a counted file
+    cannot be evaluated (that is a FAIL); ``suspicious`` when a site file's signals do not
+    re-derive (a WARN, still not counted)."""
+
+    item: Any
+    origin: str
+    kind: str | None
+    result: Any = None
+    error: Exception | None = None
+    basis: str = "claimed"
+    note: str = ""
+    suspicious: bool = False
+
+    @property
+    def counted(self) -> bool:
+        return self.basis != "claimed"
+
+
+def _rescore_function():
+    """``attacks.membership.rescore`` when this toolkit has it (imported lazily), else None."""
+    try:
+        from attacks.membership import rescore
+    except ImportError:
+        return None
+    return rescore if callable(rescore) else None
+
+
+def has_signals(data: dict) -> bool:
+    """Whether a membership results file carries per-record signals (target and reference
+    logits) from which the scores can be re-derived."""
+    signals = data.get("signals")
+    return isinstance(signals, (dict, list)) and bool(signals)
+
+
+def _rederived_membership(rel: str, data: dict, rescore) -> MembershipResult:
+    """Re-derive every score of a site's membership file from its signals with ``rescore``."""
+    from forge_secure.errors import ForgeError
+
+    try:
+        out = rescore(data)
+    except ForgeError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError) as e:  # malformed signals the rescorer did not anticipate
+        raise _bad(rel, f"has signals that cannot be re-scored ({type(e).__name__}: {e})") from None
+    if not isinstance(out, dict) or out.get("scores") is None:
+        raise _bad(rel, "has signals from which no scores were re-derived")
+    doc = {k: v for k, v in data.items() if k not in ("scores", "labels", "canaries")}
+    doc["scores"] = out["scores"]
+    doc["labels"] = out.get("labels", data.get("labels"))
+    doc.pop("format", None)  # the re-derived document is no longer the file as written
+    doc["kind"] = "membership"
+    return read_membership(rel, doc)
+
+
+def attack_evidence(evidence, kind: str) -> list[AttackEvidence]:
+    """Every attack results file of ``kind`` (membership or reconstruction), the auditor's
+    first, each with whether and on what basis the audit counts it.
+
+    The rule: results count only when the audit ran the attack itself (the auditor's files)
+    or when they carry per-record signals from which the audit re-derives every score
+    (:func:`attacks.membership.rescore`, when available). A site's file without them is the
+    site's word, and whatever its scores say, it does not change the verdict."""
+    from forge_secure.errors import ForgeDataError, ForgeError
+
+    out: list[AttackEvidence] = []
+    for item in getattr(evidence, "auditor_attacks", []):
+        k = result_kind(item.data)
+        if k is None:
+            out.append(AttackEvidence(item, AUDITOR, kind, basis="verified", error=ForgeDataError(
+                f"{item.rel} is not membership or reconstruction results", fix="give a results file of forge attack mia / recon",
+                code="evidence.attack_results")))
+            continue
+        if k != kind:
+            continue
+        try:
+            parsed = read_membership(item.rel, item.data) if kind == MEMBERSHIP else read_reconstruction(item.rel, item.data)
+            out.append(AttackEvidence(item, AUDITOR, kind, parsed, basis="verified"))
+        except ForgeError as e:
+            out.append(AttackEvidence(item, AUDITOR, kind, basis="verified", error=e))
+    rescore = _rescore_function() if kind == MEMBERSHIP else None
+    for item in evidence.attacks:
+        if not item.ok:
+            out.append(AttackEvidence(item, SITE, None, note=f"unreadable ({getattr(item.error, 'code', 'evidence.bad')})"))
+            continue
+        k = result_kind(item.data)
+        if k is None:
+            out.append(AttackEvidence(item, SITE, None, note="not recognised as membership or reconstruction results"))
+            continue
+        if k != kind:
+            continue
+        if kind == MEMBERSHIP and has_signals(item.data):
+            if rescore is None:
+                out.append(AttackEvidence(item, SITE, kind, note="claimed by the site, not re-derivable: it has per-record signals, "
+                                                                  "but this toolkit cannot re-score them (no attacks.membership.rescore)"))
+                continue
+            try:
+                out.append(AttackEvidence(item, SITE, kind, _rederived_membership(item.rel, item.data, rescore), basis="re-derived",
+                                          note="every score re-derived from the file's per-record signals"))
+            except ForgeError as e:
+                out.append(AttackEvidence(item, SITE, kind, note=f"claimed by the site, not re-derivable: its signals do not re-score ({e})",
+                                          suspicious=True))
+            continue
+        why = "no per-record signals to re-derive its scores from" if kind == MEMBERSHIP else "per-trial outcomes cannot be re-derived"
+        out.append(AttackEvidence(item, SITE, kind, note=f"not counted: claimed by the site, not re-derivable ({why})"))
+    return out

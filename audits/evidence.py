@@ -10,12 +10,15 @@ Layout (every part optional, but at least one must be present)::
       merged/<name>/       merged model versions (``forge merge``); forge.json has
                            kind "merged", parents [{digest, site}] and merge {method, ...}
       attacks/*.json       results files of ``forge attack mia`` and ``forge attack recon``
+                           as the *site* supplied them: unsigned, so they count only when
+                           they carry per-record signals the audit re-derives every score
+                           from (see audits.checks.leakage)
       ledgers/             per-site privacy budget ledgers (``forge ledger``), as written
                            by forge_secure.privacy.Ledger under its root
-      canaries/*.json      {"plugin": "plugins/<name>", "seed": <int>}: the canary seed a site
-                           gives the auditor, so the audit regenerates the canaries and their
-                           coin flips (checked against forge.json's seed_sha256) and runs the
-                           one-run audit on them itself
+
+Attack results the auditor produced (``AuditOptions.attack_results``, ``forge audit
+--attack-results FILE``) live outside the evidence directory (inside it they would be
+indistinguishable from the site's); they are hashed into the inventory as ``auditor:<path>``.
 
 A file that is present but unreadable (truncated, not JSON, wrong type) is not a reason to
 stop: it is loaded as an :class:`Item` with its ``error`` set, and the check that needs it
@@ -34,7 +37,8 @@ from typing import Any
 from forge_secure.errors import ForgeDataError, ForgeError, ForgeFileError
 from forge_secure.fileio import read_json_file, sha256_file
 
-PARTS = ("roster.json", "bundles", "plugins", "merged", "attacks", "ledgers", "canaries")
+PARTS = ("roster.json", "bundles", "plugins", "merged", "attacks", "ledgers")
+AUDITOR_PREFIX = "auditor:"
 PLUGIN_META = "forge.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -95,6 +99,7 @@ class AuditOptions:
     decryption_key: Path | None = None
     passphrase: bytes | None = field(default=None, repr=False)
     now: int | None = None
+    attack_results: tuple[Path, ...] = ()  # results files of attacks the auditor ran itself (outside the evidence)
     #: the auditor's decryption key for the replay envelopes beside each plugin (on-site audit)
     replay_key: Path | None = None
     replay_passphrase: bytes | None = field(default=None, repr=False)
@@ -128,7 +133,7 @@ class Evidence:
         self.plugins: list[Item] = [_load_plugin_dir(p, self._rel(p)) for p in self._dirs("plugins")]
         self.merged: list[Item] = [_load_plugin_dir(p, self._rel(p)) for p in self._dirs("merged")]
         self.attacks: list[Item] = [_load_json(p, self._rel(p), "attack results") for p in self._files("attacks", ".json")]
-        self.canaries: list[Item] = [_load_json(p, self._rel(p), "canary seed file") for p in self._files("canaries", ".json")]
+        self.auditor_attacks: list[Item] = [_load_auditor_results(Path(p), root) for p in self.options.attack_results]
         self.ledger_root: Path | None = root / "ledgers" if (root / "ledgers").is_dir() else None
 
     def _rel(self, p: Path) -> str:
@@ -155,7 +160,33 @@ class Evidence:
         return None
 
     def inventory(self) -> dict[str, str]:
-        return snapshot(self.root)
+        return self.snapshot()
+
+    def snapshot(self) -> dict[str, str]:
+        """:func:`snapshot` of the evidence directory plus the auditor's own attack results files."""
+        out = snapshot(self.root)
+        for item in self.auditor_attacks:
+            out[item.rel] = sha256_file(item.path)
+        return out
+
+
+def _load_auditor_results(path: Path, root: Path) -> Item:
+    """An attack results file the auditor gives: it must exist, lie outside the evidence
+    directory and be a JSON object; anything else stops the audit (exit 2), since it is the
+    auditor's own input."""
+    if not path.is_file():
+        raise ForgeFileError(f"attack results {path} do not exist", fix="give the results file your forge attack mia / recon run wrote",
+                             code="evidence.attack_results_missing")
+    if path.resolve().is_relative_to(root.resolve()):
+        raise ForgeFileError(
+            f"attack results {path} are inside the evidence directory {root}, where they cannot be told from the site's",
+            fix="keep the results of attacks you ran yourself outside the evidence directory and pass them with --attack-results",
+            code="evidence.attack_results_inside",
+        )
+    item = _load_json(path, f"{AUDITOR_PREFIX}{path}", "attack results")
+    if item.error is not None:
+        raise item.error
+    return Item(item.rel, item.path, data=item.data, extra={"origin": "auditor"})
 
 
 def snapshot(root: str | os.PathLike) -> dict[str, str]:

@@ -17,16 +17,29 @@ from forge_secure.errors import ForgeValueError
 
 
 class Status(str, Enum):
-    """Outcome of one finding or one check. Ordered by severity: FAIL > WARN > PASS > SKIP."""
+    """Outcome of one finding or one check. Ordered by severity:
+    FAIL > INCONCLUSIVE > WARN > PASS > SKIP.
+
+    INCONCLUSIVE: the check ran, but its evidence cannot settle the question either way (e.g.
+    the claimed epsilon is above the largest epsilon its sample could demonstrate even for a
+    perfect attack). It ranks above WARN because a WARN is a concern the evidence *did*
+    measure, while an INCONCLUSIVE check vouches for nothing; the policy's
+    ``[verdict] inconclusive_fails`` decides whether it fails the audit.
+    """
 
     PASS = "pass"
     WARN = "warn"
     FAIL = "fail"
     SKIP = "skip"  # the check was not applicable (and the policy does not require it)
+    INCONCLUSIVE = "inconclusive"  # the evidence cannot tell; the policy decides whether that fails
 
     @property
     def severity(self) -> int:
-        return {"skip": 0, "pass": 1, "warn": 2, "fail": 3}[self.value]
+        return {"skip": 0, "pass": 1, "warn": 2, "inconclusive": 3, "fail": 4}[self.value]
+
+    @property
+    def needs_remedy(self) -> bool:
+        return self in (Status.FAIL, Status.WARN, Status.INCONCLUSIVE)
 
     @classmethod
     def worst(cls, statuses: Iterable["Status"]) -> "Status":
@@ -107,12 +120,37 @@ class Plot:
         )
 
 
+#: What a finding's conclusion rests on, strongest first.
+#: ``verified``: re-derived from signed or auditor-produced data, or by replay;
+#: ``re-derived``: recomputed by the audit from values the site recorded (its parameters, its
+#: per-record signals): consistent, but only as true as what the site wrote down;
+#: ``claimed``: the site's word, not checked against anything the site does not control.
+BASES = ("verified", "re-derived", "claimed")
+
+#: The claims of a plugin that the per-plugin table of a report lists, in this order.
+CLAIMS = ("dp-parameters", "epsilon", "delta", "data-commitment", "weights-binding", "membership-leakage")
+
+CLAIM_TITLES = {
+    "dp-parameters": "DP parameters (noise, sampling, steps)",
+    "epsilon": "epsilon",
+    "delta": "delta",
+    "data-commitment": "data commitment (rows, canaries)",
+    "weights-binding": "weights bound to a signed bundle",
+    "membership-leakage": "membership leakage",
+}
+
+
 @dataclass(frozen=True)
 class Finding:
     """One conclusion of a check about one subject (a bundle, a plugin, a site, ...).
 
     ``evidence`` holds the figures the conclusion rests on (re-derived values next to the
     claimed ones); ``remedy`` says what to do when the status is not PASS.
+
+    ``plugin`` names the plugin the finding is about (its evidence path, e.g.
+    ``plugins/site-1``) when the subject is something else (an attack file, a bundle);
+    ``claim`` is which of that plugin's claims (:data:`CLAIMS`) it judges, and ``basis``
+    (:data:`BASES`) what the judgement rests on. All three may stay empty.
     """
 
     check: str
@@ -122,12 +160,21 @@ class Finding:
     evidence: Mapping[str, Any] = field(default_factory=dict)
     remedy: str = ""
     plots: tuple[Plot, ...] = ()
+    plugin: str = ""
+    claim: str = ""
+    basis: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", Status(self.status))
         object.__setattr__(self, "evidence", _plain(dict(self.evidence), f"{self.check}.evidence"))
         object.__setattr__(self, "plots", tuple(self.plots))
-        if self.status in (Status.FAIL, Status.WARN) and not self.remedy:
+        if self.claim and self.claim not in CLAIMS:
+            raise ForgeValueError(f"finding {self.check}/{self.subject} names unknown claim {self.claim!r}",
+                                  fix=f"use one of: {', '.join(CLAIMS)}", code="audit.claim")
+        if self.basis and self.basis not in BASES:
+            raise ForgeValueError(f"finding {self.check}/{self.subject} has unknown basis {self.basis!r}",
+                                  fix=f"use one of: {', '.join(BASES)}", code="audit.basis")
+        if self.status.needs_remedy and not self.remedy:
             raise ForgeValueError(
                 f"finding {self.check}/{self.subject} is {self.status.value} without a remedy",
                 fix="say what the reader should do about it",
@@ -143,7 +190,16 @@ class Finding:
             "evidence": dict(self.evidence),
             "remedy": self.remedy,
             "plots": [p.to_dict() for p in self.plots],
+            "plugin": self.plugin,
+            "claim": self.claim,
+            "basis": self.basis,
         }
+
+    def replace(self, **changes) -> "Finding":
+        """A copy with some fields changed (e.g. a plot added)."""
+        import dataclasses
+
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Finding":
@@ -151,6 +207,7 @@ class Finding:
             check=d["check"], status=Status(d["status"]), subject=d["subject"], summary=d["summary"],
             evidence=d.get("evidence", {}), remedy=d.get("remedy", ""),
             plots=tuple(Plot.from_dict(p) for p in d.get("plots", [])),
+            plugin=d.get("plugin", ""), claim=d.get("claim", ""), basis=d.get("basis", ""),
         )
 
 

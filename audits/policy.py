@@ -6,10 +6,15 @@ A policy file looks like the shipped default (``audits/default_policy.toml``)::
     name = "my-consortium"
     description = "..."
 
+    [verdict]
+    inconclusive_fails = false
+
     [checks.dp-claims]
     max_epsilon = 8.0
 
-Only the checks that have a ``[checks.<name>]`` table run (in the registry's order); a table
+``[verdict]`` decides what an INCONCLUSIVE check (evidence that can neither confirm nor refute
+a claim) does to the verdict: ``inconclusive_fails = true`` fails the audit; false (the
+default) passes it, and the report says so on its verdict banner. Only the checks that have a ``[checks.<name>]`` table run (in the registry's order); a table
 may set ``enabled = false``. Unknown top-level keys, unknown check names and unknown or
 badly typed settings are refused with an error that lists what is allowed.
 """
@@ -29,7 +34,8 @@ from .checks import CHECKS
 from .checks.base import CheckSettings
 
 POLICY_FORMAT = "forge-audit-policy/1"
-TOP_LEVEL_KEYS = ("format", "name", "description", "checks")
+TOP_LEVEL_KEYS = ("format", "name", "description", "verdict", "checks")
+VERDICT_KEYS = {"inconclusive_fails": bool}
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class Policy:
     checks: Mapping[str, CheckSettings]
     source: str = "<memory>"
     sha256: str = ""
+    inconclusive_fails: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -74,6 +81,7 @@ class Policy:
             "description": self.description,
             "source": self.source,
             "sha256": self.sha256,
+            "verdict": {"inconclusive_fails": self.inconclusive_fails},
             "checks": {n: s.to_dict() for n, s in self.checks.items()},
         }
 
@@ -113,12 +121,31 @@ def parse_policy(text: str, *, source: str = "<string>") -> Policy:
         if not isinstance(table, dict):
             raise ForgeConfigError(f"checks.{name} in policy {source} is {table!r}, not a table", fix=f"write it as a [checks.{name}] table", code="policy.type")
         checks[name] = cls.Settings.from_table(table)
+    verdict = _verdict_table(data.get("verdict", {}), source)
     name = data.get("name", "")
     description = data.get("description", "")
     for key, value in (("name", name), ("description", description)):
         if not isinstance(value, str):
             raise ForgeConfigError(f"policy {key} = {value!r} is not a string", fix=f'write {key} = "..."', code="policy.type")
-    return Policy(name=name, description=description, checks=checks, source=source, sha256=sha256_bytes(text.encode("utf-8")))
+    return Policy(name=name, description=description, checks=checks, source=source, sha256=sha256_bytes(text.encode("utf-8")),
+                  inconclusive_fails=verdict["inconclusive_fails"])
+
+
+def _verdict_table(table, source: str) -> dict:
+    """The ``[verdict]`` table: known keys only, each of its type; defaults filled in."""
+    if not isinstance(table, dict):
+        raise ForgeConfigError(f"'verdict' in policy {source} is not a table", fix="write it as a [verdict] table", code="policy.type")
+    unknown = sorted(set(table) - set(VERDICT_KEYS))
+    if unknown:
+        raise ForgeConfigError(f"unknown policy setting(s) {', '.join(unknown)} in [verdict]",
+                               fix=f"allowed settings are: {', '.join(VERDICT_KEYS)}", code="policy.unknown_key")
+    out = {"inconclusive_fails": False}
+    for key, value in table.items():
+        if not isinstance(value, VERDICT_KEYS[key]):
+            raise ForgeConfigError(f"policy setting verdict.{key} = {value!r} has the wrong type (expected {VERDICT_KEYS[key].__name__})",
+                                   fix=f"give verdict.{key} a value of that type", code="policy.type")
+        out[key] = value
+    return out
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -45,15 +45,31 @@ def render_html(report: Report) -> bytes:
     for check, result in zip(data["checks"], report.checks):
         for fd, finding in zip(check["findings"], result.findings):
             fd["images"] = [{"title": p.title, "uri": plot_data_uri(p)} for p in finding.plots]
-    failures = [f.to_dict() for f in report.failures()]
-    failures += [f.to_dict() for c in report.checks for f in c.findings if f.status is Status.WARN]
-    html = _environment().get_template("report.html.j2").render(r=data, failures=failures)
+    failures = [f.to_dict() for f in report.actions()]
+    html = _environment().get_template("report.html.j2").render(r=data, failures=failures, banner=banner(report))
     return html.encode("utf-8")
+
+
+def banner(report: Report) -> dict:
+    """The verdict banner every rendering shows first: ``{"cls", "title", "detail"}``. A PASS
+    with inconclusive checks gets its own class (colour) and says so in the title."""
+    detail = report.verdict_detail()
+    c = report.counts()
+    counts = (f"{c['fail']} failed, {c['inconclusive']} inconclusive, {c['warn']} warnings, {c['pass']} passed, "
+              f"{c['skip']} skipped findings")
+    if report.verdict is Status.FAIL:
+        return {"cls": "fail", "title": "AUDIT FAILED", "detail": f"{detail['headline']}. {counts}"}
+    if detail["inconclusive_checks"]:
+        return {"cls": "pass-inconclusive", "title": f"AUDIT PASSED - {len(detail['inconclusive_checks'])} CHECK(S) INCONCLUSIVE",
+                "detail": f"{detail['headline']}. {counts}"}
+    return {"cls": "pass", "title": "AUDIT PASSED", "detail": counts}
 
 
 # --------------------------------------------------------------------------- PDF
 
-_COLORS = {"pass": (27, 127, 58), "fail": (198, 40, 40), "warn": (178, 106, 0), "skip": (117, 117, 117)}
+_COLORS = {"pass": (27, 127, 58), "fail": (198, 40, 40), "warn": (178, 106, 0), "skip": (117, 117, 117),
+           "inconclusive": (94, 53, 177), "pass-inconclusive": (94, 53, 177)}
+_BASIS_COLORS = {"verified": (27, 127, 58), "re-derived": (21, 101, 192), "claimed": (178, 106, 0)}
 
 
 def _latin1(text: str) -> str:
@@ -78,14 +94,13 @@ def render_pdf(report: Report) -> bytes:
     width = pdf.w - pdf.l_margin - pdf.r_margin
 
     verdict = report.verdict.value
-    pdf.set_fill_color(*_COLORS[verdict])
+    b = banner(report)
+    pdf.set_fill_color(*_COLORS[b["cls"]])
     pdf.set_text_color(255, 255, 255)
-    pdf.set_font("Helvetica", "B", 22)
-    pdf.cell(width, 16, f"AUDIT {'PASSED' if verdict == 'pass' else 'FAILED'}", border=0, fill=True, new_x="LMARGIN", new_y="NEXT", align="C")
+    pdf.set_font("Helvetica", "B", 22 if b["cls"] != "pass-inconclusive" else 15)
+    pdf.cell(width, 16, _latin1(b["title"]), border=0, fill=True, new_x="LMARGIN", new_y="NEXT", align="C")
     pdf.set_font("Helvetica", "", 10)
-    c = report.counts()
-    pdf.cell(width, 7, _latin1(f"Verdict: {verdict.upper()} - {c['fail']} failed, {c['warn']} warnings, {c['pass']} passed, {c['skip']} skipped"),
-             fill=True, new_x="LMARGIN", new_y="NEXT", align="C")
+    pdf.multi_cell(width, 6, _latin1(f"Verdict: {verdict.upper()} - {b['detail']}"), fill=True, new_x="LMARGIN", new_y="NEXT", align="C")
     pdf.set_text_color(0, 0, 0)
     pdf.ln(3)
     pdf.set_font("Helvetica", "", 9)
@@ -105,7 +120,9 @@ def render_pdf(report: Report) -> bytes:
         _badge(pdf, check.status.value)
         pdf.cell(width - 18, 6, _latin1(f"{check.title} ({check.name}), {len(check.findings)} findings"), new_x="LMARGIN", new_y="NEXT")
 
-    actions = [f for f in report.failures()] + [f for ch in report.checks for f in ch.findings if f.status is Status.WARN]
+    _claims_pdf(pdf, report, width)
+
+    actions = report.actions()
     if actions:
         pdf.ln(2)
         pdf.set_font("Helvetica", "B", 12)
@@ -133,7 +150,11 @@ def render_pdf(report: Report) -> bytes:
             pdf.set_font("Courier", "", 7)
             for k, v in f.evidence.items():
                 pdf.multi_cell(width, 3.6, _latin1(f"  {k}: {_evidence_value(v)}"), new_x="LMARGIN", new_y="NEXT")
-            if f.remedy and f.status in (Status.FAIL, Status.WARN):
+            if f.plugin or f.claim or f.basis:
+                pdf.set_font("Helvetica", "I", 8)
+                pdf.multi_cell(width, 4, _latin1(f"  plugin {f.plugin or '-'} | claim {f.claim or '-'} | basis {f.basis or '-'}"), new_x="LMARGIN", new_y="NEXT")
+                pdf.set_font("Courier", "", 7)
+            if f.remedy and f.status.needs_remedy:
                 pdf.set_font("Helvetica", "I", 9)
                 pdf.multi_cell(width, 5, _latin1(f"What to do: {f.remedy}"), new_x="LMARGIN", new_y="NEXT")
             for p in f.plots:
@@ -142,13 +163,40 @@ def render_pdf(report: Report) -> bytes:
     return bytes(out)
 
 
-def _badge(pdf, status: str) -> None:
-    pdf.set_fill_color(*_COLORS[status])
+def _claims_pdf(pdf, report: Report, width: float) -> None:
+    """The per-plugin table: each claim, its status, its basis and the checks that judged it."""
+    rows = report.claims()
+    if not rows:
+        return
+    pdf.ln(2)
+    pdf.set_font("Helvetica", "B", 12)
+    pdf.cell(width, 8, "Per plugin: verified or claimed", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "", 8)
+    pdf.multi_cell(width, 4, _latin1("verified: from signed or auditor-produced data, or by replay; re-derived: recomputed from the "
+                                     "site's own records; claimed: the site's word."), new_x="LMARGIN", new_y="NEXT")
+    plugin = None
+    for row in rows:
+        if row["plugin"] != plugin:
+            plugin = row["plugin"]
+            pdf.set_font("Helvetica", "B", 9)
+            pdf.cell(width, 6, _latin1(plugin), new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("Helvetica", "", 8)
+        pdf.cell(62, 5, _latin1(row["title"]))
+        _badge(pdf, row["status"] or "skip", label=(row["status"] or "n/a"))
+        _badge(pdf, row["basis"], label=row["basis"], colors=_BASIS_COLORS, w=20)
+        pdf.set_font("Helvetica", "", 8)
+        text = " - ".join(t for t in (", ".join(row["checks"]), row["note"]) if t)
+        pdf.multi_cell(pdf.w - pdf.r_margin - pdf.get_x(), 5, _latin1(text or "-"), new_x="LMARGIN", new_y="NEXT")
+
+
+def _badge(pdf, status: str, *, label: str | None = None, colors: dict | None = None, w: float = 16) -> None:
+    pdf.set_fill_color(*(colors or _COLORS)[status])
     pdf.set_text_color(255, 255, 255)
     style = pdf.font_style
     size = pdf.font_size_pt
-    pdf.set_font("Helvetica", "B", 8)
-    pdf.cell(16, 5, status.upper(), fill=True, align="C")
+    pdf.set_font("Helvetica", "B", 8 if len(label or status) <= 8 else 6)
+    w = max(w, pdf.get_string_width((label or status).upper()) + 2)
+    pdf.cell(w, 5, (label or status).upper(), fill=True, align="C")
     pdf.cell(2, 5, "")
     pdf.set_text_color(0, 0, 0)
     pdf.set_font("Helvetica", style, size)
@@ -174,4 +222,4 @@ def _parse_created(text: str):
         return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
-__all__ = ["render_html", "render_json", "render_pdf"]
+__all__ = ["banner", "render_html", "render_json", "render_pdf"]

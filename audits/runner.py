@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from forge_secure import __version__
 from forge_secure import progress as _progress
@@ -21,7 +21,7 @@ from forge_secure.errors import ForgeError, ForgeIntegrityError
 from forge_secure.fileio import atomic_directory, atomic_write_bytes
 
 from .checks import CHECKS
-from .evidence import AuditOptions, Evidence, snapshot
+from .evidence import AuditOptions, Evidence
 from .findings import CheckResult, Finding, Status
 from .policy import Policy, default_policy, load_policy
 from .render import render_html, render_json, render_pdf
@@ -47,7 +47,7 @@ def run_audit(
     never written to.
     """
     evidence = Evidence(evidence_dir, options)
-    before = snapshot(evidence.root)
+    before = evidence.snapshot()
     enabled = policy.enabled()
     results: list[CheckResult] = []
     with _progress.task("audit checks", total=len(enabled)) as advance:
@@ -68,7 +68,7 @@ def run_audit(
             advance(1)
         if progress:
             progress("done", len(enabled), len(enabled))
-    after = snapshot(evidence.root)
+    after = evidence.snapshot()
     if after != before:
         changed = sorted(set(before.items()) ^ set(after.items()))
         raise ForgeIntegrityError(
@@ -123,6 +123,7 @@ def audit_directory(
     passphrase: bytes | None = None,
     decryption_key: str | os.PathLike | None = None,
     decryption_passphrase: bytes | None = None,
+    attack_results: Iterable[str | os.PathLike] = (),
     progress: ProgressFn | None = None,
     overwrite: bool = False,
     replay_key: str | os.PathLike | None = None,
@@ -132,6 +133,12 @@ def audit_directory(
 ) -> Report:
     """One call for the whole audit: ``policy`` is a Policy, a TOML path, or None (the shipped
     default); with ``out`` the rendered (and, with ``key``, signed) report is written there.
+
+    ``attack_results``: results files of attacks the auditor ran itself (``forge attack mia``
+    / ``recon`` on the evidence's plugins), outside the evidence directory. Only these, and
+    site-supplied files whose every score the audit re-derives from per-record signals,
+    count as leakage evidence.
+
     ``replay_key`` (the auditor's decryption key), ``canary_records`` (the auditor's private
     canary records) and ``site_data`` (site -> data spec) are what an on-site audit brings to
     verify the DP claims by replay and test them on canaries the site never saw."""
@@ -163,7 +170,8 @@ def audit_directory(
     options = AuditOptions(decryption_key=Path(decryption_key) if decryption_key is not None else None, passphrase=decryption_passphrase,
                            replay_key=Path(replay_key) if replay_key is not None else None, replay_passphrase=replay_passphrase,
                            canary_records=tuple(Path(p) for p in canary_records),
-                           site_data=tuple(sorted((site_data or {}).items())))
+                           site_data=tuple(sorted((site_data or {}).items())),
+                           attack_results=tuple(Path(p) for p in attack_results))
     report = run_audit(policy, evidence_dir, progress=progress, options=options, auditor=signing_key.site if signing_key else "")
     if out is not None:
         write_report(report, out, key=signing_key, overwrite=overwrite)

@@ -2,7 +2,7 @@
 
 Each of the bundled breast-cancer sites trains a plugin (standard LoRA on tabular-mlp,
 the default recipe: 30 epochs, batch 32, SGD lr 0.05, clip 1.0, PRV accountant, delta
-1/(10 n)) on its coin-flip training set, for several training seeds, and is evaluated on
+min(1e-5, 1/n^2)) on its coin-flip training set, for several training seeds, and is evaluated on
 its own site's test split (never trained on). Per epsilon the table gives the pooled test
 accuracy over all sites and seeds with a Clopper-Pearson 95 % interval, the mean
 per-site ROC AUC with a 95 % t-interval over (site, seed) runs, and the spread of the
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         half = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else float("nan")
         lines.append(f"| {name} | {f'{min(sig):.2f}-{max(sig):.2f}' if sig else '-'} | {c / n:.3f} [{ci.low:.3f}, {ci.high:.3f}] "
                      f"| {f'{min(accs):.3f}-{max(accs):.3f}' if accs else '-'} | {a.mean():.3f} [{max(0.0, a.mean() - half):.3f}, {min(1.0, a.mean() + half):.3f}] |")
-    lines += ["", "Epsilon is per site (PRV accountant, delta = 1/(10 n)); the noise multiplier is calibrated per site since n differs. "
+    lines += ["", "Epsilon is per site (PRV accountant, delta = min(1e-5, 1/n^2)); the noise multiplier is calibrated per site since n differs. "
               "Pooled counts treat each (site, seed) test prediction as one trial, so the interval is optimistic about "
               "seed-to-seed variation; the per-run range shows it."]
     text = "\n".join(lines)

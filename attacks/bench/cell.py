@@ -136,7 +136,7 @@ class _GroupRunner:
         site training set, so every site's own accounted epsilon (recorded in its
         forge.json, reported as the claim) is at most about the grid's epsilon. Reference
         models reuse it: they follow the target's recipe, as in LiRA (Carlini et al. 2022).
-        Delta is the config's, or 1/(10 n) for the largest pool, below 1/n for every set.
+        Delta is the config's, or default_delta(n) = min(1e-5, 1/n^2) for the largest pool, below 1/n for every set.
         """
         if math.isinf(self.group.epsilon):
             return None
@@ -200,7 +200,14 @@ class _GroupRunner:
             else:
                 train = site.pool.subset(self.ref_mask(site_index, ref), name=f"{site.pool.name}#ref{ref}")
                 commitment = None
-            train_plugin(self.train_config(site_index, ref), train, site=site.site, base=self.base, commitment=commitment, out=out)
+            from forge_secure.privacy.randomness import seed_from_label
+
+            config = self.train_config(site_index, ref)
+            # a benchmark is the researcher's own experiment: its plugins' sampling and noise come
+            # from a secret derived from the cell's seed, so a rerun (or a repaired cache entry)
+            # trains the same plugin
+            train_plugin(config, train, site=site.site, base=self.base, commitment=commitment, out=out,
+                         secret=seed_from_label("forge-bench-plugin", config.seed))
             self.trained += 1
         return out
 

@@ -202,6 +202,9 @@ def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
     rate; the update is one of the merged model's trainable tensors."""
     check_data(plugin, data)
     check_data(plugin, prior, "population prior")
+    if data.kind == "text":  # token ids are discrete: a continuous inversion would report a meaningless figure
+        raise ForgeValueError(f"gradient inversion works on tabular and image records, {data.name!r} holds token ids",
+                              fix="attack a text plugin with --kind informed or --kind canary", code="recon.kind")
     s = settings
     meta, rdir, index = resolve_recipe(plugin, recipe)
     fn = lora_functional(plugin)

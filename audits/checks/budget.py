@@ -109,11 +109,12 @@ class SiteBudget(Check):
                 status = Status.FAIL if settings.require_ledger_entries else Status.WARN
                 findings.append(Finding(self.name, status, item.rel, f"its training (sigma {mine[0]:g}, q {mine[1]:g}, {mine[2]} steps) is not in {site}'s ledger",
                                         {"site": site, "history": [mine]},
-                                        remedy="the site must record every DP release in its ledger (forge train does); include the site's ledger in the evidence"))
+                                        remedy="the site must record every DP release in its ledger (forge train does); include the site's ledger in the evidence",
+                                        plugin=item.rel))
         if bars:
             plot = Plot("bars", "Total epsilon per site (re-derived from the ledgers)", tuple(bars), y_label="epsilon",
                         limit=settings.max_site_epsilon, limit_label="policy per-site maximum")
             idx = next(i for i, f in enumerate(findings) if f.subject.startswith("ledgers/"))
             f = findings[idx]
-            findings[idx] = Finding(f.check, f.status, f.subject, f.summary, f.evidence, f.remedy, f.plots + (plot,))
+            findings[idx] = f.replace(plots=f.plots + (plot,))
         return findings

@@ -29,7 +29,6 @@ from ..findings import Finding, Plot, Status
 from .base import Check, CheckSettings, register_check
 from .dp import trained_plugins
 
-INCONCLUSIVE = getattr(Status, "INCONCLUSIVE", Status.WARN)
 
 
 def canary_scores(plugin, canaries) -> np.ndarray:
@@ -98,7 +97,7 @@ class AuditorCanaries(Check):
         return out
 
     def _judge(self, item, record, cset, mask, settings) -> Finding:
-        from attacks.metrics import one_run_audit, one_run_epsilon
+        from attacks.metrics import one_run_audit, one_run_epsilon_ceiling
         from forge_secure.plugins.plugin import load_plugin
 
         carried = ((item.data.get("data") or {}).get("canaries") or {}).get("grant_id")
@@ -107,11 +106,13 @@ class AuditorCanaries(Check):
                            f"the plugin does not carry the auditor's canaries (grant {record['grant_id'][:12]}...; forge.json names "
                            f"{carried!r}): they were dropped",
                            evidence={"grant_id": record["grant_id"], "carried": carried, "basis": "verified"},
-                           remedy="reject the plugin; the site must train with forge train --canary-grant")
+                           remedy="reject the plugin; the site must train with forge train --canary-grant",
+                           plugin=item.rel, claim="data-commitment", basis="verified")
         try:
             plugin = load_plugin(item.path)
         except ForgeError as e:
-            return Finding(self.name, Status.FAIL, item.rel, f"cannot load the plugin: {e}", evidence={"reason_code": e.code})
+            return Finding(self.name, Status.FAIL, item.rel, f"cannot load the plugin: {e}", evidence={"reason_code": e.code},
+                           remedy="restore the plugin directory from the verified bundle", plugin=item.rel, claim="epsilon")
         scores = canary_scores(plugin, cset)
         labels = mask.astype(int)
         m = len(labels)
@@ -119,7 +120,7 @@ class AuditorCanaries(Check):
         dp = item.data.get("dp") or {}
         delta = float(dp.get("delta") or 0.0) if dp.get("enabled") else 0.0
         audit = one_run_audit(scores, labels, k_plus=k_plus, k_minus=k_minus, delta=delta, p_target=settings.p_target)
-        ceiling = one_run_epsilon(audit["guesses"], audit["guesses"], m, delta=delta, p_target=settings.p_target)
+        ceiling = one_run_epsilon_ceiling(audit["guesses"], m=m, delta=delta, p_target=settings.p_target)
         claimed = dp.get("epsilon")
         claimed = math.inf if claimed in (None, "inf") or not dp.get("enabled") else float(claimed)
         ev = {**audit, "ceiling": ceiling, "claimed_epsilon": claimed, "included": int(mask.sum()), "held_back": int((~mask).sum()),
@@ -133,10 +134,12 @@ class AuditorCanaries(Check):
                 f"{1 - settings.p_target:.0%} confidence (largest this sample can show: {ceiling:.3g})")
         if lb > claimed:
             return Finding(self.name, Status.FAIL, item.rel, f"the claim epsilon {claimed:.3g} is false: {text}", evidence=ev,
-                           remedy="reject the plugin: it leaks more than it claims", plots=(plot,))
+                           remedy="reject the plugin: it leaks more than it claims", plots=(plot,),
+                           plugin=item.rel, claim="epsilon", basis="verified")
         if claimed > ceiling:
-            return Finding(self.name, INCONCLUSIVE, item.rel,
+            return Finding(self.name, Status.INCONCLUSIVE, item.rel,
                            f"cannot tell: the claim {claimed:.3g} is above what {m} canaries can show; {text}", evidence=ev,
-                           remedy="issue more canaries (forge audit canaries issue --count) to test a claim this large", plots=(plot,))
+                           remedy="issue more canaries (forge audit canaries issue --count) to test a claim this large", plots=(plot,),
+                           plugin=item.rel, claim="epsilon", basis="verified")
         return Finding(self.name, Status.PASS, item.rel, f"consistent with the claim epsilon {claimed:.3g}: {text}", evidence=ev,
-                       plots=(plot,))
+                       plots=(plot,), plugin=item.rel, claim="epsilon", basis="verified")

@@ -1,10 +1,19 @@
-"""Differential-privacy checks: claims re-derived from the recorded mechanism, delta < 1/n.
+"""Differential-privacy checks: claims re-derived from the recorded mechanism, and delta.
 
 The DP record of a plugin (``forge.json`` -> ``dp``) holds the noise multiplier sigma, the
 sample rate q, the number of steps T, delta and the accountant. The epsilon is recomputed from
 ``[(sigma, q, T)]`` (Abadi et al. 2016, DP-SGD; accountants in :mod:`audits.accounting`), and
-the manifest's own ``epsilon`` is only compared against it. delta must stay below 1/n for n
-training records (Dwork and Roth 2014, Sec. 2.3: delta >= 1/n permits releasing a record).
+the manifest's own ``epsilon`` is only compared against it. The fields must also agree with
+each other (:func:`cross_field`): q = batch size / rows, T = epochs x ceil(rows / batch size),
+rows within what the data commitment allows. All of this is the site's own record: it shows a
+manifest is self-consistent, never that training happened as written (only replay does).
+
+delta: a delta near 1/n permits a mechanism that publishes a random record outright with
+probability about delta * n (Dwork and Roth 2014, Sec. 2.3, which asks for delta "less than
+the inverse of any polynomial in the size of the database"). For medical records the default
+policy asks delta <= 1e-5 *and* delta * n <= 0.01 (a 1 % chance, at most, that such a
+catastrophic release happens at all), which is what
+:func:`forge_secure.privacy.accountants.default_delta` (min(1e-5, 1/n^2)) gives at every n.
 """
 
 from __future__ import annotations
@@ -53,12 +62,76 @@ def training_rows(meta: dict) -> int | None:
     return rows if isinstance(rows, int) and not isinstance(rows, bool) and rows > 0 else None
 
 
-def bad_evidence(check: str, item, remedy: str = "restore the file from the tool that wrote it, or re-run that step") -> Finding:
+def bad_evidence(check: str, item, remedy: str = "restore the file from the tool that wrote it, or re-run that step", **fields) -> Finding:
     err = item.error
     return Finding(
         check, Status.FAIL, item.rel, f"unreadable evidence: {err}",
-        evidence={"reason_code": getattr(err, "code", "evidence.bad")}, remedy=remedy,
+        evidence={"reason_code": getattr(err, "code", "evidence.bad")}, remedy=remedy, **fields,
     )
+
+
+def _whole(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def cross_field(meta: dict, rec: dict) -> tuple[dict, list[str]]:
+    """Check that a DP record agrees with the training and data records of its forge.json.
+
+    Returns ``(figures, problems)``: the recorded and the implied values, and one sentence per
+    disagreement (empty when all agree). Floats are compared with a relative tolerance of
+    1e-9 (rounding only). The rules, as ``forge train`` applies them:
+
+    - rows n = ``data.rows`` (records trained on, included canaries too); when the commitment
+      records a membership draw from ``pool_rows`` records, n <= pool_rows + canaries.count;
+      when it records ``records`` and the canaries ``inserted``, n = records + inserted;
+    - sample rate q = min(1, batch_size / n) (Poisson sampling, expected batch batch_size);
+    - steps per epoch = ceil(n / batch_size), steps T = epochs x steps per epoch;
+    - the accountant ``history``, when recorded, composes to exactly (sigma, q, T).
+    """
+    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    dp = meta.get("dp") if isinstance(meta.get("dp"), dict) else {}
+    rows, batch, epochs = _whole(data.get("rows")), _whole(training.get("batch_size")), _whole(training.get("epochs"))
+    figures: dict = {"rows": rows, "batch_size": batch, "epochs": epochs, "sample_rate": rec["sample_rate"], "steps": rec["steps"]}
+    missing = [name for name, v in (("data.rows", rows), ("training.batch_size", batch), ("training.epochs", epochs)) if v is None or v < 1]
+    if missing:
+        return figures, [f"cannot cross-check: {', '.join(missing)} missing or not a positive integer"]
+    problems = []
+    canaries = data.get("canaries") if isinstance(data.get("canaries"), dict) else {}
+    count = _whole(canaries.get("count")) or 0
+    inserted = _whole(canaries.get("inserted", canaries.get("included")))
+    membership = data.get("membership") if isinstance(data.get("membership"), dict) else {}
+    pool = _whole(membership.get("pool_rows"))
+    records = _whole(data.get("records"))
+    figures.update({"canaries": count, "canaries_inserted": inserted, "pool_rows": pool, "records": records})
+    if pool is not None and rows > pool + count:
+        problems.append(f"data.rows {rows} exceeds the {pool} records of the membership pool plus {count} canaries")
+    if inserted is not None and inserted > count:
+        problems.append(f"{inserted} canaries inserted, but the commitment has only {count}")
+    if records is not None and inserted is not None and rows != records + inserted:
+        problems.append(f"data.rows {rows} != {records} records + {inserted} inserted canaries")
+    q = min(1.0, batch / rows)
+    spe = max(1, math.ceil(rows / batch))
+    figures.update({"implied_sample_rate": q, "implied_steps_per_epoch": spe, "implied_steps": epochs * spe})
+    if not math.isclose(rec["sample_rate"], q, rel_tol=1e-9, abs_tol=1e-15):
+        problems.append(f"sample rate {rec['sample_rate']:.6g} != batch size {batch} / rows {rows} = {q:.6g}")
+    recorded_spe = _whole(training.get("steps_per_epoch"))
+    if recorded_spe is not None:
+        figures["steps_per_epoch"] = recorded_spe
+        if recorded_spe != spe:
+            problems.append(f"steps per epoch {recorded_spe} != ceil(rows {rows} / batch size {batch}) = {spe}")
+    if rec["steps"] != epochs * spe:
+        problems.append(f"steps {rec['steps']} != epochs {epochs} x ceil({rows} / {batch}) = {epochs * spe}")
+    history = dp.get("history")
+    if history is not None:
+        try:
+            hist = [(float(h[0]), float(h[1]), int(h[2])) for h in history]
+        except (TypeError, ValueError, IndexError):
+            hist = None
+        if hist is None or sum(h[2] for h in hist) != rec["steps"] or any(
+                not math.isclose(h[0], rec["noise_multiplier"], rel_tol=1e-9) or not math.isclose(h[1], rec["sample_rate"], rel_tol=1e-9) for h in hist):
+            problems.append(f"the accountant history {history!r} does not compose to (sigma {rec['noise_multiplier']:g}, q {rec['sample_rate']:g}, {rec['steps']} steps)")
+    return figures, problems
 
 
 def missing_evidence(check: str, settings: CheckSettings, what: str, remedy: str) -> list[Finding]:
@@ -111,12 +184,27 @@ class DpClaims(Check):
                 continue
             try:
                 rec = dp_record(item.data, item.rel)
+                if rec["enabled"]:
+                    findings.append(self._cross_field(item, rec))
                 findings.append(self._judge(item, rec, settings, bars))
             except ForgeError as e:
-                findings.append(Finding(self.name, Status.FAIL, item.rel, f"DP record unusable: {e}", evidence={"reason_code": e.code}, remedy="re-train the plugin with forge train; never edit forge.json by hand"))
+                findings.append(Finding(self.name, Status.FAIL, item.rel, f"DP record unusable: {e}", evidence={"reason_code": e.code},
+                                        remedy="re-train the plugin with forge train; never edit forge.json by hand", plugin=item.rel, claim="dp-parameters", basis="claimed"))
         if bars:
             findings[-1] = _with_plot(findings[-1], Plot("bars", "Re-derived epsilon per plugin", tuple(bars), y_label="epsilon", limit=settings.max_epsilon, limit_label="policy maximum"))
         return findings
+
+    def _cross_field(self, item, rec: dict) -> Finding:
+        figures, problems = cross_field(item.data, rec)
+        fields = {"plugin": item.rel, "claim": "dp-parameters", "basis": "re-derived"}
+        if problems:
+            return Finding(self.name, Status.FAIL, item.rel, "the DP record contradicts the training and data records: " + "; ".join(problems),
+                           evidence={**figures, "problems": problems},
+                           remedy="the manifest was edited or is corrupt: reject the plugin, or have the site re-train it with forge train", **fields)
+        return Finding(self.name, Status.PASS, item.rel,
+                       f"sample rate {rec['sample_rate']:.4g} = {figures['batch_size']}/{figures['rows']} and {rec['steps']} steps = "
+                       f"{figures['epochs']} x {figures['implied_steps_per_epoch']} agree with the training and data records (the site's record: replay verifies it)",
+                       evidence=figures, **fields)
 
     def _judge(self, item, rec: dict, settings, bars: list) -> Finding:
         claimed = rec["claimed_epsilon"]
@@ -126,7 +214,9 @@ class DpClaims(Check):
                 self.name, status, item.rel, "trained without differential privacy (no noise)",
                 evidence={"dp_enabled": False, "claimed_epsilon": claimed},
                 remedy="re-train the plugin with DP (forge train without --no-dp) before it leaves the site",
+                plugin=item.rel, claim="dp-parameters", basis="claimed",
             )
+        fields = {"plugin": item.rel, "claim": "epsilon", "basis": "re-derived"}
         history = [(rec["noise_multiplier"], rec["sample_rate"], rec["steps"])]
         delta = rec["delta"]
         recorded_acc = rec["accountant"] if rec["accountant"] in ACCOUNTANTS else settings.accountant
@@ -143,31 +233,35 @@ class DpClaims(Check):
             return Finding(
                 self.name, Status.FAIL, item.rel,
                 f"claims epsilon {claimed:.3g}, but its recorded noise, sample rate and steps give {eps_recorded:.3g} ({used_recorded})",
-                evidence=ev, remedy="treat the plugin as epsilon {:.3g}; reject it or re-train with more noise or fewer steps".format(eps_recorded),
+                evidence=ev, remedy="treat the plugin as epsilon {:.3g}; reject it or re-train with more noise or fewer steps".format(eps_recorded), **fields,
             )
         if eps_policy > settings.max_epsilon:
             return Finding(
                 self.name, Status.FAIL, item.rel,
                 f"re-derived epsilon {eps_policy:.3g} ({used_policy}) exceeds the policy maximum {settings.max_epsilon:g}",
-                evidence=ev, remedy="re-train with a larger noise multiplier, fewer epochs or a smaller sample rate (forge train --target-epsilon)",
+                evidence=ev, remedy="re-train with a larger noise multiplier, fewer epochs or a smaller sample rate (forge train --target-epsilon)", **fields,
             )
-        return Finding(self.name, Status.PASS, item.rel, f"epsilon {eps_policy:.3g} at delta {delta:.2g} re-derived; claim {claimed:.3g} holds", evidence=ev)
+        return Finding(self.name, Status.PASS, item.rel, f"epsilon {eps_policy:.3g} at delta {delta:.2g} re-derived; claim {claimed:.3g} holds", evidence=ev, **fields)
 
 
 def _with_plot(f: Finding, plot: Plot) -> Finding:
-    return Finding(f.check, f.status, f.subject, f.summary, f.evidence, f.remedy, f.plots + (plot,))
+    return f.replace(plots=f.plots + (plot,))
 
 
 @register_check("delta")
-class DeltaBelowOneOverN(Check):
-    title = "delta below 1/n"
-    description = "Each plugin's delta times its number of training records must stay below the policy's bound (1 means delta < 1/n)."
+class DeltaCheck(Check):
+    title = "delta small enough for medical records"
+    description = ("Each plugin's delta must not exceed the policy's maximum, and delta times its number of training records "
+                   "(about the chance that a record is published outright) must not exceed the policy's bound.")
 
     @dataclass(frozen=True)
     class Settings(CheckSettings):
-        max_delta_times_n: float = 1.0
+        max_delta: float = 1e-5
+        max_delta_times_n: float = 0.01
 
         def validate(self) -> None:
+            if not (0 < self.max_delta < 1):
+                raise self.bad("max_delta", self.max_delta, "in (0, 1)")
             if not (0 < self.max_delta_times_n <= 1):
                 raise self.bad("max_delta_times_n", self.max_delta_times_n, "in (0, 1]")
 
@@ -177,28 +271,38 @@ class DeltaBelowOneOverN(Check):
             return missing_evidence(self.name, settings, "trained plugins (plugins/<name>/forge.json)", "add the opened plugin directories under plugins/")
         findings = []
         for item in plugins:
+            fields = {"plugin": item.rel, "claim": "delta", "basis": "re-derived"}
             if item.data is None:
-                findings.append(bad_evidence(self.name, item))
+                findings.append(bad_evidence(self.name, item, **fields))
                 continue
             try:
                 rec = dp_record(item.data, item.rel)
             except ForgeError as e:
-                findings.append(Finding(self.name, Status.FAIL, item.rel, f"DP record unusable: {e}", evidence={"reason_code": e.code}, remedy="re-train the plugin with forge train"))
+                findings.append(Finding(self.name, Status.FAIL, item.rel, f"DP record unusable: {e}", evidence={"reason_code": e.code}, remedy="re-train the plugin with forge train", **fields))
                 continue
             if not rec["enabled"]:
-                findings.append(Finding(self.name, Status.SKIP, item.rel, "no DP guarantee to check (trained without noise; see dp-claims)"))
+                findings.append(Finding(self.name, Status.SKIP, item.rel, "no DP guarantee to check (trained without noise; see dp-claims)", **fields))
                 continue
             n = training_rows(item.data)
             if n is None:
-                findings.append(Finding(self.name, Status.FAIL, item.rel, "the manifest does not record the number of training rows", evidence={"delta": rec["delta"]}, remedy="re-train with forge train, which records data.rows"))
+                findings.append(Finding(self.name, Status.FAIL, item.rel, "the manifest does not record the number of training rows", evidence={"delta": rec["delta"]},
+                                        remedy="re-train with forge train, which records data.rows", **fields))
                 continue
-            dn = rec["delta"] * n
-            ev = {"delta": rec["delta"], "rows": n, "delta_times_n": dn, "one_over_n": 1.0 / n, "max_delta_times_n": settings.max_delta_times_n}
-            if dn >= settings.max_delta_times_n:
-                findings.append(Finding(
-                    self.name, Status.FAIL, item.rel, f"delta {rec['delta']:.3g} is not below {settings.max_delta_times_n:g}/n = {settings.max_delta_times_n / n:.3g} for n = {n}",
-                    evidence=ev, remedy=f"re-train with --delta below {settings.max_delta_times_n / n:.3g}",
-                ))
+            delta = rec["delta"]
+            dn = delta * n
+            limit = min(settings.max_delta, settings.max_delta_times_n / n)
+            ev = {"delta": delta, "rows": n, "delta_times_n": dn, "one_over_n": 1.0 / n, "max_delta": settings.max_delta,
+                  "max_delta_times_n": settings.max_delta_times_n, "largest_allowed_delta": limit}
+            rounding = 1 + 1e-9
+            problems = []
+            if delta > settings.max_delta * rounding:
+                problems.append(f"delta {delta:.3g} exceeds the policy maximum {settings.max_delta:g}")
+            if dn > settings.max_delta_times_n * rounding:
+                problems.append(f"delta x n = {dn:.3g} exceeds {settings.max_delta_times_n:g} for n = {n} (a record could be published outright with probability about {dn:.2g})")
+            if problems:
+                findings.append(Finding(self.name, Status.FAIL, item.rel, "; ".join(problems), evidence=ev,
+                                        remedy=f"re-train with --delta {limit:.3g} or less (the default min(1e-5, 1/n^2) = {min(1e-5, 1.0 / n**2):.3g} fits)", **fields))
             else:
-                findings.append(Finding(self.name, Status.PASS, item.rel, f"delta {rec['delta']:.3g} < {settings.max_delta_times_n:g}/n (n = {n})", evidence=ev))
+                findings.append(Finding(self.name, Status.PASS, item.rel, f"delta {delta:.3g} <= {settings.max_delta:g} and delta x n = {dn:.3g} <= {settings.max_delta_times_n:g} (n = {n})",
+                                        evidence=ev, **fields))
         return findings

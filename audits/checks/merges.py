@@ -57,9 +57,11 @@ class HomomorphicContributions(Check):
                     self.name, Status.FAIL, item.rel,
                     f"homomorphic merge of {len(parents)} plugin(s) from {len(sites)} distinct site(s); the policy needs {settings.min_contributions}",
                     ev, remedy=f"do not release this aggregate; wait until at least {settings.min_contributions} sites have contributed and merge again",
+                    plugin=item.rel,
                 ))
             else:
-                findings.append(Finding(self.name, Status.PASS, item.rel, f"{len(sites)} distinct sites contributed (minimum {settings.min_contributions})", ev))
+                findings.append(Finding(self.name, Status.PASS, item.rel, f"{len(sites)} distinct sites contributed (minimum {settings.min_contributions})", ev,
+                                        plugin=item.rel))
         if not findings:
             return missing_evidence(self.name, settings, "homomorphic merges (merged/<name>/ with a CKKS merge record)",
                                     "add the homomorphic merge's output directory under merged/, or set required = false")

@@ -117,7 +117,7 @@ class Provenance(Check):
     @dataclass(frozen=True)
     class Settings(CheckSettings):
         allowed_signers: tuple[str, ...] = ()
-        require_weight_binding: bool = False
+        require_weight_binding: bool = True
         require_lineage: bool = True
 
     def run(self, evidence, settings, *, progress=None) -> list[Finding]:
@@ -196,7 +196,8 @@ class Provenance(Check):
             if recorded is not None and recorded != digest:
                 findings.append(Finding(self.name, Status.FAIL, item.rel, "its weights do not match the adapter digest its forge.json records",
                                         {"adapter_sha256": digest, "recorded_sha256": recorded},
-                                        remedy="the weights were replaced after training; re-open the plugin from its verified bundle"))
+                                        remedy="the weights were replaced after training; re-open the plugin from its verified bundle",
+                                        plugin=item.rel, claim="weights-binding", basis="re-derived"))
                 continue
             match, bound, edited = None, False, False
             for rel, (v, ev, opened_meta) in verified.items():
@@ -214,7 +215,8 @@ class Provenance(Check):
             if match is None:
                 findings.append(Finding(self.name, Status.FAIL, item.rel,
                                         "no verified bundle holds this plugin (its site, signed DP claim or base differ, or its weights differ)", ev,
-                                        remedy="audit only plugins opened from verified bundles; re-open the site's bundle with forge open"))
+                                        remedy="audit only plugins opened from verified bundles; re-open the site's bundle with forge open",
+                                        plugin=item.rel, claim="weights-binding", basis="claimed"))
                 continue
             used.add(match)
             chained.add(digest)
@@ -223,15 +225,18 @@ class Provenance(Check):
                 findings.append(Finding(self.name, Status.FAIL, item.rel,
                                         f"its weights match {match}, but its forge.json differs from the signed one in that bundle (edited after opening)",
                                         {**ev, "weights_bound": True, "manifest_bound": False},
-                                        remedy="judge only the plugin as opened from its verified bundle: re-open it with forge open"))
+                                        remedy="judge only the plugin as opened from its verified bundle: re-open it with forge open",
+                                        plugin=item.rel, claim="weights-binding", basis="verified"))
             elif bound:
-                findings.append(Finding(self.name, Status.PASS, item.rel, f"weights and forge.json match the opened content of {match}", {**ev, "weights_bound": True, "manifest_bound": True}))
+                findings.append(Finding(self.name, Status.PASS, item.rel, f"weights and forge.json match the opened content of {match}", {**ev, "weights_bound": True, "manifest_bound": True},
+                                        plugin=item.rel, claim="weights-binding", basis="verified"))
             else:
                 status = Status.FAIL if settings.require_weight_binding else Status.WARN
                 findings.append(Finding(self.name, status, item.rel,
                                         f"site, signed DP claim and base match {match}; the weights are not bound (no decryption key given)",
                                         {**ev, "weights_bound": False},
-                                        remedy="run the audit with --decryption-key (the consortium recipient key) to bind the weights to the signed payload"))
+                                        remedy="run the audit with --decryption-key (the consortium recipient key) to bind the weights to the signed payload",
+                                        plugin=item.rel, claim="weights-binding", basis="claimed"))
         # merged versions, in dependency order: a parent may be a plugin or an already chained merge
         pending = [m for m in evidence.merged]
         progress_made = True
@@ -248,15 +253,17 @@ class Provenance(Check):
                 if not parents:
                     results[item.rel] = Finding(self.name, Status.FAIL if settings.require_lineage else Status.WARN, item.rel,
                                                 "merged version records no parents", {"adapter_sha256": item.extra["adapter_digest"]},
-                                                remedy="merge with forge merge, which records the parents' digests")
+                                                remedy="merge with forge merge, which records the parents' digests", plugin=item.rel, claim="weights-binding", basis="claimed")
                     pending.remove(item)
                     progress_made = True
                     continue
                 digests = [p.get("digest") if isinstance(p, dict) else None for p in parents]
                 if all(d in chained for d in digests):
                     chained.add(item.extra["adapter_digest"])
-                    results[item.rel] = Finding(self.name, Status.PASS, item.rel, f"all {len(digests)} parents chain to verified bundles",
-                                                {"parents": digests, "adapter_sha256": item.extra["adapter_digest"]})
+                    results[item.rel] = Finding(self.name, Status.PASS, item.rel,
+                                                f"all {len(digests)} parents chain to verified bundles (the merge itself is the merger's record)",
+                                                {"parents": digests, "adapter_sha256": item.extra["adapter_digest"]},
+                                                plugin=item.rel, claim="weights-binding", basis="claimed")
                     pending.remove(item)
                     progress_made = True
         for item in pending:
@@ -264,7 +271,8 @@ class Provenance(Check):
             missing = [d for d in digests if d not in chained]
             results[item.rel] = Finding(self.name, Status.FAIL if settings.require_lineage else Status.WARN, item.rel,
                                         f"{len(missing)} of {len(digests)} parents do not chain to a verified bundle", {"unchained_parents": missing, "parents": digests},
-                                        remedy="include every parent plugin (opened from its verified bundle) in the evidence, or re-merge from verified plugins only")
+                                        remedy="include every parent plugin (opened from its verified bundle) in the evidence, or re-merge from verified plugins only",
+                                        plugin=item.rel, claim="weights-binding", basis="claimed")
         findings += [results[m.rel] for m in evidence.merged if m.rel in results]
         return findings
 

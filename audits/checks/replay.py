@@ -50,18 +50,20 @@ class DpRandomness(Check):
             if not isinstance(rnd, dict) or not _HEX64.match(str(rnd.get("secret_commitment", ""))):
                 out.append(Finding(self.name, Status.FAIL, item.rel,
                                    "no commitment to a secret: the DP noise and sampling are predictable (seeded from public values)",
-                                   evidence=ev, remedy="re-train with this toolkit's forge train (a fresh OS secret every run)"))
+                                   evidence=ev, remedy="re-train with this toolkit's forge train (a fresh OS secret every run)",
+                                   plugin=item.rel, claim="dp-parameters", basis="claimed"))
             elif rnd.get("generator") != GENERATOR:
                 out.append(Finding(self.name, Status.FAIL, item.rel, f"unknown generator {rnd.get('generator')!r}", evidence=ev,
-                                   remedy="re-train with forge train"))
+                                   remedy="re-train with forge train", plugin=item.rel, claim="dp-parameters", basis="claimed"))
             elif rnd.get("source") != "os" and not settings.allow_supplied_secret:
                 out.append(Finding(self.name, Status.FAIL, item.rel,
                                    f"the randomness secret was supplied by the caller (source {rnd.get('source')!r}), so nothing "
-                                   "shows it was secret", evidence=ev, remedy="re-train with forge train, which draws the secret from the OS"))
+                                   "shows it was secret", evidence=ev, remedy="re-train with forge train, which draws the secret from the OS",
+                                   plugin=item.rel, claim="dp-parameters", basis="claimed"))
             else:
                 out.append(Finding(self.name, Status.PASS, item.rel,
                                    f"noise and sampling from a secret (commitment {rnd['secret_commitment'][:16]}...); "
-                                   "the replay check verifies the commitment", evidence=ev))
+                                   "the replay check verifies the commitment", evidence=ev, plugin=item.rel, claim="dp-parameters", basis="claimed"))
         return out
 
 
@@ -142,6 +144,7 @@ class Replay(Check):
         ev["replayed_on"] = recipe["data"]["source"].get("spec") if not data_for.get(item.data.get("site")) else data_for[item.data["site"]]
         ev["canary_grant"] = grant.get("grant_id")
         if result.verified:
-            return Finding(self.name, Status.PASS, item.rel, "verified by replay: " + result.message, evidence=ev)
+            return Finding(self.name, Status.PASS, item.rel, "verified by replay: " + result.message, evidence=ev,
+                           plugin=item.rel, claim="dp-parameters", basis="verified")
         return Finding(self.name, Status.FAIL, item.rel, f"replay failed ({result.reason}): {result.message}", evidence=ev,
-                       remedy=fail_remedy)
+                       remedy=fail_remedy, plugin=item.rel, claim="dp-parameters", basis="verified")

@@ -18,7 +18,7 @@ from ..errors import ForgeError
 from . import _common
 
 # area modules, each with ``register(subparsers)``
-AREAS = ("train", "crypto", "merge", "attack", "audit", "bench", "demo")
+AREAS = ("train", "crypto", "merge", "attack", "audit", "bench", "demo", "hub")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
 """`forge audit` and `forge verify-report`. Thin: parse, call :mod:`audits`, print.
 
-Exit codes: ``forge audit`` 0 = the audit passed, 1 = it failed, 2 = it could not run (bad
-policy, missing evidence, bad key, existing --out). ``forge verify-report`` 0 = signature and
+Exit codes: ``forge audit`` 0 = the audit passed (possibly with INCONCLUSIVE checks, which it
+prints, when the policy does not count them as failures), 1 = it failed, 2 = it could not run
+(bad policy, missing evidence, bad key, existing --out, missing --attack-results file). ``forge verify-report`` 0 = signature and
 files check out, 1 = they do not (changed or wrongly signed), 2 = it could not check (missing
 directory, bad key file).
 """
@@ -34,6 +35,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     d = p.add_mutually_exclusive_group()
     d.add_argument("--decryption-passphrase-file", metavar="FILE", help="passphrase of --decryption-key, first line of FILE")
     d.add_argument("--decryption-passphrase-env", metavar="VAR", help="passphrase of --decryption-key, from environment variable VAR")
+    p.add_argument("--attack-results", metavar="FILE", action="append", default=[],
+                   help="results file of an attack you ran yourself (forge attack mia / recon), kept outside the evidence "
+                   "directory; repeatable. Only these, and site files whose scores the audit re-derives, count as leakage evidence")
     p.add_argument("--print-default-policy", action="store_true", help="print the default policy TOML and exit")
     onsite = p.add_argument_group("on-site audit", "what the auditor brings to verify DP claims instead of taking them on the site's word")
     onsite.add_argument("--replay-key", metavar="KEY", help="the auditor's decryption.key: open each plugin's replay envelope and re-run its training")
@@ -101,7 +105,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         site_data[site] = spec
     report = audit_directory(
         args.evidence, args.policy, out=args.out, key=args.key, passphrase=passphrase,
-        decryption_key=args.decryption_key, decryption_passphrase=decryption_passphrase,
+        decryption_key=args.decryption_key, decryption_passphrase=decryption_passphrase, attack_results=args.attack_results,
         replay_key=args.replay_key, replay_passphrase=read_passphrase(args.replay_passphrase_file, args.replay_passphrase_env),
         canary_records=args.canary_record, site_data=site_data,
     )
@@ -109,8 +113,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.json:
         _common.emit_json({
             "verdict": verdict, "report_dir": str(args.out), "report_id": report.report_id, "signed": bool(args.key),
+            "verdict_detail": report.verdict_detail(),
             "counts": report.counts(), "checks": [{"name": c.name, "status": c.status.value} for c in report.checks],
             "failures": [{"check": f.check, "subject": f.subject, "summary": f.summary, "remedy": f.remedy} for f in report.failures()],
+            "inconclusive": [{"check": f.check, "subject": f.subject, "summary": f.summary, "remedy": f.remedy} for f in report.inconclusive()],
+            "claims": report.claims(),
         })
     else:
         _print_summary(report, args)
@@ -118,22 +125,35 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _print_summary(report, args) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    style = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
+    style = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "dim", "inconclusive": "bold magenta"}
     table = Table(title=f"audit against policy {report.policy.get('name')}", show_lines=False)
     table.add_column("check")
     table.add_column("status")
     table.add_column("findings", justify="right")
     for c in report.checks:
         s = c.status.value
-        table.add_row(c.name, f"[{style[s]}]{s.upper()}[/{style[s]}]", str(len(c.findings)))
+        table.add_row(escape(c.name), f"[{style[s]}]{s.upper()}[/{style[s]}]", str(len(c.findings)))
     con = _common.console
     con.print(table)
-    for f in report.failures():
-        con.print(f"[bold red]FAIL[/bold red] {f.check} [dim]{f.subject}[/dim]: {f.summary}\n    [italic]what to do:[/italic] {f.remedy}", highlight=False, soft_wrap=True)
+    for f in report.failures() + report.inconclusive():
+        s = f.status.value
+        con.print(f"[{style[s]}]{s.upper()}[/{style[s]}] {escape(f.check)} [dim]{escape(f.subject)}[/dim]: {escape(f.summary)}\n"
+                  f"    [italic]what to do:[/italic] {escape(f.remedy)}", highlight=False, soft_wrap=True)
+    claimed = sorted({r["plugin"] for r in report.claims()
+                      if r["claim"] == "dp-parameters" and r["basis"] == "claimed" and not r["plugin"].startswith("merged/")})
+    if claimed:
+        con.print(f"[yellow]DP parameters claimed only (not verified by replay):[/yellow] {escape(', '.join(claimed))}", highlight=False, soft_wrap=True)
     colour = "green" if report.passed else "red"
-    con.print(f"[bold {colour}]AUDIT {'PASSED' if report.passed else 'FAILED'}[/bold {colour}]")
+    detail = report.verdict_detail()
+    if report.passed and detail["inconclusive_checks"]:
+        con.print(f"[bold {colour}]AUDIT PASSED[/bold {colour}] [bold magenta]with {len(detail['inconclusive_checks'])} INCONCLUSIVE check(s): "
+                  f"{escape(', '.join(detail['inconclusive_checks']))}[/bold magenta] (they could neither confirm nor refute the claims)",
+                  highlight=False, soft_wrap=True)
+    else:
+        con.print(f"[bold {colour}]AUDIT {'PASSED' if report.passed else 'FAILED'}[/bold {colour}]")
     con.print(f"report: {args.out}/report.html (also report.json, report.pdf{', report.sig.json' if args.key else ''})", highlight=False)
 
 

@@ -160,7 +160,13 @@ class TabularMLP(nn.Module):
 
 
 class HFClassifier(nn.Module):
-    """Wrap a Hugging Face classifier so that ``forward(x)`` returns the logits tensor."""
+    """Wrap a Hugging Face classifier so that ``forward(x)`` returns the logits tensor.
+
+    Text models take token ids (any dtype: the training loop hands float32 records over)
+    and attend to every position that is not the pad id. The padding mask is handed over as
+    the additive 4-D mask the eager attention adds to its scores, which transformers uses as
+    it is: its own mask builder inspects the mask's values (``mask.all()``), which per-sample
+    code under ``torch.func.vmap`` (the reconstruction attacks) cannot do."""
 
     def __init__(self, hf_model: nn.Module):
         super().__init__()
@@ -168,6 +174,14 @@ class HFClassifier(nn.Module):
         self.input_name = getattr(hf_model, "main_input_name", "pixel_values")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_name == "input_ids":
+            ids = x.long()
+            pad = getattr(self.hf.config, "pad_token_id", None)
+            if pad is None:
+                return self.hf(input_ids=ids).logits
+            dtype = self.hf.get_input_embeddings().weight.dtype
+            blocked = (ids == pad).to(dtype)[:, None, None, :]  # (n, 1, 1, L): 1 at padding
+            return self.hf(input_ids=ids, attention_mask=blocked * torch.finfo(dtype).min).logits
         return self.hf(**{self.input_name: x}).logits
 
 
@@ -378,7 +392,7 @@ def load_hf_base(path: str | Path) -> Base:
     model = _freeze(HFClassifier(hf))
     image = model.input_name == "pixel_values"
     shape = (int(getattr(config, "num_channels", 3)), int(config.image_size), int(config.image_size)) if image and hasattr(config, "image_size") else ()
-    return Base(str(path.resolve()), model, digest, attention_qv_targets(model), "image" if image else "sequence",
+    return Base(str(path.resolve()), model, digest, attention_qv_targets(model), "image" if image else "text",
                 int(config.num_labels), shape, {})
 
 

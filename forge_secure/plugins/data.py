@@ -41,6 +41,12 @@ User data (:func:`load_data`)
   train split, ``file.npz:test`` (or ``:val``) another one. Images ``(n, H, W)`` or
   ``(n, H, W, C)`` uint8 become float32 ``(n, C, H, W)`` in [0, 1]. Loaded with
   ``allow_pickle=False``.
+- The same ``.npz`` layout with ``train_input_ids`` (``val_input_ids``, ``test_input_ids``)
+  instead of images: **text** records, ``(n, L)`` non-negative integer token ids of the
+  base's tokenizer, padded with its pad id (``forge_secure.plugins.text`` writes them).
+
+Text data (kind ``text``) holds token ids as float32 like every other kind (exact below
+2**24, far above any vocabulary); the model casts them back to integers.
 """
 
 from __future__ import annotations
@@ -58,12 +64,15 @@ from ..errors import ForgeDataError, ForgeFileError, ForgeValueError
 
 TABULAR = "tabular"
 IMAGE = "image"
+TEXT = "text"
+KINDS = (TABULAR, IMAGE, TEXT)
 NPZ_SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Records and labels, tabular ``(n, d)`` or images ``(n, C, H, W)``, both float32."""
+    """Records and labels, all float32: tabular ``(n, d)``, images ``(n, C, H, W)``, or text
+    ``(n, L)`` token ids."""
 
     X: np.ndarray
     y: np.ndarray
@@ -75,13 +84,13 @@ class Dataset:
     def __post_init__(self) -> None:
         X = np.ascontiguousarray(self.X, dtype=np.float32)
         y = np.ascontiguousarray(self.y, dtype=np.int64).reshape(-1)
-        if self.kind not in (TABULAR, IMAGE):
-            raise ForgeValueError(f"data kind {self.kind!r} is not known", fix="use 'tabular' or 'image'")
-        want_ndim = 2 if self.kind == TABULAR else 4
+        if self.kind not in KINDS:
+            raise ForgeValueError(f"data kind {self.kind!r} is not known", fix=f"use one of: {', '.join(KINDS)}")
+        want_ndim = 4 if self.kind == IMAGE else 2
         if X.ndim != want_ndim:
             raise ForgeDataError(
                 f"{self.kind} data {self.name!r} has shape {X.shape}; expected {want_ndim} dimensions",
-                fix="give (n, features) tables or (n, C, H, W) images",
+                fix="give (n, features) tables, (n, C, H, W) images or (n, L) token ids",
                 code="data.shape",
             )
         if len(X) != len(y):
@@ -92,6 +101,9 @@ class Dataset:
             )
         if not np.all(np.isfinite(X)):
             raise ForgeDataError(f"data {self.name!r} holds NaN or infinite values", fix="clean or impute them first", code="data.not_finite")
+        if self.kind == TEXT and X.size and (X.min() < 0 or X.max() >= 2 ** 24 or not np.array_equal(X, np.round(X))):
+            raise ForgeDataError(f"text data {self.name!r} holds values that are not token ids", fix="give non-negative integer token ids",
+                                 code="data.tokens")
         if len(y) and (y.min() < 0 or y.max() >= self.n_classes):
             raise ForgeDataError(
                 f"labels of {self.name!r} run from {y.min()} to {y.max()}, outside 0..{self.n_classes - 1}",
@@ -460,6 +472,8 @@ def _load_npz(path: Path, split: str) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
+            if f"{split}_input_ids" in keys:
+                return _npz_text(path, split, z, keys)
             need = {f"{split}_images", f"{split}_labels"}
             if not need <= keys:
                 raise ForgeDataError(
@@ -501,12 +515,28 @@ def _load_npz(path: Path, split: str) -> Dataset:
     return Dataset(X, labels.astype(np.int64), n_classes, f"{path}:{split}", IMAGE)
 
 
+def _npz_text(path: Path, split: str, z, keys: set) -> Dataset:
+    """The text layout of a .npz: ``{split}_input_ids`` (n, L) integers and ``{split}_labels``."""
+    if f"{split}_labels" not in keys:
+        raise ForgeDataError(f"{path} lacks {split}_labels", fix="store one integer label per record", code="data.npz_keys")
+    ids, labels = z[f"{split}_input_ids"], z[f"{split}_labels"].reshape(-1)
+    all_labels = [z[f"{s}_labels"] for s in NPZ_SPLITS if f"{s}_labels" in keys]
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ForgeDataError(f"{path} {split}_input_ids has shape {ids.shape} and dtype {ids.dtype}",
+                             fix="store (n, L) integer token ids", code="data.tokens")
+    if not np.issubdtype(labels.dtype, np.integer) or any(not np.issubdtype(l.dtype, np.integer) for l in all_labels):
+        raise ForgeDataError(f"{path} {split}_labels has dtype {labels.dtype}", fix="store integer labels 0..C-1", code="data.labels")
+    n_classes = max(2, max(int(l.max()) + 1 for l in all_labels if l.size))
+    return Dataset(ids, labels.astype(np.int64), n_classes, f"{path}:{split}", TEXT)
+
+
 def make_canaries(m: int, like: Dataset, seed: int) -> Dataset:
     """``m`` out-of-distribution records with uniformly random labels, shaped like ``like``.
 
     Tabular: each feature is ``+-U(4, 8)`` (random sign), i.e. 4 to 8 public-split standard
     deviations away from the mean, where real records almost never lie. Images: uniform
-    noise pixels in [0, 1]. Canaries are the standard probe for memorisation audits
+    noise pixels in [0, 1]. Text: every position a token drawn uniformly from the ids that occur
+    in ``like`` (so valid for its tokenizer), a random word salad. Canaries are the standard probe for memorisation audits
     (Carlini et al. 2019, "The Secret Sharer"; Steinke, Nasr, Jagielski 2023).
     """
     if not isinstance(m, (int, np.integer)) or m < 0:
@@ -515,6 +545,9 @@ def make_canaries(m: int, like: Dataset, seed: int) -> Dataset:
     shape = (int(m),) + like.shape
     if like.kind == TABULAR:
         X = rng.choice([-1.0, 1.0], size=shape) * rng.uniform(4.0, 8.0, size=shape)
+    elif like.kind == TEXT:
+        vocab = np.unique(like.X) if len(like) else np.zeros(1)
+        X = rng.choice(vocab, size=shape)
     else:
         X = rng.uniform(0.0, 1.0, size=shape)
     y = rng.integers(0, like.n_classes, size=int(m))

@@ -109,12 +109,22 @@ def prepare_training_data(spec: str, *, label_column: str | None = None, canarie
 
 def check_compatible(base: Base, data: Dataset) -> None:
     """Refuse data that the base cannot take: wrong kind, record shape or label range."""
-    if base.kind in ("tabular", "image") and data.kind != base.kind:
+    if base.kind in ("tabular", "image", "text") and data.kind != base.kind:
         raise ForgeDataError(
             f"base {base.name} takes {base.kind} data, but {data.name} is {data.kind} data",
-            fix="use tabular-mlp for tables and vit-tiny (or a local Hugging Face image model) for images",
+            fix="use tabular-mlp for tables, vit-tiny (or a local Hugging Face image model) for images, "
+                "and a local Hugging Face text classifier for token ids",
             code="data.kind_mismatch",
         )
+    if base.kind == "text":
+        config = getattr(getattr(base.model, "hf", None), "config", None)
+        vocab, positions = getattr(config, "vocab_size", None), getattr(config, "max_position_embeddings", None)
+        if vocab is not None and len(data) and int(data.X.max()) >= int(vocab):
+            raise ForgeDataError(f"{data.name} holds token id {int(data.X.max())}, base {base.name} has a vocabulary of {vocab}",
+                                 fix="tokenize the text with the base's own tokenizer", code="data.tokens")
+        if positions is not None and data.shape[0] > int(positions):
+            raise ForgeDataError(f"{data.name} has sequences of {data.shape[0]} tokens, base {base.name} takes at most {positions}",
+                                 fix=f"truncate the token ids to {positions}", code="data.shape_mismatch")
     if base.input_shape and data.shape != tuple(base.input_shape):
         if data.kind == "tabular":
             msg = f"{data.name} has {data.shape[0]} feature columns, base {base.name} expects {base.input_shape[0]}"

@@ -40,7 +40,7 @@ class TrainConfig:
     """How to train one plugin (everything but the randomness secret). Exactly one of ``noise_multiplier``, ``target_epsilon``
     (calibrated) or ``no_dp=True`` must be given: training without DP is never a default.
 
-    ``delta`` defaults to ``1 / (10 n)`` for a training set of n records and must stay
+    ``delta`` defaults to ``min(1e-5, 1 / n^2)`` for a training set of n records and must stay
     below ``1 / n``. ``targets`` defaults to the base's LoRA targets. ``alpha`` is LoRA's
     scale numerator (scaling ``alpha / rank``).
     """

@@ -65,7 +65,7 @@ def plan_privacy(config: TrainConfig, n: int, *, prior: list | None = None) -> D
     """Sample rate, steps, delta and noise multiplier for ``config`` on ``n`` records.
 
     ``q = min(1, batch_size / n)``, ``ceil(n / batch_size)`` steps per epoch; delta
-    defaults to ``1 / (10 n)`` and must be below ``1 / n``; a target epsilon is calibrated
+    defaults to ``min(1e-5, 1 / n^2)`` (see ``accountants.default_delta``) and must be below ``1 / n``; a target epsilon is calibrated
     with the configured accountant.
     """
     if n < 1:
@@ -79,7 +79,7 @@ def plan_privacy(config: TrainConfig, n: int, *, prior: list | None = None) -> D
     if delta >= 1.0 / n:
         raise ForgeValueError(
             f"delta {delta:g} is not below 1/n = {1.0 / n:.4g} for {n} training records",
-            fix=f"give --delta below {1.0 / n:.3g} (default 1/(10 n) = {default_delta(n):.3g})",
+            fix=f"give --delta below {1.0 / n:.3g} (default min(1e-5, 1/n^2) = {default_delta(n):.3g})",
             code="dp.delta",
         )
     sigma = config.noise_multiplier

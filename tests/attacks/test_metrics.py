@@ -150,3 +150,64 @@ def test_one_run_audit_on_scores():
     assert strong["correct"] == 200 and strong["epsilon_lb"] > 1.5
     weak = M.one_run_audit(rng.normal(size=1000), y, k_plus=100, k_minus=100)
     assert weak["epsilon_lb"] < 0.5
+
+
+@pytest.mark.parametrize("r, expected", [(64, 3.04), (256, 4.44), (1000, 5.81), (4000, 7.20)])
+def test_one_run_ceiling_reference_values(r, expected):
+    from attacks.metrics import one_run_epsilon, one_run_epsilon_ceiling
+
+    ceiling = one_run_epsilon_ceiling(r, p_target=0.05)
+    assert ceiling == pytest.approx(expected, abs=0.005)
+    # the closed form is the bisection of the audit itself with every guess right
+    assert one_run_epsilon(r, r, r, p_target=0.05) == pytest.approx(ceiling, abs=1e-5)
+    # and no attack on that sample shows more: one wrong guess already gives less
+    assert one_run_epsilon(r, r - 1, r, p_target=0.05) < ceiling
+
+
+def test_one_run_ceiling_with_delta_is_lower_and_needs_m():
+    from attacks.metrics import one_run_epsilon, one_run_epsilon_ceiling
+
+    c0 = one_run_epsilon_ceiling(1000)
+    c1 = one_run_epsilon_ceiling(1000, m=1000, delta=1e-5)
+    c2 = one_run_epsilon_ceiling(1000, m=1000, delta=1e-3)
+    assert c2 < c1 <= c0
+    assert c1 == pytest.approx(one_run_epsilon(1000, 1000, 1000, delta=1e-5), abs=1e-5)
+    assert one_run_epsilon_ceiling(0) == 0.0
+    assert one_run_epsilon_ceiling(200, m=1000, delta=1e-3) < one_run_epsilon_ceiling(200, m=200, delta=1e-3)
+
+
+def test_clopper_pearson_ceiling_is_the_perfect_attack():
+    from attacks.metrics import clopper_pearson_epsilon, clopper_pearson_epsilon_ceiling
+
+    # hand computed: P = N = 42 at alpha 0.05: TPR_lo = 0.025^(1/42), FPR_hi = 1 - 0.025^(1/42)
+    b = 0.025 ** (1 / 42)
+    assert clopper_pearson_epsilon_ceiling(42, 42) == pytest.approx(math.log(b / (1 - b)), rel=1e-9)
+    assert clopper_pearson_epsilon_ceiling(42, 42) == clopper_pearson_epsilon(42, 42, 0, 42)["epsilon_lb"]
+    # any other outcome on the same sample gives less; more records give a higher ceiling
+    assert clopper_pearson_epsilon(41, 42, 0, 42)["epsilon_lb"] < clopper_pearson_epsilon_ceiling(42, 42)
+    assert clopper_pearson_epsilon_ceiling(500, 500) > clopper_pearson_epsilon_ceiling(42, 42)
+    assert clopper_pearson_epsilon_ceiling(42, 42, delta=1e-2) < clopper_pearson_epsilon_ceiling(42, 42)
+
+
+def test_guesses_needed_inverts_the_ceiling():
+    from attacks.metrics import one_run_epsilon_ceiling, one_run_guesses_needed
+
+    for eps in (1.0, 2.0, 4.0, 8.0):
+        r = one_run_guesses_needed(eps)
+        assert one_run_epsilon_ceiling(r) >= eps > one_run_epsilon_ceiling(r - 1)
+
+
+@pytest.mark.parametrize("call, code", [
+    (lambda M: M.one_run_epsilon_ceiling(-1), "metrics.one_run_counts"),
+    (lambda M: M.one_run_epsilon_ceiling(10, m=5), "metrics.one_run_counts"),
+    (lambda M: M.one_run_epsilon_ceiling(10, p_target=1.5), "metrics.p_target"),
+    (lambda M: M.clopper_pearson_epsilon_ceiling(0, 10), "metrics.counts"),
+    (lambda M: M.clopper_pearson_epsilon_ceiling(10, 2.5), "metrics.counts"),
+])
+def test_ceiling_bad_input(call, code):
+    import attacks.metrics as M
+    from forge_secure.errors import ForgeValueError
+
+    with pytest.raises(ForgeValueError) as e:
+        call(M)
+    assert e.value.code == code

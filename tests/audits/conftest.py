@@ -3,7 +3,12 @@ sealed bundles), plugin directories with real safetensors weights, and attack re
 
 ``world`` builds, in a temporary directory, the keys of three sites, an admin, the
 consortium's recipient key and the auditor's key, a signed roster, and an empty evidence
-directory. Helpers add plugins, bundles, merged versions and attack results to it.
+directory. Helpers add plugins, bundles, merged versions and attack results to it: under the
+evidence's attacks/ as the *site* supplied them (``add_attack``), or outside it as the
+auditor's own runs (``add_auditor_attack``; pass ``world.options()`` to the audit).
+
+The default plugin record is self-consistent the way ``forge train`` writes it: 400 rows,
+batch size 32 (q = 0.08), 5 epochs x ceil(400 / 32) = 65 steps, delta 1e-5.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ BASE_DIGEST = "2a265712a610b75bd83b6f3af43d29a9b64d7bf8e4a4cba8e4df9e631e12982c"
 
 def plugin_meta(site: str, *, dp: dict | None = None, rows: int = 400, kind: str = "trained", parents=None, merge=None) -> dict:
     if dp is None:
-        dp = {"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.08, "steps": 100, "max_grad_norm": 1.0,
-              "accountant": "prv", "epsilon": 4.0, "delta": 1e-4}
+        dp = {"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.08, "steps": 65, "max_grad_norm": 1.0,
+              "accountant": "prv", "epsilon": 4.0, "delta": 1e-5}
     return {
         "format": "forge-plugin/1", "toolkit_version": "0.1.0", "site": site, "kind": kind,
         "base": {"name": "tabular-mlp", "digest": BASE_DIGEST},
@@ -84,6 +89,7 @@ class World:
     keys: dict = field(default_factory=dict)
     now: int = 0
     counter: SequenceCounter | None = None
+    auditor_attacks: list = field(default_factory=list)
 
     @property
     def evidence(self) -> Path:
@@ -134,6 +140,23 @@ class World:
         p.write_text(json.dumps(doc))
         return p
 
+    def add_auditor_attack(self, name: str, doc: dict) -> Path:
+        """Results of an attack the auditor ran itself, kept outside the evidence directory."""
+        p = self.root / "auditor-attacks" / f"{name}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(doc))
+        self.auditor_attacks.append(p)
+        return p
+
+    def options(self, **kw):
+        from audits import AuditOptions
+
+        return AuditOptions(attack_results=tuple(self.auditor_attacks), **kw)
+
+    @property
+    def decryption_key(self) -> Path:
+        return self.keys["consortium"] / "decryption.key"
+
     def revoke(self, site: str) -> None:
         revoke_key(self.roster, self.public(site).key_id, reason="key compromised", at=self.now - 30)
         sign_roster(self.roster, self.signing("admin"))
@@ -161,11 +184,12 @@ def world(tmp_path, monkeypatch) -> World:
 @pytest.fixture
 def compliant_world(world) -> World:
     """Three sites' DP plugins (epsilon re-derives below the claim), sealed and opened, a
-    homomorphic merge of all three, and a membership attack that learns nothing."""
+    homomorphic merge of all three, and the auditor's own membership attack on each that
+    learns nothing, on 2000 coin-flip records (enough to show an epsilon above the claimed 4)."""
     digests = []
     for i, site in enumerate(("site-1", "site-2", "site-3")):
         p = world.add_plugin(f"{site}-plugin", site, seed=i)
         digests.append((sha256_file(p / "adapter_model.safetensors"), site))
-        world.add_attack(f"mia-{site}", membership_results(f"plugins/{site}-plugin", separation=0.0, seed=i))
+        world.add_auditor_attack(f"mia-{site}", membership_results(f"plugins/{site}-plugin", separation=0.0, seed=i, n=2000))
     world.add_merged("v1", digests)
     return world

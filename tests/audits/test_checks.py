@@ -19,7 +19,7 @@ from .conftest import membership_results
 def audit(world, *checks: str, **settings):
     """Run only ``checks`` (each with ``settings[name]`` overrides) on the world's evidence."""
     table = {name: CHECKS.get(name).Settings(**settings.get(name.replace("-", "_"), {})) for name in checks}
-    return run_audit(Policy(name="test", description="", checks=table), world.evidence)
+    return run_audit(Policy(name="test", description="", checks=table), world.evidence, options=world.options())
 
 
 def findings(report, check: str) -> list:
@@ -34,22 +34,50 @@ def by_subject(report, check: str) -> dict:
 
 
 def test_compliant_evidence_passes_every_check(compliant_world):
-    before = snapshot(compliant_world.evidence)
-    report = run_audit(parse_policy(_policy_without("reconstruction")), compliant_world.evidence)
+    w = compliant_world
+    before = snapshot(w.evidence)
+    report = run_audit(parse_policy(_policy_without("reconstruction")), w.evidence, options=w.options(decryption_key=w.decryption_key))
     assert report.verdict is Status.PASS, [f.summary for f in report.failures()]
     statuses = {c.name: c.status for c in report.checks}
-    assert statuses["provenance"] is Status.WARN  # weights not bound without the decryption key
+    assert statuses["provenance"] is Status.PASS  # weights bound to the opened bundles
     assert statuses["dp-claims"] is Status.PASS and statuses["consistency"] is Status.PASS
     assert statuses["he-contributions"] is Status.PASS and statuses["roster-freshness"] is Status.PASS
-    assert snapshot(compliant_world.evidence) == before  # the audit never changes its inputs
-    assert set(report.inventory) == set(before)
+    assert snapshot(w.evidence) == before  # the audit never changes its inputs
+    # the inventory names every evidence file and the auditor's own attack results
+    assert set(report.inventory) == set(before) | {f"auditor:{p}" for p in w.auditor_attacks}
+    # per plugin: weights verified, epsilon re-derived, DP parameters only claimed (no replay), leakage verified (auditor-run)
+    rows = {(r["plugin"], r["claim"]): r for r in report.claims()}
+    assert rows[("plugins/site-1-plugin", "weights-binding")]["basis"] == "verified"
+    assert rows[("plugins/site-1-plugin", "epsilon")]["basis"] in ("re-derived", "verified")
+    assert rows[("plugins/site-1-plugin", "dp-parameters")]["basis"] == "claimed"
+    assert rows[("plugins/site-1-plugin", "dp-parameters")]["note"] == "claimed only (no replay)"
+    assert rows[("plugins/site-1-plugin", "membership-leakage")]["basis"] == "verified"
+    assert rows[("merged/v1", "dp-parameters")]["note"].startswith("a merged version")
+    assert rows[("merged/v1", "weights-binding")]["status"] == "pass"
+
+
+def test_unbound_weights_fail_the_default_policy(compliant_world):
+    """require_weight_binding is the default: without the decryption key the plugins are not bound."""
+    w = compliant_world
+    report = run_audit(parse_policy(_policy_without("reconstruction")), w.evidence, options=w.options())
+    f = by_subject(report, "provenance")
+    assert f["plugins/site-1-plugin"].status is Status.FAIL and f["plugins/site-1-plugin"].basis == "claimed"
+    assert report.verdict is Status.FAIL
+
+
+
+# The on-site checks (dp-randomness, replay, auditor-canaries) need plugins trained by forge train, with
+# replay envelopes and the auditor's canaries; the synthetic plugins of these tests have none, so the
+# tests that judge the other checks under the default policy leave them out (they are tested in
+# tests/forge_secure/privacy/test_replay.py and by the demo).
+ON_SITE_CHECKS = ("dp-randomness", "replay", "auditor-canaries")
 
 
 def _policy_without(*names: str) -> str:
     from audits import default_policy_text
 
     text = default_policy_text()
-    for name in names:
+    for name in names + ON_SITE_CHECKS:
         text = text.replace(f"[checks.{name}]", f"[checks.{name}]\nenabled = false", 1)
     return text
 
@@ -198,12 +226,13 @@ def test_unsigned_or_corrupt_roster_fails(world):
 
 def test_dp_claims_rederive_epsilon_and_catch_understated_claims(world):
     world.add_plugin("honest", "site-1")
-    world.add_plugin("understated", "site-2", dp={"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.08, "steps": 100,
-                                                  "max_grad_norm": 1.0, "accountant": "prv", "epsilon": 1.0, "delta": 1e-4})
+    world.add_plugin("understated", "site-2", dp={"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.08, "steps": 65,
+                                                  "max_grad_norm": 1.0, "accountant": "prv", "epsilon": 1.0, "delta": 1e-5})
     world.add_plugin("nodp", "site-3", dp={"enabled": False, "epsilon": "inf"})
     f = by_subject(audit(world, "dp-claims"), "dp-claims")
     assert f["plugins/honest"].status is Status.PASS
-    assert f["plugins/honest"].evidence["rederived_epsilon"] == pytest.approx(3.94, abs=0.05)
+    assert f["plugins/honest"].evidence["rederived_epsilon"] == pytest.approx(3.87, abs=0.05)
+    assert f["plugins/honest"].claim == "epsilon" and f["plugins/honest"].basis == "re-derived"
     assert f["plugins/understated"].status is Status.FAIL and "claims epsilon 1" in f["plugins/understated"].summary
     assert f["plugins/nodp"].status is Status.FAIL and "without differential privacy" in f["plugins/nodp"].summary
     strict = by_subject(audit(world, "dp-claims", dp_claims={"max_epsilon": 2.0, "require_dp": False}), "dp-claims")
@@ -226,13 +255,75 @@ def test_corrupt_manifests_fail_instead_of_stopping_the_audit(world):
     assert f["plugins/list"].status is Status.FAIL and f["plugins/list"].evidence["reason_code"] == "evidence.wrong_type"
 
 
-def test_delta_must_stay_below_one_over_n(world):
-    world.add_plugin("ok", "site-1")
-    world.add_plugin("big-delta", "site-2", rows=50, dp={"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.08, "steps": 100,
-                                                         "max_grad_norm": 1.0, "accountant": "prv", "epsilon": 9.0, "delta": 0.02})
+def test_delta_must_be_at_most_1e_5_and_delta_times_n_at_most_1_percent(world):
+    def dp(delta):
+        return {"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.08, "steps": 65, "max_grad_norm": 1.0,
+                "accountant": "prv", "epsilon": 9.0, "delta": delta}
+
+    world.add_plugin("ok", "site-1")                                        # 1e-5 x 400 = 0.004
+    world.add_plugin("big-delta", "site-2", rows=50, dp=dp(0.02))           # delta x n = 1
+    world.add_plugin("old-default", "site-3", dp=dp(1 / (10 * 400)))         # the old default 1/(10 n): 0.1
+    world.add_plugin("many-rows", "site-1", rows=5000, dp=dp(1e-5), seed=4)  # delta fine, delta x n = 0.05
+    world.add_plugin("edge", "site-2", rows=1000, dp=dp(1e-5), seed=5)       # exactly 0.01: allowed
     f = by_subject(audit(world, "delta"), "delta")
-    assert f["plugins/ok"].status is Status.PASS
+    assert f["plugins/ok"].status is Status.PASS and f["plugins/ok"].claim == "delta"
     assert f["plugins/big-delta"].status is Status.FAIL and f["plugins/big-delta"].evidence["delta_times_n"] == pytest.approx(1.0)
+    assert f["plugins/old-default"].status is Status.FAIL and "exceeds the policy maximum 1e-05" in f["plugins/old-default"].summary
+    assert f["plugins/many-rows"].status is Status.FAIL and "delta x n = 0.05" in f["plugins/many-rows"].summary
+    assert f["plugins/edge"].status is Status.PASS
+    loose = by_subject(audit(world, "delta", delta={"max_delta": 0.5, "max_delta_times_n": 1.0}), "delta")
+    assert loose["plugins/old-default"].status is Status.PASS and loose["plugins/big-delta"].status is Status.PASS
+
+
+def test_default_delta_passes_the_default_delta_check_at_every_size():
+    from forge_secure.privacy.accountants import default_delta
+
+    settings = CHECKS.get("delta").Settings()
+    for n in (1, 84, 150, 316, 1000, 10**6):
+        d = default_delta(n)
+        assert d <= settings.max_delta and d * n <= settings.max_delta_times_n, n
+
+
+def _cross(world, name, site="site-1", rows=400, training=None, data=None, **dp_changes):
+    from .conftest import plugin_meta
+
+    dp = dict(plugin_meta(site)["dp"], **dp_changes)
+    p = world.add_plugin(name, site, rows=rows, dp=dp, seal_it=False, ledger=False)
+    if training or data:
+        meta = json.loads((p / "forge.json").read_text())
+        meta["training"].update(training or {})
+        meta["data"].update(data or {})
+        (p / "forge.json").write_text(json.dumps(meta))
+    return p
+
+
+def test_dp_claims_cross_checks_sample_rate_steps_and_rows(world):
+    """A self-consistent manifest is the least a site must hand in: q = batch / rows, steps =
+    epochs x ceil(rows / batch), rows within the data commitment. Each mismatch fails with its figures."""
+    _cross(world, "honest", training={"steps_per_epoch": 13}, history=[[1.1, 0.08, 65]])
+    _cross(world, "bigger-batch", sample_rate=0.16)                       # trained with batch 64, says 32
+    _cross(world, "more-steps", steps=130)                                # 10 epochs, says 5
+    _cross(world, "fewer-rows", rows=200)                                 # q would be 32/200
+    _cross(world, "rows-beyond-pool", data={"membership": {"include_prob": 0.5, "pool_rows": 300, "seed_sha256": "0" * 64}})
+    _cross(world, "history", history=[[0.5, 0.08, 65]])                   # the accountant saw less noise
+    _cross(world, "spe", training={"steps_per_epoch": 7})
+    _cross(world, "no-batch", training={"batch_size": None})
+    _cross(world, "canaries", data={"records": 380, "canaries": {"count": 30, "inserted": 15, "seed_sha256": None}})
+    _cross(world, "rounded", sample_rate=32 / 400 * (1 + 1e-12))          # float rounding is tolerated
+    report = audit(world, "dp-claims")
+    cross = {f.subject: f for f in findings(report, "dp-claims") if f.claim == "dp-parameters"}
+    assert cross["plugins/honest"].status is Status.PASS and cross["plugins/rounded"].status is Status.PASS
+    assert cross["plugins/honest"].basis == "re-derived"
+    assert "sample rate 0.16 != batch size 32 / rows 400 = 0.08" in cross["plugins/bigger-batch"].summary
+    assert "steps 130 != epochs 5 x ceil(400 / 32) = 65" in cross["plugins/more-steps"].summary
+    assert cross["plugins/fewer-rows"].evidence["implied_sample_rate"] == pytest.approx(0.16)
+    assert "exceeds the 300 records of the membership pool" in cross["plugins/rows-beyond-pool"].summary
+    assert "accountant history" in cross["plugins/history"].summary
+    assert "steps per epoch 7" in cross["plugins/spe"].summary
+    assert "cannot cross-check" in cross["plugins/no-batch"].summary
+    assert "data.rows 400 != 380 records + 15 inserted canaries" in cross["plugins/canaries"].summary
+    for name in ("bigger-batch", "more-steps", "fewer-rows", "rows-beyond-pool", "history", "spe", "no-batch", "canaries"):
+        assert cross[f"plugins/{name}"].status is Status.FAIL and cross[f"plugins/{name}"].remedy, name
 
 
 def test_site_budget_rederives_each_sites_ledger_total(world):
@@ -253,7 +344,7 @@ def test_site_budget_rederives_each_sites_ledger_total(world):
 def test_tampered_ledger_fails_site_budget(world):
     world.add_plugin("a", "site-1")
     (ledger,) = (world.evidence / "ledgers" / "site-1").glob("*.jsonl")
-    ledger.write_text(ledger.read_text().replace('"steps"', '"steps"').replace("100]", "10]"))
+    ledger.write_text(ledger.read_text().replace('"steps"', '"steps"').replace("65]", "10]"))
     f = findings(audit(world, "site-budget"), "site-budget")
     bad = [x for x in f if x.subject.startswith("ledgers/")]
     assert bad and bad[0].status is Status.FAIL and bad[0].evidence["reason_code"] == "ledger.corrupt"
@@ -261,13 +352,17 @@ def test_tampered_ledger_fails_site_budget(world):
 
 # ----------------------------------------------------------------------------- leakage and consistency
 
+# a self-consistent record (q = 32/400, 65 = 5 x 13 steps) claiming epsilon 1: a plugin trained without noise
+# claims it, and only an attack can contradict it
+LIAR_DP = {"enabled": True, "noise_multiplier": 4.2, "sample_rate": 0.08, "steps": 65, "max_grad_norm": 1.0,
+           "accountant": "prv", "epsilon": 1.0, "delta": 1e-5}
+
 
 def test_no_noise_plugin_claiming_epsilon_1_fails_consistency(world):
     """A plugin trained without noise whose manifest was edited to claim epsilon 1 (and sealed
     by a trusted site) is caught by the empirical lower bound of its membership attack."""
-    world.add_plugin("liar", "site-1", dp={"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.08, "steps": 100,
-                                           "max_grad_norm": 1.0, "accountant": "prv", "epsilon": 1.0, "delta": 1e-4})
-    world.add_attack("mia-liar", membership_results("plugins/liar", separation=4.0, seed=1))
+    world.add_plugin("liar", "site-1", dp=LIAR_DP)
+    world.add_auditor_attack("mia-liar", membership_results("plugins/liar", separation=4.0, seed=1))
     report = audit(world, "provenance", "consistency")
     assert by_subject(report, "provenance")["bundles/liar.forge"].status is Status.PASS  # signed by a trusted site
     (f,) = findings(report, "consistency")
@@ -288,37 +383,65 @@ def test_one_run_audit_needs_coin_flips_recorded_by_the_target_not_just_the_atta
     meta = json.loads(meta_path.read_text())
     meta["data"]["membership"] = None
     meta_path.write_text(json.dumps(meta))
-    world.add_attack("mia-whole", membership_results("plugins/whole", separation=4.0, seed=1))
+    world.add_auditor_attack("mia-whole", membership_results("plugins/whole", separation=4.0, seed=1))
     world.add_plugin("drawn", "site-2", seal_it=False)
     doc = membership_results("plugins/drawn", separation=4.0, seed=2)
     other = copy.deepcopy(doc)
     other["membership"]["seed_sha256"] = "1" * 64  # not the draw the plugin committed to ("0" * 64)
-    world.add_attack("mia-drawn-other-seed", other)
+    world.add_auditor_attack("mia-drawn-other-seed", other)
     doc["membership"]["seed_sha256"] = "0" * 64
-    world.add_attack("mia-drawn", doc)
-    f = by_subject(audit(world, "consistency"), "consistency")
-    assert set(f["attacks/mia-whole.json"].evidence["lower_bounds"]) == {"clopper-pearson"}
-    assert f["attacks/mia-whole.json"].evidence["coin_flip_membership"] is False
-    assert set(f["attacks/mia-drawn-other-seed.json"].evidence["lower_bounds"]) == {"clopper-pearson"}
-    assert set(f["attacks/mia-drawn.json"].evidence["lower_bounds"]) == {"clopper-pearson", "one-run"}
+    world.add_auditor_attack("mia-drawn", doc)
+    f = {x.subject.rsplit("/", 1)[-1]: x for x in findings(audit(world, "consistency"), "consistency")}
+    assert set(f["mia-whole.json"].evidence["lower_bounds"]) == {"clopper-pearson"}
+    assert f["mia-whole.json"].evidence["coin_flip_membership"] is False
+    assert set(f["mia-drawn-other-seed.json"].evidence["lower_bounds"]) == {"clopper-pearson"}
+    assert set(f["mia-drawn.json"].evidence["lower_bounds"]) == {"clopper-pearson", "one-run"}
+    assert set(f["mia-drawn.json"].evidence["ceilings"]) == {"clopper-pearson", "one-run"}
 
 
 def test_consistency_passes_when_the_attack_learns_nothing_and_needs_the_target(world):
     world.add_plugin("p", "site-1")
-    world.add_attack("mia-p", membership_results("plugins/p", separation=0.0))
-    world.add_attack("mia-ghost", membership_results("plugins/ghost", separation=0.0))
-    f = by_subject(audit(world, "consistency"), "consistency")
-    assert f["attacks/mia-p.json"].status is Status.PASS
-    assert f["attacks/mia-ghost.json"].status is Status.FAIL and "not in the evidence" in f["attacks/mia-ghost.json"].summary
+    world.add_auditor_attack("mia-p", membership_results("plugins/p", separation=0.0, n=2000))
+    world.add_auditor_attack("mia-ghost", membership_results("plugins/ghost", separation=0.0))
+    f = {x.subject.rsplit("/", 1)[-1]: x for x in findings(audit(world, "consistency"), "consistency")}
+    ok = f["mia-p.json"]
+    assert ok.status is Status.PASS and ok.evidence["epsilon_ceiling"] > ok.evidence["claimed_epsilon"] == 4.0
+    assert ok.plugin == "plugins/p" and ok.claim == "epsilon" and ok.basis == "verified"
+    assert f["mia-ghost.json"].status is Status.FAIL and "not in the evidence" in f["mia-ghost.json"].summary
+
+
+def test_a_claim_above_what_the_sample_can_show_is_inconclusive_never_pass(world):
+    """400 coin-flip records: even a perfect attack shows at most epsilon ~3.1 at 95 %, so a claim
+    of 4 can be neither confirmed nor contradicted; 2000 records can (ceiling ~4.7)."""
+    from attacks.metrics import clopper_pearson_epsilon_ceiling, one_run_epsilon_ceiling
+
+    world.add_plugin("p", "site-1")
+    world.add_auditor_attack("small", membership_results("plugins/p", separation=0.0, n=400))
+    world.add_auditor_attack("perfect-but-small", membership_results("plugins/p", separation=50.0, n=400, seed=3))
+    f = {x.subject.rsplit("/", 1)[-1]: x for x in findings(audit(world, "consistency"), "consistency")}
+    small = f["small.json"]
+    assert small.status is Status.INCONCLUSIVE and "cannot tell" in small.summary and small.remedy
+    ceilings = small.evidence["ceilings"]
+    assert small.evidence["epsilon_ceiling"] == max(ceilings.values()) < 4.0
+    assert ceilings["one-run"] == pytest.approx(one_run_epsilon_ceiling(80, m=400, delta=1e-5, p_target=0.025))
+    members = sum(membership_results("plugins/p", separation=0.0, n=400)["labels"])
+    assert ceilings["clopper-pearson"] == pytest.approx(
+        clopper_pearson_epsilon_ceiling(members - members // 2, (400 - members) - (400 - members) // 2, delta=1e-5, alpha=0.025))
+    # a perfect attack on that sample reaches its ceiling, and still cannot contradict the claim
+    perfect = f["perfect-but-small.json"]
+    assert perfect.status is Status.INCONCLUSIVE
+    assert perfect.evidence["empirical_epsilon_lb"] == pytest.approx(perfect.evidence["epsilon_ceiling"], rel=0.02)
 
 
 def test_membership_leakage_thresholds(world):
     world.add_plugin("p", "site-1")
-    world.add_attack("weak", membership_results("plugins/p", separation=0.0, n=300))
-    world.add_attack("strong", membership_results("plugins/p", separation=2.0, n=300))
-    f = by_subject(audit(world, "membership"), "membership")
-    assert f["attacks/strong.json"].status is Status.FAIL and "AUC" in f["attacks/strong.json"].summary
-    weak = f["attacks/weak.json"]
+    world.add_auditor_attack("weak", membership_results("plugins/p", separation=0.0, n=300))
+    world.add_auditor_attack("strong", membership_results("plugins/p", separation=2.0, n=300))
+    f = {x.subject.rsplit("/", 1)[-1]: x for x in findings(audit(world, "membership"), "membership")}
+    assert f["strong.json"].status is Status.FAIL and "AUC" in f["strong.json"].summary
+    assert f["strong.json"].claim == "membership-leakage" and f["strong.json"].basis == "verified"
+    weak = f["weak.json"]
+    assert 0 < weak.evidence["epsilon_ceiling"] < 4 and weak.evidence["claimed_epsilon"] == 4.0
     assert weak.status is Status.WARN  # within policy, but 0.1 % FPR is not resolvable with ~150 non-members
     lo, hi = weak.evidence["auc_ci"]
     assert lo < weak.evidence["auc"] < hi
@@ -326,50 +449,80 @@ def test_membership_leakage_thresholds(world):
     assert weak.plots[0].kind == "roc"
 
 
-def test_bad_attack_results_fail_the_leakage_checks(world):
+def test_bad_auditor_attack_results_fail_the_leakage_checks(world):
     world.add_plugin("p", "site-1")
-    (world.evidence / "attacks").mkdir()
-    (world.evidence / "attacks" / "trunc.json").write_text('{"format": "forge-attack-mia/1", "scores": [0.1, ')
     doc = membership_results("plugins/p", separation=0.0)
     doc["labels"] = doc["labels"][:-3]
-    world.add_attack("short", doc)
+    world.add_auditor_attack("short", doc)
     doc2 = membership_results("plugins/p", separation=0.0)
     del doc2["scores"]
-    world.add_attack("noscores", doc2)
-    f = by_subject(audit(world, "membership"), "membership")
-    assert f["attacks/trunc.json"].status is Status.FAIL
-    assert f["attacks/short.json"].status is Status.FAIL and "labels" in f["attacks/short.json"].summary
-    assert f["attacks/noscores.json"].status is Status.FAIL and "re-derived" in f["attacks/noscores.json"].summary
+    world.add_auditor_attack("noscores", doc2)
+    world.add_auditor_attack("other", {"format": "something-else/1", "rows": [1, 2]})
+    f = {x.subject.rsplit("/", 1)[-1]: x for x in findings(audit(world, "membership"), "membership")}
+    assert f["short.json"].status is Status.FAIL and "labels" in f["short.json"].summary
+    assert f["noscores.json"].status is Status.FAIL and "re-derived" in f["noscores.json"].summary
+    assert f["other.json"].status is Status.FAIL and f["other.json"].evidence["reason_code"] == "evidence.attack_results"
+
+
+@pytest.mark.parametrize("content, code", [
+    ('{"format": "forge-attack-mia/1", "scores": [0.1, ', "file.not_json"),
+    ("[1, 2, 3]", "evidence.wrong_type"),
+    (None, "evidence.attack_results_missing"),
+    ("inside", "evidence.attack_results_inside"),
+])
+def test_the_auditors_own_results_file_must_be_readable_and_outside_the_evidence(world, content, code):
+    """The auditor's own input: a broken, missing or misplaced file stops the audit (exit 2 from the CLI)."""
+    from audits import AuditOptions
+    from forge_secure.errors import ForgeError
+
+    world.add_plugin("p", "site-1")
+    path = world.root / "mine.json"
+    if content == "inside":
+        path = world.add_attack("inside", membership_results("plugins/p", separation=0.0))
+    elif content is not None:
+        path.write_text(content)
+    policy = Policy(name="t", description="", checks={"membership": CHECKS.get("membership").Settings()})
+    with pytest.raises(ForgeError) as e:
+        run_audit(policy, world.evidence, options=AuditOptions(attack_results=(path,)))
+    assert e.value.code == code
 
 
 def test_one_bad_attack_file_does_not_hide_the_findings_on_the_others(world):
     """NaN scores, or too few records to split, fail that file only: the other files are still judged."""
     world.add_plugin("p", "site-1")
-    world.add_attack("good", membership_results("plugins/p", separation=0.0))
+    world.add_auditor_attack("good", membership_results("plugins/p", separation=0.0, n=2000))
     nan = membership_results("plugins/p", separation=0.0)
     nan["scores"][0] = float("nan")
-    world.add_attack("nan", nan)
-    world.add_attack("tiny", {**membership_results("plugins/p", separation=0.0), "scores": [0.2, 0.1, 0.3], "labels": [1, 0, 1]})
+    world.add_auditor_attack("nan", nan)
+    world.add_auditor_attack("tiny", {**membership_results("plugins/p", separation=0.0), "scores": [0.2, 0.1, 0.3], "labels": [1, 0, 1]})
     report = audit(world, "membership", "consistency")
+
+    def named(check):
+        return {x.subject.rsplit("/", 1)[-1]: x for x in findings(report, check)}
+
     for check in ("membership", "consistency"):
-        f = by_subject(report, check)
-        assert f["attacks/good.json"].status in (Status.PASS, Status.WARN), (check, f["attacks/good.json"].summary)
-        assert f["attacks/nan.json"].status is Status.FAIL and "NaN" in f["attacks/nan.json"].summary, check
+        f = named(check)
+        assert f["good.json"].status in (Status.PASS, Status.WARN), (check, f["good.json"].summary)
+        assert f["nan.json"].status is Status.FAIL and "NaN" in f["nan.json"].summary, check
     for check in ("membership", "consistency"):  # 1 non-member: no interval exists; a finding, not a crash
-        tiny = by_subject(report, check)["attacks/tiny.json"]
+        tiny = named(check)["tiny.json"]
         assert tiny.status is Status.FAIL and "cannot be evaluated" in tiny.summary, (check, tiny.summary)
 
 
 def test_reconstruction_against_the_rero_bound(world):
     world.add_plugin("p", "site-1")
-    world.add_attack("recon-ok", {"format": "forge-attack-recon/1", "attack": "prior-aware", "target": "plugins/p",
-                                  "outcomes": [1] * 3 + [0] * 97, "kappa": 0.01})
-    world.add_attack("recon-bad", {"format": "forge-attack-recon/1", "attack": "prior-aware", "target": "plugins/p",
-                                   "outcomes": [1] * 95 + [0] * 5, "kappa": 0.01})
-    f = by_subject(audit(world, "reconstruction", reconstruction={"mc_samples": 20000}), "reconstruction")
-    assert f["attacks/recon-ok.json"].status is Status.PASS
-    bad = f["attacks/recon-bad.json"]
+    world.add_auditor_attack("recon-ok", {"format": "forge-attack-recon/1", "attack": "prior-aware", "target": "plugins/p",
+                                          "outcomes": [1] * 3 + [0] * 97, "kappa": 0.01})
+    world.add_auditor_attack("recon-bad", {"format": "forge-attack-recon/1", "attack": "prior-aware", "target": "plugins/p",
+                                           "outcomes": [1] * 95 + [0] * 5, "kappa": 0.01})
+    # the site's own file claiming a perfect reconstruction is not counted either way
+    world.add_attack("recon-site", {"format": "forge-attack-recon/1", "attack": "prior-aware", "target": "plugins/p",
+                                    "outcomes": [1] * 100, "kappa": 0.01})
+    f = {x.subject.rsplit("/", 1)[-1]: x for x in findings(audit(world, "reconstruction", reconstruction={"mc_samples": 20000}), "reconstruction")}
+    assert f["recon-ok.json"].status is Status.PASS and f["recon-ok.json"].plugin == "plugins/p"
+    bad = f["recon-bad.json"]
     assert bad.status is Status.FAIL and bad.evidence["success_ci"][0] > bad.evidence["rero_bound"]
+    assert f["recon-site.json"].status is Status.SKIP and "not counted" in f["recon-site.json"].summary
 
 
 # ----------------------------------------------------------------------------- merges and missing evidence
@@ -404,16 +557,12 @@ def test_evidence_directory_missing_or_empty_is_refused(tmp_path):
     assert e.value.code == "evidence.not_directory"
 
 
-def test_canary_seed_files_are_checked_before_use(world):
-    world.add_plugin("p", "site-1")
+def test_site_canary_seed_files_are_no_longer_read(world):
+    """The site-volunteered canary audit is gone (a liar never volunteers canaries): a canaries/
+    directory is not evidence, and on its own the evidence directory is empty."""
+    (world.evidence / "roster.json").unlink()
     (world.evidence / "canaries").mkdir()
-    (world.evidence / "canaries" / "wrong-seed.json").write_text(json.dumps({"plugin": "plugins/p", "seed": 7}))
-    (world.evidence / "canaries" / "ghost.json").write_text(json.dumps({"plugin": "plugins/ghost", "seed": 7}))
-    (world.evidence / "canaries" / "mistyped.json").write_text(json.dumps({"plugin": "plugins/p", "seed": "7"}))
-    (world.evidence / "canaries" / "trunc.json").write_text('{"plugin": ')
-    f = by_subject(audit(world, "consistency"), "consistency")
-    assert "does not match the canary commitment" in f["canaries/wrong-seed.json"].summary
-    assert "not in the evidence" in f["canaries/ghost.json"].summary
-    assert f["canaries/mistyped.json"].evidence["reason_code"] == "evidence.canaries"
-    assert f["canaries/trunc.json"].evidence["reason_code"] == "file.not_json"
-    assert all(x.status is Status.FAIL for x in f.values())
+    (world.evidence / "canaries" / "p.json").write_text(json.dumps({"plugin": "plugins/p", "seed": 7}))
+    with pytest.raises(ForgeFileError) as e:
+        run_audit(parse_policy(_policy_without()), world.evidence)
+    assert e.value.code == "evidence.empty"

@@ -40,10 +40,12 @@ def cli_world(tmp_path, forge_cli, monkeypatch):
     monkeypatch.setenv("FORGE_HOME", str(forge_cli.home))
     w = build_world(tmp_path)
     w.add_plugin("p1", "site-1", seed=1)
-    w.add_attack("mia-p1", membership_results("plugins/p1", separation=0.0, seed=1))
+    w.add_attack("mia-p1", membership_results("plugins/p1", separation=0.0, seed=1))  # the site's own: not counted
     policy = tmp_path / "policy.toml"
-    policy.write_text('format = "forge-audit-policy/1"\nname = "cli"\n[checks.provenance]\n[checks.dp-claims]\n'
-                      '[checks.delta]\n[checks.consistency]\nmethod = "clopper-pearson"\n')
+    # these tests are about the command (exit codes, errors, signing): weights binding and the
+    # auditor's own attack are exercised in the tests that need them
+    policy.write_text('format = "forge-audit-policy/1"\nname = "cli"\n[checks.provenance]\nrequire_weight_binding = false\n'
+                      '[checks.dp-claims]\n[checks.delta]\n[checks.consistency]\nmethod = "clopper-pearson"\nrequired = false\n')
     return w, policy
 
 
@@ -54,8 +56,9 @@ def test_audit_and_verify_report_as_subprocesses(cli_world, forge_cli, tmp_path)
     w, _ = cli_world
     policy = tmp_path / "no-accountant.toml"
     policy.write_text('format = "forge-audit-policy/1"\nname = "cli-fast"\n[checks.provenance]\n[checks.delta]\n[checks.roster-freshness]\n')
+    binding = ("--decryption-key", w.keys["consortium"] / "decryption.key")
     out = tmp_path / "report"
-    r = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", out, "--key", w.keys["auditor"] / "signing.key")
+    r = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", out, "--key", w.keys["auditor"] / "signing.key", *binding)
     assert r.code == 0 and "AUDIT PASSED" in r.out and "Traceback" not in r.err, r
     data = bytearray((out / "report.pdf").read_bytes())
     data[len(data) // 2] ^= 0x20  # one changed byte
@@ -122,6 +125,10 @@ def test_audit_could_not_run_exits_2_cleanly_and_writes_nothing(cli_world, forge
         (("--policy", policy, "--evidence", w.evidence, "--decryption-key", w.keys["site-1"] / "signing.key"), ["decryption key is needed"]),
         (("--policy", policy, "--evidence", w.evidence, "--key", w.keys["auditor"] / "signing.key",
           "--passphrase-file", tmp_path / "no-passphrase"), ["passphrase file", "does not exist"]),
+        (("--policy", policy, "--evidence", w.evidence, "--attack-results", tmp_path / "no-results.json"), ["attack results", "do not exist"]),
+        (("--policy", policy, "--evidence", w.evidence, "--attack-results", w.evidence / "attacks" / "mia-p1.json"),
+         ["inside the evidence directory", "--attack-results"]),
+        (("--policy", policy, "--evidence", w.evidence, "--attack-results", junk), ["not"]),
     ]
     for i, (args, words) in enumerate(cases):
         out = tmp_path / f"out{i}"
@@ -201,3 +208,45 @@ def test_audit_opens_bundles_with_a_passphrase_protected_decryption_key(cli_worl
         r = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", out, *extra)
         assert_clean_error(r, *words)
         assert not out.exists()
+
+
+def test_attack_results_and_inconclusive_exit_codes(cli_world, forge_inproc, tmp_path):
+    """The auditor's own attack on 400 records cannot show the claimed epsilon 4: INCONCLUSIVE.
+    Exit 0 with the verdict banner saying so, or 1 when the policy counts INCONCLUSIVE as failure."""
+    w, _ = cli_world
+    mine = tmp_path / "auditor" / "mia-p1.json"
+    mine.parent.mkdir()
+    mine.write_text(json.dumps(membership_results("plugins/p1", separation=0.0, seed=3, n=400)))
+    for fails, code in ((False, 0), (True, 1)):
+        policy = tmp_path / f"inc-{fails}.toml"
+        policy.write_text(f'format = "forge-audit-policy/1"\nname = "inc"\n[verdict]\ninconclusive_fails = {str(fails).lower()}\n'
+                          '[checks.provenance]\n[checks.consistency]\n')
+        args = ("audit", "--policy", policy, "--evidence", w.evidence, "--decryption-key", w.keys["consortium"] / "decryption.key",
+                "--attack-results", mine)
+        r = forge_inproc(*args, "--out", tmp_path / f"r-{fails}")
+        assert r.code == code, r
+        assert "INCONCLUSIVE" in r.out and "cannot tell" in r.out and "claimed only" in r.out
+        assert ("AUDIT PASSED" in r.out) is (not fails)
+        j = forge_inproc(*args, "--out", tmp_path / f"j-{fails}", "--json")
+        doc = json.loads(j.out)
+        assert j.code == code and doc["verdict"] == ("fail" if fails else "pass")
+        assert doc["verdict_detail"]["inconclusive_checks"] == ["consistency"] and doc["counts"]["inconclusive"] == 1
+        assert doc["inconclusive"][0]["subject"] == f"auditor:{mine}"
+        rows = {r["claim"]: r for r in doc["claims"] if r["plugin"] == "plugins/p1"}
+        assert rows["weights-binding"]["basis"] == "verified" and rows["dp-parameters"]["basis"] == "claimed"
+
+
+def test_outside_text_is_never_read_as_rich_markup(cli_world, forge_inproc, tmp_path):
+    """A site controls its plugin's name and manifest: markup in them is printed as text."""
+    import shutil
+
+    w, policy = cli_world
+    shutil.move(w.evidence / "plugins" / "p1", w.evidence / "plugins" / "[bold red]p1")
+    r = forge_inproc("audit", "--policy", policy, "--evidence", w.evidence, "--out", tmp_path / "r")
+    assert r.code == 0 and "claimed only (not verified by replay): plugins/[bold red]p1" in r.out, r
+    meta_path = w.evidence / "plugins" / "[bold red]p1" / "forge.json"
+    meta = json.loads(meta_path.read_text())
+    meta["dp"]["epsilon"] = 0.1
+    meta_path.write_text(json.dumps(meta))
+    r = forge_inproc("audit", "--policy", policy, "--evidence", w.evidence, "--out", tmp_path / "r2")
+    assert r.code == 1 and "dp-claims plugins/[bold red]p1: claims epsilon 0.1" in r.out, r

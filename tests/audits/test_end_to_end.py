@@ -1,10 +1,13 @@
 """The issue's scenario for real: plugins trained with `forge train` (Opacus, PEFT), sealed by
 a trusted site (cryptography), audited by `forge audit`.
 
-A site trains without noise (with canaries), then edits forge.json to claim a consistent-looking
-DP record with epsilon 1 and seals it: provenance and the re-derived DP claim both check out,
-and only the consistency check's canary audit exposes the lie -> FAIL (exit 1). A site that
-really trains with DP passes (exit 0).
+The liar at full strength: it trains without noise, writes a self-consistent DP record claiming
+epsilon 1 (noise multiplier calibrated with the project's own accountant), records a matching
+entry in its own budget ledger, seals the plugin with its roster key, and puts attack results
+with random scores under attacks/. It volunteers no canaries and no seeds. Without replay or an
+attack of its own, the audit cannot tell it from an honest DP site, and the report says exactly
+that: the same verdict for both, the DP parameters "claimed only", the site's attack file
+"not counted". (Catching it takes the on-site audit: replay and the auditor's own canaries.)
 """
 
 from __future__ import annotations
@@ -14,22 +17,27 @@ import shutil
 
 import pytest
 
+from audits import default_policy_text
 from forge_secure.crypto import _time
 from forge_secure.crypto.bundle import seal
 from forge_secure.crypto.keys import load_public_key, load_signing_key, new_keys
 from forge_secure.crypto.replay import SequenceCounter
 from forge_secure.crypto.roster import add_site_key, init_roster, sign_roster
-from forge_secure.plugins.sources import default_canary_seed
-from forge_secure.privacy.accountants import calibrate_noise_multiplier
+from forge_secure.privacy.accountants import calibrate_noise_multiplier, default_delta
 
-POLICY = """format = "forge-audit-policy/1"
-name = "e2e"
+from .conftest import membership_results
+
+CONSORTIUM_POLICY = """format = "forge-audit-policy/1"
+name = "consortium, no data access"
 [checks.provenance]
 [checks.roster-freshness]
 [checks.dp-claims]
 [checks.delta]
 [checks.site-budget]
+[checks.membership]
+required = false
 [checks.consistency]
+required = false
 """
 
 
@@ -42,62 +50,75 @@ def _consortium(root, now):
     return keys, roster
 
 
-def _evidence(root, name, plugin, keys, roster, now, home):
+def _evidence(root, name, plugin, keys, roster, now, ledgers):
     ev = root / name
-    if (home / "ledgers").is_dir():  # the site's budget ledgers, as forge train wrote them
-        shutil.copytree(home / "ledgers", ev / "ledgers")
+    shutil.copytree(ledgers, ev / "ledgers")  # the site's budget ledger, as it hands it over
     (ev / "plugins").mkdir(parents=True, exist_ok=True)
     (ev / "bundles").mkdir()
-    (ev / "canaries").mkdir()
     shutil.copy(roster, ev / "roster.json")
     seal(plugin, load_signing_key(keys["site-1"] / "signing.key"), load_public_key(keys["consortium"]), ev / "bundles" / "p.forge",
          now=now - 60, counter=SequenceCounter(root / f"counter-{name}"))
     shutil.copytree(plugin, ev / "plugins" / "p")
-    (ev / "canaries" / "p.json").write_text(json.dumps({"plugin": "plugins/p", "seed": default_canary_seed("site-1", 0)}))
+    (ev / "attacks").mkdir()
+    (ev / "attacks" / "site-mia.json").write_text(json.dumps(membership_results("plugins/p", separation=0.0, n=4000, seed=5)))
     return ev
 
 
+def _audit(forge_cli, policy, evidence, out, keys):
+    a = forge_cli("audit", "--policy", policy, "--evidence", evidence, "--out", out, "--key", keys["auditor"] / "signing.key",
+                  "--decryption-key", keys["consortium"] / "decryption.key", "--json")
+    report = json.loads((out / "report.json").read_text())
+    return a, report
+
+
 @pytest.mark.slow
-def test_no_noise_plugin_claiming_epsilon_1_fails_and_a_dp_plugin_passes(forge_cli, tmp_path, monkeypatch):
+def test_a_self_consistent_liar_gets_the_same_verdict_as_an_honest_site_and_the_report_says_claimed_only(forge_cli, tmp_path, monkeypatch):
+    from forge_secure.privacy.ledger import Ledger
+
     monkeypatch.setenv("FORGE_HOME", str(forge_cli.home))
     now = _time.now()
     keys, roster = _consortium(tmp_path, now)
-    policy = tmp_path / "policy.toml"
-    policy.write_text(POLICY)
+    consortium = tmp_path / "consortium.toml"
+    consortium.write_text(CONSORTIUM_POLICY)
+    default = tmp_path / "default.toml"
+    default.write_text(default_policy_text())
 
-    # the liar: no noise, then a forged but self-consistent DP record claiming epsilon 1
-    r = forge_cli("train", "--site", "site-1", "--data", "bundled:site-1", "--no-dp", "--canaries", "300", "--out", tmp_path / "nodp")
+    # the honest site: real DP-SGD at epsilon 1 (default delta), recorded in its ledger by forge train
+    r = forge_cli("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "1", "--out", tmp_path / "dp")
+    assert r.code == 0, r
+    honest = _evidence(tmp_path, "honest", tmp_path / "dp", keys, roster, now, forge_cli.home / "ledgers")
+
+    # the liar: no noise, then a forged but self-consistent DP record and a matching ledger entry
+    liar_home = tmp_path / "liar-home"
+    monkeypatch.setenv("FORGE_HOME", str(liar_home))
+    r = forge_cli("train", "--site", "site-1", "--data", "bundled:site-1", "--no-dp", "--out", tmp_path / "nodp")
     assert r.code == 0, r
     meta = json.loads((tmp_path / "nodp" / "forge.json").read_text())
-    q, steps, delta = meta["dp"]["sample_rate"], meta["dp"]["steps"], 1e-5
+    q, steps, rows = meta["dp"]["sample_rate"], meta["dp"]["steps"], meta["data"]["rows"]
+    delta = default_delta(rows)
     sigma = calibrate_noise_multiplier(1.0, delta, q, steps, "prv")
-    meta["dp"].update({"enabled": True, "noise_multiplier": sigma, "delta": delta, "accountant": "prv", "epsilon": 1.0, "max_grad_norm": 1.0})
+    meta["dp"].update({"enabled": True, "noise_multiplier": sigma, "delta": delta, "accountant": "prv", "epsilon": 1.0, "max_grad_norm": 1.0,
+                       "history": [[sigma, q, steps]]})
     (tmp_path / "nodp" / "forge.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    liar = _evidence(tmp_path, "liar", tmp_path / "nodp", keys, roster, now, forge_cli.home)
+    Ledger.open("site-1", "bundled:site-1", None, root=liar_home / "ledgers").record([(sigma, q, steps)], kind="train", delta=delta, note={})
+    liar = _evidence(tmp_path, "liar", tmp_path / "nodp", keys, roster, now, liar_home / "ledgers")
 
-    out = tmp_path / "liar-report"
-    a = forge_cli("audit", "--policy", policy, "--evidence", liar, "--out", out, "--key", keys["auditor"] / "signing.key",
-                  "--decryption-key", keys["consortium"] / "decryption.key", "--json")
-    assert a.code == 1, a
-    report = json.loads((out / "report.json").read_text())
-    status = {c["name"]: c["status"] for c in report["checks"]}
-    assert status["provenance"] == "pass"  # sealed by a trusted site, weights bound to the signed payload
-    assert status["dp-claims"] == "pass"   # the forged record is self-consistent
-    assert status["consistency"] == "fail"  # ... but the canaries were memorised
-    assert status["site-budget"] == "fail"  # and the claimed training was never recorded in the site's ledger
-    (finding,) = [f for c in report["checks"] if c["name"] == "consistency" for f in c["findings"]]
-    assert finding["evidence"]["empirical_epsilon_lb"] > 1.0 and "the DP claim is false" in finding["summary"]
-    assert forge_cli("verify-report", out, "--key", keys["auditor"] / "public.json").code == 0
+    results = {}
+    for who, evidence in (("honest", honest), ("liar", liar)):
+        for pname, policy in (("consortium", consortium), ("default", default)):
+            results[who, pname] = _audit(forge_cli, policy, evidence, tmp_path / f"{who}-{pname}", keys)
 
-    # the honest site: real DP-SGD at epsilon 2
-    r = forge_cli("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "2", "--delta", "1e-5", "--canaries", "300",
-                  "--out", tmp_path / "dp")
-    assert r.code == 0, r
-    honest = _evidence(tmp_path, "honest", tmp_path / "dp", keys, roster, now, forge_cli.home)
-    out2 = tmp_path / "honest-report"
-    a2 = forge_cli("audit", "--policy", policy, "--evidence", honest, "--out", out2, "--decryption-key", keys["consortium"] / "decryption.key")
-    assert a2.code == 0, a2
-    report2 = json.loads((out2 / "report.json").read_text())
-    assert all(c["status"] in ("pass", "warn") for c in report2["checks"]), report2["checks"]
-    budget = next(c for c in report2["checks"] if c["name"] == "site-budget")
-    assert budget["status"] == "pass" and any(f["evidence"].get("releases") == 1 for f in budget["findings"])
+    for pname, code in (("consortium", 0), ("default", 1)):
+        (a_h, rep_h), (a_l, rep_l) = results["honest", pname], results["liar", pname]
+        assert a_h.code == a_l.code == code, (pname, a_h, a_l)
+        status_h = {c["name"]: c["status"] for c in rep_h["checks"]}
+        status_l = {c["name"]: c["status"] for c in rep_l["checks"]}
+        assert status_h == status_l, pname  # nothing the site controls tells them apart
+        for rep in (rep_h, rep_l):
+            rows_ = {r["claim"]: r for r in rep["claims"] if r["plugin"] == "plugins/p"}
+            assert rows_["dp-parameters"]["basis"] == "claimed" and "claimed only" in rows_["dp-parameters"]["note"]
+            assert rows_["weights-binding"]["basis"] == "verified" and rows_["membership-leakage"]["basis"] == "claimed"
+            (site_file,) = [f for c in rep["checks"] if c["name"] == "consistency" for f in c["findings"] if f["subject"] == "attacks/site-mia.json"]
+            assert site_file["status"] == "skip" and "not counted" in site_file["summary"]
+    assert {c["name"]: c["status"] for c in results["liar", "consortium"][1]["checks"]}["dp-claims"] == "pass"
+    assert forge_cli("verify-report", tmp_path / "liar-consortium", "--key", keys["auditor"] / "public.json").code == 0

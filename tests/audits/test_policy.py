@@ -14,12 +14,26 @@ def test_default_policy_lists_every_registered_check_with_documented_settings():
     p = default_policy()
     assert set(p.checks) == set(CHECKS.names())
     assert p.checks["dp-claims"].max_epsilon == 8.0
-    assert p.checks["delta"].max_delta_times_n == 1.0
+    assert p.checks["delta"].max_delta_times_n == 0.01 and p.checks["delta"].max_delta == 1e-5
+    assert p.checks["provenance"].require_weight_binding is True
+    assert p.inconclusive_fails is False and p.to_dict()["verdict"] == {"inconclusive_fails": False}
+    assert "canary_audit" not in text_of(p)
     assert p.checks["he-contributions"].min_contributions == 3
     assert len(p.sha256) == 64
     text = default_policy_text()
     for name in CHECKS.names():  # every check is documented in the shipped file
         assert f"[checks.{name}]" in text
+
+
+def text_of(policy) -> str:
+    import json
+
+    return json.dumps(policy.to_dict())
+
+
+def test_verdict_table_sets_whether_inconclusive_fails():
+    assert parse_policy(HEAD + "[verdict]\ninconclusive_fails = true\n[checks.delta]\n").inconclusive_fails is True
+    assert parse_policy(HEAD + "[checks.delta]\n").inconclusive_fails is False
 
 
 def test_policy_runs_only_listed_checks_in_registry_order():
@@ -46,6 +60,11 @@ def test_policy_runs_only_listed_checks_in_registry_order():
         (HEAD, "policy.empty", ["no checks"]),
         (HEAD + "checks = 3\n", "policy.type", ["checks"]),
         (HEAD + "[checks\n", "policy.toml", ["not valid TOML"]),
+        (HEAD + "[verdict]\ninconclusive_fail = true\n[checks.delta]\n", "policy.unknown_key", ["inconclusive_fail", "inconclusive_fails"]),
+        (HEAD + "[verdict]\ninconclusive_fails = 1\n[checks.delta]\n", "policy.type", ["inconclusive_fails"]),
+        (HEAD + "verdict = 3\n[checks.delta]\n", "policy.type", ["verdict"]),
+        (HEAD + "[checks.consistency]\ncanary_audit = true\n", "policy.unknown_key", ["canary_audit", "auditor-canaries"]),
+        (HEAD + "[checks.delta]\nmax_delta = 0\n", "policy.range", ["max_delta"]),
         ('format = "forge-audit-policy/1"\nname = ""\n[checks.delta]\n', "policy.name", ["name"]),
     ],
 )

@@ -42,9 +42,9 @@ def test_demo_up_to_the_merge_trains_seals_opens_and_merges(forge, tmp_path):
     summary = json.loads(r.out)
     assert not (out / "stale.txt").exists()
     assert (out / ".forge-demo.json").is_file() and json.loads((out / "summary.json").read_text())["sites"] == summary["sites"]
-    assert summary["stages"] == ["sites", "keys", "seal", "open", "merge"] and set(summary["stage_seconds"]) == set(summary["stages"])
+    assert summary["stages"] == ["keys", "sites", "seal", "open", "merge"] and set(summary["stage_seconds"]) == set(summary["stages"])
 
-    # stage 1: three DP FFA-LoRA plugins
+    # stage 2: three DP FFA-LoRA plugins, trained with the auditor's canaries from a fresh secret, each with its envelope
     sites = summary["sites"]
     assert [s["site"] for s in sites] == ["site-1", "site-2", "site-3"]
     from forge_secure.plugins.data import bundled_splits
@@ -53,8 +53,13 @@ def test_demo_up_to_the_merge_trains_seals_opens_and_merges(forge, tmp_path):
     for s in sites:
         assert 0 < s["epsilon"] <= 8.0 + 1e-6 and 0 < s["delta"] < 1 / s["train_rows"]
         assert s["train_rows"] == len(bundled_splits().site(s["site"]).train())
+        assert 0 < s["canaries_inserted"] < s["canaries_issued"] == 256
         p = load_plugin(out / "plugins" / s["site"])
+        assert p.meta["data"]["rows"] == s["train_rows"] + s["canaries_inserted"]
         assert p.meta["lora"]["ffa"] is True and p.meta["dp"]["enabled"] is True
+        assert p.meta["dp"]["randomness"]["source"] == "os" and "digest" not in p.meta["data"]
+        assert (out / "plugins" / f"{s['site']}.replay.forge").is_file()
+        assert (out / "auditor" / f"canaries-{s['site']}.json").stat().st_mode & 0o077 == 0
         assert 0.5 < s["accuracy"] <= 1.0 and s["accuracy_ci95"][0] <= s["accuracy"] <= s["accuracy_ci95"][1]
 
     # stages 2-4: the bundles verify against the demo's roster, and were opened to the same plugins
@@ -104,11 +109,11 @@ def test_full_demo_through_the_forge_command(forge_cli, tmp_path):
     out = tmp_path / "d"
     r = forge_cli("demo", "--out", out, cwd=tmp_path, timeout=1500)
     assert r.code == 0, r
-    for stage in range(1, 8):
+    for stage in range(1, 9):
         assert f"Stage {stage}" in r.out
     assert "Audit verdict:" in r.out and "report.html" in r.out and "forge verify-report" in r.out
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["stages"] == ["sites", "keys", "seal", "open", "merge", "attacks", "audit"]
+    assert summary["stages"] == ["keys", "sites", "seal", "open", "merge", "attacks", "audit", "hub"]
     # both attack suites ran on the site plugin and on the merged model, or say why not
     for suite in ("membership", "reconstruction"):
         for target in ("site-1", "fusion-ckks"):
@@ -117,7 +122,7 @@ def test_full_demo_through_the_forge_command(forge_cli, tmp_path):
                 assert res["reason"] and any(s["what"] == f"{suite} attack on {target}" for s in summary["skipped"])
                 assert f"{suite} on {target}: SKIPPED" in r.out
             else:
-                assert (out / "evidence" / "attacks").is_dir()
+                assert (out / "auditor" / "attacks").is_dir()
     m = summary["attacks"]["membership"]["site-1"]
     assert not m.get("skipped") and 0 <= m["auc"] <= 1 and m["references"] == 4
     # the signed report: JSON, HTML, PDF; the verdict printed is the report's own
@@ -125,5 +130,7 @@ def test_full_demo_through_the_forge_command(forge_cli, tmp_path):
     report = json.loads((out / "report" / "report.json").read_text())
     assert {"report.json", "report.html", "report.pdf", "report.sig.json"} <= set(audit["files"])
     assert report["verdict"].upper() == audit["verdict"].upper() and f"Audit verdict: {audit['verdict'].upper()}" in r.out
+    assert audit["checks"]["replay"] == "pass" and audit["checks"]["dp-randomness"] == "pass"  # verified by replay, on site
+    assert summary["hub"]["version"] == 1 and summary["hub"]["pushed"] == 6
     v = forge_cli("verify-report", out / "report", "--key", out / "keys" / "auditor" / "public.json", cwd=tmp_path)
     assert v.code == 0, v

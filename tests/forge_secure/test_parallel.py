@@ -56,3 +56,43 @@ def test_unreachable_ray_address_is_a_clear_error_and_fast():
 @pytest.mark.slow
 def test_local_ray_runs_tasks_in_order():
     assert run_tasks(math.sqrt, [25, 4, 1], workers=2, ray="auto") == [5.0, 2.0, 1.0]
+
+
+def test_persistent_pool_keeps_its_workers():
+    """Local workers live across calls: the second run is served by the same processes."""
+    import os
+
+    from forge_secure.parallel import _noop, close_pools, worker_pool
+
+    try:
+        first = set(run_tasks(_noop, range(4), workers=2))
+        second = set(run_tasks(_noop, range(4), workers=2))
+        assert os.getpid() not in first and len(first) <= 2
+        assert second <= set(worker_pool(2)._pool._processes)  # the same, still running processes
+        assert first <= set(worker_pool(2)._pool._processes)
+    finally:
+        close_pools()
+    assert worker_pool(2) is not None  # a closed pool is replaced on next use
+    close_pools()
+
+
+def test_default_is_one_process():
+    from forge_secure.parallel import default_workers
+
+    assert default_workers() == 1
+
+
+def test_changed_environment_gets_fresh_workers(monkeypatch):
+    """Workers keep the environment they started with, so a changed FORGE_HOME is never served
+    by workers started under the old one."""
+    from forge_secure.parallel import close_pools, worker_pool
+
+    try:
+        monkeypatch.setenv("FORGE_HOME", "/tmp/forge-home-a")
+        a = worker_pool(2)
+        monkeypatch.setenv("FORGE_HOME", "/tmp/forge-home-b")
+        b = worker_pool(2)
+        assert a is not b and a.closed and not b.closed
+        assert worker_pool(2) is b
+    finally:
+        close_pools()

@@ -90,7 +90,17 @@ def test_bad_delta_and_accountant():
     with pytest.raises(ForgeValueError) as e:
         compute_epsilon([(1.0, 0.3, 10)], 1e-3, "moments")
     assert "gdp, prv, rdp" in str(e.value)
-    assert default_delta(100) == pytest.approx(1e-3) and default_delta(100) < 1 / 100
+
+
+
+def test_default_delta_is_far_below_one_over_n():
+    """min(1e-5, 1/n^2): 1e-5 at the bundled sizes, 1/n^2 for large n; delta * n <= 0.01 at every n."""
+    assert default_delta(84) == default_delta(150) == pytest.approx(1e-5)
+    assert default_delta(10_000) == pytest.approx(1e-8)
+    assert max(default_delta(n) * n for n in range(1, 100_000, 7)) <= 0.01
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ForgeValueError):
+            default_delta(bad)
 
 
 def test_prv_refused_beyond_its_range():

@@ -105,6 +105,7 @@ def _liar(world, name: str, *, train_cfg: dict, claimed_cfg: dict = CLAIMED, lie
     # release the real weights under the shown forge.json
     shutil.copy(root / "real" / "adapter_model.safetensors", root / "released" / "adapter_model.safetensors")
     meta = json.loads((root / "released" / "forge.json").read_text())
+    meta["dp"]["randomness"]["source"] = "os"  # the liar says what an honest run says
     meta["adapter"]["sha256"] = sha256_file(root / "released" / "adapter_model.safetensors")
     (root / "released" / "forge.json").write_text(json.dumps(meta))
     shown.secret = secret

@@ -1,0 +1,94 @@
+"""The hub's append-only transparency log, kept in the database.
+
+Every accepted submission, roster version, budget change, configuration and release is an
+entry: a canonical JSON object whose RFC 9162 leaf hash is stored with it. Appending happens
+inside the hub's one write transaction (see :mod:`.db`), so indexes are dense and unique
+across processes. Checkpoints (C2SP tlog-checkpoint, signed note) and proofs are computed
+from the stored leaf hashes; entries never change, so a process caches the leaf hashes it
+has read and only reads the new ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+
+import sqlalchemy as sa
+
+from ..fileio import canonical_json
+from . import db, merkle
+from .note import Checkpoint, NoteSigner, sign_checkpoint
+
+RECEIPT_FORMAT = "forge-hub-receipt/1"
+
+
+class LeafCache:
+    def __init__(self):
+        self._leaves: list[bytes] = []
+        self._lock = threading.Lock()
+
+    def leaves(self, conn: sa.Connection, size: int) -> list[bytes]:
+        with self._lock:
+            if len(self._leaves) < size:
+                rows = conn.execute(sa.select(db.log_entries.c.idx, db.log_entries.c.leaf_hash)
+                                    .where(db.log_entries.c.idx >= len(self._leaves), db.log_entries.c.idx < size)
+                                    .order_by(db.log_entries.c.idx)).all()
+                for idx, h in rows:
+                    if idx != len(self._leaves):
+                        raise RuntimeError(f"the log has a gap at index {len(self._leaves)}")
+                    self._leaves.append(bytes.fromhex(h))
+            return self._leaves[:size]
+
+
+def size(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.select(db.log_head.c.size).where(db.log_head.c.id == 1)).scalar_one())
+
+
+def append(conn: sa.Connection, kind: str, body: dict, now: int) -> int:
+    """Append one entry (inside a write transaction); returns its index."""
+    n = size(conn)
+    data = canonical_json({**body, "kind": kind, "index": n})
+    conn.execute(db.log_entries.insert().values(idx=n, kind=kind, leaf_hash=merkle.leaf_hash(data).hex(),
+                                                body=data.decode("utf-8"), created=now))
+    updated = conn.execute(db.log_head.update().where(db.log_head.c.id == 1, db.log_head.c.size == n).values(size=n + 1))
+    if updated.rowcount != 1:  # another writer moved the head: the writer lock failed
+        raise RuntimeError("the log head moved during an append")
+    return n
+
+
+def entry(conn: sa.Connection, index: int) -> str | None:
+    return conn.execute(sa.select(db.log_entries.c.body).where(db.log_entries.c.idx == index)).scalar()
+
+
+def entries(conn: sa.Connection, start: int = 0, limit: int = 1000, kind: str | None = None) -> list[dict]:
+    q = sa.select(db.log_entries.c.body).where(db.log_entries.c.idx >= start).order_by(db.log_entries.c.idx).limit(limit)
+    if kind:
+        q = q.where(db.log_entries.c.kind == kind)
+    return [json.loads(b) for (b,) in conn.execute(q)]
+
+
+class Log:
+    def __init__(self, signer: NoteSigner, origin: str):
+        self.signer, self.origin, self.cache = signer, origin, LeafCache()
+
+    def checkpoint(self, conn: sa.Connection, at: int | None = None) -> Checkpoint:
+        n = size(conn) if at is None else at
+        return sign_checkpoint(self.signer, self.origin, n, merkle.root(self.cache.leaves(conn, n)))
+
+    def inclusion(self, conn: sa.Connection, index: int, at: int) -> list[str]:
+        return [h.hex() for h in merkle.inclusion_proof(index, self.cache.leaves(conn, at))]
+
+    def consistency(self, conn: sa.Connection, old: int, new: int) -> list[str]:
+        return [h.hex() for h in merkle.consistency_proof(old, self.cache.leaves(conn, new))] if old else []
+
+    def receipt(self, conn: sa.Connection, index: int, at: int | None = None) -> dict:
+        """A receipt for entry ``index``: the entry, a checkpoint of size ``at`` (default:
+        just after the entry), its inclusion proof, all signed by the hub's log key."""
+        at = index + 1 if at is None else at
+        body = entry(conn, index)
+        cp = self.checkpoint(conn, at)
+        receipt = {"format": RECEIPT_FORMAT, "origin": self.origin, "hub_key": self.signer.verifier.encode(),
+                   "index": index, "entry": body, "checkpoint": cp.note, "inclusion": self.inclusion(conn, index, at)}
+        sig = self.signer.key.sign(canonical_json(receipt))
+        return {**receipt, "signature": base64.b64encode(sig).decode()}

@@ -1,0 +1,139 @@
+"""The default policy, on site: an honest plugin PASSES, and a self-consistent lying plugin sealed by
+a trusted site FAILS. Real training (Opacus, PEFT), real sealing (cryptography), real replay.
+
+The liar plays at full strength: its forge.json is the one an honest run of the recipe it claims
+produces (epsilon, ledger entry, data and secret commitments all consistent), its bundle is
+sealed with its own, listed key, its envelope carries the claimed recipe and the real secret,
+and it hands the auditor whatever attack results it likes (none count). Only the weights are
+what it really trained.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audits import audit_directory
+from audits.findings import Status
+from forge_secure.crypto.bundle import seal
+from forge_secure.crypto.keys import load_public_key, load_signing_key, new_keys
+from forge_secure.crypto.roster import add_site_key, init_roster, sign_roster
+from forge_secure.fileio import sha256_file
+from forge_secure.plugins.data import load_data
+from forge_secure.privacy import Ledger, TrainConfig, train_plugin
+from forge_secure.privacy.canaries import included_canaries, issue_record, write_grant
+from forge_secure.privacy.randomness import fresh_secret
+from forge_secure.privacy.replay import build_recipe, envelope_path, write_replay_envelope
+from forge_secure.privacy.site import train_site
+
+DAY = 86400
+SITE = "site-1"
+CLAIMED = dict(noise_multiplier=1.5, epochs=4, batch_size=32, lr=0.05, max_grad_norm=1.0, accountant="rdp", delta=1e-5)
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onsite")
+    keys = {who: new_keys(who, root / "keys" / who) for who in ("admin", SITE, "auditor", "maintainer")}
+    now = int(time.time())
+    roster = root / "roster.json"
+    init_roster(roster, "medforge", [load_public_key(keys["admin"].public)], expires=now + 90 * DAY)
+    for who in (SITE, "auditor"):
+        add_site_key(roster, load_public_key(keys[who].public), not_before=now - DAY, not_after=now + 365 * DAY)
+    sign_roster(roster, load_signing_key(keys["admin"].signing))
+    record = issue_record(SITE, 64, load_data(f"bundled:{SITE}"))
+    rec_path = root / "auditor-record.json"
+    rec_path.write_text(json.dumps(record))
+    grant = write_grant(record, signer=load_signing_key(keys["auditor"].signing), site_key=keys[SITE].public, out=root / "grant.forge")
+    return {"root": root, "keys": keys, "roster": roster, "record": record, "record_path": rec_path, "grant": grant}
+
+
+def _evidence(c, name: str, plugin_dir: Path, ledgers: Path) -> Path:
+    ev = c["root"] / name / "evidence"
+    (ev / "bundles").mkdir(parents=True)
+    (ev / "plugins").mkdir()
+    shutil.copy(c["roster"], ev / "roster.json")
+    seal(plugin_dir, c["keys"][SITE].signing, c["keys"]["maintainer"].public, ev / "bundles" / f"{SITE}.forge")
+    shutil.copytree(plugin_dir, ev / "plugins" / SITE)
+    if envelope_path(plugin_dir).exists():
+        shutil.copy(envelope_path(plugin_dir), ev / "plugins" / f"{SITE}.replay.forge")
+    shutil.copytree(ledgers, ev / "ledgers", ignore=shutil.ignore_patterns("*.lock"))
+    return ev
+
+
+def _audit(c, ev: Path, plugin_dir: Path):
+    from attacks.membership.run import MiaSettings, run_mia, write_results
+
+    attacks = ev.parent / "auditor-attacks"  # the auditor runs its own attack: only such results count
+    attacks.mkdir()
+    res = run_mia(ev / "plugins" / SITE, f"bundled:{SITE}", settings=MiaSettings(attack="loss", references=0, n_boot=50), cache=False)
+    write_results(res, attacks / "mia.json")
+    return audit_directory(ev, None, decryption_key=c["keys"]["maintainer"].decryption, replay_key=c["keys"]["auditor"].decryption,
+                           canary_records=[c["record_path"]], attack_results=[attacks / "mia.json"])
+
+
+def _statuses(report) -> dict:
+    return {ch.name: ch.status for ch in report.checks}
+
+
+def test_an_honest_site_passes_the_default_onsite_audit(consortium):
+    c = consortium
+    run = train_site(site=SITE, data_spec=f"bundled:{SITE}", base_name="tabular-mlp", out=c["root"] / "honest" / "plugin",
+                     canary_grant=c["grant"], grant_key=c["keys"][SITE].decryption, roster=c["roster"],
+                     auditor=c["keys"]["auditor"].public, signer=c["keys"][SITE].signing,
+                     ledger_root=c["root"] / "honest" / "ledgers", **CLAIMED)
+    ev = _evidence(c, "honest", run.plugin.path, c["root"] / "honest" / "ledgers")
+    report = _audit(c, ev, run.plugin.path)
+    st = _statuses(report)
+    assert report.verdict is Status.PASS, [f.summary for f in report.failures()]
+    assert st["replay"] is Status.PASS and st["dp-randomness"] is Status.PASS and st["provenance"] is Status.PASS
+    assert st["auditor-canaries"] in (Status.PASS, Status.INCONCLUSIVE)
+
+
+def _liar(c, name: str, train_cfg: dict, lie_data=None) -> tuple[Path, Path]:
+    root = c["root"] / name
+    site_data = load_data(f"bundled:{SITE}")
+    cset = included_canaries(c["record"])
+    claimed_data = site_data.concat(cset, name=site_data.name)
+    real_data = lie_data(site_data, cset) if lie_data else claimed_data
+    secret = fresh_secret()
+    canaries = {"grant_id": c["record"]["grant_id"], "count": len(cset), "digest": cset.digest()}
+    commitment = {"canaries": {"count": len(cset), "issuer": "auditor", "grant_id": canaries["grant_id"]}}
+    ledger = Ledger.open(SITE, f"breast-cancer/{SITE}", None, root=root / "ledgers")
+    shown = train_plugin(TrainConfig(**CLAIMED), claimed_data, site=SITE, secret=secret, commitment=commitment,
+                         out=root / "plugin", ledger=ledger)  # forge.json and ledger entry of the claimed recipe
+    train_plugin(TrainConfig(**train_cfg), real_data, site=SITE, secret=secret, commitment=commitment, out=root / "real")
+    shutil.copy(root / "real" / "adapter_model.safetensors", root / "plugin" / "adapter_model.safetensors")
+    meta = json.loads((root / "plugin" / "forge.json").read_text())
+    meta["dp"]["randomness"]["source"] = "os"  # the liar says what an honest run says
+    meta["adapter"]["sha256"] = sha256_file(root / "plugin" / "adapter_model.safetensors")
+    (root / "plugin" / "forge.json").write_text(json.dumps(meta))
+    shown.secret = secret
+    recipe = build_recipe(shown, TrainConfig(**CLAIMED), source={"spec": f"bundled:{SITE}"}, data=claimed_data, canaries=canaries)
+    write_replay_envelope(recipe, signer=c["keys"][SITE].signing, auditor=c["keys"]["auditor"].public, out=envelope_path(root / "plugin"))
+    return root / "plugin", root / "ledgers"
+
+
+LIES = {
+    "no noise": dict(train_cfg={k: v for k, v in CLAIMED.items() if k not in ("noise_multiplier", "delta", "accountant")} | {"no_dp": True}),
+    "more steps": dict(train_cfg={**CLAIMED, "epochs": 12}),
+    "canaries dropped": dict(train_cfg=CLAIMED, lie_data=lambda d, cs: d),
+    "other data": dict(train_cfg=CLAIMED, lie_data=lambda d, cs: d.subset(np.arange(len(d)) != 0).concat(cs, name=d.name)),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(LIES))
+def test_a_self_consistent_liar_fails_the_default_onsite_audit(consortium, lie):
+    plugin, ledgers = _liar(consortium, lie.replace(" ", "-"), **LIES[lie])
+    ev = _evidence(consortium, lie.replace(" ", "-"), plugin, ledgers)
+    report = _audit(consortium, ev, plugin)
+    st = _statuses(report)
+    assert report.verdict is Status.FAIL
+    assert st["replay"] is Status.FAIL
+    # everything the liar controls is consistent: the checks that take its word pass
+    assert st["dp-claims"] is Status.PASS and st["dp-randomness"] is Status.PASS and st["provenance"] is Status.PASS

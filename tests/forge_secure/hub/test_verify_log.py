@@ -1,0 +1,105 @@
+"""Receipts and `forge hub verify-log`: inclusion of a receipt's entry, consistency of each
+new checkpoint with the one saved before; a rewritten, forked or rolled-back log, a tampered
+receipt and a substituted hub key are all detected."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from forge_secure.errors import ForgeError
+from forge_secure.hub import client, db, merkle
+
+
+@pytest.fixture(params=["sqlite"])
+def db_url(request, tmp_path):  # the log checks do not depend on the database; SQLite keeps them quick
+    return f"sqlite:///{tmp_path / 'hub.sqlite3'}"
+
+
+def test_receipt_and_consistency_over_time(live_hub, tmp_path):
+    env, url = live_hub()
+    c = env.consortium
+    res = client.push(c.seal("site-1"), url, receipt_out=tmp_path / "r1.json")
+    first = client.verify_log(url, receipt=tmp_path / "r1.json")
+    assert first["previous"] is None and first["receipt"]["index"] == res["index"]
+    for site in ("site-2", "site-1", "site-2"):
+        client.push(c.seal(site), url)
+        again = client.verify_log(url, receipt=tmp_path / "r1.json")
+        assert again["previous"] == first["size"] and again["size"] > first["size"]
+        first = again
+
+
+def _rewrite(env, index: int, change) -> None:
+    """The hub operator rewrites entry ``index`` of the history (and its leaf hash)."""
+    with db.write(env.hub.engine) as conn:
+        body = json.loads(conn.execute(sa.select(db.log_entries.c.body).where(db.log_entries.c.idx == index)).scalar())
+        change(body)
+        from forge_secure.fileio import canonical_json
+        data = canonical_json(body)
+        conn.execute(db.log_entries.update().where(db.log_entries.c.idx == index)
+                     .values(body=data.decode(), leaf_hash=merkle.leaf_hash(data).hex()))
+    env.hub.log.cache = type(env.hub.log.cache)()  # a fresh process would read the rewritten leaves
+
+
+def test_rewritten_history_detected(live_hub, tmp_path):
+    env, url = live_hub()
+    c = env.consortium
+    client.push(c.seal("site-1"), url, receipt_out=tmp_path / "r.json")
+    client.verify_log(url)
+    _rewrite(env, 2, lambda b: b.update(site="site-2"))   # the operator hides who submitted
+    client.push(c.seal("site-2"), url)
+    with pytest.raises(ForgeError) as e:
+        client.verify_log(url)
+    assert e.value.code == "log.fork"
+
+
+def test_receipt_no_longer_in_a_forked_log(live_hub, tmp_path):
+    env, url = live_hub()
+    c = env.consortium
+    client.push(c.seal("site-1"), url, receipt_out=tmp_path / "r.json")
+    _rewrite(env, 2, lambda b: b.update(sequence=99))
+    with pytest.raises(ForgeError) as e:
+        client.verify_log(url, receipt=tmp_path / "r.json")
+    assert e.value.code == "log.fork"
+
+
+def test_rolled_back_log_detected(live_hub, tmp_path):
+    env, url = live_hub()
+    c = env.consortium
+    client.push(c.seal("site-1"), url)
+    client.push(c.seal("site-1"), url)
+    client.verify_log(url)
+    with db.write(env.hub.engine) as conn:  # drop the newest entry: an older view of the log
+        conn.execute(db.log_entries.delete().where(db.log_entries.c.idx == 3))
+        conn.execute(db.submissions.delete().where(db.submissions.c.log_index == 3))
+        conn.execute(db.log_head.update().values(size=3))
+    env.hub.log.cache = type(env.hub.log.cache)()
+    with pytest.raises(ForgeError) as e:
+        client.verify_log(url)
+    assert e.value.code == "log.rollback"
+
+
+def test_tampered_receipt_and_other_hub_key(live_hub, tmp_path):
+    env, url = live_hub()
+    res = client.push(env.consortium.seal("site-1"), url, receipt_out=tmp_path / "r.json")
+    receipt = res["receipt"]
+    key = env.hub.keys.verifier
+    client.verify_receipt(receipt, key)
+    forged = dict(receipt, entry=receipt["entry"].replace('"site-1"', '"site-2"'))
+    with pytest.raises(ForgeError) as e:
+        client.verify_receipt(forged, key)
+    assert e.value.code == "log.receipt"
+    with pytest.raises(ForgeError) as e:
+        client.verify_receipt(dict(receipt, index=receipt["index"] + 1), key)
+    assert e.value.code.startswith("log.")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from forge_secure.hub.note import NoteSigner
+    other = NoteSigner(key.split("+")[0], Ed25519PrivateKey.generate()).verifier.encode()
+    with pytest.raises(ForgeError) as e:
+        client.verify_receipt(receipt, other)
+    assert e.value.code == "log.key_mismatch"
+    with pytest.raises(ForgeError) as e:
+        client.verify_log(url, hub_key=other)
+    assert e.value.code == "log.key_mismatch"
