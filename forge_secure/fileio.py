@@ -192,6 +192,7 @@ def sha256_bytes(data: bytes) -> str:
 
 
 PARTIAL_PREFIX = ".forge-partial."  # every temporary file or directory of an atomic write starts with this
+FRESH_PREFIX = ".forge-new."  # a temporary output in the instant before it is locked (never swept)
 
 
 def _try_lock(fd: int) -> bool:
@@ -248,8 +249,12 @@ def atomic_output(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Any]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_partials(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{path.name}.", suffix=".part", dir=path.parent)
+    # created under a name no sweeper touches, locked, then renamed to its partial name: a
+    # concurrent sweep can never see it unlocked (a file created with the partial name would be)
+    fd, fresh = tempfile.mkstemp(prefix=f"{FRESH_PREFIX}{path.name}.", suffix=".part", dir=path.parent)
     _try_lock(fd)
+    tmp = str(path.parent / (PARTIAL_PREFIX + Path(fresh).name[len(FRESH_PREFIX):]))
+    os.rename(fresh, tmp)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
@@ -312,9 +317,11 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_partials(path.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{path.name}.", suffix=".part", dir=path.parent))  # mode 0700
-    lock_fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    _try_lock(lock_fd)
+    fresh = Path(tempfile.mkdtemp(prefix=f"{FRESH_PREFIX}{path.name}.", suffix=".part", dir=path.parent))  # mode 0700
+    lock_fd = os.open(fresh, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    _try_lock(lock_fd)  # locked before it gets the name a sweeper looks for (see atomic_output)
+    tmp = path.parent / (PARTIAL_PREFIX + fresh.name[len(FRESH_PREFIX):])
+    os.rename(fresh, tmp)
     try:
         yield tmp
         if path.exists():

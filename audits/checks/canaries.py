@@ -3,8 +3,8 @@ auditor drew and half of which it held back (``forge audit canaries issue``).
 
 The auditor's record (given on the command line, never taken from the evidence directory)
 regenerates all ``M`` canaries and their coins. Each of the site's plugins is scored on every
-canary: the log-odds of the canary's (random) label under the plugin minus under the public
-base model, so that only what training added counts. Guesses are fixed in advance by the
+canary: the log-odds of the canary's (random) label under the plugin (see :func:`canary_scores`).
+Guesses are fixed in advance by the
 policy (IN for the top ``k_plus_fraction``, OUT for the bottom ``k_minus_fraction``); the
 lower bound on epsilon at the policy's confidence is compared with the claim:
 
@@ -32,19 +32,17 @@ from .dp import trained_plugins
 
 
 def canary_scores(plugin, canaries) -> np.ndarray:
-    """log-odds of each canary's label under ``plugin`` minus under its base model."""
-    import torch
+    """The log-odds of each canary's (random) label under ``plugin``.
 
-    def log_odds(logits: np.ndarray) -> np.ndarray:
-        z = logits - logits.max(axis=1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        own = logp[np.arange(len(canaries)), canaries.y]
-        rest = np.log(np.clip(-np.expm1(own), 1e-300, None))
-        return own - rest
-
-    with torch.no_grad():
-        base_logits = plugin.base.model(torch.as_tensor(np.array(canaries.X, dtype=np.float32))).double().numpy()
-    return log_odds(plugin.logits(canaries.X)) - log_odds(base_logits)
+    Not relative to the base model: with two classes an included canary that the base already
+    labels right would then score low, and ``benchmarks/bench_audit_power.py`` measured the
+    relative score contradicting a false epsilon-1 claim of a no-noise plugin at M = 256 in 0 of
+    3 runs, the plugin's own log-odds in 3 of 3 (docs/benchmarks.md, "Audit power")."""
+    logits = plugin.logits(canaries.X)
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    own = logp[np.arange(len(canaries)), canaries.y]
+    return own - np.log(np.clip(-np.expm1(own), 1e-300, None))
 
 
 @register_check("auditor-canaries")

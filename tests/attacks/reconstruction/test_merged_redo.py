@@ -15,6 +15,7 @@ from attacks.reconstruction.run import ReconSettings, lora_functional, resolve_r
 from forge_secure.errors import ForgeError, ForgeValueError
 from forge_secure.merge.io import read_plugin_files
 from forge_secure.plugins import load_data, load_plugin, make_canaries
+from forge_secure.privacy.randomness import seed_from_label
 from tests.conftest import assert_clean_error
 
 METHODS = ("ties", "dare", "sequential")
@@ -26,8 +27,7 @@ def redo_dirs(tmp_path_factory):
     tuning data, and their ties, dare and sequential merges: ``root/{method}-{nodp|dp}``."""
     from forge_secure.merge import fusion_merge
     from forge_secure.plugins.bases import load_base
-    from forge_secure.privacy.randomness import seed_from_label
-from forge_secure.privacy import TrainConfig, train_plugin
+    from forge_secure.privacy import TrainConfig, train_plugin
     from forge_secure.privacy.synthetic import SynthConfig, make_synthetic, save_synthetic
 
     root = tmp_path_factory.mktemp("recon-redo")

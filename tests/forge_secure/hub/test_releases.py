@@ -120,6 +120,9 @@ def test_tuf_rollback_and_mix_and_match_refused(live_hub, make_proxy, tmp_path, 
         # mix and match, to a site that has no cached metadata yet: the current timestamp and
         # snapshot with the previous targets metadata
         monkeypatch.setenv("FORGE_HOME", str(tmp_path / "new-site-home"))
+        from forge_secure.crypto import pin_root
+
+        pin_root(c.roster)  # a new site pins the consortium's root once, obtained out of band
         _, snap2 = _versions(url)
         proxy.overrides = {f"/tuf/metadata/{snap2}.targets.json": old[f"/tuf/metadata/{snap1}.targets.json"]}
         with pytest.raises(ForgeError) as e:
