@@ -134,3 +134,98 @@ def assert_clean_error(result: CliResult, *words: str) -> None:
     text = (result.err + result.out).lower()
     for w in words:
         assert w.lower() in text, (w, result)
+
+
+# --------------------------------------------------------------------------- issue 12: replay worlds and liars
+
+REPLAY_SITE = "site-1"
+
+
+def build_replay_consortium(root, name: str, *, maintainer: bool = False, canaries: int = 64) -> dict:
+    """A consortium with real keys: an admin-signed roster (recipients: the auditor, the site, and
+    the maintainer when asked) listing the site and the auditor, and an auditor canary grant to the
+    site. Returns ``{"root", "keys", "roster", "record", "record_path", "grant"}``."""
+    import json
+    import time
+
+    from forge_secure.crypto.keys import load_public_key, load_signing_key, new_keys
+    from forge_secure.crypto.roster import Recipient, add_site_key, init_roster, sign_roster
+    from forge_secure.plugins.data import load_data
+    from forge_secure.privacy.canaries import issue_record, write_grant
+
+    site, day = REPLAY_SITE, 86400
+    parties = ("admin", site, "auditor", "maintainer" if maintainer else "stranger")
+    keys = {who: new_keys(who, root / "keys" / who) for who in parties}
+    now = int(time.time())
+    roster = root / "roster.json"
+    recipients = [Recipient.from_public(load_public_key(keys["auditor"].public), "auditor"),
+                  Recipient.from_public(load_public_key(keys[site].public), "site")]
+    if maintainer:
+        recipients.append(Recipient.from_public(load_public_key(keys["maintainer"].public), "consortium"))
+    init_roster(roster, name, [load_public_key(keys["admin"].public)], expires=now + 90 * day, recipients=recipients)
+    for who in (site, "auditor"):
+        add_site_key(roster, load_public_key(keys[who].public), not_before=now - day, not_after=now + 365 * day)
+    sign_roster(roster, load_signing_key(keys["admin"].signing))
+    record = issue_record(site, canaries, load_data(f"bundled:{site}"))
+    rec_path = root / "auditor-record.json"
+    rec_path.write_text(json.dumps(record))
+    grant = write_grant(record, signer=load_signing_key(keys["auditor"].signing), site_key=keys[site].public,
+                        out=root / "grant.forge", roster=roster)
+    return {"root": root, "keys": keys, "roster": roster, "record": record, "record_path": rec_path, "grant": grant}
+
+
+def make_liar(world: dict, name: str, *, claimed_cfg: dict, train_cfg: dict, lie_data=None, envelope_recipe: str = "claimed",
+              ledger: bool = False):
+    """A self-consistent lying plugin of ``world``'s site, at full strength: forge.json (and, with
+    ``ledger``, the ledger entry) come from a real honest run of ``claimed_cfg`` on the honest data
+    with the same secret, and say ``randomness.source = "os"``; the weights come from the run the
+    liar really did (``train_cfg`` on ``lie_data(site_data, canaries)``); the envelope carries the
+    claimed recipe (or, with ``envelope_recipe="true"``, the true one) and the real secret.
+    Returns ``(released plugin dir, envelope, ledger root)``."""
+    import json
+    import shutil
+
+    from forge_secure.fileio import sha256_file
+    from forge_secure.plugins.data import load_data
+    from forge_secure.privacy import Ledger, TrainConfig, train_plugin
+    from forge_secure.privacy.canaries import included_canaries
+    from forge_secure.privacy.randomness import fresh_secret
+    from forge_secure.privacy.replay import build_recipe, envelope_path, write_replay_envelope
+
+    site = REPLAY_SITE
+    root = world["root"] / "liars" / name
+    root.mkdir(parents=True)
+    site_data = load_data(f"bundled:{site}")
+    cset = included_canaries(world["record"])
+    claimed_data = site_data.concat(cset, name=site_data.name)
+    real_data = lie_data(site_data, cset) if lie_data else claimed_data
+    secret = fresh_secret()
+    canaries = {"grant_id": world["record"]["grant_id"], "count": len(cset), "digest": cset.digest()}
+    commitment = {"canaries": {"count": len(cset), "issuer": "auditor", "grant_id": canaries["grant_id"]}}
+    led = Ledger.open(site, f"breast-cancer/{site}", None, root=root / "ledgers") if ledger else None
+    shown = train_plugin(TrainConfig(**claimed_cfg), claimed_data, site=site, secret=secret, commitment=commitment,
+                         out=root / "released", ledger=led)
+    real = train_plugin(TrainConfig(**train_cfg), real_data, site=site, secret=secret, commitment=commitment, out=root / "real")
+    shutil.copy(root / "real" / "adapter_model.safetensors", root / "released" / "adapter_model.safetensors")
+    meta = json.loads((root / "released" / "forge.json").read_text())
+    meta["dp"]["randomness"]["source"] = "os"  # the liar says what an honest run says
+    meta["adapter"]["sha256"] = sha256_file(root / "released" / "adapter_model.safetensors")
+    (root / "released" / "forge.json").write_text(json.dumps(meta))
+    if envelope_recipe == "claimed":
+        shown.secret = secret
+        recipe = build_recipe(shown, TrainConfig(**claimed_cfg), source={"spec": f"bundled:{site}"}, data=claimed_data, canaries=canaries)
+    else:  # the truth in the envelope, the lie in forge.json
+        real.secret = secret
+        recipe = build_recipe(real, TrainConfig(**train_cfg), source={"spec": f"bundled:{site}"}, data=real_data, canaries=canaries)
+        recipe["plugin"]["adapter_sha256"] = meta["adapter"]["sha256"]
+    env = write_replay_envelope(recipe, signer=world["keys"][site].signing, auditor=world["keys"]["auditor"].public,
+                                out=envelope_path(root / "released"), roster=world["roster"])
+    return root / "released", env, root / "ledgers"
+
+
+@pytest.fixture(scope="session")
+def replay_tools():
+    """``build_replay_consortium`` and ``make_liar`` for the tests of issue 12 (test files do not import conftest)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(build=build_replay_consortium, liar=make_liar, site=REPLAY_SITE)

@@ -10,9 +10,7 @@ what it really trained.
 
 from __future__ import annotations
 
-import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +19,8 @@ import pytest
 from audits import audit_directory
 from audits.findings import Status
 from forge_secure.crypto.bundle import seal
-from forge_secure.crypto.keys import load_public_key, load_signing_key, new_keys
-from forge_secure.crypto.roster import Recipient, add_site_key, init_roster, sign_roster
 from forge_secure.crypto.trust import pin_root
-from forge_secure.fileio import sha256_file
-from forge_secure.plugins.data import load_data
-from forge_secure.privacy import Ledger, TrainConfig, train_plugin
-from forge_secure.privacy.canaries import included_canaries, issue_record, write_grant
-from forge_secure.privacy.randomness import fresh_secret
-from forge_secure.privacy.replay import build_recipe, envelope_path, write_replay_envelope
+from forge_secure.privacy.replay import envelope_path
 from forge_secure.privacy.site import train_site
 
 DAY = 86400
@@ -38,23 +29,8 @@ CLAIMED = dict(noise_multiplier=1.5, epochs=4, batch_size=32, lr=0.05, max_grad_
 
 
 @pytest.fixture(scope="module")
-def consortium(tmp_path_factory):
-    root = tmp_path_factory.mktemp("onsite")
-    keys = {who: new_keys(who, root / "keys" / who) for who in ("admin", SITE, "auditor", "maintainer")}
-    now = int(time.time())
-    roster = root / "roster.json"
-    recipients = [Recipient.from_public(load_public_key(keys["auditor"].public), "auditor"),
-                  Recipient.from_public(load_public_key(keys[SITE].public), "site")]
-    recipients.append(Recipient.from_public(load_public_key(keys["maintainer"].public), "consortium"))
-    init_roster(roster, "onsite-test", [load_public_key(keys["admin"].public)], expires=now + 90 * DAY, recipients=recipients)
-    for who in (SITE, "auditor"):
-        add_site_key(roster, load_public_key(keys[who].public), not_before=now - DAY, not_after=now + 365 * DAY)
-    sign_roster(roster, load_signing_key(keys["admin"].signing))
-    record = issue_record(SITE, 64, load_data(f"bundled:{SITE}"))
-    rec_path = root / "auditor-record.json"
-    rec_path.write_text(json.dumps(record))
-    grant = write_grant(record, signer=load_signing_key(keys["auditor"].signing), site_key=keys[SITE].public, out=root / "grant.forge", roster=roster)
-    return {"root": root, "keys": keys, "roster": roster, "record": record, "record_path": rec_path, "grant": grant}
+def consortium(tmp_path_factory, replay_tools):
+    return replay_tools.build(tmp_path_factory.mktemp("onsite"), "onsite-test", maintainer=True)
 
 
 
@@ -106,30 +82,6 @@ def test_an_honest_site_passes_the_default_onsite_audit(consortium):
     assert st["auditor-canaries"] in (Status.PASS, Status.INCONCLUSIVE)
 
 
-def _liar(c, name: str, train_cfg: dict, lie_data=None) -> tuple[Path, Path]:
-    root = c["root"] / name
-    site_data = load_data(f"bundled:{SITE}")
-    cset = included_canaries(c["record"])
-    claimed_data = site_data.concat(cset, name=site_data.name)
-    real_data = lie_data(site_data, cset) if lie_data else claimed_data
-    secret = fresh_secret()
-    canaries = {"grant_id": c["record"]["grant_id"], "count": len(cset), "digest": cset.digest()}
-    commitment = {"canaries": {"count": len(cset), "issuer": "auditor", "grant_id": canaries["grant_id"]}}
-    ledger = Ledger.open(SITE, f"breast-cancer/{SITE}", None, root=root / "ledgers")
-    shown = train_plugin(TrainConfig(**CLAIMED), claimed_data, site=SITE, secret=secret, commitment=commitment,
-                         out=root / "plugin", ledger=ledger)  # forge.json and ledger entry of the claimed recipe
-    train_plugin(TrainConfig(**train_cfg), real_data, site=SITE, secret=secret, commitment=commitment, out=root / "real")
-    shutil.copy(root / "real" / "adapter_model.safetensors", root / "plugin" / "adapter_model.safetensors")
-    meta = json.loads((root / "plugin" / "forge.json").read_text())
-    meta["dp"]["randomness"]["source"] = "os"  # the liar says what an honest run says
-    meta["adapter"]["sha256"] = sha256_file(root / "plugin" / "adapter_model.safetensors")
-    (root / "plugin" / "forge.json").write_text(json.dumps(meta))
-    shown.secret = secret
-    recipe = build_recipe(shown, TrainConfig(**CLAIMED), source={"spec": f"bundled:{SITE}"}, data=claimed_data, canaries=canaries)
-    write_replay_envelope(recipe, signer=c["keys"][SITE].signing, auditor=c["keys"]["auditor"].public, out=envelope_path(root / "plugin"))
-    return root / "plugin", root / "ledgers"
-
-
 LIES = {
     "no noise": dict(train_cfg={k: v for k, v in CLAIMED.items() if k not in ("noise_multiplier", "delta", "accountant")} | {"no_dp": True}),
     "more steps": dict(train_cfg={**CLAIMED, "epochs": 12}),
@@ -139,8 +91,8 @@ LIES = {
 
 
 @pytest.mark.parametrize("lie", sorted(LIES))
-def test_a_self_consistent_liar_fails_the_default_onsite_audit(consortium, lie):
-    plugin, ledgers = _liar(consortium, lie.replace(" ", "-"), **LIES[lie])
+def test_a_self_consistent_liar_fails_the_default_onsite_audit(consortium, replay_tools, lie):
+    plugin, _, ledgers = replay_tools.liar(consortium, lie.replace(" ", "-"), claimed_cfg=CLAIMED, ledger=True, **LIES[lie])
     ev = _evidence(consortium, lie.replace(" ", "-"), plugin, ledgers)
     report = _audit(consortium, ev, plugin)
     st = _statuses(report)

@@ -10,23 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from forge_secure.crypto.keys import load_public_key, load_signing_key, new_keys
-from forge_secure.crypto.roster import Recipient, add_site_key, init_roster, sign_roster
 from forge_secure.crypto.trust import pin_root
 from forge_secure.errors import ForgeError
-from forge_secure.fileio import sha256_file
 from forge_secure.plugins.data import load_data
-from forge_secure.privacy import TrainConfig, train_plugin
-from forge_secure.privacy.canaries import included_canaries, issue_record, write_grant
-from forge_secure.privacy.randomness import fresh_secret
-from forge_secure.privacy.replay import (ReplayError, assemble_data, build_recipe, envelope_path, open_replay_envelope, replay,
-                                         write_replay_envelope)
+from forge_secure.privacy.canaries import issue_record
+from forge_secure.privacy.replay import (ReplayError, assemble_data, envelope_path, open_replay_envelope, replay)
 from forge_secure.privacy.site import train_site
 
 DAY = 86400
@@ -35,26 +28,14 @@ CLAIMED = dict(noise_multiplier=1.0, epochs=4, batch_size=32, lr=0.05, max_grad_
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    import time
-
+def world(tmp_path_factory, replay_tools):
     root = tmp_path_factory.mktemp("replay-world")
-    keys = {who: new_keys(who, root / "keys" / who) for who in ("admin", SITE, "auditor", "stranger")}
-    now = int(time.time())
-    roster = root / "roster.json"
-    recipients = [Recipient.from_public(load_public_key(keys["auditor"].public), "auditor"),
-                  Recipient.from_public(load_public_key(keys[SITE].public), "site")]
-    init_roster(roster, "replay-test", [load_public_key(keys["admin"].public)], expires=now + 90 * DAY, recipients=recipients)
-    for who in (SITE, "auditor"):
-        add_site_key(roster, load_public_key(keys[who].public), not_before=now - DAY, not_after=now + 365 * DAY)
-    sign_roster(roster, load_signing_key(keys["admin"].signing))
-    like = load_data(f"bundled:{SITE}")
-    record = issue_record(SITE, 64, like)
-    grant = write_grant(record, signer=load_signing_key(keys["auditor"].signing), site_key=keys[SITE].public, out=root / "grant.forge", roster=roster)
-    honest = train_site(site=SITE, data_spec=f"bundled:{SITE}", base_name="tabular-mlp", out=root / "honest", canary_grant=grant,
-                        grant_key=keys[SITE].decryption, roster=roster, auditor=keys["auditor"].public, signer=keys[SITE].signing,
-                        ledger_root=root / "ledgers", **CLAIMED)
-    return {"root": root, "keys": keys, "roster": roster, "record": record, "grant": grant, "honest": honest}
+    w = replay_tools.build(root, "replay-test")
+    w["honest"] = train_site(site=SITE, data_spec=f"bundled:{SITE}", base_name="tabular-mlp", out=root / "honest",
+                             canary_grant=w["grant"], grant_key=w["keys"][SITE].decryption, roster=w["roster"],
+                             auditor=w["keys"]["auditor"].public, signer=w["keys"][SITE].signing,
+                             ledger_root=root / "ledgers", **CLAIMED)
+    return w
 
 
 
@@ -98,37 +79,9 @@ def test_replay_in_another_process_through_the_cli(world, forge_cli):
     assert out["verified"] and out["bit_exact"]
 
 
-def _liar(world, name: str, *, train_cfg: dict, claimed_cfg: dict = CLAIMED, lie_data=None, envelope_recipe: str = "claimed",
-          canaries_in_lie=None):
-    """A self-consistent lying plugin: forge.json from a real honest run of ``claimed_cfg`` on the
-    honest data (same secret), weights from the run the liar really did."""
-    root = world["root"] / "liars" / name
-    root.mkdir(parents=True)
-    site_data = load_data(f"bundled:{SITE}")
-    cset = included_canaries(world["record"])
-    claimed_data = site_data.concat(cset, name=site_data.name)
-    real_data = lie_data(site_data, cset) if lie_data else claimed_data
-    secret = fresh_secret()
-    canaries = {"grant_id": world["record"]["grant_id"], "count": len(cset), "digest": cset.digest()}
-    commitment = {"canaries": {"count": len(cset), "issuer": "auditor", "grant_id": canaries["grant_id"]}}
-    shown = train_plugin(TrainConfig(**claimed_cfg), claimed_data, site=SITE, secret=secret, commitment=commitment, out=root / "released")
-    real = train_plugin(TrainConfig(**train_cfg), real_data, site=SITE, secret=secret, commitment=commitment, out=root / "real")
-    # release the real weights under the shown forge.json
-    shutil.copy(root / "real" / "adapter_model.safetensors", root / "released" / "adapter_model.safetensors")
-    meta = json.loads((root / "released" / "forge.json").read_text())
-    meta["dp"]["randomness"]["source"] = "os"  # the liar says what an honest run says
-    meta["adapter"]["sha256"] = sha256_file(root / "released" / "adapter_model.safetensors")
-    (root / "released" / "forge.json").write_text(json.dumps(meta))
-    shown.secret = secret
-    if envelope_recipe == "claimed":
-        recipe = build_recipe(shown, TrainConfig(**claimed_cfg), source={"spec": f"bundled:{SITE}"}, data=claimed_data, canaries=canaries)
-    else:  # the truth in the envelope, the lie in forge.json
-        real.secret = secret
-        recipe = build_recipe(real, TrainConfig(**train_cfg), source={"spec": f"bundled:{SITE}"}, data=real_data, canaries=canaries)
-        recipe["plugin"]["adapter_sha256"] = meta["adapter"]["sha256"]
-    env = write_replay_envelope(recipe, signer=world["keys"][SITE].signing, auditor=world["keys"]["auditor"].public,
-                                out=envelope_path(root / "released"))
-    return root / "released", env
+def _liar(world, replay_tools, name: str, **kw):
+    plugin, env, _ = replay_tools.liar(world, name, claimed_cfg=CLAIMED, **kw)
+    return plugin, env
 
 
 LIES = {
@@ -146,28 +99,28 @@ LIES = {
 
 
 @pytest.mark.parametrize("lie", sorted(LIES))
-def test_every_lie_fails_replay(world, lie):
-    plugin, _ = _liar(world, lie.replace(" ", "-"), **LIES[lie])
+def test_every_lie_fails_replay(world, replay_tools, lie):
+    plugin, _ = _liar(world, replay_tools, lie.replace(" ", "-"), **LIES[lie])
     result = _replay(world, plugin)
     assert not result.verified, result.message
     assert result.reason in ("replay.weights_differ", "replay.claim_mismatch")
     assert result.distance is None or result.distance > 1e-2
 
 
-def test_truthful_envelope_under_a_lying_forge_json_fails_on_the_claims(world):
-    plugin, _ = _liar(world, "truth-inside", train_cfg={**CLAIMED, "noise_multiplier": 0.5}, envelope_recipe="true")
+def test_truthful_envelope_under_a_lying_forge_json_fails_on_the_claims(world, replay_tools):
+    plugin, _ = _liar(world, replay_tools, "truth-inside", train_cfg={**CLAIMED, "noise_multiplier": 0.5}, envelope_recipe="true")
     result = _replay(world, plugin)
     assert not result.verified and result.reason == "replay.claim_mismatch"
     assert any(c.field == "dp.noise_multiplier" and not c.ok for c in result.comparisons)
 
 
-def test_missing_swapped_truncated_and_foreign_envelopes_are_clean_errors(world, tmp_path):
+def test_missing_swapped_truncated_and_foreign_envelopes_are_clean_errors(world, replay_tools, tmp_path):
     honest = world["honest"]
     with pytest.raises(ReplayError) as e:
         open_replay_envelope(tmp_path / "none.replay.forge", key=world["keys"]["auditor"].decryption, roster=world["roster"])
     assert e.value.code == "replay.missing"
     # swapped: another plugin's envelope
-    other, other_env = _liar(world, "swap-source", train_cfg=CLAIMED)
+    other, other_env = _liar(world, replay_tools, "swap-source", train_cfg=CLAIMED)
     result = _replay(world, honest.plugin.path, envelope=other_env)
     assert not result.verified and result.reason == "replay.other_plugin"
     # truncated
