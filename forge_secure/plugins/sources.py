@@ -50,7 +50,9 @@ def canary_set(m: int, like: Dataset, seed: int) -> tuple[Dataset, np.ndarray]:
 
 
 def default_canary_seed(site: str, seed: int) -> int:
-    """A canary seed derived from the site and the training seed (used when none is given)."""
+    """A canary seed derived from public values (the site and the training seed): for research
+    experiments only (``forge bench``, the membership tests), never for an audit; ``forge train``
+    no longer inserts site-chosen canaries, an audit uses the auditor's own (:mod:`forge_secure.privacy.canaries`)."""
     return int.from_bytes(hashlib.sha256(f"forge-canaries|{site}|{seed}".encode()).digest()[:8], "big") >> 1
 
 

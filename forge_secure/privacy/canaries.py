@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -110,22 +109,16 @@ def included_canaries(record: dict, like=None):
 def write_grant(record: dict, *, signer, site_key, out: str | Path, passphrase: bytes | None = None, roster=None) -> Path:
     """Seal the included canaries of ``record`` to the site (``site_key``: its public key or
     ``public.json``, listed as a recipient in the trusted ``roster``), signed by the auditor's ``signer``."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
-    from ..crypto.bundle import seal
-    from ..crypto.replay import SequenceCounter
-    from ..home import forge_home
+    from .sealed import seal_files
 
     cset = included_canaries(record)
-    with tempfile.TemporaryDirectory(prefix=".forge-grant-") as tmp:
-        d = Path(tmp) / "grant"
-        d.mkdir(mode=0o700)
-        meta = {"format": GRANT_FORMAT, "kind": "canary-grant", "site": record["site"], "grant_id": record["grant_id"],
-                "count": len(cset), "digest": cset.digest(), "like": record["like"]}
-        (d / "forge.json").write_text(json.dumps(meta, sort_keys=True))
-        save_file({"X": np.ascontiguousarray(cset.X), "y": np.ascontiguousarray(cset.y)}, str(d / "canaries.safetensors"))
-        return seal(d, signer, site_key, out, passphrase=passphrase, counter=SequenceCounter(forge_home() / "sequence-grants"),
-                    roster=roster)
+    meta = {"format": GRANT_FORMAT, "kind": "canary-grant", "site": record["site"], "grant_id": record["grant_id"],
+            "count": len(cset), "digest": cset.digest(), "like": record["like"]}
+    arrays = save({"X": np.ascontiguousarray(cset.X), "y": np.ascontiguousarray(cset.y)})
+    return seal_files({"canaries.safetensors": arrays}, meta, signer=signer, recipient=site_key, out=out,
+                      counter="sequence-grants", roster=roster, passphrase=passphrase)
 
 
 def open_grant(grant: str | Path, *, key, roster, passphrase: bytes | None = None, root=None) -> tuple[dict, object]:
@@ -133,17 +126,14 @@ def open_grant(grant: str | Path, *, key, roster, passphrase: bytes | None = Non
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    from ..crypto.bundle import open_bundle
-    from ..crypto.replay import ReplayStore
     from ..plugins.data import Dataset
+    from .sealed import opened_files
 
     grant = Path(grant)
     if not grant.is_file():
         raise ForgeFileError(f"canary grant {grant} does not exist", fix="give the .forge file the auditor sent",
                              code="canaries.grant_missing")
-    with tempfile.TemporaryDirectory(prefix=".forge-grant-open-") as tmp:
-        out = Path(tmp) / "grant"
-        open_bundle(grant, key, roster, out, passphrase=passphrase, replay=ReplayStore(Path(tmp) / "seen"), root=root)
+    with opened_files(grant, key=key, roster=roster, passphrase=passphrase, root=root) as out:
         try:
             meta = json.loads((out / "forge.json").read_text())
             arrays = load_file(str(out / "canaries.safetensors"))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,19 +101,11 @@ def write_replay_envelope(recipe: dict, *, signer, auditor, out: str | Path, pas
     ``signer``; ``out`` is written atomically. The auditor must be a recipient listed in the
     trusted ``roster`` (default: the latest roster trusted on this machine that lists it), so a
     swapped key file cannot receive the secret. The envelopes use their own sequence counter."""
-    from ..crypto.bundle import seal
-    from ..crypto.replay import SequenceCounter
-    from ..home import forge_home
+    from .sealed import seal_files
 
-    with tempfile.TemporaryDirectory(prefix=".forge-replay-") as tmp:
-        d = Path(tmp) / "envelope"
-        d.mkdir(mode=0o700)
-        claim = {"format": ENVELOPE_FORMAT, "kind": "replay", "site": recipe["site"], "base": recipe["base"],
-                 "plugin": recipe["plugin"]}
-        (d / "forge.json").write_text(json.dumps(claim, sort_keys=True))
-        (d / "replay.json").write_text(json.dumps(recipe, sort_keys=True))
-        return seal(d, signer, auditor, out, passphrase=passphrase, counter=SequenceCounter(forge_home() / "sequence-replay"),
-                    roster=roster)
+    claim = {"format": ENVELOPE_FORMAT, "kind": "replay", "site": recipe["site"], "base": recipe["base"], "plugin": recipe["plugin"]}
+    return seal_files({"replay.json": json.dumps(recipe, sort_keys=True).encode()}, claim, signer=signer, recipient=auditor,
+                      out=out, counter="sequence-replay", roster=roster, passphrase=passphrase)
 
 
 def _bad(code: str, message: str, fix: str) -> ReplayError:
@@ -123,26 +114,24 @@ def _bad(code: str, message: str, fix: str) -> ReplayError:
 
 def open_replay_envelope(envelope: str | Path, *, key, roster, passphrase: bytes | None = None, root=None) -> dict:
     """Verify (signature, roster) and decrypt an envelope; return its recipe, with ``secret`` as bytes."""
-    from ..crypto.bundle import open_bundle
     from ..crypto.errors import BundleError
-    from ..crypto.replay import ReplayStore
+    from .sealed import opened_files
 
     envelope = Path(envelope)
     if not envelope.exists():
         raise _bad("replay.missing", f"replay envelope {envelope} does not exist",
                    "ask the site for the <plugin>.replay.forge that 'forge train --auditor' wrote beside the plugin")
-    with tempfile.TemporaryDirectory(prefix=".forge-replay-open-") as tmp:
-        try:
-            open_bundle(envelope, key, roster, Path(tmp) / "out", passphrase=passphrase, replay=ReplayStore(Path(tmp) / "seen"),
-                        root=root)
-        except BundleError as e:
-            code = "replay.not_for_this_key" if e.code in ("bundle.wrong_recipient", "bundle.key_unwrap") else "replay.damaged"
-            raise _bad(code, f"replay envelope {envelope} cannot be opened: {e}",
-                       "ask the site for an envelope sealed to this auditor's key ('forge train --auditor YOUR/public.json')") from None
-        try:
-            recipe = json.loads((Path(tmp) / "out" / "replay.json").read_text())
-        except (OSError, ValueError):
-            raise _bad("replay.damaged", f"{envelope} holds no readable replay.json", "ask the site to train again with --auditor") from None
+    try:
+        with opened_files(envelope, key=key, roster=roster, passphrase=passphrase, root=root) as out:
+            try:
+                recipe = json.loads((out / "replay.json").read_text())
+            except (OSError, ValueError):
+                raise _bad("replay.damaged", f"{envelope} holds no readable replay.json",
+                           "ask the site to train again with --auditor") from None
+    except BundleError as e:
+        code = "replay.not_for_this_key" if e.code in ("bundle.wrong_recipient", "bundle.key_unwrap") else "replay.damaged"
+        raise _bad(code, f"replay envelope {envelope} cannot be opened: {e}",
+                   "ask the site for an envelope sealed to this auditor's key ('forge train --auditor YOUR/public.json')") from None
     try:
         if recipe.get("format") != ENVELOPE_FORMAT:
             raise ValueError(f"format {recipe.get('format')!r}")
