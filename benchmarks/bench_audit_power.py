@@ -6,17 +6,16 @@ bundled site-1 data with the included half of ``M`` auditor canaries
 out-of-distribution records with random labels, fair inclusion coins), without noise and with
 DP-SGD at epsilon 1, 4 and 8 (delta 1e-5, PRV accountant, fresh training secret). The audit is
 the one of ``audits/checks/canaries.py``: each canary scored by
-:func:`audits.checks.canaries.canary_scores` (log-odds of its label under the plugin minus under
-the base), guesses fixed in advance, the Steinke-Nasr-Jagielski bound at 95 % confidence
+:func:`audits.checks.canaries.canary_scores` (the log-odds of its label under the plugin), guesses
+fixed in advance, the Steinke-Nasr-Jagielski bound at 95 % confidence
 (:func:`attacks.metrics.one_run_audit`) with delta = the claim's delta (1e-5; for the no-noise
 plugin, the delta of a false claim). Guessing policies, all fixed before any score of these runs is
-seen: the audit's default (IN for the top 25 %, OUT for the bottom 25 %), a sparser one (10 % /
-10 %), OUT guesses only on the bottom 20 %, and the default 25/25 on another score, the plugin's
-own log-odds of the canary's label without the base's subtracted. The last two were chosen on
-separate exploratory runs (not these): with two classes a held-back canary's random label agrees
-with the plugin's confident out-of-distribution extrapolation half the time, and an included
-canary that the base already predicted right can have a negative audit score (the plugin, having
-memorised it, is less extreme there than the base), which the plugin-only score does not penalise.
+seen: the audit's default, OUT guesses only for the lowest-scoring quarter (chosen on separate
+exploratory runs, not these: with two classes a held-back canary's random label is the one the
+plugin predicts half the time, so about a quarter of all canaries are held back AND predicted
+wrong, and they score below every memorised included canary; guessing IN adds the canaries whose
+label the plugin predicts, as likely held back as included); the previous default (IN for the top
+25 %, OUT for the bottom 25 %); and a sparser one (10 % / 10 %).
 Beside each bound: the ceiling, the largest epsilon a perfect attack (every guess right) could show
 on that sample. The bound is itself a 95 % confidence bound; repetitions (fresh canaries, fresh
 secrets) show how it varies from run to run.
@@ -42,8 +41,9 @@ SITE = "site-1"
 DELTA = 1e-5
 P_TARGET = 0.05
 #: (score, fraction guessed IN from the top, fraction guessed OUT from the bottom); all fixed before these runs
-POLICIES = {"audit score, 25/25 (the audit's default)": ("audit", 0.25, 0.25), "audit score, 10/10": ("audit", 0.10, 0.10),
-            "audit score, 0/20 (OUT guesses only)": ("audit", 0.0, 0.20), "plugin-only score, 25/25": ("plugin", 0.25, 0.25)}
+POLICIES = {"0/25: OUT guesses only, the lowest quarter (the audit's default)": (0.0, 0.25),
+            "25/25: IN for the top quarter, OUT for the lowest (the previous default)": (0.25, 0.25),
+            "10/10": (0.10, 0.10)}
 SETTINGS = {"no noise": None, "DP, epsilon 1": 1.0, "DP, epsilon 4": 4.0, "DP, epsilon 8": 8.0}
 #: the plugins trained: the product's (LoRA rank 8, every setting) and, for the no-noise plugin only, a
 #: higher-capacity one trained longer, which memorises more of its included canaries
@@ -51,25 +51,17 @@ VARIANTS = {"rank 8": {"rank": 8, "settings": tuple(SETTINGS)}, "rank 32, 3x epo
 ANCHOR = 5.48  # ML Privacy Meter, 1000 mislabelled canaries, no noise, one run, delta 1e-5
 
 
-def _log_odds(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """log p(y) - log(1 - p(y)) under ``logits`` (the plugin alone, no base subtracted)."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    own = logp[np.arange(len(y)), y]
-    return own - np.log(np.clip(-np.expm1(own), 1e-300, None))
-
-
 def audit_one(plugin, cset, mask, delta: float) -> dict:
     from attacks.metrics import one_run_audit, one_run_epsilon
     from audits.checks.canaries import canary_scores
 
     logits = plugin.logits(cset.X)
-    scores = {"audit": canary_scores(plugin, cset), "plugin": _log_odds(logits, cset.y)}
+    scores = canary_scores(plugin, cset)
     m = len(mask)
     out = {}
-    for name, (score, fp, fm) in POLICIES.items():
+    for name, (fp, fm) in POLICIES.items():
         kp, km = int(round(fp * m)), int(round(fm * m))
-        a = one_run_audit(scores[score], mask.astype(int), k_plus=kp, k_minus=km, delta=delta, p_target=P_TARGET)
+        a = one_run_audit(scores, mask.astype(int), k_plus=kp, k_minus=km, delta=delta, p_target=P_TARGET)
         ceiling = one_run_epsilon(a["guesses"], a["guesses"], m, delta=delta, p_target=P_TARGET)
         out[name] = {"lb": a["epsilon_lb"], "correct": a["correct"], "guesses": a["guesses"], "ceiling": ceiling}
     acc = logits.argmax(axis=1) == cset.y

@@ -5,8 +5,12 @@ The auditor's record (given on the command line, never taken from the evidence d
 regenerates all ``M`` canaries and their coins. Each of the site's plugins is scored on every
 canary: the log-odds of the canary's (random) label under the plugin (see :func:`canary_scores`).
 Guesses are fixed in advance by the
-policy (IN for the top ``k_plus_fraction``, OUT for the bottom ``k_minus_fraction``); the
-lower bound on epsilon at the policy's confidence is compared with the claim:
+policy (IN for the top ``k_plus_fraction``, OUT for the bottom ``k_minus_fraction``; by default
+OUT only, for the lowest quarter: a held-back canary whose random label the plugin does not
+predict scores lowest, while a memorised included one scores high, and a canary whose label the
+plugin predicts is as likely held back as included, so IN guesses add errors; measured in
+``benchmarks/bench_audit_power.py``); the lower bound on epsilon at the policy's confidence is
+compared with the claim:
 
 - above the claim: FAIL (the claim is false);
 - the claim is above the largest epsilon even a perfect attack could show on this sample
@@ -54,7 +58,7 @@ class AuditorCanaries(Check):
 
     @dataclass(frozen=True)
     class Settings(CheckSettings):
-        k_plus_fraction: float = 0.25   # guess IN for this fraction of the highest-scoring canaries
+        k_plus_fraction: float = 0.0    # guess IN for this fraction of the highest-scoring canaries
         k_minus_fraction: float = 0.25  # guess OUT for this fraction of the lowest
         p_target: float = 0.05          # 1 - confidence of the lower bound
 

@@ -100,3 +100,45 @@ def test_a_self_consistent_liar_fails_the_default_onsite_audit(consortium, repla
     assert st["replay"] is Status.FAIL
     # everything the liar controls is consistent: the checks that take its word pass
     assert st["dp-claims"] is Status.PASS and st["dp-randomness"] is Status.PASS and st["provenance"] is Status.PASS
+
+
+# The auditor's canaries alone, at the default count and policy, contradict a false claim: a site that
+# trains without noise and claims epsilon 1 (everything else consistent) fails the auditor-canaries check
+# even where nothing is replayed; an honest epsilon-1 plugin on the same canaries stays below its claim.
+POWER_CLAIM = dict(target_epsilon=1.0, delta=1e-5, epochs=100, accountant="rdp")
+
+
+@pytest.fixture(scope="module")
+def powered(tmp_path_factory, replay_tools):
+    from forge_secure.privacy.canaries import DEFAULT_COUNT
+
+    return replay_tools.build(tmp_path_factory.mktemp("power"), "power-test", maintainer=True, canaries=DEFAULT_COUNT)
+
+
+def _canary_finding(c, ev: Path):
+    report = audit_directory(ev, None, decryption_key=c["keys"]["maintainer"].decryption, canary_records=[c["record_path"]])
+    (check,) = [ch for ch in report.checks if ch.name == "auditor-canaries"]
+    (finding,) = check.findings
+    return finding
+
+
+def test_default_canaries_contradict_a_no_noise_plugin_claiming_epsilon_1(powered, replay_tools):
+    pin_root(powered["roster"])
+    no_noise = {k: v for k, v in POWER_CLAIM.items() if k not in ("target_epsilon", "delta", "accountant")} | {"no_dp": True}
+    plugin, _, ledgers = replay_tools.liar(powered, "power-no-noise", claimed_cfg=POWER_CLAIM, ledger=True, train_cfg=no_noise)
+    f = _canary_finding(powered, _evidence(powered, "power-no-noise", plugin, ledgers))
+    assert f.status is Status.FAIL, f.summary
+    assert f.evidence["epsilon_lb"] > 1.0 and f.evidence["claimed_epsilon"] == pytest.approx(1.0, abs=0.01)
+    assert f.evidence["guesses"] == round(0.25 * f.evidence["included"] + 0.25 * f.evidence["held_back"])
+
+
+def test_default_canaries_leave_an_honest_epsilon_1_plugin_below_its_claim(powered):
+    pin_root(powered["roster"])
+    c = powered
+    run = train_site(site=SITE, data_spec=f"bundled:{SITE}", base_name="tabular-mlp", out=c["root"] / "power-honest" / "plugin",
+                     canary_grant=c["grant"], grant_key=c["keys"][SITE].decryption, roster=c["roster"],
+                     auditor=c["keys"]["auditor"].public, signer=c["keys"][SITE].signing,
+                     ledger_root=c["root"] / "power-honest" / "ledgers", **POWER_CLAIM)
+    f = _canary_finding(c, _evidence(c, "power-honest", run.plugin.path, c["root"] / "power-honest" / "ledgers"))
+    assert f.status is Status.PASS, f.summary  # the sample could show about 3: a PASS, not "cannot tell"
+    assert f.evidence["epsilon_lb"] <= 1.0 < f.evidence["ceiling"]
