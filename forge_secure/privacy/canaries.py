@@ -12,8 +12,9 @@ the released plugin on all ``M`` canaries and runs the one-run audit on included
 ones: a split the site never saw.
 
 Canaries: tabular records with every feature ``+-U(4, 8)`` standard deviations (random sign),
-where real records almost never lie, and image records of uniform noise pixels; labels uniformly
-random. An out-of-distribution record with a random label is only predicted right when it was
+where real records almost never lie, image records of uniform noise pixels, and text records of
+token ids drawn uniformly from those that occur in the data (a random word salad, valid for its
+tokenizer); labels uniformly random. An out-of-distribution record with a random label is only predicted right when it was
 memorised (Carlini et al. 2019, "The Secret Sharer").
 """
 
@@ -38,8 +39,15 @@ DEFAULT_COUNT = 256
 
 
 def _like_record(like) -> dict:
-    return {"kind": like.kind, "shape": list(like.shape), "n_classes": int(like.n_classes),
-            "feature_names": list(like.feature_names)}
+    rec = {"kind": like.kind, "shape": list(like.shape), "n_classes": int(like.n_classes),
+           "feature_names": list(like.feature_names)}
+    if like.kind == "text":  # canaries are drawn from the token ids that occur in the data (valid for its tokenizer)
+        vocab = np.unique(np.asarray(like.X, dtype=np.int64))
+        if not len(vocab):
+            raise ForgeDataError(f"{like.name} holds no tokens to draw text canaries from", fix="give the site's text data with --like",
+                                 code="canaries.no_tokens")
+        rec["vocab"] = [int(v) for v in vocab]
+    return rec
 
 
 def draw_canaries(secret: bytes, count: int, like: dict):
@@ -52,6 +60,9 @@ def draw_canaries(secret: bytes, count: int, like: dict):
     if like["kind"] == "tabular":
         sign = np.where(s.uniform(n) < 0.5, -1.0, 1.0)
         X = (sign * (4.0 + 4.0 * s.uniform(n))).reshape(shape)
+    elif like["kind"] == "text":  # a random word salad of the data's own token ids
+        vocab = np.asarray(like["vocab"], dtype=np.int64)
+        X = vocab[np.minimum((s.uniform(n) * len(vocab)).astype(np.int64), len(vocab) - 1)].reshape(shape)
     else:
         X = s.uniform(n).reshape(shape)
     y = np.minimum((s.uniform(int(count)) * like["n_classes"]).astype(np.int64), like["n_classes"] - 1)
