@@ -160,6 +160,15 @@ def render(rows: list[dict], counts: list[int], reps: int, epochs: int, total_s:
         per = "; ".join(f"{p}: median {np.median([r[p]['lb'] for r in cell]):.2f} (ceiling {cell[0][p]['ceiling']:.2f})" for p in POLICIES)
         lines += ["", f"Anchor: ML Privacy Meter reports {ANCHOR} for a model trained without noise with 1000 mislabelled canaries "
                   f"(one run, delta 1e-5). Here, M = 1000, {variant}, no noise: {per}; best single run {best:.2f}."]
+    lines += ["", "What limits the no-noise rows at M = 1000 and 4000 is memorisation, not the audit: the canary accuracy "
+              "columns show how many included canaries the plugin predicts (a held-back one is predicted half the time, by "
+              "chance). `tabular-mlp` has one hidden layer of 64 units, and a LoRA adapter on it memorises all of about 128 "
+              "random-label canaries but only part of 500 or 2000; the OUT guesses are right only where every included "
+              "canary scores above the held-back ones it does not predict. ML Privacy Meter's 5.48 comes from a CIFAR-10 "
+              "network with millions of weights memorising 1000 mislabelled canaries. The sample of 4000 canaries could "
+              "show 5.70 here, above that anchor, but this base cannot memorise enough of them: exploratory runs (not "
+              "these) with LoRA rank 64, and with canaries placed on the base's decision boundary, memorised no more "
+              "(0.74 of 2000 included)."]
     lines += ["", f"Total runtime {total_s / 60:.1f} min (CPU, one thread, all cells)."]
     return "\n".join(lines)
 

@@ -203,42 +203,25 @@ class MembershipLeakage(Check):
 
 
 def membership_metrics(scores, labels, *, n_boot: int, confidence: float, seed: int) -> dict:
-    """AUC with a stratified percentile-bootstrap interval (scipy.stats.bootstrap over members
-    and non-members separately, vectorised via AUC = U / (P N), the Mann-Whitney statistic),
-    and TPR at 0.1 % / 1 % FPR (attacks.metrics.tpr_at_fpr: the FPR actually reached is kept)
-    with Clopper-Pearson intervals at that threshold. The threshold depends on non-member
-    scores only, so given it TP ~ Bin(P, TPR(t)) and the interval on TPR(t) is exact; the true
-    FPR(t) of an order statistic of N non-members is Beta-distributed, and its upper quantile
-    is the Clopper-Pearson upper bound ``fpr_hi``. TPR at the target FPR is *established* above
-    a limit only when TPR_lo > limit and fpr_hi <= target (TPR is monotone in FPR)."""
+    """AUC and TPR at 0.1 % / 1 % FPR with the toolkit's one interval method each
+    (:func:`attacks.metrics.auc_interval`, :func:`attacks.metrics.tpr_at_fpr_interval`: the same
+    as in attack results files). TPR at the target FPR is *established* above a limit only when
+    TPR_lo > limit and fpr_hi <= target (TPR is monotone in FPR)."""
     import numpy as np
-    from scipy.stats import bootstrap, mannwhitneyu
 
-    from attacks.metrics import clopper_pearson, roc_auc, tpr_at_fpr
+    from attacks.metrics import auc_interval, roc_auc, tpr_at_fpr_interval
 
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels).astype(int)
-    pos, neg = s[y == 1], s[y == 0]
-    if pos.size < 2 or neg.size < 2:  # the bootstrap (and any interval) needs two of each
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if n_pos < 2 or n_neg < 2:  # any interval needs two of each
         from forge_secure.errors import ForgeDataError
 
-        raise ForgeDataError(f"{pos.size} members and {neg.size} non-members are too few to measure leakage",
+        raise ForgeDataError(f"{n_pos} members and {n_neg} non-members are too few to measure leakage",
                              fix="attack at least 2 members and 2 non-members (in practice hundreds)", code="evidence.too_few_records")
-    auc = roc_auc(s, y)
-
-    def auc_stat(a, b, axis=-1):
-        return mannwhitneyu(a, b, axis=axis).statistic / (a.shape[axis] * b.shape[axis])
-
-    ci = bootstrap((pos, neg), auc_stat, vectorized=True, n_resamples=n_boot, confidence_level=confidence,
-                   method="percentile", random_state=np.random.default_rng(seed), batch=max(1, n_boot // 4)).confidence_interval
-    rows = []
-    for target in (0.001, 0.01):
-        point = tpr_at_fpr(s, y, target)
-        tp, fp = int((pos >= point.threshold).sum()), int((neg >= point.threshold).sum())
-        rows.append({**point.to_dict(), "ci": list(clopper_pearson(tp, int(pos.size), confidence)),
-                     "false_positives": fp, "fpr_hi": clopper_pearson(fp, int(neg.size), confidence)[1]})
-    return {"members": int(pos.size), "non_members": int(neg.size), "auc": {"value": auc, "ci": [float(ci.low), float(ci.high)]}, "tpr_at_fpr": rows}
-
+    auc = {"value": roc_auc(s, y), "ci": list(auc_interval(s, y, n_boot=n_boot, confidence=confidence, seed=seed))}
+    rows = [tpr_at_fpr_interval(s, y, target, confidence) for target in (0.001, 0.01)]
+    return {"members": n_pos, "non_members": n_neg, "auc": auc, "tpr_at_fpr": rows}
 
 
 def _plugin_guarantee(target) -> dict | None:

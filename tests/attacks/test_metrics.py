@@ -211,3 +211,21 @@ def test_ceiling_bad_input(call, code):
     with pytest.raises(ForgeValueError) as e:
         call(M)
     assert e.value.code == code
+
+
+def test_one_interval_method_for_attack_results_and_the_audit():
+    """The audit's interval for a results file is the file's own (issue 14, item 3)."""
+    from audits.checks.leakage import membership_metrics
+
+    rng = np.random.default_rng(4)
+    y = np.r_[np.zeros(200, int), np.ones(150, int)]
+    s = rng.normal(size=350) + 0.7 * y
+    res = M.attack_metrics(s, y, n_boot=200, confidence=0.9, seed=7)
+    aud = membership_metrics(s, y, n_boot=200, confidence=0.9, seed=7)
+    assert aud["auc"] == res["auc"]
+    assert aud["tpr_at_fpr"] == res["tpr_at_fpr"]
+    for row in res["tpr_at_fpr"]:  # Clopper-Pearson on the true positives at the non-member threshold
+        tp = int(round(row["tpr"] * 150))
+        assert row["ci"] == list(M.clopper_pearson(tp, 150, 0.9))
+        assert row["fpr_reached"] <= row["target_fpr"] <= 1 and row["fpr_hi"] >= row["fpr_reached"]
+    assert M.auc_interval(s, y, n_boot=200, confidence=0.9, seed=7) == tuple(res["auc"]["ci"])

@@ -58,7 +58,7 @@ def _evidence(root, name, plugin, keys, roster, now, ledgers):
     (ev / "bundles").mkdir()
     shutil.copy(roster, ev / "roster.json")
     seal(plugin, load_signing_key(keys["site-1"] / "signing.key"), load_public_key(keys["consortium"]), ev / "bundles" / "p.forge",
-         now=now - 60, counter=SequenceCounter(root / f"counter-{name}"))
+         now=now - 60, counter=SequenceCounter(root / f"counter-{name}"), roster=roster, root=roster)
     shutil.copytree(plugin, ev / "plugins" / "p")
     (ev / "attacks").mkdir()
     (ev / "attacks" / "site-mia.json").write_text(json.dumps(membership_results("plugins/p", separation=0.0, n=4000, seed=5)))
