@@ -54,7 +54,7 @@ def consortium(root: Path, n_sites: int):
     now = int(time.time())
     keys = {name: new_keys(name, root / "keys" / name) for name in ["admin", "consortium", *[f"site-{i}" for i in range(1, n_sites + 1)]]}
     roster = root / "roster.json"
-    init_roster(roster, "bench", [keys["admin"].public_key], expires=now + 30 * DAY)
+    init_roster(roster, "bench", [keys["admin"].public_key], expires=now + 30 * DAY, recipients=[keys["consortium"].public_key])
     for i in range(1, n_sites + 1):
         add_site_key(roster, keys[f"site-{i}"].public_key, not_before=now - DAY, not_after=now + 30 * DAY)
     sign_roster(roster, load_signing_key(keys["admin"].signing))

@@ -92,17 +92,17 @@ def create_app(hub: Hub) -> FastAPI:
     async def _gone(_request: Request, _e: ClientDisconnect):
         return Response(status_code=400)
 
-    async def _receive(request: Request, limit: int, work, hashing: bool = True):
+    async def _receive(request: Request, limit: int, work):
         _content_length(request, limit)
         with hub.store.incoming() as inc:
-            await inc.receive(request.stream(), limit, hashing=hashing)
+            await inc.receive(request.stream(), limit)
             if inc.size == 0:
                 raise UploadError("the upload is empty", fix="send the .forge bundle file", code="bundle.truncated")
             return await run_in_threadpool(work, inc)
 
     @app.post("/v1/push")
     async def push(request: Request):
-        return await _receive(request, hub.config.max_bundle, hub.accept_push, hashing=False)
+        return await _receive(request, hub.config.max_bundle, hub.accept_push)
 
     @app.post("/v1/blobs")
     async def blob(request: Request):

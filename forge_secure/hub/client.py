@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import json
+import queue
 import threading
 import time
 from pathlib import Path
@@ -80,6 +81,33 @@ def _request(method: str, url: str, **kw) -> httpx.Response:
                        fix="check the URL, that the hub runs, and the network", code="hub.unreachable") from None
     raise_for(resp)
     return resp
+
+
+class _BlockHasher:
+    """sha256 of blocks in the order given, on a helper thread: the upload does not wait for
+    the hashing (``hashlib`` releases the GIL). At most ``depth`` blocks wait."""
+
+    def __init__(self, depth: int = 16):
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._hash = hashlib.sha256()
+        self._thread = threading.Thread(target=self._run, name="forge-push-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (block := self._queue.get()) is not None:
+            self._hash.update(block)
+
+    def add(self, block: bytes) -> None:
+        self._queue.put(block)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._hash.hexdigest()
 
 
 def _file_chunks(path: Path):
@@ -165,12 +193,15 @@ def push(bundle: str | Path, url: str, *, receipt_out: str | Path | None = None,
     size = bundle.stat().st_size
     digest: dict = {}
 
-    def hashed_chunks():  # the sha256 is computed while the bytes stream out (one read of the file)
-        h = hashlib.sha256()
-        for block in _file_chunks(bundle):
-            h.update(block)
-            yield block
-        digest["sha256"] = h.hexdigest()
+    def hashed_chunks():  # the sha256 of exactly the bytes sent, hashed on a helper thread (one read of the file)
+        hasher = _BlockHasher()
+        try:
+            for block in _file_chunks(bundle):
+                hasher.add(block)
+                yield block
+            digest["sha256"] = hasher.hexdigest()
+        finally:
+            hasher.close()
 
     def sha() -> str:
         if "sha256" not in digest:

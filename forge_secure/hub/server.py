@@ -25,9 +25,7 @@ def build_hub(*, store: str | Path | None = None, db_url: str | None = None, key
     config = HubConfig(store=Path(store) if store else forge_home() / "hub" / "store", db_url=db_url,
                        key_dir=Path(key_dir) if key_dir else None, origin=origin, max_bundle=max_bundle or DEFAULT_MAX_BUNDLE,
                        ledger_delta=ledger_delta or DEFAULT_DELTA)
-    hub = Hub(config, roster=roster, budgets=budgets, default_budget=default_budget)
-    hub.store.clean_incoming(older_than=3600)  # uploads interrupted by a crash (not those of a live sibling process)
-    return hub
+    return Hub(config, roster=roster, budgets=budgets, default_budget=default_budget)
 
 
 def check_bind(host: str, tls_cert: str | None, insecure_bind: bool) -> None:

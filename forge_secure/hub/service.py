@@ -15,18 +15,18 @@ from __future__ import annotations
 import json
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from ..crypto import _time
-from ..crypto.bundle import verify
+from ..crypto.received import verify_received
 from ..crypto.errors import BundleError, fail
 from ..crypto.roster import Roster, parse_roster, read_roster
 from ..errors import ForgeError
-from ..fileio import canonical_json
+from ..fileio import canonical_json, sweep_partials
+from ..home import forge_home
 from . import db, ledger
 from . import log as logmod
 from .auth import AuthError, verify_request
@@ -59,6 +59,9 @@ class Hub:
         self.engine = db.make_engine(config.db_url)
         db.migrate(self.engine)
         self.state_dir = self.store.root / "roster-state"
+        # start-up: remove the partial outputs a killed hub process left (never a live sibling's)
+        key_dir = Path(config.key_dir) if config.key_dir is not None else forge_home() / "hub" / "keys"
+        self.swept = self.store.sweep() + sweep_partials(self.state_dir) + sweep_partials(key_dir)
         with db.read(self.engine) as conn:
             origin = conn.execute(sa.select(db.hub_meta.c.value).where(db.hub_meta.c.key == "origin")).scalar()
         if origin is None and roster is None:
@@ -150,10 +153,9 @@ class Hub:
         now = self.now()
         roster = self.roster()
         path = inc.path
-        with ThreadPoolExecutor(1) as pool:  # the content address is hashed while verify reads the bundle
-            digest = pool.submit(inc.hash_file)
-            v = verify(path, roster, now=now, state_dir=self.state_dir, root=roster)
-            received_sha256 = digest.result()
+        # every check of verify(); the payload digest is the one taken as the bytes arrived
+        v = verify_received(path, roster, inc.arrival, now=now, state_dir=self.state_dir, root=roster)
+        received_sha256 = inc.sha256
         record = ledger.rederive(v.dp)
         with db.read(self.engine) as conn:  # the ledger figure outside the lock first (the accountant is cached)
             self._ledger_after(conn, v.site, record)
