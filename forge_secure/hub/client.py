@@ -308,3 +308,35 @@ def pull(url: str, out: str | Path, *, site: str | None = None, hub_key: str | N
                        "bundle_sha256": s["bundle_sha256"], "log_index": s["log_index"], "path": target.name})
     atomic_write_json(out / "pulled.json", {"hub": url, "submissions": pulled})
     return {"out": str(out), "submissions": pulled}
+
+
+# --------------------------------------------------------------------------- timestamps
+
+
+def fetch_timestamp(url: str, out: str | Path, *, roster: str | Path | None = None, root=None) -> dict:
+    """Fetch the hub's signed timestamp, check it against a trusted roster and write it to ``out``.
+
+    ``roster``: the site's roster file (default: the hub's current roster, which must chain to
+    the root pinned on this machine -- ``root`` pins one first). A timestamp that is expired,
+    not signed by a timestamp key of that roster, or that names another roster version as
+    current (``timestamp.stale_roster``: get the newer roster) is refused and nothing is written.
+    Use the file with ``forge seal/verify/open --timestamp``."""
+    from ..crypto.roster import parse_roster
+    from ..crypto.timestamp import timestamp_from_bytes, verify_timestamp
+    from ..crypto.trust import load_roster
+
+    url = _check_url(url)
+    raw = _request("GET", f"{url}/v1/timestamp").content
+    ts = timestamp_from_bytes(raw, f"served by {url}")
+    if roster is None:
+        try:
+            doc = json.loads(_request("GET", f"{url}/v1/roster").content)
+        except ValueError:
+            raise HubError("the hub's roster is not JSON", fix="check the hub URL", code="hub.http") from None
+        trusted = load_roster(parse_roster(doc, f"the roster served by {url}"), root=root)
+    else:
+        trusted = load_roster(roster, root=root)
+    verify_timestamp(ts, trusted)
+    with atomic_output(Path(out)) as f:
+        f.write((json.dumps(ts.to_document(), indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return {"out": str(out), **ts.signed_dict()}

@@ -18,13 +18,17 @@ from .service import Hub, HubConfig
 
 def build_hub(*, store: str | Path | None = None, db_url: str | None = None, key_dir: str | Path | None = None,
               roster: str | Path | None = None, origin: str | None = None, max_bundle: int | None = None,
-              budgets: dict | None = None, default_budget: float | None = None, ledger_delta: float | None = None) -> Hub:
+              budgets: dict | None = None, default_budget: float | None = None, ledger_delta: float | None = None,
+              timestamp_key=None, timestamp_lifetime: int | None = None) -> Hub:
     from .service import DEFAULT_MAX_BUNDLE
+    from ..crypto.timestamp import DEFAULT_LIFETIME
+    from .freshness import check_lifetime
     from .ledger import DEFAULT_DELTA
 
     config = HubConfig(store=Path(store) if store else forge_home() / "hub" / "store", db_url=db_url,
                        key_dir=Path(key_dir) if key_dir else None, origin=origin, max_bundle=max_bundle or DEFAULT_MAX_BUNDLE,
-                       ledger_delta=ledger_delta or DEFAULT_DELTA)
+                       ledger_delta=ledger_delta or DEFAULT_DELTA, timestamp_key=timestamp_key,
+                       timestamp_lifetime=check_lifetime(timestamp_lifetime or DEFAULT_LIFETIME))
     return Hub(config, roster=roster, budgets=budgets, default_budget=default_budget)
 
 

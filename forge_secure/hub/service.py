@@ -47,6 +47,8 @@ class HubConfig:
     ledger_delta: float = ledger.DEFAULT_DELTA
     tuf_lifetimes: dict = field(default_factory=dict)
     clock: object = None  # a callable returning the time (tests), default time.time
+    timestamp_key: object = None  # a forge signing key (PrivateKey) listed in the roster's timestamp_keys: GET /v1/timestamp
+    timestamp_lifetime: int = 6 * 3600
 
 
 class Hub:
