@@ -31,7 +31,7 @@ from .store import TooLarge, UploadError
 
 STATUS = {"bundle.replay": 409, "budget.exceeded": 409, "hub.version": 409, "roster.rollback": 409, "roster.fork": 409,
           "hub.too_large": 413, "hub.length": 411, "hub.not_found": 404, "hub.forbidden": 403, "hub.signature": 401,
-          "hub.auth": 401, "hub.stale": 401, "hub.replay": 409, "hub.no_timestamp": 404, "hub.timestamp_unlisted": 404, "bundle.untrusted_signer": 403, "bundle.revoked": 403,
+          "hub.auth": 401, "hub.stale": 401, "hub.replay": 409, "hub.no_timestamp": 404, "hub.timestamp_unlisted": 404, "hub.dp_conflict": 409, "bundle.untrusted_signer": 403, "bundle.revoked": 403,
           "bundle.expired_key": 403, "roster.rotation": 403, "roster.signature": 403, "hub.unsupported": 415}
 
 

@@ -166,6 +166,7 @@ class Hub:
             if current.version != roster.version:
                 current.check_signer(v.signer, v.site, _time.parse_time(v.created, "created"), now)
             self._check_replay(conn, v.submission_id, v.site, v.sequence)
+            ledger.already_counted(self._records(conn, v.site), record)  # one run, one record, budget or not
             budget, before, after, accountant = self._ledger_after(conn, v.site, record)
             ledger.check_budget(v.site, budget, before, after, accountant)
             body = {"site": v.site, "sequence": v.sequence, "submission_id": v.submission_id, "bundle_sha256": received_sha256,
@@ -209,18 +210,22 @@ class Hub:
         rows = dict(conn.execute(sa.select(db.budgets.c.site, db.budgets.c.epsilon).where(db.budgets.c.site.in_([site, "*"]))).all())
         return rows.get(site, rows.get("*"))
 
-    def _histories(self, conn, site: str) -> list:
+    def _records(self, conn, site: str) -> list[dict]:
         rows = conn.execute(sa.select(db.submissions.c.dp).where(db.submissions.c.site == site).order_by(db.submissions.c.sequence))
-        return [ledger.history_of(json.loads(d)) for (d,) in rows]
+        return [json.loads(d) for (d,) in rows]
 
     def _ledger_after(self, conn, site: str, record: ledger.DpRecord):
         budget = self.budget(conn, site)
         if budget is None:  # nothing to enforce: the figures are computed when the ledger is read
             return None, math.nan, math.nan, "deferred"
-        histories = self._histories(conn, site)
-        new = record.history if record.bounded else None
-        before, _ = ledger.spent(histories, self.config.ledger_delta)
-        after, accountant = ledger.spent(histories + [new], self.config.ledger_delta)
+        stored = self._records(conn, site)
+        counted = ledger.already_counted(stored, record)  # the same training run again (e.g. its CKKS contribution)
+        histories = [ledger.history_of(r) for r in ledger.distinct_runs(stored)]
+        before, accountant = ledger.spent(histories, self.config.ledger_delta)
+        if not counted:
+            after, accountant = ledger.spent(histories + [record.history if record.bounded else None], self.config.ledger_delta)
+        else:
+            after = before
         return budget, before, after, accountant
 
     # ------------------------------------------------------------------ signed writes
