@@ -166,7 +166,8 @@ class Hub:
             if current.version != roster.version:
                 current.check_signer(v.signer, v.site, _time.parse_time(v.created, "created"), now)
             self._check_replay(conn, v.submission_id, v.site, v.sequence)
-            ledger.already_counted(self._records(conn, v.site), record)  # one run, one record, budget or not
+            if record.run is not None:  # one training run, one record, budget or not
+                ledger.already_counted(self._records(conn, v.site, record.run), record)
             budget, before, after, accountant = self._ledger_after(conn, v.site, record)
             ledger.check_budget(v.site, budget, before, after, accountant)
             body = {"site": v.site, "sequence": v.sequence, "submission_id": v.submission_id, "bundle_sha256": received_sha256,
@@ -181,7 +182,7 @@ class Hub:
             conn.execute(db.submissions.insert().values(
                 submission_id=v.submission_id, site=v.site, sequence=v.sequence, bundle_sha256=received_sha256,
                 size=body["size"], signer=v.signer, created=v.created, accepted=now, log_index=index,
-                dp=json.dumps(record.to_dict()), epsilon=None if not math.isfinite(after) else after))
+                dp=json.dumps(record.to_dict()), epsilon=None if not math.isfinite(after) else after, dp_run=record.run))
             inc.commit()  # durable in the store before the transaction commits
             receipt = self.log.receipt(conn, index)
         return receipt
@@ -210,9 +211,12 @@ class Hub:
         rows = dict(conn.execute(sa.select(db.budgets.c.site, db.budgets.c.epsilon).where(db.budgets.c.site.in_([site, "*"]))).all())
         return rows.get(site, rows.get("*"))
 
-    def _records(self, conn, site: str) -> list[dict]:
-        rows = conn.execute(sa.select(db.submissions.c.dp).where(db.submissions.c.site == site).order_by(db.submissions.c.sequence))
-        return [json.loads(d) for (d,) in rows]
+    def _records(self, conn, site: str, run: str | None = None) -> list[dict]:
+        """The stored DP records of ``site`` in sequence order (with ``run``: only those of that training run)."""
+        q = sa.select(db.submissions.c.dp).where(db.submissions.c.site == site).order_by(db.submissions.c.sequence)
+        if run is not None:
+            q = q.where(db.submissions.c.dp_run == run)
+        return [json.loads(d) for (d,) in conn.execute(q)]
 
     def _ledger_after(self, conn, site: str, record: ledger.DpRecord):
         budget = self.budget(conn, site)
