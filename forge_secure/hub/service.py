@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from .store import Store
 from .tuf_repo import DbRepository
 
 DEFAULT_MAX_BUNDLE = 1 << 30
+_SYNC = ThreadPoolExecutor(max_workers=8, thread_name_prefix="forge-hub-fsync")  # fsyncs release the GIL
 
 
 @dataclass
@@ -153,10 +155,14 @@ class Hub:
         """Verify the received upload ``inc`` (a :class:`.store.Incoming`, not yet in the
         store), then move it into the store and record it in one transaction."""
         now = self.now()
-        roster = self.roster()
-        path = inc.path
-        # every check of verify(); the payload digest is the one taken as the bytes arrived
-        v = verify_received(path, roster, inc.arrival, now=now, state_dir=self.state_dir, root=roster)
+        durable = _SYNC.submit(inc.sync)  # the file's fsync runs while the bundle is verified
+        try:
+            roster = self.roster()
+            path = inc.path
+            # every check of verify(); the payload digest is the one taken as the bytes arrived
+            v = verify_received(path, roster, inc.arrival, now=now, state_dir=self.state_dir, root=roster)
+        finally:
+            durable.result()  # never leave an fsync running on a file that is about to be removed
         received_sha256 = inc.sha256
         record = ledger.rederive(v.dp)
         with db.read(self.engine) as conn:  # the ledger figure outside the lock first (the accountant is cached)

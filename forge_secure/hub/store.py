@@ -174,10 +174,17 @@ class Incoming:
         """The sha256 of what was received."""
         return self.arrival.hexdigest()
 
+    def sync(self) -> None:
+        """Make the received bytes durable (flush, fsync); the hub calls it while it verifies,
+        so that ``commit`` under the database's writer lock has only a rename left to do."""
+        if not getattr(self, "_synced", False):
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self._synced = True
+
     def commit(self) -> str:
         """Move the received bytes into the store (durably); returns their sha256."""
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        self.sync()
         digest = self.sha256
         target = self.store.path(digest)
         if not target.exists():
