@@ -166,6 +166,7 @@ def main() -> None:
     sealer = Sealer(tmp, keys)
     trusted = load_roster(roster)
     rows, lat_md, mem_md = [], "", ""
+    r16, cpu16 = float("nan"), (float("nan"), float("nan"))
 
     # 1. throughput
     load_before = os.getloadavg()[0]
@@ -196,6 +197,8 @@ def main() -> None:
                         f"| {mv / mp:.2f} ({lo:.2f}-{hi:.2f}) | {statistics.median(c_verify) * 1e3:.0f} / "
                         f"{statistics.median(c_push) * 1e3:.0f} |")
             print(rows[-1], flush=True)
+            if size == 16 * MB:
+                r16, cpu16 = mv / mp, (statistics.median(c_verify), statistics.median(c_push))
 
         load_after = os.getloadavg()[0]
 
@@ -273,7 +276,13 @@ def main() -> None:
                 "bytes cross the loopback and the ASGI stack (three copies in uvicorn), are hashed twice (once per side) "
                 "and written once, and client and hub share the machine's cores with `verify`'s two threads measured "
                 "alone; the CPU column shows the total work per operation.\n\n"
-                "| bundle | verify ms | verify MB/s | push ms | pushes/s | push MB/s | ratio (IQR) | CPU ms: verify / push (client + hub) |\n"
+                + (f"**Target met** at 16 MiB (ratio {r16:.2f}).\n\n" if r16 >= 0.5 else
+                   f"**Target not met** at 16 MiB: ratio {r16:.2f}. When other jobs keep the cores busy, each process gets "
+                   f"a share of a core and the wall-time ratio follows the CPU-time ratio ({cpu16[0] * 1e3:.0f} / "
+                   f"{cpu16[1] * 1e3:.0f} ms = {cpu16[0] / cpu16[1]:.2f}); a push needs two SHA-256 passes over the bundle "
+                   "(the client's, for the receipt check, and the hub's) where `verify` needs one, plus the transfer and the "
+                   "write, so on a saturated machine it cannot reach 0.5. Rerun on an idle machine for the parallel figure.\n\n")
+                + "| bundle | verify ms | verify MB/s | push ms | pushes/s | push MB/s | ratio (IQR) | CPU ms: verify / push (client + hub) |\n"
                 "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + lat_md + "\n\n" + mem_md + "\n")
         write_section("bench_hub", "Consortium hub: push throughput, latency and server memory",
                       f"python benchmarks/bench_hub.py --repeats {args.repeats} --big-mb {args.big_mb}", body)
