@@ -168,3 +168,21 @@ def test_cli_fetches_checks_and_writes(live_hub, forge_inproc, ts_keys, tmp_path
     assert res.code == 2 and "(roster.rollback)" in res.err, res
     assert not (tmp_path / "ts2.json").exists()
     assert ts.roster_version == roster.version
+
+
+def test_forge_hub_serve_with_a_timestamp_key(hubkit, tmp_path, ts_keys):
+    """`forge hub serve --timestamp-key KEY --timestamp-lifetime 2h`, roster listing the key."""
+    import httpx
+
+    c = hubkit.build_consortium(tmp_path / "c")
+    _admin_edit(c, lambda r: add_timestamp_key(r, ts_keys.public_key))
+    proc, url = hubkit.start_hub_process(tmp_path, roster=c.roster, db=f"sqlite:///{tmp_path / 'hub.sqlite3'}",
+                                         store=tmp_path / "store", keys=tmp_path / "keys",
+                                         extra=["--timestamp-key", str(ts_keys.signing), "--timestamp-lifetime", "2h"])
+    try:
+        ts = timestamp_from_bytes(httpx.get(f"{url}/v1/timestamp").content, "served")
+        assert ts.expires - ts.issued == 2 * HOUR
+        verify_timestamp(ts, read_roster(c.roster))
+    finally:
+        proc.kill()
+        proc.wait()
