@@ -13,6 +13,7 @@ blob, which a retry of the same bytes reuses.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -28,6 +29,7 @@ from ..fileio import FRESH_PREFIX, PARTIAL_PREFIX, _try_lock, fsync_directory, s
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 BATCH = 1 << 20  # received bytes handed at once to the hashing and writing threads (one batch in flight per upload)
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="forge-hub-store")  # hashing and writing
 
 
 class UploadError(ForgeError):
@@ -137,16 +139,20 @@ class Incoming:
         GIL) while the next batch arrives, in order, one batch in flight. Memory stays at
         about two batches (``BATCH``) per upload; the size limit is checked before a block
         is queued."""
-        loop = asyncio.get_running_loop()
         pending: list = []
         waiting = 0
-        flight: asyncio.Future | None = None
+        flight: list[concurrent.futures.Future] = []
 
-        def launch() -> asyncio.Future:
+        def launch() -> list[concurrent.futures.Future]:
             nonlocal pending, waiting
             batch, pending, waiting = pending, [], 0
-            return asyncio.gather(loop.run_in_executor(None, self._hash_all, batch),
-                                  loop.run_in_executor(None, self._write_all, batch))
+            return [_POOL.submit(self._hash_all, batch), _POOL.submit(self._write_all, batch)]
+
+        async def settle(futures: list[concurrent.futures.Future]) -> None:
+            # both finish before anything is raised (e.g. a full disk): no thread is left using the file
+            for outcome in await asyncio.gather(*map(asyncio.wrap_future, futures), return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
 
         try:
             async for block in stream:
@@ -156,17 +162,16 @@ class Incoming:
                 pending.append(block)
                 waiting += len(block)
                 if waiting >= BATCH:
-                    if flight is not None:
-                        await flight  # raises what the hashing or writing raised (e.g. a full disk)
+                    await settle(flight)
                     flight = launch()
-            if flight is not None:
-                await flight
+            await settle(flight)
             if pending:
-                await launch()
+                flight = launch()
+                await settle(flight)
         finally:
-            if flight is not None and not flight.done():  # never close the file under a running write
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(flight)
+            # cancelled or refused half-way: wait for the batch in flight (bounded: one batch) before
+            # the caller closes and removes the file, so no write can land on a reused descriptor
+            concurrent.futures.wait(flight)
         self.file.flush()
 
     @property
