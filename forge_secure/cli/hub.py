@@ -44,8 +44,19 @@ def _serve(args) -> int:
     from ..hub.server import build_hub, check_bind, serve
 
     check_bind(args.host, args.tls_cert, args.insecure_bind)
+    ts_key = None
+    if args.timestamp_key:
+        from ..crypto import load_signing_key, read_passphrase
+
+        ts_key = load_signing_key(args.timestamp_key, read_passphrase(None, args.timestamp_passphrase_env))
+    lifetime = None
+    if args.timestamp_lifetime:
+        from ..crypto import _time
+
+        lifetime = _time.parse_when(args.timestamp_lifetime, "--timestamp-lifetime", reference=0)
     hub = build_hub(store=args.store, db_url=args.db, key_dir=args.key_dir, roster=args.roster, origin=args.origin,
-                    max_bundle=args.max_bundle, budgets=dict(args.budget or []), default_budget=args.default_budget)
+                    max_bundle=args.max_bundle, budgets=dict(args.budget or []), default_budget=args.default_budget,
+                    timestamp_key=ts_key, timestamp_lifetime=lifetime)
     _common.console_err.print(f"forge hub {escape(hub.origin)} on http://{args.host}:{args.port} (hub key {escape(hub.keys.verifier)})",
                               highlight=False, soft_wrap=True)
     serve(hub, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key, insecure_bind=args.insecure_bind)
@@ -113,6 +124,14 @@ def _roster_cmd(args) -> int:
     return _out(args, res, [("version", res["version"]), ("changed", res["changed"])], "roster sent")
 
 
+def _timestamp(args) -> int:
+    from ..hub.client import fetch_timestamp
+
+    res = fetch_timestamp(args.hub, args.out, roster=args.roster, root=args.root)
+    return _out(args, res, [("written", res["out"]), ("consortium", res["consortium"]), ("roster", f"version {res['roster_version']}"),
+                            ("issued", res["issued"]), ("expires", res["expires"])], "timestamp fetched and verified")
+
+
 def _info(args) -> int:
     from ..hub.client import _check_url, _request
 
@@ -147,6 +166,11 @@ def register(sub: "argparse._SubParsersAction") -> None:
     s.add_argument("--max-bundle", type=_size, default=None, help="largest accepted upload (default 1G)")
     s.add_argument("--budget", type=_budget, action="append", metavar="SITE=EPS", help="a site's consortium epsilon budget")
     s.add_argument("--default-budget", type=float, help="the budget of sites without their own")
+    s.add_argument("--timestamp-key", type=Path, metavar="KEY", help="serve signed timestamps (GET /v1/timestamp) with this "
+                   "signing.key, listed in the roster's timestamp_keys ('forge roster add --timestamp-key PUBLIC.json')")
+    s.add_argument("--timestamp-passphrase-env", metavar="VAR", help="the timestamp key's passphrase, from environment variable VAR")
+    s.add_argument("--timestamp-lifetime", metavar="DURATION", help="how long a served timestamp is valid (default 6h, at most 7d); "
+                   "it is re-issued when older than half of it")
     s.add_argument("--tls-cert")
     s.add_argument("--tls-key")
     s.add_argument("--insecure-bind", action="store_true", help="allow plain HTTP on a non-loopback address")
@@ -200,6 +224,14 @@ def register(sub: "argparse._SubParsersAction") -> None:
     r.add_argument("roster", type=Path)
     _common.add_json_flag(r)
     r.set_defaults(func=_roster_cmd)
+
+    t = hs.add_parser("timestamp", help="fetch the hub's signed timestamp (bounds freeze attacks), check it, write it to a file")
+    _hub_flag(t)
+    t.add_argument("--out", type=Path, required=True, help="where to write the timestamp (give it to seal/verify/open --timestamp)")
+    t.add_argument("--roster", type=Path, help="your roster (default: the hub's current one, which must chain to your pinned root)")
+    t.add_argument("--root", help="pin the consortium's root first, if this machine has none (a roster file obtained out of band)")
+    _common.add_json_flag(t)
+    t.set_defaults(func=_timestamp)
 
     i = hs.add_parser("info", help="the hub's origin, log key, roster version and log size")
     _hub_flag(i)

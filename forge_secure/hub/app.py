@@ -4,7 +4,7 @@
 Writes: ``POST /v1/push`` (a raw bundle, verified before it is stored), ``POST /v1/roster``
 (a roster document signed by its admins), ``POST /v1/budgets`` and ``POST /v1/releases``
 (signed requests, :mod:`.auth`), ``POST /v1/blobs`` (raw bytes announced by a signed request
-in the ``Forge-Request`` header). Reads: ``/v1/info``, ``/v1/submissions``, ``/v1/bundles/SHA``,
+in the ``Forge-Request`` header). Reads: ``/v1/info``, ``/v1/timestamp`` (:mod:`.freshness`), ``/v1/submissions``, ``/v1/bundles/SHA``,
 ``/v1/ledger``, ``/v1/releases``, ``/v1/log/...`` (checkpoint, entries, proofs), the TUF
 repository under ``/tuf/`` and the read-only web page at ``/``.
 """
@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect
 
 from ..crypto.roster import parse_roster
 from ..errors import ForgeError
-from . import db, merkle, releases, web
+from . import db, freshness, merkle, releases, web
 from . import log as logmod
 from .auth import MAX_REQUEST, verify_request
 from .service import Hub
@@ -31,7 +31,7 @@ from .store import TooLarge, UploadError
 
 STATUS = {"bundle.replay": 409, "budget.exceeded": 409, "hub.version": 409, "roster.rollback": 409, "roster.fork": 409,
           "hub.too_large": 413, "hub.length": 411, "hub.not_found": 404, "hub.forbidden": 403, "hub.signature": 401,
-          "hub.auth": 401, "hub.stale": 401, "hub.replay": 409, "bundle.untrusted_signer": 403, "bundle.revoked": 403,
+          "hub.auth": 401, "hub.stale": 401, "hub.replay": 409, "hub.no_timestamp": 404, "hub.timestamp_unlisted": 404, "hub.dp_conflict": 409, "bundle.untrusted_signer": 403, "bundle.revoked": 403,
           "bundle.expired_key": 403, "roster.rotation": 403, "roster.signature": 403, "hub.unsupported": 415}
 
 
@@ -92,17 +92,17 @@ def create_app(hub: Hub) -> FastAPI:
     async def _gone(_request: Request, _e: ClientDisconnect):
         return Response(status_code=400)
 
-    async def _receive(request: Request, limit: int, work, hashing: bool = True):
+    async def _receive(request: Request, limit: int, work):
         _content_length(request, limit)
         with hub.store.incoming() as inc:
-            await inc.receive(request.stream(), limit, hashing=hashing)
+            await inc.receive(request.stream(), limit)
             if inc.size == 0:
                 raise UploadError("the upload is empty", fix="send the .forge bundle file", code="bundle.truncated")
             return await run_in_threadpool(work, inc)
 
     @app.post("/v1/push")
     async def push(request: Request):
-        return await _receive(request, hub.config.max_bundle, hub.accept_push, hashing=False)
+        return await _receive(request, hub.config.max_bundle, hub.accept_push)
 
     @app.post("/v1/blobs")
     async def blob(request: Request):
@@ -134,6 +134,10 @@ def create_app(hub: Hub) -> FastAPI:
     @app.get("/v1/roster")
     def roster_get():
         return hub.roster().to_document()
+
+    @app.get("/v1/timestamp")
+    def timestamp():
+        return freshness.current(hub)
 
     @app.get("/v1/info")
     def info():

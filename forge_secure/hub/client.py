@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import json
+import queue
 import threading
 import time
 from pathlib import Path
@@ -80,6 +81,33 @@ def _request(method: str, url: str, **kw) -> httpx.Response:
                        fix="check the URL, that the hub runs, and the network", code="hub.unreachable") from None
     raise_for(resp)
     return resp
+
+
+class _BlockHasher:
+    """sha256 of blocks in the order given, on a helper thread: the upload does not wait for
+    the hashing (``hashlib`` releases the GIL). At most ``depth`` blocks wait."""
+
+    def __init__(self, depth: int = 16):
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._hash = hashlib.sha256()
+        self._thread = threading.Thread(target=self._run, name="forge-push-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (block := self._queue.get()) is not None:
+            self._hash.update(block)
+
+    def add(self, block: bytes) -> None:
+        self._queue.put(block)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._hash.hexdigest()
 
 
 def _file_chunks(path: Path):
@@ -165,12 +193,15 @@ def push(bundle: str | Path, url: str, *, receipt_out: str | Path | None = None,
     size = bundle.stat().st_size
     digest: dict = {}
 
-    def hashed_chunks():  # the sha256 is computed while the bytes stream out (one read of the file)
-        h = hashlib.sha256()
-        for block in _file_chunks(bundle):
-            h.update(block)
-            yield block
-        digest["sha256"] = h.hexdigest()
+    def hashed_chunks():  # the sha256 of exactly the bytes sent, hashed on a helper thread (one read of the file)
+        hasher = _BlockHasher()
+        try:
+            for block in _file_chunks(bundle):
+                hasher.add(block)
+                yield block
+            digest["sha256"] = hasher.hexdigest()
+        finally:
+            hasher.close()
 
     def sha() -> str:
         if "sha256" not in digest:
@@ -277,3 +308,35 @@ def pull(url: str, out: str | Path, *, site: str | None = None, hub_key: str | N
                        "bundle_sha256": s["bundle_sha256"], "log_index": s["log_index"], "path": target.name})
     atomic_write_json(out / "pulled.json", {"hub": url, "submissions": pulled})
     return {"out": str(out), "submissions": pulled}
+
+
+# --------------------------------------------------------------------------- timestamps
+
+
+def fetch_timestamp(url: str, out: str | Path, *, roster: str | Path | None = None, root=None) -> dict:
+    """Fetch the hub's signed timestamp, check it against a trusted roster and write it to ``out``.
+
+    ``roster``: the site's roster file (default: the hub's current roster, which must chain to
+    the root pinned on this machine -- ``root`` pins one first). A timestamp that is expired,
+    not signed by a timestamp key of that roster, or that names another roster version as
+    current (``timestamp.stale_roster``: get the newer roster) is refused and nothing is written.
+    Use the file with ``forge seal/verify/open --timestamp``."""
+    from ..crypto.roster import parse_roster
+    from ..crypto.timestamp import timestamp_from_bytes, verify_timestamp
+    from ..crypto.trust import load_roster
+
+    url = _check_url(url)
+    raw = _request("GET", f"{url}/v1/timestamp").content
+    ts = timestamp_from_bytes(raw, f"served by {url}")
+    if roster is None:
+        try:
+            doc = json.loads(_request("GET", f"{url}/v1/roster").content)
+        except ValueError:
+            raise HubError("the hub's roster is not JSON", fix="check the hub URL", code="hub.http") from None
+        trusted = load_roster(parse_roster(doc, f"the roster served by {url}"), root=root)
+    else:
+        trusted = load_roster(roster, root=root)
+    verify_timestamp(ts, trusted)
+    with atomic_output(Path(out)) as f:
+        f.write((json.dumps(ts.to_document(), indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return {"out": str(out), **ts.signed_dict()}

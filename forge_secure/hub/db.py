@@ -35,7 +35,7 @@ submissions = sa.Table("submissions", METADATA, sa.Column("submission_id", sa.St
                        sa.Column("site", sa.String(64)), sa.Column("sequence", sa.BigInteger), sa.Column("bundle_sha256", sa.String(64)),
                        sa.Column("size", sa.BigInteger), sa.Column("signer", sa.String(64)), sa.Column("created", sa.String(32)),
                        sa.Column("accepted", sa.BigInteger), sa.Column("log_index", sa.Integer), sa.Column("dp", sa.Text),
-                       sa.Column("epsilon", sa.Float))
+                       sa.Column("epsilon", sa.Float), sa.Column("dp_run", sa.String(64)))
 budgets = sa.Table("budgets", METADATA, sa.Column("site", sa.String(64), primary_key=True), sa.Column("epsilon", sa.Float),
                    sa.Column("log_index", sa.Integer))
 nonces = sa.Table("nonces", METADATA, sa.Column("nonce", sa.String(64), primary_key=True), sa.Column("key_id", sa.String(64)),

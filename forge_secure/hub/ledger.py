@@ -11,6 +11,14 @@ histories of all its accepted submissions (sequential composition) at the hub's 
 delta, with the hub's ledger accountant (``prv``; ``rdp``, an upper bound, where PRV is out
 of its reliable range). A submission without DP, or without a usable record, spends an
 unbounded epsilon.
+
+One training run is one release, whatever is derived from it: a site that pushes its plugin
+and then its CKKS contribution to homomorphic Fusion (``weight x B`` of the same plugin,
+encrypted; post-processing) sends the same DP record twice. Records are identified by the
+run's randomness commitment (``dp.randomness.secret_commitment``, which ``forge train``
+writes and HE contributions copy); a site's spend composes each of its runs once. A record
+naming a run already in the site's ledger with another accountant history is refused
+(``hub.dp_conflict``). Records without a commitment (older plugins) each count as a run.
 """
 
 from __future__ import annotations
@@ -44,14 +52,18 @@ class DpRecord:
     accountant: str | None
     claimed: float  # inf without DP
     epsilon: float  # re-derived at the record's own delta (inf without DP)
+    run: str | None = None  # the training run's randomness commitment (None: unknown, a run of its own)
 
     @property
     def bounded(self) -> bool:
         return math.isfinite(self.epsilon)
 
     def to_dict(self) -> dict:
-        return {"history": [[repr(s), repr(q), t] for s, q, t in self.history], "delta": None if self.delta is None else repr(self.delta),
-                "accountant": self.accountant, "claimed_epsilon": _num(self.claimed), "epsilon": _num(self.epsilon)}
+        out = {"history": [[repr(s), repr(q), t] for s, q, t in self.history], "delta": None if self.delta is None else repr(self.delta),
+               "accountant": self.accountant, "claimed_epsilon": _num(self.claimed), "epsilon": _num(self.epsilon)}
+        if self.run is not None:
+            out["run"] = self.run
+        return out
 
 
 def _num(x: float) -> str:
@@ -89,7 +101,53 @@ def rederive(dp: dict | None) -> DpRecord:
             f"the bundle claims epsilon {claimed:.6g}, but its DP record gives {epsilon:.6g} with the {accountant} accountant",
             fix="do not accept this plugin's privacy claim; the site must report the epsilon its training record supports",
             code="hub.dp_claim")
-    return DpRecord(history, delta, accountant, claimed, epsilon)
+    return DpRecord(history, delta, accountant, claimed, epsilon, run_of(dp))
+
+
+def run_of(dp: dict) -> str | None:
+    """The training run a DP record belongs to: its randomness commitment, when well formed."""
+    randomness = dp.get("randomness")
+    run = randomness.get("secret_commitment") if isinstance(randomness, dict) else None
+    if isinstance(run, str) and len(run) == 64 and all(c in "0123456789abcdef" for c in run):
+        return run
+    return None
+
+
+def distinct_runs(stored: list[dict]) -> list[dict]:
+    """The stored ledger records of one site (in sequence order), each training run once (its
+    first record); records without a run each count."""
+    seen: set[str] = set()
+    out = []
+    for rec in stored:
+        run = rec.get("run")
+        if run is not None:
+            if run in seen:
+                continue
+            seen.add(run)
+        out.append(rec)
+    return out
+
+
+def _same_release(rec: dict, record: DpRecord) -> bool:
+    mine = record.to_dict()
+    return all(rec.get(k) == mine[k] for k in ("history", "delta", "accountant", "epsilon"))
+
+
+def already_counted(stored: list[dict], record: DpRecord) -> bool:
+    """Whether ``record``'s training run is already in the site's ledger (then it spends
+    nothing new); raises ``hub.dp_conflict`` when that run was recorded with another history."""
+    if record.run is None:
+        return False
+    for rec in stored:
+        if rec.get("run") == record.run:
+            if not _same_release(rec, record):
+                raise ForgeIntegrityError(
+                    f"the bundle's DP record names training run {record.run[:16]}..., already in this site's ledger with "
+                    "another accountant history", code="hub.dp_conflict",
+                    fix="one training run has one DP record: seal the plugin (or its contribution) with the forge.json that "
+                        "'forge train' wrote for it")
+            return True
+    return False
 
 
 def spent(histories: list[list], delta: float = DEFAULT_DELTA) -> tuple[float, str]:

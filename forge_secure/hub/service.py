@@ -22,11 +22,12 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from ..crypto import _time
-from ..crypto.bundle import verify
+from ..crypto.received import verify_received
 from ..crypto.errors import BundleError, fail
 from ..crypto.roster import Roster, parse_roster, read_roster
 from ..errors import ForgeError
-from ..fileio import canonical_json
+from ..fileio import canonical_json, sweep_partials
+from ..home import forge_home
 from . import db, ledger
 from . import log as logmod
 from .auth import AuthError, verify_request
@@ -35,6 +36,7 @@ from .store import Store
 from .tuf_repo import DbRepository
 
 DEFAULT_MAX_BUNDLE = 1 << 30
+_SYNC = ThreadPoolExecutor(max_workers=8, thread_name_prefix="forge-hub-fsync")  # fsyncs release the GIL
 
 
 @dataclass
@@ -47,6 +49,8 @@ class HubConfig:
     ledger_delta: float = ledger.DEFAULT_DELTA
     tuf_lifetimes: dict = field(default_factory=dict)
     clock: object = None  # a callable returning the time (tests), default time.time
+    timestamp_key: object = None  # a forge signing key (PrivateKey) listed in the roster's timestamp_keys: GET /v1/timestamp
+    timestamp_lifetime: int = 6 * 3600
 
 
 class Hub:
@@ -59,6 +63,9 @@ class Hub:
         self.engine = db.make_engine(config.db_url)
         db.migrate(self.engine)
         self.state_dir = self.store.root / "roster-state"
+        # start-up: remove the partial outputs a killed hub process left (never a live sibling's)
+        key_dir = Path(config.key_dir) if config.key_dir is not None else forge_home() / "hub" / "keys"
+        self.swept = self.store.sweep() + sweep_partials(self.state_dir) + sweep_partials(key_dir)
         with db.read(self.engine) as conn:
             origin = conn.execute(sa.select(db.hub_meta.c.value).where(db.hub_meta.c.key == "origin")).scalar()
         if origin is None and roster is None:
@@ -148,12 +155,15 @@ class Hub:
         """Verify the received upload ``inc`` (a :class:`.store.Incoming`, not yet in the
         store), then move it into the store and record it in one transaction."""
         now = self.now()
-        roster = self.roster()
-        path = inc.path
-        with ThreadPoolExecutor(1) as pool:  # the content address is hashed while verify reads the bundle
-            digest = pool.submit(inc.hash_file)
-            v = verify(path, roster, now=now, state_dir=self.state_dir, root=roster)
-            received_sha256 = digest.result()
+        durable = _SYNC.submit(inc.sync)  # the file's fsync runs while the bundle is verified
+        try:
+            roster = self.roster()
+            path = inc.path
+            # every check of verify(); the payload digest is the one taken as the bytes arrived
+            v = verify_received(path, roster, inc.arrival, now=now, state_dir=self.state_dir, root=roster)
+        finally:
+            durable.result()  # never leave an fsync running on a file that is about to be removed
+        received_sha256 = inc.sha256
         record = ledger.rederive(v.dp)
         with db.read(self.engine) as conn:  # the ledger figure outside the lock first (the accountant is cached)
             self._ledger_after(conn, v.site, record)
@@ -162,6 +172,8 @@ class Hub:
             if current.version != roster.version:
                 current.check_signer(v.signer, v.site, _time.parse_time(v.created, "created"), now)
             self._check_replay(conn, v.submission_id, v.site, v.sequence)
+            if record.run is not None:  # one training run, one record, budget or not
+                ledger.already_counted(self._records(conn, v.site, record.run), record)
             budget, before, after, accountant = self._ledger_after(conn, v.site, record)
             ledger.check_budget(v.site, budget, before, after, accountant)
             body = {"site": v.site, "sequence": v.sequence, "submission_id": v.submission_id, "bundle_sha256": received_sha256,
@@ -176,7 +188,7 @@ class Hub:
             conn.execute(db.submissions.insert().values(
                 submission_id=v.submission_id, site=v.site, sequence=v.sequence, bundle_sha256=received_sha256,
                 size=body["size"], signer=v.signer, created=v.created, accepted=now, log_index=index,
-                dp=json.dumps(record.to_dict()), epsilon=None if not math.isfinite(after) else after))
+                dp=json.dumps(record.to_dict()), epsilon=None if not math.isfinite(after) else after, dp_run=record.run))
             inc.commit()  # durable in the store before the transaction commits
             receipt = self.log.receipt(conn, index)
         return receipt
@@ -205,18 +217,25 @@ class Hub:
         rows = dict(conn.execute(sa.select(db.budgets.c.site, db.budgets.c.epsilon).where(db.budgets.c.site.in_([site, "*"]))).all())
         return rows.get(site, rows.get("*"))
 
-    def _histories(self, conn, site: str) -> list:
-        rows = conn.execute(sa.select(db.submissions.c.dp).where(db.submissions.c.site == site).order_by(db.submissions.c.sequence))
-        return [ledger.history_of(json.loads(d)) for (d,) in rows]
+    def _records(self, conn, site: str, run: str | None = None) -> list[dict]:
+        """The stored DP records of ``site`` in sequence order (with ``run``: only those of that training run)."""
+        q = sa.select(db.submissions.c.dp).where(db.submissions.c.site == site).order_by(db.submissions.c.sequence)
+        if run is not None:
+            q = q.where(db.submissions.c.dp_run == run)
+        return [json.loads(d) for (d,) in conn.execute(q)]
 
     def _ledger_after(self, conn, site: str, record: ledger.DpRecord):
         budget = self.budget(conn, site)
         if budget is None:  # nothing to enforce: the figures are computed when the ledger is read
             return None, math.nan, math.nan, "deferred"
-        histories = self._histories(conn, site)
-        new = record.history if record.bounded else None
-        before, _ = ledger.spent(histories, self.config.ledger_delta)
-        after, accountant = ledger.spent(histories + [new], self.config.ledger_delta)
+        stored = self._records(conn, site)
+        counted = ledger.already_counted(stored, record)  # the same training run again (e.g. its CKKS contribution)
+        histories = [ledger.history_of(r) for r in ledger.distinct_runs(stored)]
+        before, accountant = ledger.spent(histories, self.config.ledger_delta)
+        if not counted:
+            after, accountant = ledger.spent(histories + [record.history if record.bounded else None], self.config.ledger_delta)
+        else:
+            after = before
         return budget, before, after, accountant
 
     # ------------------------------------------------------------------ signed writes

@@ -5,23 +5,31 @@ An upload is streamed to a temporary file in ``incoming`` with a running sha256 
 size limit (memory stays at one network chunk); only after the hub has verified it and
 just before the database records it is the file moved into place (fsynced, then renamed,
 then the directory fsynced). A crash leaves at most an unreferenced temporary file, which
-the next start removes, or an unreferenced blob, which a retry of the same bytes reuses.
+the next start of a hub on this store removes (:meth:`Store.sweep`: temporary uploads are
+``.forge-partial.`` files, locked while a live process receives them), or an unreferenced
+blob, which a retry of the same bytes reuses.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
+from ..crypto.received import ArrivalDigest
 from ..errors import ForgeError
-from ..fileio import fsync_directory
+from ..fileio import FRESH_PREFIX, PARTIAL_PREFIX, _try_lock, fsync_directory, sweep_partials
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+BATCH = 1 << 20  # received bytes handed at once to the hashing and writing threads (one batch in flight per upload)
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="forge-hub-store")  # hashing and writing
 
 
 class UploadError(ForgeError):
@@ -38,16 +46,21 @@ class Store:
         (self.root / "sha256").mkdir(parents=True, exist_ok=True)
         (self.root / "incoming").mkdir(parents=True, exist_ok=True)
 
-    def clean_incoming(self, older_than: float = 0.0) -> int:
-        """Remove temporary uploads left by a crash (older than ``older_than`` seconds)."""
-        import time
+    def sweep(self) -> list[Path]:
+        """Remove the partial uploads that a killed hub process left (at start-up).
 
-        removed = 0
-        for p in (self.root / "incoming").iterdir():
+        An upload in progress is a ``.forge-partial.`` file in ``incoming`` that its process
+        holds ``flock``-ed, so :func:`~forge_secure.fileio.sweep_partials` removes exactly the
+        uploads whose process is gone, never one that a live sibling process (another hub on
+        the same store) is receiving. Files named ``up-*`` by earlier versions are removed
+        when older than an hour."""
+        removed = sweep_partials(self.root) + sweep_partials(self.root / "incoming") + sweep_partials(self.root / "sha256")
+        now = time.time()
+        for p in (self.root / "incoming").glob("up-*"):
             with contextlib.suppress(OSError):
-                if time.time() - p.stat().st_mtime >= older_than:
+                if now - p.stat().st_mtime >= 3600:
                     p.unlink()
-                    removed += 1
+                    removed.append(p)
         return removed
 
     def path(self, sha256: str) -> Path:
@@ -60,14 +73,26 @@ class Store:
 
     @contextlib.contextmanager
     def incoming(self) -> Iterator["Incoming"]:
-        fd, name = tempfile.mkstemp(dir=self.root / "incoming", prefix="up-")
+        """A temporary upload file, ``incoming/.forge-partial.upload.<random>.part``, locked for
+        as long as this process receives it (created under a name no sweeper touches, locked,
+        then renamed, as :func:`~forge_secure.fileio.atomic_output` does)."""
+        fd, fresh = tempfile.mkstemp(dir=self.root / "incoming", prefix=f"{FRESH_PREFIX}upload.", suffix=".part")
+        _try_lock(fd)
+        name = str(self.root / "incoming" / (PARTIAL_PREFIX + Path(fresh).name[len(FRESH_PREFIX):]))
+        try:
+            os.rename(fresh, name)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(fresh)
+            raise
         inc = Incoming(self, Path(name), os.fdopen(fd, "w+b"))
         try:
             yield inc
         finally:
-            inc.file.close()
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
+                os.unlink(name)  # unlinked while still locked, so no sweeper sees it half-removed
+            inc.file.close()
 
     def put_bytes(self, data: bytes) -> str:
         with self.incoming() as inc:
@@ -76,52 +101,95 @@ class Store:
 
 
 class Incoming:
-    """One upload being received: ``write`` / ``receive``, then ``commit`` into the store."""
+    """One upload being received: ``write`` / ``receive``, then ``commit`` into the store.
+
+    Every byte is hashed as it is written (one pass, :class:`~forge_secure.crypto.received.ArrivalDigest`):
+    the sha256 of the whole upload is its content address, and for a bundle the digest of
+    its signed prefix is split off on the way, so verifying the bundle need not read its
+    payload again (:func:`~forge_secure.crypto.received.verify_received`)."""
 
     def __init__(self, store: Store, path: Path, file):
         self.store, self.path, self.file = store, path, file
-        self.size, self._hash, self._digest = 0, hashlib.sha256(), None
+        self.size, self.arrival = 0, ArrivalDigest()
 
-    def write(self, block: bytes, limit: int | None = None, *, hashing: bool = True) -> None:
-        self.size += len(block)
+    def _count(self, n: int, limit: int | None) -> None:
+        self.size += n
         if limit is not None and self.size > limit:
             raise TooLarge(f"the upload is larger than the hub's limit of {limit} bytes",
                            fix="the hub refuses bundles above --max-bundle; ask its operator, or send a smaller bundle")
-        if hashing:
-            self._hash.update(block)
-        else:
-            self._hash = None
+
+    def write(self, block, limit: int | None = None) -> None:
+        self._count(len(block), limit)
+        self.arrival.update(block)
         self.file.write(block)
 
-    async def receive(self, stream: AsyncIterator[bytes], limit: int, *, hashing: bool = True) -> None:
-        """Write the request body; with ``hashing=False`` the sha256 is computed later from
-        the file (:meth:`hash_file`, e.g. on a thread while the bundle is verified)."""
-        async for block in stream:
-            if block:
-                self.write(block, limit, hashing=hashing)
-        self.file.flush()
+    def _hash_all(self, blocks: list) -> None:
+        for b in blocks:
+            self.arrival.update(b)
 
-    def hash_file(self) -> str:
-        """The sha256 of what was received, read back from the file (thread-safe: own fd)."""
-        if self._digest is None:
-            if self._hash is not None:
-                self._digest = self._hash.hexdigest()
-            else:
-                h = hashlib.sha256()
-                with open(self.path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-                self._digest = h.hexdigest()
-        return self._digest
+    def _write_all(self, blocks: list) -> None:
+        for b in blocks:
+            self.file.write(b)
+
+    async def receive(self, stream: AsyncIterator[bytes], limit: int) -> None:
+        """Write the request body, hashing it on the way.
+
+        The event loop only receives: each batch of blocks that arrived meanwhile is hashed
+        and written on two pool threads at once (``hashlib`` and file writes release the
+        GIL) while the next batch arrives, in order, one batch in flight. Memory stays at
+        about two batches (``BATCH``) per upload; the size limit is checked before a block
+        is queued."""
+        pending: list = []
+        waiting = 0
+        flight: list[concurrent.futures.Future] = []
+
+        def launch() -> list[concurrent.futures.Future]:
+            nonlocal pending, waiting
+            batch, pending, waiting = pending, [], 0
+            return [_POOL.submit(self._hash_all, batch), _POOL.submit(self._write_all, batch)]
+
+        async def settle(futures: list[concurrent.futures.Future]) -> None:
+            # both finish before anything is raised (e.g. a full disk): no thread is left using the file
+            for outcome in await asyncio.gather(*map(asyncio.wrap_future, futures), return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
+        try:
+            async for block in stream:
+                if not block:
+                    continue
+                self._count(len(block), limit)
+                pending.append(block)
+                waiting += len(block)
+                if waiting >= BATCH:
+                    await settle(flight)
+                    flight = launch()
+            await settle(flight)
+            if pending:
+                flight = launch()
+                await settle(flight)
+        finally:
+            # cancelled or refused half-way: wait for the batch in flight (bounded: one batch) before
+            # the caller closes and removes the file, so no write can land on a reused descriptor
+            concurrent.futures.wait(flight)
+        self.file.flush()
 
     @property
     def sha256(self) -> str:
-        return self.hash_file()
+        """The sha256 of what was received."""
+        return self.arrival.hexdigest()
+
+    def sync(self) -> None:
+        """Make the received bytes durable (flush, fsync); the hub calls it while it verifies,
+        so that ``commit`` under the database's writer lock has only a rename left to do."""
+        if not getattr(self, "_synced", False):
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self._synced = True
 
     def commit(self) -> str:
         """Move the received bytes into the store (durably); returns their sha256."""
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        self.sync()
         digest = self.sha256
         target = self.store.path(digest)
         if not target.exists():

@@ -50,11 +50,15 @@ def ledgers(hub) -> list[dict]:
         budgets = {s: hub.budget(conn, s) for s in sites}
     out = []
     for site in sites:
-        histories, points = [], []
+        histories, points, runs = [], [], set()
         for s, seq, sub, dp, index in rows:
             if s != site:
                 continue
-            histories.append(ledger.history_of(json.loads(dp)))
+            rec = json.loads(dp)
+            if rec.get("run") is None or rec["run"] not in runs:  # a training run counts once (its CKKS contribution adds nothing)
+                histories.append(ledger.history_of(rec))
+                if rec.get("run") is not None:
+                    runs.add(rec["run"])
             eps, acc = ledger.spent(histories, hub.config.ledger_delta)
             points.append({"sequence": seq, "submission_id": sub, "log_index": index, "spent": None if math.isinf(eps) else eps,
                            "accountant": acc})

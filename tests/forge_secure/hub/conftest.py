@@ -335,7 +335,7 @@ def hubkit():
     from types import SimpleNamespace
 
     return SimpleNamespace(build_consortium=build_consortium, start_hub_process=start_hub_process, make_plugin=make_plugin,
-                           free_port=_free_port, LiveServer=LiveServer)
+                           free_port=_free_port, LiveServer=LiveServer, make_hub=make_hub)
 
 
 @pytest.fixture(scope="module")

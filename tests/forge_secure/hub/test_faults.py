@@ -116,6 +116,7 @@ def test_sigkill_mid_upload_then_retry(hubkit, tmp_path, db_url):
     try:
         assert httpx.get(f"{url}/v1/info").json()["log_size"] == before  # no partial record
         assert httpx.get(f"{url}/v1/submissions").json()["submissions"] == []
+        assert list((tmp_path / "store" / "incoming").iterdir()) == []  # the killed upload's partial file: swept at start-up
         assert not list((tmp_path / "store" / "sha256").rglob("*.*")) and \
             all(p.stat().st_size != len(data) for p in (tmp_path / "store" / "sha256").rglob("*") if p.is_file())
         res = client.push(bundle, url)  # the client's retry
