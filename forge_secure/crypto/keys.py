@@ -335,7 +335,10 @@ def _unprotect(path: Path, doc: dict, names: tuple[str, ...], passphrase: bytes)
     ciphertext = b64d(fields["ciphertext"], f"{path}: ciphertext")
     if len(salt) < 16 or len(nonce) != 12 or len(ciphertext) < 16:
         raise fail("key.invalid", f"{path} has a salt, nonce or ciphertext of the wrong length", "restore it from a good copy")
-    aad = canonical_json({k: v for k, v in doc.items() if k not in ("nonce", "ciphertext")})
+    try:
+        aad = canonical_json({k: v for k, v in doc.items() if k not in ("nonce", "ciphertext")})
+    except ForgeError:  # a field canonical JSON cannot hold (a lone surrogate, a huge integer): never written so
+        raise fail("key.invalid", f"{path} holds a field that canonical JSON cannot represent", "restore it from a good copy") from None
     try:
         plain = AESGCM(_scrypt(passphrase, salt, kdf["log_n"], kdf["r"], kdf["p"])).decrypt(nonce, ciphertext, aad)
     except InvalidTag:
