@@ -415,7 +415,7 @@ class FuzzRun:
             self.crashes.append((f"{type(e).__name__}: {str(e)[:200]}", data[:2000]))
         else:
             self.accepted += 1
-            if self.target.only_seeds_valid and data != self.target.seeds[0]:
+            if self.target.only_seeds_valid and data not in self.target.seeds:
                 self.crashes.append(("a changed input was accepted", data[:2000]))
 
     def summary(self) -> dict:
