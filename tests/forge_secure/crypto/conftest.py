@@ -457,7 +457,10 @@ def run_fuzz(target: Target, kind: str) -> FuzzRun:
     report = _os.environ.get("FORGE_FUZZ_REPORT")
     if report:
         with open(report, "a") as f:
-            f.write(json.dumps({**run.summary(), "kind": kind, "examples": n,
+            kinds: dict[str, int] = {}
+            for why, _ in run.crashes:
+                kinds[why[:70]] = kinds.get(why[:70], 0) + 1
+            f.write(json.dumps({**run.summary(), "kind": kind, "examples": n, "crash_kinds": kinds,
                                 "first_crashes": [(why, data[:300].decode("latin-1")) for why, data in run.crashes[:5]]}) + "\n")
     return run
 

@@ -144,3 +144,35 @@ def test_seeds_parse(world, kit, fuzzing, monkeypatch):
     starts from valid files, so its refusals are refusals of damage."""
     for target in _targets(world, kit, fuzzing, monkeypatch).values():
         target.parse(target.seeds[0])
+
+
+# --------------------------------------------------------------------------- crashes the fuzz found (regressions)
+
+
+def test_pkcs8_with_a_damaged_algorithm_identifier_is_key_invalid(world):
+    """Found by the slow fuzz: a byte flip inside the PKCS#8 algorithm OID made cryptography
+    raise UnsupportedAlgorithm (neither ValueError nor TypeError), which escaped as a crash."""
+    raw = world.keys["site-1"].signing.read_bytes()
+    doc = json.loads(raw)
+    pem = doc["pkcs8"]["ed25519"]
+    doc["pkcs8"]["ed25519"] = pem.replace("MC4CAQAwBQYDK2Vw", "MC4CAQAwBQYDq2Vw")  # OID 1.3.101.112 -> another arc
+    assert doc["pkcs8"]["ed25519"] != pem
+    with pytest.raises(BundleError) as e:
+        keys_mod.private_key_from_bytes(json.dumps(doc).encode(), role="signing")
+    assert e.value.code == "key.invalid"
+
+
+def test_protected_key_with_a_lone_surrogate_is_key_invalid(world, kit):
+    """Found by the fuzz: a field holding a lone surrogate made the associated data's
+    canonical JSON raise ForgeDataError instead of the key's BundleError."""
+    path = world.root / "p.key"
+    path.write_bytes(world.keys["site-2"].signing.read_bytes())
+    path.chmod(0o600)
+    keys_mod.protect_key_file(path, None, PASSPHRASE, log_n=14, random=kit.Drbg("surrogate"))
+    doc = json.loads(path.read_bytes())
+    doc["aead"] = "aes-256-gcm"
+    doc["extra"] = "\ud800"
+    raw = json.dumps(doc).encode()
+    with pytest.raises(BundleError) as e:
+        keys_mod.private_key_from_bytes(raw, PASSPHRASE)
+    assert e.value.code == "key.invalid"
