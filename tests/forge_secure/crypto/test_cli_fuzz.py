@@ -5,9 +5,10 @@ and no traceback, never 1 or 3. The commands run in-process (``forge_secure.cli.
 same parser, handlers and error printing as the installed command).
 
 The inputs are the mutations of test_parsers_fuzz.py (conftest.py). Counts: profile
-``forge-fuzz-cli-quick`` (25 per command) in the default run, ``forge-fuzz-cli-slow`` (2,000
-per command) in the slow run; each call costs milliseconds, so the 100,000-input runs are
-those of the parsers themselves (test_parsers_fuzz.py), which these commands call.
+``forge-fuzz-cli-quick`` (25 per command) in the default run, ``forge-fuzz-cli-slow`` (500
+per command; 50 hypothesis examples of 10 seeded mutations) in the slow run; each call costs
+tens of milliseconds on this shared machine, so the 100,000-input runs are those of the parsers
+themselves (test_parsers_fuzz.py), which these commands call.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from forge_secure.crypto.timestamp import issue_timestamp
 from forge_secure.errors import ForgeError
 
 settings.register_profile("forge-fuzz-cli-quick", settings.get_profile("forge-fuzz-quick"), max_examples=25)
-settings.register_profile("forge-fuzz-cli-slow", settings.get_profile("forge-fuzz-slow"), max_examples=2000)
+settings.register_profile("forge-fuzz-cli-slow", settings.get_profile("forge-fuzz-slow"), max_examples=500)
 
 COMMANDS = ["verify-bundle", "verify-timestamp", "open-key", "open-bundle", "seal-recipient", "roster-show", "roster-pin"]
 
