@@ -12,6 +12,17 @@ changes (a value replaced by a hostile TOML literal: 5,000-digit integers, 3,000
 dates, inline tables, nan; unknown check tables and keys; repeated tables).
 
 Counts as in test_parsers_fuzz.py (profiles ``forge-fuzz-quick`` / ``forge-fuzz-slow``).
+
+Measured: the slow run, once, 2026-12-03 (shared 2-core machine), 100,000 inputs per reader:
+
+    reader                     refused   accepted  crashes
+    audit-policy                86,870     10,731    2,399  (RecursionError 1,209; ValueError 1,189; OverflowError 1)
+    evidence-attack-file        55,285     44,715        0
+    evidence-plugin-manifest    57,717     42,283        0
+    auditor-results             90,433      9,567        0
+
+The policy crashes are in audits/ (see KNOWN_POLICY_CRASHES below, and the strict xfail
+regression tests); the evidence and results readers are total.
 """
 
 from __future__ import annotations
@@ -134,13 +145,15 @@ def _targets(tmp_path, fuzzing) -> dict:
     }
 
 
-# Crashes of audits/policy.py found by this fuzz (reported to its owner, not fixed here: this
-# engineer does not edit audits/). tomllib raises RecursionError on deeply nested arrays or
-# inline tables and a plain ValueError on an integer of more than 4,300 digits; parse_policy
-# catches only TOMLDecodeError, so `forge audit --policy` exits 3. The fix belongs in
-# parse_policy: catch (tomllib.TOMLDecodeError, ValueError, RecursionError) as policy.toml.
+# Crashes of audits/ found by this fuzz (reported to its owner, not fixed here: this engineer
+# does not edit audits/). tomllib raises RecursionError on deeply nested arrays or inline
+# tables and a plain ValueError on an integer of more than 4,300 digits; parse_policy catches
+# only TOMLDecodeError, so `forge audit --policy` exits 3. A float setting given an integer
+# above 1.8e308 (e.g. 400 digits) raises OverflowError in audits/checks/base.py (float(value)).
+# The fixes: in parse_policy catch (tomllib.TOMLDecodeError, ValueError, RecursionError) as
+# policy.toml; in the settings' float conversion catch OverflowError as policy.type.
 # Every other crash class fails these tests.
-KNOWN_POLICY_CRASHES = ("RecursionError", "ValueError: Exceeds the limit")
+KNOWN_POLICY_CRASHES = ("RecursionError", "ValueError: Exceeds the limit", "OverflowError")
 
 
 def _check(run, name: str, kind: str, fuzzing) -> None:
@@ -160,12 +173,15 @@ def test_audit_reader_is_total_100k(name, tmp_path, fuzzing):
     _check(fuzzing.run(_targets(tmp_path, fuzzing)[name], "slow"), name, "slow", fuzzing)
 
 
-@pytest.mark.xfail(strict=True, reason="audits/policy.py lets tomllib's RecursionError / ValueError escape (see KNOWN_POLICY_CRASHES)")
-@pytest.mark.parametrize("value", ["[" * 3000 + "]" * 3000, "1" * 5000])
-def test_policy_hostile_toml_ends_in_forge_error(value, tmp_path):
+@pytest.mark.xfail(strict=True, reason="audits/ lets RecursionError, ValueError (tomllib) and OverflowError (a float setting) escape; see KNOWN_POLICY_CRASHES")
+@pytest.mark.parametrize(("key", "value"), [("inconclusive_fails", "[" * 3000 + "]" * 3000), ("inconclusive_fails", "1" * 5000),
+                                            ("max_epsilon", "1" * 400)])
+def test_policy_hostile_toml_ends_in_forge_error(key, value, tmp_path):
     path = tmp_path / "policy.toml"
-    path.write_text(default_policy_text().replace("inconclusive_fails = false", f"inconclusive_fails = {value}"))
-    assert "inconclusive_fails = " + value[:10] in path.read_text()
+    text = default_policy_text()
+    old = next(line for line in text.splitlines() if line.startswith(f"{key} = "))
+    path.write_text(text.replace(old, f"{key} = {value}"))
+    assert f"{key} = {value[:10]}" in path.read_text()
     with pytest.raises(ForgeError):
         load_policy(path)
 

@@ -9,6 +9,11 @@ The inputs are the mutations of test_parsers_fuzz.py (conftest.py). Counts: prof
 per command; 50 hypothesis examples of 10 seeded mutations) in the slow run; each call costs
 tens of milliseconds on this shared machine, so the 100,000-input runs are those of the parsers
 themselves (test_parsers_fuzz.py), which these commands call.
+
+Measured: the slow run, once, 2026-12-03: 500 inputs per command, 3,500 in all, every one exit
+0 or 2 with one line (refused / accepted): verify-bundle 500/0, verify-timestamp 497/3,
+open-key 499/1, open-bundle 500/0, seal-recipient 489/11, roster-show 495/5, roster-pin 498/2;
+0 exits of 1 or 3, 0 tracebacks.
 """
 
 from __future__ import annotations
