@@ -316,12 +316,7 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
             code="file.exists",
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_partials(path.parent)
-    fresh = Path(tempfile.mkdtemp(prefix=f"{FRESH_PREFIX}{path.name}.", suffix=".part", dir=path.parent))  # mode 0700
-    lock_fd = os.open(fresh, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    _try_lock(lock_fd)  # locked before it gets the name a sweeper looks for (see atomic_output)
-    tmp = path.parent / (PARTIAL_PREFIX + fresh.name[len(FRESH_PREFIX):])
-    os.rename(fresh, tmp)
+    tmp, lock_fd = _new_partial_directory(path.parent, path.name)
     try:
         yield tmp
         if path.exists():
@@ -332,6 +327,54 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
         raise
     finally:
         os.close(lock_fd)
+
+
+def _new_partial_directory(parent: Path, name: str) -> tuple[Path, int]:
+    """Sweep ``parent``, then make ``parent/.forge-partial.<name>.<random>.part`` (mode 0700)
+    and flock it; returns the directory and the descriptor holding the lock."""
+    sweep_partials(parent)
+    fresh = Path(tempfile.mkdtemp(prefix=f"{FRESH_PREFIX}{name}.", suffix=".part", dir=parent))  # mode 0700
+    lock_fd = os.open(fresh, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    _try_lock(lock_fd)  # locked before it gets the name a sweeper looks for (see atomic_output)
+    tmp = parent / (PARTIAL_PREFIX + fresh.name[len(FRESH_PREFIX):])
+    os.rename(fresh, tmp)
+    return tmp, lock_fd
+
+
+SCRATCH = "partial"  # forge_home()/partial: private scratch space for decrypted data (see scratch_directory)
+
+
+def scratch_root() -> Path:
+    """``forge_home()/partial`` (mode 0700): where commands put decrypted data that is no
+    output of theirs (the opened bundles a merge reads). Swept by every command that makes a
+    scratch directory and by every ``open``."""
+    from .home import forge_home
+
+    root = forge_home() / SCRATCH
+    root.mkdir(mode=0o700, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.chmod(root, 0o700)
+    return root
+
+
+@contextlib.contextmanager
+def scratch_directory(name: str = "scratch", parent: str | os.PathLike | None = None) -> Iterator[Path]:
+    """A private scratch directory for decrypted data, removed when the block ends.
+
+    It follows the partial-output convention: it is named ``.forge-partial.<name>.<random>.part``,
+    has mode 0700, lies in ``parent`` (default :func:`scratch_root`) and is flock-ed while in
+    use, so one that a killed process (even ``kill -9``) left behind is removed by the next
+    :func:`sweep_partials` of ``parent``, which runs first here and in every atomic write there."""
+    parent = Path(parent) if parent is not None else scratch_root()
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp, lock_fd = _new_partial_directory(parent, name)
+    try:
+        yield tmp
+    finally:
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            os.close(lock_fd)
 
 
 def read_json_file(path: str | os.PathLike, what: str = "JSON file", *, max_bytes: int = 64 << 20,

@@ -26,6 +26,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -188,13 +189,22 @@ def private_to_der(key) -> bytes:
 
 
 def private_from_der(der: bytes):
-    return serialization.load_der_private_key(der, password=None)
+    """Load a PKCS#8 DER key; ``ValueError`` for bad data, including a key of an algorithm the
+    library does not know (its ``UnsupportedAlgorithm``: a damaged algorithm identifier)."""
+    try:
+        return serialization.load_der_private_key(der, password=None)
+    except UnsupportedAlgorithm as e:
+        raise ValueError(f"unsupported key type ({e})") from None
 
 
 def private_from_pem(pem: str, passphrase: bytes | None):
-    """Load a PKCS#8 PEM key. Raises ``ValueError`` (bad passphrase / bad data) or
+    """Load a PKCS#8 PEM key. Raises ``ValueError`` (bad passphrase / bad data, or a damaged
+    algorithm identifier, which the library reports as ``UnsupportedAlgorithm``) or
     ``TypeError`` (passphrase missing or given for an unencrypted key), as the library does."""
-    return serialization.load_pem_private_key(pem.encode("ascii"), password=passphrase)
+    try:
+        return serialization.load_pem_private_key(pem.encode("ascii"), password=passphrase)
+    except UnsupportedAlgorithm as e:
+        raise ValueError(f"unsupported key type ({e})") from None
 
 
 # --------------------------------------------------------------------------- chunk stream

@@ -44,7 +44,7 @@ from cryptography.exceptions import InvalidTag
 
 from .. import __version__
 from ..errors import ForgeDataError
-from ..fileio import atomic_directory, atomic_output, canonical_json, fsync_directory, loads_bounded
+from ..fileio import atomic_directory, atomic_output, canonical_json, fsync_directory, loads_bounded, scratch_root, sweep_partials
 from ..progress import task
 from . import _primitives as P
 from . import _time
@@ -728,6 +728,7 @@ def open_bundle(bundle, key, roster, out, *, passphrase: bytes | None = None, no
     recorded as accepted, so a crash loses nothing and cannot turn into a refused replay.
     """
     now = _time.now() if now is None else int(now)
+    sweep_partials(scratch_root())  # decrypted scratch data a killed merge left (fileio.scratch_directory)
     out = Path(out)
     if out.is_symlink():
         raise fail("file.symlink", f"--out {out} is a symbolic link", "give a new directory path that is not a link")

@@ -40,17 +40,43 @@ def _read_state(path: Path, what: str) -> dict:
     if not path.exists():
         return {}
     try:
-        state = loads_bounded(path.read_bytes(), max_depth=8, max_int_digits=16, allow_floats=False)
+        raw = path.read_bytes()
+    except OSError:
+        raise _damaged(path, what) from None
+    return _parse_state(raw, path, what)
+
+
+def _parse_state(raw: bytes, path, what: str) -> dict:
+    try:
+        state = loads_bounded(raw, max_depth=8, max_int_digits=16, allow_floats=False)
         if not isinstance(state, dict):
             raise ValueError
         return state
-    except (ValueError, OSError):
-        raise fail("replay.state", f"the {what} {path} is damaged",
-                   "restore it from a backup; deleting it would let old submissions be accepted again") from None
+    except ValueError:
+        raise _damaged(path, what) from None
 
 
-def _damaged(path: Path):
-    return fail("replay.state", f"the replay store {path} is damaged",
+def store_from_bytes(raw: bytes, where="<replay store>") -> dict:
+    """Parse the bytes of a replay store file (format 2 or 1) into its normal form; total:
+    anything else ends in ``replay.state``."""
+    return _normalise(_parse_state(raw, where, "replay store"), where)
+
+
+def counter_from_bytes(raw: bytes, where="<sequence counter>") -> int:
+    """The last sequence number in the bytes of a sequence counter file; total (``replay.state``)."""
+    return _last_of(_parse_state(raw, where, "sequence counter"), where)
+
+
+def _last_of(state: dict, path) -> int:
+    last = state.get("last", 0)
+    if not isinstance(last, int) or isinstance(last, bool) or last < 0:
+        raise fail("replay.state", f"the sequence counter {path} is damaged",
+                   "restore it from a backup, or give --sequence above the last one sent")
+    return last
+
+
+def _damaged(path, what: str = "replay store"):
+    return fail("replay.state", f"the {what} {path} is damaged",
                 "restore it from a backup; deleting it would let old submissions be accepted again")
 
 
@@ -195,11 +221,7 @@ class SequenceCounter:
         return self.root / f"{site}.json"
 
     def _last(self, path: Path) -> int:
-        last = _read_state(path, "sequence counter").get("last", 0)
-        if not isinstance(last, int) or isinstance(last, bool) or last < 0:
-            raise fail("replay.state", f"the sequence counter {path} is damaged",
-                       "restore it from a backup, or give --sequence above the last one sent")
-        return last
+        return _last_of(_read_state(path, "sequence counter"), path)
 
     def last(self, site: str) -> int:
         return self._last(self._path(site))
@@ -218,4 +240,4 @@ class SequenceCounter:
             fsync_directory(self.root)  # a lost update would hand out the same sequence number again
 
 
-__all__ = ["DEFAULT_WINDOW", "ReplayStore", "SequenceCounter"]
+__all__ = ["DEFAULT_WINDOW", "ReplayStore", "SequenceCounter", "counter_from_bytes", "store_from_bytes"]

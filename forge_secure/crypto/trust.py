@@ -65,14 +65,32 @@ def _read_state(state_file: Path) -> _State | None:
     if not state_file.exists():
         return None
     try:
-        state = loads_bounded(state_file.read_bytes(), max_depth=12, allow_floats=False)
-        old_admins = tuple(Admin(a["name"], SigningPublicKey.from_dict(a, "roster state")) for a in state["admins"])
+        raw = state_file.read_bytes()
+    except OSError:
+        raise _damaged_state(state_file) from None
+    return state_from_bytes(raw, state_file)
+
+
+def _damaged_state(where) -> BundleError:
+    return fail("roster.state", f"the remembered roster state {where} is damaged",
+                "restore it from a backup, or delete it and pin the consortium's root again with 'forge roster pin'")
+
+
+def state_from_bytes(raw: bytes, where="<roster state>") -> _State:
+    """Parse the bytes of a pinned-root state file; total: anything but a state ends in ``roster.state``."""
+    try:
+        state = loads_bounded(raw, max_depth=12, allow_floats=False)
+        if not isinstance(state, dict) or not isinstance(state["admins"], list):
+            raise TypeError
+        old_admins = tuple(Admin(check_site(a["name"]), SigningPublicKey.from_dict(a, "roster state")) for a in state["admins"])
+        version, digest, threshold = state["version"], state["sha256"], state["threshold"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 1 << 53 for v in (version, threshold)) \
+                or not isinstance(digest, str) or not old_admins:
+            raise TypeError
         doc = state.get("document")
-        return _State(int(state["version"]), str(state["sha256"]), int(state["threshold"]), old_admins,
-                      doc if isinstance(doc, dict) else None, state)
+        return _State(version, digest, threshold, old_admins, doc if isinstance(doc, dict) else None, state)
     except (ValueError, KeyError, TypeError, AttributeError, BundleError):
-        raise fail("roster.state", f"the remembered roster state {state_file} is damaged",
-                   "restore it from a backup, or delete it and pin the consortium's root again with 'forge roster pin'") from None
+        raise _damaged_state(where) from None
 
 
 def _write_state(state_file: Path, roster: Roster, now: int, pinned: dict | None) -> None:

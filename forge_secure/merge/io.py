@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -22,7 +21,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ..errors import ForgeDataError, ForgeFileError, ForgeIntegrityError, ForgeValueError
-from ..fileio import read_json_file, sha256_file
+from ..fileio import read_json_file, scratch_directory, sha256_file
 from .adapter import LoraAdapter, check_finite
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -156,13 +155,20 @@ def check_merge_request(inputs: Sequence[str | os.PathLike], out: str | os.PathL
 
 
 @contextlib.contextmanager
-def open_inputs(paths: Sequence[str | os.PathLike], *, key=None, roster=None) -> Iterator[list[Path]]:
+def open_inputs(paths: Sequence[str | os.PathLike], *, key=None, roster=None,
+                work_dir: str | os.PathLike | None = None) -> Iterator[list[Path]]:
     """Yield plugin directories for ``paths``: directories as they are, ``.forge`` bundles
-    opened (verified, then decrypted) into a temporary directory removed afterwards."""
+    opened (verified, then decrypted) into a scratch directory removed afterwards.
+
+    The scratch directory follows the partial-output convention
+    (:func:`forge_secure.fileio.scratch_directory`): ``.forge-partial.merge-inputs.*.part``,
+    mode 0700, in ``work_dir`` (default ``FORGE_HOME/partial``), flock-ed while the merge
+    runs; one that a killed merge left (decrypted plugins) is removed by the next command
+    that makes a scratch directory there or opens a bundle."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise ForgeValueError("no plugins given", fix="give plugin directories or sealed .forge bundles", code="merge.no_inputs")
-    with tempfile.TemporaryDirectory(prefix="forge-merge-") as tmp:
+    with scratch_directory("merge-inputs", work_dir) as tmp:
         out = []
         for i, p in enumerate(paths):
             if p.is_file() and p.suffix == ".forge":
