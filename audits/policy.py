@@ -98,6 +98,10 @@ def parse_policy(text: str, *, source: str = "<string>") -> Policy:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ForgeConfigError(f"policy {source} is not valid TOML ({e})", fix="fix the TOML syntax at the place shown", code="policy.toml") from None
+    except (RecursionError, ValueError) as e:  # nesting too deep for the parser, an integer of thousands of digits
+        why = "arrays nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        raise ForgeConfigError(f"policy {source} cannot be read ({why})", fix="write each setting as a plain number, string or short list",
+                               code="policy.toml") from None
     unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ForgeConfigError(

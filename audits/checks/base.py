@@ -48,7 +48,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ForgeConfigError(f"policy setting {where} is a number too large for a float ({len(str(value))} digits)",
+                                       fix="give a number below 1e308", code="policy.type") from None
     elif tp is str:
         if isinstance(value, str):
             return value

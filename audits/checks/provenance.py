@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,7 +133,9 @@ class Provenance(Check):
         now = _now(evidence)
         verified: dict[str, object] = {}
         seen_ids: dict[str, str] = {}
-        with tempfile.TemporaryDirectory(prefix="forge-audit-") as scratch:
+        from forge_secure.fileio import scratch_directory
+
+        with scratch_directory("audit") as scratch:  # opened bundles: private, swept if a killed audit leaves them
             for i, b in enumerate(evidence.bundles):
                 if progress:
                     progress(f"verifying {b.rel}", i, len(evidence.bundles))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -20,7 +19,9 @@ def seal_files(files: dict[str, bytes], manifest: dict, *, signer, recipient, ou
     from ..crypto.replay import SequenceCounter
     from ..home import forge_home
 
-    with tempfile.TemporaryDirectory(prefix=".forge-seal-") as tmp:
+    from ..fileio import scratch_directory
+
+    with scratch_directory("seal") as tmp:  # swept if a killed process leaves it
         d = Path(tmp) / "payload"
         d.mkdir(mode=0o700)
         (d / "forge.json").write_text(json.dumps(manifest, sort_keys=True))
@@ -37,7 +38,9 @@ def opened_files(bundle: str | Path, *, key, roster, passphrase: bytes | None = 
     from ..crypto.bundle import open_bundle
     from ..crypto.replay import ReplayStore
 
-    with tempfile.TemporaryDirectory(prefix=".forge-open-") as tmp:
+    from ..fileio import scratch_directory
+
+    with scratch_directory("open") as tmp:  # decrypted content: private, swept if a killed process leaves it
         out = Path(tmp) / "out"
         open_bundle(bundle, key, roster, out, passphrase=passphrase, replay=ReplayStore(Path(tmp) / "seen"), root=root)
         yield out
