@@ -8,7 +8,7 @@ Ray (:mod:`forge_secure.parallel`), and writes a tidy CSV, a summary (Markdown, 
 t-intervals across seeds, and plots (:mod:`attacks.bench.report`, :mod:`attacks.bench.plots`).
 """
 
-from .config import BenchConfig, DataSpec, GridSpec, RunSpec, TrainingSpec, config_from_dict, load_config
+from .config import BenchConfig, CanarySpec, DataSpec, GridSpec, RunSpec, TrainingSpec, config_from_dict, load_config
 from .grid import Cell, expand_grid
 from .registries import ATTACKS, merge_registry
 
@@ -24,6 +24,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ATTACKS", "BenchConfig", "BenchResult", "Cell", "DataSpec", "GridSpec", "RunSpec", "TrainingSpec",
+    "ATTACKS", "BenchConfig", "BenchResult", "CanarySpec", "Cell", "DataSpec", "GridSpec", "RunSpec", "TrainingSpec",
     "config_from_dict", "expand_grid", "load_config", "merge_registry", "run_bench",
 ]

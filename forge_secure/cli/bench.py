@@ -65,6 +65,31 @@ def _dry_run(args, config) -> int:
     return 0
 
 
+#: the terminal table's widest rendering, in characters (the full table is in summary.md/html)
+TERMINAL_WIDTH = 100
+
+
+def terminal_table(summary, *, title: str):
+    """The few columns that matter as a rich Table that fits :data:`TERMINAL_WIDTH` columns:
+    one row per cell; bounds are 95% lower bounds, "one-run eps" pooled over the seeds."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    from attacks.bench import report
+
+    head, body = report.terminal_rows(summary)
+    table = Table(title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+                  caption="eps >= : 95% lower bounds; one-run on the canaries, pooled over seeds; ceiling: the most "
+                          "a perfect attack could show", caption_justify="left")
+    for h in head:
+        table.add_column(escape(h), justify="left" if h in ("LoRA", "merge", "attack", "verdict") else "right", no_wrap=True)
+    styles = {"BUG": "bold red", "leaks": "yellow", "cannot tell": "dim"}
+    for r in body:
+        table.add_row(*(escape(c) for c in r), style=styles.get(r[-1]))
+    return table
+
+
 def run(args: argparse.Namespace) -> int:
     from attacks.bench.config import DEFAULT_CONFIG, load_config
     from forge_secure.errors import ForgeValueError
@@ -86,20 +111,15 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _common.emit_json(result.to_dict())
         return 0
-    from rich.table import Table
-
     from attacks.bench import report
 
-    head, body = report.table_rows(report.summarize(result.rows, config.confidence))
-    table = Table(title=f"forge bench ({len(result.rows)} runs; mean ± {config.confidence:.0%} t-interval over seeds)")
-    for h in head:
-        table.add_column(h)
-    for r in body:
-        table.add_row(*r)
-    _common.console.print(table)
+    summary = report.summarize(result.rows, config.confidence, config.canaries.p_target)
+    _common.console.print(terminal_table(summary, title=f"forge bench ({len(result.rows)} runs)"))
     _common.console.print(
         f"{result.computed} runs computed, {result.cached} from the cache, {result.trained} plugins trained, "
-        f"{result.seconds:.1f} s. Wrote {result.out}/results.csv, summary.md, summary.html and plots/."
+        f"{result.seconds:.1f} s. Full table (every metric with its {config.confidence:.0%} t-interval over seeds): "
+        f"{result.out}/summary.md and summary.html; plots in {result.out}/plots/; one row per run in results.csv.",
+        highlight=False, markup=False,
     )
     if result.flagged:
         _common.console.print(f"{len(result.flagged)} run(s) measured more leakage than the claimed epsilon (a bug):", style="bold red")
