@@ -42,6 +42,9 @@ from forge_secure.errors import ForgeConfigError, ForgeFileError
 from . import registries
 
 BUNDLED_NAME = "default"
+#: data sources shipped with the toolkit: breast cancer (tabular, 2 classes) and the 8x8 digits
+#: (images, 10 classes, for the ``vit-tiny`` base)
+BUNDLED_SOURCES = ("bundled", "bundled-digits")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default_bench.toml"
 LORA_KINDS = ("lora", "ffa")
 
@@ -111,10 +114,10 @@ class DataSpec:
         _float(self.alpha, "data", "alpha")
         _int(self.split_seed, "data", "split_seed")
         _float(self.test_fraction, "data", "test_fraction", 0.0, 0.9)
-        if self.source != "bundled":
+        if self.source not in BUNDLED_SOURCES:
             path = Path(self.source)
             if not path.exists():
-                raise ForgeFileError(f"bench config [data]: source {self.source} does not exist", fix='give an existing CSV or .npz file, or source = "bundled"', code="bench.data.missing")
+                raise ForgeFileError(f"bench config [data]: source {self.source} does not exist", fix='give an existing CSV or .npz file, or source = "bundled" or "bundled-digits"', code="bench.data.missing")
             if path.suffix.lower() == ".csv" and not self.label_column:
                 raise _err("data", f"CSV source {self.source} needs label_column", "name the label column, e.g. label_column = \"diagnosis\"")
 
@@ -305,7 +308,7 @@ def config_from_dict(doc: Mapping[str, Any], source: str = "<dict>") -> BenchCon
         if not isinstance(table, Mapping):
             raise _err(f"attack.{name}", f"settings must be a table, got {table!r}", f"write them as [attack.{name}]")
 
-    if data.get("source", "bundled") != "bundled" and source not in ("<dict>", "<dataclass>"):
+    if data.get("source", "bundled") not in BUNDLED_SOURCES and source not in ("<dict>", "<dataclass>"):
         p = Path(data["source"]).expanduser()
         if not p.is_absolute():  # relative to the config file, so a config travels with its data
             p = Path(source).resolve().parent / p

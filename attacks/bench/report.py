@@ -219,6 +219,11 @@ def table_rows(summary: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[
     return head, body
 
 
+def _mean_only(text: str) -> str:
+    """"0.52 ± 0.10" -> "0.52"; words ("cannot tell") unchanged."""
+    return text.split(" ± ")[0]
+
+
 def terminal_rows(summary: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The few columns that matter, one row per cell: the full table is in summary.md/html."""
     ranks = len({e["rank"] for e in summary}) > 1
@@ -232,8 +237,8 @@ def terminal_rows(summary: Sequence[dict[str, Any]]) -> tuple[list[str], list[li
             pooled = pooled.split(" (")[0]
         claim = "∞" if math.isinf(e["claim"]) else ("-" if math.isnan(e["claim"]) else f"{e['claim']:.2f}")
         body.append([_eps(e["epsilon"]), *([str(e["rank"])] if ranks else []), e["lora"], e["merge"], e["attack"],
-                     _cell(e["accuracy"], 2).split(" ")[0], _cell(e["attack_auc"], 2).split(" ")[0],
-                     bound_cell(e, "empirical_epsilon").split(" ")[0] if e["empirical_epsilon"][0] else "-",
+                     _mean_only(_cell(e["accuracy"], 2)), _mean_only(_cell(e["attack_auc"], 2)),
+                     _mean_only(bound_cell(e, "empirical_epsilon")) if e["empirical_epsilon"][0] else "-",
                      pooled, ceiling, claim, e["verdict"]])
     return head, body
 

@@ -80,8 +80,8 @@ def terminal_table(summary, *, title: str):
 
     head, body = report.terminal_rows(summary)
     table = Table(title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
-                  caption="eps >= : 95% lower bounds; one-run on the canaries, pooled over seeds; ceiling: the most "
-                          "a perfect attack could show", caption_justify="left")
+                  caption="eps: 95% lower bounds (one-run: canaries, pooled over seeds); ceiling: most a perfect attack "
+                          "shows", caption_justify="left")
     for h in head:
         table.add_column(escape(h), justify="left" if h in ("LoRA", "merge", "attack", "verdict") else "right", no_wrap=True)
     styles = {"BUG": "bold red", "leaks": "yellow", "cannot tell": "dim"}
@@ -113,18 +113,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from attacks.bench import report
 
+    width = min(_common.console.width, TERMINAL_WIDTH)
+
+    def _print(*a, **kw):
+        _common.console.print(*a, width=width, **kw)
+
     summary = report.summarize(result.rows, config.confidence, config.canaries.p_target)
-    _common.console.print(terminal_table(summary, title=f"forge bench ({len(result.rows)} runs)"))
-    _common.console.print(
+    _print(terminal_table(summary, title=f"forge bench ({len(result.rows)} runs)"))
+    _print(
         f"{result.computed} runs computed, {result.cached} from the cache, {result.trained} plugins trained, "
         f"{result.seconds:.1f} s. Full table (every metric with its {config.confidence:.0%} t-interval over seeds): "
         f"{result.out}/summary.md and summary.html; plots in {result.out}/plots/; one row per run in results.csv.",
         highlight=False, markup=False,
     )
     if result.flagged:
-        _common.console.print(f"{len(result.flagged)} run(s) measured more leakage than the claimed epsilon (a bug):", style="bold red")
+        _print(f"{len(result.flagged)} run(s) measured more leakage than the claimed epsilon (a bug):", style="bold red")
         for f in result.flagged:
-            _common.console.print(f"  {f}")
+            _print(f"  {f}", markup=False, highlight=False)
     if result.skipped:
-        _common.console.print(f"skipped {len(result.skipped)} cells that do not apply: " + "; ".join(result.skipped))
+        _print(f"skipped {len(result.skipped)} cells that do not apply: " + "; ".join(result.skipped), markup=False, highlight=False)
     return 0

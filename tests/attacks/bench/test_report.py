@@ -68,7 +68,7 @@ def test_csv_round_trip_and_summary(tmp_path):
     md = report.markdown(summary, 0.95, 3)
     assert "n = 3" in md and "t interval" in md.replace("-", " ") and "| ∞ |" in md
     assert md.count("\n|") == len(summary) + 2  # heading, rule, one line per cell
-    assert "| ∞ | 0 |" in md  # claimed epsilon without DP
+    assert "| ∞ | - | - | leaks | 0 |" in md  # claimed epsilon without DP, no canaries, a bound above 0
     html = report.html(summary, 0.95, 3, title="t<b>", plots=["plots/x.png"], flagged=["lira <bug>"], meta={"seeds": "0, 1, 2"})
     assert "<b>" not in html.split("<body>")[1].split("<table>")[0]  # escaped
     assert "lira &lt;bug&gt;" in html and 'src="plots/x.png"' in html
