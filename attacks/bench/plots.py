@@ -175,7 +175,7 @@ def plot_empirical(rows, stem: Path, p_target: float = 0.05) -> list[Path]:
     grid_eps = sorted({r["epsilon"] for r in rows})
     ticks = [to_x(e) for e in grid_eps]
     labels = ["∞" if math.isinf(e) else f"{e:g}" for e in grid_eps]
-    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    fig, ax = plt.subplots(figsize=(6.0, 5.0))
     finite = [c for c in claimed if math.isfinite(c)]
     if finite:
         lo, hi = min(finite) / 1.5, max(finite) * 1.5
@@ -204,11 +204,13 @@ def plot_empirical(rows, stem: Path, p_target: float = 0.05) -> list[Path]:
             ax.scatter(list(marks), list(marks.values()), marker="_", s=420, color=color, linewidths=1.5,
                        label=f"ceiling: perfect attack, {name}")
     pooled = []
-    for cell_rows in _cells(canary).values():
+    for (_, rank, lora, merge), cell_rows in _cells(canary).items():
         p = pooled_one_run(cell_rows, p_target)
         if p is not None:
             claim = max(r["claimed_epsilon"] for r in cell_rows)
             pooled.append((to_x(claim), p["epsilon_lb"], p["ceiling"], cannot_tell(claim, p["ceiling"])))
+            if p["epsilon_lb"] > 0:  # name the cells that leak
+                ax.annotate(f" {lora} r={rank} {merge}", (to_x(claim), p["epsilon_lb"]), fontsize=6, color="C3", va="center")
     if pooled:
         ax.scatter([x for x, _, _, u in pooled if not u], [y for _, y, _, u in pooled if not u], marker="D", s=46, color="C3",
                    edgecolors="k", label="one-run bound pooled over seeds")
@@ -233,8 +235,8 @@ def plot_empirical(rows, stem: Path, p_target: float = 0.05) -> list[Path]:
     ax.set_ylabel("empirical epsilon lower bound (95%)")
     ax.set_title("Measured leakage against the DP claim")
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6, loc="upper left")
+    if ax.get_legend_handles_labels()[0]:  # outside the axes, so it hides no point and no ceiling
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return _save(fig, stem)
 
 
