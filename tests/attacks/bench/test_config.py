@@ -26,11 +26,11 @@ def test_default_config_loads_and_expands():
     assert cfg == load_config(None) == load_config(DEFAULT_CONFIG)
     assert math.inf in cfg.grid.epsilon and 1.0 in cfg.grid.epsilon
     cells = expand_grid(cfg)
-    assert len(cells) == cfg.grid.size == 3 * 1 * 2 * 1 * 3
+    assert len(cells) == cfg.grid.size == 3 * 1 * 1 * 1 * 3
     # the default grid inserts canaries and audits them (issue 17: rows that separate)
     assert cfg.canaries.count > 0 and cfg.training.base == "vit-tiny" and cfg.data.source == "bundled-digits"
     assert len(set(cells)) == len(cells)
-    assert {c.lora for c in cells} == {"lora", "ffa"}
+    assert {c.lora for c in cells} == {"lora"}
     # every attack table of the bundled file is a known attack with known keys
     raw = tomllib.loads(DEFAULT_CONFIG.read_text())
     assert set(raw["attack"]) <= set(ATTACKS.names())
