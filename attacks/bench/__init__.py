@@ -6,9 +6,12 @@ One TOML file describes the grid (:mod:`attacks.bench.config`; the bundled defau
 (:mod:`attacks.bench.cache`, keys in :mod:`attacks.bench.grid`) in worker processes or on
 Ray (:mod:`forge_secure.parallel`), and writes a tidy CSV, a summary (Markdown, HTML) with
 t-intervals across seeds, and plots (:mod:`attacks.bench.report`, :mod:`attacks.bench.plots`).
+With ``[canaries]``, every target plugin trains on auditor-style canaries and every row carries
+the one-run audit on them; every empirical epsilon carries its ceiling, and a claim above it
+reads "cannot tell" (:mod:`attacks.bench.leakage`).
 """
 
-from .config import BenchConfig, DataSpec, GridSpec, RunSpec, TrainingSpec, config_from_dict, load_config
+from .config import BenchConfig, CanarySpec, DataSpec, GridSpec, RunSpec, TrainingSpec, config_from_dict, load_config
 from .grid import Cell, expand_grid
 from .registries import ATTACKS, merge_registry
 
@@ -24,6 +27,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ATTACKS", "BenchConfig", "BenchResult", "Cell", "DataSpec", "GridSpec", "RunSpec", "TrainingSpec",
+    "ATTACKS", "BenchConfig", "BenchResult", "CanarySpec", "Cell", "DataSpec", "GridSpec", "RunSpec", "TrainingSpec",
     "config_from_dict", "expand_grid", "load_config", "merge_registry", "run_bench",
 ]

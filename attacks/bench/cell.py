@@ -15,7 +15,15 @@
    reached), and the empirical epsilon lower bound (Clopper-Pearson, threshold chosen on a
    held-out half; Jagielski et al. 2020), flagged when above the claimed epsilon;
 5. reconstruction (:mod:`attacks.reconstruction`): the informed adversary's success rate
-   with its Clopper-Pearson interval, the baseline 1/prior and the ReRo bound.
+   with its Clopper-Pearson interval, the baseline 1/prior and the ReRo bound;
+6. with ``[canaries] count > 0``: each site's target plugin trains on its coin-flip set plus
+   the included half of ``count`` auditor-style canaries
+   (:func:`forge_secure.privacy.canaries.issue_record`, a secret derived from the seed and
+   the site), and every row carries the one-run audit (Steinke, Nasr, Jagielski 2023) of
+   the cell's model on all canaries of its sites, scored and judged as
+   ``audits/checks/canaries.py`` does (:func:`audits.checks.canaries.canary_scores`,
+   :func:`attacks.metrics.one_run_audit`); every empirical epsilon carries its ceiling, the
+   largest bound a perfect attack could show on that sample.
 
 Each (cell, seed) result is written to the cache atomically as soon as it is known, so an
 interrupted run loses at most the cells in flight.
@@ -151,7 +159,7 @@ class _GroupRunner:
                 self._dp = (float(hit["sigma"]), float(hit["delta"]))
             else:
                 n = min(int(s.members().sum()) for s in self.sites)
-                cfg = TrainConfig(base=t.base, rank=self.group.rank, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                cfg = TrainConfig(base=t.base, rank=self.group.rank, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer,
                                   target_epsilon=self.group.epsilon, delta=delta, max_grad_norm=t.max_grad_norm, accountant=t.accountant)
                 plan = plan_privacy(cfg, n)
                 self._dp = (float(plan.noise_multiplier), float(delta))
@@ -165,7 +173,7 @@ class _GroupRunner:
         seed = derive_seed(g.seed, site_index, -1 if ref is None else ref, 7)
         kwargs: dict[str, Any] = dict(
             base=t.base, rank=g.rank, alpha=t.alpha_scale * g.rank, ffa=g.lora == "ffa", ffa_seed=0,
-            epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, seed=seed,
+            epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer, seed=seed,
             max_grad_norm=t.max_grad_norm, accountant=t.accountant,
         )
         dp = self.dp_plan()
@@ -180,6 +188,49 @@ class _GroupRunner:
         pool = self.sites[site_index].pool
         half = pdata.draw_membership(len(pool), derive_seed(self.group.seed, site_index, ref // 2, 11), 0.5)
         return half if ref % 2 == 0 else ~half
+
+    # ------------------------------------------------------------------ canaries
+    def canary_record(self, site_index: int) -> dict | None:
+        """The auditor's record of site ``site_index``'s canaries in this group, or None.
+
+        The secret is derived from the bench seed and the site: a benchmark is the
+        researcher's own experiment, and a rerun must regenerate the same canaries. Every
+        epsilon and LoRA kind of one seed gets the same canaries, so rows differ only in
+        the training, not in the canary draw."""
+        count = self.config.canaries.count
+        if count == 0:
+            return None
+        from forge_secure.privacy.canaries import issue_record
+        from forge_secure.privacy.randomness import seed_from_label
+
+        site = self.sites[site_index]
+        secret = seed_from_label("forge-bench-canaries", derive_seed(self.group.seed, site_index, 31))
+        return issue_record(site.site, count, site.pool, secret=secret)
+
+    def training_set(self, site_index: int) -> tuple[pdata.Dataset, dict]:
+        """A target plugin's training set (coin-flip members plus the included canaries)
+        and the data commitment recorded in its forge.json."""
+        site = self.sites[site_index]
+        train, commitment = site.train(), {"membership": site.commitment()}
+        record = self.canary_record(site_index)
+        if record is not None:
+            from forge_secure.privacy.canaries import included_canaries
+
+            train = train.concat(included_canaries(record, like=site.pool), name=train.name)
+            commitment["canaries"] = {"count": record["included"], "issuer": "bench", "grant_id": record["grant_id"]}
+        return train, commitment
+
+    def all_canaries(self, merge: str):
+        """(Dataset of every canary of the model's sites, inclusion mask), or None."""
+        from forge_secure.privacy.canaries import all_canaries
+
+        parts = [all_canaries(r) for r in (self.canary_record(i) for i in self.model_sites(merge)) if r is not None]
+        if not parts:
+            return None
+        data, mask = parts[0]
+        for d, m in parts[1:]:
+            data, mask = data.concat(d, name="canaries"), np.concatenate([mask, m])
+        return data, mask
 
     def site_plugin(self, site_index: int, ref: int | None) -> Path:
         from forge_secure.plugins.plugin import load_plugin
@@ -196,7 +247,7 @@ class _GroupRunner:
                 except Exception:  # a damaged cache entry: retrain it
                     self.cache.discard_plugin(key, site.site)
             if ref is None:
-                train, commitment = site.train(), {"membership": site.commitment()}
+                train, commitment = self.training_set(site_index)
             else:
                 train = site.pool.subset(self.ref_mask(site_index, ref), name=f"{site.pool.name}#ref{ref}")
                 commitment = None
@@ -251,6 +302,14 @@ class _GroupRunner:
         if ref is None:
             arrays["test"] = model.logits(self.data.union_test().X)
             arrays["members"] = members
+            canaries = self.all_canaries(cell.merge)
+            if canaries is not None:
+                from audits.checks.canaries import canary_scores
+
+                cset, cmask = canaries
+                arrays["canary_scores"] = canary_scores(model, cset)
+                arrays["canary_mask"] = cmask
+                arrays["canary_correct"] = model.logits(cset.X).argmax(axis=1) == cset.y
             arrays["claimed_epsilon"] = np.array(max(c[0] for c in claims))
             arrays["delta"] = np.array(max(c[1] for c in claims))
             arrays["accountant"] = np.array(claims[0][2])
@@ -295,17 +354,47 @@ class _GroupRunner:
         delta = float(target["delta"])
         at1 = metrics.tpr_at_fpr(scores, y, 0.01)
         at01 = metrics.tpr_at_fpr(scores, y, 0.001)
-        emp = metrics.split_clopper_pearson_epsilon(scores, y, delta=0.0 if math.isnan(delta) else delta, seed=derive_seed(self.group.seed, 17))
+        d = 0.0 if math.isnan(delta) else delta
+        emp = metrics.split_clopper_pearson_epsilon(scores, y, delta=d, seed=derive_seed(self.group.seed, 17))
         return {
             "attack_auc": metrics.roc_auc(scores, y),
             "tpr_at_1pct_fpr": at1.tpr,
             "fpr_reached_1pct": at1.fpr_reached,
             "tpr_at_0.1pct_fpr": at01.tpr,
             "empirical_epsilon": float(emp["epsilon_lb"]),
+            # the largest bound a perfect attack could show on the evaluation half
+            "empirical_ceiling": metrics.clopper_pearson_epsilon_ceiling(int(emp["members"]), int(emp["non_members"]), delta=d),
             "above_claim": bool(float(emp["epsilon_lb"]) > claimed + 1e-9),
             "n_members": int(y.sum()),
             "n_nonmembers": int((y == 0).sum()),
             "references": R,
+        }
+
+    def canary_row(self, target: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The one-run audit of the cell's model on its sites' canaries, with its ceiling."""
+        if "canary_scores" not in target:
+            return {}
+        from attacks.metrics import one_run_audit, one_run_epsilon_ceiling
+
+        spec = self.config.canaries
+        scores, mask = np.asarray(target["canary_scores"], dtype=float), np.asarray(target["canary_mask"], dtype=bool)
+        correct = np.asarray(target["canary_correct"], dtype=bool)
+        m = int(mask.size)
+        delta = float(target["delta"])
+        delta = 0.0 if math.isnan(delta) else delta
+        k_plus, k_minus = int(round(spec.k_plus_fraction * m)), int(round(spec.k_minus_fraction * m))
+        audit = one_run_audit(scores, mask.astype(int), k_plus=k_plus, k_minus=k_minus, delta=delta, p_target=spec.p_target)
+        ceiling = one_run_epsilon_ceiling(audit["guesses"], m=m, delta=delta, p_target=spec.p_target)
+        claimed = float(target["claimed_epsilon"])
+        return {
+            "canary_epsilon": float(audit["epsilon_lb"]),
+            "canary_ceiling": float(ceiling),
+            "canary_m": m,
+            "canary_guesses": int(audit["guesses"]),
+            "canary_correct": int(audit["correct"]),
+            "canary_acc_in": float(correct[mask].mean()) if mask.any() else math.nan,
+            "canary_acc_out": float(correct[~mask].mean()) if (~mask).any() else math.nan,
+            "canary_above_claim": bool(float(audit["epsilon_lb"]) > claimed + 1e-9),
         }
 
     def recon_row(self, cell: G.Cell, target: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -335,6 +424,7 @@ class _GroupRunner:
                 row.update(self.membership_row(cell, target))
             else:
                 row.update(self.recon_row(cell, target))
+            row.update(self.canary_row(target))
             row["seconds"] = time.perf_counter() - t0
             row["cell_key"] = key
             self.cache.store_result(key, _jsonable_row(row))

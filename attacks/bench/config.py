@@ -12,7 +12,10 @@ unknown tables are refused, so a typo never silently falls back to a default)::
                 alpha = 0.5           # Dirichlet label skew of the site split
                 split_seed = 0        # seed of the site split and membership coin flips
                 test_fraction = 0.3   # user data only: share of each site kept as test set
-    [training]  base, epochs, batch_size, lr, delta, max_grad_norm, accountant, alpha_scale
+    [training]  base, epochs, batch_size, lr, optimizer, delta, max_grad_norm, accountant, alpha_scale
+    [canaries]  count = 64            # auditor-style canaries drawn per site (half inserted); 0 = none
+                k_plus_fraction = 0.25, k_minus_fraction = 0.25   # one-run audit guesses
+                p_target = 0.05       # 1 - confidence of the one-run lower bound
     [grid]      epsilon = [1, 8, "inf"]        # "inf" = no DP
                 rank = [4]
                 lora = ["lora", "ffa"]          # plain LoRA / FFA-LoRA (A frozen)
@@ -39,6 +42,9 @@ from forge_secure.errors import ForgeConfigError, ForgeFileError
 from . import registries
 
 BUNDLED_NAME = "default"
+#: data sources shipped with the toolkit: breast cancer (tabular, 2 classes) and the 8x8 digits
+#: (images, 10 classes, for the ``vit-tiny`` base)
+BUNDLED_SOURCES = ("bundled", "bundled-digits")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default_bench.toml"
 LORA_KINDS = ("lora", "ffa")
 
@@ -108,10 +114,10 @@ class DataSpec:
         _float(self.alpha, "data", "alpha")
         _int(self.split_seed, "data", "split_seed")
         _float(self.test_fraction, "data", "test_fraction", 0.0, 0.9)
-        if self.source != "bundled":
+        if self.source not in BUNDLED_SOURCES:
             path = Path(self.source)
             if not path.exists():
-                raise ForgeFileError(f"bench config [data]: source {self.source} does not exist", fix='give an existing CSV or .npz file, or source = "bundled"', code="bench.data.missing")
+                raise ForgeFileError(f"bench config [data]: source {self.source} does not exist", fix='give an existing CSV or .npz file, or source = "bundled" or "bundled-digits"', code="bench.data.missing")
             if path.suffix.lower() == ".csv" and not self.label_column:
                 raise _err("data", f"CSV source {self.source} needs label_column", "name the label column, e.g. label_column = \"diagnosis\"")
 
@@ -122,6 +128,7 @@ class TrainingSpec:
     epochs: int = 5
     batch_size: int = 16
     lr: float = 0.1
+    optimizer: str = "sgd"
     delta: float | None = None
     max_grad_norm: float = 1.0
     accountant: str = "prv"
@@ -132,11 +139,37 @@ class TrainingSpec:
         _int(self.epochs, "training", "epochs", 1)
         _int(self.batch_size, "training", "batch_size", 1)
         _float(self.lr, "training", "lr")
+        _str(self.optimizer, "training", "optimizer")
         if self.delta is not None:
             _float(self.delta, "training", "delta", 0.0, 1.0)
         _float(self.max_grad_norm, "training", "max_grad_norm")
         _str(self.accountant, "training", "accountant")
         _float(self.alpha_scale, "training", "alpha_scale")
+
+
+@dataclass(frozen=True)
+class CanarySpec:
+    """Auditor-style canaries in every trained cell (:mod:`forge_secure.privacy.canaries`):
+    ``count`` are drawn per site from a secret derived from the cell's seed, each inserted by
+    a fair coin; the model is then audited with the one-run audit (Steinke, Nasr, Jagielski
+    2023) exactly as ``audits/checks/canaries.py`` audits a site's plugin."""
+
+    count: int = 0
+    k_plus_fraction: float = 0.25
+    k_minus_fraction: float = 0.25
+    p_target: float = 0.05
+
+    def __post_init__(self) -> None:
+        _int(self.count, "canaries", "count")
+        if self.count == 1:
+            raise _err("canaries", "count must be 0 (no canaries) or at least 2, got 1", "set count = 0 or e.g. count = 64")
+        _float(self.k_plus_fraction, "canaries", "k_plus_fraction", 0.0, 1.0, low_open=False)
+        _float(self.k_minus_fraction, "canaries", "k_minus_fraction", 0.0, 1.0, low_open=False)
+        if not 0 < self.k_plus_fraction + self.k_minus_fraction <= 1:
+            raise _err("canaries", "k_plus_fraction + k_minus_fraction must lie in (0, 1]", "use e.g. 0.25 and 0.25")
+        _float(self.p_target, "canaries", "p_target", 0.0, 0.5)
+        if self.p_target >= 0.5:
+            raise _err("canaries", f"p_target must be below 0.5, got {self.p_target!r}", "use e.g. p_target = 0.05")
 
 
 @dataclass(frozen=True)
@@ -191,6 +224,7 @@ class BenchConfig:
     confidence: float = 0.95
     data: DataSpec = field(default_factory=DataSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
+    canaries: CanarySpec = field(default_factory=CanarySpec)
     grid: GridSpec = field(default_factory=GridSpec)
     attacks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     run: RunSpec = field(default_factory=RunSpec)
@@ -229,13 +263,14 @@ class BenchConfig:
             "bench": {"seeds": list(self.seeds), "confidence": self.confidence},
             "data": enc(dataclasses.asdict(self.data)),
             "training": enc(dataclasses.asdict(self.training)),
+            "canaries": enc(dataclasses.asdict(self.canaries)),
             "grid": enc(dataclasses.asdict(self.grid)),
             "attack": {k: enc(dict(v)) for k, v in self.attacks.items()},
             "run": enc(dataclasses.asdict(self.run)),
         }
 
 
-_TABLES = ("bench", "data", "training", "grid", "attack", "run")
+_TABLES = ("bench", "data", "training", "canaries", "grid", "attack", "run")
 
 
 def _fields(cls) -> tuple[str, ...]:
@@ -262,6 +297,8 @@ def config_from_dict(doc: Mapping[str, Any], source: str = "<dict>") -> BenchCon
     _check_keys(data, _fields(DataSpec), "data")
     training = dict(doc.get("training", {}))
     _check_keys(training, _fields(TrainingSpec), "training")
+    canaries = dict(doc.get("canaries", {}))
+    _check_keys(canaries, _fields(CanarySpec), "canaries")
     grid = dict(doc.get("grid", {}))
     _check_keys(grid, _fields(GridSpec), "grid")
     run = dict(doc.get("run", {}))
@@ -271,7 +308,7 @@ def config_from_dict(doc: Mapping[str, Any], source: str = "<dict>") -> BenchCon
         if not isinstance(table, Mapping):
             raise _err(f"attack.{name}", f"settings must be a table, got {table!r}", f"write them as [attack.{name}]")
 
-    if data.get("source", "bundled") != "bundled" and source not in ("<dict>", "<dataclass>"):
+    if data.get("source", "bundled") not in BUNDLED_SOURCES and source not in ("<dict>", "<dataclass>"):
         p = Path(data["source"]).expanduser()
         if not p.is_absolute():  # relative to the config file, so a config travels with its data
             p = Path(source).resolve().parent / p
@@ -291,6 +328,7 @@ def config_from_dict(doc: Mapping[str, Any], source: str = "<dict>") -> BenchCon
             confidence=bench.get("confidence", 0.95),
             data=DataSpec(**data),
             training=TrainingSpec(**training),
+            canaries=CanarySpec(**canaries),
             grid=GridSpec(**grid_kwargs),
             attacks={k: dict(v) for k, v in attacks.items()},
             run=RunSpec(workers=run.get("workers", RunSpec.workers), ray=ray),

@@ -97,6 +97,7 @@ def _base(config: BenchConfig, data_digest: str) -> dict[str, Any]:
         "toolkit": __version__,
         "data": {"digest": data_digest, "n_sites": d.n_sites, "alpha": d.alpha, "split_seed": d.split_seed, "test_fraction": d.test_fraction},
         "training": asdict(config.training),
+        "canaries": config.canaries.count,  # the canaries inserted change the trained plugins
     }
 
 
@@ -121,5 +122,6 @@ def cell_key(config: BenchConfig, cell: Cell, seed: int, data_digest: str) -> st
             "model": model_key(config, cell, seed, data_digest),
             "attack": cell.attack,
             "settings": config.attack_settings(cell.attack),
+            "audit": asdict(config.canaries),
         }
     )

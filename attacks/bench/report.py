@@ -36,7 +36,16 @@ COLUMNS = (
     "fpr_reached_1pct",  # the FPR actually reached at that threshold (<= 1 %)
     "tpr_at_0.1pct_fpr",
     "empirical_epsilon",  # lower bound, Clopper-Pearson with a held-out threshold
-    "above_claim",  # empirical lower bound > claimed epsilon: a bug in the DP pipeline
+    "empirical_ceiling",  # the largest such bound a perfect attack could show on that sample
+    "canary_epsilon",  # one-run audit on the canaries (lower bound at 1 - p_target confidence)
+    "canary_ceiling",  # the largest one-run bound a perfect attack could show with these guesses
+    "canary_m",  # canaries of the model's sites (about half inserted)
+    "canary_guesses",
+    "canary_correct",
+    "canary_acc_in",  # share of inserted canaries whose random label the model predicts
+    "canary_acc_out",  # the same for the held-back ones (chance: 1 / classes)
+    "canary_above_claim",
+    "above_claim",  # an empirical lower bound (either) > claimed epsilon: a bug in the DP pipeline
     "n_members",
     "n_nonmembers",
     "references",
@@ -55,10 +64,17 @@ SUMMARY_METRICS = (
     ("utility_auc", "utility AUC", 3),
     ("attack_auc", "attack AUC", 3),
     ("tpr_at_1pct_fpr", "TPR @ 1% FPR", 3),
-    ("empirical_epsilon", "empirical eps (LB)", 2),
+    ("empirical_epsilon", "threshold eps (LB)", 2),
+    ("empirical_ceiling", "its ceiling", 2),
+    ("canary_epsilon", "one-run eps (LB) per seed", 2),
+    ("canary_ceiling", "its ceiling", 2),
+    ("canary_acc_in", "canaries memorised", 2),
+    ("canary_acc_out", "held back right", 2),
     ("recon_success", "recon success", 3),
     ("claimed_epsilon", "claimed eps", 2),
 )
+#: columns holding an epsilon lower bound, and the column of the ceiling that goes with each
+BOUND_CEILINGS = {"empirical_epsilon": "empirical_ceiling", "canary_epsilon": "canary_ceiling"}
 
 
 def _fmt_csv(value: Any) -> str:
@@ -93,9 +109,9 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
             for k, v in raw.items():
                 if k in ("lora", "merge", "attack", "cell_key", "accountant"):
                     row[k] = v
-                elif k == "above_claim":
+                elif k in ("above_claim", "canary_above_claim"):
                     row[k] = v == "true"
-                elif k in ("rank", "seed", "n_members", "n_nonmembers", "references"):
+                elif k in ("rank", "seed", "n_members", "n_nonmembers", "references", "canary_m", "canary_guesses", "canary_correct"):
                     row[k] = int(v) if v else None
                 else:
                     row[k] = float(v) if v else math.nan
@@ -122,9 +138,13 @@ def _sort_key(k: tuple) -> tuple:
     return tuple((0, x) if isinstance(x, (int, float)) else (1, str(x)) for x in k)
 
 
-def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> list[dict[str, Any]]:
+def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95, p_target: float = 0.05) -> list[dict[str, Any]]:
     """One entry per cell: its coordinates, the number of seeds and, per metric, the
-    ``(n, mean, half_width)`` across seeds."""
+    ``(n, mean, half_width)`` across seeds; the claim (largest over seeds), the one-run audit
+    pooled over seeds (:func:`attacks.bench.leakage.pooled_one_run`, at ``p_target``), the
+    largest ceiling of each bound over seeds and the cell's verdict."""
+    from .leakage import claim_of, pooled_one_run, verdict
+
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(tuple(r[c] for c in KEY_COLUMNS), []).append(r)
@@ -140,6 +160,11 @@ def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> list[
                 entry[col] = (len(values), math.inf, math.nan)  # e.g. the claim without DP
             else:
                 entry[col] = t_interval(values, confidence)
+        entry["claim"] = claim_of(members)
+        entry["max_ceiling"] = {c: max([float(r[c]) for r in members if r.get(c) is not None and math.isfinite(r[c])] or [math.nan])
+                                for c in BOUND_CEILINGS.values()}
+        entry["pooled"] = pooled_one_run(members, p_target)
+        entry["verdict"] = verdict(members, entry["pooled"])
         out.append(entry)
     return out
 
@@ -160,15 +185,61 @@ def _cell(stat: tuple[int, float, float], decimals: int) -> str:
     return text
 
 
+def bound_cell(e: dict[str, Any], col: str, decimals: int = 2) -> str:
+    """An epsilon bound across seeds, or "cannot tell" when the cell's finite claim is above
+    the largest bound that column's sample could show in any seed (never a bare 0)."""
+    from .leakage import CANNOT_TELL, cannot_tell
+
+    if e[col][0] and cannot_tell(e["claim"], e["max_ceiling"][BOUND_CEILINGS[col]]):
+        return CANNOT_TELL
+    return _cell(e[col], decimals)
+
+
+def pooled_cells(e: dict[str, Any]) -> tuple[str, str]:
+    """(pooled one-run bound or "cannot tell", its ceiling) of a summary entry."""
+    from .leakage import CANNOT_TELL, cannot_tell
+
+    p = e.get("pooled")
+    if p is None:
+        return "-", "-"
+    value = CANNOT_TELL if cannot_tell(e["claim"], p["ceiling"]) else f"{p['epsilon_lb']:.2f} ({p['v']}/{p['r']})"
+    return value, f"{p['ceiling']:.2f}"
+
+
 def table_rows(summary: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    head = ["epsilon", "rank", "LoRA", "merge", "attack", "n"] + [h for _, h, _ in SUMMARY_METRICS] + ["above claim"]
+    head = (["epsilon", "rank", "LoRA", "merge", "attack", "n"] + [h for _, h, _ in SUMMARY_METRICS]
+            + ["one-run eps (LB) pooled over seeds (right / guesses)", "its ceiling", "verdict", "above claim"])
     body = []
     for e in summary:
         body.append(
             [_eps(e["epsilon"]), str(e["rank"]), e["lora"], e["merge"], e["attack"], str(e["seeds"])]
-            + [_cell(e[c], d) for c, _, d in SUMMARY_METRICS]
-            + [str(e["above_claim"])]
+            + [bound_cell(e, c, d) if c in BOUND_CEILINGS else _cell(e[c], d) for c, _, d in SUMMARY_METRICS]
+            + list(pooled_cells(e)) + [e["verdict"], str(e["above_claim"])]
         )
+    return head, body
+
+
+def _mean_only(text: str) -> str:
+    """"0.52 ± 0.10" -> "0.52"; words ("cannot tell") unchanged."""
+    return text.split(" ± ")[0]
+
+
+def terminal_rows(summary: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The few columns that matter, one row per cell: the full table is in summary.md/html."""
+    ranks = len({e["rank"] for e in summary}) > 1
+    head = ["eps", *(["r"] if ranks else []), "LoRA", "merge", "attack", "acc", "AUC", "thresh. eps", "one-run eps", "ceiling", "claim", "verdict"]
+    body = []
+    for e in summary:
+        pooled, ceiling = pooled_cells(e)
+        if e.get("pooled") is None and e["canary_epsilon"][0]:
+            pooled = bound_cell(e, "canary_epsilon")
+        if pooled.endswith(")"):
+            pooled = pooled.split(" (")[0]
+        claim = "∞" if math.isinf(e["claim"]) else ("-" if math.isnan(e["claim"]) else f"{e['claim']:.2f}")
+        body.append([_eps(e["epsilon"]), *([str(e["rank"])] if ranks else []), e["lora"], e["merge"], e["attack"],
+                     _mean_only(_cell(e["accuracy"], 2)), _mean_only(_cell(e["attack_auc"], 2)),
+                     _mean_only(bound_cell(e, "empirical_epsilon")) if e["empirical_epsilon"][0] else "-",
+                     pooled, ceiling, claim, e["verdict"]])
     return head, body
 
 
@@ -177,9 +248,17 @@ def _legend(confidence: float, seeds: int) -> str:
         f"Mean ± half-width of the {confidence:.0%} Student-t interval across seeds "
         f"(n = {seeds} per cell unless the n column says otherwise; no interval when n = 1). "
         "Utility is on the union of the sites' test sets; membership attacks count members as "
-        "the positive class; the empirical epsilon is a Clopper-Pearson lower bound with the "
-        "threshold chosen on a held-out half; 'above claim' counts seeds whose bound exceeds the "
-        "claimed epsilon (a bug)."
+        "the positive class. Two empirical epsilon lower bounds: the threshold-based one "
+        "(Clopper-Pearson, threshold chosen on a held-out half of the candidate records, "
+        "per attack) and the one-run audit (Steinke, Nasr, Jagielski 2023) on the canaries "
+        "(per seed, and pooled over the seeds: independent runs on independent canaries), each at "
+        "95% confidence and each beside its ceiling, the largest bound a perfect attack could "
+        "show on that sample. 'cannot tell' marks a claim above every seed's ceiling: that "
+        "sample could not contradict it. 'canaries memorised' / 'held back right': the share of "
+        "inserted / held-back canaries whose random label the model predicts. Verdict: BUG (a "
+        "bound above the claim), leaks (no DP, a bound above 0), no leak seen, consistent (the "
+        "sample could have contradicted the claim and did not), cannot tell. 'above claim' "
+        "counts seeds whose bound exceeds the claimed epsilon (a bug)."
     )
 
 
@@ -197,8 +276,22 @@ _ENV = jinja2.Environment(
 )
 
 
-def html(summary: Sequence[dict[str, Any]], confidence: float, seeds: int, *, title: str, plots: Sequence[str], flagged: Sequence[str], meta: dict[str, Any]) -> str:
+def _img_src(rel: str, root: Path | None) -> str:
+    """A plot's ``src``: the PNG itself as a data: URI when ``root`` holds it (the page then
+    shows its plots wherever it is opened or sent), else the relative path."""
+    if root is not None and (root / rel).is_file():
+        import base64
+
+        return "data:image/png;base64," + base64.b64encode((root / rel).read_bytes()).decode("ascii")
+    return rel
+
+
+def html(summary: Sequence[dict[str, Any]], confidence: float, seeds: int, *, title: str, plots: Sequence[str], flagged: Sequence[str],
+         meta: dict[str, Any], embed_root: Path | None = None) -> str:
+    """The HTML summary; ``plots`` are paths relative to the output directory, embedded from
+    ``embed_root`` (the directory being written) when given."""
     head, body = table_rows(summary)
+    figures = [{"name": p, "src": _img_src(p, embed_root)} for p in plots]
     return _ENV.get_template("summary.html.j2").render(
-        title=title, legend=_legend(confidence, seeds), head=head, body=body, plots=list(plots), flagged=list(flagged), meta=meta
+        title=title, legend=_legend(confidence, seeds), head=head, body=body, plots=figures, flagged=list(flagged), meta=meta
     )

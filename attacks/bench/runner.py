@@ -121,7 +121,7 @@ def preflight(config: BenchConfig, data) -> None:
             for eps in config.grid.epsilon:
                 dp = {"no_dp": True} if math.isinf(eps) else {"target_epsilon": eps, "delta": t.delta}
                 TrainConfig(base=t.base, rank=rank, alpha=t.alpha_scale * rank, ffa=lora == "ffa", epochs=t.epochs, batch_size=t.batch_size,
-                            lr=t.lr, max_grad_norm=t.max_grad_norm, accountant=t.accountant, **dp)
+                            lr=t.lr, optimizer=t.optimizer, max_grad_norm=t.max_grad_norm, accountant=t.accountant, **dp)
     from forge_secure.privacy import ACCOUNTANTS
 
     ACCOUNTANTS.get(t.accountant)
@@ -185,36 +185,50 @@ def run_bench(
             raise RuntimeError(f"cell {cell.label()} seed {seed} has no result after the run")
         row = row_from_json(doc["row"])
         # the tidy table has every column in every row: what an attack does not measure is NaN
-        rows.append({c: row.get(c, False if c == "above_claim" else math.nan) for c in report.COLUMNS})
-    flagged = [f"{r['attack']} on {r['merge']} ({r['lora']}, rank {r['rank']}, seed {r['seed']}): empirical {r['empirical_epsilon']:.2f} > claimed {r['claimed_epsilon']:.2f}" for r in plots.flagged_rows(rows)]
+        row["above_claim"] = bool(row.get("above_claim")) or bool(row.get("canary_above_claim"))
+        rows.append({c: row.get(c, False if c in ("above_claim", "canary_above_claim") else math.nan) for c in report.COLUMNS})
+    flagged = [flag_text(r) for r in plots.flagged_rows(rows)]
     result = BenchResult(out, rows, computed, len(pairs) - len(missing), trained, 0.0, cpu, skipped, flagged)
     write_outputs(config, result, replace=replace, t0=t0)
     return result
+
+
+def flag_text(r: dict[str, Any]) -> str:
+    """One line naming a run whose empirical bound is above its claim, and which bound."""
+    bounds = []
+    if r.get("empirical_epsilon") is not None and math.isfinite(r["empirical_epsilon"]) and r["empirical_epsilon"] > r["claimed_epsilon"]:
+        bounds.append(f"threshold bound {r['empirical_epsilon']:.2f}")
+    if r.get("canary_above_claim"):
+        bounds.append(f"one-run bound on the canaries {r['canary_epsilon']:.2f}")
+    return (f"{r['attack']} on {r['merge']} ({r['lora']}, rank {r['rank']}, seed {r['seed']}): "
+            f"{' and '.join(bounds) or 'empirical bound'} > claimed {r['claimed_epsilon']:.2f}")
 
 
 def write_outputs(config: BenchConfig, result: BenchResult, *, replace: bool, t0: float) -> None:
     with progress.task("writing tables and plots", total=None):
         with atomic_directory(result.out, overwrite=replace) as tmp:
             report.write_csv(result.rows, tmp / "results.csv")
-            summary = report.summarize(result.rows, config.confidence)
+            summary = report.summarize(result.rows, config.confidence, config.canaries.p_target)
             (tmp / "summary.md").write_text(
                 f"# forge bench: {Path(config.source).name}\n\n" + report.markdown(summary, config.confidence, len(config.seeds))
                 + ("\n**Empirical epsilon above the claim (bugs):**\n\n" + "\n".join(f"- {f}" for f in result.flagged) + "\n" if result.flagged else "")
                 + ("\nSkipped (not applicable): " + "; ".join(result.skipped) + "\n" if result.skipped else ""),
                 encoding="utf-8",
             )
-            written = plots.write_plots(result.rows, tmp / "plots", config.confidence)
+            written = plots.write_plots(result.rows, tmp / "plots", config.confidence, config.canaries.p_target)
             pngs = [f"plots/{p.name}" for p in written if p.suffix == ".png"]
             meta = {
                 "configuration": config.source,
                 "data": config.data.source,
                 "base": config.training.base,
                 "seeds": ", ".join(map(str, config.seeds)),
+                "canaries per site": config.canaries.count or "none",
                 "cells x seeds": len(result.rows),
                 "toolkit": f"forge-secure {__version__}",
             }
             (tmp / "summary.html").write_text(
-                report.html(summary, config.confidence, len(config.seeds), title="forge bench: leakage against privacy budget", plots=pngs, flagged=result.flagged, meta=meta),
+                report.html(summary, config.confidence, len(config.seeds), title="forge bench: leakage against privacy budget", plots=pngs, flagged=result.flagged, meta=meta,
+                            embed_root=tmp),
                 encoding="utf-8",
             )
             if Path(config.source).is_file():

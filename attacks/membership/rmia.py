@@ -147,7 +147,10 @@ class RmiaAttack(MembershipAttack):
         # The fraction takes only m + 1 values; with a small population many records tie,
         # which leaves the low-FPR end of the ROC undefined. Ties are broken by the ratio
         # P(x|theta)/P(x) itself, scaled below the 1/m step so no untied order changes.
-        tie_break = np.arctan(np.log(ratio_x)) / np.pi + 0.5  # monotone, in (0, 1)
+        # (a true-class probability that underflows to 0 gives a ratio of 0: floored at the
+        # smallest positive double, so its log is finite and it still ranks lowest)
+        log_ratio = np.log(np.maximum(ratio_x, np.finfo(np.float64).tiny))
+        tie_break = np.arctan(log_ratio) / np.pi + 0.5  # monotone, in (0, 1)
         return score + tie_break / (2.0 * (ratio_z.size + 1))
 
     def settings(self) -> dict:

@@ -20,8 +20,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser(
         "bench",
         help="run a leakage-resistance grid (epsilon x rank x LoRA/FFA x merge x attack x seed)",
-        description="Run the grid of a bench TOML file: train DP site plugins, merge them, measure utility and "
-        "attack them; write results.csv, summary.md/html and plots to --out. Cells are cached, so a rerun "
+        description="Run the grid of a bench TOML file: train DP site plugins (with auditor-style canaries), merge them, "
+        "measure utility and attack them; print the few columns that matter (within 100 characters) and write "
+        "results.csv, summary.md/html (the full table, plots inline) and plots to --out. Cells are cached, so a rerun "
         "resumes. Start from the bundled grid: forge bench --print-default > bench.toml",
     )
     p.add_argument("--config", default="default", help='bench TOML file, or "default" for the bundled grid (default)')
@@ -65,6 +66,32 @@ def _dry_run(args, config) -> int:
     return 0
 
 
+#: the terminal table's widest rendering, in characters (the full table is in summary.md/html)
+TERMINAL_WIDTH = 100
+
+
+def terminal_table(summary, *, title: str):
+    """The few columns that matter as a rich Table that fits :data:`TERMINAL_WIDTH` columns:
+    one row per cell; bounds are 95% lower bounds, "one-run eps" pooled over the seeds."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from attacks.bench import report
+
+    head, body = report.terminal_rows(summary)
+    # no box: two spaces between columns, so the widest grid (several ranks, "mixture", "no leak
+    # seen") still fits 100 characters
+    table = Table(title=escape(title), box=None, pad_edge=False, padding=(0, 1), header_style="bold underline",
+                  caption="eps: 95% lower bounds (one-run: canaries, pooled over seeds); ceiling: most a perfect attack "
+                          "shows", caption_justify="left")
+    for h in head:
+        table.add_column(escape(h), justify="left" if h in ("LoRA", "merge", "attack", "verdict") else "right", no_wrap=True)
+    styles = {"BUG": "bold red", "leaks": "yellow", "cannot tell": "dim"}
+    for r in body:
+        table.add_row(*(escape(c) for c in r), style=styles.get(r[-1]))
+    return table
+
+
 def run(args: argparse.Namespace) -> int:
     from attacks.bench.config import DEFAULT_CONFIG, load_config
     from forge_secure.errors import ForgeValueError
@@ -86,25 +113,25 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _common.emit_json(result.to_dict())
         return 0
-    from rich.table import Table
-
     from attacks.bench import report
 
-    head, body = report.table_rows(report.summarize(result.rows, config.confidence))
-    table = Table(title=f"forge bench ({len(result.rows)} runs; mean ± {config.confidence:.0%} t-interval over seeds)")
-    for h in head:
-        table.add_column(h)
-    for r in body:
-        table.add_row(*r)
-    _common.console.print(table)
-    _common.console.print(
+    width = min(_common.console.width, TERMINAL_WIDTH)
+
+    def _print(*a, **kw):
+        _common.console.print(*a, width=width, **kw)
+
+    summary = report.summarize(result.rows, config.confidence, config.canaries.p_target)
+    _print(terminal_table(summary, title=f"forge bench ({len(result.rows)} runs)"))
+    _print(
         f"{result.computed} runs computed, {result.cached} from the cache, {result.trained} plugins trained, "
-        f"{result.seconds:.1f} s. Wrote {result.out}/results.csv, summary.md, summary.html and plots/."
+        f"{result.seconds:.1f} s. Full table (every metric with its {config.confidence:.0%} t-interval over seeds): "
+        f"{result.out}/summary.md and summary.html; plots in {result.out}/plots/; one row per run in results.csv.",
+        highlight=False, markup=False,
     )
     if result.flagged:
-        _common.console.print(f"{len(result.flagged)} run(s) measured more leakage than the claimed epsilon (a bug):", style="bold red")
+        _print(f"{len(result.flagged)} run(s) measured more leakage than the claimed epsilon (a bug):", style="bold red")
         for f in result.flagged:
-            _common.console.print(f"  {f}")
+            _print(f"  {f}", markup=False, highlight=False)
     if result.skipped:
-        _common.console.print(f"skipped {len(result.skipped)} cells that do not apply: " + "; ".join(result.skipped))
+        _print(f"skipped {len(result.skipped)} cells that do not apply: " + "; ".join(result.skipped), markup=False, highlight=False)
     return 0

@@ -26,9 +26,11 @@ def test_default_config_loads_and_expands():
     assert cfg == load_config(None) == load_config(DEFAULT_CONFIG)
     assert math.inf in cfg.grid.epsilon and 1.0 in cfg.grid.epsilon
     cells = expand_grid(cfg)
-    assert len(cells) == cfg.grid.size == 3 * 1 * 2 * 3 * 3
+    assert len(cells) == cfg.grid.size == 3 * 1 * 1 * 1 * 3
+    # the default grid inserts canaries and audits them (issue 17: rows that separate)
+    assert cfg.canaries.count > 0 and cfg.training.base == "vit-tiny" and cfg.data.source == "bundled-digits"
     assert len(set(cells)) == len(cells)
-    assert {c.lora for c in cells} == {"lora", "ffa"}
+    assert {c.lora for c in cells} == {"lora"}
     # every attack table of the bundled file is a known attack with known keys
     raw = tomllib.loads(DEFAULT_CONFIG.read_text())
     assert set(raw["attack"]) <= set(ATTACKS.names())
@@ -66,6 +68,13 @@ def test_inf_is_parsed_and_written_back():
         (lambda d: d.update(bench={"seeds": [0], "confidence": 1.5}), ["confidence"]),
         (lambda d: d.update(run={"workers": 0}), ["workers must be an integer >= 1"]),
         (lambda d: d.update(grid=[1, 2]), ["grid must be a table"]),
+        (lambda d: d.update(canaries={"count": -3}), ["count must be an integer >= 0"]),
+        (lambda d: d.update(canaries={"count": 1}), ["count must be 0", "at least 2"]),
+        (lambda d: d.update(canaries={"count": "many"}), ["count must be an integer", "many"]),
+        (lambda d: d.update(canaries={"cnt": 64}), ["unknown key 'cnt'", "count"]),
+        (lambda d: d.update(canaries={"k_plus_fraction": 0.8, "k_minus_fraction": 0.8}), ["k_plus_fraction + k_minus_fraction"]),
+        (lambda d: d.update(canaries={"p_target": 0.7}), ["p_target"]),
+        (lambda d: d.update(canaries=[64]), ["canaries must be a table"]),
     ],
 )
 def test_bad_configs_are_refused_with_the_fix(mutate, words):
@@ -151,6 +160,9 @@ def test_keys_change_only_for_the_cells_a_setting_touches():
         (lambda d: d.update(training={"base": "resnet-9000"}), ["unknown base model 'resnet-9000'", "tabular-mlp"]),
         (lambda d: d["attack"].update(lira={"references": 1, "fixed_variance": False}), ["at least 4 reference models"]),
         (lambda d: d["attack"].update(rmia={"a": 3.0}), ["a=3.0", "[0, 1]"]),
+        (lambda d: d.update(training={"optimizer": "lbfgs"}), ["lbfgs", "adam", "sgd"]),
+        # canaries shaped like the bundled digits cannot go into a tabular base's training set
+        (lambda d: d.update(data={"source": "bundled-digits"}, training={"base": "tabular-mlp"}), ["does not fit base"]),
     ],
 )
 def test_preflight_checks_the_libraries_settings_before_any_work(tmp_path, mutate, words):

@@ -68,7 +68,7 @@ def test_csv_round_trip_and_summary(tmp_path):
     md = report.markdown(summary, 0.95, 3)
     assert "n = 3" in md and "t interval" in md.replace("-", " ") and "| ∞ |" in md
     assert md.count("\n|") == len(summary) + 2  # heading, rule, one line per cell
-    assert "| ∞ | 0 |" in md  # claimed epsilon without DP
+    assert "| ∞ | - | - | leaks | 0 |" in md  # claimed epsilon without DP, no canaries, a bound above 0
     html = report.html(summary, 0.95, 3, title="t<b>", plots=["plots/x.png"], flagged=["lira <bug>"], meta={"seeds": "0, 1, 2"})
     assert "<b>" not in html.split("<body>")[1].split("<table>")[0]  # escaped
     assert "lira &lt;bug&gt;" in html and 'src="plots/x.png"' in html
@@ -94,3 +94,56 @@ def test_plots_without_membership_rows(tmp_path):
     written = plots.write_plots(r, tmp_path, 0.95)
     assert len(written) == 6
     assert "no membership attack" in (tmp_path / "empirical_vs_claimed.svg").read_text()
+
+
+def _canary_rows() -> list[dict]:
+    """rows() with a canary audit: no DP leaks (28 of 32 right), DP stays at chance."""
+    from attacks.metrics import one_run_epsilon, one_run_epsilon_ceiling
+
+    out = []
+    for r in rows():
+        nodp = math.isinf(r["epsilon"])
+        v = 28 if nodp else 16
+        delta = 0.0 if nodp else 1e-3
+        out.append(dict(r, above_claim=False, empirical_ceiling=1.9, canary_m=64, canary_guesses=32, canary_correct=v,
+                        canary_epsilon=one_run_epsilon(32, v, 64, delta=delta), canary_ceiling=one_run_epsilon_ceiling(32, m=64, delta=delta),
+                        canary_acc_in=0.6 if nodp else 0.1, canary_acc_out=0.1, canary_above_claim=False))
+    return out
+
+
+def test_the_ceiling_is_drawn_and_claims_above_it_are_hollow(tmp_path):
+    written = plots.write_plots(_canary_rows(), tmp_path, 0.95)
+    assert len(written) == 6
+    svg = (tmp_path / "empirical_vs_claimed.svg").read_text()
+    for words in ("ceiling: perfect attack, threshold", "ceiling: perfect attack, pooled one-run", "one-run bound pooled over seeds",
+                  "cannot tell (claim above ceiling)"):
+        assert words in svg, words
+    assert "BUG" not in svg
+
+
+def test_summary_with_canaries_pools_the_seeds_and_says_cannot_tell(tmp_path):
+    summary = report.summarize(_canary_rows(), 0.95)
+    head, body = report.table_rows(summary)
+    cols = {h: i for i, h in enumerate(head)}
+    for line, e in zip(body, summary):
+        if math.isinf(e["epsilon"]):
+            assert e["pooled"]["v"] == 3 * 28 and e["verdict"] == "leaks"
+            assert float(line[cols["one-run eps (LB) pooled over seeds (right / guesses)"]].split()[0]) > 1.0
+        elif e["epsilon"] == 8.0:  # above every ceiling (about 1.9, 2.3 and 3.4 pooled)
+            assert line[cols["threshold eps (LB)"]] == "cannot tell" and e["verdict"] == "cannot tell"
+        else:
+            assert e["verdict"] == "consistent" and line[cols["threshold eps (LB)"]] != "cannot tell"
+    # the terminal table: the few columns that matter, under 100 characters wide
+    from rich.console import Console
+
+    from forge_secure.cli.bench import TERMINAL_WIDTH, terminal_table
+
+    console = Console(width=250, record=True, color_system=None)
+    console.print(terminal_table(summary, title="forge bench (36 runs)"))
+    lines = console.export_text().splitlines()
+    assert max(len(x.rstrip()) for x in lines) <= TERMINAL_WIDTH
+    assert any("cannot tell" in x for x in lines) and any("leaks" in x for x in lines)
+    # the HTML page holds its plots itself
+    plots.write_plots(_canary_rows(), tmp_path / "plots", 0.95)
+    page = report.html(summary, 0.95, 3, title="t", plots=["plots/empirical_vs_claimed.png"], flagged=[], meta={}, embed_root=tmp_path)
+    assert 'src="data:image/png;base64,iVBOR' in page

@@ -116,6 +116,27 @@ def test_rmia_hand_computed():
     assert expected_off <= off.score(target, y, population_target_logits=pop_target)[0] < expected_off + step
 
 
+
+def test_rmia_tie_break_of_an_underflowing_probability_is_finite_without_warning():
+    """A target whose true-class probability underflows to 0 (a logit gap of 5000) used to take
+    log(0) in the tie-break (a RuntimeWarning on every bench run); it must rank lowest, finitely."""
+    import warnings
+
+    y = np.array([0, 0, 0])
+    pop_y = np.array([0, 0, 0])
+    ref = _binary(np.array([[1.0, 0.5, 0.0], [-1.0, 0.0, 0.2]]))
+    in_mask = np.array([[True, False, True], [False, True, False]])
+    pop_ref = _binary(np.array([[0.0, 1.0, 2.0], [0.0, -1.0, 2.0]]))
+    target, pop_target = _binary(np.array([-5000.0, 0.0, 3.0])), _binary(np.array([0.0, 1.0, 3.0]))
+    for settings in ({}, {"online": False, "a": 0.3}):
+        attack = make_attack("rmia", gamma=1.0, **settings)
+        attack.fit(ref, y, in_mask, population_reference_logits=pop_ref, population_labels=pop_y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # any RuntimeWarning fails the test
+            score = attack.score(target, y, population_target_logits=pop_target)
+        assert np.all(np.isfinite(score))
+        assert score[0] == score.min() and score[0] < score[1] < score[2]
+
 def _synthetic(n=400, m=200, R=8, signal=2.0, seed=0):
     """Records of varied difficulty; a model's confidence rises by ``signal`` on its training records."""
     rng = np.random.default_rng(seed)
