@@ -112,8 +112,9 @@ def why(summary, cfg) -> list[str]:
     out.append(
         f"- **The image base.** `{cfg.training.base}` on `{cfg.data.source}` (10 classes): a canary is a noise image with a random "
         "label, so a model predicts a held-back canary's label about 1 time in 10 and an inserted canary it learnt stands out. "
-        "On the binary tabular task a held-back canary matches its random label half the time, and a rank-8 LoRA reached only "
-        "0.8-1.7 with 256 canaries and 100 epochs (the \"Audit power\" section).")
+        "On the binary tabular task a held-back canary matches its random label half the time: with IN and OUT guesses (the "
+        "grid's 25/25) a rank-8 LoRA reached 0.8-1.7 with 256 canaries; the audit's OUT-only default reaches 3.0 there, but "
+        "only when every included canary is memorised (the \"Audit power\" section), which these adapters are not.")
     for (eps, lora, merge), e in sorted(models.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         if math.isinf(eps) and e.get("pooled"):
             out.append(f"  Here, no DP, {lora}: inserted canaries learnt {_pm(e['canary_acc_in'])}, held-back ones right "
