@@ -23,8 +23,8 @@ Measured: the slow run, once, 2026-12-03 (shared 2-core machine), 100,000 inputs
 
 The policy crashes were fixed in audits/ (tomllib's RecursionError and ValueError become
 ``policy.toml``, a float setting too large for a float ``policy.type``; the regression tests
-below), and the slow run on the fixed reader is recorded beside it in the closing note; the
-evidence and results readers are total.
+below). The slow run on the fixed reader, 2026-12-03: audit-policy 100,000 inputs, 88,396
+refused, 11,604 accepted, 0 crashes. The evidence and results readers are total.
 """
 
 from __future__ import annotations
