@@ -13,8 +13,9 @@ import json
 import pytest
 
 from forge_secure.cli import main as forge_main
-from forge_secure.crypto import Recipient, add_site_key, init_roster, load_signing_key, new_keys, sign_roster
+from forge_secure.crypto import new_keys
 from tests.conftest import assert_clean_error
+from tests.forge_secure.crypto._cli_world import build_cli_world
 
 
 def test_cli_subprocess_seal_verify_open(forge_cli, tmp_path, setup):
@@ -123,18 +124,9 @@ def test_cli_story_seal_verify_open(forge_cli, tmp_path, kit):
 
 @pytest.fixture
 def setup(tmp_path, kit, capsys):
-    keys = {n: new_keys(n, tmp_path / n, random=kit.Drbg(f"cli {n}")) for n in ("site-1", "consortium", "other", "admin-1")}
-    roster = tmp_path / "roster.json"
-    init_roster(roster, "medforge", [keys["admin-1"].public_key], expires=kit.NOW + 3650 * kit.DAY,
-                recipients=[keys["consortium"].public_key, Recipient.from_public(keys["other"].public_key, "auditor")])
-    add_site_key(roster, keys["site-1"].public_key, not_before=kit.NOW - kit.DAY, not_after=kit.NOW + 3650 * kit.DAY)
-    sign_roster(roster, load_signing_key(keys["admin-1"].signing))
-    plugin = kit.make_plugin(tmp_path / "plugin")
-    bundle = tmp_path / "a.forge"
-    assert forge_main(["seal", str(plugin), "--signer", str(keys["site-1"].signing), "--recipient",
-                       str(keys["consortium"].public), "--out", str(bundle)]) == 0
+    world = build_cli_world(tmp_path, kit, "cli", seal_with_roster=False)
     capsys.readouterr()
-    return keys, roster, plugin, bundle
+    return world
 
 
 def run(capsys, *args) -> tuple[int, str]:

@@ -24,9 +24,10 @@ import pytest
 from hypothesis import settings
 
 from forge_secure.cli import main as forge_main
-from forge_secure.crypto import Recipient, add_site_key, init_roster, load_signing_key, new_keys, sign_roster
+from forge_secure.crypto import load_signing_key
 from forge_secure.crypto.timestamp import issue_timestamp
 from forge_secure.errors import ForgeError
+from tests.forge_secure.crypto._cli_world import build_cli_world
 
 settings.register_profile("forge-fuzz-cli-quick", settings.get_profile("forge-fuzz-quick"), max_examples=25)
 settings.register_profile("forge-fuzz-cli-slow", settings.get_profile("forge-fuzz-slow"), max_examples=500)
@@ -42,16 +43,7 @@ class CliRefused(ForgeError):
 
 @pytest.fixture
 def cli_world(tmp_path, kit, capsys):
-    keys = {n: new_keys(n, tmp_path / n, random=kit.Drbg(f"cli fuzz {n}")) for n in ("site-1", "consortium", "other", "admin-1")}
-    roster = tmp_path / "roster.json"
-    init_roster(roster, "medforge", [keys["admin-1"].public_key], expires=kit.NOW + 3650 * kit.DAY,
-                recipients=[keys["consortium"].public_key, Recipient.from_public(keys["other"].public_key, "auditor")])
-    add_site_key(roster, keys["site-1"].public_key, not_before=kit.NOW - kit.DAY, not_after=kit.NOW + 3650 * kit.DAY)
-    sign_roster(roster, load_signing_key(keys["admin-1"].signing))
-    plugin = kit.make_plugin(tmp_path / "plugin")
-    bundle = tmp_path / "a.forge"
-    assert forge_main(["seal", str(plugin), "--signer", str(keys["site-1"].signing), "--recipient", str(keys["consortium"].public),
-                       "--out", str(bundle), "--roster", str(roster)]) == 0
+    keys, roster, plugin, bundle = build_cli_world(tmp_path, kit, "cli fuzz", seal_with_roster=True)
     timestamp = tmp_path / "timestamp.json"
     issue_timestamp(roster, load_signing_key(keys["admin-1"].signing), timestamp)
     capsys.readouterr()
