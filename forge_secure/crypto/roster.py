@@ -29,8 +29,10 @@ Trust (the pinned root, rotation, rollback, fork) is in :mod:`forge_secure.crypt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -230,6 +232,12 @@ class Roster:
             groups.append(mine)
         return len(groups)
 
+    @cached_property
+    def self_signer_count(self) -> int:
+        """``signer_count()`` over this roster's own admins, computed once per instance (the
+        dataclass is frozen, and :func:`read_roster` hands out one instance per file content)."""
+        return self.signer_count()
+
     def recipient(self, key_id: str) -> Recipient | None:
         return next((r for r in self.recipients if r.key_id == key_id), None)
 
@@ -375,6 +383,14 @@ def _text(value: object, limit: int) -> str:
     return value
 
 
+#: rosters parsed in this process, by (SHA-256 of the file's bytes, path): a long-lived process (the
+#: hub, a batch of seals) parses, canonicalises and checks the signatures of one roster once. Only the
+#: parse is remembered (a pure function of the bytes); every use is still trusted afresh
+#: (expiry, pinned root, rollback, fork) by :func:`~forge_secure.crypto.trust.trust`.
+_PARSED: OrderedDict[tuple[bytes, str], Roster] = OrderedDict()
+_PARSED_MAX = 16
+
+
 def read_roster(path: str | os.PathLike) -> Roster:
     """Parse a roster file without trusting it (see :func:`load_roster`)."""
     path = Path(path)
@@ -382,7 +398,15 @@ def read_roster(path: str | os.PathLike) -> Roster:
         raw = read_bounded_bytes(path, "roster", max_bytes=MAX_ROSTER, code_prefix="roster")
     except ForgeError as e:
         raise fail(e.code, e.message, e.fix or "restore it from a good copy") from None
-    return replace(roster_from_bytes(raw, str(path)), path=path)
+    key = (hashlib.sha256(raw).digest(), str(path))
+    roster = _PARSED.get(key)
+    if roster is None:
+        roster = _PARSED[key] = replace(roster_from_bytes(raw, str(path)), path=path)
+        while len(_PARSED) > _PARSED_MAX:
+            _PARSED.popitem(last=False)
+    else:
+        _PARSED.move_to_end(key)
+    return roster
 
 
 def roster_from_bytes(raw: bytes, where: str = "<roster>") -> Roster:

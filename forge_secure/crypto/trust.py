@@ -27,6 +27,7 @@ can find the recipients without a ``--roster``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +77,24 @@ def _damaged_state(where) -> BundleError:
                 "restore it from a backup, or delete it and pin the consortium's root again with 'forge roster pin'")
 
 
+#: the last state file parsed, by the SHA-256 of its bytes (the state is re-read on every use and
+#: parsed again only when it changed)
+_LAST_STATE: dict[bytes, _State] = {}
+
+
 def state_from_bytes(raw: bytes, where="<roster state>") -> _State:
     """Parse the bytes of a pinned-root state file; total: anything but a state ends in ``roster.state``."""
+    key = hashlib.sha256(raw).digest()
+    hit = _LAST_STATE.get(key)
+    if hit is not None:
+        return hit
+    state = _parse_state(raw, where)
+    _LAST_STATE.clear()
+    _LAST_STATE[key] = state
+    return state
+
+
+def _parse_state(raw: bytes, where) -> _State:
     try:
         state = loads_bounded(raw, max_depth=12, allow_floats=False)
         if not isinstance(state, dict) or not isinstance(state["admins"], list):
@@ -102,7 +119,7 @@ def _write_state(state_file: Path, roster: Roster, now: int, pinned: dict | None
 
 
 def _check_self_signed(roster: Roster) -> None:
-    count = roster.signer_count()
+    count = roster.self_signer_count
     if count < roster.threshold:
         raise fail("roster.signature", f"roster version {roster.version} has {count} valid admin signatures, "
                    f"{roster.threshold} needed", "have the admins sign it with 'forge roster sign', or restore a good copy")
