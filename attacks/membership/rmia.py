@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 
 from forge_secure.errors import ForgeConfigError
 
-from .base import ATTACKS, MembershipAttack, TooFewReferences
+from .base import MEMBERSHIP_ATTACKS, MembershipAttack, TooFewReferences
 from .stats import true_class_probability
 
 A_GRID = np.round(np.linspace(0.0, 1.0, 21), 2)
@@ -65,7 +65,7 @@ def _fraction_dominated(ratio_x: np.ndarray, ratio_z: np.ndarray, gamma: float) 
     return np.searchsorted(sorted_z, ratio_x / gamma, side="right") / sorted_z.size
 
 
-@ATTACKS.register("rmia")
+@MEMBERSHIP_ATTACKS.register("rmia")
 class RmiaAttack(MembershipAttack):
     name = "rmia"
     Config = RmiaConfig
