@@ -2,9 +2,10 @@
 
 An attack's settings are the fields of its ``Config`` dataclass (which validates them). The
 estimator takes them as keyword arguments (or one ``Config`` object, for callers that built
-one), stores each one unchanged as an attribute of the same name, and checks them on
-construction and again in ``fit``; ``attack.config`` is the validated ``Config`` of the
-current settings. Everything learned in ``fit`` ends with an underscore, so that
+one) and stores each one unchanged as an attribute of the same name; as in scikit-learn,
+``__init__`` and ``set_params`` check nothing but the names, and ``fit`` checks the values
+(``attack.config`` is the validated ``Config`` of the current settings; factories such as
+``make_attack`` read it at once, so a bad setting fails before any work starts). Everything learned in ``fit`` ends with an underscore, so that
 ``sklearn.utils.validation.check_is_fitted``, ``get_params`` / ``set_params`` and
 ``sklearn.base.clone`` work as on any scikit-learn estimator.
 """
@@ -75,16 +76,19 @@ class ConfigEstimator(BaseEstimator):
         if missing:
             raise ForgeValueError(f"{type(self).__name__} needs the setting(s) {', '.join(missing)}",
                                   fix=f"pass {', '.join(f'{n}=...' for n in missing)}", code="attack.settings")
-        self.Config(**settings)  # bad settings fail here, before anything runs
         defaults = _init_signature(self.Config).parameters
         for n in names:
             default = defaults[n].default
-            setattr(self, n, settings[n] if n in settings else (None if default is inspect.Parameter.empty else default))
+            setattr(self, n, settings.get(n, None if default is inspect.Parameter.empty else default))
 
     @property
     def config(self) -> Any:
         """The validated settings (a fresh ``Config`` of the current parameters)."""
         return self.Config(**self.get_params(deep=False))
+
+    def _check_settings(self) -> Any:
+        """Validate the current settings (the ``Config`` raises a ``ForgeError`` naming the bad one)."""
+        return self.config
 
     def _clear_fitted(self) -> None:
         """Forget what an earlier (or a failed) ``fit`` learned."""

@@ -74,7 +74,8 @@ class MembershipAttack(ConfigEstimator, abc.ABC):
     ) -> "MembershipAttack":
         from attacks.references import ReferenceSet  # local: references imports this module's registry users
 
-        self.config  # settings changed by set_params since __init__ are checked again here
+        self._check_settings()  # the settings' values are checked here (and by make_attack)
+        self._clear_fitted()  # a new fit, or a failed one, keeps nothing of an earlier fit
 
         if isinstance(reference_logits, ReferenceSet):
             refs = reference_logits
@@ -125,7 +126,6 @@ class MembershipAttack(ConfigEstimator, abc.ABC):
             if pmask.shape != pop.shape[:2]:
                 raise ForgeValueError(f"population_in_mask must have shape {pop.shape[:2]}, got {pmask.shape}", code="attack.in_mask_shape")
             pop = (pop, pl, pmask)
-        self._clear_fitted()
         try:
             self._fit(ref, labels, mask, pop)
         except BaseException:
@@ -175,7 +175,9 @@ class MembershipAttack(ConfigEstimator, abc.ABC):
 
 def make_attack(name: str, **settings: Any) -> MembershipAttack:
     """Build a registered attack by name: ``make_attack("lira", online=False)``."""
-    return MEMBERSHIP_ATTACKS.get(name)(**settings)
+    attack = MEMBERSHIP_ATTACKS.get(name)(**settings)
+    attack._check_settings()  # bad values fail here, before references are trained
+    return attack
 
 
 def _load_builtin() -> None:
