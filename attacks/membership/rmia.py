@@ -21,6 +21,7 @@ P(x|theta)/P(x) (a tie-break below the 1/m step; it never reorders untied record
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,10 @@ class RmiaConfig:
     max_population: int | None = None
 
     def __post_init__(self):
+        for k in ("a", "gamma", "temperature", "max_population"):
+            v = getattr(self, k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                raise ForgeConfigError(f"RMIA setting {k}={v!r} must be a number", fix=f"give {k} as a number, e.g. {k}=1", code="attack.settings")
         if not isinstance(self.online, bool):
             raise ForgeConfigError(f"RMIA setting online={self.online!r} must be true or false", code="attack.settings")
         if self.a is not None and not (0.0 <= float(self.a) <= 1.0):

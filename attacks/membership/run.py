@@ -132,11 +132,11 @@ class MiaSettings:
         self.make_attack()  # validates the attack's own settings
 
     def make_attack(self):
-        if self.attack == "lira":
-            return make_attack("lira", online=self.online, fixed_variance=self.fixed_variance)
-        if self.attack == "rmia":
-            return make_attack("rmia", online=self.online, a=self.rmia_a, gamma=self.gamma, temperature=self.temperature)
-        return make_attack(self.attack)
+        """The registered attack, given those of these settings that are its parameters."""
+        shared = {"online": self.online, "fixed_variance": self.fixed_variance, "a": self.rmia_a, "gamma": self.gamma,
+                  "temperature": self.temperature}
+        params = MEMBERSHIP_ATTACKS.get(self.attack)._get_param_names()
+        return make_attack(self.attack, **{k: v for k, v in shared.items() if k in params})
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,12 @@
 the way scikit-learn's ``parametrize_with_checks`` runs every estimator: a new attack is
 checked by registering it.
 
-Real signals: the target and the reference models are scikit-learn logistic regressions
-(weakly regularised, so they overfit) on the bundled breast-cancer records, the target trained
-on the candidates drawn by fair coins, each reference on half of the candidates (pairs of
-references split them the opposite way, so every record has as many IN as OUT references) and
-on half of the population records.
+Real signals: the target and the reference models are scikit-learn MLPs (wide, no weight decay,
+so they memorise) on the bundled breast-cancer records, of which a fixed 30 % carry a flipped
+label (mislabelled records, the usual membership probe: only a model trained on one can fit
+it). The target is trained on the candidates drawn by fair coins, each reference on half of
+the candidates (pairs of references split them the opposite way, so every record has as many
+IN as OUT references) and on half of the population records.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.neural_network import MLPClassifier
 from sklearn.utils import estimator_checks as sk
 from sklearn.utils.validation import check_is_fitted
 
@@ -39,13 +40,14 @@ SKLEARN_API_CHECKS = (
 )
 
 
-def _logits(model: LogisticRegression, X: np.ndarray) -> np.ndarray:
-    d = model.decision_function(X)
+def _logits(model: MLPClassifier, X: np.ndarray) -> np.ndarray:
+    p = np.clip(model.predict_proba(X)[:, 1], 1e-12, 1 - 1e-12)
+    d = np.log(p) - np.log1p(-p)
     return np.stack([np.zeros_like(d), d], axis=1)  # softmax logits of the two classes
 
 
-def _fit_lr(X: np.ndarray, y: np.ndarray) -> LogisticRegression:
-    return LogisticRegression(C=1e3, max_iter=5000).fit(X, y)
+def _fit_model(X: np.ndarray, y: np.ndarray) -> MLPClassifier:
+    return MLPClassifier(hidden_layer_sizes=(128,), alpha=0.0, max_iter=3000, random_state=0).fit(X, y)
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +55,11 @@ def signals():
     splits = bundled_splits()
     pool = splits.sites[0].pool
     population = splits.public.subset(np.arange(60))
-    X, y, pX, py = pool.X.astype(np.float64), pool.y, population.X.astype(np.float64), population.y
     rng = np.random.default_rng(0)
+    flip = np.random.default_rng(9).random(len(pool)) < 0.3
+    X, y, pX, py = pool.X.astype(np.float64), np.where(flip, 1 - pool.y, pool.y), population.X.astype(np.float64), population.y
     members = rng.random(len(y)) < 0.5
-    target = _fit_lr(X[members], y[members])
+    target = _fit_model(X[members], y[members])
     in_mask = np.zeros((R, len(y)), dtype=bool)
     pop_in = np.zeros((R, len(py)), dtype=bool)
     refs, pop_refs = [], []
@@ -65,7 +68,7 @@ def signals():
         for m, pm in ((half, pop_half), (~half, ~pop_half)):
             j = len(refs)
             in_mask[j], pop_in[j] = m, pm
-            model = _fit_lr(np.concatenate([X[m], pX[pm]]), np.concatenate([y[m], py[pm]]))
+            model = _fit_model(np.concatenate([X[m], pX[pm]]), np.concatenate([y[m], py[pm]]))
             refs.append(_logits(model, X))
             pop_refs.append(_logits(model, pX))
     fit_args = (np.stack(refs), y, in_mask)
@@ -101,7 +104,7 @@ def test_fits_on_real_signals_and_scores_members_higher(name, signals):
     scores = _fit_score(attack, signals)
     check_is_fitted(attack)
     assert scores.shape == signals["labels"].shape and scores.dtype == np.float64 and np.isfinite(scores).all()
-    assert roc_auc_score(signals["members"], scores) > 0.55  # the overfit target leaks; every attack sees it
+    assert roc_auc_score(signals["members"], scores) > 0.6  # the target memorises its members; every attack sees it
 
 
 @pytest.mark.parametrize("name", NAMES)
