@@ -2,7 +2,7 @@
 ``parametrize_with_checks`` runs every estimator (a new entry is checked by registering it):
 
 - :data:`FUSIONS`: every method merges real PEFT adapters into a finite adapter over the same
-  modules with weights that sum to one, is fixed by its seed, and refuses non-finite tensors,
+  modules with the weights it applied (the given ones, normalised, unless it tunes its own), is fixed by its seed, and refuses non-finite tensors,
   bad weights and inputs its kind cannot merge with a ``ForgeError``;
 - :data:`ROUTERS`: every mixture router is a scikit-learn estimator (settings in ``__init__``,
   learned state with a trailing underscore), is unfitted until ``fit``, routes each record to a
@@ -61,7 +61,9 @@ def test_every_fusion_merges_real_adapters(name):
     ads = _adapters(spec)
     res = fuse(name, ads, [3.0, 2.0, 1.0], seed=0, **_options(spec))
     assert res.method == name
-    assert len(res.weights) == 3 and sum(res.weights) == pytest.approx(1.0)
+    assert len(res.weights) == 3 and all(np.isfinite(res.weights))
+    if not spec.needs_loss:  # a tuned merge (MedForge) records its own scalars, which need not sum to one
+        assert sum(res.weights) == pytest.approx(1.0)
     assert res.adapter.modules == ads[0].modules
     for m in ads[0].modules:
         delta = res.adapter.delta(m)
