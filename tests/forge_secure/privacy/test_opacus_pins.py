@@ -9,6 +9,13 @@ overrides read and write Opacus state that is not public API: the helpers
 the overridden methods. Each test below pins one of them against the installed Opacus, with real
 Opacus objects, so that an Opacus upgrade that moves any of them fails here, by name, instead of
 silently changing the noise a plugin's DP guarantee rests on.
+
+What could use Opacus's public API instead: ``params`` and ``scale_grad`` are overridden for speed
+only (Opacus's own give the same numbers, see the sigma = 0 test); ``accumulate`` only drops
+Opacus's deep copy; ``step_flat`` could hand the flat buffer to the public ``step()`` path at the
+cost of per-parameter work. ``add_noise`` must stay: Opacus has no public way to take the noise
+from a caller's secret stream (needed for replay), only from a torch generator or its own
+secure mode.
 """
 
 from __future__ import annotations
