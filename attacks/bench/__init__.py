@@ -13,7 +13,7 @@ reads "cannot tell" (:mod:`attacks.bench.leakage`).
 
 from .config import BenchConfig, CanarySpec, DataSpec, GridSpec, RunSpec, TrainingSpec, config_from_dict, load_config
 from .grid import Cell, expand_grid
-from .registries import ATTACKS, merge_registry
+from .registries import BENCH_ATTACKS, merge_registry
 
 
 def __getattr__(name: str):
@@ -27,6 +27,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ATTACKS", "BenchConfig", "BenchResult", "CanarySpec", "Cell", "DataSpec", "GridSpec", "RunSpec", "TrainingSpec",
+    "BENCH_ATTACKS", "BenchConfig", "BenchResult", "CanarySpec", "Cell", "DataSpec", "GridSpec", "RunSpec", "TrainingSpec",
     "config_from_dict", "expand_grid", "load_config", "merge_registry", "run_bench",
 ]

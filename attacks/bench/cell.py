@@ -46,7 +46,7 @@ from . import grid as G
 from .cache import BenchCache
 from .config import BenchConfig
 from .data import BenchData, load_bench_data
-from .registries import ATTACKS, MERGE_NONE
+from .registries import BENCH_ATTACKS, MERGE_NONE
 
 MODEL_STAGE = "model"
 REFERENCE_STAGE = "reference"
@@ -420,7 +420,7 @@ class _GroupRunner:
                 "accuracy": acc,
                 "utility_auc": auc,
             }
-            if ATTACKS.get(cell.attack).kind == "membership":
+            if BENCH_ATTACKS.get(cell.attack).kind == "membership":
                 row.update(self.membership_row(cell, target))
             else:
                 row.update(self.recon_row(cell, target))

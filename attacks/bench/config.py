@@ -194,8 +194,8 @@ class GridSpec:
             if kind not in LORA_KINDS:
                 raise _err("grid", f"unknown lora kind {kind!r}", f"use one of: {', '.join(LORA_KINDS)}", "bench.config.unknown_lora")
         for a in self.attack:
-            if a not in registries.ATTACKS:
-                raise _err("grid", f"unknown attack {a!r}", f"use one of: {', '.join(registries.ATTACKS.names())}", "bench.config.unknown_attack")
+            if a not in registries.BENCH_ATTACKS:
+                raise _err("grid", f"unknown attack {a!r}", f"use one of: {', '.join(registries.BENCH_ATTACKS.names())}", "bench.config.unknown_attack")
         if any(m not in registries.LIGHT_MERGES for m in self.merge):  # Fusion names need the merge package (torch)
             merges = registries.merge_registry()
             for m in self.merge:
@@ -238,13 +238,13 @@ class BenchConfig:
         _unique(list(self.seeds), "bench", "seeds")
         _float(self.confidence, "bench", "confidence", 0.0, 0.999)
         for name, settings in self.attacks.items():
-            if name not in registries.ATTACKS:
-                raise _err(f"attack.{name}", f"unknown attack {name!r}", f"use one of: {', '.join(registries.ATTACKS.names())}", "bench.config.unknown_attack")
-            registries.ATTACKS.get(name).validate(dict(settings), where=f"attack.{name}")
+            if name not in registries.BENCH_ATTACKS:
+                raise _err(f"attack.{name}", f"unknown attack {name!r}", f"use one of: {', '.join(registries.BENCH_ATTACKS.names())}", "bench.config.unknown_attack")
+            registries.BENCH_ATTACKS.get(name).validate(dict(settings), where=f"attack.{name}")
 
     def attack_settings(self, name: str) -> dict[str, Any]:
         """The full settings of one attack: its defaults updated with the config's table."""
-        spec = registries.ATTACKS.get(name)
+        spec = registries.BENCH_ATTACKS.get(name)
         merged = dict(spec.defaults)
         merged.update(self.attacks.get(name, {}))
         return merged

@@ -61,9 +61,9 @@ class AttackSpec:
             )
 
 
-ATTACKS: Registry[AttackSpec] = Registry("bench attack")
+BENCH_ATTACKS: Registry[AttackSpec] = Registry("bench attack")
 
-ATTACKS.add(
+BENCH_ATTACKS.add(
     "lira",
     AttackSpec(
         "lira",
@@ -72,7 +72,7 @@ ATTACKS.add(
         defaults={"references": 4, "online": True, "fixed_variance": True},
     ),
 )
-ATTACKS.add(
+BENCH_ATTACKS.add(
     "rmia",
     AttackSpec(
         "rmia",
@@ -81,7 +81,7 @@ ATTACKS.add(
         defaults={"references": 2, "online": False, "a": 0.3, "gamma": 1.0, "temperature": 2.0, "population": 200},
     ),
 )
-ATTACKS.add(
+BENCH_ATTACKS.add(
     "recon",
     AttackSpec(
         "recon",

@@ -96,7 +96,7 @@ def preflight(config: BenchConfig, data) -> None:
     from forge_secure.plugins.bases import load_base
     from forge_secure.privacy import TrainConfig
 
-    from .registries import ATTACKS
+    from .registries import BENCH_ATTACKS
 
     t = config.training
     base = load_base(t.base)
@@ -126,7 +126,7 @@ def preflight(config: BenchConfig, data) -> None:
 
     ACCOUNTANTS.get(t.accountant)
     for name in config.grid.attack:
-        if ATTACKS.get(name).kind == "membership":
+        if BENCH_ATTACKS.get(name).kind == "membership":
             from attacks.membership import make_attack
 
             s = config.attack_settings(name)

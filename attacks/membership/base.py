@@ -2,7 +2,9 @@
 
 Every attack follows scikit-learn's shape (DESIGN.md, "Attacks"):
 
-- settings in ``__init__`` (a validated dataclass, ``attack.config``);
+- settings in ``__init__`` (keywords, or one ``Config`` dataclass), each stored unchanged as
+  an attribute and validated by ``Config`` (``attack.config``); learned state ends with an
+  underscore (:class:`attacks.estimator.ConfigEstimator`);
 - ``fit(reference_logits, labels, in_mask, *, population_reference_logits=None,
   population_labels=None, population_in_mask=None)`` takes the logits of R reference
   models on the n candidate records (shape (R, n, C)) and which records each reference was
@@ -13,7 +15,7 @@ Every attack follows scikit-learn's shape (DESIGN.md, "Attacks"):
 - ``score(target_logits, labels, *, population_target_logits=None)`` returns one score per
   candidate, higher = more likely a member (label 1).
 
-Attacks register by name in :data:`ATTACKS`; :func:`make_attack` builds one from a name and
+Attacks register by name in :data:`MEMBERSHIP_ATTACKS`; :func:`make_attack` builds one from a name and
 settings, and unknown names get an error listing the registered ones.
 """
 
@@ -28,7 +30,9 @@ import numpy as np
 from forge_secure.errors import ForgeValueError
 from forge_secure.registry import Registry
 
-ATTACKS: Registry[type["MembershipAttack"]] = Registry("membership attack")
+from ..estimator import ConfigEstimator
+
+MEMBERSHIP_ATTACKS: Registry[type["MembershipAttack"]] = Registry("membership attack")
 
 
 class TooFewReferences(ForgeValueError):
@@ -37,29 +41,18 @@ class TooFewReferences(ForgeValueError):
     default_code = "attack.too_few_references"
 
 
-class MembershipAttack(abc.ABC):
-    """Base class. Subclasses set ``name``, ``Config`` and implement ``_fit`` / ``_score``."""
+class MembershipAttack(ConfigEstimator, abc.ABC):
+    """Base class. Subclasses set ``name``, ``Config`` and implement ``_fit`` / ``_score``.
+
+    ``make_attack("lira", online=False)`` or ``LiraAttack(online=False)``: each setting is an
+    attribute (``attack.online``), ``get_params`` / ``set_params`` work, and what ``fit``
+    learns ends with an underscore (``mu_out_``, ``labels_``), so ``check_is_fitted`` tells
+    a fitted attack from a new one.
+    """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
     needs_population: ClassVar[bool] = False
-
-    def __init__(self, config: Any = None, **settings: Any):
-        if config is not None and settings:
-            raise ForgeValueError("give either a config object or keyword settings, not both", code="attack.settings")
-        if config is None:
-            names = {f.name for f in dataclasses.fields(self.Config)}
-            unknown = sorted(set(settings) - names)
-            if unknown:
-                raise ForgeValueError(
-                    f"unknown setting(s) {', '.join(unknown)} for attack {self.name!r}",
-                    fix=f"use: {', '.join(sorted(names)) or '(none)'}",
-                    code="attack.settings",
-                )
-            config = self.Config(**settings)
-        self.config = config
-        self.fitted_ = False
-        self.n_records_: int | None = None
 
     # ------------------------------------------------------------------ public API
     def min_references(self) -> int:
@@ -80,6 +73,9 @@ class MembershipAttack(abc.ABC):
         population_in_mask=None,
     ) -> "MembershipAttack":
         from attacks.references import ReferenceSet  # local: references imports this module's registry users
+
+        self._check_settings()  # the settings' values are checked here (and by make_attack)
+        self._clear_fitted()  # a new fit, or a failed one, keeps nothing of an earlier fit
 
         if isinstance(reference_logits, ReferenceSet):
             refs = reference_logits
@@ -130,15 +126,17 @@ class MembershipAttack(abc.ABC):
             if pmask.shape != pop.shape[:2]:
                 raise ForgeValueError(f"population_in_mask must have shape {pop.shape[:2]}, got {pmask.shape}", code="attack.in_mask_shape")
             pop = (pop, pl, pmask)
-        self._fit(ref, labels, mask, pop)
+        try:
+            self._fit(ref, labels, mask, pop)
+        except BaseException:
+            self._clear_fitted()  # a failed fit leaves the attack unfitted, not half fitted
+            raise
         self.n_records_ = n
         self.labels_ = labels.astype(np.int64)
-        self.fitted_ = True
         return self
 
     def score(self, target_logits, labels=None, *, population_target_logits=None) -> np.ndarray:
-        if not self.fitted_:
-            raise ForgeValueError(f"attack {self.name!r} is not fitted", fix="call fit(...) first", code="attack.not_fitted")
+        self._check_fitted(f"attack {self.name!r}")
         t = np.asarray(target_logits, dtype=np.float64)
         labels = self.labels_ if labels is None else np.asarray(labels)
         if t.ndim != 2 or t.shape[0] != self.n_records_ or labels.shape != (self.n_records_,):
@@ -177,7 +175,9 @@ class MembershipAttack(abc.ABC):
 
 def make_attack(name: str, **settings: Any) -> MembershipAttack:
     """Build a registered attack by name: ``make_attack("lira", online=False)``."""
-    return ATTACKS.get(name)(**settings)
+    attack = MEMBERSHIP_ATTACKS.get(name)(**settings)
+    attack._check_settings()  # bad values fail here, before references are trained
+    return attack
 
 
 def _load_builtin() -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import ATTACKS, MembershipAttack
+from .base import MEMBERSHIP_ATTACKS, MembershipAttack
 from .stats import cross_entropy
 
 
@@ -19,7 +19,7 @@ class CalibratedConfig:
     """No settings: calibrates with the mean OUT-reference loss."""
 
 
-@ATTACKS.register("reference")
+@MEMBERSHIP_ATTACKS.register("reference")
 class ReferenceCalibratedAttack(MembershipAttack):
     name = "reference"
     Config = CalibratedConfig

@@ -23,7 +23,7 @@ from scipy.stats import norm
 
 from forge_secure.errors import ForgeConfigError
 
-from .base import ATTACKS, MembershipAttack
+from .base import MEMBERSHIP_ATTACKS, MembershipAttack
 from .stats import logit_confidence
 
 _STD_FLOOR = 1e-6  # identical reference statistics would give a zero-width Gaussian
@@ -48,7 +48,7 @@ def _masked_std(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.nanstd(np.where(mask, values, np.nan), axis=0)
 
 
-@ATTACKS.register("lira")
+@MEMBERSHIP_ATTACKS.register("lira")
 class LiraAttack(MembershipAttack):
     name = "lira"
     Config = LiraConfig

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import ATTACKS, MembershipAttack
+from .base import MEMBERSHIP_ATTACKS, MembershipAttack
 from .stats import cross_entropy
 
 
@@ -18,7 +18,7 @@ class LossConfig:
     """No settings: the score is -loss."""
 
 
-@ATTACKS.register("loss")
+@MEMBERSHIP_ATTACKS.register("loss")
 class LossAttack(MembershipAttack):
     name = "loss"
     Config = LossConfig

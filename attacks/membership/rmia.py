@@ -21,6 +21,7 @@ P(x|theta)/P(x) (a tie-break below the 1/m step; it never reorders untied record
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,7 @@ from sklearn.metrics import roc_auc_score
 
 from forge_secure.errors import ForgeConfigError
 
-from .base import ATTACKS, MembershipAttack, TooFewReferences
+from .base import MEMBERSHIP_ATTACKS, MembershipAttack, TooFewReferences
 from .stats import true_class_probability
 
 A_GRID = np.round(np.linspace(0.0, 1.0, 21), 2)
@@ -43,6 +44,10 @@ class RmiaConfig:
     max_population: int | None = None
 
     def __post_init__(self):
+        for k in ("a", "gamma", "temperature", "max_population"):
+            v = getattr(self, k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                raise ForgeConfigError(f"RMIA setting {k}={v!r} must be a number", fix=f"give {k} as a number, e.g. {k}=1", code="attack.settings")
         if not isinstance(self.online, bool):
             raise ForgeConfigError(f"RMIA setting online={self.online!r} must be true or false", code="attack.settings")
         if self.a is not None and not (0.0 <= float(self.a) <= 1.0):
@@ -65,7 +70,7 @@ def _fraction_dominated(ratio_x: np.ndarray, ratio_z: np.ndarray, gamma: float) 
     return np.searchsorted(sorted_z, ratio_x / gamma, side="right") / sorted_z.size
 
 
-@ATTACKS.register("rmia")
+@MEMBERSHIP_ATTACKS.register("rmia")
 class RmiaAttack(MembershipAttack):
     name = "rmia"
     Config = RmiaConfig

@@ -61,7 +61,7 @@ from forge_secure.fileio import atomic_write_json, read_json_file
 from ..references import train_references
 from .evaluate import empirical_epsilon, measure  # noqa: F401  (empirical_epsilon: re-exported)
 from .signals import Signals
-from .base import ATTACKS, TooFewReferences, make_attack
+from .base import MEMBERSHIP_ATTACKS, TooFewReferences, make_attack
 from .target import AttackTarget, load_target
 
 RESULTS_FORMAT = "forge-mia-results/1"
@@ -115,7 +115,7 @@ class MiaSettings:
     audit_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        ATTACKS.get(self.attack)  # unknown names list the registered ones
+        MEMBERSHIP_ATTACKS.get(self.attack)  # unknown names list the registered ones
         if not isinstance(self.references, int) or isinstance(self.references, bool) or not 0 <= self.references <= 4096:
             raise ForgeConfigError(f"references={self.references!r} must be an integer from 0 to 4096", fix="use e.g. --references 16",
                                    code="attack.references")
@@ -132,11 +132,11 @@ class MiaSettings:
         self.make_attack()  # validates the attack's own settings
 
     def make_attack(self):
-        if self.attack == "lira":
-            return make_attack("lira", online=self.online, fixed_variance=self.fixed_variance)
-        if self.attack == "rmia":
-            return make_attack("rmia", online=self.online, a=self.rmia_a, gamma=self.gamma, temperature=self.temperature)
-        return make_attack(self.attack)
+        """The registered attack, given those of these settings that are its parameters."""
+        shared = {"online": self.online, "fixed_variance": self.fixed_variance, "a": self.rmia_a, "gamma": self.gamma,
+                  "temperature": self.temperature}
+        params = MEMBERSHIP_ATTACKS.get(self.attack)._get_param_names()
+        return make_attack(self.attack, **{k: v for k, v in shared.items() if k in params})
 
 
 @dataclass(frozen=True)

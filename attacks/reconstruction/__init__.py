@@ -10,7 +10,7 @@ Estimators (settings in ``__init__``, ``fit(...)``, then ``reconstruct(...)`` / 
 - :class:`CanaryExposure` measures the exposure of Carlini et al. 2019.
 
 Bounds in :mod:`.bounds`, success measures in :mod:`.measures`, end-to-end runs registered
-by name in :data:`ATTACKS` (``gradient``, ``informed``, ``canary``) in :mod:`.run`, used by
+by name in :data:`RECONSTRUCTION_ATTACKS` (``gradient``, ``informed``, ``canary``) in :mod:`.run`, used by
 ``forge attack recon``.
 """
 
@@ -22,11 +22,12 @@ from .image import ImageInversion, ImageInversionConfig
 from .informed import InformedAdversary, InformedConfig, expected_run, simulate_dpsgd
 from .merged import REDO_METHODS, MergeRedo
 from .measures import image_baseline, image_success, tabular_baseline, tabular_success
-from .run import ATTACKS, ReconSettings, run_canary, run_gradient, run_informed
+from .inversions import INVERSIONS
+from .run import RECONSTRUCTION_ATTACKS, ReconSettings, run_canary, run_gradient, run_informed
 from .tabular import Reconstruction, TabularInversion, TabularInversionConfig
 
 __all__ = [
-    "ATTACKS", "CanaryConfig", "CanaryExposure", "DPSetting", "FeatureSpec", "ImageInversion", "ImageInversionConfig",
+    "INVERSIONS", "RECONSTRUCTION_ATTACKS", "CanaryConfig", "CanaryExposure", "DPSetting", "FeatureSpec", "ImageInversion", "ImageInversionConfig",
     "InformedAdversary", "InformedConfig", "LoraFunctional", "MergeRedo", "REDO_METHODS", "expected_run", "ReRoBound", "ReconSettings", "Reconstruction",
     "TabularInversion", "TabularInversionConfig", "exposure", "gradient_from_update", "image_baseline", "image_success",
     "noisy_dp_gradient", "one_step_update", "rero_bound_dp", "rero_bound_dpsgd", "rero_bound_from_meta", "run_canary",

@@ -25,6 +25,8 @@ import torch
 from attacks.metrics import clopper_pearson
 from forge_secure.errors import ForgeDataError, ForgeValueError
 
+from ..estimator import ConfigEstimator
+
 
 @dataclass
 class CanaryConfig:
@@ -73,18 +75,19 @@ def losses(logits_fn: Callable[[np.ndarray], np.ndarray], X: np.ndarray, y: np.n
     return torch.nn.functional.cross_entropy(logits, torch.tensor(np.asarray(y), dtype=torch.long), reduction="none").numpy()
 
 
-class CanaryExposure:
-    """``CanaryExposure(config).fit(data, make_canaries, seed)`` builds the canaries and the
-    training set with them inserted; train a model on ``training_set_``; then
-    ``score(logits_fn)`` ranks every canary and returns the exposures."""
+class CanaryExposure(ConfigEstimator):
+    """``CanaryExposure(repetitions=..., ...).fit(data, make_canaries, seed)`` (settings: the
+    fields of :class:`CanaryConfig`) builds the canaries and the training set with them
+    inserted; train a model on ``training_set_``; then ``score(logits_fn)`` ranks every canary
+    and returns the exposures."""
 
-    def __init__(self, config: CanaryConfig | None = None, **settings):
-        self.config = config or CanaryConfig(**settings)
+    Config = CanaryConfig
 
     def fit(self, data, make_canaries: Callable, seed: int = 0) -> "CanaryExposure":
         """``data`` is a ``forge_secure.plugins.Dataset``; ``make_canaries(m, like, seed)`` draws
         canaries. Builds ``training_set_`` = data + every canary repeated r times."""
         cfg = self.config
+        self._clear_fitted()
         m = cfg.canaries_per_repetition * len(cfg.repetitions)
         draws = make_canaries(m * cfg.candidates, data, seed)
         X = np.asarray(draws.X).reshape((m, cfg.candidates) + tuple(draws.X.shape[1:]))
@@ -106,6 +109,7 @@ class CanaryExposure:
         distribution candidates that the base already happens to extrapolate well then gain
         nothing, and only what the plugin learnt counts (the calibration of Watson et al.,
         ICLR 2022). Without it, by the plugin's loss alone as in Carlini et al."""
+        self._check_fitted("the canary exposure test")
         cfg = self.config
         m = len(self.cand_X_)
         flat = self.cand_X_.reshape((m * cfg.candidates,) + self.cand_X_.shape[2:])
@@ -124,6 +128,9 @@ class CanaryExposure:
     def summary(self, exposures: np.ndarray, bound: float | None = None) -> dict:
         """Mean exposure per repetition count, and the rank-1 (extraction) rate beside the
         ReRo bound for kappa = 1/|R|."""
+        self._check_fitted("the canary exposure test")
+        if not hasattr(self, "ranks_"):
+            raise ForgeValueError("the canaries are not scored yet", fix="call score(logits_fn) before summary(...)", code="attack.not_fitted")
         cfg = self.config
         rows = []
         for r in cfg.repetitions:

@@ -21,6 +21,7 @@ import torch
 from forge_secure.errors import ForgeDataError, ForgeValueError
 from forge_secure.progress import task
 
+from ..estimator import ConfigEstimator
 from .gradients import DISTANCES, Grads, LoraFunctional, gradient_distance, prepare_observed
 from .labels import LABEL_MODES
 from .tabular import Reconstruction, _milestones
@@ -60,14 +61,16 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
-class ImageInversion:
-    """``ImageInversion(config).fit(fn, image_shape).reconstruct(g, batch_size, labels)``."""
+class ImageInversion(ConfigEstimator):
+    """``ImageInversion(steps=..., ...).fit(fn, image_shape).reconstruct(g, batch_size, labels)``
+    (settings: the fields of :class:`ImageInversionConfig`)."""
 
-    def __init__(self, config: ImageInversionConfig | None = None, **settings):
-        self.config = config or ImageInversionConfig(**settings)
+    Config = ImageInversionConfig
 
     def fit(self, fn: LoraFunctional, image_shape: tuple[int, ...]) -> "ImageInversion":
         """Attach the attacked plugin (before the update) and the shape of one image (C, H, W)."""
+        self._check_settings()  # the settings' values are checked here
+        self._clear_fitted()
         if len(image_shape) != 3:
             raise ForgeDataError(f"an image must be (C, H, W), got shape {tuple(image_shape)}", code="recon.shape")
         self.fn_, self.shape_ = fn, tuple(int(s) for s in image_shape)
@@ -82,6 +85,7 @@ class ImageInversion:
         n_classes: int | None = None,
         seed: int | np.random.Generator = 0,
     ) -> Reconstruction:
+        self._check_fitted("the image inversion")
         fn, cfg = self.fn_, self.config
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         label_sets, target = prepare_observed(fn, target, batch_size, labels, n_classes, cfg.labels, cfg.distance)

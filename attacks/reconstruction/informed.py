@@ -48,6 +48,7 @@ from attacks.metrics import clopper_pearson
 from forge_secure.errors import ForgeDataError, ForgeValueError
 from forge_secure.progress import task
 
+from ..estimator import ConfigEstimator
 from .bounds import rero_bound_dpsgd
 from .gradients import DPSetting, LoraFunctional, clip_per_sample, unflatten
 
@@ -236,17 +237,19 @@ class MergeRelease:
         return out
 
 
-class InformedAdversary:
-    """``InformedAdversary(config).fit(fn, known_X, known_y).score(cand_X, cand_y, transcript)``;
-    :meth:`run` plays the whole game over many trials."""
+class InformedAdversary(ConfigEstimator):
+    """``InformedAdversary(noise_multiplier=..., sample_rate=..., steps=..., ...)`` (the fields of
+    :class:`InformedConfig`, or one such object) ``.fit(fn, known_X, known_y).score(cand_X,
+    cand_y, transcript)``; :meth:`run` plays the whole game over many trials."""
 
-    def __init__(self, config: InformedConfig):
-        self.config = config
+    Config = InformedConfig
 
     def fit(self, fn: LoraFunctional, known_X: np.ndarray, known_y: np.ndarray, *,
             release: MergeRelease | None = None) -> "InformedAdversary":
         """The starting plugin and the records the adversary knows (all but the target);
         ``release`` (mode ``model`` only): the attacker sees the merge re-released after the run."""
+        self._check_settings()  # the settings' values are checked here
+        self._clear_fitted()
         if len(known_X) != len(known_y) or len(known_X) < 1:
             raise ForgeDataError(f"{len(known_X)} known records with {len(known_y)} labels", code="recon.data")
         if release is not None and self.config.mode != "model":
@@ -263,6 +266,7 @@ class InformedAdversary:
 
     def score(self, cand_X: np.ndarray, cand_y: np.ndarray, transcript: Transcript) -> np.ndarray:
         """One score per candidate; the guess is the arg-max."""
+        self._check_fitted("the informed adversary")
         fn, cfg = self.fn_, self.config
         cx = torch.tensor(np.asarray(cand_X), dtype=fn.dtype)
         cy = torch.tensor(np.asarray(cand_y), dtype=torch.long)
@@ -306,6 +310,7 @@ class InformedAdversary:
     def run(self, pool_X: np.ndarray, pool_y: np.ndarray, trials: int, *, seed: int = 0) -> dict:
         """Play ``trials`` games with candidates drawn from ``pool`` (records not in the known set);
         return the success rate with its interval, the baseline 1/n and the ReRo bound."""
+        self._check_fitted("the informed adversary")
         cfg = self.config
         pool_X, pool_y = np.asarray(pool_X), np.asarray(pool_y)
         if len(pool_X) < cfg.candidates:

@@ -1,6 +1,6 @@
 """The three reconstruction attacks run end to end on a plugin, each returning one results
 dictionary (empirical success with its interval, the random baseline, the ReRo bound, the
-settings), registered by name in :data:`ATTACKS` for the ``forge attack recon`` command.
+settings), registered by name in :data:`RECONSTRUCTION_ATTACKS` for the ``forge attack recon`` command.
 
 - ``gradient``: invert one plugin update (one local SGD step on a batch of records, or, for
   a DP plugin, one noisy DP-SGD gradient simulated with the plugin's noise multiplier and
@@ -35,16 +35,14 @@ from forge_secure.registry import Registry
 from . import plots
 from .bounds import rero_bound_dp, rero_bound_dpsgd
 from .canary import CanaryConfig, CanaryExposure, base_logits_fn
-from .features import FeatureSpec
 from .gradients import DPSetting, LoraFunctional, gradient_from_update, noisy_dp_gradient, one_step_update, to_tensor
-from .image import ImageInversion, ImageInversionConfig
+from .inversions import INVERSIONS
 from .informed import INFORMED_MODES, InformedAdversary, InformedConfig, MergeRelease
 from .merged import REDO_METHODS
 from .labels import LABEL_MODES
-from .measures import DEFAULT_TOLERANCE, feature_hits, image_baseline, image_success, match_images, match_records, tabular_baseline, tabular_success
-from .tabular import TabularInversion, TabularInversionConfig
+from .measures import DEFAULT_TOLERANCE
 
-ATTACKS: Registry[Callable[..., dict]] = Registry("reconstruction attack")
+RECONSTRUCTION_ATTACKS: Registry[Callable[..., dict]] = Registry("reconstruction attack")
 
 
 @dataclass
@@ -182,18 +180,8 @@ def lora_functional(plugin) -> LoraFunctional:
     return LoraFunctional(plugin.model, ffa=ffa)
 
 
-def _rate_bound(dp: DPSetting | None, kappa: float, samples: int, seed: int) -> dict:
-    """ReRo bound for one observed noisy gradient of a batch holding the target (q = 1, T = 1)."""
-    kappa = float(min(1.0, max(kappa, 1e-12)))
-    if dp is None:
-        return {"bound": 1.0, "kappa": kappa, "note": "no noise: no bound"}
-    b = rero_bound_dpsgd(dp.noise_multiplier, 1.0, 1, kappa, samples=samples, seed=seed)
-    return {"bound": b.bound, "mc_stderr": b.mc_stderr, "kappa": kappa, "noise_multiplier": dp.noise_multiplier,
-            "sample_rate": 1.0, "steps": 1, "method": b.method + ", one observed step"}
-
-
 # --------------------------------------------------------------------------- gradient inversion
-@ATTACKS.register("gradient")
+@RECONSTRUCTION_ATTACKS.register("gradient")
 def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None,
                  categorical: tuple[tuple[int, ...], ...] = (), recipe: str | Path | None = None, **_: Any) -> dict:
     """Invert ``settings.trials`` updates, each one local step on ``batch_size`` records of
@@ -202,8 +190,9 @@ def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
     rate; the update is one of the merged model's trainable tensors."""
     check_data(plugin, data)
     check_data(plugin, prior, "population prior")
-    if data.kind == "text":  # token ids are discrete: a continuous inversion would report a meaningless figure
-        raise ForgeValueError(f"gradient inversion works on tabular and image records, {data.name!r} holds token ids",
+    if data.kind not in INVERSIONS:  # text: token ids are discrete, a continuous inversion would report a meaningless figure
+        raise ForgeValueError(f"gradient inversion works on {' and '.join(INVERSIONS.names())} records, {data.name!r} holds {data.kind} "
+                              "records (discrete token ids)",
                               fix="attack a text plugin with --kind informed or --kind canary", code="recon.kind")
     s = settings
     meta, rdir, index = resolve_recipe(plugin, recipe)
@@ -217,14 +206,8 @@ def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
         raise ForgeValueError(f"{s.trials} trials of {s.batch_size} record(s) need {need} records, {data.name!r} holds {len(data)}",
                               fix="lower --trials or --batch-size, or give more data", code="recon.data_small")
     order = rng.permutation(len(data))[:need].reshape(s.trials, s.batch_size)
-    image = data.kind == "image"
-    if image:
-        cfg = ImageInversionConfig(steps=s.steps or 2000, restarts=s.restarts or 4, labels=s.labels)
-        attack = ImageInversion(cfg).fit(fn, tuple(data.shape))
-    else:
-        spec = FeatureSpec.from_prior(prior.X, categorical, names=tuple(data.feature_names) or ())
-        cfg = TabularInversionConfig(steps=s.steps or 1500, restarts=s.restarts or 8, labels=s.labels)
-        attack = TabularInversion(cfg).fit(fn, spec, prior.X)
+    inversion = INVERSIONS.get(data.kind)(s, fn, data, prior, categorical)
+    attack, cfg = inversion.attack, inversion.config
     recs, truths, labels_ok = [], [], 0
     started = time.perf_counter()
     for t in range(s.trials):
@@ -253,42 +236,7 @@ def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
         "settings": {**s.to_dict(), "inversion": cfg.to_dict(), "lr": lr,
                      "dp": asdict(dp) if dp else None},
     }
-    if image:
-        pool = prior.X[np.random.default_rng(s.seed + 1).permutation(len(prior))[:100]]
-        succ = image_success(recs, truths, pool)
-        base = image_baseline(truths, prior.X, pool, seed=s.seed)
-        ident = succ["nn_identification"]
-        out.update(success=succ, baseline=base,
-                   bound={"nn_identification": _rate_bound(dp, base["nn_identification"]["ci"][1] or 1.0 / (len(pool) + 1),
-                                                           s.bound_samples, s.seed)},
-                   headline={"metric": "nearest-neighbour identification", "rate": ident["rate"], "ci": ident["ci"],
-                             "baseline": base["nn_identification"]["rate"], "psnr_db": succ["psnr_db"]["mean"],
-                             "baseline_psnr_db": base["psnr_db"]["mean"]})
-        if plot:
-            k = min(8, len(recs))
-            plots.image_figure(np.concatenate(truths[:k]), np.concatenate([r[match_images(r, t)] for r, t in zip(recs[:k], truths[:k])]),
-                               plot, f"gradient inversion of {plugin.base.name} plugin updates "
-                               f"(PSNR {succ['psnr_db']['mean']:.1f} dB, baseline {base['psnr_db']['mean']:.1f} dB)")
-    else:
-        succ = tabular_success(recs, truths, spec, tolerance=s.tolerance)
-        base = tabular_baseline(truths, prior.X, spec, tolerance=s.tolerance, seed=s.seed)
-        fa, ra = succ["feature_accuracy"], succ["record_rate"]
-        # kappa: the baseline's upper confidence limit, so that the bound is not understated
-        out.update(success=succ, baseline=base,
-                   bound={"feature_accuracy": _rate_bound(dp, base["feature_accuracy"]["ci"][1], s.bound_samples, s.seed),
-                          "record_rate": _rate_bound(dp, base["record_rate"]["ci"][1], s.bound_samples, s.seed)},
-                   headline={"metric": "feature accuracy", "rate": fa["rate"], "ci": fa["ci"], "baseline": base["feature_accuracy"]["rate"],
-                             "record_rate": ra["rate"], "record_ci": ra["ci"]})
-        k = min(s.plot_records, len(recs))
-        t_all = np.concatenate(truths[:k])[: s.plot_records]
-        r_all = np.concatenate([r[match_records(r, t, spec, s.tolerance)] for r, t in zip(recs[:k], truths[:k])])[: s.plot_records]
-        hits = feature_hits(r_all, t_all, spec, s.tolerance)
-        names = spec.feature_names()
-        out["table_markdown"] = plots.markdown_table(names, spec.decode(t_all), spec.decode(r_all), hits, s.plot_records)
-        if plot:
-            plots.tabular_figure(names, spec.decode(t_all), spec.decode(r_all), hits, plot,
-                                 f"gradient inversion of {plugin.base.name} plugin updates: feature accuracy {fa['rate']:.0%} "
-                                 f"(baseline {base['feature_accuracy']['rate']:.0%})", s.plot_records)
+    out.update(inversion.outcome(plugin, recs, truths, prior, dp, s, plot))
     return out
 
 
@@ -315,7 +263,7 @@ def _merge_redo(plugin, rdir: Path, index: int, fn: LoraFunctional, parents: Seq
     return MergeRedo(merged_files, ordered, index, fn)
 
 
-@ATTACKS.register("informed")
+@RECONSTRUCTION_ATTACKS.register("informed")
 def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None,
                  recipe: str | Path | None = None, parents: Sequence[str | Path] | None = None, **_: Any) -> dict:
     """The informed adversary with the plugin's DP-SGD recipe: ``data`` holds the known records
@@ -411,7 +359,7 @@ def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
 
 
 # --------------------------------------------------------------------------- canary exposure
-@ATTACKS.register("canary")
+@RECONSTRUCTION_ATTACKS.register("canary")
 def run_canary(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None, train_fn: Callable | None = None,
                recipe: str | Path | None = None, **_: Any) -> dict:
     """Retrain with the plugin's recipe (for a merged plugin: ``recipe``, a parent site plugin)

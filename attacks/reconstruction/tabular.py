@@ -21,6 +21,7 @@ import torch
 from forge_secure.errors import ForgeDataError, ForgeValueError
 from forge_secure.progress import task
 
+from ..estimator import ConfigEstimator
 from .features import FeatureSpec
 from .gradients import DISTANCES, Grads, LoraFunctional, gradient_distance, prepare_observed
 from .labels import LABEL_MODES
@@ -77,15 +78,17 @@ def _milestones(steps: int) -> list[int]:
     return [int(steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
 
 
-class TabularInversion:
-    """TabLeak-style inversion: ``TabularInversion(config).fit(fn, spec, prior).reconstruct(g, ...)``."""
+class TabularInversion(ConfigEstimator):
+    """TabLeak-style inversion: ``TabularInversion(steps=..., ...).fit(fn, spec, prior).reconstruct(g, ...)``
+    (settings: the fields of :class:`TabularInversionConfig`)."""
 
-    def __init__(self, config: TabularInversionConfig | None = None, **settings):
-        self.config = config or TabularInversionConfig(**settings)
+    Config = TabularInversionConfig
 
     def fit(self, fn: LoraFunctional, spec: FeatureSpec, prior: np.ndarray) -> "TabularInversion":
         """Attach the attacked plugin (before the update), the record layout and population records
         (used for the restarts' starting points)."""
+        self._check_settings()  # the settings' values are checked here
+        self._clear_fitted()
         prior = np.asarray(prior, dtype=np.float64)
         if prior.ndim != 2 or prior.shape[1] != spec.n_columns:
             raise ForgeDataError(
@@ -136,6 +139,7 @@ class TabularInversion:
         seed: int | np.random.Generator = 0,
     ) -> Reconstruction:
         """Rebuild ``batch_size`` records from the observed gradient ``target``."""
+        self._check_fitted("the tabular inversion")
         fn, cfg = self.fn_, self.config
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         label_sets, target = prepare_observed(fn, target, batch_size, labels, n_classes, cfg.labels, cfg.distance)

@@ -2,7 +2,7 @@
 the informed adversary, canary exposure), each beside the ReRo bound of its DP guarantee.
 
 Thin: parses, calls the attack registered under ``--kind`` in
-:data:`attacks.reconstruction.run.ATTACKS`, writes the results JSON (and the picture) atomically,
+:data:`attacks.reconstruction.run.RECONSTRUCTION_ATTACKS`, writes the results JSON (and the picture) atomically,
 prints a summary (or ``--json``).
 """
 
@@ -142,7 +142,7 @@ def _mixture_component(target: Path, site: str | None) -> Path:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from attacks.reconstruction.run import ATTACKS, ReconSettings, resolve_recipe
+    from attacks.reconstruction.run import RECONSTRUCTION_ATTACKS, ReconSettings, resolve_recipe
     from forge_secure.errors import ForgeValueError
     from forge_secure.fileio import atomic_write_json
     from forge_secure.plugins import load_data, load_plugin
@@ -152,7 +152,7 @@ def handle(args: argparse.Namespace) -> int:
         raise ForgeValueError(f"--out {out} is a directory", fix="give a file name such as results.json", code="recon.out")
     if args.plot and Path(args.plot).suffix.lower() != ".png":
         raise ForgeValueError(f"--plot {args.plot} is not a .png file name", fix="give a file name ending in .png", code="recon.plot")
-    run = ATTACKS.get(args.kind)  # unknown kinds fail here, before any loading
+    run = RECONSTRUCTION_ATTACKS.get(args.kind)  # unknown kinds fail here, before any loading
     if args.parents and args.kind != "informed":
         raise ForgeValueError(f"--parents is used by --kind informed only, not {args.kind}",
                               fix="drop --parents (gradient and canary need only --recipe)", code="recon.settings")

@@ -324,7 +324,7 @@ def stage_attacks(ctx: dict) -> None:
                 "epsilon_lb": e_["epsilon_lb"], "claimed_epsilon": e_["claimed"], "seconds": round(time.perf_counter() - t0, 1),
             }
     try:
-        from attacks.reconstruction.run import ATTACKS as RECON, ReconSettings, target_record
+        from attacks.reconstruction.run import RECONSTRUCTION_ATTACKS as RECON, ReconSettings, target_record
     except ImportError as e:
         for name in targets:
             report["reconstruction"][name] = _skip(ctx, f"reconstruction attack on {name}", e)

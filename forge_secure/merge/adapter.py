@@ -179,6 +179,8 @@ def check_shared_a(adapters: Sequence[LoraAdapter]) -> None:
 def normalise_weights(weights: Sequence[float] | None, n: int, *, allow_negative: bool = False) -> list[float]:
     """Check ``weights`` (one finite number per adapter, positive sum) and scale them to sum 1.
     ``None`` gives equal weights."""
+    if n < 1:
+        raise ForgeValueError("a merge needs at least one adapter", fix="give one or more plugins", code="merge.no_inputs")
     if weights is None:
         return [1.0 / n] * n
     w = [float(x) for x in weights]

@@ -27,10 +27,13 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
 
 from .. import __version__
 from ..errors import ForgeDataError, ForgeFileError, ForgeValueError
@@ -40,19 +43,50 @@ from .adapter import LoraAdapter, module_path, normalise_weights
 from .evaluate import log_softmax
 
 MIXTURE_FORMAT = "forge-mixture/1"
-ROUTERS: Registry[type] = Registry("mixture router")
+ROUTERS: Registry[type["Router"]] = Registry("mixture router")
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
     return np.exp(log_softmax(z))
 
 
-class Router(abc.ABC):
-    name = "router"
+class Router(BaseEstimator, abc.ABC):
+    """A router, shaped like a scikit-learn estimator: settings in ``__init__`` (stored
+    unchanged), ``fit(plugins, X, y, ...)`` learns the state that ends with an underscore,
+    ``route(mixture, X)`` gives the weights. ``from_saved`` rebuilds a fitted router from a mixture
+    directory. Class attributes: ``needs_data`` (fitted on labelled, DP synthetic, data) and,
+    from the signature, whether the router takes given ``weights``."""
+
+    name: ClassVar[str] = "router"
+    needs_data: ClassVar[bool] = False
+
+    @classmethod
+    def takes_weights(cls) -> bool:
+        return "weights" in cls._get_param_names()
 
     @abc.abstractmethod
-    def weights(self, mixture: "Mixture", X: np.ndarray) -> np.ndarray:
+    def fit(self, plugins: Sequence, X: np.ndarray | None = None, y: np.ndarray | None = None, *, base=None,
+            records: Sequence | None = None, source: str | None = None) -> "Router":
+        """Learn the routing for ``plugins`` (loaded plugins); ``X, y``: tuning data (DP
+        synthetic), ``records``: the plugins' forge.json records, ``source``: where X came from."""
+
+    @abc.abstractmethod
+    def _weights(self, mixture: "Mixture", X: np.ndarray) -> np.ndarray:
         """Routing weights of every record over the J components, shape (n, J)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_saved(cls, folder: Path, meta: dict, n_plugins: int) -> "Router":
+        """The fitted router that :meth:`Mixture.save` wrote into ``folder`` (``mixture.json`` = ``meta``)."""
+
+    def route(self, mixture: "Mixture", X: np.ndarray) -> np.ndarray:
+        """Routing weights ``(n, J)`` of a fitted router."""
+        try:
+            check_is_fitted(self)
+        except NotFittedError:
+            raise ForgeValueError(f"the {self.name} router is not fitted", fix="call fit(plugins, ...) first, or use build_mixture",
+                                  code="mixture.router_not_fitted") from None
+        return self._weights(mixture, X)
 
     def to_json(self) -> dict:
         return {}
@@ -62,57 +96,148 @@ class Router(abc.ABC):
 
 
 @ROUTERS.register("static")
-@dataclass
 class StaticRouter(Router):
-    w: list[float]
+    """Fixed weights: ``weights`` as given, else tuned on ``X, y`` (NGOpt, ``budget``, ``l1``,
+    ``seed``), else the training-set sizes of the plugins' records; normalised in ``fit``."""
+
     name = "static"
 
-    def __post_init__(self) -> None:
-        self.w = normalise_weights(self.w, len(self.w))
+    def __init__(self, weights: Sequence[float] | None = None, *, budget: int = 40, l1: float = 0.05, seed: int = 0):
+        self.weights = weights
+        self.budget = budget
+        self.l1 = l1
+        self.seed = seed
 
-    def weights(self, mixture, X):
-        return np.tile(np.asarray(self.w, dtype=np.float64), (len(X), 1))
+    def fit(self, plugins, X=None, y=None, *, base=None, records=None, source=None):
+        from .io import default_weights
+
+        J = len(plugins)
+        if self.weights is not None:
+            w, details = normalise_weights(self.weights, J), {"weight_source": "given"}
+        elif X is not None:
+            w, info = tune_static_weights(plugins, X, y, budget=self.budget, l1=self.l1, seed=self.seed)
+            details = {**info, "weight_source": "tuned on synthetic data", **({"tuned_on": source} if source is not None else {})}
+        else:
+            if records is None:
+                raise ForgeValueError("the static router needs weights, tuning data or the plugins' records (training-set sizes)",
+                                      fix="give weights, or build the mixture with build_mixture", code="merge.bad_weights")
+            w, details = normalise_weights(default_weights(records), J), {"weight_source": "training-set sizes"}
+        self.weights_, self.details_ = w, details
+        return self
+
+    def _weights(self, mixture, X):
+        return np.tile(np.asarray(self.weights_, dtype=np.float64), (len(X), 1))
 
     def to_json(self) -> dict:
-        return {"weights": list(self.w)}
+        return {"weights": list(self.weights_)}
+
+    @classmethod
+    def from_saved(cls, folder, meta, n_plugins):
+        saved = list((meta.get("router_settings") or {}).get("weights") or [])
+        if len(saved) != n_plugins:
+            raise ForgeDataError("mixture.json has a different number of weights than plugins", fix="write the mixture again", code="mixture.bad_meta")
+        return cls(saved).fit([None] * n_plugins)
 
 
 @ROUTERS.register("gate")
-@dataclass
 class GateRouter(Router):
-    """``w(x) = softmax(W e(x) + b)``, ``e`` the base-model embedding (standardised)."""
+    """``w(x) = softmax(W e(x) + b)``, ``e`` the base-model embedding (standardised), fitted on
+    ``X, y`` by :func:`fit_gate`'s full-batch Adam (``epochs``, ``lr``, ``l2``, ``seed``)."""
 
-    W: torch.Tensor  # (J, d)
-    b: torch.Tensor  # (J,)
-    mu: torch.Tensor  # (d,)
-    sd: torch.Tensor  # (d,)
-    space: str = "input"
     name = "gate"
+    needs_data = True
 
-    def weights(self, mixture, X):
+    def __init__(self, *, space: str = "auto", epochs: int = 300, lr: float = 0.05, l2: float = 1e-3, seed: int = 0):
+        self.space = space
+        self.epochs = epochs
+        self.lr = lr
+        self.l2 = l2
+        self.seed = seed
+
+    def fit(self, plugins, X=None, y=None, *, base=None, records=None, source=None):
+        from ..privacy.synthetic import embed, resolve_space
+
+        if X is None or y is None:
+            raise ForgeValueError("the gate router is fitted on data and got none", fix="give synthetic data with --tune-on (forge synth)",
+                                  code="merge.needs_tuning_data")
+        base = base if base is not None else plugins[0].base
+        space = resolve_space(base, self.space)
+        gen = torch.Generator().manual_seed(int(self.seed))
+        e = embed(base, X, space).detach().double()
+        mu, sd = e.mean(0), e.std(0).clamp_min(1e-6)
+        e = (e - mu) / sd
+        comp = torch.as_tensor(np.stack([p.predict_proba(X) for p in plugins]))  # (J, n, C)
+        picked = comp[:, torch.arange(len(y)), torch.as_tensor(y)].T  # (n, J)
+        J, d = len(plugins), e.shape[1]
+        W = (torch.randn(J, d, generator=gen, dtype=torch.float64) * 0.01).requires_grad_(True)
+        b = torch.zeros(J, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.Adam([W, b], lr=self.lr)
+        for _ in range(int(self.epochs)):
+            opt.zero_grad()
+            logw = torch.log_softmax(e @ W.T + b, dim=1)
+            nll = -torch.logsumexp(logw + torch.log(picked.clamp_min(1e-300)), dim=1).mean()
+            loss = nll + self.l2 * (W**2).sum()
+            loss.backward()
+            opt.step()
+        self._set_state(W.detach(), b.detach(), mu, sd, space)
+        self.details_ = {**({"fitted_on": source} if source is not None else {}), "seed": self.seed}
+        return self
+
+    def _set_state(self, W: torch.Tensor, b: torch.Tensor, mu: torch.Tensor, sd: torch.Tensor, space: str) -> None:
+        self.W_, self.b_, self.mu_, self.sd_, self.space_ = W, b, mu, sd, space
+
+    def _weights(self, mixture, X):
         from ..privacy.synthetic import embed
 
-        e = (embed(mixture.base, X, self.space).detach().double() - self.mu.double()) / self.sd.double()
-        z = e @ self.W.double().T + self.b.double()
+        e = (embed(mixture.base, X, self.space_).detach().double() - self.mu_.double()) / self.sd_.double()
+        z = e @ self.W_.double().T + self.b_.double()
         return torch.softmax(z, dim=1).numpy()
 
     def to_json(self) -> dict:
-        return {"space": self.space}
+        return {"space": self.space_}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"W": self.W.float().contiguous(), "b": self.b.float().contiguous(), "mu": self.mu.float().contiguous(), "sd": self.sd.float().contiguous()}
+        return {"W": self.W_.float().contiguous(), "b": self.b_.float().contiguous(), "mu": self.mu_.float().contiguous(), "sd": self.sd_.float().contiguous()}
+
+    @classmethod
+    def from_saved(cls, folder, meta, n_plugins):
+        from safetensors.torch import load_file
+
+        f = Path(folder) / "router.safetensors"
+        if not f.is_file() or sha256_file(f) != meta.get("router_sha256"):
+            raise ForgeDataError(f"{f} is missing or does not match mixture.json", fix="write the mixture again", code="mixture.tampered")
+        t = load_file(str(f))
+        space = str((meta.get("router_settings") or {}).get("space", "input"))
+        router = cls(space=space)
+        router._set_state(t["W"], t["b"], t["mu"], t["sd"], space)
+        if router.W_.shape[0] != n_plugins:
+            raise ForgeDataError("the gate has a different number of outputs than plugins", code="mixture.bad_meta")
+        return router
 
 
 @ROUTERS.register("similarity")
-@dataclass
 class SimilarityRouter(Router):
+    """Training-free: ``w_j(x)`` proportional to plugin ``j``'s update response to ``x``."""
+
     name = "similarity"
 
-    def weights(self, mixture, X):
+    def __init__(self) -> None:
+        pass
+
+    def fit(self, plugins, X=None, y=None, *, base=None, records=None, source=None):
+        self.n_components_ = len(plugins)
+        self.details_: dict = {}
+        return self
+
+    def _weights(self, mixture, X):
         scores = mixture.update_responses(X)  # (n, J)
         total = scores.sum(1, keepdims=True)
         J = scores.shape[1]
         return np.where(total > 0, scores / np.where(total > 0, total, 1.0), 1.0 / J)
+
+    @classmethod
+    def from_saved(cls, folder, meta, n_plugins):
+        return cls().fit([None] * n_plugins)
 
 
 def plugin_adapter(plugin) -> LoraAdapter:
@@ -148,7 +273,7 @@ class Mixture:
         return np.stack([p.predict_proba(X) for p in self.plugins])
 
     def route(self, X: np.ndarray) -> np.ndarray:
-        w = np.asarray(self.router.weights(self, X), dtype=np.float64)
+        w = np.asarray(self.router.route(self, X), dtype=np.float64)
         if w.shape != (len(X), len(self.plugins)) or not np.isfinite(w).all():
             raise ForgeDataError("the router returned weights of the wrong shape or non-finite values", code="mixture.bad_router")
         return w
@@ -235,8 +360,6 @@ def read_mixture_meta(path: str | os.PathLike) -> dict:
 
 def load_mixture(path: str | os.PathLike, base=None) -> Mixture:
     """Read a mixture directory: every plugin is loaded (and checked) with ``load_plugin``."""
-    from safetensors.torch import load_file
-
     from ..plugins.plugin import load_plugin
 
     p = Path(path)
@@ -249,22 +372,7 @@ def load_mixture(path: str | os.PathLike, base=None) -> Mixture:
             raise ForgeDataError(f"mixture plugin {d} does not match the digest in mixture.json", fix="the mixture was changed; write it again", code="mixture.tampered")
         plugins.append(load_plugin(d, base))
         base = base or plugins[-1].base
-    name = meta["router"]
-    settings = meta.get("router_settings") or {}
-    if name == "static":
-        router = StaticRouter(list(settings.get("weights") or []))
-        if len(router.w) != len(plugins):
-            raise ForgeDataError("mixture.json has a different number of weights than plugins", fix="write the mixture again", code="mixture.bad_meta")
-    elif name == "gate":
-        f = p / "router.safetensors"
-        if not f.is_file() or sha256_file(f) != meta.get("router_sha256"):
-            raise ForgeDataError(f"{f} is missing or does not match mixture.json", fix="write the mixture again", code="mixture.tampered")
-        t = load_file(str(f))
-        router = GateRouter(t["W"], t["b"], t["mu"], t["sd"], space=str(settings.get("space", "input")))
-        if router.W.shape[0] != len(plugins):
-            raise ForgeDataError("the gate has a different number of outputs than plugins", code="mixture.bad_meta")
-    else:
-        router = SimilarityRouter()
+    router = ROUTERS.get(str(meta["router"])).from_saved(p, meta, len(plugins))
     return Mixture(plugins, router, base, details=meta.get("details") or {})
 
 
@@ -292,36 +400,27 @@ def tune_static_weights(plugins: Sequence, X: np.ndarray, y: np.ndarray, *, budg
 
 def fit_gate(plugins: Sequence, base, X: np.ndarray, y: np.ndarray, *, space: str = "auto", epochs: int = 300, lr: float = 0.05, l2: float = 1e-3, seed: int = 0) -> GateRouter:
     """Fit a linear softmax gate by minimising the mixture NLL on ``(X, y)`` (full batch Adam)."""
-    from ..privacy.synthetic import embed, resolve_space
+    return GateRouter(space=space, epochs=epochs, lr=lr, l2=l2, seed=seed).fit(plugins, X, y, base=base)
 
-    space = resolve_space(base, space)
-    gen = torch.Generator().manual_seed(int(seed))
-    e = embed(base, X, space).detach().double()
-    mu, sd = e.mean(0), e.std(0).clamp_min(1e-6)
-    e = (e - mu) / sd
-    comp = torch.as_tensor(np.stack([p.predict_proba(X) for p in plugins]))  # (J, n, C)
-    picked = comp[:, torch.arange(len(y)), torch.as_tensor(y)].T  # (n, J)
-    J, d = len(plugins), e.shape[1]
-    W = (torch.randn(J, d, generator=gen, dtype=torch.float64) * 0.01).requires_grad_(True)
-    b = torch.zeros(J, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.Adam([W, b], lr=lr)
-    for _ in range(int(epochs)):
-        opt.zero_grad()
-        logw = torch.log_softmax(e @ W.T + b, dim=1)
-        nll = -torch.logsumexp(logw + torch.log(picked.clamp_min(1e-300)), dim=1).mean()
-        loss = nll + l2 * (W**2).sum()
-        loss.backward()
-        opt.step()
-    return GateRouter(W.detach(), b.detach(), mu, sd, space=space)
+
+def check_router_request(router: str, weights, tune_on) -> type[Router]:
+    """The registered router class of that name, after checking that the request fits it."""
+    cls = ROUTERS.get(router)
+    if cls.needs_data and tune_on is None:
+        raise ForgeValueError(f"the {router} router is fitted on data and got none", fix="give synthetic data with --tune-on (forge synth)",
+                              code="merge.needs_tuning_data")
+    if weights is not None and not cls.takes_weights():
+        raise ForgeValueError(f"the {router} router chooses its own weights", fix="drop --weights", code="merge.bad_weights")
+    return cls
 
 
 def build_mixture(plugin_dirs: Sequence[str | os.PathLike], *, router: str = "static", weights: Sequence[float] | None = None,
                   tune_on: str | os.PathLike | None = None, seed: int = 0, budget: int = 40, base=None) -> Mixture:
     """Load plugins and build a mixture with the named router."""
     from ..plugins.plugin import load_plugin
-    from .io import check_same_base, default_weights, read_plugin_files
+    from .io import check_same_base, read_plugin_files
 
-    ROUTERS.get(router)
+    router_cls = check_router_request(router, weights, tune_on)
     files = [read_plugin_files(d) for d in plugin_dirs]
     check_same_base(files)
     plugins = []
@@ -335,28 +434,10 @@ def build_mixture(plugin_dirs: Sequence[str | os.PathLike], *, router: str = "st
         synth = load_synthetic(tune_on).dataset
         if synth.n_classes != base.n_classes:
             raise ForgeDataError(f"synthetic data has {synth.n_classes} classes, the plugins {base.n_classes}", fix="make synthetic data for this task", code="merge.different_classes")
-    details: dict = {}
-    if router == "static":
-        if weights is not None:
-            w, details["weight_source"] = normalise_weights(weights, len(plugins)), "given"
-        elif synth is not None:
-            w, info = tune_static_weights(plugins, synth.X, synth.y, budget=budget, seed=seed)
-            details.update(info, weight_source="tuned on synthetic data", tuned_on=str(tune_on))
-        else:
-            w, details["weight_source"] = normalise_weights(default_weights(files), len(plugins)), "training-set sizes"
-        r: Router = StaticRouter(w)
-    elif router == "gate":
-        if synth is None:
-            raise ForgeValueError("the gate router is fitted on data and got none", fix="give synthetic data with --tune-on (forge synth)", code="merge.needs_tuning_data")
-        if weights is not None:
-            raise ForgeValueError("the gate router chooses its own weights", fix="drop --weights", code="merge.bad_weights")
-        r = fit_gate(plugins, base, synth.X, synth.y, seed=seed)
-        details.update({"fitted_on": str(tune_on), "seed": seed})
-    else:
-        if weights is not None:
-            raise ForgeValueError("the similarity router chooses its own weights", fix="drop --weights", code="merge.bad_weights")
-        r = SimilarityRouter()
-    return Mixture(plugins, r, base, details)
+    r = router_cls(**{k: v for k, v in {"weights": weights, "seed": seed, "budget": budget}.items() if k in router_cls._get_param_names()})
+    r.fit(plugins, None if synth is None else synth.X, None if synth is None else synth.y, base=base, records=files,
+          source=None if tune_on is None else str(tune_on))
+    return Mixture(plugins, r, base, dict(r.details_))
 
 
 def mixture_merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, router: str = "static", weights=None, tune_on=None,
@@ -366,12 +447,8 @@ def mixture_merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *
 
     if len(inputs) < 2:
         raise ForgeValueError(f"a mixture needs at least two plugins, got {len(inputs)}", fix="give two or more plugins", code="merge.too_few")
-    ROUTERS.get(router)
+    check_router_request(router, weights, tune_on)
     check_merge_request(inputs, out, weights)  # before any sealed bundle is opened (and recorded as seen)
-    if router == "gate" and tune_on is None:
-        raise ForgeValueError("the gate router is fitted on data and got none", fix="give synthetic data with --tune-on (forge synth)", code="merge.needs_tuning_data")
-    if router != "static" and weights is not None:
-        raise ForgeValueError(f"the {router} router chooses its own weights", fix="drop --weights", code="merge.bad_weights")
     if tune_on is not None:
         from ..privacy.synthetic import load_synthetic
 

@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 
-from attacks.bench import ATTACKS, config_from_dict, expand_grid, load_config, merge_registry
+from attacks.bench import BENCH_ATTACKS, config_from_dict, expand_grid, load_config, merge_registry
 from attacks.bench import grid as G
 from attacks.bench.config import DEFAULT_CONFIG
 from forge_secure.errors import ForgeConfigError, ForgeFileError
@@ -33,7 +33,7 @@ def test_default_config_loads_and_expands():
     assert {c.lora for c in cells} == {"lora"}
     # every attack table of the bundled file is a known attack with known keys
     raw = tomllib.loads(DEFAULT_CONFIG.read_text())
-    assert set(raw["attack"]) <= set(ATTACKS.names())
+    assert set(raw["attack"]) <= set(BENCH_ATTACKS.names())
 
 
 def test_inf_is_parsed_and_written_back():
@@ -41,7 +41,7 @@ def test_inf_is_parsed_and_written_back():
     assert cfg.grid.epsilon == (1.0, math.inf)
     assert cfg.to_dict()["grid"]["epsilon"] == [1.0, "inf"]
     assert cfg.attack_settings("lira")["references"] == 2
-    assert cfg.attack_settings("rmia") == dict(ATTACKS.get("rmia").defaults)
+    assert cfg.attack_settings("rmia") == dict(BENCH_ATTACKS.get("rmia").defaults)
 
 
 @pytest.mark.parametrize(

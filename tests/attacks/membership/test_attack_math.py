@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from attacks.membership import ATTACKS, TooFewReferences, make_attack
+from attacks.membership import MEMBERSHIP_ATTACKS, TooFewReferences, make_attack
 from attacks.membership.stats import cross_entropy, logit_confidence, true_class_probability
 from attacks.metrics import roc_auc
 from attacks.references import reference_masks
@@ -15,7 +15,7 @@ from forge_secure.errors import ForgeConfigError, ForgeValueError
 
 
 def test_registry_lists_attacks():
-    assert ATTACKS.names() == ["lira", "loss", "reference", "rmia"]
+    assert MEMBERSHIP_ATTACKS.names() == ["lira", "loss", "reference", "rmia"]
     with pytest.raises(ForgeValueError, match="lira, loss, reference, rmia"):
         make_attack("shadow")
     with pytest.raises(ForgeValueError, match="unknown setting"):

@@ -60,10 +60,10 @@ def test_rescore_equals_a_run_of_that_attack(saved, saved_offline, overfit_plugi
     """Any registered attack from the saved signals gives what a run of that attack gives
     (its references come from the cache: the same models). Offline variants are rescored
     from the offline file (a run with --offline trains offline references)."""
-    from attacks.membership import ATTACKS, rescore
+    from attacks.membership import MEMBERSHIP_ATTACKS, rescore
     from attacks.membership.run import MiaSettings, run_mia
 
-    assert attack in ATTACKS
+    assert attack in MEMBERSHIP_ATTACKS
     path, _ = saved_offline if settings.get("online") is False else saved
     direct = run_mia(overfit_plugin, "bundled:site-1", settings=MiaSettings(attack=attack, references=8, n_boot=100, seed=1, **settings))
     _same(rescore(path, attack, **settings), direct)

@@ -42,7 +42,7 @@ def test_tuned_static_weights_do_not_lose_to_equal_weights(plugins, data):
     X, y = data
     loaded = [load_plugin(p) for p in plugins]
     w, info = tune_static_weights(loaded, X, y, budget=25, seed=0)
-    nll = lambda ws: -np.log(Mixture(loaded, StaticRouter(ws)).predict_proba(X)[np.arange(len(y)), y]).mean()
+    nll = lambda ws: -np.log(Mixture(loaded, StaticRouter(ws).fit(loaded)).predict_proba(X)[np.arange(len(y)), y]).mean()
     assert sum(w) == pytest.approx(1.0)
     assert nll(w) <= nll([1, 1, 1]) + 0.05 * 0.5 + 1e-9
 
@@ -55,7 +55,7 @@ def test_gate_router_fits_and_round_trips(plugins, data, tmp_path, base):
     w = mix.route(X)
     assert w.shape == (120, 3) and np.allclose(w.sum(1), 1.0)
     nll_gate = -np.log(mix.predict_proba(X)[np.arange(len(y)), y]).mean()
-    nll_flat = -np.log(Mixture(loaded, StaticRouter([1, 1, 1])).predict_proba(X)[np.arange(len(y)), y]).mean()
+    nll_flat = -np.log(Mixture(loaded, StaticRouter([1, 1, 1]).fit(loaded)).predict_proba(X)[np.arange(len(y)), y]).mean()
     assert nll_gate <= nll_flat + 1e-9
     out = mix.save(tmp_path / "mix")
     again = load_mixture(out)
