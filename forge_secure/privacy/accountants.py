@@ -288,7 +288,19 @@ def _calibration_cache(target, delta, q, t, accountant, prior, tol):
 
 
 def _calibrate(eps_at, target: float, lo: float, hi: float, rel_tolerance: float) -> float:
-    if eps_at(lo) <= target:
+    # Some accountants cannot evaluate very little noise at all (Opacus's GDP solver fails at
+    # sigma = MIN_NOISE_MULTIPLIER for common sample rates): epsilon there is far above any
+    # target, so the search starts at the smallest sigma the accountant can evaluate (found by
+    # steps of 5 %; returning more noise than needed never weakens the guarantee).
+    while True:
+        try:
+            eps_lo = eps_at(lo)
+            break
+        except ForgeValueError as e:
+            if e.code != "dp.accountant_failed" or lo >= hi:
+                raise
+            lo = min(hi, lo * 1.05)
+    if eps_lo <= target:
         return lo
     # epsilon falls smoothly and monotonically in sigma: Brent's method on log(sigma),
     # then step up until the figure is certainly at or below the target.

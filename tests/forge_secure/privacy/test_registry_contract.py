@@ -46,10 +46,7 @@ def test_every_accountant_is_monotone(name):
 
 
 #: known defects the contract found, each strict: fixing one makes its test fail until removed here
-KNOWN_CALIBRATION_DEFECTS = {
-    "gdp": "calibrate_noise_multiplier probes sigma = MIN_NOISE_MULTIPLIER first, where Opacus's GDP accountant cannot "
-           "solve for epsilon (brentq: f(a) and f(b) must have different signs), and the failure ends the calibration",
-}
+KNOWN_CALIBRATION_DEFECTS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(n in KNOWN_CALIBRATION_DEFECTS, strict=True,
