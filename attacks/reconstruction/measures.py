@@ -18,6 +18,7 @@ is over records, which are independent.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -87,8 +88,8 @@ def _rate(successes: int, trials: int, confidence: float) -> dict:
 
 
 def tabular_success(
-    recon: np.ndarray,
-    truth: np.ndarray,
+    recon: np.ndarray | Sequence[np.ndarray],
+    truth: np.ndarray | Sequence[np.ndarray],
     spec: FeatureSpec,
     *,
     tolerance: float = DEFAULT_TOLERANCE,
@@ -224,8 +225,8 @@ def image_success(
         ident.append(nn_identifiable(r, t, pool))
     ident_all = np.concatenate(ident)
 
-    def summary(v: list) -> dict:
-        v = np.concatenate(v)
+    def summary(parts: list) -> dict:
+        v = np.concatenate(parts)
         half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
         return {"mean": float(v.mean()), "ci": [float(v.mean() - half), float(v.mean() + half)], "n": int(len(v))}
 

@@ -45,7 +45,7 @@ def dp_record(meta: dict, rel: str) -> dict:
     enabled = dp.get("enabled")
     if not isinstance(enabled, bool):
         raise ForgeDataError(f"{rel}/forge.json dp.enabled = {enabled!r} is not true/false", fix="the manifest is corrupt or was edited", code="audit.dp_record")
-    out = {"enabled": enabled, "claimed_epsilon": _num(dp.get("epsilon", "inf"), f"{rel} dp.epsilon")}
+    out: dict[str, Any] = {"enabled": enabled, "claimed_epsilon": _num(dp.get("epsilon", "inf"), f"{rel} dp.epsilon")}
     if enabled:
         for key in ("noise_multiplier", "sample_rate", "delta"):
             out[key] = _num(dp.get(key), f"{rel} dp.{key}")
@@ -55,6 +55,12 @@ def dp_record(meta: dict, rel: str) -> dict:
         out["steps"] = steps
         out["accountant"] = str(dp.get("accountant", "prv"))
     return out
+
+
+def _section(meta: dict, key: str) -> dict:
+    """``meta[key]`` when it is a JSON object, else ``{}`` (a missing or mistyped section)."""
+    value = meta.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def training_rows(meta: dict) -> int | None:
@@ -88,19 +94,17 @@ def cross_field(meta: dict, rec: dict) -> tuple[dict, list[str]]:
     - steps per epoch = ceil(n / batch_size), steps T = epochs x steps per epoch;
     - the accountant ``history``, when recorded, composes to exactly (sigma, q, T).
     """
-    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
-    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
-    dp = meta.get("dp") if isinstance(meta.get("dp"), dict) else {}
+    training, data, dp = _section(meta, "training"), _section(meta, "data"), _section(meta, "dp")
     rows, batch, epochs = _whole(data.get("rows")), _whole(training.get("batch_size")), _whole(training.get("epochs"))
     figures: dict = {"rows": rows, "batch_size": batch, "epochs": epochs, "sample_rate": rec["sample_rate"], "steps": rec["steps"]}
-    missing = [name for name, v in (("data.rows", rows), ("training.batch_size", batch), ("training.epochs", epochs)) if v is None or v < 1]
-    if missing:
+    if rows is None or batch is None or epochs is None or min(rows, batch, epochs) < 1:
+        missing = [name for name, v in (("data.rows", rows), ("training.batch_size", batch), ("training.epochs", epochs)) if v is None or v < 1]
         return figures, [f"cannot cross-check: {', '.join(missing)} missing or not a positive integer"]
     problems = []
-    canaries = data.get("canaries") if isinstance(data.get("canaries"), dict) else {}
+    canaries = _section(data, "canaries")
     count = _whole(canaries.get("count")) or 0
     inserted = _whole(canaries.get("inserted", canaries.get("included")))
-    membership = data.get("membership") if isinstance(data.get("membership"), dict) else {}
+    membership = _section(data, "membership")
     pool = _whole(membership.get("pool_rows"))
     records = _whole(data.get("records"))
     figures.update({"canaries": count, "canaries_inserted": inserted, "pool_rows": pool, "records": records})
@@ -177,7 +181,8 @@ class DpClaims(Check):
         plugins = trained_plugins(evidence)
         if not plugins:
             return missing_evidence(self.name, settings, "trained plugins (plugins/<name>/forge.json)", "add the opened plugin directories under plugins/")
-        findings, bars = [], []
+        findings: list[Finding] = []
+        bars: list = []
         for item in plugins:
             if not item.ok and item.data is None:
                 findings.append(bad_evidence(self.name, item))

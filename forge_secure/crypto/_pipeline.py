@@ -28,8 +28,8 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO, Callable, Protocol
 
 _POOL: ThreadPoolExecutor | None = None
 _LOCK = threading.Lock()
@@ -123,7 +123,7 @@ class TwoLanes:
         self._left: dict[int, int] = {}             # chunk -> steps still to do (hash, drain)
         self._free: list[bytearray] = []
         self._buffers: list[bytearray] = []
-        self._helper = None
+        self._helper: Future[None] | None = None
         self._completed = 0
 
     # ------------------------------------------------------------------ the plain path
@@ -296,7 +296,13 @@ def _fill(view: memoryview, read) -> int:
     return filled
 
 
-def readinto_exactly(f: BinaryIO, view: memoryview) -> int:
+class ReadableInto(Protocol):
+    """A binary file that fills a buffer (``open(path, "rb")``, ``io.BytesIO``); ``typing.BinaryIO`` lacks ``readinto``."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
+def readinto_exactly(f: ReadableInto, view: memoryview) -> int:
     """Fill ``view`` from ``f`` (raw files may return short reads); returns the bytes read,
     fewer than ``len(view)`` only at the end of the file."""
     return _fill(view, lambda rest, done: f.readinto(rest))

@@ -150,7 +150,7 @@ def already_counted(stored: list[dict], record: DpRecord) -> bool:
     return False
 
 
-def spent(histories: list[list], delta: float = DEFAULT_DELTA) -> tuple[float, str]:
+def spent(histories: list[list | None], delta: float = DEFAULT_DELTA) -> tuple[float, str]:
     """(epsilon, accountant) of the composition of ``histories`` (inf when one is unbounded)."""
     if any(h is None for h in histories):
         return math.inf, "none"

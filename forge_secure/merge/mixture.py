@@ -27,7 +27,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from ..fileio import atomic_directory, atomic_write_json, read_json_file, sha256
 from ..registry import Registry
 from .adapter import LoraAdapter, module_path, normalise_weights
 from .evaluate import log_softmax
+
+if TYPE_CHECKING:
+    from ..plugins.bases import Base
 
 MIXTURE_FORMAT = "forge-mixture/1"
 ROUTERS: Registry[type] = Registry("mixture router")
@@ -128,7 +131,7 @@ class Mixture:
 
     plugins: list
     router: Router
-    base: object = None
+    base: Base = None  # type: ignore[assignment]  # None means the plugins' base, which __post_init__ sets
     details: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -251,6 +254,7 @@ def load_mixture(path: str | os.PathLike, base=None) -> Mixture:
         base = base or plugins[-1].base
     name = meta["router"]
     settings = meta.get("router_settings") or {}
+    router: Router
     if name == "static":
         router = StaticRouter(list(settings.get("weights") or []))
         if len(router.w) != len(plugins):
@@ -260,8 +264,8 @@ def load_mixture(path: str | os.PathLike, base=None) -> Mixture:
         if not f.is_file() or sha256_file(f) != meta.get("router_sha256"):
             raise ForgeDataError(f"{f} is missing or does not match mixture.json", fix="write the mixture again", code="mixture.tampered")
         t = load_file(str(f))
-        router = GateRouter(t["W"], t["b"], t["mu"], t["sd"], space=str(settings.get("space", "input")))
-        if router.W.shape[0] != len(plugins):
+        gate = router = GateRouter(t["W"], t["b"], t["mu"], t["sd"], space=str(settings.get("space", "input")))
+        if gate.W.shape[0] != len(plugins):
             raise ForgeDataError("the gate has a different number of outputs than plugins", code="mixture.bad_meta")
     else:
         router = SimilarityRouter()
@@ -326,7 +330,7 @@ def build_mixture(plugin_dirs: Sequence[str | os.PathLike], *, router: str = "st
     check_same_base(files)
     plugins = []
     for d in plugin_dirs:
-        plugins.append(load_plugin(d, base))
+        plugins.append(load_plugin(Path(d), base))
         base = base or plugins[-1].base
     synth = None
     if tune_on is not None:

@@ -77,7 +77,7 @@ ACCOUNTANTS.add(
 )
 
 
-def validate_delta(delta: float) -> float:
+def validate_delta(delta: Any) -> float:
     try:
         d = float(delta)
     except (TypeError, ValueError):

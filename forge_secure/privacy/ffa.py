@@ -21,8 +21,13 @@ from __future__ import annotations
 import hashlib
 import math
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from peft.tuners.lora import LoraLayer
 
 FFA_DOMAIN = "forge-ffa-A/1"
 LORA_DOMAIN = "forge-lora-A/1"
@@ -57,11 +62,11 @@ def base_module_name(peft_module_name: str) -> str:
     return peft_module_name[len(prefix):] if peft_module_name.startswith(prefix) else peft_module_name
 
 
-def lora_layers(model: torch.nn.Module, adapter: str = "default") -> list[tuple[str, torch.nn.Module]]:
+def lora_layers(model: torch.nn.Module, adapter: str = "default") -> list[tuple[str, LoraLayer]]:
     """``(base module name, PEFT LoRA layer)`` for every LoRA layer carrying ``adapter``."""
     from peft.tuners.lora import LoraLayer
 
-    out = []
+    out: list[tuple[str, LoraLayer]] = []
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer) and adapter in getattr(module, "lora_A", {}):
             out.append((base_module_name(name), module))

@@ -107,7 +107,7 @@ class Ledger:
     def list_all(cls, site: str | None = None, root: str | os.PathLike | None = None) -> list["Ledger"]:
         """Every ledger under ``root`` (default ``forge_home()/ledgers``), optionally of one site."""
         folder = Path(root) if root is not None else forge_home() / "ledgers"
-        out = []
+        out: list[Ledger] = []
         if not folder.is_dir():
             return out
         for f in sorted(folder.glob("*/*.jsonl")):
@@ -147,7 +147,7 @@ class Ledger:
                 try:
                     validate_history(entry.get("history") or [])
                     validate_delta(entry.get("delta"))
-                    ACCOUNTANTS.get(entry.get("accountant"))
+                    ACCOUNTANTS.get(str(entry.get("accountant")))
                 except ForgeValueError as e:
                     raise _corrupt(self.path, f"entry {i + 1} holds an invalid release ({e.message})") from None
             entries.append(entry)

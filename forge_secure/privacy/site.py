@@ -6,14 +6,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ForgeFileError, ForgeValueError
+
+if TYPE_CHECKING:
+    from ..plugins.plugin import Plugin
+    from ..plugins.sources import TrainingData
 
 
 @dataclass(frozen=True, eq=False)
 class SiteRun:
-    plugin: object                  # forge_secure.plugins.Plugin (its secret is dropped once the envelope is sealed)
-    training: object                # forge_secure.plugins.sources.TrainingData
+    plugin: Plugin                  # its secret is dropped once the envelope is sealed
+    training: TrainingData
     envelope: Path | None           # the replay envelope, when an auditor was given
     canaries: dict | None           # the grant inserted: {"grant_id", "count", "digest"}
 
