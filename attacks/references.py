@@ -164,7 +164,7 @@ def cache_key(recipe: dict, base_digest: str, candidates_digest: str, population
     return sha256_bytes(canonical_json(doc))
 
 
-def _cache_path(key: str, root: Path | None) -> Path:
+def _cache_path(key: str, root: str | Path | None) -> Path:
     return (Path(root) if root is not None else cache_dir("references")) / f"{key}.safetensors"
 
 
@@ -378,8 +378,11 @@ def train_references(
             logits[i] = out
             if cache:
                 _store(_cache_path(keys[i], cache_root), keys[i], out, np.concatenate([in_mask[i], pop_mask[i]]))
-    C = logits[0].shape[1] if count else max(n_classes, 2)
-    stacked = np.stack(logits) if count else np.zeros((0, n + m, C))
+    filled = [x for x in logits if x is not None]
+    if len(filled) != count:  # every reference is cached or trained above
+        raise RuntimeError(f"{count - len(filled)} reference models produced no logits")
+    C = filled[0].shape[1] if count else max(n_classes, 2)
+    stacked = np.stack(filled) if count else np.zeros((0, n + m, C))
     return ReferenceSet(
         candidate_logits=stacked[:, :n],
         in_mask=in_mask,

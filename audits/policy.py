@@ -21,7 +21,7 @@ badly typed settings are refused with an error that lists what is allowed.
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -32,6 +32,11 @@ from forge_secure.fileio import sha256_bytes
 
 from .checks import CHECKS
 from .checks.base import CheckSettings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as the tomli package (a dependency there)
+    import tomli as tomllib
 
 POLICY_FORMAT = "forge-audit-policy/1"
 TOP_LEVEL_KEYS = ("format", "name", "description", "verdict", "checks")

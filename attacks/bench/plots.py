@@ -194,7 +194,7 @@ def plot_empirical(rows, stem: Path, p_target: float = 0.05) -> list[Path]:
     scatter(canary, "canary_epsilon", "canary_ceiling", "^", "C1", "one-run bound on canaries (per seed)")
     # ceilings: one dash per claim and sample kind (the largest over the cell's seeds)
     for items, col, color, name in ((pts, "empirical_ceiling", "grey", "threshold"), (canary, "canary_ceiling", "C1", "one-run per seed")):
-        marks = {}
+        marks: dict[float, float] = {}
         for r in items:
             c = r.get(col)
             if c is not None and math.isfinite(c):

@@ -109,7 +109,7 @@ class Signals:
             raise _bad("the population signals are incomplete")
         if self.population_target_logits is not None:
             m = self.population_target_logits.shape[0]
-            if self.population_labels.shape != (m,):
+            if self.population_labels is None or self.population_labels.shape != (m,):
                 raise _bad("population_labels does not match population_target_logits")
             if R and (self.population_reference_logits is None or self.population_reference_logits.shape[:2] != (R, m)
                       or self.population_in_mask is None or self.population_in_mask.shape != (R, m)):

@@ -39,7 +39,7 @@ from .features import FeatureSpec
 from .gradients import DPSetting, LoraFunctional, gradient_from_update, noisy_dp_gradient, one_step_update, to_tensor
 from .image import ImageInversion, ImageInversionConfig
 from .informed import INFORMED_MODES, InformedAdversary, InformedConfig, MergeRelease
-from .merged import REDO_METHODS
+from .merged import REDO_METHODS, MergeRedo
 from .labels import LABEL_MODES
 from .measures import DEFAULT_TOLERANCE, feature_hits, image_baseline, image_success, match_images, match_records, tabular_baseline, tabular_success
 from .tabular import TabularInversion, TabularInversionConfig
@@ -218,13 +218,15 @@ def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
                               fix="lower --trials or --batch-size, or give more data", code="recon.data_small")
     order = rng.permutation(len(data))[:need].reshape(s.trials, s.batch_size)
     image = data.kind == "image"
+    cfg: ImageInversionConfig | TabularInversionConfig
+    attack: ImageInversion | TabularInversion
     if image:
-        cfg = ImageInversionConfig(steps=s.steps or 2000, restarts=s.restarts or 4, labels=s.labels)
-        attack = ImageInversion(cfg).fit(fn, tuple(data.shape))
+        cfg = icfg = ImageInversionConfig(steps=s.steps or 2000, restarts=s.restarts or 4, labels=s.labels)
+        attack = ImageInversion(icfg).fit(fn, tuple(data.shape))
     else:
         spec = FeatureSpec.from_prior(prior.X, categorical, names=tuple(data.feature_names) or ())
-        cfg = TabularInversionConfig(steps=s.steps or 1500, restarts=s.restarts or 8, labels=s.labels)
-        attack = TabularInversion(cfg).fit(fn, spec, prior.X)
+        cfg = tcfg = TabularInversionConfig(steps=s.steps or 1500, restarts=s.restarts or 8, labels=s.labels)
+        attack = TabularInversion(tcfg).fit(fn, spec, prior.X)
     recs, truths, labels_ok = [], [], 0
     started = time.perf_counter()
     for t in range(s.trials):
@@ -334,8 +336,9 @@ def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
     s = settings
     meta, rdir, index = resolve_recipe(plugin, recipe)
     merged = index is not None
-    release = None
-    if merged:
+    release: MergeRelease | MergeRedo | None = None
+    if index is not None:
+        assert rdir is not None  # a merge's recipe is one of its parents' directories
         from forge_secure.plugins import load_plugin
 
         site_plugin = load_plugin(rdir, base=plugin.base)
@@ -366,13 +369,13 @@ def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
     generic = None
     if dp.get("enabled"):
         generic = rero_bound_dp(float(dp["epsilon"]), float(dp["delta"]), 1.0 / cfg.candidates)
-    redo = getattr(release, "score_space", None) is not None
+    redo = release if isinstance(release, MergeRedo) else None
     if merged:
-        if redo:
-            how = (f"(the {release.method} merge redone from all {len(release.parents)} parents with its recorded settings; "
+        if redo is not None:
+            how = (f"(the {redo.method} merge redone from all {len(redo.parents)} parents with its recorded settings; "
                    "candidates scored by the distance between the released merge and the merge of each candidate's expected run, "
                    "in the merged updates s B A)")
-        elif release.blocks is None:
+        elif isinstance(release, MergeRelease) and release.blocks is None:
             how = f"(merged tensors + weight {release.weight:.4g} x the site's change)"
         else:
             how = "(the site's block of the concatenated merge replaced by its new tensors)"
@@ -393,7 +396,7 @@ def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
         "observed": observed,
         "mode": cfg.mode,
         "recipe": _recipe_record(plugin, meta, rdir, index),
-        "merge_redo": release.record() if redo else None,
+        "merge_redo": redo.record() if redo is not None else None,
         "success": res["success"],
         "baseline": res["baseline"],
         "bound": {**res["bound"], "epsilon_delta_bound": generic, "applies_to": applies},
@@ -442,7 +445,7 @@ def run_canary(plugin, data, prior, settings: ReconSettings, *, plot: str | Path
     if dp.get("enabled"):
         b = rero_bound_dpsgd(float(dp["noise_multiplier"]), float(dp["sample_rate"]), int(dp["steps"]), kappa,
                              samples=s.bound_samples, seed=s.seed)
-        bound = {"bound": b.bound, "mc_stderr": b.mc_stderr, "kappa": kappa, "noise_multiplier": b.noise_multiplier,
+        bound: dict[str, Any] = {"bound": b.bound, "mc_stderr": b.mc_stderr, "kappa": kappa, "noise_multiplier": b.noise_multiplier,
                  "sample_rate": b.sample_rate, "steps": b.steps, "epsilon": dp.get("epsilon"), "applies_to": "r = 1"}
     else:
         bound = {"bound": 1.0, "kappa": kappa, "note": "trained without DP: no bound"}

@@ -282,7 +282,7 @@ class ReconstructionLeakage(Check):
         counted, findings = _select(self.name, evidence, settings, RECONSTRUCTION,
                                     "reconstruction attack results the audit ran itself (forge audit --attack-results)",
                                     "run forge attack recon on the plugins yourself and pass its results with forge audit --attack-results FILE", "")
-        bars = []
+        bars: list = []
         for ae in counted:
             item, res = ae.item, ae.result
             target = _target(evidence, res)
@@ -455,7 +455,9 @@ def _coin_flip_membership(res, target) -> tuple[bool, str | None]:
         return True, None
     data = target.data.get("data") if isinstance(target.data.get("data"), dict) else {}
     record = data.get("membership")
-    p = record.get("include_prob") if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        record = {}
+    p = record.get("include_prob")
     if isinstance(p, bool) or not isinstance(p, (int, float)) or abs(float(p) - 0.5) > 1e-12:
         return False, f"{target.rel}/forge.json records no fair coin-flip draw of its training set"
     if res.membership_seed_sha256 is not None and res.membership_seed_sha256 != record.get("seed_sha256"):

@@ -42,7 +42,7 @@ def stage_sites(ctx: dict) -> None:
     from ..crypto.keys import load_signing_key
     from ..privacy.canaries import issue_record, write_grant
     from ..privacy.site import train_site
-    from .train import evaluate
+    from ..plugins.evaluate import evaluate
 
     work: Path = ctx["work"]
     keys = ctx["_keys"]
@@ -79,8 +79,8 @@ def stage_sites(ctx: dict) -> None:
             "steps": dp.get("steps"), "accuracy": ev["accuracy"], "accuracy_ci95": ev["accuracy_ci95"], "roc_auc": ev["roc_auc"],
             "base_accuracy": base_acc, "plugin": str(ctx["out"] / "plugins" / site), "seconds": round(time.perf_counter() - t0, 2),
             "label_share_benign": float(np.mean(td.data.y)),
-            "canaries_inserted": run.canaries["count"], "canaries_issued": record["count"],
-            "replay_envelope": _shown(ctx, run.envelope),
+            "canaries_inserted": run.canaries["count"] if run.canaries else 0, "canaries_issued": record["count"],
+            "replay_envelope": _shown(ctx, run.envelope) if run.envelope else None,
         })
     ctx["sites"] = results
     ctx["base"] = {"name": base.name, "digest": base.digest}
@@ -216,7 +216,7 @@ def stage_merge(ctx: dict) -> None:
     from ..plugins.bases import load_base
     from ..plugins.data import bundled_splits
     from ..plugins.plugin import load_plugin
-    from .train import evaluate
+    from ..plugins.evaluate import evaluate
 
     work: Path = ctx["work"]
     maint, evidence = work / "maintainer", work / "evidence"
@@ -336,9 +336,9 @@ def stage_attacks(ctx: dict) -> None:
             t0 = time.perf_counter()
             try:
                 # on the merged model the game runs site-1's recipe and releases the merge (mode model, site-1's bound)
-                settings = ReconSettings(trials=ctx["recon_trials"], seed=0, candidates=10, mode="gradients")
+                recon_settings = ReconSettings(trials=ctx["recon_trials"], seed=0, candidates=10, mode="gradients")
                 plugin = load_plugin(target)
-                res = RECON.get("informed")(plugin, data, prior, settings, recipe=recipe)
+                res = RECON.get("informed")(plugin, data, prior, recon_settings, recipe=recipe)
                 res["target"] = target_record(plugin)
                 res["data"] = {"name": data.name, "rows": len(data), "kind": data.kind, "prior": prior.name, "prior_rows": len(prior)}
                 path = out_dir / f"reconstruction-informed-{name}.json"
@@ -444,7 +444,7 @@ def stage_hub(ctx: dict) -> None:
 
     work: Path = ctx["work"]
     # per site in sequence order: the plugin bundle, then the CKKS contribution
-    bundles = {s: [work / "evidence" / "bundles" / f"{s}.forge", work / "maintainer" / "inbox" / f"{s}-ckks.forge"] for s in DEMO_SITES}
+    bundles: dict[str, list[str | Path]] = {s: [work / "evidence" / "bundles" / f"{s}.forge", work / "maintainer" / "inbox" / f"{s}-ckks.forge"] for s in DEMO_SITES}
     report = work / "report" / "report.html"
     summary = run_hub_cycle(work / "hub", ctx["_roster"], bundles, ctx["_keys"]["consortium-admin"].signing, ctx["_merged"],
                             audit=report if report.exists() else None)

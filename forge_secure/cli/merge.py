@@ -28,17 +28,15 @@ def _weights(text: str | None) -> list[float] | None:
 def _bundle_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", metavar="FILE", help="decryption.key of the recipient, to open sealed .forge bundles")
     p.add_argument("--roster", metavar="FILE", help="the trust roster, to verify sealed .forge bundles")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--passphrase-file", metavar="FILE", help="passphrase of --key, first line of FILE")
-    g.add_argument("--passphrase-env", metavar="VAR", help="passphrase of --key, from environment variable VAR")
+    _common.add_passphrase_flags(p, "--key")
 
 
 def _bundle_key(args):
     if not getattr(args, "key", None):
         return None
-    from ..crypto import load_decryption_key, read_passphrase
+    from ..crypto import load_decryption_key
 
-    return load_decryption_key(args.key, read_passphrase(args.passphrase_file, args.passphrase_env))
+    return load_decryption_key(args.key, _common.passphrase(args))
 
 
 def _print(title: str, pairs: list[tuple[str, object]]) -> None:

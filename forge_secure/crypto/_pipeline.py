@@ -29,7 +29,7 @@ import collections
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Callable, Protocol
+from typing import BinaryIO, Callable
 
 _POOL: ThreadPoolExecutor | None = None
 _LOCK = threading.Lock()
@@ -296,16 +296,10 @@ def _fill(view: memoryview, read) -> int:
     return filled
 
 
-class ReadableInto(Protocol):
-    """A binary file that fills a buffer (``open(path, "rb")``, ``io.BytesIO``); ``typing.BinaryIO`` lacks ``readinto``."""
-
-    def readinto(self, buffer: memoryview, /) -> int | None: ...
-
-
-def readinto_exactly(f: ReadableInto, view: memoryview) -> int:
+def readinto_exactly(f: BinaryIO, view: memoryview) -> int:
     """Fill ``view`` from ``f`` (raw files may return short reads); returns the bytes read,
     fewer than ``len(view)`` only at the end of the file."""
-    return _fill(view, lambda rest, done: f.readinto(rest))
+    return _fill(view, lambda rest, done: f.readinto(rest))  # type: ignore[attr-defined]  # typing.BinaryIO omits readinto
 
 
 def pread_exactly(fd: int, view: memoryview, offset: int) -> int:

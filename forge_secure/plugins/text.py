@@ -74,6 +74,7 @@ def report_texts(raw_X: np.ndarray, splits: BundledSplits | None = None) -> list
     """The report of every row of raw (unstandardised) breast-cancer measurements."""
     splits = splits or bundled_splits()
     cuts = _terciles(splits)
+    assert splits.mean is not None and splits.std is not None  # the bundled (tabular) splits are standardised
     Xs = (np.asarray(raw_X, dtype=np.float64) - splits.mean) / splits.std
     texts = []
     for row in Xs:

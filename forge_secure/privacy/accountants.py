@@ -33,7 +33,7 @@ import math
 import numbers
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from ..errors import ForgeValueError
 from ..fileio import atomic_write_json

@@ -79,7 +79,7 @@ class LoraClipper:
 
     def __init__(self, model: nn.Module, adapter: str = "default"):
         self.taps: list[_Tap] = []
-        self._handles = []
+        self._handles: list[nn.Linear] = []
         self._flat: torch.Tensor | None = None
         self._flat_plan = None
         self.flat_grad: torch.Tensor | None = None  # set when the last clip_backward filled the flat buffer
@@ -112,7 +112,7 @@ class LoraClipper:
     def _wrap(self, module: nn.Linear, fn) -> None:
         """Replace the module's ``forward`` (instance attribute) by a recording one.
         Cheaper than a forward hook, which sends every call down PyTorch's slow path."""
-        module.forward = fn
+        module.forward = fn  # type: ignore[method-assign]  # deliberate: an instance attribute shadows Linear.forward
         self._handles.append(module)
 
     @staticmethod
@@ -138,7 +138,7 @@ class LoraClipper:
         return forward
 
     @property
-    def parameters(self) -> list[nn.Parameter]:
+    def parameters(self) -> list[torch.Tensor]:
         out = []
         for tap in self.taps:
             if tap.train_A:
@@ -185,6 +185,8 @@ class LoraClipper:
             for s in self._sq_norms(tap, g, h, x)[0]:
                 sq = s if sq is None else sq + s
         self.reset()
+        if sq is None:
+            raise ValueError("no LoRA layer recorded a forward pass since the last reset")
         return sq.sqrt()
 
     @staticmethod
@@ -243,7 +245,7 @@ class LoraClipper:
                 hs.append(t.h[0])
         # dL/du (the LoRA branch outputs) and, for trained A, dL/dh = B^T g (h = A x), which
         # autograd forms on its way down anyway
-        grads = torch.autograd.grad(loss, outs + hs, allow_unused=True)
+        grads = list(torch.autograd.grad(loss, outs + hs, allow_unused=True))
         if any(g is None for g in grads):  # a branch the loss ignores: zero gradient
             grads = [g if g is not None else torch.zeros_like(v) for g, v in zip(grads, outs + hs)]
         gs, it = grads[:len(taps)], iter(grads[len(taps):])
@@ -297,6 +299,8 @@ class LoraClipper:
             caches.append(cache)
             for v in s:
                 sq = v if sq is None else sq + v
+        if sq is None:
+            raise ValueError("no LoRA layer recorded a forward pass since the last reset")
         norms = sq.sqrt()
         # Opacus's clip factor (DPOptimizer.clip_and_accumulate)
         c = (max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)

@@ -73,9 +73,17 @@ def lora_layers(model: torch.nn.Module, adapter: str = "default") -> list[tuple[
     return out
 
 
+def lora_weight(layer: LoraLayer, which: str, adapter: str = "default") -> torch.Tensor:
+    """The weight of ``layer``'s ``lora_A`` or ``lora_B`` (``which``) module for ``adapter``."""
+    weight = getattr(layer, which)[adapter].weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{which}[{adapter!r}] of {type(layer).__name__} has no weight tensor")
+    return weight
+
+
 def expected_ffa_state(model: torch.nn.Module, base_digest: str, ffa_seed: int, adapter: str = "default") -> dict[str, torch.Tensor]:
     """``{base module name: A}`` that an FFA plugin on this model must hold."""
     return {
-        name: ffa_matrix(base_digest, ffa_seed, name, tuple(layer.lora_A[adapter].weight.shape))
+        name: ffa_matrix(base_digest, ffa_seed, name, tuple(lora_weight(layer, "lora_A", adapter).shape))
         for name, layer in lora_layers(model, adapter)
     }

@@ -36,7 +36,7 @@ from ..errors import ForgeDataError, ForgeFileError, ForgeValueError
 from .accountants import ACCOUNTANTS, calibrate_noise_multiplier, compute_epsilon, default_delta
 from .clipping import LoraClipper
 from .config import OPTIMIZERS, TrainConfig
-from .ffa import ffa_matrix, lora_init_matrix, lora_layers
+from .ffa import ffa_matrix, lora_init_matrix, lora_layers, lora_weight
 from .randomness import (DROPOUT, GENERATOR, NOISE, NOISE_RECIPE, SAMPLING, NoiseSource, PoissonSampler, SecretStream,
                          check_secret, commit, fresh_secret, keyed_digest)
 
@@ -117,13 +117,13 @@ def build_lora_model(base, config: TrainConfig, targets: tuple[str, ...] | None 
         ) from None
     with torch.no_grad():
         for name, layer in lora_layers(model):
-            A, B = layer.lora_A["default"], layer.lora_B["default"]
+            A, B = lora_weight(layer, "lora_A"), lora_weight(layer, "lora_B")
             make = ffa_matrix if config.ffa else lora_init_matrix
             seed = config.ffa_seed if config.ffa else config.seed
-            A.weight.copy_(make(base.digest, seed, name, tuple(A.weight.shape)))
-            B.weight.zero_()
-            A.weight.requires_grad_(not config.ffa)
-            B.weight.requires_grad_(True)
+            A.copy_(make(base.digest, seed, name, tuple(A.shape)))
+            B.zero_()
+            A.requires_grad_(not config.ffa)
+            B.requires_grad_(True)
     model.eval()  # the base stays in eval mode (no batch statistics mixing records)
     if config.dropout > 0:
         for _, layer in lora_layers(model):
@@ -213,7 +213,7 @@ def _optimizer_class():
                                  "privacy guarantees you must compute fresh clipped gradients before each step")
             flat.add_(self._noise(flat.numel(), flat.dtype), alpha=self.noise_multiplier * self.max_grad_norm)
             flat.div_(self.expected_batch_size)
-            flat._forge_processed = True
+            flat._forge_processed = True  # type: ignore[attr-defined]  # a marker on the tensor, like Opacus's p._processed
             if self.step_hook:
                 self.step_hook(self)
             self._is_last_step_skipped = False
