@@ -372,7 +372,7 @@ def train_references(
                                               description="training reference models (batched)") for r in out]
         else:
             results = run_tasks(train_one_reference, tasks, workers=workers or 1, ray=ray, description="training reference models")
-        for i, out in zip(todo, results):
+        for i, out in zip(todo, results, strict=True):
             if out.shape[0] != n + m or not np.all(np.isfinite(out)):
                 raise ForgeValueError(f"reference model {i} produced unusable logits (shape {out.shape})", code="attack.reference_failed")
             logits[i] = out
@@ -401,7 +401,7 @@ def _batch_tasks(tasks: list[dict], pool_X: np.ndarray, pool_y: np.ndarray, work
     k = max(1, min(int(workers or 1), len(tasks)))
     bounds = np.linspace(0, len(tasks), k + 1).astype(int)
     out = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         chunk = tasks[a:b]
         out.append({"recipe": chunk[0]["recipe"], "X": pool_X, "y": pool_y, "masks": np.stack([t["mask"] for t in chunk]),
                     "seeds": [t["seed"] for t in chunk], "eval_X": chunk[0]["eval_X"]})

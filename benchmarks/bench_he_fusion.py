@@ -39,7 +39,7 @@ def plaintext_fusion(vectors, weights):
     from safetensors.torch import save as st_save
 
     t0 = time.process_time()
-    shipped = [st_save({"B": torch.from_numpy((w * v).astype(np.float32))}) for v, w in zip(vectors, weights)]
+    shipped = [st_save({"B": torch.from_numpy((w * v).astype(np.float32))}) for v, w in zip(vectors, weights, strict=True)]
     acc = np.zeros(len(vectors[0]), dtype=np.float64)
     for blob in shipped:
         acc += st_load(blob)["B"].double().numpy()
@@ -54,7 +54,7 @@ def he_fusion(vectors, weights, params: HEParams, secret_ctx):
     site_ctx = ts.context_from(public_bytes)  # what sites and the aggregator hold
     assert not site_ctx.is_private() and not site_ctx.has_secret_key()
     t0 = time.process_time()
-    shipped = [encrypt_vector(site_ctx, w * v, params.slots) for v, w in zip(vectors, weights)]
+    shipped = [encrypt_vector(site_ctx, w * v, params.slots) for v, w in zip(vectors, weights, strict=True)]
     t_enc = time.process_time() - t0
     agg_ctx = ts.context_from(public_bytes)
     assert not agg_ctx.is_private()

@@ -79,7 +79,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="forge-merge-bench-"))
     delta = 1e-5
     synth_parts = [make_synthetic(base, d, SynthConfig(target_epsilon=args.synth_epsilon, delta=delta, seed=args.seed + i), site=s.site)
-                   for i, (s, d) in enumerate(zip(splits.sites, union_train))]
+                   for i, (s, d) in enumerate(zip(splits.sites, union_train, strict=True))]
     synth_path = save_synthetic(combine_synthetic(synth_parts), work / "synth.npz")
     sigma_s = synth_parts[0].meta["release"]["noise_multiplier"]
     results = {}
@@ -96,7 +96,7 @@ def main() -> None:
         d = work / f"eps-{tag}"
         paths = []
         rows = {}
-        for i, (shard, data) in enumerate(zip(splits.sites, union_train)):
+        for i, (shard, data) in enumerate(zip(splits.sites, union_train, strict=True)):
             plugin = train_plugin(cfg(args.seed + i), data, site=shard.site, base=base, out=d / shard.site)
             paths.append(plugin.path)
             rows[f"single {shard.site} ({len(data)} rows)"] = plugin.predict_proba(X)

@@ -113,8 +113,8 @@ def scan(root: Path = ROOT) -> dict[str, Entry]:
     files = [p for pkg in PACKAGES for p in sorted((root / pkg).rglob("*.py"))]
     trees = [ast.parse(p.read_text(encoding="utf-8"), filename=str(p)) for p in files]
     modules = [_module(p, root) for p in files]
-    by_module = {m: _factories(t) for m, t in zip(modules, trees)}
-    for path, tree, module in zip(files, trees, modules):
+    by_module = {m: _factories(t) for m, t in zip(modules, trees, strict=True)}
+    for path, tree, module in zip(files, trees, modules, strict=True):
             factories = _visible_factories(module, tree, by_module)
             for node in ast.walk(tree):
                 if not isinstance(node, ast.Call):

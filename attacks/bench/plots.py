@@ -224,7 +224,7 @@ def plot_empirical(rows, stem: Path, p_target: float = 0.05) -> list[Path]:
     if bad:
         ys = [r["canary_epsilon"] if r.get("canary_above_claim") else r["empirical_epsilon"] for r in bad]
         ax.scatter([to_x(r["claimed_epsilon"]) for r in bad], ys, s=40, color="red", marker="x", label="above the claim: BUG")
-        for r, y in zip(bad, ys):
+        for r, y in zip(bad, ys, strict=True):
             ax.annotate(f"{r['attack']} {r['merge']} {r['lora']} s{r['seed']}", (to_x(r["claimed_epsilon"]), y), fontsize=6, color="red")
     if not pts and not canary:
         ax.text(0.5, 0.5, "no membership attack and no canaries in this grid", ha="center", va="center", transform=ax.transAxes)

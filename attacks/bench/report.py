@@ -151,7 +151,7 @@ def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95, p_target
     out = []
     for key in sorted(groups, key=_sort_key):
         members = groups[key]
-        entry: dict[str, Any] = dict(zip(KEY_COLUMNS, key))
+        entry: dict[str, Any] = dict(zip(KEY_COLUMNS, key, strict=True))
         entry["seeds"] = len(members)
         entry["above_claim"] = sum(bool(r.get("above_claim")) for r in members)
         for col, _, _ in SUMMARY_METRICS:

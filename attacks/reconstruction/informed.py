@@ -299,7 +299,7 @@ class InformedAdversary:
         var = max(cfg.noise_multiplier * cfg.max_grad_norm, 1e-6) ** 2
         log_out = math.log1p(-cfg.sample_rate) if cfg.sample_rate < 1 else 0.0
         log_in = math.log(cfg.sample_rate)
-        for g, params, idx in zip(transcript.noisy, transcript.params, transcript.known_batches):
+        for g, params, idx in zip(transcript.noisy, transcript.params, transcript.known_batches, strict=True):
             # one vmap call per step for the candidates and the known records of the batch
             clipped = self._clipped(torch.cat([cx, self.known_X_[idx]]), torch.cat([cy, self.known_y_[idx]]), params)
             residual = g * expected - clipped[n:].sum(dim=0)

@@ -100,14 +100,14 @@ def tabular_success(
     recs = recon if isinstance(recon, (list, tuple)) else [recon]
     truths = truth if isinstance(truth, (list, tuple)) else [truth]
     all_hits = []
-    for r, t in zip(recs, truths):
+    for r, t in zip(recs, truths, strict=True):
         perm = match_records(r, t, spec, tolerance)
         all_hits.append(feature_hits(np.asarray(r)[perm], t, spec, tolerance))
     hits = np.concatenate(all_hits, axis=0)
     out = {
         "feature_accuracy": _rate(int(hits.sum()), hits.size, confidence),
         "record_rate": _rate(int(hits.all(axis=1).sum()), len(hits), confidence),
-        "per_feature": dict(zip(spec.feature_names(), map(float, hits.mean(axis=0)))),
+        "per_feature": dict(zip(spec.feature_names(), map(float, hits.mean(axis=0)), strict=True)),
         "tolerance_std": tolerance,
         "confidence": confidence,
     }
@@ -216,7 +216,7 @@ def image_success(
     recs = recon if isinstance(recon, (list, tuple)) else [recon]
     truths = truth if isinstance(truth, (list, tuple)) else [truth]
     m, p, s, ident = [], [], [], []
-    for r, t in zip(recs, truths):
+    for r, t in zip(recs, truths, strict=True):
         r, t = np.asarray(r, dtype=np.float64), np.asarray(t, dtype=np.float64)
         r = r[match_images(r, t)]
         m.append(mse(r, t))

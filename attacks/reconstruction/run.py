@@ -268,7 +268,7 @@ def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
                              "baseline_psnr_db": base["psnr_db"]["mean"]})
         if plot:
             k = min(8, len(recs))
-            plots.image_figure(np.concatenate(truths[:k]), np.concatenate([r[match_images(r, t)] for r, t in zip(recs[:k], truths[:k])]),
+            plots.image_figure(np.concatenate(truths[:k]), np.concatenate([r[match_images(r, t)] for r, t in zip(recs[:k], truths[:k], strict=True)]),
                                plot, f"gradient inversion of {plugin.base.name} plugin updates "
                                f"(PSNR {succ['psnr_db']['mean']:.1f} dB, baseline {base['psnr_db']['mean']:.1f} dB)")
     else:
@@ -283,7 +283,7 @@ def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
                              "record_rate": ra["rate"], "record_ci": ra["ci"]})
         k = min(s.plot_records, len(recs))
         t_all = np.concatenate(truths[:k])[: s.plot_records]
-        r_all = np.concatenate([r[match_records(r, t, spec, s.tolerance)] for r, t in zip(recs[:k], truths[:k])])[: s.plot_records]
+        r_all = np.concatenate([r[match_records(r, t, spec, s.tolerance)] for r, t in zip(recs[:k], truths[:k], strict=True)])[: s.plot_records]
         hits = feature_hits(r_all, t_all, spec, s.tolerance)
         names = spec.feature_names()
         out["table_markdown"] = plots.markdown_table(names, spec.decode(t_all), spec.decode(r_all), hits, s.plot_records)

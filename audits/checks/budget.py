@@ -24,7 +24,7 @@ from .dp import dp_record, missing_evidence, trained_plugins
 def _same(h1, h2) -> bool:
     return len(h1) == len(h2) and all(
         math.isclose(float(a[0]), float(b[0]), rel_tol=1e-9) and math.isclose(float(a[1]), float(b[1]), rel_tol=1e-9) and int(a[2]) == int(b[2])
-        for a, b in zip(h1, h2)
+        for a, b in zip(h1, h2, strict=True)
     )
 
 

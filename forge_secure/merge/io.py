@@ -118,7 +118,7 @@ def default_weights(plugins: Sequence[PluginFiles]) -> list[float]:
     """Training-set sizes from each plugin's forge.json (``data.rows``)."""
     rows = [pl.rows for pl in plugins]
     if any(r is None or r < 1 for r in rows):
-        missing = [pl.path.name for pl, r in zip(plugins, rows) if r is None or r < 1]
+        missing = [pl.path.name for pl, r in zip(plugins, rows, strict=True) if r is None or r < 1]
         raise ForgeDataError(f"no training-set size recorded in {', '.join(missing)}", fix="give --weights explicitly", code="merge.no_rows")
     return [float(r or 0) for r in rows]  # (each r >= 1 here)
 

@@ -194,7 +194,7 @@ def _optimizer_class():
             noisy = flat.add_(self._noise(flat.numel(), flat.dtype), alpha=self.noise_multiplier * self.max_grad_norm)
             self.__dict__["_forge_flat_grad"] = noisy
             o = 0
-            for p, sg in zip(params, sums):
+            for p, sg in zip(params, sums, strict=True):
                 p.grad = noisy[o:o + p.numel()].view(p.shape)
                 o += p.numel()
                 sg._processed = True  # what Opacus's _mark_as_processed records

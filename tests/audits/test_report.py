@@ -175,7 +175,7 @@ def test_html_renders_in_headless_chromium_with_the_verdict_visible(reports, tmp
         img = Image.open(shot).convert("RGB")
         w, h = img.size
         band = [img.getpixel((x, y)) for x in range(0, w, 7) for y in range(0, min(90, h), 5)]
-        close = sum(1 for p in band if all(abs(a - b) <= 12 for a, b in zip(p, rgb)))
+        close = sum(1 for p in band if all(abs(a - b) <= 12 for a, b in zip(p, rgb, strict=True)))
         assert close > 0.3 * len(band), (name, close, len(band))  # the banner's colour fills the top
 
 
@@ -306,7 +306,7 @@ def test_inconclusive_pass_banner_is_visibly_distinct_in_chromium(inconclusive_r
     img = Image.open(shot).convert("RGB")
     band = [img.getpixel((x, y)) for x in range(0, img.size[0], 7) for y in range(0, 90, 5)]
     purple = sum(1 for p in band if p[2] > 140 and p[0] < 120 and p[1] < 80)  # the stripes of #5e35b1 / #4527a0
-    green = sum(1 for p in band if all(abs(a - b) <= 12 for a, b in zip(p, (27, 127, 58))))
+    green = sum(1 for p in band if all(abs(a - b) <= 12 for a, b in zip(p, (27, 127, 58), strict=True)))
     assert purple > 0.3 * len(band) and green == 0
 
 

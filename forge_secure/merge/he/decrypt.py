@@ -63,7 +63,7 @@ def _own_sum(ctx, info, meta: dict, contributions) -> list:
     if not paths:  # an aggregate that lists no contributions, and none given: nothing to decrypt
         raise ForgeValueError("no contributions given", fix="give the sites' contribution directories", code="he.no_contributions")
     total: list = []
-    for c, m in zip(paths, metas):
+    for c, m in zip(paths, metas, strict=True):
         if m["context_fingerprint"] != info.fingerprint or m.get("layout") != meta.get("layout") or m.get("files", {}).get(FROZEN_A) != meta.get("files", {}).get(FROZEN_A):
             raise ForgeIntegrityError(f"contribution {c} does not fit the aggregate (context, layout or frozen A)",
                                       fix="give the contributions the aggregate was made from; nothing was released", code="he.contribution_mismatch")

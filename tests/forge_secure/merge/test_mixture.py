@@ -32,7 +32,7 @@ def test_static_mixture_is_the_weighted_average_of_plugin_probabilities(plugins,
     mix = build_mixture(plugins)  # weights = training-set sizes
     loaded = [load_plugin(p) for p in plugins]
     w = np.array([84, 62, 31]) / 177
-    want = sum(wi * p.predict_proba(X) for wi, p in zip(w, loaded))
+    want = sum(wi * p.predict_proba(X) for wi, p in zip(w, loaded, strict=True))
     np.testing.assert_allclose(mix.predict_proba(X), want, rtol=1e-10)
     np.testing.assert_allclose(np.exp(mix.logits(X)), want, rtol=1e-10)
     assert np.allclose(mix.predict_proba(X).sum(1), 1.0)
