@@ -83,7 +83,7 @@ def claimed_table(summary) -> list[str]:
         "threshold ceiling | attack AUC LiRA / RMIA | accuracy | verdict |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (eps, rank, lora, merge), by_attack in sorted(models.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
+    for (eps, _rank, lora, merge), by_attack in sorted(models.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
         any_e = next(iter(by_attack.values()))
         pooled, ceiling = pooled_cells(any_e)
         lira, rmia = by_attack.get("lira"), by_attack.get("rmia")
@@ -115,7 +115,7 @@ def why(summary, cfg) -> list[str]:
         "On the binary tabular task a held-back canary matches its random label half the time: with IN and OUT guesses (the "
         "grid's 25/25) a rank-8 LoRA reached 0.8-1.7 with 256 canaries; the audit's OUT-only default reaches 3.0 there, but "
         "only when every included canary is memorised (the \"Audit power\" section), which these adapters are not.")
-    for (eps, lora, merge), e in sorted(models.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    for (eps, lora, _merge), e in sorted(models.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         if math.isinf(eps) and e.get("pooled"):
             out.append(f"  Here, no DP, {lora}: inserted canaries learnt {_pm(e['canary_acc_in'])}, held-back ones right "
                        f"{_pm(e['canary_acc_out'])}; pooled one-run bound {e['pooled']['epsilon_lb']:.2f}.")

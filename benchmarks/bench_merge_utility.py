@@ -89,7 +89,7 @@ def main() -> None:
         tag = "inf" if math.isinf(eps) else f"{eps:g}"
         rng = np.random.default_rng(args.seed)
 
-        def cfg(seed):
+        def cfg(seed, eps=eps):
             common = dict(ffa=True, epochs=args.epochs, batch_size=16, lr=0.1, seed=seed)
             return TrainConfig(no_dp=True, **common) if math.isinf(eps) else TrainConfig(target_epsilon=eps, delta=delta, **common)
 

@@ -165,7 +165,7 @@ class Signals:
                 or not isinstance(digests, dict):
             raise _bad(f"{where}: the signals block lacks its reference settings or digests")
         kw: dict[str, Any] = {}
-        for name, (kind, ndim, optional) in _ARRAYS.items():
+        for name, (kind, ndim, _optional) in _ARRAYS.items():
             v = doc.get(name)
             if v is None:
                 kw[name] = None

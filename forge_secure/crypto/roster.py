@@ -399,7 +399,7 @@ def roster_from_bytes(raw: bytes, where: str = "<roster>") -> Roster:
 
 # --------------------------------------------------------------------------- editing (roster_edit.py)
 
-from .roster_edit import (  # after the definitions it needs; re-exported
+from .roster_edit import (  # noqa: E402 - after the definitions it needs; re-exported
     add_admin_key,
     add_recipient,
     add_site_key,

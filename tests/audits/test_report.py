@@ -3,6 +3,7 @@ renderings, report signing, and the runner's guarantees (inputs unchanged, atomi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -88,7 +89,7 @@ def test_verdicts_and_inputs_unchanged(reports):
 
 def test_report_is_frozen_and_json_round_trips_and_validates(reports):
     report = reports["fail"]["report"]
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         report.report_id = "x"  # type: ignore[misc]
     data = json.loads((reports["fail"]["dir"] / "report.json").read_text())
     jsonschema.Draft202012Validator(report_schema()).validate(data)

@@ -42,7 +42,10 @@ def test_tuned_static_weights_do_not_lose_to_equal_weights(plugins, data):
     X, y = data
     loaded = [load_plugin(p) for p in plugins]
     w, info = tune_static_weights(loaded, X, y, budget=25, seed=0)
-    nll = lambda ws: -np.log(Mixture(loaded, StaticRouter(ws)).predict_proba(X)[np.arange(len(y)), y]).mean()
+
+    def nll(ws):
+        return -np.log(Mixture(loaded, StaticRouter(ws)).predict_proba(X)[np.arange(len(y)), y]).mean()
+
     assert sum(w) == pytest.approx(1.0)
     assert nll(w) <= nll([1, 1, 1]) + 0.05 * 0.5 + 1e-9
 
