@@ -14,9 +14,10 @@ A policy file looks like the shipped default (``audits/default_policy.toml``)::
 
 ``[verdict]`` decides what an INCONCLUSIVE check (evidence that can neither confirm nor refute
 a claim) does to the verdict: ``inconclusive_fails = true`` fails the audit; false (the
-default) passes it, and the report says so on its verdict banner. Only the checks that have a ``[checks.<name>]`` table run (in the registry's order); a table
-may set ``enabled = false``. Unknown top-level keys, unknown check names and unknown or
-badly typed settings are refused with an error that lists what is allowed.
+default) passes it, and the report says so on its verdict banner. Only the checks that have a
+``[checks.<name>]`` table run (in the registry's order); a table may set ``enabled = false``.
+Unknown top-level keys, unknown check names and unknown or badly typed settings are refused
+with an error that lists what is allowed.
 """
 
 from __future__ import annotations

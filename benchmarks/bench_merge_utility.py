@@ -120,8 +120,8 @@ def main() -> None:
             print(f"eps {tag:>3} {name:<50} acc {a:.3f} auc {auc:.3f}", flush=True)
     names = list(results["1"].keys())
     lines = [
-        f"Union test set: {len(y)} records from the three sites' fixed test splits. FFA-LoRA plugins (rank 8, alpha 16), {args.epochs} epochs, "
-        f"batch 16, lr 0.1, DP-SGD with PRV accounting at delta {delta:g}; seed {args.seed}. Synthetic tuning data: each site releases noisy "
+        f"Union test set: {len(y)} records from the three sites' fixed test " f"splits. FFA-LoRA plugins (rank 8, alpha 16), {args.epochs} epochs, "
+        f"batch 16, lr 0.1, DP-SGD with PRV accounting at delta {delta:g}; " f"seed {args.seed}. Synthetic tuning data: each site releases noisy "
         f"class means at epsilon {args.synth_epsilon:g} (sigma {sigma_s:.3g}, clip 8), pooled; the test sets are never used for tuning. "
         "Accuracy: exact 95 % Clopper-Pearson interval; AUC: 95 % percentile bootstrap.",
         "",

@@ -167,7 +167,7 @@ def render(entries: dict[str, Entry]) -> str:
         "(`--json` output carries the code). Codes are stable: scripts may match on them.",
         "",
         f"{len(entries)} codes in {len(families)} families, raised at {n_sites} places. Text in `{{...}}` is filled in",
-        "when the error is raised; the last section, `patterns`, holds codes that are built from a value. Classes: `ForgeValueError` (a bad argument or setting), `ForgeConfigError`,",
+        "when the error is raised; the last section, `patterns`, holds codes that are built from " "a value. Classes: `ForgeValueError` (a bad argument or setting), `ForgeConfigError`,",
         "`ForgeDataError` (a file or record whose content is wrong), `ForgeFileError` (missing, unreadable,",
         "already there), `ForgeIntegrityError` (a signature, digest or proof that does not verify),",
         "`ForgeBudgetError` (a privacy budget exceeded), `ForgeDependencyError` (an optional package missing);",

@@ -188,7 +188,7 @@ class Signals:
         edited = sorted(k for k in set(actual) | set(digests) if actual.get(k) != digests.get(k))
         if edited or doc.get("digest") != _overall(digests, refs):
             raise ForgeDataError(
-                f"{where}: the signals do not match their digests ({', '.join(edited) or 'digest list'} changed since the file was written)",
+                f"{where}: the signals do not match their digests " f"({', '.join(edited) or 'digest list'} changed since the file was written)",
                 fix="use the results file as forge attack mia wrote it, or rerun the attack",
                 code="attack.signals_tampered",
             )

@@ -134,7 +134,7 @@ def cross_field(meta: dict, rec: dict) -> tuple[dict, list[str]]:
             hist = None
         if hist is None or sum(h[2] for h in hist) != rec["steps"] or any(
                 not math.isclose(h[0], rec["noise_multiplier"], rel_tol=1e-9) or not math.isclose(h[1], rec["sample_rate"], rel_tol=1e-9) for h in hist):
-            problems.append(f"the accountant history {history!r} does not compose to (sigma {rec['noise_multiplier']:g}, q {rec['sample_rate']:g}, {rec['steps']} steps)")
+            problems.append(f"the accountant history {history!r} does not compose to (sigma " f"{rec['noise_multiplier']:g}, q {rec['sample_rate']:g}, {rec['steps']} steps)")
     return figures, problems
 
 
@@ -208,7 +208,7 @@ class DpClaims(Check):
                            remedy="the manifest was edited or is corrupt: reject the plugin, or have the site re-train it with forge train", **fields)
         return Finding(self.name, Status.PASS, item.rel,
                        f"sample rate {rec['sample_rate']:.4g} = {figures['batch_size']}/{figures['rows']} and {rec['steps']} steps = "
-                       f"{figures['epochs']} x {figures['implied_steps_per_epoch']} agree with the training and data records (the site's record: replay verifies it)",
+                       f"{figures['epochs']} x {figures['implied_steps_per_epoch']} agree with " "the training and data records (the site's record: replay verifies it)",
                        evidence=figures, **fields)
 
     def _judge(self, item, rec: dict, settings, bars: list) -> Finding:
@@ -303,10 +303,10 @@ class DeltaCheck(Check):
             if delta > settings.max_delta * rounding:
                 problems.append(f"delta {delta:.3g} exceeds the policy maximum {settings.max_delta:g}")
             if dn > settings.max_delta_times_n * rounding:
-                problems.append(f"delta x n = {dn:.3g} exceeds {settings.max_delta_times_n:g} for n = {n} (a record could be published outright with probability about {dn:.2g})")
+                problems.append(f"delta x n = {dn:.3g} exceeds {settings.max_delta_times_n:g} for n = {n} " f"(a record could be published outright with probability about {dn:.2g})")
             if problems:
                 findings.append(Finding(self.name, Status.FAIL, item.rel, "; ".join(problems), evidence=ev,
-                                        remedy=f"re-train with --delta {limit:.3g} or less (the default min(1e-5, 1/n^2) = {min(1e-5, 1.0 / n**2):.3g} fits)", **fields))
+                                        remedy=f"re-train with --delta {limit:.3g} or less (the default " f"min(1e-5, 1/n^2) = {min(1e-5, 1.0 / n**2):.3g} fits)", **fields))
             else:
                 findings.append(Finding(self.name, Status.PASS, item.rel, f"delta {delta:.3g} <= {settings.max_delta:g} and delta x n = {dn:.3g} <= {settings.max_delta_times_n:g} (n = {n})",
                                         evidence=ev, **fields))

@@ -162,8 +162,8 @@ def cmd_verify_report(args: argparse.Namespace) -> int:
         _common.emit_json({"valid": True, "signer": public.site, "key_id": public.key_id, **statement})
     else:
         _common.console.print(
-            f"[green]valid[/green]: report {_common.escape(statement['report_id'][:16])}... (verdict {_common.escape(statement['verdict'].upper())}, "
-            f"{_common.escape(statement['created_at'])}) signed by {_common.escape(public.site)} ({public.key_id[:16]}...); all files match",
+            f"[green]valid[/green]: report {_common.escape(statement['report_id'][:16])}... " f"(verdict {_common.escape(statement['verdict'].upper())}, "
+            f"{_common.escape(statement['created_at'])}) signed by " f"{_common.escape(public.site)} ({public.key_id[:16]}...); all files match",
             highlight=False, markup=True,
         )
     return 0

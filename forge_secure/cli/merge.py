@@ -122,7 +122,7 @@ def _he_keygen(args) -> int:
         _common.emit_json(data)
     else:
         _print(f"CKKS keys written to {info.path}", [
-            ("fingerprint", info.fingerprint), ("parameters", f"N={params.poly_modulus_degree}, moduli {list(params.coeff_mod_bit_sizes)}, scale 2^{params.scale_bits} (128-bit security)"),
+            ("fingerprint", info.fingerprint), ("parameters", f"N={params.poly_modulus_degree}, moduli {list(params.coeff_mod_bit_sizes)}, " f"scale 2^{params.scale_bits} (128-bit security)"),
             ("secret", f"{data['secret']} (mode 0600; the key holder keeps it)"), ("public", f"{data['public']} (give it to the sites and the aggregator)")])
     return 0
 
@@ -227,7 +227,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     msub = merge.add_subparsers(dest="merge_kind", metavar="KIND", required=True)
 
     fu = msub.add_parser("fusion", help="fuse plugins into one merged plugin", description="Fuse plugin directories or sealed .forge bundles into one plugin. "
-                         "Weights: --weights, else tuned on --tune-on synthetic data, else the training-set sizes. With --encrypted, sum encrypted contributions (aggregator).")
+                         "Weights: --weights, else tuned on --tune-on synthetic data, else the " "training-set sizes. With --encrypted, sum encrypted contributions (aggregator).")
     fu.add_argument("inputs", nargs="+", metavar="PLUGIN_DIR_OR_BUNDLE")
     fu.add_argument("--out", required=True, type=Path, metavar="DIR")
     fu.add_argument("--method", default="exact", help="fusion method (default exact); an unknown name lists the registered methods")

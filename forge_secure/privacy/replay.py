@@ -40,7 +40,8 @@ from ..errors import ForgeDataError, ForgeIntegrityError, ForgeValueError
 ENVELOPE_FORMAT = "forge-replay/1"
 ENVELOPE_SUFFIX = ".replay.forge"
 #: relative L2 distance of the adapter tensors above which a replay does not reproduce the
-#: released plugin (honest cross-setting replays measure below 1e-5; the closest lie measured, one record swapped, is 6.7e-3: benchmarks/bench_replay.py)
+#: released plugin (honest cross-setting replays measure below 1e-5; the closest lie measured,
+#: one record swapped, is 6.7e-3: benchmarks/bench_replay.py)
 DEFAULT_TOLERANCE = 1e-4
 
 

@@ -42,7 +42,7 @@ def aggregate(contributions: Sequence[str | os.PathLike], public_context: str | 
     for p, m in zip(paths, metas, strict=True):
         if m["context_fingerprint"] != info.fingerprint:
             raise ForgeIntegrityError(
-                f"contribution {p} was encrypted under another CKKS context ({m['context_fingerprint'][:12]}..., this one is {info.fingerprint[:12]}...)",
+                f"contribution {p} was encrypted under another CKKS context " f"({m['context_fingerprint'][:12]}..., this one is {info.fingerprint[:12]}...)",
                 fix="every site must encrypt with the consortium's current public.ctx",
                 code="he.context_mismatch",
             )

@@ -118,7 +118,7 @@ def decrypt_sum(aggregate_dir: str | os.PathLike, secret_context: str | os.PathL
         if reused:
             raise ForgeValueError(
                 f"contribution(s) {', '.join(i[:12] for i in reused)} were already in a released aggregate",
-                fix="one merge releases one aggregate; decrypting another combination would reveal single plugins. Ask the sites for fresh contributions",
+                fix="one merge releases one aggregate; decrypting another combination " "would reveal single plugins. Ask the sites for fresh contributions",
                 code="he.already_released",
             )
         vecs = _load_vectors(ctx, p, meta, "aggregate") if contributions is None else _own_sum(ctx, info, meta, contributions)
