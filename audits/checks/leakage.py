@@ -361,7 +361,7 @@ class Consistency(Check):
 
     def run(self, evidence, settings, *, progress=None) -> list[Finding]:
         counted, findings = _select(self.name, evidence, settings, MEMBERSHIP, _MIA_WHAT, _MIA_REMEDY, "epsilon")
-        bars = []
+        bars: list = []
         for ae in counted:
             findings.append(self._judge(evidence, ae, settings, bars))
         if bars:

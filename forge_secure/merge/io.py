@@ -38,7 +38,7 @@ class PluginFiles:
     config: dict  # adapter_config.json
     meta: dict  # forge.json
     adapter: LoraAdapter
-    digest: str | None  # sha256 of adapter_model.safetensors
+    digest: str  # sha256 of adapter_model.safetensors
 
     @property
     def site(self) -> str:
@@ -102,6 +102,7 @@ def read_plugin_files(path: str | os.PathLike) -> PluginFiles:
     lora: dict = meta["lora"] if isinstance(meta.get("lora"), dict) else {}
     adapter = LoraAdapter(state=state, rank=rank, alpha=alpha, rslora=bool(config.get("use_rslora")), ffa=bool(lora.get("ffa")), name=f"{meta.get('site', p.name)} ({p.name})")
     check_finite(adapter.state, f"plugin {p}")
+    assert digest is not None  # load_safetensors refused a missing adapter file
     return PluginFiles(p, config, meta, adapter, digest)
 
 

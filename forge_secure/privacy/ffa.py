@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from ..errors import ForgeValueError
 
 if TYPE_CHECKING:
     from peft.tuners.lora import LoraLayer
@@ -81,9 +82,17 @@ def lora_weight(layer: LoraLayer, which: str, adapter: str = "default") -> torch
     return weight
 
 
+def matrix_shape(name: str, weight: torch.Tensor) -> tuple[int, int]:
+    """``(rank, in_features)`` of a LoRA ``A`` weight; only Linear layers carry one."""
+    if weight.dim() != 2:
+        raise ForgeValueError(f"LoRA target {name} is not a Linear layer (its A weight has shape {tuple(weight.shape)})",
+                              fix="target Linear modules only", code="train.targets")
+    return int(weight.shape[0]), int(weight.shape[1])
+
+
 def expected_ffa_state(model: torch.nn.Module, base_digest: str, ffa_seed: int, adapter: str = "default") -> dict[str, torch.Tensor]:
     """``{base module name: A}`` that an FFA plugin on this model must hold."""
     return {
-        name: ffa_matrix(base_digest, ffa_seed, name, tuple(lora_weight(layer, "lora_A", adapter).shape))
+        name: ffa_matrix(base_digest, ffa_seed, name, matrix_shape(name, lora_weight(layer, "lora_A", adapter)))
         for name, layer in lora_layers(model, adapter)
     }

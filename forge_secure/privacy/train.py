@@ -36,7 +36,7 @@ from ..errors import ForgeDataError, ForgeFileError, ForgeValueError
 from .accountants import ACCOUNTANTS, calibrate_noise_multiplier, compute_epsilon, default_delta
 from .clipping import LoraClipper
 from .config import OPTIMIZERS, TrainConfig
-from .ffa import ffa_matrix, lora_init_matrix, lora_layers, lora_weight
+from .ffa import ffa_matrix, lora_init_matrix, lora_layers, lora_weight, matrix_shape
 from .randomness import (DROPOUT, GENERATOR, NOISE, NOISE_RECIPE, SAMPLING, NoiseSource, PoissonSampler, SecretStream,
                          check_secret, commit, fresh_secret, keyed_digest)
 
@@ -120,7 +120,7 @@ def build_lora_model(base, config: TrainConfig, targets: tuple[str, ...] | None 
             A, B = lora_weight(layer, "lora_A"), lora_weight(layer, "lora_B")
             make = ffa_matrix if config.ffa else lora_init_matrix
             seed = config.ffa_seed if config.ffa else config.seed
-            A.copy_(make(base.digest, seed, name, tuple(A.shape)))
+            A.copy_(make(base.digest, seed, name, matrix_shape(name, A)))
             B.zero_()
             A.requires_grad_(not config.ffa)
             B.requires_grad_(True)
