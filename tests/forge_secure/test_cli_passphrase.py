@@ -31,7 +31,7 @@ def parser():
 
 @pytest.mark.parametrize("argv, prefixes", COMMANDS, ids=[" ".join(c[0][:2]) for c in COMMANDS])
 def test_each_prefix_reads_its_own_pair(parser, argv, prefixes, tmp_path, monkeypatch):
-    for i, prefix in enumerate(prefixes):
+    for i in range(len(prefixes)):
         (tmp_path / f"p{i}").write_text(f"file secret {i}\nsecond line ignored\n")
         monkeypatch.setenv(f"FORGE_TEST_PP{i}", f"env secret {i}")
     by_file = parser.parse_args(argv + [a for i, p in enumerate(prefixes) for a in (f"--{p}passphrase-file", str(tmp_path / f"p{i}"))])
