@@ -271,7 +271,8 @@ class InformedAdversary:
         if cfg.mode == "model":
             released = transcript.final
             if released is None:
-                raise ForgeDataError("the transcript holds no final parameters (the released model)", code="recon.data")
+                raise ForgeDataError("the transcript holds no final parameters (the released model)",
+                                     fix="score a transcript of a whole run: its final parameters are what the attacker sees", code="recon.data")
             if isinstance(self.release_, MergeRedo):
                 # a redone merge (ties, dare, sequential): the candidate whose expected run, merged
                 # with the other parents, lands nearest the released merge
