@@ -165,14 +165,14 @@ def train_batched(recipe: dict, base, sets: list[tuple[np.ndarray, np.ndarray]],
     if reason:
         raise ForgeValueError(f"these references cannot be trained batched: {reason}", code="attack.references")
     by_n: dict[int, Any] = {}  # the plan depends on the training-set size only (same recipe)
-    plans = [by_n.setdefault(len(y), by_n.get(len(y)) or plan_privacy(c, len(y))) for c, (_, y) in zip(configs, sets)]
+    plans = [by_n.setdefault(len(y), by_n.get(len(y)) or plan_privacy(c, len(y))) for c, (_, y) in zip(configs, sets, strict=True)]
     dp = plans[0].noise_multiplier is not None
     model, _ = build_lora_model(base, cfg)  # the PEFT model: PEFT's own target matching and scaling
     X, Y = _pad_sets(sets)
 
     # The randomness of each reference: a real TrainingRun with its seed's secret.
     samplers, noise = [], []
-    for r, (c, p) in enumerate(zip(configs, plans)):
+    for r, (c, p) in enumerate(zip(configs, plans, strict=True)):
         n_r = len(sets[r][1])
         run = TrainingRun(model, X[r, :n_r], Y[r, :n_r], c, p, secret=reference_secret(seeds[r]))
         run.close()
@@ -311,7 +311,7 @@ def _clipped_sums(loss, layers, layout, grads, R: int, n: int, clip: float) -> N
         sq = torch.zeros((R, n))
         for L in layers:
             g = torch.cat([(gi if gi is not None else torch.zeros_like(u)).reshape(R, n, -1, L.d_out)
-                           for gi, u in zip(gs[k:k + len(L.u)], L.u)], dim=2)
+                           for gi, u in zip(gs[k:k + len(L.u)], L.u, strict=True)], dim=2)
             k += len(L.u)
             h, x = L.take(n)
             if g.shape[2] == 1:  # one token per record: the norms factorise

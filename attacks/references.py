@@ -164,7 +164,7 @@ def cache_key(recipe: dict, base_digest: str, candidates_digest: str, population
     return sha256_bytes(canonical_json(doc))
 
 
-def _cache_path(key: str, root: Path | None) -> Path:
+def _cache_path(key: str, root: str | Path | None) -> Path:
     return (Path(root) if root is not None else cache_dir("references")) / f"{key}.safetensors"
 
 
@@ -372,14 +372,17 @@ def train_references(
                                               description="training reference models (batched)") for r in out]
         else:
             results = run_tasks(train_one_reference, tasks, workers=workers or 1, ray=ray, description="training reference models")
-        for i, out in zip(todo, results):
+        for i, out in zip(todo, results, strict=True):
             if out.shape[0] != n + m or not np.all(np.isfinite(out)):
                 raise ForgeValueError(f"reference model {i} produced unusable logits (shape {out.shape})", code="attack.reference_failed")
             logits[i] = out
             if cache:
                 _store(_cache_path(keys[i], cache_root), keys[i], out, np.concatenate([in_mask[i], pop_mask[i]]))
-    C = logits[0].shape[1] if count else max(n_classes, 2)
-    stacked = np.stack(logits) if count else np.zeros((0, n + m, C))
+    filled = [x for x in logits if x is not None]
+    if len(filled) != count:  # every reference is cached or trained above
+        raise RuntimeError(f"{count - len(filled)} reference models produced no logits")
+    C = filled[0].shape[1] if count else max(n_classes, 2)
+    stacked = np.stack(filled) if count else np.zeros((0, n + m, C))
     return ReferenceSet(
         candidate_logits=stacked[:, :n],
         in_mask=in_mask,
@@ -398,7 +401,7 @@ def _batch_tasks(tasks: list[dict], pool_X: np.ndarray, pool_y: np.ndarray, work
     k = max(1, min(int(workers or 1), len(tasks)))
     bounds = np.linspace(0, len(tasks), k + 1).astype(int)
     out = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         chunk = tasks[a:b]
         out.append({"recipe": chunk[0]["recipe"], "X": pool_X, "y": pool_y, "masks": np.stack([t["mask"] for t in chunk]),
                     "seeds": [t["seed"] for t in chunk], "eval_X": chunk[0]["eval_X"]})

@@ -69,7 +69,8 @@ class MembershipResult:
 
 
 def _array(data: dict, keys: tuple[str, ...], rel: str) -> np.ndarray | None:
-    for holder in (data, data.get("records") if isinstance(data.get("records"), dict) else {}):
+    records = data.get("records")
+    for holder in (data, records if isinstance(records, dict) else {}):
         for k in keys:
             if k in holder:
                 try:
@@ -106,7 +107,7 @@ def read_membership(rel: str, data: dict) -> MembershipResult:
     if isinstance(canaries, dict) and canaries.get("scores") is not None:
         canary_scores = _array(canaries, ("scores",), rel)
         canary_labels = _array(canaries, ("labels",), rel)
-        if canary_labels is None or canary_scores.size != canary_labels.size or not np.all(np.isin(canary_labels, (0.0, 1.0))):
+        if canary_scores is None or canary_labels is None or canary_scores.size != canary_labels.size or not np.all(np.isin(canary_labels, (0.0, 1.0))):
             raise _bad(rel, "has canary scores without matching 0/1 canary labels")
         if not np.all(np.isfinite(canary_scores)):
             raise _bad(rel, "has NaN or infinite canary scores")

@@ -50,14 +50,14 @@ def _bars(ax, plot: Plot) -> None:
         marks = [plot.limit] + [_num(s[k]) for k in ("claimed", "bound") if s.get(k) is not None]
         return any(m is not None and not math.isnan(m) and v > m for m in marks)
 
-    colors = ["#b00020" if over(s, v) else "#1b5e20" for s, v in zip(plot.series, values)]
+    colors = ["#b00020" if over(s, v) else "#1b5e20" for s, v in zip(plot.series, values, strict=True)]
     xs = list(range(len(labels)))
     ax.bar(xs, shown, color=colors, label=plot.y_label or "value")
-    for x, v in zip(xs, values):
+    for x, v in zip(xs, values, strict=True):
         if not math.isfinite(v):
             ax.text(x, top * 0.95, "inf", ha="center", va="top", color="white", fontweight="bold")
     for key, marker, name in (("claimed", "D", "claimed"), ("bound", "v", "bound")):
-        pts = [(x, _num(s[key])) for x, s in zip(xs, plot.series) if key in s and s[key] is not None]
+        pts = [(x, _num(s[key])) for x, s in zip(xs, plot.series, strict=True) if key in s and s[key] is not None]
         pts = [(x, min(v, top)) for x, v in pts if not math.isnan(v)]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, color="black", zorder=3, label=name)

@@ -14,14 +14,15 @@ A policy file looks like the shipped default (``audits/default_policy.toml``)::
 
 ``[verdict]`` decides what an INCONCLUSIVE check (evidence that can neither confirm nor refute
 a claim) does to the verdict: ``inconclusive_fails = true`` fails the audit; false (the
-default) passes it, and the report says so on its verdict banner. Only the checks that have a ``[checks.<name>]`` table run (in the registry's order); a table
-may set ``enabled = false``. Unknown top-level keys, unknown check names and unknown or
-badly typed settings are refused with an error that lists what is allowed.
+default) passes it, and the report says so on its verdict banner. Only the checks that have a
+``[checks.<name>]`` table run (in the registry's order); a table may set ``enabled = false``.
+Unknown top-level keys, unknown check names and unknown or badly typed settings are refused
+with an error that lists what is allowed.
 """
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -32,6 +33,11 @@ from forge_secure.fileio import sha256_bytes
 
 from .checks import CHECKS
 from .checks.base import CheckSettings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as the tomli package (a dependency there)
+    import tomli as tomllib
 
 POLICY_FORMAT = "forge-audit-policy/1"
 TOP_LEVEL_KEYS = ("format", "name", "description", "verdict", "checks")

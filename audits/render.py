@@ -42,8 +42,8 @@ def render_html(report: Report) -> bytes:
     """One HTML file with everything inline: verdict banner first, a summary, what to do about
     each failure, every check with its findings, evidence and plots, and the evidence inventory."""
     data = report.to_dict()
-    for check, result in zip(data["checks"], report.checks):
-        for fd, finding in zip(check["findings"], result.findings):
+    for check, result in zip(data["checks"], report.checks, strict=True):
+        for fd, finding in zip(check["findings"], result.findings, strict=True):
             fd["images"] = [{"title": p.title, "uri": plot_data_uri(p)} for p in finding.plots]
     failures = [f.to_dict() for f in report.actions()]
     html = _environment().get_template("report.html.j2").render(r=data, failures=failures, banner=banner(report))

@@ -156,7 +156,7 @@ def now_utc() -> str:
 
 def report_schema(fmt: str = REPORT_FORMAT) -> dict:
     """The JSON Schema (draft 2020-12) of ``report.json`` in format ``fmt``, shipped with the package."""
-    return json.loads(resources.files("audits").joinpath("schema", SCHEMA_FILES[fmt]).read_text(encoding="utf-8"))
+    return json.loads(resources.files("audits").joinpath("schema").joinpath(SCHEMA_FILES[fmt]).read_text(encoding="utf-8"))
 
 
 def validate_report_dict(d: Any) -> None:

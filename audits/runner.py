@@ -145,7 +145,7 @@ def audit_directory(
     if policy is None:
         policy = default_policy()
     elif not isinstance(policy, Policy):
-        policy = load_policy(policy)
+        policy = load_policy(Path(policy))
     if out is not None:
         _check_out(Path(out), overwrite)
         if Path(out).resolve().is_relative_to(Path(evidence_dir).resolve()):

@@ -131,7 +131,7 @@ def render(rows: list[dict], counts: list[int], reps: int, epochs: int, total_s:
             for variant, setting, cell in _cells(rows, m):
                 lbs = [r[policy]["lb"] for r in cell]
                 claimed = cell[0]["claimed"]
-                ok = sum(lb <= c["claimed"] for lb, c in zip(lbs, cell))
+                ok = sum(lb <= c["claimed"] for lb, c in zip(lbs, cell, strict=True))
                 sig = "-" if cell[0]["sigma"] is None else f"{np.median([r['sigma'] for r in cell]):.3f}"
                 lines.append(
                     f"| {m} | {variant}, {setting} | {cell[0]['epochs']} | {sig} "

@@ -214,7 +214,7 @@ def main(argv=None) -> int:
     noise_lines = ["", "Where the DP step's time goes: the secret noise (`forge_secure/privacy/randomness.py`: four float64 normals per "
                    "trainable coordinate per step, each `sqrt(2) erfinv(2u - 1)` of a 53-bit uniform from the ChaCha20 keystream), "
                    "timed alone (CPU) exactly as the DP run draws it, against the no-DP epoch:", "",
-                   "| base | trainable coordinates | normals / step | noise per epoch (mean) | noise / median no-DP epoch | (median DP epoch - noise) / median no-DP epoch "
+                   "| base | trainable coordinates | normals / step | noise per epoch (mean) | " "noise / median no-DP epoch | (median DP epoch - noise) / median no-DP epoch "
                    "| 16-step block: keystream | erfinv (float64) | whole secure_normal |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         h = r.get("opacus_hooks")

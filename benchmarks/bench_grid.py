@@ -83,7 +83,7 @@ def claimed_table(summary) -> list[str]:
         "threshold ceiling | attack AUC LiRA / RMIA | accuracy | verdict |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (eps, rank, lora, merge), by_attack in sorted(models.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
+    for (eps, _rank, lora, merge), by_attack in sorted(models.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
         any_e = next(iter(by_attack.values()))
         pooled, ceiling = pooled_cells(any_e)
         lira, rmia = by_attack.get("lira"), by_attack.get("rmia")
@@ -97,7 +97,7 @@ def claimed_table(summary) -> list[str]:
             f"{_pm(any_e['canary_acc_in'])} / {_pm(any_e['canary_acc_out'])} | "
             f"{bound_cell(lira, 'empirical_epsilon') if lira else '-'} | {bound_cell(rmia, 'empirical_epsilon') if rmia else '-'} | "
             f"{'-' if math.isnan(thr_ceiling) else f'{thr_ceiling:.2f}'} | "
-            f"{_pm(lira['attack_auc']) if lira else '-'} / {_pm(rmia['attack_auc']) if rmia else '-'} | {_pm(any_e['accuracy'])} | {verdict} |"
+            f"{_pm(lira['attack_auc']) if lira else '-'} / " f"{_pm(rmia['attack_auc']) if rmia else '-'} | {_pm(any_e['accuracy'])} | {verdict} |"
         )
     return lines
 
@@ -115,7 +115,7 @@ def why(summary, cfg) -> list[str]:
         "On the binary tabular task a held-back canary matches its random label half the time: with IN and OUT guesses (the "
         "grid's 25/25) a rank-8 LoRA reached 0.8-1.7 with 256 canaries; the audit's OUT-only default reaches 3.0 there, but "
         "only when every included canary is memorised (the \"Audit power\" section), which these adapters are not.")
-    for (eps, lora, merge), e in sorted(models.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    for (eps, lora, _merge), e in sorted(models.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         if math.isinf(eps) and e.get("pooled"):
             out.append(f"  Here, no DP, {lora}: inserted canaries learnt {_pm(e['canary_acc_in'])}, held-back ones right "
                        f"{_pm(e['canary_acc_out'])}; pooled one-run bound {e['pooled']['epsilon_lb']:.2f}.")
@@ -156,10 +156,10 @@ def comparison(summary, cfg) -> list[str]:
         worst = max(dp, key=lambda e: e["pooled"]["epsilon_lb"] / max(e["claim"], 1e-9))
         p = worst["pooled"]
         out.append(
-            f"- **DP.** ML Privacy Meter reports {MLPM_EPS_68[1]} at epsilon {MLPM_EPS_68[0]} ({MLPM_EPS_68[1] / MLPM_EPS_68[0]:.1%} of the claim). "
+            f"- **DP.** ML Privacy Meter reports {MLPM_EPS_68[1]} at epsilon " f"{MLPM_EPS_68[0]} ({MLPM_EPS_68[1] / MLPM_EPS_68[0]:.1%} of the claim). "
             f"Here the DP models' pooled one-run bounds stay at or below {max(e['pooled']['epsilon_lb'] for e in dp):.2f}; the largest "
             f"fraction of its claim is {p['epsilon_lb']:.2f} of {worst['claim']:.2f} (grid epsilon {worst['epsilon']:g}, {worst['lora']}). "
-            f"Claims above a sample's ceiling ({', '.join(sorted({format(e['pooled']['ceiling'], '.2f') for e in dp}))} pooled) are reported as "
+            "Claims above a sample's ceiling " f"({', '.join(sorted({format(e['pooled']['ceiling'], '.2f') for e in dp}))} pooled) are reported as "
             f"'cannot tell', not as 0. As in ML Privacy Meter, DP-SGD's audited bound is far below its claim: "
             f"one-run audits of a released model are loose for DP (Steinke, Nasr, Jagielski 2023)."
         )
@@ -189,18 +189,18 @@ def main(argv: list[str] | None = None) -> int:
         f"Default grid (`attacks/bench/default_bench.toml`): {first['cells']} cells x {len(first['seeds'])} seeds "
         f"(seeds {first['seeds']}) = {first['runs']} runs: base `{t.base}` on `{cfg.data.source}` ({cfg.data.n_sites} sites), "
         f"LoRA rank {', '.join(map(str, cfg.grid.rank))}, {t.epochs} epochs of {t.optimizer} (lr {t.lr}, batch {t.batch_size}), "
-        f"{cfg.canaries.count} auditor-style canaries per site (half inserted by fair coins), epsilon {', '.join('inf' if math.isinf(e) else f'{e:g}' for e in cfg.grid.epsilon)}, "
+        f"{cfg.canaries.count} auditor-style canaries per site (half inserted by fair coins), " f"epsilon {', '.join('inf' if math.isinf(e) else f'{e:g}' for e in cfg.grid.epsilon)}, "
         f"LoRA kinds {', '.join(cfg.grid.lora)}, merges {', '.join(cfg.grid.merge)}, attacks {', '.join(cfg.grid.attack)}. "
         "Cold cache and fresh FORGE_HOME for each line; the machine is shared with other engineers' work, so times are wall-clock "
         "under whatever load it had (the load columns).",
         "",
-        "| worker processes | measured wall (s) | 1-min load avg at start / end | CPU in cells (s) | main-process CPU (s) | plugins trained | within 15 min |"
+        "| worker processes | measured wall (s) | 1-min load avg at start / end | " "CPU in cells (s) | main-process CPU (s) | plugins trained | within 15 min |"
         + (" speed-up vs first |" if len(results) > 1 else ""),
         "|---|---|---|---|---|---|---|" + ("---|" if len(results) > 1 else ""),
     ]
     for r in results:
         lines.append(
-            f"| {r['workers']} | {r['wall']:.1f} ({r['wall'] / 60:.1f} min) | {r['load0']:.1f} / {r['load']:.1f} | {r['cpu']:.1f} | {r['main_cpu']:.1f} | "
+            f"| {r['workers']} | {r['wall']:.1f} ({r['wall'] / 60:.1f} min) | " f"{r['load0']:.1f} / {r['load']:.1f} | {r['cpu']:.1f} | {r['main_cpu']:.1f} | "
             f"{r['trained']} | {'yes' if r['wall'] <= 900 else 'NO'} |" + (f" {first['wall'] / r['wall']:.2f}x |" if len(results) > 1 else "")
         )
     lines += [

@@ -39,7 +39,7 @@ def plaintext_fusion(vectors, weights):
     from safetensors.torch import save as st_save
 
     t0 = time.process_time()
-    shipped = [st_save({"B": torch.from_numpy((w * v).astype(np.float32))}) for v, w in zip(vectors, weights)]
+    shipped = [st_save({"B": torch.from_numpy((w * v).astype(np.float32))}) for v, w in zip(vectors, weights, strict=True)]
     acc = np.zeros(len(vectors[0]), dtype=np.float64)
     for blob in shipped:
         acc += st_load(blob)["B"].double().numpy()
@@ -54,7 +54,7 @@ def he_fusion(vectors, weights, params: HEParams, secret_ctx):
     site_ctx = ts.context_from(public_bytes)  # what sites and the aggregator hold
     assert not site_ctx.is_private() and not site_ctx.has_secret_key()
     t0 = time.process_time()
-    shipped = [encrypt_vector(site_ctx, w * v, params.slots) for v, w in zip(vectors, weights)]
+    shipped = [encrypt_vector(site_ctx, w * v, params.slots) for v, w in zip(vectors, weights, strict=True)]
     t_enc = time.process_time() - t0
     agg_ctx = ts.context_from(public_bytes)
     assert not agg_ctx.is_private()
@@ -92,18 +92,18 @@ def main() -> None:
             rel = float(np.linalg.norm(he["out"] - ref) / np.linalg.norm(ref))
             rows.append((n_sites, n, t_plain, he, plain_bytes, rel))
             print(f"{n_sites} sites, {n:>8} params: plain {t_plain * 1e3:8.1f} ms, CKKS {he['total']:7.2f} s "
-                  f"(x{he['total'] / t_plain:,.0f}), {he['bytes_per_site'] / n:.2f} B/param ({he['bytes_per_site'] / n / 4:.2f}x fp32), rel err {rel:.1e}", flush=True)
+                  f"(x{he['total'] / t_plain:,.0f}), {he['bytes_per_site'] / n:.2f} " f"B/param ({he['bytes_per_site'] / n / 4:.2f}x fp32), rel err {rel:.1e}", flush=True)
     lines = [
-        f"CKKS on TenSEAL {__import__('tenseal').__version__}: N = {params.poly_modulus_degree}, coefficient moduli {list(params.coeff_mod_bit_sizes)} "
+        f"CKKS on TenSEAL {__import__('tenseal').__version__}: N = " f"{params.poly_modulus_degree}, coefficient moduli {list(params.coeff_mod_bit_sizes)} "
         f"(one 60-bit data prime + the 40-bit special prime; 128-bit security cap for N 8192 is 218 bits), scale 2^{params.scale_bits}, "
         f"{params.slots} values per ciphertext. Sites and the aggregator hold the public context only (checked: `is_private()` is false); "
         "the key holder alone decrypts the one aggregate. Values are w_i * B_i with B ~ N(0, 0.05) and w_i in [30, 100).",
         "",
-        "| sites | parameters | plaintext fusion | CKKS: encrypt (all sites) | aggregate | decrypt | CKKS total | time ratio | bytes/param (CKKS) | vs fp32 (4 B) | rel. error |",
+        "| sites | parameters | plaintext fusion | CKKS: encrypt (all sites) | aggregate | " "decrypt | CKKS total | time ratio | bytes/param (CKKS) | vs fp32 (4 B) | rel. error |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for n_sites, n, t_plain, he, plain_bytes, rel in rows:
-        lines.append(f"| {n_sites} | {n:,} | {t_plain * 1e3:.1f} ms | {he['enc']:.2f} s | {he['agg']:.2f} s | {he['dec']:.2f} s | {he['total']:.2f} s | "
+    for n_sites, n, t_plain, he, _plain_bytes, rel in rows:
+        lines.append(f"| {n_sites} | {n:,} | {t_plain * 1e3:.1f} ms | {he['enc']:.2f} s " f"| {he['agg']:.2f} s | {he['dec']:.2f} s | {he['total']:.2f} s | "
                      f"{he['total'] / t_plain:,.0f}x | {he['bytes_per_site'] / n:.2f} | {he['bytes_per_site'] / n / 4:.2f}x | {rel:.1e} |")
     worst = max(he["bytes_per_site"] / n / 4 for _, n, _, he, _, _ in rows)
     ratios = [he["total"] / t for _, _, t, he, _, _ in rows]

@@ -82,7 +82,7 @@ def main() -> None:
     ms = lambda v: statistics.median(v) * 1e3  # noqa: E731
     ratio = statistics.median(t_scrypt) / statistics.median(t_legacy)
     rows = [
-        ("format 2: scrypt N=2^%d, r=%d, p=%d + AES-256-GCM (a wrong guess)" % (keys.SCRYPT_LOG_N, keys.SCRYPT_R, keys.SCRYPT_P),
+        (f"format 2: scrypt N=2^{keys.SCRYPT_LOG_N}, r={keys.SCRYPT_R}, p={keys.SCRYPT_P} + AES-256-GCM (a wrong guess)",
          t_scrypt),
         ("scrypt derivation alone", t_kdf),
         ("format 1 (old): PKCS#8 PBKDF2-SHA256, 2,048 iterations (a wrong guess)", t_legacy),

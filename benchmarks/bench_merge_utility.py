@@ -79,7 +79,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="forge-merge-bench-"))
     delta = 1e-5
     synth_parts = [make_synthetic(base, d, SynthConfig(target_epsilon=args.synth_epsilon, delta=delta, seed=args.seed + i), site=s.site)
-                   for i, (s, d) in enumerate(zip(splits.sites, union_train))]
+                   for i, (s, d) in enumerate(zip(splits.sites, union_train, strict=True))]
     synth_path = save_synthetic(combine_synthetic(synth_parts), work / "synth.npz")
     sigma_s = synth_parts[0].meta["release"]["noise_multiplier"]
     results = {}
@@ -89,14 +89,14 @@ def main() -> None:
         tag = "inf" if math.isinf(eps) else f"{eps:g}"
         rng = np.random.default_rng(args.seed)
 
-        def cfg(seed):
+        def cfg(seed, eps=eps):
             common = dict(ffa=True, epochs=args.epochs, batch_size=16, lr=0.1, seed=seed)
             return TrainConfig(no_dp=True, **common) if math.isinf(eps) else TrainConfig(target_epsilon=eps, delta=delta, **common)
 
         d = work / f"eps-{tag}"
         paths = []
         rows = {}
-        for i, (shard, data) in enumerate(zip(splits.sites, union_train)):
+        for i, (shard, data) in enumerate(zip(splits.sites, union_train, strict=True)):
             plugin = train_plugin(cfg(args.seed + i), data, site=shard.site, base=base, out=d / shard.site)
             paths.append(plugin.path)
             rows[f"single {shard.site} ({len(data)} rows)"] = plugin.predict_proba(X)
@@ -120,8 +120,8 @@ def main() -> None:
             print(f"eps {tag:>3} {name:<50} acc {a:.3f} auc {auc:.3f}", flush=True)
     names = list(results["1"].keys())
     lines = [
-        f"Union test set: {len(y)} records from the three sites' fixed test splits. FFA-LoRA plugins (rank 8, alpha 16), {args.epochs} epochs, "
-        f"batch 16, lr 0.1, DP-SGD with PRV accounting at delta {delta:g}; seed {args.seed}. Synthetic tuning data: each site releases noisy "
+        f"Union test set: {len(y)} records from the three sites' fixed test " f"splits. FFA-LoRA plugins (rank 8, alpha 16), {args.epochs} epochs, "
+        f"batch 16, lr 0.1, DP-SGD with PRV accounting at delta {delta:g}; " f"seed {args.seed}. Synthetic tuning data: each site releases noisy "
         f"class means at epsilon {args.synth_epsilon:g} (sigma {sigma_s:.3g}, clip 8), pooled; the test sets are never used for tuning. "
         "Accuracy: exact 95 % Clopper-Pearson interval; AUC: 95 % percentile bootstrap.",
         "",

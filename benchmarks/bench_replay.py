@@ -260,8 +260,8 @@ def render(res: dict) -> str:
         "train, write, seal the envelope); replay = open the envelope, assemble the data, check every claim, re-train, compare. "
         f"{res['reps']} repetitions, one torch thread. Target: replay / training <= 1.2.", "",
         "| clock | training (median) | replay (median) | **replay / training** median [IQR] |", "|---|---|---|---|",
-        f"| CPU | {statistics.median(t['train_cpu']):.2f} s | {statistics.median(t['replay_cpu']):.2f} s | **{rc[0]:.3f}** [{rc[1]:.3f}, {rc[2]:.3f}] |",
-        f"| wall | {statistics.median(t['train_wall']):.2f} s | {statistics.median(t['replay_wall']):.2f} s | **{rw[0]:.3f}** [{rw[1]:.3f}, {rw[2]:.3f}] |",
+        f"| CPU | {statistics.median(t['train_cpu']):.2f} s | " f"{statistics.median(t['replay_cpu']):.2f} s | **{rc[0]:.3f}** [{rc[1]:.3f}, {rc[2]:.3f}] |",
+        f"| wall | {statistics.median(t['train_wall']):.2f} s | " f"{statistics.median(t['replay_wall']):.2f} s | **{rw[0]:.3f}** [{rw[1]:.3f}, {rw[2]:.3f}] |",
         "",
         f"(b) Relative L2 distance between the released adapter and the replayed one. Honest: {res['reps']} plugins trained with "
         f"one torch thread, each replayed in the four settings below, and {max(1, res['reps'] // 2)} trained with two threads, "

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
 
     lines = [f"Bundled breast-cancer data, {len(splits.sites)} sites (Dirichlet label skew), tabular-mlp + LoRA rank 8, "
              f"{args.epochs} epochs, batch 32, {args.seeds} training seeds per site; each plugin tested on its own site's test split.", "",
-             "| setting | noise multiplier | test accuracy (pooled) [95% CP] | per-run accuracy min-max | ROC AUC mean [95% t-interval over runs] |",
+             "| setting | noise multiplier | test accuracy (pooled) [95% CP] | " "per-run accuracy min-max | ROC AUC mean [95% t-interval over runs] |",
              "|---|---|---|---|---|"]
     for row in rows:
         name, c, n, aucs, accs = row[:5]
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         a = np.array([v for v in aucs if not math.isnan(v)])
         half = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else float("nan")
         lines.append(f"| {name} | {f'{min(sig):.2f}-{max(sig):.2f}' if sig else '-'} | {c / n:.3f} [{ci.low:.3f}, {ci.high:.3f}] "
-                     f"| {f'{min(accs):.3f}-{max(accs):.3f}' if accs else '-'} | {a.mean():.3f} [{max(0.0, a.mean() - half):.3f}, {min(1.0, a.mean() + half):.3f}] |")
+                     f"| {f'{min(accs):.3f}-{max(accs):.3f}' if accs else '-'} | {a.mean():.3f} " f"[{max(0.0, a.mean() - half):.3f}, {min(1.0, a.mean() + half):.3f}] |")
     lines += ["", "Epsilon is per site (PRV accountant, delta = min(1e-5, 1/n^2)); the noise multiplier is calibrated per site since n differs. "
               "Pooled counts treat each (site, seed) test prediction as one trial, so the interval is optimistic about "
               "seed-to-seed variation; the per-run range shows it."]

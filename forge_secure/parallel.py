@@ -186,7 +186,7 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
         parsed = urlparse(text)
         host, port = parsed.hostname, parsed.port or _RAY_DEFAULT_PORT
     except ValueError:
-        host, port = None, None
+        host, port = None, _RAY_DEFAULT_PORT
     if not host:
         raise ForgeRayError(
             f"Ray address {address!r} is not of the form host:port or ray://host:port",

@@ -22,11 +22,15 @@ def enabled() -> bool:
     return _enabled
 
 
+def _ignore(n: int = 1) -> None:
+    pass
+
+
 @contextlib.contextmanager
 def task(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """``with task("training", total=steps) as advance: advance(1)``."""
     if not _enabled:
-        yield lambda n=1: None
+        yield _ignore
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -41,4 +45,8 @@ def task(description: str, total: int | None) -> Iterator[Callable[[int], None]]
         transient=True,
     ) as bar:
         handle = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(handle, n)
+
+        def advance(n: int = 1) -> None:
+            bar.advance(handle, n)
+
+        yield advance

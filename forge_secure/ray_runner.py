@@ -53,7 +53,7 @@ def connect(address: str, workers: int | None) -> bool:
     return True
 
 
-def _lost_errors(ray) -> tuple[type, ...]:
+def _lost_errors(ray) -> tuple[type[BaseException], ...]:
     ex = ray.exceptions
     return tuple(getattr(ex, n) for n in ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError",
                                           "NodeDiedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError") if hasattr(ex, n))

@@ -113,8 +113,8 @@ def scan(root: Path = ROOT) -> dict[str, Entry]:
     files = [p for pkg in PACKAGES for p in sorted((root / pkg).rglob("*.py"))]
     trees = [ast.parse(p.read_text(encoding="utf-8"), filename=str(p)) for p in files]
     modules = [_module(p, root) for p in files]
-    by_module = {m: _factories(t) for m, t in zip(modules, trees)}
-    for path, tree, module in zip(files, trees, modules):
+    by_module = {m: _factories(t) for m, t in zip(modules, trees, strict=True)}
+    for path, tree, module in zip(files, trees, modules, strict=True):
             factories = _visible_factories(module, tree, by_module)
             for node in ast.walk(tree):
                 if not isinstance(node, ast.Call):
@@ -167,7 +167,7 @@ def render(entries: dict[str, Entry]) -> str:
         "(`--json` output carries the code). Codes are stable: scripts may match on them.",
         "",
         f"{len(entries)} codes in {len(families)} families, raised at {n_sites} places. Text in `{{...}}` is filled in",
-        "when the error is raised; the last section, `patterns`, holds codes that are built from a value. Classes: `ForgeValueError` (a bad argument or setting), `ForgeConfigError`,",
+        "when the error is raised; the last section, `patterns`, holds codes that are built from " "a value. Classes: `ForgeValueError` (a bad argument or setting), `ForgeConfigError`,",
         "`ForgeDataError` (a file or record whose content is wrong), `ForgeFileError` (missing, unreadable,",
         "already there), `ForgeIntegrityError` (a signature, digest or proof that does not verify),",
         "`ForgeBudgetError` (a privacy budget exceeded), `ForgeDependencyError` (an optional package missing);",

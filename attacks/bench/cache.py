@@ -68,7 +68,7 @@ class BenchCache:
 
     def store_arrays(self, stage: str, key: str, **arrays: np.ndarray) -> None:
         buf = io.BytesIO()
-        np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+        np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]  # mypy matches the **dict against numpy stub keyword allow_pickle: bool
         with atomic_output(self._array_path(stage, key)) as f:
             f.write(buf.getvalue())
 

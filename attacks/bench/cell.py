@@ -162,6 +162,7 @@ class _GroupRunner:
                 cfg = TrainConfig(base=t.base, rank=self.group.rank, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer,
                                   target_epsilon=self.group.epsilon, delta=delta, max_grad_norm=t.max_grad_norm, accountant=t.accountant)
                 plan = plan_privacy(cfg, n)
+                assert plan.noise_multiplier is not None  # a target epsilon: DP on
                 self._dp = (float(plan.noise_multiplier), float(delta))
                 self.cache.store_arrays("dp-plan", key, sigma=np.array(self._dp[0]), delta=np.array(delta), n=np.array(n))
         return self._dp

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -40,6 +40,11 @@ from typing import Any, Mapping
 from forge_secure.errors import ForgeConfigError, ForgeFileError
 
 from . import registries
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as the tomli package (a dependency there)
+    import tomli as tomllib
 
 BUNDLED_NAME = "default"
 #: data sources shipped with the toolkit: breast cancer (tabular, 2 classes) and the 8x8 digits

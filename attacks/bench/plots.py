@@ -194,7 +194,7 @@ def plot_empirical(rows, stem: Path, p_target: float = 0.05) -> list[Path]:
     scatter(canary, "canary_epsilon", "canary_ceiling", "^", "C1", "one-run bound on canaries (per seed)")
     # ceilings: one dash per claim and sample kind (the largest over the cell's seeds)
     for items, col, color, name in ((pts, "empirical_ceiling", "grey", "threshold"), (canary, "canary_ceiling", "C1", "one-run per seed")):
-        marks = {}
+        marks: dict[float, float] = {}
         for r in items:
             c = r.get(col)
             if c is not None and math.isfinite(c):
@@ -224,7 +224,7 @@ def plot_empirical(rows, stem: Path, p_target: float = 0.05) -> list[Path]:
     if bad:
         ys = [r["canary_epsilon"] if r.get("canary_above_claim") else r["empirical_epsilon"] for r in bad]
         ax.scatter([to_x(r["claimed_epsilon"]) for r in bad], ys, s=40, color="red", marker="x", label="above the claim: BUG")
-        for r, y in zip(bad, ys):
+        for r, y in zip(bad, ys, strict=True):
             ax.annotate(f"{r['attack']} {r['merge']} {r['lora']} s{r['seed']}", (to_x(r["claimed_epsilon"]), y), fontsize=6, color="red")
     if not pts and not canary:
         ax.text(0.5, 0.5, "no membership attack and no canaries in this grid", ha="center", va="center", transform=ax.transAxes)

@@ -119,7 +119,7 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def t_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[int, float, float]:
+def t_interval(values: Iterable[float | None], confidence: float = 0.95) -> tuple[int, float, float]:
     """(n, mean, half-width) of the Student-t interval over the finite values; the
     half-width is NaN when n < 2 (no interval from one value)."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
@@ -151,7 +151,7 @@ def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95, p_target
     out = []
     for key in sorted(groups, key=_sort_key):
         members = groups[key]
-        entry: dict[str, Any] = dict(zip(KEY_COLUMNS, key))
+        entry: dict[str, Any] = dict(zip(KEY_COLUMNS, key, strict=True))
         entry["seeds"] = len(members)
         entry["above_claim"] = sum(bool(r.get("above_claim")) for r in members)
         for col, _, _ in SUMMARY_METRICS:

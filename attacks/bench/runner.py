@@ -106,7 +106,7 @@ def preflight(config: BenchConfig, data) -> None:
         out = getattr(out, "logits", out)
     except (RuntimeError, ValueError, TypeError) as e:
         raise ForgeDataError(
-            f"the data {config.data.source!r} does not fit base {t.base!r} (records of shape {data.public.shape}: {str(e).splitlines()[0][:120]})",
+            f"the data {config.data.source!r} does not fit base {t.base!r} (records " f"of shape {data.public.shape}: {str(e).splitlines()[0][:120]})",
             fix="give data with the features the base expects, or another base",
             code="bench.data_base_mismatch",
         ) from None

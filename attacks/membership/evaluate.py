@@ -60,7 +60,7 @@ def measure(signals: Signals, settings, *, claimed: dict, coin_flip: bool, canar
     R = signals.references if need > 0 else 0
     if R < need:
         raise TooFewReferences(
-            f"attack {settings.attack!r} ({attack._variant()}) needs at least {need} reference models, the signals hold {signals.references}",
+            f"attack {settings.attack!r} ({attack._variant()}) needs at least " f"{need} reference models, the signals hold {signals.references}",
             fix="choose an attack variant that needs fewer references, or rerun forge attack mia with more --references",
         )
     y = signals.class_labels

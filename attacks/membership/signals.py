@@ -109,7 +109,7 @@ class Signals:
             raise _bad("the population signals are incomplete")
         if self.population_target_logits is not None:
             m = self.population_target_logits.shape[0]
-            if self.population_labels.shape != (m,):
+            if self.population_labels is None or self.population_labels.shape != (m,):
                 raise _bad("population_labels does not match population_target_logits")
             if R and (self.population_reference_logits is None or self.population_reference_logits.shape[:2] != (R, m)
                       or self.population_in_mask is None or self.population_in_mask.shape != (R, m)):
@@ -165,7 +165,7 @@ class Signals:
                 or not isinstance(digests, dict):
             raise _bad(f"{where}: the signals block lacks its reference settings or digests")
         kw: dict[str, Any] = {}
-        for name, (kind, ndim, optional) in _ARRAYS.items():
+        for name, (kind, ndim, _optional) in _ARRAYS.items():
             v = doc.get(name)
             if v is None:
                 kw[name] = None
@@ -188,7 +188,7 @@ class Signals:
         edited = sorted(k for k in set(actual) | set(digests) if actual.get(k) != digests.get(k))
         if edited or doc.get("digest") != _overall(digests, refs):
             raise ForgeDataError(
-                f"{where}: the signals do not match their digests ({', '.join(edited) or 'digest list'} changed since the file was written)",
+                f"{where}: the signals do not match their digests " f"({', '.join(edited) or 'digest list'} changed since the file was written)",
                 fix="use the results file as forge attack mia wrote it, or rerun the attack",
                 code="attack.signals_tampered",
             )

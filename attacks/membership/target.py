@@ -67,6 +67,7 @@ class AttackTarget:
         """What reference training needs to rebuild a Mixture around a reference plugin."""
         if self.kind != "mixture":
             return None
+        assert self.component is not None  # a mixture target is built with its component's index
         return {"path": str(self.path), "component": int(self.component), "sha256": self.info["mixture_sha256"]}
 
 

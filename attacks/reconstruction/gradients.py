@@ -126,7 +126,7 @@ def normalise(target: Mapping[str, torch.Tensor], names: Sequence[str], kind: st
     """Scale the observed gradient (cosine losses ignore its scale) so that tiny gradients keep
     their direction in floating point: per tensor for ``layer-cosine``, as a whole for ``cosine``."""
     if kind == "cosine":
-        norm = torch.sqrt(sum((target[n] ** 2).sum() for n in names))
+        norm = torch.sqrt(torch.stack([(target[n] ** 2).sum() for n in names]).sum())
         return {n: target[n] / norm if norm > 0 else target[n] for n in names}
     out = {}
     for n in names:
@@ -143,10 +143,7 @@ def gradient_distance(g: Mapping[str, torch.Tensor], target: Mapping[str, torch.
         a = torch.cat([g[n].reshape(-1) for n in names])
         b = torch.cat([target[n].reshape(-1) for n in names])
         return 1.0 - _cos(a, b)
-    total = 0.0
-    for n in names:
-        total = total + (1.0 - _cos(g[n].reshape(-1), target[n].reshape(-1)))
-    return total / len(names)
+    return torch.stack([1.0 - _cos(g[n].reshape(-1), target[n].reshape(-1)) for n in names]).mean()
 
 
 def clip_per_sample(flat: torch.Tensor, max_grad_norm: float) -> torch.Tensor:

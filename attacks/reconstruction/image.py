@@ -106,7 +106,7 @@ class ImageInversion(ConfigEstimator):
             for _ in range(cfg.steps):
                 opt.zero_grad()
                 batched(x, ys).sum().backward()
-                if cfg.signed:
+                if cfg.signed and x.grad is not None:
                     x.grad.sign_()
                 opt.step()
                 if sched:

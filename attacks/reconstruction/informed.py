@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,6 +52,7 @@ from forge_secure.progress import task
 from ..estimator import ConfigEstimator
 from .bounds import rero_bound_dpsgd
 from .gradients import DPSetting, LoraFunctional, clip_per_sample, unflatten
+from .merged import MergeRedo
 
 INFORMED_MODES = ("gradients", "model")
 
@@ -87,7 +89,7 @@ class InformedConfig:
         rows = int((meta.get("data") or {}).get("rows") or 1)
         try:
             if dp.get("enabled"):
-                kw = dict(noise_multiplier=float(dp["noise_multiplier"]), sample_rate=float(dp["sample_rate"]),
+                kw: dict[str, Any] = dict(noise_multiplier=float(dp["noise_multiplier"]), sample_rate=float(dp["sample_rate"]),
                           steps=int(dp["steps"]), max_grad_norm=float(dp["max_grad_norm"]))
             else:
                 q = min(1.0, float(tr.get("batch_size", rows)) / rows)
@@ -245,7 +247,7 @@ class InformedAdversary(ConfigEstimator):
     Config = InformedConfig
 
     def fit(self, fn: LoraFunctional, known_X: np.ndarray, known_y: np.ndarray, *,
-            release: MergeRelease | None = None) -> "InformedAdversary":
+            release: MergeRelease | MergeRedo | None = None) -> "InformedAdversary":
         """The starting plugin and the records the adversary knows (all but the target);
         ``release`` (mode ``model`` only): the attacker sees the merge re-released after the run."""
         self._check_settings()  # the settings' values are checked here
@@ -270,27 +272,31 @@ class InformedAdversary(ConfigEstimator):
         fn, cfg = self.fn_, self.config
         cx = torch.tensor(np.asarray(cand_X), dtype=fn.dtype)
         cy = torch.tensor(np.asarray(cand_y), dtype=torch.long)
-        if cfg.mode == "model" and getattr(self.release_, "score_space", None):
-            # a redone merge (ties, dare, sequential): the candidate whose expected run, merged
-            # with the other parents, lands nearest the released merge
-            rel = self.release_
-            with torch.no_grad():
-                observed = rel.deltas(transcript.final)
-                out = np.empty(len(cx))
-                for i in range(len(cx)):
-                    final = expected_run(fn, torch.cat([self.known_X_, cx[i:i + 1]]), torch.cat([self.known_y_, cy[i:i + 1]]), cfg)
-                    out[i] = -rel.distance(observed, rel.deltas(final))
-            return out
-        if cfg.mode == "model" and self.release_ is not None:
-            rel = self.release_
-            with torch.no_grad():
-                before = torch.nn.functional.cross_entropy(rel.fn.logits(cx), cy, reduction="none")
-                after = torch.nn.functional.cross_entropy(rel.fn.logits(cx, rel(transcript.final)), cy, reduction="none")
-            return (before - after).numpy()
         if cfg.mode == "model":
+            released = transcript.final
+            if released is None:
+                raise ForgeDataError("the transcript holds no final parameters (the released model)",
+                                     fix="score a transcript of a whole run: its final parameters are what the attacker sees", code="recon.data")
+            if isinstance(self.release_, MergeRedo):
+                # a redone merge (ties, dare, sequential): the candidate whose expected run, merged
+                # with the other parents, lands nearest the released merge
+                redo = self.release_
+                with torch.no_grad():
+                    observed = redo.deltas(released)
+                    out = np.empty(len(cx))
+                    for i in range(len(cx)):
+                        final = expected_run(fn, torch.cat([self.known_X_, cx[i:i + 1]]), torch.cat([self.known_y_, cy[i:i + 1]]), cfg)
+                        out[i] = -redo.distance(observed, redo.deltas(final))
+                return out
+            if isinstance(self.release_, MergeRelease):
+                rel = self.release_
+                with torch.no_grad():
+                    before = torch.nn.functional.cross_entropy(rel.fn.logits(cx), cy, reduction="none")
+                    after = torch.nn.functional.cross_entropy(rel.fn.logits(cx, rel(released)), cy, reduction="none")
+                return (before - after).numpy()
             with torch.no_grad():
                 before = torch.nn.functional.cross_entropy(fn.logits(cx), cy, reduction="none")
-                after = torch.nn.functional.cross_entropy(fn.logits(cx, transcript.final), cy, reduction="none")
+                after = torch.nn.functional.cross_entropy(fn.logits(cx, released), cy, reduction="none")
             return (before - after).numpy()
         expected = cfg.sample_rate * (len(self.known_X_) + 1)
         scores = torch.zeros(len(cx), dtype=fn.dtype)
@@ -298,7 +304,7 @@ class InformedAdversary(ConfigEstimator):
         var = max(cfg.noise_multiplier * cfg.max_grad_norm, 1e-6) ** 2
         log_out = math.log1p(-cfg.sample_rate) if cfg.sample_rate < 1 else 0.0
         log_in = math.log(cfg.sample_rate)
-        for g, params, idx in zip(transcript.noisy, transcript.params, transcript.known_batches):
+        for g, params, idx in zip(transcript.noisy, transcript.params, transcript.known_batches, strict=True):
             # one vmap call per step for the candidates and the known records of the batch
             clipped = self._clipped(torch.cat([cx, self.known_X_[idx]]), torch.cat([cy, self.known_y_[idx]]), params)
             residual = g * expected - clipped[n:].sum(dim=0)

@@ -18,6 +18,7 @@ is over records, which are independent.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -87,8 +88,8 @@ def _rate(successes: int, trials: int, confidence: float) -> dict:
 
 
 def tabular_success(
-    recon: np.ndarray,
-    truth: np.ndarray,
+    recon: np.ndarray | Sequence[np.ndarray],
+    truth: np.ndarray | Sequence[np.ndarray],
     spec: FeatureSpec,
     *,
     tolerance: float = DEFAULT_TOLERANCE,
@@ -99,14 +100,14 @@ def tabular_success(
     recs = recon if isinstance(recon, (list, tuple)) else [recon]
     truths = truth if isinstance(truth, (list, tuple)) else [truth]
     all_hits = []
-    for r, t in zip(recs, truths):
+    for r, t in zip(recs, truths, strict=True):
         perm = match_records(r, t, spec, tolerance)
         all_hits.append(feature_hits(np.asarray(r)[perm], t, spec, tolerance))
     hits = np.concatenate(all_hits, axis=0)
     out = {
         "feature_accuracy": _rate(int(hits.sum()), hits.size, confidence),
         "record_rate": _rate(int(hits.all(axis=1).sum()), len(hits), confidence),
-        "per_feature": dict(zip(spec.feature_names(), map(float, hits.mean(axis=0)))),
+        "per_feature": dict(zip(spec.feature_names(), map(float, hits.mean(axis=0)), strict=True)),
         "tolerance_std": tolerance,
         "confidence": confidence,
     }
@@ -215,7 +216,7 @@ def image_success(
     recs = recon if isinstance(recon, (list, tuple)) else [recon]
     truths = truth if isinstance(truth, (list, tuple)) else [truth]
     m, p, s, ident = [], [], [], []
-    for r, t in zip(recs, truths):
+    for r, t in zip(recs, truths, strict=True):
         r, t = np.asarray(r, dtype=np.float64), np.asarray(t, dtype=np.float64)
         r = r[match_images(r, t)]
         m.append(mse(r, t))
@@ -224,8 +225,8 @@ def image_success(
         ident.append(nn_identifiable(r, t, pool))
     ident_all = np.concatenate(ident)
 
-    def summary(v: list) -> dict:
-        v = np.concatenate(v)
+    def summary(parts: list) -> dict:
+        v = np.concatenate(parts)
         half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
         return {"mean": float(v.mean()), "ci": [float(v.mean() - half), float(v.mean() + half)], "n": int(len(v))}
 

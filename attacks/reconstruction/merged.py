@@ -148,7 +148,7 @@ class MergeRedo:
             return dare_merge(adapters, self.weights, density=self.density, seed=self.seed, rank=self.rank).adapter
         first = adapters[0]
         current = first.with_state({k: v.double() for k, v in first.state.items()}, name="merged", ffa=False)
-        for (alpha, beta), nxt in zip(self.steps, adapters[1:]):
+        for (alpha, beta), nxt in zip(self.steps, adapters[1:], strict=True):
             current = combine(current, nxt, alpha, beta)
         return current
 

@@ -24,7 +24,7 @@ from .dp import dp_record, missing_evidence, trained_plugins
 def _same(h1, h2) -> bool:
     return len(h1) == len(h2) and all(
         math.isclose(float(a[0]), float(b[0]), rel_tol=1e-9) and math.isclose(float(a[1]), float(b[1]), rel_tol=1e-9) and int(a[2]) == int(b[2])
-        for a, b in zip(h1, h2)
+        for a, b in zip(h1, h2, strict=True)
     )
 
 
@@ -109,7 +109,7 @@ class SiteBudget(Check):
                 status = Status.FAIL if settings.require_ledger_entries else Status.WARN
                 findings.append(Finding(self.name, status, item.rel, f"its training (sigma {mine[0]:g}, q {mine[1]:g}, {mine[2]} steps) is not in {site}'s ledger",
                                         {"site": site, "history": [mine]},
-                                        remedy="the site must record every DP release in its ledger (forge train does); include the site's ledger in the evidence",
+                                        remedy="the site must record every DP release in its ledger (forge " "train does); include the site's ledger in the evidence",
                                         plugin=item.rel))
         if bars:
             plot = Plot("bars", "Total epsilon per site (re-derived from the ledgers)", tuple(bars), y_label="epsilon",

@@ -45,7 +45,7 @@ def dp_record(meta: dict, rel: str) -> dict:
     enabled = dp.get("enabled")
     if not isinstance(enabled, bool):
         raise ForgeDataError(f"{rel}/forge.json dp.enabled = {enabled!r} is not true/false", fix="the manifest is corrupt or was edited", code="audit.dp_record")
-    out = {"enabled": enabled, "claimed_epsilon": _num(dp.get("epsilon", "inf"), f"{rel} dp.epsilon")}
+    out: dict[str, Any] = {"enabled": enabled, "claimed_epsilon": _num(dp.get("epsilon", "inf"), f"{rel} dp.epsilon")}
     if enabled:
         for key in ("noise_multiplier", "sample_rate", "delta"):
             out[key] = _num(dp.get(key), f"{rel} dp.{key}")
@@ -55,6 +55,12 @@ def dp_record(meta: dict, rel: str) -> dict:
         out["steps"] = steps
         out["accountant"] = str(dp.get("accountant", "prv"))
     return out
+
+
+def _section(meta: dict, key: str) -> dict:
+    """``meta[key]`` when it is a JSON object, else ``{}`` (a missing or mistyped section)."""
+    value = meta.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def training_rows(meta: dict) -> int | None:
@@ -88,19 +94,17 @@ def cross_field(meta: dict, rec: dict) -> tuple[dict, list[str]]:
     - steps per epoch = ceil(n / batch_size), steps T = epochs x steps per epoch;
     - the accountant ``history``, when recorded, composes to exactly (sigma, q, T).
     """
-    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
-    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
-    dp = meta.get("dp") if isinstance(meta.get("dp"), dict) else {}
+    training, data, dp = _section(meta, "training"), _section(meta, "data"), _section(meta, "dp")
     rows, batch, epochs = _whole(data.get("rows")), _whole(training.get("batch_size")), _whole(training.get("epochs"))
     figures: dict = {"rows": rows, "batch_size": batch, "epochs": epochs, "sample_rate": rec["sample_rate"], "steps": rec["steps"]}
-    missing = [name for name, v in (("data.rows", rows), ("training.batch_size", batch), ("training.epochs", epochs)) if v is None or v < 1]
-    if missing:
+    if rows is None or batch is None or epochs is None or min(rows, batch, epochs) < 1:
+        missing = [name for name, v in (("data.rows", rows), ("training.batch_size", batch), ("training.epochs", epochs)) if v is None or v < 1]
         return figures, [f"cannot cross-check: {', '.join(missing)} missing or not a positive integer"]
     problems = []
-    canaries = data.get("canaries") if isinstance(data.get("canaries"), dict) else {}
+    canaries = _section(data, "canaries")
     count = _whole(canaries.get("count")) or 0
     inserted = _whole(canaries.get("inserted", canaries.get("included")))
-    membership = data.get("membership") if isinstance(data.get("membership"), dict) else {}
+    membership = _section(data, "membership")
     pool = _whole(membership.get("pool_rows"))
     records = _whole(data.get("records"))
     figures.update({"canaries": count, "canaries_inserted": inserted, "pool_rows": pool, "records": records})
@@ -130,7 +134,7 @@ def cross_field(meta: dict, rec: dict) -> tuple[dict, list[str]]:
             hist = None
         if hist is None or sum(h[2] for h in hist) != rec["steps"] or any(
                 not math.isclose(h[0], rec["noise_multiplier"], rel_tol=1e-9) or not math.isclose(h[1], rec["sample_rate"], rel_tol=1e-9) for h in hist):
-            problems.append(f"the accountant history {history!r} does not compose to (sigma {rec['noise_multiplier']:g}, q {rec['sample_rate']:g}, {rec['steps']} steps)")
+            problems.append(f"the accountant history {history!r} does not compose to (sigma " f"{rec['noise_multiplier']:g}, q {rec['sample_rate']:g}, {rec['steps']} steps)")
     return figures, problems
 
 
@@ -177,7 +181,8 @@ class DpClaims(Check):
         plugins = trained_plugins(evidence)
         if not plugins:
             return missing_evidence(self.name, settings, "trained plugins (plugins/<name>/forge.json)", "add the opened plugin directories under plugins/")
-        findings, bars = [], []
+        findings: list[Finding] = []
+        bars: list = []
         for item in plugins:
             if not item.ok and item.data is None:
                 findings.append(bad_evidence(self.name, item))
@@ -203,7 +208,7 @@ class DpClaims(Check):
                            remedy="the manifest was edited or is corrupt: reject the plugin, or have the site re-train it with forge train", **fields)
         return Finding(self.name, Status.PASS, item.rel,
                        f"sample rate {rec['sample_rate']:.4g} = {figures['batch_size']}/{figures['rows']} and {rec['steps']} steps = "
-                       f"{figures['epochs']} x {figures['implied_steps_per_epoch']} agree with the training and data records (the site's record: replay verifies it)",
+                       f"{figures['epochs']} x {figures['implied_steps_per_epoch']} agree with " "the training and data records (the site's record: replay verifies it)",
                        evidence=figures, **fields)
 
     def _judge(self, item, rec: dict, settings, bars: list) -> Finding:
@@ -298,10 +303,10 @@ class DeltaCheck(Check):
             if delta > settings.max_delta * rounding:
                 problems.append(f"delta {delta:.3g} exceeds the policy maximum {settings.max_delta:g}")
             if dn > settings.max_delta_times_n * rounding:
-                problems.append(f"delta x n = {dn:.3g} exceeds {settings.max_delta_times_n:g} for n = {n} (a record could be published outright with probability about {dn:.2g})")
+                problems.append(f"delta x n = {dn:.3g} exceeds {settings.max_delta_times_n:g} for n = {n} " f"(a record could be published outright with probability about {dn:.2g})")
             if problems:
                 findings.append(Finding(self.name, Status.FAIL, item.rel, "; ".join(problems), evidence=ev,
-                                        remedy=f"re-train with --delta {limit:.3g} or less (the default min(1e-5, 1/n^2) = {min(1e-5, 1.0 / n**2):.3g} fits)", **fields))
+                                        remedy=f"re-train with --delta {limit:.3g} or less (the default " f"min(1e-5, 1/n^2) = {min(1e-5, 1.0 / n**2):.3g} fits)", **fields))
             else:
                 findings.append(Finding(self.name, Status.PASS, item.rel, f"delta {delta:.3g} <= {settings.max_delta:g} and delta x n = {dn:.3g} <= {settings.max_delta_times_n:g} (n = {n})",
                                         evidence=ev, **fields))

@@ -179,7 +179,7 @@ class MembershipLeakage(Check):
             ev[f"fpr_reached_for_{tag}"] = row["fpr_reached"]
             ev[f"max_tpr_at_{tag}_fpr"] = limit
             ev[f"fpr_hi_for_{tag}"] = row["fpr_hi"]
-            judge(row["tpr"], row["ci"], limit, f"TPR {row['tpr']:.3f} {_fmt_ci(row['ci'])} at FPR {row['fpr_reached']:.4f} (upper {row['fpr_hi']:.4f}; target {row['target_fpr']:g}) > {limit:g}",
+            judge(row["tpr"], row["ci"], limit, f"TPR {row['tpr']:.3f} {_fmt_ci(row['ci'])} at FPR {row['fpr_reached']:.4f} " f"(upper {row['fpr_hi']:.4f}; target {row['target_fpr']:g}) > {limit:g}",
                   established=row["fpr_hi"] <= row["target_fpr"])
             if row["min_resolvable_fpr"] > row["target_fpr"]:
                 unresolved.append(f"{row['target_fpr']:g}")
@@ -196,8 +196,8 @@ class MembershipLeakage(Check):
                            remedy="attack with more records (or reference models) to settle it; if it holds, re-train with more noise", plots=(plot,), **fields)
         if unresolved:
             return Finding(self.name, Status.WARN, item.rel,
-                           f"within the policy where measurable; TPR at FPR {', '.join(unresolved)} cannot be resolved with {m['non_members']} non-members", ev,
-                           remedy=f"attack with more records (at least {int(1 / min(float(u) for u in unresolved))} non-members) to measure the low-FPR tail", plots=(plot,), **fields)
+                           f"within the policy where measurable; TPR at FPR {', '.join(unresolved)} " f"cannot be resolved with {m['non_members']} non-members", ev,
+                           remedy=f"attack with more records (at least {int(1 / min(float(u) for u in unresolved))} " "non-members) to measure the low-FPR tail", plots=(plot,), **fields)
         return Finding(self.name, Status.PASS, item.rel, f"AUC {m['auc']['value']:.3f} {_fmt_ci(m['auc']['ci'])} and low-FPR TPRs within the policy "
                        f"(this sample cannot show an epsilon above {ev['epsilon_ceiling']:.2f})", ev, plots=(plot,), **fields)
 
@@ -282,7 +282,7 @@ class ReconstructionLeakage(Check):
         counted, findings = _select(self.name, evidence, settings, RECONSTRUCTION,
                                     "reconstruction attack results the audit ran itself (forge audit --attack-results)",
                                     "run forge attack recon on the plugins yourself and pass its results with forge audit --attack-results FILE", "")
-        bars = []
+        bars: list = []
         for ae in counted:
             item, res = ae.item, ae.result
             target = _target(evidence, res)
@@ -306,7 +306,7 @@ class ReconstructionLeakage(Check):
             bars.append({"label": item.path.stem, "value": rate, "bound": bound})
             if lo > bound:
                 findings.append(Finding(self.name, Status.FAIL, item.rel,
-                                        f"success rate {rate:.3f} (CI low {lo:.3f}) exceeds the ReRo bound {bound:.3f} of the DP claim: the claim does not hold", ev,
+                                        f"success rate {rate:.3f} (CI low {lo:.3f}) exceeds the ReRo " f"bound {bound:.3f} of the DP claim: the claim does not hold", ev,
                                         remedy="treat the target as not differentially private; check its training for a DP bug and re-train", **fields))
             elif rate > settings.max_success_rate:
                 findings.append(Finding(self.name, Status.FAIL, item.rel, f"success rate {rate:.3f} exceeds the policy maximum {settings.max_success_rate:g}", ev,
@@ -332,7 +332,7 @@ class Consistency(Check):
 
     METHODS = ("clopper-pearson", "one-run", "both")
     REMOVED = {
-        "canary_audit": "the site-volunteered canary audit was removed: a lying site never volunteers its canaries (the auditor-canaries check replaces it)",
+        "canary_audit": "the site-volunteered canary audit was removed: a lying site never " "volunteers its canaries (the auditor-canaries check replaces it)",
         "canary_k_plus_fraction": "removed with the site-volunteered canary audit",
         "canary_k_minus_fraction": "removed with the site-volunteered canary audit",
     }
@@ -361,7 +361,7 @@ class Consistency(Check):
 
     def run(self, evidence, settings, *, progress=None) -> list[Finding]:
         counted, findings = _select(self.name, evidence, settings, MEMBERSHIP, _MIA_WHAT, _MIA_REMEDY, "epsilon")
-        bars = []
+        bars: list = []
         for ae in counted:
             findings.append(self._judge(evidence, ae, settings, bars))
         if bars:
@@ -416,11 +416,11 @@ class Consistency(Check):
         bars.append({"label": target.path.name, "value": eps_lb, "claimed": claimed, "bound": ceiling})
         if eps_lb > claimed:
             return Finding(self.name, Status.FAIL, item.rel,
-                           f"empirical epsilon lower bound {eps_lb:.3f} ({settings.confidence:.0%}) exceeds the claimed epsilon {claimed:g} of {target.rel}: the DP claim is false",
-                           ev, remedy="reject the plugin; the site's training did not give the privacy it claims (check for missing noise or an edited manifest)", **fields)
+                           f"empirical epsilon lower bound {eps_lb:.3f} ({settings.confidence:.0%}) " f"exceeds the claimed epsilon {claimed:g} of {target.rel}: the DP claim is false",
+                           ev, remedy="reject the plugin; the site's training did not give the privacy " "it claims (check for missing noise or an edited manifest)", **fields)
         if g["enabled"] and eps_lb > g["rederived_epsilon"]:
             return Finding(self.name, Status.FAIL, item.rel,
-                           f"empirical epsilon lower bound {eps_lb:.3f} exceeds the epsilon {g['rederived_epsilon']:.3f} re-derived from the recorded noise",
+                           f"empirical epsilon lower bound {eps_lb:.3f} exceeds the epsilon " f"{g['rederived_epsilon']:.3f} re-derived from the recorded noise",
                            ev, remedy="the DP training or its record is broken; reject the plugin and investigate the training run", **fields)
         if math.isinf(claimed):
             return Finding(self.name, Status.SKIP, item.rel, f"{target.rel} claims no finite epsilon; nothing to contradict (see dp-claims)", ev, **fields)
@@ -430,7 +430,7 @@ class Consistency(Check):
                            f"{claimed:g} of {target.rel}; the lower bound {eps_lb:.3f} neither confirms nor contradicts the claim",
                            ev, remedy=_settle(claimed, per), **fields)
         return Finding(self.name, Status.PASS, item.rel,
-                       f"empirical lower bound {eps_lb:.3f} is consistent with the claimed epsilon {claimed:g} (this sample could have shown up to {ceiling:.2f})",
+                       f"empirical lower bound {eps_lb:.3f} is consistent with the claimed " f"epsilon {claimed:g} (this sample could have shown up to {ceiling:.2f})",
                        ev, **fields)
 
 
@@ -455,7 +455,9 @@ def _coin_flip_membership(res, target) -> tuple[bool, str | None]:
         return True, None
     data = target.data.get("data") if isinstance(target.data.get("data"), dict) else {}
     record = data.get("membership")
-    p = record.get("include_prob") if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        record = {}
+    p = record.get("include_prob")
     if isinstance(p, bool) or not isinstance(p, (int, float)) or abs(float(p) - 0.5) > 1e-12:
         return False, f"{target.rel}/forge.json records no fair coin-flip draw of its training set"
     if res.membership_seed_sha256 is not None and res.membership_seed_sha256 != record.get("seed_sha256"):

@@ -55,8 +55,8 @@ class HomomorphicContributions(Check):
             if len(sites) < settings.min_contributions:
                 findings.append(Finding(
                     self.name, Status.FAIL, item.rel,
-                    f"homomorphic merge of {len(parents)} plugin(s) from {len(sites)} distinct site(s); the policy needs {settings.min_contributions}",
-                    ev, remedy=f"do not release this aggregate; wait until at least {settings.min_contributions} sites have contributed and merge again",
+                    f"homomorphic merge of {len(parents)} plugin(s) from {len(sites)} " f"distinct site(s); the policy needs {settings.min_contributions}",
+                    ev, remedy="do not release this aggregate; wait until at least " f"{settings.min_contributions} sites have contributed and merge again",
                     plugin=item.rel,
                 ))
             else:

@@ -237,7 +237,7 @@ class Provenance(Check):
                 findings.append(Finding(self.name, status, item.rel,
                                         f"site, signed DP claim and base match {match}; the weights are not bound (no decryption key given)",
                                         {**ev, "weights_bound": False},
-                                        remedy="run the audit with --decryption-key (the consortium recipient key) to bind the weights to the signed payload",
+                                        remedy="run the audit with --decryption-key (the consortium " "recipient key) to bind the weights to the signed payload",
                                         plugin=item.rel, claim="weights-binding", basis="claimed"))
         # merged versions, in dependency order: a parent may be a plugin or an already chained merge
         pending = [m for m in evidence.merged]
@@ -273,7 +273,7 @@ class Provenance(Check):
             missing = [d for d in digests if d not in chained]
             results[item.rel] = Finding(self.name, Status.FAIL if settings.require_lineage else Status.WARN, item.rel,
                                         f"{len(missing)} of {len(digests)} parents do not chain to a verified bundle", {"unchained_parents": missing, "parents": digests},
-                                        remedy="include every parent plugin (opened from its verified bundle) in the evidence, or re-merge from verified plugins only",
+                                        remedy="include every parent plugin (opened from its verified bundle) " "in the evidence, or re-merge from verified plugins only",
                                         plugin=item.rel, claim="weights-binding", basis="claimed")
         findings += [results[m.rel] for m in evidence.merged if m.rel in results]
         return findings

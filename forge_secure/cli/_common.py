@@ -48,6 +48,22 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
 
 
+def add_passphrase_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup, what: str, *, prefix: str = "") -> None:
+    """``--{prefix}passphrase-file FILE`` or ``--{prefix}passphrase-env VAR`` (one of them): the
+    passphrase of ``what`` (a key), read with :func:`passphrase`."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(f"--{prefix}passphrase-file", metavar="FILE", help=f"passphrase of {what}, from the first line of FILE")
+    g.add_argument(f"--{prefix}passphrase-env", metavar="VAR", help=f"passphrase of {what}, from environment variable VAR")
+
+
+def passphrase(args: argparse.Namespace, *, prefix: str = "") -> bytes | None:
+    """The passphrase given with the flags of :func:`add_passphrase_flags` (None when neither was)."""
+    from ..crypto import read_passphrase
+
+    dest = prefix.replace("-", "_")
+    return read_passphrase(getattr(args, f"{dest}passphrase_file"), getattr(args, f"{dest}passphrase_env"))
+
+
 def configure(args: argparse.Namespace) -> None:
     progress.enable(not getattr(args, "json", False) and console_err.is_terminal)
 

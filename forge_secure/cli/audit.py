@@ -28,13 +28,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--evidence", metavar="DIR", help="evidence directory")
     p.add_argument("--out", metavar="REPORT_DIR", help="new directory for the report")
     p.add_argument("--key", metavar="AUDITOR_KEY", help="the auditor's signing.key (forge keys new) to sign the report")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--passphrase-file", metavar="FILE", help="passphrase of --key, first line of FILE")
-    g.add_argument("--passphrase-env", metavar="VAR", help="passphrase of --key, from environment variable VAR")
+    _common.add_passphrase_flags(p, "--key")
     p.add_argument("--decryption-key", metavar="KEY", help="the recipient's decryption.key: open each bundle to bind plugin weights to it")
-    d = p.add_mutually_exclusive_group()
-    d.add_argument("--decryption-passphrase-file", metavar="FILE", help="passphrase of --decryption-key, first line of FILE")
-    d.add_argument("--decryption-passphrase-env", metavar="VAR", help="passphrase of --decryption-key, from environment variable VAR")
+    _common.add_passphrase_flags(p, "--decryption-key", prefix="decryption-")
     p.add_argument("--attack-results", metavar="FILE", action="append", default=[],
                    help="results file of an attack you ran yourself (forge attack mia / recon), kept outside the evidence "
                    "directory; repeatable. Only these, and site files whose scores the audit re-derives, count as leakage evidence")
@@ -45,9 +41,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
                         help="the auditor's private canary record (forge audit canaries issue); repeat for several sites")
     onsite.add_argument("--site-data", metavar="SITE=DATA", action="append", default=[],
                         help="replay SITE's training on DATA (default: the source its envelope names); repeatable")
-    rp = onsite.add_mutually_exclusive_group()
-    rp.add_argument("--replay-passphrase-file", metavar="FILE", help="passphrase of --replay-key, first line of FILE")
-    rp.add_argument("--replay-passphrase-env", metavar="VAR", help="passphrase of --replay-key, from environment variable VAR")
+    _common.add_passphrase_flags(onsite, "--replay-key", prefix="replay-")
     _common.add_json_flag(p)
     p.set_defaults(func=cmd_audit)
     from .audit_replay import register_under
@@ -85,10 +79,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         sys.stdout.write(default_policy_text())
         return 0
     _need(args, "evidence", "out")
-    from ..crypto.keys import read_passphrase
-
-    passphrase = read_passphrase(args.passphrase_file, args.passphrase_env)
-    decryption_passphrase = read_passphrase(args.decryption_passphrase_file, args.decryption_passphrase_env)
+    passphrase = _common.passphrase(args)
+    decryption_passphrase = _common.passphrase(args, prefix="decryption-")
     if decryption_passphrase is not None and not args.decryption_key:
         from ..errors import ForgeValueError
 
@@ -106,7 +98,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     report = audit_directory(
         args.evidence, args.policy, out=args.out, key=args.key, passphrase=passphrase,
         decryption_key=args.decryption_key, decryption_passphrase=decryption_passphrase, attack_results=args.attack_results,
-        replay_key=args.replay_key, replay_passphrase=read_passphrase(args.replay_passphrase_file, args.replay_passphrase_env),
+        replay_key=args.replay_key, replay_passphrase=_common.passphrase(args, prefix="replay-"),
         canary_records=args.canary_record, site_data=site_data,
     )
     verdict = report.verdict.value
@@ -170,8 +162,8 @@ def cmd_verify_report(args: argparse.Namespace) -> int:
         _common.emit_json({"valid": True, "signer": public.site, "key_id": public.key_id, **statement})
     else:
         _common.console.print(
-            f"[green]valid[/green]: report {_common.escape(statement['report_id'][:16])}... (verdict {_common.escape(statement['verdict'].upper())}, "
-            f"{_common.escape(statement['created_at'])}) signed by {_common.escape(public.site)} ({public.key_id[:16]}...); all files match",
+            f"[green]valid[/green]: report {_common.escape(statement['report_id'][:16])}... " f"(verdict {_common.escape(statement['verdict'].upper())}, "
+            f"{_common.escape(statement['created_at'])}) signed by " f"{_common.escape(public.site)} ({public.key_id[:16]}...); all files match",
             highlight=False, markup=True,
         )
     return 0

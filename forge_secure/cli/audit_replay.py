@@ -13,18 +13,6 @@ from pathlib import Path
 from . import _common
 
 
-def _passphrase_flags(p: argparse.ArgumentParser, what: str) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--passphrase-file", metavar="FILE", help=f"passphrase of {what}, first line of FILE")
-    g.add_argument("--passphrase-env", metavar="VAR", help=f"passphrase of {what}, from environment variable VAR")
-
-
-def _passphrase(args):
-    from ..crypto import read_passphrase
-
-    return read_passphrase(args.passphrase_file, args.passphrase_env)
-
-
 def register_under(audit_sub: "argparse._SubParsersAction") -> None:
     """Add ``replay`` and ``canaries`` under ``forge audit``."""
     r = audit_sub.add_parser(
@@ -39,7 +27,7 @@ def register_under(audit_sub: "argparse._SubParsersAction") -> None:
     r.add_argument("--data", metavar="DATA", help="the site's data to replay on (default: the source the envelope names)")
     r.add_argument("--canary-record", type=Path, metavar="RECORD", help="your canary record, when the site inserted your canaries")
     r.add_argument("--tolerance", type=float, help="relative L2 distance of the adapters allowed off-platform (default 1e-4)")
-    _passphrase_flags(r, "--key")
+    _common.add_passphrase_flags(r, "--key")
     _common.add_json_flag(r)
     r.set_defaults(func=cmd_replay)
 
@@ -60,7 +48,7 @@ def register_under(audit_sub: "argparse._SubParsersAction") -> None:
     i.add_argument("--record", type=Path, required=True, metavar="RECORD", help="your private record (JSON, written 0600)")
     i.add_argument("--roster", type=Path, help="the consortium roster that lists the site's key as a recipient (default: the latest "
                                               "roster trusted on this machine)")
-    _passphrase_flags(i, "--signer")
+    _common.add_passphrase_flags(i, "--signer")
     _common.add_json_flag(i)
     i.set_defaults(func=cmd_canaries_issue)
 
@@ -69,7 +57,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from ..privacy.canaries import read_record
     from ..privacy.replay import DEFAULT_TOLERANCE, assemble_data, open_replay_envelope, replay
 
-    recipe = open_replay_envelope(args.envelope, key=args.key, roster=args.roster, passphrase=_passphrase(args))
+    recipe = open_replay_envelope(args.envelope, key=args.key, roster=args.roster, passphrase=_common.passphrase(args))
     record = read_record(args.canary_record) if args.canary_record else None
     data = assemble_data(recipe, spec=args.data, canary_record=record)
     result = replay(recipe, args.plugin, data, tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance)
@@ -104,7 +92,7 @@ def cmd_canaries_issue(args: argparse.Namespace) -> int:
 
             raise ForgeFileError(f"{path} already exists", fix="choose a new path; grants and records are never overwritten",
                                  code="file.exists")
-    signer = load_signing_key(args.signer, _passphrase(args))
+    signer = load_signing_key(args.signer, _common.passphrase(args))
     like = load_data(args.like, label_column=args.label_column)
     record = issue_record(args.site, DEFAULT_COUNT if args.count is None else args.count, like)
     write_grant(record, signer=signer, site_key=args.site_key, out=args.out, roster=args.roster)

@@ -11,23 +11,11 @@ import argparse
 from . import _common
 
 
-def _passphrase_flags(p: argparse.ArgumentParser, what: str) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--passphrase-file", metavar="FILE", help=f"read the passphrase {what} from the first line of FILE")
-    g.add_argument("--passphrase-env", metavar="VAR", help=f"read the passphrase {what} from environment variable VAR")
-
-
 def _root_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", metavar="ROOT", help="pin the consortium's root first, if this machine has none: a roster file "
                    "obtained out of band, or sha256:DIGEST of the --roster given (see 'forge roster pin')")
     p.add_argument("--timestamp", metavar="FILE", help="a signed timestamp (forge roster timestamp, or the hub's): the roster "
                    "must be the one it names as current, and it must not have expired")
-
-
-def _passphrase(args):
-    from ..crypto import read_passphrase
-
-    return read_passphrase(args.passphrase_file, args.passphrase_env)
 
 
 def _print_pairs(title: str, pairs: list[tuple[str, object]]) -> None:
@@ -43,7 +31,7 @@ def _print_pairs(title: str, pairs: list[tuple[str, object]]) -> None:
 def _keys_new(args) -> int:
     from ..crypto import new_keys
 
-    files = new_keys(args.site, args.out, post_quantum=args.post_quantum, passphrase=_passphrase(args))
+    files = new_keys(args.site, args.out, post_quantum=args.post_quantum, passphrase=_common.passphrase(args))
     pub = files.public_key
     info = {"site": pub.site, "key_id": pub.key_id, "encryption_key_id": pub.encryption_key_id,
             "signing_algorithms": list(pub.signing.algorithms), "kem": pub.kem,
@@ -59,15 +47,15 @@ def _keys_new(args) -> int:
 
 
 def _keys_protect(args) -> int:
-    from ..crypto import keys, read_passphrase
+    from ..crypto import keys
 
-    new = read_passphrase(args.new_passphrase_file, args.new_passphrase_env)
+    new = _common.passphrase(args, prefix="new-")
     if new is None:
         from ..crypto import BundleError
 
         raise BundleError("no new passphrase given", fix="give --new-passphrase-file FILE or --new-passphrase-env VAR",
                           code="key.passphrase_required")
-    path = keys.protect_key_file(args.key, _passphrase(args), new)
+    path = keys.protect_key_file(args.key, _common.passphrase(args), new)
     if args.json:
         _common.emit_json({"key": str(path), "format": keys.PROTECTED_FORMAT, "kdf": {"name": "scrypt", "log_n": keys.SCRYPT_LOG_N,
                                                                                       "r": keys.SCRYPT_R, "p": keys.SCRYPT_P}})
@@ -153,7 +141,7 @@ def _roster_revoke(args) -> int:
 def _roster_sign(args) -> int:
     from ..crypto import load_signing_key, sign_roster
 
-    roster = sign_roster(args.roster, load_signing_key(args.key, _passphrase(args)), expires=_when(args.expires, "--expires"))
+    roster = sign_roster(args.roster, load_signing_key(args.key, _common.passphrase(args)), expires=_when(args.expires, "--expires"))
     return _roster_summary(roster, args, "signed")
 
 
@@ -168,7 +156,7 @@ def _roster_timestamp(args) -> int:
     from ..crypto.timestamp import issue_timestamp
 
     lifetime = _time.parse_when(args.lifetime, "--lifetime", reference=0)
-    ts = issue_timestamp(args.roster, load_signing_key(args.key, _passphrase(args)), args.out, lifetime=lifetime)
+    ts = issue_timestamp(args.roster, load_signing_key(args.key, _common.passphrase(args)), args.out, lifetime=lifetime)
     info = {"timestamp": str(args.out), **ts.signed_dict()}
     if args.json:
         _common.emit_json(info)
@@ -219,7 +207,7 @@ def _verified_pairs(v) -> list[tuple[str, object]]:
 def _seal(args) -> int:
     from ..crypto import load_signing_key, seal
 
-    out = seal(args.plugin_dir, load_signing_key(args.signer, _passphrase(args)), args.recipient, args.out,
+    out = seal(args.plugin_dir, load_signing_key(args.signer, _common.passphrase(args)), args.recipient, args.out,
                sequence=args.sequence, roster=args.roster, root=args.root, timestamp=args.timestamp)
     if args.json:
         _common.emit_json({"bundle": str(out), "size": out.stat().st_size})
@@ -242,7 +230,7 @@ def _verify(args) -> int:
 def _open(args) -> int:
     from ..crypto import load_decryption_key, open_bundle
 
-    opened = open_bundle(args.bundle, load_decryption_key(args.key, _passphrase(args)), args.roster, args.out, root=args.root,
+    opened = open_bundle(args.bundle, load_decryption_key(args.key, _common.passphrase(args)), args.roster, args.out, root=args.root,
                          timestamp=args.timestamp)
     if args.json:
         _common.emit_json(opened.to_dict())
@@ -262,16 +250,14 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--site", required=True, help="site (or admin / consortium) name the keys belong to")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the key files (existing keys are never overwritten)")
     p.add_argument("--post-quantum", action="store_true", help="add ML-DSA-65 signatures and use ML-KEM-768+X25519 encryption")
-    _passphrase_flags(p, "that protects the private keys")
+    _common.add_passphrase_flags(p, "the new private keys")
     _common.add_json_flag(p)
     p.set_defaults(func=_keys_new)
 
     p = ksub.add_parser("protect", help="(re)protect a private key file with a passphrase (scrypt, format 2)")
     p.add_argument("key", metavar="KEY", help="signing.key or decryption.key")
-    _passphrase_flags(p, "the key is protected with now (if any)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--new-passphrase-file", metavar="FILE", help="read the new passphrase from the first line of FILE")
-    g.add_argument("--new-passphrase-env", metavar="VAR", help="read the new passphrase from environment variable VAR")
+    _common.add_passphrase_flags(p, "the key as it is protected now (if it is)")
+    _common.add_passphrase_flags(p, "the key from now on", prefix="new-")
     _common.add_json_flag(p)
     p.set_defaults(func=_keys_protect)
 
@@ -314,7 +300,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("roster", metavar="ROSTER")
     p.add_argument("--key", required=True, metavar="KEY", help="the admin's signing.key")
     p.add_argument("--expires", help="renew: make a new version with this expiry (other admins sign it again)")
-    _passphrase_flags(p, "of the admin key")
+    _common.add_passphrase_flags(p, "the admin key")
     _common.add_json_flag(p)
     p.set_defaults(func=_roster_sign)
 
@@ -323,7 +309,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--key", required=True, metavar="KEY", help="a timestamp key's (or an admin's) signing.key")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--lifetime", default="6h", help="how long it is valid (default 6h, at most 7d)")
-    _passphrase_flags(p, "of the key")
+    _common.add_passphrase_flags(p, "the key")
     _common.add_json_flag(p)
     p.set_defaults(func=_roster_timestamp)
 
@@ -346,7 +332,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     _root_flag(p)
     p.add_argument("--out", required=True, metavar="FILE.forge")
     p.add_argument("--sequence", type=int, help="sequence number (default: the site's counter under FORGE_HOME, plus one)")
-    _passphrase_flags(p, "of the signing key")
+    _common.add_passphrase_flags(p, "the signing key")
     _common.add_json_flag(p)
     p.set_defaults(func=_seal)
 
@@ -363,6 +349,6 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--roster", required=True, metavar="ROSTER")
     p.add_argument("--out", required=True, metavar="DIR")
     _root_flag(p)
-    _passphrase_flags(p, "of the decryption key")
+    _common.add_passphrase_flags(p, "the decryption key")
     _common.add_json_flag(p)
     p.set_defaults(func=_open)

@@ -43,16 +43,29 @@ import argparse
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import __version__
 from ..errors import ForgeFileError
 from ..fileio import atomic_directory, atomic_write_json
 from . import _common
+from .demo_release import _print_attacks, _print_audit, _print_hub, stage_attacks, stage_audit, stage_hub
 from .demo_stages import (ATTACKED_SITE, DEMO_EPSILON, DEMO_RECON_TRIALS, DEMO_REFERENCES, DEMO_SITES,  # noqa: F401 (re-exported)
-                          PRINTERS, STAGES)
+                          _print_keys, _print_merge, _print_open, _print_seal, _print_sites, stage_keys, stage_merge,
+                          stage_open, stage_seal, stage_sites)
 
 MARKER = ".forge-demo.json"
+
+STAGES: list[tuple[str, Callable[[dict], None]]] = [
+    ("keys", stage_keys), ("sites", stage_sites), ("seal", stage_seal), ("open", stage_open), ("merge", stage_merge),
+    ("attacks", stage_attacks), ("audit", stage_audit), ("hub", stage_hub),
+]
+
+PRINTERS: dict[str, Callable[[dict], None]] = {
+    "sites": _print_sites, "keys": _print_keys, "seal": _print_seal, "open": _print_open, "merge": _print_merge,
+    "attacks": _print_attacks, "audit": _print_audit, "hub": _print_hub,
+}
 
 
 

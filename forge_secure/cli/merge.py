@@ -28,17 +28,15 @@ def _weights(text: str | None) -> list[float] | None:
 def _bundle_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", metavar="FILE", help="decryption.key of the recipient, to open sealed .forge bundles")
     p.add_argument("--roster", metavar="FILE", help="the trust roster, to verify sealed .forge bundles")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--passphrase-file", metavar="FILE", help="passphrase of --key, first line of FILE")
-    g.add_argument("--passphrase-env", metavar="VAR", help="passphrase of --key, from environment variable VAR")
+    _common.add_passphrase_flags(p, "--key")
 
 
 def _bundle_key(args):
     if not getattr(args, "key", None):
         return None
-    from ..crypto import load_decryption_key, read_passphrase
+    from ..crypto import load_decryption_key
 
-    return load_decryption_key(args.key, read_passphrase(args.passphrase_file, args.passphrase_env))
+    return load_decryption_key(args.key, _common.passphrase(args))
 
 
 def _print(title: str, pairs: list[tuple[str, object]]) -> None:
@@ -124,7 +122,7 @@ def _he_keygen(args) -> int:
         _common.emit_json(data)
     else:
         _print(f"CKKS keys written to {info.path}", [
-            ("fingerprint", info.fingerprint), ("parameters", f"N={params.poly_modulus_degree}, moduli {list(params.coeff_mod_bit_sizes)}, scale 2^{params.scale_bits} (128-bit security)"),
+            ("fingerprint", info.fingerprint), ("parameters", f"N={params.poly_modulus_degree}, moduli {list(params.coeff_mod_bit_sizes)}, " f"scale 2^{params.scale_bits} (128-bit security)"),
             ("secret", f"{data['secret']} (mode 0600; the key holder keeps it)"), ("public", f"{data['public']} (give it to the sites and the aggregator)")])
     return 0
 
@@ -229,7 +227,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     msub = merge.add_subparsers(dest="merge_kind", metavar="KIND", required=True)
 
     fu = msub.add_parser("fusion", help="fuse plugins into one merged plugin", description="Fuse plugin directories or sealed .forge bundles into one plugin. "
-                         "Weights: --weights, else tuned on --tune-on synthetic data, else the training-set sizes. With --encrypted, sum encrypted contributions (aggregator).")
+                         "Weights: --weights, else tuned on --tune-on synthetic data, else the " "training-set sizes. With --encrypted, sum encrypted contributions (aggregator).")
     fu.add_argument("inputs", nargs="+", metavar="PLUGIN_DIR_OR_BUNDLE")
     fu.add_argument("--out", required=True, type=Path, metavar="DIR")
     fu.add_argument("--method", default="exact", help="fusion method (default exact); an unknown name lists the registered methods")

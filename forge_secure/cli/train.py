@@ -1,8 +1,9 @@
 """`forge train`, `forge eval`, `forge plugin show`, `forge ledger show`.
 
-Thin: every command resolves its arguments through the library (``forge_secure.plugins``
-for data, bases and plugin directories; ``forge_secure.privacy`` for DP training and the
-budget ledger), then prints a rich table, or one JSON object with ``--json``.
+Thin: every command parses its arguments, calls one library function
+(:func:`forge_secure.privacy.site.train_site_summary`, :func:`forge_secure.plugins.evaluate.evaluate_plugin`,
+:func:`forge_secure.plugins.evaluate.describe_plugin`, :func:`forge_secure.privacy.ledger.ledger_report`)
+and prints its result as a rich table, or as one JSON object with ``--json``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import argparse
 import math
 from pathlib import Path
 
-from ..errors import ForgeValueError
 from . import _common
 
 
@@ -52,9 +52,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
                        help="insert the auditor's canaries: the .forge grant from 'forge audit canaries issue'")
     audit.add_argument("--grant-key", type=Path, metavar="KEY", help="the site's decryption.key (opens the canary grant)")
     audit.add_argument("--roster", type=Path, help="the consortium roster (checks the auditor's signature on the grant)")
-    pp = audit.add_mutually_exclusive_group()
-    pp.add_argument("--passphrase-file", metavar="FILE", help="passphrase of the site's keys, from the first line of FILE")
-    pp.add_argument("--passphrase-env", metavar="VAR", help="passphrase of the site's keys, from environment variable VAR")
+    _common.add_passphrase_flags(audit, "the site's keys")
     p.add_argument("--label-column", help="label column of a CSV (default: label)")
     p.add_argument("--membership-seed", type=int, metavar="S",
                    help="your own CSV/.npz only: train on an independent coin-flip draw of its records from seed S (the rest is "
@@ -98,69 +96,11 @@ def _fmt_eps(value) -> str:
     return f"{float(value):.3g}"
 
 
-def _base_arg(args: argparse.Namespace):
-    from ..plugins.bases import load_base
-
-    return load_base(args.base) if getattr(args, "base", None) else None
-
-
-def auc_of_resamples(y, score, idx):
-    """Binary ROC AUC of every resample ``idx[b]`` (rows of indices), vectorised: the
-    Mann-Whitney U statistic over n1 n0 from scipy's average ranks (ties count 1/2).
-    NaN where a resample holds one class only."""
-    import numpy as np
-    from scipy.stats import rankdata
-
-    yy, ss = np.asarray(y)[idx].astype(bool), np.asarray(score)[idx]
-    ranks = rankdata(ss, axis=1)
-    n1 = yy.sum(1)
-    n0 = yy.shape[1] - n1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n1 > 0) & (n0 > 0), ((ranks * yy).sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0), np.nan)
-
-
-def _bootstrap_auc_ci(y, score, seed: int, n_boot: int = 1000) -> list[float] | None:
-    """95 % percentile-bootstrap interval of the binary ROC AUC (resampling rows)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    auc = auc_of_resamples(y, score, rng.integers(0, len(y), size=(n_boot, len(y))))
-    auc = auc[~np.isnan(auc)]
-    if not len(auc):
-        return None
-    return [float(np.percentile(auc, 2.5)), float(np.percentile(auc, 97.5))]
-
-
-def evaluate(plugin, data, seed: int = 0) -> dict:
-    """Accuracy (Clopper-Pearson 95 % interval) and ROC AUC of ``plugin`` on ``data``
-    (scikit-learn; one-vs-rest macro average over the classes present for more than two
-    classes). For two classes the AUC gets a 95 % percentile-bootstrap interval."""
-    import numpy as np
-    from scipy import stats
-    from sklearn.metrics import roc_auc_score
-
-    proba = plugin.predict_proba(data.X)
-    y = data.y
-    n = len(y)
-    correct = int((proba.argmax(1) == y).sum())
-    ci = stats.binomtest(correct, n).proportion_ci(confidence_level=0.95, method="exact") if n else None
-    present = np.unique(y)
-    result = {"rows": n, "accuracy": correct / n if n else float("nan"),
-              "accuracy_ci95": [float(ci.low), float(ci.high)] if ci else None, "roc_auc": float("nan"), "roc_auc_ci95": None,
-              "classes_present": [int(c) for c in present]}
-    if len(present) < 2:
-        return result
-    if proba.shape[1] == 2:
-        result["roc_auc"] = float(roc_auc_score(y, proba[:, 1]))
-        result["roc_auc_ci95"] = _bootstrap_auc_ci(y, proba[:, 1], seed)
-    else:
-        result["roc_auc"] = float(np.mean([roc_auc_score(y == c, proba[:, c]) for c in present]))
-    return result
-
-
 # --------------------------------------------------------------------------- commands
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..privacy.site import train_site_summary
+
     config_kwargs = dict(
         rank=args.rank, alpha=args.alpha, ffa=args.ffa or None, ffa_seed=args.ffa_seed,
         targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None,
@@ -168,33 +108,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         noise_multiplier=args.noise_multiplier, target_epsilon=args.epsilon, delta=args.delta,
         accountant=args.accountant, no_dp=args.no_dp or None,
     )
-    from ..crypto import read_passphrase
-    from ..privacy.site import train_site
-
-    run = train_site(site=args.site, data_spec=args.data, base_name=args.base, out=args.out, label_column=args.label_column,
-                     budget=args.budget, membership_seed=args.membership_seed, include_prob=args.include_prob,
-                     canary_grant=args.canary_grant, grant_key=args.grant_key, roster=args.roster, auditor=args.auditor,
-                     signer=args.signer, passphrase=read_passphrase(args.passphrase_file, args.passphrase_env), **config_kwargs)
-    plugin, td = run.plugin, run.training
-    meta = plugin.meta
-    summary = {"plugin": str(args.out), "site": args.site, "base": meta["base"], "rows": meta.get("data", {}).get("rows"),
-               "dp": meta["dp"], "lora": meta["lora"], "training": meta.get("training"), "data": meta.get("data"),
-               "adapter_sha256": meta.get("adapter", {}).get("sha256"),
-               "replay_envelope": str(run.envelope) if run.envelope else None, "canaries": run.canaries}
-    if td.test is not None:
-        summary["test"] = evaluate(plugin, td.test)
+    summary = train_site_summary(site=args.site, data_spec=args.data, base_name=args.base, out=args.out, label_column=args.label_column,
+                                 budget=args.budget, membership_seed=args.membership_seed, include_prob=args.include_prob,
+                                 canary_grant=args.canary_grant, grant_key=args.grant_key, roster=args.roster, auditor=args.auditor,
+                                 signer=args.signer, passphrase=_common.passphrase(args), **config_kwargs)
     if args.json:
         _common.emit_json(summary)
         return 0
     from rich.table import Table
 
-    dp = meta["dp"]
+    dp, lora, base = summary["dp"], summary["lora"], summary["base"]
     t = Table(title=f"plugin for {args.site}", show_header=False)
     t.add_row("written to", str(args.out))
-    t.add_row("base", f"{meta['base']['name']} ({meta['base']['digest'][:16]}...)")
-    t.add_row("data", f"{meta.get('data', {}).get('name')} ({summary['rows']} rows)")
-    t.add_row("LoRA", f"rank {meta['lora']['rank']}, {'FFA (A frozen)' if meta['lora']['ffa'] else 'A and B trained'}, "
-                      f"targets {', '.join(meta['lora']['targets'])}")
+    t.add_row("base", f"{base['name']} ({base['digest'][:16]}...)")
+    t.add_row("data", f"{(summary['data'] or {}).get('name')} ({summary['rows']} rows)")
+    t.add_row("LoRA", f"rank {lora['rank']}, {'FFA (A frozen)' if lora['ffa'] else 'A and B trained'}, "
+                      f"targets {', '.join(lora['targets'])}")
     if dp.get("enabled"):
         t.add_row("DP", f"epsilon {_fmt_eps(dp.get('epsilon'))}, delta {dp.get('delta'):.2g} ({dp.get('accountant')}); "
                         f"noise {dp.get('noise_multiplier'):.3g}, sample rate {dp.get('sample_rate'):.3g}, "
@@ -202,9 +131,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         t.add_row("DP", _common.styled(("none (--no-dp): epsilon = inf", "yellow")))
     t.add_row("randomness", f"fresh OS secret (commitment {dp['randomness']['secret_commitment'][:16]}...)")
-    if run.canaries:
-        t.add_row("auditor canaries", f"{run.canaries['count']} inserted (grant {run.canaries['grant_id'][:12]}...)")
-    t.add_row("replay envelope", str(run.envelope) if run.envelope else
+    canaries = summary["canaries"]
+    if canaries:
+        t.add_row("auditor canaries", f"{canaries['count']} inserted (grant {canaries['grant_id'][:12]}...)")
+    t.add_row("replay envelope", summary["replay_envelope"] or
               _common.styled(("none: without --auditor, an on-site audit can only take the DP claim on the site's word", "yellow")))
     if "test" in summary:
         r = summary["test"]
@@ -214,35 +144,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..plugins.data import is_bundled, load_data, resolve_bundled
-    from ..plugins.plugin import load_plugin
-    from ..plugins.sources import check_compatible
+    from ..plugins.evaluate import evaluate_plugin
 
-    plugin = load_plugin(args.plugin, base=_base_arg(args))
-    spec = str(args.data)
-    if is_bundled(spec):
-        splits, shard, part = resolve_bundled(spec)
-        data = load_data(spec if "/" in spec.split(":", 1)[1] or shard is None else spec + "/test")
-    elif spec.endswith(".npz"):
-        data = load_data(spec + ":test")
-    else:
-        data = load_data(spec, label_column=args.label_column)
-    check_compatible(plugin.base, data)
-    result = evaluate(plugin, data, seed=args.seed)
-    # the base alone, on the same data, for comparison
-    import numpy as np
-    import torch
-
-    with torch.no_grad():
-        base_pred = np.concatenate([plugin.base.model(torch.tensor(data.X[i:i + 512])).argmax(1).numpy() for i in range(0, len(data), 512)]) if len(data) else np.zeros(0)
-    result["base_accuracy"] = float((base_pred == data.y).mean()) if len(data) else float("nan")
-    result.update({"plugin": str(args.plugin), "data": data.name, "site": plugin.site, "epsilon": plugin.meta["dp"]["epsilon"]})
+    result = evaluate_plugin(args.plugin, args.data, label_column=args.label_column, seed=args.seed, base=args.base)
     if args.json:
         _common.emit_json(result)
         return 0
     from rich.table import Table
 
-    t = Table(title=f"{args.plugin} on {data.name}")
+    t = Table(title=f"{args.plugin} on {result['data']}")
     for col in ("rows", "accuracy (95% CI)", "ROC AUC (95% CI)", "base accuracy", "epsilon"):
         t.add_column(col)
     acc_ci = result["accuracy_ci95"]
@@ -255,22 +165,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plugin_show(args: argparse.Namespace) -> int:
-    from ..plugins.plugin import adapter_digest, load_plugin
+    from ..plugins.evaluate import describe_plugin
 
-    plugin = load_plugin(args.plugin, base=_base_arg(args))  # checks forge.json, the adapter file and digest, the base digest
-    meta = plugin.meta
-    n_params = sum(int(t.numel()) for t in plugin.adapter_state().values())
+    shown = describe_plugin(args.plugin, base=args.base)
     if args.json:
-        _common.emit_json({"plugin": str(args.plugin), "verified": True, "adapter_sha256": adapter_digest(args.plugin),
-                           "adapter_parameters": n_params, "meta": meta})
+        _common.emit_json(shown)
         return 0
     from rich.table import Table
 
+    meta = shown["meta"]
     dp, lora, data = meta["dp"], meta["lora"], meta.get("data") or {}
     t = Table(title=f"plugin {args.plugin} (verified)", show_header=False)
     t.add_row("site / kind", f"{meta['site']} / {meta['kind']}")
     t.add_row("base", f"{meta['base']['name']} sha256 {meta['base']['digest']}")
-    t.add_row("adapter", f"sha256 {adapter_digest(args.plugin)}, {n_params} parameters")
+    t.add_row("adapter", f"sha256 {shown['adapter_sha256']}, {shown['adapter_parameters']} parameters")
     t.add_row("LoRA", f"rank {lora['rank']}, alpha {lora['alpha']}, targets {', '.join(lora['targets'])}, "
                       f"{'FFA (A frozen, seed ' + str(lora.get('ffa_seed')) + ')' if lora['ffa'] else 'A and B trained'}")
     if meta.get("training"):
@@ -297,28 +205,9 @@ def cmd_plugin_show(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_show(args: argparse.Namespace) -> int:
-    from ..privacy.accountants import validate_delta
-    from ..privacy.ledger import Ledger
+    from ..privacy.ledger import ledger_report
 
-    if args.delta is not None:
-        validate_delta(args.delta)  # delta 0 would otherwise report nothing spent
-    entries = Ledger.list_all(site=args.site)
-    rows = []
-    for led in entries:
-        history = led.history()
-        deltas = [r.get("delta") for r in led.records() if r.get("delta") is not None]
-        delta = args.delta if args.delta is not None else (min(deltas) if deltas else None)
-        accountant = led.accountant
-        try:
-            spent = led.spent(delta) if (history and delta) else 0.0
-        except ForgeValueError as e:  # PRV refuses very large epsilons: fall back to RDP, and say so
-            if e.code != "dp.prv_range":
-                raise
-            accountant = "rdp"
-            spent = led.spent(delta, accountant="rdp")
-        rows.append({"site": led.site, "dataset": led.dataset, "releases": len(led.records()), "history": history,
-                     "delta": delta, "epsilon_spent": spent, "budget": led.budget, "accountant": accountant,
-                     "path": str(led.path), "records": led.records()})
+    rows = ledger_report(site=args.site, delta=args.delta)
     if args.json:
         _common.emit_json({"ledgers": rows})
         return 0

@@ -28,7 +28,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Callable
 
 _POOL: ThreadPoolExecutor | None = None
@@ -123,7 +123,7 @@ class TwoLanes:
         self._left: dict[int, int] = {}             # chunk -> steps still to do (hash, drain)
         self._free: list[bytearray] = []
         self._buffers: list[bytearray] = []
-        self._helper = None
+        self._helper: Future[None] | None = None
         self._completed = 0
 
     # ------------------------------------------------------------------ the plain path
@@ -299,7 +299,7 @@ def _fill(view: memoryview, read) -> int:
 def readinto_exactly(f: BinaryIO, view: memoryview) -> int:
     """Fill ``view`` from ``f`` (raw files may return short reads); returns the bytes read,
     fewer than ``len(view)`` only at the end of the file."""
-    return _fill(view, lambda rest, done: f.readinto(rest))
+    return _fill(view, lambda rest, done: f.readinto(rest))  # type: ignore[attr-defined]  # typing.BinaryIO omits readinto
 
 
 def pread_exactly(fd: int, view: memoryview, offset: int) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hpke, serialization
@@ -55,8 +55,8 @@ class SignatureAlgorithm:
     seed_bytes: int
     signature_bytes: int
     public_bytes: int
-    from_seed: Callable[[bytes], object]
-    public_from_raw: Callable[[bytes], object]
+    from_seed: Callable[[bytes], Any]
+    public_from_raw: Callable[[bytes], Any]
 
     def generate(self, random: RandomSource):
         return self.from_seed(random(self.seed_bytes))
@@ -118,8 +118,8 @@ class KemAlgorithm:
     def wrapped_bytes(self, key_bytes: int = 32) -> int:
         return self.enc_bytes + key_bytes + 16
 
-    def generate(self, random: RandomSource) -> dict[str, object]:
-        keys: dict[str, object] = {}
+    def generate(self, random: RandomSource) -> dict[str, Any]:
+        keys: dict[str, Any] = {}
         for c in self.components:
             if c == "x25519":
                 keys[c] = x25519.X25519PrivateKey.from_private_bytes(random(32))
@@ -127,13 +127,13 @@ class KemAlgorithm:
                 keys[c] = mlkem.MLKEM768PrivateKey.from_seed_bytes(random(64))
         return keys
 
-    def private_key(self, parts: dict[str, object]):
+    def private_key(self, parts: dict[str, Any]):
         """The object HPKE decrypts with, from the component keys."""
         if self.name == "x25519":
             return parts["x25519"]
         return hpke.MLKEM768X25519PrivateKey(parts["ml-kem-768"], parts["x25519"])
 
-    def public_raw(self, parts: dict[str, object]) -> bytes:
+    def public_raw(self, parts: dict[str, Any]) -> bytes:
         """Public key bytes: the components' raw public keys concatenated in order."""
         return b"".join(
             parts[c].public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -167,7 +167,7 @@ def hpke_wrap(kem: KemAlgorithm, public_raw: bytes, data_key: bytes, info: bytes
     return kem.suite().encrypt(data_key, kem.public_from_raw(public_raw), info=info)
 
 
-def hpke_unwrap(kem: KemAlgorithm, parts: dict[str, object], wrapped: bytes, info: bytes) -> bytes:
+def hpke_unwrap(kem: KemAlgorithm, parts: dict[str, Any], wrapped: bytes, info: bytes) -> bytes:
     """Recover the data key; raises ``cryptography.exceptions.InvalidTag`` on any mismatch."""
     return kem.suite().decrypt(wrapped, kem.private_key(parts), info=info)
 

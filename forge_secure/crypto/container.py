@@ -185,6 +185,8 @@ class ContainerReader:
 
     def _close_file(self) -> None:
         f, self._file = self._file, None
+        if f is None:
+            return
         try:
             f.flush()
             if self.durable:

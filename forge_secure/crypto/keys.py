@@ -40,6 +40,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -137,7 +138,7 @@ def _scrypt(passphrase: bytes, salt: bytes, log_n: int, r: int, p: int) -> bytes
 
 def _private_doc(role: str, site: str, algorithms: tuple[str, ...], keys: dict, passphrase: bytes | None, kid: str, *,
                  random: P.RandomSource = os.urandom, log_n: int = SCRYPT_LOG_N) -> bytes:
-    doc = {"role": role, "site": site, "key_id": kid, "algorithms": list(algorithms), "encrypted": bool(passphrase)}
+    doc: dict[str, Any] = {"role": role, "site": site, "key_id": kid, "algorithms": list(algorithms), "encrypted": bool(passphrase)}
     if not passphrase:
         doc.update(format=PRIVATE_FORMAT, pkcs8={name: P.private_to_pem(k, None) for name, k in keys.items()})
     else:
@@ -237,6 +238,7 @@ def _private_key(doc: object, path, passphrase: bytes | None, role: str | None, 
             raise TypeError
     except (KeyError, TypeError):
         raise fail("key.invalid", f"{path} is missing fields of a private key file", "restore it from a good copy") from None
+    names: tuple[str, ...]
     if kind == "signing":
         if algorithms not in (CLASSIC_SIGNATURES, PQ_SIGNATURES):
             raise fail("key.algorithm", f"{path}: signature algorithms {list(algorithms)} are not supported",
@@ -260,6 +262,7 @@ def _private_key(doc: object, path, passphrase: bytes | None, role: str | None, 
                    "drop --passphrase-file/--passphrase-env, or check that this is the right key file")
     keys = {}
     if protected:
+        assert passphrase is not None  # protected implies encrypted, and encrypted without a passphrase was refused above
         for name, der in _unprotect(path, doc, names, passphrase).items():
             try:
                 keys[name] = P.private_from_der(der)

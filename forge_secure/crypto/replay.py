@@ -84,11 +84,11 @@ def _normalise(raw: dict, path: Path) -> dict:
     """A store in format 2, from a format-2 or format-1 file (``{}`` for a new store)."""
     try:
         if raw.get("format") == FORMAT:
-            sites = {str(s): {"highest": int(v["highest"]), "seen": {int(q): str(i) for q, i in v["seen"].items()}}
+            current = {str(s): {"highest": int(v["highest"]), "seen": {int(q): str(i) for q, i in v["seen"].items()}}
                      for s, v in raw["sites"].items()}
             pending = {str(k): {"site": str(p["site"]), "sequence": int(p["sequence"]), "out": str(p["out"]),
                                 "tmp": str(p["tmp"])} for k, p in raw.get("pending", {}).items()}
-            return {"sites": sites, "pending": pending}
+            return {"sites": current, "pending": pending}
         if raw and "format" in raw:
             raise ValueError
         sites: dict = {}

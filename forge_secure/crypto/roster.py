@@ -348,7 +348,7 @@ def parse_roster(doc: object, where: str) -> Roster:
             for t in s["timestamp_keys"]:
                 if t.get("key_id") != SigningPublicKey.from_dict(t, where, "roster.invalid").key_id:
                     raise _bad(where, f"stated timestamp key id {str(t.get('key_id'))[:80]!r} does not match its keys")
-            for r, entry in zip(recipients, s["recipients"]):
+            for r, entry in zip(recipients, s["recipients"], strict=True):
                 if entry.get("key_id") != r.key_id:
                     raise _bad(where, f"stated recipient key id {str(entry.get('key_id'))[:80]!r} does not match its key")
         for entry in (*s["admins"], *s["sites"]):
@@ -423,7 +423,7 @@ def roster_from_bytes(raw: bytes, where: str = "<roster>") -> Roster:
 
 # --------------------------------------------------------------------------- editing (roster_edit.py)
 
-from .roster_edit import (  # after the definitions it needs; re-exported
+from .roster_edit import (  # noqa: E402 - after the definitions it needs; re-exported
     add_admin_key,
     add_recipient,
     add_site_key,

@@ -6,6 +6,7 @@ which re-exports these functions."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from .roster import (
 
 
 def init_roster(out: str | os.PathLike, consortium: str, admins: list[PublicKey], *, threshold: int = 1,
-                expires: int, recipients: list[PublicKey] | list[Recipient] = ()) -> Roster:
+                expires: int, recipients: Sequence[PublicKey | Recipient] = ()) -> Roster:
     """Write a new, unsigned roster version 1 (sign it with :func:`sign_roster`).
 
     ``recipients``: the public keys bundles may be sealed to (the consortium's; a

@@ -112,8 +112,7 @@ class _BlockHasher:
 
 def _file_chunks(path: Path):
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(BLOCK), b""):
-            yield block
+        yield from iter(lambda: f.read(BLOCK), b"")
 
 
 # --------------------------------------------------------------------------- trust store

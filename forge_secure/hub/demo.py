@@ -13,10 +13,14 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ForgeError
 from . import client, client_release
 from .service import Hub, HubConfig
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 class EmbeddedHub:
@@ -31,7 +35,8 @@ class EmbeddedHub:
                                  key_dir=self.root / "keys", ledger_delta=ledger_delta or DEFAULT_DELTA),
                        roster=roster, budgets=budgets)
         self.url = ""
-        self._server = self._thread = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "EmbeddedHub":
         import uvicorn
@@ -41,12 +46,12 @@ class EmbeddedHub:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(create_app(self.hub), host="127.0.0.1", port=port, log_level="error"))
-        self._thread = threading.Thread(target=self._server.run, name="forge-hub", daemon=True)
-        self._thread.start()
+        server = self._server = uvicorn.Server(uvicorn.Config(create_app(self.hub), host="127.0.0.1", port=port, log_level="error"))
+        thread = self._thread = threading.Thread(target=server.run, name="forge-hub", daemon=True)
+        thread.start()
         deadline = time.monotonic() + 30
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
                 raise ForgeError("the embedded hub did not start", fix="rerun; check that loopback networking works",
                                  code="hub.start")
             time.sleep(0.02)
@@ -54,7 +59,7 @@ class EmbeddedHub:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._server is not None:
+        if self._server is not None and self._thread is not None:
             self._server.should_exit = True
             self._thread.join(10)
         self.hub.engine.dispose()

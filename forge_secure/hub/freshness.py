@@ -18,6 +18,7 @@ of validity. Each issued timestamp is checked with the verifier's own
 from __future__ import annotations
 
 import json
+from typing import TypeGuard
 
 import sqlalchemy as sa
 
@@ -69,7 +70,7 @@ def _stored(conn: sa.Connection) -> Timestamp | None:
         return None  # re-issued below
 
 
-def _fresh_enough(ts: Timestamp | None, roster: Roster, now: int, lifetime: int) -> bool:
+def _fresh_enough(ts: Timestamp | None, roster: Roster, now: int, lifetime: int) -> TypeGuard[Timestamp]:
     return (ts is not None and (ts.roster_version, ts.roster_sha256) == (roster.version, roster.digest)
             and ts.issued <= now < ts.issued + min(lifetime, ts.expires - ts.issued) // 2)
 

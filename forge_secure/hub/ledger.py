@@ -150,11 +150,12 @@ def already_counted(stored: list[dict], record: DpRecord) -> bool:
     return False
 
 
-def spent(histories: list[list], delta: float = DEFAULT_DELTA) -> tuple[float, str]:
+def spent(histories: list[list | None], delta: float = DEFAULT_DELTA) -> tuple[float, str]:
     """(epsilon, accountant) of the composition of ``histories`` (inf when one is unbounded)."""
-    if any(h is None for h in histories):
+    bounded = [h for h in histories if h is not None]
+    if len(bounded) < len(histories):
         return math.inf, "none"
-    flat = [tuple(e) for h in histories for e in h]
+    flat = [tuple(e) for h in bounded for e in h]
     if not flat:
         return 0.0, "prv"
     try:

@@ -18,12 +18,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import sqlalchemy as sa
 
 from ..crypto import _time
 from ..crypto.received import verify_received
 from ..crypto.errors import BundleError, fail
+from ..crypto.keys import PrivateKey
 from ..crypto.roster import Roster, parse_roster, read_roster
 from ..errors import ForgeError
 from ..fileio import canonical_json, sweep_partials
@@ -48,8 +50,8 @@ class HubConfig:
     max_bundle: int = DEFAULT_MAX_BUNDLE
     ledger_delta: float = ledger.DEFAULT_DELTA
     tuf_lifetimes: dict = field(default_factory=dict)
-    clock: object = None  # a callable returning the time (tests), default time.time
-    timestamp_key: object = None  # a forge signing key (PrivateKey) listed in the roster's timestamp_keys: GET /v1/timestamp
+    clock: Callable[[], float] | None = None  # a callable returning the time (tests), default time.time
+    timestamp_key: PrivateKey | None = None  # a forge signing key (PrivateKey) listed in the roster's timestamp_keys: GET /v1/timestamp
     timestamp_lifetime: int = 6 * 3600
 
 
@@ -68,10 +70,10 @@ class Hub:
         self.swept = self.store.sweep() + sweep_partials(self.state_dir) + sweep_partials(key_dir)
         with db.read(self.engine) as conn:
             origin = conn.execute(sa.select(db.hub_meta.c.value).where(db.hub_meta.c.key == "origin")).scalar()
-        if origin is None and roster is None:
-            raise ForgeError("this hub has no roster yet", fix="start it once with --roster ROSTER.json (signed by the admins)",
-                             code="hub.no_roster")
         if origin is None:
+            if roster is None:
+                raise ForgeError("this hub has no roster yet", fix="start it once with --roster ROSTER.json (signed by the admins)",
+                                 code="hub.no_roster")
             first = roster if isinstance(roster, Roster) else read_roster(roster)
             origin = config.origin or f"forge-hub.local/{first.consortium}"
         self.origin = origin
@@ -111,7 +113,7 @@ class Hub:
         cached = self._roster_cache
         if cached is not None and (cached.version, cached.digest) == tuple(row):
             return cached
-        doc = conn.execute(sa.select(db.rosters.c.document).where(db.rosters.c.version == row[0])).scalar()
+        doc = conn.execute(sa.select(db.rosters.c.document).where(db.rosters.c.version == row[0])).scalar_one()
         self._roster_cache = parse_roster(json.loads(doc), "the hub's roster")
         return self._roster_cache
 

@@ -99,9 +99,10 @@ def read_plugin_files(path: str | os.PathLike) -> PluginFiles:
         rank, alpha = int(config["r"]), float(config["lora_alpha"])
     except (KeyError, TypeError, ValueError):
         raise ForgeDataError(f"{p / ADAPTER_CONFIG} has no valid r / lora_alpha", fix="use the plugin as trained", code="plugin.bad_config") from None
-    lora = meta.get("lora") if isinstance(meta.get("lora"), dict) else {}
+    lora: dict = meta["lora"] if isinstance(meta.get("lora"), dict) else {}
     adapter = LoraAdapter(state=state, rank=rank, alpha=alpha, rslora=bool(config.get("use_rslora")), ffa=bool(lora.get("ffa")), name=f"{meta.get('site', p.name)} ({p.name})")
     check_finite(adapter.state, f"plugin {p}")
+    assert digest is not None  # load_safetensors refused a missing adapter file
     return PluginFiles(p, config, meta, adapter, digest)
 
 
@@ -118,9 +119,9 @@ def default_weights(plugins: Sequence[PluginFiles]) -> list[float]:
     """Training-set sizes from each plugin's forge.json (``data.rows``)."""
     rows = [pl.rows for pl in plugins]
     if any(r is None or r < 1 for r in rows):
-        missing = [pl.path.name for pl, r in zip(plugins, rows) if r is None or r < 1]
+        missing = [pl.path.name for pl, r in zip(plugins, rows, strict=True) if r is None or r < 1]
         raise ForgeDataError(f"no training-set size recorded in {', '.join(missing)}", fix="give --weights explicitly", code="merge.no_rows")
-    return [float(r) for r in rows]
+    return [float(r or 0) for r in rows]  # (each r >= 1 here)
 
 
 def check_signed_site(plugin_dir: Path, signed_site: str, bundle: Path) -> None:
@@ -165,12 +166,12 @@ def open_inputs(paths: Sequence[str | os.PathLike], *, key=None, roster=None,
     mode 0700, in ``work_dir`` (default ``FORGE_HOME/partial``), flock-ed while the merge
     runs; one that a killed merge left (decrypted plugins) is removed by the next command
     that makes a scratch directory there or opens a bundle."""
-    paths = [Path(p) for p in paths]
-    if not paths:
+    inputs = [Path(p) for p in paths]
+    if not inputs:
         raise ForgeValueError("no plugins given", fix="give plugin directories or sealed .forge bundles", code="merge.no_inputs")
     with scratch_directory("merge-inputs", work_dir) as tmp:
         out = []
-        for i, p in enumerate(paths):
+        for i, p in enumerate(inputs):
             if p.is_file() and p.suffix == ".forge":
                 if key is None or roster is None:
                     raise ForgeValueError(f"{p} is a sealed bundle", fix="give --key (your private key) and --roster to open it", code="merge.bundle_needs_key")
@@ -240,7 +241,7 @@ def build_peft_model(base, adapter: LoraAdapter, template_config: dict):
     cfg_targets = template_config.get("target_modules") or targets
     config = LoraConfig(
         r=adapter.rank,
-        lora_alpha=adapter.alpha,
+        lora_alpha=adapter.alpha,  # type: ignore[arg-type]  # PEFT annotates lora_alpha as int; it only divides it by r
         target_modules=cfg_targets if isinstance(cfg_targets, (list, str)) else sorted(cfg_targets),
         lora_dropout=0.0,
         use_rslora=adapter.rslora,
@@ -280,4 +281,4 @@ def write_merged_plugin(base, adapter: LoraAdapter, *, parents: Sequence[dict], 
         data["n_classes"] = tdata["n_classes"]
     meta = new_meta(site=site, base=base, lora=lora, dp=merged_dp_record(parents), kind="merged", data=data, parents=list(parents),
                     merge={"method": method, "weights": [float(w) for w in weights], "details": details})
-    return save_plugin(model, meta, out)
+    return save_plugin(model, meta, Path(out))

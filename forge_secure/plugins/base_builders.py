@@ -132,7 +132,9 @@ def build_tabular_mlp(*, hidden: int = 64, seed: int = 0, pretrain_steps: int = 
     keep = np.zeros(d_in, dtype=bool)
     keep[list(TABULAR_BASE_FEATURES)] = True
     with torch.no_grad():
-        model.fc1.weight[:, torch.from_numpy(~keep)] = 0.0
+        first = model.get_submodule("fc1")
+        assert isinstance(first, nn.Linear)
+        first.weight[:, torch.from_numpy(~keep)] = 0.0
     X = np.where(keep, public.X, 0.0)  # masked inputs: the zeroed weights get no gradient
     pretrain(model, X, public.y, pretrain_steps, lr)
     record = {"architecture": "tabular-mlp", "config": config, "kind": "tabular", "n_classes": n_classes,

@@ -59,6 +59,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -170,7 +171,7 @@ class HFClassifier(nn.Module):
 
     def __init__(self, hf_model: nn.Module):
         super().__init__()
-        self.hf = hf_model
+        self.hf: Any = hf_model  # a transformers PreTrainedModel (called with keyword inputs, returns an output with .logits)
         self.input_name = getattr(hf_model, "main_input_name", "pixel_values")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,7 +192,7 @@ def vit_config(image_size: int = 8, num_channels: int = 1, n_classes: int = 10, 
 
     return ViTConfig(image_size=image_size, patch_size=patch_size, num_channels=num_channels, hidden_size=hidden,
                      num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,
-                     num_labels=n_classes, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                     num_labels=n_classes, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # type: ignore[call-arg]  # num_labels: transformers 5 takes it through **kwargs, which its dataclass signature does not show
 
 
 def _vit_tiny(config: dict) -> nn.Module:

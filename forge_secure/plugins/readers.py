@@ -158,7 +158,7 @@ def _load_npz(path: Path, split: str) -> Dataset:
         labels = labels[:, 0]
     if not np.issubdtype(labels.dtype, np.integer):
         raise ForgeDataError(f"{path} {split}_labels has dtype {labels.dtype}", fix="store integer labels 0..C-1", code="data.labels")
-    n_classes = max(2, max(int(l.max()) + 1 for l in all_labels if l.size))
+    n_classes = max(2, max(int(lab.max()) + 1 for lab in all_labels if lab.size))
     return Dataset(X, labels.astype(np.int64), n_classes, f"{path}:{split}", IMAGE)
 
 
@@ -171,7 +171,7 @@ def _npz_text(path: Path, split: str, z, keys: set) -> Dataset:
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
         raise ForgeDataError(f"{path} {split}_input_ids has shape {ids.shape} and dtype {ids.dtype}",
                              fix="store (n, L) integer token ids", code="data.tokens")
-    if not np.issubdtype(labels.dtype, np.integer) or any(not np.issubdtype(l.dtype, np.integer) for l in all_labels):
+    if not np.issubdtype(labels.dtype, np.integer) or any(not np.issubdtype(lab.dtype, np.integer) for lab in all_labels):
         raise ForgeDataError(f"{path} {split}_labels has dtype {labels.dtype}", fix="store integer labels 0..C-1", code="data.labels")
-    n_classes = max(2, max(int(l.max()) + 1 for l in all_labels if l.size))
+    n_classes = max(2, max(int(lab.max()) + 1 for lab in all_labels if lab.size))
     return Dataset(ids, labels.astype(np.int64), n_classes, f"{path}:{split}", TEXT)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,16 +98,16 @@ def prepare_training_data(spec: str, *, label_column: str | None = None, canarie
             data = pool.subset(mask, name=pool.name)
             membership = {"include_prob": float(include_prob), "pool_rows": len(pool), "seed_sha256": seed_sha256(int(membership_seed))}
         ledger_dataset = str(Path(spec.rsplit(".npz:", 1)[0] + (".npz" if ".npz:" in spec else "")).resolve())
-    canary_record = {"count": 0, "seed_sha256": None}
-    mask = None
+    canary_record: dict[str, Any] = {"count": 0, "seed_sha256": None}
+    canary_mask: np.ndarray | None = None
     if canaries:
         if canary_seed is None:
             raise ForgeValueError("canaries need a seed", fix="pass canary_seed", code="data.canary_seed")
-        cset, mask = canary_set(canaries, data, canary_seed)
-        data = data.concat(cset.subset(mask), name=data.name)
+        cset, canary_mask = canary_set(canaries, data, canary_seed)
+        data = data.concat(cset.subset(canary_mask), name=data.name)
         canary_record = {"count": int(canaries), "include_prob": CANARY_INCLUDE_PROB, "seed_sha256": seed_sha256(canary_seed)}
     commitment = {"name": data.name, "membership": membership, "canaries": canary_record}
-    return TrainingData(data, commitment, ledger_dataset, test, site, mask)
+    return TrainingData(data, commitment, ledger_dataset, test, site, canary_mask)
 
 
 def check_compatible(base: Base, data: Dataset) -> None:
@@ -152,7 +153,7 @@ def base_kwargs_for(base_name: str, data: Dataset) -> dict:
         c, h, w = data.shape
         if h != w:
             raise ForgeDataError(f"{data.name} has non-square images {h}x{w}", fix="crop or pad the images to a square", code="data.shape")
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if (c, h) != (1, 8):
             kwargs.update(image_size=int(h), num_channels=int(c), patch_size=2 if h <= 16 else 4)
         if data.n_classes != 10:

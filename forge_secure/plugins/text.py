@@ -74,6 +74,7 @@ def report_texts(raw_X: np.ndarray, splits: BundledSplits | None = None) -> list
     """The report of every row of raw (unstandardised) breast-cancer measurements."""
     splits = splits or bundled_splits()
     cuts = _terciles(splits)
+    assert splits.mean is not None and splits.std is not None  # the bundled (tabular) splits are standardised
     Xs = (np.asarray(raw_X, dtype=np.float64) - splits.mean) / splits.std
     texts = []
     for row in Xs:
@@ -138,7 +139,7 @@ def write_report_files(base_dir: str | Path, out: str | Path, max_tokens: int = 
             for part, ds in parts.items():
                 arrays[f"{part}_input_ids"] = ds.X.astype(np.int64)
                 arrays[f"{part}_labels"] = ds.y.astype(np.int64)
-            np.savez(tmp / f"{name}.npz", **arrays)
+            np.savez(tmp / f"{name}.npz", **arrays)  # type: ignore[arg-type]  # mypy matches the **dict against numpy stub keyword allow_pickle: bool
     return {name: Path(out) / f"{name}.npz" for name in files}
 
 
@@ -223,8 +224,8 @@ def build_small_text_base(out: str | Path, *, seed: int = 0, hidden: int = 32, l
         raise ForgeValueError(f"hidden size {hidden} is not a multiple of {heads} heads", code="text.settings")
     tokenizer = small_tokenizer()
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=2 * hidden, max_position_embeddings=MAX_TOKENS, num_labels=2,
-                        pad_token_id=tokenizer.pad_token_id)
+                        intermediate_size=2 * hidden, max_position_embeddings=MAX_TOKENS, num_labels=2,  # type: ignore[call-arg]
+                        pad_token_id=tokenizer.pad_token_id)  # num_labels: transformers 5 takes it through **kwargs, which its dataclass signature does not show
     _no_dropout(config)
     config._attn_implementation = "eager"
     with torch.random.fork_rng(devices=[]):

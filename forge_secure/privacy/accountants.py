@@ -33,7 +33,7 @@ import math
 import numbers
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from ..errors import ForgeValueError
 from ..fileio import atomic_write_json
@@ -77,7 +77,7 @@ ACCOUNTANTS.add(
 )
 
 
-def validate_delta(delta: float) -> float:
+def validate_delta(delta: Any) -> float:
     try:
         d = float(delta)
     except (TypeError, ValueError):

@@ -24,11 +24,15 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ForgeDataError, ForgeFileError, ForgeValueError
 from .randomness import SecretStream, check_secret, fresh_secret
+
+if TYPE_CHECKING:
+    from ..plugins.data import Dataset
 
 RECORD_FORMAT = "forge-canary-record/1"
 GRANT_FORMAT = "forge-canary-grant/1"
@@ -78,7 +82,7 @@ def issue_record(site: str, count: int, like, *, secret: bytes | None = None) ->
         raise ForgeValueError(f"canary count {count!r} must be an integer of at least 2",
                               fix=f"give --count such as {DEFAULT_COUNT}", code="canaries.count")
     secret = check_secret(secret) if secret is not None else fresh_secret()
-    record = {"format": RECORD_FORMAT, "site": site, "count": int(count), "secret": secret.hex(),
+    record: dict[str, Any] = {"format": RECORD_FORMAT, "site": site, "count": int(count), "secret": secret.hex(),
               "grant_id": os.urandom(16).hex(), "like": _like_record(like), "created": int(time.time())}
     cset, mask = draw_canaries(secret, count, record["like"])
     record["included"] = int(mask.sum())
@@ -132,7 +136,7 @@ def write_grant(record: dict, *, signer, site_key, out: str | Path, passphrase: 
                       counter="sequence-grants", roster=roster, passphrase=passphrase)
 
 
-def open_grant(grant: str | Path, *, key, roster, passphrase: bytes | None = None, root=None) -> tuple[dict, object]:
+def open_grant(grant: str | Path, *, key, roster, passphrase: bytes | None = None, root=None) -> tuple[dict, Dataset]:
     """Verify and open a canary grant: ``(grant meta, Dataset of the canaries to insert)``."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file

@@ -79,7 +79,7 @@ class LoraClipper:
 
     def __init__(self, model: nn.Module, adapter: str = "default"):
         self.taps: list[_Tap] = []
-        self._handles = []
+        self._handles: list[nn.Linear] = []
         self._flat: torch.Tensor | None = None
         self._flat_plan = None
         self.flat_grad: torch.Tensor | None = None  # set when the last clip_backward filled the flat buffer
@@ -112,7 +112,7 @@ class LoraClipper:
     def _wrap(self, module: nn.Linear, fn) -> None:
         """Replace the module's ``forward`` (instance attribute) by a recording one.
         Cheaper than a forward hook, which sends every call down PyTorch's slow path."""
-        module.forward = fn
+        module.forward = fn  # type: ignore[method-assign]  # deliberate: an instance attribute shadows Linear.forward
         self._handles.append(module)
 
     @staticmethod
@@ -138,7 +138,7 @@ class LoraClipper:
         return forward
 
     @property
-    def parameters(self) -> list[nn.Parameter]:
+    def parameters(self) -> list[torch.Tensor]:
         out = []
         for tap in self.taps:
             if tap.train_A:
@@ -167,7 +167,7 @@ class LoraClipper:
         grads = torch.autograd.grad(loss, outs, allow_unused=True)
         result, k = [], 0
         for t in live:
-            gs = [g if g is not None else torch.zeros_like(u) for g, u in zip(grads[k:k + len(t.u)], t.u)]
+            gs = [g if g is not None else torch.zeros_like(u) for g, u in zip(grads[k:k + len(t.u)], t.u, strict=True)]
             k += len(t.u)
             result.append((t, _cat(gs), _cat(t.h), _cat(t.x) if t.train_A else None))
         return result
@@ -185,6 +185,8 @@ class LoraClipper:
             for s in self._sq_norms(tap, g, h, x)[0]:
                 sq = s if sq is None else sq + s
         self.reset()
+        if sq is None:
+            raise ValueError("no LoRA layer recorded a forward pass since the last reset")
         return sq.sqrt()
 
     @staticmethod
@@ -243,9 +245,9 @@ class LoraClipper:
                 hs.append(t.h[0])
         # dL/du (the LoRA branch outputs) and, for trained A, dL/dh = B^T g (h = A x), which
         # autograd forms on its way down anyway
-        grads = torch.autograd.grad(loss, outs + hs, allow_unused=True)
+        grads = list(torch.autograd.grad(loss, outs + hs, allow_unused=True))
         if any(g is None for g in grads):  # a branch the loss ignores: zero gradient
-            grads = [g if g is not None else torch.zeros_like(v) for g, v in zip(grads, outs + hs)]
+            grads = [g if g is not None else torch.zeros_like(v) for g, v in zip(grads, outs + hs, strict=True)]
         gs, it = grads[:len(taps)], iter(grads[len(taps):])
         gas = [next(it) if t.train_A else None for t in taps]
         with torch.no_grad():  # the math below must not be recorded by autograd (B requires grad)
@@ -258,14 +260,14 @@ class LoraClipper:
         norm = torch.linalg.vector_norm
         flat, plan = self._flat_views()
         blocks = []
-        for t, g, ga in zip(taps, gs, gas):
+        for t, g, ga in zip(taps, gs, gas, strict=True):
             blocks.append(norm(g, dim=1, keepdim=True) * norm(t.h[0], dim=1, keepdim=True))  # ||grad_B,i|| = ||g_i|| ||h_i||
             if ga is not None:
                 blocks.append(norm(ga, dim=1, keepdim=True) * norm(t.x[0], dim=1, keepdim=True))  # ||grad_A,i|| = ||B^T g_i|| ||x_i||
         norms = norm(torch.cat(blocks, 1), dim=1, keepdim=True)  # (n, 1)
         # Opacus's clip factor min(1, C / (norm + 1e-6))
         c = (norms + 1e-6).reciprocal_().mul_(max_grad_norm).clamp_(max=1.0)
-        for t, g, ga, (Bw, vB, Aw, vA) in zip(taps, gs, gas, plan):
+        for t, g, ga, (Bw, vB, Aw, vA) in zip(taps, gs, gas, plan, strict=True):
             torch.mm((g * c).t(), t.h[0], out=vB)
             if Bw.grad is not vB:
                 Bw.grad = vB
@@ -297,11 +299,13 @@ class LoraClipper:
             caches.append(cache)
             for v in s:
                 sq = v if sq is None else sq + v
+        if sq is None:
+            raise ValueError("no LoRA layer recorded a forward pass since the last reset")
         norms = sq.sqrt()
         # Opacus's clip factor (DPOptimizer.clip_and_accumulate)
         c = (max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)
         c_col = c[:, None]
-        for (tap, g, h, x), cache in zip(parts, caches):
+        for (tap, g, h, x), cache in zip(parts, caches, strict=True):
             if "psB" in cache:
                 tap.B.weight.grad = (c @ cache["psB"]).view_as(tap.B.weight)
                 if x is not None:

@@ -20,9 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from ..errors import ForgeValueError
+
+if TYPE_CHECKING:
+    from peft.tuners.lora import LoraLayer
 
 FFA_DOMAIN = "forge-ffa-A/1"
 LORA_DOMAIN = "forge-lora-A/1"
@@ -57,20 +63,36 @@ def base_module_name(peft_module_name: str) -> str:
     return peft_module_name[len(prefix):] if peft_module_name.startswith(prefix) else peft_module_name
 
 
-def lora_layers(model: torch.nn.Module, adapter: str = "default") -> list[tuple[str, torch.nn.Module]]:
+def lora_layers(model: torch.nn.Module, adapter: str = "default") -> list[tuple[str, LoraLayer]]:
     """``(base module name, PEFT LoRA layer)`` for every LoRA layer carrying ``adapter``."""
     from peft.tuners.lora import LoraLayer
 
-    out = []
+    out: list[tuple[str, LoraLayer]] = []
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer) and adapter in getattr(module, "lora_A", {}):
             out.append((base_module_name(name), module))
     return out
 
 
+def lora_weight(layer: LoraLayer, which: str, adapter: str = "default") -> torch.Tensor:
+    """The weight of ``layer``'s ``lora_A`` or ``lora_B`` (``which``) module for ``adapter``."""
+    weight = getattr(layer, which)[adapter].weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{which}[{adapter!r}] of {type(layer).__name__} has no weight tensor")
+    return weight
+
+
+def matrix_shape(name: str, weight: torch.Tensor) -> tuple[int, int]:
+    """``(rank, in_features)`` of a LoRA ``A`` weight; only Linear layers carry one."""
+    if weight.dim() != 2:
+        raise ForgeValueError(f"LoRA target {name} is not a Linear layer (its A weight has shape {tuple(weight.shape)})",
+                              fix="target Linear modules only", code="train.targets")
+    return int(weight.shape[0]), int(weight.shape[1])
+
+
 def expected_ffa_state(model: torch.nn.Module, base_digest: str, ffa_seed: int, adapter: str = "default") -> dict[str, torch.Tensor]:
     """``{base module name: A}`` that an FFA plugin on this model must hold."""
     return {
-        name: ffa_matrix(base_digest, ffa_seed, name, tuple(layer.lora_A[adapter].weight.shape))
+        name: ffa_matrix(base_digest, ffa_seed, name, matrix_shape(name, lora_weight(layer, "lora_A", adapter)))
         for name, layer in lora_layers(model, adapter)
     }

@@ -107,7 +107,7 @@ class Ledger:
     def list_all(cls, site: str | None = None, root: str | os.PathLike | None = None) -> list["Ledger"]:
         """Every ledger under ``root`` (default ``forge_home()/ledgers``), optionally of one site."""
         folder = Path(root) if root is not None else forge_home() / "ledgers"
-        out = []
+        out: list[Ledger] = []
         if not folder.is_dir():
             return out
         for f in sorted(folder.glob("*/*.jsonl")):
@@ -147,7 +147,7 @@ class Ledger:
                 try:
                     validate_history(entry.get("history") or [])
                     validate_delta(entry.get("delta"))
-                    ACCOUNTANTS.get(entry.get("accountant"))
+                    ACCOUNTANTS.get(str(entry.get("accountant")))
                 except ForgeValueError as e:
                     raise _corrupt(self.path, f"entry {i + 1} holds an invalid release ({e.message})") from None
             entries.append(entry)
@@ -296,3 +296,29 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def ledger_report(site: str | None = None, delta: float | None = None, root: str | os.PathLike | None = None) -> list[dict]:
+    """``forge ledger show``: every ledger (of ``site``, when given) with its releases and the
+    epsilon spent at ``delta`` (default: the smallest delta it records). PRV refuses very large
+    epsilons; those ledgers are composed with RDP instead, and say so in ``accountant``."""
+    if delta is not None:
+        validate_delta(delta)  # delta 0 would otherwise report nothing spent
+    rows = []
+    for led in Ledger.list_all(site=site, root=root):
+        history = led.history()
+        records = led.records()
+        deltas = [float(r["delta"]) for r in records if r.get("delta") is not None]
+        at = delta if delta is not None else (min(deltas) if deltas else None)
+        accountant = led.accountant
+        try:
+            spent = led.spent(at) if (history and at) else 0.0
+        except ForgeValueError as e:
+            if e.code != "dp.prv_range" or at is None:
+                raise
+            accountant = "rdp"
+            spent = led.spent(at, accountant="rdp")
+        rows.append({"site": led.site, "dataset": led.dataset, "releases": len(records), "history": history,
+                     "delta": at, "epsilon_spent": spent, "budget": led.budget, "accountant": accountant,
+                     "path": str(led.path), "records": records})
+    return rows

@@ -114,7 +114,7 @@ class SecretStream:
         if c == 0:
             return
         words = torch.empty(c, dtype=torch.int64)
-        raw = memoryview(words.numpy()).cast("B")
+        raw = memoryview(words.numpy()).cast("B")  # type: ignore[arg-type]  # numpy declares ndarray.__buffer__ for Python >= 3.12 only
         zeros = bytes(8 * c)
         for s in range(0, n, c):
             k = min(c, n - s)

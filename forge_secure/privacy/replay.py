@@ -40,7 +40,8 @@ from ..errors import ForgeDataError, ForgeIntegrityError, ForgeValueError
 ENVELOPE_FORMAT = "forge-replay/1"
 ENVELOPE_SUFFIX = ".replay.forge"
 #: relative L2 distance of the adapter tensors above which a replay does not reproduce the
-#: released plugin (honest cross-setting replays measure below 1e-5; the closest lie measured, one record swapped, is 6.7e-3: benchmarks/bench_replay.py)
+#: released plugin (honest cross-setting replays measure below 1e-5; the closest lie measured,
+#: one record swapped, is 6.7e-3: benchmarks/bench_replay.py)
 DEFAULT_TOLERANCE = 1e-4
 
 
@@ -269,7 +270,8 @@ def replay(recipe: dict, plugin_dir: str | Path, data, *, tolerance: float = DEF
         return result(False, "replay.base", f"base {base.name} has digest {base.digest[:16]}..., the recipe names "
                                             f"{str(recipe['base']['digest'])[:16]}...")
     try:
-        config = TrainConfig(**{k: (tuple(v) if k == "targets" and v is not None else v) for k, v in recipe["config"].items()})
+        fields: dict[str, Any] = {k: (tuple(v) if k == "targets" and v is not None else v) for k, v in recipe["config"].items()}
+        config = TrainConfig(**fields)
     except (TypeError, ForgeValueError) as e:
         return result(False, "replay.recipe", f"the recipe is not a valid training configuration ({e})")
     plugin = load_plugin(plugin_dir, base)
@@ -302,7 +304,10 @@ def assemble_data(recipe: dict, *, spec: str | None = None, canary_record: dict 
     from .canaries import included_canaries
 
     src = recipe["data"].get("source") or {}
-    td = prepare_training_data(spec or src.get("spec"), label_column=src.get("label_column"),
+    spec = spec or src.get("spec")
+    if not isinstance(spec, str):
+        raise ForgeValueError("the recipe names no data source", fix="give the site's data with --data", code="replay.data")
+    td = prepare_training_data(spec, label_column=src.get("label_column"),
                                membership_seed=src.get("membership_seed"), include_prob=src.get("include_prob", 0.5))
     data = td.data
     grant = recipe.get("canaries")

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ForgeFileError, ForgeValueError
+
+if TYPE_CHECKING:
+    from ..plugins.plugin import Plugin
+    from ..plugins.sources import TrainingData
 
 
 @dataclass(frozen=True, eq=False)
 class SiteRun:
-    plugin: object                  # forge_secure.plugins.Plugin (its secret is dropped once the envelope is sealed)
-    training: object                # forge_secure.plugins.sources.TrainingData
+    plugin: Plugin                  # its secret is dropped once the envelope is sealed
+    training: TrainingData
     envelope: Path | None           # the replay envelope, when an auditor was given
     canaries: dict | None           # the grant inserted: {"grant_id", "count", "digest"}
 
@@ -92,3 +97,23 @@ def train_site(*, site: str, data_spec: str, base_name: str, out: Path, label_co
         envelope = write_replay_envelope(recipe, signer=signer, auditor=auditor, out=envelope_path(out), roster=roster)
     plugin.secret = None  # the envelope holds it now; nothing else does
     return SiteRun(plugin, td, envelope, canaries)
+
+
+def run_summary(run: SiteRun, *, site: str, out: Path) -> dict:
+    """What ``forge train`` reports of ``site``'s ``run`` (its plugin written to ``out``): the plugin's
+    record, and accuracy and ROC AUC on the site's test split when the data has one."""
+    from ..plugins.evaluate import evaluate
+
+    meta = run.plugin.meta
+    summary = {"plugin": str(out), "site": site, "base": meta["base"], "rows": meta.get("data", {}).get("rows"),
+               "dp": meta["dp"], "lora": meta["lora"], "training": meta.get("training"), "data": meta.get("data"),
+               "adapter_sha256": meta.get("adapter", {}).get("sha256"),
+               "replay_envelope": str(run.envelope) if run.envelope else None, "canaries": run.canaries}
+    if run.training.test is not None:
+        summary["test"] = evaluate(run.plugin, run.training.test)
+    return summary
+
+
+def train_site_summary(*, site: str, out: Path, **kwargs) -> dict:
+    """:func:`train_site`, then its :func:`run_summary` (``forge train``)."""
+    return run_summary(train_site(site=site, out=out, **kwargs), site=site, out=out)

@@ -32,12 +32,16 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..errors import ForgeConfigError, ForgeDataError, ForgeFileError
 from ..fileio import atomic_output
+
+if TYPE_CHECKING:
+    from ..plugins.data import Dataset
 
 SYNTH_FORMAT = "forge-synthetic/1"
 SPACES = ("auto", "input", "head")
@@ -90,7 +94,7 @@ class ClassMeansRelease:
 
 @dataclass(frozen=True, eq=False)
 class SyntheticData:
-    dataset: object  # forge_secure.plugins.data.Dataset
+    dataset: Dataset
     meta: dict
 
 
@@ -111,7 +115,7 @@ def head_layer(model: torch.nn.Module) -> torch.nn.Linear:
     return last
 
 
-def embed(base, X: np.ndarray, space: str, *, grad: bool = False) -> torch.Tensor:
+def embed(base, X: np.ndarray | torch.Tensor, space: str, *, grad: bool = False) -> torch.Tensor:
     """Embeddings of ``X``: the inputs themselves (``input``) or the head's input (``head``)."""
     Xt = X if isinstance(X, torch.Tensor) else torch.tensor(np.asarray(X, dtype=np.float32))
     if space == "input":
@@ -194,7 +198,11 @@ def make_synthetic(base, data, config: SynthConfig, *, site: str, ledger=None) -
     if len(data) == 0:
         raise ForgeDataError(f"data set {data.name} is empty", fix="give the site's training data", code="synth.empty")
     space = resolve_space(base, config.space)
-    sigma = config.noise_multiplier if config.noise_multiplier is not None else sigma_for_epsilon(config.target_epsilon, config.delta, config.accountant)
+    if config.noise_multiplier is not None:
+        sigma = config.noise_multiplier
+    else:
+        assert config.target_epsilon is not None  # SynthConfig holds exactly one of the two
+        sigma = sigma_for_epsilon(config.target_epsilon, config.delta, config.accountant)
     history = [(float(sigma), 1.0, 1)]
     epsilon = compute_epsilon(history, config.delta, config.accountant)
     if ledger is not None:

@@ -36,7 +36,7 @@ from ..errors import ForgeDataError, ForgeFileError, ForgeValueError
 from .accountants import ACCOUNTANTS, calibrate_noise_multiplier, compute_epsilon, default_delta
 from .clipping import LoraClipper
 from .config import OPTIMIZERS, TrainConfig
-from .ffa import ffa_matrix, lora_init_matrix, lora_layers
+from .ffa import ffa_matrix, lora_init_matrix, lora_layers, lora_weight, matrix_shape
 from .randomness import (DROPOUT, GENERATOR, NOISE, NOISE_RECIPE, SAMPLING, NoiseSource, PoissonSampler, SecretStream,
                          check_secret, commit, fresh_secret, keyed_digest)
 
@@ -84,6 +84,7 @@ def plan_privacy(config: TrainConfig, n: int, *, prior: list | None = None) -> D
         )
     sigma = config.noise_multiplier
     if sigma is None:
+        assert config.target_epsilon is not None  # TrainConfig holds exactly one of no_dp, noise_multiplier, target_epsilon
         sigma = calibrate_noise_multiplier(config.target_epsilon, delta, q, steps, config.accountant)
     eps = compute_epsilon([(sigma, q, steps)], delta, config.accountant)
     return DPPlan(n, q, steps_per_epoch, steps, delta, float(sigma), eps, config.accountant)
@@ -101,7 +102,8 @@ def build_lora_model(base, config: TrainConfig, targets: tuple[str, ...] | None 
     module = fresh_copy(base)
     for p in module.parameters():
         p.requires_grad_(False)
-    lcfg = LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(targets), lora_dropout=config.dropout, bias="none")
+    lcfg = LoraConfig(r=config.rank, lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT annotates lora_alpha as int; it only divides it by r
+                      target_modules=list(targets), lora_dropout=config.dropout, bias="none")
     try:
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -115,13 +117,13 @@ def build_lora_model(base, config: TrainConfig, targets: tuple[str, ...] | None 
         ) from None
     with torch.no_grad():
         for name, layer in lora_layers(model):
-            A, B = layer.lora_A["default"], layer.lora_B["default"]
+            A, B = lora_weight(layer, "lora_A"), lora_weight(layer, "lora_B")
             make = ffa_matrix if config.ffa else lora_init_matrix
             seed = config.ffa_seed if config.ffa else config.seed
-            A.weight.copy_(make(base.digest, seed, name, tuple(A.weight.shape)))
-            B.weight.zero_()
-            A.weight.requires_grad_(not config.ffa)
-            B.weight.requires_grad_(True)
+            A.copy_(make(base.digest, seed, name, matrix_shape(name, A)))
+            B.zero_()
+            A.requires_grad_(not config.ffa)
+            B.requires_grad_(True)
     model.eval()  # the base stays in eval mode (no batch statistics mixing records)
     if config.dropout > 0:
         for _, layer in lora_layers(model):
@@ -192,7 +194,7 @@ def _optimizer_class():
             noisy = flat.add_(self._noise(flat.numel(), flat.dtype), alpha=self.noise_multiplier * self.max_grad_norm)
             self.__dict__["_forge_flat_grad"] = noisy
             o = 0
-            for p, sg in zip(params, sums):
+            for p, sg in zip(params, sums, strict=True):
                 p.grad = noisy[o:o + p.numel()].view(p.shape)
                 o += p.numel()
                 sg._processed = True  # what Opacus's _mark_as_processed records
@@ -211,7 +213,7 @@ def _optimizer_class():
                                  "privacy guarantees you must compute fresh clipped gradients before each step")
             flat.add_(self._noise(flat.numel(), flat.dtype), alpha=self.noise_multiplier * self.max_grad_norm)
             flat.div_(self.expected_batch_size)
-            flat._forge_processed = True
+            flat._forge_processed = True  # type: ignore[attr-defined]  # a marker on the tensor, like Opacus's p._processed
             if self.step_hook:
                 self.step_hook(self)
             self._is_last_step_skipped = False
@@ -256,6 +258,9 @@ class TrainingRun:
         cls_name, extra = OPTIMIZERS.get(config.optimizer)
         base_opt = getattr(torch.optim, cls_name)(params, lr=config.lr, **extra)
         self.accountant = None
+        self.clipper: LoraClipper | None = None
+        # Opacus's optimizer (Opacus ships no type information) or, without DP, a torch one
+        self.optimizer: Any
         self.dropout_seed = SecretStream(secret, DROPOUT).torch_seed()
         if self.dp:
             self.accountant = _accountant(config.accountant)
@@ -267,7 +272,6 @@ class TrainingRun:
             self.optimizer.noise_source = NoiseSource(SecretStream(secret, NOISE))
             self.optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
         else:
-            self.clipper = None
             self.optimizer = base_opt
         self.sampler = PoissonSampler(SecretStream(secret, SAMPLING), plan.n, plan.sample_rate, plan.steps_per_epoch)
         self.steps_done = 0
@@ -280,20 +284,22 @@ class TrainingRun:
     def _step(self, idx: list[int]) -> None:
         model, opt = self.model, self.optimizer
         if self.dp:
+            clipper = self.clipper
+            assert clipper is not None  # a DP run has one
             if self._dirty:  # Opacus's bookkeeping after a step on its own path
                 opt.zero_grad(set_to_none=True)
             if idx:
                 ix = torch.as_tensor(idx)
                 loss = F.cross_entropy(model(self.X[ix]), self.y[ix], reduction="sum")
-                self.clipper.clip_backward(loss, self.config.max_grad_norm)
-                flat = self.clipper.flat_grad
+                clipper.clip_backward(loss, self.config.max_grad_norm)
+                flat = clipper.flat_grad
                 if flat is not None:  # every LoRA gradient is a view of one buffer
                     opt.step_flat(flat)
                     self._dirty = False
                     self.steps_done += 1
                     return
             else:  # an empty Poisson batch is still a step: noise only
-                for p in self.clipper.parameters:
+                for p in clipper.parameters:
                     p.grad = torch.zeros_like(p)
             opt.step()
             self._dirty = True
@@ -329,7 +335,7 @@ class TrainingRun:
             p.grad = None
 
 
-def _check_out(out: Path | None) -> None:
+def _check_out(out: str | Path | None) -> None:
     if out is None:
         return
     out = Path(out)
@@ -422,6 +428,7 @@ def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None
     if run.dp:
         if sum(h[2] for h in history) != plan.steps or {(h[0], h[1]) for h in history} != {(plan.noise_multiplier, plan.sample_rate)}:
             raise RuntimeError(f"accountant history {history} does not match the plan {plan.history}")  # a bug, not bad input
+        assert plan.delta is not None and plan.accountant is not None  # a DP plan has both
         epsilon = compute_epsilon(history, plan.delta, plan.accountant)
         spec = ACCOUNTANTS.get(plan.accountant)
         dp: dict[str, Any] = {

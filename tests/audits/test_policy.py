@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from audits import CHECKS, default_policy, default_policy_text, load_policy, parse_policy
@@ -100,5 +102,5 @@ def test_policy_files_missing_empty_binary_or_a_directory(tmp_path):
 
 def test_settings_are_frozen():
     p = default_policy()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         p.checks["dp-claims"].max_epsilon = 100.0  # type: ignore[misc]

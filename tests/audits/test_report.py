@@ -3,6 +3,7 @@ renderings, report signing, and the runner's guarantees (inputs unchanged, atomi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -88,7 +89,7 @@ def test_verdicts_and_inputs_unchanged(reports):
 
 def test_report_is_frozen_and_json_round_trips_and_validates(reports):
     report = reports["fail"]["report"]
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         report.report_id = "x"  # type: ignore[misc]
     data = json.loads((reports["fail"]["dir"] / "report.json").read_text())
     jsonschema.Draft202012Validator(report_schema()).validate(data)
@@ -175,7 +176,7 @@ def test_html_renders_in_headless_chromium_with_the_verdict_visible(reports, tmp
         img = Image.open(shot).convert("RGB")
         w, h = img.size
         band = [img.getpixel((x, y)) for x in range(0, w, 7) for y in range(0, min(90, h), 5)]
-        close = sum(1 for p in band if all(abs(a - b) <= 12 for a, b in zip(p, rgb)))
+        close = sum(1 for p in band if all(abs(a - b) <= 12 for a, b in zip(p, rgb, strict=True)))
         assert close > 0.3 * len(band), (name, close, len(band))  # the banner's colour fills the top
 
 
@@ -306,7 +307,7 @@ def test_inconclusive_pass_banner_is_visibly_distinct_in_chromium(inconclusive_r
     img = Image.open(shot).convert("RGB")
     band = [img.getpixel((x, y)) for x in range(0, img.size[0], 7) for y in range(0, 90, 5)]
     purple = sum(1 for p in band if p[2] > 140 and p[0] < 120 and p[1] < 80)  # the stripes of #5e35b1 / #4527a0
-    green = sum(1 for p in band if all(abs(a - b) <= 12 for a, b in zip(p, (27, 127, 58))))
+    green = sum(1 for p in band if all(abs(a - b) <= 12 for a, b in zip(p, (27, 127, 58), strict=True)))
     assert purple > 0.3 * len(band) and green == 0
 
 

@@ -234,7 +234,7 @@ def test_train_eval_show_ledger_end_to_end(forge, tmp_path):
 def test_vectorised_bootstrap_auc_equals_sklearn():
     from sklearn.metrics import roc_auc_score
 
-    from forge_secure.cli.train import auc_of_resamples
+    from forge_secure.plugins.evaluate import auc_of_resamples
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 60)

@@ -20,7 +20,7 @@ from .ties import check_density
 
 def dare_tensors(taus: Sequence[torch.Tensor], weights: Sequence[float], density: float, generator: torch.Generator) -> torch.Tensor:
     out = torch.zeros_like(taus[0])
-    for w, t in zip(weights, taus):
+    for w, t in zip(weights, taus, strict=True):
         keep = torch.rand(t.shape, generator=generator, dtype=torch.float64) < density
         out += w * torch.where(keep, t / density, torch.zeros_like(t))
     return out

@@ -39,7 +39,7 @@ def concat_merge(adapters: Sequence[LoraAdapter], weights: Sequence[float]) -> F
     state = {}
     for module, (ka, kb) in first.modules.items():
         a_parts, b_parts = [], []
-        for w, ad in zip(weights, adapters):
+        for w, ad in zip(weights, adapters, strict=True):
             a_parts.append(ad.A(module).double() * (w * ad.scaling / target_scale))
             b_parts.append(ad.B(module).double())
         dtype = first.A(module).dtype
@@ -57,7 +57,7 @@ def ffa_average(adapters: Sequence[LoraAdapter], weights: Sequence[float]) -> Fu
     state = {}
     for module, (ka, kb) in first.modules.items():
         acc = torch.zeros_like(first.B(module), dtype=torch.float64)
-        for w, ad in zip(weights, adapters):
+        for w, ad in zip(weights, adapters, strict=True):
             acc += (w * ad.scaling / first.scaling) * ad.B(module).double()
         state[ka] = first.A(module).clone()
         state[kb] = acc.to(first.B(module).dtype)

@@ -39,10 +39,10 @@ def aggregate(contributions: Sequence[str | os.PathLike], public_context: str | 
     metas = [read_he_dir(p, CONTRIBUTION_FORMAT, "homomorphic contribution") for p in paths]
     first = metas[0]
     ids = set()
-    for p, m in zip(paths, metas):
+    for p, m in zip(paths, metas, strict=True):
         if m["context_fingerprint"] != info.fingerprint:
             raise ForgeIntegrityError(
-                f"contribution {p} was encrypted under another CKKS context ({m['context_fingerprint'][:12]}..., this one is {info.fingerprint[:12]}...)",
+                f"contribution {p} was encrypted under another CKKS context " f"({m['context_fingerprint'][:12]}..., this one is {info.fingerprint[:12]}...)",
                 fix="every site must encrypt with the consortium's current public.ctx",
                 code="he.context_mismatch",
             )
@@ -59,10 +59,10 @@ def aggregate(contributions: Sequence[str | os.PathLike], public_context: str | 
     params = info.params
     if len(paths) > params.max_contributions:
         raise ForgeValueError(f"{len(paths)} contributions could overflow the CKKS range", fix=f"aggregate at most {params.max_contributions} at once", code="he.too_many")
-    total = None
-    for p, m in zip(paths, metas):  # one contribution in memory at a time
+    total: list = []
+    for p, m in zip(paths, metas, strict=True):  # one contribution in memory at a time
         vecs = _load_vectors(ctx, p, m, "contribution")
-        total = vecs if total is None else add_all([total, vecs])
+        total = add_all([total, vecs]) if total else vecs
     with atomic_directory(Path(out)) as tmp:
         write_ciphertexts(tmp / CIPHERTEXTS, [v.serialize() for v in total])
         shutil.copyfile(paths[0] / FROZEN_A, tmp / FROZEN_A)

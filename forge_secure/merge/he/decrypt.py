@@ -60,13 +60,15 @@ def _own_sum(ctx, info, meta: dict, contributions) -> list:
             fix="give exactly the contributions the aggregator summed (the sites' signed bundles); nothing was released",
             code="he.contribution_mismatch",
         )
-    total = None
-    for c, m in zip(paths, metas):
+    if not paths:  # an aggregate that lists no contributions, and none given: nothing to decrypt
+        raise ForgeValueError("no contributions given", fix="give the sites' contribution directories", code="he.no_contributions")
+    total: list = []
+    for c, m in zip(paths, metas, strict=True):
         if m["context_fingerprint"] != info.fingerprint or m.get("layout") != meta.get("layout") or m.get("files", {}).get(FROZEN_A) != meta.get("files", {}).get(FROZEN_A):
             raise ForgeIntegrityError(f"contribution {c} does not fit the aggregate (context, layout or frozen A)",
                                       fix="give the contributions the aggregate was made from; nothing was released", code="he.contribution_mismatch")
         vecs = _load_vectors(ctx, c, m, "contribution")
-        total = vecs if total is None else add_all([total, vecs])
+        total = add_all([total, vecs]) if total else vecs
     return total
 
 
@@ -116,7 +118,7 @@ def decrypt_sum(aggregate_dir: str | os.PathLike, secret_context: str | os.PathL
         if reused:
             raise ForgeValueError(
                 f"contribution(s) {', '.join(i[:12] for i in reused)} were already in a released aggregate",
-                fix="one merge releases one aggregate; decrypting another combination would reveal single plugins. Ask the sites for fresh contributions",
+                fix="one merge releases one aggregate; decrypting another combination " "would reveal single plugins. Ask the sites for fresh contributions",
                 code="he.already_released",
             )
         vecs = _load_vectors(ctx, p, meta, "aggregate") if contributions is None else _own_sum(ctx, info, meta, contributions)
@@ -150,7 +152,7 @@ def decrypt_to_plugin(aggregate_dir: str | os.PathLike, secret_context: str | os
     meta = read_he_dir(p, AGGREGATE_FORMAT, "homomorphic aggregate")
     base_meta = meta.get("base") or {}
     if base is None:
-        base = load_base(base_meta.get("name"))
+        base = load_base(str(base_meta.get("name")))
     if base.digest != base_meta.get("digest"):
         raise ForgeDataError(f"base model {base.name} has digest {base.digest[:12]}..., the aggregate was made for {str(base_meta.get('digest'))[:12]}...", fix="use the base model version the sites trained on", code="merge.different_bases")
     config = read_json_file(p / ADAPTER_CONFIG, "adapter config")

@@ -34,7 +34,7 @@ def add_all(vector_lists: Sequence[list]) -> list:
     """Element-wise sum of several sites' ciphertext lists (public context suffices)."""
     total = list(vector_lists[0])
     for vecs in vector_lists[1:]:
-        total = [a + b for a, b in zip(total, vecs)]
+        total = [a + b for a, b in zip(total, vecs, strict=True)]
     return total
 
 

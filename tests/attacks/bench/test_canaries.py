@@ -95,7 +95,7 @@ def test_a_claim_above_the_ceiling_reads_cannot_tell_not_0():
     summary = report.summarize(rows, 0.95)
     by_eps = {e["epsilon"]: e for e in summary}
     head, body = report.table_rows(summary)
-    line = {r[0]: dict(zip(head, r)) for r in body}
+    line = {r[0]: dict(zip(head, r, strict=True)) for r in body}
     assert line["8"]["threshold eps (LB)"] == "cannot tell" and line["8"]["one-run eps (LB) per seed"] == "cannot tell"
     # pooled over the 3 seeds the ceiling rises to about 3.4, still below 8: no column can tell
     assert by_eps[8.0]["pooled"]["ceiling"] < 8.0 and line["8"]["verdict"] == "cannot tell"

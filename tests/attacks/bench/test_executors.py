@@ -20,7 +20,7 @@ TINY = {
 
 def _same(a, b):
     assert [r["cell_key"] for r in a.rows] == [r["cell_key"] for r in b.rows]
-    for x, y in zip(a.rows, b.rows):
+    for x, y in zip(a.rows, b.rows, strict=True):
         for col in ("accuracy", "attack_auc", "empirical_epsilon"):
             assert x[col] == pytest.approx(y[col]) or (math.isnan(x[col]) and math.isnan(y[col]))
 

@@ -125,7 +125,7 @@ def test_summary_with_canaries_pools_the_seeds_and_says_cannot_tell(tmp_path):
     summary = report.summarize(_canary_rows(), 0.95)
     head, body = report.table_rows(summary)
     cols = {h: i for i, h in enumerate(head)}
-    for line, e in zip(body, summary):
+    for line, e in zip(body, summary, strict=True):
         if math.isinf(e["epsilon"]):
             assert e["pooled"]["v"] == 3 * 28 and e["verdict"] == "leaks"
             assert float(line[cols["one-run eps (LB) pooled over seeds (right / guesses)"]].split()[0]) > 1.0

@@ -29,7 +29,7 @@ def _one_at_a_time(recipe, base, sets, seeds, eval_X, kind):
     from forge_secure.privacy import train_plugin
 
     out = []
-    for (X, y), s in zip(sets, seeds):
+    for (X, y), s in zip(sets, seeds, strict=True):
         plugin = train_plugin(reference_config(recipe, s), Dataset(X, y, base.n_classes, "ref", kind), site="ref", base=base,
                               secret=reference_secret(s))
         out.append(np.asarray(plugin.logits(eval_X), dtype=np.float64))

@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os as _os
+import random as _random
+import re as _re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +16,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
 from forge_secure.crypto import (
@@ -172,12 +177,6 @@ def kit() -> SimpleNamespace:
 # so the slow run reaches 100,000 inputs per parser in minutes). The counts come from two hypothesis
 # profiles, ``forge-fuzz-quick`` and ``forge-fuzz-slow``; ``FORGE_FUZZ_EXAMPLES`` overrides both.
 
-import os as _os
-import random as _random
-import re as _re
-
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
 
 settings.register_profile("forge-fuzz-quick", max_examples=200, derandomize=True, deadline=None, database=None,
                           phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))

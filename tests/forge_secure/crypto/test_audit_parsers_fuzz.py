@@ -190,7 +190,7 @@ def test_policy_hostile_toml_ends_in_forge_error(key, value, tmp_path):
 def test_audit_seeds_are_read(tmp_path, fuzzing):
     """The unmutated files are read without error (so the fuzz's refusals are of damage)."""
     targets = _targets(tmp_path, fuzzing)
-    for name, target in targets.items():
+    for target in targets.values():
         target.parse(target.seeds[0])
     ev = Evidence(tmp_path / "evidence", AuditOptions(attack_results=(tmp_path / "auditor" / "results.json",)))
     assert ev.plugins[0].ok, ev.plugins[0].error

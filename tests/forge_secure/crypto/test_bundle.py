@@ -47,7 +47,7 @@ def resign(world, data: bytes, kit, *, site="site-1", header_edit=None, rewrap_k
     body = kit.join(header_bytes, wrapped, chunks, b"x")[: -(4 + 1)]
     statement["subject"][0]["digest"]["sha256"] = hashlib.sha256(body).hexdigest()
     head = kit.join(header_bytes, wrapped, [], b"x")[: -(4 + 1)]
-    for item, suffix in zip(statement["subject"], ("payload", "header")):
+    for item, suffix in zip(statement["subject"], ("payload", "header"), strict=True):
         item["name"] = f"{manifest['submission_id']}.{suffix}"
     statement["subject"][1]["digest"]["sha256"] = hashlib.sha256(head).hexdigest()
     statement["predicate"] = manifest

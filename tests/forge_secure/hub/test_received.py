@@ -81,7 +81,7 @@ def test_refuses_exactly_what_verify_refuses(sealed, tmp_path):
     for name, mutated in _mutations(data, seed=1, n=120):
         path.write_bytes(mutated)
         expect = _outcome(lambda: verify(path, roster))
-        got = _outcome(lambda: verify_received(path, roster, _arrive(mutated, 4093)))
+        got = _outcome(lambda mutated=mutated: verify_received(path, roster, _arrive(mutated, 4093)))
         assert got == expect, name
         refused += expect[0] == "refused"
     assert refused >= 100  # the mutations do reach the checks

@@ -15,7 +15,7 @@ from ._helpers import TinyMLP, peft_adapter, toy_data
 
 
 def weighted_deltas(adapters, weights):
-    return {m: sum(w * ad.delta(m) for w, ad in zip(weights, adapters)) for m in adapters[0].modules}
+    return {m: sum(w * ad.delta(m) for w, ad in zip(weights, adapters, strict=True)) for m in adapters[0].modules}
 
 
 def test_exact_merge_equals_weighted_sum_of_updates():
@@ -116,7 +116,7 @@ def test_sequential_medforge_tunes_and_is_seeded():
         assert -1.5 <= st["alpha"] <= 1.5 and -1.5 <= st["beta"] <= 1.5
     # the recorded weights reproduce the factors: A' = sum c_i A_i
     k = next(iter(ads[0].state))
-    torch.testing.assert_close(r1.adapter.state[k].double(), sum(c * ad.state[k].double() for c, ad in zip(r1.weights, ads)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(r1.adapter.state[k].double(), sum(c * ad.state[k].double() for c, ad in zip(r1.weights, ads, strict=True)), rtol=1e-5, atol=1e-6)
 
 
 def test_sequential_needs_tuning_data_and_one_rank():

@@ -42,7 +42,7 @@ def test_exact_merge_writes_a_peft_plugin_equal_to_the_weighted_updates(plain, b
     from forge_secure.plugins.bases import fresh_copy
 
     ref = fresh_copy(base).double()  # never change the shared base
-    deltas = {m: sum(wi * f.adapter.delta(m) for wi, f in zip(w, files)) for m in files[0].adapter.modules}
+    deltas = {m: sum(wi * f.adapter.delta(m) for wi, f in zip(w, files, strict=True)) for m in files[0].adapter.modules}
     params = {f"{m.split('base_model.model.')[1]}.weight": dict(ref.named_modules())[m.split('base_model.model.')[1]].weight.double() + d for m, d in deltas.items()}
     with torch.no_grad():
         want = torch.func.functional_call(ref, params, (torch.as_tensor(X).double(),)).numpy()

@@ -32,7 +32,7 @@ def _opacus_reference(model, X, y, max_grad_norm):
     norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in opt.grad_samples], dim=1).norm(2, dim=1)
     opt.clip_and_accumulate()
     names = [n for n, p in ref.named_parameters() if p.requires_grad]
-    clipped = {n: p.summed_grad.detach().clone() for n, p in zip(names, params)}
+    clipped = {n: p.summed_grad.detach().clone() for n, p in zip(names, params, strict=True)}
     gsm._close()
     return norms, clipped
 

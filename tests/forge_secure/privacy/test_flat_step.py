@@ -37,7 +37,7 @@ def test_flat_step_equals_opacus_path_without_noise(tab_base, tab_train, randomi
         p.grad = p.grad.clone()
     opt1.step_flat(c1.flat_grad)
     opt2.step()
-    for a, b in zip(p1, p2):
+    for a, b in zip(p1, p2, strict=True):
         assert torch.allclose(a, b, atol=1e-7), (a - b).abs().max()
 
 
@@ -51,11 +51,11 @@ def test_flat_step_and_opacus_path_draw_the_same_secret_noise(tab_base, tab_trai
         p.grad = p.grad.clone()
     opt1.step_flat(c1.flat_grad)
     opt2.step()
-    for a, b in zip(p1, p2):
+    for a, b in zip(p1, p2, strict=True):
         assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
     _, p3, opt3, c3 = _setup(tab_base, tab_train, randomise_B, 1.5)  # another secret: other noise
     opt3.step_flat(c3.flat_grad)
-    assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(p1, p3))
+    assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(p1, p3, strict=True))
 
 
 def test_flat_step_noise_has_the_dp_sgd_scale(tab_base, tab_train, randomise_B):
@@ -69,7 +69,7 @@ def test_flat_step_noise_has_the_dp_sgd_scale(tab_base, tab_train, randomise_B):
     want = 2.0 * 0.5 / 20.0
     assert noise.size > 1000
     assert abs(noise.std() / want - 1) < 0.08 and abs(noise.mean()) < 4 * want / noise.size ** 0.5
-    for p, s in zip(params, saved):
+    for p, s in zip(params, saved, strict=True):
         assert torch.equal(p, s)
 
 
