@@ -367,7 +367,8 @@ def train_references(
         if batch is None:
             batch = reason is None
         if batch:
-            parts = _batch_tasks(tasks, pool_X, pool_y, workers if not ray else (workers or 2))
+            parts = _batch_tasks(tasks, pool_X, pool_y, workers if not ray else (workers or 2),
+                                 per_pass=references_per_pass(_base_for(recipe)))
             results = [r for out in run_tasks(train_reference_batch, parts, workers=workers or 1, ray=ray,
                                               description="training reference models (batched)") for r in out]
         else:
@@ -396,9 +397,26 @@ def train_references(
     )
 
 
-def _batch_tasks(tasks: list[dict], pool_X: np.ndarray, pool_y: np.ndarray, workers: int | None) -> list[dict]:
-    """The one-reference tasks grouped into one batched task per worker (in order)."""
+#: references trained in one batched pass x the base's parameters: the pass holds every
+#: reference's activations at once, which grow with the base (64 MiniLM references in one pass,
+#: 22.7 M parameters, went over 20 GB and were killed by the kernel; 6 per pass stay near 2 GB).
+#: The toy bases (thousands to a few hundred thousand parameters) are never split.
+PASS_BUDGET = 150_000_000
+
+
+def references_per_pass(base) -> int:
+    """How many references one batched pass may train on ``base`` (see :data:`PASS_BUDGET`)."""
+    params = sum(p.numel() for p in base.model.parameters())
+    return max(1, PASS_BUDGET // max(1, params))
+
+
+def _batch_tasks(tasks: list[dict], pool_X: np.ndarray, pool_y: np.ndarray, workers: int | None,
+                 per_pass: int | None = None) -> list[dict]:
+    """The one-reference tasks grouped into one batched task per worker (in order), each of at
+    most ``per_pass`` references (a worker then takes several in turn)."""
     k = max(1, min(int(workers or 1), len(tasks)))
+    if per_pass:
+        k = max(k, -(-len(tasks) // int(per_pass)))
     bounds = np.linspace(0, len(tasks), k + 1).astype(int)
     out = []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):

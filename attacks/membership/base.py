@@ -107,7 +107,7 @@ class MembershipAttack(ConfigEstimator, abc.ABC):
                 f"attack {self.name!r} with {self._variant()} needs at least {self.min_references()} reference models, got {ref.shape[0]}",
                 fix=f"use --references {self.min_references()} or more, or a variant that needs fewer",
             )
-        pop = None
+        population = None
         if self.needs_population:
             if population_reference_logits is None or population_labels is None:
                 raise ForgeValueError(
@@ -125,9 +125,9 @@ class MembershipAttack(ConfigEstimator, abc.ABC):
             pmask = np.zeros(pop.shape[:2], dtype=bool) if population_in_mask is None else np.asarray(population_in_mask, dtype=bool)
             if pmask.shape != pop.shape[:2]:
                 raise ForgeValueError(f"population_in_mask must have shape {pop.shape[:2]}, got {pmask.shape}", code="attack.in_mask_shape")
-            pop = (pop, pl, pmask)
+            population = (pop, pl, pmask)
         try:
-            self._fit(ref, labels, mask, pop)
+            self._fit(ref, labels, mask, population)
         except BaseException:
             self._clear_fitted()  # a failed fit leaves the attack unfitted, not half fitted
             raise

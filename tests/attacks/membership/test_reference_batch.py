@@ -125,6 +125,32 @@ def test_train_references_batched_matches_sequential(mia_home, dp_plugin, tmp_pa
     assert [len(p["seeds"]) for p in parts] == [2, 2]
     halves = np.concatenate([train_reference_batch(p) for p in parts])
     assert _agree(halves[:, : len(cands)], a.candidate_logits) < TOL
+    # a pass bounded by memory (a large base): one worker takes four passes of one reference each
+    # in turn, and they are still the same references
+    parts = _batch_tasks(tasks, pool_X, pool_y, 1, per_pass=1)
+    assert [len(p["seeds"]) for p in parts] == [1, 1, 1, 1]
+    singles = np.concatenate([train_reference_batch(p) for p in parts])
+    assert _agree(singles[:, : len(cands)], a.candidate_logits) < TOL
+
+
+def test_references_per_pass_follows_the_base_size():
+    from attacks.references import PASS_BUDGET, references_per_pass
+    from forge_secure.plugins.bases import load_base
+
+    tiny = load_base("tabular-mlp")
+    assert references_per_pass(tiny) >= 1000  # the toy bases are never split
+    params = sum(p.numel() for p in tiny.model.parameters())
+    assert references_per_pass(tiny) == PASS_BUDGET // params
+
+    class _Big:  # MiniLM's size (22.7 M parameters) without loading it: 6 references per pass
+        class model:
+            @staticmethod
+            def parameters():
+                import torch
+
+                return [torch.zeros(1).expand(22_700_000)]
+
+    assert references_per_pass(_Big) == 6
 
 
 def test_dropout_recipe_is_not_batched(mia_home, train, tmp_path):
