@@ -21,8 +21,19 @@ from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
 from forge_secure.crypto import (
-    Recipient, ReplayStore, SequenceCounter, add_site_key, init_roster, load_decryption_key, load_signing_key, new_keys,
-    open_bundle, revoke_key, seal, sign_roster, verify,
+    Recipient,
+    ReplayStore,
+    SequenceCounter,
+    add_site_key,
+    init_roster,
+    load_decryption_key,
+    load_signing_key,
+    new_keys,
+    open_bundle,
+    revoke_key,
+    seal,
+    sign_roster,
+    verify,
 )
 from forge_secure.crypto import _time, load_roster
 from forge_secure.crypto import bundle as bundle_mod
@@ -53,14 +64,30 @@ def make_plugin(path: Path, *, rows: int = 64, seed: int = 0, dp_epsilon: float 
     """A plugin directory made by hand: forge.json + a small safetensors file."""
     path.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    save_file({"base_model.model.fc1.lora_A.weight": rng.standard_normal((4, rows)).astype(np.float32),
-               "base_model.model.fc1.lora_B.weight": np.zeros((rows, 4), np.float32)},
-              str(path / "adapter_model.safetensors"))
+    save_file(
+        {
+            "base_model.model.fc1.lora_A.weight": rng.standard_normal((4, rows)).astype(np.float32),
+            "base_model.model.fc1.lora_B.weight": np.zeros((rows, 4), np.float32),
+        },
+        str(path / "adapter_model.safetensors"),
+    )
     (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "target_modules": ["fc1"]}))
-    meta = {"format": "forge-plugin/1", "kind": "trained", "site": "site-1",
-            "base": {"name": "tabular-mlp", "digest": "ab" * 32},
-            "dp": {"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.25, "steps": 120, "max_grad_norm": 1.0,
-                   "accountant": "prv", "epsilon": dp_epsilon, "delta": 1e-3}}
+    meta = {
+        "format": "forge-plugin/1",
+        "kind": "trained",
+        "site": "site-1",
+        "base": {"name": "tabular-mlp", "digest": "ab" * 32},
+        "dp": {
+            "enabled": True,
+            "noise_multiplier": 1.1,
+            "sample_rate": 0.25,
+            "steps": 120,
+            "max_grad_norm": 1.0,
+            "accountant": "prv",
+            "epsilon": dp_epsilon,
+            "delta": 1e-3,
+        },
+    }
     (path / "forge.json").write_text(json.dumps(meta, indent=2))
     return path
 
@@ -103,8 +130,7 @@ class World:
         """open_bundle() on an in-memory bundle with the trusted roster and a loaded key (same checks)."""
         if not hasattr(self, "_key"):
             self._key = self.decryption()
-        return bundle_mod._open(io.BytesIO(data), "<mutated>", self._key, self.trusted(), self.root / out, NOW,
-                                ReplayStore())
+        return bundle_mod._open(io.BytesIO(data), "<mutated>", self._key, self.trusted(), self.root / out, NOW, ReplayStore())
 
     def open(self, path, out="opened", *, key="consortium", now=NOW, roster=None, replay=None):
         return open_bundle(path, self.decryption(key), roster or self.roster, self.root / out, now=now, replay=replay)
@@ -112,12 +138,23 @@ class World:
 
 def build_world(root: Path, *, post_quantum: bool = False, rows: int = 64) -> World:
     keys = {}
-    for name, pq in (("site-1", post_quantum), ("site-2", False), ("consortium", post_quantum), ("other", post_quantum),
-                     ("admin-1", False), ("stranger", False)):
+    for name, pq in (
+        ("site-1", post_quantum),
+        ("site-2", False),
+        ("consortium", post_quantum),
+        ("other", post_quantum),
+        ("admin-1", False),
+        ("stranger", False),
+    ):
         keys[name] = new_keys(name, root / "keys" / name, post_quantum=pq, random=Drbg(f"world key {name} {pq}"))
     roster = root / "roster.json"
-    init_roster(roster, "medforge", [keys["admin-1"].public_key], expires=NOW + 365 * DAY,
-                recipients=[keys["consortium"].public_key, Recipient.from_public(keys["other"].public_key, "auditor")])
+    init_roster(
+        roster,
+        "medforge",
+        [keys["admin-1"].public_key],
+        expires=NOW + 365 * DAY,
+        recipients=[keys["consortium"].public_key, Recipient.from_public(keys["other"].public_key, "auditor")],
+    )
     for site in ("site-1", "site-2"):
         add_site_key(roster, keys[site].public_key, not_before=NOW - 30 * DAY, not_after=NOW + 180 * DAY)
     sign_roster(roster, load_signing_key(keys["admin-1"].signing))
@@ -135,37 +172,64 @@ def world(tmp_path) -> World:
 def split_bundle(data: bytes) -> SimpleNamespace:
     """Cut a bundle into its regions (for tests that tamper with one region)."""
     hlen = struct.unpack(">I", data[8:12])[0]
-    header = json.loads(data[12:12 + hlen])
+    header = json.loads(data[12 : 12 + hlen])
     pos = 12 + hlen
-    wlen = struct.unpack(">H", data[pos:pos + 2])[0]
-    wrapped = data[pos + 2:pos + 2 + wlen]
+    wlen = struct.unpack(">H", data[pos : pos + 2])[0]
+    wrapped = data[pos + 2 : pos + 2 + wlen]
     pos += 2 + wlen
     cs, total, size = header["chunk_size"], header["chunks"], header["payload_size"]
     chunks = []
     for i in range(total):
         n = (size - i * cs if i == total - 1 else cs) + 16
-        chunks.append(data[pos:pos + n])
+        chunks.append(data[pos : pos + n])
         pos += n
-    elen = struct.unpack(">I", data[pos:pos + 4])[0]
-    envelope = data[pos + 4:pos + 4 + elen]
-    return SimpleNamespace(header=header, header_bytes=data[12:12 + hlen], wrapped=wrapped, chunks=chunks,
-                           envelope=envelope, head=data[:12 + hlen + 2 + wlen], body_end=pos)
+    elen = struct.unpack(">I", data[pos : pos + 4])[0]
+    envelope = data[pos + 4 : pos + 4 + elen]
+    return SimpleNamespace(
+        header=header,
+        header_bytes=data[12 : 12 + hlen],
+        wrapped=wrapped,
+        chunks=chunks,
+        envelope=envelope,
+        head=data[: 12 + hlen + 2 + wlen],
+        body_end=pos,
+    )
 
 
 def join_bundle(header_bytes: bytes, wrapped: bytes, chunks: list[bytes], envelope: bytes) -> bytes:
-    return (b"FORGEBDL" + struct.pack(">I", len(header_bytes)) + header_bytes + struct.pack(">H", len(wrapped)) + wrapped
-            + b"".join(chunks) + struct.pack(">I", len(envelope)) + envelope)
+    return (
+        b"FORGEBDL"
+        + struct.pack(">I", len(header_bytes))
+        + header_bytes
+        + struct.pack(">H", len(wrapped))
+        + wrapped
+        + b"".join(chunks)
+        + struct.pack(">I", len(envelope))
+        + envelope
+    )
 
 
-__all__ = ["DAY", "NOW", "Drbg", "ReplayStore", "SequenceCounter", "World", "build_world", "join_bundle", "make_plugin",
-           "revoke_key", "split_bundle"]
+__all__ = [
+    "DAY",
+    "NOW",
+    "Drbg",
+    "ReplayStore",
+    "SequenceCounter",
+    "World",
+    "build_world",
+    "join_bundle",
+    "make_plugin",
+    "revoke_key",
+    "split_bundle",
+]
 
 
 @pytest.fixture
 def kit() -> SimpleNamespace:
     """Helpers for test modules (conftest is not importable under --import-mode=importlib)."""
-    return SimpleNamespace(NOW=NOW, DAY=DAY, Drbg=Drbg, split=split_bundle, join=join_bundle, make_plugin=make_plugin,
-                           build_world=build_world)
+    return SimpleNamespace(
+        NOW=NOW, DAY=DAY, Drbg=Drbg, split=split_bundle, join=join_bundle, make_plugin=make_plugin, build_world=build_world
+    )
 
 
 # --------------------------------------------------------------------------- fuzzing (issue 16, item 1)
@@ -178,20 +242,96 @@ def kit() -> SimpleNamespace:
 # profiles, ``forge-fuzz-quick`` and ``forge-fuzz-slow``; ``FORGE_FUZZ_EXAMPLES`` overrides both.
 
 
-settings.register_profile("forge-fuzz-quick", max_examples=200, derandomize=True, deadline=None, database=None,
-                          phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
-settings.register_profile("forge-fuzz-slow", max_examples=100_000, derandomize=True, deadline=None, database=None,
-                          phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+settings.register_profile(
+    "forge-fuzz-quick",
+    max_examples=200,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    phases=[Phase.generate, Phase.shrink],
+    suppress_health_check=list(HealthCheck),
+)
+settings.register_profile(
+    "forge-fuzz-slow",
+    max_examples=100_000,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    phases=[Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 
 CODE_RE = _re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
-HOSTILE_TOKENS = [b"[" * 60_000, b"{\"a\":" * 3000, b"1" * 5000, b"-" + b"9" * 400, b"1e999", b"NaN", b"-Infinity",
-                  b"\"\\ud800\"", b"[\"x25519\"]", b"null", b"true", b"{}", b"[]", b"\xff\xfe", b"\"" + b"a" * 5000 + b"\"",
-                  b"0.5", b"\x00", b"\"[/x]\"", b"\"%s%n{0}\"", b"\"\\u0000\"", b",,", b"\"a\":1,\"a\":2", b"1" * 20]
-NAMES = ["x25519", "ed25519", "ml-dsa-65", "ml-kem-768+x25519", "forge-bundle/1", "forge-roster/2", "forge-private-key/2",
-         "forge-replay/2", "forge-audit-policy/1", "forge-mia-results/1", "2026-06-01T12:00:00Z", "9999-12-31T23:59:59Z",
-         "[/x]", "[bold]x[/bold]", "%s{0}", "../../etc/passwd", "", " ", "a" * 300, "\u202e", "\ud800"]
-BIG_INTS = [0, -1, 1, 2, 17, 255, 256, 65535, 2 ** 31, 2 ** 32, 2 ** 53 - 1, 2 ** 53, 2 ** 63, 2 ** 64, -(2 ** 63), 10 ** 16,
-            10 ** 30, 10 ** 39, 10 ** 40, 10 ** 41]
+HOSTILE_TOKENS = [
+    b"[" * 60_000,
+    b'{"a":' * 3000,
+    b"1" * 5000,
+    b"-" + b"9" * 400,
+    b"1e999",
+    b"NaN",
+    b"-Infinity",
+    b'"\\ud800"',
+    b'["x25519"]',
+    b"null",
+    b"true",
+    b"{}",
+    b"[]",
+    b"\xff\xfe",
+    b'"' + b"a" * 5000 + b'"',
+    b"0.5",
+    b"\x00",
+    b'"[/x]"',
+    b'"%s%n{0}"',
+    b'"\\u0000"',
+    b",,",
+    b'"a":1,"a":2',
+    b"1" * 20,
+]
+NAMES = [
+    "x25519",
+    "ed25519",
+    "ml-dsa-65",
+    "ml-kem-768+x25519",
+    "forge-bundle/1",
+    "forge-roster/2",
+    "forge-private-key/2",
+    "forge-replay/2",
+    "forge-audit-policy/1",
+    "forge-mia-results/1",
+    "2026-06-01T12:00:00Z",
+    "9999-12-31T23:59:59Z",
+    "[/x]",
+    "[bold]x[/bold]",
+    "%s{0}",
+    "../../etc/passwd",
+    "",
+    " ",
+    "a" * 300,
+    "\u202e",
+    "\ud800",
+]
+BIG_INTS = [
+    0,
+    -1,
+    1,
+    2,
+    17,
+    255,
+    256,
+    65535,
+    2**31,
+    2**32,
+    2**53 - 1,
+    2**53,
+    2**63,
+    2**64,
+    -(2**63),
+    10**16,
+    10**30,
+    10**39,
+    10**40,
+    10**41,
+]
 
 
 class HypothesisChoices:
@@ -229,7 +369,7 @@ class SeededChoices:
         return self.r.randbytes(self.r.randint(lo, hi))
 
     def text(self, hi: int) -> str:
-        alphabet = "abcXYZ019 -_./:[]{}\"\\%\u00e9\u202e\u4e2d\U0001f600\x00\ud800"
+        alphabet = 'abcXYZ019 -_./:[]{}"\\%\u00e9\u202e\u4e2d\U0001f600\x00\ud800'
         return "".join(self.r.choice(alphabet) for _ in range(self.r.randint(0, hi)))
 
 
@@ -315,7 +455,7 @@ def json_mutation(c, doc, paths) -> bytes:
             if isinstance(v, bool):
                 parent[key] = not v
             elif isinstance(v, int):
-                parent[key] = v + c.pick([-1, 1, -v, 2 ** 53, -(2 ** 63), 10 ** 40])
+                parent[key] = v + c.pick([-1, 1, -v, 2**53, -(2**63), 10**40])
             elif isinstance(v, str):
                 parent[key] = c.pick([v[:-1], v + "x", v.upper(), v * 2, "", v[::-1]])
             else:
@@ -341,13 +481,13 @@ def byte_mutation(c, raw: bytes, others: list[bytes]) -> bytes:
         i = c.int(0, max(n - 1, 0))
         op = c.int(0, 7)
         if op == 0 and n:
-            data = data[:i] + bytes([data[i] ^ c.int(1, 255)]) + data[i + 1:]
+            data = data[:i] + bytes([data[i] ^ c.int(1, 255)]) + data[i + 1 :]
         elif op == 1:
             data = data[:i]
         elif op == 2:
             data = data[:i] + c.bytes(1, 16) + data[i:]
         elif op == 3:
-            data = data[:i] + data[i + c.int(1, 64):]
+            data = data[:i] + data[i + c.int(1, 64) :]
         elif op == 4 and n:
             j = c.int(i, n)
             data = data[:j] + data[i:j] + data[j:]
@@ -355,9 +495,9 @@ def byte_mutation(c, raw: bytes, others: list[bytes]) -> bytes:
             other = c.pick(others)
             j = c.int(0, len(other))
             k = c.int(j, min(len(other), j + 4096))
-            data = data[:i] + other[j:k] + data[i + (k - j) * c.int(0, 1):]
+            data = data[:i] + other[j:k] + data[i + (k - j) * c.int(0, 1) :]
         elif op == 6:
-            data = data[:i] + c.pick(HOSTILE_TOKENS) + data[i + c.int(0, 8):]
+            data = data[:i] + c.pick(HOSTILE_TOKENS) + data[i + c.int(0, 8) :]
         else:
             data = data[:i] + data[i:].replace(b'"', b"", 1)
     return data
@@ -367,8 +507,17 @@ class Target:
     """One parser of outside bytes and valid inputs to mutate. ``parse(bytes)`` must return or
     raise ``expected`` (whose ``code``, when ``coded``, is a dotted reason code)."""
 
-    def __init__(self, name: str, parse, seeds: list[bytes], *, expected=None, coded: bool = True, json_doc: bool = True,
-                 only_seeds_valid: bool = False):
+    def __init__(
+        self,
+        name: str,
+        parse,
+        seeds: list[bytes],
+        *,
+        expected=None,
+        coded: bool = True,
+        json_doc: bool = True,
+        only_seeds_valid: bool = False,
+    ):
         from forge_secure.errors import ForgeError
 
         self.name, self.parse, self.seeds = name, parse, seeds
@@ -418,8 +567,14 @@ class FuzzRun:
                 self.crashes.append(("a changed input was accepted", data[:2000]))
 
     def summary(self) -> dict:
-        return {"parser": self.target.name, "inputs": self.inputs, "refused": sum(self.codes.values()),
-                "accepted": self.accepted, "crashes": len(self.crashes), "codes": len(self.codes)}
+        return {
+            "parser": self.target.name,
+            "inputs": self.inputs,
+            "refused": sum(self.codes.values()),
+            "accepted": self.accepted,
+            "crashes": len(self.crashes),
+            "codes": len(self.codes),
+        }
 
 
 SLOW_BATCH = 10  # inputs per hypothesis example in the slow run (each from the example's seeded generator)
@@ -441,17 +596,20 @@ def run_fuzz(target: Target, kind: str) -> FuzzRun:
     batch = 1 if kind == "quick" else SLOW_BATCH
     profile = settings(settings.get_profile(f"forge-fuzz-{kind}"), max_examples=-(-n // batch))
     if kind == "quick":
+
         @profile
         @given(data=st.data())
         def prop(data):
             run.one(target.make(HypothesisChoices(data)))
     else:
+
         @profile
-        @given(seed=st.integers(0, 2 ** 64 - 1))
+        @given(seed=st.integers(0, 2**64 - 1))
         def prop(seed):
             choices = SeededChoices(seed)
             for _ in range(batch):
                 run.one(target.make(choices))
+
     prop()
     report = _os.environ.get("FORGE_FUZZ_REPORT")
     if report:
@@ -459,8 +617,18 @@ def run_fuzz(target: Target, kind: str) -> FuzzRun:
             kinds: dict[str, int] = {}
             for why, _ in run.crashes:
                 kinds[why[:70]] = kinds.get(why[:70], 0) + 1
-            f.write(json.dumps({**run.summary(), "kind": kind, "examples": n, "crash_kinds": kinds,
-                                "first_crashes": [(why, data[:300].decode("latin-1")) for why, data in run.crashes[:5]]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        **run.summary(),
+                        "kind": kind,
+                        "examples": n,
+                        "crash_kinds": kinds,
+                        "first_crashes": [(why, data[:300].decode("latin-1")) for why, data in run.crashes[:5]],
+                    }
+                )
+                + "\n"
+            )
     return run
 
 
@@ -473,5 +641,13 @@ def assert_total(run: FuzzRun, at_least: int) -> None:
 @pytest.fixture(scope="session")
 def fuzzing() -> SimpleNamespace:
     """The fuzzing machinery for the fuzz test modules."""
-    return SimpleNamespace(Target=Target, run=run_fuzz, count=fuzz_count, assert_total=assert_total, CODE_RE=CODE_RE,
-                           HypothesisChoices=HypothesisChoices, SeededChoices=SeededChoices, HOSTILE_TOKENS=HOSTILE_TOKENS)
+    return SimpleNamespace(
+        Target=Target,
+        run=run_fuzz,
+        count=fuzz_count,
+        assert_total=assert_total,
+        CODE_RE=CODE_RE,
+        HypothesisChoices=HypothesisChoices,
+        SeededChoices=SeededChoices,
+        HOSTILE_TOKENS=HOSTILE_TOKENS,
+    )
