@@ -25,6 +25,8 @@ algorithms and counts as one signer, and no two admin entries may share a compon
 so a threshold counts distinct signers.
 
 Trust (the pinned root, rotation, rollback, fork) is in :mod:`forge_secure.crypto.trust`.
+The entries (admins, site keys, recipients, revocations) and the format constants are in
+:mod:`forge_secure.crypto.roster_entries`, editing is in :mod:`forge_secure.crypto.roster_edit`; both re-exported here.
 """
 
 from __future__ import annotations
@@ -49,80 +51,18 @@ from . import _primitives as P
 from . import _time
 from .errors import BundleError, fail
 from .keys import PublicKey, SigningPublicKey, b64d, b64e, check_site
-from .keys import key_id as _key_id
-
-FORMAT = "forge-roster/2"
-FORMAT_V1 = "forge-roster/1"
-FORMATS = (FORMAT_V1, FORMAT)
-PAYLOAD_TYPE = "application/vnd.forge.roster+json"
-MAX_ROSTER = 4 << 20
-RECIPIENT_ROLES = ("consortium", "auditor", "site")  # site: the auditor seals canary grants to it
-
-
-@dataclass(frozen=True)
-class Recipient:
-    """An encryption key that bundles may be sealed to."""
-
-    name: str
-    role: str
-    kem: str
-    public_key: bytes
-
-    def __post_init__(self):
-        check_site(self.name)
-        if self.role not in RECIPIENT_ROLES:
-            raise fail("roster.invalid", f"recipient role {str(self.role)[:40]!r} is not one of {list(RECIPIENT_ROLES)}",
-                       "give --role consortium or --role auditor")
-        if not isinstance(self.kem, str) or self.kem not in P.KEMS:
-            raise fail("roster.invalid", f"recipient key encapsulation {str(self.kem)[:40]!r} is not supported",
-                       f"use one of: {', '.join(P.KEMS.names())}")
-        try:
-            P.KEMS.get(self.kem).public_from_raw(self.public_key)
-        except ValueError as e:
-            raise fail("roster.invalid", f"the {self.kem} recipient key of {self.name} is not valid ({e})",
-                       "restore the roster from a good copy") from None
-
-    @property
-    def key_id(self) -> str:
-        return _key_id(self.public_key)
-
-    @classmethod
-    def from_public(cls, pub: PublicKey, role: str = "consortium") -> "Recipient":
-        return cls(pub.site, role, pub.kem, pub.encryption_key)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "role": self.role, "key_id": self.key_id, "kem": self.kem, "public_key": b64e(self.public_key)}
-
-
-@dataclass(frozen=True)
-class SiteKey:
-    site: str
-    key: SigningPublicKey
-    not_before: int
-    not_after: int
-
-    def to_dict(self) -> dict:
-        return {"site": self.site, "key_id": self.key.key_id, **self.key.to_dict(),
-                "not_before": _time.format_time(self.not_before), "not_after": _time.format_time(self.not_after)}
-
-
-@dataclass(frozen=True)
-class Admin:
-    name: str
-    key: SigningPublicKey
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "key_id": self.key.key_id, **self.key.to_dict()}
-
-
-@dataclass(frozen=True)
-class Revocation:
-    key_id: str
-    revoked: int
-    reason: str
-
-    def to_dict(self) -> dict:
-        return {"key_id": self.key_id, "revoked": _time.format_time(self.revoked), "reason": self.reason}
+from .roster_entries import (
+    FORMAT,
+    FORMAT_V1,
+    FORMATS,
+    MAX_ROSTER,
+    PAYLOAD_TYPE,
+    RECIPIENT_ROLES,  # noqa: F401 - re-exported
+    Admin,
+    Recipient,
+    Revocation,
+    SiteKey,
+)
 
 
 @dataclass(frozen=True)
@@ -145,8 +85,11 @@ class Roster:
     def __post_init__(self):
         check_site(self.consortium)
         if self.format not in FORMATS:
-            raise fail("roster.version", f"roster format {str(self.format)[:40]!r} is not one this toolkit reads ({', '.join(FORMATS)})",
-                       "use a roster written by forge-secure")
+            raise fail(
+                "roster.version",
+                f"roster format {str(self.format)[:40]!r} is not one this toolkit reads ({', '.join(FORMATS)})",
+                "use a roster written by forge-secure",
+            )
         if self.format == FORMAT_V1 and (self.recipients or self.timestamp_keys):
             raise fail("roster.invalid", f"a {FORMAT_V1} roster lists no recipients", f"write it as {FORMAT}")
         rids = [r.key_id for r in self.recipients]
@@ -154,8 +97,11 @@ class Roster:
             raise fail("roster.invalid", "a recipient key is listed twice", "list each recipient key once")
         components = [(alg, raw) for a in self.admins for alg, raw in a.key.keys.items()]
         if len(set(components)) != len(components):  # a hybrid key and its own Ed25519 half are one signer
-            raise fail("roster.invalid", "two admin entries share a key (one party would count twice towards the threshold)",
-                       "list each admin once, with all the algorithms of its key")
+            raise fail(
+                "roster.invalid",
+                "two admin entries share a key (one party would count twice towards the threshold)",
+                "list each admin once, with all the algorithms of its key",
+            )
         if not isinstance(self.version, int) or isinstance(self.version, bool) or not 1 <= self.version < 1 << 53:
             raise fail("roster.invalid", f"roster version {self.version!r} is not a positive integer", "rebuild the roster")
         if not self.admins:
@@ -167,8 +113,11 @@ class Roster:
         if len(set(site_ids)) != len(site_ids):
             raise fail("roster.invalid", "a site key is listed twice", "list each site key once")
         if not isinstance(self.threshold, int) or isinstance(self.threshold, bool) or not 1 <= self.threshold <= len(self.admins):
-            raise fail("roster.threshold", f"threshold {self.threshold!r} must be between 1 and the {len(self.admins)} admin keys",
-                       "give --threshold between 1 and the number of admins")
+            raise fail(
+                "roster.threshold",
+                f"threshold {self.threshold!r} must be between 1 and the {len(self.admins)} admin keys",
+                "give --threshold between 1 and the number of admins",
+            )
 
     # ------------------------------------------------------------ serialisation
     def signed_dict(self) -> dict:
@@ -201,8 +150,7 @@ class Roster:
     def to_document(self) -> dict:
         return {
             "signed": self.signed_dict(),
-            "signatures": [{"keyid": k, "sig": {a: b64e(s) for a, s in sorted(sig.items())}}
-                           for k, sig in sorted(self.signatures.items())],
+            "signatures": [{"keyid": k, "sig": {a: b64e(s) for a, s in sorted(sig.items())}} for k, sig in sorted(self.signatures.items())],
         }
 
     def write(self, path: str | os.PathLike) -> None:
@@ -212,8 +160,11 @@ class Roster:
     def valid_signers(self, admins: tuple[Admin, ...] | None = None) -> set[str]:
         """Key ids of ``admins`` (default: this roster's) with a valid signature."""
         message = self.signed_bytes()
-        return {a.key.key_id for a in (admins or self.admins)
-                if a.key.key_id in self.signatures and a.key.verify_all(message, self.signatures[a.key.key_id])}
+        return {
+            a.key.key_id
+            for a in (admins or self.admins)
+            if a.key.key_id in self.signatures and a.key.verify_all(message, self.signatures[a.key.key_id])
+        }
 
     def signer_count(self, admins: tuple[Admin, ...] | None = None) -> int:
         """The number of distinct parties among ``admins`` with a valid signature: admin entries
@@ -247,15 +198,20 @@ class Roster:
         entry = self.recipient(kid)
         if entry is None or entry.kem != pub.kem:
             listed = ", ".join(f"{r.name} ({r.role}) {r.key_id[:16]}" for r in self.recipients) or "none"
-            raise fail("bundle.unlisted_recipient",
-                       f"recipient key {kid[:16]}... ({pub.site}) is not listed in roster version {self.version} of "
-                       f"{self.consortium} (listed: {listed})",
-                       "seal to a recipient listed in the signed roster ('forge roster show'); if the key is genuine, "
-                       "the admins add it with 'forge roster add --recipient PUB' and sign the roster")
+            raise fail(
+                "bundle.unlisted_recipient",
+                f"recipient key {kid[:16]}... ({pub.site}) is not listed in roster version {self.version} of "
+                f"{self.consortium} (listed: {listed})",
+                "seal to a recipient listed in the signed roster ('forge roster show'); if the key is genuine, "
+                "the admins add it with 'forge roster add --recipient PUB' and sign the roster",
+            )
         rev = self.revoked(kid)
         if rev is not None:
-            raise fail("bundle.unlisted_recipient", f"recipient key {kid[:16]}... ({pub.site}) was revoked on "
-                       f"{_time.format_time(rev.revoked)} ({rev.reason})", "seal to the consortium's current key listed in the roster")
+            raise fail(
+                "bundle.unlisted_recipient",
+                f"recipient key {kid[:16]}... ({pub.site}) was revoked on {_time.format_time(rev.revoked)} ({rev.reason})",
+                "seal to the consortium's current key listed in the roster",
+            )
         return entry
 
     def revoked(self, key_id: str) -> Revocation | None:
@@ -268,39 +224,62 @@ class Roster:
         """The site entry of ``key_id``; raises ``bundle.revoked`` or ``bundle.untrusted_signer``."""
         rev = self.revoked(key_id)
         if rev is not None:
-            raise fail("bundle.revoked", f"signer key {key_id[:16]}... was revoked on {_time.format_time(rev.revoked)} ({rev.reason})",
-                       "do not use this bundle; ask the site to seal again with its new key")
+            raise fail(
+                "bundle.revoked",
+                f"signer key {key_id[:16]}... was revoked on {_time.format_time(rev.revoked)} ({rev.reason})",
+                "do not use this bundle; ask the site to seal again with its new key",
+            )
         entry = self.site_key(key_id)
         if entry is None:
-            raise fail("bundle.untrusted_signer", f"signer key {key_id[:16]}... is not in roster version {self.version} of {self.consortium}",
-                       "add the site's public key with 'forge roster add' and sign the roster, or check you have the current roster")
+            raise fail(
+                "bundle.untrusted_signer",
+                f"signer key {key_id[:16]}... is not in roster version {self.version} of {self.consortium}",
+                "add the site's public key with 'forge roster add' and sign the roster, or check you have the current roster",
+            )
         return entry
 
     def check_signer(self, key_id: str, site: str, created: int, now: int) -> SiteKey:
         """The roster entry that lets ``key_id`` sign for ``site`` at ``created`` and now."""
         entry = self.listed_key(key_id)
         if entry.site != site:
-            raise fail("bundle.untrusted_signer", f"signer key {key_id[:16]}... belongs to site {entry.site!r}, but the bundle claims site {site!r}",
-                       "do not use this bundle; it claims another site's identity")
+            raise fail(
+                "bundle.untrusted_signer",
+                f"signer key {key_id[:16]}... belongs to site {entry.site!r}, but the bundle claims site {site!r}",
+                "do not use this bundle; it claims another site's identity",
+            )
         for when, label in ((created, "when the bundle was sealed"), (now, "now")):
             if not entry.not_before <= when <= entry.not_after:
-                raise fail("bundle.expired_key",
-                           f"signer key of {site} is valid from {_time.format_time(entry.not_before)} to "
-                           f"{_time.format_time(entry.not_after)}, not {label} ({_time.format_time(when)})",
-                           "ask the consortium to renew the site's key in the roster, and the site to seal again")
+                raise fail(
+                    "bundle.expired_key",
+                    f"signer key of {site} is valid from {_time.format_time(entry.not_before)} to "
+                    f"{_time.format_time(entry.not_after)}, not {label} ({_time.format_time(when)})",
+                    "ask the consortium to renew the site's key in the roster, and the site to seal again",
+                )
         return entry
 
     def describe(self, now: int | None = None) -> dict:
         now = _time.now() if now is None else now
         signers = self.valid_signers()
         return {
-            "consortium": self.consortium, "version": self.version, "expires": _time.format_time(self.expires),
-            "expired": now > self.expires, "threshold": self.threshold, "valid_signatures": self.signer_count(),
+            "consortium": self.consortium,
+            "version": self.version,
+            "expires": _time.format_time(self.expires),
+            "expired": now > self.expires,
+            "threshold": self.threshold,
+            "valid_signatures": self.signer_count(),
             "trusted": self.signer_count() >= self.threshold and now <= self.expires,
             "admins": [{"name": a.name, "key_id": a.key.key_id, "signed": a.key.key_id in signers} for a in self.admins],
-            "sites": [{"site": s.site, "key_id": s.key.key_id, "algorithms": list(s.key.algorithms),
-                       "not_before": _time.format_time(s.not_before), "not_after": _time.format_time(s.not_after),
-                       "revoked": self.revoked(s.key.key_id) is not None} for s in self.sites],
+            "sites": [
+                {
+                    "site": s.site,
+                    "key_id": s.key.key_id,
+                    "algorithms": list(s.key.algorithms),
+                    "not_before": _time.format_time(s.not_before),
+                    "not_after": _time.format_time(s.not_after),
+                    "revoked": self.revoked(s.key.key_id) is not None,
+                }
+                for s in self.sites
+            ],
             "recipients": [{**r.to_dict(), "revoked": self.revoked(r.key_id) is not None} for r in self.recipients],
             "timestamp_keys": [{"name": t.name, "key_id": t.key.key_id} for t in self.timestamp_keys],
             "revocations": [r.to_dict() for r in self.revocations],
@@ -321,30 +300,45 @@ def parse_roster(doc: object, where: str) -> Roster:
         raise fail("roster.wrong_type", f"{where} is not a forge roster", "give the roster file written by 'forge roster init'")
     s = doc["signed"]
     if s.get("format") not in FORMATS:
-        raise fail("roster.version", f"{where} has roster format {str(s.get('format'))[:40]!r}, this toolkit reads {', '.join(FORMATS)}",
-                   "use a roster written by this version of forge-secure")
+        raise fail(
+            "roster.version",
+            f"{where} has roster format {str(s.get('format'))[:40]!r}, this toolkit reads {', '.join(FORMATS)}",
+            "use a roster written by this version of forge-secure",
+        )
     try:
         if not all(isinstance(s.get(k), list) for k in ("admins", "sites", "revocations")):
             raise TypeError("'admins', 'sites' and 'revocations' must be lists")
-        admins = tuple(Admin(check_site(a["name"]), SigningPublicKey.from_dict(a, f"{where}: admin", "roster.invalid"))
-                       for a in s["admins"])
+        admins = tuple(
+            Admin(check_site(a["name"]), SigningPublicKey.from_dict(a, f"{where}: admin", "roster.invalid")) for a in s["admins"]
+        )
         sites = tuple(
-            SiteKey(check_site(e["site"]), SigningPublicKey.from_dict(e, f"{where}: site key", "roster.invalid"),
-                    _time.parse_time(e["not_before"], "not_before"), _time.parse_time(e["not_after"], "not_after"))
-            for e in s["sites"])
-        revocations = tuple(Revocation(_text(r["key_id"], 64), _time.parse_time(r["revoked"], "revoked"), _text(r["reason"], 1000))
-                            for r in s["revocations"])
+            SiteKey(
+                check_site(e["site"]),
+                SigningPublicKey.from_dict(e, f"{where}: site key", "roster.invalid"),
+                _time.parse_time(e["not_before"], "not_before"),
+                _time.parse_time(e["not_after"], "not_after"),
+            )
+            for e in s["sites"]
+        )
+        revocations = tuple(
+            Revocation(_text(r["key_id"], 64), _time.parse_time(r["revoked"], "revoked"), _text(r["reason"], 1000))
+            for r in s["revocations"]
+        )
         recipients: tuple[Recipient, ...] = ()
         timestamp_keys: tuple[Admin, ...] = ()
         if s["format"] == FORMAT:
             if not isinstance(s.get("recipients"), list):
                 raise TypeError("'recipients' must be a list")
-            recipients = tuple(Recipient(r["name"], r["role"], r["kem"], b64d(r["public_key"], f"{where}: recipient", "roster.invalid"))
-                               for r in s["recipients"])
+            recipients = tuple(
+                Recipient(r["name"], r["role"], r["kem"], b64d(r["public_key"], f"{where}: recipient", "roster.invalid"))
+                for r in s["recipients"]
+            )
             if not isinstance(s.get("timestamp_keys"), list):
                 raise TypeError("'timestamp_keys' must be a list")
-            timestamp_keys = tuple(Admin(check_site(t["name"]), SigningPublicKey.from_dict(t, f"{where}: timestamp key", "roster.invalid"))
-                                   for t in s["timestamp_keys"])
+            timestamp_keys = tuple(
+                Admin(check_site(t["name"]), SigningPublicKey.from_dict(t, f"{where}: timestamp key", "roster.invalid"))
+                for t in s["timestamp_keys"]
+            )
             for t in s["timestamp_keys"]:
                 if t.get("key_id") != SigningPublicKey.from_dict(t, where, "roster.invalid").key_id:
                     raise _bad(where, f"stated timestamp key id {str(t.get('key_id'))[:80]!r} does not match its keys")
@@ -360,9 +354,19 @@ def parse_roster(doc: object, where: str) -> Roster:
             if not isinstance(kid, str) or kid in sigs or not isinstance(item["sig"], dict) or len(item["sig"]) > 4:
                 raise _bad(where, "a signature entry is malformed or repeated")
             sigs[kid] = {str(a): b64d(v, f"{where}: signature", "roster.invalid") for a, v in item["sig"].items()}
-        roster = Roster(check_site(s["consortium"]), s["version"], _time.parse_time(s["expires"], "expires"),
-                        s["threshold"], admins, sites, revocations, sigs, recipients=recipients, format=s["format"],
-                        timestamp_keys=timestamp_keys)
+        roster = Roster(
+            check_site(s["consortium"]),
+            s["version"],
+            _time.parse_time(s["expires"], "expires"),
+            s["threshold"],
+            admins,
+            sites,
+            revocations,
+            sigs,
+            recipients=recipients,
+            format=s["format"],
+            timestamp_keys=timestamp_keys,
+        )
         same = roster.signed_bytes() == P.pae(PAYLOAD_TYPE, canonical_json(s))  # one encoding only
     except BundleError as e:
         if e.code.startswith("roster."):
@@ -416,8 +420,11 @@ def roster_from_bytes(raw: bytes, where: str = "<roster>") -> Roster:
     try:
         doc = loads_bounded(raw, max_depth=8, max_int_digits=16, allow_floats=False)
     except ValueError as e:
-        raise fail("roster.invalid", f"roster {where} is not JSON within bounds ({e})",
-                   "restore the roster from a good copy or ask the consortium for it") from None
+        raise fail(
+            "roster.invalid",
+            f"roster {where} is not JSON within bounds ({e})",
+            "restore the roster from a good copy or ask the consortium for it",
+        ) from None
     return parse_roster(doc, where)
 
 
@@ -446,5 +453,20 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Admin", "Recipient", "Revocation", "Roster", "SiteKey", "add_admin_key", "add_recipient", "add_site_key",
-           "add_timestamp_key", "init_roster", "parse_roster", "read_roster", "revoke_key", "roster_from_bytes", "sign_roster"]
+__all__ = [
+    "Admin",
+    "Recipient",
+    "Revocation",
+    "Roster",
+    "SiteKey",
+    "add_admin_key",
+    "add_recipient",
+    "add_site_key",
+    "add_timestamp_key",
+    "init_roster",
+    "parse_roster",
+    "read_roster",
+    "revoke_key",
+    "roster_from_bytes",
+    "sign_roster",
+]

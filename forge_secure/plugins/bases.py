@@ -59,7 +59,6 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -67,8 +66,18 @@ from torch import nn
 from ..errors import ForgeDataError, ForgeFileError, ForgeIntegrityError, ForgeValueError
 from ..fileio import sha256_bytes, sha256_file
 from ..registry import Registry
+from .base_architectures import (
+    ARCHITECTURES,  # noqa: F401 - re-exported
+    QV_NAMES,  # noqa: F401 - re-exported
+    HFClassifier,
+    TabularMLP,  # noqa: F401 - re-exported
+    _freeze,
+    attention_qv_targets,
+    build_architecture,
+    vit_config,  # noqa: F401 - re-exported
+)
 
-GRID = 2.0 ** -16                   # the bundled bases' weights are multiples of this
+GRID = 2.0**-16  # the bundled bases' weights are multiples of this
 BASE_FORMAT = "forge-base/1"
 BASE_FILE = "base.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -86,8 +95,17 @@ SHIPPED = {
 # update B A (A spans all 30 inputs) is what brings the mean and worst-case features in.
 TABULAR_BASE_FEATURES = tuple(range(10, 20))
 
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                      "merges.txt", "added_tokens.json", "sentencepiece.bpe.model", "spiece.model")
+HF_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,7 +118,7 @@ class Base:
     target_modules: tuple[str, ...]
     kind: str
     n_classes: int
-    input_shape: tuple[int, ...] = ()   # shape of one record, e.g. (30,) or (1, 8, 8); () if unknown
+    input_shape: tuple[int, ...] = ()  # shape of one record, e.g. (30,) or (1, 8, 8); () if unknown
     settings: dict = field(default_factory=dict)  # builder settings (recorded in forge.json)
 
     def describe(self) -> dict:
@@ -108,6 +126,7 @@ class Base:
 
 
 # --------------------------------------------------------------------------- digests
+
 
 def manifest_digest(file_hashes: dict[str, str]) -> str:
     """The base digest from ``{relative path: sha256 hex}`` (see the module docstring)."""
@@ -120,8 +139,11 @@ def defining_files(folder: Path) -> list[str]:
     if (folder / BASE_FILE).is_file():
         return [BASE_FILE, WEIGHTS_FILE]
     names = sorted(p.name for p in folder.iterdir() if p.is_file())
-    return [n for n in names if n == "config.json" or n.endswith(".safetensors") or n.endswith(".safetensors.index.json")
-            or n in HF_TOKENIZER_FILES]
+    return [
+        n
+        for n in names
+        if n == "config.json" or n.endswith(".safetensors") or n.endswith(".safetensors.index.json") or n in HF_TOKENIZER_FILES
+    ]
 
 
 def directory_digest(folder: str | Path, names: list[str] | None = None) -> tuple[str, dict[str, str]]:
@@ -145,100 +167,8 @@ def weights_digest(model: nn.Module) -> str:
     return sha256_bytes(weights_bytes(model))
 
 
-# --------------------------------------------------------------------------- architectures
-
-class TabularMLP(nn.Module):
-    """d_in -> hidden -> hidden -> n_classes multilayer perceptron with named layers fc1, fc2, head."""
-
-    def __init__(self, d_in: int = 30, hidden: int = 64, n_classes: int = 2):
-        super().__init__()
-        self.fc1 = nn.Linear(d_in, hidden)
-        self.fc2 = nn.Linear(hidden, hidden)
-        self.head = nn.Linear(hidden, n_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-
-class HFClassifier(nn.Module):
-    """Wrap a Hugging Face classifier so that ``forward(x)`` returns the logits tensor.
-
-    Text models take token ids (any dtype: the training loop hands float32 records over)
-    and attend to every position that is not the pad id. The padding mask is handed over as
-    the additive 4-D mask the eager attention adds to its scores, which transformers uses as
-    it is: its own mask builder inspects the mask's values (``mask.all()``), which per-sample
-    code under ``torch.func.vmap`` (the reconstruction attacks) cannot do."""
-
-    def __init__(self, hf_model: nn.Module):
-        super().__init__()
-        self.hf: Any = hf_model  # a transformers PreTrainedModel (called with keyword inputs, returns an output with .logits)
-        self.input_name = getattr(hf_model, "main_input_name", "pixel_values")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_name == "input_ids":
-            ids = x.long()
-            pad = getattr(self.hf.config, "pad_token_id", None)
-            if pad is None:
-                return self.hf(input_ids=ids).logits
-            dtype = self.hf.get_input_embeddings().weight.dtype
-            blocked = (ids == pad).to(dtype)[:, None, None, :]  # (n, 1, 1, L): 1 at padding
-            return self.hf(input_ids=ids, attention_mask=blocked * torch.finfo(dtype).min).logits
-        return self.hf(**{self.input_name: x}).logits
-
-
-def vit_config(image_size: int = 8, num_channels: int = 1, n_classes: int = 10, patch_size: int = 2, hidden: int = 64,
-               layers: int = 2, heads: int = 2, intermediate: int = 128):
-    from transformers import ViTConfig
-
-    return ViTConfig(image_size=image_size, patch_size=patch_size, num_channels=num_channels, hidden_size=hidden,
-                     num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,
-                     num_labels=n_classes, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # type: ignore[call-arg]  # num_labels: transformers 5 takes it through **kwargs, which its dataclass signature does not show
-
-
-def _vit_tiny(config: dict) -> nn.Module:
-    from transformers import ViTForImageClassification
-
-    cfg = vit_config(**config)
-    cfg._attn_implementation = "eager"
-    return HFClassifier(ViTForImageClassification(cfg))
-
-
-ARCHITECTURES = {"tabular-mlp": lambda config: TabularMLP(**config), "vit-tiny": _vit_tiny}
-
-
-def build_architecture(architecture: str, config: dict) -> nn.Module:
-    """An untrained module of a forge base architecture (its weights come from the base's file)."""
-    if architecture not in ARCHITECTURES:
-        raise ForgeValueError(f"unknown base architecture {architecture!r}", fix=f"use one of: {', '.join(sorted(ARCHITECTURES))}",
-                              code="base.unsupported")
-    return ARCHITECTURES[architecture](config)
-
-
-# attention query/value projection names used by common HF architectures (MedForge targets q/v)
-QV_NAMES = (("query", "value"), ("q_proj", "v_proj"), ("q_lin", "v_lin"), ("q", "v"))
-
-
-def attention_qv_targets(model: nn.Module) -> tuple[str, ...]:
-    """The names (last components) of the attention query and value Linear layers."""
-    leaves = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    for q, v in QV_NAMES:
-        if q in leaves and v in leaves:
-            return (q, v)
-    raise ForgeValueError(
-        "cannot find the attention query/value projections in this model",
-        fix="name the LoRA targets explicitly (TrainConfig.targets)",
-        code="base.no_targets",
-    )
-
-
-def _freeze(model: nn.Module) -> nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 # --------------------------------------------------------------------------- forge base directories
+
 
 def _read_defining(folder: Path, names: list[str], what: str, missing_error) -> dict[str, bytes]:
     files = {}
@@ -248,8 +178,9 @@ def _read_defining(folder: Path, names: list[str], what: str, missing_error) -> 
         except FileNotFoundError:
             raise missing_error(rel) from None
         except OSError as e:
-            raise ForgeFileError(f"cannot read {folder / rel} ({e.strerror or e})", fix=f"restore {what} from a good copy",
-                                 code="base.unreadable") from None
+            raise ForgeFileError(
+                f"cannot read {folder / rel} ({e.strerror or e})", fix=f"restore {what} from a good copy", code="base.unreadable"
+            ) from None
     return files
 
 
@@ -266,8 +197,12 @@ def _load_forge_dir(folder: Path, name: str, expected: str | None, fix: str) -> 
     files = _read_defining(folder, [BASE_FILE, WEIGHTS_FILE], f"base {name}", missing)
     digest = manifest_digest({rel: sha256_bytes(data) for rel, data in files.items()})
     if expected is not None and digest != expected:
-        raise ForgeIntegrityError(f"bundled base {name} in {folder} has digest {digest[:16]}..., not the pinned {expected[:16]}... "
-                                  "(a file is altered or truncated)", fix=fix, code="base.digest_mismatch")
+        raise ForgeIntegrityError(
+            f"bundled base {name} in {folder} has digest {digest[:16]}..., not the pinned {expected[:16]}... "
+            "(a file is altered or truncated)",
+            fix=fix,
+            code="base.digest_mismatch",
+        )
     try:
         record = json.loads(files[BASE_FILE].decode("utf-8"))
         if not isinstance(record, dict) or record.get("format") != BASE_FORMAT:
@@ -278,8 +213,9 @@ def _load_forge_dir(folder: Path, name: str, expected: str | None, fix: str) -> 
         if not isinstance(config, dict):
             raise ValueError("config is not an object")
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise ForgeDataError(f"{folder / BASE_FILE} is not a {BASE_FORMAT} record ({e.__class__.__name__}: {e})", fix=fix,
-                             code="base.bad_config") from None
+        raise ForgeDataError(
+            f"{folder / BASE_FILE} is not a {BASE_FORMAT} record ({e.__class__.__name__}: {e})", fix=fix, code="base.bad_config"
+        ) from None
     with torch.random.fork_rng(devices=[]):  # constructors draw from the global RNG: leave it untouched
         torch.manual_seed(0)
         try:
@@ -289,16 +225,21 @@ def _load_forge_dir(folder: Path, name: str, expected: str | None, fix: str) -> 
     try:
         model.load_state_dict(load(files[WEIGHTS_FILE]), strict=True)
     except (SafetensorError, RuntimeError, ValueError) as e:
-        raise ForgeDataError(f"the weights in {folder / WEIGHTS_FILE} do not load ({e.__class__.__name__}: {str(e).splitlines()[0][:160]})",
-                             fix=fix, code="base.bad_weights") from None
+        raise ForgeDataError(
+            f"the weights in {folder / WEIGHTS_FILE} do not load ({e.__class__.__name__}: {str(e).splitlines()[0][:160]})",
+            fix=fix,
+            code="base.bad_weights",
+        ) from None
     model = _freeze(model)
     targets = tuple(targets) if targets else attention_qv_targets(model)
     return Base(name, model, digest, targets, kind, n_classes, shape, settings)
 
 
 def _asset_fix(name: str) -> str:
-    return (f"reinstall forge-secure (pip install --force-reinstall forge-secure), or restore forge_secure/plugins/assets/{name}/ "
-            "from the repository (git checkout -- forge_secure/plugins/assets)")
+    return (
+        f"reinstall forge-secure (pip install --force-reinstall forge-secure), or restore forge_secure/plugins/assets/{name}/ "
+        "from the repository (git checkout -- forge_secure/plugins/assets)"
+    )
 
 
 def load_shipped(name: str, **settings) -> Base:
@@ -318,16 +259,20 @@ def load_shipped(name: str, **settings) -> Base:
             base = _memo.setdefault(name, base)
     unknown = sorted(set(settings) - set(base.settings))
     if unknown:
-        raise ForgeValueError(f"base {name} has no setting {', '.join(unknown)}", fix=f"its settings are {', '.join(sorted(base.settings))}",
-                              code="base.settings")
+        raise ForgeValueError(
+            f"base {name} has no setting {', '.join(unknown)}",
+            fix=f"its settings are {', '.join(sorted(base.settings))}",
+            code="base.settings",
+        )
     other = {k: v for k, v in settings.items() if not _same_setting(v, base.settings[k])}
     if other:
         told = " ".join(f"{k}={v!r}" for k, v in sorted(other.items()))
         raise ForgeValueError(
             f"the bundled {name} is built with {', '.join(f'{k}={base.settings[k]!r}' for k in sorted(other))}; {told} is not shipped, "
             "and nothing is trained when a base is loaded",
-            fix=f"build it once with: python tools/make_bases.py {name} " + " ".join(f"--set {k}={v}" for k, v in sorted(other.items()))
-                + " --out DIR, copy DIR to every site and use it as the base (--base DIR)",
+            fix=f"build it once with: python tools/make_bases.py {name} "
+            + " ".join(f"--set {k}={v}" for k, v in sorted(other.items()))
+            + " --out DIR, copy DIR to every site and use it as the base (--base DIR)",
             code="base.not_shipped",
         )
     return base
@@ -343,42 +288,62 @@ def _same_setting(given, shipped) -> bool:
 
 # --------------------------------------------------------------------------- Hugging Face models
 
+
 def load_hf_base(path: str | Path) -> Base:
     """A Hugging Face classification model from a local directory (safetensors only)."""
     path = Path(path)
     if not path.is_dir():
-        raise ForgeFileError(f"base model directory {path} does not exist", fix="give a local Hugging Face model directory", code="base.missing")
+        raise ForgeFileError(
+            f"base model directory {path} does not exist", fix="give a local Hugging Face model directory", code="base.missing"
+        )
     if not (path / "config.json").is_file():
-        raise ForgeFileError(f"{path} has no config.json (Hugging Face) or {BASE_FILE} (forge base), so it is not a base directory",
-                             fix="give a directory written by save_pretrained or by tools/make_bases.py", code="base.not_hf")
+        raise ForgeFileError(
+            f"{path} has no config.json (Hugging Face) or {BASE_FILE} (forge base), so it is not a base directory",
+            fix="give a directory written by save_pretrained or by tools/make_bases.py",
+            code="base.not_hf",
+        )
     if not any(path.glob("*.safetensors")):
-        raise ForgeFileError(f"{path} holds no .safetensors weights", fix="convert the weights to safetensors (pickled weights are refused)",
-                             code="base.no_safetensors")
+        raise ForgeFileError(
+            f"{path} holds no .safetensors weights",
+            fix="convert the weights to safetensors (pickled weights are refused)",
+            code="base.no_safetensors",
+        )
     from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
 
     digest, _ = directory_digest(path)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
-        raise ForgeDataError(f"{path}/config.json cannot be read as a model configuration ({e})", fix="restore the directory from a good copy",
-                             code="base.bad_config") from None
+        raise ForgeDataError(
+            f"{path}/config.json cannot be read as a model configuration ({e})",
+            fix="restore the directory from a good copy",
+            code="base.bad_config",
+        ) from None
     hf = None
     for auto in (AutoModelForImageClassification, AutoModelForSequenceClassification):
         try:
-            hf, info = auto.from_pretrained(path, local_files_only=True, use_safetensors=True, attn_implementation="eager",
-                                            output_loading_info=True)
+            hf, info = auto.from_pretrained(
+                path, local_files_only=True, use_safetensors=True, attn_implementation="eager", output_loading_info=True
+            )
             break
         except ValueError as e:
             if "Unrecognized configuration class" in str(e):  # not of this model family: try the next
                 continue
-            raise ForgeDataError(f"cannot load the model in {path} ({str(e)[:200]})", fix="restore the directory from a good copy",
-                                 code="base.bad_weights") from None
+            raise ForgeDataError(
+                f"cannot load the model in {path} ({str(e)[:200]})", fix="restore the directory from a good copy", code="base.bad_weights"
+            ) from None
         except Exception as e:  # OSError, RuntimeError, safetensors' own errors for truncated files, ...
-            raise ForgeDataError(f"cannot load the model in {path} ({e.__class__.__name__}: {str(e)[:200]})",
-                                 fix="restore the directory from a good copy", code="base.bad_weights") from None
+            raise ForgeDataError(
+                f"cannot load the model in {path} ({e.__class__.__name__}: {str(e)[:200]})",
+                fix="restore the directory from a good copy",
+                code="base.bad_weights",
+            ) from None
     if hf is None:
-        raise ForgeValueError(f"{path} holds a {config.model_type!r} model, which is not an image or sequence classifier",
-                              fix="give a model with a classification head", code="base.unsupported")
+        raise ForgeValueError(
+            f"{path} holds a {config.model_type!r} model, which is not an image or sequence classifier",
+            fix="give a model with a classification head",
+            code="base.unsupported",
+        )
     missing = list(info.get("missing_keys") or [])
     if missing:  # freshly initialised weights would make the model differ on every load
         raise ForgeDataError(
@@ -387,14 +352,20 @@ def load_hf_base(path: str | Path) -> Base:
             code="base.incomplete",
         )
     if directory_digest(path)[0] != digest:
-        raise ForgeFileError(f"the files of {path} changed while it was loaded", fix="load it again once nothing writes to it",
-                             code="base.changed")
+        raise ForgeFileError(
+            f"the files of {path} changed while it was loaded", fix="load it again once nothing writes to it", code="base.changed"
+        )
     hf.float()
     model = _freeze(HFClassifier(hf))
     image = model.input_name == "pixel_values"
-    shape = (int(getattr(config, "num_channels", 3)), int(config.image_size), int(config.image_size)) if image and hasattr(config, "image_size") else ()
-    return Base(str(path.resolve()), model, digest, attention_qv_targets(model), "image" if image else "text",
-                int(config.num_labels), shape, {})
+    shape = (
+        (int(getattr(config, "num_channels", 3)), int(config.image_size), int(config.image_size))
+        if image and hasattr(config, "image_size")
+        else ()
+    )
+    return Base(
+        str(path.resolve()), model, digest, attention_qv_targets(model), "image" if image else "text", int(config.num_labels), shape, {}
+    )
 
 
 # --------------------------------------------------------------------------- entry points
@@ -424,8 +395,11 @@ def load_base(name_or_path: str | Path, **kwargs) -> Base:
             code="base.unknown",
         )
     if kwargs:
-        raise ForgeValueError(f"settings {sorted(kwargs)} apply only to bundled bases", fix="drop them; a directory holds its own settings",
-                              code="base.settings")
+        raise ForgeValueError(
+            f"settings {sorted(kwargs)} apply only to bundled bases",
+            fix="drop them; a directory holds its own settings",
+            code="base.settings",
+        )
     if not folder.is_dir():
         raise ForgeFileError(f"base model directory {folder} does not exist", fix="give a local base directory", code="base.missing")
     stats = []
@@ -440,7 +414,9 @@ def load_base(name_or_path: str | Path, **kwargs) -> Base:
         if memo_key in _memo:
             return _memo[memo_key]
     if (folder / BASE_FILE).is_file():
-        base = _load_forge_dir(folder, str(folder.resolve()), None, "rebuild it with tools/make_bases.py or copy it again from the consortium")
+        base = _load_forge_dir(
+            folder, str(folder.resolve()), None, "rebuild it with tools/make_bases.py or copy it again from the consortium"
+        )
     else:
         base = load_hf_base(folder)
     with _lock:
