@@ -293,7 +293,7 @@ def run_mia(
     the one-run audit is also run on the canaries alone.
     """
     from forge_secure.plugins.data import is_bundled, load_data, seed_sha256
-    from forge_secure.plugins.plugin import read_meta
+    from forge_secure.plugins.record import read_plugin
 
     settings = settings or MiaSettings()
     attack = settings.make_attack()
@@ -323,10 +323,8 @@ def run_mia(
     if attack.needs_population and pop is None:
         raise ForgeValueError(f"attack {settings.attack!r} needs population data", fix="give --population (e.g. bundled:public)",
                               code="attack.population_missing")
-    recipe_meta = read_meta(recipe) if recipe is not None else tgt.meta
-    if recipe is not None and recipe_meta["base"]["digest"] != tgt.base.digest:
-        raise ForgeValueError(f"the recipe plugin {recipe} was trained on another base than the target",
-                              fix="give a recipe plugin of the target's base model", code="attack.base_mismatch")
+    # a recipe plugin of another base than the target's: plugin.base_mismatch, as everywhere
+    recipe_meta = read_plugin(recipe, base=tgt.base, weights=False).meta if recipe is not None else tgt.meta
 
     refs = None
     n_refs = settings.references if need > 0 else 0

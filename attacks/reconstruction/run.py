@@ -129,7 +129,7 @@ def resolve_recipe(plugin, recipe: str | Path | None) -> tuple[dict, Path | None
     """``(recipe_meta, recipe_dir, parent_index)``: the DP-SGD recipe an attack on ``plugin``
     uses. A trained plugin is its own recipe unless ``recipe`` is given; a merged plugin needs
     ``recipe``, the directory (or forge.json) of one of its parent site plugins."""
-    from forge_secure.plugins import read_meta
+    from forge_secure.plugins import read_plugin
 
     meta = plugin.meta
     merged = meta.get("kind") == "merged"
@@ -143,13 +143,10 @@ def resolve_recipe(plugin, recipe: str | Path | None) -> tuple[dict, Path | None
     rdir = Path(recipe)
     if rdir.name == "forge.json" and rdir.is_file():
         rdir = rdir.parent
-    rmeta = read_meta(rdir)
+    rmeta = read_plugin(rdir, base=plugin.base, weights=False).meta  # another base: plugin.base_mismatch
     if rmeta.get("kind") != "trained":
         raise ForgeValueError(f"the recipe plugin {rdir} is a {rmeta.get('kind')} plugin, not a site plugin trained with DP-SGD",
                               fix="give a parent site plugin's directory as --recipe", code="recon.recipe_kind")
-    if rmeta["base"]["digest"] != plugin.base.digest:
-        raise ForgeValueError(f"the recipe plugin {rdir} was trained on another base than the target",
-                              fix="give a recipe plugin of the target's base model", code="recon.base_mismatch")
     if not merged:
         return rmeta, rdir, None
     parents = [p for p in (meta.get("parents") or []) if isinstance(p, dict)]
@@ -301,16 +298,16 @@ def _merge_redo(plugin, rdir: Path, index: int, fn: LoraFunctional, parents: Seq
     """The :class:`~attacks.reconstruction.merged.MergeRedo` of a ties/dare/sequential merge:
     the recipe site's plugin and the other parents (``parents``) read with the merge's own
     reader (clean errors for missing, truncated or tampered plugins), matched by digest."""
-    from forge_secure.merge.io import read_plugin_files
+    from forge_secure.plugins import read_plugin
 
     from .merged import MergeRedo, order_parents
 
     if plugin.path is None:
         raise ForgeValueError("the merged plugin has no directory to read its adapter from", fix="load it with load_plugin(DIR)",
                               code="recon.merge_redo")
-    merged_files = read_plugin_files(plugin.path)
-    recipe_files = read_plugin_files(rdir)
-    given = [read_plugin_files(p) for p in (parents or [])]
+    merged_files = read_plugin(plugin.path, base=plugin.base)
+    recipe_files = read_plugin(rdir, base=plugin.base)
+    given = [read_plugin(p, base=plugin.base) for p in (parents or [])]
     ordered = order_parents(plugin.meta, recipe_files, given)
     return MergeRedo(merged_files, ordered, index, fn)
 

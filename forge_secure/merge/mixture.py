@@ -65,10 +65,13 @@ class Router(abc.ABC):
 @dataclass
 class StaticRouter(Router):
     w: list[float]
+    normalised: bool = field(default=False, repr=False)  # True when the caller normalised w already
     name = "static"
 
     def __post_init__(self) -> None:
-        self.w = normalise_weights(self.w, len(self.w))
+        if not self.normalised:
+            self.w = normalise_weights(self.w, len(self.w))
+            self.normalised = True
 
     def weights(self, mixture, X):
         return np.tile(np.asarray(self.w, dtype=np.float64), (len(X), 1))
@@ -238,16 +241,17 @@ def load_mixture(path: str | os.PathLike, base=None) -> Mixture:
     from safetensors.torch import load_file
 
     from ..plugins.plugin import load_plugin
+    from ..plugins.record import read_plugin
 
     p = Path(path)
     meta = read_mixture_meta(p)
     plugins = []
     for e in meta["plugins"]:
         d = p / e["path"]
-        digest = sha256_file(d / "adapter_model.safetensors") if (d / "adapter_model.safetensors").is_file() else None
-        if digest != e.get("digest"):
+        record = read_plugin(d, base=base)  # the gateway: forge.json, adapter digest, finite weights, base
+        if record.adapter_sha256 != e.get("digest"):
             raise ForgeDataError(f"mixture plugin {d} does not match the digest in mixture.json", fix="the mixture was changed; write it again", code="mixture.tampered")
-        plugins.append(load_plugin(d, base))
+        plugins.append(load_plugin(record, base))
         base = base or plugins[-1].base
     name = meta["router"]
     settings = meta.get("router_settings") or {}
@@ -316,17 +320,18 @@ def fit_gate(plugins: Sequence, base, X: np.ndarray, y: np.ndarray, *, space: st
 
 
 def build_mixture(plugin_dirs: Sequence[str | os.PathLike], *, router: str = "static", weights: Sequence[float] | None = None,
-                  tune_on: str | os.PathLike | None = None, seed: int = 0, budget: int = 40, base=None) -> Mixture:
-    """Load plugins and build a mixture with the named router."""
+                  tune_on: str | os.PathLike | None = None, seed: int = 0, budget: int = 40, base=None,
+                  weights_normalised: bool = False) -> Mixture:
+    """Load plugins and build a mixture with the named router. Each plugin folder is read
+    once, by the gateway (:func:`forge_secure.merge.io.read_inputs`), and loaded from its record."""
     from ..plugins.plugin import load_plugin
-    from .io import check_same_base, default_weights, read_plugin_files
+    from .io import default_weights, read_inputs
 
     ROUTERS.get(router)
-    files = [read_plugin_files(d) for d in plugin_dirs]
-    check_same_base(files)
+    files = read_inputs(plugin_dirs, base)
     plugins = []
-    for d in plugin_dirs:
-        plugins.append(load_plugin(d, base))
+    for rec in files:
+        plugins.append(load_plugin(rec, base))
         base = base or plugins[-1].base
     synth = None
     if tune_on is not None:
@@ -338,13 +343,14 @@ def build_mixture(plugin_dirs: Sequence[str | os.PathLike], *, router: str = "st
     details: dict = {}
     if router == "static":
         if weights is not None:
-            w, details["weight_source"] = normalise_weights(weights, len(plugins)), "given"
+            w = list(weights) if weights_normalised else normalise_weights(weights, len(plugins))
+            details["weight_source"] = "given"
         elif synth is not None:
             w, info = tune_static_weights(plugins, synth.X, synth.y, budget=budget, seed=seed)
             details.update(info, weight_source="tuned on synthetic data", tuned_on=str(tune_on))
         else:
             w, details["weight_source"] = normalise_weights(default_weights(files), len(plugins)), "training-set sizes"
-        r: Router = StaticRouter(w)
+        r: Router = StaticRouter(w, normalised=True)
     elif router == "gate":
         if synth is None:
             raise ForgeValueError("the gate router is fitted on data and got none", fix="give synthetic data with --tune-on (forge synth)", code="merge.needs_tuning_data")
@@ -367,7 +373,7 @@ def mixture_merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *
     if len(inputs) < 2:
         raise ForgeValueError(f"a mixture needs at least two plugins, got {len(inputs)}", fix="give two or more plugins", code="merge.too_few")
     ROUTERS.get(router)
-    check_merge_request(inputs, out, weights)  # before any sealed bundle is opened (and recorded as seen)
+    weights = check_merge_request(inputs, out, weights)  # before any sealed bundle is opened; normalised once, here
     if router == "gate" and tune_on is None:
         raise ForgeValueError("the gate router is fitted on data and got none", fix="give synthetic data with --tune-on (forge synth)", code="merge.needs_tuning_data")
     if router != "static" and weights is not None:
@@ -377,5 +383,6 @@ def mixture_merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *
 
         load_synthetic(tune_on)
     with open_inputs(inputs, key=key, roster=roster) as dirs:
-        mix = build_mixture(dirs, router=router, weights=weights, tune_on=tune_on, seed=seed, budget=budget)
+        mix = build_mixture(dirs, router=router, weights=weights, tune_on=tune_on, seed=seed, budget=budget,
+                            weights_normalised=True)
         return mix.save(out)

@@ -30,7 +30,7 @@ import numpy as np
 from ... import __version__
 from ...errors import ForgeDataError, ForgeIntegrityError, ForgeValueError
 from ...fileio import atomic_directory, atomic_write_json, read_json_file, sha256_bytes, sha256_file
-from ..io import read_plugin_files
+from ...plugins.record import read_plugin
 from .keys import load_public_context
 from .ops import encrypt_vector
 from .pack import flatten, make_layout, n_values, write_ciphertexts
@@ -67,7 +67,7 @@ def encrypt_plugin(plugin_dir: str | os.PathLike, public_context: str | os.PathL
 
     ctx, info = load_public_context(public_context)
     params: HEParams = info.params
-    plugin = read_plugin_files(plugin_dir)
+    plugin = read_plugin(plugin_dir)
     ad = plugin.adapter
     if not ad.ffa:
         raise ForgeDataError(

@@ -14,6 +14,7 @@ import pytest
 from forge_secure.crypto import BundleError, ReplayStore, SequenceCounter, revoke_key, sign_roster, load_signing_key
 from forge_secure.crypto import _primitives as P
 from forge_secure.crypto.bundle import INFO_LABEL, PAYLOAD_TYPE
+from forge_secure.errors import ForgeDataError, ForgeFileError
 from forge_secure.fileio import canonical_json
 
 
@@ -431,9 +432,14 @@ def test_seal_refuses_bad_inputs(world, kit):
     bare = world.root / "bare"
     bare.mkdir()
     (bare / "w.bin").write_bytes(b"1")
-    expect("bundle.not_plugin", world.seal, "x.forge", plugin=bare)
+    # the folder is read by the plugins' gateway: the same codes as loading, merging or auditing it
+    with pytest.raises(ForgeFileError) as info:
+        world.seal("x.forge", plugin=bare)
+    assert info.value.code == "plugin.no_meta"
     (bare / "forge.json").write_text("[1, 2]")
-    expect("bundle.not_plugin", world.seal, "x.forge", plugin=bare)
+    with pytest.raises(ForgeDataError) as info:
+        world.seal("x.forge", plugin=bare)
+    assert info.value.code == "plugin.wrong_type"
     link = kit.make_plugin(world.root / "linked")
     os.symlink(world.root / "roster.json", link / "extra.json")
     expect("bundle.symlink", world.seal, "x.forge", plugin=link)
