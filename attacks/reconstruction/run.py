@@ -95,24 +95,13 @@ class ReconSettings:
 
 # --------------------------------------------------------------------------- helpers
 def check_data(plugin, data, what: str = "data") -> None:
-    """The records must be of the plugin's kind and shape (columns, or C x H x W)."""
-    base = plugin.base
-    if data.kind != base.kind:
-        raise ForgeDataError(f"{what} {data.name!r} holds {data.kind} records, the plugin's base {base.name} takes {base.kind}",
-                             fix=f"give {base.kind} data", code="recon.data_kind")
-    want = tuple(getattr(base, "input_shape", ()) or ())
-    if want and tuple(data.shape) != want:
-        unit = "columns" if base.kind == "tabular" else "C x H x W"
-        raise ForgeDataError(
-            f"{what} {data.name!r} has records of shape {tuple(data.shape)}, the plugin's base {base.name} takes {want} ({unit})",
-            fix="give data with the same columns the plugin was trained on",
-            code="recon.data_columns",
-        )
+    """The records must fit the plugin's base (the one data-compatibility check, codes
+    ``data.*``), and a game needs at least two of them."""
+    from forge_secure.plugins.sources import check_compatible
+
+    check_compatible(plugin.base, data, what)
     if len(data) < 2:
         raise ForgeDataError(f"{what} {data.name!r} holds {len(data)} record(s)", fix="give at least two records", code="recon.data_small")
-    if int(np.max(data.y)) >= base.n_classes:
-        raise ForgeDataError(f"{what} {data.name!r} has label {int(np.max(data.y))}, the plugin has {base.n_classes} classes",
-                             fix="give labels 0..C-1 of the plugin's task", code="recon.data_labels")
 
 
 def target_record(plugin) -> dict:

@@ -22,7 +22,7 @@ from typing import Callable
 
 from .. import __version__
 from ..numbers import jsonable
-from ..plugins.record import read_plugin
+from ..plugins.record import check_folder, read_plugin
 from ..fileio import atomic_output, canonical_json, fsync_directory
 from ..progress import task
 from . import _primitives as P
@@ -203,10 +203,7 @@ def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphras
           wrap: Callable[[P.KemAlgorithm, bytes, bytes, bytes], bytes], roster=None, root=None, state_dir=None,
           timestamp=None) -> Path:
     plugin_dir, out = Path(plugin_dir), Path(out)
-    if not plugin_dir.exists():
-        raise fail("file.missing", f"plugin directory {plugin_dir} does not exist", "check the path")
-    if not plugin_dir.is_dir():
-        raise fail("file.not_a_directory", f"{plugin_dir} is a file, not a plugin directory", "give the plugin directory itself")
+    check_folder(plugin_dir)  # plugin.missing / plugin.not_directory, as from every reader of a plugin folder
     if out.is_dir():
         raise fail("file.is_directory", f"--out {out} is a directory", "give the path of the .forge file to write")
     if out.exists():

@@ -233,17 +233,23 @@ def validate_meta(meta: Any, where: str = "forge.json") -> dict:
     return meta
 
 
-def read_manifest(path: str | Path) -> dict:
-    """Parse the ``forge.json`` of a forge folder (any format) into a dict: the one place it is parsed.
-
-    Refuses a missing path, a file, a folder without forge.json (a mixture's folder is named
-    as one), an empty, truncated or non-JSON forge.json and one that is not a JSON object."""
+def check_folder(path: str | Path) -> Path:
+    """A plugin folder's path must exist and be a directory (``plugin.missing``, ``plugin.not_directory``)."""
     path = Path(path)
     if not path.exists():
         raise ForgeFileError(f"plugin directory {path} does not exist", fix="check the path", code="plugin.missing")
     if not path.is_dir():
         raise ForgeFileError(f"{path} is a file, not a plugin directory", fix="give the directory that holds forge.json",
                              code="plugin.not_directory")
+    return path
+
+
+def read_manifest(path: str | Path) -> dict:
+    """Parse the ``forge.json`` of a forge folder (any format) into a dict: the one place it is parsed.
+
+    Refuses a missing path, a file, a folder without forge.json (a mixture's folder is named
+    as one), an empty, truncated or non-JSON forge.json and one that is not a JSON object."""
+    path = check_folder(path)
     meta_path = path / META_FILE
     if not meta_path.is_file():
         if (path / MIXTURE_FILE).is_file():

@@ -427,8 +427,10 @@ def test_open_refuses_a_symlink_as_output_and_consumes_nothing(world):
 
 
 def test_seal_refuses_bad_inputs(world, kit):
-    expect("file.not_a_directory", world.seal, "x.forge", plugin=world.plugin / "forge.json")
-    expect("file.missing", world.seal, "x.forge", plugin=world.root / "missing")
+    for plugin, code in ((world.plugin / "forge.json", "plugin.not_directory"), (world.root / "missing", "plugin.missing")):
+        with pytest.raises(ForgeFileError) as info:  # the plugins' gateway's codes, as when loading or merging
+            world.seal("x.forge", plugin=plugin)
+        assert info.value.code == code
     bare = world.root / "bare"
     bare.mkdir()
     (bare / "w.bin").write_bytes(b"1")
