@@ -179,6 +179,8 @@ def load_plugin(path, base: Base | None = None) -> Plugin:
         if base is not None:
             check_base(record, base.digest, base.name, where=str(record.path))
     else:
+        if isinstance(path, PluginRecord):  # read without its weights: read again, fully
+            path = path.path
         record = read_plugin(path, base=base, verify_base=False)  # without a base, it is loaded and checked below
     path = record.path
     meta = record.meta

@@ -283,7 +283,7 @@ def _read_config(path: Path) -> dict:
         raise ForgeDataError(f"{f} is not a PEFT adapter config ({e})", fix="restore the plugin from a good copy",
                              code="plugin.config_invalid") from None
     if not isinstance(cfg, dict) or str(cfg.get("peft_type", "")).upper() != "LORA":
-        raise ForgeDataError(f"{f} is not a PEFT LoRA adapter config", fix="restore the plugin from a good copy",
+        raise ForgeDataError(f"{f} is not a PEFT adapter config for LoRA", fix="restore the plugin from a good copy",
                              code="plugin.config_invalid")
     return cfg
 
