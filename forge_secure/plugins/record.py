@@ -239,7 +239,7 @@ def check_folder(path: str | Path) -> Path:
     if not path.exists():
         raise ForgeFileError(f"plugin directory {path} does not exist", fix="check the path", code="plugin.missing")
     if not path.is_dir():
-        raise ForgeFileError(f"{path} is a file, not a plugin directory", fix="give the directory that holds forge.json",
+        raise ForgeFileError(f"{path} is not a directory, so not a plugin directory", fix="give the directory that holds forge.json",
                              code="plugin.not_directory")
     return path
 

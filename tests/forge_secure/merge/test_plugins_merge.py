@@ -119,8 +119,9 @@ def test_tampered_truncated_and_wrong_type_inputs(plain, tmp_path):
     meta.pop("adapter")
     (bad / "forge.json").write_text(json.dumps(meta))
     f.write_bytes(bytes(raw[: len(raw) // 2]))
-    with pytest.raises(ForgeDataError, match="safetensors"):
+    with pytest.raises(ForgeIntegrityError, match="safetensors") as e:  # the gateway's code, as load_plugin's
         fusion_merge([bad, plain[1]], tmp_path / "o2")
+    assert e.value.code == "plugin.adapter_corrupt"
     (bad / "forge.json").write_text("{not json")
     with pytest.raises(ForgeDataError, match="not valid JSON"):
         fusion_merge([bad, plain[1]], tmp_path / "o3")
