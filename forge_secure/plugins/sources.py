@@ -132,7 +132,8 @@ def check_compatible(base: Base, data: Dataset, what: str = "data") -> None:
                                  fix=f"truncate the token ids to {positions}", code="data.shape_mismatch")
     if base.input_shape and data.shape != tuple(base.input_shape):
         if data.kind == "tabular":
-            msg = f"{what} {data.name} has {data.shape[0]} feature columns, base {base.name} expects {base.input_shape[0]}"
+            msg = (f"{what} {data.name} has {data.shape[0]} feature columns, base {base.name} expects {base.input_shape[0]} "
+                   f"(records of shape {tuple(data.shape)}, not {tuple(base.input_shape)})")
             fix = "give a CSV with exactly the base's features plus the label column"
         else:
             msg = f"{what} {data.name} has records of shape {data.shape}, base {base.name} expects {tuple(base.input_shape)}"
