@@ -206,18 +206,14 @@ _BASES: dict[tuple[str, str], Any] = {}
 def _base_for(recipe: dict):
     """Load (once per process) the recipe's base and check its digest."""
     from forge_secure.plugins.bases import load_base
+    from forge_secure.plugins.record import check_base
 
     name, digest = recipe["base"]["name"], recipe["base"]["digest"]
     memo = _BASES.get((name, digest))
     if memo is not None:
         return memo
     base = load_base(name)
-    if base.digest != digest:
-        raise ForgeValueError(
-            f"base {name!r} here has digest {base.digest[:12]}..., the target was trained on {digest[:12]}...",
-            fix="use the base model the target was trained on",
-            code="attack.base_mismatch",
-        )
+    check_base(recipe, base.digest, name, where="the target")  # plugin.base_mismatch, as everywhere
     _BASES[(name, digest)] = base
     return base
 

@@ -39,8 +39,6 @@ from forge_secure.fileio import read_json_file, sha256_file
 
 PARTS = ("roster.json", "bundles", "plugins", "merged", "attacks", "ledgers")
 AUDITOR_PREFIX = "auditor:"
-PLUGIN_META = "forge.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -77,17 +75,16 @@ def _load_json(path: Path, rel: str, what: str, expect_type: type = dict) -> Ite
 
 
 def _load_plugin_dir(path: Path, rel: str) -> Item:
-    meta_path = path / PLUGIN_META
-    item = _load_json(meta_path, f"{rel}/{PLUGIN_META}", "plugin manifest")
-    if not item.ok:
-        return Item(rel, path, error=item.error)
-    weights = path / ADAPTER_WEIGHTS
-    if not weights.is_file():
-        return Item(
-            rel, path, data=item.data,
-            error=ForgeFileError(f"plugin {rel} has no {ADAPTER_WEIGHTS}", fix="copy the whole plugin directory into the evidence", code="evidence.no_weights"),
-        )
-    return Item(rel, path, data=item.data, extra={"adapter_digest": sha256_file(weights)})
+    """A plugin (or merged version) folder through the plugins' one gateway
+    (:func:`forge_secure.plugins.read_plugin`: forge.json schema, adapter digest, finite
+    weights, base digest), so a fault here has the code it has everywhere else."""
+    from forge_secure.plugins.record import read_plugin
+
+    try:
+        record = read_plugin(path)
+    except ForgeError as e:
+        return Item(rel, path, error=e)
+    return Item(rel, path, data=record.meta, extra={"adapter_digest": record.adapter_sha256, "record": record})
 
 
 @dataclass(frozen=True)

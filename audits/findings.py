@@ -8,7 +8,8 @@ renderers draw them.
 
 from __future__ import annotations
 
-import math
+
+from forge_secure.numbers import encode
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Iterable, Mapping
@@ -55,11 +56,7 @@ def _plain(value: Any, where: str) -> Any:
     if value is None or isinstance(value, (bool, str, int)):
         return value
     if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
+        return encode(value)  # the one codec: "inf", "-inf", "nan"
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:  # numpy scalar
         return _plain(value.item(), where)
     if isinstance(value, Enum):

@@ -32,6 +32,8 @@ interrupted run loses at most the cells in flight.
 from __future__ import annotations
 
 import math
+
+from forge_secure.numbers import decode, encode
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,7 +439,7 @@ def _jsonable_row(row: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in row.items():
         if isinstance(v, float) and (math.isinf(v) or math.isnan(v)):
-            v = "inf" if v > 0 else ("-inf" if v < 0 else "nan")
+            v = encode(v)
         elif isinstance(v, np.generic):
             v = v.item()
         out[k] = v
@@ -448,6 +450,6 @@ def row_from_json(row: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in row.items():
         if v in ("inf", "-inf", "nan") and k not in ("lora", "merge", "attack", "accountant", "cell_key"):
-            v = float(v)
+            v = decode(v)
         out[k] = v
     return out

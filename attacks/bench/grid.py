@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+
+from forge_secure.numbers import encode
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
@@ -79,7 +81,7 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
         return obj
     if isinstance(obj, float):
-        return "inf" if math.isinf(obj) else repr(obj)
+        return encode(obj, text=True)  # the one codec: repr, or "inf"
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -52,10 +52,9 @@ def build_model(merge: str, plugin_dirs: Sequence[Path], base: Base, *, seed: in
         return build_mixture(list(plugin_dirs), router="static", seed=seed, base=base)
     from forge_secure.merge import FUSIONS, fuse
     from forge_secure.merge.evaluate import make_loss
-    from forge_secure.merge.io import check_same_base, default_weights, read_plugin_files
+    from forge_secure.merge.io import default_weights, read_inputs
 
-    files = [read_plugin_files(d) for d in plugin_dirs]
-    check_same_base(files)
+    files = read_inputs(plugin_dirs, base)
     options: dict = {"seed": seed}
     if FUSIONS.get(merge).needs_loss:
         options["loss_fn"] = make_loss(base.model, tune_X, tune_y)

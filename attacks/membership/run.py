@@ -48,6 +48,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+
+from forge_secure.numbers import encode
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,19 +234,10 @@ def resolve_candidates(spec: str, *, meta: dict, membership_seed: int | None = N
 
 
 def _check_columns(target: AttackTarget, data, what: str) -> None:
-    want = tuple(getattr(target.base, "input_shape", ()) or ())
-    if want and tuple(data.shape) != want:
-        raise ForgeDataError(
-            f"{what} {data.name!r} has records of shape {tuple(data.shape)}, the target's base {target.base.name} expects {want}",
-            fix="give data with the same columns (features) the target was trained on",
-            code="attack.data_columns",
-        )
-    if data.kind != target.base.kind:
-        raise ForgeDataError(f"{what} {data.name!r} is {data.kind} data, the target is a {target.base.kind} model",
-                             fix="give data of the target's kind", code="attack.data_kind")
-    if len(data.y) and int(data.y.max()) >= int(target.base.n_classes):
-        raise ForgeDataError(f"{what} {data.name!r} has label {int(data.y.max())}, the target predicts {target.base.n_classes} classes",
-                             fix="give data with the target's labels", code="attack.data_labels")
+    """The one data-compatibility check (codes ``data.*``), against the target's base."""
+    from forge_secure.plugins.sources import check_compatible
+
+    check_compatible(target.base, data, what)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -257,7 +250,7 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
-        return "inf" if obj > 0 else ("-inf" if obj < 0 else "nan")
+        return encode(obj)
     return obj
 
 
@@ -293,7 +286,7 @@ def run_mia(
     the one-run audit is also run on the canaries alone.
     """
     from forge_secure.plugins.data import is_bundled, load_data, seed_sha256
-    from forge_secure.plugins.plugin import read_meta
+    from forge_secure.plugins.record import read_plugin
 
     settings = settings or MiaSettings()
     attack = settings.make_attack()
@@ -323,10 +316,8 @@ def run_mia(
     if attack.needs_population and pop is None:
         raise ForgeValueError(f"attack {settings.attack!r} needs population data", fix="give --population (e.g. bundled:public)",
                               code="attack.population_missing")
-    recipe_meta = read_meta(recipe) if recipe is not None else tgt.meta
-    if recipe is not None and recipe_meta["base"]["digest"] != tgt.base.digest:
-        raise ForgeValueError(f"the recipe plugin {recipe} was trained on another base than the target",
-                              fix="give a recipe plugin of the target's base model", code="attack.base_mismatch")
+    # a recipe plugin of another base than the target's: plugin.base_mismatch, as everywhere
+    recipe_meta = read_plugin(recipe, base=tgt.base, weights=False).meta if recipe is not None else tgt.meta
 
     refs = None
     n_refs = settings.references if need > 0 else 0

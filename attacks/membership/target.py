@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from forge_secure.errors import ForgeDataError, ForgeFileError, ForgeValueError
+from forge_secure.errors import ForgeDataError, ForgeValueError
 from forge_secure.fileio import sha256_file
 
 MIXTURE_FILE = "mixture.json"
@@ -83,20 +83,17 @@ def load_target(path: str | Path, *, base: str | None = None, component: str | N
                 membership_seed_sha256: str | None = None) -> AttackTarget:
     """Load a plugin or Mixture directory. ``base`` names the base model the caller expects:
     a target trained on another base digest is refused."""
-    path = Path(path)
-    if not path.exists():
-        raise ForgeFileError(f"target {path} does not exist", fix="give a plugin or mixture directory", code="attack.target_missing")
-    if not path.is_dir():
-        raise ForgeFileError(f"target {path} is not a directory", fix="give a plugin directory (with forge.json) or a mixture directory",
-                             code="attack.target_not_directory")
+    from forge_secure.plugins.record import check_folder
+
+    path = check_folder(path)  # plugin.missing / plugin.not_directory, as everywhere
     base_obj = _load_base(base)
     if (path / MIXTURE_FILE).exists():
         return _load_mixture_target(path, base_obj, component, membership_seed_sha256)
-    from forge_secure.plugins.plugin import adapter_digest, load_plugin
+    from forge_secure.plugins.plugin import load_plugin
 
-    plugin = load_plugin(path, base_obj)
+    plugin = load_plugin(path, base_obj)  # through the gateway (forge_secure.plugins.read_plugin)
     kind = "merged" if plugin.meta.get("kind") == "merged" else "plugin"
-    return AttackTarget(path, kind, plugin, plugin.base, plugin.meta, info={"adapter_digest": adapter_digest(path)})
+    return AttackTarget(path, kind, plugin, plugin.base, plugin.meta, info={"adapter_digest": plugin.digest()})
 
 
 def _load_mixture_target(path: Path, base, component: str | None, seed_sha: str | None) -> AttackTarget:

@@ -56,7 +56,7 @@ def _sites(entries) -> str:
 
 
 def order_parents(merged_meta: dict, recipe, given: Sequence) -> list:
-    """The merge's parents as :class:`forge_secure.merge.io.PluginFiles`, in the merge's order
+    """The merge's parents as :class:`forge_secure.plugins.PluginRecord`, in the merge's order
     (which matters to DARE's masks, the weights and the sequential order), matched by adapter
     digest against ``merged_meta["parents"]``. ``recipe`` is the attacked site's plugin,
     ``given`` the other parents (extra copies of the recipe are allowed)."""

@@ -93,24 +93,13 @@ class ReconSettings:
 
 # --------------------------------------------------------------------------- helpers
 def check_data(plugin, data, what: str = "data") -> None:
-    """The records must be of the plugin's kind and shape (columns, or C x H x W)."""
-    base = plugin.base
-    if data.kind != base.kind:
-        raise ForgeDataError(f"{what} {data.name!r} holds {data.kind} records, the plugin's base {base.name} takes {base.kind}",
-                             fix=f"give {base.kind} data", code="recon.data_kind")
-    want = tuple(getattr(base, "input_shape", ()) or ())
-    if want and tuple(data.shape) != want:
-        unit = "columns" if base.kind == "tabular" else "C x H x W"
-        raise ForgeDataError(
-            f"{what} {data.name!r} has records of shape {tuple(data.shape)}, the plugin's base {base.name} takes {want} ({unit})",
-            fix="give data with the same columns the plugin was trained on",
-            code="recon.data_columns",
-        )
+    """The records must fit the plugin's base (the one data-compatibility check, codes
+    ``data.*``), and a game needs at least two of them."""
+    from forge_secure.plugins.sources import check_compatible
+
+    check_compatible(plugin.base, data, what)
     if len(data) < 2:
         raise ForgeDataError(f"{what} {data.name!r} holds {len(data)} record(s)", fix="give at least two records", code="recon.data_small")
-    if int(np.max(data.y)) >= base.n_classes:
-        raise ForgeDataError(f"{what} {data.name!r} has label {int(np.max(data.y))}, the plugin has {base.n_classes} classes",
-                             fix="give labels 0..C-1 of the plugin's task", code="recon.data_labels")
 
 
 def target_record(plugin) -> dict:
@@ -127,7 +116,7 @@ def resolve_recipe(plugin, recipe: str | Path | None) -> tuple[dict, Path | None
     """``(recipe_meta, recipe_dir, parent_index)``: the DP-SGD recipe an attack on ``plugin``
     uses. A trained plugin is its own recipe unless ``recipe`` is given; a merged plugin needs
     ``recipe``, the directory (or forge.json) of one of its parent site plugins."""
-    from forge_secure.plugins import read_meta
+    from forge_secure.plugins import read_plugin
 
     meta = plugin.meta
     merged = meta.get("kind") == "merged"
@@ -141,13 +130,10 @@ def resolve_recipe(plugin, recipe: str | Path | None) -> tuple[dict, Path | None
     rdir = Path(recipe)
     if rdir.name == "forge.json" and rdir.is_file():
         rdir = rdir.parent
-    rmeta = read_meta(rdir)
+    rmeta = read_plugin(rdir, base=plugin.base, weights=False).meta  # another base: plugin.base_mismatch
     if rmeta.get("kind") != "trained":
         raise ForgeValueError(f"the recipe plugin {rdir} is a {rmeta.get('kind')} plugin, not a site plugin trained with DP-SGD",
                               fix="give a parent site plugin's directory as --recipe", code="recon.recipe_kind")
-    if rmeta["base"]["digest"] != plugin.base.digest:
-        raise ForgeValueError(f"the recipe plugin {rdir} was trained on another base than the target",
-                              fix="give a recipe plugin of the target's base model", code="recon.base_mismatch")
     if not merged:
         return rmeta, rdir, None
     parents = [p for p in (meta.get("parents") or []) if isinstance(p, dict)]
@@ -249,16 +235,16 @@ def _merge_redo(plugin, rdir: Path, index: int, fn: LoraFunctional, parents: Seq
     """The :class:`~attacks.reconstruction.merged.MergeRedo` of a ties/dare/sequential merge:
     the recipe site's plugin and the other parents (``parents``) read with the merge's own
     reader (clean errors for missing, truncated or tampered plugins), matched by digest."""
-    from forge_secure.merge.io import read_plugin_files
+    from forge_secure.plugins import read_plugin
 
     from .merged import MergeRedo, order_parents
 
     if plugin.path is None:
         raise ForgeValueError("the merged plugin has no directory to read its adapter from", fix="load it with load_plugin(DIR)",
                               code="recon.merge_redo")
-    merged_files = read_plugin_files(plugin.path)
-    recipe_files = read_plugin_files(rdir)
-    given = [read_plugin_files(p) for p in (parents or [])]
+    merged_files = read_plugin(plugin.path, base=plugin.base)
+    recipe_files = read_plugin(rdir, base=plugin.base)
+    given = [read_plugin(p, base=plugin.base) for p in (parents or [])]
     ordered = order_parents(plugin.meta, recipe_files, given)
     return MergeRedo(merged_files, ordered, index, fn)
 

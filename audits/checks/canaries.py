@@ -101,6 +101,7 @@ class AuditorCanaries(Check):
     def _judge(self, item, record, cset, mask, settings) -> Finding:
         from attacks.metrics import one_run_audit, one_run_epsilon_ceiling
         from forge_secure.plugins.plugin import load_plugin
+        from forge_secure.plugins.record import meta_epsilon
 
         carried = ((item.data.get("data") or {}).get("canaries") or {}).get("grant_id")
         if carried != record["grant_id"]:
@@ -111,7 +112,7 @@ class AuditorCanaries(Check):
                            remedy="reject the plugin; the site must train with forge train --canary-grant",
                            plugin=item.rel, claim="data-commitment", basis="verified")
         try:
-            plugin = load_plugin(item.path)
+            plugin = load_plugin(item.extra.get("record") or item.path)  # the record the evidence's gateway read
         except ForgeError as e:
             return Finding(self.name, Status.FAIL, item.rel, f"cannot load the plugin: {e}", evidence={"reason_code": e.code},
                            remedy="restore the plugin directory from the verified bundle", plugin=item.rel, claim="epsilon")
@@ -123,8 +124,7 @@ class AuditorCanaries(Check):
         delta = float(dp.get("delta") or 0.0) if dp.get("enabled") else 0.0
         audit = one_run_audit(scores, labels, k_plus=k_plus, k_minus=k_minus, delta=delta, p_target=settings.p_target)
         ceiling = one_run_epsilon_ceiling(audit["guesses"], m=m, delta=delta, p_target=settings.p_target)
-        claimed = dp.get("epsilon")
-        claimed = math.inf if claimed in (None, "inf") or not dp.get("enabled") else float(claimed)
+        claimed = meta_epsilon(item.data) if dp.get("enabled") else math.inf
         ev = {**audit, "ceiling": ceiling, "claimed_epsilon": claimed, "included": int(mask.sum()), "held_back": int((~mask).sum()),
               "grant_id": record["grant_id"], "basis": "verified",
               "mean_score_included": float(scores[mask].mean()), "mean_score_held_back": float(scores[~mask].mean())}

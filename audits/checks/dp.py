@@ -19,6 +19,8 @@ catastrophic release happens at all), which is what
 from __future__ import annotations
 
 import math
+
+from forge_secure.numbers import decode
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +32,12 @@ from .base import Check, CheckSettings, register_check
 
 
 def _num(value: Any, where: str) -> float:
-    if isinstance(value, str) and value in ("inf", "Infinity"):
-        return math.inf
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ForgeDataError(f"{where} = {value!r} is not a number", fix="the manifest is corrupt or was edited", code="audit.dp_record")
-    return float(value)
+    try:
+        if isinstance(value, str) and decode(value) != math.inf:  # only infinity is written as a string
+            raise ValueError(value)
+        return decode(value)  # the one codec
+    except ValueError:
+        raise ForgeDataError(f"{where} = {value!r} is not a number", fix="the manifest is corrupt or was edited", code="audit.dp_record") from None
 
 
 def dp_record(meta: dict, rel: str) -> dict:

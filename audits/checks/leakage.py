@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 
 from forge_secure.errors import ForgeError
+from forge_secure.numbers import decode
 
 from ..accounting import rederive_epsilon
 from ..attack_results import MEMBERSHIP, RECONSTRUCTION, attack_evidence, target_refs
@@ -230,10 +231,9 @@ def _plugin_guarantee(target) -> dict | None:
         return None
     if target.data.get("kind") == "merged":  # post-processing: its claim is the largest of its parents'
         dp = target.data.get("dp") if isinstance(target.data.get("dp"), dict) else {}
-        claimed = dp.get("epsilon", "inf")
         try:
-            claimed = float(claimed)
-        except (TypeError, ValueError):
+            claimed = decode(dp.get("epsilon", "inf"))  # the one codec
+        except ValueError:
             return None
         return {"claimed_epsilon": claimed, "enabled": False, "merged": True}
     try:

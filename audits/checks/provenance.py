@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from forge_secure.errors import ForgeError
-from forge_secure.fileio import sha256_file
 
 from ..findings import Finding, Status
 from .base import Check, CheckSettings, register_check
@@ -94,10 +93,10 @@ class RosterFreshness(Check):
 
 
 def _claim(meta: dict):
-    from forge_secure.crypto.bundle import _jsonable_claim  # the exact encoding the sealer signs
+    from forge_secure.numbers import jsonable  # the one codec; canonical: the exact encoding the sealer signs
 
     dp = meta.get("dp")
-    return _jsonable_claim(dp) if isinstance(dp, dict) else None
+    return jsonable(dp, canonical=True) if isinstance(dp, dict) else None
 
 
 def _base_digest(meta: dict):
@@ -139,12 +138,23 @@ class Provenance(Check):
             for i, b in enumerate(evidence.bundles):
                 if progress:
                     progress(f"verifying {b.rel}", i, len(evidence.bundles))
+                opened_meta = opened_digest = None
                 try:
-                    v = verify(b.path, roster, now=now, state_dir=Path(scratch) / "roster-state", root=roster)
+                    if evidence.options.decryption_key is not None:
+                        # open verifies before it decrypts: its verification is the one used (no second pass)
+                        v, opened_digest, opened_meta = self._open(b.path, roster, evidence, Path(scratch) / f"open-{i}", now)
+                    else:
+                        v = verify(b.path, roster, now=now, state_dir=Path(scratch) / "roster-state", root=roster)
                 except ForgeError as e:
-                    findings.append(Finding(self.name, Status.FAIL, b.rel, f"bundle rejected: {e}", {"reason_code": e.code},
-                                            remedy=e.fix or "do not use this bundle; ask the site to seal again"))
-                    continue
+                    failed = e
+                    try:  # only a bundle that failed to open: did it verify? (to say which step refused it)
+                        v = verify(b.path, roster, now=now, state_dir=Path(scratch) / "roster-state", root=roster)
+                    except ForgeError as e2:
+                        failed, v = e2, None
+                    if v is None:
+                        findings.append(Finding(self.name, Status.FAIL, b.rel, f"bundle rejected: {failed}", {"reason_code": failed.code},
+                                                remedy=failed.fix or "do not use this bundle; ask the site to seal again"))
+                        continue
                 ev = {"site": v.site, "signer_key_id": v.signer, "sequence": v.sequence, "submission_id": v.submission_id,
                       "created": v.created, "bundle_sha256": v.bundle_sha256, "roster_version": v.roster_version,
                       "algorithms": v.algorithms.get("signature", [])}
@@ -157,32 +167,30 @@ class Provenance(Check):
                     findings.append(Finding(self.name, Status.FAIL, b.rel, f"signed by {v.site}, which the policy does not allow", ev,
                                             remedy=f"only accept submissions from: {', '.join(settings.allowed_signers)}"))
                     continue
-                opened_meta = None
                 if evidence.options.decryption_key is not None:
-                    try:
-                        ev["adapter_sha256"], opened_meta = self._open_digest(b.path, roster, evidence, Path(scratch) / f"open-{i}", now)
-                    except ForgeError as e:
-                        findings.append(Finding(self.name, Status.FAIL, b.rel, f"verified, but cannot be opened: {e}", {**ev, "reason_code": e.code},
-                                                remedy=e.fix or "check the decryption key given to the audit"))
+                    if opened_digest is None:
+                        findings.append(Finding(self.name, Status.FAIL, b.rel, f"verified, but cannot be opened: {failed}", {**ev, "reason_code": failed.code},
+                                                remedy=failed.fix or "check the decryption key given to the audit"))
                         continue
+                    ev["adapter_sha256"] = opened_digest
                 verified[b.rel] = (v, ev, opened_meta)
                 findings.append(Finding(self.name, Status.PASS, b.rel, f"signature by {v.site} verifies; signer in roster v{v.roster_version}, not revoked; payload digest matches", ev))
         findings += self._link_plugins(evidence, settings, verified)
         return findings
 
-    def _open_digest(self, path: Path, roster, evidence, out: Path, now: int) -> tuple[str, object]:
-        """(sha256 of the opened adapter weights, the opened forge.json parsed, or None)."""
+    def _open(self, path: Path, roster, evidence, out: Path, now: int) -> tuple[object, str, dict]:
+        """(what open_bundle verified, sha256 of the opened adapter, the opened forge.json): the
+        bundle is opened (verified, then decrypted) once, and its content read through the
+        plugins' one gateway (schema, adapter digest, finite weights, base digest)."""
         from forge_secure.crypto.bundle import open_bundle
         from forge_secure.crypto.replay import ReplayStore
-        from forge_secure.fileio import read_json_file
+        from forge_secure.plugins.record import read_plugin
 
         opened = open_bundle(path, evidence.options.decryption_key, roster, out, passphrase=evidence.options.passphrase, now=now,
                              replay=ReplayStore(out.parent / f"{out.name}-replay"), state_dir=out.parent / "roster-state",
                              root=roster)
-        weights = opened.out / "adapter_model.safetensors"
-        meta_path = opened.out / "forge.json"
-        meta = read_json_file(meta_path, "opened plugin manifest") if meta_path.is_file() else None
-        return (sha256_file(weights) if weights.is_file() else ""), meta
+        record = read_plugin(opened.out)
+        return opened.verified, record.adapter_sha256 or "", record.meta
 
     def _link_plugins(self, evidence, settings, verified: dict) -> list[Finding]:
         findings = []

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+
+from ..numbers import encode
 from typing import Any
 
 from rich.console import Console
@@ -70,7 +72,7 @@ def configure(args: argparse.Namespace) -> None:
 
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and (math.isinf(obj) or math.isnan(obj)):
-        return str(obj)  # "inf", "nan": JSON has no literal for them
+        return encode(obj)  # "inf", "nan": JSON has no literal for them (the one codec)
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

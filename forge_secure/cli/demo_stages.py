@@ -211,7 +211,7 @@ def stage_merge(ctx: dict) -> None:
 
     from ..merge import fusion_merge, load_mixture, mixture_merge
     from ..merge import he
-    from ..merge.io import read_plugin_files
+    from ..plugins.record import read_plugin
     from ..plugins.bases import load_base
     from ..plugins.data import bundled_splits
     from ..plugins.plugin import load_plugin
@@ -226,7 +226,7 @@ def stage_merge(ctx: dict) -> None:
     k = 2
     merged = he.decrypt_to_plugin(maint / "ckks-aggregate", ctx["_ckks"], evidence / "merged" / "fusion-ckks", k=k, base=base)
     plain = fusion_merge(plugins, maint / "fusion-ffa-plaintext", method="ffa", base=base)
-    a, b = read_plugin_files(merged).adapter.state, read_plugin_files(plain).adapter.state
+    a, b = read_plugin(merged).adapter.state, read_plugin(plain).adapter.state
     max_diff = max(float((a[n].double() - b[n].double()).abs().max()) for n in a)
     mixture = mixture_merge(plugins, maint / "mixture-static", router="static")
 

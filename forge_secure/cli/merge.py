@@ -59,11 +59,11 @@ def _merge_fusion(args) -> int:
     from ..merge.fusion import FUSIONS
 
     FUSIONS.get(args.method)  # an unknown method fails here, before any input is opened
-    from ..plugins.plugin import read_meta
+    from ..plugins.record import read_plugin
 
     out = fusion_merge(args.inputs, args.out, method=args.method, weights=_weights(args.weights), tune_on=args.tune_on,
                        key=_bundle_key(args), roster=args.roster, seed=args.seed, density=args.density, budget=args.budget)
-    meta = read_meta(out)
+    meta = read_plugin(out, weights=False).meta
     info = {"out": str(out), "method": meta["merge"]["method"], "weights": meta["merge"]["weights"],
             "weight_source": meta["merge"]["details"].get("weight_source"), "rank": meta["lora"]["rank"],
             "parents": [{"site": p["site"], "digest": p["digest"]} for p in meta["parents"]],
@@ -166,10 +166,10 @@ def _aggregate(args) -> int:
 
 def _he_decrypt(args) -> int:
     from ..merge.he import decrypt_to_plugin
-    from ..plugins.plugin import read_meta
+    from ..plugins.record import read_plugin
 
     out = decrypt_to_plugin(args.aggregate, args.key, args.out, k=args.k, contributions=args.contributions)
-    meta = read_meta(out)
+    meta = read_plugin(out, weights=False).meta
     data = {"out": str(out), "method": meta["merge"]["method"], "weights": meta["merge"]["weights"], "parents": [p["site"] for p in meta["parents"]]}
     if args.json:
         _common.emit_json(data)

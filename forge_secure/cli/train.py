@@ -91,9 +91,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
 # --------------------------------------------------------------------------- helpers
 
 def _fmt_eps(value) -> str:
-    if value in (None, "inf") or (isinstance(value, float) and math.isinf(value)):
-        return "inf"
-    return f"{float(value):.3g}"
+    from ..numbers import decode
+
+    eps = math.inf if value is None else decode(value)
+    return "inf" if math.isinf(eps) else f"{eps:.3g}"
 
 
 # --------------------------------------------------------------------------- commands

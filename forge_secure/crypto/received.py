@@ -23,7 +23,7 @@ import struct
 
 from . import _primitives as P
 from . import _time
-from .bundle import MAGIC, MAX_HEADER, Verified, _check_header, _digest_error, _fresh, _hash_prefix, _loads, _open_file, _verify
+from .bundle_format import MAGIC, MAX_HEADER, Verified, _check_header, _digest_error, _fresh, _hash_prefix, _loads, _open_file, _verify
 from .trust import load_roster
 
 _HEAD_LIMIT = len(MAGIC) + 4 + MAX_HEADER + 2  # the bytes that locate the end of the payload

@@ -24,6 +24,8 @@ naming a run already in the site's ledger with another accountant history is ref
 from __future__ import annotations
 
 import math
+
+from ..numbers import encode
 from dataclasses import dataclass
 
 from ..errors import ForgeBudgetError, ForgeError, ForgeIntegrityError
@@ -67,7 +69,7 @@ class DpRecord:
 
 
 def _num(x: float) -> str:
-    return "inf" if math.isinf(x) else repr(float(x))
+    return encode(x, text=True)  # the one codec: repr, or "inf"
 
 
 def _refuse(why: str) -> ForgeIntegrityError:

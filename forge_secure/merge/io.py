@@ -1,9 +1,8 @@
 """Reading plugins for a merge and writing merged plugins.
 
-:func:`read_plugin_files` reads a plugin directory's three files directly (adapter config,
-``adapter_model.safetensors``, ``forge.json``) into a :class:`PluginFiles` with a
-:class:`~forge_secure.merge.adapter.LoraAdapter`, with a clear error for every kind of
-broken, truncated or foreign input. :func:`open_inputs` accepts plugin directories and
+A merge reads its plugins through the one gateway into a plugin folder,
+:func:`forge_secure.plugins.read_plugin` (:func:`read_inputs`), whose record carries the
+:class:`~forge_secure.merge.adapter.LoraAdapter` the methods take. :func:`open_inputs` accepts plugin directories and
 sealed ``.forge`` bundles (opened with :func:`forge_secure.crypto.open_bundle`).
 :func:`write_merged_plugin` builds the PEFT model of a merge result and saves it through
 :func:`forge_secure.plugins.plugin.save_plugin`, with the lineage in ``forge.json``.
@@ -14,99 +13,24 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import torch
-
 from ..errors import ForgeDataError, ForgeFileError, ForgeIntegrityError, ForgeValueError
-from ..fileio import read_json_file, scratch_directory, sha256_file
-from .adapter import LoraAdapter, check_finite
+from ..fileio import scratch_directory
+from ..numbers import decode, encode
+from ..plugins.record import PluginRecord, read_manifest, read_plugin
+from .adapter import LoraAdapter, check_finite, normalise_weights
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-FORGE_JSON = "forge.json"
-PLUGIN_FORMAT = "forge-plugin/1"
-
-
-@dataclass(frozen=True, eq=False)
-class PluginFiles:
-    """A plugin directory as read for a merge."""
-
-    path: Path
-    config: dict  # adapter_config.json
-    meta: dict  # forge.json
-    adapter: LoraAdapter
-    digest: str  # sha256 of adapter_model.safetensors
-
-    @property
-    def site(self) -> str:
-        return str(self.meta.get("site", "?"))
-
-    @property
-    def base_digest(self) -> str:
-        return str(self.meta.get("base", {}).get("digest", ""))
-
-    @property
-    def rows(self) -> int | None:
-        rows = self.meta.get("data", {}).get("rows")
-        return int(rows) if isinstance(rows, int) and not isinstance(rows, bool) else None
+def read_inputs(dirs: Sequence[str | os.PathLike], base=None) -> list[PluginRecord]:
+    """The merge's plugins through the gateway (:func:`forge_secure.plugins.read_plugin`,
+    every check of the folder and its weights), on one base."""
+    plugins = [read_plugin(d, base=base) for d in dirs]
+    check_same_base(plugins)
+    return plugins
 
 
-def load_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.exists():
-        raise ForgeFileError(f"{what} has no {path.name}", fix="give a complete plugin directory", code="plugin.missing_weights")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ForgeDataError(f"{path} is not a readable safetensors file ({e})", fix="the file is truncated or of the wrong type; use the plugin as trained", code="plugin.bad_weights") from None
-
-
-def read_plugin_files(path: str | os.PathLike) -> PluginFiles:
-    """Read a plugin directory; errors name the file and the fix."""
-    p = Path(path)
-    if not p.exists():
-        raise ForgeFileError(f"plugin {p} does not exist", fix="check the path", code="file.missing")
-    if not p.is_dir():
-        raise ForgeFileError(f"plugin {p} is not a directory", fix="give a plugin directory or a sealed .forge bundle", code="plugin.not_a_directory")
-    from ..plugins.plugin import read_meta
-
-    if not (p / FORGE_JSON).exists() and (p / "mixture.json").exists():
-        raise ForgeDataError(f"{p} is a mixture, not a plugin", fix="give plugin directories (a mixture's plugins are in its plugins/ folder)", code="merge.wrong_type")
-    if (p / FORGE_JSON).exists():
-        raw = read_json_file(p / FORGE_JSON, "plugin metadata")
-        if isinstance(raw, dict) and str(raw.get("format", "")).startswith("forge-he-"):
-            raise ForgeDataError(f"{p} is an encrypted {raw.get('kind')}, not a plugin", fix="use `forge he aggregate` / `forge he decrypt` for encrypted contributions", code="merge.wrong_type")
-    meta = read_meta(p)
-    config = read_json_file(p / ADAPTER_CONFIG, "adapter config")
-    if not isinstance(config, dict) or str(config.get("peft_type", "")).upper() != "LORA":
-        raise ForgeDataError(f"{p / ADAPTER_CONFIG} is not a PEFT LoRA config", fix="merges take LoRA plugins", code="plugin.bad_config")
-    for unsupported in ("use_dora", "fan_in_fan_out"):
-        if config.get(unsupported):
-            raise ForgeDataError(f"{p.name}: {unsupported} adapters cannot be merged", fix="use plain LoRA", code="plugin.unsupported")
-    if config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise ForgeDataError(f"{p.name}: per-module ranks (rank_pattern/alpha_pattern) cannot be merged", fix="train with one rank for every module", code="plugin.unsupported")
-    digest = sha256_file(p / ADAPTER_WEIGHTS) if (p / ADAPTER_WEIGHTS).is_file() else None
-    recorded = (meta.get("adapter") or {}).get("sha256")
-    if digest and recorded and digest != recorded:
-        raise ForgeIntegrityError(f"{p / ADAPTER_WEIGHTS} does not match the sha256 in forge.json (truncated or tampered)", fix="restore the plugin from a good copy or its sealed bundle", code="plugin.adapter_digest")
-    state = load_safetensors(p / ADAPTER_WEIGHTS, f"plugin {p}")
-    try:
-        rank, alpha = int(config["r"]), float(config["lora_alpha"])
-    except (KeyError, TypeError, ValueError):
-        raise ForgeDataError(f"{p / ADAPTER_CONFIG} has no valid r / lora_alpha", fix="use the plugin as trained", code="plugin.bad_config") from None
-    lora: dict = meta["lora"] if isinstance(meta.get("lora"), dict) else {}
-    adapter = LoraAdapter(state=state, rank=rank, alpha=alpha, rslora=bool(config.get("use_rslora")), ffa=bool(lora.get("ffa")), name=f"{meta.get('site', p.name)} ({p.name})")
-    check_finite(adapter.state, f"plugin {p}")
-    assert digest is not None  # load_safetensors refused a missing adapter file
-    return PluginFiles(p, config, meta, adapter, digest)
-
-
-def check_same_base(plugins: Sequence[PluginFiles]) -> str:
+def check_same_base(plugins: Sequence[PluginRecord]) -> str:
     """All plugins must adapt the same base model (same weights digest)."""
     digests = {pl.base_digest for pl in plugins}
     if len(digests) != 1 or "" in digests:
@@ -115,7 +39,7 @@ def check_same_base(plugins: Sequence[PluginFiles]) -> str:
     return digests.pop()
 
 
-def default_weights(plugins: Sequence[PluginFiles]) -> list[float]:
+def default_weights(plugins: Sequence[PluginRecord]) -> list[float]:
     """Training-set sizes from each plugin's forge.json (``data.rows``)."""
     rows = [pl.rows for pl in plugins]
     if any(r is None or r < 1 for r in rows):
@@ -129,8 +53,8 @@ def check_signed_site(plugin_dir: Path, signed_site: str, bundle: Path) -> None:
     signed it: otherwise one site could pass its plugin off as another's, and the merge's
     lineage and per-site DP records would name the wrong author. Merged plugins (``kind:
     merged``, sealed by whoever merged them) carry their authors in their parents instead."""
-    meta = read_json_file(plugin_dir / FORGE_JSON, f"forge.json in {bundle}") if (plugin_dir / FORGE_JSON).is_file() else None
-    if not isinstance(meta, dict) or meta.get("kind") == "merged":
+    meta = read_manifest(plugin_dir)
+    if meta.get("kind") == "merged":
         return
     if meta.get("site") != signed_site:
         raise ForgeIntegrityError(
@@ -140,19 +64,19 @@ def check_signed_site(plugin_dir: Path, signed_site: str, bundle: Path) -> None:
         )
 
 
-def check_merge_request(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, weights: Sequence[float] | None) -> None:
+def check_merge_request(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
+                        weights: Sequence[float] | None) -> list[float] | None:
     """Cheap checks of a merge's own arguments, run before any sealed bundle is opened:
     opening records a bundle in the replay store, so a merge that failed afterwards on a
-    typo would leave the bundles impossible to merge again."""
-    from .adapter import normalise_weights
-
-    if weights is not None:
-        normalise_weights(weights, len(inputs))
+    typo would leave the bundles impossible to merge again. Returns the given weights
+    normalised (the merge's one normalisation of them), or None."""
+    normalised = normalise_weights(weights, len(inputs)) if weights is not None else None
     o = Path(out)
     if o.exists() and not o.is_dir():
         raise ForgeFileError(f"--out {o} exists and is a file", fix="give a new directory for the merge", code="file.not_a_directory")
     if o.is_dir() and any(o.iterdir()):
         raise ForgeFileError(f"--out {o} already exists and is not empty", fix="choose a new --out directory or remove the old one", code="file.exists")
+    return normalised
 
 
 @contextlib.contextmanager
@@ -214,8 +138,8 @@ def merged_dp_record(parents: Sequence[dict]) -> dict:
 
     def eps(v):
         try:
-            return float(v)
-        except (TypeError, ValueError):
+            return decode(v)
+        except ValueError:
             return float("inf")
 
     worst = max((eps(x["epsilon"]) for x in per), default=float("inf"))
@@ -223,7 +147,7 @@ def merged_dp_record(parents: Sequence[dict]) -> dict:
     return {
         "enabled": all_dp,
         "post_processing": True,
-        "epsilon": "inf" if worst == float("inf") else worst,
+        "epsilon": encode(worst),
         "per_parent": per,
         "note": "a merge is post-processing; each site's record is that of its own plugin",
     }

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from ..errors import ForgeDataError, ForgeFileError
-from ..fileio import read_json_file, sha256_file
+from ..plugins.record import read_manifest, read_plugin
 
 
 def _eps(dp) -> str:
@@ -58,9 +58,7 @@ def lineage_tree(path: str | os.PathLike) -> dict:
         children = [lineage_tree(p / entry["path"]) for entry in meta["plugins"]]
         return {"site": "mixture", "kind": "mixture", "digest": None, "epsilon": "per plugin", "method": meta.get("router"),
                 "weights": meta.get("weights"), "parents": children, "path": str(p)}
-    meta = read_json_file(p / "forge.json", "forge.json")
-    if not isinstance(meta, dict):
-        raise ForgeDataError(f"{p / 'forge.json'} is not an object", fix="give a plugin, mixture or aggregate directory", code="lineage.bad_meta")
+    meta = read_manifest(p)  # the one parse of a forge.json (plugin.no_meta, file.not_json, plugin.wrong_type, ...)
     fmt = meta.get("format")
     if fmt == "forge-he-aggregate/1":
         parents = [dict(c.get("parent") or {}, weight=c.get("weight")) for c in meta.get("contributions") or []]
@@ -72,8 +70,8 @@ def lineage_tree(path: str | os.PathLike) -> dict:
         return dict(node, path=str(p))
     if fmt != "forge-plugin/1":
         raise ForgeDataError(f"{p} holds a forge.json of format {fmt!r}", fix="give a plugin, mixture or aggregate directory", code="lineage.bad_meta")
-    digest = sha256_file(p / "adapter_model.safetensors") if (p / "adapter_model.safetensors").is_file() else None
-    entry = dict(meta, digest=digest, rows=(meta.get("data") or {}).get("rows"))
+    record = read_plugin(p, weights=False, adapter_digest=True)  # the gateway: schema, adapter digest, base
+    entry = dict(record.meta, digest=record.adapter_sha256, rows=record.rows)
     return dict(_node(entry), path=str(p))
 
 

@@ -361,16 +361,17 @@ def read_mixture_meta(path: str | os.PathLike) -> dict:
 def load_mixture(path: str | os.PathLike, base=None) -> Mixture:
     """Read a mixture directory: every plugin is loaded (and checked) with ``load_plugin``."""
     from ..plugins.plugin import load_plugin
+    from ..plugins.record import read_plugin
 
     p = Path(path)
     meta = read_mixture_meta(p)
     plugins = []
     for e in meta["plugins"]:
         d = p / e["path"]
-        digest = sha256_file(d / "adapter_model.safetensors") if (d / "adapter_model.safetensors").is_file() else None
-        if digest != e.get("digest"):
+        record = read_plugin(d, base=base)  # the gateway: forge.json, adapter digest, finite weights, base
+        if record.adapter_sha256 != e.get("digest"):
             raise ForgeDataError(f"mixture plugin {d} does not match the digest in mixture.json", fix="the mixture was changed; write it again", code="mixture.tampered")
-        plugins.append(load_plugin(d, base))
+        plugins.append(load_plugin(record, base))
         base = base or plugins[-1].base
     router = ROUTERS.get(str(meta["router"])).from_saved(p, meta, len(plugins))
     return Mixture(plugins, router, base, details=meta.get("details") or {})
@@ -416,16 +417,16 @@ def check_router_request(router: str, weights, tune_on) -> type[Router]:
 
 def build_mixture(plugin_dirs: Sequence[str | os.PathLike], *, router: str = "static", weights: Sequence[float] | None = None,
                   tune_on: str | os.PathLike | None = None, seed: int = 0, budget: int = 40, base=None) -> Mixture:
-    """Load plugins and build a mixture with the named router."""
+    """Load plugins and build a mixture with the named router. Each plugin folder is read
+    once, by the gateway (:func:`forge_secure.merge.io.read_inputs`), and loaded from its record."""
     from ..plugins.plugin import load_plugin
-    from .io import check_same_base, read_plugin_files
+    from .io import read_inputs
 
     router_cls = check_router_request(router, weights, tune_on)
-    files = [read_plugin_files(d) for d in plugin_dirs]
-    check_same_base(files)
+    files = read_inputs(plugin_dirs, base)
     plugins = []
-    for d in plugin_dirs:
-        plugins.append(load_plugin(d, base))
+    for rec in files:
+        plugins.append(load_plugin(rec, base))
         base = base or plugins[-1].base
     synth = None
     if tune_on is not None:

@@ -14,29 +14,21 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ForgeValueError
+from ..plugins.record import read_plugin
 from .adapter import normalise_weights
 from .evaluate import make_loss
-from .fusion import FUSIONS, fuse, tune_weights
-from .io import PluginFiles, check_merge_request, check_same_base, default_weights, lineage_entry, open_inputs, read_plugin_files, write_merged_plugin
+from ..plugins.record import PluginRecord, check_base
+from .fusion import FUSIONS, tune_weights
+from .io import check_merge_request, default_weights, lineage_entry, open_inputs, read_inputs, write_merged_plugin
 
 
-def read_plugins(dirs: Sequence[str | os.PathLike]) -> list[PluginFiles]:
-    plugins = [read_plugin_files(d) for d in dirs]
-    check_same_base(plugins)
-    return plugins
-
-
-def base_of(plugin: PluginFiles):
-    """The plugins' base model (built-in by name and settings, or a local HF directory)."""
+def base_of(plugin: PluginRecord):
+    """The plugins' base model (built-in by name and settings, or a local base directory),
+    checked against the digest the plugin records (``plugin.base_mismatch``)."""
     from ..plugins.bases import BASES, load_base
 
-    b = plugin.meta["base"]
-    settings = dict(b.get("settings") or {}) if b["name"] in BASES else {}
-    base = load_base(b["name"], **settings)
-    if base.digest != b["digest"]:
-        from ..errors import ForgeDataError
-
-        raise ForgeDataError(f"base {b['name']} here has digest {base.digest[:12]}..., the plugins were trained on {b['digest'][:12]}...", fix="use the base model version the plugins were trained on", code="merge.different_bases")
+    base = load_base(plugin.base_name, **(plugin.base_settings if plugin.base_name in BASES else {}))
+    check_base(plugin, base.digest, base.name, where=str(plugin.path))
     return base
 
 
@@ -49,11 +41,12 @@ def fusion_merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     else the training-set sizes in each ``forge.json``. ``sequential`` always tunes its own
     scalars and needs ``tune_on``.
     """
-    spec = FUSIONS.get(method)
+    spec = FUSIONS.get(method)  # the merge's one lookup of its method
     if len(inputs) < 2:
         raise ForgeValueError(f"a merge needs at least two plugins, got {len(inputs)}", fix="give two or more plugin directories or bundles", code="merge.too_few")
-    # everything that can be checked without the plugins is checked before any bundle is opened
-    check_merge_request(inputs, out, weights)
+    # everything that can be checked without the plugins is checked before any bundle is opened;
+    # the given weights are normalised here, once
+    given = check_merge_request(inputs, out, weights)
     if spec.needs_loss and weights is not None:
         raise ForgeValueError("the sequential merge tunes its own scalars", fix="drop --weights (give --tune-on)", code="merge.bad_weights")
     if spec.needs_loss and tune_on is None:
@@ -65,7 +58,7 @@ def fusion_merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
 
         synth = load_synthetic(tune_on)
     with open_inputs(inputs, key=key, roster=roster) as dirs:
-        plugins = read_plugins(dirs)
+        plugins = read_inputs(dirs, base)
         adapters = [p.adapter for p in plugins]
         base = base or base_of(plugins[0])
         loss_fn = None
@@ -75,17 +68,15 @@ def fusion_merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         if spec.needs_loss:
             if weights is not None:
                 raise ForgeValueError("the sequential merge tunes its own scalars", fix="drop --weights (give --tune-on)", code="merge.bad_weights")
-            result = fuse(method, adapters, None, **options)
-            weight_source = "tuned (MedForge sequential)"
+            w, weight_source = normalise_weights(None, len(adapters)), "tuned (MedForge sequential)"
+        elif given is not None:
+            w, weight_source = given, "given"
+        elif loss_fn is not None:
+            w, info = tune_weights(spec, adapters, loss_fn, budget=budget, seed=seed, density=density, rank=rank)
+            weight_source = "tuned on synthetic data"
         else:
-            if weights is not None:
-                w, weight_source = normalise_weights(weights, len(adapters)), "given"
-            elif loss_fn is not None:
-                w, info = tune_weights(method, adapters, loss_fn, budget=budget, seed=seed, density=density, rank=rank)
-                weight_source = "tuned on synthetic data"
-            else:
-                w, weight_source = normalise_weights(default_weights(plugins), len(adapters)), "training-set sizes"
-            result = fuse(method, adapters, w, **options)
+            w, weight_source = normalise_weights(default_weights(plugins), len(adapters)), "training-set sizes"
+        result = spec.fuse(adapters, w, **options)  # w is normalised exactly once, above
         details = dict(result.details, weight_source=weight_source)
         if tune_on is not None:
             details["tuned_on"] = str(tune_on)
@@ -120,7 +111,7 @@ def merge_stage(plugin_dirs: Sequence[str | os.PathLike], workdir: str | os.Path
 
     work = Path(workdir)
     out: dict[str, Path] = {"fusion-exact": fusion_merge(plugin_dirs, work / "fusion-exact", method="exact", seed=seed)}
-    if all(read_plugin_files(p).adapter.ffa for p in plugin_dirs):
+    if all(read_plugin(p, weights=False).lora.get("ffa") for p in plugin_dirs):
         out["fusion-ffa"] = fusion_merge(plugin_dirs, work / "fusion-ffa", method="ffa", seed=seed)
         out["fusion-ckks"] = homomorphic_merge(plugin_dirs, work / "ckks", work / "fusion-ckks")
     out["mixture-static"] = mixture_merge(plugin_dirs, work / "mixture-static", router="static", seed=seed)

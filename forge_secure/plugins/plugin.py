@@ -18,7 +18,6 @@ unpickled.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,16 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import ForgeDataError, ForgeFileError, ForgeIntegrityError, ForgeValueError
-from ..fileio import atomic_directory, atomic_write_json, read_json_file, sha256_file
+from ..errors import ForgeFileError, ForgeIntegrityError, ForgeValueError
+from ..fileio import atomic_directory, atomic_write_json, sha256_file
+from ..numbers import jsonable
 from .bases import Base, fresh_copy, load_base
-from .schema import FORMAT, PLUGIN_SCHEMA
+from .record import (ADAPTER_FILE, CONFIG_FILE, META_FILE, PLUGIN_FILES, PluginRecord, check_base, meta_epsilon,
+                     read_plugin, validate_meta)
+from .schema import FORMAT
 
-ADAPTER_FILE = "adapter_model.safetensors"
-CONFIG_FILE = "adapter_config.json"
-META_FILE = "forge.json"
-PLUGIN_FILES = (CONFIG_FILE, ADAPTER_FILE, META_FILE)
+__all__ = ["ADAPTER_FILE", "CONFIG_FILE", "META_FILE", "PLUGIN_FILES", "Plugin", "adapter_digest", "is_plugin_dir",
+           "load_plugin", "meta_epsilon", "new_meta", "save_plugin", "validate_meta"]
 
 
 @dataclass
@@ -49,6 +49,8 @@ class Plugin:
     #: the randomness secret of the run that trained it, in memory only (set by train_plugin,
     #: for the replay envelope); never written next to the plugin
     secret: bytes | None = field(default=None, repr=False, compare=False)
+    #: what the gateway read and checked (None for a plugin made in memory and not saved yet)
+    record: PluginRecord | None = field(default=None, repr=False, compare=False)
 
     @property
     def site(self) -> str:
@@ -85,26 +87,9 @@ class Plugin:
 
     def digest(self) -> str | None:
         """sha256 of the adapter file (None for a plugin not saved yet)."""
+        if self.record is not None and self.record.adapter_sha256:
+            return self.record.adapter_sha256
         return adapter_digest(self.path) if self.path else None
-
-
-def meta_epsilon(meta: dict) -> float:
-    """``dp.epsilon`` as a float (``"inf"`` -> ``math.inf``)."""
-    eps = meta.get("dp", {}).get("epsilon", "inf")
-    return math.inf if eps == "inf" else float(eps)
-
-
-def _jsonable(obj: Any) -> Any:
-    """Non-finite floats become the strings "inf" / "-inf" / "nan"; numpy scalars become Python."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "inf" if obj > 0 else ("-inf" if obj < 0 else "nan")
-    return obj
 
 
 def new_meta(*, site: str, base: Base, lora: dict, dp: dict, kind: str = "trained", training: dict | None = None,
@@ -126,30 +111,7 @@ def new_meta(*, site: str, base: Base, lora: dict, dp: dict, kind: str = "traine
     if data is not None:
         meta["data"] = dict(data)
     meta.update(extra)
-    return _jsonable(meta)
-
-
-def validate_meta(meta: Any, where: str = "forge.json") -> dict:
-    """Check a forge.json dict: the format version first, then the schema."""
-    import jsonschema
-
-    if not isinstance(meta, dict):
-        raise ForgeDataError(f"{where} holds a {type(meta).__name__}, not an object", fix="restore the plugin from a good copy",
-                             code="plugin.meta_invalid")
-    fmt = meta.get("format")
-    if fmt != FORMAT:
-        raise ForgeDataError(
-            f"{where} has format {fmt!r}; this toolkit reads {FORMAT!r}",
-            fix="retrain or convert the plugin with a matching forge-secure version",
-            code="plugin.format",
-        )
-    validator = jsonschema.Draft202012Validator(PLUGIN_SCHEMA)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(meta))
-    if error is not None:
-        at = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ForgeDataError(f"{where} is invalid at {at}: {error.message}", fix="restore the plugin from a good copy",
-                             code="plugin.meta_invalid")
-    return meta
+    return jsonable(meta)
 
 
 def is_plugin_dir(path: str | Path) -> bool:
@@ -177,7 +139,7 @@ def save_plugin(model, meta: dict, out_dir: str | Path) -> Path:
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ForgeValueError(f"adapter tensor {name} holds NaN or infinite values; nothing was written",
                                   fix="lower the learning rate or check the merge inputs", code="plugin.not_finite")
-    meta = _jsonable(dict(meta))
+    meta = jsonable(dict(meta))
     meta.setdefault("format", FORMAT)
     meta.setdefault("toolkit_version", __version__)
     meta.pop("adapter", None)
@@ -202,65 +164,29 @@ def adapter_digest(path: str | Path) -> str:
     return sha256_file(f)
 
 
-def read_meta(path: str | Path) -> dict:
-    """Read and validate ``forge.json`` of a plugin directory (no weights are loaded)."""
-    path = Path(path)
-    if not path.exists():
-        raise ForgeFileError(f"plugin directory {path} does not exist", fix="check the path", code="plugin.missing")
-    if not path.is_dir():
-        raise ForgeFileError(f"{path} is not a plugin directory", fix="give the directory that holds forge.json", code="plugin.not_directory")
-    meta_path = path / META_FILE
-    if not meta_path.exists():
-        raise ForgeFileError(f"{path} has no {META_FILE}, so it is not a forge plugin", fix="give a directory written by forge train",
-                             code="plugin.no_meta")
-    return validate_meta(read_json_file(meta_path, "plugin metadata"), where=str(meta_path))
+def load_plugin(path, base: Base | None = None) -> Plugin:
+    """Load a plugin (a directory, or the :class:`~.record.PluginRecord` that
+    :func:`~.record.read_plugin` returned for it) as a PEFT model on its base.
 
-
-def load_plugin(path: str | Path, base: Base | None = None) -> Plugin:
-    """Load a plugin directory after checking every part of it.
-
-    Checks, in order: the directory and ``forge.json`` (format, schema), the adapter config,
-    the adapter file's sha256 against forge.json, that the safetensors file parses, the base
-    model's digest against forge.json, and that the adapter tensors fit the base.
+    Every check of the folder is the gateway's (:func:`~.record.read_plugin`: forge.json
+    schema, adapter config, adapter sha256, safetensors parse, finite values, base digest);
+    this adds only that the adapter tensors fit the base.
     """
     from peft import PeftModel, get_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    path = Path(path)
-    meta = read_meta(path)
-    cfg = read_json_file(path / CONFIG_FILE, "adapter config")
-    if not isinstance(cfg, dict) or "peft_type" not in cfg:
-        raise ForgeDataError(f"{path / CONFIG_FILE} is not a PEFT adapter config", fix="restore the plugin from a good copy",
-                             code="plugin.config_invalid")
-    digest = adapter_digest(path)
-    recorded = meta.get("adapter", {}).get("sha256")
-    if recorded is not None and recorded != digest:
-        raise ForgeIntegrityError(
-            f"{path / ADAPTER_FILE} has sha256 {digest[:16]}..., forge.json records {recorded[:16]}... (truncated or tampered)",
-            fix="restore the plugin from a good copy or its sealed bundle",
-            code="plugin.adapter_digest",
-        )
-    try:
-        tensors = load_file(str(path / ADAPTER_FILE))
-    except Exception as e:  # safetensors raises its own error types for bad headers and short files
-        raise ForgeIntegrityError(
-            f"{path / ADAPTER_FILE} is not a readable safetensors file ({e.__class__.__name__}: {str(e)[:120]})",
-            fix="restore the plugin from a good copy; it may be truncated",
-            code="plugin.adapter_corrupt",
-        ) from None
-    for name, t in tensors.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ForgeIntegrityError(f"{path / ADAPTER_FILE} tensor {name} holds NaN or infinite values",
-                                      fix="retrain or re-merge the plugin", code="plugin.not_finite")
+    if isinstance(path, PluginRecord) and path.tensors is not None and path.meta.get("format") == FORMAT:
+        record = path
+        if base is not None:
+            check_base(record, base.digest, base.name, where=str(record.path))
+    else:
+        if isinstance(path, PluginRecord):  # read without its weights: read again, fully
+            path = path.path
+        record = read_plugin(path, base=base, verify_base=False)  # without a base, it is loaded and checked below
+    path = record.path
+    meta = record.meta
     if base is None:
-        base = load_base(meta["base"]["name"], **_builder_settings(meta))
-    if base.digest != meta["base"]["digest"]:
-        raise ForgeIntegrityError(
-            f"plugin {path} was trained on base {meta['base']['name']} with digest {meta['base']['digest'][:16]}..., "
-            f"but the base here has digest {base.digest[:16]}...",
-            fix="use the same base model version the plugin was trained on",
-            code="plugin.base_mismatch",
-        )
+        base = load_base(record.base_name, **_builder_settings(record))
+        check_base(record, base.digest, base.name, where=str(path))
     try:
         model = PeftModel.from_pretrained(fresh_copy(base), str(path))
     except Exception as e:  # shape mismatches (RuntimeError), unknown targets (ValueError), ...
@@ -270,20 +196,20 @@ def load_plugin(path: str | Path, base: Base | None = None) -> Plugin:
             code="plugin.adapter_mismatch",
         ) from None
     loaded = set(get_peft_model_state_dict(model))
-    if loaded != set(tensors):
+    tensors = set(record.tensors or {})
+    if loaded != tensors:
         raise ForgeIntegrityError(
-            f"the adapter in {path} holds tensors {sorted(set(tensors) - loaded)[:3]} the model lacks, "
-            f"or lacks {sorted(loaded - set(tensors))[:3]}",
+            f"the adapter in {path} holds tensors {sorted(tensors - loaded)[:3]} the model lacks, "
+            f"or lacks {sorted(loaded - tensors)[:3]}",
             fix="restore the plugin from a good copy",
             code="plugin.adapter_mismatch",
         )
     model.eval()
-    return Plugin(path, model, base, meta)
+    return Plugin(path, model, base, meta, record=record)
 
 
-def _builder_settings(meta: dict) -> dict:
-    """Builder keyword arguments recorded for a built-in base (empty for HF directories)."""
+def _builder_settings(record: PluginRecord) -> dict:
+    """Builder keyword arguments recorded for a built-in base (empty for base directories)."""
     from .bases import BASES
 
-    name = meta["base"]["name"]
-    return dict(meta["base"].get("settings") or {}) if name in BASES else {}
+    return dict(record.base_settings) if record.base_name in BASES else {}

@@ -110,11 +110,14 @@ def prepare_training_data(spec: str, *, label_column: str | None = None, canarie
     return TrainingData(data, commitment, ledger_dataset, test, site, canary_mask)
 
 
-def check_compatible(base: Base, data: Dataset) -> None:
-    """Refuse data that the base cannot take: wrong kind, record shape or label range."""
+def check_compatible(base: Base, data: Dataset, what: str = "data") -> None:
+    """Refuse data that the base cannot take: wrong kind, record shape or label range.
+
+    The one data-compatibility check (codes ``data.*``) of training, both attack suites and
+    the audit; ``what`` names the data's role in messages ("candidate data", "population prior")."""
     if base.kind in ("tabular", "image", "text") and data.kind != base.kind:
         raise ForgeDataError(
-            f"base {base.name} takes {base.kind} data, but {data.name} is {data.kind} data",
+            f"base {base.name} takes {base.kind} data, but {what} {data.name} is {data.kind} data",
             fix="use tabular-mlp for tables, vit-tiny (or a local Hugging Face image model) for images, "
                 "and a local Hugging Face text classifier for token ids",
             code="data.kind_mismatch",
@@ -123,22 +126,23 @@ def check_compatible(base: Base, data: Dataset) -> None:
         config = getattr(getattr(base.model, "hf", None), "config", None)
         vocab, positions = getattr(config, "vocab_size", None), getattr(config, "max_position_embeddings", None)
         if vocab is not None and len(data) and int(data.X.max()) >= int(vocab):
-            raise ForgeDataError(f"{data.name} holds token id {int(data.X.max())}, base {base.name} has a vocabulary of {vocab}",
+            raise ForgeDataError(f"{what} {data.name} holds token id {int(data.X.max())}, base {base.name} has a vocabulary of {vocab}",
                                  fix="tokenize the text with the base's own tokenizer", code="data.tokens")
         if positions is not None and data.shape[0] > int(positions):
-            raise ForgeDataError(f"{data.name} has sequences of {data.shape[0]} tokens, base {base.name} takes at most {positions}",
+            raise ForgeDataError(f"{what} {data.name} has sequences of {data.shape[0]} tokens, base {base.name} takes at most {positions}",
                                  fix=f"truncate the token ids to {positions}", code="data.shape_mismatch")
     if base.input_shape and data.shape != tuple(base.input_shape):
         if data.kind == "tabular":
-            msg = f"{data.name} has {data.shape[0]} feature columns, base {base.name} expects {base.input_shape[0]}"
+            msg = (f"{what} {data.name} has {data.shape[0]} feature columns, base {base.name} expects {base.input_shape[0]} "
+                   f"(records of shape {tuple(data.shape)}, not {tuple(base.input_shape)})")
             fix = "give a CSV with exactly the base's features plus the label column"
         else:
-            msg = f"{data.name} has images of shape {data.shape}, base {base.name} expects {tuple(base.input_shape)}"
+            msg = f"{what} {data.name} has records of shape {data.shape}, base {base.name} expects {tuple(base.input_shape)}"
             fix = "resize the images or build the base for this size"
         raise ForgeDataError(msg, fix=fix, code="data.shape_mismatch")
     if len(data) and int(data.y.max()) >= base.n_classes:
         raise ForgeDataError(
-            f"{data.name} has label {int(data.y.max())}, base {base.name} has {base.n_classes} classes",
+            f"{what} {data.name} has label {int(data.y.max())}, base {base.name} has {base.n_classes} classes",
             fix=f"encode the labels as 0..{base.n_classes - 1}",
             code="data.labels",
         )

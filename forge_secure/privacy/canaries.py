@@ -20,7 +20,6 @@ memorised (Carlini et al. 2019, "The Secret Sharer").
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ForgeDataError, ForgeFileError, ForgeValueError
+from ..errors import ForgeDataError, ForgeError, ForgeFileError, ForgeValueError
 from .randomness import SecretStream, check_secret, fresh_secret
 
 if TYPE_CHECKING:
@@ -142,6 +141,7 @@ def open_grant(grant: str | Path, *, key, roster, passphrase: bytes | None = Non
     from safetensors.numpy import load_file
 
     from ..plugins.data import Dataset
+    from ..plugins.record import read_manifest
     from .sealed import opened_files
 
     grant = Path(grant)
@@ -150,14 +150,14 @@ def open_grant(grant: str | Path, *, key, roster, passphrase: bytes | None = Non
                              code="canaries.grant_missing")
     with opened_files(grant, key=key, roster=roster, passphrase=passphrase, root=root) as out:
         try:
-            meta = json.loads((out / "forge.json").read_text())
+            meta = read_manifest(out)  # the one parse of a forge.json
             arrays = load_file(str(out / "canaries.safetensors"))
             if meta.get("format") != GRANT_FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}")
             like = meta["like"]
             data = Dataset(arrays["X"], arrays["y"].astype(np.int64), int(like["n_classes"]), f"canaries/{meta['grant_id']}",
                            like["kind"], tuple(like.get("feature_names") or ()))
-        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError, ForgeError) as e:
             raise ForgeDataError(f"{grant} is not a canary grant ({e})", fix="give the .forge file the auditor sent",
                                  code="canaries.grant_invalid") from None
     if data.digest() != meta.get("digest") or len(data) != meta.get("count"):

@@ -387,7 +387,8 @@ def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None
     before any work is done).
     """
     from ..plugins.bases import load_base
-    from ..plugins.plugin import Plugin, new_meta, read_meta, save_plugin
+    from ..plugins.plugin import Plugin, new_meta, save_plugin
+    from ..plugins.record import read_plugin
 
     if not isinstance(config, TrainConfig):
         raise ForgeValueError(f"config is a {type(config).__name__}, not a TrainConfig", code="train.config")
@@ -460,8 +461,9 @@ def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None
         ledger.record(history, kind="train", delta=plan.delta, accountant=plan.accountant,
                       note={"epsilon": epsilon, "out": str(out) if out is not None else None, "data_commitment": data_record["commitment"],
                             "base_digest": base.digest})
-    path = None
+    path = record = None
     if out is not None:
         path = save_plugin(model, meta, out)
-        meta = read_meta(path)
-    return Plugin(path, model, base, meta, secret=secret)
+        record = read_plugin(path, base=base)  # what was written, as every later reader will see it
+        meta = record.meta
+    return Plugin(path, model, base, meta, secret=secret, record=record)

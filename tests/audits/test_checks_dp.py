@@ -41,8 +41,9 @@ def test_corrupt_manifests_fail_instead_of_stopping_the_audit(world):
     (r / "forge.json").write_text("[1, 2]")
     f = by_subject(audit(world, "dp-claims"), "dp-claims")
     assert f["plugins/broken"].status is Status.FAIL and f["plugins/broken"].evidence["reason_code"] == "file.not_json"
-    assert f["plugins/mistyped"].status is Status.FAIL and f["plugins/mistyped"].evidence["reason_code"] == "audit.dp_record"
-    assert f["plugins/list"].status is Status.FAIL and f["plugins/list"].evidence["reason_code"] == "evidence.wrong_type"
+    # the plugins' gateway reads the evidence: the codes loading, sealing or merging the plugin would give
+    assert f["plugins/mistyped"].status is Status.FAIL and f["plugins/mistyped"].evidence["reason_code"] == "plugin.meta_invalid"
+    assert f["plugins/list"].status is Status.FAIL and f["plugins/list"].evidence["reason_code"] == "plugin.wrong_type"
 
 
 def test_delta_must_be_at_most_1e_5_and_delta_times_n_at_most_1_percent(world):

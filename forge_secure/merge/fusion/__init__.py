@@ -18,11 +18,13 @@ from .ties import ties_merge
 from .tuning import tune_weights
 
 
-def fuse(method: str, adapters: Sequence[LoraAdapter], weights: Sequence[float] | None = None, **options) -> FusionResult:
-    """Merge ``adapters`` with the registered ``method``; ``weights`` (default equal) are
-    normalised to sum 1. Options: ``density``/``seed``/``rank`` (TIES, DARE),
-    ``loss_fn``/``budget``/``seed`` (sequential)."""
-    spec = FUSIONS.get(method)
+def fuse(method: str | FusionMethod, adapters: Sequence[LoraAdapter], weights: Sequence[float] | None = None,
+         **options) -> FusionResult:
+    """Merge ``adapters`` with the registered ``method`` (a name, or a :class:`FusionMethod`
+    looked up already); ``weights`` (default equal) are normalised to sum 1. Options:
+    ``density``/``seed``/``rank`` (TIES, DARE), ``loss_fn``/``budget``/``seed`` (sequential).
+    A merge recipe that has its method and normalised weights calls ``spec.fuse`` itself."""
+    spec = method if isinstance(method, FusionMethod) else FUSIONS.get(method)
     w = normalise_weights(weights, len(adapters))
     return spec.fuse(list(adapters), w, **options)
 

@@ -14,13 +14,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..adapter import LoraAdapter
-from .base import FUSIONS
+from .base import FUSIONS, FusionMethod
 from .sequential import minimise_scalars
 
 
-def tune_weights(method: str, adapters: Sequence[LoraAdapter], loss_fn: Callable[[LoraAdapter], float], *, budget: int = 40, init: float = 0.5, upper: float = 1.5, l1: float = 0.05, seed: int = 0, **options) -> tuple[list[float], dict]:
-    """Weights (summing to 1) for ``method`` tuned to minimise ``loss_fn`` of the merge."""
-    spec = FUSIONS.get(method)
+def tune_weights(method: str | FusionMethod, adapters: Sequence[LoraAdapter], loss_fn: Callable[[LoraAdapter], float], *, budget: int = 40, init: float = 0.5, upper: float = 1.5, l1: float = 0.05, seed: int = 0, **options) -> tuple[list[float], dict]:
+    """Weights (summing to 1) for ``method`` (a name, or the :class:`FusionMethod` a merge
+    looked up already) tuned to minimise ``loss_fn`` of the merge."""
+    spec = method if isinstance(method, FusionMethod) else FUSIONS.get(method)
 
     def objective(x: np.ndarray) -> float:
         w = np.clip(x, 0.0, None)

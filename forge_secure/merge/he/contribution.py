@@ -29,8 +29,8 @@ import numpy as np
 
 from ... import __version__
 from ...errors import ForgeDataError, ForgeIntegrityError, ForgeValueError
-from ...fileio import atomic_directory, atomic_write_json, read_json_file, sha256_bytes, sha256_file
-from ..io import read_plugin_files
+from ...fileio import atomic_directory, atomic_write_json, sha256_bytes, sha256_file
+from ...plugins.record import read_manifest, read_plugin
 from .keys import load_public_context
 from .ops import encrypt_vector
 from .pack import flatten, make_layout, n_values, write_ciphertexts
@@ -67,7 +67,7 @@ def encrypt_plugin(plugin_dir: str | os.PathLike, public_context: str | os.PathL
 
     ctx, info = load_public_context(public_context)
     params: HEParams = info.params
-    plugin = read_plugin_files(plugin_dir)
+    plugin = read_plugin(plugin_dir)
     ad = plugin.adapter
     if not ad.ffa:
         raise ForgeDataError(
@@ -126,9 +126,9 @@ def read_he_dir(path: str | os.PathLike, fmt: str, what: str) -> dict:
     p = Path(path)
     if not p.is_dir():
         raise ForgeDataError(f"{what} {p} is not a directory", fix=f"give the directory written by forge (or open its sealed bundle first)", code="he.not_a_directory")
-    meta = read_json_file(p / "forge.json", f"{what} description")
-    if not isinstance(meta, dict) or meta.get("format") != fmt:
-        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+    meta = read_manifest(p)  # the one parse of a forge.json
+    if meta.get("format") != fmt:
+        got = meta.get("format")
         raise ForgeDataError(f"{p} is not a {what} (format {got!r}, expected {fmt!r})", fix=f"give a {what} directory", code="he.wrong_type")
     try:
         files = dict(meta["files"])

@@ -30,7 +30,7 @@ import numpy as np
 from ...errors import ForgeDataError, ForgeIntegrityError, ForgeValueError
 from ...fileio import atomic_write_json, read_json_file
 from ..adapter import LoraAdapter
-from ..io import load_safetensors, write_merged_plugin
+from ..io import write_merged_plugin
 from .aggregate import AGGREGATE_FORMAT, _load_vectors
 from .contribution import ADAPTER_CONFIG, FROZEN_A, read_he_dir
 from .keys import load_secret_context
@@ -38,6 +38,18 @@ from .ops import decrypt_vectors
 from .pack import unflatten
 
 RELEASE_LOG = "releases.json"
+
+
+def _load_frozen(path: Path, what: str) -> dict:
+    """The aggregate's frozen FFA ``A`` tensors (its file digest was checked by read_he_dir)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ForgeDataError(f"{path} in {what} is not a readable safetensors file ({e.__class__.__name__})",
+                             fix="the aggregate is damaged; produce it again", code="he.bad_meta") from None
 
 
 def _release_log(key_path: Path) -> Path:
@@ -156,7 +168,7 @@ def decrypt_to_plugin(aggregate_dir: str | os.PathLike, secret_context: str | os
     if base.digest != base_meta.get("digest"):
         raise ForgeDataError(f"base model {base.name} has digest {base.digest[:12]}..., the aggregate was made for {str(base_meta.get('digest'))[:12]}...", fix="use the base model version the sites trained on", code="merge.different_bases")
     config = read_json_file(p / ADAPTER_CONFIG, "adapter config")
-    frozen = load_safetensors(p / FROZEN_A, f"aggregate {p}")
+    frozen = _load_frozen(p / FROZEN_A, f"aggregate {p}")
     written = []
 
     def release(meta: dict, mean: np.ndarray) -> None:

@@ -64,9 +64,9 @@ def test_empirical_epsilon_never_exceeds_claim_across_dp_runs(train, tmp_path):
 
 def test_reference_cache_is_invalidated_by_any_change(small_plugin, mia_home, tmp_path):
     from forge_secure.plugins import load_data
-    from forge_secure.plugins.plugin import read_meta
+    from forge_secure.plugins.record import read_plugin
 
-    meta = read_meta(small_plugin)
+    meta = read_plugin(small_plugin, weights=False).meta
     cands = load_data("bundled:site-1/pool")
     pop = load_data("bundled:public")
     root = tmp_path / "cache"
@@ -93,9 +93,9 @@ def test_reference_cache_is_invalidated_by_any_change(small_plugin, mia_home, tm
 @pytest.mark.slow
 def test_worker_processes_match_in_process_training(small_plugin, tmp_path):
     from forge_secure.plugins import load_data
-    from forge_secure.plugins.plugin import read_meta
+    from forge_secure.plugins.record import read_plugin
 
-    meta = read_meta(small_plugin)
+    meta = read_plugin(small_plugin, weights=False).meta
     cands, pop = load_data("bundled:site-1/pool"), load_data("bundled:public")
     a = train_references(meta, cands, pop, count=2, seed=3, workers=1, cache=False)
     b = train_references(meta, cands, pop, count=2, seed=3, workers=2, cache=False)
@@ -105,9 +105,9 @@ def test_worker_processes_match_in_process_training(small_plugin, tmp_path):
 @pytest.mark.slow
 def test_references_on_local_ray(small_plugin, tmp_path):
     from forge_secure.plugins import load_data
-    from forge_secure.plugins.plugin import read_meta
+    from forge_secure.plugins.record import read_plugin
 
-    meta = read_meta(small_plugin)
+    meta = read_plugin(small_plugin, weights=False).meta
     cands, pop = load_data("bundled:site-1/pool"), load_data("bundled:public")
     local = train_references(meta, cands, pop, count=2, seed=4, workers=1, cache=False)
     on_ray = train_references(meta, cands, pop, count=2, seed=4, workers=2, ray="auto", cache=False)

@@ -103,9 +103,9 @@ def test_train_references_batched_matches_sequential(mia_home, dp_plugin, tmp_pa
     """The whole reference pipeline (splits, top-up, cache) gives the same ReferenceSet either way."""
     from attacks.references import train_references
     from forge_secure.plugins.data import load_data
-    from forge_secure.plugins.plugin import read_meta
+    from forge_secure.plugins.record import read_plugin
 
-    meta = read_meta(dp_plugin)
+    meta = read_plugin(dp_plugin, weights=False).meta
     cands, pop = load_data("bundled:site-1/pool"), load_data("bundled:public")
     a = train_references(meta, cands, pop, count=4, seed=3, cache=False, batch=True)
     b = train_references(meta, cands, pop, count=4, seed=3, cache=False, batch=False)
@@ -156,10 +156,10 @@ def test_references_per_pass_follows_the_base_size():
 def test_dropout_recipe_is_not_batched(mia_home, train, tmp_path):
     from attacks.references import train_references
     from forge_secure.plugins.data import load_data
-    from forge_secure.plugins.plugin import read_meta
+    from forge_secure.plugins.record import read_plugin
 
     path = train(tmp_path / "drop", no_dp=True, epochs=1, batch_size=32, rank=2, alpha=4, dropout=0.1)
-    meta = read_meta(path)
+    meta = read_plugin(path, weights=False).meta
     cands = load_data("bundled:site-1/pool")
     with pytest.raises(ForgeValueError) as e:
         train_references(meta, cands, None, count=2, cache=False, batch=True)
@@ -174,9 +174,9 @@ def test_persistent_workers_give_the_in_process_references(mia_home, dp_plugin):
     from attacks.references import train_references
     from forge_secure.parallel import close_pools
     from forge_secure.plugins.data import load_data
-    from forge_secure.plugins.plugin import read_meta
+    from forge_secure.plugins.record import read_plugin
 
-    meta = read_meta(dp_plugin)
+    meta = read_plugin(dp_plugin, weights=False).meta
     cands, pop = load_data("bundled:site-1/pool"), load_data("bundled:public")
     try:
         here = train_references(meta, cands, pop, count=4, seed=5, cache=False)

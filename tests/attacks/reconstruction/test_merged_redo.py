@@ -13,7 +13,7 @@ import torch
 from attacks.reconstruction.merged import MergeRedo, order_parents
 from attacks.reconstruction.run import ReconSettings, lora_functional, resolve_recipe, run_informed
 from forge_secure.errors import ForgeError, ForgeValueError
-from forge_secure.merge.io import read_plugin_files
+from forge_secure.plugins.record import read_plugin
 from forge_secure.plugins import load_data, load_plugin, make_canaries
 from forge_secure.privacy.randomness import seed_from_label
 from tests.conftest import assert_clean_error
@@ -52,8 +52,8 @@ def _redo(root, method, dp="nodp", given=None):
     merged = load_plugin(root / f"{method}-{dp}")
     rmeta, rdir, index = resolve_recipe(merged, root / f"site-1-{dp}")
     fn = lora_functional(load_plugin(rdir, base=merged.base))
-    parents = order_parents(merged.meta, read_plugin_files(rdir), [read_plugin_files(p) for p in (given or [root / f"site-2-{dp}"])])
-    return MergeRedo(read_plugin_files(root / f"{method}-{dp}"), parents, index, fn), fn
+    parents = order_parents(merged.meta, read_plugin(rdir), [read_plugin(p) for p in (given or [root / f"site-2-{dp}"])])
+    return MergeRedo(read_plugin(root / f"{method}-{dp}"), parents, index, fn), fn
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -14,6 +14,7 @@ import pytest
 from forge_secure.crypto import BundleError, ReplayStore, SequenceCounter, revoke_key, sign_roster, load_signing_key
 from forge_secure.crypto import _primitives as P
 from forge_secure.crypto.bundle import INFO_LABEL, PAYLOAD_TYPE
+from forge_secure.errors import ForgeDataError, ForgeFileError
 from forge_secure.fileio import canonical_json
 
 
@@ -426,14 +427,21 @@ def test_open_refuses_a_symlink_as_output_and_consumes_nothing(world):
 
 
 def test_seal_refuses_bad_inputs(world, kit):
-    expect("file.not_a_directory", world.seal, "x.forge", plugin=world.plugin / "forge.json")
-    expect("file.missing", world.seal, "x.forge", plugin=world.root / "missing")
+    for plugin, code in ((world.plugin / "forge.json", "plugin.not_directory"), (world.root / "missing", "plugin.missing")):
+        with pytest.raises(ForgeFileError) as info:  # the plugins' gateway's codes, as when loading or merging
+            world.seal("x.forge", plugin=plugin)
+        assert info.value.code == code
     bare = world.root / "bare"
     bare.mkdir()
     (bare / "w.bin").write_bytes(b"1")
-    expect("bundle.not_plugin", world.seal, "x.forge", plugin=bare)
+    # the folder is read by the plugins' gateway: the same codes as loading, merging or auditing it
+    with pytest.raises(ForgeFileError) as info:
+        world.seal("x.forge", plugin=bare)
+    assert info.value.code == "plugin.no_meta"
     (bare / "forge.json").write_text("[1, 2]")
-    expect("bundle.not_plugin", world.seal, "x.forge", plugin=bare)
+    with pytest.raises(ForgeDataError) as info:
+        world.seal("x.forge", plugin=bare)
+    assert info.value.code == "plugin.wrong_type"
     link = kit.make_plugin(world.root / "linked")
     os.symlink(world.root / "roster.json", link / "extra.json")
     expect("bundle.symlink", world.seal, "x.forge", plugin=link)

@@ -13,6 +13,8 @@ import pytest
 from forge_secure.crypto import BundleError
 from forge_secure.crypto import _primitives as P
 from forge_secure.crypto import bundle as bundle_mod
+from forge_secure.crypto import opening as opening_mod
+from forge_secure.crypto import sealing as sealing_mod
 
 
 def no_output(world, out="opened"):
@@ -103,13 +105,13 @@ def _cut_in_half(path):
 def test_a_bundle_changed_while_it_is_being_verified_is_refused(big, monkeypatch, change, codes):
     """The helper starts hashing before the roster is loaded; a change made then is caught."""
     world, path = big
-    real = bundle_mod.load_roster
+    real = opening_mod.load_roster
 
     def load_roster_and_change(*a, **k):
         change(path)
         return real(*a, **k)
 
-    monkeypatch.setattr(bundle_mod, "load_roster", load_roster_and_change)
+    monkeypatch.setattr(opening_mod, "load_roster", load_roster_and_change)
     with pytest.raises(BundleError) as info:
         world.open(path)
     assert info.value.code in codes
@@ -191,12 +193,12 @@ def test_bundles_sealed_on_two_threads_are_identical_to_single_threaded_ones(tmp
                                 counter=None, wrap=wrap).read_bytes()
 
     threaded = seal("a.forge")
-    real = bundle_mod.TwoLanes
+    real = sealing_mod.TwoLanes
 
     def inline(*a, **k):
         k["threaded"] = False
         return real(*a, **k)
 
-    monkeypatch.setattr(bundle_mod, "TwoLanes", inline)
+    monkeypatch.setattr(sealing_mod, "TwoLanes", inline)
     assert seal("b.forge") == threaded
     assert world.open(world.root / "a.forge").files

@@ -15,7 +15,7 @@ from forge_secure.errors import ForgeConfigError, ForgeDataError, ForgeIntegrity
 from forge_secure.merge import fuse, fusion_merge, lineage_tree
 from forge_secure.merge.he import HEParams, aggregate, decrypt_sum, decrypt_to_plugin, encrypt_plugin, keygen, load_public_context, load_secret_context
 from forge_secure.merge.he.pack import flatten
-from forge_secure.merge.io import read_plugin_files
+from forge_secure.plugins.record import read_plugin
 from forge_secure.plugins.plugin import load_plugin
 
 
@@ -48,7 +48,7 @@ def test_homomorphic_fusion_equals_plaintext_fusion(tmp_path, keys, ffa, contrib
     agg = aggregate(contributions, keys.path / "public.ctx", tmp_path / "agg")
     assert agg["sum_weights"] == 177.0 and len(agg["contributions"]) == 3
     meta, mean = decrypt_sum(tmp_path / "agg", keys.path, k=2)
-    plain = fuse("ffa", [read_plugin_files(p).adapter for p in ffa], [84, 62, 31]).adapter
+    plain = fuse("ffa", [read_plugin(p).adapter for p in ffa], [84, 62, 31]).adapter
     want = flatten(plain.state, meta["layout"])
     rel = np.linalg.norm(mean - want) / np.linalg.norm(want)
     assert rel < 1e-6, rel
@@ -67,7 +67,7 @@ def test_key_holder_writes_the_merged_plugin_once(tmp_path, keys, ffa, make_plug
     assert he.meta["kind"] == "merged" and he.meta["merge"]["method"] == "ffa-ckks"
     assert [p["site"] for p in he.meta["parents"]] == ["site-1", "site-2", "site-3"]
     assert all(len(p["commitment"]) == 64 for p in he.meta["parents"])
-    assert [p.get("digest") for p in he.meta["parents"]] == [read_plugin_files(p).digest for p in ffa[:2]] + [None]  # site-3 hid it
+    assert [p.get("digest") for p in he.meta["parents"]] == [read_plugin(p).digest for p in ffa[:2]] + [None]  # site-3 hid it
     tree = lineage_tree(out)
     assert [c["site"] for c in tree["parents"]] == ["site-1", "site-2", "site-3"]
     # one merge releases one aggregate: the same contributions cannot be decrypted again
@@ -240,6 +240,6 @@ def test_key_holder_sums_the_contributions_itself(tmp_path, keys, ffa):
         decrypt_sum(tmp_path / "agg", keys.path, contributions=fresh[:1])
     assert e.value.code == "he.contribution_mismatch"
     _, mean = decrypt_sum(tmp_path / "agg", keys.path, contributions=fresh)
-    plain = fuse("ffa", [read_plugin_files(p).adapter for p in ffa[:2]], [84, 62]).adapter
+    plain = fuse("ffa", [read_plugin(p).adapter for p in ffa[:2]], [84, 62]).adapter
     want = flatten(plain.state, json.loads((tmp_path / "agg" / "forge.json").read_text())["layout"])
     assert np.linalg.norm(mean - want) / np.linalg.norm(want) < 1e-6  # the true two-site mean, not site-1 alone

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from forge_secure.errors import ForgeDataError, ForgeValueError
+from forge_secure.errors import ForgeDataError, ForgeIntegrityError, ForgeValueError
 from forge_secure.merge.mixture import Mixture, StaticRouter, build_mixture, fit_gate, load_mixture, tune_static_weights
 from forge_secure.plugins.plugin import load_plugin
 
@@ -89,8 +89,9 @@ def test_bad_mixture_inputs(plugins, tmp_path):
     raw = bytearray(f.read_bytes())
     raw[-3] ^= 1
     f.write_bytes(bytes(raw))
-    with pytest.raises(ForgeDataError, match="digest"):
+    with pytest.raises(ForgeIntegrityError, match="digest") as e:  # the plugins' gateway: as when the plugin is loaded
         load_mixture(bad)
+    assert e.value.code == "plugin.adapter_digest"
     meta = json.loads((out / "mixture.json").read_text())
     meta["plugins"][0]["path"] = "../../etc"
     (bad / "mixture.json").write_text(json.dumps(meta))

@@ -11,7 +11,7 @@ import torch
 
 from forge_secure.errors import ForgeDataError, ForgeError, ForgeFileError, ForgeIntegrityError, ForgeValueError
 from forge_secure.merge import fusion_merge, lineage_lines, lineage_tree
-from forge_secure.merge.io import read_plugin_files
+from forge_secure.plugins.record import read_plugin
 from forge_secure.plugins.plugin import load_plugin
 
 
@@ -35,7 +35,7 @@ def X_test(n=40):
 def test_exact_merge_writes_a_peft_plugin_equal_to_the_weighted_updates(plain, base, tmp_path):
     out = fusion_merge(plain, tmp_path / "merged", method="exact")
     merged = load_plugin(out)  # PeftModel.from_pretrained inside
-    files = [read_plugin_files(p) for p in plain]
+    files = [read_plugin(p) for p in plain]
     w = np.array([84, 62, 31]) / 177
     X = X_test()
     # reference: W0 + sum_i w_i s_i B_i A_i, applied directly to the base weights
@@ -64,9 +64,9 @@ def test_ffa_family_outputs_load_with_peft(ffa, tmp_path, method):
     assert np.isfinite(logits).all()
     assert plugin.meta["merge"]["weights"] == pytest.approx([1 / 3] * 3)
     if method == "ffa":
-        f = [read_plugin_files(p) for p in ffa]
+        f = [read_plugin(p) for p in ffa]
         m = next(iter(f[0].adapter.modules))
-        merged = read_plugin_files(out).adapter
+        merged = read_plugin(out).adapter
         torch.testing.assert_close(merged.B(m), sum(x.adapter.B(m) for x in f) / 3, rtol=1e-5, atol=1e-6)
 
 
@@ -119,8 +119,9 @@ def test_tampered_truncated_and_wrong_type_inputs(plain, tmp_path):
     meta.pop("adapter")
     (bad / "forge.json").write_text(json.dumps(meta))
     f.write_bytes(bytes(raw[: len(raw) // 2]))
-    with pytest.raises(ForgeDataError, match="safetensors"):
+    with pytest.raises(ForgeIntegrityError, match="safetensors") as e:  # the gateway's code, as load_plugin's
         fusion_merge([bad, plain[1]], tmp_path / "o2")
+    assert e.value.code == "plugin.adapter_corrupt"
     (bad / "forge.json").write_text("{not json")
     with pytest.raises(ForgeDataError, match="not valid JSON"):
         fusion_merge([bad, plain[1]], tmp_path / "o3")

@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 from forge_secure.errors import ForgeError
 from forge_secure.merge.evaluate import make_loss
 from forge_secure.merge.fusion import FUSIONS, fuse
-from forge_secure.merge.io import read_plugin_files
+from forge_secure.plugins.record import read_plugin
 from forge_secure.merge.mixture import (
     ROUTERS,
     Mixture,
@@ -116,7 +116,7 @@ def mixture_inputs(tmp_path_factory, make_plugin):
     rng = np.random.default_rng(5)
     X = rng.normal(size=(90, 30)).astype(np.float32)
     y = (X[:, 0] - 0.5 * X[:, 3] > 0).astype(np.int64)
-    return {"dirs": dirs, "plugins": [load_plugin(p) for p in dirs], "records": [read_plugin_files(p) for p in dirs], "X": X, "y": y}
+    return {"dirs": dirs, "plugins": [load_plugin(p) for p in dirs], "records": [read_plugin(p) for p in dirs], "X": X, "y": y}
 
 
 def _fit(router, inp):

@@ -19,9 +19,9 @@ from forge_secure.plugins.plugin import (
     adapter_digest,
     load_plugin,
     meta_epsilon,
-    read_meta,
     save_plugin,
 )
+from forge_secure.plugins.record import read_plugin
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def _edit_meta(path, fn):
     [
         (lambda p: (p / META_FILE).unlink(), ForgeFileError, "plugin.no_meta", "no forge.json"),
         (lambda p: (p / META_FILE).write_text("{not json"), ForgeDataError, "file.not_json", "not valid json"),
-        (lambda p: (p / META_FILE).write_text("[1, 2]"), ForgeDataError, "plugin.meta_invalid", "not an object"),
+        (lambda p: (p / META_FILE).write_text("[1, 2]"), ForgeDataError, "plugin.wrong_type", "not an object"),
         (lambda p: _edit_meta(p, lambda m: m.update(format="forge-plugin/9")), ForgeDataError, "plugin.format", "forge-plugin/9"),
         (lambda p: _edit_meta(p, lambda m: m.pop("dp")), ForgeDataError, "plugin.meta_invalid", "'dp' is a required property"),
         (lambda p: _edit_meta(p, lambda m: m["lora"].update(rank="four")), ForgeDataError, "plugin.meta_invalid", "lora.rank"),
@@ -142,7 +142,7 @@ def test_missing_or_wrong_type_paths(tmp_path):
     with pytest.raises(ForgeFileError, match="not a plugin directory"):
         load_plugin(f)
     with pytest.raises(ForgeFileError, match="no forge.json"):
-        read_meta(tmp_path)
+        read_plugin(tmp_path, weights=False)
 
 
 def test_adapter_that_does_not_fit_the_base(tmp_path, monkeypatch, make_lora_model, make_meta):
