@@ -23,6 +23,7 @@ from forge_secure.errors import ForgeValueError
 
 from .metrics import _check_scores_labels
 
+
 def epsilon_from_rates(tpr: float, fpr: float, delta: float = 0.0) -> float:
     """The epsilon implied by one test with these error rates.
 
@@ -41,9 +42,7 @@ def epsilon_from_rates(tpr: float, fpr: float, delta: float = 0.0) -> float:
     return best
 
 
-def clopper_pearson_epsilon(
-    tp: int, n_pos: int, fp: int, n_neg: int, *, delta: float = 0.0, alpha: float = 0.05
-) -> dict:
+def clopper_pearson_epsilon(tp: int, n_pos: int, fp: int, n_neg: int, *, delta: float = 0.0, alpha: float = 0.05) -> dict:
     """Empirical epsilon lower bound with Clopper-Pearson intervals (Jagielski et al. 2020).
 
     At confidence 1 - alpha: TPR_lo = Beta^-1(alpha/2; TP, P - TP + 1) (0 if TP = 0),
@@ -84,9 +83,7 @@ def clopper_pearson_epsilon(
     }
 
 
-def split_clopper_pearson_epsilon(
-    scores, labels, *, delta: float = 0.0, alpha: float = 0.05, seed: int | np.random.Generator = 0
-) -> dict:
+def split_clopper_pearson_epsilon(scores, labels, *, delta: float = 0.0, alpha: float = 0.05, seed: int | np.random.Generator = 0) -> dict:
     """Empirical epsilon with the threshold chosen on one half and the bound on the other.
 
     Records are split at random (seeded, stratified by label) into a selection half and an
@@ -249,10 +246,14 @@ def one_run_epsilon_ceiling(r: int, *, m: int | None = None, delta: float = 0.0,
     Returns 0.0 when ``r == 0`` (no guess shows anything).
     """
     if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0:
-        raise ForgeValueError(f"r = {r!r} must be a whole number of guesses >= 0", fix="count the guesses the audit makes", code="metrics.one_run_counts")
+        raise ForgeValueError(
+            f"r = {r!r} must be a whole number of guesses >= 0", fix="count the guesses the audit makes", code="metrics.one_run_counts"
+        )
     m = int(r) if m is None else m
     if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < r or m < 0:
-        raise ForgeValueError(f"m = {m!r} must be a whole number >= r = {r}", fix="give the number of audit examples", code="metrics.one_run_counts")
+        raise ForgeValueError(
+            f"m = {m!r} must be a whole number >= r = {r}", fix="give the number of audit examples", code="metrics.one_run_counts"
+        )
     if not (0 < p_target < 1):
         raise ForgeValueError(f"p_target {p_target!r} is not in (0, 1)", fix="use e.g. 0.05", code="metrics.p_target")
     if not (0 <= delta < 1):
@@ -284,7 +285,9 @@ def clopper_pearson_epsilon_ceiling(members: int, non_members: int, *, delta: fl
     """
     for name, n in (("members", members), ("non_members", non_members)):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ForgeValueError(f"{name} = {n!r} must be a whole number >= 1", fix="count the records the bound is computed on", code="metrics.counts")
+            raise ForgeValueError(
+                f"{name} = {n!r} must be a whole number >= 1", fix="count the records the bound is computed on", code="metrics.counts"
+            )
     return float(clopper_pearson_epsilon(int(members), int(members), 0, int(non_members), delta=delta, alpha=alpha)["epsilon_lb"])
 
 

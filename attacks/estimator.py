@@ -5,7 +5,8 @@ estimator takes them as keyword arguments (or one ``Config`` object, for callers
 one) and stores each one unchanged as an attribute of the same name; as in scikit-learn,
 ``__init__`` and ``set_params`` check nothing but the names, and ``fit`` checks the values
 (``attack.config`` is the validated ``Config`` of the current settings; factories such as
-``make_attack`` read it at once, so a bad setting fails before any work starts). Everything learned in ``fit`` ends with an underscore, so that
+``make_attack`` read it at once, so a bad setting fails before any work starts). Everything learned in ``fit`` ends
+with an underscore, so that
 ``sklearn.utils.validation.check_is_fitted``, ``get_params`` / ``set_params`` and
 ``sklearn.base.clone`` work as on any scikit-learn estimator.
 """
@@ -62,8 +63,11 @@ class ConfigEstimator(BaseEstimator):
             if settings:
                 raise ForgeValueError("give either a config object or keyword settings, not both", code="attack.settings")
             if not isinstance(config, self.Config):
-                raise ForgeValueError(f"config must be a {self.Config.__name__}, got {type(config).__name__}",
-                                      fix="pass the settings as keywords", code="attack.settings")
+                raise ForgeValueError(
+                    f"config must be a {self.Config.__name__}, got {type(config).__name__}",
+                    fix="pass the settings as keywords",
+                    code="attack.settings",
+                )
             settings = {n: getattr(config, n) for n in names}
         unknown = sorted(set(settings) - set(names))
         if unknown:
@@ -72,10 +76,17 @@ class ConfigEstimator(BaseEstimator):
                 fix=f"use: {', '.join(sorted(names)) or '(none)'}",
                 code="attack.settings",
             )
-        missing = [n for n, p in _init_signature(self.Config).parameters.items() if p.default is inspect.Parameter.empty and n != "self" and n not in settings]
+        missing = [
+            n
+            for n, p in _init_signature(self.Config).parameters.items()
+            if p.default is inspect.Parameter.empty and n != "self" and n not in settings
+        ]
         if missing:
-            raise ForgeValueError(f"{type(self).__name__} needs the setting(s) {', '.join(missing)}",
-                                  fix=f"pass {', '.join(f'{n}=...' for n in missing)}", code="attack.settings")
+            raise ForgeValueError(
+                f"{type(self).__name__} needs the setting(s) {', '.join(missing)}",
+                fix=f"pass {', '.join(f'{n}=...' for n in missing)}",
+                code="attack.settings",
+            )
         defaults = _init_signature(self.Config).parameters
         for n in names:
             default = defaults[n].default

@@ -19,8 +19,8 @@ their names are still importable from here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 from scipy.stats import binomtest
@@ -180,8 +180,9 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
-def auc_interval(scores, labels, *, n_boot: int = 1000, confidence: float = 0.95,
-                 seed: int | np.random.Generator = 0) -> tuple[float, float]:
+def auc_interval(
+    scores, labels, *, n_boot: int = 1000, confidence: float = 0.95, seed: int | np.random.Generator = 0
+) -> tuple[float, float]:
     """Stratified percentile-bootstrap interval of the ROC AUC: members and non-members are
     resampled separately (``scipy.stats.bootstrap`` over the two samples), and each replicate's
     AUC is the Mann-Whitney statistic U / (P N), vectorised. The one AUC interval of the toolkit:
@@ -202,8 +203,16 @@ def auc_interval(scores, labels, *, n_boot: int = 1000, confidence: float = 0.95
     def stat(a, b, axis=-1):
         return mannwhitneyu(a, b, axis=axis).statistic / (a.shape[axis] * b.shape[axis])
 
-    ci = bootstrap((pos, neg), stat, vectorized=True, n_resamples=n_boot, confidence_level=confidence,
-                   method="percentile", random_state=rng, batch=max(1, n_boot // 4)).confidence_interval
+    ci = bootstrap(
+        (pos, neg),
+        stat,
+        vectorized=True,
+        n_resamples=n_boot,
+        confidence_level=confidence,
+        method="percentile",
+        random_state=rng,
+        batch=max(1, n_boot // 4),
+    ).confidence_interval
     return float(ci.low), float(ci.high)
 
 
@@ -217,8 +226,12 @@ def tpr_at_fpr_interval(scores, labels, target_fpr: float, confidence: float = 0
     point = tpr_at_fpr(s, y, target_fpr)
     pos, neg = s[y == 1], s[y == 0]
     tp, fp = int((pos >= point.threshold).sum()), int((neg >= point.threshold).sum())
-    return {**point.to_dict(), "ci": list(clopper_pearson(tp, int(pos.size), confidence)), "false_positives": fp,
-            "fpr_hi": clopper_pearson(fp, int(neg.size), confidence)[1]}
+    return {
+        **point.to_dict(),
+        "ci": list(clopper_pearson(tp, int(pos.size), confidence)),
+        "false_positives": fp,
+        "fpr_hi": clopper_pearson(fp, int(neg.size), confidence)[1],
+    }
 
 
 def attack_metrics(
@@ -260,7 +273,17 @@ def attack_metrics(
     return out
 
 
-_EPSILON_NAMES = ("epsilon_from_rates", "clopper_pearson_epsilon", "split_clopper_pearson_epsilon", "one_run_p_value", "one_run_epsilon", "one_run_audit", "one_run_epsilon_ceiling", "clopper_pearson_epsilon_ceiling", "one_run_guesses_needed")
+_EPSILON_NAMES = (
+    "epsilon_from_rates",
+    "clopper_pearson_epsilon",
+    "split_clopper_pearson_epsilon",
+    "one_run_p_value",
+    "one_run_epsilon",
+    "one_run_audit",
+    "one_run_epsilon_ceiling",
+    "clopper_pearson_epsilon_ceiling",
+    "one_run_guesses_needed",
+)
 
 
 def __getattr__(name: str):

@@ -7,8 +7,8 @@ The chance line is the diagonal TPR = FPR in both panels.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 

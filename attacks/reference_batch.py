@@ -97,21 +97,27 @@ class _Layer:
             h = torch.bmm(xr, self.A.transpose(1, 2))
             u = torch.bmm(h, self.B.transpose(1, 2))  # the unscaled LoRA branch output, as LoraClipper's u
             if self.record:
-                self.x.append(xr); self.h.append(h); self.u.append(u)
+                self.x.append(xr)
+                self.h.append(h)
+                self.u.append(u)
             return y + (u * self.scaling).reshape(*y.shape)
 
         layer.forward = forward
 
     def take(self, n: int):
         """(g-able u list, h, x) as (R, n, T, d), the calls of one forward concatenated along T."""
+
         def seq(parts, d):
             return torch.cat([p.reshape(self.R, n, -1, d) for p in parts], dim=2)
+
         h = seq(self.h, self.rank)
         x = seq(self.x, self.d_in) if self.train_A else None
         return h, x
 
     def clear(self) -> None:
-        self.x.clear(); self.h.clear(); self.u.clear()
+        self.x.clear()
+        self.h.clear()
+        self.u.clear()
 
     def remove(self) -> None:
         if "forward" in self.layer.__dict__:
@@ -181,15 +187,30 @@ def train_batched(recipe: dict, base, sets: list[tuple[np.ndarray, np.ndarray]],
 
     layers = [_Layer(name, layer, R) for name, layer in lora_layers(model)]
     try:
-        return _train_loop(model, layers, configs, plans, samplers, noise, X, Y, eval_X, dp,
-                           OPTIMIZERS.get(cfg.optimizer), base.digest, ffa_matrix, lora_init_matrix)
+        return _train_loop(
+            model,
+            layers,
+            configs,
+            plans,
+            samplers,
+            noise,
+            X,
+            Y,
+            eval_X,
+            dp,
+            OPTIMIZERS.get(cfg.optimizer),
+            base.digest,
+            ffa_matrix,
+            lora_init_matrix,
+        )
     finally:
         for L in layers:
             L.remove()
 
 
-def _train_loop(model, layers, configs, plans, samplers, noise, X, Y, eval_X, dp, optimizer_spec, digest, ffa_matrix,
-                lora_init_matrix) -> np.ndarray:
+def _train_loop(
+    model, layers, configs, plans, samplers, noise, X, Y, eval_X, dp, optimizer_spec, digest, ffa_matrix, lora_init_matrix
+) -> np.ndarray:
     R = len(configs)
     cfg = configs[0]
     # One buffer holds every reference's trainable LoRA weights, in LoraClipper's order
@@ -197,8 +218,10 @@ def _train_loop(model, layers, configs, plans, samplers, noise, X, Y, eval_X, dp
     layout, P = [], 0
     for L in layers:
         if L.train_A:
-            layout.append((L, "A", P, (L.rank, L.d_in))); P += L.rank * L.d_in
-        layout.append((L, "B", P, (L.d_out, L.rank))); P += L.d_out * L.rank
+            layout.append((L, "A", P, (L.rank, L.d_in)))
+            P += L.rank * L.d_in
+        layout.append((L, "B", P, (L.d_out, L.rank)))
+        P += L.d_out * L.rank
     params = torch.zeros((R, P), dtype=torch.float32)
     grads = torch.zeros((R, P), dtype=torch.float32)
     for L in layers:
@@ -206,7 +229,7 @@ def _train_loop(model, layers, configs, plans, samplers, noise, X, Y, eval_X, dp
         A0 = torch.stack([make(digest, c.ffa_seed if cfg.ffa else c.seed, L.name, (L.rank, L.d_in)) for c in configs])
         if L.train_A:
             a = next(o for (l2, kind, o, _) in layout if l2 is L and kind == "A")
-            params[:, a:a + A0[0].numel()] = A0.reshape(R, -1)
+            params[:, a : a + A0[0].numel()] = A0.reshape(R, -1)
         else:
             L.A = A0
     params.grad = grads
@@ -218,7 +241,7 @@ def _train_loop(model, layers, configs, plans, samplers, noise, X, Y, eval_X, dp
     def bind(requires_grad: bool):
         out = []
         for L, kind, o, shape in layout:
-            t = params[:, o:o + shape[0] * shape[1]].view(R, *shape).detach()
+            t = params[:, o : o + shape[0] * shape[1]].view(R, *shape).detach()
             if requires_grad or kind == "B":
                 t.requires_grad_(True)  # B: so the LoRA outputs u are in the graph (their grads are asked for)
             setattr(L, kind, t)
@@ -279,8 +302,11 @@ def _train_loop(model, layers, configs, plans, samplers, noise, X, Y, eval_X, dp
     if not torch.isfinite(params).all():
         from forge_secure.errors import ForgeValueError
 
-        raise ForgeValueError(f"reference training diverged (non-finite LoRA weights) at learning rate {cfg.lr:g}",
-                              fix="attack with a recipe whose training converges", code="attack.reference_failed")
+        raise ForgeValueError(
+            f"reference training diverged (non-finite LoRA weights) at learning rate {cfg.lr:g}",
+            fix="attack with a recipe whose training converges",
+            code="attack.reference_failed",
+        )
     return _evaluate(model, layers, bind, R, eval_X)
 
 
@@ -293,8 +319,9 @@ def _step(opt, params: torch.Tensor, skip: list[int]) -> None:
         opt.step()
         return
     rows = torch.as_tensor(skip)
-    saved = [(t, t[rows].clone()) for t in [params] + [v for v in opt.state[params].values()
-                                                        if torch.is_tensor(v) and v.shape == params.shape]]
+    saved = [
+        (t, t[rows].clone()) for t in [params] + [v for v in opt.state[params].values() if torch.is_tensor(v) and v.shape == params.shape]
+    ]
     opt.step()
     with torch.no_grad():
         for t, old in saved:
@@ -310,8 +337,13 @@ def _clipped_sums(loss, layers, layout, grads, R: int, n: int, clip: float) -> N
         parts, k = [], 0
         sq = torch.zeros((R, n))
         for L in layers:
-            g = torch.cat([(gi if gi is not None else torch.zeros_like(u)).reshape(R, n, -1, L.d_out)
-                           for gi, u in zip(gs[k:k + len(L.u)], L.u, strict=True)], dim=2)
+            g = torch.cat(
+                [
+                    (gi if gi is not None else torch.zeros_like(u)).reshape(R, n, -1, L.d_out)
+                    for gi, u in zip(gs[k : k + len(L.u)], L.u, strict=True)
+                ],
+                dim=2,
+            )
             k += len(L.u)
             h, x = L.take(n)
             if g.shape[2] == 1:  # one token per record: the norms factorise
@@ -334,14 +366,14 @@ def _clipped_sums(loss, layers, layout, grads, R: int, n: int, clip: float) -> N
             parts.append(entry)
             L.clear()
         c = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)  # Opacus's clip factor
-        for (L, kind, o, shape) in layout:
+        for L, kind, o, shape in layout:
             e = parts[layers.index(L)]
             size = shape[0] * shape[1]
             if kind == "B":
                 v = torch.bmm((e["g"] * c[..., None]).transpose(1, 2), e["h"]) if "g" in e else torch.einsum("rn,rnp->rp", c, e["psB"])
             else:
                 v = torch.bmm((e["ga"] * c[..., None]).transpose(1, 2), e["x"]) if "ga" in e else torch.einsum("rn,rnp->rp", c, e["psA"])
-            grads[:, o:o + size] = v.reshape(R, size)
+            grads[:, o : o + size] = v.reshape(R, size)
 
 
 def _evaluate(model, layers, bind, R: int, eval_X: np.ndarray) -> np.ndarray:
@@ -357,7 +389,7 @@ def _evaluate(model, layers, bind, R: int, eval_X: np.ndarray) -> np.ndarray:
     out = []
     with torch.no_grad():
         for s in range(0, N, chunk):
-            xc = Xe[s:s + chunk]
+            xc = Xe[s : s + chunk]
             m = xc.shape[0]
             xs = xc.unsqueeze(0).expand(R, *xc.shape).reshape(R * m, *xc.shape[1:])
             out.append(model(xs).reshape(R, m, -1))

@@ -107,8 +107,9 @@ def recipe_of(meta: dict) -> dict:
     return {k: meta[k] for k in RECIPE_SECTIONS}
 
 
-def reference_masks(n_candidates: int, n_population: int, count: int, *, seed: int, online: bool = True,
-                    train_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def reference_masks(
+    n_candidates: int, n_population: int, count: int, *, seed: int, online: bool = True, train_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """IN masks ``(count, n_candidates)`` and ``(count, n_population)`` (see the module doc).
 
     Online: reference 2k trains on a random half H_k of the candidates and reference 2k+1 on
@@ -145,8 +146,17 @@ def reference_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index), 0x7EA1]).generate_state(1)[0])
 
 
-def cache_key(recipe: dict, base_digest: str, candidates_digest: str, population_digest: str | None, *, online: bool, seed: int,
-              index: int, context: dict | None = None) -> str:
+def cache_key(
+    recipe: dict,
+    base_digest: str,
+    candidates_digest: str,
+    population_digest: str | None,
+    *,
+    online: bool,
+    seed: int,
+    index: int,
+    context: dict | None = None,
+) -> str:
     """sha256 over everything a reference model depends on (see the module docstring);
     ``context`` is extra identity, e.g. the mixture a reference plugin is placed into."""
     doc = {
@@ -192,8 +202,10 @@ def _load_cached(path: Path, key: str, n_eval: int, in_mask: np.ndarray) -> np.n
 def _store(path: Path, key: str, logits: np.ndarray, in_mask: np.ndarray) -> None:
     from safetensors.numpy import save
 
-    data = save({"logits": np.ascontiguousarray(logits, dtype=np.float64), "in_mask": in_mask.astype(np.uint8)},
-                metadata={"key": key, "format": CACHE_FORMAT})
+    data = save(
+        {"logits": np.ascontiguousarray(logits, dtype=np.float64), "in_mask": in_mask.astype(np.uint8)},
+        metadata={"key": key, "format": CACHE_FORMAT},
+    )
     with atomic_output(path) as f:
         f.write(data)
 
@@ -294,7 +306,9 @@ def train_references(
 
     recipe = recipe_of(meta)
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        raise ForgeValueError(f"reference count {count!r} must be a non-negative integer", fix="use e.g. --references 16", code="attack.references")
+        raise ForgeValueError(
+            f"reference count {count!r} must be a non-negative integer", fix="use e.g. --references 16", code="attack.references"
+        )
     if not online and (population is None or len(population) < 2):
         raise ForgeValueError(
             "offline reference models are trained on population data only, and none was given",
@@ -358,15 +372,22 @@ def train_references(
 
         reason = why_not_batched(reference_config(recipe, 0), mixture)
         if batch and reason:
-            raise ForgeValueError(f"reference models cannot be trained batched here: {reason}", fix="train them one at a time",
-                                  code="attack.references")
+            raise ForgeValueError(
+                f"reference models cannot be trained batched here: {reason}", fix="train them one at a time", code="attack.references"
+            )
         if batch is None:
             batch = reason is None
         if batch:
-            parts = _batch_tasks(tasks, pool_X, pool_y, workers if not ray else (workers or 2),
-                                 per_pass=references_per_pass(_base_for(recipe)))
-            results = [r for out in run_tasks(train_reference_batch, parts, workers=workers or 1, ray=ray,
-                                              description="training reference models (batched)") for r in out]
+            parts = _batch_tasks(
+                tasks, pool_X, pool_y, workers if not ray else (workers or 2), per_pass=references_per_pass(_base_for(recipe))
+            )
+            results = [
+                r
+                for out in run_tasks(
+                    train_reference_batch, parts, workers=workers or 1, ray=ray, description="training reference models (batched)"
+                )
+                for r in out
+            ]
         else:
             results = run_tasks(train_one_reference, tasks, workers=workers or 1, ray=ray, description="training reference models")
         for i, out in zip(todo, results, strict=True):
@@ -406,8 +427,7 @@ def references_per_pass(base) -> int:
     return max(1, PASS_BUDGET // max(1, params))
 
 
-def _batch_tasks(tasks: list[dict], pool_X: np.ndarray, pool_y: np.ndarray, workers: int | None,
-                 per_pass: int | None = None) -> list[dict]:
+def _batch_tasks(tasks: list[dict], pool_X: np.ndarray, pool_y: np.ndarray, workers: int | None, per_pass: int | None = None) -> list[dict]:
     """The one-reference tasks grouped into one batched task per worker (in order), each of at
     most ``per_pass`` references (a worker then takes several in turn)."""
     k = max(1, min(int(workers or 1), len(tasks)))
@@ -417,6 +437,14 @@ def _batch_tasks(tasks: list[dict], pool_X: np.ndarray, pool_y: np.ndarray, work
     out = []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         chunk = tasks[a:b]
-        out.append({"recipe": chunk[0]["recipe"], "X": pool_X, "y": pool_y, "masks": np.stack([t["mask"] for t in chunk]),
-                    "seeds": [t["seed"] for t in chunk], "eval_X": chunk[0]["eval_X"]})
+        out.append(
+            {
+                "recipe": chunk[0]["recipe"],
+                "X": pool_X,
+                "y": pool_y,
+                "masks": np.stack([t["mask"] for t in chunk]),
+                "seeds": [t["seed"] for t in chunk],
+                "eval_X": chunk[0]["eval_X"],
+            }
+        )
     return out

@@ -18,7 +18,24 @@ from .runner import audit_directory, run_audit, write_report
 from .signing import verify_report_dir
 
 __all__ = [
-    "CHECKS", "AuditOptions", "CheckResult", "Evidence", "Finding", "Plot", "Policy", "Report", "Status",
-    "audit_directory", "default_policy", "default_policy_text", "load_policy", "parse_policy", "report_schema",
-    "run_audit", "snapshot", "validate_report_dict", "verify_report_dir", "write_report",
+    "CHECKS",
+    "AuditOptions",
+    "CheckResult",
+    "Evidence",
+    "Finding",
+    "Plot",
+    "Policy",
+    "Report",
+    "Status",
+    "audit_directory",
+    "default_policy",
+    "default_policy_text",
+    "load_policy",
+    "parse_policy",
+    "report_schema",
+    "run_audit",
+    "snapshot",
+    "validate_report_dict",
+    "verify_report_dir",
+    "write_report",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 from forge_secure.errors import ForgeDataError
 
@@ -54,7 +54,9 @@ def rederive(history: Iterable[tuple[float, float, int]], delta: float, accounta
                 code="audit.dp_record",
             )
     if not (0.0 < delta < 1.0):
-        raise ForgeDataError(f"recorded delta {delta!r} is not in (0, 1)", fix="the record is corrupt or was edited", code="audit.dp_record")
+        raise ForgeDataError(
+            f"recorded delta {delta!r} is not in (0, 1)", fix="the record is corrupt or was edited", code="audit.dp_record"
+        )
     hist = [h for h in hist if h[2] > 0]
     if not hist:
         return 0.0, accountant

@@ -60,10 +60,10 @@ class MembershipResult:
     attack: str
     scores: np.ndarray
     labels: np.ndarray
-    coin_flip: bool                  # membership drawn by independent fair coin flips (one-run audit valid)
+    coin_flip: bool  # membership drawn by independent fair coin flips (one-run audit valid)
     stated: dict = field(default_factory=dict)
     refs: tuple[str, ...] = ()
-    canary_scores: np.ndarray | None = None   # canaries inserted by coin flip, when the file has them
+    canary_scores: np.ndarray | None = None  # canaries inserted by coin flip, when the file has them
     canary_labels: np.ndarray | None = None
     membership_seed_sha256: str | None = None  # the membership draw the attack says it used, when stated
 
@@ -107,15 +107,29 @@ def read_membership(rel: str, data: dict) -> MembershipResult:
     if isinstance(canaries, dict) and canaries.get("scores") is not None:
         canary_scores = _array(canaries, ("scores",), rel)
         canary_labels = _array(canaries, ("labels",), rel)
-        if canary_scores is None or canary_labels is None or canary_scores.size != canary_labels.size or not np.all(np.isin(canary_labels, (0.0, 1.0))):
+        if (
+            canary_scores is None
+            or canary_labels is None
+            or canary_scores.size != canary_labels.size
+            or not np.all(np.isin(canary_labels, (0.0, 1.0)))
+        ):
             raise _bad(rel, "has canary scores without matching 0/1 canary labels")
         if not np.all(np.isfinite(canary_scores)):
             raise _bad(rel, "has NaN or infinite canary scores")
         canary_labels = canary_labels.astype(np.int64)
     stated_seed = membership.get("seed_sha256") if isinstance(membership, dict) else None
-    return MembershipResult(rel, str(data.get("attack", data.get("method", "?"))), scores, labels.astype(np.int64), coin, stated,
-                            tuple(target_refs(data)), canary_scores, canary_labels,
-                            stated_seed if isinstance(stated_seed, str) else None)
+    return MembershipResult(
+        rel,
+        str(data.get("attack", data.get("method", "?"))),
+        scores,
+        labels.astype(np.int64),
+        coin,
+        stated,
+        tuple(target_refs(data)),
+        canary_scores,
+        canary_labels,
+        stated_seed if isinstance(stated_seed, str) else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -124,7 +138,7 @@ class ReconstructionResult:
     attack: str
     successes: int
     trials: int
-    kappa: float                     # baseline success probability of the prior
+    kappa: float  # baseline success probability of the prior
     stated: dict = field(default_factory=dict)
     refs: tuple[str, ...] = ()
 
@@ -148,7 +162,9 @@ def read_reconstruction(rel: str, data: dict) -> ReconstructionResult:
     if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not 0 < float(kappa) <= 1:
         raise _bad(rel, f"has no valid baseline success probability kappa (got {kappa!r})")
     stated = {k: data[k] for k in ("success_rate", "bound", "rero_bound") if k in data}
-    return ReconstructionResult(rel, str(data.get("attack", data.get("method", "?"))), successes, trials, float(kappa), stated, tuple(target_refs(data)))
+    return ReconstructionResult(
+        rel, str(data.get("attack", data.get("method", "?"))), successes, trials, float(kappa), stated, tuple(target_refs(data))
+    )
 
 
 # --------------------------------------------------------------------------- which results count
@@ -232,9 +248,19 @@ def attack_evidence(evidence, kind: str) -> list[AttackEvidence]:
     for item in getattr(evidence, "auditor_attacks", []):
         k = result_kind(item.data)
         if k is None:
-            out.append(AttackEvidence(item, AUDITOR, kind, basis="verified", error=ForgeDataError(
-                f"{item.rel} is not membership or reconstruction results", fix="give a results file of forge attack mia / recon",
-                code="evidence.attack_results")))
+            out.append(
+                AttackEvidence(
+                    item,
+                    AUDITOR,
+                    kind,
+                    basis="verified",
+                    error=ForgeDataError(
+                        f"{item.rel} is not membership or reconstruction results",
+                        fix="give a results file of forge attack mia / recon",
+                        code="evidence.attack_results",
+                    ),
+                )
+            )
             continue
         if k != kind:
             continue
@@ -256,15 +282,33 @@ def attack_evidence(evidence, kind: str) -> list[AttackEvidence]:
             continue
         if kind == MEMBERSHIP and has_signals(item.data):
             if rescore is None:
-                out.append(AttackEvidence(item, SITE, kind, note="claimed by the site, not re-derivable: it has per-record signals, "
-                                                                  "but this toolkit cannot re-score them (no attacks.membership.rescore)"))
+                out.append(
+                    AttackEvidence(
+                        item,
+                        SITE,
+                        kind,
+                        note="claimed by the site, not re-derivable: it has per-record signals, "
+                        "but this toolkit cannot re-score them (no attacks.membership.rescore)",
+                    )
+                )
                 continue
             try:
-                out.append(AttackEvidence(item, SITE, kind, _rederived_membership(item.rel, item.data, rescore), basis="re-derived",
-                                          note="every score re-derived from the file's per-record signals"))
+                out.append(
+                    AttackEvidence(
+                        item,
+                        SITE,
+                        kind,
+                        _rederived_membership(item.rel, item.data, rescore),
+                        basis="re-derived",
+                        note="every score re-derived from the file's per-record signals",
+                    )
+                )
             except ForgeError as e:
-                out.append(AttackEvidence(item, SITE, kind, note=f"claimed by the site, not re-derivable: its signals do not re-score ({e})",
-                                          suspicious=True))
+                out.append(
+                    AttackEvidence(
+                        item, SITE, kind, note=f"claimed by the site, not re-derivable: its signals do not re-score ({e})", suspicious=True
+                    )
+                )
             continue
         why = "no per-record signals to re-derive its scores from" if kind == MEMBERSHIP else "per-trial outcomes cannot be re-derived"
         out.append(AttackEvidence(item, SITE, kind, note=f"not counted: claimed by the site, not re-derivable ({why})"))

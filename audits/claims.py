@@ -11,7 +11,7 @@ records writes a manifest that re-derives perfectly.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .findings import BASES, CLAIM_TITLES, CLAIMS, CheckResult, Finding, Status
 

@@ -64,7 +64,8 @@ def _load_json(path: Path, rel: str, what: str, expect_type: type = dict) -> Ite
         return Item(rel, path, error=e)
     if not isinstance(data, expect_type):
         return Item(
-            rel, path,
+            rel,
+            path,
             error=ForgeDataError(
                 f"{what} {rel} holds a JSON {type(data).__name__}, not an object",
                 fix="restore the file from the tool that wrote it",
@@ -116,7 +117,11 @@ class Evidence:
         if not root.exists():
             raise ForgeFileError(f"evidence directory {root} does not exist", fix="check --evidence", code="evidence.missing")
         if not root.is_dir():
-            raise ForgeFileError(f"evidence {root} is not a directory", fix="give the evidence directory (roster.json, bundles/, plugins/ and the rest, as in audits/README.md)", code="evidence.not_directory")
+            raise ForgeFileError(
+                f"evidence {root} is not a directory",
+                fix="give the evidence directory (roster.json, bundles/, plugins/ and the rest, as in audits/README.md)",
+                code="evidence.not_directory",
+            )
         present = [p for p in PARTS if (root / p).exists()]
         if not present:
             raise ForgeFileError(
@@ -172,8 +177,11 @@ def _load_auditor_results(path: Path, root: Path) -> Item:
     directory and be a JSON object; anything else stops the audit (exit 2), since it is the
     auditor's own input."""
     if not path.is_file():
-        raise ForgeFileError(f"attack results {path} do not exist", fix="give the results file your forge attack mia / recon run wrote",
-                             code="evidence.attack_results_missing")
+        raise ForgeFileError(
+            f"attack results {path} do not exist",
+            fix="give the results file your forge attack mia / recon run wrote",
+            code="evidence.attack_results_missing",
+        )
     if path.resolve().is_relative_to(root.resolve()):
         raise ForgeFileError(
             f"attack results {path} are inside the evidence directory {root}, where they cannot be told from the site's",

@@ -8,13 +8,13 @@ renderers draw them.
 
 from __future__ import annotations
 
-
-from forge_secure.numbers import encode
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from forge_secure.errors import ForgeValueError
+from forge_secure.numbers import encode
 
 
 class Status(str, Enum):
@@ -43,7 +43,7 @@ class Status(str, Enum):
         return self in (Status.FAIL, Status.WARN, Status.INCONCLUSIVE)
 
     @classmethod
-    def worst(cls, statuses: Iterable["Status"]) -> "Status":
+    def worst(cls, statuses: Iterable[Status]) -> Status:
         items = list(statuses)
         if not items:
             return cls.SKIP
@@ -107,13 +107,18 @@ class Plot:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Plot":
+    def from_dict(cls, d: dict) -> Plot:
         limit = d.get("limit")
         if isinstance(limit, str):
             limit = float(limit)
         return cls(
-            kind=d["kind"], title=d["title"], series=tuple(d["series"]), x_label=d.get("x_label", ""),
-            y_label=d.get("y_label", ""), limit=limit, limit_label=d.get("limit_label", ""),
+            kind=d["kind"],
+            title=d["title"],
+            series=tuple(d["series"]),
+            x_label=d.get("x_label", ""),
+            y_label=d.get("y_label", ""),
+            limit=limit,
+            limit_label=d.get("limit_label", ""),
         )
 
 
@@ -166,11 +171,17 @@ class Finding:
         object.__setattr__(self, "evidence", _plain(dict(self.evidence), f"{self.check}.evidence"))
         object.__setattr__(self, "plots", tuple(self.plots))
         if self.claim and self.claim not in CLAIMS:
-            raise ForgeValueError(f"finding {self.check}/{self.subject} names unknown claim {self.claim!r}",
-                                  fix=f"use one of: {', '.join(CLAIMS)}", code="audit.claim")
+            raise ForgeValueError(
+                f"finding {self.check}/{self.subject} names unknown claim {self.claim!r}",
+                fix=f"use one of: {', '.join(CLAIMS)}",
+                code="audit.claim",
+            )
         if self.basis and self.basis not in BASES:
-            raise ForgeValueError(f"finding {self.check}/{self.subject} has unknown basis {self.basis!r}",
-                                  fix=f"use one of: {', '.join(BASES)}", code="audit.basis")
+            raise ForgeValueError(
+                f"finding {self.check}/{self.subject} has unknown basis {self.basis!r}",
+                fix=f"use one of: {', '.join(BASES)}",
+                code="audit.basis",
+            )
         if self.status.needs_remedy and not self.remedy:
             raise ForgeValueError(
                 f"finding {self.check}/{self.subject} is {self.status.value} without a remedy",
@@ -192,19 +203,25 @@ class Finding:
             "basis": self.basis,
         }
 
-    def replace(self, **changes) -> "Finding":
+    def replace(self, **changes) -> Finding:
         """A copy with some fields changed (e.g. a plot added)."""
         import dataclasses
 
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Finding":
+    def from_dict(cls, d: dict) -> Finding:
         return cls(
-            check=d["check"], status=Status(d["status"]), subject=d["subject"], summary=d["summary"],
-            evidence=d.get("evidence", {}), remedy=d.get("remedy", ""),
+            check=d["check"],
+            status=Status(d["status"]),
+            subject=d["subject"],
+            summary=d["summary"],
+            evidence=d.get("evidence", {}),
+            remedy=d.get("remedy", ""),
             plots=tuple(Plot.from_dict(p) for p in d.get("plots", [])),
-            plugin=d.get("plugin", ""), claim=d.get("claim", ""), basis=d.get("basis", ""),
+            plugin=d.get("plugin", ""),
+            claim=d.get("claim", ""),
+            basis=d.get("basis", ""),
         )
 
 
@@ -237,8 +254,11 @@ class CheckResult:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CheckResult":
+    def from_dict(cls, d: dict) -> CheckResult:
         return cls(
-            name=d["name"], title=d["title"], description=d["description"], settings=d.get("settings", {}),
+            name=d["name"],
+            title=d["title"],
+            description=d["description"],
+            settings=d.get("settings", {}),
             findings=tuple(Finding.from_dict(f) for f in d["findings"]),
         )

@@ -46,6 +46,7 @@ def _bars(ax, plot: Plot) -> None:
     finite = [v for v in values if math.isfinite(v)]
     top = max(finite + [plot.limit or 0.0, 1e-9]) * 1.25
     shown = [v if math.isfinite(v) else top for v in values]
+
     def over(s: dict, v: float) -> bool:
         marks = [plot.limit] + [_num(s[k]) for k in ("claimed", "bound") if s.get(k) is not None]
         return any(m is not None and not math.isnan(m) and v > m for m in marks)

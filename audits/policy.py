@@ -23,10 +23,10 @@ with an error that lists what is allowed.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Mapping
 
 from forge_secure.errors import ForgeConfigError, ForgeDataError, ForgeFileError
 from forge_secure.fileio import sha256_bytes
@@ -103,11 +103,14 @@ def parse_policy(text: str, *, source: str = "<string>") -> Policy:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ForgeConfigError(f"policy {source} is not valid TOML ({e})", fix="fix the TOML syntax at the place shown", code="policy.toml") from None
+        raise ForgeConfigError(
+            f"policy {source} is not valid TOML ({e})", fix="fix the TOML syntax at the place shown", code="policy.toml"
+        ) from None
     except (RecursionError, ValueError) as e:  # nesting too deep for the parser, an integer of thousands of digits
         why = "arrays nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
-        raise ForgeConfigError(f"policy {source} cannot be read ({why})", fix="write each setting as a plain number, string or short list",
-                               code="policy.toml") from None
+        raise ForgeConfigError(
+            f"policy {source} cannot be read ({why})", fix="write each setting as a plain number, string or short list", code="policy.toml"
+        ) from None
     unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ForgeConfigError(
@@ -124,12 +127,18 @@ def parse_policy(text: str, *, source: str = "<string>") -> Policy:
         )
     checks_table = data.get("checks", {})
     if not isinstance(checks_table, dict):
-        raise ForgeConfigError(f"'checks' in policy {source} is not a table", fix="write one [checks.<name>] table per check", code="policy.type")
+        raise ForgeConfigError(
+            f"'checks' in policy {source} is not a table", fix="write one [checks.<name>] table per check", code="policy.type"
+        )
     checks: dict[str, CheckSettings] = {}
     for name, table in checks_table.items():
         cls = CHECKS.get(name)
         if not isinstance(table, dict):
-            raise ForgeConfigError(f"checks.{name} in policy {source} is {table!r}, not a table", fix=f"write it as a [checks.{name}] table", code="policy.type")
+            raise ForgeConfigError(
+                f"checks.{name} in policy {source} is {table!r}, not a table",
+                fix=f"write it as a [checks.{name}] table",
+                code="policy.type",
+            )
         checks[name] = cls.Settings.from_table(table)
     verdict = _verdict_table(data.get("verdict", {}), source)
     name = data.get("name", "")
@@ -137,8 +146,14 @@ def parse_policy(text: str, *, source: str = "<string>") -> Policy:
     for key, value in (("name", name), ("description", description)):
         if not isinstance(value, str):
             raise ForgeConfigError(f"policy {key} = {value!r} is not a string", fix=f'write {key} = "..."', code="policy.type")
-    return Policy(name=name, description=description, checks=checks, source=source, sha256=sha256_bytes(text.encode("utf-8")),
-                  inconclusive_fails=verdict["inconclusive_fails"])
+    return Policy(
+        name=name,
+        description=description,
+        checks=checks,
+        source=source,
+        sha256=sha256_bytes(text.encode("utf-8")),
+        inconclusive_fails=verdict["inconclusive_fails"],
+    )
 
 
 def _verdict_table(table, source: str) -> dict:
@@ -147,13 +162,19 @@ def _verdict_table(table, source: str) -> dict:
         raise ForgeConfigError(f"'verdict' in policy {source} is not a table", fix="write it as a [verdict] table", code="policy.type")
     unknown = sorted(set(table) - set(VERDICT_KEYS))
     if unknown:
-        raise ForgeConfigError(f"unknown policy setting(s) {', '.join(unknown)} in [verdict]",
-                               fix=f"allowed settings are: {', '.join(VERDICT_KEYS)}", code="policy.unknown_key")
+        raise ForgeConfigError(
+            f"unknown policy setting(s) {', '.join(unknown)} in [verdict]",
+            fix=f"allowed settings are: {', '.join(VERDICT_KEYS)}",
+            code="policy.unknown_key",
+        )
     out = {"inconclusive_fails": False}
     for key, value in table.items():
         if not isinstance(value, VERDICT_KEYS[key]):
-            raise ForgeConfigError(f"policy setting verdict.{key} = {value!r} has the wrong type (expected {VERDICT_KEYS[key].__name__})",
-                                   fix=f"give verdict.{key} a value of that type", code="policy.type")
+            raise ForgeConfigError(
+                f"policy setting verdict.{key} = {value!r} has the wrong type (expected {VERDICT_KEYS[key].__name__})",
+                fix=f"give verdict.{key} a value of that type",
+                code="policy.type",
+            )
         out[key] = value
     return out
 
@@ -162,12 +183,16 @@ def load_policy(path: str | Path) -> Policy:
     """Read a policy TOML file, with errors for a missing, empty, binary or invalid file."""
     path = Path(path)
     if not path.exists():
-        raise ForgeFileError(f"policy {path} does not exist", fix="check the path, or omit --policy to use the default policy", code="policy.missing")
+        raise ForgeFileError(
+            f"policy {path} does not exist", fix="check the path, or omit --policy to use the default policy", code="policy.missing"
+        )
     if path.is_dir():
         raise ForgeFileError(f"policy {path} is a directory", fix="give the path of the .toml file", code="policy.is_directory")
     raw = path.read_bytes()
     if not raw.strip():
-        raise ForgeDataError(f"policy {path} is empty", fix="start from the default: forge audit --print-default-policy", code="policy.empty_file")
+        raise ForgeDataError(
+            f"policy {path} is empty", fix="start from the default: forge audit --print-default-policy", code="policy.empty_file"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -55,26 +55,44 @@ def banner(report: Report) -> dict:
     with inconclusive checks gets its own class (colour) and says so in the title."""
     detail = report.verdict_detail()
     c = report.counts()
-    counts = (f"{c['fail']} failed, {c['inconclusive']} inconclusive, {c['warn']} warnings, {c['pass']} passed, "
-              f"{c['skip']} skipped findings")
+    counts = f"{c['fail']} failed, {c['inconclusive']} inconclusive, {c['warn']} warnings, {c['pass']} passed, {c['skip']} skipped findings"
     if report.verdict is Status.FAIL:
         return {"cls": "fail", "title": "AUDIT FAILED", "detail": f"{detail['headline']}. {counts}"}
     if detail["inconclusive_checks"]:
-        return {"cls": "pass-inconclusive", "title": f"AUDIT PASSED - {len(detail['inconclusive_checks'])} CHECK(S) INCONCLUSIVE",
-                "detail": f"{detail['headline']}. {counts}"}
+        return {
+            "cls": "pass-inconclusive",
+            "title": f"AUDIT PASSED - {len(detail['inconclusive_checks'])} CHECK(S) INCONCLUSIVE",
+            "detail": f"{detail['headline']}. {counts}",
+        }
     return {"cls": "pass", "title": "AUDIT PASSED", "detail": counts}
 
 
 # --------------------------------------------------------------------------- PDF
 
-_COLORS = {"pass": (27, 127, 58), "fail": (198, 40, 40), "warn": (178, 106, 0), "skip": (117, 117, 117),
-           "inconclusive": (94, 53, 177), "pass-inconclusive": (94, 53, 177)}
+_COLORS = {
+    "pass": (27, 127, 58),
+    "fail": (198, 40, 40),
+    "warn": (178, 106, 0),
+    "skip": (117, 117, 117),
+    "inconclusive": (94, 53, 177),
+    "pass-inconclusive": (94, 53, 177),
+}
 _BASIS_COLORS = {"verified": (27, 127, 58), "re-derived": (21, 101, 192), "claimed": (178, 106, 0)}
 
 
 def _latin1(text: str) -> str:
     """fpdf2's core fonts are Latin-1; replace what they cannot draw."""
-    table = {"\u2264": "<=", "\u2265": ">=", "\u2014": "-", "\u2013": "-", "\u00b7": "-", "\u03b5": "eps", "\u03b4": "delta", "\u2019": "'", "\u2026": "..."}
+    table = {
+        "\u2264": "<=",
+        "\u2265": ">=",
+        "\u2014": "-",
+        "\u2013": "-",
+        "\u00b7": "-",
+        "\u03b5": "eps",
+        "\u03b4": "delta",
+        "\u2019": "'",
+        "\u2026": "...",
+    }
     return "".join(table.get(ch, ch) for ch in text).encode("latin-1", "replace").decode("latin-1")
 
 
@@ -129,7 +147,9 @@ def render_pdf(report: Report) -> bytes:
         pdf.cell(width, 8, "What to do", new_x="LMARGIN", new_y="NEXT")
         for f in actions:
             pdf.set_font("Helvetica", "B", 9)
-            pdf.multi_cell(width, 5, _latin1(f"[{f.status.value.upper()}] {f.check} - {f.subject}: {f.summary}"), new_x="LMARGIN", new_y="NEXT")
+            pdf.multi_cell(
+                width, 5, _latin1(f"[{f.status.value.upper()}] {f.check} - {f.subject}: {f.summary}"), new_x="LMARGIN", new_y="NEXT"
+            )
             pdf.set_font("Helvetica", "", 9)
             pdf.multi_cell(width, 5, _latin1(f"    {f.remedy}"), new_x="LMARGIN", new_y="NEXT")
 
@@ -152,7 +172,13 @@ def render_pdf(report: Report) -> bytes:
                 pdf.multi_cell(width, 3.6, _latin1(f"  {k}: {_evidence_value(v)}"), new_x="LMARGIN", new_y="NEXT")
             if f.plugin or f.claim or f.basis:
                 pdf.set_font("Helvetica", "I", 8)
-                pdf.multi_cell(width, 4, _latin1(f"  plugin {f.plugin or '-'} | claim {f.claim or '-'} | basis {f.basis or '-'}"), new_x="LMARGIN", new_y="NEXT")
+                pdf.multi_cell(
+                    width,
+                    4,
+                    _latin1(f"  plugin {f.plugin or '-'} | claim {f.claim or '-'} | basis {f.basis or '-'}"),
+                    new_x="LMARGIN",
+                    new_y="NEXT",
+                )
                 pdf.set_font("Courier", "", 7)
             if f.remedy and f.status.needs_remedy:
                 pdf.set_font("Helvetica", "I", 9)
@@ -172,8 +198,16 @@ def _claims_pdf(pdf, report: Report, width: float) -> None:
     pdf.set_font("Helvetica", "B", 12)
     pdf.cell(width, 8, "Per plugin: verified or claimed", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", "", 8)
-    pdf.multi_cell(width, 4, _latin1("verified: from signed or auditor-produced data, or by replay; re-derived: recomputed from the "
-                                     "site's own records; claimed: the site's word."), new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(
+        width,
+        4,
+        _latin1(
+            "verified: from signed or auditor-produced data, or by replay; re-derived: recomputed from the "
+            "site's own records; claimed: the site's word."
+        ),
+        new_x="LMARGIN",
+        new_y="NEXT",
+    )
     plugin = None
     for row in rows:
         if row["plugin"] != plugin:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 from forge_secure import __version__
 from forge_secure.errors import ForgeDataError
@@ -41,11 +42,11 @@ class Report:
     rendering's verdict banner)."""
 
     report_id: str
-    created_at: str                 # ISO 8601 UTC
+    created_at: str  # ISO 8601 UTC
     toolkit_version: str
-    policy: Mapping[str, Any]       # Policy.to_dict()
+    policy: Mapping[str, Any]  # Policy.to_dict()
     evidence_root: str
-    inventory: Mapping[str, str]    # {relative path: sha256} of every evidence file
+    inventory: Mapping[str, str]  # {relative path: sha256} of every evidence file
     checks: tuple[CheckResult, ...]
     auditor: str = ""
 
@@ -76,7 +77,11 @@ class Report:
     def verdict_detail(self) -> dict:
         inc = self.inconclusive_checks()
         if self.verdict is Status.FAIL:
-            why = "failed checks" if any(c.status is Status.FAIL for c in self.checks) else "inconclusive checks, which the policy counts as failures"
+            why = (
+                "failed checks"
+                if any(c.status is Status.FAIL for c in self.checks)
+                else "inconclusive checks, which the policy counts as failures"
+            )
             headline = f"FAILED ({why})"
         elif inc:
             headline = f"PASSED, but {len(inc)} check(s) INCONCLUSIVE ({', '.join(inc)}): they could neither confirm nor refute the claims"
@@ -130,22 +135,29 @@ class Report:
         return (json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Report":
+    def from_dict(cls, d: dict) -> Report:
         validate_report_dict(d)
         report = cls(
-            report_id=d["report_id"], created_at=d["created_at"], toolkit_version=d["toolkit_version"],
-            policy=d["policy"], evidence_root=d["evidence"]["root"], inventory=d["evidence"]["inventory"],
-            checks=tuple(CheckResult.from_dict(c) for c in d["checks"]), auditor=d.get("auditor", ""),
+            report_id=d["report_id"],
+            created_at=d["created_at"],
+            toolkit_version=d["toolkit_version"],
+            policy=d["policy"],
+            evidence_root=d["evidence"]["root"],
+            inventory=d["evidence"]["inventory"],
+            checks=tuple(CheckResult.from_dict(c) for c in d["checks"]),
+            auditor=d.get("auditor", ""),
         )
         if report.verdict.value != d["verdict"]:
             raise ForgeDataError(
                 f"report verdict {d['verdict']!r} does not follow from its checks ({report.verdict.value})",
-                fix="the report was edited; re-run forge audit", code="report.inconsistent",
+                fix="the report was edited; re-run forge audit",
+                code="report.inconsistent",
             )
         if d["format"] == REPORT_FORMAT and (d["claims"] != report.claims() or d["verdict_detail"] != report.verdict_detail()):
             raise ForgeDataError(
                 "the report's per-plugin claims table or verdict detail does not follow from its findings",
-                fix="the report was edited; re-run forge audit", code="report.inconsistent",
+                fix="the report was edited; re-run forge audit",
+                code="report.inconsistent",
             )
         return report
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from forge_secure import __version__
 from forge_secure import progress as _progress
@@ -58,10 +58,16 @@ def run_audit(
             try:
                 findings = cls().run(evidence, settings, progress=progress)
             except ForgeError as e:  # the evidence made the check impossible: that is a failure
-                findings = [Finding(
-                    name, Status.FAIL, "(check)", f"the check could not complete: {e}",
-                    evidence={"reason_code": e.code}, remedy=e.fix or "fix the evidence named above and re-run the audit",
-                )]
+                findings = [
+                    Finding(
+                        name,
+                        Status.FAIL,
+                        "(check)",
+                        f"the check could not complete: {e}",
+                        evidence={"reason_code": e.code},
+                        remedy=e.fix or "fix the evidence named above and re-run the audit",
+                    )
+                ]
             if not findings:
                 findings = [Finding(name, Status.SKIP, "(evidence)", "nothing to check in this evidence")]
             results.append(CheckResult(name, cls.title, cls.description, settings.to_dict(), tuple(findings)))
@@ -78,13 +84,23 @@ def run_audit(
         )
     created = created_at or now_utc()
     body = {
-        "created_at": created, "policy": policy.to_dict(), "inventory": before,
-        "checks": [r.to_dict() for r in results], "toolkit_version": __version__, "auditor": auditor,
+        "created_at": created,
+        "policy": policy.to_dict(),
+        "inventory": before,
+        "checks": [r.to_dict() for r in results],
+        "toolkit_version": __version__,
+        "auditor": auditor,
     }
     report_id = hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode("utf-8")).hexdigest()
     return Report(
-        report_id=report_id, created_at=created, toolkit_version=__version__, policy=policy.to_dict(),
-        evidence_root=str(Path(evidence_dir)), inventory=before, checks=tuple(results), auditor=auditor,
+        report_id=report_id,
+        created_at=created,
+        toolkit_version=__version__,
+        policy=policy.to_dict(),
+        evidence_root=str(Path(evidence_dir)),
+        inventory=before,
+        checks=tuple(results),
+        auditor=auditor,
     )
 
 
@@ -109,7 +125,9 @@ def _check_out(out: Path, overwrite: bool) -> None:
     from forge_secure.errors import ForgeFileError
 
     if out.exists() and not out.is_dir():
-        raise ForgeFileError(f"--out {out} exists and is not a directory", fix="give a new directory for the report", code="file.not_a_directory")
+        raise ForgeFileError(
+            f"--out {out} exists and is not a directory", fix="give a new directory for the report", code="file.not_a_directory"
+        )
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ForgeFileError(f"--out {out} already exists and is not empty", fix="give a new directory for the report", code="file.exists")
 
@@ -151,8 +169,11 @@ def audit_directory(
         if Path(out).resolve().is_relative_to(Path(evidence_dir).resolve()):
             from forge_secure.errors import ForgeFileError
 
-            raise ForgeFileError(f"--out {out} is inside the evidence directory {evidence_dir}",
-                                 fix="write the report outside the evidence (the audit never changes its inputs)", code="file.inside_input")
+            raise ForgeFileError(
+                f"--out {out} is inside the evidence directory {evidence_dir}",
+                fix="write the report outside the evidence (the audit never changes its inputs)",
+                code="file.inside_input",
+            )
     signing_key = load_auditor_key(key, passphrase) if key is not None else None  # fail early, before the work
     if decryption_key is not None:
         from forge_secure.crypto.keys import load_decryption_key
@@ -167,11 +188,15 @@ def audit_directory(
 
         for rec in canary_records:
             read_record(rec)  # fail early: the record is the auditor's own file
-    options = AuditOptions(decryption_key=Path(decryption_key) if decryption_key is not None else None, passphrase=decryption_passphrase,
-                           replay_key=Path(replay_key) if replay_key is not None else None, replay_passphrase=replay_passphrase,
-                           canary_records=tuple(Path(p) for p in canary_records),
-                           site_data=tuple(sorted((site_data or {}).items())),
-                           attack_results=tuple(Path(p) for p in attack_results))
+    options = AuditOptions(
+        decryption_key=Path(decryption_key) if decryption_key is not None else None,
+        passphrase=decryption_passphrase,
+        replay_key=Path(replay_key) if replay_key is not None else None,
+        replay_passphrase=replay_passphrase,
+        canary_records=tuple(Path(p) for p in canary_records),
+        site_data=tuple(sorted((site_data or {}).items())),
+        attack_results=tuple(Path(p) for p in attack_results),
+    )
     report = run_audit(policy, evidence_dir, progress=progress, options=options, auditor=signing_key.site if signing_key else "")
     if out is not None:
         write_report(report, out, key=signing_key, overwrite=overwrite)

@@ -84,7 +84,9 @@ def signature_bytes(doc: dict) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def _bad(message: str, code: str, fix: str = "the report was changed after it was signed; get the original from the auditor") -> ReportSignatureError:
+def _bad(
+    message: str, code: str, fix: str = "the report was changed after it was signed; get the original from the auditor"
+) -> ReportSignatureError:
     return ReportSignatureError(message, fix=fix, code=code)
 
 
@@ -97,10 +99,16 @@ def verify_report_dir(report_dir: str | os.PathLike, public_key) -> dict:
     if not report_dir.is_dir():
         from forge_secure.errors import ForgeFileError
 
-        raise ForgeFileError(f"report directory {report_dir} does not exist or is not a directory", fix="give the --out directory of forge audit", code="report.missing")
+        raise ForgeFileError(
+            f"report directory {report_dir} does not exist or is not a directory",
+            fix="give the --out directory of forge audit",
+            code="report.missing",
+        )
     sig_path = report_dir / SIGNATURE_FILE
     if not sig_path.exists():
-        raise _bad(f"{sig_path} is missing: the report is not signed", "report.unsigned", "sign it: forge audit ... --key AUDITOR_SIGNING_KEY")
+        raise _bad(
+            f"{sig_path} is missing: the report is not signed", "report.unsigned", "sign it: forge audit ... --key AUDITOR_SIGNING_KEY"
+        )
     try:
         doc = read_json_file(sig_path, "report signature")
     except ForgeDataError as e:
@@ -147,6 +155,10 @@ def verify_report_dir(report_dir: str | os.PathLike, public_key) -> dict:
         if sha256_file(p) != files[name]:
             raise _bad(f"{p} does not match its signed digest (changed after signing)", "report.tampered")
     report = read_json_file(report_dir / "report.json", "report")
-    if not isinstance(report, dict) or report.get("verdict") != statement.get("verdict") or report.get("report_id") != statement.get("report_id"):
+    if (
+        not isinstance(report, dict)
+        or report.get("verdict") != statement.get("verdict")
+        or report.get("report_id") != statement.get("report_id")
+    ):
         raise _bad("report.json's verdict or id differs from the signed statement", "report.tampered")
     return statement

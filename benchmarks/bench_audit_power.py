@@ -41,9 +41,11 @@ SITE = "site-1"
 DELTA = 1e-5
 P_TARGET = 0.05
 #: (score, fraction guessed IN from the top, fraction guessed OUT from the bottom); all fixed before these runs
-POLICIES = {"0/25: OUT guesses only, the lowest quarter (the audit's default)": (0.0, 0.25),
-            "25/25: IN for the top quarter, OUT for the lowest (the previous default)": (0.25, 0.25),
-            "10/10": (0.10, 0.10)}
+POLICIES = {
+    "0/25: OUT guesses only, the lowest quarter (the audit's default)": (0.0, 0.25),
+    "25/25: IN for the top quarter, OUT for the lowest (the previous default)": (0.25, 0.25),
+    "10/10": (0.10, 0.10),
+}
 SETTINGS = {"no noise": None, "DP, epsilon 1": 1.0, "DP, epsilon 4": 4.0, "DP, epsilon 8": 8.0}
 #: the plugins trained: the product's (LoRA rank 8, every setting) and, for the no-noise plugin only, a
 #: higher-capacity one trained longer, which memorises more of its included canaries
@@ -97,12 +99,29 @@ def run(counts: list[int], reps: int, epochs: int) -> list[dict]:
                     dp = plugin.meta["dp"]
                     claimed = math.inf if eps is None else float(dp["epsilon"])
                     res = audit_one(plugin, cset, mask, DELTA)
-                    rows.append({"m": m, "rep": rep, "variant": variant, "epochs": ep, "setting": setting, "claimed": claimed,
-                                 "rows": len(data), "sigma": dp.get("noise_multiplier"), "cpu_s": seconds, **res})
-                    print(f"M={m} rep={rep} {variant} {setting}: " + ", ".join(
-                        f"{p} lb {res[p]['lb']:.3f} ({res[p]['correct']}/{res[p]['guesses']}, ceiling {res[p]['ceiling']:.3f})"
-                        for p in POLICIES) + f"; canary accuracy in {res['acc_in']:.2f} / out {res['acc_out']:.2f}; {seconds:.1f} s",
-                        flush=True)
+                    rows.append(
+                        {
+                            "m": m,
+                            "rep": rep,
+                            "variant": variant,
+                            "epochs": ep,
+                            "setting": setting,
+                            "claimed": claimed,
+                            "rows": len(data),
+                            "sigma": dp.get("noise_multiplier"),
+                            "cpu_s": seconds,
+                            **res,
+                        }
+                    )
+                    print(
+                        f"M={m} rep={rep} {variant} {setting}: "
+                        + ", ".join(
+                            f"{p} lb {res[p]['lb']:.3f} ({res[p]['correct']}/{res[p]['guesses']}, ceiling {res[p]['ceiling']:.3f})"
+                            for p in POLICIES
+                        )
+                        + f"; canary accuracy in {res['acc_in']:.2f} / out {res['acc_out']:.2f}; {seconds:.1f} s",
+                        flush=True,
+                    )
     return rows
 
 
@@ -115,18 +134,24 @@ def _cells(rows: list[dict], m: int):
 
 
 def render(rows: list[dict], counts: list[int], reps: int, epochs: int, total_s: float) -> str:
-    lines = [f"`tabular-mlp` on bundled {SITE} data plus the included half of M auditor canaries; batch 32, lr 0.05, C = 1. Plugins: "
-             f"LoRA rank 8 (the product default) trained {epochs} epochs, without noise and with DP at epsilon 1, 4, 8 (delta "
-             f"{DELTA:g}, PRV); and, without noise only, LoRA rank 32 trained {3 * epochs} epochs, which memorises more of its "
-             "included canaries than rank 8 does (compare the canary accuracies: neither memorises thousands). "
-             f"One-run audit at 95 % confidence, delta {DELTA:g}; "
-             f"{reps} repetitions per cell (fresh canaries, fresh secrets). Cells: median lower bound [min, max over repetitions]; "
-             "ceiling = the largest bound a perfect attack (every guess right) could show on that sample under the same policy.", ""]
+    lines = [
+        f"`tabular-mlp` on bundled {SITE} data plus the included half of M auditor canaries; batch 32, lr 0.05, C = 1. Plugins: "
+        f"LoRA rank 8 (the product default) trained {epochs} epochs, without noise and with DP at epsilon 1, 4, 8 (delta "
+        f"{DELTA:g}, PRV); and, without noise only, LoRA rank 32 trained {3 * epochs} epochs, which memorises more of its "
+        "included canaries than rank 8 does (compare the canary accuracies: neither memorises thousands). "
+        f"One-run audit at 95 % confidence, delta {DELTA:g}; "
+        f"{reps} repetitions per cell (fresh canaries, fresh secrets). Cells: median lower bound [min, max over repetitions]; "
+        "ceiling = the largest bound a perfect attack (every guess right) could show on that sample under the same policy.",
+        "",
+    ]
     for policy in POLICIES:
-        lines += [f"Policy: {policy}:", "",
-                  "| M | plugin | epochs | sigma | claimed epsilon | **epsilon lower bound** median [min, max] | correct / guesses "
-                  "(median) | ceiling | bound <= claim | canary accuracy included / held back |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Policy: {policy}:",
+            "",
+            "| M | plugin | epochs | sigma | claimed epsilon | **epsilon lower bound** median [min, max] | correct / guesses "
+            "(median) | ceiling | bound <= claim | canary accuracy included / held back |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for m in counts:
             for variant, setting, cell in _cells(rows, m):
                 lbs = [r[policy]["lb"] for r in cell]
@@ -139,36 +164,53 @@ def render(rows: list[dict], counts: list[int], reps: int, epochs: int, total_s:
                     f"| **{np.median(lbs):.3f}** [{min(lbs):.3f}, {max(lbs):.3f}] "
                     f"| {int(np.median([r[policy]['correct'] for r in cell]))} / {cell[0][policy]['guesses']} "
                     f"| {cell[0][policy]['ceiling']:.3f} | {'n/a' if math.isinf(claimed) else f'{ok}/{len(cell)}'} "
-                    f"| {np.median([r['acc_in'] for r in cell]):.2f} / {np.median([r['acc_out'] for r in cell]):.2f} |")
+                    f"| {np.median([r['acc_in'] for r in cell]):.2f} / {np.median([r['acc_out'] for r in cell]):.2f} |"
+                )
         lines.append("")
     dp_rows = [r for r in rows if not math.isinf(r["claimed"])]
     above = [r for r in dp_rows if any(r[p]["lb"] > r["claimed"] for p in POLICIES)]
-    lines.append(f"DP plugins: {len(dp_rows) - len(above)} of {len(dp_rows)} stay below their claim under every policy"
-                 + ("." if not above else ": NOT " + ", ".join(f"M={r['m']} {r['setting']} rep {r['rep']}" for r in above) + "."))
-    lines += ["", "A false claim of epsilon 1 on a no-noise plugin: repetitions in which the bound exceeds 1 (the claim is contradicted):", ""]
+    lines.append(
+        f"DP plugins: {len(dp_rows) - len(above)} of {len(dp_rows)} stay below their claim under every policy"
+        + ("." if not above else ": NOT " + ", ".join(f"M={r['m']} {r['setting']} rep {r['rep']}" for r in above) + ".")
+    )
+    lines += [
+        "",
+        "A false claim of epsilon 1 on a no-noise plugin: repetitions in which the bound exceeds 1 (the claim is contradicted):",
+        "",
+    ]
     for m in counts:
         for variant, setting, cell in _cells(rows, m):
             if setting != "no noise":
                 continue
-            lines.append(f"- M = {m}, {variant}: " + "; ".join(
-                f"{p}: {sum(r[p]['lb'] > 1.0 for r in cell)}/{len(cell)} (bounds {', '.join(format(r[p]['lb'], '.2f') for r in cell)})"
-                for p in POLICIES))
+            lines.append(
+                f"- M = {m}, {variant}: "
+                + "; ".join(
+                    f"{p}: {sum(r[p]['lb'] > 1.0 for r in cell)}/{len(cell)} (bounds {', '.join(format(r[p]['lb'], '.2f') for r in cell)})"
+                    for p in POLICIES
+                )
+            )
     for variant, setting, cell in _cells(rows, 1000):
         if setting != "no noise":
             continue
         best = max(max(r[p]["lb"] for p in POLICIES) for r in cell)
         per = "; ".join(f"{p}: median {np.median([r[p]['lb'] for r in cell]):.2f} (ceiling {cell[0][p]['ceiling']:.2f})" for p in POLICIES)
-        lines += ["", f"Anchor: ML Privacy Meter reports {ANCHOR} for a model trained without noise with 1000 mislabelled canaries "
-                  f"(one run, delta 1e-5). Here, M = 1000, {variant}, no noise: {per}; best single run {best:.2f}."]
-    lines += ["", "What limits the no-noise rows at M = 1000 and 4000 is memorisation, not the audit: the canary accuracy "
-              "columns show how many included canaries the plugin predicts (a held-back one is predicted half the time, by "
-              "chance). `tabular-mlp` has one hidden layer of 64 units, and a LoRA adapter on it memorises all of about 128 "
-              "random-label canaries but only part of 500 or 2000; the OUT guesses are right only where every included "
-              "canary scores above the held-back ones it does not predict. ML Privacy Meter's 5.48 comes from a CIFAR-10 "
-              "network with millions of weights memorising 1000 mislabelled canaries. The sample of 4000 canaries could "
-              "show 5.70 here, above that anchor, but this base cannot memorise enough of them: exploratory runs (not "
-              "these) with LoRA rank 64, and with canaries placed on the base's decision boundary, memorised no more "
-              "(0.74 of 2000 included)."]
+        lines += [
+            "",
+            f"Anchor: ML Privacy Meter reports {ANCHOR} for a model trained without noise with 1000 mislabelled canaries "
+            f"(one run, delta 1e-5). Here, M = 1000, {variant}, no noise: {per}; best single run {best:.2f}.",
+        ]
+    lines += [
+        "",
+        "What limits the no-noise rows at M = 1000 and 4000 is memorisation, not the audit: the canary accuracy "
+        "columns show how many included canaries the plugin predicts (a held-back one is predicted half the time, by "
+        "chance). `tabular-mlp` has one hidden layer of 64 units, and a LoRA adapter on it memorises all of about 128 "
+        "random-label canaries but only part of 500 or 2000; the OUT guesses are right only where every included "
+        "canary scores above the held-back ones it does not predict. ML Privacy Meter's 5.48 comes from a CIFAR-10 "
+        "network with millions of weights memorising 1000 mislabelled canaries. The sample of 4000 canaries could "
+        "show 5.70 here, above that anchor, but this base cannot memorise enough of them: exploratory runs (not "
+        "these) with LoRA rank 64, and with canaries placed on the base's decision boundary, memorised no more "
+        "(0.74 of 2000 included).",
+    ]
     lines += ["", f"Total runtime {total_s / 60:.1f} min (CPU, one thread, all cells)."]
     return "\n".join(lines)
 

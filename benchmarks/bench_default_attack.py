@@ -63,8 +63,11 @@ def measure_target(path: Path, references: int, seed: int, n_boot: int) -> dict[
 
     base = {}
     for mode in ("online", "offline"):
-        base[mode] = run_mia(path, "bundled:site-1", settings=MiaSettings(attack="lira", online=mode == "online", references=references,
-                                                                          seed=seed, n_boot=n_boot))
+        base[mode] = run_mia(
+            path,
+            "bundled:site-1",
+            settings=MiaSettings(attack="lira", online=mode == "online", references=references, seed=seed, n_boot=n_boot),
+        )
     return {label: rescore(base[mode], attack, **kw) for label, attack, kw, mode in VARIANTS}
 
 
@@ -105,27 +108,35 @@ def main() -> None:
         "from the same saved signals.",
         "",
     ]
-    for seed, title in ((0, "Selection (reference seed 0): the default is the first row"),
-                        (1, "Confirmation on fresh references (seed 1, not used for the choice)")):
+    for seed, title in (
+        (0, "Selection (reference seed 0): the default is the first row"),
+        (1, "Confirmation on fresh references (seed 1, not used for the choice)"),
+    ):
         lines += [f"**{title}**", "", "| attack | " + " | ".join(names) + " | mean AUC |", "|---|" + "---|" * len(names) + "---:|"]
-        for label in (ranked if seed == 0 else [best] + [x for x in ranked if x != best]):
+        for label in ranked if seed == 0 else [best] + [x for x in ranked if x != best]:
             cells = []
             for n in names:
                 auc, ci, tpr, _ = table[seed][label][n]
                 cells.append(f"{auc:.3f} [{ci[0]:.2f}, {ci[1]:.2f}] / {100 * tpr:.1f} %")
             lines.append(f"| {label}{' (default)' if label == best else ''} | " + " | ".join(cells) + f" | {mean(seed, label, 0):.3f} |")
         lines.append("")
-    lines.append(f"Chosen default: **{best}** (highest mean AUC at seed 0; on fresh references its mean AUC is {mean(1, best, 0):.3f}, "
-                 f"rank {1 + sorted(table[1], key=lambda lab: mean(1, lab, 0), reverse=True).index(best)} of {len(ranked)}). "
-                 f"Total time {time.perf_counter() - t0:.0f} s.")
+    lines.append(
+        f"Chosen default: **{best}** (highest mean AUC at seed 0; on fresh references its mean AUC is {mean(1, best, 0):.3f}, "
+        f"rank {1 + sorted(table[1], key=lambda lab: mean(1, lab, 0), reverse=True).index(best)} of {len(ranked)}). "
+        f"Total time {time.perf_counter() - t0:.0f} s."
+    )
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from _report import write_section
 
-        write_section("default-attack", "Membership: the default attack, chosen by measurement",
-                      f"python benchmarks/bench_default_attack.py --references {args.references} --n-boot {args.n_boot}", body)
+        write_section(
+            "default-attack",
+            "Membership: the default attack, chosen by measurement",
+            f"python benchmarks/bench_default_attack.py --references {args.references} --n-boot {args.n_boot}",
+            body,
+        )
 
 
 if __name__ == "__main__":

@@ -69,9 +69,14 @@ class _OpacusHooks:
             warnings.simplefilter("ignore")
             engine = PrivacyEngine(accountant="prv")
             self.model, self.opt, self.loader = engine.make_private(
-                module=model, optimizer=torch.optim.SGD(params, lr=cfg.lr, momentum=0.9), data_loader=loader,
-                noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=True,
-                noise_generator=torch.Generator().manual_seed(0))
+                module=model,
+                optimizer=torch.optim.SGD(params, lr=cfg.lr, momentum=0.9),
+                data_loader=loader,
+                noise_multiplier=1.0,
+                max_grad_norm=1.0,
+                poisson_sampling=True,
+                noise_generator=torch.Generator().manual_seed(0),
+            )
 
     def epoch(self):
         with warnings.catch_warnings():
@@ -128,8 +133,7 @@ def _noise_cost(run, reps: int) -> dict:
         parts["keystream"].append(c1 - c0)
         parts["erfinv"].append(c2 - c1)
         parts["all"].append(c3 - c2)
-    return {"numel": numel, "mean_cpu_s_per_epoch": per_epoch,
-            "block": {k: statistics.median(v) for k, v in parts.items()}}
+    return {"numel": numel, "mean_cpu_s_per_epoch": per_epoch, "block": {k: statistics.median(v) for k, v in parts.items()}}
 
 
 def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks: bool, lr: float, group: int = 16) -> dict:
@@ -142,14 +146,15 @@ def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks:
     data = _data(base_name)
     X, y = torch.tensor(data.X), torch.tensor(data.y)
     runs = {}
-    for name, cfg, stabilise in (("no_dp", TrainConfig(no_dp=True, batch_size=batch_size, lr=lr), False),
-                                 ("no_dp_product", TrainConfig(no_dp=True, batch_size=batch_size, lr=lr), True),
-                                 ("dp", TrainConfig(noise_multiplier=1.0, batch_size=batch_size, accountant="rdp", lr=lr), False)):
+    for name, cfg, stabilise in (
+        ("no_dp", TrainConfig(no_dp=True, batch_size=batch_size, lr=lr), False),
+        ("no_dp_product", TrainConfig(no_dp=True, batch_size=batch_size, lr=lr), True),
+        ("dp", TrainConfig(noise_multiplier=1.0, batch_size=batch_size, accountant="rdp", lr=lr), False),
+    ):
         model, _ = build_lora_model(base, cfg)
         # a fresh OS secret per run, as train_plugin draws it: the timed DP step includes the secret
         # ChaCha20 noise (four float64 normals per coordinate) and the secret Poisson sampler
-        runs[name] = TrainingRun(model, X, y, cfg, plan_privacy(cfg, len(data)), secret=fresh_secret(),
-                                 stabilise_no_dp=stabilise)
+        runs[name] = TrainingRun(model, X, y, cfg, plan_privacy(cfg, len(data)), secret=fresh_secret(), stabilise_no_dp=stabilise)
     # attribution only: the same DP run with its noise from a seeded torch generator (float32 normals,
     # what the toolkit drew before the noise became secret), timed in the same alternation
     cfg = TrainConfig(noise_multiplier=1.0, batch_size=batch_size, accountant="rdp", lr=lr)
@@ -170,52 +175,87 @@ def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks:
                 r.epoch()
             cpu[k].append((time.process_time() - c0) / group)
             wall[k].append((time.perf_counter() - t0) / group)
-    out = {"loadavg": os.getloadavg(), "base": base_name, "rows": len(data), "batch_size": batch_size, "steps_per_epoch": runs["dp"].plan.steps_per_epoch,
-           "reps": reps, "group": group, "lr": lr, "finite": {k: _finite(r) for k, r in runs.items()}, "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
-           "median_wall_s": {k: statistics.median(v) for k, v in wall.items()}}
+    out = {
+        "loadavg": os.getloadavg(),
+        "base": base_name,
+        "rows": len(data),
+        "batch_size": batch_size,
+        "steps_per_epoch": runs["dp"].plan.steps_per_epoch,
+        "reps": reps,
+        "group": group,
+        "lr": lr,
+        "finite": {k: _finite(r) for k, r in runs.items()},
+        "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
+        "median_wall_s": {k: statistics.median(v) for k, v in wall.items()},
+    }
     out["noise"] = _noise_cost(runs["dp"], reps)
     out["secret_vs_torch"] = {}
     for clock, times in (("cpu", cpu), ("wall", wall)):
         ratios = np.array(times["dp"]) / np.array(times["dp_torch_noise"])
-        out["secret_vs_torch"][clock] = {"median": float(np.median(ratios)), "q1": float(np.percentile(ratios, 25)),
-                                         "q3": float(np.percentile(ratios, 75))}
+        out["secret_vs_torch"][clock] = {
+            "median": float(np.median(ratios)),
+            "q1": float(np.percentile(ratios, 25)),
+            "q3": float(np.percentile(ratios, 75)),
+        }
     for k in [k for k in runs if k != "no_dp"]:
         out[k] = {}
         for clock, times in (("cpu", cpu), ("wall", wall)):
             ratios = np.array(times[k]) / np.array(times["no_dp"])
-            out[k][clock] = {"median": float(np.median(ratios)), "q1": float(np.percentile(ratios, 25)),
-                             "q3": float(np.percentile(ratios, 75)), "min_ratio": min(times[k]) / min(times["no_dp"])}
+            out[k][clock] = {
+                "median": float(np.median(ratios)),
+                "q1": float(np.percentile(ratios, 25)),
+                "q3": float(np.percentile(ratios, 75)),
+                "min_ratio": min(times[k]) / min(times["no_dp"]),
+            }
     return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=30, help="timed repetitions of --group epochs per run")
-    ap.add_argument("--group", type=int, default=16,
-                    help="epochs per repetition: 16 epochs hold a whole number of the 16-step noise blocks, so every repetition "
-                         "pays its share of the secret noise (a median over single epochs would mostly miss the block draws)")
+    ap.add_argument(
+        "--group",
+        type=int,
+        default=16,
+        help="epochs per repetition: 16 epochs hold a whole number of the 16-step noise blocks, so every repetition "
+        "pays its share of the secret noise (a median over single epochs would mostly miss the block draws)",
+    )
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=0.01, help="learning rate of every run (0.05, and over ~500 epochs 0.02, make the unclipped no-DP baseline diverge)")
+    ap.add_argument(
+        "--lr",
+        type=float,
+        default=0.01,
+        help="learning rate of every run (0.05, and over ~500 epochs 0.02, make the unclipped no-DP baseline diverge)",
+    )
     ap.add_argument("--bases", default="tabular-mlp,vit-tiny")
     ap.add_argument("--no-hooks", action="store_true", help="skip the Opacus hooks-mode comparison")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    results = [measure(b, args.reps, args.warmup, args.batch_size, not args.no_hooks, args.lr, args.group)
-               for b in args.bases.split(",")]
-    lines = ["DP-SGD epoch time / no-DP epoch time, same LoRA plugin (rank 8), data (site-1 pool), batch size and optimiser; "
-             "Poisson sampling in both; one thread; runs alternated after warm-up. Target: at most 1.15.", "",
-             "CPU time (`time.process_time`, one thread) is the primary clock: on a shared machine it is not inflated by other "
-             "processes; wall-clock ratios are given too.", "",
-             "| base | rows | steps/epoch | clock | no-DP epoch | DP epoch | **DP / no-DP** median [IQR] | min-time ratio "
-             "| product no-DP path / no-DP | Opacus hooks / no-DP median [IQR] | weights finite |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    noise_lines = ["", "Where the DP step's time goes: the secret noise (`forge_secure/privacy/randomness.py`: four float64 normals per "
-                   "trainable coordinate per step, each `sqrt(2) erfinv(2u - 1)` of a 53-bit uniform from the ChaCha20 keystream), "
-                   "timed alone (CPU) exactly as the DP run draws it, against the no-DP epoch:", "",
-                   "| base | trainable coordinates | normals / step | noise per epoch (mean) | " "noise / median no-DP epoch | (median DP epoch - noise) / median no-DP epoch "
-                   "| 16-step block: keystream | erfinv (float64) | whole secure_normal |", "|---|---|---|---|---|---|---|---|---|"]
+    results = [measure(b, args.reps, args.warmup, args.batch_size, not args.no_hooks, args.lr, args.group) for b in args.bases.split(",")]
+    lines = [
+        "DP-SGD epoch time / no-DP epoch time, same LoRA plugin (rank 8), data (site-1 pool), batch size and optimiser; "
+        "Poisson sampling in both; one thread; runs alternated after warm-up. Target: at most 1.15.",
+        "",
+        "CPU time (`time.process_time`, one thread) is the primary clock: on a shared machine it is not inflated by other "
+        "processes; wall-clock ratios are given too.",
+        "",
+        "| base | rows | steps/epoch | clock | no-DP epoch | DP epoch | **DP / no-DP** median [IQR] | min-time ratio "
+        "| product no-DP path / no-DP | Opacus hooks / no-DP median [IQR] | weights finite |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    noise_lines = [
+        "",
+        "Where the DP step's time goes: the secret noise (`forge_secure/privacy/randomness.py`: four float64 normals per "
+        "trainable coordinate per step, each `sqrt(2) erfinv(2u - 1)` of a 53-bit uniform from the ChaCha20 keystream), "
+        "timed alone (CPU) exactly as the DP run draws it, against the no-DP epoch:",
+        "",
+        "| base | trainable coordinates | normals / step | noise per epoch (mean) | "
+        "noise / median no-DP epoch | (median DP epoch - noise) / median no-DP epoch "
+        "| 16-step block: keystream | erfinv (float64) | whole secure_normal |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         h = r.get("opacus_hooks")
         finite = "all" if all(r["finite"].values()) else "NOT: " + ", ".join(k for k, v in r["finite"].items() if not v)
@@ -226,36 +266,51 @@ def main(argv=None) -> int:
             lines.append(
                 f"| {r['base']} | {r['rows']} | {r['steps_per_epoch']} | {clock} | {med['no_dp'] * 1e3:.1f} ms | {med['dp'] * 1e3:.1f} ms "
                 f"| **{d['median']:.3f}** [{d['q1']:.3f}, {d['q3']:.3f}] | {d['min_ratio']:.3f} | {pr['median']:.3f} "
-                + (f"| {hk['median']:.2f} [{hk['q1']:.2f}, {hk['q3']:.2f}] " if hk else "| n/a ") + f"| {finite} |")
+                + (f"| {hk['median']:.2f} [{hk['q1']:.2f}, {hk['q3']:.2f}] " if hk else "| n/a ")
+                + f"| {finite} |"
+            )
     for r in results:
         nz, med = r["noise"], r["median_cpu_s"]
         b = nz["block"]
         noise_lines.append(
             f"| {r['base']} | {nz['numel']} | {4 * nz['numel']} | {nz['mean_cpu_s_per_epoch'] * 1e3:.2f} ms "
             f"| {nz['mean_cpu_s_per_epoch'] / med['no_dp']:.3f} | {(med['dp'] - nz['mean_cpu_s_per_epoch']) / med['no_dp']:.3f} "
-            f"| {b['keystream'] * 1e3:.2f} ms | {b['erfinv'] * 1e3:.2f} ms | {b['all'] * 1e3:.2f} ms |")
-    noise_lines += ["", "The same DP run with its noise from a seeded torch generator instead (float32 normals, the generator before "
-                    "the noise became secret; not private, timed in the same alternation only to attribute the time):", "",
-                    "| base | clock | DP, secret noise / DP, torch-generator noise median [IQR] | DP, torch-generator noise / no-DP median [IQR] |",
-                    "|---|---|---|---|"]
+            f"| {b['keystream'] * 1e3:.2f} ms | {b['erfinv'] * 1e3:.2f} ms | {b['all'] * 1e3:.2f} ms |"
+        )
+    noise_lines += [
+        "",
+        "The same DP run with its noise from a seeded torch generator instead (float32 normals, the generator before "
+        "the noise became secret; not private, timed in the same alternation only to attribute the time):",
+        "",
+        "| base | clock | DP, secret noise / DP, torch-generator noise median [IQR] | DP, torch-generator noise / no-DP median [IQR] |",
+        "|---|---|---|---|",
+    ]
     for r in results:
         for clock in ("cpu", "wall"):
             a, t = r["secret_vs_torch"][clock], r["dp_torch_noise"][clock]
-            noise_lines.append(f"| {r['base']} | {clock} | {a['median']:.3f} [{a['q1']:.3f}, {a['q3']:.3f}] "
-                               f"| {t['median']:.3f} [{t['q1']:.3f}, {t['q3']:.3f}] |")
-    noise_lines += ["", "Load average (1, 5, 15 min) at the end of each base's timing: "
-                    + "; ".join(f"{r['base']} {', '.join(f'{x:.1f}' for x in r['loadavg'])}" for r in results)
-                    + f" on {os.cpu_count()} cores (other processes share the machine; CPU time is the robust clock)."]
+            noise_lines.append(
+                f"| {r['base']} | {clock} | {a['median']:.3f} [{a['q1']:.3f}, {a['q3']:.3f}] "
+                f"| {t['median']:.3f} [{t['q1']:.3f}, {t['q3']:.3f}] |"
+            )
+    noise_lines += [
+        "",
+        "Load average (1, 5, 15 min) at the end of each base's timing: "
+        + "; ".join(f"{r['base']} {', '.join(f'{x:.1f}' for x in r['loadavg'])}" for r in results)
+        + f" on {os.cpu_count()} cores (other processes share the machine; CPU time is the robust clock).",
+    ]
     lines += noise_lines
-    lines += ["", f"{results[0]['reps']} timed repetitions of {results[0]['group']} consecutive epochs per run (times per epoch), "
-              "after warm-up; a repetition of 16 epochs holds a whole number of the secret noise's 16-step blocks, so each pays "
-              f"its share of the block draws; learning rate {results[0]['lr']} in every run (at the "
-              "training default 0.05, and over this many epochs at 0.02, the unclipped no-DP baseline diverges on tabular-mlp "
-              "and would time NaN arithmetic). "
-              "\"product no-DP path\" is `forge train --no-dp`'s step, which adds a batch-gradient clip. DP clipping: closed-form "
-              "per-sample LoRA norms and book-keeping clipped sums in one backward pass (forge_secure/privacy/clipping.py); "
-              "noise, scaling and accounting by Opacus's DPOptimizerFastGradientClipping (for tabular inputs on one flat "
-              "gradient buffer, `step_flat`)."]
+    lines += [
+        "",
+        f"{results[0]['reps']} timed repetitions of {results[0]['group']} consecutive epochs per run (times per epoch), "
+        "after warm-up; a repetition of 16 epochs holds a whole number of the secret noise's 16-step blocks, so each pays "
+        f"its share of the block draws; learning rate {results[0]['lr']} in every run (at the "
+        "training default 0.05, and over this many epochs at 0.02, the unclipped no-DP baseline diverges on tabular-mlp "
+        "and would time NaN arithmetic). "
+        '"product no-DP path" is `forge train --no-dp`\'s step, which adds a batch-gradient clip. DP clipping: closed-form '
+        "per-sample LoRA norms and book-keeping clipped sums in one backward pass (forge_secure/privacy/clipping.py); "
+        "noise, scaling and accounting by Opacus's DPOptimizerFastGradientClipping (for tabular inputs on one flat "
+        "gradient buffer, `step_flat`).",
+    ]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:

@@ -57,10 +57,24 @@ def run_once(workers: int, seeds: list[int] | None) -> dict:
         # the summary without its own top-level heading (it sits inside a section of the doc)
         md = "\n".join(x for x in (Path(tmp) / "out" / "summary.md").read_text().splitlines() if not x.startswith("# "))
     summary = report.summarize(result.rows, cfg.confidence, cfg.canaries.p_target)
-    return {"workers": workers, "wall": wall, "cpu": result.cpu_seconds, "main_cpu": main_cpu, "load0": load0, "load": os.getloadavg()[0],
-            "runs": len(result.rows), "computed": result.computed, "trained": result.trained, "flagged": result.flagged,
-            "cells": len(result.rows) // len(cfg.seeds), "seeds": list(cfg.seeds), "summary_md": md, "summary": summary,
-            "rows": result.rows, "config": cfg}
+    return {
+        "workers": workers,
+        "wall": wall,
+        "cpu": result.cpu_seconds,
+        "main_cpu": main_cpu,
+        "load0": load0,
+        "load": os.getloadavg()[0],
+        "runs": len(result.rows),
+        "computed": result.computed,
+        "trained": result.trained,
+        "flagged": result.flagged,
+        "cells": len(result.rows) // len(cfg.seeds),
+        "seeds": list(cfg.seeds),
+        "summary_md": md,
+        "summary": summary,
+        "rows": result.rows,
+        "config": cfg,
+    }
 
 
 def _pm(stat, decimals: int = 2) -> str:
@@ -97,7 +111,8 @@ def claimed_table(summary) -> list[str]:
             f"{_pm(any_e['canary_acc_in'])} / {_pm(any_e['canary_acc_out'])} | "
             f"{bound_cell(lira, 'empirical_epsilon') if lira else '-'} | {bound_cell(rmia, 'empirical_epsilon') if rmia else '-'} | "
             f"{'-' if math.isnan(thr_ceiling) else f'{thr_ceiling:.2f}'} | "
-            f"{_pm(lira['attack_auc']) if lira else '-'} / " f"{_pm(rmia['attack_auc']) if rmia else '-'} | {_pm(any_e['accuracy'])} | {verdict} |"
+            f"{_pm(lira['attack_auc']) if lira else '-'} / "
+            f"{_pm(rmia['attack_auc']) if rmia else '-'} | {_pm(any_e['accuracy'])} | {verdict} |"
         )
     return lines
 
@@ -114,22 +129,27 @@ def why(summary, cfg) -> list[str]:
         "label, so a model predicts a held-back canary's label about 1 time in 10 and an inserted canary it learnt stands out. "
         "On the binary tabular task a held-back canary matches its random label half the time: with IN and OUT guesses (the "
         "grid's 25/25) a rank-8 LoRA reached 0.8-1.7 with 256 canaries; the audit's OUT-only default reaches 3.0 there, but "
-        "only when every included canary is memorised (the \"Audit power\" section), which these adapters are not.")
+        'only when every included canary is memorised (the "Audit power" section), which these adapters are not.'
+    )
     for (eps, lora, _merge), e in sorted(models.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         if math.isinf(eps) and e.get("pooled"):
-            out.append(f"  Here, no DP, {lora}: inserted canaries learnt {_pm(e['canary_acc_in'])}, held-back ones right "
-                       f"{_pm(e['canary_acc_out'])}; pooled one-run bound {e['pooled']['epsilon_lb']:.2f}.")
+            out.append(
+                f"  Here, no DP, {lora}: inserted canaries learnt {_pm(e['canary_acc_in'])}, held-back ones right "
+                f"{_pm(e['canary_acc_out'])}; pooled one-run bound {e['pooled']['epsilon_lb']:.2f}."
+            )
     out.append(
         f"- **{cfg.training.epochs} epochs of {cfg.training.optimizer}** (lr {cfg.training.lr}): with 30 epochs the no-DP adapter "
         "learnt too few of its canaries for a bound above 1 in exploratory runs. Plain LoRA only: in a run of this grid with "
         "FFA-LoRA as well (A frozen, half the trainable parameters; 2026-12-03, 54 runs, 13-16 minutes under a load average of "
         "8-11) FFA learnt fewer canaries (0.41 against 0.55 inserted) and its no-DP pooled bound was 0.85 against plain LoRA's "
-        "1.77; add \"ffa\" to the grid to compare (twice the training).")
+        '1.77; add "ffa" to the grid to compare (twice the training).'
+    )
     out.append(
         f"- **{cfg.canaries.count} canaries per site, {len(cfg.seeds)} seeds, pooled**: each seed's audit alone has a ceiling of "
         "about 2.3 (32 guesses); pooling the seeds' guesses (independent runs on independent canaries) raises it to about 3.4 "
         "without more training. More canaries per site would need more epochs for the adapter to learn them, and "
-        "merged models (\"mixture\", Fusion methods) triple the training, so they are left to the user's grid.")
+        'merged models ("mixture", Fusion methods) triple the training, so they are left to the user\'s grid.'
+    )
     return out
 
 
@@ -156,16 +176,20 @@ def comparison(summary, cfg) -> list[str]:
         worst = max(dp, key=lambda e: e["pooled"]["epsilon_lb"] / max(e["claim"], 1e-9))
         p = worst["pooled"]
         out.append(
-            f"- **DP.** ML Privacy Meter reports {MLPM_EPS_68[1]} at epsilon " f"{MLPM_EPS_68[0]} ({MLPM_EPS_68[1] / MLPM_EPS_68[0]:.1%} of the claim). "
+            f"- **DP.** ML Privacy Meter reports {MLPM_EPS_68[1]} at epsilon "
+            f"{MLPM_EPS_68[0]} ({MLPM_EPS_68[1] / MLPM_EPS_68[0]:.1%} of the claim). "
             f"Here the DP models' pooled one-run bounds stay at or below {max(e['pooled']['epsilon_lb'] for e in dp):.2f}; the largest "
             f"fraction of its claim is {p['epsilon_lb']:.2f} of {worst['claim']:.2f} (grid epsilon {worst['epsilon']:g}, {worst['lora']}). "
-            "Claims above a sample's ceiling " f"({', '.join(sorted({format(e['pooled']['ceiling'], '.2f') for e in dp}))} pooled) are reported as "
+            "Claims above a sample's ceiling "
+            f"({', '.join(sorted({format(e['pooled']['ceiling'], '.2f') for e in dp}))} pooled) are reported as "
             f"'cannot tell', not as 0. As in ML Privacy Meter, DP-SGD's audited bound is far below its claim: "
             f"one-run audits of a released model are loose for DP (Steinke, Nasr, Jagielski 2023)."
         )
     ceiling_1000 = one_run_epsilon_ceiling(500, m=1000, delta=1e-5)
-    out.append(f"- For scale: a perfect one-run audit on 1000 canaries with this policy (250 IN + 250 OUT guesses, delta 1e-5) "
-               f"cannot show more than {ceiling_1000:.2f}.")
+    out.append(
+        f"- For scale: a perfect one-run audit on 1000 canaries with this policy (250 IN + 250 OUT guesses, delta 1e-5) "
+        f"cannot show more than {ceiling_1000:.2f}."
+    )
     return out
 
 
@@ -179,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for w in args.workers:
         r = run_once(w, args.seeds)
-        print(f"workers={w}: {r['wall']:.1f} s wall (load {r['load0']:.1f} -> {r['load']:.1f}), {r['cpu']:.1f} s CPU in cells; "
-              f"{r['runs']} runs ({r['cells']} cells x {len(r['seeds'])} seeds), {r['trained']} plugins trained", flush=True)
+        print(
+            f"workers={w}: {r['wall']:.1f} s wall (load {r['load0']:.1f} -> {r['load']:.1f}), {r['cpu']:.1f} s CPU in cells; "
+            f"{r['runs']} runs ({r['cells']} cells x {len(r['seeds'])} seeds), {r['trained']} plugins trained",
+            flush=True,
+        )
         results.append(r)
     first, last = results[0], results[-1]
     cfg = last["config"]
@@ -189,19 +216,23 @@ def main(argv: list[str] | None = None) -> int:
         f"Default grid (`attacks/bench/default_bench.toml`): {first['cells']} cells x {len(first['seeds'])} seeds "
         f"(seeds {first['seeds']}) = {first['runs']} runs: base `{t.base}` on `{cfg.data.source}` ({cfg.data.n_sites} sites), "
         f"LoRA rank {', '.join(map(str, cfg.grid.rank))}, {t.epochs} epochs of {t.optimizer} (lr {t.lr}, batch {t.batch_size}), "
-        f"{cfg.canaries.count} auditor-style canaries per site (half inserted by fair coins), " f"epsilon {', '.join('inf' if math.isinf(e) else f'{e:g}' for e in cfg.grid.epsilon)}, "
+        f"{cfg.canaries.count} auditor-style canaries per site (half inserted by fair coins), "
+        f"epsilon {', '.join('inf' if math.isinf(e) else f'{e:g}' for e in cfg.grid.epsilon)}, "
         f"LoRA kinds {', '.join(cfg.grid.lora)}, merges {', '.join(cfg.grid.merge)}, attacks {', '.join(cfg.grid.attack)}. "
         "Cold cache and fresh FORGE_HOME for each line; the machine is shared with other engineers' work, so times are wall-clock "
         "under whatever load it had (the load columns).",
         "",
-        "| worker processes | measured wall (s) | 1-min load avg at start / end | " "CPU in cells (s) | main-process CPU (s) | plugins trained | within 15 min |"
+        "| worker processes | measured wall (s) | 1-min load avg at start / end | "
+        "CPU in cells (s) | main-process CPU (s) | plugins trained | within 15 min |"
         + (" speed-up vs first |" if len(results) > 1 else ""),
         "|---|---|---|---|---|---|---|" + ("---|" if len(results) > 1 else ""),
     ]
     for r in results:
         lines.append(
-            f"| {r['workers']} | {r['wall']:.1f} ({r['wall'] / 60:.1f} min) | " f"{r['load0']:.1f} / {r['load']:.1f} | {r['cpu']:.1f} | {r['main_cpu']:.1f} | "
-            f"{r['trained']} | {'yes' if r['wall'] <= 900 else 'NO'} |" + (f" {first['wall'] / r['wall']:.2f}x |" if len(results) > 1 else "")
+            f"| {r['workers']} | {r['wall']:.1f} ({r['wall'] / 60:.1f} min) | "
+            f"{r['load0']:.1f} / {r['load']:.1f} | {r['cpu']:.1f} | {r['main_cpu']:.1f} | "
+            f"{r['trained']} | {'yes' if r['wall'] <= 900 else 'NO'} |"
+            + (f" {first['wall'] / r['wall']:.2f}x |" if len(results) > 1 else "")
         )
     lines += [
         "",
@@ -213,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *claimed_table(last["summary"]),
         "",
-        f"Runs whose bound is above their claim (bugs): {len(last['flagged'])}" + (": " + "; ".join(last["flagged"]) if last["flagged"] else "."),
+        f"Runs whose bound is above their claim (bugs): {len(last['flagged'])}"
+        + (": " + "; ".join(last["flagged"]) if last["flagged"] else "."),
         "",
         *why(last["summary"], cfg),
         "",
@@ -231,8 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         from _report import write_section
 
-        cmd = "python benchmarks/bench_grid.py" + (f" --workers {' '.join(map(str, args.workers))}" if args.workers != [2] else "") + (
-            f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else "")
+        cmd = (
+            "python benchmarks/bench_grid.py"
+            + (f" --workers {' '.join(map(str, args.workers))}" if args.workers != [2] else "")
+            + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else "")
+        )
         write_section("bench_grid", "forge bench: default grid wall time, empirical against claimed epsilon", cmd, text)
     return 0
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from _report import write_section  # noqa: E402
+
 from forge_secure.merge.he.keys import make_context, public_copy  # noqa: E402
 from forge_secure.merge.he.ops import add_all, decrypt_vectors, encrypt_vector, load_vectors  # noqa: E402
 from forge_secure.merge.he.params import HEParams  # noqa: E402
@@ -91,31 +92,48 @@ def main() -> None:
             he = he_fusion(vectors, weights, params, secret)
             rel = float(np.linalg.norm(he["out"] - ref) / np.linalg.norm(ref))
             rows.append((n_sites, n, t_plain, he, plain_bytes, rel))
-            print(f"{n_sites} sites, {n:>8} params: plain {t_plain * 1e3:8.1f} ms, CKKS {he['total']:7.2f} s "
-                  f"(x{he['total'] / t_plain:,.0f}), {he['bytes_per_site'] / n:.2f} " f"B/param ({he['bytes_per_site'] / n / 4:.2f}x fp32), rel err {rel:.1e}", flush=True)
+            print(
+                f"{n_sites} sites, {n:>8} params: plain {t_plain * 1e3:8.1f} ms, CKKS {he['total']:7.2f} s "
+                f"(x{he['total'] / t_plain:,.0f}), {he['bytes_per_site'] / n:.2f} "
+                f"B/param ({he['bytes_per_site'] / n / 4:.2f}x fp32), rel err {rel:.1e}",
+                flush=True,
+            )
     lines = [
-        f"CKKS on TenSEAL {__import__('tenseal').__version__}: N = " f"{params.poly_modulus_degree}, coefficient moduli {list(params.coeff_mod_bit_sizes)} "
+        f"CKKS on TenSEAL {__import__('tenseal').__version__}: N = "
+        f"{params.poly_modulus_degree}, coefficient moduli {list(params.coeff_mod_bit_sizes)} "
         f"(one 60-bit data prime + the 40-bit special prime; 128-bit security cap for N 8192 is 218 bits), scale 2^{params.scale_bits}, "
         f"{params.slots} values per ciphertext. Sites and the aggregator hold the public context only (checked: `is_private()` is false); "
         "the key holder alone decrypts the one aggregate. Values are w_i * B_i with B ~ N(0, 0.05) and w_i in [30, 100).",
         "",
-        "| sites | parameters | plaintext fusion | CKKS: encrypt (all sites) | aggregate | " "decrypt | CKKS total | time ratio | bytes/param (CKKS) | vs fp32 (4 B) | rel. error |",
+        "| sites | parameters | plaintext fusion | CKKS: encrypt (all sites) | aggregate | "
+        "decrypt | CKKS total | time ratio | bytes/param (CKKS) | vs fp32 (4 B) | rel. error |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n_sites, n, t_plain, he, _plain_bytes, rel in rows:
-        lines.append(f"| {n_sites} | {n:,} | {t_plain * 1e3:.1f} ms | {he['enc']:.2f} s " f"| {he['agg']:.2f} s | {he['dec']:.2f} s | {he['total']:.2f} s | "
-                     f"{he['total'] / t_plain:,.0f}x | {he['bytes_per_site'] / n:.2f} | {he['bytes_per_site'] / n / 4:.2f}x | {rel:.1e} |")
+        lines.append(
+            f"| {n_sites} | {n:,} | {t_plain * 1e3:.1f} ms | {he['enc']:.2f} s "
+            f"| {he['agg']:.2f} s | {he['dec']:.2f} s | {he['total']:.2f} s | "
+            f"{he['total'] / t_plain:,.0f}x | {he['bytes_per_site'] / n:.2f} | {he['bytes_per_site'] / n / 4:.2f}x | {rel:.1e} |"
+        )
     worst = max(he["bytes_per_site"] / n / 4 for _, n, _, he, _, _ in rows)
     ratios = [he["total"] / t for _, _, t, he, _, _ in rows]
     enc_share = min(he["enc"] / he["total"] for _, _, _, he, _, _ in rows)
     max_err = max(r[-1] for r in rows)
-    lines += ["", f"Size: at most **{worst:.2f}x fp32** per parameter (target <= 14x; met. FLARE's default CKKS anchor is about 14x with a shared "
-              "secret key; here no site and not the aggregator holds one). The small plugins pay for the last, partly filled ciphertext. "
-              f"Time (CPU seconds, `time.process_time`, so other load on the machine does not count): CKKS Fusion costs {min(ratios):,.0f}x to "
-              f"{max(ratios):,.0f}x the plaintext Fusion of the same fp32 payloads; encryption at the sites is at least {enc_share:.0%} of it "
-              "(in deployment each site encrypts its own in parallel). Largest relative error of the decrypted merge: "
-              f"{max_err:.1e} (requirement 1e-6)."]
-    write_section("he-fusion", "Homomorphic vs plaintext Fusion (CKKS)", "python benchmarks/bench_he_fusion.py" + (" --quick" if args.quick else ""), "\n".join(lines))
+    lines += [
+        "",
+        f"Size: at most **{worst:.2f}x fp32** per parameter (target <= 14x; met. FLARE's default CKKS anchor is about 14x with a shared "
+        "secret key; here no site and not the aggregator holds one). The small plugins pay for the last, partly filled ciphertext. "
+        f"Time (CPU seconds, `time.process_time`, so other load on the machine does not count): CKKS Fusion costs {min(ratios):,.0f}x to "
+        f"{max(ratios):,.0f}x the plaintext Fusion of the same fp32 payloads; encryption at the sites is at least {enc_share:.0%} of it "
+        "(in deployment each site encrypts its own in parallel). Largest relative error of the decrypted merge: "
+        f"{max_err:.1e} (requirement 1e-6).",
+    ]
+    write_section(
+        "he-fusion",
+        "Homomorphic vs plaintext Fusion (CKKS)",
+        "python benchmarks/bench_he_fusion.py" + (" --quick" if args.quick else ""),
+        "\n".join(lines),
+    )
 
 
 if __name__ == "__main__":

@@ -68,8 +68,16 @@ def consortium(root: Path, n_sites: int):
 def plugin(root: Path, size: int, seed: int) -> Path:
     p = root / f"plugin-{size}-{seed}"
     p.mkdir(parents=True)
-    (p / "forge.json").write_text(json.dumps({"format": "forge-plugin/1", "kind": "trained", "base": {"name": "bench", "digest": "00" * 32},
-                                              "dp": {"enabled": False, "epsilon": "inf"}}))
+    (p / "forge.json").write_text(
+        json.dumps(
+            {
+                "format": "forge-plugin/1",
+                "kind": "trained",
+                "base": {"name": "bench", "digest": "00" * 32},
+                "dp": {"enabled": False, "epsilon": "inf"},
+            }
+        )
+    )
     rng = np.random.default_rng(seed)
     with open(p / "adapter_model.safetensors", "wb") as f:
         left = size
@@ -106,10 +114,30 @@ def start_hub(root: Path, roster: Path, tag: str):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, FORGE_HOME=str(root / f"home-{tag}"))
-    proc = subprocess.Popen([sys.executable, "-m", "forge_secure.cli", "hub", "serve", "--port", str(port), "--roster", str(roster),
-                             "--db", f"sqlite:///{root / f'hub-{tag}.sqlite3'}", "--store", str(root / f"store-{tag}"),
-                             "--key-dir", str(root / f"keys-{tag}"), "--max-bundle", "1G"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "forge_secure.cli",
+            "hub",
+            "serve",
+            "--port",
+            str(port),
+            "--roster",
+            str(roster),
+            "--db",
+            f"sqlite:///{root / f'hub-{tag}.sqlite3'}",
+            "--store",
+            str(root / f"store-{tag}"),
+            "--key-dir",
+            str(root / f"keys-{tag}"),
+            "--max-bundle",
+            "1G",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -193,9 +221,11 @@ def main() -> None:
             mv, mp = statistics.median(t_verify), statistics.median(t_push)
             nbytes = bundles[0].stat().st_size
             lo, hi = iqr(ratios)
-            rows.append(f"| {label} | {mv * 1e3:.1f} | {nbytes / mv / MB:.0f} | {mp * 1e3:.1f} | {1 / mp:.1f} | {nbytes / mp / MB:.0f} "
-                        f"| {mv / mp:.2f} ({lo:.2f}-{hi:.2f}) | {statistics.median(c_verify) * 1e3:.0f} / "
-                        f"{statistics.median(c_push) * 1e3:.0f} |")
+            rows.append(
+                f"| {label} | {mv * 1e3:.1f} | {nbytes / mv / MB:.0f} | {mp * 1e3:.1f} | {1 / mp:.1f} | {nbytes / mp / MB:.0f} "
+                f"| {mv / mp:.2f} ({lo:.2f}-{hi:.2f}) | {statistics.median(c_verify) * 1e3:.0f} / "
+                f"{statistics.median(c_push) * 1e3:.0f} |"
+            )
             print(rows[-1], flush=True)
             if size == 16 * MB:
                 r16, cpu16 = mv / mp, (statistics.median(c_verify), statistics.median(c_push))
@@ -203,8 +233,10 @@ def main() -> None:
         load_after = os.getloadavg()[0]
 
         # 2. latency with 8 concurrent clients
-        small = {f"site-{i}": [sealer.seal(f"site-{i}", plugin(tmp, 64 * KB, 1000 + i * 100 + j)) for j in range(args.latency_pushes)]
-                 for i in range(1, 9)}
+        small = {
+            f"site-{i}": [sealer.seal(f"site-{i}", plugin(tmp, 64 * KB, 1000 + i * 100 + j)) for j in range(args.latency_pushes)]
+            for i in range(1, 9)
+        }
         lat: list[float] = []
         lock = threading.Lock()
 
@@ -221,9 +253,11 @@ def main() -> None:
         wall = time.perf_counter() - t0
         p50, p99 = float(np.quantile(lat, 0.5)), float(np.quantile(lat, 0.99))
         c50, c99 = boot_ci(lat, 0.5), boot_ci(lat, 0.99)
-        lat_md = (f"8 clients x {args.latency_pushes} pushes of 64 KiB bundles: p50 **{p50 * 1e3:.0f} ms** "
-                  f"(95% CI {c50[0] * 1e3:.0f}-{c50[1] * 1e3:.0f}), p99 **{p99 * 1e3:.0f} ms** (95% CI {c99[0] * 1e3:.0f}-"
-                  f"{c99[1] * 1e3:.0f}); {len(lat) / wall:.1f} pushes/s in all.")
+        lat_md = (
+            f"8 clients x {args.latency_pushes} pushes of 64 KiB bundles: p50 **{p50 * 1e3:.0f} ms** "
+            f"(95% CI {c50[0] * 1e3:.0f}-{c50[1] * 1e3:.0f}), p99 **{p99 * 1e3:.0f} ms** (95% CI {c99[0] * 1e3:.0f}-"
+            f"{c99[1] * 1e3:.0f}); {len(lat) / wall:.1f} pushes/s in all."
+        )
         print(lat_md, flush=True)
     finally:
         proc.kill()
@@ -251,9 +285,11 @@ def main() -> None:
         wall = time.perf_counter() - t0
         peak = status_kb(proc.pid, "VmHWM")
         total = sum(b.stat().st_size for b in big)
-        mem_md = (f"{args.big_clients} clients upload {args.big_mb} MiB bundles at once ({total / MB:.0f} MiB in {wall:.1f} s, "
-                  f"{total / wall / MB:.0f} MB/s, all accepted): hub peak RSS **{peak / 1024:.0f} MB** (target <= 256 MB; "
-                  f"{idle / 1024:.0f} MB before the uploads).")
+        mem_md = (
+            f"{args.big_clients} clients upload {args.big_mb} MiB bundles at once ({total / MB:.0f} MiB in {wall:.1f} s, "
+            f"{total / wall / MB:.0f} MB/s, all accepted): hub peak RSS **{peak / 1024:.0f} MB** (target <= 256 MB; "
+            f"{idle / 1024:.0f} MB before the uploads)."
+        )
         print(mem_md, flush=True)
     finally:
         proc.kill()
@@ -262,30 +298,39 @@ def main() -> None:
         shutil.rmtree(disk, ignore_errors=True)
 
     if not args.no_write:
-        body = ("Push (``client.push``: stream, hash on arrival, verify, store, log, signed receipt, receipt checked) "
-                "against the project's in-process ``verify`` of the same bundles; medians of "
-                f"{args.repeats} repeats, ratio = verify time / push time (interquartile range of the per-repeat ratios). "
-                "Target: >= 0.5 at 16 MiB.\n\n"
-                f"Machine load while measuring the throughput: load average {load_before:.1f} before, {load_after:.1f} after "
-                f"(`os.getloadavg`, {os.cpu_count()} cores shared with other jobs); the figures move with it.\n\n"
-                "Where a push's time goes: a push passes over the bundle's bytes once on each side. The client reads the "
-                "file and sends it while a helper thread hashes the bytes sent (the receipt must name these very bytes); "
-                "the hub's event loop receives them (uvicorn on uvloop with httptools) and two pool threads hash and write "
-                "each batch, one SHA-256 pass giving both the content address and the signed payload digest, so the hub's "
-                "verification (every check of `verify`, on the file) reads only the header and the envelope. Still, the "
-                "bytes cross the loopback and the ASGI stack (three copies in uvicorn), are hashed twice (once per side) "
-                "and written once, and client and hub share the machine's cores with `verify`'s two threads measured "
-                "alone; the CPU column shows the total work per operation.\n\n"
-                + (f"**Target met** at 16 MiB (ratio {r16:.2f}).\n\n" if r16 >= 0.5 else
-                   f"**Target not met** at 16 MiB: ratio {r16:.2f}. When other jobs keep the cores busy, each process gets "
-                   f"a share of a core and the wall-time ratio follows the CPU-time ratio ({cpu16[0] * 1e3:.0f} / "
-                   f"{cpu16[1] * 1e3:.0f} ms = {cpu16[0] / cpu16[1]:.2f}); a push needs two SHA-256 passes over the bundle "
-                   "(the client's, for the receipt check, and the hub's) where `verify` needs one, plus the transfer and the "
-                   "write, so on a saturated machine it cannot reach 0.5. Rerun on an idle machine for the parallel figure.\n\n")
-                + "| bundle | verify ms | verify MB/s | push ms | pushes/s | push MB/s | ratio (IQR) | CPU ms: verify / push (client + hub) |\n"
-                "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + lat_md + "\n\n" + mem_md + "\n")
-        write_section("bench_hub", "Consortium hub: push throughput, latency and server memory",
-                      f"python benchmarks/bench_hub.py --repeats {args.repeats} --big-mb {args.big_mb}", body)
+        body = (
+            "Push (``client.push``: stream, hash on arrival, verify, store, log, signed receipt, receipt checked) "
+            "against the project's in-process ``verify`` of the same bundles; medians of "
+            f"{args.repeats} repeats, ratio = verify time / push time (interquartile range of the per-repeat ratios). "
+            "Target: >= 0.5 at 16 MiB.\n\n"
+            f"Machine load while measuring the throughput: load average {load_before:.1f} before, {load_after:.1f} after "
+            f"(`os.getloadavg`, {os.cpu_count()} cores shared with other jobs); the figures move with it.\n\n"
+            "Where a push's time goes: a push passes over the bundle's bytes once on each side. The client reads the "
+            "file and sends it while a helper thread hashes the bytes sent (the receipt must name these very bytes); "
+            "the hub's event loop receives them (uvicorn on uvloop with httptools) and two pool threads hash and write "
+            "each batch, one SHA-256 pass giving both the content address and the signed payload digest, so the hub's "
+            "verification (every check of `verify`, on the file) reads only the header and the envelope. Still, the "
+            "bytes cross the loopback and the ASGI stack (three copies in uvicorn), are hashed twice (once per side) "
+            "and written once, and client and hub share the machine's cores with `verify`'s two threads measured "
+            "alone; the CPU column shows the total work per operation.\n\n"
+            + (
+                f"**Target met** at 16 MiB (ratio {r16:.2f}).\n\n"
+                if r16 >= 0.5
+                else f"**Target not met** at 16 MiB: ratio {r16:.2f}. When other jobs keep the cores busy, each process gets "
+                f"a share of a core and the wall-time ratio follows the CPU-time ratio ({cpu16[0] * 1e3:.0f} / "
+                f"{cpu16[1] * 1e3:.0f} ms = {cpu16[0] / cpu16[1]:.2f}); a push needs two SHA-256 passes over the bundle "
+                "(the client's, for the receipt check, and the hub's) where `verify` needs one, plus the transfer and the "
+                "write, so on a saturated machine it cannot reach 0.5. Rerun on an idle machine for the parallel figure.\n\n"
+            )
+            + "| bundle | verify ms | verify MB/s | push ms | pushes/s | push MB/s | ratio (IQR) | CPU ms: verify / push (client + hub) |\n"
+            "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + lat_md + "\n\n" + mem_md + "\n"
+        )
+        write_section(
+            "bench_hub",
+            "Consortium hub: push throughput, latency and server memory",
+            f"python benchmarks/bench_hub.py --repeats {args.repeats} --big-mb {args.big_mb}",
+            body,
+        )
 
 
 if __name__ == "__main__":

@@ -92,19 +92,36 @@ def play(*, mode: str, trials: int, n: int, epochs: int, seed: int = 0, progress
         released = train_plugin(config, train, site=shard.site, base=base, secret=public if mode == "seeded" else None)
         epsilons.append(float(released.meta["dp"]["epsilon"]))
         rel = adapter_vector(released.model)
-        d = np.array([float((replay_candidate(config, plan, base, known, population.subset(np.array([c])), public) - rel).norm()
-                            / rel.norm()) for c in cand])
+        d = np.array(
+            [
+                float((replay_candidate(config, plan, base, known, population.subset(np.array([c])), public) - rel).norm() / rel.norm())
+                for c in cand
+            ]
+        )
         guess = int(np.argmin(d))
         wins += guess == target
         nearest.append(float(d.min()))
         true_dist.append(float(d[target]))
         others.append(float(np.delete(d, target).min()))
         if progress:
-            progress(f"{mode} trial {t + 1}/{trials}: guess {'right' if guess == target else 'wrong'}, "
-                     f"distance to the target's replay {d[target]:.3g}, nearest {d.min():.3g}")
-    return {"mode": mode, "trials": trials, "n": n, "wins": int(wins), "sigma": sigma, "sample_rate": plan.sample_rate,
-            "steps": plan.steps, "epsilon": float(np.median(epsilons)), "delta": DELTA, "nearest": nearest, "true_dist": true_dist,
-            "others": others}
+            progress(
+                f"{mode} trial {t + 1}/{trials}: guess {'right' if guess == target else 'wrong'}, "
+                f"distance to the target's replay {d[target]:.3g}, nearest {d.min():.3g}"
+            )
+    return {
+        "mode": mode,
+        "trials": trials,
+        "n": n,
+        "wins": int(wins),
+        "sigma": sigma,
+        "sample_rate": plan.sample_rate,
+        "steps": plan.steps,
+        "epsilon": float(np.median(epsilons)),
+        "delta": DELTA,
+        "nearest": nearest,
+        "true_dist": true_dist,
+        "others": others,
+    }
 
 
 def bounds(res: dict) -> dict:
@@ -120,27 +137,37 @@ def render(results: list[dict], seconds: float) -> str:
 
     r0 = results[0]
     b = bounds(r0)
-    lines = [f"`tabular-mlp`, bundled site-1 training set ({r0['n']} candidates from site-1's non-members, kappa = 1/{r0['n']} = "
-             f"{b['kappa']:.3f}), DP-SGD at epsilon {r0['epsilon']:.3g} (delta {DELTA:g}; sigma {r0['sigma']:.3f}, q = "
-             f"{r0['sample_rate']:.3f}, T = {r0['steps']}). The adversary replays the training for every candidate with "
-             "`seed_from_label(\"training\", seed)` (all that forge.json's public seed yields) and picks the nearest replay. "
-             f"ReRo bounds at this kappa: DP-SGD (Hayes et al. 2023, Monte Carlo) {b['dpsgd']:.3f} (+- {b['dpsgd_se']:.3f}); "
-             f"e^eps kappa + delta {b['dp']:.3f}.", "",
-             "| plugin's noise and sampling | trials | **adversary's success** [95 % CP] | ReRo bound (DP-SGD) | within bound | "
-             "distance of the target's replay: median [max] | nearest other candidate's replay: median [min] |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"`tabular-mlp`, bundled site-1 training set ({r0['n']} candidates from site-1's non-members, kappa = 1/{r0['n']} = "
+        f"{b['kappa']:.3f}), DP-SGD at epsilon {r0['epsilon']:.3g} (delta {DELTA:g}; sigma {r0['sigma']:.3f}, q = "
+        f"{r0['sample_rate']:.3f}, T = {r0['steps']}). The adversary replays the training for every candidate with "
+        '`seed_from_label("training", seed)` (all that forge.json\'s public seed yields) and picks the nearest replay. '
+        f"ReRo bounds at this kappa: DP-SGD (Hayes et al. 2023, Monte Carlo) {b['dpsgd']:.3f} (+- {b['dpsgd_se']:.3f}); "
+        f"e^eps kappa + delta {b['dp']:.3f}.",
+        "",
+        "| plugin's noise and sampling | trials | **adversary's success** [95 % CP] | ReRo bound (DP-SGD) | within bound | "
+        "distance of the target's replay: median [max] | nearest other candidate's replay: median [min] |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         lo, hi = clopper_pearson(r["wins"], r["trials"])
-        label = ("seeded from the public training seed (the old behaviour)" if r["mode"] == "seeded"
-                 else "fresh 256-bit OS secret (the default)")
+        label = (
+            "seeded from the public training seed (the old behaviour)" if r["mode"] == "seeded" else "fresh 256-bit OS secret (the default)"
+        )
         within = "yes" if lo <= bounds(r)["dpsgd"] else "NO"
-        lines.append(f"| {label} | {r['trials']} | **{r['wins'] / r['trials']:.2f}** [{lo:.2f}, {hi:.2f}] | {bounds(r)['dpsgd']:.3f} "
-                     f"| {within} | {np.median(r['true_dist']):.3g} [{max(r['true_dist']):.3g}] "
-                     f"| {np.median(r['others']):.3g} [{min(r['others']):.3g}] |")
-    lines += ["", "\"within bound\": the interval's lower end does not exceed the bound (no evidence that the attack beats it). "
-              "With seeded noise the target's replay is the released adapter bit for bit (distance 0): membership and "
-              "reconstruction are certain whatever epsilon forge.json claims, i.e. the real epsilon is infinite. With the "
-              "secret noise no replay comes near the release and the adversary is reduced to the prior. "
-              f"Runtime {seconds / 60:.1f} min (CPU)."]
+        lines.append(
+            f"| {label} | {r['trials']} | **{r['wins'] / r['trials']:.2f}** [{lo:.2f}, {hi:.2f}] | {bounds(r)['dpsgd']:.3f} "
+            f"| {within} | {np.median(r['true_dist']):.3g} [{max(r['true_dist']):.3g}] "
+            f"| {np.median(r['others']):.3g} [{min(r['others']):.3g}] |"
+        )
+    lines += [
+        "",
+        '"within bound": the interval\'s lower end does not exceed the bound (no evidence that the attack beats it). '
+        "With seeded noise the target's replay is the released adapter bit for bit (distance 0): membership and "
+        "reconstruction are certain whatever epsilon forge.json claims, i.e. the real epsilon is infinite. With the "
+        "secret noise no replay comes near the release and the adversary is reduced to the prior. "
+        f"Runtime {seconds / 60:.1f} min (CPU).",
+    ]
     return "\n".join(lines)
 
 
@@ -155,8 +182,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     c0 = time.process_time()
-    results = [play(mode=m, trials=args.trials, n=args.candidates, epochs=args.epochs, seed=i, progress=print)
-               for i, m in enumerate(("seeded", "secret"))]
+    results = [
+        play(mode=m, trials=args.trials, n=args.candidates, epochs=args.epochs, seed=i, progress=print)
+        for i, m in enumerate(("seeded", "secret"))
+    ]
     text = render(results, time.process_time() - c0)
     print(text)
     if not args.no_write:

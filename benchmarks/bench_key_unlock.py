@@ -57,10 +57,19 @@ def main() -> None:
         files = keys.new_keys("site-1", root / "k", passphrase=b"correct horse battery staple")
         key = keys.load_signing_key(files.signing, b"correct horse battery staple")
         legacy = root / "legacy.key"
-        legacy.write_text(json.dumps({"format": keys.PRIVATE_FORMAT, "role": "signing", "site": key.site, "key_id": key.key_id,
-                                      "algorithms": list(key.algorithms), "encrypted": True,
-                                      "pkcs8": {a: P.private_to_pem(k, b"correct horse battery staple")
-                                                for a, k in key.keys.items()}}))
+        legacy.write_text(
+            json.dumps(
+                {
+                    "format": keys.PRIVATE_FORMAT,
+                    "role": "signing",
+                    "site": key.site,
+                    "key_id": key.key_id,
+                    "algorithms": list(key.algorithms),
+                    "encrypted": True,
+                    "pkcs8": {a: P.private_to_pem(k, b"correct horse battery staple") for a, k in key.keys.items()},
+                }
+            )
+        )
         legacy.chmod(0o600)
 
         def guess(path):
@@ -71,6 +80,7 @@ def main() -> None:
                     assert e.code == "key.bad_passphrase", e.code
                 else:  # pragma: no cover
                     raise AssertionError("a wrong passphrase unlocked the key")
+
             return run
 
         doc = json.loads(files.signing.read_text())
@@ -82,8 +92,7 @@ def main() -> None:
     ms = lambda v: statistics.median(v) * 1e3  # noqa: E731
     ratio = statistics.median(t_scrypt) / statistics.median(t_legacy)
     rows = [
-        (f"format 2: scrypt N=2^{keys.SCRYPT_LOG_N}, r={keys.SCRYPT_R}, p={keys.SCRYPT_P} + AES-256-GCM (a wrong guess)",
-         t_scrypt),
+        (f"format 2: scrypt N=2^{keys.SCRYPT_LOG_N}, r={keys.SCRYPT_R}, p={keys.SCRYPT_P} + AES-256-GCM (a wrong guess)", t_scrypt),
         ("scrypt derivation alone", t_kdf),
         ("format 1 (old): PKCS#8 PBKDF2-SHA256, 2,048 iterations (a wrong guess)", t_legacy),
     ]
@@ -97,11 +106,12 @@ def main() -> None:
         "parameters by default). Times are on this shared 2-core machine; a dedicated attacker's GPU changes the "
         "absolute figures, not the memory each guess needs. The fastest scrypt guess timed: "
         f"{min(t_scrypt) * 1e3:.0f} ms. Load average during the run: "
-        + " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " on 2 cores (times rise with it).\n")
+        + " / ".join(f"{x:.1f}" for x in os.getloadavg())
+        + " on 2 cores (times rise with it).\n"
+    )
     print(body)
     if not args.no_write:
-        write_section("bench_key_unlock", "Key files: passphrase unlock time per guess",
-                      "python benchmarks/bench_key_unlock.py", body)
+        write_section("bench_key_unlock", "Key files: passphrase unlock time per guess", "python benchmarks/bench_key_unlock.py", body)
 
 
 if __name__ == "__main__":

@@ -74,12 +74,19 @@ def main() -> None:
     X = np.concatenate([s.test.X for s in splits.sites])
     y = np.concatenate([s.test.y for s in splits.sites])
     union_train = [s.train() for s in splits.sites]
-    central_data = Dataset(X=np.concatenate([d.X for d in union_train]), y=np.concatenate([d.y for d in union_train]), n_classes=2,
-                           name="bundled:union/train", kind="tabular")
+    central_data = Dataset(
+        X=np.concatenate([d.X for d in union_train]),
+        y=np.concatenate([d.y for d in union_train]),
+        n_classes=2,
+        name="bundled:union/train",
+        kind="tabular",
+    )
     work = Path(tempfile.mkdtemp(prefix="forge-merge-bench-"))
     delta = 1e-5
-    synth_parts = [make_synthetic(base, d, SynthConfig(target_epsilon=args.synth_epsilon, delta=delta, seed=args.seed + i), site=s.site)
-                   for i, (s, d) in enumerate(zip(splits.sites, union_train, strict=True))]
+    synth_parts = [
+        make_synthetic(base, d, SynthConfig(target_epsilon=args.synth_epsilon, delta=delta, seed=args.seed + i), site=s.site)
+        for i, (s, d) in enumerate(zip(splits.sites, union_train, strict=True))
+    ]
     synth_path = save_synthetic(combine_synthetic(synth_parts), work / "synth.npz")
     sigma_s = synth_parts[0].meta["release"]["noise_multiplier"]
     results = {}
@@ -102,13 +109,19 @@ def main() -> None:
             rows[f"single {shard.site} ({len(data)} rows)"] = plugin.predict_proba(X)
             if i == 0 and not math.isinf(eps):
                 hist = [tuple(h) for h in plugin.meta["dp"]["history"]] + [(sigma_s, 1.0, 1)]
-                notes.append(f"epsilon {tag}: site-1's plugin alone {plugin.meta['dp']['epsilon']:.3g}; with its synthetic-data release "
-                             f"composed (PRV) {compute_epsilon(hist, delta):.3g}")
+                notes.append(
+                    f"epsilon {tag}: site-1's plugin alone {plugin.meta['dp']['epsilon']:.3g}; with its synthetic-data release "
+                    f"composed (PRV) {compute_epsilon(hist, delta):.3g}"
+                )
         central = train_plugin(cfg(args.seed + 10), central_data, site="central", base=base, out=d / "central")
         for method in ("exact", "ffa", "ties", "dare"):
             rows[f"Fusion {method}"] = load_plugin(fusion_merge(paths, d / method, method=method, seed=args.seed)).predict_proba(X)
-        rows["Fusion ffa, tuned on synthetic"] = load_plugin(fusion_merge(paths, d / "ffa-tuned", method="ffa", tune_on=synth_path, seed=args.seed)).predict_proba(X)
-        rows["Fusion sequential (MedForge), tuned on synthetic"] = load_plugin(fusion_merge(paths, d / "seq", method="sequential", tune_on=synth_path, seed=args.seed)).predict_proba(X)
+        rows["Fusion ffa, tuned on synthetic"] = load_plugin(
+            fusion_merge(paths, d / "ffa-tuned", method="ffa", tune_on=synth_path, seed=args.seed)
+        ).predict_proba(X)
+        rows["Fusion sequential (MedForge), tuned on synthetic"] = load_plugin(
+            fusion_merge(paths, d / "seq", method="sequential", tune_on=synth_path, seed=args.seed)
+        ).predict_proba(X)
         rows["Mixture static (rows)"] = build_mixture(paths).predict_proba(X)
         rows["Mixture static, tuned on synthetic (MedForge)"] = build_mixture(paths, tune_on=synth_path, seed=args.seed).predict_proba(X)
         rows["Mixture gate router (synthetic)"] = build_mixture(paths, router="gate", tune_on=synth_path, seed=args.seed).predict_proba(X)
@@ -120,8 +133,10 @@ def main() -> None:
             print(f"eps {tag:>3} {name:<50} acc {a:.3f} auc {auc:.3f}", flush=True)
     names = list(results["1"].keys())
     lines = [
-        f"Union test set: {len(y)} records from the three sites' fixed test " f"splits. FFA-LoRA plugins (rank 8, alpha 16), {args.epochs} epochs, "
-        f"batch 16, lr 0.1, DP-SGD with PRV accounting at delta {delta:g}; " f"seed {args.seed}. Synthetic tuning data: each site releases noisy "
+        f"Union test set: {len(y)} records from the three sites' fixed test "
+        f"splits. FFA-LoRA plugins (rank 8, alpha 16), {args.epochs} epochs, "
+        f"batch 16, lr 0.1, DP-SGD with PRV accounting at delta {delta:g}; "
+        f"seed {args.seed}. Synthetic tuning data: each site releases noisy "
         f"class means at epsilon {args.synth_epsilon:g} (sigma {sigma_s:.3g}, clip 8), pooled; the test sets are never used for tuning. "
         "Accuracy: exact 95 % Clopper-Pearson interval; AUC: 95 % percentile bootstrap.",
         "",
@@ -135,11 +150,21 @@ def main() -> None:
             cells += [f"{a:.3f} [{alo:.2f}, {ahi:.2f}]", f"{auc:.3f} [{ulo:.2f}, {uhi:.2f}]"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     best_single = {t: max(v[0] for k, v in results[t].items() if k.startswith("single")) for t in results}
-    lines += ["", "Best single plugin's accuracy: " + ", ".join(f"eps {t}: {best_single[t]:.3f}" for t in results) + ". "
-              "Merged (Fusion ffa) minus best single: " + ", ".join(f"eps {t}: {results[t]['Fusion ffa'][0] - best_single[t]:+.3f}" for t in results) + "."]
+    lines += [
+        "",
+        "Best single plugin's accuracy: " + ", ".join(f"eps {t}: {best_single[t]:.3f}" for t in results) + ". "
+        "Merged (Fusion ffa) minus best single: "
+        + ", ".join(f"eps {t}: {results[t]['Fusion ffa'][0] - best_single[t]:+.3f}" for t in results)
+        + ".",
+    ]
     lines += [""] + [f"- {n}" for n in notes]
     lines.append(f"- run time {time.time() - started:.0f} s wall")
-    write_section("merge-utility", "Merged models on the union test set (accuracy, ROC AUC)", "python benchmarks/bench_merge_utility.py", "\n".join(lines))
+    write_section(
+        "merge-utility",
+        "Merged models on the union test set (accuracy, ROC AUC)",
+        "python benchmarks/bench_merge_utility.py",
+        "\n".join(lines),
+    )
 
 
 if __name__ == "__main__":

@@ -89,9 +89,11 @@ def train_target(out_dir: Path, *, no_dp: bool, epochs: int, rank: int, seed: in
     from forge_secure.privacy import TrainConfig, train_plugin
 
     td = prepare_training_data("bundled:site-1")
-    cfg = (TrainConfig(epochs=epochs, batch_size=16, lr=0.05, rank=rank, alpha=2 * rank, seed=seed, no_dp=True)
-           if no_dp else
-           TrainConfig(epochs=epochs, batch_size=16, lr=0.05, rank=rank, alpha=2 * rank, seed=seed, target_epsilon=8.0, delta=1e-3))
+    cfg = (
+        TrainConfig(epochs=epochs, batch_size=16, lr=0.05, rank=rank, alpha=2 * rank, seed=seed, no_dp=True)
+        if no_dp
+        else TrainConfig(epochs=epochs, batch_size=16, lr=0.05, rank=rank, alpha=2 * rank, seed=seed, target_epsilon=8.0, delta=1e-3)
+    )
     train_plugin(cfg, td.data, site="site-1", commitment=td.commitment, out=out_dir)
     return out_dir
 
@@ -104,8 +106,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes in the throughput comparison")
-    ap.add_argument("--grid-workers", type=int, default=1,
-                    help="workers for the attack grid (default 1: in this process, which avoids each spawn's import cost)")
+    ap.add_argument(
+        "--grid-workers",
+        type=int,
+        default=1,
+        help="workers for the attack grid (default 1: in this process, which avoids each spawn's import cost)",
+    )
     ap.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = ap.parse_args()
 
@@ -147,8 +153,17 @@ def main() -> None:
         for online in (True, False):
             cache_root = work / f"cache-{R}-{online}"  # fresh cache: every reference trained in this timing
             t = time.perf_counter()
-            refsets[(R, online)] = train_references(target.meta, cands.data, pop, count=R, seed=0, online=online,
-                                                    workers=args.grid_workers, cache_root=cache_root, base_digest=target.base.digest)
+            refsets[(R, online)] = train_references(
+                target.meta,
+                cands.data,
+                pop,
+                count=R,
+                seed=0,
+                online=online,
+                workers=args.grid_workers,
+                cache_root=cache_root,
+                base_digest=target.base.digest,
+            )
             train_time[(R, online)] = time.perf_counter() - t
             print(f"trained {R} {'online' if online else 'offline'} references in {train_time[(R, online)]:.1f}s", flush=True)
         for label, name, kw in variants:
@@ -168,8 +183,11 @@ def main() -> None:
     agree = []
     R = counts[-1]
     refs = refsets[(R, True)]
-    for label, kw in (("online", {"online": True}), ("online, fixed var.", {"online": True, "fixed_variance": True}),
-                      ("offline", {"online": False})):
+    for label, kw in (
+        ("online", {"online": True}),
+        ("online, fixed var.", {"online": True, "fixed_variance": True}),
+        ("offline", {"online": False}),
+    ):
         lib = make_attack("lira", **kw).fit(refs, y).score(t_logits, y)
         ref_np = numpy_lira(t_logits, refs.candidate_logits, refs.in_mask, y, **kw)
         ok = np.isfinite(ref_np)  # the plain formula underflows to log 0 in the far tail; the library does not
@@ -197,7 +215,7 @@ def main() -> None:
         f"Target trained in {t_target:.1f}s. Intervals: 95 % stratified bootstrap ({n_boot} replicates). "
         f"With {int((cands.labels == 0).sum())} non-members the smallest resolvable FPR is "
         f"{100 / max(1, int((cands.labels == 0).sum())):.1f} %, so TPR at 0.1 % and 1 % FPR is measured at FPR 0 "
-        "(column \"FPR reached\").",
+        '(column "FPR reached").',
         "",
         "| refs | attack | ROC AUC [95 % CI] | TPR at 0.1 % FPR | TPR at 1 % FPR | FPR reached | eps LB (CP / one-run) | wall time |",
         "|---:|---|---|---|---|---|---|---:|",

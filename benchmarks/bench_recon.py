@@ -74,10 +74,21 @@ def main() -> None:
             bound = res["bound"]["feature_accuracy"]["bound"]
             grad_rows.append((sigma, eps, fa, base, bound, res["seconds_per_record"]))
             if sigma is not None:
-                rows.append({"attack": "gradient inversion (feature accuracy)", "epsilon": eps, "rate": fa["rate"], "ci": fa["ci"],
-                             "baseline": base["rate"], "bound": bound})
-            print(f"gradient sigma={sigma}: {fa['rate']:.3f} {fa['ci']} baseline {base['rate']:.3f} bound {bound:.3f} "
-                  f"{res['seconds_per_record']:.1f} s/record", flush=True)
+                rows.append(
+                    {
+                        "attack": "gradient inversion (feature accuracy)",
+                        "epsilon": eps,
+                        "rate": fa["rate"],
+                        "ci": fa["ci"],
+                        "baseline": base["rate"],
+                        "bound": bound,
+                    }
+                )
+            print(
+                f"gradient sigma={sigma}: {fa['rate']:.3f} {fa['ci']} baseline {base['rate']:.3f} bound {bound:.3f} "
+                f"{res['seconds_per_record']:.1f} s/record",
+                flush=True,
+            )
 
         # 2. informed adversary
         fn = lora_functional(plugin)
@@ -94,8 +105,16 @@ def main() -> None:
             eps = compute_epsilon([(sigma, 0.5, 8)], 1e-5, "rdp")
             su = res["success"]
             inf_rows.append((sigma, eps, su, res["bound"]["bound"], secs / trials))
-            rows.append({"attack": "informed adversary (n = 10)", "epsilon": eps, "rate": su["rate"], "ci": su["ci"],
-                         "baseline": 0.1, "bound": res["bound"]["bound"]})
+            rows.append(
+                {
+                    "attack": "informed adversary (n = 10)",
+                    "epsilon": eps,
+                    "rate": su["rate"],
+                    "ci": su["ci"],
+                    "baseline": 0.1,
+                    "bound": res["bound"]["bound"],
+                }
+            )
             print(f"informed sigma={sigma}: eps {eps:.2f} {su['rate']:.3f} {su['ci']} bound {res['bound']['bound']:.3f}", flush=True)
 
         # 3. informed adversary on ties / dare / sequential merges (redone from all parents)
@@ -109,18 +128,29 @@ def main() -> None:
             sd = load_data(f"bundled:{site}")
             train_plugin(TrainConfig(no_dp=True, epochs=3), sd, site=site, out=root / f"{site}-nodp")
             train_plugin(TrainConfig(noise_multiplier=1.0, epochs=3), sd, site=site, out=root / f"{site}-dp")
-        save_synthetic(make_synthetic(load_base("tabular-mlp"), data, SynthConfig(noise_multiplier=2.0, per_class=20), site="site-1"),
-                       root / "synth.npz")
+        save_synthetic(
+            make_synthetic(load_base("tabular-mlp"), data, SynthConfig(noise_multiplier=2.0, per_class=20), site="site-1"),
+            root / "synth.npz",
+        )
         merged_prior = make_canaries(300, data, 2)
         merged_rows = []
         for dp in ("nodp", "dp"):
             for method in ("ties", "dare", "sequential"):
-                fusion_merge([root / f"site-1-{dp}", root / f"site-2-{dp}"], root / f"{method}-{dp}", method=method,
-                             tune_on=root / "synth.npz" if method == "sequential" else None)
+                fusion_merge(
+                    [root / f"site-1-{dp}", root / f"site-2-{dp}"],
+                    root / f"{method}-{dp}",
+                    method=method,
+                    tune_on=root / "synth.npz" if method == "sequential" else None,
+                )
                 t0 = time.perf_counter()
-                res = run_informed(load_plugin(root / f"{method}-{dp}"), data, merged_prior,
-                                   ReconSettings(trials=merged_trials, seed=0, candidates=10, bound_samples=50_000),
-                                   recipe=root / f"site-1-{dp}", parents=[root / f"site-2-{dp}"])
+                res = run_informed(
+                    load_plugin(root / f"{method}-{dp}"),
+                    data,
+                    merged_prior,
+                    ReconSettings(trials=merged_trials, seed=0, candidates=10, bound_samples=50_000),
+                    recipe=root / f"site-1-{dp}",
+                    parents=[root / f"site-2-{dp}"],
+                )
                 secs = time.perf_counter() - t0
                 site_dp = load_plugin(root / f"site-1-{dp}").meta["dp"]
                 eps = float("inf") if not site_dp.get("enabled") else float(site_dp["epsilon"])
@@ -135,46 +165,62 @@ def main() -> None:
     def ci(c):
         return f"{c[0]:.2f}-{c[1]:.2f}"
 
-    lines.append(f"Gradient inversion of one update (batch of one, `tabular-mlp` plugin trained without DP, site-1 holdout records, "
-                 f"{records} records per row, {steps} steps x {restarts} restarts, continuous features within 0.25 std). "
-                 "With noise, the observed update is one DP-SGD gradient (clip 1, noise sigma); epsilon is that single step's "
-                 "(RDP, delta 1e-5); the bound is the ReRo bound for that step at kappa = the baseline's upper limit.\n")
+    lines.append(
+        f"Gradient inversion of one update (batch of one, `tabular-mlp` plugin trained without DP, site-1 holdout records, "
+        f"{records} records per row, {steps} steps x {restarts} restarts, continuous features within 0.25 std). "
+        "With noise, the observed update is one DP-SGD gradient (clip 1, noise sigma); epsilon is that single step's "
+        "(RDP, delta 1e-5); the bound is the ReRo bound for that step at kappa = the baseline's upper limit.\n"
+    )
     lines.append("| noise sigma | epsilon (one step) | feature accuracy (95% CI) | prior baseline | ReRo bound | seconds per record |")
     lines.append("|---|---|---|---|---|---|")
     for sigma, eps, fa, base, bound, spr in grad_rows:
-        lines.append(f"| {'none' if sigma is None else sigma} | {'inf' if sigma is None else f'{eps:.2f}'} | {fa['rate']:.3f} ({ci(fa['ci'])}) "
-                     f"| {base['rate']:.3f} | {bound:.3f} | {spr:.1f} |")
+        lines.append(
+            f"| {'none' if sigma is None else sigma} | {'inf' if sigma is None else f'{eps:.2f}'} | {fa['rate']:.3f} ({ci(fa['ci'])}) "
+            f"| {base['rate']:.3f} | {bound:.3f} | {spr:.1f} |"
+        )
     lines.append("")
-    lines.append(f"Informed adversary (knows 8 of 9 training records, prior of n = 10 candidates drawn from `make_canaries` "
-                 "(out-of-distribution records with random labels), sees every "
-                 f"noisy gradient; DP-SGD q = 0.5, T = 8, clip 1, {trials} trials per row; epsilon by RDP at delta 1e-5; bound: "
-                 "Hayes et al. 2023 by Monte Carlo, 50,000 samples).\n")
+    lines.append(
+        f"Informed adversary (knows 8 of 9 training records, prior of n = 10 candidates drawn from `make_canaries` "
+        "(out-of-distribution records with random labels), sees every "
+        f"noisy gradient; DP-SGD q = 0.5, T = 8, clip 1, {trials} trials per row; epsilon by RDP at delta 1e-5; bound: "
+        "Hayes et al. 2023 by Monte Carlo, 50,000 samples).\n"
+    )
     lines.append("| noise sigma | epsilon | success (95% CI) | baseline 1/n | ReRo bound | seconds per trial |")
     lines.append("|---|---|---|---|---|---|")
     for sigma, eps, su, bound, spt in inf_rows:
         lines.append(f"| {sigma} | {eps:.2f} | {su['rate']:.3f} ({ci(su['ci'])}) | 0.100 | {bound:.3f} | {spt:.2f} |")
     lines.append("")
     g_nodp, g_dp = merged_rows[0][5], merged_rows[-1][5]
-    lines.append(f"Informed adversary on merged plugins: two plain-LoRA `tabular-mlp` site plugins (bundled site-1 and site-2, "
-                 "3 epochs, without DP or with sigma 1) merged by `ties`, `dare` (density 0.5) or `sequential` (scalars tuned on DP "
-                 f"synthetic data). The game continues site-1's recipe from its plugin (q = {g_dp['sample_rate']:.2f}, lr "
-                 f"{g_dp['lr']:g}, T = {g_nodp['steps']} without DP / {g_dp['steps']} with DP) on its {len(data) - 1} "
-                 "known records plus the target, redoes the merge with site-2's plugin and the recorded settings, and releases only "
-                 "the merged plugin; the adversary redoes the merge for each candidate's expected run and picks the nearest "
-                 f"(n = 10 candidates from `make_canaries`, {merged_trials} trials per row). Bound: site-1's ReRo bound (the merge is "
-                 "post-processing), 50,000 Monte Carlo samples; epsilon: site-1's recorded epsilon (PRV).\n")
+    lines.append(
+        f"Informed adversary on merged plugins: two plain-LoRA `tabular-mlp` site plugins (bundled site-1 and site-2, "
+        "3 epochs, without DP or with sigma 1) merged by `ties`, `dare` (density 0.5) or `sequential` (scalars tuned on DP "
+        f"synthetic data). The game continues site-1's recipe from its plugin (q = {g_dp['sample_rate']:.2f}, lr "
+        f"{g_dp['lr']:g}, T = {g_nodp['steps']} without DP / {g_dp['steps']} with DP) on its {len(data) - 1} "
+        "known records plus the target, redoes the merge with site-2's plugin and the recorded settings, and releases only "
+        "the merged plugin; the adversary redoes the merge for each candidate's expected run and picks the nearest "
+        f"(n = 10 candidates from `make_canaries`, {merged_trials} trials per row). Bound: site-1's ReRo bound (the merge is "
+        "post-processing), 50,000 Monte Carlo samples; epsilon: site-1's recorded epsilon (PRV).\n"
+    )
     lines.append("| merge | site DP | epsilon | success (95% CI) | baseline 1/n | ReRo bound | seconds per trial |")
     lines.append("|---|---|---|---|---|---|---|")
     for method, dp, eps, su, bound, _g, spt in merged_rows:
-        lines.append(f"| {method} | {'sigma 1' if dp == 'dp' else 'none'} | {'inf' if eps == float('inf') else f'{eps:.2f}'} "
-                     f"| {su['rate']:.3f} ({ci(su['ci'])}) | 0.100 | {bound:.3f} | {spt:.2f} |")
+        lines.append(
+            f"| {method} | {'sigma 1' if dp == 'dp' else 'none'} | {'inf' if eps == float('inf') else f'{eps:.2f}'} "
+            f"| {su['rate']:.3f} ({ci(su['ci'])}) | 0.100 | {bound:.3f} | {spt:.2f} |"
+        )
     lines.append("")
     same = len({round(r[2]["rate"], 9) for r in grad_rows if r[0] is not None}) == 1
-    lines.append(f"Sizes: gradient inversion {records} records per row at {steps} steps x {restarts} restarts (the attack's "
-                 "defaults are 1,500 x 8), to keep the whole run within about 15 minutes of one core. The noisy gradient rows "
-                 "share one seed, so their noise draws differ only by the factor sigma"
-                 + ("; the noise dominates the records' (clipped, often tiny) gradients at every sigma here, so the normalised "
-                    "observed update, and with it the reconstruction, is the same in those rows.\n" if same else ".\n"))
+    lines.append(
+        f"Sizes: gradient inversion {records} records per row at {steps} steps x {restarts} restarts (the attack's "
+        "defaults are 1,500 x 8), to keep the whole run within about 15 minutes of one core. The noisy gradient rows "
+        "share one seed, so their noise draws differ only by the factor sigma"
+        + (
+            "; the noise dominates the records' (clipped, often tiny) gradients at every sigma here, so the normalised "
+            "observed update, and with it the reconstruction, is the same in those rows.\n"
+            if same
+            else ".\n"
+        )
+    )
     lines.append("![success against epsilon](img/recon_vs_epsilon.png)")
     cmd = ".venv/bin/python benchmarks/bench_recon.py" + (" --quick" if args.quick else "")
     write_section("recon", "Reconstruction attacks: time per record, success against epsilon", cmd, "\n".join(lines))

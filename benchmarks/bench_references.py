@@ -70,8 +70,13 @@ def main() -> None:
                     runs.append(time.perf_counter() - t)
                     cpus.append(time.process_time() - c)
                 times[(R, batch)], cpu[(R, batch)] = statistics.median(runs), statistics.median(cpus)
-                print(label, R, "batched" if batch else "one at a time", f"{times[(R, batch)]:.2f}s wall, {cpu[(R, batch)]:.2f}s CPU",
-                      flush=True)
+                print(
+                    label,
+                    R,
+                    "batched" if batch else "one at a time",
+                    f"{times[(R, batch)]:.2f}s wall, {cpu[(R, batch)]:.2f}s CPU",
+                    flush=True,
+                )
         rows.append((label, times, cpu))
 
     lines = [
@@ -89,21 +94,30 @@ def main() -> None:
         one, one_c = times[(1, False)], cpu[(1, False)]
         for R in counts:
             a, b = times[(R, False)], times[(R, True)]
-            lines.append(f"| {label} | {R} | {a:.2f} s ({cpu[(R, False)]:.2f} s) | {b:.2f} s ({cpu[(R, True)]:.2f} s) | "
-                         f"{R / a:.1f} → {R / b:.1f} | {b / one:.1f}x ({cpu[(R, True)] / one_c:.1f}x) |")
+            lines.append(
+                f"| {label} | {R} | {a:.2f} s ({cpu[(R, False)]:.2f} s) | {b:.2f} s ({cpu[(R, True)]:.2f} s) | "
+                f"{R / a:.1f} → {R / b:.1f} | {b / one:.1f}x ({cpu[(R, True)] / one_c:.1f}x) |"
+            )
     if 64 in counts:
         worst = max(t[(64, True)] / t[(1, False)] for _, t, _ in rows)
         worst_c = max(c[(64, True)] / c[(1, False)] for _, _, c in rows)
-        lines += ["", f"64 batched references cost at most **{worst:.1f}x** the wall time (**{worst_c:.1f}x** the CPU time) of one "
-                      f"reference trained one at a time (target: at most 8x)."]
+        lines += [
+            "",
+            f"64 batched references cost at most **{worst:.1f}x** the wall time (**{worst_c:.1f}x** the CPU time) of one "
+            f"reference trained one at a time (target: at most 8x).",
+        ]
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from _report import write_section
 
-        write_section("references", "Reference models: batched against one at a time",
-                      "python benchmarks/bench_references.py" + (" --quick" if args.quick else f" --repeat {args.repeat}"), body)
+        write_section(
+            "references",
+            "Reference models: batched against one at a time",
+            "python benchmarks/bench_references.py" + (" --quick" if args.quick else f" --repeat {args.repeat}"),
+            body,
+        )
 
 
 if __name__ == "__main__":

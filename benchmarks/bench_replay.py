@@ -63,9 +63,9 @@ def _world(root: Path) -> dict:
     from forge_secure.crypto.keys import load_public_key, load_signing_key, new_keys
     from forge_secure.crypto.roster import add_site_key, init_roster, sign_roster
     from forge_secure.plugins.data import load_data
+    from forge_secure.privacy import TrainConfig
     from forge_secure.privacy.canaries import included_canaries, issue_record, write_grant
     from forge_secure.privacy.train import plan_privacy
-    from forge_secure.privacy import TrainConfig
 
     keys = {who: new_keys(who, root / "keys" / who) for who in ("admin", SITE, "auditor")}
     now = int(time.time())
@@ -84,17 +84,37 @@ def _world(root: Path) -> dict:
     # at epsilon 1, delta 1e-5; sigma calibrated once so that every run below claims the same
     sigma = plan_privacy(TrainConfig(target_epsilon=EPSILON, delta=DELTA), len(data)).noise_multiplier
     claimed = dict(noise_multiplier=sigma, delta=DELTA)
-    return {"root": root, "keys": keys, "roster": roster, "record": record, "grant": grant, "cset": cset, "site_data": site_data,
-            "data": data, "claimed": claimed, "sigma": sigma}
+    return {
+        "root": root,
+        "keys": keys,
+        "roster": roster,
+        "record": record,
+        "grant": grant,
+        "cset": cset,
+        "site_data": site_data,
+        "data": data,
+        "claimed": claimed,
+        "sigma": sigma,
+    }
 
 
 def _honest(world: dict, name: str):
     from forge_secure.privacy.site import train_site
 
     k = world["keys"]
-    return train_site(site=SITE, data_spec=f"bundled:{SITE}", base_name="tabular-mlp", out=world["root"] / "honest" / name,
-                      canary_grant=world["grant"], grant_key=k[SITE].decryption, roster=world["roster"], auditor=k["auditor"].public,
-                      signer=k[SITE].signing, ledger_root=world["root"] / "ledgers" / name, **world["claimed"])
+    return train_site(
+        site=SITE,
+        data_spec=f"bundled:{SITE}",
+        base_name="tabular-mlp",
+        out=world["root"] / "honest" / name,
+        canary_grant=world["grant"],
+        grant_key=k[SITE].decryption,
+        roster=world["roster"],
+        auditor=k["auditor"].public,
+        signer=k[SITE].signing,
+        ledger_root=world["root"] / "ledgers" / name,
+        **world["claimed"],
+    )
 
 
 def _replay_here(world: dict, plugin_dir: Path, envelope: Path):
@@ -106,9 +126,23 @@ def _replay_here(world: dict, plugin_dir: Path, envelope: Path):
 
 def _replay_elsewhere(world: dict, plugin_dir: Path, envelope: Path, threads: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-c", _SUBPROCESS_REPLAY, str(threads), str(envelope), str(plugin_dir),
-                          str(world["keys"]["auditor"].decryption), str(world["roster"]), str(world["root"] / "record.json")],
-                         capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _SUBPROCESS_REPLAY,
+            str(threads),
+            str(envelope),
+            str(plugin_dir),
+            str(world["keys"]["auditor"].decryption),
+            str(world["roster"]),
+            str(world["root"] / "record.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -135,8 +169,9 @@ def _liar(world: dict, name: str, *, train_cfg: dict, lie_data=None):
     (root / "released" / "forge.json").write_text(json.dumps(meta))
     shown.secret = secret
     recipe = build_recipe(shown, claimed_cfg, source={"spec": f"bundled:{SITE}"}, data=claimed_data, canaries=canaries)
-    env = write_replay_envelope(recipe, signer=world["keys"][SITE].signing, auditor=world["keys"]["auditor"].public,
-                                out=envelope_path(root / "released"))
+    env = write_replay_envelope(
+        recipe, signer=world["keys"][SITE].signing, auditor=world["keys"]["auditor"].public, out=envelope_path(root / "released")
+    )
     return root / "released", env
 
 
@@ -153,6 +188,7 @@ def _lies(world: dict) -> dict:
         i = next(swaps)
         keep = d.subset(np.arange(len(d)) != 3)
         return keep.concat(outsiders.subset(np.array([i])), name=d.name).concat(cs, name=d.name)
+
     return {
         "5 % less noise": dict(train_cfg={**c, "noise_multiplier": 0.95 * sigma}),
         "half the noise": dict(train_cfg={**c, "noise_multiplier": 0.5 * sigma}),
@@ -166,8 +202,9 @@ def _lies(world: dict) -> dict:
         "other data (one record swapped for a non-member)": dict(train_cfg=c, lie_data=swap_one),
         "canaries dropped (all)": dict(train_cfg=c, lie_data=lambda d, cs: d),
         "one canary dropped": dict(train_cfg=c, lie_data=lambda d, cs: d.concat(cs.subset(np.arange(len(cs)) != 0), name=d.name)),
-        "canaries altered (labels flipped)": dict(train_cfg=c, lie_data=lambda d, cs: d.concat(
-            dataclasses.replace(cs, y=(1 - cs.y)), name=d.name)),
+        "canaries altered (labels flipped)": dict(
+            train_cfg=c, lie_data=lambda d, cs: d.concat(dataclasses.replace(cs, y=(1 - cs.y)), name=d.name)
+        ),
     }
 
 
@@ -226,7 +263,8 @@ def run(reps: int, lie_reps: int) -> dict:
             for threads in (1, 2):
                 o = _replay_elsewhere(world, site_run.plugin.path, site_run.envelope, threads)
                 distances.setdefault(f"another process, {threads} thread{'s' if threads > 1 else ''}", []).append(
-                    (o["distance"], o["verified"]))
+                    (o["distance"], o["verified"])
+                )
         # plugins trained with 2 torch threads, replayed with 1 (here and in another process)
         for i in range(max(1, reps // 2)):
             torch.set_num_threads(2)
@@ -245,9 +283,20 @@ def run(reps: int, lie_reps: int) -> dict:
                 lies.setdefault(name, []).append((r.distance, r.verified, r.reason))
     ratio_cpu = np.array(timings["replay_cpu"]) / np.array(timings["train_cpu"])
     ratio_wall = np.array(timings["replay_wall"]) / np.array(timings["train_wall"])
-    return {"reps": reps, "lie_reps": lie_reps, "rows": rows, "canaries_included": len(world["cset"]), "sigma": world["sigma"],
-            "timings": timings, "ratio_cpu": _iqr(ratio_cpu), "ratio_wall": _iqr(ratio_wall), "honest": distances, "lies": lies,
-            "tolerance": DEFAULT_TOLERANCE, "blocks_identical": block_size_check()}
+    return {
+        "reps": reps,
+        "lie_reps": lie_reps,
+        "rows": rows,
+        "canaries_included": len(world["cset"]),
+        "sigma": world["sigma"],
+        "timings": timings,
+        "ratio_cpu": _iqr(ratio_cpu),
+        "ratio_wall": _iqr(ratio_wall),
+        "honest": distances,
+        "lies": lies,
+        "tolerance": DEFAULT_TOLERANCE,
+        "blocks_identical": block_size_check(),
+    }
 
 
 def render(res: dict) -> str:
@@ -258,45 +307,62 @@ def render(res: dict) -> str:
         f"({res['rows']} rows; {CANARIES} canaries issued), the product defaults (30 epochs, batch 32, lr 0.05, C = 1, PRV) at "
         f"epsilon {EPSILON:g}, delta {DELTA:g} (sigma = {res['sigma']:.4f}). Training = `train_site` end to end (open the grant, "
         "train, write, seal the envelope); replay = open the envelope, assemble the data, check every claim, re-train, compare. "
-        f"{res['reps']} repetitions, one torch thread. Target: replay / training <= 1.2.", "",
-        "| clock | training (median) | replay (median) | **replay / training** median [IQR] |", "|---|---|---|---|",
-        f"| CPU | {statistics.median(t['train_cpu']):.2f} s | " f"{statistics.median(t['replay_cpu']):.2f} s | **{rc[0]:.3f}** [{rc[1]:.3f}, {rc[2]:.3f}] |",
-        f"| wall | {statistics.median(t['train_wall']):.2f} s | " f"{statistics.median(t['replay_wall']):.2f} s | **{rw[0]:.3f}** [{rw[1]:.3f}, {rw[2]:.3f}] |",
+        f"{res['reps']} repetitions, one torch thread. Target: replay / training <= 1.2.",
+        "",
+        "| clock | training (median) | replay (median) | **replay / training** median [IQR] |",
+        "|---|---|---|---|",
+        f"| CPU | {statistics.median(t['train_cpu']):.2f} s | "
+        f"{statistics.median(t['replay_cpu']):.2f} s | **{rc[0]:.3f}** [{rc[1]:.3f}, {rc[2]:.3f}] |",
+        f"| wall | {statistics.median(t['train_wall']):.2f} s | "
+        f"{statistics.median(t['replay_wall']):.2f} s | **{rw[0]:.3f}** [{rw[1]:.3f}, {rw[2]:.3f}] |",
         "",
         f"(b) Relative L2 distance between the released adapter and the replayed one. Honest: {res['reps']} plugins trained with "
         f"one torch thread, each replayed in the four settings below, and {max(1, res['reps'] // 2)} trained with two threads, "
         f"replayed with one. Lies: {res['lie_reps']} self-consistent liars per kind (forge.json from a real honest run of the "
         "claimed recipe with the same secret; weights from the real run; the envelope holds the claimed recipe and the secret), "
-        f"each replayed once. `DEFAULT_TOLERANCE` = {res['tolerance']:g}.", "",
-        "| replay of | n | bit-exact | distance min | distance max | verified |", "|---|---|---|---|---|---|"]
+        f"each replayed once. `DEFAULT_TOLERANCE` = {res['tolerance']:g}.",
+        "",
+        "| replay of | n | bit-exact | distance min | distance max | verified |",
+        "|---|---|---|---|---|---|",
+    ]
     honest_max = 0.0
     for name, v in res["honest"].items():
         d = [x[0] for x in v]
         honest_max = max(honest_max, max(d))
-        lines.append(f"| honest, {name} | {len(v)} | {sum(x == 0.0 for x in d)}/{len(d)} | {min(d):.3g} | {max(d):.3g} "
-                     f"| {sum(x[1] for x in v)}/{len(v)} |")
+        lines.append(
+            f"| honest, {name} | {len(v)} | {sum(x == 0.0 for x in d)}/{len(d)} | {min(d):.3g} | {max(d):.3g} "
+            f"| {sum(x[1] for x in v)}/{len(v)} |"
+        )
     lie_min = float("inf")
     for name, v in res["lies"].items():
         d = [x[0] for x in v if x[0] is not None]
         reasons = sorted({x[2] for x in v})
         if d:
             lie_min = min(lie_min, min(d))
-        lines.append(f"| lie: {name} | {len(v)} | {sum(x == 0.0 for x in d)}/{len(d)} | {min(d) if d else float('nan'):.3g} "
-                     f"| {max(d) if d else float('nan'):.3g} | {sum(x[1] for x in v)}/{len(v)} ({', '.join(reasons)}) |")
-    lines += ["", f"Largest honest distance: {honest_max:.3g}; smallest distance of any lie: {lie_min:.3g}; "
-              f"the tolerance {res['tolerance']:g} lies between them "
-              + ("(" + (f"{lie_min / res['tolerance']:.3g}x below the closest lie" if lie_min < float('inf') else "") + ")."
-                 if honest_max <= res["tolerance"] < lie_min else "-- NOT: revise DEFAULT_TOLERANCE."),
-              "",
-              "Every honest replay on this machine is bit-exact: the settings reachable here (another process, 1 or 2 torch "
-              "threads) do not change a single bit of this small model's training, so the tolerance is not needed here; it is "
-              "the margin for replays on another platform or library build (where float reductions may round differently), and "
-              "it sits orders of magnitude below the smallest lie measured, including the subtle ones."
-              if honest_max == 0.0 else
-              "Honest replays are not all bit-exact here; the table shows by how much they differ.",
-              "",
-              "Noise drawn in one call, per step through `NoiseSource`'s blocks, and with another conversion chunk size: "
-              + ("bit-identical." if res["blocks_identical"] else "NOT identical (a bug).")]
+        lines.append(
+            f"| lie: {name} | {len(v)} | {sum(x == 0.0 for x in d)}/{len(d)} | {min(d) if d else float('nan'):.3g} "
+            f"| {max(d) if d else float('nan'):.3g} | {sum(x[1] for x in v)}/{len(v)} ({', '.join(reasons)}) |"
+        )
+    lines += [
+        "",
+        f"Largest honest distance: {honest_max:.3g}; smallest distance of any lie: {lie_min:.3g}; "
+        f"the tolerance {res['tolerance']:g} lies between them "
+        + (
+            "(" + (f"{lie_min / res['tolerance']:.3g}x below the closest lie" if lie_min < float("inf") else "") + ")."
+            if honest_max <= res["tolerance"] < lie_min
+            else "-- NOT: revise DEFAULT_TOLERANCE."
+        ),
+        "",
+        "Every honest replay on this machine is bit-exact: the settings reachable here (another process, 1 or 2 torch "
+        "threads) do not change a single bit of this small model's training, so the tolerance is not needed here; it is "
+        "the margin for replays on another platform or library build (where float reductions may round differently), and "
+        "it sits orders of magnitude below the smallest lie measured, including the subtle ones."
+        if honest_max == 0.0
+        else "Honest replays are not all bit-exact here; the table shows by how much they differ.",
+        "",
+        "Noise drawn in one call, per step through `NoiseSource`'s blocks, and with another conversion chunk size: "
+        + ("bit-identical." if res["blocks_identical"] else "NOT identical (a bug)."),
+    ]
     return "\n".join(lines)
 
 
@@ -310,7 +376,9 @@ def main(argv=None) -> int:
     text = render(res)
     print(text)
     if not args.no_write:
-        cmd = "python benchmarks/bench_replay.py" + ("" if (args.reps, args.lie_reps) == (4, 2) else f" --reps {args.reps} --lie-reps {args.lie_reps}")
+        cmd = "python benchmarks/bench_replay.py" + (
+            "" if (args.reps, args.lie_reps) == (4, 2) else f" --reps {args.reps} --lie-reps {args.lie_reps}"
+        )
         write_section("replay", "Replay of attested training: cost and tolerance", cmd, text)
     return 0
 

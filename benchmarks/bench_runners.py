@@ -30,13 +30,15 @@ sys.path.insert(0, str(ROOT))
 def grid_config(groups: int, references: int, epochs: int):
     from attacks.bench import config_from_dict
 
-    return config_from_dict({
-        "bench": {"seeds": list(range(groups))},
-        "data": {"n_sites": 2},
-        "training": {"epochs": epochs, "batch_size": 16},
-        "grid": {"epsilon": ["inf"], "rank": [4], "lora": ["ffa"], "merge": ["none"], "attack": ["lira"]},
-        "attack": {"lira": {"references": references}},
-    })
+    return config_from_dict(
+        {
+            "bench": {"seeds": list(range(groups))},
+            "data": {"n_sites": 2},
+            "training": {"epochs": epochs, "batch_size": 16},
+            "grid": {"epsilon": ["inf"], "rank": [4], "lora": ["ffa"], "merge": ["none"], "attack": ["lira"]},
+            "attack": {"lira": {"references": references}},
+        }
+    )
 
 
 def main() -> None:
@@ -56,8 +58,11 @@ def main() -> None:
     run_bench(grid_config(1, 2, 1), work / "warm", cache_root=work / "cache-warm", workers=1)  # imports and base cache
     # "1 process" uses torch's default threads (both cores); "1 process, 1 thread" is one worker's share, the unit
     # that N workers (one torch thread each) multiply
-    modes = [("1 process", {"workers": 1}), ("1 process, 1 torch thread", {"workers": 1, "threads": 1}),
-             ("2 persistent workers", {"workers": 2})]
+    modes = [
+        ("1 process", {"workers": 1}),
+        ("1 process, 1 torch thread", {"workers": 1, "threads": 1}),
+        ("2 persistent workers", {"workers": 2}),
+    ]
     if not args.no_ray:
         modes.append(("Ray, 2 actors (local)", {"workers": 2, "ray": "auto"}))
     grid = []
@@ -108,7 +113,7 @@ def main() -> None:
         f"Grid: {args.groups} cells (no DP, FFA-LoRA rank 4, 2 sites, {args.epochs} epochs, LiRA with {args.references} references, "
         "every reference the whole pipeline), empty cache each time; wall time includes starting the workers.",
         "",
-        "\"1 process\" lets torch use every core inside one process (its CPU time exceeds its wall time); \"1 process, "
+        '"1 process" lets torch use every core inside one process (its CPU time exceeds its wall time); "1 process, '
         "1 torch thread\" is what one worker does (each worker runs one torch thread), so the workers' scaling is the "
         "last column. Each worker first imports torch, PEFT (with transformers) and Opacus, about 10 s of CPU on this "
         "machine (`python -X importtime`), which the wall times include; that start is what keeps 2 workers below 2x one "
@@ -128,18 +133,25 @@ def main() -> None:
     ]
     for label, wall in refs:
         lines.append(f"| {label} | {wall:.1f} s | {refs[0][1] / wall:.2f}x |")
-    lines += ["", "Default: `--workers 1` for reference training (batched references in one process are not slower than "
-              "splitting them over workers that must first import torch and load the base); `--workers N` and `--ray` "
-              "for grids of long cells, where the persistent workers pay their start once."]
+    lines += [
+        "",
+        "Default: `--workers 1` for reference training (batched references in one process are not slower than "
+        "splitting them over workers that must first import torch and load the base); `--workers N` and `--ray` "
+        "for grids of long cells, where the persistent workers pay their start once.",
+    ]
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from _report import write_section
 
-        write_section("runners", "Runner scaling: one process, persistent workers, Ray actors",
-                      f"python benchmarks/bench_runners.py --groups {args.groups} --references {args.references} --epochs {args.epochs}"
-                      + (" --no-ray" if args.no_ray else ""), body)
+        write_section(
+            "runners",
+            "Runner scaling: one process, persistent workers, Ray actors",
+            f"python benchmarks/bench_runners.py --groups {args.groups} --references {args.references} --epochs {args.epochs}"
+            + (" --no-ray" if args.no_ray else ""),
+            body,
+        )
 
 
 if __name__ == "__main__":

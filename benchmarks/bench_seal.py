@@ -55,9 +55,16 @@ CHUNK = 1 << 20
 def make_plugin(root: Path, size: int, seed: int) -> Path:
     plugin = root / f"plugin-{size // MB}MB"
     plugin.mkdir()
-    (plugin / "forge.json").write_text(json.dumps({"format": "forge-plugin/1", "kind": "trained",
-                                                   "base": {"name": "bench", "digest": "00" * 32},
-                                                   "dp": {"enabled": True, "epsilon": 3.0, "delta": 1e-5}}))
+    (plugin / "forge.json").write_text(
+        json.dumps(
+            {
+                "format": "forge-plugin/1",
+                "kind": "trained",
+                "base": {"name": "bench", "digest": "00" * 32},
+                "dp": {"enabled": True, "epsilon": 3.0, "delta": 1e-5},
+            }
+        )
+    )
     rng = np.random.default_rng(seed)
     left = size
     with open(plugin / "adapter_model.safetensors", "wb") as f:
@@ -127,8 +134,9 @@ LAUNCH = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 
 
 def child(args: list[str], env: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-c", LAUNCH, sys.executable, "-c", CHILD, *args], capture_output=True, text=True,
-                          env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", LAUNCH, sys.executable, "-c", CHILD, *args], capture_output=True, text=True, env=env, check=False
+    )
     if proc.returncode != 0:
         raise SystemExit(f"child failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -146,8 +154,17 @@ def main() -> None:
     base_dir = "/dev/shm" if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None
     root = Path(tempfile.mkdtemp(prefix="bench-seal-", dir=base_dir))
     os.environ["FORGE_HOME"] = str(root / "home")
-    from forge_secure.crypto import _time, add_site_key, init_roster, load_decryption_key, load_signing_key, new_keys
-    from forge_secure.crypto import open_bundle, seal, sign_roster
+    from forge_secure.crypto import (
+        _time,
+        add_site_key,
+        init_roster,
+        load_decryption_key,
+        load_signing_key,
+        new_keys,
+        open_bundle,
+        seal,
+        sign_roster,
+    )
 
     try:
         site, cons, admin = (new_keys(n, root / "keys" / n) for n in ("site-1", "consortium", "admin-1"))
@@ -187,14 +204,28 @@ def main() -> None:
             aes, sha = statistics.median(b_aes), statistics.median(b_sha)
             limit = aes + sha
             ts, to = statistics.median(t_seal), statistics.median(t_open)
-            rows.append({"size_mb": size // MB, "aes_gbps": size / aes / 1e9, "sha_gbps": size / sha / 1e9,
-                         "limit_gbps": size / limit / 1e9, "seal_gbps": size / ts / 1e9, "open_gbps": size / to / 1e9,
-                         "seal_ratio": limit / ts, "open_ratio": limit / to, "both_ratio": 2 * limit / (ts + to),
-                         "seal_ratio_iqr": iqr(r_seal), "open_ratio_iqr": iqr(r_open),
-                         "seal_cpu_ratio": statistics.median(b_cpu) / statistics.median(c_seal),
-                         "open_cpu_ratio": statistics.median(b_cpu) / statistics.median(c_open),
-                         "seal_wait_ms": statistics.median(q_seal), "open_wait_ms": statistics.median(q_open),
-                         "repeats": len(t_seal), "seal_spread": (min(t_seal), max(t_seal)), "open_spread": (min(t_open), max(t_open))})
+            rows.append(
+                {
+                    "size_mb": size // MB,
+                    "aes_gbps": size / aes / 1e9,
+                    "sha_gbps": size / sha / 1e9,
+                    "limit_gbps": size / limit / 1e9,
+                    "seal_gbps": size / ts / 1e9,
+                    "open_gbps": size / to / 1e9,
+                    "seal_ratio": limit / ts,
+                    "open_ratio": limit / to,
+                    "both_ratio": 2 * limit / (ts + to),
+                    "seal_ratio_iqr": iqr(r_seal),
+                    "open_ratio_iqr": iqr(r_open),
+                    "seal_cpu_ratio": statistics.median(b_cpu) / statistics.median(c_seal),
+                    "open_cpu_ratio": statistics.median(b_cpu) / statistics.median(c_open),
+                    "seal_wait_ms": statistics.median(q_seal),
+                    "open_wait_ms": statistics.median(q_open),
+                    "repeats": len(t_seal),
+                    "seal_spread": (min(t_seal), max(t_seal)),
+                    "open_spread": (min(t_open), max(t_open)),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
             if size != args.rss_size * MB:
                 shutil.rmtree(plugin)
@@ -213,14 +244,24 @@ def main() -> None:
         for r in range(3):
             seq += 1
             cb, co = root / f"cold{r}.forge", root / f"cold{r}"
-            cold_seal.append(child(["seal", str(cold_plugin), str(site.signing), str(cons.public), str(cb), "", "", "", str(seq)],
-                                   env)["seconds"])
+            cold_seal.append(
+                child(["seal", str(cold_plugin), str(site.signing), str(cons.public), str(cb), "", "", "", str(seq)], env)["seconds"]
+            )
             cold_open.append(child(["open", "", "", "", str(cb), str(cons.decryption), str(roster), str(co)], env)["seconds"])
         cold_limit = statistics.median(sum(baseline(16 * MB, seed=r)[:2]) for r in range(3))
-        mem = {"seal_mb": rs["maxrss_kb"] / 1024, "open_mb": ro["maxrss_kb"] / 1024, "import_only_mb": idle / 1024,
-               "seal_hwm_mb": rs["vmhwm_kb"] / 1024, "open_hwm_mb": ro["vmhwm_kb"] / 1024, "size_mb": args.rss_size,
-               "seal_s": rs["seconds"], "open_s": ro["seconds"], "cold_seal_s": statistics.median(cold_seal),
-               "cold_open_s": statistics.median(cold_open), "cold_limit_s": cold_limit}
+        mem = {
+            "seal_mb": rs["maxrss_kb"] / 1024,
+            "open_mb": ro["maxrss_kb"] / 1024,
+            "import_only_mb": idle / 1024,
+            "seal_hwm_mb": rs["vmhwm_kb"] / 1024,
+            "open_hwm_mb": ro["vmhwm_kb"] / 1024,
+            "size_mb": args.rss_size,
+            "seal_s": rs["seconds"],
+            "open_s": ro["seconds"],
+            "cold_seal_s": statistics.median(cold_seal),
+            "cold_open_s": statistics.median(cold_open),
+            "cold_limit_s": cold_limit,
+        }
         print(json.dumps(mem), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -228,20 +269,26 @@ def main() -> None:
     md = render(rows, mem, load)
     print(md)
     if not args.no_write:
-        write_section("bench_seal", "Sealed bundles: seal / open throughput and peak memory",
-                      f".venv/bin/python benchmarks/bench_seal.py --sizes {args.sizes} --repeats {args.repeats} "
-                      f"--small-repeats {args.small_repeats}", md)
+        write_section(
+            "bench_seal",
+            "Sealed bundles: seal / open throughput and peak memory",
+            f".venv/bin/python benchmarks/bench_seal.py --sizes {args.sizes} --repeats {args.repeats} --small-repeats {args.small_repeats}",
+            md,
+        )
 
 
 def child_idle(env) -> int:
     code = "import resource, forge_secure.crypto; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    return int(subprocess.run([sys.executable, "-c", LAUNCH, sys.executable, "-c", code], capture_output=True, text=True,
-                              env=env, check=True).stdout)
+    return int(
+        subprocess.run(
+            [sys.executable, "-c", LAUNCH, sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        ).stdout
+    )
 
 
 def render(rows, mem, load) -> str:
     lines = [
-        "Baseline (\"limit\"): one AES-256-GCM pass (1 MiB chunks) plus one SHA-256 pass over the same number of bytes,",
+        'Baseline ("limit"): one AES-256-GCM pass (1 MiB chunks) plus one SHA-256 pass over the same number of bytes,',
         "timed in the same run, interleaved with the measurements; ratio = limit time / measured time (target >= 0.7).",
         "Seal includes reading the files and an fsync of the bundle; open includes verification and writing (and fsyncing)",
         "the files. Files on tmpfs. Wall-time ratios are the claim: the ratio of the medians, and in brackets the",
@@ -256,11 +303,13 @@ def render(rows, mem, load) -> str:
     ]
     for r in rows:
         (sl, sh), (ol, oh) = r["seal_ratio_iqr"], r["open_ratio_iqr"]
-        lines.append(f"| {r['size_mb']} MiB | {r['aes_gbps']:.2f} | {r['sha_gbps']:.2f} | {r['limit_gbps']:.2f} | "
-                     f"{r['seal_gbps']:.2f} | **{r['seal_ratio']:.2f}** [{sl:.2f}, {sh:.2f}] | {r['open_gbps']:.2f} | "
-                     f"**{r['open_ratio']:.2f}** [{ol:.2f}, {oh:.2f}] | {r['both_ratio']:.2f} | "
-                     f"{r['seal_cpu_ratio']:.2f} / {r['open_cpu_ratio']:.2f} | "
-                     f"{r['seal_wait_ms']:.1f} / {r['open_wait_ms']:.1f} ms | {r['repeats']} |")
+        lines.append(
+            f"| {r['size_mb']} MiB | {r['aes_gbps']:.2f} | {r['sha_gbps']:.2f} | {r['limit_gbps']:.2f} | "
+            f"{r['seal_gbps']:.2f} | **{r['seal_ratio']:.2f}** [{sl:.2f}, {sh:.2f}] | {r['open_gbps']:.2f} | "
+            f"**{r['open_ratio']:.2f}** [{ol:.2f}, {oh:.2f}] | {r['both_ratio']:.2f} | "
+            f"{r['seal_cpu_ratio']:.2f} / {r['open_cpu_ratio']:.2f} | "
+            f"{r['seal_wait_ms']:.1f} / {r['open_wait_ms']:.1f} ms | {r['repeats']} |"
+        )
     lines += [
         "",
         f"First call in a fresh process (16 MiB, median of 3 children; no helper thread or buffers exist yet, as in one "

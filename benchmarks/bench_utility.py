@@ -67,8 +67,11 @@ def main(argv=None) -> int:
         for seed in range(args.seeds):
             for shard in splits.sites:
                 train = shard.train()
-                cfg = TrainConfig(no_dp=True, epochs=args.epochs, seed=seed) if math.isinf(eps) else \
-                    TrainConfig(target_epsilon=eps, epochs=args.epochs, seed=seed)
+                cfg = (
+                    TrainConfig(no_dp=True, epochs=args.epochs, seed=seed)
+                    if math.isinf(eps)
+                    else TrainConfig(target_epsilon=eps, epochs=args.epochs, seed=seed)
+                )
                 plugin = train_plugin(cfg, train, site=shard.site, base=base, commitment={"membership": shard.commitment()})
                 if not math.isinf(eps):
                     assert plugin.meta["dp"]["epsilon"] <= eps
@@ -82,21 +85,31 @@ def main(argv=None) -> int:
         rows.append((f"epsilon {eps:g}" if not math.isinf(eps) else "epsilon inf (--no-dp)", correct, total, aucs, accs, sigmas))
         print(rows[-1][0], correct / total, np.nanmean(aucs), flush=True)
 
-    lines = [f"Bundled breast-cancer data, {len(splits.sites)} sites (Dirichlet label skew), tabular-mlp + LoRA rank 8, "
-             f"{args.epochs} epochs, batch 32, {args.seeds} training seeds per site; each plugin tested on its own site's test split.", "",
-             "| setting | noise multiplier | test accuracy (pooled) [95% CP] | " "per-run accuracy min-max | ROC AUC mean [95% t-interval over runs] |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"Bundled breast-cancer data, {len(splits.sites)} sites (Dirichlet label skew), tabular-mlp + LoRA rank 8, "
+        f"{args.epochs} epochs, batch 32, {args.seeds} training seeds per site; each plugin tested on its own site's test split.",
+        "",
+        "| setting | noise multiplier | test accuracy (pooled) [95% CP] | "
+        "per-run accuracy min-max | ROC AUC mean [95% t-interval over runs] |",
+        "|---|---|---|---|---|",
+    ]
     for row in rows:
         name, c, n, aucs, accs = row[:5]
         sig = row[5] if len(row) > 5 else []
         ci = stats.binomtest(c, n).proportion_ci(confidence_level=0.95, method="exact")
         a = np.array([v for v in aucs if not math.isnan(v)])
         half = stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else float("nan")
-        lines.append(f"| {name} | {f'{min(sig):.2f}-{max(sig):.2f}' if sig else '-'} | {c / n:.3f} [{ci.low:.3f}, {ci.high:.3f}] "
-                     f"| {f'{min(accs):.3f}-{max(accs):.3f}' if accs else '-'} | {a.mean():.3f} " f"[{max(0.0, a.mean() - half):.3f}, {min(1.0, a.mean() + half):.3f}] |")
-    lines += ["", "Epsilon is per site (PRV accountant, delta = min(1e-5, 1/n^2)); the noise multiplier is calibrated per site since n differs. "
-              "Pooled counts treat each (site, seed) test prediction as one trial, so the interval is optimistic about "
-              "seed-to-seed variation; the per-run range shows it."]
+        lines.append(
+            f"| {name} | {f'{min(sig):.2f}-{max(sig):.2f}' if sig else '-'} | {c / n:.3f} [{ci.low:.3f}, {ci.high:.3f}] "
+            f"| {f'{min(accs):.3f}-{max(accs):.3f}' if accs else '-'} | {a.mean():.3f} "
+            f"[{max(0.0, a.mean() - half):.3f}, {min(1.0, a.mean() + half):.3f}] |"
+        )
+    lines += [
+        "",
+        "Epsilon is per site (PRV accountant, delta = min(1e-5, 1/n^2)); the noise multiplier is calibrated per site since n differs. "
+        "Pooled counts treat each (site, seed) test prediction as one trial, so the interval is optimistic about "
+        "seed-to-seed variation; the per-run range shows it.",
+    ]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:

@@ -13,8 +13,9 @@ import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import rfc8785
 
@@ -36,8 +37,9 @@ def canonical_json(obj: Any) -> bytes:
 
     def check(value: Any, where: str, depth: int) -> None:
         if depth > MAX_JSON_DEPTH:
-            raise ForgeDataError(f"canonical JSON nests deeper than {MAX_JSON_DEPTH} levels at {where}",
-                                 fix="flatten the document", code="json.depth")
+            raise ForgeDataError(
+                f"canonical JSON nests deeper than {MAX_JSON_DEPTH} levels at {where}", fix="flatten the document", code="json.depth"
+            )
         if isinstance(value, float):
             raise ForgeDataError(
                 f"canonical JSON holds no floats, found {value!r} at {where}",
@@ -57,8 +59,11 @@ def canonical_json(obj: Any) -> bytes:
     try:
         return rfc8785.dumps(obj)
     except rfc8785.CanonicalizationError as e:
-        raise ForgeDataError(f"the document cannot be written as canonical JSON (RFC 8785): {e}",
-                             fix="keep integers within +-(2**53 - 1) and text valid Unicode", code="json.canonical") from None
+        raise ForgeDataError(
+            f"the document cannot be written as canonical JSON (RFC 8785): {e}",
+            fix="keep integers within +-(2**53 - 1) and text valid Unicode",
+            code="json.canonical",
+        ) from None
 
 
 # --------------------------------------------------------------------------- bounded JSON reading
@@ -87,8 +92,14 @@ class JSONLimitError(ValueError):
     """Raised inside :func:`loads_bounded` when a value is out of its bounds."""
 
 
-def loads_bounded(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH, max_int_digits: int = MAX_INT_DIGITS,
-                  allow_floats: bool = True, allow_nonfinite: bool = False) -> Any:
+def loads_bounded(
+    raw: bytes,
+    *,
+    max_depth: int = MAX_JSON_DEPTH,
+    max_int_digits: int = MAX_INT_DIGITS,
+    allow_floats: bool = True,
+    allow_nonfinite: bool = False,
+) -> Any:
     """Parse JSON text with every bound checked before use; total (never another exception).
 
     Refuses, with :class:`ValueError` (its message says which): bytes that are not UTF-8,
@@ -138,8 +149,7 @@ def loads_bounded(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH, max_int_digits
     except UnicodeDecodeError:
         raise JSONLimitError("it is not UTF-8 text") from None
     try:
-        return json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant,
-                          object_pairs_hook=pairs)
+        return json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant, object_pairs_hook=pairs)
     except JSONLimitError:
         raise
     except (json.JSONDecodeError, RecursionError, ValueError, OverflowError) as e:
@@ -157,24 +167,24 @@ def read_bounded_bytes(path: str | os.PathLike, what: str, *, max_bytes: int, co
     except FileNotFoundError:
         raise ForgeFileError(f"{what} {path} does not exist", fix="check the path", code="file.missing") from None
     except OSError as e:
-        raise ForgeFileError(f"{what} {path} cannot be read ({e.strerror})", fix="check the path and its permissions",
-                             code="file.unreadable") from None
+        raise ForgeFileError(
+            f"{what} {path} cannot be read ({e.strerror})", fix="check the path and its permissions", code="file.unreadable"
+        ) from None
     if stat.S_ISDIR(st.st_mode):
         raise ForgeFileError(f"{what} {path} is a directory", fix="give the path of the file itself", code="file.is_directory")
     if not stat.S_ISREG(st.st_mode):
-        raise ForgeFileError(f"{what} {path} is not a regular file", fix="give the path of the file itself",
-                             code="file.not_regular")
+        raise ForgeFileError(f"{what} {path} is not a regular file", fix="give the path of the file itself", code="file.not_regular")
     try:
         with open(path, "rb") as f:
             raw = f.read(max_bytes + 1)
     except OSError as e:
-        raise ForgeFileError(f"{what} {path} cannot be read ({e.strerror})", fix="check its permissions",
-                             code="file.unreadable") from None
+        raise ForgeFileError(f"{what} {path} cannot be read ({e.strerror})", fix="check its permissions", code="file.unreadable") from None
     if not raw:
         raise ForgeDataError(f"{what} {path} is empty", fix="restore it from a good copy", code="file.empty")
     if len(raw) > max_bytes:
-        raise ForgeDataError(f"{what} {path} is larger than {max_bytes} bytes", fix=f"give the {what} itself",
-                             code=f"{code_prefix}.too_large")
+        raise ForgeDataError(
+            f"{what} {path} is larger than {max_bytes} bytes", fix=f"give the {what} itself", code=f"{code_prefix}.too_large"
+        )
     return raw
 
 
@@ -253,7 +263,7 @@ def atomic_output(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Any]:
     # concurrent sweep can never see it unlocked (a file created with the partial name would be)
     fd, fresh = tempfile.mkstemp(prefix=f"{FRESH_PREFIX}{path.name}.", suffix=".part", dir=path.parent)
     _try_lock(fd)
-    tmp = str(path.parent / (PARTIAL_PREFIX + Path(fresh).name[len(FRESH_PREFIX):]))
+    tmp = str(path.parent / (PARTIAL_PREFIX + Path(fresh).name[len(FRESH_PREFIX) :]))
     os.rename(fresh, tmp)
     try:
         os.fchmod(fd, mode)
@@ -336,7 +346,7 @@ def _new_partial_directory(parent: Path, name: str) -> tuple[Path, int]:
     fresh = Path(tempfile.mkdtemp(prefix=f"{FRESH_PREFIX}{name}.", suffix=".part", dir=parent))  # mode 0700
     lock_fd = os.open(fresh, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     _try_lock(lock_fd)  # locked before it gets the name a sweeper looks for (see atomic_output)
-    tmp = parent / (PARTIAL_PREFIX + fresh.name[len(FRESH_PREFIX):])
+    tmp = parent / (PARTIAL_PREFIX + fresh.name[len(FRESH_PREFIX) :])
     os.rename(fresh, tmp)
     return tmp, lock_fd
 
@@ -377,8 +387,14 @@ def scratch_directory(name: str = "scratch", parent: str | os.PathLike | None = 
             os.close(lock_fd)
 
 
-def read_json_file(path: str | os.PathLike, what: str = "JSON file", *, max_bytes: int = 64 << 20,
-                   max_depth: int = MAX_JSON_DEPTH, max_int_digits: int = MAX_INT_DIGITS) -> Any:
+def read_json_file(
+    path: str | os.PathLike,
+    what: str = "JSON file",
+    *,
+    max_bytes: int = 64 << 20,
+    max_depth: int = MAX_JSON_DEPTH,
+    max_int_digits: int = MAX_INT_DIGITS,
+) -> Any:
     """Read outside JSON with every bound checked before use (size, nesting depth, integer
     digits, no NaN/Infinity, no duplicate keys); errors name the file and the fix (missing,
     directory, empty, too large, not UTF-8, not JSON, out of bounds). Every reader of a JSON

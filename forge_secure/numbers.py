@@ -22,8 +22,15 @@ from typing import Any
 
 MAX_SAFE_INT = (1 << 53) - 1  # RFC 8785 / I-JSON: integers a double holds exactly
 
-_WORDS = {"inf": math.inf, "+inf": math.inf, "infinity": math.inf, "+infinity": math.inf,
-          "-inf": -math.inf, "-infinity": -math.inf, "nan": math.nan}
+_WORDS = {
+    "inf": math.inf,
+    "+inf": math.inf,
+    "infinity": math.inf,
+    "+infinity": math.inf,
+    "-inf": -math.inf,
+    "-infinity": -math.inf,
+    "nan": math.nan,
+}
 
 
 def encode(x: float, *, text: bool = False) -> float | str:

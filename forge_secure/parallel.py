@@ -36,7 +36,8 @@ import multiprocessing
 import os
 import socket
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 from . import progress
@@ -142,7 +143,7 @@ class WorkerPool:
             self.closed = True
             self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> WorkerPool:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -8,7 +8,7 @@ library users and tests see nothing.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 _enabled = False
 

@@ -14,7 +14,8 @@ have returned by then (the bench stores each cell as it finishes, so a rerun res
 from __future__ import annotations
 
 from collections import Counter, deque
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import progress
 from .parallel import RAY_TASK_RETRIES, ForgeRayError, _call, _init_worker, _ray_module, _unwrap, check_ray_address
@@ -49,14 +50,28 @@ def connect(address: str, workers: int | None) -> bool:
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ForgeRayError(f"cannot join the Ray cluster at {address!r} ({e})", fix="check the address and the Ray version on the cluster") from None
+            raise ForgeRayError(
+                f"cannot join the Ray cluster at {address!r} ({e})", fix="check the address and the Ray version on the cluster"
+            ) from None
     return True
 
 
 def _lost_errors(ray) -> tuple[type[BaseException], ...]:
     ex = ray.exceptions
-    return tuple(getattr(ex, n) for n in ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError",
-                                          "NodeDiedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError") if hasattr(ex, n))
+    return tuple(
+        getattr(ex, n)
+        for n in (
+            "RayActorError",
+            "ActorDiedError",
+            "ActorUnavailableError",
+            "WorkerCrashedError",
+            "NodeDiedError",
+            "ObjectLostError",
+            "OwnerDiedError",
+            "LocalRayletDiedError",
+        )
+        if hasattr(ex, n)
+    )
 
 
 def _free_cpus(ray) -> float:
@@ -66,8 +81,9 @@ def _free_cpus(ray) -> float:
         return 0.0
 
 
-def run_on_ray(fn: Callable[[Any], Any], items: list[Any], address: str, workers: int | None, description: str,
-               warm: Sequence[str] = ()) -> list[Any]:
+def run_on_ray(
+    fn: Callable[[Any], Any], items: list[Any], address: str, workers: int | None, description: str, warm: Sequence[str] = ()
+) -> list[Any]:
     ray = _ray_module()
     started = connect(address, workers)
     actors: list = []
@@ -88,9 +104,11 @@ def run_on_ray(fn: Callable[[Any], Any], items: list[Any], address: str, workers
                     actor, i = idle.pop(), queue.popleft()
                     running[actor.run.remote(fn, items[i])] = (actor, i)
                 if not running:
-                    raise ForgeRayError("the Ray cluster has no worker left to run the remaining tasks",
-                                        fix="add a node (ray start --address HEAD:PORT) and rerun: finished work is kept",
-                                        code="parallel.ray_workers_lost")
+                    raise ForgeRayError(
+                        "the Ray cluster has no worker left to run the remaining tasks",
+                        fix="add a node (ray start --address HEAD:PORT) and rerun: finished work is kept",
+                        code="parallel.ray_workers_lost",
+                    )
                 ready, _ = ray.wait(list(running), num_returns=1)
                 for ref in ready:
                     actor, i = running.pop(ref)
@@ -99,9 +117,11 @@ def run_on_ray(fn: Callable[[Any], Any], items: list[Any], address: str, workers
                     except lost as e:
                         losses[i] += 1
                         if losses[i] > RAY_TASK_RETRIES:
-                            raise ForgeRayError(f"task {i} lost its Ray worker {losses[i]} times ({type(e).__name__})",
-                                                fix="check the cluster's nodes and rerun: finished work is kept",
-                                                code="parallel.ray_workers_lost") from None
+                            raise ForgeRayError(
+                                f"task {i} lost its Ray worker {losses[i]} times ({type(e).__name__})",
+                                fix="check the cluster's nodes and rerun: finished work is kept",
+                                code="parallel.ray_workers_lost",
+                            ) from None
                         queue.appendleft(i)
                         if _free_cpus(ray) >= 1:  # a replacement where the cluster still has room
                             new = Actor.remote(tuple(warm))

@@ -5,7 +5,8 @@ Error messages list the allowed names from the registry itself, never by hand.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from .errors import ForgeValueError
 

@@ -158,8 +158,10 @@ def build_replay_consortium(root, name: str, *, maintainer: bool = False, canari
     keys = {who: new_keys(who, root / "keys" / who) for who in parties}
     now = int(time.time())
     roster = root / "roster.json"
-    recipients = [Recipient.from_public(load_public_key(keys["auditor"].public), "auditor"),
-                  Recipient.from_public(load_public_key(keys[site].public), "site")]
+    recipients = [
+        Recipient.from_public(load_public_key(keys["auditor"].public), "auditor"),
+        Recipient.from_public(load_public_key(keys[site].public), "site"),
+    ]
     if maintainer:
         recipients.append(Recipient.from_public(load_public_key(keys["maintainer"].public), "consortium"))
     init_roster(roster, name, [load_public_key(keys["admin"].public)], expires=now + 90 * day, recipients=recipients)
@@ -169,13 +171,15 @@ def build_replay_consortium(root, name: str, *, maintainer: bool = False, canari
     record = issue_record(site, canaries, load_data(f"bundled:{site}"))
     rec_path = root / "auditor-record.json"
     rec_path.write_text(json.dumps(record))
-    grant = write_grant(record, signer=load_signing_key(keys["auditor"].signing), site_key=keys[site].public,
-                        out=root / "grant.forge", roster=roster)
+    grant = write_grant(
+        record, signer=load_signing_key(keys["auditor"].signing), site_key=keys[site].public, out=root / "grant.forge", roster=roster
+    )
     return {"root": root, "keys": keys, "roster": roster, "record": record, "record_path": rec_path, "grant": grant}
 
 
-def make_liar(world: dict, name: str, *, claimed_cfg: dict, train_cfg: dict, lie_data=None, envelope_recipe: str = "claimed",
-              ledger: bool = False):
+def make_liar(
+    world: dict, name: str, *, claimed_cfg: dict, train_cfg: dict, lie_data=None, envelope_recipe: str = "claimed", ledger: bool = False
+):
     """A self-consistent lying plugin of ``world``'s site, at full strength: forge.json (and, with
     ``ledger``, the ledger entry) come from a real honest run of ``claimed_cfg`` on the honest data
     with the same secret, and say ``randomness.source = "os"``; the weights come from the run the
@@ -203,8 +207,9 @@ def make_liar(world: dict, name: str, *, claimed_cfg: dict, train_cfg: dict, lie
     canaries = {"grant_id": world["record"]["grant_id"], "count": len(cset), "digest": cset.digest()}
     commitment = {"canaries": {"count": len(cset), "issuer": "auditor", "grant_id": canaries["grant_id"]}}
     led = Ledger.open(site, f"breast-cancer/{site}", None, root=root / "ledgers") if ledger else None
-    shown = train_plugin(TrainConfig(**claimed_cfg), claimed_data, site=site, secret=secret, commitment=commitment,
-                         out=root / "released", ledger=led)
+    shown = train_plugin(
+        TrainConfig(**claimed_cfg), claimed_data, site=site, secret=secret, commitment=commitment, out=root / "released", ledger=led
+    )
     real = train_plugin(TrainConfig(**train_cfg), real_data, site=site, secret=secret, commitment=commitment, out=root / "real")
     shutil.copy(root / "real" / "adapter_model.safetensors", root / "released" / "adapter_model.safetensors")
     meta = json.loads((root / "released" / "forge.json").read_text())
@@ -218,8 +223,13 @@ def make_liar(world: dict, name: str, *, claimed_cfg: dict, train_cfg: dict, lie
         real.secret = secret
         recipe = build_recipe(real, TrainConfig(**train_cfg), source={"spec": f"bundled:{site}"}, data=real_data, canaries=canaries)
         recipe["plugin"]["adapter_sha256"] = meta["adapter"]["sha256"]
-    env = write_replay_envelope(recipe, signer=world["keys"][site].signing, auditor=world["keys"]["auditor"].public,
-                                out=envelope_path(root / "released"), roster=world["roster"])
+    env = write_replay_envelope(
+        recipe,
+        signer=world["keys"][site].signing,
+        auditor=world["keys"]["auditor"].public,
+        out=envelope_path(root / "released"),
+        roster=world["roster"],
+    )
     return root / "released", env, root / "ledgers"
 
 

@@ -51,7 +51,8 @@ def test_the_generator_finds_codes_passed_by_keyword_and_through_factories(tmp_p
         "def f(x):\n"
         "    raise ForgeValueError(f'bad {x}', fix='give a good one', code='demo.bad')\n"
         "def g():\n"
-        "    raise fail('demo.worse', 'worse', 'do better')\n")
+        "    raise fail('demo.worse', 'worse', 'do better')\n"
+    )
     for name in ("attacks", "audits"):
         (tmp_path / name).mkdir()
     entries = tool.scan(tmp_path)

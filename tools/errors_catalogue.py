@@ -115,35 +115,39 @@ def scan(root: Path = ROOT) -> dict[str, Entry]:
     modules = [_module(p, root) for p in files]
     by_module = {m: _factories(t) for m, t in zip(modules, trees, strict=True)}
     for path, tree, module in zip(files, trees, modules, strict=True):
-            factories = _visible_factories(module, tree, by_module)
-            for node in ast.walk(tree):
-                if not isinstance(node, ast.Call):
-                    continue
-                kw = {k.arg: k.value for k in node.keywords if k.arg}
-                cls = _callee(node)
-                if cls in factories and "code" not in kw and node.args:
-                    ic, im, ifix = factories[cls]
-                    args = node.args
-                    kw["code"] = args[ic]
-                    if im is not None and len(args) > im:
-                        kw["message"] = args[im]
-                    if ifix is not None and len(args) > ifix:
-                        kw["fix"] = args[ifix]
-                    node = ast.Call(func=node.func, args=[], keywords=[])
-                if "code" not in kw:
-                    continue
-                value = kw["code"]
-                if isinstance(value, ast.Constant) and isinstance(value.value, str):
-                    code, dynamic = value.value, False
-                elif isinstance(value, ast.JoinedStr):
-                    code, dynamic = _text(value), True
-                else:
-                    continue  # a variable passed on (a wrapper re-raising another error's code)
-                if not (cls.endswith("Error") or cls in factories or cls in ("bad", "_bad")):  # bad: CheckSettings.bad
-                    continue
-                site = Site(cls=cls, message=_text(node.args[0]) if node.args else _text(kw.get("message")),
-                            fix=_text(kw.get("fix")), path=str(path.relative_to(root)))
-                entries.setdefault(code, Entry(code, dynamic)).sites.append(site)
+        factories = _visible_factories(module, tree, by_module)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            kw = {k.arg: k.value for k in node.keywords if k.arg}
+            cls = _callee(node)
+            if cls in factories and "code" not in kw and node.args:
+                ic, im, ifix = factories[cls]
+                args = node.args
+                kw["code"] = args[ic]
+                if im is not None and len(args) > im:
+                    kw["message"] = args[im]
+                if ifix is not None and len(args) > ifix:
+                    kw["fix"] = args[ifix]
+                node = ast.Call(func=node.func, args=[], keywords=[])
+            if "code" not in kw:
+                continue
+            value = kw["code"]
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                code, dynamic = value.value, False
+            elif isinstance(value, ast.JoinedStr):
+                code, dynamic = _text(value), True
+            else:
+                continue  # a variable passed on (a wrapper re-raising another error's code)
+            if not (cls.endswith("Error") or cls in factories or cls in ("bad", "_bad")):  # bad: CheckSettings.bad
+                continue
+            site = Site(
+                cls=cls,
+                message=_text(node.args[0]) if node.args else _text(kw.get("message")),
+                fix=_text(kw.get("fix")),
+                path=str(path.relative_to(root)),
+            )
+            entries.setdefault(code, Entry(code, dynamic)).sites.append(site)
     return dict(sorted(entries.items()))
 
 
@@ -167,7 +171,8 @@ def render(entries: dict[str, Entry]) -> str:
         "(`--json` output carries the code). Codes are stable: scripts may match on them.",
         "",
         f"{len(entries)} codes in {len(families)} families, raised at {n_sites} places. Text in `{{...}}` is filled in",
-        "when the error is raised; the last section, `patterns`, holds codes that are built from " "a value. Classes: `ForgeValueError` (a bad argument or setting), `ForgeConfigError`,",
+        "when the error is raised; the last section, `patterns`, holds codes that are built from "
+        "a value. Classes: `ForgeValueError` (a bad argument or setting), `ForgeConfigError`,",
         "`ForgeDataError` (a file or record whose content is wrong), `ForgeFileError` (missing, unreadable,",
         "already there), `ForgeIntegrityError` (a signature, digest or proof that does not verify),",
         "`ForgeBudgetError` (a privacy budget exceeded), `ForgeDependencyError` (an optional package missing);",

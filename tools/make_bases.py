@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 from forge_secure.errors import ForgeError
+from forge_secure.fileio import atomic_write_bytes, sha256_bytes
 from forge_secure.plugins.base_builders import BUILDERS, build_files, write_base
 from forge_secure.plugins.bases import ASSETS, SHIPPED, manifest_digest
-from forge_secure.fileio import atomic_write_bytes, sha256_bytes
 
 
 def _value(text: str):

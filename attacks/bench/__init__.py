@@ -27,6 +27,18 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BENCH_ATTACKS", "BenchConfig", "BenchResult", "CanarySpec", "Cell", "DataSpec", "GridSpec", "RunSpec", "TrainingSpec",
-    "config_from_dict", "expand_grid", "load_config", "merge_registry", "run_bench",
+    "BENCH_ATTACKS",
+    "BenchConfig",
+    "BenchResult",
+    "CanarySpec",
+    "Cell",
+    "DataSpec",
+    "GridSpec",
+    "RunSpec",
+    "TrainingSpec",
+    "config_from_dict",
+    "expand_grid",
+    "load_config",
+    "merge_registry",
+    "run_bench",
 ]

@@ -32,8 +32,6 @@ interrupted run loses at most the cells in flight.
 from __future__ import annotations
 
 import math
-
-from forge_secure.numbers import decode, encode
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from forge_secure.errors import ForgeDataError
+from forge_secure.numbers import decode, encode
 from forge_secure.plugins import data as pdata
 
 from . import grid as G
@@ -93,7 +92,11 @@ def utility(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     p = _softmax(np.asarray(logits, dtype=np.float64))
     acc = float((p.argmax(axis=1) == y).mean())
     try:
-        auc = float(roc_auc_score(y, p[:, 1])) if p.shape[1] == 2 else float(roc_auc_score(y, p, multi_class="ovr", labels=list(range(p.shape[1]))))
+        auc = (
+            float(roc_auc_score(y, p[:, 1]))
+            if p.shape[1] == 2
+            else float(roc_auc_score(y, p, multi_class="ovr", labels=list(range(p.shape[1]))))
+        )
     except ValueError:  # one class only in the test set
         auc = math.nan
     return acc, auc
@@ -161,8 +164,18 @@ class _GroupRunner:
                 self._dp = (float(hit["sigma"]), float(hit["delta"]))
             else:
                 n = min(int(s.members().sum()) for s in self.sites)
-                cfg = TrainConfig(base=t.base, rank=self.group.rank, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer,
-                                  target_epsilon=self.group.epsilon, delta=delta, max_grad_norm=t.max_grad_norm, accountant=t.accountant)
+                cfg = TrainConfig(
+                    base=t.base,
+                    rank=self.group.rank,
+                    epochs=t.epochs,
+                    batch_size=t.batch_size,
+                    lr=t.lr,
+                    optimizer=t.optimizer,
+                    target_epsilon=self.group.epsilon,
+                    delta=delta,
+                    max_grad_norm=t.max_grad_norm,
+                    accountant=t.accountant,
+                )
                 plan = plan_privacy(cfg, n)
                 assert plan.noise_multiplier is not None  # a target epsilon: DP on
                 self._dp = (float(plan.noise_multiplier), float(delta))
@@ -175,9 +188,18 @@ class _GroupRunner:
         t, g = self.config.training, self.group
         seed = derive_seed(g.seed, site_index, -1 if ref is None else ref, 7)
         kwargs: dict[str, Any] = dict(
-            base=t.base, rank=g.rank, alpha=t.alpha_scale * g.rank, ffa=g.lora == "ffa", ffa_seed=0,
-            epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer, seed=seed,
-            max_grad_norm=t.max_grad_norm, accountant=t.accountant,
+            base=t.base,
+            rank=g.rank,
+            alpha=t.alpha_scale * g.rank,
+            ffa=g.lora == "ffa",
+            ffa_seed=0,
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            lr=t.lr,
+            optimizer=t.optimizer,
+            seed=seed,
+            max_grad_norm=t.max_grad_norm,
+            accountant=t.accountant,
         )
         dp = self.dp_plan()
         if dp is None:
@@ -260,8 +282,15 @@ class _GroupRunner:
             # a benchmark is the researcher's own experiment: its plugins' sampling and noise come
             # from a secret derived from the cell's seed, so a rerun (or a repaired cache entry)
             # trains the same plugin
-            train_plugin(config, train, site=site.site, base=self.base, commitment=commitment, out=out,
-                         secret=seed_from_label("forge-bench-plugin", config.seed))
+            train_plugin(
+                config,
+                train,
+                site=site.site,
+                base=self.base,
+                commitment=commitment,
+                out=out,
+                secret=seed_from_label("forge-bench-plugin", config.seed),
+            )
             self.trained += 1
         return out
 
@@ -295,7 +324,9 @@ class _GroupRunner:
         idx = self.model_sites(cell.merge)
         dirs = [self.site_plugin(i, ref) for i in idx]
         plugins = [load_plugin(d, self.base) for d in dirs]
-        model = build_model(cell.merge, dirs, self.base, seed=derive_seed(self.group.seed, 13), tune_X=self.data.public.X, tune_y=self.data.public.y)
+        model = build_model(
+            cell.merge, dirs, self.base, seed=derive_seed(self.group.seed, 13), tune_X=self.data.public.X, tune_y=self.data.public.y
+        )
         cand, members = self.candidates(cell.merge)
         arrays: dict[str, np.ndarray] = {
             "candidates": model.logits(cand.X),

@@ -33,9 +33,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from forge_secure.errors import ForgeConfigError, ForgeFileError
 
@@ -91,7 +92,7 @@ def parse_epsilon(value: Any, where: str = "grid") -> float:
     if isinstance(value, str) and value.strip().lower() in ("inf", "infinity"):
         return math.inf
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value) > 0 or math.isnan(float(value)):
-        raise _err(where, f"epsilon must be a positive number or \"inf\", got {value!r}", 'write e.g. epsilon = [1, 8, "inf"]')
+        raise _err(where, f'epsilon must be a positive number or "inf", got {value!r}', 'write e.g. epsilon = [1, 8, "inf"]')
     return float(value)
 
 
@@ -122,9 +123,13 @@ class DataSpec:
         if self.source not in BUNDLED_SOURCES:
             path = Path(self.source)
             if not path.exists():
-                raise ForgeFileError(f"bench config [data]: source {self.source} does not exist", fix='give an existing CSV or .npz file, or source = "bundled" or "bundled-digits"', code="bench.data.missing")
+                raise ForgeFileError(
+                    f"bench config [data]: source {self.source} does not exist",
+                    fix='give an existing CSV or .npz file, or source = "bundled" or "bundled-digits"',
+                    code="bench.data.missing",
+                )
             if path.suffix.lower() == ".csv" and not self.label_column:
-                raise _err("data", f"CSV source {self.source} needs label_column", "name the label column, e.g. label_column = \"diagnosis\"")
+                raise _err("data", f"CSV source {self.source} needs label_column", 'name the label column, e.g. label_column = "diagnosis"')
 
 
 @dataclass(frozen=True)
@@ -189,7 +194,9 @@ class GridSpec:
         for name in ("epsilon", "rank", "lora", "merge", "attack"):
             values = getattr(self, name)
             if not isinstance(values, tuple) or not values:
-                raise _err("grid", f"{name} is empty, so the grid has no cells", f"list at least one value for {name}", "bench.config.empty_grid")
+                raise _err(
+                    "grid", f"{name} is empty, so the grid has no cells", f"list at least one value for {name}", "bench.config.empty_grid"
+                )
             _unique(list(values), "grid", name)
         for e in self.epsilon:
             parse_epsilon(e)
@@ -200,12 +207,19 @@ class GridSpec:
                 raise _err("grid", f"unknown lora kind {kind!r}", f"use one of: {', '.join(LORA_KINDS)}", "bench.config.unknown_lora")
         for a in self.attack:
             if a not in registries.BENCH_ATTACKS:
-                raise _err("grid", f"unknown attack {a!r}", f"use one of: {', '.join(registries.BENCH_ATTACKS.names())}", "bench.config.unknown_attack")
+                raise _err(
+                    "grid",
+                    f"unknown attack {a!r}",
+                    f"use one of: {', '.join(registries.BENCH_ATTACKS.names())}",
+                    "bench.config.unknown_attack",
+                )
         if any(m not in registries.LIGHT_MERGES for m in self.merge):  # Fusion names need the merge package (torch)
             merges = registries.merge_registry()
             for m in self.merge:
                 if m not in merges:
-                    raise _err("grid", f"unknown merge method {m!r}", f"use one of: {', '.join(merges.names())}", "bench.config.unknown_merge")
+                    raise _err(
+                        "grid", f"unknown merge method {m!r}", f"use one of: {', '.join(merges.names())}", "bench.config.unknown_merge"
+                    )
 
     @property
     def size(self) -> int:
@@ -220,7 +234,7 @@ class RunSpec:
     def __post_init__(self) -> None:
         _int(self.workers, "run", "workers", 1)
         if self.ray is not None and not isinstance(self.ray, str):
-            raise _err("run", f"ray must be an address string or \"auto\", got {self.ray!r}", 'write ray = "auto" or ray = "HOST:PORT"')
+            raise _err("run", f'ray must be an address string or "auto", got {self.ray!r}', 'write ray = "auto" or ray = "HOST:PORT"')
 
 
 @dataclass(frozen=True)
@@ -237,14 +251,21 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.seeds, tuple) or not self.seeds:
-            raise _err("bench", "seeds is empty, so no cell would run", "list at least one seed, e.g. seeds = [0, 1]", "bench.config.empty_grid")
+            raise _err(
+                "bench", "seeds is empty, so no cell would run", "list at least one seed, e.g. seeds = [0, 1]", "bench.config.empty_grid"
+            )
         for s in self.seeds:
             _int(s, "bench", "seeds")
         _unique(list(self.seeds), "bench", "seeds")
         _float(self.confidence, "bench", "confidence", 0.0, 0.999)
         for name, settings in self.attacks.items():
             if name not in registries.BENCH_ATTACKS:
-                raise _err(f"attack.{name}", f"unknown attack {name!r}", f"use one of: {', '.join(registries.BENCH_ATTACKS.names())}", "bench.config.unknown_attack")
+                raise _err(
+                    f"attack.{name}",
+                    f"unknown attack {name!r}",
+                    f"use one of: {', '.join(registries.BENCH_ATTACKS.names())}",
+                    "bench.config.unknown_attack",
+                )
             registries.BENCH_ATTACKS.get(name).validate(dict(settings), where=f"attack.{name}")
 
     def attack_settings(self, name: str) -> dict[str, Any]:
@@ -350,14 +371,24 @@ def load_config(path_or_name: str | Path | None = None) -> BenchConfig:
     else:
         path = Path(path_or_name)
     if not path.exists():
-        raise ForgeFileError(f"bench config {path} does not exist", fix='give a TOML file, or --config default for the bundled one', code="bench.config.missing")
+        raise ForgeFileError(
+            f"bench config {path} does not exist",
+            fix="give a TOML file, or --config default for the bundled one",
+            code="bench.config.missing",
+        )
     if path.is_dir():
         raise ForgeFileError(f"bench config {path} is a directory", fix="give the TOML file itself", code="bench.config.is_directory")
     raw = path.read_bytes()
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ForgeConfigError(f"bench config {path} is not valid TOML ({e})", fix="fix the syntax; see attacks/bench/default_bench.toml for an example", code="bench.config.not_toml") from None
+        raise ForgeConfigError(
+            f"bench config {path} is not valid TOML ({e})",
+            fix="fix the syntax; see attacks/bench/default_bench.toml for an example",
+            code="bench.config.not_toml",
+        ) from None
     if not doc:
-        raise ForgeConfigError(f"bench config {path} is empty", fix="start from attacks/bench/default_bench.toml", code="bench.config.empty")
+        raise ForgeConfigError(
+            f"bench config {path} is empty", fix="start from attacks/bench/default_bench.toml", code="bench.config.empty"
+        )
     return config_from_dict(doc, source=str(path))

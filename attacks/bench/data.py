@@ -28,17 +28,17 @@ from .config import DataSpec
 
 @dataclass(frozen=True, eq=False)
 class BenchData:
-    public: "pdata.Dataset"
-    sites: tuple["pdata.SiteShard", ...]
+    public: pdata.Dataset
+    sites: tuple[pdata.SiteShard, ...]
     digest: str
 
-    def union_test(self) -> "pdata.Dataset":
+    def union_test(self) -> pdata.Dataset:
         test = self.sites[0].test
         for s in self.sites[1:]:
             test = test.concat(s.test, name="union/test")
         return test
 
-    def for_seed(self, seed: int) -> tuple["pdata.SiteShard", ...]:
+    def for_seed(self, seed: int) -> tuple[pdata.SiteShard, ...]:
         """The sites with their membership coin flips redrawn for bench seed ``seed``."""
         out = []
         for s in self.sites:
@@ -66,8 +66,15 @@ def load_bench_data(spec: DataSpec) -> BenchData:
         ds = pdata.load_data(spec.source, label_column=spec.label_column)
         # the same cut as the bundled data (public split, Dirichlet shards, test part, pool)
         splits = pdata.split_dataset(
-            ds, name=f"{ds.name}#{sha256_file(spec.source)[:12]}", n_sites=spec.n_sites, alpha=spec.alpha,
-            seed=spec.split_seed, public_fraction=0.2, test_fraction=spec.test_fraction, include_prob=0.5,
-            min_rows=20, min_per_class=2,
+            ds,
+            name=f"{ds.name}#{sha256_file(spec.source)[:12]}",
+            n_sites=spec.n_sites,
+            alpha=spec.alpha,
+            seed=spec.split_seed,
+            public_fraction=0.2,
+            test_fraction=spec.test_fraction,
+            include_prob=0.5,
+            min_rows=20,
+            min_per_class=2,
         )
     return BenchData(splits.public, tuple(splits.sites), _digest(splits))

@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-
-from forge_secure.numbers import encode
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from forge_secure import __version__
 from forge_secure.fileio import canonical_json
+from forge_secure.numbers import encode
 
 from .config import BenchConfig
 
@@ -97,14 +97,29 @@ def _base(config: BenchConfig, data_digest: str) -> dict[str, Any]:
     d = config.data
     return {
         "toolkit": __version__,
-        "data": {"digest": data_digest, "n_sites": d.n_sites, "alpha": d.alpha, "split_seed": d.split_seed, "test_fraction": d.test_fraction},
+        "data": {
+            "digest": data_digest,
+            "n_sites": d.n_sites,
+            "alpha": d.alpha,
+            "split_seed": d.split_seed,
+            "test_fraction": d.test_fraction,
+        },
         "training": asdict(config.training),
         "canaries": config.canaries.count,  # the canaries inserted change the trained plugins
     }
 
 
 def train_key(config: BenchConfig, group: TrainGroup, data_digest: str) -> str:
-    return digest({"stage": "train", **_base(config, data_digest), "epsilon": group.epsilon, "rank": group.rank, "lora": group.lora, "seed": group.seed})
+    return digest(
+        {
+            "stage": "train",
+            **_base(config, data_digest),
+            "epsilon": group.epsilon,
+            "rank": group.rank,
+            "lora": group.lora,
+            "seed": group.seed,
+        }
+    )
 
 
 def reference_key(config: BenchConfig, group: TrainGroup, data_digest: str, index: int) -> str:

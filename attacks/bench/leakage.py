@@ -19,7 +19,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 CANNOT_TELL = "cannot tell"
 
@@ -43,7 +44,11 @@ def pooled_one_run(rows: Sequence[dict[str, Any]], p_target: float = 0.05) -> di
     return {
         "epsilon_lb": one_run_epsilon(r, v, m, delta=delta, p_target=p_target),
         "ceiling": one_run_epsilon_ceiling(r, m=m, delta=delta, p_target=p_target),
-        "r": r, "v": v, "m": m, "delta": delta, "runs": len(audited),
+        "r": r,
+        "v": v,
+        "m": m,
+        "delta": delta,
+        "runs": len(audited),
     }
 
 

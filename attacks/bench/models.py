@@ -15,8 +15,9 @@ mixture probabilities, which is what the membership attacks score.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 

@@ -15,8 +15,9 @@ Error bars are the Student-t intervals across seeds of :func:`attacks.bench.repo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -185,10 +186,25 @@ def plot_empirical(rows, stem: Path, p_target: float = 0.05) -> list[Path]:
         told = [r for r in items if not r.get("above_claim") and not cannot_tell(r["claimed_epsilon"], r.get(ceilcol, math.nan))]
         untold = [r for r in items if not r.get("above_claim") and cannot_tell(r["claimed_epsilon"], r.get(ceilcol, math.nan))]
         if told:
-            ax.scatter([to_x(r["claimed_epsilon"]) for r in told], [r[ycol] for r in told], s=22, alpha=0.7, marker=marker, color=color, label=label)
+            ax.scatter(
+                [to_x(r["claimed_epsilon"]) for r in told],
+                [r[ycol] for r in told],
+                s=22,
+                alpha=0.7,
+                marker=marker,
+                color=color,
+                label=label,
+            )
         if untold:
-            ax.scatter([to_x(r["claimed_epsilon"]) for r in untold], [r[ycol] for r in untold], s=22, marker=marker,
-                       facecolors="none", edgecolors=color, label=f"{label}: cannot tell (claim above ceiling)")
+            ax.scatter(
+                [to_x(r["claimed_epsilon"]) for r in untold],
+                [r[ycol] for r in untold],
+                s=22,
+                marker=marker,
+                facecolors="none",
+                edgecolors=color,
+                label=f"{label}: cannot tell (claim above ceiling)",
+            )
 
     scatter(pts, "empirical_epsilon", "empirical_ceiling", "o", "C0", "threshold bound (per cell, seed)")
     scatter(canary, "canary_epsilon", "canary_ceiling", "^", "C1", "one-run bound on canaries (per seed)")
@@ -201,8 +217,9 @@ def plot_empirical(rows, stem: Path, p_target: float = 0.05) -> list[Path]:
                 x = to_x(r["claimed_epsilon"])
                 marks[x] = max(marks.get(x, 0.0), c)
         if marks:
-            ax.scatter(list(marks), list(marks.values()), marker="_", s=420, color=color, linewidths=1.5,
-                       label=f"ceiling: perfect attack, {name}")
+            ax.scatter(
+                list(marks), list(marks.values()), marker="_", s=420, color=color, linewidths=1.5, label=f"ceiling: perfect attack, {name}"
+            )
     pooled = []
     for (_, rank, lora, merge), cell_rows in _cells(canary).items():
         p = pooled_one_run(cell_rows, p_target)
@@ -212,13 +229,34 @@ def plot_empirical(rows, stem: Path, p_target: float = 0.05) -> list[Path]:
             if p["epsilon_lb"] > 0:  # name the cells that leak
                 ax.annotate(f" {lora} r={rank} {merge}", (to_x(claim), p["epsilon_lb"]), fontsize=6, color="C3", va="center")
     if pooled:
-        ax.scatter([x for x, _, _, u in pooled if not u], [y for _, y, _, u in pooled if not u], marker="D", s=46, color="C3",
-                   edgecolors="k", label="one-run bound pooled over seeds")
+        ax.scatter(
+            [x for x, _, _, u in pooled if not u],
+            [y for _, y, _, u in pooled if not u],
+            marker="D",
+            s=46,
+            color="C3",
+            edgecolors="k",
+            label="one-run bound pooled over seeds",
+        )
         if any(u for *_, u in pooled):
-            ax.scatter([x for x, _, _, u in pooled if u], [y for _, y, _, u in pooled if u], marker="D", s=46, facecolors="none",
-                       edgecolors="C3", label="pooled: cannot tell")
-        ax.scatter([x for x, _, _, _ in pooled], [c for _, _, c, _ in pooled], marker="_", s=600, color="C3", linewidths=2.0,
-                   label="ceiling: perfect attack, pooled one-run")
+            ax.scatter(
+                [x for x, _, _, u in pooled if u],
+                [y for _, y, _, u in pooled if u],
+                marker="D",
+                s=46,
+                facecolors="none",
+                edgecolors="C3",
+                label="pooled: cannot tell",
+            )
+        ax.scatter(
+            [x for x, _, _, _ in pooled],
+            [c for _, _, c, _ in pooled],
+            marker="_",
+            s=600,
+            color="C3",
+            linewidths=2.0,
+            label="ceiling: perfect attack, pooled one-run",
+        )
     bad = [r for r in pts if r.get("above_claim") and r["empirical_epsilon"] > r["claimed_epsilon"]]
     bad += [r for r in canary if r.get("canary_above_claim")]
     if bad:

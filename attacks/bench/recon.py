@@ -59,7 +59,8 @@ def informed_adversary_row(runner, cell, target: dict[str, np.ndarray], settings
         # the record may come from any site: the largest of the sites' bounds holds for all
         bound = max(
             rero_bound_dpsgd(sigma, q, int(steps), kappa, samples=20_000, seed=derive_seed(runner.group.seed, 29)).bound
-            if sigma > 0 and q > 0 and steps >= 1 else 1.0
+            if sigma > 0 and q > 0 and steps >= 1
+            else 1.0
             for sigma, q, steps in np.asarray(target["dp_records"], dtype=float)
         )
     return {

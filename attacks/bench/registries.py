@@ -7,8 +7,9 @@ Error messages list the allowed names from these registries, never by hand.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from forge_secure.errors import ForgeConfigError
 from forge_secure.registry import Registry

@@ -12,8 +12,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import jinja2
 import numpy as np
@@ -161,8 +162,10 @@ def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95, p_target
             else:
                 entry[col] = t_interval(values, confidence)
         entry["claim"] = claim_of(members)
-        entry["max_ceiling"] = {c: max([float(r[c]) for r in members if r.get(c) is not None and math.isfinite(r[c])] or [math.nan])
-                                for c in BOUND_CEILINGS.values()}
+        entry["max_ceiling"] = {
+            c: max([float(r[c]) for r in members if r.get(c) is not None and math.isfinite(r[c])] or [math.nan])
+            for c in BOUND_CEILINGS.values()
+        }
         entry["pooled"] = pooled_one_run(members, p_target)
         entry["verdict"] = verdict(members, entry["pooled"])
         out.append(entry)
@@ -207,27 +210,44 @@ def pooled_cells(e: dict[str, Any]) -> tuple[str, str]:
 
 
 def table_rows(summary: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    head = (["epsilon", "rank", "LoRA", "merge", "attack", "n"] + [h for _, h, _ in SUMMARY_METRICS]
-            + ["one-run eps (LB) pooled over seeds (right / guesses)", "its ceiling", "verdict", "above claim"])
+    head = (
+        ["epsilon", "rank", "LoRA", "merge", "attack", "n"]
+        + [h for _, h, _ in SUMMARY_METRICS]
+        + ["one-run eps (LB) pooled over seeds (right / guesses)", "its ceiling", "verdict", "above claim"]
+    )
     body = []
     for e in summary:
         body.append(
             [_eps(e["epsilon"]), str(e["rank"]), e["lora"], e["merge"], e["attack"], str(e["seeds"])]
             + [bound_cell(e, c, d) if c in BOUND_CEILINGS else _cell(e[c], d) for c, _, d in SUMMARY_METRICS]
-            + list(pooled_cells(e)) + [e["verdict"], str(e["above_claim"])]
+            + list(pooled_cells(e))
+            + [e["verdict"], str(e["above_claim"])]
         )
     return head, body
 
 
 def _mean_only(text: str) -> str:
-    """"0.52 ± 0.10" -> "0.52"; words ("cannot tell") unchanged."""
+    """ "0.52 ± 0.10" -> "0.52"; words ("cannot tell") unchanged."""
     return text.split(" ± ")[0]
 
 
 def terminal_rows(summary: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The few columns that matter, one row per cell: the full table is in summary.md/html."""
     ranks = len({e["rank"] for e in summary}) > 1
-    head = ["eps", *(["r"] if ranks else []), "LoRA", "merge", "attack", "acc", "AUC", "thresh. eps", "one-run eps", "ceiling", "claim", "verdict"]
+    head = [
+        "eps",
+        *(["r"] if ranks else []),
+        "LoRA",
+        "merge",
+        "attack",
+        "acc",
+        "AUC",
+        "thresh. eps",
+        "one-run eps",
+        "ceiling",
+        "claim",
+        "verdict",
+    ]
     body = []
     for e in summary:
         pooled, ceiling = pooled_cells(e)
@@ -236,10 +256,22 @@ def terminal_rows(summary: Sequence[dict[str, Any]]) -> tuple[list[str], list[li
         if pooled.endswith(")"):
             pooled = pooled.split(" (")[0]
         claim = "∞" if math.isinf(e["claim"]) else ("-" if math.isnan(e["claim"]) else f"{e['claim']:.2f}")
-        body.append([_eps(e["epsilon"]), *([str(e["rank"])] if ranks else []), e["lora"], e["merge"], e["attack"],
-                     _mean_only(_cell(e["accuracy"], 2)), _mean_only(_cell(e["attack_auc"], 2)),
-                     _mean_only(bound_cell(e, "empirical_epsilon")) if e["empirical_epsilon"][0] else "-",
-                     pooled, ceiling, claim, e["verdict"]])
+        body.append(
+            [
+                _eps(e["epsilon"]),
+                *([str(e["rank"])] if ranks else []),
+                e["lora"],
+                e["merge"],
+                e["attack"],
+                _mean_only(_cell(e["accuracy"], 2)),
+                _mean_only(_cell(e["attack_auc"], 2)),
+                _mean_only(bound_cell(e, "empirical_epsilon")) if e["empirical_epsilon"][0] else "-",
+                pooled,
+                ceiling,
+                claim,
+                e["verdict"],
+            ]
+        )
     return head, body
 
 
@@ -286,8 +318,17 @@ def _img_src(rel: str, root: Path | None) -> str:
     return rel
 
 
-def html(summary: Sequence[dict[str, Any]], confidence: float, seeds: int, *, title: str, plots: Sequence[str], flagged: Sequence[str],
-         meta: dict[str, Any], embed_root: Path | None = None) -> str:
+def html(
+    summary: Sequence[dict[str, Any]],
+    confidence: float,
+    seeds: int,
+    *,
+    title: str,
+    plots: Sequence[str],
+    flagged: Sequence[str],
+    meta: dict[str, Any],
+    embed_root: Path | None = None,
+) -> str:
     """The HTML summary; ``plots`` are paths relative to the output directory, embedded from
     ``embed_root`` (the directory being written) when given."""
     head, body = table_rows(summary)

@@ -35,7 +35,6 @@ from .output import MARKER, check_out
 from .registries import fusion_registry
 
 
-
 @dataclass
 class BenchResult:
     out: Path
@@ -106,7 +105,8 @@ def preflight(config: BenchConfig, data) -> None:
         out = getattr(out, "logits", out)
     except (RuntimeError, ValueError, TypeError) as e:
         raise ForgeDataError(
-            f"the data {config.data.source!r} does not fit base {t.base!r} (records " f"of shape {data.public.shape}: {str(e).splitlines()[0][:120]})",
+            f"the data {config.data.source!r} does not fit base {t.base!r} (records "
+            f"of shape {data.public.shape}: {str(e).splitlines()[0][:120]})",
             fix="give data with the features the base expects, or another base",
             code="bench.data_base_mismatch",
         ) from None
@@ -120,8 +120,19 @@ def preflight(config: BenchConfig, data) -> None:
         for lora in config.grid.lora:
             for eps in config.grid.epsilon:
                 dp = {"no_dp": True} if math.isinf(eps) else {"target_epsilon": eps, "delta": t.delta}
-                TrainConfig(base=t.base, rank=rank, alpha=t.alpha_scale * rank, ffa=lora == "ffa", epochs=t.epochs, batch_size=t.batch_size,
-                            lr=t.lr, optimizer=t.optimizer, max_grad_norm=t.max_grad_norm, accountant=t.accountant, **dp)
+                TrainConfig(
+                    base=t.base,
+                    rank=rank,
+                    alpha=t.alpha_scale * rank,
+                    ffa=lora == "ffa",
+                    epochs=t.epochs,
+                    batch_size=t.batch_size,
+                    lr=t.lr,
+                    optimizer=t.optimizer,
+                    max_grad_norm=t.max_grad_norm,
+                    accountant=t.accountant,
+                    **dp,
+                )
     from forge_secure.privacy import ACCOUNTANTS
 
     ACCOUNTANTS.get(t.accountant)
@@ -167,7 +178,11 @@ def run_bench(
     if not pairs:
         from forge_secure.errors import ForgeConfigError
 
-        raise ForgeConfigError("no cell of the grid can run: " + "; ".join(skipped[:3]), fix="add lora = [\"ffa\"] or another merge method", code="bench.config.empty_grid")
+        raise ForgeConfigError(
+            "no cell of the grid can run: " + "; ".join(skipped[:3]),
+            fix='add lora = ["ffa"] or another merge method',
+            code="bench.config.empty_grid",
+        )
     missing = [(c, s) for c, s, k in pairs if not cache.has_result(k)]
     groups = G.group_runs(missing)
     tasks = [GroupTask(config, g, tuple(cells), str(cache.root), data.digest) for g, cells in groups.items()]
@@ -200,8 +215,10 @@ def flag_text(r: dict[str, Any]) -> str:
         bounds.append(f"threshold bound {r['empirical_epsilon']:.2f}")
     if r.get("canary_above_claim"):
         bounds.append(f"one-run bound on the canaries {r['canary_epsilon']:.2f}")
-    return (f"{r['attack']} on {r['merge']} ({r['lora']}, rank {r['rank']}, seed {r['seed']}): "
-            f"{' and '.join(bounds) or 'empirical bound'} > claimed {r['claimed_epsilon']:.2f}")
+    return (
+        f"{r['attack']} on {r['merge']} ({r['lora']}, rank {r['rank']}, seed {r['seed']}): "
+        f"{' and '.join(bounds) or 'empirical bound'} > claimed {r['claimed_epsilon']:.2f}"
+    )
 
 
 def write_outputs(config: BenchConfig, result: BenchResult, *, replace: bool, t0: float) -> None:
@@ -210,8 +227,13 @@ def write_outputs(config: BenchConfig, result: BenchResult, *, replace: bool, t0
             report.write_csv(result.rows, tmp / "results.csv")
             summary = report.summarize(result.rows, config.confidence, config.canaries.p_target)
             (tmp / "summary.md").write_text(
-                f"# forge bench: {Path(config.source).name}\n\n" + report.markdown(summary, config.confidence, len(config.seeds))
-                + ("\n**Empirical epsilon above the claim (bugs):**\n\n" + "\n".join(f"- {f}" for f in result.flagged) + "\n" if result.flagged else "")
+                f"# forge bench: {Path(config.source).name}\n\n"
+                + report.markdown(summary, config.confidence, len(config.seeds))
+                + (
+                    "\n**Empirical epsilon above the claim (bugs):**\n\n" + "\n".join(f"- {f}" for f in result.flagged) + "\n"
+                    if result.flagged
+                    else ""
+                )
                 + ("\nSkipped (not applicable): " + "; ".join(result.skipped) + "\n" if result.skipped else ""),
                 encoding="utf-8",
             )
@@ -227,8 +249,16 @@ def write_outputs(config: BenchConfig, result: BenchResult, *, replace: bool, t0
                 "toolkit": f"forge-secure {__version__}",
             }
             (tmp / "summary.html").write_text(
-                report.html(summary, config.confidence, len(config.seeds), title="forge bench: leakage against privacy budget", plots=pngs, flagged=result.flagged, meta=meta,
-                            embed_root=tmp),
+                report.html(
+                    summary,
+                    config.confidence,
+                    len(config.seeds),
+                    title="forge bench: leakage against privacy budget",
+                    plots=pngs,
+                    flagged=result.flagged,
+                    meta=meta,
+                    embed_root=tmp,
+                ),
                 encoding="utf-8",
             )
             if Path(config.source).is_file():

@@ -32,7 +32,7 @@ from forge_secure.registry import Registry
 
 from ..estimator import ConfigEstimator
 
-MEMBERSHIP_ATTACKS: Registry[type["MembershipAttack"]] = Registry("membership attack")
+MEMBERSHIP_ATTACKS: Registry[type[MembershipAttack]] = Registry("membership attack")
 
 
 class TooFewReferences(ForgeValueError):
@@ -71,7 +71,7 @@ class MembershipAttack(ConfigEstimator, abc.ABC):
         population_reference_logits=None,
         population_labels=None,
         population_in_mask=None,
-    ) -> "MembershipAttack":
+    ) -> MembershipAttack:
         from attacks.references import ReferenceSet  # local: references imports this module's registry users
 
         self._check_settings()  # the settings' values are checked here (and by make_attack)
@@ -146,8 +146,12 @@ class MembershipAttack(ConfigEstimator, abc.ABC):
                 code="attack.target_shape",
             )
         if self.needs_population and population_target_logits is None:
-            raise ForgeValueError(f"attack {self.name!r} needs the target's logits on the population records", code="attack.population_missing")
-        scores = self._score(t, labels, None if population_target_logits is None else np.asarray(population_target_logits, dtype=np.float64))
+            raise ForgeValueError(
+                f"attack {self.name!r} needs the target's logits on the population records", code="attack.population_missing"
+            )
+        scores = self._score(
+            t, labels, None if population_target_logits is None else np.asarray(population_target_logits, dtype=np.float64)
+        )
         return np.asarray(scores, dtype=np.float64)
 
     # ------------------------------------------------------------------ for subclasses

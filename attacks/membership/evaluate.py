@@ -23,18 +23,24 @@ def _claimed_float(claimed: dict) -> float:
     return math.inf if eps == "inf" else float(eps)
 
 
-def empirical_epsilon(scores, labels, *, coin_flip: bool, delta: float, seed: int, p_target: float = 0.05,
-                      audit_fraction: float = 0.1, claimed: dict | None = None, canaries: dict | None = None) -> dict:
+def empirical_epsilon(
+    scores,
+    labels,
+    *,
+    coin_flip: bool,
+    delta: float,
+    seed: int,
+    p_target: float = 0.05,
+    audit_fraction: float = 0.1,
+    claimed: dict | None = None,
+    canaries: dict | None = None,
+) -> dict:
     """Both lower bounds (split Clopper-Pearson; one-run when membership is by coin flips)
     next to the claimed epsilon."""
     scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
     out: dict = {"clopper_pearson": M.split_clopper_pearson_epsilon(scores, labels, delta=delta, seed=seed)}
     k = max(1, int(round(audit_fraction * len(scores))))
-    out["one_run"] = (
-        M.one_run_audit(scores, labels, k_plus=k, k_minus=k, delta=delta, p_target=p_target)
-        if coin_flip
-        else None
-    )
+    out["one_run"] = M.one_run_audit(scores, labels, k_plus=k, k_minus=k, delta=delta, p_target=p_target) if coin_flip else None
     out["one_run_note"] = None if coin_flip else "membership was not drawn by independent fair coin flips; the one-run audit does not apply"
     out["one_run_canaries"] = None
     if canaries is not None:
@@ -50,7 +56,6 @@ def empirical_epsilon(scores, labels, *, coin_flip: bool, delta: float, seed: in
     return out
 
 
-
 def measure(signals: Signals, settings, *, claimed: dict, coin_flip: bool, canary_block: dict | None) -> dict:
     """Scores, metrics and empirical epsilon of ``settings.attack`` (a ``MiaSettings``) on
     ``signals``: the ``attack``, ``settings``, ``scores``, ``labels``, ``is_canary``,
@@ -60,7 +65,8 @@ def measure(signals: Signals, settings, *, claimed: dict, coin_flip: bool, canar
     R = signals.references if need > 0 else 0
     if R < need:
         raise TooFewReferences(
-            f"attack {settings.attack!r} ({attack._variant()}) needs at least " f"{need} reference models, the signals hold {signals.references}",
+            f"attack {settings.attack!r} ({attack._variant()}) needs at least "
+            f"{need} reference models, the signals hold {signals.references}",
             fix="choose an attack variant that needs fewer references, or rerun forge attack mia with more --references",
         )
     y = signals.class_labels
@@ -75,12 +81,22 @@ def measure(signals: Signals, settings, *, claimed: dict, coin_flip: bool, canar
     delta = float(claimed["delta"]) if claimed.get("delta") not in (None, "inf") else 0.0
     is_canary = signals.is_canary
     canary_scores = {"scores": scores[is_canary], "labels": labels[is_canary]} if is_canary.any() else None
-    emp = empirical_epsilon(scores, labels, coin_flip=coin_flip, delta=delta, seed=settings.seed, p_target=settings.p_target,
-                            audit_fraction=settings.audit_fraction, claimed=claimed, canaries=canary_scores)
+    emp = empirical_epsilon(
+        scores,
+        labels,
+        coin_flip=coin_flip,
+        delta=delta,
+        seed=settings.seed,
+        p_target=settings.p_target,
+        audit_fraction=settings.audit_fraction,
+        claimed=claimed,
+        canaries=canary_scores,
+    )
     block = dict(canary_block) if canary_block else canary_block
     if is_canary.any() and block is not None:
-        block["metrics_records_only"] = M.attack_metrics(scores[~is_canary], labels[~is_canary], n_boot=settings.n_boot,
-                                                         confidence=settings.confidence, seed=settings.seed)
+        block["metrics_records_only"] = M.attack_metrics(
+            scores[~is_canary], labels[~is_canary], n_boot=settings.n_boot, confidence=settings.confidence, seed=settings.seed
+        )
     return {
         "attack": settings.attack,
         "settings": {**asdict(settings), **attack.settings(), "references": R},

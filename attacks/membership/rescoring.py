@@ -33,8 +33,9 @@ def _settings(results: dict, attack: str | None, overrides: dict):
     names = {f.name for f in fields(MiaSettings)}
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise ForgeConfigError(f"unknown rescore setting(s) {', '.join(unknown)}", fix=f"use: {', '.join(sorted(names - {'attack'}))}",
-                               code="attack.settings")
+        raise ForgeConfigError(
+            f"unknown rescore setting(s) {', '.join(unknown)}", fix=f"use: {', '.join(sorted(names - {'attack'}))}", code="attack.settings"
+        )
     old = results.get("settings") or {}
     kw = {k: old[k] for k in names if k in old}
     if attack is not None and attack != results.get("attack"):
@@ -62,13 +63,19 @@ def rescore(results: dict | str | Path, attack: str | None = None, **settings: A
         results = validate_results(results, where)
     signals = Signals.from_json(results.get("signals"), where)
     if list(signals.membership) != [int(v) for v in results["labels"]]:
-        raise ForgeDataError(f"{where}: the membership labels differ from those in its signals",
-                             fix="use the results file as forge attack mia wrote it", code="attack.signals_tampered")
+        raise ForgeDataError(
+            f"{where}: the membership labels differ from those in its signals",
+            fix="use the results file as forge attack mia wrote it",
+            code="attack.signals_tampered",
+        )
     chosen = _settings(results, attack, settings)
     k = chosen.references
     if k > signals.references:
-        raise ForgeConfigError(f"references={k}, but the file holds the signals of {signals.references} reference models",
-                               fix=f"use references={signals.references} or fewer", code="attack.references")
+        raise ForgeConfigError(
+            f"references={k}, but the file holds the signals of {signals.references} reference models",
+            fix=f"use references={signals.references} or fewer",
+            code="attack.references",
+        )
     used = signals.first(k)
     canary_block = copy.deepcopy(results.get("canaries"))
     if isinstance(canary_block, dict):
@@ -76,29 +83,33 @@ def rescore(results: dict | str | Path, attack: str | None = None, **settings: A
     measured = measure(used, chosen, claimed=results["claimed_epsilon"], coin_flip=bool(results["coin_flip"]), canary_block=canary_block)
     out = copy.deepcopy(results)
     old_settings = results.get("settings") or {}
-    out.update({
-        "attack": measured["attack"],
-        "settings": {**measured["settings"], "workers": old_settings.get("workers"), "ray": old_settings.get("ray")},
-        "scores": measured["scores"],
-        "labels": measured["labels"],
-        "is_canary": measured["is_canary"],
-        "metrics": measured["metrics"],
-        "empirical_epsilon": measured["empirical_epsilon"],
-        "canaries": measured["canaries"],
-        "rescored": {
-            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "toolkit_version": __version__,
-            "from_attack": results.get("attack"),
-            "from_created": results.get("created"),
-            "signals_digest": results["signals"]["digest"],
-            "references_used": measured["references_used"],
-        },
-    })
+    out.update(
+        {
+            "attack": measured["attack"],
+            "settings": {**measured["settings"], "workers": old_settings.get("workers"), "ray": old_settings.get("ray")},
+            "scores": measured["scores"],
+            "labels": measured["labels"],
+            "is_canary": measured["is_canary"],
+            "metrics": measured["metrics"],
+            "empirical_epsilon": measured["empirical_epsilon"],
+            "canaries": measured["canaries"],
+            "rescored": {
+                "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "toolkit_version": __version__,
+                "from_attack": results.get("attack"),
+                "from_created": results.get("created"),
+                "signals_digest": results["signals"]["digest"],
+                "references_used": measured["references_used"],
+            },
+        }
+    )
     refs = dict(results.get("references") or {})
     if measured["references_used"] != refs.get("count"):
         mask = used.reference_in_mask[: measured["references_used"]]
-        refs.update(count=measured["references_used"], cache_keys=list(refs.get("cache_keys", []))[: measured["references_used"]],
-                    in_per_candidate={"min": int(mask.sum(0).min()) if mask.size else 0, "max": int(mask.sum(0).max()) if mask.size else 0})
+        refs.update(
+            count=measured["references_used"],
+            cache_keys=list(refs.get("cache_keys", []))[: measured["references_used"]],
+            in_per_candidate={"min": int(mask.sum(0).min()) if mask.size else 0, "max": int(mask.sum(0).max()) if mask.size else 0},
+        )
         out["references"] = refs
     return _jsonable(out)
-

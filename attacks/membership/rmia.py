@@ -47,11 +47,15 @@ class RmiaConfig:
         for k in ("a", "gamma", "temperature", "max_population"):
             v = getattr(self, k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
-                raise ForgeConfigError(f"RMIA setting {k}={v!r} must be a number", fix=f"give {k} as a number, e.g. {k}=1", code="attack.settings")
+                raise ForgeConfigError(
+                    f"RMIA setting {k}={v!r} must be a number", fix=f"give {k} as a number, e.g. {k}=1", code="attack.settings"
+                )
         if not isinstance(self.online, bool):
             raise ForgeConfigError(f"RMIA setting online={self.online!r} must be true or false", code="attack.settings")
         if self.a is not None and not (0.0 <= float(self.a) <= 1.0):
-            raise ForgeConfigError(f"RMIA a={self.a!r} must be in [0, 1]", fix="use e.g. 0.3, or leave it unset to tune it", code="attack.settings")
+            raise ForgeConfigError(
+                f"RMIA a={self.a!r} must be in [0, 1]", fix="use e.g. 0.3, or leave it unset to tune it", code="attack.settings"
+            )
         if not (float(self.gamma) > 0):
             raise ForgeConfigError(f"RMIA gamma={self.gamma!r} must be > 0", fix="use a value between 1 and 2", code="attack.settings")
         if not (float(self.temperature) > 0):

@@ -48,8 +48,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-
-from forge_secure.numbers import encode
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,11 +57,12 @@ import numpy as np
 from forge_secure import __version__
 from forge_secure.errors import ForgeConfigError, ForgeDataError, ForgeValueError
 from forge_secure.fileio import atomic_write_json, read_json_file
+from forge_secure.numbers import encode
 
 from ..references import train_references
+from .base import MEMBERSHIP_ATTACKS, TooFewReferences, make_attack
 from .evaluate import empirical_epsilon, measure  # noqa: F401  (empirical_epsilon: re-exported)
 from .signals import Signals
-from .base import MEMBERSHIP_ATTACKS, TooFewReferences, make_attack
 from .target import AttackTarget, load_target
 
 RESULTS_FORMAT = "forge-mia-results/1"
@@ -72,8 +71,20 @@ _NUM_OR_INF = {"anyOf": [{"type": "number"}, {"enum": ["inf", "-inf", "nan"]}]}
 RESULTS_SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
-    "required": ["format", "kind", "attack", "settings", "target", "scores", "labels", "metrics", "claimed_epsilon",
-                 "empirical_epsilon", "membership", "coin_flip"],
+    "required": [
+        "format",
+        "kind",
+        "attack",
+        "settings",
+        "target",
+        "scores",
+        "labels",
+        "metrics",
+        "claimed_epsilon",
+        "empirical_epsilon",
+        "membership",
+        "coin_flip",
+    ],
     "properties": {
         "format": {"const": RESULTS_FORMAT},
         "kind": {"const": "membership"},
@@ -119,8 +130,11 @@ class MiaSettings:
     def __post_init__(self) -> None:
         MEMBERSHIP_ATTACKS.get(self.attack)  # unknown names list the registered ones
         if not isinstance(self.references, int) or isinstance(self.references, bool) or not 0 <= self.references <= 4096:
-            raise ForgeConfigError(f"references={self.references!r} must be an integer from 0 to 4096", fix="use e.g. --references 16",
-                                   code="attack.references")
+            raise ForgeConfigError(
+                f"references={self.references!r} must be an integer from 0 to 4096",
+                fix="use e.g. --references 16",
+                code="attack.references",
+            )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ForgeConfigError(f"seed={self.seed!r} must be a non-negative integer", code="attack.seed")
         if not isinstance(self.n_boot, int) or self.n_boot < 10:
@@ -135,8 +149,13 @@ class MiaSettings:
 
     def make_attack(self):
         """The registered attack, given those of these settings that are its parameters."""
-        shared = {"online": self.online, "fixed_variance": self.fixed_variance, "a": self.rmia_a, "gamma": self.gamma,
-                  "temperature": self.temperature}
+        shared = {
+            "online": self.online,
+            "fixed_variance": self.fixed_variance,
+            "a": self.rmia_a,
+            "gamma": self.gamma,
+            "temperature": self.temperature,
+        }
         params = MEMBERSHIP_ATTACKS.get(self.attack)._get_param_names()
         return make_attack(self.attack, **{k: v for k, v in shared.items() if k in params})
 
@@ -145,7 +164,7 @@ class MiaSettings:
 class Candidates:
     """Candidate records, their membership labels (1 = member) and where the labels came from."""
 
-    data: Any                 # forge_secure.plugins.data.Dataset
+    data: Any  # forge_secure.plugins.data.Dataset
     labels: np.ndarray
     coin_flip: bool
     provenance: dict
@@ -173,8 +192,15 @@ def _commitment_check(meta: dict, seed: int, n: int) -> bool:
     return True
 
 
-def resolve_candidates(spec: str, *, meta: dict, membership_seed: int | None = None, nonmembers: str | None = None,
-                       label_column: str | None = None, check_data=None) -> Candidates:
+def resolve_candidates(
+    spec: str,
+    *,
+    meta: dict,
+    membership_seed: int | None = None,
+    nonmembers: str | None = None,
+    label_column: str | None = None,
+    check_data=None,
+) -> Candidates:
     """The candidate records and labels.
 
     - ``nonmembers`` given: ``spec`` holds the members and ``nonmembers`` the non-members
@@ -195,8 +221,9 @@ def resolve_candidates(spec: str, *, meta: dict, membership_seed: int | None = N
             check_data(non)
         data = members.concat(non, name=f"{members.name} + {non.name}")
         labels = np.r_[np.ones(len(members), np.int64), np.zeros(len(non), np.int64)]
-        return Candidates(data, labels, False, {"source": "explicit", "members": members.name, "non_members": non.name,
-                                                 "commitment_checked": False})
+        return Candidates(
+            data, labels, False, {"source": "explicit", "members": members.name, "non_members": non.name, "commitment_checked": False}
+        )
     record = (meta.get("data") or {}).get("membership") or {}
     if is_bundled(spec):
         _, shard, part = resolve_bundled(spec)
@@ -294,7 +321,8 @@ def run_mia(
     if settings.references < need:
         raise TooFewReferences(
             f"attack {settings.attack!r} ({attack._variant()}) needs at least {need} reference models, got {settings.references}",
-            fix=f"use --references {need} or more" + (", or --fixed-variance" if settings.attack == "lira" and not settings.fixed_variance else ""),
+            fix=f"use --references {need} or more"
+            + (", or --fixed-variance" if settings.attack == "lira" and not settings.fixed_variance else ""),
         )
     seed_sha = seed_sha256(membership_seed) if isinstance(membership_seed, int) and membership_seed >= 0 else None
     if seed_sha is None and is_bundled(data):
@@ -303,40 +331,69 @@ def run_mia(
         _, shard, _ = resolve_bundled(data)
         seed_sha = seed_sha256(shard.membership_seed) if shard is not None else None
     tgt = load_target(target, base=base, component=component, membership_seed_sha256=seed_sha)
-    cands = resolve_candidates(data, meta=tgt.meta, membership_seed=membership_seed, nonmembers=nonmembers, label_column=label_column,
-                               check_data=lambda d: _check_columns(tgt, d, "candidate data"))
+    cands = resolve_candidates(
+        data,
+        meta=tgt.meta,
+        membership_seed=membership_seed,
+        nonmembers=nonmembers,
+        label_column=label_column,
+        check_data=lambda d: _check_columns(tgt, d, "candidate data"),
+    )
     canary_block, cands = _with_canaries(tgt.meta, cands, canary_seed, use_canaries)
     if population == "auto":
-        population = "bundled:public" if is_bundled(data) and data.startswith("bundled:") else (
-            "bundled-digits:public" if is_bundled(data) else None)
+        population = (
+            "bundled:public"
+            if is_bundled(data) and data.startswith("bundled:")
+            else ("bundled-digits:public" if is_bundled(data) else None)
+        )
     pop = None
     if population not in (None, "none"):
         pop = load_data(population, label_column=label_column)
         _check_columns(tgt, pop, "population data")
     if attack.needs_population and pop is None:
-        raise ForgeValueError(f"attack {settings.attack!r} needs population data", fix="give --population (e.g. bundled:public)",
-                              code="attack.population_missing")
+        raise ForgeValueError(
+            f"attack {settings.attack!r} needs population data",
+            fix="give --population (e.g. bundled:public)",
+            code="attack.population_missing",
+        )
     # a recipe plugin of another base than the target's: plugin.base_mismatch, as everywhere
     recipe_meta = read_plugin(recipe, base=tgt.base, weights=False).meta if recipe is not None else tgt.meta
 
     refs = None
     n_refs = settings.references if need > 0 else 0
     if n_refs:
-        refs = train_references(recipe_meta, cands.data, pop, count=n_refs, seed=settings.seed, online=settings.online,
-                                workers=workers, ray=ray, cache=cache, base_digest=tgt.base.digest,
-                                mixture=tgt.mixture_context(), batch=batch)
+        refs = train_references(
+            recipe_meta,
+            cands.data,
+            pop,
+            count=n_refs,
+            seed=settings.seed,
+            online=settings.online,
+            workers=workers,
+            ray=ray,
+            cache=cache,
+            base_digest=tgt.base.digest,
+            mixture=tgt.mixture_context(),
+            batch=batch,
+        )
     t_logits = np.asarray(tgt.logits(cands.data.X), dtype=np.float64)
     pop_t_logits = np.asarray(tgt.logits(pop.X), dtype=np.float64) if pop is not None else None
     n, C = t_logits.shape
     signals = Signals(
-        target_logits=t_logits, class_labels=cands.data.y, membership=cands.labels,
+        target_logits=t_logits,
+        class_labels=cands.data.y,
+        membership=cands.labels,
         is_canary=np.asarray(cands.provenance.get("is_canary", np.zeros(len(cands.labels), bool)), dtype=bool),
         reference_logits=refs.candidate_logits if refs is not None else np.zeros((0, n, C)),
         reference_in_mask=refs.in_mask if refs is not None else np.zeros((0, n), bool),
-        population_target_logits=pop_t_logits, population_labels=pop.y if pop is not None else None,
-        population_reference_logits=(refs.population_logits if refs is not None else np.zeros((0, len(pop), C))) if pop is not None else None,
+        population_target_logits=pop_t_logits,
+        population_labels=pop.y if pop is not None else None,
+        population_reference_logits=(refs.population_logits if refs is not None else np.zeros((0, len(pop), C)))
+        if pop is not None
+        else None,
         population_in_mask=(refs.population_in_mask if refs is not None else np.zeros((0, len(pop)), bool)) if pop is not None else None,
-        online=settings.online, seed=settings.seed,
+        online=settings.online,
+        seed=settings.seed,
     )
     measured = measure(signals, settings, claimed=tgt.claimed_epsilon, coin_flip=cands.coin_flip, canary_block=canary_block)
     results = {
@@ -375,14 +432,18 @@ def _with_canaries(meta: dict, cands: Candidates, canary_seed: int | None, use: 
     count = int(record.get("count") or 0)
     if not count or not use:
         if canary_seed is not None and not count:
-            raise ForgeValueError("a canary seed was given but the target was trained without canaries",
-                                  fix="drop --canary-seed", code="attack.no_canaries")
+            raise ForgeValueError(
+                "a canary seed was given but the target was trained without canaries", fix="drop --canary-seed", code="attack.no_canaries"
+            )
         return ({"count": count, "used": False, "note": "not used"} if count else None), cands
     recorded = record.get("seed_sha256")
     if canary_seed is not None:
         if seed_sha256(canary_seed) != recorded:
-            raise ForgeValueError("the canary seed does not match the target's forge.json commitment",
-                                  fix="give the --canary-seed used for forge train --canaries", code="attack.canary_mismatch")
+            raise ForgeValueError(
+                "the canary seed does not match the target's forge.json commitment",
+                fix="give the --canary-seed used for forge train --canaries",
+                code="attack.canary_mismatch",
+            )
         seed = canary_seed
     else:
         guess = default_canary_seed(str(meta.get("site", "")), int((meta.get("training") or {}).get("seed", 0)))
@@ -392,10 +453,14 @@ def _with_canaries(meta: dict, cands: Candidates, canary_seed: int | None, use: 
     canaries, included = canary_set(count, cands.data, seed)
     data = cands.data.concat(canaries, name=cands.data.name + f" + {count} canaries")
     labels = np.r_[cands.labels, included.astype(np.int64)]
-    provenance = {**cands.provenance, "canaries": count,
-                  "is_canary": np.r_[np.zeros(len(cands.data), bool), np.ones(count, bool)]}
-    block = {"count": count, "used": True, "included": int(included.sum()), "seed_sha256": recorded,
-             "include_prob": record.get("include_prob", 0.5)}
+    provenance = {**cands.provenance, "canaries": count, "is_canary": np.r_[np.zeros(len(cands.data), bool), np.ones(count, bool)]}
+    block = {
+        "count": count,
+        "used": True,
+        "included": int(included.sum()),
+        "seed_sha256": recorded,
+        "include_prob": record.get("include_prob", 0.5),
+    }
     return block, Candidates(data, labels, cands.coin_flip and abs(float(record.get("include_prob", 0.5)) - 0.5) < 1e-12, provenance)
 
 
@@ -413,19 +478,31 @@ def validate_results(data: Any, where: str = "results") -> dict:
     import jsonschema
 
     if not isinstance(data, dict):
-        raise ForgeDataError(f"{where} holds a {type(data).__name__}, not a results object", fix="give a file written by forge attack mia",
-                             code="attack.results_invalid")
+        raise ForgeDataError(
+            f"{where} holds a {type(data).__name__}, not a results object",
+            fix="give a file written by forge attack mia",
+            code="attack.results_invalid",
+        )
     if data.get("format") != RESULTS_FORMAT:
-        raise ForgeDataError(f"{where} has format {data.get('format')!r}, expected {RESULTS_FORMAT!r}",
-                             fix="give a file written by forge attack mia", code="attack.results_format")
+        raise ForgeDataError(
+            f"{where} has format {data.get('format')!r}, expected {RESULTS_FORMAT!r}",
+            fix="give a file written by forge attack mia",
+            code="attack.results_format",
+        )
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(RESULTS_SCHEMA).iter_errors(data))
     if error is not None:
         at = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ForgeDataError(f"{where} is invalid at {at}: {error.message[:200]}", fix="rerun forge attack mia; the file may be damaged",
-                             code="attack.results_invalid")
+        raise ForgeDataError(
+            f"{where} is invalid at {at}: {error.message[:200]}",
+            fix="rerun forge attack mia; the file may be damaged",
+            code="attack.results_invalid",
+        )
     if len(data["scores"]) != len(data["labels"]):
-        raise ForgeDataError(f"{where} has {len(data['scores'])} scores but {len(data['labels'])} labels",
-                             fix="rerun forge attack mia; the file may be damaged", code="attack.results_invalid")
+        raise ForgeDataError(
+            f"{where} has {len(data['scores'])} scores but {len(data['labels'])} labels",
+            fix="rerun forge attack mia; the file may be damaged",
+            code="attack.results_invalid",
+        )
     return data
 
 
@@ -446,7 +523,8 @@ def summary_lines(results: dict) -> list[str]:
     for r in m["tpr_at_fpr"]:
         lines.append(
             f"TPR at {100 * r['target_fpr']:g}% FPR: {100 * r['tpr']:.1f}% (CI {100 * r['ci'][0]:.1f}-{100 * r['ci'][1]:.1f}%), "
-            f"FPR reached {100 * r['fpr_reached']:.2f}%" + (" (below 1/N: not resolvable)" if r["min_resolvable_fpr"] > r["target_fpr"] else "")
+            f"FPR reached {100 * r['fpr_reached']:.2f}%"
+            + (" (below 1/N: not resolvable)" if r["min_resolvable_fpr"] > r["target_fpr"] else "")
         )
     one = e.get("one_run")
     lines.append(

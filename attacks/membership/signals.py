@@ -52,8 +52,12 @@ _ARRAYS: dict[str, tuple[str, int, bool]] = {
 }
 
 # the arrays whose shape cannot be read back from an empty list, and what gives it
-_EMPTY_SHAPES = {"reference_logits": "target_logits", "reference_in_mask": "target_logits",
-                 "population_reference_logits": "population_target_logits", "population_in_mask": "population_target_logits"}
+_EMPTY_SHAPES = {
+    "reference_logits": "target_logits",
+    "reference_in_mask": "target_logits",
+    "population_reference_logits": "population_target_logits",
+    "population_in_mask": "population_target_logits",
+}
 
 
 def array_digest(name: str, a: np.ndarray) -> str:
@@ -111,8 +115,12 @@ class Signals:
             m = self.population_target_logits.shape[0]
             if self.population_labels is None or self.population_labels.shape != (m,):
                 raise _bad("population_labels does not match population_target_logits")
-            if R and (self.population_reference_logits is None or self.population_reference_logits.shape[:2] != (R, m)
-                      or self.population_in_mask is None or self.population_in_mask.shape != (R, m)):
+            if R and (
+                self.population_reference_logits is None
+                or self.population_reference_logits.shape[:2] != (R, m)
+                or self.population_in_mask is None
+                or self.population_in_mask.shape != (R, m)
+            ):
                 raise _bad("the references' population signals do not match the population")
         if not set(np.unique(self.membership)) <= {0, 1}:
             raise _bad("membership labels must be 0 or 1")
@@ -121,7 +129,7 @@ class Signals:
     def references(self) -> int:
         return int(self.reference_logits.shape[0])
 
-    def first(self, k: int) -> "Signals":
+    def first(self, k: int) -> Signals:
         """The signals of the first ``k`` references (what a run with ``k`` references gets:
         reference i's split and seed depend only on the run's seed and i)."""
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -133,17 +141,24 @@ class Signals:
     def reference_set(self):
         from attacks.references import ReferenceSet
 
-        return ReferenceSet(candidate_logits=self.reference_logits, in_mask=self.reference_in_mask,
-                            population_logits=self.population_reference_logits, population_in_mask=self.population_in_mask,
-                            online=self.online, seed=self.seed)
+        return ReferenceSet(
+            candidate_logits=self.reference_logits,
+            in_mask=self.reference_in_mask,
+            population_logits=self.population_reference_logits,
+            population_in_mask=self.population_in_mask,
+            online=self.online,
+            seed=self.seed,
+        )
 
     def digests(self) -> dict[str, str]:
         return {name: array_digest(name, getattr(self, name)) for name in _ARRAYS if getattr(self, name) is not None}
 
     def to_json(self) -> dict[str, Any]:
         digests = self.digests()
-        doc: dict[str, Any] = {"format": SIGNALS_FORMAT,
-                               "references": {"mode": "online" if self.online else "offline", "seed": int(self.seed)}}
+        doc: dict[str, Any] = {
+            "format": SIGNALS_FORMAT,
+            "references": {"mode": "online" if self.online else "offline", "seed": int(self.seed)},
+        }
         for name in _ARRAYS:
             v = getattr(self, name)
             doc[name] = None if v is None else v.astype(int if v.dtype == bool else v.dtype).tolist()
@@ -152,17 +167,24 @@ class Signals:
         return doc
 
     @classmethod
-    def from_json(cls, doc: Any, where: str = "results") -> "Signals":
+    def from_json(cls, doc: Any, where: str = "results") -> Signals:
         """Read the signals block of a results file and check every digest."""
         if doc is None:
-            raise ForgeDataError(f"{where} keeps no per-record signals (written by an older forge attack mia)",
-                                 fix="rerun forge attack mia on the target to get a file that can be rescored", code="attack.no_signals")
+            raise ForgeDataError(
+                f"{where} keeps no per-record signals (written by an older forge attack mia)",
+                fix="rerun forge attack mia on the target to get a file that can be rescored",
+                code="attack.no_signals",
+            )
         if not isinstance(doc, dict) or doc.get("format") != SIGNALS_FORMAT:
             raise _bad(f"{where}: the signals block is not in format {SIGNALS_FORMAT!r}")
         refs = doc.get("references")
         digests = doc.get("digests")
-        if not isinstance(refs, dict) or refs.get("mode") not in ("online", "offline") or not isinstance(refs.get("seed"), int) \
-                or not isinstance(digests, dict):
+        if (
+            not isinstance(refs, dict)
+            or refs.get("mode") not in ("online", "offline")
+            or not isinstance(refs.get("seed"), int)
+            or not isinstance(digests, dict)
+        ):
             raise _bad(f"{where}: the signals block lacks its reference settings or digests")
         kw: dict[str, Any] = {}
         for name, (kind, ndim, _optional) in _ARRAYS.items():
@@ -188,7 +210,8 @@ class Signals:
         edited = sorted(k for k in set(actual) | set(digests) if actual.get(k) != digests.get(k))
         if edited or doc.get("digest") != _overall(digests, refs):
             raise ForgeDataError(
-                f"{where}: the signals do not match their digests " f"({', '.join(edited) or 'digest list'} changed since the file was written)",
+                f"{where}: the signals do not match their digests "
+                f"({', '.join(edited) or 'digest list'} changed since the file was written)",
                 fix="use the results file as forge attack mia wrote it, or rerun the attack",
                 code="attack.signals_tampered",
             )

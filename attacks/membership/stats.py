@@ -23,7 +23,9 @@ def _check(logits, labels) -> tuple[np.ndarray, np.ndarray]:
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels)
     if z.ndim < 2:
-        raise ForgeValueError(f"logits must have a class axis, got shape {z.shape}", fix="pass (..., n, C) logits", code="attack.logits_shape")
+        raise ForgeValueError(
+            f"logits must have a class axis, got shape {z.shape}", fix="pass (..., n, C) logits", code="attack.logits_shape"
+        )
     if z.shape[-1] < 2:
         raise ForgeValueError(f"logits have {z.shape[-1]} class, need at least 2", code="attack.logits_shape")
     if y.ndim != 1 or y.shape[0] != z.shape[-2]:
@@ -39,7 +41,9 @@ def _check(logits, labels) -> tuple[np.ndarray, np.ndarray]:
             code="attack.labels_range",
         )
     if not np.all(np.isfinite(z)):
-        raise ForgeValueError("logits contain NaN or infinity", fix="check the model (it may have diverged)", code="attack.logits_nonfinite")
+        raise ForgeValueError(
+            "logits contain NaN or infinity", fix="check the model (it may have diverged)", code="attack.logits_nonfinite"
+        )
     return z, y.astype(np.int64)
 
 

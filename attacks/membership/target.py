@@ -30,10 +30,10 @@ class AttackTarget:
     """A model under attack, whatever its form."""
 
     path: Path
-    kind: str                 # "plugin" | "merged" | "mixture"
-    model: Any                # Plugin or Mixture: has logits(X)
-    base: Any                 # forge_secure.plugins.bases.Base
-    meta: dict                # forge.json of the plugin (for a mixture: of the attacked component)
+    kind: str  # "plugin" | "merged" | "mixture"
+    model: Any  # Plugin or Mixture: has logits(X)
+    base: Any  # forge_secure.plugins.bases.Base
+    meta: dict  # forge.json of the plugin (for a mixture: of the attacked component)
     component: int | None = None
     info: dict = field(default_factory=dict)
 
@@ -79,8 +79,9 @@ def _load_base(name: str | None):
     return load_base(name)
 
 
-def load_target(path: str | Path, *, base: str | None = None, component: str | None = None,
-                membership_seed_sha256: str | None = None) -> AttackTarget:
+def load_target(
+    path: str | Path, *, base: str | None = None, component: str | None = None, membership_seed_sha256: str | None = None
+) -> AttackTarget:
     """Load a plugin or Mixture directory. ``base`` names the base model the caller expects:
     a target trained on another base digest is refused."""
     from forge_secure.plugins.record import check_folder
@@ -104,12 +105,16 @@ def _load_mixture_target(path: Path, base, component: str | None, seed_sha: str 
     j: int | None = None
     if component is not None:
         if component not in sites:
-            raise ForgeValueError(f"the mixture has no component for site {component!r}", fix=f"use one of: {', '.join(sites)}",
-                                  code="attack.unknown_component")
+            raise ForgeValueError(
+                f"the mixture has no component for site {component!r}",
+                fix=f"use one of: {', '.join(sites)}",
+                code="attack.unknown_component",
+            )
         j = sites.index(component)
     elif seed_sha is not None:
-        hits = [i for i, p in enumerate(mixture.plugins)
-                if ((p.meta.get("data") or {}).get("membership") or {}).get("seed_sha256") == seed_sha]
+        hits = [
+            i for i, p in enumerate(mixture.plugins) if ((p.meta.get("data") or {}).get("membership") or {}).get("seed_sha256") == seed_sha
+        ]
         j = hits[0] if len(hits) == 1 else None
     if j is None and len(mixture.plugins) == 1:
         j = 0
@@ -120,6 +125,10 @@ def _load_mixture_target(path: Path, base, component: str | None, seed_sha: str 
             code="attack.unknown_component",
         )
     plugin = mixture.plugins[j]
-    info = {"mixture_sha256": sha256_file(path / MIXTURE_FILE), "component": sites[j], "components": sites,
-            "adapter_digest": plugin.digest()}
+    info = {
+        "mixture_sha256": sha256_file(path / MIXTURE_FILE),
+        "component": sites[j],
+        "components": sites,
+        "adapter_digest": plugin.digest(),
+    }
     return AttackTarget(path, "mixture", mixture, mixture.base, plugin.meta, component=j, info=info)

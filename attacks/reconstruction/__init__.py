@@ -20,16 +20,45 @@ from .features import FeatureSpec
 from .gradients import DPSetting, LoraFunctional, gradient_from_update, noisy_dp_gradient, one_step_update
 from .image import ImageInversion, ImageInversionConfig
 from .informed import InformedAdversary, InformedConfig, expected_run, simulate_dpsgd
-from .merged import REDO_METHODS, MergeRedo
-from .measures import image_baseline, image_success, tabular_baseline, tabular_success
 from .inversions import INVERSIONS
+from .measures import image_baseline, image_success, tabular_baseline, tabular_success
+from .merged import REDO_METHODS, MergeRedo
 from .run import RECONSTRUCTION_ATTACKS, ReconSettings, run_canary, run_gradient, run_informed
 from .tabular import Reconstruction, TabularInversion, TabularInversionConfig
 
 __all__ = [
-    "INVERSIONS", "RECONSTRUCTION_ATTACKS", "CanaryConfig", "CanaryExposure", "DPSetting", "FeatureSpec", "ImageInversion", "ImageInversionConfig",
-    "InformedAdversary", "InformedConfig", "LoraFunctional", "MergeRedo", "REDO_METHODS", "expected_run", "ReRoBound", "ReconSettings", "Reconstruction",
-    "TabularInversion", "TabularInversionConfig", "exposure", "gradient_from_update", "image_baseline", "image_success",
-    "noisy_dp_gradient", "one_step_update", "rero_bound_dp", "rero_bound_dpsgd", "rero_bound_from_meta", "run_canary",
-    "run_gradient", "run_informed", "simulate_dpsgd", "tabular_baseline", "tabular_success",
+    "INVERSIONS",
+    "RECONSTRUCTION_ATTACKS",
+    "CanaryConfig",
+    "CanaryExposure",
+    "DPSetting",
+    "FeatureSpec",
+    "ImageInversion",
+    "ImageInversionConfig",
+    "InformedAdversary",
+    "InformedConfig",
+    "LoraFunctional",
+    "MergeRedo",
+    "REDO_METHODS",
+    "expected_run",
+    "ReRoBound",
+    "ReconSettings",
+    "Reconstruction",
+    "TabularInversion",
+    "TabularInversionConfig",
+    "exposure",
+    "gradient_from_update",
+    "image_baseline",
+    "image_success",
+    "noisy_dp_gradient",
+    "one_step_update",
+    "rero_bound_dp",
+    "rero_bound_dpsgd",
+    "rero_bound_from_meta",
+    "run_canary",
+    "run_gradient",
+    "run_informed",
+    "simulate_dpsgd",
+    "tabular_baseline",
+    "tabular_success",
 ]

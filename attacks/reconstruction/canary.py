@@ -16,8 +16,8 @@ reported with a Clopper-Pearson interval beside the ReRo bound for kappa = 1/|R|
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -37,8 +37,12 @@ class CanaryConfig:
     def __post_init__(self) -> None:
         reps = tuple(self.repetitions)
         if not reps or not all(isinstance(r, (int, np.integer)) and r >= 0 for r in reps) or len(set(reps)) != len(reps) or max(reps) < 1:
-            raise ForgeValueError(f"repetitions must be distinct integers >= 0 (0 = a control canary never inserted), at least one "
-                                  f"above 0, got {self.repetitions!r}", fix="use e.g. --repetitions 0,1,2,4,8", code="recon.config")
+            raise ForgeValueError(
+                f"repetitions must be distinct integers >= 0 (0 = a control canary never inserted), at least one "
+                f"above 0, got {self.repetitions!r}",
+                fix="use e.g. --repetitions 0,1,2,4,8",
+                code="recon.config",
+            )
         self.repetitions = tuple(sorted(int(r) for r in reps))
         if not (isinstance(self.canaries_per_repetition, int) and self.canaries_per_repetition >= 1):
             raise ForgeValueError(f"canaries_per_repetition must be >= 1, got {self.canaries_per_repetition!r}", code="recon.config")
@@ -83,7 +87,7 @@ class CanaryExposure(ConfigEstimator):
 
     Config = CanaryConfig
 
-    def fit(self, data, make_canaries: Callable, seed: int = 0) -> "CanaryExposure":
+    def fit(self, data, make_canaries: Callable, seed: int = 0) -> CanaryExposure:
         """``data`` is a ``forge_secure.plugins.Dataset``; ``make_canaries(m, like, seed)`` draws
         canaries. Builds ``training_set_`` = data + every canary repeated r times."""
         cfg = self.config
@@ -100,8 +104,9 @@ class CanaryExposure(ConfigEstimator):
         self.data_ = data
         return self
 
-    def score(self, logits_fn: Callable[[np.ndarray], np.ndarray],
-              reference_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    def score(
+        self, logits_fn: Callable[[np.ndarray], np.ndarray], reference_fn: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> np.ndarray:
         """Exposure (bits) of every canary, ordered like ``reps_``.
 
         With ``reference_fn`` (the public base model, which never saw a canary) candidates are
@@ -130,7 +135,9 @@ class CanaryExposure(ConfigEstimator):
         ReRo bound for kappa = 1/|R|."""
         self._check_fitted("the canary exposure test")
         if not hasattr(self, "ranks_"):
-            raise ForgeValueError("the canaries are not scored yet", fix="call score(logits_fn) before summary(...)", code="attack.not_fitted")
+            raise ForgeValueError(
+                "the canaries are not scored yet", fix="call score(logits_fn) before summary(...)", code="attack.not_fitted"
+            )
         cfg = self.config
         rows = []
         for r in cfg.repetitions:
@@ -138,9 +145,16 @@ class CanaryExposure(ConfigEstimator):
             e = exposures[sel]
             top = int((self.ranks_[sel] == 1).sum())
             lo, hi = clopper_pearson(top, int(sel.sum()), 0.95)
-            rows.append({"repetitions": r, "canaries": int(sel.sum()), "mean_exposure_bits": float(e.mean()),
-                         "min_exposure_bits": float(e.min()), "max_exposure_bits": float(e.max()),
-                         "rank1": {"rate": top / int(sel.sum()), "successes": top, "trials": int(sel.sum()), "ci": [lo, hi]}})
+            rows.append(
+                {
+                    "repetitions": r,
+                    "canaries": int(sel.sum()),
+                    "mean_exposure_bits": float(e.mean()),
+                    "min_exposure_bits": float(e.min()),
+                    "max_exposure_bits": float(e.max()),
+                    "rank1": {"rate": top / int(sel.sum()), "successes": top, "trials": int(sel.sum()), "ci": [lo, hi]},
+                }
+            )
         return {
             "by_repetition": rows,
             "candidates": cfg.candidates,

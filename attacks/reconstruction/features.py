@@ -88,7 +88,7 @@ class FeatureSpec:
         *,
         margin: float = 0.05,
         names: tuple[str, ...] | list = (),
-    ) -> "FeatureSpec":
+    ) -> FeatureSpec:
         """Bounds (the prior's range widened by ``margin`` of it on each side) and standard
         deviations from population records ``prior`` of shape (n, d)."""
         prior = np.asarray(prior, dtype=np.float64)

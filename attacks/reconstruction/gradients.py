@@ -23,8 +23,8 @@ or only B for FFA) is read from the plugin's ``forge.json``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -58,8 +58,7 @@ class LoraFunctional:
     Holds a private frozen copy of the model in eval mode; the plugin itself is never changed.
     """
 
-    def __init__(self, model: nn.Module, trainable: Sequence[str] | None = None, *, ffa: bool = False,
-                 dtype: torch.dtype = torch.float64):
+    def __init__(self, model: nn.Module, trainable: Sequence[str] | None = None, *, ffa: bool = False, dtype: torch.dtype = torch.float64):
         # float64 by default: gradients of confidently classified records can be ~1e-10, where
         # float32 cosines lose their direction
         self.dtype = dtype
@@ -172,7 +171,7 @@ class DPSetting:
             )
 
     @classmethod
-    def from_meta(cls, dp: Mapping) -> "DPSetting | None":
+    def from_meta(cls, dp: Mapping) -> DPSetting | None:
         """``None`` for a plugin trained without DP."""
         if not dp or not dp.get("enabled"):
             return None
@@ -231,8 +230,9 @@ def to_tensor(x: np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor
     return torch.tensor(np.asarray(x), dtype=dtype)
 
 
-def prepare_observed(fn: "LoraFunctional", target: Grads, batch_size: int, labels, n_classes, label_mode: str,
-                     distance: str) -> tuple[list, Grads]:
+def prepare_observed(
+    fn: LoraFunctional, target: Grads, batch_size: int, labels, n_classes, label_mode: str, distance: str
+) -> tuple[list, Grads]:
     """The checks and set-up every gradient-inversion attack does first: the observed update must
     hold exactly the plugin's trainable LoRA tensors and be finite and non-zero; returns the label
     candidates and the observed update normalised for ``distance``."""

@@ -43,7 +43,9 @@ class ImageInversionConfig:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.steps, int) and self.steps >= 1 and isinstance(self.restarts, int) and self.restarts >= 1):
-            raise ForgeValueError(f"steps and restarts must be positive integers, got {self.steps!r}, {self.restarts!r}", code="recon.config")
+            raise ForgeValueError(
+                f"steps and restarts must be positive integers, got {self.steps!r}, {self.restarts!r}", code="recon.config"
+            )
         if not (self.lr > 0 and self.tv_weight >= 0):
             raise ForgeValueError(f"need lr > 0 and tv_weight >= 0, got lr={self.lr}, tv_weight={self.tv_weight}", code="recon.config")
         if self.labels not in LABEL_MODES:
@@ -67,7 +69,7 @@ class ImageInversion(ConfigEstimator):
 
     Config = ImageInversionConfig
 
-    def fit(self, fn: LoraFunctional, image_shape: tuple[int, ...]) -> "ImageInversion":
+    def fit(self, fn: LoraFunctional, image_shape: tuple[int, ...]) -> ImageInversion:
         """Attach the attacked plugin (before the update) and the shape of one image (C, H, W)."""
         self._check_settings()  # the settings' values are checked here
         self._clear_fitted()
@@ -119,4 +121,6 @@ class ImageInversion(ConfigEstimator):
         best = int(np.argmin(final))
         set_index = best // R
         per_set = final.reshape(len(label_sets), R)
-        return Reconstruction(x.detach()[best].numpy().astype(np.float64), np.asarray(label_sets[set_index]), float(final[best]), per_set[set_index])
+        return Reconstruction(
+            x.detach()[best].numpy().astype(np.float64), np.asarray(label_sets[set_index]), float(final[best]), per_set[set_index]
+        )

@@ -73,15 +73,18 @@ class InformedConfig:
     def __post_init__(self) -> None:
         DPSetting(self.noise_multiplier, self.max_grad_norm, self.sample_rate, self.steps)  # validates
         if not (isinstance(self.candidates, int) and self.candidates >= 2):
-            raise ForgeValueError(f"need at least 2 candidates, got {self.candidates!r}", fix="use e.g. --candidates 10", code="recon.config")
+            raise ForgeValueError(
+                f"need at least 2 candidates, got {self.candidates!r}", fix="use e.g. --candidates 10", code="recon.config"
+            )
         if self.mode not in INFORMED_MODES:
-            raise ForgeValueError(f"unknown informed-adversary mode {self.mode!r}", fix=f"use one of: {', '.join(INFORMED_MODES)}",
-                                  code="recon.config")
+            raise ForgeValueError(
+                f"unknown informed-adversary mode {self.mode!r}", fix=f"use one of: {', '.join(INFORMED_MODES)}", code="recon.config"
+            )
         if not self.lr > 0:
             raise ForgeValueError(f"lr must be > 0, got {self.lr!r}", code="recon.config")
 
     @classmethod
-    def from_meta(cls, meta: dict, **overrides) -> "InformedConfig":
+    def from_meta(cls, meta: dict, **overrides) -> InformedConfig:
         """The recipe recorded in a plugin's forge.json (no DP: noise 0, sample rate from the
         batch size over the row count, steps from the epochs)."""
         dp = meta.get("dp") or {}
@@ -89,16 +92,27 @@ class InformedConfig:
         rows = int((meta.get("data") or {}).get("rows") or 1)
         try:
             if dp.get("enabled"):
-                kw: dict[str, Any] = dict(noise_multiplier=float(dp["noise_multiplier"]), sample_rate=float(dp["sample_rate"]),
-                          steps=int(dp["steps"]), max_grad_norm=float(dp["max_grad_norm"]))
+                kw: dict[str, Any] = dict(
+                    noise_multiplier=float(dp["noise_multiplier"]),
+                    sample_rate=float(dp["sample_rate"]),
+                    steps=int(dp["steps"]),
+                    max_grad_norm=float(dp["max_grad_norm"]),
+                )
             else:
                 q = min(1.0, float(tr.get("batch_size", rows)) / rows)
-                kw = dict(noise_multiplier=0.0, sample_rate=q, steps=max(1, int(round(int(tr.get("epochs", 1)) / q))),
-                          max_grad_norm=float(dp.get("max_grad_norm") or 1.0))
+                kw = dict(
+                    noise_multiplier=0.0,
+                    sample_rate=q,
+                    steps=max(1, int(round(int(tr.get("epochs", 1)) / q))),
+                    max_grad_norm=float(dp.get("max_grad_norm") or 1.0),
+                )
             kw["lr"] = float(tr.get("lr", 0.05))
         except (KeyError, TypeError, ValueError) as e:
-            raise ForgeValueError(f"the plugin's training record is malformed ({e.__class__.__name__}: {e})",
-                                  fix="attack a plugin written by forge train", code="recon.dp_record") from None
+            raise ForgeValueError(
+                f"the plugin's training record is malformed ({e.__class__.__name__}: {e})",
+                fix="attack a plugin written by forge train",
+                code="recon.dp_record",
+            ) from None
         kw.update(overrides)
         return cls(**kw)
 
@@ -182,16 +196,27 @@ class MergeRelease:
     change given the merged tensors alone; they are redone from every parent by
     :class:`attacks.reconstruction.merged.MergeRedo` (and refused here)."""
 
-    def __init__(self, merged: LoraFunctional, weight: float, site_start: dict, *, scaling: float = 1.0, method: str = "ffa",
-                 site_frozen: dict | None = None):
+    def __init__(
+        self,
+        merged: LoraFunctional,
+        weight: float,
+        site_start: dict,
+        *,
+        scaling: float = 1.0,
+        method: str = "ffa",
+        site_frozen: dict | None = None,
+    ):
         if not (0.0 < float(weight) <= 1.0):
             raise ForgeValueError(f"merge weight {weight!r} of the recipe site is not in (0, 1]", code="recon.merge_weight")
         self.fn = merged
         self.weight = float(weight)
         self.start = {n: p.detach().clone() for n, p in site_start.items()}
         self.blocks: dict[str, tuple[int, int, float]] | None = None  # name -> (offset, rank, factor) for exact
-        refuse = ForgeValueError(f"cannot redo the {method!r} merge from the recipe site's tensors: they do not line up with the merged plugin's",
-                                 fix="attack an ffa, ffa-ckks or exact merge, or the site plugin itself", code="recon.merge_method")
+        refuse = ForgeValueError(
+            f"cannot redo the {method!r} merge from the recipe site's tensors: they do not line up with the merged plugin's",
+            fix="attack an ffa, ffa-ckks or exact merge, or the site plugin itself",
+            code="recon.merge_method",
+        )
         if set(merged.params) == set(site_start) and all(merged.params[n].shape == site_start[n].shape for n in site_start):
             return
         if method != "exact" or not set(site_start) <= set(merged.params):
@@ -210,8 +235,9 @@ class MergeRelease:
             r = B.shape[1]
             found = None
             for off in range(0, mB.shape[1] - r + 1):
-                if torch.allclose(mB[:, off:off + r], B, rtol=1e-5, atol=1e-8) and \
-                        torch.allclose(merged.params[na][off:off + r], factor * site_all[na].to(mB.dtype), rtol=1e-4, atol=1e-7):
+                if torch.allclose(mB[:, off : off + r], B, rtol=1e-5, atol=1e-8) and torch.allclose(
+                    merged.params[na][off : off + r], factor * site_all[na].to(mB.dtype), rtol=1e-4, atol=1e-7
+                ):
                     found = off
                     break
             if found is None:
@@ -232,9 +258,9 @@ class MergeRelease:
                 continue
             m = m.clone()
             if ".lora_B." in n:
-                m[:, off:off + r] = site_params[n]
+                m[:, off : off + r] = site_params[n]
             else:
-                m[off:off + r] = f * site_params[n]
+                m[off : off + r] = f * site_params[n]
             out[n] = m
         return out
 
@@ -246,8 +272,9 @@ class InformedAdversary(ConfigEstimator):
 
     Config = InformedConfig
 
-    def fit(self, fn: LoraFunctional, known_X: np.ndarray, known_y: np.ndarray, *,
-            release: MergeRelease | MergeRedo | None = None) -> "InformedAdversary":
+    def fit(
+        self, fn: LoraFunctional, known_X: np.ndarray, known_y: np.ndarray, *, release: MergeRelease | MergeRedo | None = None
+    ) -> InformedAdversary:
         """The starting plugin and the records the adversary knows (all but the target);
         ``release`` (mode ``model`` only): the attacker sees the merge re-released after the run."""
         self._check_settings()  # the settings' values are checked here
@@ -255,8 +282,7 @@ class InformedAdversary(ConfigEstimator):
         if len(known_X) != len(known_y) or len(known_X) < 1:
             raise ForgeDataError(f"{len(known_X)} known records with {len(known_y)} labels", code="recon.data")
         if release is not None and self.config.mode != "model":
-            raise ForgeValueError("on a merged plugin the attacker sees only the released merge", fix="use mode model",
-                                  code="recon.config")
+            raise ForgeValueError("on a merged plugin the attacker sees only the released merge", fix="use mode model", code="recon.config")
         self.release_ = release
         self.fn_ = fn
         self.known_X_ = torch.tensor(np.asarray(known_X), dtype=fn.dtype)
@@ -275,8 +301,11 @@ class InformedAdversary(ConfigEstimator):
         if cfg.mode == "model":
             released = transcript.final
             if released is None:
-                raise ForgeDataError("the transcript holds no final parameters (the released model)",
-                                     fix="score a transcript of a whole run: its final parameters are what the attacker sees", code="recon.data")
+                raise ForgeDataError(
+                    "the transcript holds no final parameters (the released model)",
+                    fix="score a transcript of a whole run: its final parameters are what the attacker sees",
+                    code="recon.data",
+                )
             if isinstance(self.release_, MergeRedo):
                 # a redone merge (ties, dare, sequential): the candidate whose expected run, merged
                 # with the other parents, lands nearest the released merge
@@ -285,7 +314,7 @@ class InformedAdversary(ConfigEstimator):
                     observed = redo.deltas(released)
                     out = np.empty(len(cx))
                     for i in range(len(cx)):
-                        final = expected_run(fn, torch.cat([self.known_X_, cx[i:i + 1]]), torch.cat([self.known_y_, cy[i:i + 1]]), cfg)
+                        final = expected_run(fn, torch.cat([self.known_X_, cx[i : i + 1]]), torch.cat([self.known_y_, cy[i : i + 1]]), cfg)
                         out[i] = -redo.distance(observed, redo.deltas(final))
                 return out
             if isinstance(self.release_, MergeRelease):

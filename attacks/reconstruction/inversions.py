@@ -44,8 +44,15 @@ def rate_bound(dp: DPSetting | None, kappa: float, samples: int, seed: int) -> d
     if dp is None:
         return {"bound": 1.0, "kappa": kappa, "note": "no noise: no bound"}
     b = rero_bound_dpsgd(dp.noise_multiplier, 1.0, 1, kappa, samples=samples, seed=seed)
-    return {"bound": b.bound, "mc_stderr": b.mc_stderr, "kappa": kappa, "noise_multiplier": dp.noise_multiplier,
-            "sample_rate": 1.0, "steps": 1, "method": b.method + ", one observed step"}
+    return {
+        "bound": b.bound,
+        "mc_stderr": b.mc_stderr,
+        "kappa": kappa,
+        "noise_multiplier": dp.noise_multiplier,
+        "sample_rate": 1.0,
+        "steps": 1,
+        "method": b.method + ", one observed step",
+    }
 
 
 class Inversion:
@@ -60,8 +67,9 @@ class Inversion:
     def config(self):
         return self.attack.config
 
-    def outcome(self, plugin, recs: list[np.ndarray], truths: list[np.ndarray], prior, dp: DPSetting | None, settings,
-                plot: str | Path | None) -> dict:
+    def outcome(
+        self, plugin, recs: list[np.ndarray], truths: list[np.ndarray], prior, dp: DPSetting | None, settings, plot: str | Path | None
+    ) -> dict:
         raise NotImplementedError
 
 
@@ -77,17 +85,30 @@ class ImageKind(Inversion):
         succ = image_success(recs, truths, pool)
         base = image_baseline(truths, prior.X, pool, seed=s.seed)
         ident = succ["nn_identification"]
-        out = {"success": succ, "baseline": base,
-               "bound": {"nn_identification": rate_bound(dp, base["nn_identification"]["ci"][1] or 1.0 / (len(pool) + 1),
-                                                         s.bound_samples, s.seed)},
-               "headline": {"metric": "nearest-neighbour identification", "rate": ident["rate"], "ci": ident["ci"],
-                            "baseline": base["nn_identification"]["rate"], "psnr_db": succ["psnr_db"]["mean"],
-                            "baseline_psnr_db": base["psnr_db"]["mean"]}}
+        out = {
+            "success": succ,
+            "baseline": base,
+            "bound": {
+                "nn_identification": rate_bound(dp, base["nn_identification"]["ci"][1] or 1.0 / (len(pool) + 1), s.bound_samples, s.seed)
+            },
+            "headline": {
+                "metric": "nearest-neighbour identification",
+                "rate": ident["rate"],
+                "ci": ident["ci"],
+                "baseline": base["nn_identification"]["rate"],
+                "psnr_db": succ["psnr_db"]["mean"],
+                "baseline_psnr_db": base["psnr_db"]["mean"],
+            },
+        }
         if plot:
             k = min(8, len(recs))
-            plots.image_figure(np.concatenate(truths[:k]), np.concatenate([r[match_images(r, t)] for r, t in zip(recs[:k], truths[:k])]),
-                               plot, f"gradient inversion of {plugin.base.name} plugin updates "
-                               f"(PSNR {succ['psnr_db']['mean']:.1f} dB, baseline {base['psnr_db']['mean']:.1f} dB)")
+            plots.image_figure(
+                np.concatenate(truths[:k]),
+                np.concatenate([r[match_images(r, t)] for r, t in zip(recs[:k], truths[:k], strict=True)]),
+                plot,
+                f"gradient inversion of {plugin.base.name} plugin updates "
+                f"(PSNR {succ['psnr_db']['mean']:.1f} dB, baseline {base['psnr_db']['mean']:.1f} dB)",
+            )
         return out
 
 
@@ -104,19 +125,39 @@ class TabularKind(Inversion):
         base = tabular_baseline(truths, prior.X, spec, tolerance=s.tolerance, seed=s.seed)
         fa, ra = succ["feature_accuracy"], succ["record_rate"]
         # kappa: the baseline's upper confidence limit, so that the bound is not understated
-        out = {"success": succ, "baseline": base,
-               "bound": {"feature_accuracy": rate_bound(dp, base["feature_accuracy"]["ci"][1], s.bound_samples, s.seed),
-                         "record_rate": rate_bound(dp, base["record_rate"]["ci"][1], s.bound_samples, s.seed)},
-               "headline": {"metric": "feature accuracy", "rate": fa["rate"], "ci": fa["ci"], "baseline": base["feature_accuracy"]["rate"],
-                            "record_rate": ra["rate"], "record_ci": ra["ci"]}}
+        out = {
+            "success": succ,
+            "baseline": base,
+            "bound": {
+                "feature_accuracy": rate_bound(dp, base["feature_accuracy"]["ci"][1], s.bound_samples, s.seed),
+                "record_rate": rate_bound(dp, base["record_rate"]["ci"][1], s.bound_samples, s.seed),
+            },
+            "headline": {
+                "metric": "feature accuracy",
+                "rate": fa["rate"],
+                "ci": fa["ci"],
+                "baseline": base["feature_accuracy"]["rate"],
+                "record_rate": ra["rate"],
+                "record_ci": ra["ci"],
+            },
+        }
         k = min(s.plot_records, len(recs))
         t_all = np.concatenate(truths[:k])[: s.plot_records]
-        r_all = np.concatenate([r[match_records(r, t, spec, s.tolerance)] for r, t in zip(recs[:k], truths[:k])])[: s.plot_records]
+        r_all = np.concatenate([r[match_records(r, t, spec, s.tolerance)] for r, t in zip(recs[:k], truths[:k], strict=True)])[
+            : s.plot_records
+        ]
         hits = feature_hits(r_all, t_all, spec, s.tolerance)
         names = spec.feature_names()
         out["table_markdown"] = plots.markdown_table(names, spec.decode(t_all), spec.decode(r_all), hits, s.plot_records)
         if plot:
-            plots.tabular_figure(names, spec.decode(t_all), spec.decode(r_all), hits, plot,
-                                 f"gradient inversion of {plugin.base.name} plugin updates: feature accuracy {fa['rate']:.0%} "
-                                 f"(baseline {base['feature_accuracy']['rate']:.0%})", s.plot_records)
+            plots.tabular_figure(
+                names,
+                spec.decode(t_all),
+                spec.decode(r_all),
+                hits,
+                plot,
+                f"gradient inversion of {plugin.base.name} plugin updates: feature accuracy {fa['rate']:.0%} "
+                f"(baseline {base['feature_accuracy']['rate']:.0%})",
+                s.plot_records,
+            )
         return out

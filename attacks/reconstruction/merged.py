@@ -29,7 +29,7 @@ or the recorded recipe are not the ones the merge was made from (``recon.merge_r
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -68,13 +68,16 @@ def order_parents(merged_meta: dict, recipe, given: Sequence) -> list:
         if pf.digest not in known:
             raise ForgeValueError(
                 f"--parents {pf.path} (site {pf.site}) is not a parent of the merged plugin (its parents: {_sites(entries)})",
-                fix="give the plugin directories the merge was made from", code="recon.parent_unknown")
+                fix="give the plugin directories the merge was made from",
+                code="recon.parent_unknown",
+            )
     missing = [p for p in entries if p.get("digest") not in by_digest]
     if missing:
         raise ForgeValueError(
             f"redoing the {method} merge needs every parent plugin; missing: site(s) {_sites(missing)}",
             fix=f"pass --parents with the plugin directories of {_sites(missing)} (the informed adversary knows the other sites' plugins)",
-            code="recon.needs_parents")
+            code="recon.needs_parents",
+        )
     return [by_digest[p["digest"]] for p in entries]
 
 
@@ -92,8 +95,11 @@ class MergeRedo:
             raise ForgeValueError(f"MergeRedo redoes {', '.join(REDO_METHODS)} merges, not {self.method!r}", code="recon.merge_method")
         weights = merge.get("weights")
         if not isinstance(weights, list) or len(weights) != len(parents):
-            raise ForgeValueError(f"the merged plugin {merged_files.path} records {weights!r} as weights for {len(parents)} parents",
-                                  fix="attack a merge written by forge merge", code="recon.merge_weight")
+            raise ForgeValueError(
+                f"the merged plugin {merged_files.path} records {weights!r} as weights for {len(parents)} parents",
+                fix="attack a merge written by forge merge",
+                code="recon.merge_weight",
+            )
         self.weights = [float(w) for w in weights]
         self.details = dict(merge.get("details") or {})
         try:
@@ -106,8 +112,11 @@ class MergeRedo:
                 if len(self.steps) != len(parents) - 1:
                     raise ValueError(f"{len(self.steps)} steps for {len(parents)} parents")
         except (KeyError, TypeError, ValueError) as e:
-            raise ForgeValueError(f"the {self.method} merge's recorded settings are incomplete ({e.__class__.__name__}: {e})",
-                                  fix="attack a merge written by forge merge", code="recon.merge_record") from None
+            raise ForgeValueError(
+                f"the {self.method} merge's recorded settings are incomplete ({e.__class__.__name__}: {e})",
+                fix="attack a merge written by forge merge",
+                code="recon.merge_record",
+            ) from None
         self.parents = list(parents)
         self.index = int(site_index)
         template = self.parents[self.index].adapter
@@ -129,7 +138,8 @@ class MergeRedo:
                 f"redoing the {self.method} merge from its {len(parents)} parents and the settings in {merged_files.path}/forge.json "
                 f"does not give the merged plugin (relative difference {self.redo_error:.2e})",
                 fix="give the very parent plugins the merge was made from; the merged forge.json may have been edited",
-                code="recon.merge_redo")
+                code="recon.merge_redo",
+            )
 
     # ---------------------------------------------------------------------- the redo
     def merged_adapter(self, site_params: Mapping[str, torch.Tensor]):
@@ -160,6 +170,16 @@ class MergeRedo:
         return float(sum(((a[m] - b[m]) ** 2).sum() for m in a))
 
     def record(self) -> dict:
-        return {"method": self.method, "parents": [p.site for p in self.parents], "site_index": self.index,
-                "weights": self.weights, "redo_relative_error": self.redo_error, "space": self.score_space,
-                **({"density": self.density, "seed": self.seed} if self.method in ("ties", "dare") else {"scalars": "held at the recorded tuned values"})}
+        return {
+            "method": self.method,
+            "parents": [p.site for p in self.parents],
+            "site_index": self.index,
+            "weights": self.weights,
+            "redo_relative_error": self.redo_error,
+            "space": self.score_space,
+            **(
+                {"density": self.density, "seed": self.seed}
+                if self.method in ("ties", "dare")
+                else {"scalars": "held at the recorded tuned values"}
+            ),
+        }

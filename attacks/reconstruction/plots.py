@@ -43,8 +43,9 @@ def markdown_table(names: list[str], truth: np.ndarray, recon: np.ndarray, hits:
     return "\n".join(lines)
 
 
-def tabular_figure(names: list[str], truth: np.ndarray, recon: np.ndarray, hits: np.ndarray, path: str | Path,
-                   title: str, max_records: int = 3) -> None:
+def tabular_figure(
+    names: list[str], truth: np.ndarray, recon: np.ndarray, hits: np.ndarray, path: str | Path, title: str, max_records: int = 3
+) -> None:
     """A table PNG of original against reconstructed features; recovered cells in green."""
     plt = _figure()
     k = min(max_records, len(truth))
@@ -88,8 +89,17 @@ def image_figure(truth: np.ndarray, recon: np.ndarray, path: str | Path, title: 
     _save(fig, path)
 
 
-def bars_figure(labels: list[str], rates: list[float], lows: list[float], highs: list[float], baseline: float,
-                bounds: list[float] | None, path: str | Path, title: str, ylabel: str) -> None:
+def bars_figure(
+    labels: list[str],
+    rates: list[float],
+    lows: list[float],
+    highs: list[float],
+    baseline: float,
+    bounds: list[float] | None,
+    path: str | Path,
+    title: str,
+    ylabel: str,
+) -> None:
     """Success rates with intervals, the baseline and the ReRo bound per setting."""
     plt = _figure()
     x = np.arange(len(labels))

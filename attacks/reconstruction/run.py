@@ -22,9 +22,10 @@ given as ``parents=``, see :mod:`.merged`), the canary test retrains with the re
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,11 +37,11 @@ from . import plots
 from .bounds import rero_bound_dp, rero_bound_dpsgd
 from .canary import CanaryConfig, CanaryExposure, base_logits_fn
 from .gradients import DPSetting, LoraFunctional, gradient_from_update, noisy_dp_gradient, one_step_update, to_tensor
-from .inversions import INVERSIONS
 from .informed import INFORMED_MODES, InformedAdversary, InformedConfig, MergeRelease
-from .merged import REDO_METHODS
+from .inversions import INVERSIONS
 from .labels import LABEL_MODES
 from .measures import DEFAULT_TOLERANCE
+from .merged import REDO_METHODS
 
 RECONSTRUCTION_ATTACKS: Registry[Callable[..., dict]] = Registry("reconstruction attack")
 
@@ -71,12 +72,23 @@ class ReconSettings:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ForgeValueError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}", code="recon.settings")
 
-        for name in ("trials", "batch_size", "steps", "restarts", "candidates", "canaries_per_repetition", "canary_candidates", "bound_samples"):
+        for name in (
+            "trials",
+            "batch_size",
+            "steps",
+            "restarts",
+            "candidates",
+            "canaries_per_repetition",
+            "canary_candidates",
+            "bound_samples",
+        ):
             pos(name)
         if self.labels not in LABEL_MODES:
             raise ForgeValueError(f"unknown label mode {self.labels!r}", fix=f"use one of: {', '.join(LABEL_MODES)}", code="recon.settings")
         if self.mode not in INFORMED_MODES:
-            raise ForgeValueError(f"unknown informed mode {self.mode!r}", fix=f"use one of: {', '.join(INFORMED_MODES)}", code="recon.settings")
+            raise ForgeValueError(
+                f"unknown informed mode {self.mode!r}", fix=f"use one of: {', '.join(INFORMED_MODES)}", code="recon.settings"
+            )
         if self.dp not in ("plugin", "none"):
             raise ForgeValueError(f"unknown dp setting {self.dp!r}", fix="use plugin or none", code="recon.settings")
         if not (0 < self.tolerance):
@@ -104,8 +116,14 @@ def check_data(plugin, data, what: str = "data") -> None:
 
 def target_record(plugin) -> dict:
     meta = plugin.meta
-    return {"path": str(plugin.path) if plugin.path else None, "site": meta.get("site"), "base": meta.get("base", {}).get("name"),
-            "adapter_sha256": (meta.get("adapter") or {}).get("sha256"), "dp": meta.get("dp"), "lora": meta.get("lora")}
+    return {
+        "path": str(plugin.path) if plugin.path else None,
+        "site": meta.get("site"),
+        "base": meta.get("base", {}).get("name"),
+        "adapter_sha256": (meta.get("adapter") or {}).get("sha256"),
+        "dp": meta.get("dp"),
+        "lora": meta.get("lora"),
+    }
 
 
 def _parent_sites(meta: dict) -> list[str]:
@@ -125,15 +143,20 @@ def resolve_recipe(plugin, recipe: str | Path | None) -> tuple[dict, Path | None
             sites = _parent_sites(meta) or ["(none recorded)"]
             raise ForgeValueError(
                 f"{plugin.path or 'the target'} is a merged plugin of sites {', '.join(sites)}; its forge.json holds no DP-SGD recipe",
-                fix=f"pass --recipe with the plugin directory of one of its parents ({', '.join(sites)})", code="recon.needs_recipe")
+                fix=f"pass --recipe with the plugin directory of one of its parents ({', '.join(sites)})",
+                code="recon.needs_recipe",
+            )
         return meta, None, None
     rdir = Path(recipe)
     if rdir.name == "forge.json" and rdir.is_file():
         rdir = rdir.parent
     rmeta = read_plugin(rdir, base=plugin.base, weights=False).meta  # another base: plugin.base_mismatch
     if rmeta.get("kind") != "trained":
-        raise ForgeValueError(f"the recipe plugin {rdir} is a {rmeta.get('kind')} plugin, not a site plugin trained with DP-SGD",
-                              fix="give a parent site plugin's directory as --recipe", code="recon.recipe_kind")
+        raise ForgeValueError(
+            f"the recipe plugin {rdir} is a {rmeta.get('kind')} plugin, not a site plugin trained with DP-SGD",
+            fix="give a parent site plugin's directory as --recipe",
+            code="recon.recipe_kind",
+        )
     if not merged:
         return rmeta, rdir, None
     parents = [p for p in (meta.get("parents") or []) if isinstance(p, dict)]
@@ -144,16 +167,23 @@ def resolve_recipe(plugin, recipe: str | Path | None) -> tuple[dict, Path | None
         index = same[0] if len(same) == 1 else None
     if index is None:
         sites = _parent_sites(meta) or ["(none recorded)"]
-        raise ForgeValueError(f"the recipe plugin {rdir} (site {rmeta.get('site')}) is not a parent of the merged plugin {plugin.path}",
-                              fix=f"pass --recipe with one of its parents ({', '.join(sites)})", code="recon.recipe_not_parent")
+        raise ForgeValueError(
+            f"the recipe plugin {rdir} (site {rmeta.get('site')}) is not a parent of the merged plugin {plugin.path}",
+            fix=f"pass --recipe with one of its parents ({', '.join(sites)})",
+            code="recon.recipe_not_parent",
+        )
     return rmeta, rdir, index
 
 
 def _recipe_record(plugin, rmeta: dict, rdir: Path | None, index: int | None) -> dict | None:
     if rdir is None:
         return None
-    rec = {"path": str(rdir), "site": rmeta.get("site"), "adapter_sha256": (rmeta.get("adapter") or {}).get("sha256"),
-           "dp": rmeta.get("dp")}
+    rec = {
+        "path": str(rdir),
+        "site": rmeta.get("site"),
+        "adapter_sha256": (rmeta.get("adapter") or {}).get("sha256"),
+        "dp": rmeta.get("dp"),
+    }
     if index is not None:
         rec["parent_index"] = index
         weights = (plugin.meta.get("merge") or {}).get("weights")
@@ -168,8 +198,17 @@ def lora_functional(plugin) -> LoraFunctional:
 
 # --------------------------------------------------------------------------- gradient inversion
 @RECONSTRUCTION_ATTACKS.register("gradient")
-def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None,
-                 categorical: tuple[tuple[int, ...], ...] = (), recipe: str | Path | None = None, **_: Any) -> dict:
+def run_gradient(
+    plugin,
+    data,
+    prior,
+    settings: ReconSettings,
+    *,
+    plot: str | Path | None = None,
+    categorical: tuple[tuple[int, ...], ...] = (),
+    recipe: str | Path | None = None,
+    **_: Any,
+) -> dict:
     """Invert ``settings.trials`` updates, each one local step on ``batch_size`` records of
     ``data``; ``prior`` is the attacker's population data (bounds, starting points, baseline).
     For a merged plugin, ``recipe`` (a parent site plugin) gives the DP setting and learning
@@ -177,9 +216,12 @@ def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
     check_data(plugin, data)
     check_data(plugin, prior, "population prior")
     if data.kind not in INVERSIONS:  # text: token ids are discrete, a continuous inversion would report a meaningless figure
-        raise ForgeValueError(f"gradient inversion works on {' and '.join(INVERSIONS.names())} records, {data.name!r} holds {data.kind} "
-                              "records (discrete token ids)",
-                              fix="attack a text plugin with --kind informed or --kind canary", code="recon.kind")
+        raise ForgeValueError(
+            f"gradient inversion works on {' and '.join(INVERSIONS.names())} records, {data.name!r} holds {data.kind} "
+            "records (discrete token ids)",
+            fix="attack a text plugin with --kind informed or --kind canary",
+            code="recon.kind",
+        )
     s = settings
     meta, rdir, index = resolve_recipe(plugin, recipe)
     fn = lora_functional(plugin)
@@ -189,8 +231,11 @@ def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
     gen = torch.Generator().manual_seed(int(rng.integers(0, 2**31 - 1)))
     need = s.trials * s.batch_size
     if need > len(data):
-        raise ForgeValueError(f"{s.trials} trials of {s.batch_size} record(s) need {need} records, {data.name!r} holds {len(data)}",
-                              fix="lower --trials or --batch-size, or give more data", code="recon.data_small")
+        raise ForgeValueError(
+            f"{s.trials} trials of {s.batch_size} record(s) need {need} records, {data.name!r} holds {len(data)}",
+            fix="lower --trials or --batch-size, or give more data",
+            code="recon.data_small",
+        )
     order = rng.permutation(len(data))[:need].reshape(s.trials, s.batch_size)
     inversion = INVERSIONS.get(data.kind)(s, fn, data, prior, categorical)
     attack, cfg = inversion.attack, inversion.config
@@ -213,14 +258,16 @@ def run_gradient(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
     out: dict[str, Any] = {
         "kind": "gradient",
         "observed": ("one noisy DP-SGD gradient (plugin's noise multiplier and clipping norm)" if dp else f"one local SGD step (lr {lr})")
-        + (f" of the merged model's trainable tensors, with the DP setting and lr of site {meta.get('site')}'s recipe"
-           if index is not None else ""),
+        + (
+            f" of the merged model's trainable tensors, with the DP setting and lr of site {meta.get('site')}'s recipe"
+            if index is not None
+            else ""
+        ),
         "seconds": seconds,
         "seconds_per_record": seconds / need,
         "labels_recovered": {"rate": labels_ok / s.trials, "mode": s.labels},
         "recipe": _recipe_record(plugin, meta, rdir, index),
-        "settings": {**s.to_dict(), "inversion": cfg.to_dict(), "lr": lr,
-                     "dp": asdict(dp) if dp else None},
+        "settings": {**s.to_dict(), "inversion": cfg.to_dict(), "lr": lr, "dp": asdict(dp) if dp else None},
     }
     out.update(inversion.outcome(plugin, recs, truths, prior, dp, s, plot))
     return out
@@ -240,8 +287,9 @@ def _merge_redo(plugin, rdir: Path, index: int, fn: LoraFunctional, parents: Seq
     from .merged import MergeRedo, order_parents
 
     if plugin.path is None:
-        raise ForgeValueError("the merged plugin has no directory to read its adapter from", fix="load it with load_plugin(DIR)",
-                              code="recon.merge_redo")
+        raise ForgeValueError(
+            "the merged plugin has no directory to read its adapter from", fix="load it with load_plugin(DIR)", code="recon.merge_redo"
+        )
     merged_files = read_plugin(plugin.path, base=plugin.base)
     recipe_files = read_plugin(rdir, base=plugin.base)
     given = [read_plugin(p, base=plugin.base) for p in (parents or [])]
@@ -250,8 +298,17 @@ def _merge_redo(plugin, rdir: Path, index: int, fn: LoraFunctional, parents: Seq
 
 
 @RECONSTRUCTION_ATTACKS.register("informed")
-def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None,
-                 recipe: str | Path | None = None, parents: Sequence[str | Path] | None = None, **_: Any) -> dict:
+def run_informed(
+    plugin,
+    data,
+    prior,
+    settings: ReconSettings,
+    *,
+    plot: str | Path | None = None,
+    recipe: str | Path | None = None,
+    parents: Sequence[str | Path] | None = None,
+    **_: Any,
+) -> dict:
     """The informed adversary with the plugin's DP-SGD recipe: ``data`` holds the known records
     (all the training set but the target), candidates come from ``prior``.
 
@@ -276,17 +333,21 @@ def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
         fn = lora_functional(site_plugin)
         weights = (plugin.meta.get("merge") or {}).get("weights")
         if not isinstance(weights, list) or len(weights) <= index:
-            raise ForgeValueError(f"the merged plugin {plugin.path} records no merge weight for parent {index} (site {meta.get('site')})",
-                                  fix="attack a merge written by forge merge or forge he", code="recon.merge_weight")
+            raise ForgeValueError(
+                f"the merged plugin {plugin.path} records no merge weight for parent {index} (site {meta.get('site')})",
+                fix="attack a merge written by forge merge or forge he",
+                code="recon.merge_weight",
+            )
         lora = meta.get("lora") or {}
         rank, alpha = int(lora.get("rank") or 8), float(lora.get("alpha") or 16)
-        scaling = alpha / (rank ** 0.5 if lora.get("rslora") else rank)
+        scaling = alpha / (rank**0.5 if lora.get("rslora") else rank)
         method = str((plugin.meta.get("merge") or {}).get("method"))
         if method in REDO_METHODS:
             release = _merge_redo(plugin, rdir, index, fn, parents)
         else:
-            release = MergeRelease(lora_functional(plugin), float(weights[index]), fn.params, scaling=scaling, method=method,
-                                   site_frozen=fn.frozen)
+            release = MergeRelease(
+                lora_functional(plugin), float(weights[index]), fn.params, scaling=scaling, method=method, site_frozen=fn.frozen
+            )
         cfg = InformedConfig.from_meta(meta, candidates=s.candidates, mode="model", bound_samples=s.bound_samples)
     else:
         fn = lora_functional(plugin)
@@ -303,17 +364,23 @@ def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
     redo = getattr(release, "score_space", None) is not None
     if merged:
         if redo:
-            how = (f"(the {release.method} merge redone from all {len(release.parents)} parents with its recorded settings; "
-                   "candidates scored by the distance between the released merge and the merge of each candidate's expected run, "
-                   "in the merged updates s B A)")
+            how = (
+                f"(the {release.method} merge redone from all {len(release.parents)} parents with its recorded settings; "
+                "candidates scored by the distance between the released merge and the merge of each candidate's expected run, "
+                "in the merged updates s B A)"
+            )
         elif release.blocks is None:
             how = f"(merged tensors + weight {release.weight:.4g} x the site's change)"
         else:
             how = "(the site's block of the concatenated merge replaced by its new tensors)"
-        observed = (f"only the merged plugin, re-released after site {meta.get('site')} ran DP-SGD with its recipe on the known "
-                    f"records plus the target (from its own plugin) and the merge was redone with the other parents fixed " + how)
-        applies = (f"site {meta.get('site')}'s DP-SGD release (sigma, q, T of its recipe): the merge is post-processing of it, "
-                   "so the site's ReRo bound holds for the merged model")
+        observed = (
+            f"only the merged plugin, re-released after site {meta.get('site')} ran DP-SGD with its recipe on the known "
+            f"records plus the target (from its own plugin) and the merge was redone with the other parents fixed " + how
+        )
+        applies = (
+            f"site {meta.get('site')}'s DP-SGD release (sigma, q, T of its recipe): the merge is post-processing of it, "
+            "so the site's ReRo bound holds for the merged model"
+        )
     else:
         observed = "every noisy gradient of the run" if cfg.mode == "gradients" else "the final plugin only"
         applies = "the plugin's DP-SGD release (sigma, q, T of its recipe)"
@@ -332,22 +399,44 @@ def run_informed(plugin, data, prior, settings: ReconSettings, *, plot: str | Pa
         "baseline": res["baseline"],
         "bound": {**res["bound"], "epsilon_delta_bound": generic, "applies_to": applies},
         "within_bound": res["within_bound"],
-        "headline": {"metric": "target identified among candidates", "rate": res["success"]["rate"], "ci": res["success"]["ci"],
-                     "baseline": res["baseline"], "bound": res["bound"]["bound"]},
+        "headline": {
+            "metric": "target identified among candidates",
+            "rate": res["success"]["rate"],
+            "ci": res["success"]["ci"],
+            "baseline": res["baseline"],
+            "bound": res["bound"]["bound"],
+        },
         "seconds": seconds,
         "settings": {**s.to_dict(), "game": res["settings"], "known_records": len(known)},
     }
     if plot:
-        plots.bars_figure([f"sigma {cfg.noise_multiplier:g}"], [res["success"]["rate"]], [res["success"]["ci"][0]],
-                          [res["success"]["ci"][1]], res["baseline"], [res["bound"]["bound"]], plot,
-                          f"informed adversary ({cfg.mode}{', merged' if merged else ''}), {s.trials} trials", "target identified")
+        plots.bars_figure(
+            [f"sigma {cfg.noise_multiplier:g}"],
+            [res["success"]["rate"]],
+            [res["success"]["ci"][0]],
+            [res["success"]["ci"][1]],
+            res["baseline"],
+            [res["bound"]["bound"]],
+            plot,
+            f"informed adversary ({cfg.mode}{', merged' if merged else ''}), {s.trials} trials",
+            "target identified",
+        )
     return out
 
 
 # --------------------------------------------------------------------------- canary exposure
 @RECONSTRUCTION_ATTACKS.register("canary")
-def run_canary(plugin, data, prior, settings: ReconSettings, *, plot: str | Path | None = None, train_fn: Callable | None = None,
-               recipe: str | Path | None = None, **_: Any) -> dict:
+def run_canary(
+    plugin,
+    data,
+    prior,
+    settings: ReconSettings,
+    *,
+    plot: str | Path | None = None,
+    train_fn: Callable | None = None,
+    recipe: str | Path | None = None,
+    **_: Any,
+) -> dict:
     """Retrain with the plugin's recipe (for a merged plugin: ``recipe``, a parent site plugin)
     on ``data`` plus canaries repeated r times; rank them."""
     from forge_secure.plugins import make_canaries
@@ -360,8 +449,11 @@ def run_canary(plugin, data, prior, settings: ReconSettings, *, plot: str | Path
         from forge_secure.privacy import TrainConfig, train_plugin
 
         if meta.get("kind") != "trained":
-            raise ForgeValueError(f"the canary test retrains with the plugin's recipe; {plugin.path} is a {meta.get('kind')} plugin",
-                                  fix="attack a trained plugin, or pass --recipe with a parent site plugin", code="recon.no_recipe")
+            raise ForgeValueError(
+                f"the canary test retrains with the plugin's recipe; {plugin.path} is a {meta.get('kind')} plugin",
+                fix="attack a trained plugin, or pass --recipe with a parent site plugin",
+                code="recon.no_recipe",
+            )
         train_config = replace(TrainConfig.from_meta(meta), seed=s.seed)
 
         def train_fn(ds):
@@ -374,34 +466,56 @@ def run_canary(plugin, data, prior, settings: ReconSettings, *, plot: str | Path
     dp = (getattr(model, "meta", None) or {}).get("dp") or {}
     kappa = 1.0 / s.canary_candidates
     if dp.get("enabled"):
-        b = rero_bound_dpsgd(float(dp["noise_multiplier"]), float(dp["sample_rate"]), int(dp["steps"]), kappa,
-                             samples=s.bound_samples, seed=s.seed)
-        bound = {"bound": b.bound, "mc_stderr": b.mc_stderr, "kappa": kappa, "noise_multiplier": b.noise_multiplier,
-                 "sample_rate": b.sample_rate, "steps": b.steps, "epsilon": dp.get("epsilon"), "applies_to": "r = 1"}
+        b = rero_bound_dpsgd(
+            float(dp["noise_multiplier"]), float(dp["sample_rate"]), int(dp["steps"]), kappa, samples=s.bound_samples, seed=s.seed
+        )
+        bound = {
+            "bound": b.bound,
+            "mc_stderr": b.mc_stderr,
+            "kappa": kappa,
+            "noise_multiplier": b.noise_multiplier,
+            "sample_rate": b.sample_rate,
+            "steps": b.steps,
+            "epsilon": dp.get("epsilon"),
+            "applies_to": "r = 1",
+        }
     else:
         bound = {"bound": 1.0, "kappa": kappa, "note": "trained without DP: no bound"}
     summary = attack.summary(exposures, bound["bound"])
     top = summary["by_repetition"][-1]
     out = {
         "kind": "canary",
-        "observed": ("the plugin retrained with its recipe" if index is None else
-                     f"a site plugin retrained with the recipe of site {meta.get('site')} (a parent of the merged target)")
-                    + " on the data with canaries inserted; candidates ranked by their loss under it minus their loss under the public base",
+        "observed": (
+            "the plugin retrained with its recipe"
+            if index is None
+            else f"a site plugin retrained with the recipe of site {meta.get('site')} (a parent of the merged target)"
+        )
+        + " on the data with canaries inserted; candidates ranked by their loss under it minus their loss under the public base",
         "recipe": _recipe_record(plugin, meta, rdir, index),
         "success": summary,
         "baseline": {"rank1": kappa, "mean_exposure_bits": summary["chance_exposure_bits"]},
         "bound": bound,
-        "headline": {"metric": "mean exposure (bits) at the most repetitions", "rate": top["rank1"]["rate"], "ci": top["rank1"]["ci"],
-                     "exposure_bits": top["mean_exposure_bits"], "baseline": kappa, "bound": bound["bound"]},
+        "headline": {
+            "metric": "mean exposure (bits) at the most repetitions",
+            "rate": top["rank1"]["rate"],
+            "ci": top["rank1"]["ci"],
+            "exposure_bits": top["mean_exposure_bits"],
+            "baseline": kappa,
+            "bound": bound["bound"],
+        },
         "seconds": seconds,
         "settings": s.to_dict(),
     }
     if plot:
-        plots.bars_figure([f"r={row['repetitions']}" for row in summary["by_repetition"]],
-                          [row["mean_exposure_bits"] / summary["max_exposure_bits"] for row in summary["by_repetition"]],
-                          [row["mean_exposure_bits"] / summary["max_exposure_bits"] for row in summary["by_repetition"]],
-                          [row["mean_exposure_bits"] / summary["max_exposure_bits"] for row in summary["by_repetition"]],
-                          summary["chance_exposure_bits"] / summary["max_exposure_bits"],
-                          None, plot,
-                          f"canary exposure (fraction of the {summary['max_exposure_bits']:.1f}-bit maximum)", "exposure / max")
+        plots.bars_figure(
+            [f"r={row['repetitions']}" for row in summary["by_repetition"]],
+            [row["mean_exposure_bits"] / summary["max_exposure_bits"] for row in summary["by_repetition"]],
+            [row["mean_exposure_bits"] / summary["max_exposure_bits"] for row in summary["by_repetition"]],
+            [row["mean_exposure_bits"] / summary["max_exposure_bits"] for row in summary["by_repetition"]],
+            summary["chance_exposure_bits"] / summary["max_exposure_bits"],
+            None,
+            plot,
+            f"canary exposure (fraction of the {summary['max_exposure_bits']:.1f}-bit maximum)",
+            "exposure / max",
+        )
     return out

@@ -28,7 +28,6 @@ from .labels import LABEL_MODES
 from .measures import match_records
 
 
-
 @dataclass
 class TabularInversionConfig:
     """Settings of the tabular inversion (defaults after TabLeak: Adam lr 0.06, 1,500 steps,
@@ -84,7 +83,7 @@ class TabularInversion(ConfigEstimator):
 
     Config = TabularInversionConfig
 
-    def fit(self, fn: LoraFunctional, spec: FeatureSpec, prior: np.ndarray) -> "TabularInversion":
+    def fit(self, fn: LoraFunctional, spec: FeatureSpec, prior: np.ndarray) -> TabularInversion:
         """Attach the attacked plugin (before the update), the record layout and population records
         (used for the restarts' starting points)."""
         self._check_settings()  # the settings' values are checked here
@@ -169,7 +168,9 @@ class TabularInversion(ConfigEstimator):
         best_set = int(np.argmin(per_set.min(axis=1)))
         sl = slice(best_set * R, (best_set + 1) * R)
         pooled = self._pool(recs[sl], final[sl])
-        return Reconstruction(self.spec_.project(pooled), np.asarray(label_sets[best_set]), float(per_set[best_set].min()), per_set[best_set])
+        return Reconstruction(
+            self.spec_.project(pooled), np.asarray(label_sets[best_set]), float(per_set[best_set].min()), per_set[best_set]
+        )
 
     def _adam(self, z: torch.Tensor, ys: torch.Tensor, batched, steps: int, lr: float, advance) -> None:
         if steps <= 0:
@@ -240,4 +241,3 @@ class TabularInversion(ConfigEstimator):
                 out[b, list(g)] = 0.0
                 out[b, g[pick]] = 1.0
         return out
-

@@ -19,8 +19,18 @@ Checks, in the order an audit runs them:
 from .base import CHECKS, Check, CheckSettings, register_check
 
 RUN_ORDER = (
-    "provenance", "roster-freshness", "dp-claims", "dp-randomness", "replay", "delta", "site-budget",
-    "membership", "reconstruction", "consistency", "auditor-canaries", "he-contributions",
+    "provenance",
+    "roster-freshness",
+    "dp-claims",
+    "dp-randomness",
+    "replay",
+    "delta",
+    "site-budget",
+    "membership",
+    "reconstruction",
+    "consistency",
+    "auditor-canaries",
+    "he-contributions",
 )
 
 from . import budget, canaries, dp, leakage, merges, provenance, replay  # noqa: E402,F401  (registration)

@@ -10,18 +10,18 @@ each class adds its own range checks in ``validate()``.
 from __future__ import annotations
 
 import abc
-
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from forge_secure.errors import ForgeConfigError
 from forge_secure.registry import Registry
 
 from ..findings import Finding
 
-CHECKS: Registry[type["Check"]] = Registry("audit check")
+CHECKS: Registry[type[Check]] = Registry("audit check")
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -51,8 +51,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             try:
                 return float(value)
             except OverflowError:
-                raise ForgeConfigError(f"policy setting {where} is a number too large for a float ({len(str(value))} digits)",
-                                       fix="give a number below 1e308", code="policy.type") from None
+                raise ForgeConfigError(
+                    f"policy setting {where} is a number too large for a float ({len(str(value))} digits)",
+                    fix="give a number below 1e308",
+                    code="policy.type",
+                ) from None
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -98,7 +101,7 @@ class CheckSettings:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_table(cls, table: dict) -> "CheckSettings":
+    def from_table(cls, table: dict) -> CheckSettings:
         allowed = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(table) - set(allowed))
         if unknown:

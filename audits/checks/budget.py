@@ -23,7 +23,9 @@ from .dp import dp_record, missing_evidence, trained_plugins
 
 def _same(h1, h2) -> bool:
     return len(h1) == len(h2) and all(
-        math.isclose(float(a[0]), float(b[0]), rel_tol=1e-9) and math.isclose(float(a[1]), float(b[1]), rel_tol=1e-9) and int(a[2]) == int(b[2])
+        math.isclose(float(a[0]), float(b[0]), rel_tol=1e-9)
+        and math.isclose(float(a[1]), float(b[1]), rel_tol=1e-9)
+        and int(a[2]) == int(b[2])
         for a, b in zip(h1, h2, strict=True)
     )
 
@@ -52,23 +54,43 @@ class SiteBudget(Check):
         from forge_secure.privacy.ledger import Ledger
 
         if evidence.ledger_root is None:
-            return missing_evidence(self.name, settings, "budget ledgers (ledgers/<site>/*.jsonl)",
-                                    "copy each site's ledger files (forge_home()/ledgers/<site>/) into ledgers/")
+            return missing_evidence(
+                self.name,
+                settings,
+                "budget ledgers (ledgers/<site>/*.jsonl)",
+                "copy each site's ledger files (forge_home()/ledgers/<site>/) into ledgers/",
+            )
         findings, bars = [], []
         releases: dict[str, list[list]] = {}
         try:
             ledgers = Ledger.list_all(root=evidence.ledger_root)
         except ForgeError as e:
-            return [Finding(self.name, Status.FAIL, "ledgers/", f"ledgers unreadable: {e}", {"reason_code": e.code},
-                            remedy=e.fix or "restore the ledgers from the sites' copies")]
+            return [
+                Finding(
+                    self.name,
+                    Status.FAIL,
+                    "ledgers/",
+                    f"ledgers unreadable: {e}",
+                    {"reason_code": e.code},
+                    remedy=e.fix or "restore the ledgers from the sites' copies",
+                )
+            ]
         for led in ledgers:
             rel = led.path.relative_to(evidence.root).as_posix()
             try:
                 records = led.records()
                 budget = led.budget
             except ForgeError as e:
-                findings.append(Finding(self.name, Status.FAIL, rel, f"ledger rejected: {e}", {"reason_code": e.code},
-                                        remedy=e.fix or "restore the ledger from the site's copy"))
+                findings.append(
+                    Finding(
+                        self.name,
+                        Status.FAIL,
+                        rel,
+                        f"ledger rejected: {e}",
+                        {"reason_code": e.code},
+                        remedy=e.fix or "restore the ledger from the site's copy",
+                    )
+                )
                 continue
             history = [tuple(h) for r in records for h in r["history"]]
             releases.setdefault(led.site, []).extend(r["history"] for r in records)
@@ -79,20 +101,48 @@ class SiteBudget(Check):
             try:
                 eps, used = rederive(history, delta, settings.accountant)
             except ForgeError as e:
-                findings.append(Finding(self.name, Status.FAIL, rel, f"the recorded releases cannot be composed: {e}", {"reason_code": e.code},
-                                        remedy="check the ledger; use accountant rdp in the policy if prv refuses the range"))
+                findings.append(
+                    Finding(
+                        self.name,
+                        Status.FAIL,
+                        rel,
+                        f"the recorded releases cannot be composed: {e}",
+                        {"reason_code": e.code},
+                        remedy="check the ledger; use accountant rdp in the policy if prv refuses the range",
+                    )
+                )
                 continue
             limit = settings.max_site_epsilon if budget is None else min(settings.max_site_epsilon, budget)
-            ev = {"site": led.site, "dataset": led.dataset, "releases": len(records), "steps": sum(int(h[2]) for h in history),
-                  "delta": delta, "total_epsilon": eps, "accountant": used, "ledger_budget": budget,
-                  "max_site_epsilon": settings.max_site_epsilon}
+            ev = {
+                "site": led.site,
+                "dataset": led.dataset,
+                "releases": len(records),
+                "steps": sum(int(h[2]) for h in history),
+                "delta": delta,
+                "total_epsilon": eps,
+                "accountant": used,
+                "ledger_budget": budget,
+                "max_site_epsilon": settings.max_site_epsilon,
+            }
             bars.append({"label": f"{led.site}", "value": eps})
             if eps > limit:
                 which = "the policy's per-site maximum" if limit == settings.max_site_epsilon else "the ledger's own budget"
-                findings.append(Finding(self.name, Status.FAIL, rel, f"{led.site} has spent epsilon {eps:.3g} on {led.dataset}, over {which} {limit:g}", ev,
-                                        remedy="stop releasing from this data set; the site's budget is exhausted"))
+                findings.append(
+                    Finding(
+                        self.name,
+                        Status.FAIL,
+                        rel,
+                        f"{led.site} has spent epsilon {eps:.3g} on {led.dataset}, over {which} {limit:g}",
+                        ev,
+                        remedy="stop releasing from this data set; the site's budget is exhausted",
+                    )
+                )
             else:
-                findings.append(Finding(self.name, Status.PASS, rel, f"{led.site} has spent epsilon {eps:.3g} of {limit:g} ({len(records)} releases)", ev))
+                findings.append(
+                    Finding(
+                        self.name, Status.PASS, rel, f"{led.site} has spent epsilon {eps:.3g} of {limit:g} ({len(records)} releases)", ev
+                    )
+                )
         for item in trained_plugins(evidence):
             if item.data is None:
                 continue
@@ -107,13 +157,27 @@ class SiteBudget(Check):
             recorded = any(_same([mine], [h]) for hist in releases.get(site, []) for h in hist)
             if not recorded:
                 status = Status.FAIL if settings.require_ledger_entries else Status.WARN
-                findings.append(Finding(self.name, status, item.rel, f"its training (sigma {mine[0]:g}, q {mine[1]:g}, {mine[2]} steps) is not in {site}'s ledger",
-                                        {"site": site, "history": [mine]},
-                                        remedy="the site must record every DP release in its ledger (forge " "train does); include the site's ledger in the evidence",
-                                        plugin=item.rel))
+                findings.append(
+                    Finding(
+                        self.name,
+                        status,
+                        item.rel,
+                        f"its training (sigma {mine[0]:g}, q {mine[1]:g}, {mine[2]} steps) is not in {site}'s ledger",
+                        {"site": site, "history": [mine]},
+                        remedy="the site must record every DP release in its ledger (forge "
+                        "train does); include the site's ledger in the evidence",
+                        plugin=item.rel,
+                    )
+                )
         if bars:
-            plot = Plot("bars", "Total epsilon per site (re-derived from the ledgers)", tuple(bars), y_label="epsilon",
-                        limit=settings.max_site_epsilon, limit_label="policy per-site maximum")
+            plot = Plot(
+                "bars",
+                "Total epsilon per site (re-derived from the ledgers)",
+                tuple(bars),
+                y_label="epsilon",
+                limit=settings.max_site_epsilon,
+                limit_label="policy per-site maximum",
+            )
             idx = next(i for i, f in enumerate(findings) if f.subject.startswith("ledgers/"))
             f = findings[idx]
             findings[idx] = f.replace(plots=f.plots + (plot,))

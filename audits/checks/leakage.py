@@ -59,8 +59,15 @@ def _named_target(evidence, ae) -> str:
 
 
 def _unusable(check: str, item, err: ForgeError, **fields) -> Finding:
-    return Finding(check, Status.FAIL, item.rel, f"attack results cannot be evaluated: {err}", {"reason_code": err.code},
-                   remedy=err.fix or "re-run the attack with more records and keep its results file", **fields)
+    return Finding(
+        check,
+        Status.FAIL,
+        item.rel,
+        f"attack results cannot be evaluated: {err}",
+        {"reason_code": err.code},
+        remedy=err.fix or "re-run the attack with more records and keep its results file",
+        **fields,
+    )
 
 
 def _fmt_ci(ci) -> str:
@@ -79,14 +86,24 @@ def _select(check: str, evidence, settings, kind: str, what: str, remedy: str, c
                 findings.append(Finding(check, Status.SKIP, ae.item.rel, f"not counted: {ae.note}", {"origin": ae.origin}, plugin=plugin))
                 continue
             status = Status.WARN if ae.suspicious else Status.SKIP
-            findings.append(Finding(
-                check, status, ae.item.rel, ae.note if ae.note.startswith("not counted") else f"not counted: {ae.note}",
-                {"origin": ae.origin, "counted": False}, plugin=plugin, claim=claim, basis="claimed",
-                remedy="the site's signals are inconsistent: ask the site why, and run the attack yourself" if ae.suspicious else "",
-            ))
+            findings.append(
+                Finding(
+                    check,
+                    status,
+                    ae.item.rel,
+                    ae.note if ae.note.startswith("not counted") else f"not counted: {ae.note}",
+                    {"origin": ae.origin, "counted": False},
+                    plugin=plugin,
+                    claim=claim,
+                    basis="claimed",
+                    remedy="the site's signals are inconsistent: ask the site why, and run the attack yourself" if ae.suspicious else "",
+                )
+            )
             continue
         if ae.error is not None:
-            findings.append(bad_evidence(check, type(ae.item)(ae.item.rel, ae.item.path, error=ae.error), remedy=getattr(ae.error, "fix", "") or remedy))
+            findings.append(
+                bad_evidence(check, type(ae.item)(ae.item.rel, ae.item.path, error=ae.error), remedy=getattr(ae.error, "fix", "") or remedy)
+            )
             continue
         counted.append(ae)
     if not counted:
@@ -97,8 +114,10 @@ def _select(check: str, evidence, settings, kind: str, what: str, remedy: str, c
 
 
 _MIA_WHAT = "membership attack results the audit can count (auditor-run, or re-derivable from per-record signals)"
-_MIA_REMEDY = ("run forge attack mia on each plugin yourself and pass its results with forge audit --attack-results FILE "
-               "(kept outside the evidence directory)")
+_MIA_REMEDY = (
+    "run forge attack mia on each plugin yourself and pass its results with forge audit --attack-results FILE "
+    "(kept outside the evidence directory)"
+)
 
 
 @register_check("membership")
@@ -154,10 +173,16 @@ class MembershipLeakage(Check):
         limits = {0.001: settings.max_tpr_at_0_1pct_fpr, 0.01: settings.max_tpr_at_1pct_fpr}
         g = _plugin_guarantee(target)
         ev = {
-            "attack": res.attack, "target": target.rel if target else ", ".join(res.refs) or "(not named)", "origin": ae.origin,
-            "members": m["members"], "non_members": m["non_members"],
-            "auc": m["auc"]["value"], "auc_ci": m["auc"]["ci"], "max_auc": settings.max_auc,
-            "confidence": settings.confidence, "bootstrap_seed": settings.seed,
+            "attack": res.attack,
+            "target": target.rel if target else ", ".join(res.refs) or "(not named)",
+            "origin": ae.origin,
+            "members": m["members"],
+            "non_members": m["non_members"],
+            "auc": m["auc"]["value"],
+            "auc_ci": m["auc"]["ci"],
+            "max_auc": settings.max_auc,
+            "confidence": settings.confidence,
+            "bootstrap_seed": settings.seed,
             # the largest epsilon any attack on this sample could demonstrate (a perfect one)
             "epsilon_ceiling": clopper_pearson_epsilon_ceiling(m["members"], m["non_members"], alpha=1 - settings.confidence),
             "claimed_epsilon": g["claimed_epsilon"] if g else "(unknown)",
@@ -171,7 +196,12 @@ class MembershipLeakage(Check):
             elif value > limit:
                 above.append(text)
 
-        judge(m["auc"]["value"], m["auc"]["ci"], settings.max_auc, f"AUC {m['auc']['value']:.3f} {_fmt_ci(m['auc']['ci'])} > {settings.max_auc:g}")
+        judge(
+            m["auc"]["value"],
+            m["auc"]["ci"],
+            settings.max_auc,
+            f"AUC {m['auc']['value']:.3f} {_fmt_ci(m['auc']['ci'])} > {settings.max_auc:g}",
+        )
         for row in m["tpr_at_fpr"]:
             tag = "0_1pct" if row["target_fpr"] == 0.001 else "1pct"
             limit = limits[row["target_fpr"]]
@@ -180,27 +210,76 @@ class MembershipLeakage(Check):
             ev[f"fpr_reached_for_{tag}"] = row["fpr_reached"]
             ev[f"max_tpr_at_{tag}_fpr"] = limit
             ev[f"fpr_hi_for_{tag}"] = row["fpr_hi"]
-            judge(row["tpr"], row["ci"], limit, f"TPR {row['tpr']:.3f} {_fmt_ci(row['ci'])} at FPR {row['fpr_reached']:.4f} " f"(upper {row['fpr_hi']:.4f}; target {row['target_fpr']:g}) > {limit:g}",
-                  established=row["fpr_hi"] <= row["target_fpr"])
+            judge(
+                row["tpr"],
+                row["ci"],
+                limit,
+                f"TPR {row['tpr']:.3f} {_fmt_ci(row['ci'])} at FPR {row['fpr_reached']:.4f} "
+                f"(upper {row['fpr_hi']:.4f}; target {row['target_fpr']:g}) > {limit:g}",
+                established=row["fpr_hi"] <= row["target_fpr"],
+            )
             if row["min_resolvable_fpr"] > row["target_fpr"]:
                 unresolved.append(f"{row['target_fpr']:g}")
         fpr, tpr, _ = roc(res.scores, res.labels)
         step = max(1, len(fpr) // 400)
-        plot = Plot("roc", f"ROC (log-log): {res.attack} on {ev['target']}",
-                    ({"label": f"{res.attack} (AUC {m['auc']['value']:.3f})", "fpr": fpr[::step].tolist() + [1.0], "tpr": tpr[::step].tolist() + [1.0]},),
-                    limit=0.01, limit_label="FPR 1 %")
+        plot = Plot(
+            "roc",
+            f"ROC (log-log): {res.attack} on {ev['target']}",
+            (
+                {
+                    "label": f"{res.attack} (AUC {m['auc']['value']:.3f})",
+                    "fpr": fpr[::step].tolist() + [1.0],
+                    "tpr": tpr[::step].tolist() + [1.0],
+                },
+            ),
+            limit=0.01,
+            limit_label="FPR 1 %",
+        )
         if problems:
-            return Finding(self.name, Status.FAIL, item.rel, "membership leakage above the policy: " + "; ".join(problems), ev,
-                           remedy="re-train the target with more noise (smaller epsilon) or fewer epochs, then re-run the attack", plots=(plot,), **fields)
+            return Finding(
+                self.name,
+                Status.FAIL,
+                item.rel,
+                "membership leakage above the policy: " + "; ".join(problems),
+                ev,
+                remedy="re-train the target with more noise (smaller epsilon) or fewer epochs, then re-run the attack",
+                plots=(plot,),
+                **fields,
+            )
         if above:
-            return Finding(self.name, Status.WARN, item.rel, "above the policy, but not significantly at this sample size: " + "; ".join(above), ev,
-                           remedy="attack with more records (or reference models) to settle it; if it holds, re-train with more noise", plots=(plot,), **fields)
+            return Finding(
+                self.name,
+                Status.WARN,
+                item.rel,
+                "above the policy, but not significantly at this sample size: " + "; ".join(above),
+                ev,
+                remedy="attack with more records (or reference models) to settle it; if it holds, re-train with more noise",
+                plots=(plot,),
+                **fields,
+            )
         if unresolved:
-            return Finding(self.name, Status.WARN, item.rel,
-                           f"within the policy where measurable; TPR at FPR {', '.join(unresolved)} " f"cannot be resolved with {m['non_members']} non-members", ev,
-                           remedy=f"attack with more records (at least {int(1 / min(float(u) for u in unresolved))} " "non-members) to measure the low-FPR tail", plots=(plot,), **fields)
-        return Finding(self.name, Status.PASS, item.rel, f"AUC {m['auc']['value']:.3f} {_fmt_ci(m['auc']['ci'])} and low-FPR TPRs within the policy "
-                       f"(this sample cannot show an epsilon above {ev['epsilon_ceiling']:.2f})", ev, plots=(plot,), **fields)
+            return Finding(
+                self.name,
+                Status.WARN,
+                item.rel,
+                f"within the policy where measurable; TPR at FPR {', '.join(unresolved)} "
+                f"cannot be resolved with {m['non_members']} non-members",
+                ev,
+                remedy=f"attack with more records (at least {int(1 / min(float(u) for u in unresolved))} "
+                "non-members) to measure the low-FPR tail",
+                plots=(plot,),
+                **fields,
+            )
+        return Finding(
+            self.name,
+            Status.PASS,
+            item.rel,
+            f"AUC {m['auc']['value']:.3f} {_fmt_ci(m['auc']['ci'])} and low-FPR TPRs within the policy "
+            f"(this sample cannot show an epsilon above {ev['epsilon_ceiling']:.2f})",
+            ev,
+            plots=(plot,),
+            **fields,
+        )
 
 
 def membership_metrics(scores, labels, *, n_boot: int, confidence: float, seed: int) -> dict:
@@ -218,8 +297,11 @@ def membership_metrics(scores, labels, *, n_boot: int, confidence: float, seed: 
     if n_pos < 2 or n_neg < 2:  # any interval needs two of each
         from forge_secure.errors import ForgeDataError
 
-        raise ForgeDataError(f"{n_pos} members and {n_neg} non-members are too few to measure leakage",
-                             fix="attack at least 2 members and 2 non-members (in practice hundreds)", code="evidence.too_few_records")
+        raise ForgeDataError(
+            f"{n_pos} members and {n_neg} non-members are too few to measure leakage",
+            fix="attack at least 2 members and 2 non-members (in practice hundreds)",
+            code="evidence.too_few_records",
+        )
     auc = {"value": roc_auc(s, y), "ci": list(auc_interval(s, y, n_boot=n_boot, confidence=confidence, seed=seed))}
     rows = [tpr_at_fpr_interval(s, y, target, confidence) for target in (0.001, 0.01)]
     return {"members": n_pos, "non_members": n_neg, "auc": auc, "tpr_at_fpr": rows}
@@ -279,9 +361,15 @@ class ReconstructionLeakage(Check):
         from attacks.metrics import clopper_pearson
         from attacks.reconstruction.bounds import rero_bound_dp, rero_bound_dpsgd
 
-        counted, findings = _select(self.name, evidence, settings, RECONSTRUCTION,
-                                    "reconstruction attack results the audit ran itself (forge audit --attack-results)",
-                                    "run forge attack recon on the plugins yourself and pass its results with forge audit --attack-results FILE", "")
+        counted, findings = _select(
+            self.name,
+            evidence,
+            settings,
+            RECONSTRUCTION,
+            "reconstruction attack results the audit ran itself (forge audit --attack-results)",
+            "run forge attack recon on the plugins yourself and pass its results with forge audit --attack-results FILE",
+            "",
+        )
         bars: list = []
         for ae in counted:
             item, res = ae.item, ae.result
@@ -293,29 +381,73 @@ class ReconstructionLeakage(Check):
             bound, how = 1.0, "no DP guarantee: no bound"
             if g and g["enabled"]:
                 generic = rero_bound_dp(g["rederived_epsilon"], g["delta"], res.kappa) if math.isfinite(g["rederived_epsilon"]) else 1.0
-                mc = rero_bound_dpsgd(g["noise_multiplier"], g["sample_rate"], g["steps"], res.kappa, samples=settings.mc_samples, seed=settings.seed).bound
+                mc = rero_bound_dpsgd(
+                    g["noise_multiplier"], g["sample_rate"], g["steps"], res.kappa, samples=settings.mc_samples, seed=settings.seed
+                ).bound
                 bound, how = min(generic, mc), "min(e^eps kappa + delta, DP-SGD Monte Carlo bound)"
             ev = {
-                "attack": res.attack, "target": target.rel if target else ", ".join(res.refs) or "(not named)", "origin": ae.origin,
-                "successes": res.successes, "trials": res.trials, "success_rate": rate, "success_ci": [lo, hi],
-                "confidence": settings.confidence, "kappa": res.kappa, "rero_bound": bound, "bound_method": how,
-                "max_success_rate": settings.max_success_rate, "stated": res.stated,
+                "attack": res.attack,
+                "target": target.rel if target else ", ".join(res.refs) or "(not named)",
+                "origin": ae.origin,
+                "successes": res.successes,
+                "trials": res.trials,
+                "success_rate": rate,
+                "success_ci": [lo, hi],
+                "confidence": settings.confidence,
+                "kappa": res.kappa,
+                "rero_bound": bound,
+                "bound_method": how,
+                "max_success_rate": settings.max_success_rate,
+                "stated": res.stated,
                 # the highest lower confidence bound any attack could reach with this many trials (all succeed)
                 "success_lo_ceiling": clopper_pearson(res.trials, res.trials, settings.confidence)[0],
             }
             bars.append({"label": item.path.stem, "value": rate, "bound": bound})
             if lo > bound:
-                findings.append(Finding(self.name, Status.FAIL, item.rel,
-                                        f"success rate {rate:.3f} (CI low {lo:.3f}) exceeds the ReRo " f"bound {bound:.3f} of the DP claim: the claim does not hold", ev,
-                                        remedy="treat the target as not differentially private; check its training for a DP bug and re-train", **fields))
+                findings.append(
+                    Finding(
+                        self.name,
+                        Status.FAIL,
+                        item.rel,
+                        f"success rate {rate:.3f} (CI low {lo:.3f}) exceeds the ReRo "
+                        f"bound {bound:.3f} of the DP claim: the claim does not hold",
+                        ev,
+                        remedy="treat the target as not differentially private; check its training for a DP bug and re-train",
+                        **fields,
+                    )
+                )
             elif rate > settings.max_success_rate:
-                findings.append(Finding(self.name, Status.FAIL, item.rel, f"success rate {rate:.3f} exceeds the policy maximum {settings.max_success_rate:g}", ev,
-                                        remedy="re-train with more noise or a smaller epsilon, then re-run the attack", **fields))
+                findings.append(
+                    Finding(
+                        self.name,
+                        Status.FAIL,
+                        item.rel,
+                        f"success rate {rate:.3f} exceeds the policy maximum {settings.max_success_rate:g}",
+                        ev,
+                        remedy="re-train with more noise or a smaller epsilon, then re-run the attack",
+                        **fields,
+                    )
+                )
             else:
-                findings.append(Finding(self.name, Status.PASS, item.rel, f"success rate {rate:.3f} [{lo:.3f}, {hi:.3f}] within the bound {bound:.3f} and the policy", ev, **fields))
+                findings.append(
+                    Finding(
+                        self.name,
+                        Status.PASS,
+                        item.rel,
+                        f"success rate {rate:.3f} [{lo:.3f}, {hi:.3f}] within the bound {bound:.3f} and the policy",
+                        ev,
+                        **fields,
+                    )
+                )
         if bars:
-            plot = Plot("bars", "Reconstruction success rate (bar) and ReRo bound (marker)", tuple(bars), y_label="success rate",
-                        limit=settings.max_success_rate, limit_label="policy maximum")
+            plot = Plot(
+                "bars",
+                "Reconstruction success rate (bar) and ReRo bound (marker)",
+                tuple(bars),
+                y_label="success rate",
+                limit=settings.max_success_rate,
+                limit_label="policy maximum",
+            )
             findings[-1] = findings[-1].replace(plots=findings[-1].plots + (plot,))
         return findings
 
@@ -332,7 +464,8 @@ class Consistency(Check):
 
     METHODS = ("clopper-pearson", "one-run", "both")
     REMOVED = {
-        "canary_audit": "the site-volunteered canary audit was removed: a lying site never " "volunteers its canaries (the auditor-canaries check replaces it)",
+        "canary_audit": "the site-volunteered canary audit was removed: a lying site never "
+        "volunteers its canaries (the auditor-canaries check replaces it)",
         "canary_k_plus_fraction": "removed with the site-volunteered canary audit",
         "canary_k_minus_fraction": "removed with the site-volunteered canary audit",
     }
@@ -355,8 +488,11 @@ class Consistency(Check):
 
             gone = sorted(set(table) & set(Consistency.REMOVED))
             if gone:
-                raise ForgeConfigError(f"policy setting(s) {', '.join(gone)} in [checks.consistency] no longer exist: {Consistency.REMOVED[gone[0]]}",
-                                       fix="delete them from the policy (see forge audit --print-default-policy)", code="policy.unknown_key")
+                raise ForgeConfigError(
+                    f"policy setting(s) {', '.join(gone)} in [checks.consistency] no longer exist: {Consistency.REMOVED[gone[0]]}",
+                    fix="delete them from the policy (see forge audit --print-default-policy)",
+                    code="policy.unknown_key",
+                )
             return super().from_table(table)
 
     def run(self, evidence, settings, *, progress=None) -> list[Finding]:
@@ -365,7 +501,12 @@ class Consistency(Check):
         for ae in counted:
             findings.append(self._judge(evidence, ae, settings, bars))
         if bars:
-            plot = Plot("bars", "Empirical epsilon lower bound (bar), claimed epsilon (marker) and the sample's ceiling", tuple(bars), y_label="epsilon")
+            plot = Plot(
+                "bars",
+                "Empirical epsilon lower bound (bar), claimed epsilon (marker) and the sample's ceiling",
+                tuple(bars),
+                y_label="epsilon",
+            )
             findings[-1] = findings[-1].replace(plots=findings[-1].plots + (plot,))
         return findings
 
@@ -376,9 +517,14 @@ class Consistency(Check):
         target = _target(evidence, res)
         g = _plugin_guarantee(target)
         if g is None:
-            return Finding(self.name, Status.FAIL if settings.required else Status.SKIP, item.rel,
-                           "the attacked plugin is not in the evidence (or has no DP record), so its claim cannot be audited",
-                           {"target_refs": list(res.refs)}, remedy="put the attacked plugin directory under plugins/ or merged/")
+            return Finding(
+                self.name,
+                Status.FAIL if settings.required else Status.SKIP,
+                item.rel,
+                "the attacked plugin is not in the evidence (or has no DP record), so its claim cannot be audited",
+                {"target_refs": list(res.refs)},
+                remedy="put the attacked plugin directory under plugins/ or merged/",
+            )
         fields = {"plugin": target.rel, "claim": "epsilon", "basis": ae.basis}
         claimed = g["claimed_epsilon"]
         delta = g.get("delta", 0.0) if g["enabled"] else 0.0
@@ -399,15 +545,29 @@ class Consistency(Check):
                 bounds["one-run"] = one_run_audit(res.scores, res.labels, k_plus=k, k_minus=k, delta=delta, p_target=per)["epsilon_lb"]
                 ceilings["one-run"] = one_run_epsilon_ceiling(min(2 * k, m), m=m, delta=delta, p_target=per)
             if "clopper-pearson" in methods:
-                bounds["clopper-pearson"] = split_clopper_pearson_epsilon(res.scores, res.labels, delta=delta, alpha=per, seed=settings.seed)["epsilon_lb"]
-                ceilings["clopper-pearson"] = clopper_pearson_epsilon_ceiling(members - members // 2, non_members - non_members // 2, delta=delta, alpha=per)
+                bounds["clopper-pearson"] = split_clopper_pearson_epsilon(
+                    res.scores, res.labels, delta=delta, alpha=per, seed=settings.seed
+                )["epsilon_lb"]
+                ceilings["clopper-pearson"] = clopper_pearson_epsilon_ceiling(
+                    members - members // 2, non_members - non_members // 2, delta=delta, alpha=per
+                )
         except ForgeError as e:  # e.g. too few records to split: this file fails, the others are still judged
             return _unusable(self.name, item, e, **fields)
         eps_lb, ceiling = max(bounds.values()), max(ceilings.values())
         ev = {
-            "target": target.rel, "attack": res.attack, "origin": ae.origin, "claimed_epsilon": claimed, "delta": delta,
-            "empirical_epsilon_lb": eps_lb, "lower_bounds": bounds, "epsilon_ceiling": ceiling, "ceilings": ceilings,
-            "records": m, "confidence": settings.confidence, "bonferroni_alpha_per_method": per, "coin_flip_membership": coin_flip,
+            "target": target.rel,
+            "attack": res.attack,
+            "origin": ae.origin,
+            "claimed_epsilon": claimed,
+            "delta": delta,
+            "empirical_epsilon_lb": eps_lb,
+            "lower_bounds": bounds,
+            "epsilon_ceiling": ceiling,
+            "ceilings": ceilings,
+            "records": m,
+            "confidence": settings.confidence,
+            "bonferroni_alpha_per_method": per,
+            "coin_flip_membership": coin_flip,
         }
         if coin_note:
             ev["one_run_not_applied"] = coin_note
@@ -415,23 +575,57 @@ class Consistency(Check):
             ev["rederived_epsilon"] = g["rederived_epsilon"]
         bars.append({"label": target.path.name, "value": eps_lb, "claimed": claimed, "bound": ceiling})
         if eps_lb > claimed:
-            return Finding(self.name, Status.FAIL, item.rel,
-                           f"empirical epsilon lower bound {eps_lb:.3f} ({settings.confidence:.0%}) " f"exceeds the claimed epsilon {claimed:g} of {target.rel}: the DP claim is false",
-                           ev, remedy="reject the plugin; the site's training did not give the privacy " "it claims (check for missing noise or an edited manifest)", **fields)
+            return Finding(
+                self.name,
+                Status.FAIL,
+                item.rel,
+                f"empirical epsilon lower bound {eps_lb:.3f} ({settings.confidence:.0%}) "
+                f"exceeds the claimed epsilon {claimed:g} of {target.rel}: the DP claim is false",
+                ev,
+                remedy="reject the plugin; the site's training did not give the privacy "
+                "it claims (check for missing noise or an edited manifest)",
+                **fields,
+            )
         if g["enabled"] and eps_lb > g["rederived_epsilon"]:
-            return Finding(self.name, Status.FAIL, item.rel,
-                           f"empirical epsilon lower bound {eps_lb:.3f} exceeds the epsilon " f"{g['rederived_epsilon']:.3f} re-derived from the recorded noise",
-                           ev, remedy="the DP training or its record is broken; reject the plugin and investigate the training run", **fields)
+            return Finding(
+                self.name,
+                Status.FAIL,
+                item.rel,
+                f"empirical epsilon lower bound {eps_lb:.3f} exceeds the epsilon "
+                f"{g['rederived_epsilon']:.3f} re-derived from the recorded noise",
+                ev,
+                remedy="the DP training or its record is broken; reject the plugin and investigate the training run",
+                **fields,
+            )
         if math.isinf(claimed):
-            return Finding(self.name, Status.SKIP, item.rel, f"{target.rel} claims no finite epsilon; nothing to contradict (see dp-claims)", ev, **fields)
+            return Finding(
+                self.name,
+                Status.SKIP,
+                item.rel,
+                f"{target.rel} claims no finite epsilon; nothing to contradict (see dp-claims)",
+                ev,
+                **fields,
+            )
         if claimed > ceiling:
-            return Finding(self.name, Status.INCONCLUSIVE, item.rel,
-                           f"cannot tell: on {m} records even a perfect attack could show at most epsilon {ceiling:.2f}, below the claimed "
-                           f"{claimed:g} of {target.rel}; the lower bound {eps_lb:.3f} neither confirms nor contradicts the claim",
-                           ev, remedy=_settle(claimed, per), **fields)
-        return Finding(self.name, Status.PASS, item.rel,
-                       f"empirical lower bound {eps_lb:.3f} is consistent with the claimed " f"epsilon {claimed:g} (this sample could have shown up to {ceiling:.2f})",
-                       ev, **fields)
+            return Finding(
+                self.name,
+                Status.INCONCLUSIVE,
+                item.rel,
+                f"cannot tell: on {m} records even a perfect attack could show at most epsilon {ceiling:.2f}, below the claimed "
+                f"{claimed:g} of {target.rel}; the lower bound {eps_lb:.3f} neither confirms nor contradicts the claim",
+                ev,
+                remedy=_settle(claimed, per),
+                **fields,
+            )
+        return Finding(
+            self.name,
+            Status.PASS,
+            item.rel,
+            f"empirical lower bound {eps_lb:.3f} is consistent with the claimed "
+            f"epsilon {claimed:g} (this sample could have shown up to {ceiling:.2f})",
+            ev,
+            **fields,
+        )
 
 
 def _settle(claimed: float, p_target: float) -> str:
@@ -439,9 +633,11 @@ def _settle(claimed: float, p_target: float) -> str:
     from attacks.metrics import one_run_guesses_needed
 
     r = one_run_guesses_needed(claimed, p_target=p_target)
-    return (f"audit with a larger sample: a one-run audit needs at least {r} guesses, all right, to demonstrate epsilon {claimed:g} "
-            f"(about {math.ceil(r / (2 * ONE_RUN_GUESS_FRACTION))} coin-flip records at this check's guess rate); use auditor-issued "
-            "canaries (the auditor-canaries check) or verify the training by replay")
+    return (
+        f"audit with a larger sample: a one-run audit needs at least {r} guesses, all right, to demonstrate epsilon {claimed:g} "
+        f"(about {math.ceil(r / (2 * ONE_RUN_GUESS_FRACTION))} coin-flip records at this check's guess rate); use auditor-issued "
+        "canaries (the auditor-canaries check) or verify the training by replay"
+    )
 
 
 def _coin_flip_membership(res, target) -> tuple[bool, str | None]:

@@ -50,19 +50,43 @@ class HomomorphicContributions(Check):
                 continue
             parents = item.data.get("parents") if isinstance(item.data.get("parents"), list) else []
             sites = sorted({str(p.get("site")) for p in parents if isinstance(p, dict) and p.get("site")})
-            ev = {"method": method, "contributions": len(parents), "distinct_sites": len(sites), "sites": sites,
-                  "min_contributions": settings.min_contributions}
+            ev = {
+                "method": method,
+                "contributions": len(parents),
+                "distinct_sites": len(sites),
+                "sites": sites,
+                "min_contributions": settings.min_contributions,
+            }
             if len(sites) < settings.min_contributions:
-                findings.append(Finding(
-                    self.name, Status.FAIL, item.rel,
-                    f"homomorphic merge of {len(parents)} plugin(s) from {len(sites)} " f"distinct site(s); the policy needs {settings.min_contributions}",
-                    ev, remedy="do not release this aggregate; wait until at least " f"{settings.min_contributions} sites have contributed and merge again",
-                    plugin=item.rel,
-                ))
+                findings.append(
+                    Finding(
+                        self.name,
+                        Status.FAIL,
+                        item.rel,
+                        f"homomorphic merge of {len(parents)} plugin(s) from {len(sites)} "
+                        f"distinct site(s); the policy needs {settings.min_contributions}",
+                        ev,
+                        remedy="do not release this aggregate; wait until at least "
+                        f"{settings.min_contributions} sites have contributed and merge again",
+                        plugin=item.rel,
+                    )
+                )
             else:
-                findings.append(Finding(self.name, Status.PASS, item.rel, f"{len(sites)} distinct sites contributed (minimum {settings.min_contributions})", ev,
-                                        plugin=item.rel))
+                findings.append(
+                    Finding(
+                        self.name,
+                        Status.PASS,
+                        item.rel,
+                        f"{len(sites)} distinct sites contributed (minimum {settings.min_contributions})",
+                        ev,
+                        plugin=item.rel,
+                    )
+                )
         if not findings:
-            return missing_evidence(self.name, settings, "homomorphic merges (merged/<name>/ with a CKKS merge record)",
-                                    "add the homomorphic merge's output directory under merged/, or set required = false")
+            return missing_evidence(
+                self.name,
+                settings,
+                "homomorphic merges (merged/<name>/ with a CKKS merge record)",
+                "add the homomorphic merge's output directory under merged/, or set required = false",
+            )
         return findings

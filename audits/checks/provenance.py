@@ -71,25 +71,72 @@ class RosterFreshness(Check):
         if err is not None:
             ev = {"reason_code": err.code}
             try:
-                ev.update({k: v for k, v in read_roster(evidence.roster_path).describe(_now(evidence)).items() if k in ("version", "expires", "valid_signatures", "threshold")})
+                ev.update(
+                    {
+                        k: v
+                        for k, v in read_roster(evidence.roster_path).describe(_now(evidence)).items()
+                        if k in ("version", "expires", "valid_signatures", "threshold")
+                    }
+                )
             except ForgeError:
                 pass
-            return [Finding(self.name, Status.FAIL, "roster.json", f"the roster is not trusted: {err}", ev,
-                            remedy=err.fix or "get the current, signed roster from the consortium")]
+            return [
+                Finding(
+                    self.name,
+                    Status.FAIL,
+                    "roster.json",
+                    f"the roster is not trusted: {err}",
+                    ev,
+                    remedy=err.fix or "get the current, signed roster from the consortium",
+                )
+            ]
         now = _now(evidence)
         days_left = (roster.expires - now) / SECONDS_PER_DAY
         d = roster.describe(now)
-        ev = {"consortium": d["consortium"], "version": d["version"], "expires": d["expires"], "days_to_expiry": round(days_left, 3),
-              "valid_signatures": d["valid_signatures"], "threshold": d["threshold"], "sites": len(d["sites"]),
-              "revocations": len(d["revocations"]), "roster_sha256": d["sha256"],
-              "min_days_to_expiry": settings.min_days_to_expiry, "max_days_to_expiry": settings.max_days_to_expiry}
+        ev = {
+            "consortium": d["consortium"],
+            "version": d["version"],
+            "expires": d["expires"],
+            "days_to_expiry": round(days_left, 3),
+            "valid_signatures": d["valid_signatures"],
+            "threshold": d["threshold"],
+            "sites": len(d["sites"]),
+            "revocations": len(d["revocations"]),
+            "roster_sha256": d["sha256"],
+            "min_days_to_expiry": settings.min_days_to_expiry,
+            "max_days_to_expiry": settings.max_days_to_expiry,
+        }
         if days_left < settings.min_days_to_expiry:
-            return [Finding(self.name, Status.FAIL, "roster.json", f"the roster expires in {days_left:.1f} days (policy: at least {settings.min_days_to_expiry:g})", ev,
-                            remedy="the admins must re-sign the roster with a later --expires (forge roster sign), then re-run the audit")]
+            return [
+                Finding(
+                    self.name,
+                    Status.FAIL,
+                    "roster.json",
+                    f"the roster expires in {days_left:.1f} days (policy: at least {settings.min_days_to_expiry:g})",
+                    ev,
+                    remedy="the admins must re-sign the roster with a later --expires (forge roster sign), then re-run the audit",
+                )
+            ]
         if days_left > settings.max_days_to_expiry:
-            return [Finding(self.name, Status.WARN, "roster.json", f"the roster is valid for {days_left:.0f} more days, longer than the policy's {settings.max_days_to_expiry:g}", ev,
-                            remedy="shorten the roster's validity so revocations propagate (forge roster sign --expires)")]
-        return [Finding(self.name, Status.PASS, "roster.json", f"roster v{d['version']} of {d['consortium']} is trusted and valid for {days_left:.1f} more days", ev)]
+            return [
+                Finding(
+                    self.name,
+                    Status.WARN,
+                    "roster.json",
+                    f"the roster is valid for {days_left:.0f} more days, longer than the policy's {settings.max_days_to_expiry:g}",
+                    ev,
+                    remedy="shorten the roster's validity so revocations propagate (forge roster sign --expires)",
+                )
+            ]
+        return [
+            Finding(
+                self.name,
+                Status.PASS,
+                "roster.json",
+                f"roster v{d['version']} of {d['consortium']} is trusted and valid for {days_left:.1f} more days",
+                ev,
+            )
+        ]
 
 
 def _claim(meta: dict):
@@ -122,13 +169,24 @@ class Provenance(Check):
         from forge_secure.crypto.bundle import verify
 
         if not evidence.bundles:
-            return missing_evidence(self.name, settings, "sealed bundles (bundles/*.forge)", "copy the bundles the sites sent into bundles/")
+            return missing_evidence(
+                self.name, settings, "sealed bundles (bundles/*.forge)", "copy the bundles the sites sent into bundles/"
+            )
         findings: list[Finding] = []
         roster, err = trusted_roster(evidence)
         if roster is None:
             why = f"the roster is not trusted ({err})" if err else "there is no roster.json"
-            return [Finding(self.name, Status.FAIL, b.rel, f"cannot verify: {why}", {"reason_code": getattr(err, "code", "evidence.no_roster")},
-                            remedy="add the consortium's current signed roster.json to the evidence") for b in evidence.bundles]
+            return [
+                Finding(
+                    self.name,
+                    Status.FAIL,
+                    b.rel,
+                    f"cannot verify: {why}",
+                    {"reason_code": getattr(err, "code", "evidence.no_roster")},
+                    remedy="add the consortium's current signed roster.json to the evidence",
+                )
+                for b in evidence.bundles
+            ]
         now = _now(evidence)
         verified: dict[str, object] = {}
         seen_ids: dict[str, str] = {}
@@ -152,29 +210,76 @@ class Provenance(Check):
                     except ForgeError as e2:
                         failed, v = e2, None
                     if v is None:
-                        findings.append(Finding(self.name, Status.FAIL, b.rel, f"bundle rejected: {failed}", {"reason_code": failed.code},
-                                                remedy=failed.fix or "do not use this bundle; ask the site to seal again"))
+                        findings.append(
+                            Finding(
+                                self.name,
+                                Status.FAIL,
+                                b.rel,
+                                f"bundle rejected: {failed}",
+                                {"reason_code": failed.code},
+                                remedy=failed.fix or "do not use this bundle; ask the site to seal again",
+                            )
+                        )
                         continue
-                ev = {"site": v.site, "signer_key_id": v.signer, "sequence": v.sequence, "submission_id": v.submission_id,
-                      "created": v.created, "bundle_sha256": v.bundle_sha256, "roster_version": v.roster_version,
-                      "algorithms": v.algorithms.get("signature", [])}
+                ev = {
+                    "site": v.site,
+                    "signer_key_id": v.signer,
+                    "sequence": v.sequence,
+                    "submission_id": v.submission_id,
+                    "created": v.created,
+                    "bundle_sha256": v.bundle_sha256,
+                    "roster_version": v.roster_version,
+                    "algorithms": v.algorithms.get("signature", []),
+                }
                 if v.submission_id in seen_ids:
-                    findings.append(Finding(self.name, Status.FAIL, b.rel, f"duplicate of {seen_ids[v.submission_id]} (same submission id)", ev,
-                                            remedy="remove the duplicate; a submission may be merged once"))
+                    findings.append(
+                        Finding(
+                            self.name,
+                            Status.FAIL,
+                            b.rel,
+                            f"duplicate of {seen_ids[v.submission_id]} (same submission id)",
+                            ev,
+                            remedy="remove the duplicate; a submission may be merged once",
+                        )
+                    )
                     continue
                 seen_ids[v.submission_id] = b.rel
                 if settings.allowed_signers and v.site not in settings.allowed_signers:
-                    findings.append(Finding(self.name, Status.FAIL, b.rel, f"signed by {v.site}, which the policy does not allow", ev,
-                                            remedy=f"only accept submissions from: {', '.join(settings.allowed_signers)}"))
+                    findings.append(
+                        Finding(
+                            self.name,
+                            Status.FAIL,
+                            b.rel,
+                            f"signed by {v.site}, which the policy does not allow",
+                            ev,
+                            remedy=f"only accept submissions from: {', '.join(settings.allowed_signers)}",
+                        )
+                    )
                     continue
                 if evidence.options.decryption_key is not None:
                     if opened_digest is None:
-                        findings.append(Finding(self.name, Status.FAIL, b.rel, f"verified, but cannot be opened: {failed}", {**ev, "reason_code": failed.code},
-                                                remedy=failed.fix or "check the decryption key given to the audit"))
+                        findings.append(
+                            Finding(
+                                self.name,
+                                Status.FAIL,
+                                b.rel,
+                                f"verified, but cannot be opened: {failed}",
+                                {**ev, "reason_code": failed.code},
+                                remedy=failed.fix or "check the decryption key given to the audit",
+                            )
+                        )
                         continue
                     ev["adapter_sha256"] = opened_digest
                 verified[b.rel] = (v, ev, opened_meta)
-                findings.append(Finding(self.name, Status.PASS, b.rel, f"signature by {v.site} verifies; signer in roster v{v.roster_version}, not revoked; payload digest matches", ev))
+                findings.append(
+                    Finding(
+                        self.name,
+                        Status.PASS,
+                        b.rel,
+                        f"signature by {v.site} verifies; signer in roster v{v.roster_version}, not revoked; payload digest matches",
+                        ev,
+                    )
+                )
         findings += self._link_plugins(evidence, settings, verified)
         return findings
 
@@ -186,9 +291,17 @@ class Provenance(Check):
         from forge_secure.crypto.replay import ReplayStore
         from forge_secure.plugins.record import read_plugin
 
-        opened = open_bundle(path, evidence.options.decryption_key, roster, out, passphrase=evidence.options.passphrase, now=now,
-                             replay=ReplayStore(out.parent / f"{out.name}-replay"), state_dir=out.parent / "roster-state",
-                             root=roster)
+        opened = open_bundle(
+            path,
+            evidence.options.decryption_key,
+            roster,
+            out,
+            passphrase=evidence.options.passphrase,
+            now=now,
+            replay=ReplayStore(out.parent / f"{out.name}-replay"),
+            state_dir=out.parent / "roster-state",
+            root=roster,
+        )
         record = read_plugin(opened.out)
         return opened.verified, record.adapter_sha256 or "", record.meta
 
@@ -204,10 +317,19 @@ class Provenance(Check):
             site = item.data.get("site")
             recorded = (item.data.get("adapter") or {}).get("sha256") if isinstance(item.data.get("adapter"), dict) else None
             if recorded is not None and recorded != digest:
-                findings.append(Finding(self.name, Status.FAIL, item.rel, "its weights do not match the adapter digest its forge.json records",
-                                        {"adapter_sha256": digest, "recorded_sha256": recorded},
-                                        remedy="the weights were replaced after training; re-open the plugin from its verified bundle",
-                                        plugin=item.rel, claim="weights-binding", basis="re-derived"))
+                findings.append(
+                    Finding(
+                        self.name,
+                        Status.FAIL,
+                        item.rel,
+                        "its weights do not match the adapter digest its forge.json records",
+                        {"adapter_sha256": digest, "recorded_sha256": recorded},
+                        remedy="the weights were replaced after training; re-open the plugin from its verified bundle",
+                        plugin=item.rel,
+                        claim="weights-binding",
+                        basis="re-derived",
+                    )
+                )
                 continue
             match, bound, edited = None, False, False
             for rel, (v, ev, opened_meta) in verified.items():
@@ -223,30 +345,66 @@ class Provenance(Check):
                     break
             ev = {"adapter_sha256": digest, "site": site}
             if match is None:
-                findings.append(Finding(self.name, Status.FAIL, item.rel,
-                                        "no verified bundle holds this plugin (its site, signed DP claim or base differ, or its weights differ)", ev,
-                                        remedy="audit only plugins opened from verified bundles; re-open the site's bundle with forge open",
-                                        plugin=item.rel, claim="weights-binding", basis="claimed"))
+                findings.append(
+                    Finding(
+                        self.name,
+                        Status.FAIL,
+                        item.rel,
+                        "no verified bundle holds this plugin (its site, signed DP claim or base differ, or its weights differ)",
+                        ev,
+                        remedy="audit only plugins opened from verified bundles; re-open the site's bundle with forge open",
+                        plugin=item.rel,
+                        claim="weights-binding",
+                        basis="claimed",
+                    )
+                )
                 continue
             used.add(match)
             chained.add(digest)
             ev["bundle"] = match
             if edited:
-                findings.append(Finding(self.name, Status.FAIL, item.rel,
-                                        f"its weights match {match}, but its forge.json differs from the signed one in that bundle (edited after opening)",
-                                        {**ev, "weights_bound": True, "manifest_bound": False},
-                                        remedy="judge only the plugin as opened from its verified bundle: re-open it with forge open",
-                                        plugin=item.rel, claim="weights-binding", basis="verified"))
+                findings.append(
+                    Finding(
+                        self.name,
+                        Status.FAIL,
+                        item.rel,
+                        f"its weights match {match}, but its forge.json differs from the signed one in that bundle (edited after opening)",
+                        {**ev, "weights_bound": True, "manifest_bound": False},
+                        remedy="judge only the plugin as opened from its verified bundle: re-open it with forge open",
+                        plugin=item.rel,
+                        claim="weights-binding",
+                        basis="verified",
+                    )
+                )
             elif bound:
-                findings.append(Finding(self.name, Status.PASS, item.rel, f"weights and forge.json match the opened content of {match}", {**ev, "weights_bound": True, "manifest_bound": True},
-                                        plugin=item.rel, claim="weights-binding", basis="verified"))
+                findings.append(
+                    Finding(
+                        self.name,
+                        Status.PASS,
+                        item.rel,
+                        f"weights and forge.json match the opened content of {match}",
+                        {**ev, "weights_bound": True, "manifest_bound": True},
+                        plugin=item.rel,
+                        claim="weights-binding",
+                        basis="verified",
+                    )
+                )
             else:
                 status = Status.FAIL if settings.require_weight_binding else Status.WARN
-                findings.append(Finding(self.name, status, item.rel,
-                                        f"site, signed DP claim and base match {match}; the weights are not bound (no decryption key given)",
-                                        {**ev, "weights_bound": False},
-                                        remedy="run the audit with --decryption-key (the consortium " "recipient key) to bind the weights to the signed payload",
-                                        plugin=item.rel, claim="weights-binding", basis="claimed"))
+                findings.append(
+                    Finding(
+                        self.name,
+                        status,
+                        item.rel,
+                        f"site, signed DP claim and base match {match}; the weights are not bound (no decryption key given)",
+                        {**ev, "weights_bound": False},
+                        remedy="run the audit with --decryption-key (the consortium "
+                        "recipient key) to bind the weights to the signed payload",
+                        plugin=item.rel,
+                        claim="weights-binding",
+                        basis="claimed",
+                    )
+                )
         # merged versions, in dependency order: a parent may be a plugin or an already chained merge
         pending = [m for m in evidence.merged]
         progress_made = True
@@ -261,28 +419,50 @@ class Provenance(Check):
                     continue
                 parents = item.data.get("parents") if isinstance(item.data.get("parents"), list) else None
                 if not parents:
-                    results[item.rel] = Finding(self.name, Status.FAIL if settings.require_lineage else Status.WARN, item.rel,
-                                                "merged version records no parents", {"adapter_sha256": item.extra["adapter_digest"]},
-                                                remedy="merge with forge merge, which records the parents' digests", plugin=item.rel, claim="weights-binding", basis="claimed")
+                    results[item.rel] = Finding(
+                        self.name,
+                        Status.FAIL if settings.require_lineage else Status.WARN,
+                        item.rel,
+                        "merged version records no parents",
+                        {"adapter_sha256": item.extra["adapter_digest"]},
+                        remedy="merge with forge merge, which records the parents' digests",
+                        plugin=item.rel,
+                        claim="weights-binding",
+                        basis="claimed",
+                    )
                     pending.remove(item)
                     progress_made = True
                     continue
                 digests = [p.get("digest") if isinstance(p, dict) else None for p in parents]
                 if all(d in chained for d in digests):
                     chained.add(item.extra["adapter_digest"])
-                    results[item.rel] = Finding(self.name, Status.PASS, item.rel,
-                                                f"all {len(digests)} parents chain to verified bundles (the merge itself is the merger's record)",
-                                                {"parents": digests, "adapter_sha256": item.extra["adapter_digest"]},
-                                                plugin=item.rel, claim="weights-binding", basis="claimed")
+                    results[item.rel] = Finding(
+                        self.name,
+                        Status.PASS,
+                        item.rel,
+                        f"all {len(digests)} parents chain to verified bundles (the merge itself is the merger's record)",
+                        {"parents": digests, "adapter_sha256": item.extra["adapter_digest"]},
+                        plugin=item.rel,
+                        claim="weights-binding",
+                        basis="claimed",
+                    )
                     pending.remove(item)
                     progress_made = True
         for item in pending:
             digests = [p.get("digest") if isinstance(p, dict) else None for p in item.data.get("parents", [])]
             missing = [d for d in digests if d not in chained]
-            results[item.rel] = Finding(self.name, Status.FAIL if settings.require_lineage else Status.WARN, item.rel,
-                                        f"{len(missing)} of {len(digests)} parents do not chain to a verified bundle", {"unchained_parents": missing, "parents": digests},
-                                        remedy="include every parent plugin (opened from its verified bundle) " "in the evidence, or re-merge from verified plugins only",
-                                        plugin=item.rel, claim="weights-binding", basis="claimed")
+            results[item.rel] = Finding(
+                self.name,
+                Status.FAIL if settings.require_lineage else Status.WARN,
+                item.rel,
+                f"{len(missing)} of {len(digests)} parents do not chain to a verified bundle",
+                {"unchained_parents": missing, "parents": digests},
+                remedy="include every parent plugin (opened from its verified bundle) "
+                "in the evidence, or re-merge from verified plugins only",
+                plugin=item.rel,
+                claim="weights-binding",
+                basis="claimed",
+            )
         findings += [results[m.rel] for m in evidence.merged if m.rel in results]
         return findings
 

@@ -55,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug, not bad input: say so, keep it one line unless --debug
         if getattr(args, "debug", False):
             raise
-        _common.console_err.print(_common.styled(("internal error", "red"),
-            f": {e.__class__.__name__}: {e}. "
-            "This is a bug in forge-secure; rerun with --debug and report the traceback."
-        ))
+        _common.console_err.print(
+            _common.styled(
+                ("internal error", "red"),
+                f": {e.__class__.__name__}: {e}. This is a bug in forge-secure; rerun with --debug and report the traceback.",
+            )
+        )
         return 3
 
 

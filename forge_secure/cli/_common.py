@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-
-from ..numbers import encode
 from typing import Any
 
 from rich.console import Console
@@ -23,6 +21,7 @@ from rich.text import Text
 
 from .. import progress
 from ..errors import ForgeError
+from ..numbers import encode
 
 console = Console(markup=False, highlight=False, emoji=False)
 console_err = Console(stderr=True, markup=False, highlight=False, emoji=False)

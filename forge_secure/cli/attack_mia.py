@@ -33,7 +33,7 @@ def _pos_int(text: str) -> int:
 DEFAULT_ATTACK_TEXT = "lira, online, per-record variance"
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add `forge attack mia`."""
     p = sub.add_parser(
         "mia",
@@ -42,23 +42,40 @@ def register(sub: "argparse._SubParsersAction") -> None:
         "0.1%% / 1%% FPR with intervals, and an empirical epsilon lower bound next to the claimed epsilon.",
     )
     p.add_argument("--target", help="plugin directory (forge.json) or mixture directory (mixture.json) (required)")
-    p.add_argument("--data", help="(required) ""candidate records: a site's pool (bundled:site-1) or a file with --membership-seed")
-    p.add_argument("--attack", default=None, help="attack by registered name: lira, rmia, loss, reference "
-                   "(default: the strongest at the default budget, measured in docs/benchmarks.md: " + DEFAULT_ATTACK_TEXT + ")")
+    p.add_argument("--data", help="(required) candidate records: a site's pool (bundled:site-1) or a file with --membership-seed")
+    p.add_argument(
+        "--attack",
+        default=None,
+        help="attack by registered name: lira, rmia, loss, reference "
+        "(default: the strongest at the default budget, measured in docs/benchmarks.md: " + DEFAULT_ATTACK_TEXT + ")",
+    )
     p.add_argument("--references", type=_nonneg_int, default=16, help="reference models to train or load (default 16)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--online", dest="online", action="store_true", default=None, help="references trained with and without each candidate")
+    mode.add_argument(
+        "--online", dest="online", action="store_true", default=None, help="references trained with and without each candidate"
+    )
     mode.add_argument("--offline", dest="online", action="store_false", help="references trained on population data only")
-    p.add_argument("--population", default="auto", help="population data for references and RMIA (default: the bundled public split for bundled data; 'none' to disable)")
-    p.add_argument("--membership-seed", type=_nonneg_int, default=None, help="the site's membership seed (checked against the target's commitment)")
+    p.add_argument(
+        "--population",
+        default="auto",
+        help="population data for references and RMIA (default: the bundled public split for bundled data; 'none' to disable)",
+    )
+    p.add_argument(
+        "--membership-seed", type=_nonneg_int, default=None, help="the site's membership seed (checked against the target's commitment)"
+    )
     p.add_argument("--nonmembers", default=None, help="non-member records; then --data holds the members (no one-run audit)")
     p.add_argument("--label-column", default=None, help="label column of CSV data (default 'label')")
     p.add_argument("--base", default=None, help="the base model you expect the target to use (refused if its digest differs)")
     p.add_argument("--recipe", default=None, help="plugin directory whose recipe trains the references (for merged plugins)")
     p.add_argument("--component", default=None, help="for a Mixture: the site of the component trained on the candidates")
     var = p.add_mutually_exclusive_group()
-    var.add_argument("--fixed-variance", dest="fixed_variance", action="store_true", default=None,
-                     help="LiRA: one global variance (better with few references)")
+    var.add_argument(
+        "--fixed-variance",
+        dest="fixed_variance",
+        action="store_true",
+        default=None,
+        help="LiRA: one global variance (better with few references)",
+    )
     var.add_argument("--per-record-variance", dest="fixed_variance", action="store_false", help="LiRA: a variance per record")
     p.add_argument("--rmia-a", type=float, default=None, help="RMIA offline: the a of P(x) ~ ((1+a) P_OUT + 1-a)/2 (default: tuned)")
     p.add_argument("--gamma", type=float, default=1.0, help="RMIA: likelihood-ratio threshold gamma (default 1)")
@@ -67,12 +84,23 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--no-canaries", dest="use_canaries", action="store_false", help="leave the target's canaries out of the candidates")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the reference splits, training and bootstrap (default 0)")
     p.add_argument("--n-boot", type=_pos_int, default=1000, help="bootstrap replicates for the intervals (default 1000)")
-    p.add_argument("--workers", type=_pos_int, default=None,
-                   help="worker processes for reference training (default 1: references train batched in this process, "
-                   "measured fastest; see docs/benchmarks.md)")
-    p.add_argument("--one-at-a-time", dest="batch", action="store_false", default=None,
-                   help="train references one by one instead of batched (the same models, slower)")
-    p.add_argument("--ray", default=None, metavar="ADDRESS", help="train references on a Ray cluster (host:port), or 'auto' for a local Ray")
+    p.add_argument(
+        "--workers",
+        type=_pos_int,
+        default=None,
+        help="worker processes for reference training (default 1: references train batched in this process, "
+        "measured fastest; see docs/benchmarks.md)",
+    )
+    p.add_argument(
+        "--one-at-a-time",
+        dest="batch",
+        action="store_false",
+        default=None,
+        help="train references one by one instead of batched (the same models, slower)",
+    )
+    p.add_argument(
+        "--ray", default=None, metavar="ADDRESS", help="train references on a Ray cluster (host:port), or 'auto' for a local Ray"
+    )
     p.add_argument("--no-cache", dest="cache", action="store_false", help="retrain references even when cached")
     p.add_argument("--out", help="(required) results JSON (every score and per-record signal, labels, settings, metrics, epsilon)")
     p.add_argument("--plot", default=None, help="ROC plot (linear and log-log), .png or .svg")
@@ -117,8 +145,7 @@ def handle(args: argparse.Namespace) -> int:
         raise ForgeValueError(f"--out {out} is a directory", fix="give a file name such as results.json", code="attack.out")
     if args.plot:
         _format_of(Path(args.plot))  # fail before the work, not after
-    chosen = {k: v for k, v in (("attack", args.attack), ("online", args.online), ("fixed_variance", args.fixed_variance))
-              if v is not None}
+    chosen = {k: v for k, v in (("attack", args.attack), ("online", args.online), ("fixed_variance", args.fixed_variance)) if v is not None}
     settings = MiaSettings(
         **chosen,
         references=args.references,
@@ -150,8 +177,16 @@ def handle(args: argparse.Namespace) -> int:
     if args.plot:
         plot_roc({results["attack"]: (results["scores"], results["labels"])}, args.plot)
     if args.json:
-        _common.emit_json({"results": str(out), "plot": args.plot, "attack": results["attack"], "metrics": results["metrics"],
-                           "empirical_epsilon": results["empirical_epsilon"], "claimed_epsilon": results["claimed_epsilon"]})
+        _common.emit_json(
+            {
+                "results": str(out),
+                "plot": args.plot,
+                "attack": results["attack"],
+                "metrics": results["metrics"],
+                "empirical_epsilon": results["empirical_epsilon"],
+                "claimed_epsilon": results["claimed_epsilon"],
+            }
+        )
     else:
         for line in summary_lines(results):
             _common.console.print(line, highlight=False, markup=False)
@@ -163,9 +198,17 @@ def _print_results(args, results: dict, out, plot) -> None:
     from attacks.membership.run import summary_lines
 
     if args.json:
-        _common.emit_json({"results": str(out) if out else None, "plot": plot, "attack": results["attack"],
-                           "metrics": results["metrics"], "empirical_epsilon": results["empirical_epsilon"],
-                           "claimed_epsilon": results["claimed_epsilon"], "rescored": results.get("rescored")})
+        _common.emit_json(
+            {
+                "results": str(out) if out else None,
+                "plot": plot,
+                "attack": results["attack"],
+                "metrics": results["metrics"],
+                "empirical_epsilon": results["empirical_epsilon"],
+                "claimed_epsilon": results["claimed_epsilon"],
+                "rescored": results.get("rescored"),
+            }
+        )
         return
     for line in summary_lines(results):
         _common.console.print(line, highlight=False, markup=False)
@@ -183,9 +226,19 @@ def handle_rescore(args: argparse.Namespace) -> int:
         raise ForgeValueError(f"--out {args.out} is a directory", fix="give a file name such as rescored.json", code="attack.out")
     if args.plot:
         _format_of(Path(args.plot))
-    settings = {k: v for k, v in (("online", args.online), ("fixed_variance", args.fixed_variance), ("rmia_a", args.rmia_a),
-                                  ("gamma", args.gamma), ("temperature", args.temperature), ("references", args.references),
-                                  ("n_boot", args.n_boot)) if v is not None}
+    settings = {
+        k: v
+        for k, v in (
+            ("online", args.online),
+            ("fixed_variance", args.fixed_variance),
+            ("rmia_a", args.rmia_a),
+            ("gamma", args.gamma),
+            ("temperature", args.temperature),
+            ("references", args.references),
+            ("n_boot", args.n_boot),
+        )
+        if v is not None
+    }
     results = rescore(Path(args.results), args.attack, **settings)
     if args.out:
         write_results(results, Path(args.out))

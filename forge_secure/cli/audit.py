@@ -15,7 +15,7 @@ import sys
 from . import _common
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's sub-commands to the `forge` parser."""
     p = sub.add_parser(
         "audit",
@@ -31,16 +31,33 @@ def register(sub: "argparse._SubParsersAction") -> None:
     _common.add_passphrase_flags(p, "--key")
     p.add_argument("--decryption-key", metavar="KEY", help="the recipient's decryption.key: open each bundle to bind plugin weights to it")
     _common.add_passphrase_flags(p, "--decryption-key", prefix="decryption-")
-    p.add_argument("--attack-results", metavar="FILE", action="append", default=[],
-                   help="results file of an attack you ran yourself (forge attack mia / recon), kept outside the evidence "
-                   "directory; repeatable. Only these, and site files whose scores the audit re-derives, count as leakage evidence")
+    p.add_argument(
+        "--attack-results",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="results file of an attack you ran yourself (forge attack mia / recon), kept outside the evidence "
+        "directory; repeatable. Only these, and site files whose scores the audit re-derives, count as leakage evidence",
+    )
     p.add_argument("--print-default-policy", action="store_true", help="print the default policy TOML and exit")
     onsite = p.add_argument_group("on-site audit", "what the auditor brings to verify DP claims instead of taking them on the site's word")
-    onsite.add_argument("--replay-key", metavar="KEY", help="the auditor's decryption.key: open each plugin's replay envelope and re-run its training")
-    onsite.add_argument("--canary-record", metavar="RECORD", action="append", default=[],
-                        help="the auditor's private canary record (forge audit canaries issue); repeat for several sites")
-    onsite.add_argument("--site-data", metavar="SITE=DATA", action="append", default=[],
-                        help="replay SITE's training on DATA (default: the source its envelope names); repeatable")
+    onsite.add_argument(
+        "--replay-key", metavar="KEY", help="the auditor's decryption.key: open each plugin's replay envelope and re-run its training"
+    )
+    onsite.add_argument(
+        "--canary-record",
+        metavar="RECORD",
+        action="append",
+        default=[],
+        help="the auditor's private canary record (forge audit canaries issue); repeat for several sites",
+    )
+    onsite.add_argument(
+        "--site-data",
+        metavar="SITE=DATA",
+        action="append",
+        default=[],
+        help="replay SITE's training on DATA (default: the source its envelope names); repeatable",
+    )
     _common.add_passphrase_flags(onsite, "--replay-key", prefix="replay-")
     _common.add_json_flag(p)
     p.set_defaults(func=cmd_audit)
@@ -84,33 +101,53 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if decryption_passphrase is not None and not args.decryption_key:
         from ..errors import ForgeValueError
 
-        raise ForgeValueError("a decryption passphrase was given without --decryption-key",
-                              fix="add --decryption-key KEY, or drop the decryption passphrase", code="cli.missing_argument")
+        raise ForgeValueError(
+            "a decryption passphrase was given without --decryption-key",
+            fix="add --decryption-key KEY, or drop the decryption passphrase",
+            code="cli.missing_argument",
+        )
     site_data = {}
     for pair in args.site_data:
         site, sep, spec = pair.partition("=")
         if not sep or not site or not spec:
             from ..errors import ForgeValueError
 
-            raise ForgeValueError(f"--site-data {pair!r} is not SITE=DATA", fix="give e.g. --site-data site-1=records.csv",
-                                  code="cli.bad_argument")
+            raise ForgeValueError(
+                f"--site-data {pair!r} is not SITE=DATA", fix="give e.g. --site-data site-1=records.csv", code="cli.bad_argument"
+            )
         site_data[site] = spec
     report = audit_directory(
-        args.evidence, args.policy, out=args.out, key=args.key, passphrase=passphrase,
-        decryption_key=args.decryption_key, decryption_passphrase=decryption_passphrase, attack_results=args.attack_results,
-        replay_key=args.replay_key, replay_passphrase=_common.passphrase(args, prefix="replay-"),
-        canary_records=args.canary_record, site_data=site_data,
+        args.evidence,
+        args.policy,
+        out=args.out,
+        key=args.key,
+        passphrase=passphrase,
+        decryption_key=args.decryption_key,
+        decryption_passphrase=decryption_passphrase,
+        attack_results=args.attack_results,
+        replay_key=args.replay_key,
+        replay_passphrase=_common.passphrase(args, prefix="replay-"),
+        canary_records=args.canary_record,
+        site_data=site_data,
     )
     verdict = report.verdict.value
     if args.json:
-        _common.emit_json({
-            "verdict": verdict, "report_dir": str(args.out), "report_id": report.report_id, "signed": bool(args.key),
-            "verdict_detail": report.verdict_detail(),
-            "counts": report.counts(), "checks": [{"name": c.name, "status": c.status.value} for c in report.checks],
-            "failures": [{"check": f.check, "subject": f.subject, "summary": f.summary, "remedy": f.remedy} for f in report.failures()],
-            "inconclusive": [{"check": f.check, "subject": f.subject, "summary": f.summary, "remedy": f.remedy} for f in report.inconclusive()],
-            "claims": report.claims(),
-        })
+        _common.emit_json(
+            {
+                "verdict": verdict,
+                "report_dir": str(args.out),
+                "report_id": report.report_id,
+                "signed": bool(args.key),
+                "verdict_detail": report.verdict_detail(),
+                "counts": report.counts(),
+                "checks": [{"name": c.name, "status": c.status.value} for c in report.checks],
+                "failures": [{"check": f.check, "subject": f.subject, "summary": f.summary, "remedy": f.remedy} for f in report.failures()],
+                "inconclusive": [
+                    {"check": f.check, "subject": f.subject, "summary": f.summary, "remedy": f.remedy} for f in report.inconclusive()
+                ],
+                "claims": report.claims(),
+            }
+        )
     else:
         _print_summary(report, args)
     return 0 if report.passed else 1
@@ -132,18 +169,37 @@ def _print_summary(report, args) -> None:
     con.print(table)
     for f in report.failures() + report.inconclusive():
         s = f.status.value
-        con.print(f"[{style[s]}]{s.upper()}[/{style[s]}] {escape(f.check)} [dim]{escape(f.subject)}[/dim]: {escape(f.summary)}\n"
-                  f"    [italic]what to do:[/italic] {escape(f.remedy)}", highlight=False, soft_wrap=True, markup=True)
-    claimed = sorted({r["plugin"] for r in report.claims()
-                      if r["claim"] == "dp-parameters" and r["basis"] == "claimed" and not r["plugin"].startswith("merged/")})
+        con.print(
+            f"[{style[s]}]{s.upper()}[/{style[s]}] {escape(f.check)} [dim]{escape(f.subject)}[/dim]: {escape(f.summary)}\n"
+            f"    [italic]what to do:[/italic] {escape(f.remedy)}",
+            highlight=False,
+            soft_wrap=True,
+            markup=True,
+        )
+    claimed = sorted(
+        {
+            r["plugin"]
+            for r in report.claims()
+            if r["claim"] == "dp-parameters" and r["basis"] == "claimed" and not r["plugin"].startswith("merged/")
+        }
+    )
     if claimed:
-        con.print(f"[yellow]DP parameters claimed only (not verified by replay):[/yellow] {escape(', '.join(claimed))}", highlight=False, soft_wrap=True, markup=True)
+        con.print(
+            f"[yellow]DP parameters claimed only (not verified by replay):[/yellow] {escape(', '.join(claimed))}",
+            highlight=False,
+            soft_wrap=True,
+            markup=True,
+        )
     colour = "green" if report.passed else "red"
     detail = report.verdict_detail()
     if report.passed and detail["inconclusive_checks"]:
-        con.print(f"[bold {colour}]AUDIT PASSED[/bold {colour}] [bold magenta]with {len(detail['inconclusive_checks'])} INCONCLUSIVE check(s): "
-                  f"{escape(', '.join(detail['inconclusive_checks']))}[/bold magenta] (they could neither confirm nor refute the claims)",
-                  highlight=False, soft_wrap=True, markup=True)
+        con.print(
+            f"[bold {colour}]AUDIT PASSED[/bold {colour}] [bold magenta]with {len(detail['inconclusive_checks'])} INCONCLUSIVE check(s): "
+            f"{escape(', '.join(detail['inconclusive_checks']))}[/bold magenta] (they could neither confirm nor refute the claims)",
+            highlight=False,
+            soft_wrap=True,
+            markup=True,
+        )
     else:
         con.print(f"[bold {colour}]AUDIT {'PASSED' if report.passed else 'FAILED'}[/bold {colour}]", markup=True)
     con.print(f"report: {args.out}/report.html (also report.json, report.pdf{', report.sig.json' if args.key else ''})", highlight=False)
@@ -162,8 +218,11 @@ def cmd_verify_report(args: argparse.Namespace) -> int:
         _common.emit_json({"valid": True, "signer": public.site, "key_id": public.key_id, **statement})
     else:
         _common.console.print(
-            f"[green]valid[/green]: report {_common.escape(statement['report_id'][:16])}... " f"(verdict {_common.escape(statement['verdict'].upper())}, "
-            f"{_common.escape(statement['created_at'])}) signed by " f"{_common.escape(public.site)} ({public.key_id[:16]}...); all files match",
-            highlight=False, markup=True,
+            f"[green]valid[/green]: report {_common.escape(statement['report_id'][:16])}... "
+            f"(verdict {_common.escape(statement['verdict'].upper())}, "
+            f"{_common.escape(statement['created_at'])}) signed by "
+            f"{_common.escape(public.site)} ({public.key_id[:16]}...); all files match",
+            highlight=False,
+            markup=True,
         )
     return 0

@@ -15,7 +15,7 @@ import argparse
 from . import _common
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's sub-commands to the `forge` parser."""
     p = sub.add_parser(
         "bench",
@@ -26,7 +26,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
         "resumes. Start from the bundled grid: forge bench --print-default > bench.toml",
     )
     p.add_argument("--config", default="default", help='bench TOML file, or "default" for the bundled grid (default)')
-    p.add_argument("--out", default="forge-bench", help="output directory (default ./forge-bench; a previous bench output there is replaced)")
+    p.add_argument(
+        "--out", default="forge-bench", help="output directory (default ./forge-bench; a previous bench output there is replaced)"
+    )
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: [run] workers of the config)")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help='run on Ray: "auto" starts a local Ray, or HOST:PORT of a cluster')
     p.add_argument("--cache", default=None, metavar="DIR", help="cell cache directory (default $FORGE_HOME/cache/bench)")
@@ -81,9 +83,15 @@ def terminal_table(summary, *, title: str):
     head, body = report.terminal_rows(summary)
     # no box: two spaces between columns, so the widest grid (several ranks, "mixture", "no leak
     # seen") still fits 100 characters
-    table = Table(title=escape(title), box=None, pad_edge=False, padding=(0, 1), header_style="bold underline",
-                  caption="eps: 95% lower bounds (one-run: canaries, pooled over seeds); ceiling: most a perfect attack "
-                          "shows", caption_justify="left")
+    table = Table(
+        title=escape(title),
+        box=None,
+        pad_edge=False,
+        padding=(0, 1),
+        header_style="bold underline",
+        caption="eps: 95% lower bounds (one-run: canaries, pooled over seeds); ceiling: most a perfect attack shows",
+        caption_justify="left",
+    )
     for h in head:
         table.add_column(escape(h), justify="left" if h in ("LoRA", "merge", "attack", "verdict") else "right", no_wrap=True)
     styles = {"BUG": "bold red", "leaks": "yellow", "cannot tell": "dim"}
@@ -126,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         f"{result.computed} runs computed, {result.cached} from the cache, {result.trained} plugins trained, "
         f"{result.seconds:.1f} s. Full table (every metric with its {config.confidence:.0%} t-interval over seeds): "
         f"{result.out}/summary.md and summary.html; plots in {result.out}/plots/; one row per run in results.csv.",
-        highlight=False, markup=False,
+        highlight=False,
+        markup=False,
     )
     if result.flagged:
         _print(f"{len(result.flagged)} run(s) measured more leakage than the claimed epsilon (a bug):", style="bold red")

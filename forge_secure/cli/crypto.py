@@ -12,10 +12,18 @@ from . import _common
 
 
 def _root_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", metavar="ROOT", help="pin the consortium's root first, if this machine has none: a roster file "
-                   "obtained out of band, or sha256:DIGEST of the --roster given (see 'forge roster pin')")
-    p.add_argument("--timestamp", metavar="FILE", help="a signed timestamp (forge roster timestamp, or the hub's): the roster "
-                   "must be the one it names as current, and it must not have expired")
+    p.add_argument(
+        "--root",
+        metavar="ROOT",
+        help="pin the consortium's root first, if this machine has none: a roster file "
+        "obtained out of band, or sha256:DIGEST of the --roster given (see 'forge roster pin')",
+    )
+    p.add_argument(
+        "--timestamp",
+        metavar="FILE",
+        help="a signed timestamp (forge roster timestamp, or the hub's): the roster "
+        "must be the one it names as current, and it must not have expired",
+    )
 
 
 def _print_pairs(title: str, pairs: list[tuple[str, object]]) -> None:
@@ -33,16 +41,29 @@ def _keys_new(args) -> int:
 
     files = new_keys(args.site, args.out, post_quantum=args.post_quantum, passphrase=_common.passphrase(args))
     pub = files.public_key
-    info = {"site": pub.site, "key_id": pub.key_id, "encryption_key_id": pub.encryption_key_id,
-            "signing_algorithms": list(pub.signing.algorithms), "kem": pub.kem,
-            "signing_key": str(files.signing), "decryption_key": str(files.decryption), "public_key": str(files.public)}
+    info = {
+        "site": pub.site,
+        "key_id": pub.key_id,
+        "encryption_key_id": pub.encryption_key_id,
+        "signing_algorithms": list(pub.signing.algorithms),
+        "kem": pub.kem,
+        "signing_key": str(files.signing),
+        "decryption_key": str(files.decryption),
+        "public_key": str(files.public),
+    }
     if args.json:
         _common.emit_json(info)
     else:
-        _print_pairs(f"keys written for {pub.site}", [
-            ("key id", pub.key_id), ("signing", " + ".join(pub.signing.algorithms)), ("encryption", pub.kem),
-            ("private", f"{files.signing}, {files.decryption} (mode 0600; keep them secret)"),
-            ("public", f"{files.public} (send this to the consortium)")])
+        _print_pairs(
+            f"keys written for {pub.site}",
+            [
+                ("key id", pub.key_id),
+                ("signing", " + ".join(pub.signing.algorithms)),
+                ("encryption", pub.kem),
+                ("private", f"{files.signing}, {files.decryption} (mode 0600; keep them secret)"),
+                ("public", f"{files.public} (send this to the consortium)"),
+            ],
+        )
     return 0
 
 
@@ -53,15 +74,24 @@ def _keys_protect(args) -> int:
     if new is None:
         from ..crypto import BundleError
 
-        raise BundleError("no new passphrase given", fix="give --new-passphrase-file FILE or --new-passphrase-env VAR",
-                          code="key.passphrase_required")
+        raise BundleError(
+            "no new passphrase given", fix="give --new-passphrase-file FILE or --new-passphrase-env VAR", code="key.passphrase_required"
+        )
     path = keys.protect_key_file(args.key, _common.passphrase(args), new)
     if args.json:
-        _common.emit_json({"key": str(path), "format": keys.PROTECTED_FORMAT, "kdf": {"name": "scrypt", "log_n": keys.SCRYPT_LOG_N,
-                                                                                      "r": keys.SCRYPT_R, "p": keys.SCRYPT_P}})
+        _common.emit_json(
+            {
+                "key": str(path),
+                "format": keys.PROTECTED_FORMAT,
+                "kdf": {"name": "scrypt", "log_n": keys.SCRYPT_LOG_N, "r": keys.SCRYPT_R, "p": keys.SCRYPT_P},
+            }
+        )
     else:
-        _common.console.print(f"{path} rewritten as {keys.PROTECTED_FORMAT} (scrypt N=2^{keys.SCRYPT_LOG_N}, r={keys.SCRYPT_R}, "
-                              f"p={keys.SCRYPT_P}; AES-256-GCM), mode 0600", soft_wrap=True)
+        _common.console.print(
+            f"{path} rewritten as {keys.PROTECTED_FORMAT} (scrypt N=2^{keys.SCRYPT_LOG_N}, r={keys.SCRYPT_R}, "
+            f"p={keys.SCRYPT_P}; AES-256-GCM), mode 0600",
+            soft_wrap=True,
+        )
     return 0
 
 
@@ -79,30 +109,50 @@ def _roster_summary(roster, args, action: str) -> int:
     if args.json:
         _common.emit_json(desc)
         return 0
-    _print_pairs(f"roster {action}: {desc['consortium']} version {desc['version']}", [
-        ("expires", desc["expires"] + (" (EXPIRED)" if desc["expired"] else "")),
-        ("signatures", f"{desc['valid_signatures']} valid of {desc['threshold']} needed"
-                       + ("" if desc["trusted"] else "  -> sign it with 'forge roster sign'")),
-        ("admins", ", ".join(f"{a['name']} {a['key_id'][:16]}{' (signed)' if a['signed'] else ''}" for a in desc["admins"]) or "none"),
-        ("sites", ", ".join(f"{s['site']} {s['key_id'][:16]} {s['not_before']}..{s['not_after']}{' REVOKED' if s['revoked'] else ''}"
-                            for s in desc["sites"]) or "none"),
-        ("recipients", ", ".join(f"{r['name']} ({r['role']}) {r['key_id'][:16]}{' REVOKED' if r['revoked'] else ''}"
-                                 for r in desc["recipients"]) or "none"),
-        ("revocations", len(desc["revocations"])),
-        ("sha256", desc["sha256"])])
+    _print_pairs(
+        f"roster {action}: {desc['consortium']} version {desc['version']}",
+        [
+            ("expires", desc["expires"] + (" (EXPIRED)" if desc["expired"] else "")),
+            (
+                "signatures",
+                f"{desc['valid_signatures']} valid of {desc['threshold']} needed"
+                + ("" if desc["trusted"] else "  -> sign it with 'forge roster sign'"),
+            ),
+            ("admins", ", ".join(f"{a['name']} {a['key_id'][:16]}{' (signed)' if a['signed'] else ''}" for a in desc["admins"]) or "none"),
+            (
+                "sites",
+                ", ".join(
+                    f"{s['site']} {s['key_id'][:16]} {s['not_before']}..{s['not_after']}{' REVOKED' if s['revoked'] else ''}"
+                    for s in desc["sites"]
+                )
+                or "none",
+            ),
+            (
+                "recipients",
+                ", ".join(f"{r['name']} ({r['role']}) {r['key_id'][:16]}{' REVOKED' if r['revoked'] else ''}" for r in desc["recipients"])
+                or "none",
+            ),
+            ("revocations", len(desc["revocations"])),
+            ("sha256", desc["sha256"]),
+        ],
+    )
     return 0
 
 
 def _roster_init(args) -> int:
-    from ..crypto import _time, init_roster, load_public_key
-
-    from ..crypto import Recipient
+    from ..crypto import Recipient, _time, init_roster, load_public_key
 
     admins = [load_public_key(p) for p in args.admin]
     recipients = [Recipient.from_public(load_public_key(p), "consortium") for p in args.recipient or ()]
     recipients += [Recipient.from_public(load_public_key(p), "auditor") for p in args.auditor or ()]
-    roster = init_roster(args.out, args.consortium, admins, threshold=args.threshold,
-                         expires=_time.parse_when(args.expires, "--expires"), recipients=recipients)
+    roster = init_roster(
+        args.out,
+        args.consortium,
+        admins,
+        threshold=args.threshold,
+        expires=_time.parse_when(args.expires, "--expires"),
+        recipients=recipients,
+    )
     return _roster_summary(roster, args, "written (unsigned)")
 
 
@@ -112,8 +162,9 @@ def _roster_add(args) -> int:
     if sum(bool(x) for x in (args.site_key, args.admin, args.recipient, args.timestamp_key)) != 1:
         from ..crypto import BundleError
 
-        raise BundleError("give exactly one of --site-key, --admin, --recipient or --timestamp-key", fix="add one key per command",
-                          code="roster.usage")
+        raise BundleError(
+            "give exactly one of --site-key, --admin, --recipient or --timestamp-key", fix="add one key per command", code="roster.usage"
+        )
     expires = _when(args.expires, "--expires")
     if args.timestamp_key:
         from ..crypto.roster import add_timestamp_key
@@ -124,8 +175,13 @@ def _roster_add(args) -> int:
     elif args.site_key:
         now = _time.now()
         not_before = _when(args.not_before, "--not-before", now)
-        roster = add_site_key(args.roster, load_public_key(args.site_key), not_before=not_before,
-                              not_after=_time.parse_when(args.not_after, "--not-after", reference=now), expires=expires)
+        roster = add_site_key(
+            args.roster,
+            load_public_key(args.site_key),
+            not_before=not_before,
+            not_after=_time.parse_when(args.not_after, "--not-after", reference=now),
+            expires=expires,
+        )
     else:
         roster = add_admin_key(args.roster, load_public_key(args.admin), threshold=args.threshold, expires=expires)
     return _roster_summary(roster, args, "updated (signatures cleared)")
@@ -161,8 +217,15 @@ def _roster_timestamp(args) -> int:
     if args.json:
         _common.emit_json(info)
     else:
-        _print_pairs(f"timestamp written: {args.out}", [("consortium", ts.consortium), ("roster", f"version {ts.roster_version}"),
-                                                        ("issued", info["issued"]), ("expires", info["expires"])])
+        _print_pairs(
+            f"timestamp written: {args.out}",
+            [
+                ("consortium", ts.consortium),
+                ("roster", f"version {ts.roster_version}"),
+                ("issued", info["issued"]),
+                ("expires", info["expires"]),
+            ],
+        )
     return 0
 
 
@@ -191,24 +254,41 @@ def _verified_pairs(v) -> list[tuple[str, object]]:
     if dp and dp.get("enabled", True) is False:
         dp_text = "trained without DP (epsilon inf)"
     elif dp:
-        dp_text = ", ".join(f"{k} {_short(dp[k])}" for k in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps",
-                                                             "max_grad_norm", "accountant") if k in dp) or str(dp)
+        dp_text = ", ".join(
+            f"{k} {_short(dp[k])}"
+            for k in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "accountant")
+            if k in dp
+        ) or str(dp)
     else:
         dp_text = "no DP claim in forge.json"
     return [
-        ("site", f"{v.site} (sequence {v.sequence})"), ("signer", v.signer), ("signed with", " + ".join(v.algorithms["signature"])),
-        ("submission", v.submission_id), ("created", v.created), ("base digest", v.base_digest or "none"),
-        ("DP claim", dp_text), ("content", f"{v.content.get('format')} ({v.content.get('kind')}, {v.content.get('files')} files)"),
+        ("site", f"{v.site} (sequence {v.sequence})"),
+        ("signer", v.signer),
+        ("signed with", " + ".join(v.algorithms["signature"])),
+        ("submission", v.submission_id),
+        ("created", v.created),
+        ("base digest", v.base_digest or "none"),
+        ("DP claim", dp_text),
+        ("content", f"{v.content.get('format')} ({v.content.get('kind')}, {v.content.get('files')} files)"),
         ("sizes", f"payload {v.payload_size} bytes in {v.chunks} chunks of {v.chunk_size}; bundle {v.bundle_size} bytes"),
         ("recipient", f"{v.recipient} ({v.algorithms['kem']})"),
-        ("roster", f"{v.roster_consortium} version {v.roster_version}")]
+        ("roster", f"{v.roster_consortium} version {v.roster_version}"),
+    ]
 
 
 def _seal(args) -> int:
     from ..crypto import load_signing_key, seal
 
-    out = seal(args.plugin_dir, load_signing_key(args.signer, _common.passphrase(args)), args.recipient, args.out,
-               sequence=args.sequence, roster=args.roster, root=args.root, timestamp=args.timestamp)
+    out = seal(
+        args.plugin_dir,
+        load_signing_key(args.signer, _common.passphrase(args)),
+        args.recipient,
+        args.out,
+        sequence=args.sequence,
+        roster=args.roster,
+        root=args.root,
+        timestamp=args.timestamp,
+    )
     if args.json:
         _common.emit_json({"bundle": str(out), "size": out.stat().st_size})
     else:
@@ -230,8 +310,14 @@ def _verify(args) -> int:
 def _open(args) -> int:
     from ..crypto import load_decryption_key, open_bundle
 
-    opened = open_bundle(args.bundle, load_decryption_key(args.key, _common.passphrase(args)), args.roster, args.out, root=args.root,
-                         timestamp=args.timestamp)
+    opened = open_bundle(
+        args.bundle,
+        load_decryption_key(args.key, _common.passphrase(args)),
+        args.roster,
+        args.out,
+        root=args.root,
+        timestamp=args.timestamp,
+    )
     if args.json:
         _common.emit_json(opened.to_dict())
     else:
@@ -242,7 +328,7 @@ def _open(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's sub-commands to the `forge` parser."""
     keys = sub.add_parser("keys", help="make signing and encryption keys")
     ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -268,7 +354,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--consortium", required=True, help="consortium name (the roster's identity)")
     p.add_argument("--admin", required=True, action="append", metavar="PUB", help="an admin's public.json (repeat for more)")
     p.add_argument("--threshold", type=int, default=1, help="admin signatures needed (default 1)")
-    p.add_argument("--recipient", action="append", metavar="PUB", help="the consortium's public.json: bundles may be sealed to it (repeatable)")
+    p.add_argument(
+        "--recipient", action="append", metavar="PUB", help="the consortium's public.json: bundles may be sealed to it (repeatable)"
+    )
     p.add_argument("--auditor", action="append", metavar="PUB", help="an auditor's public.json, listed as a recipient (repeatable)")
     p.add_argument("--expires", default="365d", help="expiry: a UTC time 2027-01-31T00:00:00Z or a duration like 365d")
     _common.add_json_flag(p)
@@ -279,7 +367,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--site-key", metavar="PUB", help="the site's public.json")
     p.add_argument("--admin", metavar="PUB", help="add an admin instead")
     p.add_argument("--recipient", metavar="PUB", help="add a recipient's encryption key instead (bundles may be sealed to it)")
-    p.add_argument("--role", choices=("consortium", "auditor", "site"), default="consortium", help="the recipient's role (with --recipient)")
+    p.add_argument(
+        "--role", choices=("consortium", "auditor", "site"), default="consortium", help="the recipient's role (with --recipient)"
+    )
     p.add_argument("--timestamp-key", metavar="PUB", help="add a key that may sign timestamps instead (a hub's online key)")
     p.add_argument("--threshold", type=int, help="new admin threshold (with --admin)")
     p.add_argument("--not-before", help="start of the key's validity (default now)")

@@ -51,38 +51,75 @@ from ..errors import ForgeFileError
 from ..fileio import atomic_directory, atomic_write_json
 from . import _common
 from .demo_release import _print_attacks, _print_audit, _print_hub, stage_attacks, stage_audit, stage_hub
-from .demo_stages import (ATTACKED_SITE, DEMO_EPSILON, DEMO_RECON_TRIALS, DEMO_REFERENCES, DEMO_SITES,  # noqa: F401 (re-exported)
-                          _print_keys, _print_merge, _print_open, _print_seal, _print_sites, stage_keys, stage_merge,
-                          stage_open, stage_seal, stage_sites)
+from .demo_stages import (  # noqa: F401 (re-exported)
+    ATTACKED_SITE,
+    DEMO_EPSILON,
+    DEMO_RECON_TRIALS,
+    DEMO_REFERENCES,
+    DEMO_SITES,
+    _print_keys,
+    _print_merge,
+    _print_open,
+    _print_seal,
+    _print_sites,
+    stage_keys,
+    stage_merge,
+    stage_open,
+    stage_seal,
+    stage_sites,
+)
 
 MARKER = ".forge-demo.json"
 
 STAGES: list[tuple[str, Callable[[dict], None]]] = [
-    ("keys", stage_keys), ("sites", stage_sites), ("seal", stage_seal), ("open", stage_open), ("merge", stage_merge),
-    ("attacks", stage_attacks), ("audit", stage_audit), ("hub", stage_hub),
+    ("keys", stage_keys),
+    ("sites", stage_sites),
+    ("seal", stage_seal),
+    ("open", stage_open),
+    ("merge", stage_merge),
+    ("attacks", stage_attacks),
+    ("audit", stage_audit),
+    ("hub", stage_hub),
 ]
 
 PRINTERS: dict[str, Callable[[dict], None]] = {
-    "sites": _print_sites, "keys": _print_keys, "seal": _print_seal, "open": _print_open, "merge": _print_merge,
-    "attacks": _print_attacks, "audit": _print_audit, "hub": _print_hub,
+    "sites": _print_sites,
+    "keys": _print_keys,
+    "seal": _print_seal,
+    "open": _print_open,
+    "merge": _print_merge,
+    "attacks": _print_attacks,
+    "audit": _print_audit,
+    "hub": _print_hub,
 }
 
 
-
-
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's sub-commands to the `forge` parser."""
-    p = sub.add_parser("demo", help="run the whole forge-secure path on the bundled data (three simulated hospitals)",
-                       description="Three simulated hospitals train DP plugins on the bundled breast-cancer data, seal them, "
-                                   "the maintainer verifies, opens and merges them (homomorphic Fusion and Mixture), both "
-                                   "attack suites stress-test a site plugin and the merged model, and an audit writes a "
-                                   "signed report. Prints what each stage did and where the report is.")
-    p.add_argument("--out", type=Path, default=Path("forge-demo"), help="output directory (default ./forge-demo); a previous demo there is replaced")
+    p = sub.add_parser(
+        "demo",
+        help="run the whole forge-secure path on the bundled data (three simulated hospitals)",
+        description="Three simulated hospitals train DP plugins on the bundled breast-cancer data, seal them, "
+        "the maintainer verifies, opens and merges them (homomorphic Fusion and Mixture), both "
+        "attack suites stress-test a site plugin and the merged model, and an audit writes a "
+        "signed report. Prints what each stage did and where the report is.",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("forge-demo"), help="output directory (default ./forge-demo); a previous demo there is replaced"
+    )
     p.add_argument("--epsilon", type=float, default=DEMO_EPSILON, help=f"each site's target epsilon (default {DEMO_EPSILON:g})")
-    p.add_argument("--references", type=int, default=DEMO_REFERENCES, help=f"reference models of the membership attack (default {DEMO_REFERENCES})")
-    p.add_argument("--recon-trials", type=int, default=DEMO_RECON_TRIALS, help=f"games of the informed-adversary reconstruction attack (default {DEMO_RECON_TRIALS})")
-    p.add_argument("--stop-after", choices=[n for n, _ in STAGES], default=None,
-                   help="run the stages up to and including this one (default: all)")
+    p.add_argument(
+        "--references", type=int, default=DEMO_REFERENCES, help=f"reference models of the membership attack (default {DEMO_REFERENCES})"
+    )
+    p.add_argument(
+        "--recon-trials",
+        type=int,
+        default=DEMO_RECON_TRIALS,
+        help=f"games of the informed-adversary reconstruction attack (default {DEMO_RECON_TRIALS})",
+    )
+    p.add_argument(
+        "--stop-after", choices=[n for n, _ in STAGES], default=None, help="run the stages up to and including this one (default: all)"
+    )
     _common.add_json_flag(p)
     p.set_defaults(func=cmd_demo)
 
@@ -133,19 +170,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_target(out)
     if args.references < 1 or args.recon_trials < 1:
-        raise ForgeValueError("--references and --recon-trials must be at least 1", fix="e.g. --references 4 --recon-trials 20",
-                              code="demo.settings")
+        raise ForgeValueError(
+            "--references and --recon-trials must be at least 1", fix="e.g. --references 4 --recon-trials 20", code="demo.settings"
+        )
     stages = STAGES
     if args.stop_after:
         names = [n for n, _ in STAGES]
         stages = STAGES[: names.index(args.stop_after) + 1]
-    ctx: dict = {"out": out.resolve(), "epsilon": float(args.epsilon), "references": int(args.references),
-                 "recon_trials": int(args.recon_trials), "skipped": []}
+    ctx: dict = {
+        "out": out.resolve(),
+        "epsilon": float(args.epsilon),
+        "references": int(args.references),
+        "recon_trials": int(args.recon_trials),
+        "skipped": [],
+    }
     show = not args.json
     t0, c0 = time.perf_counter(), _cpu_seconds()
     if show:
-        _common.console.print(f"forge demo: three simulated hospitals, from DP training to a signed audit report, in {out}/ "
-                              f"({len(stages)} stages; a few minutes)", highlight=False, soft_wrap=True)
+        _common.console.print(
+            f"forge demo: three simulated hospitals, from DP training to a signed audit report, in {out}/ "
+            f"({len(stages)} stages; a few minutes)",
+            highlight=False,
+            soft_wrap=True,
+        )
     timings = {}
     with atomic_directory(out, overwrite=True) as work, _demo_environment(work / "home"):
         ctx["work"] = work
@@ -168,17 +215,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _common.emit_json(summary)
         return 0
     c = _common.console
-    c.print(f"Done in {ctx['seconds']:.0f} s ({ctx['cpu_seconds']:.0f} s of CPU). Everything is in {out}/ "
-            f"(summary: {out}/summary.json).", highlight=False, soft_wrap=True)
+    c.print(
+        f"Done in {ctx['seconds']:.0f} s ({ctx['cpu_seconds']:.0f} s of CPU). Everything is in {out}/ (summary: {out}/summary.json).",
+        highlight=False,
+        soft_wrap=True,
+    )
     for s in ctx["skipped"]:
         c.print(_common.styled(("skipped", "yellow"), f" {s['what']}: {s['reason']}"), highlight=False, soft_wrap=True)
     audit = ctx.get("audit")
     if audit and not audit.get("skipped"):
         colour = "green" if audit["verdict"].upper() == "PASS" else "red"
-        c.print(_common.styled("Audit verdict: ", (audit["verdict"].upper(), f"bold {colour}"),
-                               f". Report: {audit['report_dir']}/report.html (also report.json, report.pdf; signed: report.sig.json). "
-                               f"Check the signature with: forge verify-report {audit['report_dir']} --key {audit['auditor_public_key']}"),
-                highlight=False, soft_wrap=True)
+        c.print(
+            _common.styled(
+                "Audit verdict: ",
+                (audit["verdict"].upper(), f"bold {colour}"),
+                f". Report: {audit['report_dir']}/report.html (also report.json, report.pdf; signed: report.sig.json). "
+                f"Check the signature with: forge verify-report {audit['report_dir']} --key {audit['auditor_public_key']}",
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
     elif "sites" in ctx:
         c.print(f"Inspect a plugin with: forge plugin show {out}/plugins/site-1", highlight=False, soft_wrap=True)
     return 0

@@ -58,13 +58,21 @@ def stage_attacks(ctx: dict) -> None:
                 continue
             m, e_ = res["metrics"], res["empirical_epsilon"]
             report["membership"][name] = {
-                "results": _shown(ctx, path), "attack": res["attack"], "references": res["references"].get("count"),
-                "members": m["members"], "non_members": m["non_members"], "auc": m["auc"]["value"], "auc_ci": m["auc"]["ci"],
+                "results": _shown(ctx, path),
+                "attack": res["attack"],
+                "references": res["references"].get("count"),
+                "members": m["members"],
+                "non_members": m["non_members"],
+                "auc": m["auc"]["value"],
+                "auc_ci": m["auc"]["ci"],
                 "tpr_at_fpr": [{"fpr": r["target_fpr"], "tpr": r["tpr"]} for r in m["tpr_at_fpr"]],
-                "epsilon_lb": e_["epsilon_lb"], "claimed_epsilon": e_["claimed"], "seconds": round(time.perf_counter() - t0, 1),
+                "epsilon_lb": e_["epsilon_lb"],
+                "claimed_epsilon": e_["claimed"],
+                "seconds": round(time.perf_counter() - t0, 1),
             }
     try:
-        from attacks.reconstruction.run import RECONSTRUCTION_ATTACKS as RECON, ReconSettings, target_record
+        from attacks.reconstruction.run import RECONSTRUCTION_ATTACKS as RECON
+        from attacks.reconstruction.run import ReconSettings, target_record
     except ImportError as e:
         for name in targets:
             report["reconstruction"][name] = _skip(ctx, f"reconstruction attack on {name}", e)
@@ -88,9 +96,16 @@ def stage_attacks(ctx: dict) -> None:
                 continue
             h = res["headline"]
             report["reconstruction"][name] = {
-                "results": _shown(ctx, path), "attack": "informed adversary", "trials": ctx["recon_trials"], "rate": h["rate"],
-                "ci": h["ci"], "baseline": h["baseline"], "rero_bound": h["bound"], "mode": res.get("mode"),
-                "recipe_site": (res.get("recipe") or {}).get("site"), "seconds": round(time.perf_counter() - t0, 1),
+                "results": _shown(ctx, path),
+                "attack": "informed adversary",
+                "trials": ctx["recon_trials"],
+                "rate": h["rate"],
+                "ci": h["ci"],
+                "baseline": h["baseline"],
+                "rero_bound": h["bound"],
+                "mode": res.get("mode"),
+                "recipe_site": (res.get("recipe") or {}).get("site"),
+                "seconds": round(time.perf_counter() - t0, 1),
             }
     ctx["attacks"] = report
 
@@ -98,15 +113,23 @@ def stage_attacks(ctx: dict) -> None:
 def _print_attacks(ctx: dict) -> None:
     c = _common.console
     a = ctx["attacks"]
-    c.print(f"Stage 6: attacks on the {ATTACKED_SITE} plugin and on the merged model (candidates: {ATTACKED_SITE}'s records)", style="bold", soft_wrap=True)
+    c.print(
+        f"Stage 6: attacks on the {ATTACKED_SITE} plugin and on the merged model (candidates: {ATTACKED_SITE}'s records)",
+        style="bold",
+        soft_wrap=True,
+    )
     for name, r in a["membership"].items():
         if r.get("skipped"):
             c.print(f"  membership on {name}: SKIPPED ({r['reason']})", highlight=False, soft_wrap=True)
             continue
         tpr = ", ".join(f"TPR {100 * t['tpr']:.1f}% at {100 * t['fpr']:g}% FPR" for t in r["tpr_at_fpr"])
-        c.print(f"  membership (RMIA, {r['references']} reference models) on {name}: AUC {r['auc']:.3f} "
-                f"(95% CI {r['auc_ci'][0]:.3f}-{r['auc_ci'][1]:.3f}; 0.5 = guessing), {tpr}; empirical epsilon >= "
-                f"{r['epsilon_lb']:.2f} vs claimed {float(r['claimed_epsilon']):.2f}", highlight=False, soft_wrap=True)
+        c.print(
+            f"  membership (RMIA, {r['references']} reference models) on {name}: AUC {r['auc']:.3f} "
+            f"(95% CI {r['auc_ci'][0]:.3f}-{r['auc_ci'][1]:.3f}; 0.5 = guessing), {tpr}; empirical epsilon >= "
+            f"{r['epsilon_lb']:.2f} vs claimed {float(r['claimed_epsilon']):.2f}",
+            highlight=False,
+            soft_wrap=True,
+        )
     for name, r in a["reconstruction"].items():
         if r.get("skipped"):
             c.print(f"  reconstruction on {name}: SKIPPED ({r['reason']})", highlight=False, soft_wrap=True)
@@ -114,9 +137,13 @@ def _print_attacks(ctx: dict) -> None:
         how = {"gradients": "sees every noisy gradient", "model": "sees the released weights"}.get(r.get("mode"), r.get("mode") or "")
         if r.get("recipe_site"):
             how += f", replays {r['recipe_site']}'s training inside the merge"
-        c.print(f"  reconstruction (informed adversary{', ' + how if how else ''}; {r['trials']} games) on {name}: picked the right record "
-                f"{100 * r['rate']:.0f}% of the time (95% CI {100 * r['ci'][0]:.0f}-{100 * r['ci'][1]:.0f}%), guessing "
-                f"{100 * r['baseline']:.0f}%, DP bound {100 * r['rero_bound']:.0f}%", highlight=False, soft_wrap=True)
+        c.print(
+            f"  reconstruction (informed adversary{', ' + how if how else ''}; {r['trials']} games) on {name}: picked the right record "
+            f"{100 * r['rate']:.0f}% of the time (95% CI {100 * r['ci'][0]:.0f}-{100 * r['ci'][1]:.0f}%), guessing "
+            f"{100 * r['baseline']:.0f}%, DP bound {100 * r['rero_bound']:.0f}%",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 # --------------------------------------------------------------------------- 7. audit
@@ -128,8 +155,7 @@ def stage_audit(ctx: dict) -> None:
     evidence = work / "evidence"
     shutil.copy2(ctx["_roster"], evidence / "roster.json")
     if (work / "ledgers").is_dir():
-        shutil.copytree(work / "ledgers", evidence / "ledgers", dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("*.lock"))
+        shutil.copytree(work / "ledgers", evidence / "ledgers", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.lock"))
     try:
         from audits import audit_directory
     except ImportError as e:
@@ -140,12 +166,23 @@ def stage_audit(ctx: dict) -> None:
     for env in sorted((work / "plugins").glob("*.replay.forge")):  # the envelopes travel with the plugins
         shutil.copy2(env, evidence / "plugins" / env.name)
     # on site: the auditor replays every training on the site's data and scores its own canaries
-    report = audit_directory(evidence, None, out=report_dir, key=keys["auditor"].signing, decryption_key=keys["maintainer"].decryption,
-                             replay_key=keys["auditor"].decryption, canary_records=ctx.get("_canary_records", ()),
-                             attack_results=sorted((work / "auditor" / "attacks").glob("*.json")))
+    report = audit_directory(
+        evidence,
+        None,
+        out=report_dir,
+        key=keys["auditor"].signing,
+        decryption_key=keys["maintainer"].decryption,
+        replay_key=keys["auditor"].decryption,
+        canary_records=ctx.get("_canary_records", ()),
+        attack_results=sorted((work / "auditor" / "attacks").glob("*.json")),
+    )
     checks = {c.name: c.status.value for c in report.checks}
-    warnings = [{"check": f.check, "subject": f.subject, "summary": f.summary} for c in report.checks for f in c.findings
-                if f.status.value == "warn"]
+    warnings = [
+        {"check": f.check, "subject": f.subject, "summary": f.summary}
+        for c in report.checks
+        for f in c.findings
+        if f.status.value == "warn"
+    ]
     failures = [{"check": f.check, "subject": f.subject, "summary": f.summary} for f in report.failures()]
     ctx["audit"] = {
         "verdict": report.verdict.value,
@@ -162,7 +199,12 @@ def stage_audit(ctx: dict) -> None:
 def _print_audit(ctx: dict) -> None:
     c = _common.console
     a = ctx["audit"]
-    c.print(f"Stage 7: the compliance audit (default policy) of the evidence in {a.get('evidence', 'evidence/')}", style="bold", soft_wrap=True, highlight=False)
+    c.print(
+        f"Stage 7: the compliance audit (default policy) of the evidence in {a.get('evidence', 'evidence/')}",
+        style="bold",
+        soft_wrap=True,
+        highlight=False,
+    )
     if a.get("skipped"):
         c.print(f"  SKIPPED ({a['reason']})", highlight=False, soft_wrap=True)
         return
@@ -184,20 +226,42 @@ def stage_hub(ctx: dict) -> None:
 
     work: Path = ctx["work"]
     # per site in sequence order: the plugin bundle, then the CKKS contribution
-    bundles: dict[str, list[str | Path]] = {s: [work / "evidence" / "bundles" / f"{s}.forge", work / "maintainer" / "inbox" / f"{s}-ckks.forge"] for s in DEMO_SITES}
+    bundles: dict[str, list[str | Path]] = {
+        s: [work / "evidence" / "bundles" / f"{s}.forge", work / "maintainer" / "inbox" / f"{s}-ckks.forge"] for s in DEMO_SITES
+    }
     report = work / "report" / "report.html"
-    summary = run_hub_cycle(work / "hub", ctx["_roster"], bundles, ctx["_keys"]["consortium-admin"].signing, ctx["_merged"],
-                            audit=report if report.exists() else None)
-    ctx["hub"] = {"pushed": len(summary["pushed"]), "pulled": summary["pulled"], "version": summary["version"],
-                  "log_size": summary["log_size"], "fetched": [f["site"] for f in summary["fetched"]],
-                  "receipts_checked": sum(len(f["receipts_in_log"]) for f in summary["fetched"]), "dir": _shown(ctx, work / "hub")}
+    summary = run_hub_cycle(
+        work / "hub",
+        ctx["_roster"],
+        bundles,
+        ctx["_keys"]["consortium-admin"].signing,
+        ctx["_merged"],
+        audit=report if report.exists() else None,
+    )
+    ctx["hub"] = {
+        "pushed": len(summary["pushed"]),
+        "pulled": summary["pulled"],
+        "version": summary["version"],
+        "log_size": summary["log_size"],
+        "fetched": [f["site"] for f in summary["fetched"]],
+        "receipts_checked": sum(len(f["receipts_in_log"]) for f in summary["fetched"]),
+        "dir": _shown(ctx, work / "hub"),
+    }
 
 
 def _print_hub(ctx: dict) -> None:
     h = ctx["hub"]
     c = _common.console
     c.print("Stage 8: the consortium hub (embedded on loopback)", style="bold")
-    c.print(f"  the sites pushed {h['pushed']} sealed bundles (each verified against the roster before it was stored, then logged); "
-            f"the maintainer pulled {h['pulled']} and published version {h['version']} with the audit report", highlight=False, soft_wrap=True)
-    c.print(f"  {', '.join(h['fetched'])} fetched version {h['version']} through TUF and checked {h['receipts_checked']} receipts "
-            f"against the transparency log ({h['log_size']} entries, consistent): {h['dir']}", highlight=False, soft_wrap=True)
+    c.print(
+        f"  the sites pushed {h['pushed']} sealed bundles (each verified against the roster before it was stored, then logged); "
+        f"the maintainer pulled {h['pulled']} and published version {h['version']} with the audit report",
+        highlight=False,
+        soft_wrap=True,
+    )
+    c.print(
+        f"  {', '.join(h['fetched'])} fetched version {h['version']} through TUF and checked {h['receipts_checked']} receipts "
+        f"against the transparency log ({h['log_size']} entries, consistent): {h['dir']}",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -54,11 +54,23 @@ def _serve(args) -> int:
         from ..crypto import _time
 
         lifetime = _time.parse_when(args.timestamp_lifetime, "--timestamp-lifetime", reference=0)
-    hub = build_hub(store=args.store, db_url=args.db, key_dir=args.key_dir, roster=args.roster, origin=args.origin,
-                    max_bundle=args.max_bundle, budgets=dict(args.budget or []), default_budget=args.default_budget,
-                    timestamp_key=ts_key, timestamp_lifetime=lifetime)
-    _common.console_err.print(f"forge hub {escape(hub.origin)} on http://{args.host}:{args.port} (hub key {escape(hub.keys.verifier)})",
-                              highlight=False, soft_wrap=True)
+    hub = build_hub(
+        store=args.store,
+        db_url=args.db,
+        key_dir=args.key_dir,
+        roster=args.roster,
+        origin=args.origin,
+        max_bundle=args.max_bundle,
+        budgets=dict(args.budget or []),
+        default_budget=args.default_budget,
+        timestamp_key=ts_key,
+        timestamp_lifetime=lifetime,
+    )
+    _common.console_err.print(
+        f"forge hub {escape(hub.origin)} on http://{args.host}:{args.port} (hub key {escape(hub.keys.verifier)})",
+        highlight=False,
+        soft_wrap=True,
+    )
     serve(hub, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key, insecure_bind=args.insecure_bind)
     return 0
 
@@ -68,18 +80,33 @@ def _push(args) -> int:
 
     res = push(args.bundle, args.hub, receipt_out=args.receipt, hub_key=args.hub_key)
     e = res["entry"]
-    return _out(args, res, [("site", e["site"]), ("sequence", e["sequence"]), ("submission", e["submission_id"]),
-                            ("log entry", f"{res['index']} of {res['log_size']}"), ("receipt", args.receipt or "(not saved: give --receipt)")],
-                "accepted by the hub")
+    return _out(
+        args,
+        res,
+        [
+            ("site", e["site"]),
+            ("sequence", e["sequence"]),
+            ("submission", e["submission_id"]),
+            ("log entry", f"{res['index']} of {res['log_size']}"),
+            ("receipt", args.receipt or "(not saved: give --receipt)"),
+        ],
+        "accepted by the hub",
+    )
 
 
 def _verify_log(args) -> int:
     from ..hub.client import verify_log
 
     res = verify_log(args.hub, receipt=args.receipt, hub_key=args.hub_key)
-    lines = [("log", res["origin"]), ("size", res["size"]), ("root", res["root"]),
-             ("consistent", f"with the checkpoint of size {res['previous']} saved before" if res["previous"] is not None
-              else "first checkpoint saved")]
+    lines = [
+        ("log", res["origin"]),
+        ("size", res["size"]),
+        ("root", res["root"]),
+        (
+            "consistent",
+            f"with the checkpoint of size {res['previous']} saved before" if res["previous"] is not None else "first checkpoint saved",
+        ),
+    ]
     if res["receipt"]:
         lines.append(("receipt", f"entry {res['receipt']['index']} ({res['receipt']['kind']}) is in the log"))
     return _out(args, res, lines, "the hub's log checks out")
@@ -89,25 +116,42 @@ def _pull(args) -> int:
     from ..hub.client import pull
 
     res = pull(args.hub, args.out, site=args.site)
-    return _out(args, res, [("bundles", len(res["submissions"])), ("into", res["out"]),
-                            ("lineage", f"{res['out']}/pulled.json")], "pulled accepted submissions")
+    return _out(
+        args,
+        res,
+        [("bundles", len(res["submissions"])), ("into", res["out"]), ("lineage", f"{res['out']}/pulled.json")],
+        "pulled accepted submissions",
+    )
 
 
 def _publish(args) -> int:
     from ..hub.client_release import publish
 
     res = publish(args.hub, args.plugin, args.key, version=args.version, pulled=args.pulled, audit=args.audit, notes=args.notes)
-    return _out(args, res, [("version", res["version"]), ("log entry", res["log_index"]), ("targets", ", ".join(res["targets"]))],
-                "release published")
+    return _out(
+        args,
+        res,
+        [("version", res["version"]), ("log entry", res["log_index"]), ("targets", ", ".join(res["targets"]))],
+        "release published",
+    )
 
 
 def _fetch(args) -> int:
     from ..hub.client_release import fetch
 
     res = fetch(args.hub, args.version, args.out, args.roster, root=args.root)
-    return _out(args, res, [("version", res["version"]), ("into", res["out"]), ("plugin sha256", res["plugin_sha256"]),
-                            ("lineage", ", ".join(f"{x['site']}#{x['log_index']}" for x in res["lineage"])),
-                            ("audit", (res["audit"] or {}).get("sha256", "none"))], "release fetched and verified")
+    return _out(
+        args,
+        res,
+        [
+            ("version", res["version"]),
+            ("into", res["out"]),
+            ("plugin sha256", res["plugin_sha256"]),
+            ("lineage", ", ".join(f"{x['site']}#{x['log_index']}" for x in res["lineage"])),
+            ("audit", (res["audit"] or {}).get("sha256", "none")),
+        ],
+        "release fetched and verified",
+    )
 
 
 def _budget_cmd(args) -> int:
@@ -128,8 +172,18 @@ def _timestamp(args) -> int:
     from ..hub.client import fetch_timestamp
 
     res = fetch_timestamp(args.hub, args.out, roster=args.roster, root=args.root)
-    return _out(args, res, [("written", res["out"]), ("consortium", res["consortium"]), ("roster", f"version {res['roster_version']}"),
-                            ("issued", res["issued"]), ("expires", res["expires"])], "timestamp fetched and verified")
+    return _out(
+        args,
+        res,
+        [
+            ("written", res["out"]),
+            ("consortium", res["consortium"]),
+            ("roster", f"version {res['roster_version']}"),
+            ("issued", res["issued"]),
+            ("expires", res["expires"]),
+        ],
+        "timestamp fetched and verified",
+    )
 
 
 def _info(args) -> int:
@@ -143,7 +197,7 @@ def _hub_flag(p, required=True):
     p.add_argument("--hub", required=required, metavar="URL", help="the hub's URL, e.g. https://hub.example.org")
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("push", help="send a sealed bundle to the consortium hub (verified there before it is stored)")
     p.add_argument("bundle", type=Path, help="the .forge bundle written by 'forge seal'")
     _hub_flag(p)
@@ -166,11 +220,19 @@ def register(sub: "argparse._SubParsersAction") -> None:
     s.add_argument("--max-bundle", type=_size, default=None, help="largest accepted upload (default 1G)")
     s.add_argument("--budget", type=_budget, action="append", metavar="SITE=EPS", help="a site's consortium epsilon budget")
     s.add_argument("--default-budget", type=float, help="the budget of sites without their own")
-    s.add_argument("--timestamp-key", type=Path, metavar="KEY", help="serve signed timestamps (GET /v1/timestamp) with this "
-                   "signing.key, listed in the roster's timestamp_keys ('forge roster add --timestamp-key PUBLIC.json')")
+    s.add_argument(
+        "--timestamp-key",
+        type=Path,
+        metavar="KEY",
+        help="serve signed timestamps (GET /v1/timestamp) with this "
+        "signing.key, listed in the roster's timestamp_keys ('forge roster add --timestamp-key PUBLIC.json')",
+    )
     s.add_argument("--timestamp-passphrase-env", metavar="VAR", help="the timestamp key's passphrase, from environment variable VAR")
-    s.add_argument("--timestamp-lifetime", metavar="DURATION", help="how long a served timestamp is valid (default 6h, at most 7d); "
-                   "it is re-issued when older than half of it")
+    s.add_argument(
+        "--timestamp-lifetime",
+        metavar="DURATION",
+        help="how long a served timestamp is valid (default 6h, at most 7d); it is re-issued when older than half of it",
+    )
     s.add_argument("--tls-cert")
     s.add_argument("--tls-key")
     s.add_argument("--insecure-bind", action="store_true", help="allow plain HTTP on a non-loopback address")

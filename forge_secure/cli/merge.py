@@ -19,7 +19,9 @@ def _weights(text: str | None) -> list[float] | None:
     try:
         values = [float(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
-        raise ForgeValueError(f"--weights {text!r} is not a comma-separated list of numbers", fix="e.g. --weights 84,62,31", code="merge.bad_weights") from None
+        raise ForgeValueError(
+            f"--weights {text!r} is not a comma-separated list of numbers", fix="e.g. --weights 84,62,31", code="merge.bad_weights"
+        ) from None
     if not values:
         raise ForgeValueError("--weights is empty", fix="e.g. --weights 84,62,31", code="merge.bad_weights")
     return values
@@ -61,20 +63,44 @@ def _merge_fusion(args) -> int:
     FUSIONS.get(args.method)  # an unknown method fails here, before any input is opened
     from ..plugins.record import read_plugin
 
-    out = fusion_merge(args.inputs, args.out, method=args.method, weights=_weights(args.weights), tune_on=args.tune_on,
-                       key=_bundle_key(args), roster=args.roster, seed=args.seed, density=args.density, budget=args.budget)
+    out = fusion_merge(
+        args.inputs,
+        args.out,
+        method=args.method,
+        weights=_weights(args.weights),
+        tune_on=args.tune_on,
+        key=_bundle_key(args),
+        roster=args.roster,
+        seed=args.seed,
+        density=args.density,
+        budget=args.budget,
+    )
     meta = read_plugin(out, weights=False).meta
-    info = {"out": str(out), "method": meta["merge"]["method"], "weights": meta["merge"]["weights"],
-            "weight_source": meta["merge"]["details"].get("weight_source"), "rank": meta["lora"]["rank"],
-            "parents": [{"site": p["site"], "digest": p["digest"]} for p in meta["parents"]],
-            "epsilon_per_site": {p["site"]: p["epsilon"] for p in meta["dp"]["per_parent"]}}
+    info = {
+        "out": str(out),
+        "method": meta["merge"]["method"],
+        "weights": meta["merge"]["weights"],
+        "weight_source": meta["merge"]["details"].get("weight_source"),
+        "rank": meta["lora"]["rank"],
+        "parents": [{"site": p["site"], "digest": p["digest"]} for p in meta["parents"]],
+        "epsilon_per_site": {p["site"]: p["epsilon"] for p in meta["dp"]["per_parent"]},
+    }
     if args.json:
         _common.emit_json(info)
     else:
-        _print(f"merged plugin written to {out}", [
-            ("method", info["method"]), ("weights", f"{_fmt_w(info['weights'])} ({info['weight_source']})"), ("rank", info["rank"]),
-            ("parents", ", ".join(f"{p['site']} {p['digest'][:12]}" for p in info["parents"])),
-            ("epsilon", ", ".join(f"{s}: {e}" for s, e in info["epsilon_per_site"].items()) + "  (each site's own; merging is post-processing)")])
+        _print(
+            f"merged plugin written to {out}",
+            [
+                ("method", info["method"]),
+                ("weights", f"{_fmt_w(info['weights'])} ({info['weight_source']})"),
+                ("rank", info["rank"]),
+                ("parents", ", ".join(f"{p['site']} {p['digest'][:12]}" for p in info["parents"])),
+                (
+                    "epsilon",
+                    ", ".join(f"{s}: {e}" for s, e in info["epsilon_per_site"].items()) + "  (each site's own; merging is post-processing)",
+                ),
+            ],
+        )
     return 0
 
 
@@ -84,15 +110,35 @@ def _merge_mixture(args) -> int:
 
     ROUTERS.get(args.router)  # an unknown router fails here, before any input is opened
 
-    out = mixture_merge(args.inputs, args.out, router=args.router, weights=_weights(args.weights), tune_on=args.tune_on,
-                        key=_bundle_key(args), roster=args.roster, seed=args.seed, budget=args.budget)
+    out = mixture_merge(
+        args.inputs,
+        args.out,
+        router=args.router,
+        weights=_weights(args.weights),
+        tune_on=args.tune_on,
+        key=_bundle_key(args),
+        roster=args.roster,
+        seed=args.seed,
+        budget=args.budget,
+    )
     meta = read_mixture_meta(out)
-    info = {"out": str(out), "router": meta["router"], "weights": meta.get("weights"), "plugins": [{"site": p["site"], "digest": p["digest"]} for p in meta["plugins"]]}
+    info = {
+        "out": str(out),
+        "router": meta["router"],
+        "weights": meta.get("weights"),
+        "plugins": [{"site": p["site"], "digest": p["digest"]} for p in meta["plugins"]],
+    }
     if args.json:
         _common.emit_json(info)
     else:
-        _print(f"mixture written to {out}", [("router", info["router"]), ("weights", _fmt_w(info["weights"]) if info["weights"] else "input-dependent"),
-                                             ("plugins", ", ".join(f"{p['site']} {p['digest'][:12]}" for p in info["plugins"]))])
+        _print(
+            f"mixture written to {out}",
+            [
+                ("router", info["router"]),
+                ("weights", _fmt_w(info["weights"]) if info["weights"] else "input-dependent"),
+                ("plugins", ", ".join(f"{p['site']} {p['digest'][:12]}" for p in info["plugins"])),
+            ],
+        )
     return 0
 
 
@@ -114,16 +160,36 @@ def _lineage(args) -> int:
 def _he_keygen(args) -> int:
     from ..merge.he import HEParams, keygen
 
-    params = HEParams(poly_modulus_degree=args.poly_modulus_degree, coeff_mod_bit_sizes=tuple(args.coeff_mod_bit_sizes), scale_bits=args.scale_bits, max_abs=args.max_abs)
+    params = HEParams(
+        poly_modulus_degree=args.poly_modulus_degree,
+        coeff_mod_bit_sizes=tuple(args.coeff_mod_bit_sizes),
+        scale_bits=args.scale_bits,
+        max_abs=args.max_abs,
+    )
     info = keygen(args.out, params)
-    data = {"out": str(info.path), "fingerprint": info.fingerprint, "params": params.to_dict(),
-            "secret": str(info.path / "secret.ctx"), "public": str(info.path / "public.ctx")}
+    data = {
+        "out": str(info.path),
+        "fingerprint": info.fingerprint,
+        "params": params.to_dict(),
+        "secret": str(info.path / "secret.ctx"),
+        "public": str(info.path / "public.ctx"),
+    }
     if args.json:
         _common.emit_json(data)
     else:
-        _print(f"CKKS keys written to {info.path}", [
-            ("fingerprint", info.fingerprint), ("parameters", f"N={params.poly_modulus_degree}, moduli {list(params.coeff_mod_bit_sizes)}, " f"scale 2^{params.scale_bits} (128-bit security)"),
-            ("secret", f"{data['secret']} (mode 0600; the key holder keeps it)"), ("public", f"{data['public']} (give it to the sites and the aggregator)")])
+        _print(
+            f"CKKS keys written to {info.path}",
+            [
+                ("fingerprint", info.fingerprint),
+                (
+                    "parameters",
+                    f"N={params.poly_modulus_degree}, moduli {list(params.coeff_mod_bit_sizes)}, "
+                    f"scale 2^{params.scale_bits} (128-bit security)",
+                ),
+                ("secret", f"{data['secret']} (mode 0600; the key holder keeps it)"),
+                ("public", f"{data['public']} (give it to the sites and the aggregator)"),
+            ],
+        )
     return 0
 
 
@@ -133,15 +199,30 @@ def _he_encrypt(args) -> int:
 
     with open_inputs([args.plugin], key=_bundle_key(args), roster=args.roster) as dirs:
         c = encrypt_plugin(dirs[0], args.context, args.out, weight=args.weight, hide_digest=args.hide_digest)
-    data = {"out": str(c.path), "site": c.meta["site"], "weight": c.meta["weight"], "ciphertexts": c.meta["n_ciphertexts"],
-            "values": c.meta["n_values"], "fingerprint": c.meta["context_fingerprint"], "commitment": c.meta["parent"]["commitment"], "salt": c.salt}
+    data = {
+        "out": str(c.path),
+        "site": c.meta["site"],
+        "weight": c.meta["weight"],
+        "ciphertexts": c.meta["n_ciphertexts"],
+        "values": c.meta["n_values"],
+        "fingerprint": c.meta["context_fingerprint"],
+        "commitment": c.meta["parent"]["commitment"],
+        "salt": c.salt,
+    }
     if args.json:
         _common.emit_json(data)
     else:
-        _print(f"encrypted contribution written to {c.path}", [
-            ("site", data["site"]), ("weight", data["weight"]), ("values", f"{data['values']} in {data['ciphertexts']} ciphertext(s)"),
-            ("commitment", data["commitment"]), ("salt", f"{data['salt']} (keep it: it opens the commitment)"),
-            ("next", "seal it with `forge seal` and send it to the aggregator")])
+        _print(
+            f"encrypted contribution written to {c.path}",
+            [
+                ("site", data["site"]),
+                ("weight", data["weight"]),
+                ("values", f"{data['values']} in {data['ciphertexts']} ciphertext(s)"),
+                ("commitment", data["commitment"]),
+                ("salt", f"{data['salt']} (keep it: it opens the commitment)"),
+                ("next", "seal it with `forge seal` and send it to the aggregator"),
+            ],
+        )
     return 0
 
 
@@ -150,17 +231,28 @@ def _aggregate(args) -> int:
     from ..merge.io import open_inputs
 
     if not args.context:
-        raise ForgeValueError("the encrypted merge needs the consortium's public context", fix="give --context DIR/public.ctx", code="he.missing_context")
+        raise ForgeValueError(
+            "the encrypted merge needs the consortium's public context", fix="give --context DIR/public.ctx", code="he.missing_context"
+        )
     with open_inputs(args.inputs, key=_bundle_key(args), roster=args.roster) as dirs:
         meta = aggregate(dirs, args.context, args.out)
-    data = {"out": str(args.out), "contributions": [{"site": c["site"], "weight": c["weight"]} for c in meta["contributions"]], "sum_weights": meta["sum_weights"],
-            "fingerprint": meta["context_fingerprint"]}
+    data = {
+        "out": str(args.out),
+        "contributions": [{"site": c["site"], "weight": c["weight"]} for c in meta["contributions"]],
+        "sum_weights": meta["sum_weights"],
+        "fingerprint": meta["context_fingerprint"],
+    }
     if args.json:
         _common.emit_json(data)
     else:
-        _print(f"encrypted aggregate written to {args.out}", [
-            ("contributions", ", ".join(f"{c['site']} (w={c['weight']:g})" for c in data["contributions"])), ("sum of weights", f"{data['sum_weights']:g}"),
-            ("next", "send it to the key holder: `forge he decrypt`")])
+        _print(
+            f"encrypted aggregate written to {args.out}",
+            [
+                ("contributions", ", ".join(f"{c['site']} (w={c['weight']:g})" for c in data["contributions"])),
+                ("sum of weights", f"{data['sum_weights']:g}"),
+                ("next", "send it to the key holder: `forge he decrypt`"),
+            ],
+        )
     return 0
 
 
@@ -170,14 +262,29 @@ def _he_decrypt(args) -> int:
 
     out = decrypt_to_plugin(args.aggregate, args.key, args.out, k=args.k, contributions=args.contributions)
     meta = read_plugin(out, weights=False).meta
-    data = {"out": str(out), "method": meta["merge"]["method"], "weights": meta["merge"]["weights"], "parents": [p["site"] for p in meta["parents"]]}
+    data = {
+        "out": str(out),
+        "method": meta["merge"]["method"],
+        "weights": meta["merge"]["weights"],
+        "parents": [p["site"] for p in meta["parents"]],
+    }
     if args.json:
         _common.emit_json(data)
     else:
-        checked = ("summed here from the given contributions" if args.contributions else
-                   "as listed by the aggregator (give --contributions to check the list and sum them here)")
-        _print(f"merged plugin written to {out}", [("method", data["method"]), ("weights", _fmt_w(data["weights"])), ("sites", ", ".join(data["parents"])),
-                                                   ("aggregate", checked)])
+        checked = (
+            "summed here from the given contributions"
+            if args.contributions
+            else "as listed by the aggregator (give --contributions to check the list and sum them here)"
+        )
+        _print(
+            f"merged plugin written to {out}",
+            [
+                ("method", data["method"]),
+                ("weights", _fmt_w(data["weights"])),
+                ("sites", ", ".join(data["parents"])),
+                ("aggregate", checked),
+            ],
+        )
     return 0
 
 
@@ -189,8 +296,17 @@ def _synth(args) -> int:
     from ..plugins.sources import prepare_training_data
     from ..privacy.synthetic import SynthConfig, make_synthetic, save_synthetic
 
-    config = SynthConfig(noise_multiplier=args.sigma, target_epsilon=args.epsilon, delta=args.delta, clip=args.clip, per_class=args.per_class,
-                         space=args.space, spread=args.spread, accountant=args.accountant, seed=args.seed)
+    config = SynthConfig(
+        noise_multiplier=args.sigma,
+        target_epsilon=args.epsilon,
+        delta=args.delta,
+        clip=args.clip,
+        per_class=args.per_class,
+        space=args.space,
+        spread=args.spread,
+        accountant=args.accountant,
+        seed=args.seed,
+    )
     if args.out.exists():
         raise ForgeValueError(f"{args.out} already exists", fix="choose another --out", code="file.exists")
     td = prepare_training_data(args.data)  # the same data and ledger name as `forge train`
@@ -203,21 +319,38 @@ def _synth(args) -> int:
     synth = make_synthetic(base, td.data, config, site=args.site, ledger=ledger)
     save_synthetic(synth, args.out)
     rel = synth.meta["release"]
-    data_out = {"out": str(args.out), "rows": synth.meta["rows"], "epsilon": rel["epsilon"], "delta": rel["delta"], "noise_multiplier": rel["noise_multiplier"],
-                "accountant": rel["accountant"], "space": synth.meta["space"], "ledger": not args.no_ledger}
+    data_out = {
+        "out": str(args.out),
+        "rows": synth.meta["rows"],
+        "epsilon": rel["epsilon"],
+        "delta": rel["delta"],
+        "noise_multiplier": rel["noise_multiplier"],
+        "accountant": rel["accountant"],
+        "space": synth.meta["space"],
+        "ledger": not args.no_ledger,
+    }
     if args.json:
         _common.emit_json(data_out)
     else:
-        _print(f"DP synthetic data written to {args.out}", [
-            ("rows", data_out["rows"]), ("release", f"noisy class means, sigma {rel['noise_multiplier']:.4g}, clip {rel['clip']:g}"),
-            ("privacy", f"epsilon {rel['epsilon']:.4g} at delta {rel['delta']:g} ({rel['accountant']})" + ("; charged to the ledger" if ledger else "; NOT charged (--no-ledger)"))])
+        _print(
+            f"DP synthetic data written to {args.out}",
+            [
+                ("rows", data_out["rows"]),
+                ("release", f"noisy class means, sigma {rel['noise_multiplier']:.4g}, clip {rel['clip']:g}"),
+                (
+                    "privacy",
+                    f"epsilon {rel['epsilon']:.4g} at delta {rel['delta']:g} ({rel['accountant']})"
+                    + ("; charged to the ledger" if ledger else "; NOT charged (--no-ledger)"),
+                ),
+            ],
+        )
     return 0
 
 
 # --------------------------------------------------------------------------- parser
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add `merge`, `lineage`, `he` and `synth` to the `forge` parser."""
     from pathlib import Path
 
@@ -226,8 +359,13 @@ def register(sub: "argparse._SubParsersAction") -> None:
     merge = sub.add_parser("merge", help="merge plugins: fusion (one plugin) or mixture (kept apart)")
     msub = merge.add_subparsers(dest="merge_kind", metavar="KIND", required=True)
 
-    fu = msub.add_parser("fusion", help="fuse plugins into one merged plugin", description="Fuse plugin directories or sealed .forge bundles into one plugin. "
-                         "Weights: --weights, else tuned on --tune-on synthetic data, else the " "training-set sizes. With --encrypted, sum encrypted contributions (aggregator).")
+    fu = msub.add_parser(
+        "fusion",
+        help="fuse plugins into one merged plugin",
+        description="Fuse plugin directories or sealed .forge bundles into one plugin. "
+        "Weights: --weights, else tuned on --tune-on synthetic data, else the "
+        "training-set sizes. With --encrypted, sum encrypted contributions (aggregator).",
+    )
     fu.add_argument("inputs", nargs="+", metavar="PLUGIN_DIR_OR_BUNDLE")
     fu.add_argument("--out", required=True, type=Path, metavar="DIR")
     fu.add_argument("--method", default="exact", help="fusion method (default exact); an unknown name lists the registered methods")
@@ -242,10 +380,18 @@ def register(sub: "argparse._SubParsersAction") -> None:
     _common.add_json_flag(fu)
     fu.set_defaults(func=_merge_fusion)
 
-    mx = msub.add_parser("mixture", help="keep plugins apart and mix their predictions", description="Build a Mixture of plugins (directories or sealed bundles).")
+    mx = msub.add_parser(
+        "mixture",
+        help="keep plugins apart and mix their predictions",
+        description="Build a Mixture of plugins (directories or sealed bundles).",
+    )
     mx.add_argument("inputs", nargs="+", metavar="PLUGIN_DIR_OR_BUNDLE")
     mx.add_argument("--out", required=True, type=Path, metavar="DIR")
-    mx.add_argument("--router", default="static", help="router (default static): static weights, a gate fitted on --tune-on, or similarity (training-free)")
+    mx.add_argument(
+        "--router",
+        default="static",
+        help="router (default static): static weights, a gate fitted on --tune-on, or similarity (training-free)",
+    )
     mx.add_argument("--weights", metavar="W1,W2,...", help="static weights (default: training-set sizes, or tuned with --tune-on)")
     mx.add_argument("--tune-on", metavar="SYNTH", help="DP synthetic data to tune static weights or fit the gate")
     mx.add_argument("--budget", type=int, default=40)
@@ -274,7 +420,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     en.add_argument("--context", required=True, metavar="PUBLIC_CTX")
     en.add_argument("--weight", type=float, help="merge weight (default: the training-set size)")
     en.add_argument("--out", required=True, type=Path, metavar="DIR")
-    en.add_argument("--hide-digest", action="store_true", help="record only a salted commitment to the plugin, not its digest (keep the printed salt)")
+    en.add_argument(
+        "--hide-digest", action="store_true", help="record only a salted commitment to the plugin, not its digest (keep the printed salt)"
+    )
     _bundle_flags(en)
     _common.add_json_flag(en)
     en.set_defaults(func=_he_encrypt)
@@ -290,9 +438,13 @@ def register(sub: "argparse._SubParsersAction") -> None:
     de.add_argument("--key", required=True, metavar="SECRET_CTX_DIR", help="the key directory (or secret.ctx)")
     de.add_argument("--out", required=True, type=Path, metavar="DIR")
     de.add_argument("--k", type=int, default=2, help="minimum number of distinct sites (default 2)")
-    de.add_argument("--contributions", nargs="+", metavar="CONTRIBUTION_DIR",
-                    help="the contributions themselves (opened from the sites' signed bundles): checked against the aggregate's list, "
-                         "and their sum is computed here, so a cheating aggregator cannot make a single plugin pass for an aggregate")
+    de.add_argument(
+        "--contributions",
+        nargs="+",
+        metavar="CONTRIBUTION_DIR",
+        help="the contributions themselves (opened from the sites' signed bundles): checked against the aggregate's list, "
+        "and their sum is computed here, so a cheating aggregator cannot make a single plugin pass for an aggregate",
+    )
     _common.add_json_flag(de)
     de.set_defaults(func=_he_decrypt)
 

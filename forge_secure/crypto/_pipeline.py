@@ -28,13 +28,14 @@ from __future__ import annotations
 import collections
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 _POOL: ThreadPoolExecutor | None = None
 _LOCK = threading.Lock()
 _CACHE: dict[int, list[bytearray]] = {}
-CACHE_BYTES = 16 << 20      # at most this much idle buffer memory is kept between streams
+CACHE_BYTES = 16 << 20  # at most this much idle buffer memory is kept between streams
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -102,9 +103,20 @@ class TwoLanes:
     With ``threaded=False`` everything runs on the caller, chunk by chunk.
     """
 
-    def __init__(self, count: int, size: int, *, fill: Fill, update: Callable[[memoryview], object], drain: Drain,
-                 fill_anywhere: bool = False, drain_anywhere: bool = False, depth: int | None = None, threaded: bool = True,
-                 progress: Callable[[int], object] | None = None):
+    def __init__(
+        self,
+        count: int,
+        size: int,
+        *,
+        fill: Fill,
+        update: Callable[[memoryview], object],
+        drain: Drain,
+        fill_anywhere: bool = False,
+        drain_anywhere: bool = False,
+        depth: int | None = None,
+        threaded: bool = True,
+        progress: Callable[[int], object] | None = None,
+    ):
         depth = default_depth(max(size, 1)) if depth is None else depth
         if count < 0 or size < 1 or depth < 2:
             raise ValueError("TwoLanes needs count >= 0, size >= 1 and depth >= 2")
@@ -115,12 +127,12 @@ class TwoLanes:
         self.progress = progress or (lambda n: None)
         self._cond = threading.Condition()
         self._error: BaseException | None = None
-        self._next_fill = 0                         # next chunk to claim for filling
-        self._next_hash = 0                         # next chunk the helper hashes
-        self._next_drain = 0                        # next chunk the caller drains (ordered drains)
+        self._next_fill = 0  # next chunk to claim for filling
+        self._next_hash = 0  # next chunk the helper hashes
+        self._next_drain = 0  # next chunk the caller drains (ordered drains)
         self._filled: dict[int, tuple[bytearray, int]] = {}
-        self._undrained: collections.deque[int] = collections.deque()   # filled, drain not yet taken
-        self._left: dict[int, int] = {}             # chunk -> steps still to do (hash, drain)
+        self._undrained: collections.deque[int] = collections.deque()  # filled, drain not yet taken
+        self._left: dict[int, int] = {}  # chunk -> steps still to do (hash, drain)
         self._free: list[bytearray] = []
         self._buffers: list[bytearray] = []
         self._helper: Future[None] | None = None
@@ -326,8 +338,16 @@ def positional_fd(f) -> int | None:
         return None
 
 
-def hash_stream(f: BinaryIO, offset: int, total: int, update: Callable[[memoryview], object], *, block: int = 1 << 20,
-                depth: int | None = None, progress: Callable[[int], object] | None = None) -> int:
+def hash_stream(
+    f: BinaryIO,
+    offset: int,
+    total: int,
+    update: Callable[[memoryview], object],
+    *,
+    block: int = 1 << 20,
+    depth: int | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> int:
     """Pass ``total`` bytes of ``f`` from ``offset`` to ``update`` in order: read on both
     threads (positionally, when ``f`` is a real file), hashed on the helper. Returns the bytes
     read, fewer than ``total`` when the file ends early."""
@@ -345,9 +365,18 @@ def hash_stream(f: BinaryIO, offset: int, total: int, update: Callable[[memoryvi
         got[i] = pread_exactly(fd, view, offset + i * block) if fd is not None else readinto_exactly(f, view)
         return got[i]
 
-    lanes = TwoLanes(count, block, fill=fill, update=update, drain=lambda i, v: None, fill_anywhere=fd is not None,
-                     drain_anywhere=True, depth=depth, threaded=total > 2 * block,
-                     progress=(lambda n: None) if progress is None else progress)
+    lanes = TwoLanes(
+        count,
+        block,
+        fill=fill,
+        update=update,
+        drain=lambda i, v: None,
+        fill_anywhere=fd is not None,
+        drain_anywhere=True,
+        depth=depth,
+        threaded=total > 2 * block,
+        progress=(lambda n: None) if progress is None else progress,
+    )
     lanes.run()
     return sum(got)
 

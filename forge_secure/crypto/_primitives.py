@@ -23,8 +23,9 @@ implemented by hand. Callers outside ``forge_secure.crypto`` should use
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hpke, serialization
@@ -85,7 +86,10 @@ SIGNATURES: Registry[SignatureAlgorithm] = Registry("signature algorithm")
 SIGNATURES.add(
     "ed25519",
     SignatureAlgorithm(
-        "ed25519", 32, 64, 32,
+        "ed25519",
+        32,
+        64,
+        32,
         ed25519.Ed25519PrivateKey.from_private_bytes,
         ed25519.Ed25519PublicKey.from_public_bytes,
     ),
@@ -93,7 +97,10 @@ SIGNATURES.add(
 SIGNATURES.add(
     "ml-dsa-65",
     SignatureAlgorithm(
-        "ml-dsa-65", 32, 3309, 1952,
+        "ml-dsa-65",
+        32,
+        3309,
+        1952,
         mldsa.MLDSA65PrivateKey.from_seed_bytes,
         mldsa.MLDSA65PublicKey.from_public_bytes,
     ),
@@ -108,7 +115,7 @@ class KemAlgorithm:
     """An HPKE KEM: its component private keys (each PKCS#8-serialisable) and the suite."""
 
     name: str
-    components: tuple[str, ...]          # names of the stored component keys, in order
+    components: tuple[str, ...]  # names of the stored component keys, in order
     hpke_kem: object
     enc_bytes: int
 
@@ -136,8 +143,7 @@ class KemAlgorithm:
     def public_raw(self, parts: dict[str, Any]) -> bytes:
         """Public key bytes: the components' raw public keys concatenated in order."""
         return b"".join(
-            parts[c].public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-            for c in self.components
+            parts[c].public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) for c in self.components
         )
 
     def public_from_raw(self, raw: bytes):
@@ -157,8 +163,7 @@ KEMS: Registry[KemAlgorithm] = Registry("key encapsulation")
 KEMS.add("x25519", KemAlgorithm("x25519", ("x25519",), hpke.KEM.X25519, hpke.KEM.X25519.enc_length()))
 KEMS.add(
     "ml-kem-768+x25519",
-    KemAlgorithm("ml-kem-768+x25519", ("ml-kem-768", "x25519"), hpke.KEM.MLKEM768_X25519,
-                 hpke.KEM.MLKEM768_X25519.enc_length()),
+    KemAlgorithm("ml-kem-768+x25519", ("ml-kem-768", "x25519"), hpke.KEM.MLKEM768_X25519, hpke.KEM.MLKEM768_X25519.enc_length()),
 )
 
 

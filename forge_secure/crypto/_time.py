@@ -24,13 +24,17 @@ def format_time(seconds: int) -> str:
 def parse_time(text: object, what: str) -> int:
     """Parse an ISO 8601 UTC time ``YYYY-MM-DDTHH:MM:SSZ`` into integer seconds."""
     if not isinstance(text, str):
-        raise fail("time.invalid", f"{what} must be a time string like 2027-01-31T00:00:00Z, got {text!r}",
-                   "write the time in UTC as YYYY-MM-DDTHH:MM:SSZ")
+        raise fail(
+            "time.invalid",
+            f"{what} must be a time string like 2027-01-31T00:00:00Z, got {text!r}",
+            "write the time in UTC as YYYY-MM-DDTHH:MM:SSZ",
+        )
     try:
         value = _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
     except ValueError:
-        raise fail("time.invalid", f"{what} {text!r} is not a UTC time like 2027-01-31T00:00:00Z",
-                   "write the time in UTC as YYYY-MM-DDTHH:MM:SSZ") from None
+        raise fail(
+            "time.invalid", f"{what} {text!r} is not a UTC time like 2027-01-31T00:00:00Z", "write the time in UTC as YYYY-MM-DDTHH:MM:SSZ"
+        ) from None
     return int(value.timestamp())
 
 

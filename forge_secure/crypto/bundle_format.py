@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-
 from ..errors import ForgeDataError
 from ..fileio import canonical_json, loads_bounded
 from ..progress import task
@@ -38,7 +37,7 @@ MAX_HEADER = MAX_ENVELOPE = 1 << 16
 CLOCK_SKEW = 300
 READ_BLOCK = 1 << 20
 MAX_SAFE_INT = (1 << 53) - 1  # RFC 8785 / I-JSON: integers a double holds exactly
-JSON_DEPTH = 8                 # header, envelope and statement nest at most 5 levels
+JSON_DEPTH = 8  # header, envelope and statement nest at most 5 levels
 
 
 def _loads(raw: bytes):
@@ -101,13 +100,17 @@ class Opened:
 
 
 def _truncated(path) -> BundleError:
-    return fail("bundle.truncated", f"{path} ends early: the bundle is truncated",
-                "copy the bundle again from the site; the transfer was incomplete")
+    return fail(
+        "bundle.truncated",
+        f"{path} ends early: the bundle is truncated",
+        "copy the bundle again from the site; the transfer was incomplete",
+    )
 
 
 def _format(path, why: str) -> BundleError:
-    return fail("bundle.format", f"{path} is not a valid forge bundle ({why})",
-                "ask the site to send the .forge file written by 'forge seal' again")
+    return fail(
+        "bundle.format", f"{path} is not a valid forge bundle ({why})", "ask the site to send the .forge file written by 'forge seal' again"
+    )
 
 
 def _algorithms(kem: str, signature: tuple[str, ...]) -> dict:
@@ -122,12 +125,12 @@ class _Parsed:
     path: str
     size: int
     header: dict
-    head: bytes               # magic .. wrapped key
-    pre_digest: bytes         # sha256(magic .. header), the HPKE info's digest
+    head: bytes  # magic .. wrapped key
+    pre_digest: bytes  # sha256(magic .. header), the HPKE info's digest
     wrapped: bytes
     kem: P.KemAlgorithm
     chunks_offset: int
-    envelope_offset: int      # offset of env_len
+    envelope_offset: int  # offset of env_len
     envelope: bytes
 
 
@@ -142,27 +145,44 @@ def _check_header(h: object, path) -> dict:
     if not isinstance(h, dict):
         raise _format(path, "the header is not a JSON object")
     if h.get("format") != FORMAT:
-        raise fail("bundle.version", f"{path} has format {h.get('format')!r}; this toolkit reads {FORMAT}",
-                   "open it with the forge-secure version that wrote it, or ask the site to seal again")
+        raise fail(
+            "bundle.version",
+            f"{path} has format {h.get('format')!r}; this toolkit reads {FORMAT}",
+            "open it with the forge-secure version that wrote it, or ask the site to seal again",
+        )
     expected = {"format", "algorithms", "chunk_size", "payload_size", "chunks", "nonce_prefix", "recipient", "signer", "manifest_sha256"}
     if set(h) != expected:
         raise _format(path, f"header fields {sorted(set(h) ^ expected)} are unexpected or missing")
     alg = h["algorithms"]
     if not isinstance(alg, dict) or set(alg) != {"kem", "kdf", "aead", "stream", "signature"}:
         raise _format(path, "the algorithm list is malformed")
-    if not (all(isinstance(alg[k], str) for k in ("kem", "kdf", "aead", "stream")) and isinstance(alg["signature"], list)
-            and all(isinstance(a, str) for a in alg["signature"])):  # types first: a list is no registry key
+    if not (
+        all(isinstance(alg[k], str) for k in ("kem", "kdf", "aead", "stream"))
+        and isinstance(alg["signature"], list)
+        and all(isinstance(a, str) for a in alg["signature"])
+    ):  # types first: a list is no registry key
         raise _format(path, "an algorithm name is not a string")
-    if alg["kem"] not in P.KEMS or alg["kdf"] != KDF or alg["aead"] != AEAD or alg["stream"] != STREAM or \
-            alg["signature"] not in (["ed25519"], ["ed25519", "ml-dsa-65"]):
-        raise fail("bundle.algorithm", f"{path} names algorithms this toolkit does not accept ({alg})",
-                   f"bundles use kem {' or '.join(P.KEMS.names())}, {KDF}, {AEAD}, {STREAM}, ed25519 (+ ml-dsa-65)")
+    if (
+        alg["kem"] not in P.KEMS
+        or alg["kdf"] != KDF
+        or alg["aead"] != AEAD
+        or alg["stream"] != STREAM
+        or alg["signature"] not in (["ed25519"], ["ed25519", "ml-dsa-65"])
+    ):
+        raise fail(
+            "bundle.algorithm",
+            f"{path} names algorithms this toolkit does not accept ({alg})",
+            f"bundles use kem {' or '.join(P.KEMS.names())}, {KDF}, {AEAD}, {STREAM}, ed25519 (+ ml-dsa-65)",
+        )
     for k in ("chunk_size", "payload_size", "chunks"):
         if not isinstance(h[k], int) or isinstance(h[k], bool) or not 1 <= h[k] <= MAX_SAFE_INT:
             raise _format(path, f"{k} is not a positive integer below 2**53")
     cs = h["chunk_size"]
-    if not (MIN_CHUNK <= cs <= MAX_CHUNK and cs & (cs - 1) == 0) or h["chunks"] != -(-h["payload_size"] // cs) \
-            or h["chunks"] >= P.MAX_CHUNKS:
+    if (
+        not (MIN_CHUNK <= cs <= MAX_CHUNK and cs & (cs - 1) == 0)
+        or h["chunks"] != -(-h["payload_size"] // cs)
+        or h["chunks"] >= P.MAX_CHUNKS
+    ):
         raise _format(path, "chunk size, payload size and chunk count do not agree")
     for k, n in (("nonce_prefix", 2 * P.NONCE_PREFIX_BYTES), ("recipient", 64), ("signer", 64), ("manifest_sha256", 64)):
         v = h[k]
@@ -225,8 +245,11 @@ def _parse(f: BinaryIO, path) -> _Parsed:
     if size < env_offset + 4 + elen:
         raise _truncated(path)
     if size > env_offset + 4 + elen:
-        raise fail("bundle.trailing", f"{path} has {size - env_offset - 4 - elen} bytes after its end",
-                   "ask the site to send the .forge file written by 'forge seal' again")
+        raise fail(
+            "bundle.trailing",
+            f"{path} has {size - env_offset - 4 - elen} bytes after its end",
+            "ask the site to send the .forge file written by 'forge seal' again",
+        )
     envelope = _read_exact(f, elen, path)
     return _Parsed(str(path), size, header, head, hashlib.sha256(pre).digest(), wrapped, kem, chunks_offset, env_offset, envelope)
 
@@ -244,8 +267,11 @@ def _hash_prefix(f: BinaryIO, parsed: _Parsed) -> str:
 
 
 def _signature_error(path) -> BundleError:
-    return fail("bundle.signature", f"the signature of {path} does not verify",
-                "do not use this bundle: it was changed after sealing or damaged; ask the site to send it again")
+    return fail(
+        "bundle.signature",
+        f"the signature of {path} does not verify",
+        "do not use this bundle: it was changed after sealing or damaged; ask the site to send it again",
+    )
 
 
 def _decode_envelope(parsed: _Parsed) -> tuple[bytes, dict[str, list[bytes]]]:
@@ -261,16 +287,26 @@ def _decode_envelope(parsed: _Parsed) -> tuple[bytes, dict[str, list[bytes]]]:
             alg = s["keyid"].split(":", 1)[0]
             sigs.setdefault(alg, []).append(base64.b64decode(s["sig"], validate=True))
         # one encoding only: canonical JSON, canonical base64 (no spare bits, no whitespace)
-        rebuilt = canonical_json({"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(body).decode("ascii"),
-                                  "signatures": [{"keyid": s["keyid"], "sig": base64.b64encode(
-                                      base64.b64decode(s["sig"], validate=True)).decode("ascii")} for s in env["signatures"]]})
+        rebuilt = canonical_json(
+            {
+                "payloadType": PAYLOAD_TYPE,
+                "payload": base64.b64encode(body).decode("ascii"),
+                "signatures": [
+                    {"keyid": s["keyid"], "sig": base64.b64encode(base64.b64decode(s["sig"], validate=True)).decode("ascii")}
+                    for s in env["signatures"]
+                ],
+            }
+        )
         if rebuilt != parsed.envelope:
             raise ValueError("not canonical")
         if not isinstance(env["payload"], str):
             raise ValueError("the payload is not a string")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError):
-        raise fail("bundle.envelope", f"the signature envelope of {parsed.path} is malformed",
-                   "do not use this bundle: it was changed after sealing or damaged; ask the site to send it again") from None
+        raise fail(
+            "bundle.envelope",
+            f"the signature envelope of {parsed.path} is malformed",
+            "do not use this bundle: it was changed after sealing or damaged; ask the site to send it again",
+        ) from None
     return body, sigs
 
 
@@ -279,8 +315,11 @@ def _keyids(parsed: _Parsed) -> list[str]:
 
 
 def _digest_error(path) -> BundleError:
-    return fail("bundle.digest", f"the encrypted payload of {path} does not match its signed digest",
-                "do not use this bundle: its payload was changed, swapped or damaged; ask the site to send it again")
+    return fail(
+        "bundle.digest",
+        f"the encrypted payload of {path} does not match its signed digest",
+        "do not use this bundle: its payload was changed, swapped or damaged; ask the site to send it again",
+    )
 
 
 def _verify(f: BinaryIO, path, roster: Roster, now: int, *, full_digest: bool = True) -> tuple[_Parsed, Verified]:
@@ -303,18 +342,26 @@ def _verify(f: BinaryIO, path, roster: Roster, now: int, *, full_digest: bool = 
         statement = _loads(body)
         manifest = statement["predicate"]
         subject = statement["subject"]
-        ok = (isinstance(statement, dict) and statement.get("_type") == STATEMENT_TYPE
-              and statement.get("predicateType") == PREDICATE_TYPE and isinstance(manifest, dict)
-              and isinstance(subject, list) and len(subject) == 2
-              and [x["name"] for x in subject] == [f"{manifest['submission_id']}.payload", f"{manifest['submission_id']}.header"])
+        ok = (
+            isinstance(statement, dict)
+            and statement.get("_type") == STATEMENT_TYPE
+            and statement.get("predicateType") == PREDICATE_TYPE
+            and isinstance(manifest, dict)
+            and isinstance(subject, list)
+            and len(subject) == 2
+            and [x["name"] for x in subject] == [f"{manifest['submission_id']}.payload", f"{manifest['submission_id']}.header"]
+        )
         claimed, claimed_head = subject[0]["digest"]["sha256"], subject[1]["digest"]["sha256"]
         ok = ok and isinstance(claimed, str) and isinstance(claimed_head, str)
         manifest_digest = hashlib.sha256(canonical_json(manifest)).hexdigest() if ok else None
     except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, AttributeError):
         ok = False
     if not ok:
-        raise fail("bundle.statement", f"{path} is signed but its statement is not a forge submission",
-                   "ask the site to seal its plugin again with 'forge seal'")
+        raise fail(
+            "bundle.statement",
+            f"{path} is signed but its statement is not a forge submission",
+            "ask the site to seal its plugin again with 'forge seal'",
+        )
     if manifest_digest != header["manifest_sha256"]:
         raise _format(path, "the signed manifest does not match the header")
     for k in ("algorithms", "chunk_size", "payload_size", "chunks", "recipient", "signer", "format"):
@@ -323,8 +370,14 @@ def _verify(f: BinaryIO, path, roster: Roster, now: int, *, full_digest: bool = 
     try:
         created = _time.parse_time(manifest["created"], "created")
         site, seq, sub_id = manifest["site"], manifest["sequence"], manifest["submission_id"]
-        if not (isinstance(site, str) and isinstance(seq, int) and not isinstance(seq, bool) and seq >= 1
-                and isinstance(sub_id, str) and len(sub_id) == 32):
+        if not (
+            isinstance(site, str)
+            and isinstance(seq, int)
+            and not isinstance(seq, bool)
+            and seq >= 1
+            and isinstance(sub_id, str)
+            and len(sub_id) == 32
+        ):
             raise ValueError
     except (BundleError, KeyError, ValueError):
         raise fail("bundle.statement", f"{path} has a malformed manifest", "ask the site to seal its plugin again") from None
@@ -332,8 +385,11 @@ def _verify(f: BinaryIO, path, roster: Roster, now: int, *, full_digest: bool = 
         raise _signature_error(path)
     roster.check_signer(signer_id, site, created, now)
     if created > now + CLOCK_SKEW:
-        raise fail("bundle.future", f"{path} claims to be sealed at {manifest['created']}, in the future",
-                   "check the clocks of the site and of this machine")
+        raise fail(
+            "bundle.future",
+            f"{path} claims to be sealed at {manifest['created']}, in the future",
+            "check the clocks of the site and of this machine",
+        )
     if claimed_head != hashlib.sha256(parsed.head).hexdigest():
         raise _digest_error(path)
     computed = _hash_prefix(f, parsed) if full_digest else claimed
@@ -341,11 +397,25 @@ def _verify(f: BinaryIO, path, roster: Roster, now: int, *, full_digest: bool = 
         raise _digest_error(path)
     dp, base = manifest.get("dp"), manifest.get("base_digest")
     return parsed, Verified(
-        path=str(path), site=site, sequence=seq, submission_id=sub_id, created=manifest["created"], signer=signer_id,
-        recipient=header["recipient"], algorithms=header["algorithms"], base_digest=base if isinstance(base, str) else None,
-        dp=dp if isinstance(dp, dict) else None, content=manifest.get("content") if isinstance(manifest.get("content"), dict) else {},
-        payload_size=header["payload_size"], chunk_size=header["chunk_size"], chunks=header["chunks"],
-        bundle_size=parsed.size, bundle_sha256=computed, roster_consortium=roster.consortium, roster_version=roster.version)
+        path=str(path),
+        site=site,
+        sequence=seq,
+        submission_id=sub_id,
+        created=manifest["created"],
+        signer=signer_id,
+        recipient=header["recipient"],
+        algorithms=header["algorithms"],
+        base_digest=base if isinstance(base, str) else None,
+        dp=dp if isinstance(dp, dict) else None,
+        content=manifest.get("content") if isinstance(manifest.get("content"), dict) else {},
+        payload_size=header["payload_size"],
+        chunk_size=header["chunk_size"],
+        chunks=header["chunks"],
+        bundle_size=parsed.size,
+        bundle_sha256=computed,
+        roster_consortium=roster.consortium,
+        roster_version=roster.version,
+    )
 
 
 def _open_file(bundle):

@@ -21,9 +21,10 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from ..fileio import fsync_directory
 from ._pipeline import EarlyWriteback
@@ -39,7 +40,7 @@ READ_BLOCK = 1 << 20
 class Entry:
     name: str
     size: int
-    path: Path | None = None     # source file when writing
+    path: Path | None = None  # source file when writing
 
 
 def check_name(name: str) -> str:
@@ -53,8 +54,11 @@ def check_name(name: str) -> str:
         or len(name.encode("utf-8")) > MAX_NAME
     )
     if bad:
-        raise fail("bundle.unsafe_path", f"the bundle holds an unsafe file name {name!r}",
-                   "do not use this bundle; ask the site to seal its plugin directory again")
+        raise fail(
+            "bundle.unsafe_path",
+            f"the bundle holds an unsafe file name {name!r}",
+            "do not use this bundle; ask the site to seal its plugin directory again",
+        )
     return name
 
 
@@ -113,8 +117,11 @@ def iter_container(entries: list[Entry], block: int = READ_BLOCK) -> Iterator[by
                     break
                 yield data
         if seen != e.size:
-            raise fail("bundle.source_changed", f"{e.path} changed size while it was being sealed",
-                       "wait until the plugin is fully written, then seal again")
+            raise fail(
+                "bundle.source_changed",
+                f"{e.path} changed size while it was being sealed",
+                "wait until the plugin is fully written, then seal again",
+            )
 
 
 class ContainerReader:
@@ -140,8 +147,11 @@ class ContainerReader:
         self._dirs: set[Path] = {self.out}
 
     def _bad(self, why: str):
-        return fail("bundle.container", f"the decrypted payload is not a valid container ({why})",
-                    "do not use this bundle; ask the site to seal its plugin directory again")
+        return fail(
+            "bundle.container",
+            f"the decrypted payload is not a valid container ({why})",
+            "do not use this bundle; ask the site to seal its plugin directory again",
+        )
 
     def _parse_index(self) -> bool:
         buf = self._buf
@@ -156,20 +166,23 @@ class ContainerReader:
         for _ in range(count):
             if len(buf) < pos + 2:
                 return False
-            (n,) = struct.unpack(">H", buf[pos:pos + 2])
+            (n,) = struct.unpack(">H", buf[pos : pos + 2])
             if not 1 <= n <= MAX_NAME:
                 raise self._bad("bad name length")
             if len(buf) < pos + 2 + n + 8:
                 return False
             try:
-                name = bytes(buf[pos + 2:pos + 2 + n]).decode("utf-8")
+                name = bytes(buf[pos + 2 : pos + 2 + n]).decode("utf-8")
             except UnicodeDecodeError:
                 raise self._bad("a name is not UTF-8") from None
-            (size,) = struct.unpack(">Q", buf[pos + 2 + n:pos + 10 + n])
+            (size,) = struct.unpack(">Q", buf[pos + 2 + n : pos + 10 + n])
             check_name(name)
             if name in names:
-                raise fail("bundle.duplicate_name", f"the bundle holds the file name {name!r} twice",
-                           "do not use this bundle; ask the site to seal its plugin directory again")
+                raise fail(
+                    "bundle.duplicate_name",
+                    f"the bundle holds the file name {name!r} twice",
+                    "do not use this bundle; ask the site to seal its plugin directory again",
+                )
             names.add(name)
             entries.append(Entry(name, size))
             pos += 10 + n

@@ -74,11 +74,11 @@ from .public_keys import (  # noqa: F401 - the public half lives there; re-expor
     public_key_from_bytes,
 )
 
-PRIVATE_FORMAT = "forge-private-key/1"          # plain (or legacy PKCS#8-encrypted) components
-PROTECTED_FORMAT = "forge-private-key/2"        # scrypt + AES-256-GCM over the components
+PRIVATE_FORMAT = "forge-private-key/1"  # plain (or legacy PKCS#8-encrypted) components
+PROTECTED_FORMAT = "forge-private-key/2"  # scrypt + AES-256-GCM over the components
 PRIVATE_FORMATS = (PRIVATE_FORMAT, PROTECTED_FORMAT)
-SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P = 18, 8, 1     # age's scrypt work factor (N = 2**18, r = 8, p = 1)
-SCRYPT_LOG_N_RANGE = (14, 20)                   # accepted when reading (2**20: 1 GiB, a bound on memory)
+SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P = 18, 8, 1  # age's scrypt work factor (N = 2**18, r = 8, p = 1)
+SCRYPT_LOG_N_RANGE = (14, 20)  # accepted when reading (2**20: 1 GiB, a bound on memory)
 
 # --------------------------------------------------------------------------- private keys
 
@@ -87,9 +87,9 @@ SCRYPT_LOG_N_RANGE = (14, 20)                   # accepted when reading (2**20: 
 class PrivateKey:
     """A loaded signing or decryption key: the site, its algorithms and key objects."""
 
-    role: str                            # "signing" | "decryption"
+    role: str  # "signing" | "decryption"
     site: str
-    algorithms: tuple[str, ...]          # signature algorithms, or (kem name,)
+    algorithms: tuple[str, ...]  # signature algorithms, or (kem name,)
     keys: dict[str, object] = field(hash=False, repr=False)
 
     @property
@@ -126,8 +126,11 @@ def read_passphrase(file: str | os.PathLike | None = None, env: str | None = Non
     if env is not None:
         value = os.environ.get(env)
         if not value:
-            raise fail("key.passphrase_empty", f"environment variable {env} is not set or empty",
-                       f"export {env} with the passphrase, or use --passphrase-file")
+            raise fail(
+                "key.passphrase_empty",
+                f"environment variable {env} is not set or empty",
+                f"export {env} with the passphrase, or use --passphrase-file",
+            )
         return value.encode("utf-8")
     return None
 
@@ -136,14 +139,26 @@ def _scrypt(passphrase: bytes, salt: bytes, log_n: int, r: int, p: int) -> bytes
     return Scrypt(salt=salt, length=32, n=1 << log_n, r=r, p=p).derive(passphrase)
 
 
-def _private_doc(role: str, site: str, algorithms: tuple[str, ...], keys: dict, passphrase: bytes | None, kid: str, *,
-                 random: P.RandomSource = os.urandom, log_n: int = SCRYPT_LOG_N) -> bytes:
+def _private_doc(
+    role: str,
+    site: str,
+    algorithms: tuple[str, ...],
+    keys: dict,
+    passphrase: bytes | None,
+    kid: str,
+    *,
+    random: P.RandomSource = os.urandom,
+    log_n: int = SCRYPT_LOG_N,
+) -> bytes:
     doc: dict[str, Any] = {"role": role, "site": site, "key_id": kid, "algorithms": list(algorithms), "encrypted": bool(passphrase)}
     if not passphrase:
         doc.update(format=PRIVATE_FORMAT, pkcs8={name: P.private_to_pem(k, None) for name, k in keys.items()})
     else:
-        doc.update(format=PROTECTED_FORMAT, aead="aes-256-gcm",
-                   kdf={"name": "scrypt", "log_n": log_n, "r": SCRYPT_R, "p": SCRYPT_P, "salt": b64e(random(16))})
+        doc.update(
+            format=PROTECTED_FORMAT,
+            aead="aes-256-gcm",
+            kdf={"name": "scrypt", "log_n": log_n, "r": SCRYPT_R, "p": SCRYPT_P, "salt": b64e(random(16))},
+        )
         nonce = random(12)
         plain = canonical_json({name: b64e(P.private_to_der(k)) for name, k in keys.items()})
         kek = _scrypt(passphrase, b64d(doc["kdf"]["salt"], "salt"), log_n, SCRYPT_R, SCRYPT_P)
@@ -157,24 +172,34 @@ def _check_mode(path: Path) -> None:
         return
     mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & 0o077:
-        raise fail("key.permissions", f"private key file {path} is readable or writable by group or others (mode {mode:04o})",
-                   f"restrict it to its owner with: chmod 600 {path}")
+        raise fail(
+            "key.permissions",
+            f"private key file {path} is readable or writable by group or others (mode {mode:04o})",
+            f"restrict it to its owner with: chmod 600 {path}",
+        )
 
 
 def _unprotect(path: Path, doc: dict, names: tuple[str, ...], passphrase: bytes) -> dict[str, bytes]:
     """The components' PKCS#8 DER bytes of a version-2 (scrypt + AES-256-GCM) key file."""
     kdf = doc.get("kdf")
     fields = {k: doc.get(k) for k in ("aead", "nonce", "ciphertext")}
-    if not (isinstance(kdf, dict) and set(kdf) == {"name", "log_n", "r", "p", "salt"} and kdf["name"] == "scrypt"
-            and fields["aead"] == "aes-256-gcm" and all(isinstance(kdf[k], int) and not isinstance(kdf[k], bool)
-                                                        for k in ("log_n", "r", "p"))):
-        raise fail("key.invalid", f"{path} does not state a supported key protection (scrypt + aes-256-gcm)",
-                   "restore it from a good copy")
+    if not (
+        isinstance(kdf, dict)
+        and set(kdf) == {"name", "log_n", "r", "p", "salt"}
+        and kdf["name"] == "scrypt"
+        and fields["aead"] == "aes-256-gcm"
+        and all(isinstance(kdf[k], int) and not isinstance(kdf[k], bool) for k in ("log_n", "r", "p"))
+    ):
+        raise fail("key.invalid", f"{path} does not state a supported key protection (scrypt + aes-256-gcm)", "restore it from a good copy")
     lo, hi = SCRYPT_LOG_N_RANGE
-    if not (lo <= kdf["log_n"] <= hi and 1 <= kdf["r"] <= 16 and 1 <= kdf["p"] <= 4
-            and 128 * kdf["r"] * (1 << kdf["log_n"]) <= 1 << 30):  # at most 1 GiB and 4 passes per unlock
-        raise fail("key.invalid", f"{path} states scrypt parameters out of range (log_n {kdf['log_n']}, r {kdf['r']}, p {kdf['p']})",
-                   f"rewrite it with 'forge keys protect' (log_n {lo}..{hi})")
+    if not (
+        lo <= kdf["log_n"] <= hi and 1 <= kdf["r"] <= 16 and 1 <= kdf["p"] <= 4 and 128 * kdf["r"] * (1 << kdf["log_n"]) <= 1 << 30
+    ):  # at most 1 GiB and 4 passes per unlock
+        raise fail(
+            "key.invalid",
+            f"{path} states scrypt parameters out of range (log_n {kdf['log_n']}, r {kdf['r']}, p {kdf['p']})",
+            f"rewrite it with 'forge keys protect' (log_n {lo}..{hi})",
+        )
     salt, nonce = b64d(kdf["salt"], f"{path}: salt"), b64d(fields["nonce"], f"{path}: nonce")
     ciphertext = b64d(fields["ciphertext"], f"{path}: ciphertext")
     if len(salt) < 16 or len(nonce) != 12 or len(ciphertext) < 16:
@@ -186,8 +211,9 @@ def _unprotect(path: Path, doc: dict, names: tuple[str, ...], passphrase: bytes)
     try:
         plain = AESGCM(_scrypt(passphrase, salt, kdf["log_n"], kdf["r"], kdf["p"])).decrypt(nonce, ciphertext, aad)
     except InvalidTag:
-        raise fail("key.bad_passphrase", f"wrong passphrase for {path} (or the file was changed)",
-                   "give the passphrase the key was written with") from None
+        raise fail(
+            "key.bad_passphrase", f"wrong passphrase for {path} (or the file was changed)", "give the passphrase the key was written with"
+        ) from None
     try:
         parts = loads_bounded(plain, max_depth=2, allow_floats=False)
         if not isinstance(parts, dict) or set(parts) != set(names):
@@ -209,8 +235,9 @@ def load_private_key(path: str | os.PathLike, passphrase: bytes | None = None, *
     return _private_key(_read_json_doc(path, what), path, passphrase, role, check_mode=True)
 
 
-def private_key_from_bytes(raw: bytes, passphrase: bytes | None = None, *, role: str | None = None,
-                           where: str = "<private key>") -> PrivateKey:
+def private_key_from_bytes(
+    raw: bytes, passphrase: bytes | None = None, *, role: str | None = None, where: str = "<private key>"
+) -> PrivateKey:
     """Parse the bytes of a private key file (what :func:`load_private_key` does after reading it
     and checking its mode)."""
     if len(raw) > MAX_KEY_FILE:
@@ -221,13 +248,19 @@ def private_key_from_bytes(raw: bytes, passphrase: bytes | None = None, *, role:
 def _private_key(doc: object, path, passphrase: bytes | None, role: str | None, *, check_mode: bool) -> PrivateKey:
     if not isinstance(doc, dict) or doc.get("format") not in PRIVATE_FORMATS:
         hint = " (that is a public key file)" if isinstance(doc, dict) and doc.get("format") == PUBLIC_FORMAT else ""
-        raise fail("key.wrong_type", f"{path} is not a forge private key file{hint}",
-                   f"give the {SIGNING_FILE if role != 'decryption' else DECRYPTION_FILE} written by 'forge keys new'")
+        raise fail(
+            "key.wrong_type",
+            f"{path} is not a forge private key file{hint}",
+            f"give the {SIGNING_FILE if role != 'decryption' else DECRYPTION_FILE} written by 'forge keys new'",
+        )
     if check_mode:
         _check_mode(path)
     if role and doc.get("role") != role:
-        raise fail("key.wrong_type", f"{path} is a {str(doc.get('role'))[:20]} key, but a {role} key is needed",
-                   f"give the {SIGNING_FILE if role == 'signing' else DECRYPTION_FILE} file")
+        raise fail(
+            "key.wrong_type",
+            f"{path} is a {str(doc.get('role'))[:20]} key, but a {role} key is needed",
+            f"give the {SIGNING_FILE if role == 'signing' else DECRYPTION_FILE} file",
+        )
     try:
         site = check_site(doc["site"])
         algorithms = tuple(doc["algorithms"]) if isinstance(doc["algorithms"], list) else None
@@ -241,13 +274,19 @@ def _private_key(doc: object, path, passphrase: bytes | None, role: str | None, 
     names: tuple[str, ...]
     if kind == "signing":
         if algorithms not in (CLASSIC_SIGNATURES, PQ_SIGNATURES):
-            raise fail("key.algorithm", f"{path}: signature algorithms {list(algorithms)} are not supported",
-                       "write new keys with 'forge keys new'")
+            raise fail(
+                "key.algorithm",
+                f"{path}: signature algorithms {list(algorithms)} are not supported",
+                "write new keys with 'forge keys new'",
+            )
         names = algorithms
     elif kind == "decryption":
         if len(algorithms) != 1 or algorithms[0] not in P.KEMS:
-            raise fail("key.algorithm", f"{path}: key encapsulation {list(algorithms)} are not supported",
-                       f"use one of: {', '.join(P.KEMS.names())}")
+            raise fail(
+                "key.algorithm",
+                f"{path}: key encapsulation {list(algorithms)} are not supported",
+                f"use one of: {', '.join(P.KEMS.names())}",
+            )
         names = P.KEMS.get(algorithms[0]).components
     else:
         raise fail("key.wrong_type", f"{path} has unknown role {str(kind)[:20]!r}", "give a key file written by 'forge keys new'")
@@ -255,11 +294,15 @@ def _private_key(doc: object, path, passphrase: bytes | None, role: str | None, 
     if protected != encrypted and protected:
         raise fail("key.invalid", f"{path} is a {PROTECTED_FORMAT} file that says it is not encrypted", "restore it from a good copy")
     if encrypted and not passphrase:
-        raise fail("key.passphrase_required", f"{path} is protected by a passphrase",
-                   "give it with --passphrase-file FILE or --passphrase-env VAR")
+        raise fail(
+            "key.passphrase_required", f"{path} is protected by a passphrase", "give it with --passphrase-file FILE or --passphrase-env VAR"
+        )
     if passphrase and not encrypted:
-        raise fail("key.not_encrypted", f"{path} is not passphrase-protected, but a passphrase was given",
-                   "drop --passphrase-file/--passphrase-env, or check that this is the right key file")
+        raise fail(
+            "key.not_encrypted",
+            f"{path} is not passphrase-protected, but a passphrase was given",
+            "drop --passphrase-file/--passphrase-env, or check that this is the right key file",
+        )
     keys = {}
     if protected:
         assert passphrase is not None  # protected implies encrypted, and encrypted without a passphrase was refused above
@@ -279,8 +322,11 @@ def _private_key(doc: object, path, passphrase: bytes | None, role: str | None, 
                 if encrypted:
                     # PKCS#8 PBKDF2 + CBC: a wrong passphrase fails the padding check, except about once in
                     # 256 tries where the padding happens to be valid and the DER parse fails instead
-                    raise fail("key.bad_passphrase", f"wrong passphrase for {path} (or the file is damaged)",
-                               "give the passphrase the key was written with") from None
+                    raise fail(
+                        "key.bad_passphrase",
+                        f"wrong passphrase for {path} (or the file is damaged)",
+                        "give the passphrase the key was written with",
+                    ) from None
                 raise fail("key.invalid", f"{path}: the {name} key cannot be read ({e})", "restore it from a good copy") from None
     key = PrivateKey(kind, site, algorithms, keys)
     try:
@@ -288,21 +334,33 @@ def _private_key(doc: object, path, passphrase: bytes | None, role: str | None, 
     except Exception:  # a PEM of another algorithm in this slot
         raise fail("key.invalid", f"{path}: a key is of the wrong algorithm", "restore it from a good copy") from None
     if real_id != stated_id:
-        raise fail("key.invalid", f"{path}: stated key id {str(stated_id)[:80]!r} does not match the key ({real_id})",
-                   "the file was edited or damaged; restore it from a good copy")
+        raise fail(
+            "key.invalid",
+            f"{path}: stated key id {str(stated_id)[:80]!r} does not match the key ({real_id})",
+            "the file was edited or damaged; restore it from a good copy",
+        )
     return key
 
 
-def protect_key_file(path: str | os.PathLike, old_passphrase: bytes | None, new_passphrase: bytes, *,
-                     log_n: int = SCRYPT_LOG_N, random: P.RandomSource = os.urandom) -> Path:
+def protect_key_file(
+    path: str | os.PathLike,
+    old_passphrase: bytes | None,
+    new_passphrase: bytes,
+    *,
+    log_n: int = SCRYPT_LOG_N,
+    random: P.RandomSource = os.urandom,
+) -> Path:
     """Rewrite a private key file (format 1, plain or PKCS#8-encrypted, or format 2) as format 2
     under ``new_passphrase`` (scrypt at ``log_n``), atomically, with mode 0600."""
     path = Path(path)
     key = load_private_key(path, old_passphrase)
     if len(new_passphrase) < 8:
         raise fail("key.passphrase_short", "the new passphrase has fewer than 8 characters", "use a longer passphrase")
-    atomic_write_bytes(path, _private_doc(key.role, key.site, key.algorithms, key.keys, new_passphrase, key.key_id,
-                                          random=random, log_n=_check_log_n(log_n)), 0o600)
+    atomic_write_bytes(
+        path,
+        _private_doc(key.role, key.site, key.algorithms, key.keys, new_passphrase, key.key_id, random=random, log_n=_check_log_n(log_n)),
+        0o600,
+    )
     return path
 
 
@@ -332,8 +390,15 @@ class KeyFiles:
     public_key: PublicKey
 
 
-def new_keys(site: str, out: str | os.PathLike, *, post_quantum: bool = False, passphrase: bytes | None = None,
-             random: P.RandomSource = os.urandom, kdf_log_n: int = SCRYPT_LOG_N) -> KeyFiles:
+def new_keys(
+    site: str,
+    out: str | os.PathLike,
+    *,
+    post_quantum: bool = False,
+    passphrase: bytes | None = None,
+    random: P.RandomSource = os.urandom,
+    kdf_log_n: int = SCRYPT_LOG_N,
+) -> KeyFiles:
     """Generate and write a party's keys into ``out`` (created if needed).
 
     ``random`` supplies the key material (default: the OS CSPRNG); tests inject a fixed
@@ -347,8 +412,11 @@ def new_keys(site: str, out: str | os.PathLike, *, post_quantum: bool = False, p
     paths = KeyFiles(out / SIGNING_FILE, out / DECRYPTION_FILE, out / PUBLIC_FILE, None)  # type: ignore[arg-type]
     for p in (paths.signing, paths.decryption, paths.public):
         if p.exists():
-            raise fail("key.exists", f"{p} already exists; keys are never overwritten",
-                       "choose another --out directory, or move the old keys away first")
+            raise fail(
+                "key.exists",
+                f"{p} already exists; keys are never overwritten",
+                "choose another --out directory, or move the old keys away first",
+            )
     if passphrase is not None and len(passphrase) < 8:
         raise fail("key.passphrase_short", "the passphrase has fewer than 8 characters", "use a longer passphrase")
     _check_log_n(kdf_log_n)
@@ -358,15 +426,22 @@ def new_keys(site: str, out: str | os.PathLike, *, post_quantum: bool = False, p
     kem_keys = kem.generate(random)
     signing = PrivateKey("signing", site, sig_algs, sig_keys)
     decryption = PrivateKey("decryption", site, (kem.name,), kem_keys)
-    public = PublicKey(site, SigningPublicKey(sig_algs, {a: P.SignatureAlgorithm.public_raw(k) for a, k in sig_keys.items()}),
-                       kem.name, kem.public_raw(kem_keys))
+    public = PublicKey(
+        site,
+        SigningPublicKey(sig_algs, {a: P.SignatureAlgorithm.public_raw(k) for a, k in sig_keys.items()}),
+        kem.name,
+        kem.public_raw(kem_keys),
+    )
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     try:
         for path, data, mode in (
             (paths.signing, _private_doc("signing", site, sig_algs, sig_keys, passphrase, signing.key_id, log_n=kdf_log_n), 0o600),
-            (paths.decryption, _private_doc("decryption", site, (kem.name,), kem_keys, passphrase, decryption.key_id,
-                                            log_n=kdf_log_n), 0o600),
+            (
+                paths.decryption,
+                _private_doc("decryption", site, (kem.name,), kem_keys, passphrase, decryption.key_id, log_n=kdf_log_n),
+                0o600,
+            ),
             (paths.public, canonical_json(public.to_dict()) + b"\n", 0o644),
         ):
             if path.exists():  # raced with another writer
@@ -381,7 +456,19 @@ def new_keys(site: str, out: str | os.PathLike, *, post_quantum: bool = False, p
 
 
 __all__ = [
-    "BundleError", "KeyFiles", "PrivateKey", "PublicKey", "SigningPublicKey", "key_id", "load_decryption_key", "load_private_key",
-    "load_public_key", "load_signing_key", "new_keys", "private_key_from_bytes", "protect_key_file", "public_key_from_bytes",
+    "BundleError",
+    "KeyFiles",
+    "PrivateKey",
+    "PublicKey",
+    "SigningPublicKey",
+    "key_id",
+    "load_decryption_key",
+    "load_private_key",
+    "load_public_key",
+    "load_signing_key",
+    "new_keys",
+    "private_key_from_bytes",
+    "protect_key_file",
+    "public_key_from_bytes",
     "read_passphrase",
 ]

@@ -16,14 +16,13 @@ from ..progress import task
 from . import _primitives as P
 from . import _time
 from ._pipeline import TwoLanes, give_back, positional_fd, pread_exactly, readinto_exactly, take_buffers
+from .bundle_format import INFO_LABEL, Opened, Verified, _digest_error, _fresh, _open_file, _parse, _Parsed, _stamp, _truncated, _verify
 from .container import ContainerReader
 from .errors import BundleError, fail
 from .keys import PrivateKey, load_decryption_key
 from .replay import ReplayStore
 from .roster import Roster
 from .trust import load_roster
-from .bundle_format import (INFO_LABEL, Opened, Verified, _digest_error, _fresh, _open_file, _parse, _Parsed, _stamp, _truncated,
-                            _verify)
 
 
 def verify(bundle, roster, *, now: int | None = None, state_dir=None, root=None, timestamp=None) -> Verified:
@@ -46,8 +45,19 @@ def verify(bundle, roster, *, now: int | None = None, state_dir=None, root=None,
             f.close()
 
 
-def open_bundle(bundle, key, roster, out, *, passphrase: bytes | None = None, now: int | None = None,
-                replay: ReplayStore | None = None, state_dir=None, root=None, timestamp=None) -> Opened:
+def open_bundle(
+    bundle,
+    key,
+    roster,
+    out,
+    *,
+    passphrase: bytes | None = None,
+    now: int | None = None,
+    replay: ReplayStore | None = None,
+    state_dir=None,
+    root=None,
+    timestamp=None,
+) -> Opened:
     """Verify, refuse replays, decrypt into a temporary directory and rename it to ``out``
     only after the last chunk has authenticated and the container is complete.
 
@@ -136,25 +146,34 @@ def _open_lanes(parsed: _Parsed, f: BinaryIO, fd: int | None, path):
     def not_yet(index: int, view: memoryview) -> None:  # pragma: no cover - replaced before run()
         raise RuntimeError("the stream was run before it was verified")
 
-    return digest, TwoLanes(total, stride, fill=load, update=digest.update, drain=not_yet, fill_anywhere=fd is not None,
-                            threaded=total > 2)
+    return digest, TwoLanes(total, stride, fill=load, update=digest.update, drain=not_yet, fill_anywhere=fd is not None, threaded=total > 2)
 
 
-def _open(f: BinaryIO, path, key: PrivateKey, trusted: Roster, out: Path, now: int, replay: ReplayStore, *,
-          early=None, before=None) -> Opened:
+def _open(
+    f: BinaryIO, path, key: PrivateKey, trusted: Roster, out: Path, now: int, replay: ReplayStore, *, early=None, before=None
+) -> Opened:
     before = _stamp(f) if early is None else before
     parsed, v = _verify(f, path, trusted, now, full_digest=False)
     if key.key_id != v.recipient:
-        raise fail("bundle.wrong_recipient", f"{path} is sealed for key {v.recipient[:16]}..., not for this key ({key.key_id[:16]}...)",
-                   "open it with the consortium's decryption.key that matches the --recipient used to seal it")
+        raise fail(
+            "bundle.wrong_recipient",
+            f"{path} is sealed for key {v.recipient[:16]}..., not for this key ({key.key_id[:16]}...)",
+            "open it with the consortium's decryption.key that matches the --recipient used to seal it",
+        )
     if key.algorithms[0] != parsed.kem.name:
-        raise fail("bundle.wrong_recipient", f"{path} uses {parsed.kem.name}, the key is {key.algorithms[0]}",
-                   "open it with the matching decryption key")
+        raise fail(
+            "bundle.wrong_recipient",
+            f"{path} uses {parsed.kem.name}, the key is {key.algorithms[0]}",
+            "open it with the matching decryption key",
+        )
     try:
         data_key = P.hpke_unwrap(parsed.kem, key.keys, parsed.wrapped, INFO_LABEL + parsed.pre_digest)
     except InvalidTag:
-        raise fail("bundle.key_unwrap", f"the wrapped data key of {path} does not authenticate with this key",
-                   "do not use this bundle: its header was changed after sealing; ask the site to seal again") from None
+        raise fail(
+            "bundle.key_unwrap",
+            f"the wrapped data key of {path} does not authenticate with this key",
+            "do not use this bundle: its header was changed after sealing; ask the site to seal again",
+        ) from None
     h = parsed.header
     cipher = P.ChunkCipher(data_key, bytes.fromhex(h["nonce_prefix"]), hashlib.sha256(parsed.head).digest())
     cs, total = h["chunk_size"], h["chunks"]
@@ -171,9 +190,12 @@ def _open(f: BinaryIO, path, key: PrivateKey, trusted: Roster, out: Path, now: i
             reader = ContainerReader(tmp, h["payload_size"])
             plain_buf = take_buffers(cs, 1)
             try:
-                if early is not None and (early[0].head, early[0].chunks_offset, early[0].envelope_offset) == \
-                        (parsed.head, parsed.chunks_offset, parsed.envelope_offset):
-                    _, digest, lanes = early   # the same bytes as verified: keep what was hashed so far
+                if early is not None and (early[0].head, early[0].chunks_offset, early[0].envelope_offset) == (
+                    parsed.head,
+                    parsed.chunks_offset,
+                    parsed.envelope_offset,
+                ):
+                    _, digest, lanes = early  # the same bytes as verified: keep what was hashed so far
                 else:  # no early start (an in-memory stream), or the file changed under us: start afresh
                     if early is not None:
                         early[2].cancel()
@@ -183,8 +205,11 @@ def _open(f: BinaryIO, path, key: PrivateKey, trusted: Roster, out: Path, now: i
                     try:
                         plain = cipher.open_chunk(index, index == total - 1, view, plain_buf[0])
                     except InvalidTag:
-                        raise fail("bundle.chunk", f"chunk {index} of {path} does not authenticate",
-                                   "do not use this bundle: it was changed after sealing or damaged") from None
+                        raise fail(
+                            "bundle.chunk",
+                            f"chunk {index} of {path} does not authenticate",
+                            "do not use this bundle: it was changed after sealing or damaged",
+                        ) from None
                     reader.feed(plain)
 
                 lanes.drain = decrypt

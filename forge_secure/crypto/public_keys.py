@@ -33,8 +33,11 @@ MAX_KEY_FILE = 1 << 20
 
 def check_site(site: object) -> str:
     if not isinstance(site, str) or not SITE_RE.match(site):
-        raise fail("key.bad_site", f"site name {site!r} is not allowed",
-                   "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise fail(
+            "key.bad_site",
+            f"site name {site!r} is not allowed",
+            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
     return site
 
 
@@ -68,13 +71,19 @@ class SigningPublicKey:
 
     def __post_init__(self):
         if self.algorithms not in (CLASSIC_SIGNATURES, PQ_SIGNATURES):
-            raise fail("key.algorithm", f"signature algorithms {list(self.algorithms)} are not supported",
-                       f"use {list(CLASSIC_SIGNATURES)} or {list(PQ_SIGNATURES)}")
+            raise fail(
+                "key.algorithm",
+                f"signature algorithms {list(self.algorithms)} are not supported",
+                f"use {list(CLASSIC_SIGNATURES)} or {list(PQ_SIGNATURES)}",
+            )
         for alg in self.algorithms:
             raw = self.keys.get(alg)
             if raw is None or len(raw) != P.SIGNATURES.get(alg).public_bytes:
-                raise fail("key.invalid", f"the {alg} public key is missing or of the wrong length",
-                           "restore the key file or roster from a good copy")
+                raise fail(
+                    "key.invalid",
+                    f"the {alg} public key is missing or of the wrong length",
+                    "restore the key file or roster from a good copy",
+                )
 
     @property
     def key_id(self) -> str:
@@ -90,7 +99,7 @@ class SigningPublicKey:
         return {"algorithms": list(self.algorithms), "public_keys": {a: b64e(self.keys[a]) for a in self.algorithms}}
 
     @classmethod
-    def from_dict(cls, doc: object, where: str, code: str = "key.invalid") -> "SigningPublicKey":
+    def from_dict(cls, doc: object, where: str, code: str = "key.invalid") -> SigningPublicKey:
         if not isinstance(doc, dict) or not isinstance(doc.get("algorithms"), list) or not isinstance(doc.get("public_keys"), dict):
             raise fail(code, f"{where} is not a signing key entry", "restore it from a good copy")
         if not all(isinstance(a, str) for a in doc["algorithms"]) or len(doc["algorithms"]) > 4:
@@ -112,13 +121,13 @@ class PublicKey:
     def __post_init__(self):
         check_site(self.site)
         if self.kem not in P.KEMS:
-            raise fail("key.algorithm", f"key encapsulation {self.kem!r} is not supported",
-                       f"use one of: {', '.join(P.KEMS.names())}")
+            raise fail("key.algorithm", f"key encapsulation {self.kem!r} is not supported", f"use one of: {', '.join(P.KEMS.names())}")
         try:
             P.KEMS.get(self.kem).public_from_raw(self.encryption_key)
         except ValueError as e:
-            raise fail("key.invalid", f"the {self.kem} public key is not valid ({e})",
-                       "restore the public key file from a good copy") from None
+            raise fail(
+                "key.invalid", f"the {self.kem} public key is not valid ({e})", "restore the public key file from a good copy"
+            ) from None
 
     @property
     def key_id(self) -> str:
@@ -142,24 +151,37 @@ class PublicKey:
         }
 
     @classmethod
-    def from_dict(cls, doc: object, where: str) -> "PublicKey":
+    def from_dict(cls, doc: object, where: str) -> PublicKey:
         if not isinstance(doc, dict) or doc.get("format") != PUBLIC_FORMAT:
             got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-            raise fail("key.wrong_type", f"{where} is not a forge public key file (format {got!r})",
-                       f"give the {PUBLIC_FILE} written by 'forge keys new'")
+            raise fail(
+                "key.wrong_type",
+                f"{where} is not a forge public key file (format {got!r})",
+                f"give the {PUBLIC_FILE} written by 'forge keys new'",
+            )
         try:
             encryption = doc["encryption"]
             if not isinstance(encryption, dict) or not isinstance(encryption.get("kem"), str):
                 raise TypeError("encryption")
-            pub = cls(doc["site"], SigningPublicKey.from_dict(doc["signing"], f"{where}: signing"),
-                      encryption["kem"], b64d(encryption["public_key"], f"{where}: encryption public key"))
+            pub = cls(
+                doc["site"],
+                SigningPublicKey.from_dict(doc["signing"], f"{where}: signing"),
+                encryption["kem"],
+                b64d(encryption["public_key"], f"{where}: encryption public key"),
+            )
         except (KeyError, TypeError):
-            raise fail("key.invalid", f"{where} is missing fields of a public key file",
-                       "restore it from a good copy or write a new one with 'forge keys new'") from None
+            raise fail(
+                "key.invalid",
+                f"{where} is missing fields of a public key file",
+                "restore it from a good copy or write a new one with 'forge keys new'",
+            ) from None
         for stated, real in ((doc.get("key_id"), pub.key_id), (encryption.get("key_id"), pub.encryption_key_id)):
             if stated != real:
-                raise fail("key.invalid", f"{where}: stated key id {stated!r} does not match the keys ({real})",
-                           "the file was edited or damaged; restore it from a good copy")
+                raise fail(
+                    "key.invalid",
+                    f"{where}: stated key id {stated!r} does not match the keys ({real})",
+                    "the file was edited or damaged; restore it from a good copy",
+                )
         return pub
 
 
@@ -182,8 +204,11 @@ def _json_doc(raw: bytes, path, what: str) -> object:
     try:
         return loads_bounded(raw, max_depth=8, max_int_digits=12, allow_floats=False)
     except ValueError as e:
-        raise fail("key.invalid", f"{what} {path} is not a forge key file ({e}; truncated or of the wrong type)",
-                   "give the file written by 'forge keys new', restored from a good copy") from None
+        raise fail(
+            "key.invalid",
+            f"{what} {path} is not a forge key file ({e}; truncated or of the wrong type)",
+            "give the file written by 'forge keys new', restored from a good copy",
+        ) from None
 
 
 def load_public_key(path: str | os.PathLike) -> PublicKey:

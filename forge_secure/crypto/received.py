@@ -36,7 +36,7 @@ class ArrivalDigest:
         self._hash = hashlib.sha256()
         self._head = bytearray()
         self.size = 0
-        self.prefix_end: int | None = None   # None: not known yet; -1: the header does not tell
+        self.prefix_end: int | None = None  # None: not known yet; -1: the header does not tell
         self._prefix: str | None = None
 
     def _locate(self) -> None:
@@ -50,11 +50,11 @@ class ArrivalDigest:
         if len(head) < need + hlen + 2:
             return
         try:
-            header = _check_header(_loads(bytes(head[need:need + hlen])), "<upload>")
+            header = _check_header(_loads(bytes(head[need : need + hlen])), "<upload>")
         except Exception:  # noqa: BLE001 - any refusal is verify's to report, from the file
             self.prefix_end = -1
             return
-        (wlen,) = struct.unpack(">H", head[need + hlen:need + hlen + 2])
+        (wlen,) = struct.unpack(">H", head[need + hlen : need + hlen + 2])
         self.prefix_end = need + hlen + 2 + wlen + header["payload_size"] + header["chunks"] * P.TAG_BYTES
         self._head = bytearray()
 
@@ -86,8 +86,9 @@ class ArrivalDigest:
         return self._prefix
 
 
-def verify_received(bundle, roster, arrival: ArrivalDigest, *, now: int | None = None, state_dir=None, root=None,
-                    timestamp=None) -> Verified:
+def verify_received(
+    bundle, roster, arrival: ArrivalDigest, *, now: int | None = None, state_dir=None, root=None, timestamp=None
+) -> Verified:
     """:func:`~forge_secure.crypto.bundle.verify` of a file whose every byte, in order, went
     through ``arrival`` as it was written; the signed payload digest is checked against the
     arrival digest (or, when that cannot be used, read back from the file)."""

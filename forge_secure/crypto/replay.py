@@ -23,8 +23,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from filelock import FileLock
 
@@ -70,24 +70,32 @@ def counter_from_bytes(raw: bytes, where="<sequence counter>") -> int:
 def _last_of(state: dict, path) -> int:
     last = state.get("last", 0)
     if not isinstance(last, int) or isinstance(last, bool) or last < 0:
-        raise fail("replay.state", f"the sequence counter {path} is damaged",
-                   "restore it from a backup, or give --sequence above the last one sent")
+        raise fail(
+            "replay.state",
+            f"the sequence counter {path} is damaged",
+            "restore it from a backup, or give --sequence above the last one sent",
+        )
     return last
 
 
 def _damaged(path, what: str = "replay store"):
-    return fail("replay.state", f"the {what} {path} is damaged",
-                "restore it from a backup; deleting it would let old submissions be accepted again")
+    return fail(
+        "replay.state", f"the {what} {path} is damaged", "restore it from a backup; deleting it would let old submissions be accepted again"
+    )
 
 
 def _normalise(raw: dict, path: Path) -> dict:
     """A store in format 2, from a format-2 or format-1 file (``{}`` for a new store)."""
     try:
         if raw.get("format") == FORMAT:
-            current = {str(s): {"highest": int(v["highest"]), "seen": {int(q): str(i) for q, i in v["seen"].items()}}
-                     for s, v in raw["sites"].items()}
-            pending = {str(k): {"site": str(p["site"]), "sequence": int(p["sequence"]), "out": str(p["out"]),
-                                "tmp": str(p["tmp"])} for k, p in raw.get("pending", {}).items()}
+            current = {
+                str(s): {"highest": int(v["highest"]), "seen": {int(q): str(i) for q, i in v["seen"].items()}}
+                for s, v in raw["sites"].items()
+            }
+            pending = {
+                str(k): {"site": str(p["site"]), "sequence": int(p["sequence"]), "out": str(p["out"]), "tmp": str(p["tmp"])}
+                for k, p in raw.get("pending", {}).items()
+            }
             return {"sites": current, "pending": pending}
         if raw and "format" in raw:
             raise ValueError
@@ -106,14 +114,18 @@ class _Ticket:
     """What ``accept`` yields: ``reserve(out, tmp)`` records the pending submission durably,
     before anything is renamed into ``out``."""
 
-    def __init__(self, store: "ReplayStore", state: dict, submission_id: str, site: str, sequence: int):
+    def __init__(self, store: ReplayStore, state: dict, submission_id: str, site: str, sequence: int):
         self._store, self._state = store, state
         self.submission_id, self.site, self.sequence = submission_id, site, sequence
         self.reserved = False
 
     def reserve(self, out: str | os.PathLike, tmp: str | os.PathLike) -> None:
-        self._state["pending"][self.submission_id] = {"site": self.site, "sequence": self.sequence,
-                                                      "out": str(Path(out).absolute()), "tmp": str(Path(tmp).absolute())}
+        self._state["pending"][self.submission_id] = {
+            "site": self.site,
+            "sequence": self.sequence,
+            "out": str(Path(out).absolute()),
+            "tmp": str(Path(tmp).absolute()),
+        }
         self._store._write(self._state)
         self.reserved = True
 
@@ -135,12 +147,19 @@ class ReplayStore:
         return _normalise(_read_state(self.path, "replay store"), self.path)
 
     def _write(self, state: dict) -> None:
-        atomic_write_json(self.path, {
-            "format": FORMAT, "window": self.window,
-            "sites": {s: {"highest": v["highest"], "seen": {str(q): i for q, i in sorted(v["seen"].items())}}
-                      for s, v in sorted(state["sites"].items())},
-            "pending": state["pending"],
-        }, mode=0o600)
+        atomic_write_json(
+            self.path,
+            {
+                "format": FORMAT,
+                "window": self.window,
+                "sites": {
+                    s: {"highest": v["highest"], "seen": {str(q): i for q, i in sorted(v["seen"].items())}}
+                    for s, v in sorted(state["sites"].items())
+                },
+                "pending": state["pending"],
+            },
+            mode=0o600,
+        )
         fsync_directory(self.root)  # the renamed store must survive a crash, or a replay would pass
 
     def _record(self, state: dict, submission_id: str, site: str, sequence: int) -> None:
@@ -170,12 +189,18 @@ class ReplayStore:
         if entry is None:
             return
         if sequence in entry["seen"] or submission_id in entry["seen"].values():
-            raise fail("bundle.replay", f"submission {submission_id} (sequence {sequence} of {site}) was already opened",
-                       "this is a replay or a duplicate; ask the site for a new submission")
+            raise fail(
+                "bundle.replay",
+                f"submission {submission_id} (sequence {sequence} of {site}) was already opened",
+                "this is a replay or a duplicate; ask the site for a new submission",
+            )
         if sequence <= entry["highest"] - self.window:
-            raise fail("bundle.replay", f"sequence number {sequence} of {site} is too old: {entry['highest']} was accepted "
-                       f"and only the {self.window} below it are still open",
-                       "this is an old or replayed submission; ask the site to seal again with a higher sequence")
+            raise fail(
+                "bundle.replay",
+                f"sequence number {sequence} of {site} is too old: {entry['highest']} was accepted "
+                f"and only the {self.window} below it are still open",
+                "this is an old or replayed submission; ask the site to seal again with a higher sequence",
+            )
 
     @contextlib.contextmanager
     def accept(self, submission_id: str, site: str, sequence: int, *, now: int | None = None) -> Iterator[_Ticket]:

@@ -5,7 +5,8 @@ The folder's ``forge.json`` is read through the one gateway into a plugin folder
 (:func:`forge_secure.plugins.record.read_plugin`, ``schema=False``): the same fault gets the
 same error as when the plugin is loaded, merged or audited, and a plugin whose adapter does
 not match its recorded sha256 is refused before anything is encrypted (no tensor is parsed:
-the opener's gateway checks the schema, the values and the base). The DP claim and base digest it records are copied into the signed manifest,
+the opener's gateway checks the schema, the values and the base). The DP claim and base digest it records are copied
+into the signed manifest,
 encoded by :func:`forge_secure.numbers.jsonable` (canonical: floats as their ``repr``).
 """
 
@@ -17,25 +18,36 @@ import hashlib
 import os
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .. import __version__
+from ..fileio import atomic_output, canonical_json, fsync_directory
 from ..numbers import jsonable
 from ..plugins.record import check_folder, read_plugin
-from ..fileio import atomic_output, canonical_json, fsync_directory
 from ..progress import task
 from . import _primitives as P
 from . import _time
 from ._pipeline import EarlyWriteback, TwoLanes, give_back, pread_exactly, pwrite_all, take_buffers
-from .container import scan_directory, index_bytes, Entry
+from .bundle_format import (
+    DEFAULT_CHUNK,
+    FORMAT,
+    INFO_LABEL,
+    MAGIC,
+    MAX_CHUNK,
+    MIN_CHUNK,
+    PAYLOAD_TYPE,
+    PREDICATE_TYPE,
+    STATEMENT_TYPE,
+    _algorithms,
+    _fresh,
+)
+from .container import Entry, index_bytes, scan_directory
 from .errors import BundleError, fail
 from .keys import PrivateKey, PublicKey, load_public_key, load_signing_key
 from .replay import SequenceCounter
 from .roster import Roster
 from .trust import load_roster, trusted_rosters
-from .bundle_format import (DEFAULT_CHUNK, FORMAT, INFO_LABEL, MAGIC, MAX_CHUNK, MIN_CHUNK, PAYLOAD_TYPE, PREDICATE_TYPE,
-                            STATEMENT_TYPE, _algorithms, _fresh)
 
 
 class _ContainerSource:
@@ -58,15 +70,17 @@ class _ContainerSource:
         self._left = {k: e.size for k, e in enumerate(self._entries)}
 
     def _changed(self, entry: Entry):
-        return fail("bundle.source_changed", f"{entry.path} changed while it was being sealed",
-                    "wait until the plugin is fully written, then seal again")
+        return fail(
+            "bundle.source_changed",
+            f"{entry.path} changed while it was being sealed",
+            "wait until the plugin is fully written, then seal again",
+        )
 
     def _fd(self, k: int) -> int:
         with self._lock:
             if k not in self._fds:
                 try:  # O_NOFOLLOW: a file replaced by a link since the scan is not followed
-                    self._fds[k] = os.open(self._entries[k].path,
-                                           os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
+                    self._fds[k] = os.open(self._entries[k].path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
                 except OSError:
                     raise self._changed(self._entries[k]) from None
             return self._fds[k]
@@ -89,14 +103,14 @@ class _ContainerSource:
         filled = 0
         if offset < len(self._index):
             n = min(len(self._index) - offset, len(view))
-            view[:n] = self._index[offset:offset + n]
+            view[:n] = self._index[offset : offset + n]
             filled = n
         k = bisect.bisect_right(self._starts, offset + filled) - 1
         while filled < len(view) and 0 <= k < len(self._entries):
             e, inside = self._entries[k], offset + filled - self._starts[k]
             want = min(e.size - inside, len(view) - filled)
             if want > 0:
-                if pread_exactly(self._fd(k), view[filled:filled + want], inside) != want:
+                if pread_exactly(self._fd(k), view[filled : filled + want], inside) != want:
                     raise self._changed(e)  # it shrank
                 filled += want
                 self._done(k, want)
@@ -119,8 +133,7 @@ class _ContainerSource:
 # --------------------------------------------------------------------------- seal
 
 
-def _seal_head(signer, recipient, kem, algorithms, meta, entries, seq, created, payload_size, chunk_size, chunks, random,
-               wrap):
+def _seal_head(signer, recipient, kem, algorithms, meta, entries, seq, created, payload_size, chunk_size, chunks, random, wrap):
     """The manifest, the clear head (magic .. wrapped key), the running payload digest and the
     chunk cipher of a new bundle (the draws from ``random``, in the order the vectors fix)."""
     submission_id = random(16).hex()
@@ -137,19 +150,26 @@ def _seal_head(signer, recipient, kem, algorithms, meta, entries, seq, created, 
         "recipient": recipient.encryption_key_id,
         "base_digest": base.get("digest") if isinstance(base, dict) and isinstance(base.get("digest"), str) else None,
         "dp": jsonable(meta.get("dp"), canonical=True) if isinstance(meta.get("dp"), dict) else None,
-        "content": {"format": str(meta.get("format", "unknown")), "kind": str(meta.get("kind", "unknown")),
-                    "files": len(entries)},
+        "content": {"format": str(meta.get("format", "unknown")), "kind": str(meta.get("kind", "unknown")), "files": len(entries)},
         "payload_size": payload_size,
         "chunk_size": chunk_size,
         "chunks": chunks,
         "toolkit_version": __version__,
     }
     manifest_bytes = canonical_json(manifest)
-    header = canonical_json({
-        "format": FORMAT, "algorithms": algorithms, "chunk_size": chunk_size, "payload_size": payload_size,
-        "chunks": chunks, "nonce_prefix": nonce_prefix.hex(), "recipient": recipient.encryption_key_id,
-        "signer": signer.key_id, "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
-    })
+    header = canonical_json(
+        {
+            "format": FORMAT,
+            "algorithms": algorithms,
+            "chunk_size": chunk_size,
+            "payload_size": payload_size,
+            "chunks": chunks,
+            "nonce_prefix": nonce_prefix.hex(),
+            "recipient": recipient.encryption_key_id,
+            "signer": signer.key_id,
+            "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        }
+    )
     pre = MAGIC + struct.pack(">I", len(header)) + header
     wrapped = wrap(kem, recipient.encryption_key, data_key, INFO_LABEL + hashlib.sha256(pre).digest())
     head = pre + struct.pack(">H", len(wrapped)) + wrapped
@@ -157,9 +177,23 @@ def _seal_head(signer, recipient, kem, algorithms, meta, entries, seq, created, 
     return head, manifest, hashlib.sha256(head), cipher, submission_id
 
 
-def seal(plugin_dir, signer, recipient, out, *, sequence: int | None = None, chunk_size: int = DEFAULT_CHUNK,
-         passphrase: bytes | None = None, random: P.RandomSource = os.urandom, now: int | None = None,
-         counter: SequenceCounter | None = None, roster=None, root=None, state_dir=None, timestamp=None) -> Path:
+def seal(
+    plugin_dir,
+    signer,
+    recipient,
+    out,
+    *,
+    sequence: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    passphrase: bytes | None = None,
+    random: P.RandomSource = os.urandom,
+    now: int | None = None,
+    counter: SequenceCounter | None = None,
+    roster=None,
+    root=None,
+    state_dir=None,
+    timestamp=None,
+) -> Path:
     """Seal ``plugin_dir`` for ``recipient``, signed by ``signer``; write ``out`` atomically.
 
     ``signer`` is a loaded signing :class:`PrivateKey` or the path of ``signing.key``
@@ -172,9 +206,23 @@ def seal(plugin_dir, signer, recipient, out, *, sequence: int | None = None, chu
     counter under ``forge_home()``. ``random`` (submission id, data key, nonce prefix) and
     ``now`` are injectable for known-answer tests; the defaults are the OS CSPRNG and the clock.
     """
-    return _seal(plugin_dir, signer, recipient, out, sequence=sequence, chunk_size=chunk_size, passphrase=passphrase,
-                 random=random, now=now, counter=counter, wrap=P.hpke_wrap, roster=roster, root=root, state_dir=state_dir,
-                 timestamp=timestamp)
+    return _seal(
+        plugin_dir,
+        signer,
+        recipient,
+        out,
+        sequence=sequence,
+        chunk_size=chunk_size,
+        passphrase=passphrase,
+        random=random,
+        now=now,
+        counter=counter,
+        wrap=P.hpke_wrap,
+        roster=roster,
+        root=root,
+        state_dir=state_dir,
+        timestamp=timestamp,
+    )
 
 
 def _listed_recipient(recipient: PublicKey, roster, root, state_dir, now: int, timestamp=None) -> Roster:
@@ -192,16 +240,32 @@ def _listed_recipient(recipient: PublicKey, roster, root, state_dir, now: int, t
         except BundleError:
             continue
     where = ", ".join(f"{r.consortium} version {r.version}" for r in candidates) or "none"
-    raise fail("bundle.unlisted_recipient",
-               f"recipient key {recipient.encryption_key_id[:16]}... ({recipient.site}) is not listed in any roster trusted on "
-               f"this machine (trusted: {where})",
-               "give the consortium's roster with --roster (pin its root once with 'forge roster pin'), and seal to a "
-               "recipient it lists")
+    raise fail(
+        "bundle.unlisted_recipient",
+        f"recipient key {recipient.encryption_key_id[:16]}... ({recipient.site}) is not listed in any roster trusted on "
+        f"this machine (trusted: {where})",
+        "give the consortium's roster with --roster (pin its root once with 'forge roster pin'), and seal to a recipient it lists",
+    )
 
 
-def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphrase, random, now, counter,
-          wrap: Callable[[P.KemAlgorithm, bytes, bytes, bytes], bytes], roster=None, root=None, state_dir=None,
-          timestamp=None) -> Path:
+def _seal(
+    plugin_dir,
+    signer,
+    recipient,
+    out,
+    *,
+    sequence,
+    chunk_size,
+    passphrase,
+    random,
+    now,
+    counter,
+    wrap: Callable[[P.KemAlgorithm, bytes, bytes, bytes], bytes],
+    roster=None,
+    root=None,
+    state_dir=None,
+    timestamp=None,
+) -> Path:
     plugin_dir, out = Path(plugin_dir), Path(out)
     check_folder(plugin_dir)  # plugin.missing / plugin.not_directory, as from every reader of a plugin folder
     if out.is_dir():
@@ -211,8 +275,11 @@ def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphras
     if out.resolve().is_relative_to(plugin_dir.resolve()):
         raise fail("file.inside_input", f"--out {out} is inside the plugin directory", "write the bundle outside the plugin directory")
     if not (isinstance(chunk_size, int) and MIN_CHUNK <= chunk_size <= MAX_CHUNK and chunk_size & (chunk_size - 1) == 0):
-        raise fail("bundle.chunk_size", f"chunk size {chunk_size!r} is not a power of two between {MIN_CHUNK} and {MAX_CHUNK}",
-                   "leave the default (1 MiB)")
+        raise fail(
+            "bundle.chunk_size",
+            f"chunk size {chunk_size!r} is not a power of two between {MIN_CHUNK} and {MAX_CHUNK}",
+            "leave the default (1 MiB)",
+        )
     if sequence is not None and (not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1):
         raise fail("bundle.sequence", f"sequence number {sequence!r} must be an integer of at least 1", "give --sequence 1 or more")
     if not isinstance(signer, PrivateKey):
@@ -239,8 +306,8 @@ def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphras
     try:
         with counter.next(signer.site, sequence) as seq:
             head, manifest, digest, cipher, submission_id = _seal_head(
-                signer, recipient, kem, algorithms, meta, entries, seq, created, payload_size, chunk_size, chunks, random,
-                wrap)
+                signer, recipient, kem, algorithms, meta, entries, seq, created, payload_size, chunk_size, chunks, random, wrap
+            )
 
             def encrypt(index: int, buf: bytearray) -> int:  # any thread, any order (chunks are independent)
                 want = payload_size - index * chunk_size if index == chunks - 1 else chunk_size
@@ -250,8 +317,11 @@ def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphras
                     plain_bufs.append(mine)
                 plain = memoryview(mine)[:want]
                 if source.read_at(index * chunk_size, plain) != want:
-                    raise fail("bundle.source_changed", f"{plugin_dir} changed while it was being sealed",
-                               "wait until the plugin is fully written, then seal again")
+                    raise fail(
+                        "bundle.source_changed",
+                        f"{plugin_dir} changed while it was being sealed",
+                        "wait until the plugin is fully written, then seal again",
+                    )
                 return len(cipher.seal_chunk(index, index == chunks - 1, plain, buf))
 
             with atomic_output(out) as f:
@@ -268,24 +338,39 @@ def _seal(plugin_dir, signer, recipient, out, *, sequence, chunk_size, passphras
                 with task("sealing", chunks) as advance:
                     # read -> encrypt by either thread; SHA-256 in order on a pooled helper; each
                     # chunk written (pwrite at its offset) by whichever thread is free (_pipeline)
-                    TwoLanes(chunks, stride, fill=encrypt, update=digest.update, drain=store, fill_anywhere=True,
-                             drain_anywhere=True, threaded=chunks > 2, progress=advance).run()
+                    TwoLanes(
+                        chunks,
+                        stride,
+                        fill=encrypt,
+                        update=digest.update,
+                        drain=store,
+                        fill_anywhere=True,
+                        drain_anywhere=True,
+                        threaded=chunks > 2,
+                        progress=advance,
+                    ).run()
                 source.finish()
                 statement = {
                     "_type": STATEMENT_TYPE,
-                    "subject": [{"name": f"{submission_id}.payload", "digest": {"sha256": digest.hexdigest()}},
-                                {"name": f"{submission_id}.header", "digest": {"sha256": hashlib.sha256(head).hexdigest()}}],
+                    "subject": [
+                        {"name": f"{submission_id}.payload", "digest": {"sha256": digest.hexdigest()}},
+                        {"name": f"{submission_id}.header", "digest": {"sha256": hashlib.sha256(head).hexdigest()}},
+                    ],
                     "predicateType": PREDICATE_TYPE,
                     "predicate": manifest,
                 }
                 body = canonical_json(statement)
                 signatures = signer.sign_all(P.pae(PAYLOAD_TYPE, body))
-                envelope = canonical_json({
-                    "payloadType": PAYLOAD_TYPE,
-                    "payload": base64.b64encode(body).decode("ascii"),
-                    "signatures": [{"keyid": f"{alg}:{signer.key_id}",
-                                    "sig": base64.b64encode(signatures[alg]).decode("ascii")} for alg in signer.algorithms],
-                })
+                envelope = canonical_json(
+                    {
+                        "payloadType": PAYLOAD_TYPE,
+                        "payload": base64.b64encode(body).decode("ascii"),
+                        "signatures": [
+                            {"keyid": f"{alg}:{signer.key_id}", "sig": base64.b64encode(signatures[alg]).decode("ascii")}
+                            for alg in signer.algorithms
+                        ],
+                    }
+                )
                 f.seek(len(head) + payload_size + chunks * P.TAG_BYTES)  # the end of the last (short) chunk
                 f.write(struct.pack(">I", len(envelope)) + envelope)
             fsync_directory(out.parent)  # the file was fsynced before the rename; make its name durable too

@@ -53,17 +53,23 @@ class Timestamp:
     signatures: dict[str, dict[str, bytes]] = field(default_factory=dict, hash=False)
 
     def signed_dict(self) -> dict:
-        return {"format": FORMAT, "consortium": self.consortium, "roster_version": self.roster_version,
-                "roster_sha256": self.roster_sha256, "issued": _time.format_time(self.issued),
-                "expires": _time.format_time(self.expires)}
+        return {
+            "format": FORMAT,
+            "consortium": self.consortium,
+            "roster_version": self.roster_version,
+            "roster_sha256": self.roster_sha256,
+            "issued": _time.format_time(self.issued),
+            "expires": _time.format_time(self.expires),
+        }
 
     def signed_bytes(self) -> bytes:
         return P.pae(PAYLOAD_TYPE, canonical_json(self.signed_dict()))
 
     def to_document(self) -> dict:
-        return {"signed": self.signed_dict(),
-                "signatures": [{"keyid": k, "sig": {a: b64e(s) for a, s in sorted(sig.items())}}
-                               for k, sig in sorted(self.signatures.items())]}
+        return {
+            "signed": self.signed_dict(),
+            "signatures": [{"keyid": k, "sig": {a: b64e(s) for a, s in sorted(sig.items())}} for k, sig in sorted(self.signatures.items())],
+        }
 
     @property
     def digest(self) -> str:
@@ -82,13 +88,20 @@ def timestamp_from_bytes(raw: bytes, where: str = "<timestamp>") -> Timestamp:
         doc = loads_bounded(raw, max_depth=6, max_int_digits=16, allow_floats=False)
     except ValueError as e:
         raise _bad(where, str(e)) from None
-    if not isinstance(doc, dict) or set(doc) != {"signed", "signatures"} or not isinstance(doc["signed"], dict) \
-            or not isinstance(doc["signatures"], list):
+    if (
+        not isinstance(doc, dict)
+        or set(doc) != {"signed", "signatures"}
+        or not isinstance(doc["signed"], dict)
+        or not isinstance(doc["signatures"], list)
+    ):
         raise fail("timestamp.wrong_type", f"{where} is not a forge timestamp", "give the timestamp file the hub serves")
     s = doc["signed"]
     if s.get("format") != FORMAT:
-        raise fail("timestamp.version", f"{where} has format {str(s.get('format'))[:40]!r}, this toolkit reads {FORMAT}",
-                   "use a timestamp written by forge-secure")
+        raise fail(
+            "timestamp.version",
+            f"{where} has format {str(s.get('format'))[:40]!r}, this toolkit reads {FORMAT}",
+            "use a timestamp written by forge-secure",
+        )
     try:
         version, digest = s["roster_version"], s["roster_sha256"]
         if not (isinstance(version, int) and not isinstance(version, bool) and 1 <= version < 1 << 53):
@@ -97,12 +110,23 @@ def timestamp_from_bytes(raw: bytes, where: str = "<timestamp>") -> Timestamp:
             raise TypeError("roster_sha256")
         sigs: dict[str, dict[str, bytes]] = {}
         for item in doc["signatures"]:
-            if not isinstance(item, dict) or not isinstance(item.get("keyid"), str) or not isinstance(item.get("sig"), dict) \
-                    or item["keyid"] in sigs or len(item["sig"]) > 4:
+            if (
+                not isinstance(item, dict)
+                or not isinstance(item.get("keyid"), str)
+                or not isinstance(item.get("sig"), dict)
+                or item["keyid"] in sigs
+                or len(item["sig"]) > 4
+            ):
                 raise TypeError("signatures")
             sigs[item["keyid"]] = {str(a): b64d(v, f"{where}: signature", "timestamp.invalid") for a, v in item["sig"].items()}
-        ts = Timestamp(check_site(s["consortium"]), version, digest, _time.parse_time(s["issued"], "issued"),
-                       _time.parse_time(s["expires"], "expires"), sigs)
+        ts = Timestamp(
+            check_site(s["consortium"]),
+            version,
+            digest,
+            _time.parse_time(s["issued"], "issued"),
+            _time.parse_time(s["expires"], "expires"),
+            sigs,
+        )
         same = canonical_json(ts.signed_dict()) == canonical_json(s)
     except BundleError as e:
         if e.code.startswith("timestamp."):
@@ -125,20 +149,25 @@ def read_timestamp(path: str | os.PathLike) -> Timestamp:
     return timestamp_from_bytes(raw, str(path))
 
 
-def issue_timestamp(roster, key: PrivateKey, out: str | os.PathLike, *, lifetime: int = DEFAULT_LIFETIME,
-                    now: int | None = None):
+def issue_timestamp(roster, key: PrivateKey, out: str | os.PathLike, *, lifetime: int = DEFAULT_LIFETIME, now: int | None = None):
     """Sign and write a timestamp naming ``roster`` (a path or Roster) as current, valid ``lifetime``
     seconds. ``key`` must be one of the roster's timestamp keys or admins."""
     from .roster import Roster, read_roster
 
     roster = roster if isinstance(roster, Roster) else read_roster(roster)
     if not isinstance(lifetime, int) or not 60 <= lifetime <= MAX_LIFETIME:
-        raise fail("timestamp.lifetime", f"timestamp lifetime {lifetime!r} s is out of range",
-                   f"give a lifetime between 1m and {MAX_LIFETIME // 86400}d (default {DEFAULT_LIFETIME // 3600}h)")
+        raise fail(
+            "timestamp.lifetime",
+            f"timestamp lifetime {lifetime!r} s is out of range",
+            f"give a lifetime between 1m and {MAX_LIFETIME // 86400}d (default {DEFAULT_LIFETIME // 3600}h)",
+        )
     pub = key.signing_public()
     if pub.key_id not in {a.key.key_id for a in (*roster.timestamp_keys, *roster.admins)}:
-        raise fail("timestamp.not_signer", f"key {pub.key_id[:16]}... ({key.site}) is neither a timestamp key nor an admin "
-                   f"of roster version {roster.version}", "sign with a key listed under timestamp_keys ('forge roster add --timestamp-key')")
+        raise fail(
+            "timestamp.not_signer",
+            f"key {pub.key_id[:16]}... ({key.site}) is neither a timestamp key nor an admin of roster version {roster.version}",
+            "sign with a key listed under timestamp_keys ('forge roster add --timestamp-key')",
+        )
     now = _time.now() if now is None else now
     ts = Timestamp(roster.consortium, roster.version, roster.digest, now, now + lifetime)
     ts = Timestamp(**{**ts.__dict__, "signatures": {pub.key_id: key.sign_all(ts.signed_bytes())}})
@@ -156,24 +185,45 @@ def verify_timestamp(timestamp, roster, *, now: int | None = None) -> Timestamp:
     signers = (*roster.timestamp_keys, *roster.admins)
     message = ts.signed_bytes()
     if not any(k.key.key_id in ts.signatures and k.key.verify_all(message, ts.signatures[k.key.key_id]) for k in signers):
-        raise fail("timestamp.signature", "the timestamp is not signed by a timestamp key or admin of the roster",
-                   "fetch the timestamp from the consortium's hub again")
+        raise fail(
+            "timestamp.signature",
+            "the timestamp is not signed by a timestamp key or admin of the roster",
+            "fetch the timestamp from the consortium's hub again",
+        )
     if ts.consortium != roster.consortium:
-        raise fail("timestamp.consortium", f"the timestamp is for {ts.consortium!r}, the roster for {roster.consortium!r}",
-                   "give the timestamp of the roster's consortium")
+        raise fail(
+            "timestamp.consortium",
+            f"the timestamp is for {ts.consortium!r}, the roster for {roster.consortium!r}",
+            "give the timestamp of the roster's consortium",
+        )
     if ts.expires - ts.issued > MAX_LIFETIME or ts.expires < ts.issued:
         raise fail("timestamp.lifetime", "the timestamp claims a lifetime beyond 7 days", "fetch a current timestamp")
     if ts.issued > now + CLOCK_SKEW:
-        raise fail("timestamp.future", f"the timestamp was issued at {_time.format_time(ts.issued)}, in the future",
-                   "check this machine's clock")
+        raise fail(
+            "timestamp.future", f"the timestamp was issued at {_time.format_time(ts.issued)}, in the future", "check this machine's clock"
+        )
     if now > ts.expires:
-        raise fail("timestamp.expired", f"the timestamp expired at {_time.format_time(ts.expires)}",
-                   "fetch the current timestamp (and roster) from the hub; a stale one may hide a revocation")
+        raise fail(
+            "timestamp.expired",
+            f"the timestamp expired at {_time.format_time(ts.expires)}",
+            "fetch the current timestamp (and roster) from the hub; a stale one may hide a revocation",
+        )
     if (ts.roster_version, ts.roster_sha256) != (roster.version, roster.digest):
-        raise fail("timestamp.stale_roster", f"the timestamp names roster version {ts.roster_version} as current, "
-                   f"not version {roster.version}", "fetch the roster the timestamp names; yours is not the current one")
+        raise fail(
+            "timestamp.stale_roster",
+            f"the timestamp names roster version {ts.roster_version} as current, not version {roster.version}",
+            "fetch the roster the timestamp names; yours is not the current one",
+        )
     return ts
 
 
-__all__ = ["DEFAULT_LIFETIME", "FORMAT", "MAX_LIFETIME", "Timestamp", "issue_timestamp", "read_timestamp",
-           "timestamp_from_bytes", "verify_timestamp"]
+__all__ = [
+    "DEFAULT_LIFETIME",
+    "FORMAT",
+    "MAX_LIFETIME",
+    "Timestamp",
+    "issue_timestamp",
+    "read_timestamp",
+    "timestamp_from_bytes",
+    "verify_timestamp",
+]

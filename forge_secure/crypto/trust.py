@@ -73,8 +73,11 @@ def _read_state(state_file: Path) -> _State | None:
 
 
 def _damaged_state(where) -> BundleError:
-    return fail("roster.state", f"the remembered roster state {where} is damaged",
-                "restore it from a backup, or delete it and pin the consortium's root again with 'forge roster pin'")
+    return fail(
+        "roster.state",
+        f"the remembered roster state {where} is damaged",
+        "restore it from a backup, or delete it and pin the consortium's root again with 'forge roster pin'",
+    )
 
 
 #: the last state file parsed, by the SHA-256 of its bytes (the state is re-read on every use and
@@ -101,8 +104,11 @@ def _parse_state(raw: bytes, where) -> _State:
             raise TypeError
         old_admins = tuple(Admin(check_site(a["name"]), SigningPublicKey.from_dict(a, "roster state")) for a in state["admins"])
         version, digest, threshold = state["version"], state["sha256"], state["threshold"]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 1 << 53 for v in (version, threshold)) \
-                or not isinstance(digest, str) or not old_admins:
+        if (
+            not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 1 << 53 for v in (version, threshold))
+            or not isinstance(digest, str)
+            or not old_admins
+        ):
             raise TypeError
         doc = state.get("document")
         return _State(version, digest, threshold, old_admins, doc if isinstance(doc, dict) else None, state)
@@ -111,30 +117,43 @@ def _parse_state(raw: bytes, where) -> _State:
 
 
 def _write_state(state_file: Path, roster: Roster, now: int, pinned: dict | None) -> None:
-    atomic_write_json(state_file, {
-        "consortium": roster.consortium, "version": roster.version, "sha256": roster.digest,
-        "threshold": roster.threshold, "admins": [a.to_dict() for a in roster.admins],
-        "document": roster.to_document(), "seen": _time.format_time(now), "pinned": pinned,
-    })
+    atomic_write_json(
+        state_file,
+        {
+            "consortium": roster.consortium,
+            "version": roster.version,
+            "sha256": roster.digest,
+            "threshold": roster.threshold,
+            "admins": [a.to_dict() for a in roster.admins],
+            "document": roster.to_document(),
+            "seen": _time.format_time(now),
+            "pinned": pinned,
+        },
+    )
 
 
 def _check_self_signed(roster: Roster) -> None:
     count = roster.self_signer_count
     if count < roster.threshold:
-        raise fail("roster.signature", f"roster version {roster.version} has {count} valid admin signatures, "
-                   f"{roster.threshold} needed", "have the admins sign it with 'forge roster sign', or restore a good copy")
+        raise fail(
+            "roster.signature",
+            f"roster version {roster.version} has {count} valid admin signatures, {roster.threshold} needed",
+            "have the admins sign it with 'forge roster sign', or restore a good copy",
+        )
 
 
 def _digest_text(text: str) -> str:
     digest = text.strip().lower().removeprefix("sha256:")
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise fail("roster.pin_digest", f"{text[:80]!r} is not a sha256 digest",
-                   "give the 64 hex digits that 'forge roster show' prints as sha256 (optionally prefixed 'sha256:')")
+        raise fail(
+            "roster.pin_digest",
+            f"{text[:80]!r} is not a sha256 digest",
+            "give the 64 hex digits that 'forge roster show' prints as sha256 (optionally prefixed 'sha256:')",
+        )
     return digest
 
 
-def pin_root(source, *, sha256: str | None = None, state_dir: str | os.PathLike | None = None,
-             now: int | None = None) -> Roster:
+def pin_root(source, *, sha256: str | None = None, state_dir: str | os.PathLike | None = None, now: int | None = None) -> Roster:
     """Pin the consortium's root of trust on this machine (``forge roster pin``).
 
     ``source`` is a roster file (or :class:`Roster`) obtained out of band, or any copy of it
@@ -145,15 +164,17 @@ def pin_root(source, *, sha256: str | None = None, state_dir: str | os.PathLike 
     now = _time.now() if now is None else now
     roster = source if isinstance(source, Roster) else read_roster(source)
     if sha256 is not None and roster.digest != _digest_text(sha256):
-        raise fail("roster.pin_mismatch", f"roster version {roster.version} of {roster.consortium} has digest "
-                   f"{roster.digest}, not the {sha256[:80]} given", "get the roster from the consortium again, and the digest by another channel")
+        raise fail(
+            "roster.pin_mismatch",
+            f"roster version {roster.version} of {roster.consortium} has digest {roster.digest}, not the {sha256[:80]} given",
+            "get the roster from the consortium again, and the digest by another channel",
+        )
     _check_self_signed(roster)
     state_file = _state_path(roster.consortium, state_dir)
     with FileLock(str(state_file) + ".lock", timeout=60):
         state = _read_state(state_file)
         if state is None:
-            _write_state(state_file, roster, now, {"version": roster.version, "sha256": roster.digest,
-                                                   "at": _time.format_time(now)})
+            _write_state(state_file, roster, now, {"version": roster.version, "sha256": roster.digest, "at": _time.format_time(now)})
             return roster
     return trust(roster, now=now, state_dir=state_dir, check_expiry=False)
 
@@ -167,30 +188,47 @@ def _as_root(root, roster: Roster):
     return read_roster(root), None
 
 
-def _check_chain(roster: Roster, state: "_State | None", state_file: Path) -> "_State":
+def _check_chain(roster: Roster, state: _State | None, state_file: Path) -> _State:
     """Refuse ``roster`` unless it chains to the pinned ``state`` (see the module docstring)."""
     if state is None:
-        raise fail("roster.unpinned", f"this machine has no pinned root of trust for consortium {roster.consortium!r}",
-                   "pin the consortium's root once, obtained out of band: 'forge roster pin ROOT.json', or "
-                   "'forge roster pin ROSTER --sha256 DIGEST' with the digest the consortium published")
+        raise fail(
+            "roster.unpinned",
+            f"this machine has no pinned root of trust for consortium {roster.consortium!r}",
+            "pin the consortium's root once, obtained out of band: 'forge roster pin ROOT.json', or "
+            "'forge roster pin ROSTER --sha256 DIGEST' with the digest the consortium published",
+        )
     if roster.version < state.version:
-        raise fail("roster.rollback", f"roster version {roster.version} is older than version {state.version} already trusted",
-                   "get the current roster from the consortium; an old roster may hide revocations")
+        raise fail(
+            "roster.rollback",
+            f"roster version {roster.version} is older than version {state.version} already trusted",
+            "get the current roster from the consortium; an old roster may hide revocations",
+        )
     if roster.version == state.version and roster.digest != state.digest:
-        raise fail("roster.fork", f"roster version {roster.version} differs from the version {state.version} already trusted",
-                   "ask the consortium which roster is genuine; two rosters with one version number should never exist")
-    rotated = ({a.key.key_id for a in state.admins} != {a.key.key_id for a in roster.admins}
-               or state.threshold != roster.threshold)
+        raise fail(
+            "roster.fork",
+            f"roster version {roster.version} differs from the version {state.version} already trusted",
+            "ask the consortium which roster is genuine; two rosters with one version number should never exist",
+        )
+    rotated = {a.key.key_id for a in state.admins} != {a.key.key_id for a in roster.admins} or state.threshold != roster.threshold
     if rotated and roster.signer_count(state.admins) < state.threshold:
-        raise fail("roster.rotation", f"roster version {roster.version} changes the admin keys but is not signed "
-                   f"by {state.threshold} of the admins already trusted",
-                   "have the previous admins sign it too, or trust the intermediate rosters in order; if the "
-                   f"consortium was deliberately re-created with new admin keys, remove {state_file} and pin its new root")
+        raise fail(
+            "roster.rotation",
+            f"roster version {roster.version} changes the admin keys but is not signed by {state.threshold} of the admins already trusted",
+            "have the previous admins sign it too, or trust the intermediate rosters in order; if the "
+            f"consortium was deliberately re-created with new admin keys, remove {state_file} and pin its new root",
+        )
     return state
 
 
-def trust(roster: Roster, *, now: int | None = None, state_dir: str | os.PathLike | None = None, remember: bool = True,
-          root=None, check_expiry: bool = True) -> Roster:
+def trust(
+    roster: Roster,
+    *,
+    now: int | None = None,
+    state_dir: str | os.PathLike | None = None,
+    remember: bool = True,
+    root=None,
+    check_expiry: bool = True,
+) -> Roster:
     """Check that ``roster`` is trusted now and chains to this machine's pinned root; remember it.
 
     ``root`` (a roster file, a :class:`Roster` or a ``sha256:`` digest of the roster given)
@@ -202,14 +240,20 @@ def trust(roster: Roster, *, now: int | None = None, state_dir: str | os.PathLik
     now = _time.now() if now is None else now
     _check_self_signed(roster)
     if check_expiry and now > roster.expires:
-        raise fail("roster.expired", f"roster version {roster.version} expired on {_time.format_time(roster.expires)}",
-                   "get the current roster from the consortium (admins: renew it with 'forge roster sign --expires 365d')")
+        raise fail(
+            "roster.expired",
+            f"roster version {roster.version} expired on {_time.format_time(roster.expires)}",
+            "get the current roster from the consortium (admins: renew it with 'forge roster sign --expires 365d')",
+        )
     state_file = _state_path(roster.consortium, state_dir)
     if root is not None and not state_file.exists():
         pin, digest = _as_root(root, roster)
         if pin.consortium != roster.consortium:
-            raise fail("roster.unpinned", f"the root given is for consortium {pin.consortium!r}, the roster for {roster.consortium!r}",
-                       "give the root of the roster's own consortium")
+            raise fail(
+                "roster.unpinned",
+                f"the root given is for consortium {pin.consortium!r}, the roster for {roster.consortium!r}",
+                "give the root of the roster's own consortium",
+            )
         pin_root(pin, sha256=digest, state_dir=state_dir, now=now)
     # State files are replaced atomically, so they are read without the lock; the lock is taken
     # only to write, and the checks are repeated under it.
@@ -222,8 +266,9 @@ def trust(roster: Roster, *, now: int | None = None, state_dir: str | os.PathLik
     return roster
 
 
-def load_roster(path_or_roster, *, now: int | None = None, state_dir: str | os.PathLike | None = None,
-                remember: bool = True, root=None) -> Roster:
+def load_roster(
+    path_or_roster, *, now: int | None = None, state_dir: str | os.PathLike | None = None, remember: bool = True, root=None
+) -> Roster:
     """Read (if a path) and :func:`trust` a roster."""
     roster = path_or_roster if isinstance(path_or_roster, Roster) else read_roster(path_or_roster)
     return trust(roster, now=now, state_dir=state_dir, remember=remember, root=root)

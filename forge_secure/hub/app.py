@@ -29,10 +29,30 @@ from .auth import MAX_REQUEST, verify_request
 from .service import Hub
 from .store import TooLarge, UploadError
 
-STATUS = {"bundle.replay": 409, "budget.exceeded": 409, "hub.version": 409, "roster.rollback": 409, "roster.fork": 409,
-          "hub.too_large": 413, "hub.length": 411, "hub.not_found": 404, "hub.forbidden": 403, "hub.signature": 401,
-          "hub.auth": 401, "hub.stale": 401, "hub.replay": 409, "hub.no_timestamp": 404, "hub.timestamp_unlisted": 404, "hub.dp_conflict": 409, "bundle.untrusted_signer": 403, "bundle.revoked": 403,
-          "bundle.expired_key": 403, "roster.rotation": 403, "roster.signature": 403, "hub.unsupported": 415}
+STATUS = {
+    "bundle.replay": 409,
+    "budget.exceeded": 409,
+    "hub.version": 409,
+    "roster.rollback": 409,
+    "roster.fork": 409,
+    "hub.too_large": 413,
+    "hub.length": 411,
+    "hub.not_found": 404,
+    "hub.forbidden": 403,
+    "hub.signature": 401,
+    "hub.auth": 401,
+    "hub.stale": 401,
+    "hub.replay": 409,
+    "hub.no_timestamp": 404,
+    "hub.timestamp_unlisted": 404,
+    "hub.dp_conflict": 409,
+    "bundle.untrusted_signer": 403,
+    "bundle.revoked": 403,
+    "bundle.expired_key": 403,
+    "roster.rotation": 403,
+    "roster.signature": 403,
+    "hub.unsupported": 415,
+}
 
 
 def error_response(e: ForgeError) -> JSONResponse:
@@ -62,8 +82,9 @@ def _int(value: str | None, name: str, default: int | None = None) -> int:
     try:
         n = int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ForgeError(f"query parameter {name}={str(value)[:40]!r} is not an integer", fix=f"give {name} as a whole number",
-                         code="hub.bad_request") from None
+        raise ForgeError(
+            f"query parameter {name}={str(value)[:40]!r} is not an integer", fix=f"give {name} as a whole number", code="hub.bad_request"
+        ) from None
     if n < 0:
         raise ForgeError(f"query parameter {name} is negative", fix=f"give {name} of at least 0", code="hub.bad_request")
     return n
@@ -76,8 +97,10 @@ def _content_length(request: Request, limit: int) -> None:
     if not raw.isdigit():
         raise ForgeError("the Content-Length header is not a number", fix="send a well-formed HTTP request", code="hub.bad_request")
     if int(raw) > limit:
-        raise TooLarge(f"the upload of {int(raw)} bytes is larger than the hub's limit of {limit} bytes",
-                       fix="the hub refuses bundles above --max-bundle; ask its operator, or send a smaller bundle")
+        raise TooLarge(
+            f"the upload of {int(raw)} bytes is larger than the hub's limit of {limit} bytes",
+            fix="the hub refuses bundles above --max-bundle; ask its operator, or send a smaller bundle",
+        )
 
 
 def create_app(hub: Hub) -> FastAPI:
@@ -110,8 +133,9 @@ def create_app(hub: Hub) -> FastAPI:
         try:
             doc = json.loads(base64.b64decode(raw, validate=True))
         except (ValueError, binascii.Error):
-            raise ForgeError("the Forge-Request header is missing or not base64 JSON", fix="upload with 'forge hub publish'",
-                             code="hub.auth") from None
+            raise ForgeError(
+                "the Forge-Request header is missing or not base64 JSON", fix="upload with 'forge hub publish'", code="hub.auth"
+            ) from None
         # the signature, signer and freshness are checked before a byte of the body is stored
         verify_request(doc, hub.roster(), action="blob", origin=hub.origin, now=hub.now())
         return await _receive(request, hub.config.max_bundle, lambda inc: releases.upload_blob(hub, doc, inc))
@@ -145,9 +169,15 @@ def create_app(hub: Hub) -> FastAPI:
             size = logmod.size(conn)
             root1 = conn.execute(sa.select(db.tuf_files.c.body).where(db.tuf_files.c.name == "1.root.json")).scalar()
         r = hub.roster()
-        return {"origin": hub.origin, "hub_key": hub.keys.verifier, "consortium": r.consortium, "roster_version": r.version,
-                "max_bundle": hub.config.max_bundle, "log_size": size,
-                "tuf_root_sha256": merkle.hashlib.sha256(root1).hexdigest() if root1 else None}
+        return {
+            "origin": hub.origin,
+            "hub_key": hub.keys.verifier,
+            "consortium": r.consortium,
+            "roster_version": r.version,
+            "max_bundle": hub.config.max_bundle,
+            "log_size": size,
+            "tuf_root_sha256": merkle.hashlib.sha256(root1).hexdigest() if root1 else None,
+        }
 
     @app.get("/v1/submissions")
     def submissions(site: str | None = None):
@@ -204,8 +234,9 @@ def create_app(hub: Hub) -> FastAPI:
             n = logmod.size(conn)
             o, m = _int(old, "old"), _int(new, "new", n)
             if not o <= m <= n:
-                raise ForgeError(f"no consistency proof from {o} to {m} (log size {n})", fix="give old <= new <= the log size",
-                                 code="hub.bad_request")
+                raise ForgeError(
+                    f"no consistency proof from {o} to {m} (log size {n})", fix="give old <= new <= the log size", code="hub.bad_request"
+                )
             return {"old": o, "new": m, "proof": hub.log.consistency(conn, o, m)}
 
     @app.get("/tuf/metadata/{name}")

@@ -43,8 +43,15 @@ class AuthError(ForgeIntegrityError):
 
 
 def sign_request(key: PrivateKey, action: str, params: dict, origin: str, *, now: int | None = None) -> dict:
-    statement = {"format": FORMAT, "action": action, "params": params, "hub": origin, "key_id": key.key_id,
-                 "issued": int(time.time() if now is None else now), "nonce": os.urandom(16).hex()}
+    statement = {
+        "format": FORMAT,
+        "action": action,
+        "params": params,
+        "hub": origin,
+        "key_id": key.key_id,
+        "issued": int(time.time() if now is None else now),
+        "nonce": os.urandom(16).hex(),
+    }
     body = canonical_json(statement)
     sigs = key.sign_all(P.pae(PAYLOAD_TYPE, body))
     return {"payload": b64e(body), "signatures": [{"keyid": key.key_id, "sig": {a: b64e(s) for a, s in sigs.items()}}]}
@@ -79,11 +86,15 @@ def verify_request(doc: object, roster: Roster, *, action: str, origin: str, now
     caller). ``now=None`` skips the freshness check (a site checking a release long after it was made)."""
     statement, body, kid, sigs = parse_request(doc)
     if statement.get("action") != action:
-        raise AuthError(f"the request is signed for action {statement.get('action')!r}, not {action!r}",
-                        fix="send the request to the endpoint it was signed for")
+        raise AuthError(
+            f"the request is signed for action {statement.get('action')!r}, not {action!r}",
+            fix="send the request to the endpoint it was signed for",
+        )
     if statement.get("hub") != origin:
-        raise AuthError(f"the request is signed for hub {statement.get('hub')!r}, not this hub ({origin})",
-                        fix="sign the request for this hub (forge hub info shows its origin)")
+        raise AuthError(
+            f"the request is signed for hub {statement.get('hub')!r}, not this hub ({origin})",
+            fix="sign the request for this hub (forge hub info shows its origin)",
+        )
     if statement.get("key_id") != kid:
         raise _bad("its key id does not match its signature entry")
     keys = {a.key.key_id: a.key for a in roster.admins}
@@ -91,15 +102,20 @@ def verify_request(doc: object, roster: Roster, *, action: str, origin: str, now
         keys.update({s.key.key_id: s.key for s in roster.sites if roster.revoked(s.key.key_id) is None})
     key = keys.get(kid)
     if key is None:
-        raise AuthError(f"key {kid[:16]}... is not an admin key of roster version {roster.version}",
-                        fix="sign with an admin key listed by 'forge roster show' (the hub's current roster)", code="hub.forbidden")
+        raise AuthError(
+            f"key {kid[:16]}... is not an admin key of roster version {roster.version}",
+            fix="sign with an admin key listed by 'forge roster show' (the hub's current roster)",
+            code="hub.forbidden",
+        )
     if not key.verify_all(P.pae(PAYLOAD_TYPE, body), sigs):
-        raise AuthError("the request's signature does not verify", fix="sign the request again with the right key",
-                        code="hub.signature")
+        raise AuthError("the request's signature does not verify", fix="sign the request again with the right key", code="hub.signature")
     issued, nonce = statement.get("issued"), statement.get("nonce")
     if not isinstance(issued, int) or isinstance(issued, bool) or (now is not None and abs(now - issued) > SKEW):
-        raise AuthError(f"the request was issued at {issued!r}, more than {SKEW} s from the hub's clock ({now})",
-                        fix="check the clocks, and send a fresh request (old ones are refused against replay)", code="hub.stale")
+        raise AuthError(
+            f"the request was issued at {issued!r}, more than {SKEW} s from the hub's clock ({now})",
+            fix="check the clocks, and send a fresh request (old ones are refused against replay)",
+            code="hub.stale",
+        )
     if not isinstance(nonce, str) or len(nonce) != 32 or any(c not in "0123456789abcdef" for c in nonce):
         raise _bad("its nonce is not 32 hex digits")
     return statement

@@ -43,8 +43,7 @@ class HubError(ForgeError):
 def _check_url(url: str) -> str:
     p = urlparse(url)
     if p.scheme not in ("http", "https") or not p.netloc:
-        raise ForgeError(f"--hub {url!r} is not an http(s) URL", fix="give the hub's URL, e.g. https://hub.example.org",
-                         code="hub.url")
+        raise ForgeError(f"--hub {url!r} is not an http(s) URL", fix="give the hub's URL, e.g. https://hub.example.org", code="hub.url")
     return url.rstrip("/")
 
 
@@ -55,8 +54,7 @@ def raise_for(resp: httpx.Response) -> None:
         err = resp.json()["error"]
         raise HubError(str(err["message"]), fix=err.get("fix"), code=str(err["code"]))
     except (ValueError, KeyError, TypeError):
-        raise HubError(f"the hub answered HTTP {resp.status_code}", fix="check the hub URL and the hub's log",
-                       code="hub.http") from None
+        raise HubError(f"the hub answered HTTP {resp.status_code}", fix="check the hub URL and the hub's log", code="hub.http") from None
 
 
 _HTTP: httpx.Client | None = None
@@ -77,8 +75,11 @@ def _request(method: str, url: str, **kw) -> httpx.Response:
     try:
         resp = http().request(method, url, **kw)
     except httpx.HTTPError as e:
-        raise HubError(f"cannot reach the hub at {url} ({e.__class__.__name__}: {e})",
-                       fix="check the URL, that the hub runs, and the network", code="hub.unreachable") from None
+        raise HubError(
+            f"cannot reach the hub at {url} ({e.__class__.__name__}: {e})",
+            fix="check the URL, that the hub runs, and the network",
+            code="hub.unreachable",
+        ) from None
     raise_for(resp)
     return resp
 
@@ -130,14 +131,17 @@ def pinned(url: str, hub_key: str | None = None) -> dict:
     path = _trust_path(url)
     state = json.loads(path.read_text()) if path.exists() else None
     if state is not None and hub_key is not None and state["hub_key"] != hub_key:
-        raise ForgeIntegrityError(f"the hub key given ({hub_key[:40]}...) is not the one pinned for {url}",
-                                  fix=f"check with the consortium which key is right; the pinned one is in {path}",
-                                  code="log.key_mismatch")
+        raise ForgeIntegrityError(
+            f"the hub key given ({hub_key[:40]}...) is not the one pinned for {url}",
+            fix=f"check with the consortium which key is right; the pinned one is in {path}",
+            code="log.key_mismatch",
+        )
     if state is None:
         info = _request("GET", f"{url}/v1/info").json()
         if hub_key is not None and info["hub_key"] != hub_key:
-            raise ForgeIntegrityError("the hub presents another log key than the one given", fix="check the --hub-key and the URL",
-                                      code="log.key_mismatch")
+            raise ForgeIntegrityError(
+                "the hub presents another log key than the one given", fix="check the --hub-key and the URL", code="log.key_mismatch"
+            )
         NoteVerifier.decode(info["hub_key"])
         state = {"url": url, "origin": info["origin"], "hub_key": info["hub_key"], "checkpoint": None}
         atomic_write_json(path, state)
@@ -155,16 +159,21 @@ def verify_receipt(receipt: object, hub_key: str) -> dict:
         raise bad
     verifier = NoteVerifier.decode(hub_key)
     if receipt.get("hub_key") != hub_key:
-        raise ForgeIntegrityError("the receipt is signed by another hub key than the pinned one",
-                                  fix="it comes from another hub, or the hub changed its key: ask the consortium", code="log.key_mismatch")
+        raise ForgeIntegrityError(
+            "the receipt is signed by another hub key than the pinned one",
+            fix="it comes from another hub, or the hub changed its key: ask the consortium",
+            code="log.key_mismatch",
+        )
     body = {k: v for k, v in receipt.items() if k != "signature"}
     try:
-        Ed25519PublicKey.from_public_bytes(verifier.public_raw).verify(base64.b64decode(receipt["signature"], validate=True),
-                                                                        canonical_json(body))
+        Ed25519PublicKey.from_public_bytes(verifier.public_raw).verify(
+            base64.b64decode(receipt["signature"], validate=True), canonical_json(body)
+        )
         index, entry, proof = int(receipt["index"]), str(receipt["entry"]), [bytes.fromhex(h) for h in receipt["inclusion"]]
     except InvalidSignature:
-        raise ForgeIntegrityError("the receipt's signature does not verify", fix="the receipt was changed; do not trust it",
-                                  code="log.receipt") from None
+        raise ForgeIntegrityError(
+            "the receipt's signature does not verify", fix="the receipt was changed; do not trust it", code="log.receipt"
+        ) from None
     except (KeyError, TypeError, ValueError, binascii.Error):
         raise bad from None
     cp = verify_checkpoint(receipt["checkpoint"], verifier, receipt.get("origin"))
@@ -181,8 +190,7 @@ def _save_receipt(receipt: dict, out: Path | None) -> None:
             f.write((json.dumps(receipt, indent=2, sort_keys=True) + "\n").encode())
 
 
-def push(bundle: str | Path, url: str, *, receipt_out: str | Path | None = None, retries: int = 3,
-         hub_key: str | None = None) -> dict:
+def push(bundle: str | Path, url: str, *, receipt_out: str | Path | None = None, retries: int = 3, hub_key: str | None = None) -> dict:
     """Upload ``bundle`` (streamed); returns the checked receipt. A retry after a lost
     answer finds the first acceptance by the bundle's sha256 instead of failing."""
     url, bundle = _check_url(url), Path(bundle)
@@ -210,11 +218,12 @@ def push(bundle: str | Path, url: str, *, receipt_out: str | Path | None = None,
     last: Exception | None = None
     for attempt in range(retries + 1):
         try:
-            resp = http().post(f"{url}/v1/push", content=hashed_chunks(),
-                              headers={"content-type": "application/octet-stream", "content-length": str(size)})
+            resp = http().post(
+                f"{url}/v1/push", content=hashed_chunks(), headers={"content-type": "application/octet-stream", "content-length": str(size)}
+            )
         except httpx.HTTPError as e:
             last = e
-            time.sleep(min(0.5 * 2 ** attempt, 5))
+            time.sleep(min(0.5 * 2**attempt, 5))
             continue
         if resp.status_code == 409 and attempt > 0:
             found = http().get(f"{url}/v1/receipt", params={"bundle": sha()})
@@ -224,12 +233,18 @@ def push(bundle: str | Path, url: str, *, receipt_out: str | Path | None = None,
         receipt = resp.json()
         checked = verify_receipt(receipt, trust["hub_key"])
         if checked["entry"].get("bundle_sha256") != sha():
-            raise ForgeIntegrityError("the hub's receipt is for other bytes than the bundle sent",
-                                      fix="do not rely on this hub; report it to the consortium", code="log.receipt")
+            raise ForgeIntegrityError(
+                "the hub's receipt is for other bytes than the bundle sent",
+                fix="do not rely on this hub; report it to the consortium",
+                code="log.receipt",
+            )
         _save_receipt(receipt, Path(receipt_out) if receipt_out else None)
         return {"receipt": receipt, "entry": checked["entry"], "index": checked["index"], "log_size": checked["checkpoint"].size}
-    raise HubError(f"cannot reach the hub at {url} after {retries + 1} attempts ({last.__class__.__name__}: {last})",
-                   fix="check the URL and that the hub runs; pushing again is safe", code="hub.unreachable")
+    raise HubError(
+        f"cannot reach the hub at {url} after {retries + 1} attempts ({last.__class__.__name__}: {last})",
+        fix="check the URL and that the hub runs; pushing again is safe",
+        code="hub.unreachable",
+    )
 
 
 # --------------------------------------------------------------------------- the log
@@ -263,12 +278,16 @@ def verify_log(url: str, *, receipt: str | Path | None = None, hub_key: str | No
         try:
             doc = json.loads(Path(receipt).read_text())
         except (OSError, ValueError, UnicodeDecodeError):
-            raise ForgeIntegrityError(f"receipt {receipt} cannot be read as JSON", fix="give the receipt file written by 'forge push'",
-                                      code="log.receipt") from None
+            raise ForgeIntegrityError(
+                f"receipt {receipt} cannot be read as JSON", fix="give the receipt file written by 'forge push'", code="log.receipt"
+            ) from None
         checked = verify_receipt(doc, trust["hub_key"])
         check_consistency(url, checked["checkpoint"], new)  # the log still holds the entry, unchanged
-        out["receipt"] = {"index": checked["index"], "kind": checked["entry"].get("kind"),
-                          "submission_id": checked["entry"].get("submission_id")}
+        out["receipt"] = {
+            "index": checked["index"],
+            "kind": checked["entry"].get("kind"),
+            "submission_id": checked["entry"].get("submission_id"),
+        }
     trust["checkpoint"] = new.note
     atomic_write_json(_trust_path(url), trust)
     return out
@@ -289,8 +308,11 @@ def pull(url: str, out: str | Path, *, site: str | None = None, hub_key: str | N
         receipt = _request("GET", f"{url}/v1/submissions/{s['submission_id']}/receipt").json()
         entry = verify_receipt(receipt, trust["hub_key"])["entry"]
         if entry.get("bundle_sha256") != s["bundle_sha256"] or entry.get("submission_id") != s["submission_id"]:
-            raise ForgeIntegrityError(f"the hub's listing of {s['submission_id']} does not match its log entry",
-                                      fix="do not rely on this hub; report it to the consortium", code="log.receipt")
+            raise ForgeIntegrityError(
+                f"the hub's listing of {s['submission_id']} does not match its log entry",
+                fix="do not rely on this hub; report it to the consortium",
+                code="log.receipt",
+            )
         target = out / f"{s['site']}-{s['sequence']}-{s['submission_id'][:12]}.forge"
         if not (target.exists() and sha256_file(target) == s["bundle_sha256"]):
             h = hashlib.sha256()
@@ -301,10 +323,21 @@ def pull(url: str, out: str | Path, *, site: str | None = None, hub_key: str | N
                         h.update(block)
                         f.write(block)
                 if h.hexdigest() != s["bundle_sha256"]:
-                    raise ForgeIntegrityError(f"bundle {s['submission_id']} downloaded with another sha256 than logged",
-                                              fix="pull again; if it persists, report the hub", code="hub.digest")
-        pulled.append({"submission_id": s["submission_id"], "site": s["site"], "sequence": s["sequence"],
-                       "bundle_sha256": s["bundle_sha256"], "log_index": s["log_index"], "path": target.name})
+                    raise ForgeIntegrityError(
+                        f"bundle {s['submission_id']} downloaded with another sha256 than logged",
+                        fix="pull again; if it persists, report the hub",
+                        code="hub.digest",
+                    )
+        pulled.append(
+            {
+                "submission_id": s["submission_id"],
+                "site": s["site"],
+                "sequence": s["sequence"],
+                "bundle_sha256": s["bundle_sha256"],
+                "log_index": s["log_index"],
+                "path": target.name,
+            }
+        )
     atomic_write_json(out / "pulled.json", {"hub": url, "submissions": pulled})
     return {"out": str(out), "submissions": pulled}
 

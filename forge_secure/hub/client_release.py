@@ -36,8 +36,9 @@ def plugin_archive(plugin_dir: Path) -> bytes:
     """A reproducible tar of a plugin directory (sorted names, no owners or times)."""
     plugin_dir = Path(plugin_dir)
     if not (plugin_dir / "forge.json").is_file():
-        raise ForgeFileError(f"{plugin_dir} is not a plugin directory (no forge.json)", fix="give the merged plugin's directory",
-                             code="file.not_plugin")
+        raise ForgeFileError(
+            f"{plugin_dir} is not a plugin directory (no forge.json)", fix="give the merged plugin's directory", code="file.not_plugin"
+        )
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for p in sorted(plugin_dir.rglob("*")):
@@ -65,13 +66,26 @@ def _upload(url: str, origin: str, key: PrivateKey, data: bytes | Path, media_ty
         sha, size, content = hashlib.sha256(data).hexdigest(), len(data), data
     req = sign_request(key, "blob", {"sha256": sha, "size": size, "media_type": media_type}, origin)
     header = base64.b64encode(canonical_json(req)).decode()
-    _request("POST", f"{url}/v1/blobs", content=content,
-             headers={"forge-request": header, "content-type": "application/octet-stream", "content-length": str(size)})
+    _request(
+        "POST",
+        f"{url}/v1/blobs",
+        content=content,
+        headers={"forge-request": header, "content-type": "application/octet-stream", "content-length": str(size)},
+    )
     return {"sha256": sha, "size": size}
 
 
-def publish(url: str, plugin_dir: str | Path, key, *, version: int | None = None, pulled: str | Path | None = None,
-            lineage: list[dict] | None = None, audit: str | Path | None = None, notes: str = "") -> dict:
+def publish(
+    url: str,
+    plugin_dir: str | Path,
+    key,
+    *,
+    version: int | None = None,
+    pulled: str | Path | None = None,
+    lineage: list[dict] | None = None,
+    audit: str | Path | None = None,
+    notes: str = "",
+) -> dict:
     """Publish the merged plugin at ``plugin_dir`` as the next version (or ``version``)."""
     url = _check_url(url)
     key = _signer(key)
@@ -83,19 +97,22 @@ def publish(url: str, plugin_dir: str | Path, key, *, version: int | None = None
             doc = json.loads(Path(pulled).read_text())
             lineage = [{k: s[k] for k in ("submission_id", "site", "bundle_sha256", "log_index")} for s in doc["submissions"]]
         except (OSError, ValueError, KeyError, TypeError):
-            raise ForgeFileError(f"{pulled} is not a pulled.json written by 'forge hub pull'", fix="pull again",
-                                 code="hub.lineage") from None
+            raise ForgeFileError(
+                f"{pulled} is not a pulled.json written by 'forge hub pull'", fix="pull again", code="hub.lineage"
+            ) from None
     plugin = _upload(url, origin, key, plugin_archive(Path(plugin_dir)), "application/x-tar")
     audit_ref = None
     if audit is not None:
         audit = Path(audit)
         if not audit.is_file():
-            raise ForgeFileError(f"audit report {audit} does not exist", fix="give the report file (JSON, HTML or PDF)",
-                                 code="file.missing")
+            raise ForgeFileError(
+                f"audit report {audit} does not exist", fix="give the report file (JSON, HTML or PDF)", code="file.missing"
+            )
         media = MEDIA.get(audit.suffix.lower())
         if media is None:
-            raise ForgeError(f"audit report {audit} is not .json, .html or .pdf", fix="attach the report written by 'forge audit'",
-                             code="hub.audit_type")
+            raise ForgeError(
+                f"audit report {audit} is not .json, .html or .pdf", fix="attach the report written by 'forge audit'", code="hub.audit_type"
+            )
         audit_ref = {**_upload(url, origin, key, audit, media), "media_type": media}
     if version is None:
         version = len(_request("GET", f"{url}/v1/releases").json()["releases"]) + 1
@@ -106,8 +123,9 @@ def publish(url: str, plugin_dir: str | Path, key, *, version: int | None = None
 def set_budget(url: str, site: str, epsilon: float, key) -> dict:
     url = _check_url(url)
     origin = pinned(url)["origin"]
-    return _request("POST", f"{url}/v1/budgets", json=sign_request(_signer(key), "set-budget",
-                                                                   {"site": site, "epsilon": repr(float(epsilon))}, origin)).json()
+    return _request(
+        "POST", f"{url}/v1/budgets", json=sign_request(_signer(key), "set-budget", {"site": site, "epsilon": repr(float(epsilon))}, origin)
+    ).json()
 
 
 def send_roster(url: str, roster: str | Path) -> dict:
@@ -130,17 +148,25 @@ def _tuf_dir(url: str) -> Path:
 def _tuf_error(e: Exception) -> ForgeIntegrityError:
     from tuf.api import exceptions as tx
 
-    kind = {tx.ExpiredMetadataError: ("tuf.expired", "the hub's release metadata has expired (a frozen or stale hub)"),
-            tx.BadVersionNumberError: ("tuf.rollback", "the hub's release metadata is older than what this site saw before"),
-            tx.LengthOrHashMismatchError: ("tuf.mismatch", "a release file does not match its signed metadata"),
-            tx.UnsignedMetadataError: ("tuf.signature", "the hub's release metadata is not signed by the trusted keys"),
-            tx.DownloadError: ("tuf.download", "a release file could not be downloaded")}
+    kind = {
+        tx.ExpiredMetadataError: ("tuf.expired", "the hub's release metadata has expired (a frozen or stale hub)"),
+        tx.BadVersionNumberError: ("tuf.rollback", "the hub's release metadata is older than what this site saw before"),
+        tx.LengthOrHashMismatchError: ("tuf.mismatch", "a release file does not match its signed metadata"),
+        tx.UnsignedMetadataError: ("tuf.signature", "the hub's release metadata is not signed by the trusted keys"),
+        tx.DownloadError: ("tuf.download", "a release file could not be downloaded"),
+    }
     for cls, (code, msg) in kind.items():
         if isinstance(e, cls):
-            return ForgeIntegrityError(f"{msg} ({e.__class__.__name__}: {e})",
-                                       fix="do not use this release; check the hub URL and report the hub to the consortium", code=code)
-    return ForgeIntegrityError(f"the release metadata does not verify ({e.__class__.__name__}: {e})",
-                               fix="do not use this release; report the hub to the consortium", code="tuf.invalid")
+            return ForgeIntegrityError(
+                f"{msg} ({e.__class__.__name__}: {e})",
+                fix="do not use this release; check the hub URL and report the hub to the consortium",
+                code=code,
+            )
+    return ForgeIntegrityError(
+        f"the release metadata does not verify ({e.__class__.__name__}: {e})",
+        fix="do not use this release; report the hub to the consortium",
+        code="tuf.invalid",
+    )
 
 
 def _updater(url: str, root: str | Path | None):
@@ -173,8 +199,9 @@ def fetch(url: str, version: int, out: str | Path, roster: str | Path, *, root: 
         updater.refresh()
         info = updater.get_targetinfo(base + "release.json")
         if info is None:
-            raise ForgeError(f"release {version} is not published on the hub", fix="list the versions on the hub's page",
-                             code="hub.no_release")
+            raise ForgeError(
+                f"release {version} is not published on the hub", fix="list the versions on the hub's page", code="hub.no_release"
+            )
         statement_path = updater.download_target(info)
         pinfo = updater.get_targetinfo(base + "plugin.tar")
         if pinfo is None:
@@ -188,17 +215,30 @@ def fetch(url: str, version: int, out: str | Path, roster: str | Path, *, root: 
     try:
         st = verify_request(doc, trusted, action="publish", origin=origin, now=None, admins_only=True)
     except AuthError as e:
-        raise ForgeIntegrityError(f"release {version} is not signed by an admin of your roster ({e.message})",
-                                  fix="do not use this release; report it to the consortium", code="hub.release_signature") from None
+        raise ForgeIntegrityError(
+            f"release {version} is not signed by an admin of your roster ({e.message})",
+            fix="do not use this release; report it to the consortium",
+            code="hub.release_signature",
+        ) from None
     p = st["params"]
     if p.get("version") != int(version) or p.get("plugin", {}).get("sha256") != sha256_file(plugin_path):
-        raise ForgeIntegrityError(f"release {version}'s archive or version does not match the maintainer's signed statement",
-                                  fix="do not use this release; report the hub", code="hub.release_mismatch")
+        raise ForgeIntegrityError(
+            f"release {version}'s archive or version does not match the maintainer's signed statement",
+            fix="do not use this release; report the hub",
+            code="hub.release_mismatch",
+        )
     with atomic_directory(out) as tmp:
         with tarfile.open(plugin_path, "r:") as tar:
             tar.extractall(tmp, filter="data")
-    return {"version": int(version), "out": str(out), "plugin_sha256": p["plugin"]["sha256"], "lineage": p.get("lineage", []),
-            "audit": p.get("audit"), "publisher": st["key_id"], "notes": p.get("notes", "")}
+    return {
+        "version": int(version),
+        "out": str(out),
+        "plugin_sha256": p["plugin"]["sha256"],
+        "lineage": p.get("lineage", []),
+        "audit": p.get("audit"),
+        "publisher": st["key_id"],
+        "notes": p.get("notes", ""),
+    }
 
 
 __all__ = ["fetch", "plugin_archive", "publish", "send_roster", "set_budget"]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -23,27 +23,74 @@ from ..home import forge_home
 
 METADATA = sa.MetaData()
 hub_meta = sa.Table("hub_meta", METADATA, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text, nullable=False))
-log_head = sa.Table("log_head", METADATA, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-                    sa.Column("size", sa.Integer, nullable=False))
-log_entries = sa.Table("log_entries", METADATA, sa.Column("idx", sa.Integer, primary_key=True, autoincrement=False),
-                       sa.Column("kind", sa.String(16)), sa.Column("leaf_hash", sa.String(64)), sa.Column("body", sa.Text),
-                       sa.Column("created", sa.BigInteger))
-rosters = sa.Table("rosters", METADATA, sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-                   sa.Column("consortium", sa.String(64)), sa.Column("digest", sa.String(64)), sa.Column("document", sa.Text),
-                   sa.Column("log_index", sa.Integer))
-submissions = sa.Table("submissions", METADATA, sa.Column("submission_id", sa.String(32), primary_key=True),
-                       sa.Column("site", sa.String(64)), sa.Column("sequence", sa.BigInteger), sa.Column("bundle_sha256", sa.String(64)),
-                       sa.Column("size", sa.BigInteger), sa.Column("signer", sa.String(64)), sa.Column("created", sa.String(32)),
-                       sa.Column("accepted", sa.BigInteger), sa.Column("log_index", sa.Integer), sa.Column("dp", sa.Text),
-                       sa.Column("epsilon", sa.Float), sa.Column("dp_run", sa.String(64)))
-budgets = sa.Table("budgets", METADATA, sa.Column("site", sa.String(64), primary_key=True), sa.Column("epsilon", sa.Float),
-                   sa.Column("log_index", sa.Integer))
-nonces = sa.Table("nonces", METADATA, sa.Column("nonce", sa.String(64), primary_key=True), sa.Column("key_id", sa.String(64)),
-                  sa.Column("issued", sa.BigInteger))
-blobs = sa.Table("blobs", METADATA, sa.Column("sha256", sa.String(64), primary_key=True), sa.Column("size", sa.BigInteger),
-                 sa.Column("media_type", sa.String(128)), sa.Column("key_id", sa.String(64)), sa.Column("uploaded", sa.BigInteger))
-releases = sa.Table("releases", METADATA, sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-                    sa.Column("statement", sa.Text), sa.Column("log_index", sa.Integer), sa.Column("created", sa.BigInteger))
+log_head = sa.Table(
+    "log_head", METADATA, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False), sa.Column("size", sa.Integer, nullable=False)
+)
+log_entries = sa.Table(
+    "log_entries",
+    METADATA,
+    sa.Column("idx", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.String(16)),
+    sa.Column("leaf_hash", sa.String(64)),
+    sa.Column("body", sa.Text),
+    sa.Column("created", sa.BigInteger),
+)
+rosters = sa.Table(
+    "rosters",
+    METADATA,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("consortium", sa.String(64)),
+    sa.Column("digest", sa.String(64)),
+    sa.Column("document", sa.Text),
+    sa.Column("log_index", sa.Integer),
+)
+submissions = sa.Table(
+    "submissions",
+    METADATA,
+    sa.Column("submission_id", sa.String(32), primary_key=True),
+    sa.Column("site", sa.String(64)),
+    sa.Column("sequence", sa.BigInteger),
+    sa.Column("bundle_sha256", sa.String(64)),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("signer", sa.String(64)),
+    sa.Column("created", sa.String(32)),
+    sa.Column("accepted", sa.BigInteger),
+    sa.Column("log_index", sa.Integer),
+    sa.Column("dp", sa.Text),
+    sa.Column("epsilon", sa.Float),
+    sa.Column("dp_run", sa.String(64)),
+)
+budgets = sa.Table(
+    "budgets",
+    METADATA,
+    sa.Column("site", sa.String(64), primary_key=True),
+    sa.Column("epsilon", sa.Float),
+    sa.Column("log_index", sa.Integer),
+)
+nonces = sa.Table(
+    "nonces",
+    METADATA,
+    sa.Column("nonce", sa.String(64), primary_key=True),
+    sa.Column("key_id", sa.String(64)),
+    sa.Column("issued", sa.BigInteger),
+)
+blobs = sa.Table(
+    "blobs",
+    METADATA,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("media_type", sa.String(128)),
+    sa.Column("key_id", sa.String(64)),
+    sa.Column("uploaded", sa.BigInteger),
+)
+releases = sa.Table(
+    "releases",
+    METADATA,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("statement", sa.Text),
+    sa.Column("log_index", sa.Integer),
+    sa.Column("created", sa.BigInteger),
+)
 tuf_files = sa.Table("tuf_files", METADATA, sa.Column("name", sa.String(128), primary_key=True), sa.Column("body", sa.LargeBinary))
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -57,17 +104,19 @@ def make_engine(url: str | None = None) -> sa.Engine:
     """An engine for ``url`` (default: the SQLite file under ``$FORGE_HOME/hub``)."""
     url = url or default_url()
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
-        raise ForgeValueError(f"--db {url!r} is not a database URL", fix="give sqlite:///PATH or postgresql://USER@HOST:PORT/DB",
-                              code="hub.db") from None
+        raise ForgeValueError(
+            f"--db {url!r} is not a database URL", fix="give sqlite:///PATH or postgresql://USER@HOST:PORT/DB", code="hub.db"
+        ) from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(parsed, connect_args={"timeout": 120, "check_same_thread": False}, pool_size=8,
-                                  max_overflow=16, poolclass=sa.pool.QueuePool)
+        engine = sa.create_engine(
+            parsed, connect_args={"timeout": 120, "check_same_thread": False}, pool_size=8, max_overflow=16, poolclass=sa.pool.QueuePool
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_conn, _record):
@@ -84,8 +133,9 @@ def make_engine(url: str | None = None) -> sa.Engine:
     elif parsed.get_backend_name() == "postgresql":
         engine = sa.create_engine(parsed, pool_size=8, max_overflow=16, pool_pre_ping=True)
     else:
-        raise ForgeValueError(f"--db {url!r}: only SQLite and PostgreSQL are supported", fix="give sqlite:///PATH or postgresql://...",
-                              code="hub.db")
+        raise ForgeValueError(
+            f"--db {url!r}: only SQLite and PostgreSQL are supported", fix="give sqlite:///PATH or postgresql://...", code="hub.db"
+        )
     return engine
 
 
@@ -165,5 +215,21 @@ def sqlite_path(engine: sa.Engine) -> str | None:
     return engine.url.database if engine.dialect.name == "sqlite" else None
 
 
-__all__ = ["METADATA", "blobs", "budgets", "default_url", "hub_meta", "log_entries", "log_head", "make_engine", "migrate",
-           "nonces", "read", "releases", "rosters", "submissions", "tuf_files", "write"]
+__all__ = [
+    "METADATA",
+    "blobs",
+    "budgets",
+    "default_url",
+    "hub_meta",
+    "log_entries",
+    "log_head",
+    "make_engine",
+    "migrate",
+    "nonces",
+    "read",
+    "releases",
+    "rosters",
+    "submissions",
+    "tuf_files",
+    "write",
+]

@@ -31,14 +31,21 @@ class EmbeddedHub:
         from .ledger import DEFAULT_DELTA
 
         self.root = Path(root)
-        self.hub = Hub(HubConfig(store=self.root / "store", db_url=f"sqlite:///{self.root / 'hub.sqlite3'}",
-                                 key_dir=self.root / "keys", ledger_delta=ledger_delta or DEFAULT_DELTA),
-                       roster=roster, budgets=budgets)
+        self.hub = Hub(
+            HubConfig(
+                store=self.root / "store",
+                db_url=f"sqlite:///{self.root / 'hub.sqlite3'}",
+                key_dir=self.root / "keys",
+                ledger_delta=ledger_delta or DEFAULT_DELTA,
+            ),
+            roster=roster,
+            budgets=budgets,
+        )
         self.url = ""
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "EmbeddedHub":
+    def __enter__(self) -> EmbeddedHub:
         import uvicorn
 
         from .app import create_app
@@ -52,8 +59,7 @@ class EmbeddedHub:
         deadline = time.monotonic() + 30
         while not server.started:
             if time.monotonic() > deadline or not thread.is_alive():
-                raise ForgeError("the embedded hub did not start", fix="rerun; check that loopback networking works",
-                                 code="hub.start")
+                raise ForgeError("the embedded hub did not start", fix="rerun; check that loopback networking works", code="hub.start")
             time.sleep(0.02)
         self.url = f"http://127.0.0.1:{port}"
         return self
@@ -65,9 +71,18 @@ class EmbeddedHub:
         self.hub.engine.dispose()
 
 
-def run_hub_cycle(work: str | Path, roster: str | Path, bundles: dict[str, list[str | Path]], publisher_key, merged: str | Path,
-                  *, audit: str | Path | None = None, budgets: dict | None = None, ledger_delta: float | None = None,
-                  fetch_sites: list[str] | None = None) -> dict:
+def run_hub_cycle(
+    work: str | Path,
+    roster: str | Path,
+    bundles: dict[str, list[str | Path]],
+    publisher_key,
+    merged: str | Path,
+    *,
+    audit: str | Path | None = None,
+    budgets: dict | None = None,
+    ledger_delta: float | None = None,
+    fetch_sites: list[str] | None = None,
+) -> dict:
     """One cycle through an embedded hub under ``work``:
 
     1. each site pushes its bundles (``bundles``: site -> .forge paths); receipts go to
@@ -97,20 +112,23 @@ def run_hub_cycle(work: str | Path, roster: str | Path, bundles: dict[str, list[
                 out.parent.mkdir(parents=True, exist_ok=True)
                 res = client.push(path, eh.url, receipt_out=out)
                 receipts.setdefault(site, []).append(out)
-                summary["pushed"].append({"site": site, "bundle": Path(path).name, "log_index": res["index"],
-                                          "epsilon": res["entry"]["dp"]["epsilon"]})
+                summary["pushed"].append(
+                    {"site": site, "bundle": Path(path).name, "log_index": res["index"], "epsilon": res["entry"]["dp"]["epsilon"]}
+                )
         pulled = client.pull(eh.url, work / "maintainer" / "inbox")
         summary["pulled"] = len(pulled["submissions"])
-        release = client_release.publish(eh.url, merged, publisher_key, pulled=work / "maintainer" / "inbox" / "pulled.json",
-                                         audit=audit, notes="forge demo")
+        release = client_release.publish(
+            eh.url, merged, publisher_key, pulled=work / "maintainer" / "inbox" / "pulled.json", audit=audit, notes="forge demo"
+        )
         summary["version"], summary["release_log_index"] = release["version"], release["log_index"]
         for site in fetch_sites or sorted(bundles):
             got = client_release.fetch(eh.url, release["version"], work / "sites" / site / f"v{release['version']}", roster)
             checks = [client.verify_log(eh.url, receipt=r)["receipt"]["index"] for r in receipts.get(site, [])]
             if not checks:
                 client.verify_log(eh.url)
-            summary["fetched"].append({"site": site, "version": got["version"], "out": got["out"],
-                                       "lineage": len(got["lineage"]), "receipts_in_log": checks})
+            summary["fetched"].append(
+                {"site": site, "version": got["version"], "out": got["out"], "lineage": len(got["lineage"]), "receipts_in_log": checks}
+            )
         summary["log_size"] = client.verify_log(eh.url)["size"]
         summary["ledger"] = client._request("GET", f"{eh.url}/v1/ledger").json()["sites"]
     return summary

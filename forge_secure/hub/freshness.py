@@ -37,20 +37,29 @@ class TimestampUnavailable(ForgeError):
 
 def check_lifetime(lifetime: int) -> int:
     if not isinstance(lifetime, int) or not 60 <= lifetime <= MAX_LIFETIME:
-        raise ForgeError(f"timestamp lifetime {lifetime!r} s is out of range", code="hub.timestamp_lifetime",
-                         fix=f"give a lifetime between 1m and {MAX_LIFETIME // 86400}d (default {DEFAULT_LIFETIME // 3600}h)")
+        raise ForgeError(
+            f"timestamp lifetime {lifetime!r} s is out of range",
+            code="hub.timestamp_lifetime",
+            fix=f"give a lifetime between 1m and {MAX_LIFETIME // 86400}d (default {DEFAULT_LIFETIME // 3600}h)",
+        )
     return lifetime
 
 
 def _signer(key: PrivateKey | None, roster: Roster) -> PrivateKey:
     if key is None:
-        raise TimestampUnavailable("this hub has no timestamp key", fix="start the hub with --timestamp-key SIGNING.key "
-                                   "(a key the roster lists under timestamp_keys); a site can use a timestamp file instead")
+        raise TimestampUnavailable(
+            "this hub has no timestamp key",
+            fix="start the hub with --timestamp-key SIGNING.key "
+            "(a key the roster lists under timestamp_keys); a site can use a timestamp file instead",
+        )
     kid = key.signing_public().key_id
     if kid not in {t.key.key_id for t in roster.timestamp_keys}:
-        raise TimestampUnavailable(f"the hub's timestamp key {kid[:16]}... is not a timestamp key of roster version {roster.version}",
-                                   fix="the admins list it with 'forge roster add --timestamp-key PUBLIC.json' and send the "
-                                       "new roster to the hub ('forge hub roster')", code="hub.timestamp_unlisted")
+        raise TimestampUnavailable(
+            f"the hub's timestamp key {kid[:16]}... is not a timestamp key of roster version {roster.version}",
+            fix="the admins list it with 'forge roster add --timestamp-key PUBLIC.json' and send the "
+            "new roster to the hub ('forge hub roster')",
+            code="hub.timestamp_unlisted",
+        )
     return key
 
 
@@ -71,8 +80,11 @@ def _stored(conn: sa.Connection) -> Timestamp | None:
 
 
 def _fresh_enough(ts: Timestamp | None, roster: Roster, now: int, lifetime: int) -> TypeGuard[Timestamp]:
-    return (ts is not None and (ts.roster_version, ts.roster_sha256) == (roster.version, roster.digest)
-            and ts.issued <= now < ts.issued + min(lifetime, ts.expires - ts.issued) // 2)
+    return (
+        ts is not None
+        and (ts.roster_version, ts.roster_sha256) == (roster.version, roster.digest)
+        and ts.issued <= now < ts.issued + min(lifetime, ts.expires - ts.issued) // 2
+    )
 
 
 def current(hub) -> dict:

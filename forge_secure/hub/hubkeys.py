@@ -41,15 +41,18 @@ def _load_or_make(path: Path) -> Ed25519PrivateKey:
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (ValueError, TypeError):
-            raise ForgeFileError(f"hub key {path} cannot be read", fix="restore the hub's key directory from its backup",
-                                 code="hub.key") from None
+            raise ForgeFileError(
+                f"hub key {path} cannot be read", fix="restore the hub's key directory from its backup", code="hub.key"
+            ) from None
         if not isinstance(key, Ed25519PrivateKey):
-            raise ForgeFileError(f"hub key {path} is not an Ed25519 key", fix="restore the hub's key directory from its backup",
-                                 code="hub.key")
+            raise ForgeFileError(
+                f"hub key {path} is not an Ed25519 key", fix="restore the hub's key directory from its backup", code="hub.key"
+            )
         return key
     key = Ed25519PrivateKey.generate()
-    atomic_write_bytes(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()), 0o600)
+    atomic_write_bytes(
+        path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), 0o600
+    )
     return key
 
 

@@ -24,11 +24,10 @@ naming a run already in the site's ledger with another accountant history is ref
 from __future__ import annotations
 
 import math
-
-from ..numbers import encode
 from dataclasses import dataclass
 
 from ..errors import ForgeBudgetError, ForgeError, ForgeIntegrityError
+from ..numbers import encode
 
 
 def compute_epsilon(history, delta, accountant):
@@ -42,6 +41,7 @@ def validate_history(history):
     from ..privacy.accountants import validate_history as validate
 
     return validate(history)
+
 
 DEFAULT_DELTA = 1e-5
 TOLERANCE = 1e-6
@@ -61,8 +61,13 @@ class DpRecord:
         return math.isfinite(self.epsilon)
 
     def to_dict(self) -> dict:
-        out = {"history": [[repr(s), repr(q), t] for s, q, t in self.history], "delta": None if self.delta is None else repr(self.delta),
-               "accountant": self.accountant, "claimed_epsilon": _num(self.claimed), "epsilon": _num(self.epsilon)}
+        out = {
+            "history": [[repr(s), repr(q), t] for s, q, t in self.history],
+            "delta": None if self.delta is None else repr(self.delta),
+            "accountant": self.accountant,
+            "claimed_epsilon": _num(self.claimed),
+            "epsilon": _num(self.epsilon),
+        }
         if self.run is not None:
             out["run"] = self.run
         return out
@@ -73,9 +78,11 @@ def _num(x: float) -> str:
 
 
 def _refuse(why: str) -> ForgeIntegrityError:
-    return ForgeIntegrityError(f"the bundle's DP record cannot be re-derived ({why})",
-                               fix="seal the plugin written by 'forge train' unchanged; its forge.json carries the full DP record",
-                               code="hub.dp_record")
+    return ForgeIntegrityError(
+        f"the bundle's DP record cannot be re-derived ({why})",
+        fix="seal the plugin written by 'forge train' unchanged; its forge.json carries the full DP record",
+        code="hub.dp_record",
+    )
 
 
 def rederive(dp: dict | None) -> DpRecord:
@@ -102,7 +109,8 @@ def rederive(dp: dict | None) -> DpRecord:
         raise ForgeIntegrityError(
             f"the bundle claims epsilon {claimed:.6g}, but its DP record gives {epsilon:.6g} with the {accountant} accountant",
             fix="do not accept this plugin's privacy claim; the site must report the epsilon its training record supports",
-            code="hub.dp_claim")
+            code="hub.dp_claim",
+        )
     return DpRecord(history, delta, accountant, claimed, epsilon, run_of(dp))
 
 
@@ -145,9 +153,11 @@ def already_counted(stored: list[dict], record: DpRecord) -> bool:
             if not _same_release(rec, record):
                 raise ForgeIntegrityError(
                     f"the bundle's DP record names training run {record.run[:16]}..., already in this site's ledger with "
-                    "another accountant history", code="hub.dp_conflict",
+                    "another accountant history",
+                    code="hub.dp_conflict",
                     fix="one training run has one DP record: seal the plugin (or its contribution) with the forge.json that "
-                        "'forge train' wrote for it")
+                    "'forge train' wrote for it",
+                )
             return True
     return False
 
@@ -181,7 +191,8 @@ def check_budget(site: str, budget: float | None, before: float, after: float, a
             f"{site} has spent epsilon {_fmt(before)} of its consortium budget {budget:g}; this submission would bring it to "
             f"{_fmt(after)} ({accountant} accountant)",
             fix="the consortium refuses further releases on this budget; ask the admins to review it, or contribute without new data use",
-            code="budget.exceeded")
+            code="budget.exceeded",
+        )
 
 
 def _fmt(x: float) -> str:

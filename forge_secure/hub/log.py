@@ -31,9 +31,11 @@ class LeafCache:
     def leaves(self, conn: sa.Connection, size: int) -> list[bytes]:
         with self._lock:
             if len(self._leaves) < size:
-                rows = conn.execute(sa.select(db.log_entries.c.idx, db.log_entries.c.leaf_hash)
-                                    .where(db.log_entries.c.idx >= len(self._leaves), db.log_entries.c.idx < size)
-                                    .order_by(db.log_entries.c.idx)).all()
+                rows = conn.execute(
+                    sa.select(db.log_entries.c.idx, db.log_entries.c.leaf_hash)
+                    .where(db.log_entries.c.idx >= len(self._leaves), db.log_entries.c.idx < size)
+                    .order_by(db.log_entries.c.idx)
+                ).all()
                 for idx, h in rows:
                     if idx != len(self._leaves):
                         raise RuntimeError(f"the log has a gap at index {len(self._leaves)}")
@@ -49,8 +51,9 @@ def append(conn: sa.Connection, kind: str, body: dict, now: int) -> int:
     """Append one entry (inside a write transaction); returns its index."""
     n = size(conn)
     data = canonical_json({**body, "kind": kind, "index": n})
-    conn.execute(db.log_entries.insert().values(idx=n, kind=kind, leaf_hash=merkle.leaf_hash(data).hex(),
-                                                body=data.decode("utf-8"), created=now))
+    conn.execute(
+        db.log_entries.insert().values(idx=n, kind=kind, leaf_hash=merkle.leaf_hash(data).hex(), body=data.decode("utf-8"), created=now)
+    )
     updated = conn.execute(db.log_head.update().where(db.log_head.c.id == 1, db.log_head.c.size == n).values(size=n + 1))
     if updated.rowcount != 1:  # another writer moved the head: the writer lock failed
         raise RuntimeError("the log head moved during an append")
@@ -88,7 +91,14 @@ class Log:
         at = index + 1 if at is None else at
         body = entry(conn, index)
         cp = self.checkpoint(conn, at)
-        receipt = {"format": RECEIPT_FORMAT, "origin": self.origin, "hub_key": self.signer.verifier.encode(),
-                   "index": index, "entry": body, "checkpoint": cp.note, "inclusion": self.inclusion(conn, index, at)}
+        receipt = {
+            "format": RECEIPT_FORMAT,
+            "origin": self.origin,
+            "hub_key": self.signer.verifier.encode(),
+            "index": index,
+            "entry": body,
+            "checkpoint": cp.note,
+            "inclusion": self.inclusion(conn, index, at),
+        }
         sig = self.signer.key.sign(canonical_json(receipt))
         return {**receipt, "signature": base64.b64encode(sig).decode()}

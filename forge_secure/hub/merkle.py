@@ -17,7 +17,7 @@ test tree and against a brute-force check of every proof.
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import ForgeIntegrityError
 
@@ -99,18 +99,25 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
             r = node_hash(r, p)
         fn, sn = fn >> 1, sn >> 1
     if sn != 0 or r != expected_root:
-        raise ProofError(f"entry {index} is not included in the tree of size {size} with this root",
-                         fix="the log shown to you does not contain this entry: the hub rewrote or forked its history")
+        raise ProofError(
+            f"entry {index} is not included in the tree of size {size} with this root",
+            fix="the log shown to you does not contain this entry: the hub rewrote or forked its history",
+        )
 
 
 def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> None:
     """RFC 9162 2.1.4.2: the tree of ``new_size`` extends the tree of ``old_size``."""
-    fork = ProofError(f"the log of size {new_size} is not an extension of the log of size {old_size} seen before",
-                      fix="the hub rewrote or forked its history: keep both checkpoints as evidence and alert the consortium",
-                      code="log.fork")
+    fork = ProofError(
+        f"the log of size {new_size} is not an extension of the log of size {old_size} seen before",
+        fix="the hub rewrote or forked its history: keep both checkpoints as evidence and alert the consortium",
+        code="log.fork",
+    )
     if old_size > new_size or old_size < 0:
-        raise ProofError(f"a checkpoint of size {new_size} is older than the one of size {old_size} seen before",
-                         fix="the hub rolled its log back: keep both checkpoints as evidence", code="log.rollback")
+        raise ProofError(
+            f"a checkpoint of size {new_size} is older than the one of size {old_size} seen before",
+            fix="the hub rolled its log back: keep both checkpoints as evidence",
+            code="log.rollback",
+        )
     if old_size == new_size:
         if proof or old_root != new_root:
             raise fork

@@ -34,8 +34,10 @@ class NoteError(ForgeIntegrityError):
 
 
 def _bad(why: str) -> NoteError:
-    return NoteError(f"the checkpoint is not a valid signed note ({why})",
-                     fix="fetch the checkpoint again from the hub; if it stays invalid, the hub or the path to it is faulty")
+    return NoteError(
+        f"the checkpoint is not a valid signed note ({why})",
+        fix="fetch the checkpoint again from the hub; if it stays invalid, the hub or the path to it is faulty",
+    )
 
 
 def key_hash(name: str, public_raw: bytes) -> bytes:
@@ -55,7 +57,7 @@ class NoteVerifier:
         return f"{self.name}+{self.hash.hex()}+{base64.b64encode(ED25519 + self.public_raw).decode()}"
 
     @classmethod
-    def decode(cls, text: str) -> "NoteVerifier":
+    def decode(cls, text: str) -> NoteVerifier:
         try:
             name, h, key = text.strip().split("+", 2)
             raw = base64.b64decode(key, validate=True)
@@ -95,7 +97,7 @@ def open_note(note: str, verifier: NoteVerifier) -> str:
         if not line.startswith(DASH):
             raise _bad("a signature line does not start with an em dash")
         try:
-            name, b64 = line[len(DASH):].split(" ")
+            name, b64 = line[len(DASH) :].split(" ")
             blob = base64.b64decode(b64, validate=True)
         except (ValueError, binascii.Error):
             raise _bad("a signature line is malformed") from None
@@ -104,11 +106,16 @@ def open_note(note: str, verifier: NoteVerifier) -> str:
         try:
             Ed25519PublicKey.from_public_bytes(verifier.public_raw).verify(blob[4:], text.encode())
         except InvalidSignature:
-            raise NoteError(f"the checkpoint's signature by {verifier.name} does not verify",
-                            fix="the checkpoint was changed or forged; do not trust it") from None
+            raise NoteError(
+                f"the checkpoint's signature by {verifier.name} does not verify",
+                fix="the checkpoint was changed or forged; do not trust it",
+            ) from None
         return text
-    raise NoteError(f"the checkpoint carries no signature by {verifier.name}",
-                    fix="check that you pinned the right hub key (forge hub info shows it)", code="log.unsigned")
+    raise NoteError(
+        f"the checkpoint carries no signature by {verifier.name}",
+        fix="check that you pinned the right hub key (forge hub info shows it)",
+        code="log.unsigned",
+    )
 
 
 @dataclass(frozen=True)

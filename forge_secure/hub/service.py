@@ -15,17 +15,17 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import sqlalchemy as sa
 
 from ..crypto import _time
-from ..crypto.received import verify_received
 from ..crypto.errors import BundleError, fail
 from ..crypto.keys import PrivateKey
+from ..crypto.received import verify_received
 from ..crypto.roster import Roster, parse_roster, read_roster
 from ..errors import ForgeError
 from ..fileio import canonical_json, sweep_partials
@@ -56,8 +56,14 @@ class HubConfig:
 
 
 class Hub:
-    def __init__(self, config: HubConfig, *, roster: str | Path | Roster | None = None,
-                 budgets: dict[str, float] | None = None, default_budget: float | None = None):
+    def __init__(
+        self,
+        config: HubConfig,
+        *,
+        roster: str | Path | Roster | None = None,
+        budgets: dict[str, float] | None = None,
+        default_budget: float | None = None,
+    ):
         self.config = config
         self._roster_cache: Roster | None = None
         self.clock = config.clock or time.time
@@ -72,8 +78,9 @@ class Hub:
             origin = conn.execute(sa.select(db.hub_meta.c.value).where(db.hub_meta.c.key == "origin")).scalar()
         if origin is None:
             if roster is None:
-                raise ForgeError("this hub has no roster yet", fix="start it once with --roster ROSTER.json (signed by the admins)",
-                                 code="hub.no_roster")
+                raise ForgeError(
+                    "this hub has no roster yet", fix="start it once with --roster ROSTER.json (signed by the admins)", code="hub.no_roster"
+                )
             first = roster if isinstance(roster, Roster) else read_roster(roster)
             origin = config.origin or f"forge-hub.local/{first.consortium}"
         self.origin = origin
@@ -90,8 +97,12 @@ class Hub:
             if conn.execute(sa.select(db.hub_meta.c.value).where(db.hub_meta.c.key == "origin")).scalar() is None:
                 conn.execute(db.hub_meta.insert().values(key="origin", value=self.origin))
                 conn.execute(db.hub_meta.insert().values(key="hub_key", value=self.keys.verifier))
-                logmod.append(conn, "hub", {"origin": self.origin, "hub_key": self.keys.verifier,
-                                            "ledger_delta": repr(self.config.ledger_delta)}, self.now())
+                logmod.append(
+                    conn,
+                    "hub",
+                    {"origin": self.origin, "hub_key": self.keys.verifier, "ledger_delta": repr(self.config.ledger_delta)},
+                    self.now(),
+                )
             DbRepository(conn, self.keys.tuf, now=self.clock(), lifetimes=self.config.tuf_lifetimes).initialise()
         if roster is not None:
             self.update_roster(roster if isinstance(roster, Roster) else read_roster(roster))
@@ -128,28 +139,45 @@ class Hub:
                 current = self.roster(conn)
             if current is not None:
                 if new.consortium != current.consortium:
-                    raise fail("roster.wrong_consortium", f"the roster is of {new.consortium}, this hub serves {current.consortium}",
-                               "send the roster of this hub's consortium")
+                    raise fail(
+                        "roster.wrong_consortium",
+                        f"the roster is of {new.consortium}, this hub serves {current.consortium}",
+                        "send the roster of this hub's consortium",
+                    )
                 if new.version < current.version:
-                    raise fail("roster.rollback", f"roster version {new.version} is older than the hub's version {current.version}",
-                               "send the current roster")
+                    raise fail(
+                        "roster.rollback",
+                        f"roster version {new.version} is older than the hub's version {current.version}",
+                        "send the current roster",
+                    )
                 if new.version == current.version:
                     if new.digest == current.digest:
                         return {"version": new.version, "changed": False}
-                    raise fail("roster.fork", f"roster version {new.version} differs from the hub's roster of the same version",
-                               "a roster version is never reused; make a new version")
+                    raise fail(
+                        "roster.fork",
+                        f"roster version {new.version} differs from the hub's roster of the same version",
+                        "a roster version is never reused; make a new version",
+                    )
                 if (new.threshold, {a.key.key_id for a in new.admins}) != (current.threshold, {a.key.key_id for a in current.admins}):
                     if len(new.valid_signers(current.admins)) < current.threshold:
-                        raise fail("roster.rotation", "the new roster changes the admins but is not signed by a threshold of the current admins",
-                                   "have the current admins sign the new roster too")
+                        raise fail(
+                            "roster.rotation",
+                            "the new roster changes the admins but is not signed by a threshold of the current admins",
+                            "have the current admins sign the new roster too",
+                        )
             # the hub's root of trust is the roster its operator started it with (given out of band);
             # every later version chains to the current one, checked above and by trust()
             trust(new, now=self.now(), state_dir=self.state_dir, root=current if current is not None else new)
             doc = canonical_json(new.to_document()).decode()
-            index = logmod.append(conn, "roster", {"consortium": new.consortium, "version": new.version, "sha256": new.digest,
-                                                   "document": json.loads(doc)}, self.now())
-            conn.execute(db.rosters.insert().values(version=new.version, consortium=new.consortium, digest=new.digest,
-                                                    document=doc, log_index=index))
+            index = logmod.append(
+                conn,
+                "roster",
+                {"consortium": new.consortium, "version": new.version, "sha256": new.digest, "document": json.loads(doc)},
+                self.now(),
+            )
+            conn.execute(
+                db.rosters.insert().values(version=new.version, consortium=new.consortium, digest=new.digest, document=doc, log_index=index)
+            )
         return {"version": new.version, "changed": True, "log_index": index}
 
     # ------------------------------------------------------------------ push
@@ -178,19 +206,45 @@ class Hub:
                 ledger.already_counted(self._records(conn, v.site, record.run), record)
             budget, before, after, accountant = self._ledger_after(conn, v.site, record)
             ledger.check_budget(v.site, budget, before, after, accountant)
-            body = {"site": v.site, "sequence": v.sequence, "submission_id": v.submission_id, "bundle_sha256": received_sha256,
-                    "size": path.stat().st_size, "signer": v.signer, "recipient": v.recipient, "created": v.created,
-                    "accepted": _time.format_time(now), "roster_version": current.version, "base_digest": v.base_digest,
-                    "content": v.content, "dp": record.to_dict(),
-                    "ledger": {"budget": None if budget is None else repr(budget),
-                               "spent_before": None if budget is None else ledger._num(before),
-                               "spent_after": None if budget is None else ledger._num(after),
-                               "accountant": accountant, "delta": repr(self.config.ledger_delta)}}
+            body = {
+                "site": v.site,
+                "sequence": v.sequence,
+                "submission_id": v.submission_id,
+                "bundle_sha256": received_sha256,
+                "size": path.stat().st_size,
+                "signer": v.signer,
+                "recipient": v.recipient,
+                "created": v.created,
+                "accepted": _time.format_time(now),
+                "roster_version": current.version,
+                "base_digest": v.base_digest,
+                "content": v.content,
+                "dp": record.to_dict(),
+                "ledger": {
+                    "budget": None if budget is None else repr(budget),
+                    "spent_before": None if budget is None else ledger._num(before),
+                    "spent_after": None if budget is None else ledger._num(after),
+                    "accountant": accountant,
+                    "delta": repr(self.config.ledger_delta),
+                },
+            }
             index = logmod.append(conn, "submission", body, now)
-            conn.execute(db.submissions.insert().values(
-                submission_id=v.submission_id, site=v.site, sequence=v.sequence, bundle_sha256=received_sha256,
-                size=body["size"], signer=v.signer, created=v.created, accepted=now, log_index=index,
-                dp=json.dumps(record.to_dict()), epsilon=None if not math.isfinite(after) else after, dp_run=record.run))
+            conn.execute(
+                db.submissions.insert().values(
+                    submission_id=v.submission_id,
+                    site=v.site,
+                    sequence=v.sequence,
+                    bundle_sha256=received_sha256,
+                    size=body["size"],
+                    signer=v.signer,
+                    created=v.created,
+                    accepted=now,
+                    log_index=index,
+                    dp=json.dumps(record.to_dict()),
+                    epsilon=None if not math.isfinite(after) else after,
+                    dp_run=record.run,
+                )
+            )
             inc.commit()  # durable in the store before the transaction commits
             receipt = self.log.receipt(conn, index)
         return receipt
@@ -204,16 +258,22 @@ class Hub:
             return self.accept_push(inc)
 
     def _check_replay(self, conn, submission_id: str, site: str, sequence: int) -> None:
-        seen = conn.execute(sa.select(db.submissions.c.accepted, db.submissions.c.log_index)
-                            .where(db.submissions.c.submission_id == submission_id)).first()
+        seen = conn.execute(
+            sa.select(db.submissions.c.accepted, db.submissions.c.log_index).where(db.submissions.c.submission_id == submission_id)
+        ).first()
         if seen is not None:
-            raise fail("bundle.replay", f"submission {submission_id} was already accepted by the hub on "
-                       f"{_time.format_time(seen[0])} (log entry {seen[1]})",
-                       "this is a replay or a duplicate; nothing was stored again ('forge hub receipt' shows the first receipt)")
+            raise fail(
+                "bundle.replay",
+                f"submission {submission_id} was already accepted by the hub on {_time.format_time(seen[0])} (log entry {seen[1]})",
+                "this is a replay or a duplicate; nothing was stored again ('forge hub receipt' shows the first receipt)",
+            )
         last = conn.execute(sa.select(sa.func.max(db.submissions.c.sequence)).where(db.submissions.c.site == site)).scalar()
         if last is not None and sequence <= int(last):
-            raise fail("bundle.replay", f"sequence number {sequence} of {site} is not above {last}, the last one the hub accepted",
-                       "this is an old or replayed submission; ask the site to seal again with a higher sequence")
+            raise fail(
+                "bundle.replay",
+                f"sequence number {sequence} of {site} is not above {last}, the last one the hub accepted",
+                "this is an old or replayed submission; ask the site to seal again with a higher sequence",
+            )
 
     def budget(self, conn, site: str) -> float | None:
         rows = dict(conn.execute(sa.select(db.budgets.c.site, db.budgets.c.epsilon).where(db.budgets.c.site.in_([site, "*"]))).all())
@@ -242,19 +302,18 @@ class Hub:
 
     # ------------------------------------------------------------------ signed writes
     def _authorise(self, conn, doc: dict, action: str, admins_only: bool = True) -> dict:
-        statement = verify_request(doc, self.roster(conn), action=action, origin=self.origin, now=self.now(),
-                                   admins_only=admins_only)
+        statement = verify_request(doc, self.roster(conn), action=action, origin=self.origin, now=self.now(), admins_only=admins_only)
         if conn.execute(sa.select(db.nonces.c.nonce).where(db.nonces.c.nonce == statement["nonce"])).first() is not None:
-            raise AuthError("this signed request was already used", fix="send a fresh request; captured requests cannot be replayed",
-                            code="hub.replay")
+            raise AuthError(
+                "this signed request was already used", fix="send a fresh request; captured requests cannot be replayed", code="hub.replay"
+            )
         conn.execute(db.nonces.delete().where(db.nonces.c.issued < self.now() - 3600))
         conn.execute(db.nonces.insert().values(nonce=statement["nonce"], key_id=statement["key_id"], issued=statement["issued"]))
         return statement
 
     def _set_budget(self, conn, site: str, epsilon: float, request: dict | None) -> int:
         if not (epsilon >= 0 and math.isfinite(epsilon)):
-            raise ForgeError(f"budget {epsilon!r} is not a finite epsilon of at least 0", fix="give a number such as 8",
-                             code="hub.budget")
+            raise ForgeError(f"budget {epsilon!r} is not a finite epsilon of at least 0", fix="give a number such as 8", code="hub.budget")
         index = logmod.append(conn, "budget", {"site": site, "epsilon": repr(epsilon), "request": request}, self.now())
         conn.execute(db.budgets.delete().where(db.budgets.c.site == site))
         conn.execute(db.budgets.insert().values(site=site, epsilon=epsilon, log_index=index))

@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hashlib
 import os
 import re
 import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 from ..crypto.received import ArrivalDigest
 from ..errors import ForgeError
@@ -72,13 +71,13 @@ class Store:
         return self.path(sha256).is_file()
 
     @contextlib.contextmanager
-    def incoming(self) -> Iterator["Incoming"]:
+    def incoming(self) -> Iterator[Incoming]:
         """A temporary upload file, ``incoming/.forge-partial.upload.<random>.part``, locked for
         as long as this process receives it (created under a name no sweeper touches, locked,
         then renamed, as :func:`~forge_secure.fileio.atomic_output` does)."""
         fd, fresh = tempfile.mkstemp(dir=self.root / "incoming", prefix=f"{FRESH_PREFIX}upload.", suffix=".part")
         _try_lock(fd)
-        name = str(self.root / "incoming" / (PARTIAL_PREFIX + Path(fresh).name[len(FRESH_PREFIX):]))
+        name = str(self.root / "incoming" / (PARTIAL_PREFIX + Path(fresh).name[len(FRESH_PREFIX) :]))
         try:
             os.rename(fresh, name)
         except BaseException:
@@ -115,8 +114,10 @@ class Incoming:
     def _count(self, n: int, limit: int | None) -> None:
         self.size += n
         if limit is not None and self.size > limit:
-            raise TooLarge(f"the upload is larger than the hub's limit of {limit} bytes",
-                           fix="the hub refuses bundles above --max-bundle; ask its operator, or send a smaller bundle")
+            raise TooLarge(
+                f"the upload is larger than the hub's limit of {limit} bytes",
+                fix="the hub refuses bundles above --max-bundle; ask its operator, or send a smaller bundle",
+            )
 
     def write(self, block, limit: int | None = None) -> None:
         self._count(len(block), limit)

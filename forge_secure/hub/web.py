@@ -26,10 +26,22 @@ def submissions(hub, site: str | None = None) -> list[dict]:
     out = []
     for r in rows:
         dp = json.loads(r["dp"])
-        out.append({"submission_id": r["submission_id"], "site": r["site"], "sequence": r["sequence"],
-                    "bundle_sha256": r["bundle_sha256"], "size": r["size"], "signer": r["signer"], "created": r["created"],
-                    "accepted": r["accepted"], "log_index": r["log_index"], "epsilon": _short(dp.get("epsilon")),
-                    "accountant": dp.get("accountant"), "delta": dp.get("delta")})
+        out.append(
+            {
+                "submission_id": r["submission_id"],
+                "site": r["site"],
+                "sequence": r["sequence"],
+                "bundle_sha256": r["bundle_sha256"],
+                "size": r["size"],
+                "signer": r["signer"],
+                "created": r["created"],
+                "accepted": r["accepted"],
+                "log_index": r["log_index"],
+                "epsilon": _short(dp.get("epsilon")),
+                "accountant": dp.get("accountant"),
+                "delta": dp.get("delta"),
+            }
+        )
     return out
 
 
@@ -43,9 +55,15 @@ def _short(value) -> str | None:
 def ledgers(hub) -> list[dict]:
     """Per site: its budget and, after each accepted submission, the consortium spend."""
     with db.read(hub.engine) as conn:
-        rows = conn.execute(sa.select(db.submissions.c.site, db.submissions.c.sequence, db.submissions.c.submission_id,
-                                      db.submissions.c.dp, db.submissions.c.log_index)
-                            .order_by(db.submissions.c.site, db.submissions.c.sequence)).all()
+        rows = conn.execute(
+            sa.select(
+                db.submissions.c.site,
+                db.submissions.c.sequence,
+                db.submissions.c.submission_id,
+                db.submissions.c.dp,
+                db.submissions.c.log_index,
+            ).order_by(db.submissions.c.site, db.submissions.c.sequence)
+        ).all()
         sites = sorted({r[0] for r in rows})
         budgets = {s: hub.budget(conn, s) for s in sites}
     out = []
@@ -60,10 +78,18 @@ def ledgers(hub) -> list[dict]:
                 if rec.get("run") is not None:
                     runs.add(rec["run"])
             eps, acc = ledger.spent(histories, hub.config.ledger_delta)
-            points.append({"sequence": seq, "submission_id": sub, "log_index": index, "spent": None if math.isinf(eps) else eps,
-                           "accountant": acc})
-        out.append({"site": site, "budget": budgets[site], "delta": hub.config.ledger_delta, "entries": points,
-                    "spent": points[-1]["spent"] if points else 0.0})
+            points.append(
+                {"sequence": seq, "submission_id": sub, "log_index": index, "spent": None if math.isinf(eps) else eps, "accountant": acc}
+            )
+        out.append(
+            {
+                "site": site,
+                "budget": budgets[site],
+                "delta": hub.config.ledger_delta,
+                "entries": points,
+                "spent": points[-1]["spent"] if points else 0.0,
+            }
+        )
     return out
 
 
@@ -107,7 +133,7 @@ def budget_plot(entry: dict) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg")
     svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
+    return svg[svg.index("<svg") :]
 
 
 def render_page(hub) -> str:
@@ -122,5 +148,13 @@ def render_page(hub) -> str:
     plots = {entry["site"]: budget_plot(entry) for entry in ledger_rows}
     roster = hub.roster()
     return _ENV.get_template("page.html.j2").render(
-        origin=hub.origin, hub_key=hub.keys.verifier, checkpoint=cp.note, log_size=size, roster=roster,
-        releases=releases(hub), by_site=by_site, ledgers=ledger_rows, plots=plots)
+        origin=hub.origin,
+        hub_key=hub.keys.verifier,
+        checkpoint=cp.note,
+        log_size=size,
+        roster=roster,
+        releases=releases(hub),
+        by_site=by_site,
+        ledgers=ledger_rows,
+        plots=plots,
+    )

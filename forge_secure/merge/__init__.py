@@ -17,6 +17,20 @@ from .mixture import ROUTERS, Mixture, build_mixture, load_mixture, mixture_merg
 from .recipes import fusion_merge, homomorphic_merge, merge_stage
 
 __all__ = [
-    "FUSIONS", "ROUTERS", "FusionResult", "LoraAdapter", "Mixture", "build_mixture", "check_finite", "fuse", "fusion_merge", "homomorphic_merge", "merge_stage",
-    "lineage_lines", "lineage_tree", "load_mixture", "mixture_merge", "tune_weights",
+    "FUSIONS",
+    "ROUTERS",
+    "FusionResult",
+    "LoraAdapter",
+    "Mixture",
+    "build_mixture",
+    "check_finite",
+    "fuse",
+    "fusion_merge",
+    "homomorphic_merge",
+    "merge_stage",
+    "lineage_lines",
+    "lineage_tree",
+    "load_mixture",
+    "mixture_merge",
+    "tune_weights",
 ]

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import torch
 
@@ -40,9 +40,17 @@ class LoraAdapter:
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-            raise ForgeValueError(f"LoRA rank of {self.name} must be a positive integer, got {self.rank!r}", fix="fix `r` in adapter_config.json", code="merge.bad_rank")
+            raise ForgeValueError(
+                f"LoRA rank of {self.name} must be a positive integer, got {self.rank!r}",
+                fix="fix `r` in adapter_config.json",
+                code="merge.bad_rank",
+            )
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
-            raise ForgeValueError(f"lora_alpha of {self.name} must be a positive number, got {self.alpha!r}", fix="fix `lora_alpha` in adapter_config.json", code="merge.bad_alpha")
+            raise ForgeValueError(
+                f"lora_alpha of {self.name} must be a positive number, got {self.alpha!r}",
+                fix="fix `lora_alpha` in adapter_config.json",
+                code="merge.bad_alpha",
+            )
         object.__setattr__(self, "modules", lora_modules(self.state, self.name))
         for module, (ka, kb) in self.modules.items():
             a, b = self.state[ka], self.state[kb]
@@ -73,7 +81,15 @@ class LoraAdapter:
     def n_parameters(self) -> int:
         return sum(int(t.numel()) for t in self.state.values())
 
-    def with_state(self, state: Mapping[str, torch.Tensor], *, rank: int | None = None, alpha: float | None = None, ffa: bool | None = None, name: str | None = None) -> "LoraAdapter":
+    def with_state(
+        self,
+        state: Mapping[str, torch.Tensor],
+        *,
+        rank: int | None = None,
+        alpha: float | None = None,
+        ffa: bool | None = None,
+        name: str | None = None,
+    ) -> LoraAdapter:
         return LoraAdapter(
             state=dict(state),
             rank=self.rank if rank is None else rank,
@@ -98,20 +114,28 @@ def lora_modules(state: Mapping[str, torch.Tensor], name: str = "adapter") -> di
                 code="merge.unsupported_tensor",
             )
         if not isinstance(value, torch.Tensor) or value.ndim != 2:
-            raise ForgeDataError(f"{name}: tensor {key!r} is not a 2-D tensor", fix="only LoRA on linear layers can be merged", code="merge.unsupported_tensor")
+            raise ForgeDataError(
+                f"{name}: tensor {key!r} is not a 2-D tensor",
+                fix="only LoRA on linear layers can be merged",
+                code="merge.unsupported_tensor",
+            )
         pairs.setdefault(m["module"], {})[m["which"]] = key
     out = {}
     for module, d in sorted(pairs.items()):
         if set(d) != {"A", "B"}:
             missing = "lora_B" if "A" in d else "lora_A"
-            raise ForgeDataError(f"{name}: module {module} has no {missing} tensor", fix="the adapter file is incomplete; use the plugin as trained", code="merge.incomplete_adapter")
+            raise ForgeDataError(
+                f"{name}: module {module} has no {missing} tensor",
+                fix="the adapter file is incomplete; use the plugin as trained",
+                code="merge.incomplete_adapter",
+            )
         out[module] = (d["A"], d["B"])
     return out
 
 
 def module_path(module: str) -> str:
     """The base model's module name of a PEFT module key (``base_model.model.fc1`` -> ``fc1``)."""
-    return module[len(PEFT_PREFIX):] if module.startswith(PEFT_PREFIX) else module
+    return module[len(PEFT_PREFIX) :] if module.startswith(PEFT_PREFIX) else module
 
 
 def check_finite(state: Mapping[str, torch.Tensor], what: str) -> None:
@@ -152,7 +176,11 @@ def check_compatible(adapters: Sequence[LoraAdapter], *, same_rank: bool = False
             )
         for m in first.modules:
             if ad.A(m).shape[1] != first.A(m).shape[1] or ad.B(m).shape[0] != first.B(m).shape[0]:
-                raise ForgeDataError(f"{ad.name}: module {module_path(m)} has other layer sizes than {first.name}", fix="merge only plugins of the same base model", code="merge.different_shapes")
+                raise ForgeDataError(
+                    f"{ad.name}: module {module_path(m)} has other layer sizes than {first.name}",
+                    fix="merge only plugins of the same base model",
+                    code="merge.different_shapes",
+                )
         if same_rank and ad.rank != first.rank:
             raise ForgeDataError(
                 f"{ad.name} has rank {ad.rank} but {first.name} has rank {first.rank}",
@@ -189,7 +217,9 @@ def normalise_weights(weights: Sequence[float] | None, n: int, *, allow_negative
     if not all(math.isfinite(x) for x in w):
         raise ForgeValueError(f"weights {w} are not all finite", fix="give finite numbers", code="merge.bad_weights")
     if not allow_negative and any(x < 0 for x in w):
-        raise ForgeValueError(f"weights {w} include a negative value", fix="give non-negative weights, e.g. training-set sizes", code="merge.bad_weights")
+        raise ForgeValueError(
+            f"weights {w} include a negative value", fix="give non-negative weights, e.g. training-set sizes", code="merge.bad_weights"
+        )
     total = sum(w)
     if not total > 0:
         raise ForgeValueError(f"weights {w} sum to {total}", fix="give weights with a positive sum", code="merge.bad_weights")

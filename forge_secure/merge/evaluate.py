@@ -8,7 +8,7 @@ still loaded with PEFT (see :mod:`forge_secure.merge.io`); the tests check both 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,10 +26,18 @@ def _weights(model: torch.nn.Module, adapter: LoraAdapter | None) -> dict[str, t
         path = module_path(m)
         layer = modules.get(path)
         if not isinstance(layer, torch.nn.Linear):
-            raise ForgeDataError(f"the base model has no linear layer {path!r} for {adapter.name}", fix="use the base model the plugin was trained on", code="merge.base_mismatch")
+            raise ForgeDataError(
+                f"the base model has no linear layer {path!r} for {adapter.name}",
+                fix="use the base model the plugin was trained on",
+                code="merge.base_mismatch",
+            )
         delta = adapter.delta(m)
         if tuple(delta.shape) != tuple(layer.weight.shape):
-            raise ForgeDataError(f"{adapter.name}: update of {path} has shape {tuple(delta.shape)}, the base layer {tuple(layer.weight.shape)}", fix="use the base model the plugin was trained on", code="merge.base_mismatch")
+            raise ForgeDataError(
+                f"{adapter.name}: update of {path} has shape {tuple(delta.shape)}, the base layer {tuple(layer.weight.shape)}",
+                fix="use the base model the plugin was trained on",
+                code="merge.base_mismatch",
+            )
         out[f"{path}.weight"] = layer.weight.detach() + delta.to(layer.weight.dtype)
     return out
 

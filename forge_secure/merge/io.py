@@ -13,14 +13,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from ..errors import ForgeDataError, ForgeFileError, ForgeIntegrityError, ForgeValueError
 from ..fileio import scratch_directory
 from ..numbers import decode, encode
 from ..plugins.record import PluginRecord, read_manifest, read_plugin
 from .adapter import LoraAdapter, check_finite, normalise_weights
+
 
 def read_inputs(dirs: Sequence[str | os.PathLike], base=None) -> list[PluginRecord]:
     """The merge's plugins through the gateway (:func:`forge_secure.plugins.read_plugin`,
@@ -35,7 +36,11 @@ def check_same_base(plugins: Sequence[PluginRecord]) -> str:
     digests = {pl.base_digest for pl in plugins}
     if len(digests) != 1 or "" in digests:
         listing = ", ".join(f"{pl.path.name}: {pl.base_digest[:12] or 'none'}" for pl in plugins)
-        raise ForgeDataError(f"plugins were trained on different base models ({listing})", fix="merge only plugins of one base model version (same digest)", code="merge.different_bases")
+        raise ForgeDataError(
+            f"plugins were trained on different base models ({listing})",
+            fix="merge only plugins of one base model version (same digest)",
+            code="merge.different_bases",
+        )
     return digests.pop()
 
 
@@ -44,7 +49,9 @@ def default_weights(plugins: Sequence[PluginRecord]) -> list[float]:
     rows = [pl.rows for pl in plugins]
     if any(r is None or r < 1 for r in rows):
         missing = [pl.path.name for pl, r in zip(plugins, rows, strict=True) if r is None or r < 1]
-        raise ForgeDataError(f"no training-set size recorded in {', '.join(missing)}", fix="give --weights explicitly", code="merge.no_rows")
+        raise ForgeDataError(
+            f"no training-set size recorded in {', '.join(missing)}", fix="give --weights explicitly", code="merge.no_rows"
+        )
     return [float(r or 0) for r in rows]  # (each r >= 1 here)
 
 
@@ -64,8 +71,7 @@ def check_signed_site(plugin_dir: Path, signed_site: str, bundle: Path) -> None:
         )
 
 
-def check_merge_request(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
-                        weights: Sequence[float] | None) -> list[float] | None:
+def check_merge_request(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, weights: Sequence[float] | None) -> list[float] | None:
     """Cheap checks of a merge's own arguments, run before any sealed bundle is opened:
     opening records a bundle in the replay store, so a merge that failed afterwards on a
     typo would leave the bundles impossible to merge again. Returns the given weights
@@ -75,13 +81,16 @@ def check_merge_request(inputs: Sequence[str | os.PathLike], out: str | os.PathL
     if o.exists() and not o.is_dir():
         raise ForgeFileError(f"--out {o} exists and is a file", fix="give a new directory for the merge", code="file.not_a_directory")
     if o.is_dir() and any(o.iterdir()):
-        raise ForgeFileError(f"--out {o} already exists and is not empty", fix="choose a new --out directory or remove the old one", code="file.exists")
+        raise ForgeFileError(
+            f"--out {o} already exists and is not empty", fix="choose a new --out directory or remove the old one", code="file.exists"
+        )
     return normalised
 
 
 @contextlib.contextmanager
-def open_inputs(paths: Sequence[str | os.PathLike], *, key=None, roster=None,
-                work_dir: str | os.PathLike | None = None) -> Iterator[list[Path]]:
+def open_inputs(
+    paths: Sequence[str | os.PathLike], *, key=None, roster=None, work_dir: str | os.PathLike | None = None
+) -> Iterator[list[Path]]:
     """Yield plugin directories for ``paths``: directories as they are, ``.forge`` bundles
     opened (verified, then decrypted) into a scratch directory removed afterwards.
 
@@ -98,7 +107,11 @@ def open_inputs(paths: Sequence[str | os.PathLike], *, key=None, roster=None,
         for i, p in enumerate(inputs):
             if p.is_file() and p.suffix == ".forge":
                 if key is None or roster is None:
-                    raise ForgeValueError(f"{p} is a sealed bundle", fix="give --key (your private key) and --roster to open it", code="merge.bundle_needs_key")
+                    raise ForgeValueError(
+                        f"{p} is a sealed bundle",
+                        fix="give --key (your private key) and --roster to open it",
+                        code="merge.bundle_needs_key",
+                    )
                 from ..crypto import bundle as crypto_bundle
 
                 target = Path(tmp) / f"input-{i}"
@@ -133,8 +146,16 @@ def merged_dp_record(parents: Sequence[dict]) -> dict:
     per = []
     for p in parents:
         dp = p.get("dp") or {}
-        per.append({"site": p.get("site"), "digest": p.get("digest"), "enabled": dp.get("enabled"), "epsilon": dp.get("epsilon"),
-                    "delta": dp.get("delta"), "accountant": dp.get("accountant")})
+        per.append(
+            {
+                "site": p.get("site"),
+                "digest": p.get("digest"),
+                "enabled": dp.get("enabled"),
+                "epsilon": dp.get("epsilon"),
+                "delta": dp.get("delta"),
+                "accountant": dp.get("accountant"),
+            }
+        )
 
     def eps(v):
         try:
@@ -176,13 +197,28 @@ def build_peft_model(base, adapter: LoraAdapter, template_config: dict):
     result = set_peft_model_state_dict(model, dict(adapter.state))
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
-        raise ForgeDataError(f"merged tensors {unexpected[:3]} do not fit the base model", fix="use the base model the plugins were trained on", code="merge.base_mismatch")
+        raise ForgeDataError(
+            f"merged tensors {unexpected[:3]} do not fit the base model",
+            fix="use the base model the plugins were trained on",
+            code="merge.base_mismatch",
+        )
     model.eval()
     return model
 
 
-def write_merged_plugin(base, adapter: LoraAdapter, *, parents: Sequence[dict], method: str, weights: Sequence[float], details: dict,
-                        template_meta: dict, template_config: dict, out: str | os.PathLike, site: str = "merged") -> Path:
+def write_merged_plugin(
+    base,
+    adapter: LoraAdapter,
+    *,
+    parents: Sequence[dict],
+    method: str,
+    weights: Sequence[float],
+    details: dict,
+    template_meta: dict,
+    template_config: dict,
+    out: str | os.PathLike,
+    site: str = "merged",
+) -> Path:
     """Check the merge result for NaN/inf and write it as a PEFT-loadable plugin directory
     whose forge.json says ``kind: merged`` with its parents, the method and the weights."""
     from ..plugins.plugin import new_meta, save_plugin
@@ -190,7 +226,11 @@ def write_merged_plugin(base, adapter: LoraAdapter, *, parents: Sequence[dict], 
 
     check_finite(adapter.state, "the merged adapter")
     if base.digest != (template_meta.get("base") or {}).get("digest"):
-        raise ForgeDataError(f"base {base.name} ({base.digest[:12]}...) is not the plugins' base", fix="use the base model version the plugins were trained on", code="merge.different_bases")
+        raise ForgeDataError(
+            f"base {base.name} ({base.digest[:12]}...) is not the plugins' base",
+            fix="use the base model version the plugins were trained on",
+            code="merge.different_bases",
+        )
     model = build_peft_model(base, adapter, template_config)
     lora = dict(template_meta.get("lora") or {})
     lora.update({"rank": adapter.rank, "alpha": adapter.alpha, "ffa": bool(adapter.ffa)})
@@ -203,6 +243,14 @@ def write_merged_plugin(base, adapter: LoraAdapter, *, parents: Sequence[dict], 
         data["kind"] = tdata["kind"]
     if isinstance(tdata.get("n_classes"), int):
         data["n_classes"] = tdata["n_classes"]
-    meta = new_meta(site=site, base=base, lora=lora, dp=merged_dp_record(parents), kind="merged", data=data, parents=list(parents),
-                    merge={"method": method, "weights": [float(w) for w in weights], "details": details})
+    meta = new_meta(
+        site=site,
+        base=base,
+        lora=lora,
+        dp=merged_dp_record(parents),
+        kind="merged",
+        data=data,
+        parents=list(parents),
+        merge={"method": method, "weights": [float(w) for w in weights], "details": details},
+    )
     return save_plugin(model, meta, Path(out))

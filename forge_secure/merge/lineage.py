@@ -50,26 +50,47 @@ def lineage_tree(path: str | os.PathLike) -> dict:
     if not p.exists():
         raise ForgeFileError(f"{p} does not exist", fix="give a plugin, mixture or aggregate directory", code="file.missing")
     if not p.is_dir():
-        raise ForgeFileError(f"{p} is not a directory", fix="give a plugin, mixture or aggregate directory (open sealed bundles first)", code="file.not_a_directory")
+        raise ForgeFileError(
+            f"{p} is not a directory",
+            fix="give a plugin, mixture or aggregate directory (open sealed bundles first)",
+            code="file.not_a_directory",
+        )
     if (p / "mixture.json").exists():
         from .mixture import read_mixture_meta
 
         meta = read_mixture_meta(p)
         children = [lineage_tree(p / entry["path"]) for entry in meta["plugins"]]
-        return {"site": "mixture", "kind": "mixture", "digest": None, "epsilon": "per plugin", "method": meta.get("router"),
-                "weights": meta.get("weights"), "parents": children, "path": str(p)}
+        return {
+            "site": "mixture",
+            "kind": "mixture",
+            "digest": None,
+            "epsilon": "per plugin",
+            "method": meta.get("router"),
+            "weights": meta.get("weights"),
+            "parents": children,
+            "path": str(p),
+        }
     meta = read_manifest(p)  # the one parse of a forge.json (plugin.no_meta, file.not_json, plugin.wrong_type, ...)
     fmt = meta.get("format")
     if fmt == "forge-he-aggregate/1":
         parents = [dict(c.get("parent") or {}, weight=c.get("weight")) for c in meta.get("contributions") or []]
-        return {"site": "aggregate", "kind": "he-aggregate (encrypted)", "digest": None, "epsilon": "per site", "method": "ffa-ckks",
-                "parents": [_node(x) for x in parents], "path": str(p)}
+        return {
+            "site": "aggregate",
+            "kind": "he-aggregate (encrypted)",
+            "digest": None,
+            "epsilon": "per site",
+            "method": "ffa-ckks",
+            "parents": [_node(x) for x in parents],
+            "path": str(p),
+        }
     if fmt == "forge-he-contribution/1":
         node = _node(dict(meta.get("parent") or {}, weight=meta.get("weight")))
         node["kind"] = "he-contribution (encrypted)"
         return dict(node, path=str(p))
     if fmt != "forge-plugin/1":
-        raise ForgeDataError(f"{p} holds a forge.json of format {fmt!r}", fix="give a plugin, mixture or aggregate directory", code="lineage.bad_meta")
+        raise ForgeDataError(
+            f"{p} holds a forge.json of format {fmt!r}", fix="give a plugin, mixture or aggregate directory", code="lineage.bad_meta"
+        )
     record = read_plugin(p, weights=False, adapter_digest=True)  # the gateway: schema, adapter digest, base
     entry = dict(record.meta, digest=record.adapter_sha256, rows=record.rows)
     return dict(_node(entry), path=str(p))

@@ -22,12 +22,12 @@ treat a mixture like any model. A mixture is saved as a directory: ``plugins/NN-
 from __future__ import annotations
 
 import abc
-
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from .adapter import LoraAdapter, module_path, normalise_weights
 from .evaluate import log_softmax
 
 MIXTURE_FORMAT = "forge-mixture/1"
-ROUTERS: Registry[type["Router"]] = Registry("mixture router")
+ROUTERS: Registry[type[Router]] = Registry("mixture router")
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -65,27 +65,38 @@ class Router(BaseEstimator, abc.ABC):
         return "weights" in cls._get_param_names()
 
     @abc.abstractmethod
-    def fit(self, plugins: Sequence, X: np.ndarray | None = None, y: np.ndarray | None = None, *, base=None,
-            records: Sequence | None = None, source: str | None = None) -> "Router":
+    def fit(
+        self,
+        plugins: Sequence,
+        X: np.ndarray | None = None,
+        y: np.ndarray | None = None,
+        *,
+        base=None,
+        records: Sequence | None = None,
+        source: str | None = None,
+    ) -> Router:
         """Learn the routing for ``plugins`` (loaded plugins); ``X, y``: tuning data (DP
         synthetic), ``records``: the plugins' forge.json records, ``source``: where X came from."""
 
     @abc.abstractmethod
-    def _weights(self, mixture: "Mixture", X: np.ndarray) -> np.ndarray:
+    def _weights(self, mixture: Mixture, X: np.ndarray) -> np.ndarray:
         """Routing weights of every record over the J components, shape (n, J)."""
 
     @classmethod
     @abc.abstractmethod
-    def from_saved(cls, folder: Path, meta: dict, n_plugins: int) -> "Router":
+    def from_saved(cls, folder: Path, meta: dict, n_plugins: int) -> Router:
         """The fitted router that :meth:`Mixture.save` wrote into ``folder`` (``mixture.json`` = ``meta``)."""
 
-    def route(self, mixture: "Mixture", X: np.ndarray) -> np.ndarray:
+    def route(self, mixture: Mixture, X: np.ndarray) -> np.ndarray:
         """Routing weights ``(n, J)`` of a fitted router."""
         try:
             check_is_fitted(self)
         except NotFittedError:
-            raise ForgeValueError(f"the {self.name} router is not fitted", fix="call fit(plugins, ...) first, or use build_mixture",
-                                  code="mixture.router_not_fitted") from None
+            raise ForgeValueError(
+                f"the {self.name} router is not fitted",
+                fix="call fit(plugins, ...) first, or use build_mixture",
+                code="mixture.router_not_fitted",
+            ) from None
         return self._weights(mixture, X)
 
     def to_json(self) -> dict:
@@ -119,8 +130,11 @@ class StaticRouter(Router):
             details = {**info, "weight_source": "tuned on synthetic data", **({"tuned_on": source} if source is not None else {})}
         else:
             if records is None:
-                raise ForgeValueError("the static router needs weights, tuning data or the plugins' records (training-set sizes)",
-                                      fix="give weights, or build the mixture with build_mixture", code="merge.bad_weights")
+                raise ForgeValueError(
+                    "the static router needs weights, tuning data or the plugins' records (training-set sizes)",
+                    fix="give weights, or build the mixture with build_mixture",
+                    code="merge.bad_weights",
+                )
             w, details = normalise_weights(default_weights(records), J), {"weight_source": "training-set sizes"}
         self.weights_, self.details_ = w, details
         return self
@@ -135,7 +149,9 @@ class StaticRouter(Router):
     def from_saved(cls, folder, meta, n_plugins):
         saved = list((meta.get("router_settings") or {}).get("weights") or [])
         if len(saved) != n_plugins:
-            raise ForgeDataError("mixture.json has a different number of weights than plugins", fix="write the mixture again", code="mixture.bad_meta")
+            raise ForgeDataError(
+                "mixture.json has a different number of weights than plugins", fix="write the mixture again", code="mixture.bad_meta"
+            )
         return cls(saved).fit([None] * n_plugins)
 
 
@@ -158,8 +174,11 @@ class GateRouter(Router):
         from ..privacy.synthetic import embed, resolve_space
 
         if X is None or y is None:
-            raise ForgeValueError("the gate router is fitted on data and got none", fix="give synthetic data with --tune-on (forge synth)",
-                                  code="merge.needs_tuning_data")
+            raise ForgeValueError(
+                "the gate router is fitted on data and got none",
+                fix="give synthetic data with --tune-on (forge synth)",
+                code="merge.needs_tuning_data",
+            )
         base = base if base is not None else plugins[0].base
         space = resolve_space(base, self.space)
         gen = torch.Generator().manual_seed(int(self.seed))
@@ -197,7 +216,12 @@ class GateRouter(Router):
         return {"space": self.space_}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"W": self.W_.float().contiguous(), "b": self.b_.float().contiguous(), "mu": self.mu_.float().contiguous(), "sd": self.sd_.float().contiguous()}
+        return {
+            "W": self.W_.float().contiguous(),
+            "b": self.b_.float().contiguous(),
+            "mu": self.mu_.float().contiguous(),
+            "sd": self.sd_.float().contiguous(),
+        }
 
     @classmethod
     def from_saved(cls, folder, meta, n_plugins):
@@ -243,8 +267,14 @@ class SimilarityRouter(Router):
 def plugin_adapter(plugin) -> LoraAdapter:
     """The LoRA tensors and settings of a loaded plugin (from its PEFT config)."""
     cfg = plugin.model.peft_config["default"]
-    return LoraAdapter(state=plugin.adapter_state(), rank=int(cfg.r), alpha=float(cfg.lora_alpha), rslora=bool(cfg.use_rslora),
-                       ffa=bool((plugin.meta.get("lora") or {}).get("ffa")), name=plugin.site or "plugin")
+    return LoraAdapter(
+        state=plugin.adapter_state(),
+        rank=int(cfg.r),
+        alpha=float(cfg.lora_alpha),
+        rslora=bool(cfg.use_rslora),
+        ffa=bool((plugin.meta.get("lora") or {}).get("ffa")),
+        name=plugin.site or "plugin",
+    )
 
 
 @dataclass
@@ -261,7 +291,11 @@ class Mixture:
             raise ForgeValueError("a mixture needs at least one plugin", code="mixture.empty")
         digests = {p.base.digest for p in self.plugins}
         if len(digests) != 1:
-            raise ForgeDataError("mixture plugins were trained on different base models", fix="mix only plugins of one base model version", code="merge.different_bases")
+            raise ForgeDataError(
+                "mixture plugins were trained on different base models",
+                fix="mix only plugins of one base model version",
+                code="merge.different_bases",
+            )
         classes = {p.base.n_classes for p in self.plugins}
         if len(classes) != 1:
             raise ForgeDataError("mixture plugins predict different numbers of classes", code="merge.different_classes")
@@ -326,13 +360,30 @@ class Mixture:
                     raise ForgeValueError("mixture plugins must be saved plugin directories", code="mixture.unsaved_plugin")
                 rel = Path("plugins") / f"{j:02d}-{p.site or 'plugin'}"
                 shutil.copytree(p.path, tmp / rel)
-                entries.append({"path": str(rel), "site": p.site, "digest": sha256_file(tmp / rel / "adapter_model.safetensors"),
-                                "dp": p.meta.get("dp"), "rows": (p.meta.get("data") or {}).get("rows")})
-            meta = {"format": MIXTURE_FORMAT, "toolkit_version": __version__, "router": self.router.name, "router_settings": self.router.to_json(),
-                    "base": self.base.describe(), "plugins": entries, "details": self.details,
-                    "weights": self.router.to_json().get("weights"),
-                    "dp": {"post_processing": True, "per_plugin": [{"site": e["site"], "dp": e["dp"]} for e in entries],
-                           "note": "each plugin keeps its own site's record; the router is fitted on DP synthetic data only"}}
+                entries.append(
+                    {
+                        "path": str(rel),
+                        "site": p.site,
+                        "digest": sha256_file(tmp / rel / "adapter_model.safetensors"),
+                        "dp": p.meta.get("dp"),
+                        "rows": (p.meta.get("data") or {}).get("rows"),
+                    }
+                )
+            meta = {
+                "format": MIXTURE_FORMAT,
+                "toolkit_version": __version__,
+                "router": self.router.name,
+                "router_settings": self.router.to_json(),
+                "base": self.base.describe(),
+                "plugins": entries,
+                "details": self.details,
+                "weights": self.router.to_json().get("weights"),
+                "dp": {
+                    "post_processing": True,
+                    "per_plugin": [{"site": e["site"], "dp": e["dp"]} for e in entries],
+                    "note": "each plugin keeps its own site's record; the router is fitted on DP synthetic data only",
+                },
+            }
             tensors = self.router.tensors()
             if tensors:
                 save_file(tensors, str(tmp / "router.safetensors"))
@@ -344,17 +395,25 @@ class Mixture:
 def read_mixture_meta(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_dir():
-        raise ForgeFileError(f"mixture {p} is not a directory", fix="give the directory written by `forge merge mixture`", code="mixture.not_a_directory")
+        raise ForgeFileError(
+            f"mixture {p} is not a directory", fix="give the directory written by `forge merge mixture`", code="mixture.not_a_directory"
+        )
     meta = read_json_file(p / "mixture.json", "mixture description")
     if not isinstance(meta, dict) or meta.get("format") != MIXTURE_FORMAT:
-        raise ForgeDataError(f"{p / 'mixture.json'} is not a {MIXTURE_FORMAT} description", fix="give a directory written by `forge merge mixture`", code="mixture.bad_meta")
+        raise ForgeDataError(
+            f"{p / 'mixture.json'} is not a {MIXTURE_FORMAT} description",
+            fix="give a directory written by `forge merge mixture`",
+            code="mixture.bad_meta",
+        )
     if not isinstance(meta.get("plugins"), list) or not meta["plugins"]:
         raise ForgeDataError(f"{p / 'mixture.json'} lists no plugins", fix="write the mixture again", code="mixture.bad_meta")
     ROUTERS.get(str(meta.get("router")))
     for e in meta["plugins"]:
         rel = Path(str(e.get("path", "")))
         if rel.is_absolute() or ".." in rel.parts:
-            raise ForgeDataError(f"mixture plugin path {rel} leaves the mixture directory", fix="write the mixture again", code="mixture.bad_meta")
+            raise ForgeDataError(
+                f"mixture plugin path {rel} leaves the mixture directory", fix="write the mixture again", code="mixture.bad_meta"
+            )
     return meta
 
 
@@ -370,7 +429,11 @@ def load_mixture(path: str | os.PathLike, base=None) -> Mixture:
         d = p / e["path"]
         record = read_plugin(d, base=base)  # the gateway: forge.json, adapter digest, finite weights, base
         if record.adapter_sha256 != e.get("digest"):
-            raise ForgeDataError(f"mixture plugin {d} does not match the digest in mixture.json", fix="the mixture was changed; write it again", code="mixture.tampered")
+            raise ForgeDataError(
+                f"mixture plugin {d} does not match the digest in mixture.json",
+                fix="the mixture was changed; write it again",
+                code="mixture.tampered",
+            )
         plugins.append(load_plugin(record, base))
         base = base or plugins[-1].base
     router = ROUTERS.get(str(meta["router"])).from_saved(p, meta, len(plugins))
@@ -379,7 +442,10 @@ def load_mixture(path: str | os.PathLike, base=None) -> Mixture:
 
 # --------------------------------------------------------------------------- fitting routers
 
-def tune_static_weights(plugins: Sequence, X: np.ndarray, y: np.ndarray, *, budget: int = 40, l1: float = 0.05, seed: int = 0) -> tuple[list[float], dict]:
+
+def tune_static_weights(
+    plugins: Sequence, X: np.ndarray, y: np.ndarray, *, budget: int = 40, l1: float = 0.05, seed: int = 0
+) -> tuple[list[float], dict]:
     """MedForge/LoraHub static weights: NGOpt on the mixture's cross-entropy + L1."""
     from .fusion.sequential import minimise_scalars
 
@@ -399,7 +465,18 @@ def tune_static_weights(plugins: Sequence, X: np.ndarray, y: np.ndarray, *, budg
     return [float(v) for v in w], {"tuned": True, "budget": budget, "objective": value, "seed": seed}
 
 
-def fit_gate(plugins: Sequence, base, X: np.ndarray, y: np.ndarray, *, space: str = "auto", epochs: int = 300, lr: float = 0.05, l2: float = 1e-3, seed: int = 0) -> GateRouter:
+def fit_gate(
+    plugins: Sequence,
+    base,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    space: str = "auto",
+    epochs: int = 300,
+    lr: float = 0.05,
+    l2: float = 1e-3,
+    seed: int = 0,
+) -> GateRouter:
     """Fit a linear softmax gate by minimising the mixture NLL on ``(X, y)`` (full batch Adam)."""
     return GateRouter(space=space, epochs=epochs, lr=lr, l2=l2, seed=seed).fit(plugins, X, y, base=base)
 
@@ -408,15 +485,26 @@ def check_router_request(router: str, weights, tune_on) -> type[Router]:
     """The registered router class of that name, after checking that the request fits it."""
     cls = ROUTERS.get(router)
     if cls.needs_data and tune_on is None:
-        raise ForgeValueError(f"the {router} router is fitted on data and got none", fix="give synthetic data with --tune-on (forge synth)",
-                              code="merge.needs_tuning_data")
+        raise ForgeValueError(
+            f"the {router} router is fitted on data and got none",
+            fix="give synthetic data with --tune-on (forge synth)",
+            code="merge.needs_tuning_data",
+        )
     if weights is not None and not cls.takes_weights():
         raise ForgeValueError(f"the {router} router chooses its own weights", fix="drop --weights", code="merge.bad_weights")
     return cls
 
 
-def build_mixture(plugin_dirs: Sequence[str | os.PathLike], *, router: str = "static", weights: Sequence[float] | None = None,
-                  tune_on: str | os.PathLike | None = None, seed: int = 0, budget: int = 40, base=None) -> Mixture:
+def build_mixture(
+    plugin_dirs: Sequence[str | os.PathLike],
+    *,
+    router: str = "static",
+    weights: Sequence[float] | None = None,
+    tune_on: str | os.PathLike | None = None,
+    seed: int = 0,
+    budget: int = 40,
+    base=None,
+) -> Mixture:
     """Load plugins and build a mixture with the named router. Each plugin folder is read
     once, by the gateway (:func:`forge_secure.merge.io.read_inputs`), and loaded from its record."""
     from ..plugins.plugin import load_plugin
@@ -434,20 +522,42 @@ def build_mixture(plugin_dirs: Sequence[str | os.PathLike], *, router: str = "st
 
         synth = load_synthetic(tune_on).dataset
         if synth.n_classes != base.n_classes:
-            raise ForgeDataError(f"synthetic data has {synth.n_classes} classes, the plugins {base.n_classes}", fix="make synthetic data for this task", code="merge.different_classes")
+            raise ForgeDataError(
+                f"synthetic data has {synth.n_classes} classes, the plugins {base.n_classes}",
+                fix="make synthetic data for this task",
+                code="merge.different_classes",
+            )
     r = router_cls(**{k: v for k, v in {"weights": weights, "seed": seed, "budget": budget}.items() if k in router_cls._get_param_names()})
-    r.fit(plugins, None if synth is None else synth.X, None if synth is None else synth.y, base=base, records=files,
-          source=None if tune_on is None else str(tune_on))
+    r.fit(
+        plugins,
+        None if synth is None else synth.X,
+        None if synth is None else synth.y,
+        base=base,
+        records=files,
+        source=None if tune_on is None else str(tune_on),
+    )
     return Mixture(plugins, r, base, dict(r.details_))
 
 
-def mixture_merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, router: str = "static", weights=None, tune_on=None,
-                  key=None, roster=None, seed: int = 0, budget: int = 40) -> Path:
+def mixture_merge(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    router: str = "static",
+    weights=None,
+    tune_on=None,
+    key=None,
+    roster=None,
+    seed: int = 0,
+    budget: int = 40,
+) -> Path:
     """Build a mixture from plugin directories or sealed bundles and save it at ``out``."""
     from .io import check_merge_request, open_inputs
 
     if len(inputs) < 2:
-        raise ForgeValueError(f"a mixture needs at least two plugins, got {len(inputs)}", fix="give two or more plugins", code="merge.too_few")
+        raise ForgeValueError(
+            f"a mixture needs at least two plugins, got {len(inputs)}", fix="give two or more plugins", code="merge.too_few"
+        )
     check_router_request(router, weights, tune_on)
     check_merge_request(inputs, out, weights)  # before any sealed bundle is opened (and recorded as seen)
     if tune_on is not None:

@@ -10,14 +10,13 @@ These are the library calls behind ``forge merge`` (and the demo's merge stage):
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import ForgeValueError
-from ..plugins.record import read_plugin
+from ..plugins.record import PluginRecord, check_base, read_plugin
 from .adapter import normalise_weights
 from .evaluate import make_loss
-from ..plugins.record import PluginRecord, check_base
 from .fusion import FUSIONS, tune_weights
 from .io import check_merge_request, default_weights, lineage_entry, open_inputs, read_inputs, write_merged_plugin
 
@@ -32,9 +31,21 @@ def base_of(plugin: PluginRecord):
     return base
 
 
-def fusion_merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, method: str = "exact", weights: Sequence[float] | None = None,
-                 tune_on: str | os.PathLike | None = None, key=None, roster=None, seed: int = 0, density: float = 0.5, budget: int = 40,
-                 rank: int | None = None, base=None) -> Path:
+def fusion_merge(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    method: str = "exact",
+    weights: Sequence[float] | None = None,
+    tune_on: str | os.PathLike | None = None,
+    key=None,
+    roster=None,
+    seed: int = 0,
+    density: float = 0.5,
+    budget: int = 40,
+    rank: int | None = None,
+    base=None,
+) -> Path:
     """Fuse plugins (directories or ``.forge`` bundles) into one merged plugin at ``out``.
 
     Weights: ``weights`` if given, else tuned on ``tune_on`` (DP synthetic data) if given,
@@ -43,15 +54,22 @@ def fusion_merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     """
     spec = FUSIONS.get(method)  # the merge's one lookup of its method
     if len(inputs) < 2:
-        raise ForgeValueError(f"a merge needs at least two plugins, got {len(inputs)}", fix="give two or more plugin directories or bundles", code="merge.too_few")
+        raise ForgeValueError(
+            f"a merge needs at least two plugins, got {len(inputs)}",
+            fix="give two or more plugin directories or bundles",
+            code="merge.too_few",
+        )
     # everything that can be checked without the plugins is checked before any bundle is opened;
     # the given weights are normalised here, once
     given = check_merge_request(inputs, out, weights)
     if spec.needs_loss and weights is not None:
         raise ForgeValueError("the sequential merge tunes its own scalars", fix="drop --weights (give --tune-on)", code="merge.bad_weights")
     if spec.needs_loss and tune_on is None:
-        raise ForgeValueError("the sequential (MedForge) merge tunes its scalars on data and got none",
-                              fix="give synthetic tuning data (forge synth, then --tune-on FILE)", code="merge.needs_tuning_data")
+        raise ForgeValueError(
+            "the sequential (MedForge) merge tunes its scalars on data and got none",
+            fix="give synthetic tuning data (forge synth, then --tune-on FILE)",
+            code="merge.needs_tuning_data",
+        )
     synth = None
     if tune_on is not None:
         from ..privacy.synthetic import load_synthetic
@@ -67,7 +85,9 @@ def fusion_merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         options = {"seed": seed, "density": density, "rank": rank, "budget": budget, "loss_fn": loss_fn}
         if spec.needs_loss:
             if weights is not None:
-                raise ForgeValueError("the sequential merge tunes its own scalars", fix="drop --weights (give --tune-on)", code="merge.bad_weights")
+                raise ForgeValueError(
+                    "the sequential merge tunes its own scalars", fix="drop --weights (give --tune-on)", code="merge.bad_weights"
+                )
             w, weight_source = normalise_weights(None, len(adapters)), "tuned (MedForge sequential)"
         elif given is not None:
             w, weight_source = given, "given"
@@ -81,12 +101,28 @@ def fusion_merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         if tune_on is not None:
             details["tuned_on"] = str(tune_on)
         parents = [lineage_entry(p.meta, p.digest) for p in plugins]
-        return write_merged_plugin(base, result.adapter, parents=parents, method=method, weights=result.weights, details=details,
-                                   template_meta=plugins[0].meta, template_config=plugins[0].config, out=out)
+        return write_merged_plugin(
+            base,
+            result.adapter,
+            parents=parents,
+            method=method,
+            weights=result.weights,
+            details=details,
+            template_meta=plugins[0].meta,
+            template_config=plugins[0].config,
+            out=out,
+        )
 
 
-def homomorphic_merge(plugin_dirs: Sequence[str | os.PathLike], workdir: str | os.PathLike, out: str | os.PathLike, *, weights: Sequence[float] | None = None,
-                      k: int = 2, keys: str | os.PathLike | None = None) -> Path:
+def homomorphic_merge(
+    plugin_dirs: Sequence[str | os.PathLike],
+    workdir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    weights: Sequence[float] | None = None,
+    k: int = 2,
+    keys: str | os.PathLike | None = None,
+) -> Path:
     """The whole CKKS path in one call (for the demo and tests): key generation (unless
     ``keys`` is given), one encrypted contribution per site under the public context, the
     aggregate with the public context only, and the key holder's decryption into ``out``.
@@ -96,15 +132,23 @@ def homomorphic_merge(plugin_dirs: Sequence[str | os.PathLike], workdir: str | o
     work = Path(workdir)
     keys = Path(keys) if keys is not None else keygen(work / "key-holder").path
     if weights is not None and len(weights) != len(plugin_dirs):
-        raise ForgeValueError(f"{len(weights)} weights for {len(plugin_dirs)} plugins", fix="give one weight per plugin", code="merge.bad_weights")
-    contributions = [encrypt_plugin(p, keys / "public.ctx", work / "sites" / f"contribution-{i + 1}", weight=None if weights is None else weights[i]).path
-                     for i, p in enumerate(plugin_dirs)]
+        raise ForgeValueError(
+            f"{len(weights)} weights for {len(plugin_dirs)} plugins", fix="give one weight per plugin", code="merge.bad_weights"
+        )
+    contributions = [
+        encrypt_plugin(
+            p, keys / "public.ctx", work / "sites" / f"contribution-{i + 1}", weight=None if weights is None else weights[i]
+        ).path
+        for i, p in enumerate(plugin_dirs)
+    ]
     aggregate(contributions, keys / "public.ctx", work / "aggregator" / "aggregate")
     # the key holder checks the aggregate against the contributions and decrypts its own sum
     return decrypt_to_plugin(work / "aggregator" / "aggregate", keys, out, k=k, contributions=contributions)
 
 
-def merge_stage(plugin_dirs: Sequence[str | os.PathLike], workdir: str | os.PathLike, *, tune_on: str | os.PathLike | None = None, seed: int = 0) -> dict[str, Path]:
+def merge_stage(
+    plugin_dirs: Sequence[str | os.PathLike], workdir: str | os.PathLike, *, tune_on: str | os.PathLike | None = None, seed: int = 0
+) -> dict[str, Path]:
     """The demo's merge stage: Fusion (exact; FFA and CKKS when every plugin is FFA-LoRA)
     and Mixture (static; gate when synthetic data is given). Returns ``{name: path}``."""
     from .mixture import mixture_merge

@@ -11,12 +11,31 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "BASES": "bases", "Base": "bases", "fresh_copy": "bases", "load_base": "bases",
-    "BundledSplits": "data", "Dataset": "data", "SiteShard": "data", "bundled_image_splits": "data", "bundled_splits": "data",
-    "draw_membership": "data", "load_data": "data", "make_canaries": "data",
-    "Plugin": "plugin", "adapter_digest": "plugin", "load_plugin": "plugin", "new_meta": "plugin", "save_plugin": "plugin",
-    "DataShape": "record", "DPRecord": "record", "Lineage": "record", "PluginRecord": "record", "meta_epsilon": "record",
-    "read_manifest": "record", "read_plugin": "record", "validate_meta": "record",
+    "BASES": "bases",
+    "Base": "bases",
+    "fresh_copy": "bases",
+    "load_base": "bases",
+    "BundledSplits": "data",
+    "Dataset": "data",
+    "SiteShard": "data",
+    "bundled_image_splits": "data",
+    "bundled_splits": "data",
+    "draw_membership": "data",
+    "load_data": "data",
+    "make_canaries": "data",
+    "Plugin": "plugin",
+    "adapter_digest": "plugin",
+    "load_plugin": "plugin",
+    "new_meta": "plugin",
+    "save_plugin": "plugin",
+    "DataShape": "record",
+    "DPRecord": "record",
+    "Lineage": "record",
+    "PluginRecord": "record",
+    "meta_epsilon": "record",
+    "read_manifest": "record",
+    "read_plugin": "record",
+    "validate_meta": "record",
 }
 
 __all__ = sorted(_WHERE)

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -47,8 +47,7 @@ from torch import nn
 
 from ..errors import ForgeValueError
 from ..fileio import atomic_directory
-from .bases import (BASE_FILE, BASE_FORMAT, GRID, TABULAR_BASE_FEATURES, WEIGHTS_FILE, build_architecture, directory_digest,
-                    weights_bytes)
+from .bases import BASE_FILE, BASE_FORMAT, GRID, TABULAR_BASE_FEATURES, WEIGHTS_FILE, build_architecture, directory_digest, weights_bytes
 
 
 def _check_int(name: str, value, low: int = 1) -> int:
@@ -112,8 +111,9 @@ def _construct(architecture: str, config: dict) -> nn.Module:
         return build_architecture(architecture, config)
 
 
-def build_tabular_mlp(*, hidden: int = 64, seed: int = 0, pretrain_steps: int = 60, lr: float = 0.01,
-                      init_scale: float = 1.0) -> tuple[nn.Module, dict]:
+def build_tabular_mlp(
+    *, hidden: int = 64, seed: int = 0, pretrain_steps: int = 60, lr: float = 0.01, init_scale: float = 1.0
+) -> tuple[nn.Module, dict]:
     """The tabular base and its ``base.json`` record (without the file list)."""
     from .data import bundled_splits
 
@@ -137,15 +137,30 @@ def build_tabular_mlp(*, hidden: int = 64, seed: int = 0, pretrain_steps: int = 
         first.weight[:, torch.from_numpy(~keep)] = 0.0
     X = np.where(keep, public.X, 0.0)  # masked inputs: the zeroed weights get no gradient
     pretrain(model, X, public.y, pretrain_steps, lr)
-    record = {"architecture": "tabular-mlp", "config": config, "kind": "tabular", "n_classes": n_classes,
-              "input_shape": [d_in], "targets": ["fc1", "fc2"],
-              "settings": {"hidden": hidden, "seed": seed, "pretrain_steps": pretrain_steps, "lr": lr, "init_scale": init_scale},
-              "pretraining": {"data": public.digest(), "features": list(TABULAR_BASE_FEATURES), "optimizer": "full-batch Adam, float64"}}
+    record = {
+        "architecture": "tabular-mlp",
+        "config": config,
+        "kind": "tabular",
+        "n_classes": n_classes,
+        "input_shape": [d_in],
+        "targets": ["fc1", "fc2"],
+        "settings": {"hidden": hidden, "seed": seed, "pretrain_steps": pretrain_steps, "lr": lr, "init_scale": init_scale},
+        "pretraining": {"data": public.digest(), "features": list(TABULAR_BASE_FEATURES), "optimizer": "full-batch Adam, float64"},
+    }
     return model, record
 
 
-def build_vit_tiny(*, image_size: int = 8, num_channels: int = 1, n_classes: int = 10, patch_size: int = 2,
-                   seed: int = 0, pretrain_steps: int = 30, lr: float = 0.01, pretrain_rows: int = 128) -> tuple[nn.Module, dict]:
+def build_vit_tiny(
+    *,
+    image_size: int = 8,
+    num_channels: int = 1,
+    n_classes: int = 10,
+    patch_size: int = 2,
+    seed: int = 0,
+    pretrain_steps: int = 30,
+    lr: float = 0.01,
+    pretrain_rows: int = 128,
+) -> tuple[nn.Module, dict]:
     """A tiny ViT pretrained briefly on the public digits split, and its ``base.json`` record."""
     from .data import bundled_image_splits
 
@@ -160,8 +175,16 @@ def build_vit_tiny(*, image_size: int = 8, num_channels: int = 1, n_classes: int
     pretrain_rows = _check_int("pretrain_rows", pretrain_rows)
     lr = _check_float("lr", lr)
     public = bundled_image_splits().public
-    config = {"image_size": image_size, "num_channels": num_channels, "n_classes": n_classes, "patch_size": patch_size,
-              "hidden": 64, "layers": 2, "heads": 2, "intermediate": 128}
+    config = {
+        "image_size": image_size,
+        "num_channels": num_channels,
+        "n_classes": n_classes,
+        "patch_size": patch_size,
+        "hidden": 64,
+        "layers": 2,
+        "heads": 2,
+        "intermediate": 128,
+    }
     model = _construct("vit-tiny", config)
     numpy_init(model, seed)
     X = torch.tensor(public.X[:pretrain_rows], dtype=torch.float64)
@@ -169,11 +192,25 @@ def build_vit_tiny(*, image_size: int = 8, num_channels: int = 1, n_classes: int
         X = nn.functional.interpolate(X, size=(image_size, image_size), mode="bilinear", align_corners=False)
     X = X.repeat(1, num_channels, 1, 1)
     pretrain(model, X.numpy(), public.y[:pretrain_rows] % n_classes, pretrain_steps, lr)
-    record = {"architecture": "vit-tiny", "config": config, "kind": "image", "n_classes": n_classes,
-              "input_shape": [num_channels, image_size, image_size], "targets": None,
-              "settings": {"image_size": image_size, "num_channels": num_channels, "n_classes": n_classes, "patch_size": patch_size,
-                           "seed": seed, "pretrain_steps": pretrain_steps, "lr": lr, "pretrain_rows": pretrain_rows},
-              "pretraining": {"data": public.digest(), "rows": pretrain_rows, "optimizer": "full-batch Adam, float64"}}
+    record = {
+        "architecture": "vit-tiny",
+        "config": config,
+        "kind": "image",
+        "n_classes": n_classes,
+        "input_shape": [num_channels, image_size, image_size],
+        "targets": None,
+        "settings": {
+            "image_size": image_size,
+            "num_channels": num_channels,
+            "n_classes": n_classes,
+            "patch_size": patch_size,
+            "seed": seed,
+            "pretrain_steps": pretrain_steps,
+            "lr": lr,
+            "pretrain_rows": pretrain_rows,
+        },
+        "pretraining": {"data": public.digest(), "rows": pretrain_rows, "optimizer": "full-batch Adam, float64"},
+    }
     return model, record
 
 
@@ -184,8 +221,14 @@ def _versions() -> dict:
     import safetensors
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "safetensors": safetensors.__version__,
-            "numpy": np.__version__, "machine": platform.machine(), "threads": 1}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "safetensors": safetensors.__version__,
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "threads": 1,
+    }
 
 
 def build_files(name: str, **settings) -> dict[str, bytes]:

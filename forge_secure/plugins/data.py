@@ -97,10 +97,15 @@ class Dataset:
                 code="data.shape",
             )
         if not np.all(np.isfinite(X)):
-            raise ForgeDataError(f"data {self.name!r} holds NaN or infinite values", fix="clean or impute them first", code="data.not_finite")
-        if self.kind == TEXT and X.size and (X.min() < 0 or X.max() >= 2 ** 24 or not np.array_equal(X, np.round(X))):
-            raise ForgeDataError(f"text data {self.name!r} holds values that are not token ids", fix="give non-negative integer token ids",
-                                 code="data.tokens")
+            raise ForgeDataError(
+                f"data {self.name!r} holds NaN or infinite values", fix="clean or impute them first", code="data.not_finite"
+            )
+        if self.kind == TEXT and X.size and (X.min() < 0 or X.max() >= 2**24 or not np.array_equal(X, np.round(X))):
+            raise ForgeDataError(
+                f"text data {self.name!r} holds values that are not token ids",
+                fix="give non-negative integer token ids",
+                code="data.tokens",
+            )
         if len(y) and (y.min() < 0 or y.max() >= self.n_classes):
             raise ForgeDataError(
                 f"labels of {self.name!r} run from {y.min()} to {y.max()}, outside 0..{self.n_classes - 1}",
@@ -121,11 +126,11 @@ class Dataset:
         """Shape of one record: ``(d,)`` or ``(C, H, W)``."""
         return tuple(self.X.shape[1:])
 
-    def subset(self, index_or_mask, name: str | None = None) -> "Dataset":
+    def subset(self, index_or_mask, name: str | None = None) -> Dataset:
         idx = np.asarray(index_or_mask)
         return Dataset(self.X[idx], self.y[idx], self.n_classes, name or self.name, self.kind, self.feature_names)
 
-    def concat(self, other: "Dataset", name: str | None = None) -> "Dataset":
+    def concat(self, other: Dataset, name: str | None = None) -> Dataset:
         """This data followed by ``other`` (same kind and record shape)."""
         if other.kind != self.kind or other.shape != self.shape:
             raise ForgeDataError(
@@ -214,7 +219,9 @@ class BundledSplits:
         )
 
 
-def _dirichlet_shards(y: np.ndarray, n_sites: int, alpha: float, rng: np.random.Generator, min_rows: int, min_per_class: int) -> list[np.ndarray]:
+def _dirichlet_shards(
+    y: np.ndarray, n_sites: int, alpha: float, rng: np.random.Generator, min_rows: int, min_per_class: int
+) -> list[np.ndarray]:
     classes = np.unique(y)
     for _ in range(1000):
         parts: list[list[int]] = [[] for _ in range(n_sites)]
@@ -224,9 +231,7 @@ def _dirichlet_shards(y: np.ndarray, n_sites: int, alpha: float, rng: np.random.
             cuts = (np.cumsum(p)[:-1] * len(idx)).round().astype(int)
             for s, chunk in enumerate(np.split(idx, cuts)):
                 parts[s].extend(chunk.tolist())
-        ok = all(
-            len(part) >= min_rows and all(np.sum(y[part] == c) >= min_per_class for c in classes) for part in parts
-        )
+        ok = all(len(part) >= min_rows and all(np.sum(y[part] == c) >= min_per_class for c in classes) for part in parts)
         if ok:
             return [np.sort(np.asarray(part, dtype=np.int64)) for part in parts]
     raise ForgeValueError(
@@ -236,8 +241,23 @@ def _dirichlet_shards(y: np.ndarray, n_sites: int, alpha: float, rng: np.random.
     )
 
 
-def _split(X: np.ndarray, y: np.ndarray, n_classes: int, base_name: str, kind: str, feature_names, *, n_sites, alpha, seed,
-           public_fraction, test_fraction, include_prob, min_rows, min_per_class):
+def _split(
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    base_name: str,
+    kind: str,
+    feature_names,
+    *,
+    n_sites,
+    alpha,
+    seed,
+    public_fraction,
+    test_fraction,
+    include_prob,
+    min_rows,
+    min_per_class,
+):
     from sklearn.model_selection import train_test_split
 
     if not isinstance(n_sites, int) or n_sites < 1:
@@ -292,42 +312,105 @@ def _split(X: np.ndarray, y: np.ndarray, n_classes: int, base_name: str, kind: s
     return BundledSplits(public, sites, alpha, seed, mean, std, info)
 
 
-def split_dataset(ds: Dataset, *, n_sites: int, alpha: float = 0.5, seed: int = 0, name: str | None = None,
-                  public_fraction: float = 0.2, test_fraction: float = 0.25, include_prob: float = 0.5,
-                  min_rows: int = 20, min_per_class: int = 2) -> BundledSplits:
+def split_dataset(
+    ds: Dataset,
+    *,
+    n_sites: int,
+    alpha: float = 0.5,
+    seed: int = 0,
+    name: str | None = None,
+    public_fraction: float = 0.2,
+    test_fraction: float = 0.25,
+    include_prob: float = 0.5,
+    min_rows: int = 20,
+    min_per_class: int = 2,
+) -> BundledSplits:
     """Cut any data set the way the bundled one is cut (see the module docstring): a public
     split, ``n_sites`` Dirichlet(alpha)-skewed shards, each with a fixed test part and a
     coin-flip candidate pool. Deterministic in its arguments."""
-    return _split(ds.X, ds.y, ds.n_classes, name or ds.name, ds.kind, ds.feature_names, n_sites=n_sites, alpha=alpha,
-                  seed=seed, public_fraction=public_fraction, test_fraction=test_fraction, include_prob=include_prob,
-                  min_rows=min_rows, min_per_class=min_per_class)
+    return _split(
+        ds.X,
+        ds.y,
+        ds.n_classes,
+        name or ds.name,
+        ds.kind,
+        ds.feature_names,
+        n_sites=n_sites,
+        alpha=alpha,
+        seed=seed,
+        public_fraction=public_fraction,
+        test_fraction=test_fraction,
+        include_prob=include_prob,
+        min_rows=min_rows,
+        min_per_class=min_per_class,
+    )
 
 
 @functools.lru_cache(maxsize=8)
-def bundled_splits(n_sites: int = 3, *, alpha: float = 0.5, seed: int = 0, public_fraction: float = 0.2,
-                   test_fraction: float = 0.25, include_prob: float = 0.5) -> BundledSplits:
+def bundled_splits(
+    n_sites: int = 3,
+    *,
+    alpha: float = 0.5,
+    seed: int = 0,
+    public_fraction: float = 0.2,
+    test_fraction: float = 0.25,
+    include_prob: float = 0.5,
+) -> BundledSplits:
     """The breast-cancer data as a public split and ``n_sites`` skewed hospital shards
     (see the module docstring). Deterministic in its arguments; results are cached."""
     from sklearn.datasets import load_breast_cancer
 
     raw = load_breast_cancer()
     names = tuple(str(n) for n in raw.feature_names)
-    return _split(raw.data.astype(np.float64), raw.target.astype(np.int64), 2, "breast-cancer", TABULAR, names,
-                  n_sites=n_sites, alpha=alpha, seed=seed, public_fraction=public_fraction, test_fraction=test_fraction,
-                  include_prob=include_prob, min_rows=80, min_per_class=8)
+    return _split(
+        raw.data.astype(np.float64),
+        raw.target.astype(np.int64),
+        2,
+        "breast-cancer",
+        TABULAR,
+        names,
+        n_sites=n_sites,
+        alpha=alpha,
+        seed=seed,
+        public_fraction=public_fraction,
+        test_fraction=test_fraction,
+        include_prob=include_prob,
+        min_rows=80,
+        min_per_class=8,
+    )
 
 
 @functools.lru_cache(maxsize=8)
-def bundled_image_splits(n_sites: int = 3, *, alpha: float = 0.5, seed: int = 0, public_fraction: float = 0.3,
-                         test_fraction: float = 0.25, include_prob: float = 0.5) -> BundledSplits:
+def bundled_image_splits(
+    n_sites: int = 3,
+    *,
+    alpha: float = 0.5,
+    seed: int = 0,
+    public_fraction: float = 0.3,
+    test_fraction: float = 0.25,
+    include_prob: float = 0.5,
+) -> BundledSplits:
     """scikit-learn's 8x8 digits, ``(n, 1, 8, 8)`` in [0, 1], split like :func:`bundled_splits`."""
     from sklearn.datasets import load_digits
 
     raw = load_digits()
     X = (raw.images / 16.0)[:, None, :, :]
-    return _split(X, raw.target.astype(np.int64), 10, "digits", IMAGE, (),
-                  n_sites=n_sites, alpha=alpha, seed=seed, public_fraction=public_fraction, test_fraction=test_fraction,
-                  include_prob=include_prob, min_rows=150, min_per_class=2)
+    return _split(
+        X,
+        raw.target.astype(np.int64),
+        10,
+        "digits",
+        IMAGE,
+        (),
+        n_sites=n_sites,
+        alpha=alpha,
+        seed=seed,
+        public_fraction=public_fraction,
+        test_fraction=test_fraction,
+        include_prob=include_prob,
+        min_rows=150,
+        min_per_class=2,
+    )
 
 
 BUNDLED_PREFIXES = {"bundled": bundled_splits, "bundled-digits": bundled_image_splits}
@@ -351,8 +434,11 @@ def resolve_bundled(spec: str) -> tuple[BundledSplits, SiteShard | None, str]:
     try:
         shard = splits.site(site)
     except ForgeValueError as e:
-        raise ForgeValueError(f"unknown bundled data {spec!r}", fix=f"use {prefix}:public or {prefix}:<site> with a site among "
-                              f"{', '.join(s.site for s in splits.sites)}", code="data.unknown_site") from e
+        raise ForgeValueError(
+            f"unknown bundled data {spec!r}",
+            fix=f"use {prefix}:public or {prefix}:<site> with a site among {', '.join(s.site for s in splits.sites)}",
+            code="data.unknown_site",
+        ) from e
     return splits, shard, part
 
 
@@ -385,7 +471,6 @@ def make_canaries(m: int, like: Dataset, seed: int) -> Dataset:
         X = rng.uniform(0.0, 1.0, size=shape)
     y = rng.integers(0, like.n_classes, size=int(m))
     return Dataset(X, y, like.n_classes, f"canaries/m={m}", like.kind, like.feature_names)
-
 
 
 def __getattr__(name: str):

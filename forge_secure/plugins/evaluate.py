@@ -57,8 +57,11 @@ def evaluate(plugin: Any, data: Dataset, seed: int = 0) -> dict:
     ci = stats.binomtest(correct, n).proportion_ci(confidence_level=0.95, method="exact") if n else None
     present = np.unique(y)
     result: dict[str, Any] = {
-        "rows": n, "accuracy": correct / n if n else float("nan"),
-        "accuracy_ci95": [float(ci.low), float(ci.high)] if ci else None, "roc_auc": float("nan"), "roc_auc_ci95": None,
+        "rows": n,
+        "accuracy": correct / n if n else float("nan"),
+        "accuracy_ci95": [float(ci.low), float(ci.high)] if ci else None,
+        "roc_auc": float("nan"),
+        "roc_auc_ci95": None,
         "classes_present": [int(c) for c in present],
     }
     if len(present) < 2:
@@ -78,8 +81,9 @@ def base_accuracy(base: Base, data: Dataset) -> float:
     if not len(data):
         return float("nan")
     with torch.no_grad():
-        pred = np.concatenate([base.model(torch.tensor(data.X[i:i + BASE_BATCH])).argmax(1).numpy()
-                               for i in range(0, len(data), BASE_BATCH)])
+        pred = np.concatenate(
+            [base.model(torch.tensor(data.X[i : i + BASE_BATCH])).argmax(1).numpy() for i in range(0, len(data), BASE_BATCH)]
+        )
     return float((pred == data.y).mean())
 
 
@@ -104,8 +108,7 @@ def _base(name: str | None) -> Base | None:
     return load_base(name) if name else None
 
 
-def evaluate_plugin(path: str | Path, data_spec: str, *, label_column: str | None = None, seed: int = 0,
-                    base: str | None = None) -> dict:
+def evaluate_plugin(path: str | Path, data_spec: str, *, label_column: str | None = None, seed: int = 0, base: str | None = None) -> dict:
     """``forge eval``: the plugin at ``path`` (checked; ``base`` names its base model when it is not
     where forge.json says) scored on :func:`evaluation_data` of ``data_spec``, beside the base alone."""
     from .plugin import load_plugin
@@ -127,5 +130,10 @@ def describe_plugin(path: str | Path, *, base: str | None = None) -> dict:
     from .plugin import adapter_digest, load_plugin
 
     plugin: Plugin = load_plugin(path, base=_base(base))
-    return {"plugin": str(path), "verified": True, "adapter_sha256": adapter_digest(path),
-            "adapter_parameters": sum(int(t.numel()) for t in plugin.adapter_state().values()), "meta": plugin.meta}
+    return {
+        "plugin": str(path),
+        "verified": True,
+        "adapter_sha256": adapter_digest(path),
+        "adapter_parameters": sum(int(t.numel()) for t in plugin.adapter_state().values()),
+        "meta": plugin.meta,
+    }

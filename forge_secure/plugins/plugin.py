@@ -30,12 +30,23 @@ from ..errors import ForgeFileError, ForgeIntegrityError, ForgeValueError
 from ..fileio import atomic_directory, atomic_write_json, sha256_file
 from ..numbers import jsonable
 from .bases import Base, fresh_copy, load_base
-from .record import (ADAPTER_FILE, CONFIG_FILE, META_FILE, PLUGIN_FILES, PluginRecord, check_base, meta_epsilon,
-                     read_plugin, validate_meta)
+from .record import ADAPTER_FILE, CONFIG_FILE, META_FILE, PLUGIN_FILES, PluginRecord, check_base, meta_epsilon, read_plugin, validate_meta
 from .schema import FORMAT
 
-__all__ = ["ADAPTER_FILE", "CONFIG_FILE", "META_FILE", "PLUGIN_FILES", "Plugin", "adapter_digest", "is_plugin_dir",
-           "load_plugin", "meta_epsilon", "new_meta", "save_plugin", "validate_meta"]
+__all__ = [
+    "ADAPTER_FILE",
+    "CONFIG_FILE",
+    "META_FILE",
+    "PLUGIN_FILES",
+    "Plugin",
+    "adapter_digest",
+    "is_plugin_dir",
+    "load_plugin",
+    "meta_epsilon",
+    "new_meta",
+    "save_plugin",
+    "validate_meta",
+]
 
 
 @dataclass
@@ -92,8 +103,19 @@ class Plugin:
         return adapter_digest(self.path) if self.path else None
 
 
-def new_meta(*, site: str, base: Base, lora: dict, dp: dict, kind: str = "trained", training: dict | None = None,
-             data: dict | None = None, parents: list | None = None, merge: dict | None = None, **extra: Any) -> dict:
+def new_meta(
+    *,
+    site: str,
+    base: Base,
+    lora: dict,
+    dp: dict,
+    kind: str = "trained",
+    training: dict | None = None,
+    data: dict | None = None,
+    parents: list | None = None,
+    merge: dict | None = None,
+    **extra: Any,
+) -> dict:
     """A ``forge.json`` dict with the format, toolkit version and base identity filled in."""
     meta = {
         "format": FORMAT,
@@ -131,14 +153,18 @@ def save_plugin(model, meta: dict, out_dir: str | Path) -> Path:
     if not isinstance(model, PeftModel):
         raise ForgeValueError(f"save_plugin needs a peft.PeftModel, got {type(model).__name__}", code="plugin.not_peft")
     if is_plugin_dir(out_dir):
-        raise ForgeFileError(f"{out_dir} already holds a plugin", fix="choose a new --out directory or remove the old plugin",
-                             code="plugin.exists")
+        raise ForgeFileError(
+            f"{out_dir} already holds a plugin", fix="choose a new --out directory or remove the old plugin", code="plugin.exists"
+        )
     from peft import get_peft_model_state_dict
 
     for name, t in get_peft_model_state_dict(model).items():
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ForgeValueError(f"adapter tensor {name} holds NaN or infinite values; nothing was written",
-                                  fix="lower the learning rate or check the merge inputs", code="plugin.not_finite")
+            raise ForgeValueError(
+                f"adapter tensor {name} holds NaN or infinite values; nothing was written",
+                fix="lower the learning rate or check the merge inputs",
+                code="plugin.not_finite",
+            )
     meta = jsonable(dict(meta))
     meta.setdefault("format", FORMAT)
     meta.setdefault("toolkit_version", __version__)
@@ -199,8 +225,7 @@ def load_plugin(path, base: Base | None = None) -> Plugin:
     tensors = set(record.tensors or {})
     if loaded != tensors:
         raise ForgeIntegrityError(
-            f"the adapter in {path} holds tensors {sorted(tensors - loaded)[:3]} the model lacks, "
-            f"or lacks {sorted(loaded - tensors)[:3]}",
+            f"the adapter in {path} holds tensors {sorted(tensors - loaded)[:3]} the model lacks, or lacks {sorted(loaded - tensors)[:3]}",
             fix="restore the plugin from a good copy",
             code="plugin.adapter_mismatch",
         )

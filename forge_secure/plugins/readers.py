@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import ForgeDataError, ForgeFileError, ForgeValueError
 from .data import IMAGE, NPZ_SPLITS, TABULAR, TEXT, Dataset, _load_bundled, is_bundled
 
+
 def load_data(spec: str, *, label_column: str | None = None) -> Dataset:
     """A data set from ``bundled:...``, a CSV file or a MedMNIST-layout ``.npz`` (see the
     module docstring). Every problem is a :class:`ForgeDataError` / :class:`ForgeFileError`
@@ -49,7 +50,9 @@ def _load_csv(path: Path, label_column: str) -> Dataset:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
-        raise ForgeDataError(f"data file {path} is not a UTF-8 text CSV", fix="give a CSV file (comma-separated text)", code="data.not_csv") from None
+        raise ForgeDataError(
+            f"data file {path} is not a UTF-8 text CSV", fix="give a CSV file (comma-separated text)", code="data.not_csv"
+        ) from None
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if any(cell.strip() for cell in r)]
     if not rows:
@@ -74,7 +77,9 @@ def _load_csv(path: Path, label_column: str) -> Dataset:
     li = header.index(label_column)
     features = [h for j, h in enumerate(header) if j != li]
     if not features:
-        raise ForgeDataError(f"CSV {path} has no feature columns besides {label_column!r}", fix="add the feature columns", code="data.shape")
+        raise ForgeDataError(
+            f"CSV {path} has no feature columns besides {label_column!r}", fix="add the feature columns", code="data.shape"
+        )
     cols = np.array(body, dtype=object)
     X = np.empty((len(body), len(features)), dtype=np.float64)
     k = 0
@@ -100,7 +105,9 @@ def _load_csv(path: Path, label_column: str) -> Dataset:
             code="data.labels",
         ) from None
     if not np.all(yf == np.round(yf)) or yf.min() < 0:
-        raise ForgeDataError(f"CSV {path} labels are not non-negative integers", fix="encode the labels as integers 0..C-1", code="data.labels")
+        raise ForgeDataError(
+            f"CSV {path} labels are not non-negative integers", fix="encode the labels as integers 0..C-1", code="data.labels"
+        )
     y = yf.astype(np.int64)
     return Dataset(X, y, max(2, int(y.max()) + 1), str(path), TABULAR, tuple(features))
 
@@ -144,17 +151,23 @@ def _load_npz(path: Path, split: str) -> Dataset:
     elif images.ndim == 4:
         images = np.transpose(images, (0, 3, 1, 2))
     else:
-        raise ForgeDataError(f"{path} {split}_images has shape {images.shape}", fix="store (n, H, W) or (n, H, W, C) images", code="data.shape")
+        raise ForgeDataError(
+            f"{path} {split}_images has shape {images.shape}", fix="store (n, H, W) or (n, H, W, C) images", code="data.shape"
+        )
     if images.dtype == np.uint8:
         X = images.astype(np.float32) / 255.0
     elif np.issubdtype(images.dtype, np.floating) and images.size and images.min() >= 0 and images.max() <= 1:
         X = images.astype(np.float32)
     else:
-        raise ForgeDataError(f"{path} {split}_images has dtype {images.dtype}", fix="store uint8 images (or floats in [0, 1])", code="data.dtype")
+        raise ForgeDataError(
+            f"{path} {split}_images has dtype {images.dtype}", fix="store uint8 images (or floats in [0, 1])", code="data.dtype"
+        )
     labels = labels.reshape(len(labels), -1) if labels.ndim > 1 else labels
     if labels.ndim > 1:
         if labels.shape[1] != 1:
-            raise ForgeDataError(f"{path} {split}_labels has shape {labels.shape}", fix="store one integer label per image", code="data.shape")
+            raise ForgeDataError(
+                f"{path} {split}_labels has shape {labels.shape}", fix="store one integer label per image", code="data.shape"
+            )
         labels = labels[:, 0]
     if not np.issubdtype(labels.dtype, np.integer):
         raise ForgeDataError(f"{path} {split}_labels has dtype {labels.dtype}", fix="store integer labels 0..C-1", code="data.labels")
@@ -169,8 +182,11 @@ def _npz_text(path: Path, split: str, z, keys: set) -> Dataset:
     ids, labels = z[f"{split}_input_ids"], z[f"{split}_labels"].reshape(-1)
     all_labels = [z[f"{s}_labels"] for s in NPZ_SPLITS if f"{s}_labels" in keys]
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise ForgeDataError(f"{path} {split}_input_ids has shape {ids.shape} and dtype {ids.dtype}",
-                             fix="store (n, L) integer token ids", code="data.tokens")
+        raise ForgeDataError(
+            f"{path} {split}_input_ids has shape {ids.shape} and dtype {ids.dtype}",
+            fix="store (n, L) integer token ids",
+            code="data.tokens",
+        )
     if not np.issubdtype(labels.dtype, np.integer) or any(not np.issubdtype(lab.dtype, np.integer) for lab in all_labels):
         raise ForgeDataError(f"{path} {split}_labels has dtype {labels.dtype}", fix="store integer labels 0..C-1", code="data.labels")
     n_classes = max(2, max(int(lab.max()) + 1 for lab in all_labels if lab.size))

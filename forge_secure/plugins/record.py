@@ -73,7 +73,7 @@ class DPRecord:
     post_processing: bool = False
 
     @classmethod
-    def from_meta(cls, dp: Any) -> "DPRecord":
+    def from_meta(cls, dp: Any) -> DPRecord:
         dp = dp if isinstance(dp, dict) else {}
 
         def num(key):
@@ -84,12 +84,17 @@ class DPRecord:
 
         eps = num("epsilon")
         steps = dp.get("steps")
-        return cls(enabled=dp.get("enabled") is True, epsilon=math.inf if eps is None else eps, delta=num("delta"),
-                   noise_multiplier=num("noise_multiplier"), sample_rate=num("sample_rate"),
-                   steps=steps if isinstance(steps, int) and not isinstance(steps, bool) else None,
-                   max_grad_norm=num("max_grad_norm"),
-                   accountant=dp.get("accountant") if isinstance(dp.get("accountant"), str) else None,
-                   post_processing=dp.get("post_processing") is True)
+        return cls(
+            enabled=dp.get("enabled") is True,
+            epsilon=math.inf if eps is None else eps,
+            delta=num("delta"),
+            noise_multiplier=num("noise_multiplier"),
+            sample_rate=num("sample_rate"),
+            steps=steps if isinstance(steps, int) and not isinstance(steps, bool) else None,
+            max_grad_norm=num("max_grad_norm"),
+            accountant=dp.get("accountant") if isinstance(dp.get("accountant"), str) else None,
+            post_processing=dp.get("post_processing") is True,
+        )
 
 
 @dataclass(frozen=True)
@@ -102,16 +107,19 @@ class DataShape:
     n_classes: int | None = None
 
     @classmethod
-    def from_meta(cls, data: Any) -> "DataShape":
+    def from_meta(cls, data: Any) -> DataShape:
         data = data if isinstance(data, dict) else {}
 
         def integer(key):
             v = data.get(key)
             return v if isinstance(v, int) and not isinstance(v, bool) else None
 
-        return cls(name=data.get("name") if isinstance(data.get("name"), str) else None,
-                   kind=data.get("kind") if isinstance(data.get("kind"), str) else None,
-                   rows=integer("rows"), n_classes=integer("n_classes"))
+        return cls(
+            name=data.get("name") if isinstance(data.get("name"), str) else None,
+            kind=data.get("kind") if isinstance(data.get("kind"), str) else None,
+            rows=integer("rows"),
+            n_classes=integer("n_classes"),
+        )
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,7 @@ class Lineage:
     weights: tuple[float, ...] = ()
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "Lineage":
+    def from_meta(cls, meta: dict) -> Lineage:
         parents = meta.get("parents") if isinstance(meta.get("parents"), list) else []
         merge = meta.get("merge") if isinstance(meta.get("merge"), dict) else {}
         weights = merge.get("weights") if isinstance(merge.get("weights"), list) else []
@@ -131,8 +139,11 @@ class Lineage:
             w = tuple(decode(x) for x in weights)
         except ValueError:
             w = ()
-        return cls(tuple(copy.deepcopy(p) for p in parents if isinstance(p, dict)),
-                   merge.get("method") if isinstance(merge.get("method"), str) else None, w)
+        return cls(
+            tuple(copy.deepcopy(p) for p in parents if isinstance(p, dict)),
+            merge.get("method") if isinstance(merge.get("method"), str) else None,
+            w,
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,22 +197,34 @@ class PluginRecord:
         from ..merge.adapter import LoraAdapter, check_finite
 
         if self.tensors is None or self.config is None:
-            raise ForgeDataError(f"plugin {self.path} was read without its weights", fix="read it with read_plugin(path)",
-                                 code="plugin.no_weights_read")
+            raise ForgeDataError(
+                f"plugin {self.path} was read without its weights", fix="read it with read_plugin(path)", code="plugin.no_weights_read"
+            )
         for unsupported in ("use_dora", "fan_in_fan_out"):
             if self.config.get(unsupported):
-                raise ForgeDataError(f"{self.path.name}: {unsupported} adapters cannot be merged", fix="use plain LoRA",
-                                     code="merge.unsupported")
+                raise ForgeDataError(
+                    f"{self.path.name}: {unsupported} adapters cannot be merged", fix="use plain LoRA", code="merge.unsupported"
+                )
         if self.config.get("rank_pattern") or self.config.get("alpha_pattern"):
-            raise ForgeDataError(f"{self.path.name}: per-module ranks (rank_pattern/alpha_pattern) cannot be merged",
-                                 fix="train with one rank for every module", code="merge.unsupported")
+            raise ForgeDataError(
+                f"{self.path.name}: per-module ranks (rank_pattern/alpha_pattern) cannot be merged",
+                fix="train with one rank for every module",
+                code="merge.unsupported",
+            )
         try:
             rank, alpha = int(self.config["r"]), float(self.config["lora_alpha"])
         except (KeyError, TypeError, ValueError):
-            raise ForgeDataError(f"{self.path / CONFIG_FILE} has no valid r / lora_alpha", fix="use the plugin as trained",
-                                 code="plugin.config_invalid") from None
-        adapter = LoraAdapter(state=self.tensors, rank=rank, alpha=alpha, rslora=bool(self.config.get("use_rslora")),
-                              ffa=bool(self.lora.get("ffa")), name=f"{self.site or self.path.name} ({self.path.name})")
+            raise ForgeDataError(
+                f"{self.path / CONFIG_FILE} has no valid r / lora_alpha", fix="use the plugin as trained", code="plugin.config_invalid"
+            ) from None
+        adapter = LoraAdapter(
+            state=self.tensors,
+            rank=rank,
+            alpha=alpha,
+            rslora=bool(self.config.get("use_rslora")),
+            ffa=bool(self.lora.get("ffa")),
+            name=f"{self.site or self.path.name} ({self.path.name})",
+        )
         check_finite(adapter.state, f"plugin {self.path}")
         return adapter
 
@@ -218,18 +241,25 @@ def validate_meta(meta: Any, where: str = "forge.json") -> dict:
     import jsonschema
 
     if not isinstance(meta, dict):
-        raise ForgeDataError(f"{where} holds a JSON {type(meta).__name__}, not an object", fix="restore the plugin from a good copy",
-                             code="plugin.wrong_type")
+        raise ForgeDataError(
+            f"{where} holds a JSON {type(meta).__name__}, not an object",
+            fix="restore the plugin from a good copy",
+            code="plugin.wrong_type",
+        )
     fmt = meta.get("format")
     if fmt != FORMAT:
-        raise ForgeDataError(f"{where} has format {fmt!r}; this toolkit reads {FORMAT!r}",
-                             fix="retrain or convert the plugin with a matching forge-secure version", code="plugin.format")
+        raise ForgeDataError(
+            f"{where} has format {fmt!r}; this toolkit reads {FORMAT!r}",
+            fix="retrain or convert the plugin with a matching forge-secure version",
+            code="plugin.format",
+        )
     validator = jsonschema.Draft202012Validator(PLUGIN_SCHEMA)
     error = jsonschema.exceptions.best_match(validator.iter_errors(meta))
     if error is not None:
         at = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ForgeDataError(f"{where} is invalid at {at}: {error.message}", fix="restore the plugin from a good copy",
-                             code="plugin.meta_invalid")
+        raise ForgeDataError(
+            f"{where} is invalid at {at}: {error.message}", fix="restore the plugin from a good copy", code="plugin.meta_invalid"
+        )
     return meta
 
 
@@ -239,8 +269,11 @@ def check_folder(path: str | Path) -> Path:
     if not path.exists():
         raise ForgeFileError(f"plugin directory {path} does not exist", fix="check the path", code="plugin.missing")
     if not path.is_dir():
-        raise ForgeFileError(f"{path} is not a directory, so not a plugin directory", fix="give the directory that holds forge.json",
-                             code="plugin.not_directory")
+        raise ForgeFileError(
+            f"{path} is not a directory, so not a plugin directory",
+            fix="give the directory that holds forge.json",
+            code="plugin.not_directory",
+        )
     return path
 
 
@@ -253,24 +286,39 @@ def read_manifest(path: str | Path) -> dict:
     meta_path = path / META_FILE
     if not meta_path.is_file():
         if (path / MIXTURE_FILE).is_file():
-            raise ForgeFileError(f"{path} is a mixture, not a plugin", code="plugin.no_meta",
-                                 fix="give plugin directories (a mixture's plugins are in its plugins/ folder)")
-        raise ForgeFileError(f"{path} has no {META_FILE}, so it is not a forge plugin", code="plugin.no_meta",
-                             fix="give a plugin directory written by forge train (or forge merge)")
+            raise ForgeFileError(
+                f"{path} is a mixture, not a plugin",
+                code="plugin.no_meta",
+                fix="give plugin directories (a mixture's plugins are in its plugins/ folder)",
+            )
+        raise ForgeFileError(
+            f"{path} has no {META_FILE}, so it is not a forge plugin",
+            code="plugin.no_meta",
+            fix="give a plugin directory written by forge train (or forge merge)",
+        )
     meta = read_json_file(meta_path, "plugin metadata", max_bytes=MAX_META_BYTES)
     if not isinstance(meta, dict):
-        raise ForgeDataError(f"{meta_path} holds a JSON {type(meta).__name__}, not an object", code="plugin.wrong_type",
-                             fix="restore the plugin from a good copy or its sealed bundle")
+        raise ForgeDataError(
+            f"{meta_path} holds a JSON {type(meta).__name__}, not an object",
+            code="plugin.wrong_type",
+            fix="restore the plugin from a good copy or its sealed bundle",
+        )
     return meta
 
 
 def _not_a_plugin(path: Path, meta: dict) -> ForgeDataError:
     fmt = str(meta.get("format", ""))
     if fmt.startswith("forge-he-"):
-        return ForgeDataError(f"{path} is an encrypted {meta.get('kind')}, not a plugin", code="plugin.wrong_type",
-                              fix="use `forge he aggregate` / `forge he decrypt` for encrypted contributions")
-    return ForgeDataError(f"{_meta_where(path)} has format {fmt or None!r}; this toolkit reads {FORMAT!r}", code="plugin.format",
-                          fix="retrain or convert the plugin with a matching forge-secure version")
+        return ForgeDataError(
+            f"{path} is an encrypted {meta.get('kind')}, not a plugin",
+            code="plugin.wrong_type",
+            fix="use `forge he aggregate` / `forge he decrypt` for encrypted contributions",
+        )
+    return ForgeDataError(
+        f"{_meta_where(path)} has format {fmt or None!r}; this toolkit reads {FORMAT!r}",
+        code="plugin.format",
+        fix="retrain or convert the plugin with a matching forge-secure version",
+    )
 
 
 def _read_config(path: Path) -> dict:
@@ -280,11 +328,13 @@ def _read_config(path: Path) -> dict:
     try:
         cfg = read_json_file(f, "adapter config", max_bytes=MAX_META_BYTES)
     except ForgeDataError as e:
-        raise ForgeDataError(f"{f} is not a PEFT adapter config ({e})", fix="restore the plugin from a good copy",
-                             code="plugin.config_invalid") from None
+        raise ForgeDataError(
+            f"{f} is not a PEFT adapter config ({e})", fix="restore the plugin from a good copy", code="plugin.config_invalid"
+        ) from None
     if not isinstance(cfg, dict) or str(cfg.get("peft_type", "")).upper() != "LORA":
-        raise ForgeDataError(f"{f} is not a PEFT adapter config for LoRA", fix="restore the plugin from a good copy",
-                             code="plugin.config_invalid")
+        raise ForgeDataError(
+            f"{f} is not a PEFT adapter config for LoRA", fix="restore the plugin from a good copy", code="plugin.config_invalid"
+        )
     return cfg
 
 
@@ -292,13 +342,16 @@ def _adapter_sha256(path: Path, recorded: str | None) -> str:
     """sha256 of the adapter file, which must be the one forge.json records (when it records one)."""
     f = path / ADAPTER_FILE
     if not f.is_file():
-        raise ForgeFileError(f"{path} has no {ADAPTER_FILE}", fix="give a complete plugin directory written by forge train",
-                             code="plugin.no_adapter")
+        raise ForgeFileError(
+            f"{path} has no {ADAPTER_FILE}", fix="give a complete plugin directory written by forge train", code="plugin.no_adapter"
+        )
     digest = sha256_file(f)
     if recorded is not None and recorded != digest:
         raise ForgeIntegrityError(
             f"{f} has sha256 {digest[:16]}..., not the adapter digest forge.json records ({recorded[:16]}...): truncated or tampered",
-            fix="restore the plugin from a good copy or its sealed bundle", code="plugin.adapter_digest")
+            fix="restore the plugin from a good copy or its sealed bundle",
+            code="plugin.adapter_digest",
+        )
     return digest
 
 
@@ -313,13 +366,16 @@ def _read_adapter(path: Path, recorded: str | None) -> tuple[str, dict]:
     try:
         tensors = load_file(str(f))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:  # bad header, short file, wrong type
-        raise ForgeIntegrityError(f"{f} is not a readable safetensors file ({e.__class__.__name__}: {str(e)[:120]})",
-                                  fix="restore the plugin from a good copy; it may be truncated or of the wrong type",
-                                  code="plugin.adapter_corrupt") from None
+        raise ForgeIntegrityError(
+            f"{f} is not a readable safetensors file ({e.__class__.__name__}: {str(e)[:120]})",
+            fix="restore the plugin from a good copy; it may be truncated or of the wrong type",
+            code="plugin.adapter_corrupt",
+        ) from None
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ForgeIntegrityError(f"{f} tensor {name} holds NaN or infinite values", fix="retrain or re-merge the plugin",
-                                      code="plugin.not_finite")
+            raise ForgeIntegrityError(
+                f"{f} tensor {name} holds NaN or infinite values", fix="retrain or re-merge the plugin", code="plugin.not_finite"
+            )
     return digest, tensors
 
 
@@ -344,14 +400,17 @@ def check_base(record_or_meta, digest: str, name: str, *, where: str) -> None:
     if digest != recorded:
         raise ForgeIntegrityError(
             f"plugin {where} was trained on a base with digest {str(recorded)[:16]}..., but base {name} here has digest {digest[:16]}...",
-            fix="use the same base model version the plugin was trained on", code="plugin.base_mismatch")
+            fix="use the same base model version the plugin was trained on",
+            code="plugin.base_mismatch",
+        )
 
 
 # --------------------------------------------------------------------------- the gateway
 
 
-def read_plugin(path: str | Path, *, weights: bool = True, base=None, schema: bool = True,
-                verify_base: bool = True, adapter_digest: bool = False) -> PluginRecord:
+def read_plugin(
+    path: str | Path, *, weights: bool = True, base=None, schema: bool = True, verify_base: bool = True, adapter_digest: bool = False
+) -> PluginRecord:
     """Read and check a plugin folder; the one way into one (see the module docstring).
 
     ``weights``: read the adapter config and ``adapter_model.safetensors`` (sha256 against
@@ -391,12 +450,24 @@ def read_plugin(path: str | Path, *, weights: bool = True, base=None, schema: bo
             checked = True
     lora = meta.get("lora") if isinstance(meta.get("lora"), dict) else {}
     return PluginRecord(
-        path=path, meta=meta, format=str(meta.get("format", "")), kind=str(meta.get("kind", "")),
-        site=str(meta.get("site", "")), base_name=base_name, base_digest=base_digest,
+        path=path,
+        meta=meta,
+        format=str(meta.get("format", "")),
+        kind=str(meta.get("kind", "")),
+        site=str(meta.get("site", "")),
+        base_name=base_name,
+        base_digest=base_digest,
         base_settings=dict(base_rec.get("settings") or {}) if isinstance(base_rec.get("settings"), dict) else {},
-        lora=lora, dp=DPRecord.from_meta(meta.get("dp")), data=DataShape.from_meta(meta.get("data")),
-        lineage=Lineage.from_meta(meta), recorded_adapter_sha256=recorded, adapter_sha256=digest, config=config,
-        tensors=tensors, base_checked=checked)
+        lora=lora,
+        dp=DPRecord.from_meta(meta.get("dp")),
+        data=DataShape.from_meta(meta.get("data")),
+        lineage=Lineage.from_meta(meta),
+        recorded_adapter_sha256=recorded,
+        adapter_sha256=digest,
+        config=config,
+        tensors=tensors,
+        base_checked=checked,
+    )
 
 
 def meta_epsilon(meta: dict) -> float:

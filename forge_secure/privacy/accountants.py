@@ -32,8 +32,9 @@ import json
 import math
 import numbers
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ..errors import ForgeValueError
 from ..fileio import atomic_write_json
@@ -63,9 +64,7 @@ class AccountantSpec:
 
 ACCOUNTANTS: Registry[AccountantSpec] = Registry("accountant")
 ACCOUNTANTS.add("prv", AccountantSpec("prv", "prv", "privacy-loss random variables (Gopi et al. 2021); tight"))
-ACCOUNTANTS.add(
-    "rdp", AccountantSpec("rdp", "rdp", "Renyi DP (Mironov 2017) with the Balle et al. 2020 conversion; looser, fast")
-)
+ACCOUNTANTS.add("rdp", AccountantSpec("rdp", "rdp", "Renyi DP (Mironov 2017) with the Balle et al. 2020 conversion; looser, fast"))
 ACCOUNTANTS.add(
     "gdp",
     AccountantSpec(
@@ -121,10 +120,16 @@ def validate_history(history: Iterable[Sequence]) -> History:
             ) from None
         whole = isinstance(steps, numbers.Integral) or (isinstance(steps, float) and steps.is_integer())
         if isinstance(steps, bool) or not whole:
-            raise ForgeValueError(f"history entry {i} has steps {steps!r}, not a whole number", fix="give steps as an integer", code="dp.history")
+            raise ForgeValueError(
+                f"history entry {i} has steps {steps!r}, not a whole number", fix="give steps as an integer", code="dp.history"
+            )
         steps_i = int(steps)
         if not (sigma_f > 0 and math.isfinite(sigma_f)):
-            raise ForgeValueError(f"history entry {i} has noise multiplier {sigma!r}", fix="the noise multiplier must be a positive finite number", code="dp.history")
+            raise ForgeValueError(
+                f"history entry {i} has noise multiplier {sigma!r}",
+                fix="the noise multiplier must be a positive finite number",
+                code="dp.history",
+            )
         if not (0 < q_f <= 1):
             raise ForgeValueError(f"history entry {i} has sample rate {q!r}", fix="the sample rate must be in (0, 1]", code="dp.history")
         if steps_i < 1:
@@ -197,7 +202,9 @@ def compute_epsilon(history: Iterable[Sequence], delta: float, accountant: str =
             code="dp.accountant_failed",
         ) from None
     if math.isnan(eps):
-        raise ForgeValueError(f"the {spec.name} accountant returned NaN for history {hist}", fix="use accountant rdp", code="dp.accountant_failed")
+        raise ForgeValueError(
+            f"the {spec.name} accountant returned NaN for history {hist}", fix="use accountant rdp", code="dp.accountant_failed"
+        )
     return eps
 
 
@@ -226,12 +233,18 @@ def calibrate_noise_multiplier(
     try:
         target = float(target_epsilon)
     except (TypeError, ValueError):
-        raise ForgeValueError(f"target epsilon {target_epsilon!r} is not a number", fix="give --epsilon as a positive number", code="dp.epsilon") from None
+        raise ForgeValueError(
+            f"target epsilon {target_epsilon!r} is not a number", fix="give --epsilon as a positive number", code="dp.epsilon"
+        ) from None
     if not (target > 0 and math.isfinite(target)):
-        raise ForgeValueError(f"target epsilon {target_epsilon!r} must be a positive finite number", fix="give --epsilon > 0, or --no-dp to train without DP", code="dp.epsilon")
+        raise ForgeValueError(
+            f"target epsilon {target_epsilon!r} must be a positive finite number",
+            fix="give --epsilon > 0, or --no-dp to train without DP",
+            code="dp.epsilon",
+        )
     delta = validate_delta(delta)
     prior_h = validate_history(prior)
-    (_, q, t), = validate_history([(1.0, sample_rate, steps)])
+    ((_, q, t),) = validate_history([(1.0, sample_rate, steps)])
 
     if accountant == "prv" and target > PRV_MAX_EPSILON:
         raise ForgeValueError(
@@ -269,8 +282,18 @@ def calibrate_noise_multiplier(
             pass
     sigma = _calibrate(eps_at, target, lo, hi, rel_tolerance)
     try:
-        atomic_write_json(cached, {"sigma": sigma, "target_epsilon": target, "delta": delta, "sample_rate": q, "steps": t,
-                                   "accountant": accountant, "prior": prior_h})
+        atomic_write_json(
+            cached,
+            {
+                "sigma": sigma,
+                "target_epsilon": target,
+                "delta": delta,
+                "sample_rate": q,
+                "steps": t,
+                "accountant": accountant,
+                "prior": prior_h,
+            },
+        )
     except OSError:
         pass
     return sigma
@@ -282,8 +305,9 @@ def _calibration_cache(target, delta, q, t, accountant, prior, tol):
     from ..fileio import sha256_bytes
     from ..home import cache_dir
 
-    key = json.dumps([target, delta, q, t, accountant, prior, tol, MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER,
-                      PRV_MAX_EPSILON, opacus.__version__])
+    key = json.dumps(
+        [target, delta, q, t, accountant, prior, tol, MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER, PRV_MAX_EPSILON, opacus.__version__]
+    )
     return cache_dir("dp-calibration") / f"{sha256_bytes(key.encode())[:32]}.json"
 
 

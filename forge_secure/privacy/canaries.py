@@ -42,13 +42,15 @@ DEFAULT_COUNT = 256
 
 
 def _like_record(like) -> dict:
-    rec = {"kind": like.kind, "shape": list(like.shape), "n_classes": int(like.n_classes),
-           "feature_names": list(like.feature_names)}
+    rec = {"kind": like.kind, "shape": list(like.shape), "n_classes": int(like.n_classes), "feature_names": list(like.feature_names)}
     if like.kind == "text":  # canaries are drawn from the token ids that occur in the data (valid for its tokenizer)
         vocab = np.unique(np.asarray(like.X, dtype=np.int64))
         if not len(vocab):
-            raise ForgeDataError(f"{like.name} holds no tokens to draw text canaries from", fix="give the site's text data with --like",
-                                 code="canaries.no_tokens")
+            raise ForgeDataError(
+                f"{like.name} holds no tokens to draw text canaries from",
+                fix="give the site's text data with --like",
+                code="canaries.no_tokens",
+            )
         rec["vocab"] = [int(v) for v in vocab]
     return rec
 
@@ -70,19 +72,28 @@ def draw_canaries(secret: bytes, count: int, like: dict):
         X = s.uniform(n).reshape(shape)
     y = np.minimum((s.uniform(int(count)) * like["n_classes"]).astype(np.int64), like["n_classes"] - 1)
     mask = s.uniform(int(count)) < 0.5
-    data = Dataset(X.astype(np.float32), y, int(like["n_classes"]), f"canaries/m={count}", like["kind"],
-                   tuple(like.get("feature_names") or ()))
+    data = Dataset(
+        X.astype(np.float32), y, int(like["n_classes"]), f"canaries/m={count}", like["kind"], tuple(like.get("feature_names") or ())
+    )
     return data, mask
 
 
 def issue_record(site: str, count: int, like, *, secret: bytes | None = None) -> dict:
     """The auditor's private record of a new canary set for ``site`` shaped like ``like``."""
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 2:
-        raise ForgeValueError(f"canary count {count!r} must be an integer of at least 2",
-                              fix=f"give --count such as {DEFAULT_COUNT}", code="canaries.count")
+        raise ForgeValueError(
+            f"canary count {count!r} must be an integer of at least 2", fix=f"give --count such as {DEFAULT_COUNT}", code="canaries.count"
+        )
     secret = check_secret(secret) if secret is not None else fresh_secret()
-    record: dict[str, Any] = {"format": RECORD_FORMAT, "site": site, "count": int(count), "secret": secret.hex(),
-              "grant_id": os.urandom(16).hex(), "like": _like_record(like), "created": int(time.time())}
+    record: dict[str, Any] = {
+        "format": RECORD_FORMAT,
+        "site": site,
+        "count": int(count),
+        "secret": secret.hex(),
+        "grant_id": os.urandom(16).hex(),
+        "like": _like_record(like),
+        "created": int(time.time()),
+    }
     cset, mask = draw_canaries(secret, count, record["like"])
     record["included"] = int(mask.sum())
     record["included_digest"] = cset.subset(mask).digest()
@@ -101,8 +112,11 @@ def read_record(path: str | Path) -> dict:
         int(rec["count"])
         rec["like"]["shape"], rec["like"]["kind"], rec["like"]["n_classes"]  # noqa: B018
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ForgeDataError(f"{path} is not a {RECORD_FORMAT} file ({e})",
-                             fix="give the record that 'forge audit canaries issue' wrote", code="canaries.record") from None
+        raise ForgeDataError(
+            f"{path} is not a {RECORD_FORMAT} file ({e})",
+            fix="give the record that 'forge audit canaries issue' wrote",
+            code="canaries.record",
+        ) from None
     return rec
 
 
@@ -115,8 +129,11 @@ def included_canaries(record: dict, like=None):
     """The canaries the site was given (in grant order)."""
     cset, mask = all_canaries(record)
     if like is not None and (tuple(like.shape) != tuple(cset.shape) or like.kind != cset.kind):
-        raise ForgeDataError(f"the canaries are {cset.kind} records of shape {cset.shape}, the site's data {like.kind} "
-                             f"of shape {like.shape}", fix="issue canaries shaped like the site's data", code="canaries.shape")
+        raise ForgeDataError(
+            f"the canaries are {cset.kind} records of shape {cset.shape}, the site's data {like.kind} of shape {like.shape}",
+            fix="issue canaries shaped like the site's data",
+            code="canaries.shape",
+        )
     return cset.subset(mask)
 
 
@@ -128,11 +145,26 @@ def write_grant(record: dict, *, signer, site_key, out: str | Path, passphrase: 
     from .sealed import seal_files
 
     cset = included_canaries(record)
-    meta = {"format": GRANT_FORMAT, "kind": "canary-grant", "site": record["site"], "grant_id": record["grant_id"],
-            "count": len(cset), "digest": cset.digest(), "like": record["like"]}
+    meta = {
+        "format": GRANT_FORMAT,
+        "kind": "canary-grant",
+        "site": record["site"],
+        "grant_id": record["grant_id"],
+        "count": len(cset),
+        "digest": cset.digest(),
+        "like": record["like"],
+    }
     arrays = save({"X": np.ascontiguousarray(cset.X), "y": np.ascontiguousarray(cset.y)})
-    return seal_files({"canaries.safetensors": arrays}, meta, signer=signer, recipient=site_key, out=out,
-                      counter="sequence-grants", roster=roster, passphrase=passphrase)
+    return seal_files(
+        {"canaries.safetensors": arrays},
+        meta,
+        signer=signer,
+        recipient=site_key,
+        out=out,
+        counter="sequence-grants",
+        roster=roster,
+        passphrase=passphrase,
+    )
 
 
 def open_grant(grant: str | Path, *, key, roster, passphrase: bytes | None = None, root=None) -> tuple[dict, Dataset]:
@@ -146,8 +178,9 @@ def open_grant(grant: str | Path, *, key, roster, passphrase: bytes | None = Non
 
     grant = Path(grant)
     if not grant.is_file():
-        raise ForgeFileError(f"canary grant {grant} does not exist", fix="give the .forge file the auditor sent",
-                             code="canaries.grant_missing")
+        raise ForgeFileError(
+            f"canary grant {grant} does not exist", fix="give the .forge file the auditor sent", code="canaries.grant_missing"
+        )
     with opened_files(grant, key=key, roster=roster, passphrase=passphrase, root=root) as out:
         try:
             meta = read_manifest(out)  # the one parse of a forge.json
@@ -155,12 +188,22 @@ def open_grant(grant: str | Path, *, key, roster, passphrase: bytes | None = Non
             if meta.get("format") != GRANT_FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}")
             like = meta["like"]
-            data = Dataset(arrays["X"], arrays["y"].astype(np.int64), int(like["n_classes"]), f"canaries/{meta['grant_id']}",
-                           like["kind"], tuple(like.get("feature_names") or ()))
+            data = Dataset(
+                arrays["X"],
+                arrays["y"].astype(np.int64),
+                int(like["n_classes"]),
+                f"canaries/{meta['grant_id']}",
+                like["kind"],
+                tuple(like.get("feature_names") or ()),
+            )
         except (OSError, ValueError, KeyError, TypeError, SafetensorError, ForgeError) as e:
-            raise ForgeDataError(f"{grant} is not a canary grant ({e})", fix="give the .forge file the auditor sent",
-                                 code="canaries.grant_invalid") from None
+            raise ForgeDataError(
+                f"{grant} is not a canary grant ({e})", fix="give the .forge file the auditor sent", code="canaries.grant_invalid"
+            ) from None
     if data.digest() != meta.get("digest") or len(data) != meta.get("count"):
-        raise ForgeDataError(f"the canaries in {grant} do not match its own record", fix="ask the auditor to issue the grant again",
-                             code="canaries.grant_invalid")
+        raise ForgeDataError(
+            f"the canaries in {grant} do not match its own record",
+            fix="ask the auditor to issue the grant again",
+            code="canaries.grant_invalid",
+        )
     return meta, data

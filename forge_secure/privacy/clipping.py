@@ -87,10 +87,15 @@ class LoraClipper:
         for name, layer in lora_layers(model, adapter):
             A, B = layer.lora_A[adapter], layer.lora_B[adapter]
             if not isinstance(A, nn.Linear) or not isinstance(B, nn.Linear):
-                raise ForgeValueError(f"LoRA layer {name} is a {type(A).__name__}; closed-form clipping supports Linear layers only",
-                                      fix="target Linear modules only", code="dp.unsupported_layer")
+                raise ForgeValueError(
+                    f"LoRA layer {name} is a {type(A).__name__}; closed-form clipping supports Linear layers only",
+                    fix="target Linear modules only",
+                    code="dp.unsupported_layer",
+                )
             if B.bias is not None and B.bias.requires_grad:
-                raise ForgeValueError(f"LoRA layer {name} has a trainable lora_B bias", fix="train with lora_bias=False", code="dp.unsupported_layer")
+                raise ForgeValueError(
+                    f"LoRA layer {name} has a trainable lora_B bias", fix="train with lora_bias=False", code="dp.unsupported_layer"
+                )
             if getattr(layer, "use_dora", {}).get(adapter, False):
                 raise ForgeValueError(f"LoRA layer {name} uses DoRA", fix="train plain LoRA or FFA-LoRA", code="dp.unsupported_layer")
             tap = _Tap(name, A, B, A.weight.requires_grad)
@@ -106,8 +111,11 @@ class LoraClipper:
             raise ForgeValueError("the model has no trainable LoRA layer", fix="wrap it with PEFT LoRA first", code="dp.no_lora")
         others = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in lora_params]
         if others:
-            raise ForgeValueError(f"parameters outside LoRA are trainable ({', '.join(others[:3])})",
-                                  fix="freeze the base model; DP training covers the LoRA parameters only", code="dp.not_lora_only")
+            raise ForgeValueError(
+                f"parameters outside LoRA are trainable ({', '.join(others[:3])})",
+                fix="freeze the base model; DP training covers the LoRA parameters only",
+                code="dp.not_lora_only",
+            )
 
     def _wrap(self, module: nn.Linear, fn) -> None:
         """Replace the module's ``forward`` (instance attribute) by a recording one.
@@ -123,6 +131,7 @@ class LoraClipper:
             if torch.is_grad_enabled():
                 tap.x.append(x)  # read only under no_grad
             return F.linear(x, A.weight, A.bias)
+
         return forward
 
     @staticmethod
@@ -135,6 +144,7 @@ class LoraClipper:
                 tap.h.append(h)  # kept in the graph: the flat path asks autograd for dL/dh = B^T g
                 tap.u.append(u)
             return u
+
         return forward
 
     @property
@@ -148,7 +158,9 @@ class LoraClipper:
 
     def reset(self) -> None:
         for tap in self.taps:
-            tap.x.clear(); tap.h.clear(); tap.u.clear()
+            tap.x.clear()
+            tap.h.clear()
+            tap.u.clear()
 
     def remove(self) -> None:
         """Remove the hooks (the model is left as it was)."""
@@ -162,12 +174,14 @@ class LoraClipper:
     def _output_grads(self, loss: torch.Tensor) -> list[tuple[_Tap, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         live = [t for t in self.taps if t.u]
         if not live:
-            raise ForgeValueError("no LoRA layer ran in the forward pass", fix="call the model between reset() and clip_backward()", code="dp.no_forward")
+            raise ForgeValueError(
+                "no LoRA layer ran in the forward pass", fix="call the model between reset() and clip_backward()", code="dp.no_forward"
+            )
         outs = [u for t in live for u in t.u]
         grads = torch.autograd.grad(loss, outs, allow_unused=True)
         result, k = [], 0
         for t in live:
-            gs = [g if g is not None else torch.zeros_like(u) for g, u in zip(grads[k:k + len(t.u)], t.u, strict=True)]
+            gs = [g if g is not None else torch.zeros_like(u) for g, u in zip(grads[k : k + len(t.u)], t.u, strict=True)]
             k += len(t.u)
             result.append((t, _cat(gs), _cat(t.h), _cat(t.x) if t.train_A else None))
         return result
@@ -222,11 +236,13 @@ class LoraClipper:
             flat = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype)
             views, o = {}, 0
             for p in params:
-                views[id(p)] = flat[o:o + p.numel()].view(p.shape)
+                views[id(p)] = flat[o : o + p.numel()].view(p.shape)
                 o += p.numel()
             self._flat = flat
-            self._flat_plan = [(t.B.weight, views[id(t.B.weight)], t.A.weight if t.train_A else None,
-                                views[id(t.A.weight)] if t.train_A else None) for t in self.taps]
+            self._flat_plan = [
+                (t.B.weight, views[id(t.B.weight)], t.A.weight if t.train_A else None, views[id(t.A.weight)] if t.train_A else None)
+                for t in self.taps
+            ]
         return self._flat, self._flat_plan
 
     def _clip_backward_flat(self, loss: torch.Tensor, max_grad_norm: float) -> torch.Tensor | None:
@@ -248,7 +264,7 @@ class LoraClipper:
         grads = list(torch.autograd.grad(loss, outs + hs, allow_unused=True))
         if any(g is None for g in grads):  # a branch the loss ignores: zero gradient
             grads = [g if g is not None else torch.zeros_like(v) for g, v in zip(grads, outs + hs, strict=True)]
-        gs, it = grads[:len(taps)], iter(grads[len(taps):])
+        gs, it = grads[: len(taps)], iter(grads[len(taps) :])
         gas = [next(it) if t.train_A else None for t in taps]
         with torch.no_grad():  # the math below must not be recorded by autograd (B requires grad)
             return self._flat_math(taps, gs, gas, max_grad_norm)

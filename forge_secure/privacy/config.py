@@ -18,8 +18,9 @@ OPTIMIZERS.add("adam", ("Adam", {}))
 
 
 def _bad(field: str, value: Any, need: str, fix: str | None = None) -> ForgeConfigError:
-    return ForgeConfigError(f"training setting {field} = {value!r} {need}", fix=fix or f"give {field} {need.replace('must be ', '')}",
-                            code="train.config")
+    return ForgeConfigError(
+        f"training setting {field} = {value!r} {need}", fix=fix or f"give {field} {need.replace('must be ', '')}", code="train.config"
+    )
 
 
 def _int(field: str, value: Any, low: int) -> int:
@@ -29,8 +30,12 @@ def _int(field: str, value: Any, low: int) -> int:
 
 
 def _pos(field: str, value: Any, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
-            or (value < 0 if allow_zero else value <= 0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+        or (value < 0 if allow_zero else value <= 0)
+    ):
         raise _bad(field, value, "must be a finite number " + (">= 0" if allow_zero else "> 0"))
     return float(value)
 
@@ -88,8 +93,9 @@ class TrainConfig:
         if self.dropout >= 1:
             raise _bad("dropout", self.dropout, "must be below 1")
         self.no_dp = bool(self.no_dp)
-        chosen = [name for name, v in (("noise_multiplier", self.noise_multiplier), ("target_epsilon", self.target_epsilon))
-                  if v is not None] + (["no_dp"] if self.no_dp else [])
+        chosen = [
+            name for name, v in (("noise_multiplier", self.noise_multiplier), ("target_epsilon", self.target_epsilon)) if v is not None
+        ] + (["no_dp"] if self.no_dp else [])
         if len(chosen) != 1:
             raise ForgeConfigError(
                 "choose exactly one privacy setting: a noise multiplier, a target epsilon, or no DP"
@@ -111,15 +117,28 @@ class TrainConfig:
         return not self.no_dp
 
     def lora_record(self, targets: tuple[str, ...]) -> dict:
-        return {"rank": self.rank, "alpha": self.alpha, "targets": list(targets), "ffa": self.ffa,
-                "ffa_seed": self.ffa_seed if self.ffa else None, "dropout": self.dropout}
+        return {
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "targets": list(targets),
+            "ffa": self.ffa,
+            "ffa_seed": self.ffa_seed if self.ffa else None,
+            "dropout": self.dropout,
+        }
 
     def training_record(self) -> dict:
-        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "optimizer": self.optimizer,
-                "seed": self.seed, "sampling": "poisson", "target_epsilon": self.target_epsilon}
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "optimizer": self.optimizer,
+            "seed": self.seed,
+            "sampling": "poisson",
+            "target_epsilon": self.target_epsilon,
+        }
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "TrainConfig":
+    def from_meta(cls, meta: dict) -> TrainConfig:
         """The recipe of an existing plugin (its ``forge.json``), e.g. to train reference
         models for a membership attack. The recorded noise multiplier is reused as it is
         (no recalibration), so a reference trained on as many records has the same
@@ -127,21 +146,36 @@ class TrainConfig:
         try:
             lora, training, dp = meta["lora"], meta["training"], meta["dp"]
             kwargs: dict[str, Any] = dict(
-                base=meta["base"]["name"], rank=lora["rank"], alpha=lora["alpha"], ffa=lora["ffa"],
-                ffa_seed=lora.get("ffa_seed") or 0, targets=tuple(lora["targets"]), dropout=lora.get("dropout", 0.0) or 0.0,
-                epochs=training["epochs"], batch_size=training["batch_size"], lr=training["lr"],
-                seed=training.get("seed", 0), optimizer=training.get("optimizer", "sgd"),
+                base=meta["base"]["name"],
+                rank=lora["rank"],
+                alpha=lora["alpha"],
+                ffa=lora["ffa"],
+                ffa_seed=lora.get("ffa_seed") or 0,
+                targets=tuple(lora["targets"]),
+                dropout=lora.get("dropout", 0.0) or 0.0,
+                epochs=training["epochs"],
+                batch_size=training["batch_size"],
+                lr=training["lr"],
+                seed=training.get("seed", 0),
+                optimizer=training.get("optimizer", "sgd"),
             )
             if dp["enabled"]:
-                kwargs.update(noise_multiplier=dp["noise_multiplier"], delta=dp.get("delta"),
-                              max_grad_norm=dp["max_grad_norm"], accountant=dp.get("accountant") or "prv")
+                kwargs.update(
+                    noise_multiplier=dp["noise_multiplier"],
+                    delta=dp.get("delta"),
+                    max_grad_norm=dp["max_grad_norm"],
+                    accountant=dp.get("accountant") or "prv",
+                )
             else:
                 kwargs["no_dp"] = True
                 if dp.get("max_grad_norm") is not None:
                     kwargs["max_grad_norm"] = dp["max_grad_norm"]
         except (KeyError, TypeError) as e:
-            raise ForgeDataError(f"forge.json has no training recipe ({e.__class__.__name__}: {e})",
-                                 fix="give the forge.json of a trained (not merged) plugin", code="train.no_recipe") from None
+            raise ForgeDataError(
+                f"forge.json has no training recipe ({e.__class__.__name__}: {e})",
+                fix="give the forge.json of a trained (not merged) plugin",
+                code="train.no_recipe",
+            ) from None
         return cls(**kwargs)
 
     def to_dict(self) -> dict:

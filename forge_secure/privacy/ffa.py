@@ -60,7 +60,7 @@ def lora_init_matrix(base_digest: str, seed: int, module: str, shape: tuple[int,
 def base_module_name(peft_module_name: str) -> str:
     """The base-model name of a module inside a ``PeftModel`` (strips ``base_model.model.``)."""
     prefix = "base_model.model."
-    return peft_module_name[len(prefix):] if peft_module_name.startswith(prefix) else peft_module_name
+    return peft_module_name[len(prefix) :] if peft_module_name.startswith(prefix) else peft_module_name
 
 
 def lora_layers(model: torch.nn.Module, adapter: str = "default") -> list[tuple[str, LoraLayer]]:
@@ -85,8 +85,11 @@ def lora_weight(layer: LoraLayer, which: str, adapter: str = "default") -> torch
 def matrix_shape(name: str, weight: torch.Tensor) -> tuple[int, int]:
     """``(rank, in_features)`` of a LoRA ``A`` weight; only Linear layers carry one."""
     if weight.dim() != 2:
-        raise ForgeValueError(f"LoRA target {name} is not a Linear layer (its A weight has shape {tuple(weight.shape)})",
-                              fix="target Linear modules only", code="train.targets")
+        raise ForgeValueError(
+            f"LoRA target {name} is not a Linear layer (its A weight has shape {tuple(weight.shape)})",
+            fix="target Linear modules only",
+            code="train.targets",
+        )
     return int(weight.shape[0]), int(weight.shape[1])
 
 

@@ -32,8 +32,9 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -64,7 +65,7 @@ def _corrupt(path: Path, what: str) -> ForgeBudgetError:
     return ForgeBudgetError(
         f"budget ledger {path} is corrupt: {what}",
         fix=f"restore {path.name} (and its .head file) from a backup; never edit a ledger by hand. "
-            "Until then no DP release can be checked against this budget",
+        "Until then no DP release can be checked against this budget",
         code="ledger.corrupt",
     )
 
@@ -82,12 +83,15 @@ class Ledger:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, site: str, dataset: str, budget: float | None, root: str | os.PathLike | None = None) -> "Ledger":
+    def open(cls, site: str, dataset: str, budget: float | None, root: str | os.PathLike | None = None) -> Ledger:
         """The ledger of ``site`` on ``dataset`` (created on first write). A ``budget``
         (total epsilon) different from the recorded one is recorded as a change."""
         if not isinstance(site, str) or not _NAME.match(site):
-            raise ForgeValueError(f"site name {site!r} is not usable as a ledger name",
-                                  fix="use letters, digits, '-', '_' or '.', such as site-1", code="ledger.site")
+            raise ForgeValueError(
+                f"site name {site!r} is not usable as a ledger name",
+                fix="use letters, digits, '-', '_' or '.', such as site-1",
+                code="ledger.site",
+            )
         if not isinstance(dataset, str) or not dataset:
             raise ForgeValueError(f"data set name {dataset!r} is empty", fix="name the data set the releases are on", code="ledger.dataset")
         if budget is not None:
@@ -104,7 +108,7 @@ class Ledger:
         return ledger
 
     @classmethod
-    def list_all(cls, site: str | None = None, root: str | os.PathLike | None = None) -> list["Ledger"]:
+    def list_all(cls, site: str | None = None, root: str | os.PathLike | None = None) -> list[Ledger]:
         """Every ledger under ``root`` (default ``forge_home()/ledgers``), optionally of one site."""
         folder = Path(root) if root is not None else forge_home() / "ledgers"
         out: list[Ledger] = []
@@ -219,7 +223,7 @@ class Ledger:
                 f"{len(self.records())} releases composes to epsilon {total:.3f} at delta {delta:.3g} ({accountant}), "
                 f"over the budget {budget:g} of {self.site} on {self.dataset}",
                 fix="add noise (larger --noise-multiplier or smaller --epsilon), train fewer epochs, "
-                    "or raise the site's budget if its policy allows",
+                "or raise the site's budget if its policy allows",
                 code="budget.exceeded",
             )
         return total, math.nan, alone
@@ -230,11 +234,15 @@ class Ledger:
         new = validate_history(new_history)
         delta = validate_delta(delta)
         ACCOUNTANTS.get(accountant)
-        return compute_epsilon(self.history() + new, delta, accountant) if self.budget is None else \
-            self._check(self.history(), new, delta, accountant, self.budget)[0]
+        return (
+            compute_epsilon(self.history() + new, delta, accountant)
+            if self.budget is None
+            else self._check(self.history(), new, delta, accountant, self.budget)[0]
+        )
 
-    def record(self, new_history: Iterable[Sequence], *, kind: str, delta: float, note: dict | None = None,
-               accountant: str = "prv") -> dict:
+    def record(
+        self, new_history: Iterable[Sequence], *, kind: str, delta: float, note: dict | None = None, accountant: str = "prv"
+    ) -> dict:
         """Append a release, under the lock, after checking the budget again (another
         process may have released something since :meth:`check`). Returns the entry."""
         if not isinstance(kind, str) or not _NAME.match(kind) or kind == "budget":
@@ -253,9 +261,16 @@ class Ledger:
                 if e.get("kind") == "budget":
                     budget = float(e["budget"])
             total, before, alone = self._check(history, new, delta, accountant, budget)
-            holder["entry"] = {"kind": kind, "history": [list(h) for h in new], "delta": delta, "accountant": accountant,
-                               "epsilon": alone, "epsilon_total": None if math.isnan(total) else total, "budget": budget,
-                               "note": note or {}}
+            holder["entry"] = {
+                "kind": kind,
+                "history": [list(h) for h in new],
+                "delta": delta,
+                "accountant": accountant,
+                "epsilon": alone,
+                "epsilon_total": None if math.isnan(total) else total,
+                "budget": budget,
+                "note": note or {},
+            }
             return holder["entry"]
 
         return self._append(build)
@@ -265,9 +280,15 @@ class Ledger:
             with self._lock:
                 entries = self._read()
                 body = make(entries) if callable(make) else dict(make)
-                entry = {"format": FORMAT, "seq": len(entries), "prev": entries[-1]["hash"] if entries else ZERO,
-                         "time": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                         "site": self.site, "dataset": self.dataset, **body}
+                entry = {
+                    "format": FORMAT,
+                    "seq": len(entries),
+                    "prev": entries[-1]["hash"] if entries else ZERO,
+                    "time": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    "site": self.site,
+                    "dataset": self.dataset,
+                    **body,
+                }
                 try:
                     entry["hash"] = _entry_hash(entry)
                 except ValueError:
@@ -280,9 +301,11 @@ class Ledger:
                 _fsync_dir(self.path.parent)
                 return entry
         except Timeout:
-            raise ForgeFileError(f"budget ledger {self.path} is locked by another process for over {LOCK_TIMEOUT:g} s",
-                                 fix=f"wait for the other forge process, or remove {self.path}.lock if none is running",
-                                 code="ledger.locked") from None
+            raise ForgeFileError(
+                f"budget ledger {self.path} is locked by another process for over {LOCK_TIMEOUT:g} s",
+                fix=f"wait for the other forge process, or remove {self.path}.lock if none is running",
+                code="ledger.locked",
+            ) from None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -318,7 +341,18 @@ def ledger_report(site: str | None = None, delta: float | None = None, root: str
                 raise
             accountant = "rdp"
             spent = led.spent(at, accountant="rdp")
-        rows.append({"site": led.site, "dataset": led.dataset, "releases": len(records), "history": history,
-                     "delta": at, "epsilon_spent": spent, "budget": led.budget, "accountant": accountant,
-                     "path": str(led.path), "records": records})
+        rows.append(
+            {
+                "site": led.site,
+                "dataset": led.dataset,
+                "releases": len(records),
+                "history": history,
+                "delta": at,
+                "epsilon_spent": spent,
+                "budget": led.budget,
+                "accountant": accountant,
+                "path": str(led.path),
+                "records": records,
+            }
+        )
     return rows

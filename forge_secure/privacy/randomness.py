@@ -46,10 +46,12 @@ def fresh_secret() -> bytes:
 
 def check_secret(secret: object) -> bytes:
     if not isinstance(secret, (bytes, bytearray)) or len(secret) != SECRET_BYTES:
-        raise ForgeValueError(f"a randomness secret must be {SECRET_BYTES} bytes, got {type(secret).__name__}"
-                              + (f" of {len(secret)} bytes" if isinstance(secret, (bytes, bytearray)) else ""),
-                              fix="leave the secret out (a fresh one is drawn from the OS) or pass 32 bytes",
-                              code="dp.secret")
+        raise ForgeValueError(
+            f"a randomness secret must be {SECRET_BYTES} bytes, got {type(secret).__name__}"
+            + (f" of {len(secret)} bytes" if isinstance(secret, (bytes, bytearray)) else ""),
+            fix="leave the secret out (a fresh one is drawn from the OS) or pass 32 bytes",
+            code="dp.secret",
+        )
     return bytes(secret)
 
 
@@ -96,7 +98,7 @@ class SecretStream:
 
     def uniform(self, n: int) -> np.ndarray:
         """``n`` float64 uniforms in (0, 1): 53 random bits, offset by half a unit."""
-        return ((self.words(n) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+        return ((self.words(n) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
     #: normals converted per pass: the keystream words and their floats stay in the CPU cache
     #: (one pass over a whole noise block of a larger model is memory-bound)
@@ -119,10 +121,10 @@ class SecretStream:
         for s in range(0, n, c):
             k = min(c, n - s)
             w = words[:k]
-            self._enc.update_into(zeros[:8 * k] if k < c else zeros, raw[:8 * k] if k < c else raw)
-            x = out[s:s + k]
+            self._enc.update_into(zeros[: 8 * k] if k < c else zeros, raw[: 8 * k] if k < c else raw)
+            x = out[s : s + k]
             x.copy_(w.bitwise_and_((1 << 53) - 1))  # the 53-bit integer m, exactly representable
-            x.mul_(2.0 ** -52).add_(2.0 ** -53 - 1.0)  # 2u - 1, exactly: both steps are exact in float64
+            x.mul_(2.0**-52).add_(2.0**-53 - 1.0)  # 2u - 1, exactly: both steps are exact in float64
             x.erfinv_().mul_(math.sqrt(2.0))
 
     def normal(self, n: int):
@@ -146,9 +148,9 @@ class SecretStream:
         buf = torch.empty(4 * min(rows, n), dtype=torch.float64)
         for s in range(0, n, rows):
             k = min(rows, n - s)
-            x = buf[:4 * k]
+            x = buf[: 4 * k]
             self._normals_into(x)
-            torch.sum(x.view(k, 4), dim=1, out=out[s:s + k])
+            torch.sum(x.view(k, 4), dim=1, out=out[s : s + k])
         return out.mul_(0.5)
 
     def torch_seed(self) -> int:
@@ -193,9 +195,9 @@ class NoiseSource:
         if self._pending.numel() - self._pos < numel:
             rows = max(1, min(16, (1 << 18) // max(1, numel)))
             fresh = self.stream.secure_normal(rows * numel)
-            rest = self._pending[self._pos:]
+            rest = self._pending[self._pos :]
             self._pending = torch.cat([rest, fresh]) if rest.numel() else fresh
             self._pos = 0
-        out = self._pending[self._pos:self._pos + numel]
+        out = self._pending[self._pos : self._pos + numel]
         self._pos += numel
         return out

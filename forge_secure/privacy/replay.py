@@ -55,10 +55,18 @@ def environment() -> dict:
     import peft
     import torch
 
-    return {"toolkit": __import__("forge_secure").__version__, "python": platform.python_version(),
-            "torch": torch.__version__, "opacus": opacus.__version__, "peft": peft.__version__, "numpy": np.__version__,
-            "platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor() or "",
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "toolkit": __import__("forge_secure").__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "opacus": opacus.__version__,
+        "peft": peft.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or "",
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def envelope_path(plugin_dir: str | Path) -> Path:
@@ -75,8 +83,11 @@ def build_recipe(plugin, config, *, source: dict, data, canaries: dict | None = 
     from ..plugins.plugin import adapter_digest
 
     if plugin.secret is None or plugin.path is None:
-        raise ForgeValueError("a replay envelope needs a plugin written by train_plugin in this process",
-                              fix="train with out=... and pass the returned plugin", code="replay.no_secret")
+        raise ForgeValueError(
+            "a replay envelope needs a plugin written by train_plugin in this process",
+            fix="train with out=... and pass the returned plugin",
+            code="replay.no_secret",
+        )
     meta = plugin.meta
     dp = meta["dp"]
     resolved = config.to_dict()
@@ -105,8 +116,16 @@ def write_replay_envelope(recipe: dict, *, signer, auditor, out: str | Path, pas
     from .sealed import seal_files
 
     claim = {"format": ENVELOPE_FORMAT, "kind": "replay", "site": recipe["site"], "base": recipe["base"], "plugin": recipe["plugin"]}
-    return seal_files({"replay.json": json.dumps(recipe, sort_keys=True).encode()}, claim, signer=signer, recipient=auditor,
-                      out=out, counter="sequence-replay", roster=roster, passphrase=passphrase)
+    return seal_files(
+        {"replay.json": json.dumps(recipe, sort_keys=True).encode()},
+        claim,
+        signer=signer,
+        recipient=auditor,
+        out=out,
+        counter="sequence-replay",
+        roster=roster,
+        passphrase=passphrase,
+    )
 
 
 def _bad(code: str, message: str, fix: str) -> ReplayError:
@@ -120,19 +139,26 @@ def open_replay_envelope(envelope: str | Path, *, key, roster, passphrase: bytes
 
     envelope = Path(envelope)
     if not envelope.exists():
-        raise _bad("replay.missing", f"replay envelope {envelope} does not exist",
-                   "ask the site for the <plugin>.replay.forge that 'forge train --auditor' wrote beside the plugin")
+        raise _bad(
+            "replay.missing",
+            f"replay envelope {envelope} does not exist",
+            "ask the site for the <plugin>.replay.forge that 'forge train --auditor' wrote beside the plugin",
+        )
     try:
         with opened_files(envelope, key=key, roster=roster, passphrase=passphrase, root=root) as out:
             try:
                 recipe = json.loads((out / "replay.json").read_text())
             except (OSError, ValueError):
-                raise _bad("replay.damaged", f"{envelope} holds no readable replay.json",
-                           "ask the site to train again with --auditor") from None
+                raise _bad(
+                    "replay.damaged", f"{envelope} holds no readable replay.json", "ask the site to train again with --auditor"
+                ) from None
     except BundleError as e:
         code = "replay.not_for_this_key" if e.code in ("bundle.wrong_recipient", "bundle.key_unwrap") else "replay.damaged"
-        raise _bad(code, f"replay envelope {envelope} cannot be opened: {e}",
-                   "ask the site for an envelope sealed to this auditor's key ('forge train --auditor YOUR/public.json')") from None
+        raise _bad(
+            code,
+            f"replay envelope {envelope} cannot be opened: {e}",
+            "ask the site for an envelope sealed to this auditor's key ('forge train --auditor YOUR/public.json')",
+        ) from None
     try:
         if recipe.get("format") != ENVELOPE_FORMAT:
             raise ValueError(f"format {recipe.get('format')!r}")
@@ -140,8 +166,9 @@ def open_replay_envelope(envelope: str | Path, *, key, roster, passphrase: bytes
         for k in ("site", "plugin", "config", "base", "data"):
             recipe[k]  # noqa: B018 - presence check
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise _bad("replay.damaged", f"{envelope} is not a {ENVELOPE_FORMAT} envelope ({e})",
-                   "ask the site to train again with --auditor") from None
+        raise _bad(
+            "replay.damaged", f"{envelope} is not a {ENVELOPE_FORMAT} envelope ({e})", "ask the site to train again with --auditor"
+        ) from None
     return recipe
 
 
@@ -163,10 +190,10 @@ class ReplayResult:
 
     plugin: str
     verified: bool
-    reason: str                      # "" when verified, else the first failure's code
+    reason: str  # "" when verified, else the first failure's code
     message: str
     comparisons: tuple[Comparison, ...] = ()
-    distance: float | None = None    # relative L2 distance of the adapters
+    distance: float | None = None  # relative L2 distance of the adapters
     max_abs_diff: float | None = None
     bit_exact: bool = False
     tolerance: float = DEFAULT_TOLERANCE
@@ -232,7 +259,7 @@ def _adapter_distance(released: dict, replayed: dict) -> tuple[float, float]:
     b = torch.cat([replayed[k].detach().double().reshape(-1) for k in keys])
     if a.shape != b.shape:
         return math.inf, math.inf
-    diff = (a - b)
+    diff = a - b
     return float(diff.norm() / max(float(a.norm()), 1e-30)), float(diff.abs().max())
 
 
@@ -249,26 +276,43 @@ def replay(recipe: dict, plugin_dir: str | Path, data, *, tolerance: float = DEF
     plugin_dir = Path(plugin_dir)
     name = str(plugin_dir)
     env = recipe.get("environment") or {}
-    same_env = {k: v for k, v in env.items() if k != "torch_threads"} == \
-               {k: v for k, v in environment().items() if k != "torch_threads"}
+    same_env = {k: v for k, v in env.items() if k != "torch_threads"} == {k: v for k, v in environment().items() if k != "torch_threads"}
 
     def result(verified, reason, message, **kw) -> ReplayResult:
-        return ReplayResult(name, verified, reason, message, tolerance=tolerance, same_environment=same_env,
-                            seconds=time.perf_counter() - started, environment=env, **kw)
+        return ReplayResult(
+            name,
+            verified,
+            reason,
+            message,
+            tolerance=tolerance,
+            same_environment=same_env,
+            seconds=time.perf_counter() - started,
+            environment=env,
+            **kw,
+        )
 
     released_digest = adapter_digest(plugin_dir)
     if released_digest != recipe["plugin"].get("adapter_sha256"):
-        return result(False, "replay.other_plugin",
-                      f"the envelope is for the adapter {str(recipe['plugin'].get('adapter_sha256'))[:16]}..., "
-                      f"but {name} holds {released_digest[:16]}...")
+        return result(
+            False,
+            "replay.other_plugin",
+            f"the envelope is for the adapter {str(recipe['plugin'].get('adapter_sha256'))[:16]}..., "
+            f"but {name} holds {released_digest[:16]}...",
+        )
     if data.digest() != recipe["data"].get("digest") or len(data) != recipe["data"].get("rows"):
-        return result(False, "replay.data",
-                      f"the data the auditor holds ({len(data)} rows) is not the data the site says it trained on "
-                      f"({recipe['data'].get('rows')} rows)")
+        return result(
+            False,
+            "replay.data",
+            f"the data the auditor holds ({len(data)} rows) is not the data the site says it trained on "
+            f"({recipe['data'].get('rows')} rows)",
+        )
     base = load_base(recipe["base"]["name"], **(recipe["base"].get("settings") or {}))
     if base.digest != recipe["base"]["digest"]:
-        return result(False, "replay.base", f"base {base.name} has digest {base.digest[:16]}..., the recipe names "
-                                            f"{str(recipe['base']['digest'])[:16]}...")
+        return result(
+            False,
+            "replay.base",
+            f"base {base.name} has digest {base.digest[:16]}..., the recipe names {str(recipe['base']['digest'])[:16]}...",
+        )
     try:
         fields: dict[str, Any] = {k: (tuple(v) if k == "targets" and v is not None else v) for k, v in recipe["config"].items()}
         config = TrainConfig(**fields)
@@ -280,20 +324,37 @@ def replay(recipe: dict, plugin_dir: str | Path, data, *, tolerance: float = DEF
     comparisons = claim_comparisons(plugin.meta, recipe, config, plan, data, secret)
     bad = [c for c in comparisons if not c.ok]
     if bad:
-        return result(False, "replay.claim_mismatch",
-                      "forge.json claims what the recipe does not do: " + "; ".join(
-                          f"{c.field} claimed {c.claimed!r}, recipe {c.replayed!r}" for c in bad[:4]),
-                      comparisons=tuple(comparisons))
+        return result(
+            False,
+            "replay.claim_mismatch",
+            "forge.json claims what the recipe does not do: "
+            + "; ".join(f"{c.field} claimed {c.claimed!r}, recipe {c.replayed!r}" for c in bad[:4]),
+            comparisons=tuple(comparisons),
+        )
     again = train_plugin(config, data, site=plugin.meta["site"], base=base, secret=secret)
     distance, max_abs = _adapter_distance(plugin.adapter_state(), again.adapter_state())
     exact = distance == 0.0
     ok = exact or distance <= tolerance
-    msg = ("re-running the recipe reproduced the released adapter " + ("bit for bit" if exact else
-           f"within tolerance (relative distance {distance:.2e} <= {tolerance:g})")) if ok else \
-        (f"re-running the recipe gives another adapter (relative distance {distance:.3g} > {tolerance:g}): "
-         "the plugin was not trained as forge.json and the envelope say")
-    return result(ok, "" if ok else "replay.weights_differ", msg, comparisons=tuple(comparisons), distance=distance,
-                  max_abs_diff=max_abs, bit_exact=exact)
+    msg = (
+        (
+            "re-running the recipe reproduced the released adapter "
+            + ("bit for bit" if exact else f"within tolerance (relative distance {distance:.2e} <= {tolerance:g})")
+        )
+        if ok
+        else (
+            f"re-running the recipe gives another adapter (relative distance {distance:.3g} > {tolerance:g}): "
+            "the plugin was not trained as forge.json and the envelope say"
+        )
+    )
+    return result(
+        ok,
+        "" if ok else "replay.weights_differ",
+        msg,
+        comparisons=tuple(comparisons),
+        distance=distance,
+        max_abs_diff=max_abs,
+        bit_exact=exact,
+    )
 
 
 def assemble_data(recipe: dict, *, spec: str | None = None, canary_record: dict | None = None):
@@ -307,24 +368,43 @@ def assemble_data(recipe: dict, *, spec: str | None = None, canary_record: dict 
     spec = spec or src.get("spec")
     if not isinstance(spec, str):
         raise ForgeValueError("the recipe names no data source", fix="give the site's data with --data", code="replay.data")
-    td = prepare_training_data(spec, label_column=src.get("label_column"),
-                               membership_seed=src.get("membership_seed"), include_prob=src.get("include_prob", 0.5))
+    td = prepare_training_data(
+        spec, label_column=src.get("label_column"), membership_seed=src.get("membership_seed"), include_prob=src.get("include_prob", 0.5)
+    )
     data = td.data
     grant = recipe.get("canaries")
     if grant:
         if canary_record is None:
-            raise ForgeDataError(f"the site says it inserted the canaries of grant {grant.get('grant_id')}",
-                                 fix="give the auditor's canary record of that grant (--canary-record)", code="replay.canaries")
+            raise ForgeDataError(
+                f"the site says it inserted the canaries of grant {grant.get('grant_id')}",
+                fix="give the auditor's canary record of that grant (--canary-record)",
+                code="replay.canaries",
+            )
         cset = included_canaries(canary_record, like=data)
-        if canary_record.get("grant_id") != grant.get("grant_id") or cset.digest() != grant.get("digest") \
-                or len(cset) != grant.get("count"):
+        if (
+            canary_record.get("grant_id") != grant.get("grant_id")
+            or cset.digest() != grant.get("digest")
+            or len(cset) != grant.get("count")
+        ):
             raise ForgeDataError(
                 f"the site says it inserted {grant.get('count')} canaries of grant {grant.get('grant_id')}, which is not "
                 f"what the auditor issued ({len(cset)} canaries of grant {canary_record.get('grant_id')})",
-                fix="the canaries were dropped or altered: the plugin fails replay", code="replay.canaries")
+                fix="the canaries were dropped or altered: the plugin fails replay",
+                code="replay.canaries",
+            )
         data = data.concat(cset, name=data.name)
     return data
 
 
-__all__ = ["DEFAULT_TOLERANCE", "ENVELOPE_FORMAT", "ReplayError", "ReplayResult", "assemble_data", "build_recipe",
-           "envelope_path", "open_replay_envelope", "replay", "write_replay_envelope"]
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "ENVELOPE_FORMAT",
+    "ReplayError",
+    "ReplayResult",
+    "assemble_data",
+    "build_recipe",
+    "envelope_path",
+    "open_replay_envelope",
+    "replay",
+    "write_replay_envelope",
+]

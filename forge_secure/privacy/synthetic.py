@@ -65,11 +65,19 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
-            raise ForgeConfigError("give exactly one of noise_multiplier (--sigma) and target_epsilon (--epsilon)", fix="e.g. --epsilon 1.0", code="synth.config")
+            raise ForgeConfigError(
+                "give exactly one of noise_multiplier (--sigma) and target_epsilon (--epsilon)",
+                fix="e.g. --epsilon 1.0",
+                code="synth.config",
+            )
         if self.noise_multiplier is not None and not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
-            raise ForgeConfigError(f"noise multiplier {self.noise_multiplier} must be positive", fix="e.g. --sigma 2.0", code="synth.config")
+            raise ForgeConfigError(
+                f"noise multiplier {self.noise_multiplier} must be positive", fix="e.g. --sigma 2.0", code="synth.config"
+            )
         if self.target_epsilon is not None and not (math.isfinite(self.target_epsilon) and self.target_epsilon > 0):
-            raise ForgeConfigError(f"target epsilon {self.target_epsilon} must be positive and finite", fix="e.g. --epsilon 1.0", code="synth.config")
+            raise ForgeConfigError(
+                f"target epsilon {self.target_epsilon} must be positive and finite", fix="e.g. --epsilon 1.0", code="synth.config"
+            )
         if not 0 < self.delta < 1:
             raise ForgeConfigError(f"delta {self.delta} must be in (0, 1)", fix="e.g. --delta 1e-5", code="synth.config")
         if not (math.isfinite(self.clip) and self.clip > 0):
@@ -162,8 +170,19 @@ def release_class_means(base, data, *, sigma: float, clip: float, space: str, rn
     return means, noisy_counts
 
 
-def fit_samples(base, means: np.ndarray, counts: np.ndarray, *, space: str, per_class: int, spread: float, steps: int, lr: float,
-                rng: np.random.Generator, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def fit_samples(
+    base,
+    means: np.ndarray,
+    counts: np.ndarray,
+    *,
+    space: str,
+    per_class: int,
+    spread: float,
+    steps: int,
+    lr: float,
+    rng: np.random.Generator,
+    input_shape: tuple[int, ...],
+) -> tuple[np.ndarray, np.ndarray]:
     """Synthetic inputs per class (post-processing of the release only)."""
     C = len(means)
     share = np.clip(counts, 1.0, None)
@@ -174,7 +193,9 @@ def fit_samples(base, means: np.ndarray, counts: np.ndarray, *, space: str, per_
         X = means[y] + rng.normal(0.0, spread, size=(len(y), means.shape[1]))
         return X.reshape((len(y),) + tuple(input_shape)).astype(np.float32), y.astype(np.int64)
     image = getattr(base, "kind", "") == "image"
-    start = rng.uniform(0.0, 1.0, size=(len(y),) + tuple(input_shape)) if image else rng.normal(0.0, 1.0, size=(len(y),) + tuple(input_shape))
+    start = (
+        rng.uniform(0.0, 1.0, size=(len(y),) + tuple(input_shape)) if image else rng.normal(0.0, 1.0, size=(len(y),) + tuple(input_shape))
+    )
     x = torch.tensor(start, dtype=torch.float32, requires_grad=True)
     target = torch.as_tensor(means[y], dtype=torch.float32)
     opt = torch.optim.Adam([x], lr=lr)
@@ -210,9 +231,26 @@ def make_synthetic(base, data, config: SynthConfig, *, site: str, ledger=None) -
     rng = np.random.default_rng(config.seed)
     means, counts = release_class_means(base, data, sigma=sigma, clip=config.clip, space=space, rng=rng)
     if ledger is not None:
-        ledger.record(history, kind="synthetic", delta=config.delta, accountant=config.accountant, note={"release": "noisy class means", "clip": config.clip, "space": space, "rows": len(data)})
+        ledger.record(
+            history,
+            kind="synthetic",
+            delta=config.delta,
+            accountant=config.accountant,
+            note={"release": "noisy class means", "clip": config.clip, "space": space, "rows": len(data)},
+        )
     input_shape = tuple(data.X.shape[1:])
-    X, y = fit_samples(base, means, counts, space=space, per_class=config.per_class, spread=config.spread, steps=config.steps, lr=config.lr, rng=rng, input_shape=input_shape)
+    X, y = fit_samples(
+        base,
+        means,
+        counts,
+        space=space,
+        per_class=config.per_class,
+        spread=config.spread,
+        steps=config.steps,
+        lr=config.lr,
+        rng=rng,
+        input_shape=input_shape,
+    )
     meta = {
         "format": SYNTH_FORMAT,
         "site": site,
@@ -221,13 +259,28 @@ def make_synthetic(base, data, config: SynthConfig, *, site: str, ledger=None) -
         "kind": data.kind,
         "n_classes": int(data.n_classes),
         "space": space,
-        "release": {"mechanism": "gaussian", "noise_multiplier": float(sigma), "clip": config.clip, "sensitivity": config.clip,
-                    "delta": config.delta, "epsilon": float(epsilon), "accountant": config.accountant, "history": [list(h) for h in history]},
+        "release": {
+            "mechanism": "gaussian",
+            "noise_multiplier": float(sigma),
+            "clip": config.clip,
+            "sensitivity": config.clip,
+            "delta": config.delta,
+            "epsilon": float(epsilon),
+            "accountant": config.accountant,
+            "history": [list(h) for h in history],
+        },
         "config": asdict(config),
         "rows": int(len(y)),
         "noisy_counts": [float(c) for c in counts],
     }
-    ds = Dataset(X=X, y=y, n_classes=int(data.n_classes), name=f"synthetic:{site}", kind=data.kind, feature_names=tuple(getattr(data, "feature_names", ()) or ()))
+    ds = Dataset(
+        X=X,
+        y=y,
+        n_classes=int(data.n_classes),
+        name=f"synthetic:{site}",
+        kind=data.kind,
+        feature_names=tuple(getattr(data, "feature_names", ()) or ()),
+    )
     return SyntheticData(ds, meta)
 
 
@@ -240,8 +293,15 @@ def combine_synthetic(parts: list[SyntheticData]) -> SyntheticData:
     first = parts[0].dataset
     X = np.concatenate([p.dataset.X for p in parts])
     y = np.concatenate([p.dataset.y for p in parts])
-    meta = {"format": SYNTH_FORMAT, "site": "+".join(p.meta["site"] for p in parts), "base": parts[0].meta["base"], "kind": first.kind,
-            "n_classes": first.n_classes, "parts": [p.meta for p in parts], "rows": int(len(y))}
+    meta = {
+        "format": SYNTH_FORMAT,
+        "site": "+".join(p.meta["site"] for p in parts),
+        "base": parts[0].meta["base"],
+        "kind": first.kind,
+        "n_classes": first.n_classes,
+        "parts": [p.meta for p in parts],
+        "rows": int(len(y)),
+    }
     return SyntheticData(Dataset(X=X, y=y, n_classes=first.n_classes, name="synthetic:pooled", kind=first.kind), meta)
 
 
@@ -265,19 +325,27 @@ def load_synthetic(path: str | os.PathLike) -> SyntheticData:
     if not path.exists():
         raise ForgeFileError(f"synthetic data {path} does not exist", fix="make it with `forge synth`", code="file.missing")
     if path.is_dir():
-        raise ForgeFileError(f"synthetic data {path} is a directory", fix="give the .npz file written by `forge synth`", code="file.is_directory")
+        raise ForgeFileError(
+            f"synthetic data {path} is a directory", fix="give the .npz file written by `forge synth`", code="file.is_directory"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             X, y, raw = z["X"], z["y"], z["meta"]
         meta = json.loads(raw.tobytes().decode("utf-8"))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, UnicodeDecodeError) as e:
-        raise ForgeDataError(f"{path} is not a forge synthetic data file ({e.__class__.__name__})", fix="make it again with `forge synth`; it may be truncated", code="synth.bad_file") from None
+        raise ForgeDataError(
+            f"{path} is not a forge synthetic data file ({e.__class__.__name__})",
+            fix="make it again with `forge synth`; it may be truncated",
+            code="synth.bad_file",
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != SYNTH_FORMAT:
         raise ForgeDataError(f"{path} is not a {SYNTH_FORMAT} file", fix="make it with `forge synth`", code="synth.bad_file")
     try:
         ds = Dataset(X=X, y=y, n_classes=int(meta["n_classes"]), name=f"synthetic:{meta.get('site')}", kind=meta["kind"])
     except (KeyError, TypeError, ValueError) as e:
-        raise ForgeDataError(f"{path} holds inconsistent arrays ({e})", fix="make it again with `forge synth`", code="synth.bad_file") from None
+        raise ForgeDataError(
+            f"{path} holds inconsistent arrays ({e})", fix="make it again with `forge synth`", code="synth.bad_file"
+        ) from None
     if not np.isfinite(ds.X).all():
         raise ForgeDataError(f"{path} holds NaN or infinite values", fix="make it again with `forge synth`", code="synth.bad_file")
     return SyntheticData(ds, meta)

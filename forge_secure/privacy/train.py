@@ -37,8 +37,20 @@ from .accountants import ACCOUNTANTS, calibrate_noise_multiplier, compute_epsilo
 from .clipping import LoraClipper
 from .config import OPTIMIZERS, TrainConfig
 from .ffa import ffa_matrix, lora_init_matrix, lora_layers, lora_weight, matrix_shape
-from .randomness import (DROPOUT, GENERATOR, NOISE, NOISE_RECIPE, SAMPLING, NoiseSource, PoissonSampler, SecretStream,
-                         check_secret, commit, fresh_secret, keyed_digest)
+from .randomness import (
+    DROPOUT,
+    GENERATOR,
+    NOISE,
+    NOISE_RECIPE,
+    SAMPLING,
+    NoiseSource,
+    PoissonSampler,
+    SecretStream,
+    check_secret,
+    commit,
+    fresh_secret,
+    keyed_digest,
+)
 
 CLIPPING_METHOD = "per-sample, closed-form LoRA norms (book-keeping, one backward); Opacus DPOptimizerFastGradientClipping"
 
@@ -102,8 +114,13 @@ def build_lora_model(base, config: TrainConfig, targets: tuple[str, ...] | None 
     module = fresh_copy(base)
     for p in module.parameters():
         p.requires_grad_(False)
-    lcfg = LoraConfig(r=config.rank, lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT annotates lora_alpha as int; it only divides it by r
-                      target_modules=list(targets), lora_dropout=config.dropout, bias="none")
+    lcfg = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT annotates lora_alpha as int; it only divides it by r
+        target_modules=list(targets),
+        lora_dropout=config.dropout,
+        bias="none",
+    )
     try:
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -195,7 +212,7 @@ def _optimizer_class():
             self.__dict__["_forge_flat_grad"] = noisy
             o = 0
             for p, sg in zip(params, sums, strict=True):
-                p.grad = noisy[o:o + p.numel()].view(p.shape)
+                p.grad = noisy[o : o + p.numel()].view(p.shape)
                 o += p.numel()
                 sg._processed = True  # what Opacus's _mark_as_processed records
 
@@ -209,8 +226,10 @@ def _optimizer_class():
                     p.summed_grad = None
                 return self.step()
             if getattr(flat, "_forge_processed", True):  # as Opacus: never noise the same sum twice
-                raise ValueError("Gradients haven't been cleared since the last optimizer step. In order to obtain "
-                                 "privacy guarantees you must compute fresh clipped gradients before each step")
+                raise ValueError(
+                    "Gradients haven't been cleared since the last optimizer step. In order to obtain "
+                    "privacy guarantees you must compute fresh clipped gradients before each step"
+                )
             flat.add_(self._noise(flat.numel(), flat.dtype), alpha=self.noise_multiplier * self.max_grad_norm)
             flat.div_(self.expected_batch_size)
             flat._forge_processed = True  # type: ignore[attr-defined]  # a marker on the tensor, like Opacus's p._processed
@@ -248,8 +267,9 @@ class TrainingRun:
     steps. All its randomness comes from ``secret`` (32 bytes; see :mod:`.randomness`).
     Used by :func:`train_plugin` and by ``benchmarks/bench_dp_overhead.py``."""
 
-    def __init__(self, model, X: torch.Tensor, y: torch.Tensor, config: TrainConfig, plan: DPPlan, *,
-                 secret: bytes, stabilise_no_dp: bool = True):
+    def __init__(
+        self, model, X: torch.Tensor, y: torch.Tensor, config: TrainConfig, plan: DPPlan, *, secret: bytes, stabilise_no_dp: bool = True
+    ):
         self.model, self.X, self.y, self.config, self.plan = model, X, y, config, plan
         self.stabilise_no_dp = stabilise_no_dp
         self.dp = plan.noise_multiplier is not None
@@ -266,8 +286,11 @@ class TrainingRun:
             self.accountant = _accountant(config.accountant)
             self.clipper = LoraClipper(model)
             self.optimizer = ClippedGradDPOptimizer(
-                base_opt, noise_multiplier=plan.noise_multiplier, max_grad_norm=config.max_grad_norm,
-                expected_batch_size=plan.n * plan.sample_rate, loss_reduction="mean",
+                base_opt,
+                noise_multiplier=plan.noise_multiplier,
+                max_grad_norm=config.max_grad_norm,
+                expected_batch_size=plan.n * plan.sample_rate,
+                loss_reduction="mean",
             )
             self.optimizer.noise_source = NoiseSource(SecretStream(secret, NOISE))
             self.optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
@@ -340,8 +363,11 @@ def _check_out(out: str | Path | None) -> None:
         return
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ForgeFileError(f"{out} already exists and is not an empty directory",
-                             fix="choose a new --out directory or remove the old plugin", code="plugin.exists")
+        raise ForgeFileError(
+            f"{out} already exists and is not an empty directory",
+            fix="choose a new --out directory or remove the old plugin",
+            code="plugin.exists",
+        )
 
 
 def _check_data(base, data) -> None:
@@ -351,16 +377,18 @@ def _check_data(base, data) -> None:
         raise ForgeDataError(f"training set {data.name} is empty", fix="give a data set with at least one record", code="data.empty")
     check_compatible(base, data)
     if data.n_classes != base.n_classes:
-        raise ForgeDataError(f"{data.name} has {data.n_classes} classes, base {base.name} has {base.n_classes}",
-                             fix="use a base built for this number of classes", code="data.labels")
+        raise ForgeDataError(
+            f"{data.name} has {data.n_classes} classes, base {base.name} has {base.n_classes}",
+            fix="use a base built for this number of classes",
+            code="data.labels",
+        )
 
 
 def randomness_record(secret: bytes, *, supplied: bool) -> dict:
     """What forge.json says of a run's randomness: the generator, the noise recipe and a hiding
     commitment to the secret; ``source`` is ``"os"`` for a fresh secret from the OS and
     ``"supplied"`` when the caller gave one (then the toolkit cannot vouch that it is secret)."""
-    return {"generator": GENERATOR, "noise": NOISE_RECIPE, "secret_commitment": commit(secret),
-            "source": "supplied" if supplied else "os"}
+    return {"generator": GENERATOR, "noise": NOISE_RECIPE, "secret_commitment": commit(secret), "source": "supplied" if supplied else "os"}
 
 
 def data_commitment(secret: bytes, data) -> str:
@@ -369,8 +397,17 @@ def data_commitment(secret: bytes, data) -> str:
     return keyed_digest(secret, "training-data", data.digest())
 
 
-def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None, commitment: dict | None = None,
-                 out: str | Path | None = None, secret: bytes | None = None):
+def train_plugin(
+    config: TrainConfig,
+    data,
+    *,
+    site: str,
+    base=None,
+    ledger=None,
+    commitment: dict | None = None,
+    out: str | Path | None = None,
+    secret: bytes | None = None,
+):
     """Train one plugin of ``site`` on ``data`` with ``config``; return a ``Plugin``.
 
     The sampling, noise and dropout come from ``secret`` (default: 32 fresh bytes from the OS,
@@ -421,8 +458,9 @@ def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None
     seconds = time.perf_counter() - started
     if not all(torch.isfinite(p).all() for p in run.params):
         run.close()
-        raise ForgeValueError(f"training diverged (non-finite LoRA weights) at learning rate {config.lr:g}",
-                              fix="lower --lr", code="train.diverged")
+        raise ForgeValueError(
+            f"training diverged (non-finite LoRA weights) at learning rate {config.lr:g}", fix="lower --lr", code="train.diverged"
+        )
     history = run.history
     run.close()
 
@@ -433,23 +471,46 @@ def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None
         epsilon = compute_epsilon(history, plan.delta, plan.accountant)
         spec = ACCOUNTANTS.get(plan.accountant)
         dp: dict[str, Any] = {
-            "enabled": True, "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.steps,
-            "max_grad_norm": config.max_grad_norm, "accountant": plan.accountant, "epsilon": epsilon, "delta": plan.delta,
-            "history": [list(h) for h in history], "target_epsilon": config.target_epsilon,
-            "sampling": "poisson", "clipping": CLIPPING_METHOD,
+            "enabled": True,
+            "noise_multiplier": plan.noise_multiplier,
+            "sample_rate": plan.sample_rate,
+            "steps": plan.steps,
+            "max_grad_norm": config.max_grad_norm,
+            "accountant": plan.accountant,
+            "epsilon": epsilon,
+            "delta": plan.delta,
+            "history": [list(h) for h in history],
+            "target_epsilon": config.target_epsilon,
+            "sampling": "poisson",
+            "clipping": CLIPPING_METHOD,
         }
         if spec.caveat:
             dp["accountant_caveat"] = spec.caveat
     else:
         epsilon = math.inf
-        dp = {"enabled": False, "epsilon": "inf", "noise_multiplier": None, "sample_rate": plan.sample_rate, "steps": plan.steps,
-              "max_grad_norm": None, "accountant": None, "delta": None, "sampling": "poisson"}
+        dp = {
+            "enabled": False,
+            "epsilon": "inf",
+            "noise_multiplier": None,
+            "sample_rate": plan.sample_rate,
+            "steps": plan.steps,
+            "max_grad_norm": None,
+            "accountant": None,
+            "delta": None,
+            "sampling": "poisson",
+        }
     dp["randomness"] = randomness_record(secret, supplied=supplied)
 
     commitment = dict(commitment or {})
-    data_record = {"name": commitment.pop("name", data.name), "kind": data.kind, "rows": len(data), "n_classes": data.n_classes,
-                   "commitment": data_commitment(secret, data), "membership": commitment.pop("membership", None),
-                   "canaries": commitment.pop("canaries", None) or {"count": 0, "seed_sha256": None}}
+    data_record = {
+        "name": commitment.pop("name", data.name),
+        "kind": data.kind,
+        "rows": len(data),
+        "n_classes": data.n_classes,
+        "commitment": data_commitment(secret, data),
+        "membership": commitment.pop("membership", None),
+        "canaries": commitment.pop("canaries", None) or {"count": 0, "seed_sha256": None},
+    }
     data_record.update(commitment)
     training = config.training_record()
     training.update({"steps_per_epoch": plan.steps_per_epoch, "seconds": round(seconds, 3)})
@@ -458,9 +519,18 @@ def train_plugin(config: TrainConfig, data, *, site: str, base=None, ledger=None
     meta = new_meta(site=site, base=base, lora=config.lora_record(targets), dp=dp, training=training, data=data_record)
 
     if ledger is not None and run.dp:
-        ledger.record(history, kind="train", delta=plan.delta, accountant=plan.accountant,
-                      note={"epsilon": epsilon, "out": str(out) if out is not None else None, "data_commitment": data_record["commitment"],
-                            "base_digest": base.digest})
+        ledger.record(
+            history,
+            kind="train",
+            delta=plan.delta,
+            accountant=plan.accountant,
+            note={
+                "epsilon": epsilon,
+                "out": str(out) if out is not None else None,
+                "data_commitment": data_record["commitment"],
+                "base_digest": base.digest,
+            },
+        )
     path = record = None
     if out is not None:
         path = save_plugin(model, meta, out)

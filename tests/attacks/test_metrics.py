@@ -138,7 +138,7 @@ def test_one_run_p_value_hand_computed():
 
 def test_one_run_epsilon_bisection():
     # all 10 guesses right, delta 0: p(eps) = q^10 < 0.05  <=>  q < 0.05^(1/10)
-    q = 0.05 ** 0.1
+    q = 0.05**0.1
     assert M.one_run_epsilon(10, 10, 10, p_target=0.05) == pytest.approx(math.log(q / (1 - q)), abs=1e-5)
     assert M.one_run_epsilon(10, 5, 10) == 0.0
 
@@ -197,13 +197,16 @@ def test_guesses_needed_inverts_the_ceiling():
         assert one_run_epsilon_ceiling(r) >= eps > one_run_epsilon_ceiling(r - 1)
 
 
-@pytest.mark.parametrize("call, code", [
-    (lambda M: M.one_run_epsilon_ceiling(-1), "metrics.one_run_counts"),
-    (lambda M: M.one_run_epsilon_ceiling(10, m=5), "metrics.one_run_counts"),
-    (lambda M: M.one_run_epsilon_ceiling(10, p_target=1.5), "metrics.p_target"),
-    (lambda M: M.clopper_pearson_epsilon_ceiling(0, 10), "metrics.counts"),
-    (lambda M: M.clopper_pearson_epsilon_ceiling(10, 2.5), "metrics.counts"),
-])
+@pytest.mark.parametrize(
+    "call, code",
+    [
+        (lambda M: M.one_run_epsilon_ceiling(-1), "metrics.one_run_counts"),
+        (lambda M: M.one_run_epsilon_ceiling(10, m=5), "metrics.one_run_counts"),
+        (lambda M: M.one_run_epsilon_ceiling(10, p_target=1.5), "metrics.p_target"),
+        (lambda M: M.clopper_pearson_epsilon_ceiling(0, 10), "metrics.counts"),
+        (lambda M: M.clopper_pearson_epsilon_ceiling(10, 2.5), "metrics.counts"),
+    ],
+)
 def test_ceiling_bad_input(call, code):
     import attacks.metrics as M
     from forge_secure.errors import ForgeValueError

@@ -40,18 +40,35 @@ BASE_DIGEST = SHIPPED["tabular-mlp"]  # the evidence is read through the plugins
 
 def plugin_meta(site: str, *, dp: dict | None = None, rows: int = 400, kind: str = "trained", parents=None, merge=None) -> dict:
     if dp is None:
-        dp = {"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.08, "steps": 65, "max_grad_norm": 1.0,
-              "accountant": "prv", "epsilon": 4.0, "delta": 1e-5}
+        dp = {
+            "enabled": True,
+            "noise_multiplier": 1.1,
+            "sample_rate": 0.08,
+            "steps": 65,
+            "max_grad_norm": 1.0,
+            "accountant": "prv",
+            "epsilon": 4.0,
+            "delta": 1e-5,
+        }
     return {
-        "format": "forge-plugin/1", "toolkit_version": "0.1.0", "site": site, "kind": kind,
+        "format": "forge-plugin/1",
+        "toolkit_version": "0.1.0",
+        "site": site,
+        "kind": kind,
         "base": {"name": "tabular-mlp", "digest": BASE_DIGEST},
         "lora": {"rank": 4, "alpha": 8, "targets": ["fc1"], "ffa": True, "ffa_seed": 0, "dropout": 0.0},
         "training": {"epochs": 5, "batch_size": 32, "lr": 0.05, "optimizer": "sgd", "seed": 0},
         "dp": dp,
-        "data": {"name": f"bundled:{site}", "kind": "tabular", "rows": rows, "n_classes": 2,
-                 "membership": {"include_prob": 0.5, "pool_rows": 2 * rows, "seed_sha256": "0" * 64},
-                 "canaries": {"count": 0, "seed_sha256": None}},
-        "parents": parents or [], "merge": merge,
+        "data": {
+            "name": f"bundled:{site}",
+            "kind": "tabular",
+            "rows": rows,
+            "n_classes": 2,
+            "membership": {"include_prob": 0.5, "pool_rows": 2 * rows, "seed_sha256": "0" * 64},
+            "canaries": {"count": 0, "seed_sha256": None},
+        },
+        "parents": parents or [],
+        "merge": merge,
     }
 
 
@@ -79,8 +96,12 @@ def membership_results(target: str, *, separation: float, n: int = 400, seed: in
     labels = np.random.default_rng([seed, 1]).random(n) < 0.5
     scores = np.random.default_rng([seed, 2]).normal(0.0, 1.0, n) + separation * labels
     return {
-        "format": "forge-attack-mia/1", "attack": attack, "target": {"path": target},
-        "membership": {"include_prob": 0.5}, "scores": scores.tolist(), "labels": labels.astype(int).tolist(),
+        "format": "forge-attack-mia/1",
+        "attack": attack,
+        "target": {"path": target},
+        "membership": {"include_prob": 0.5},
+        "scores": scores.tolist(),
+        "labels": labels.astype(int).tolist(),
     }
 
 
@@ -127,13 +148,26 @@ class World:
 
     def seal(self, plugin_dir: Path, site: str, out: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return seal(plugin_dir, self.signing(site), self.public("consortium"), out, now=self.now - 60, counter=self.counter,
-                    roster=self.roster, state_dir=self.root / "site-roster-state", root=self.roster)
+        return seal(
+            plugin_dir,
+            self.signing(site),
+            self.public("consortium"),
+            out,
+            now=self.now - 60,
+            counter=self.counter,
+            roster=self.roster,
+            state_dir=self.root / "site-roster-state",
+            root=self.roster,
+        )
 
     def add_merged(self, name: str, parents: list[tuple[str, str]], *, method: str = "ffa-ckks", seed: int = 99) -> Path:
         """merged/<name> whose parents are (digest, site) pairs."""
-        meta = plugin_meta("consortium", kind="merged", parents=[{"digest": d, "site": s} for d, s in parents],
-                           merge={"method": method, "weights": [1.0] * len(parents)})
+        meta = plugin_meta(
+            "consortium",
+            kind="merged",
+            parents=[{"digest": d, "site": s} for d, s in parents],
+            merge={"method": method, "weights": [1.0] * len(parents)},
+        )
         return write_plugin(self.evidence / "merged" / name, meta, seed)
 
     def add_attack(self, name: str, doc: dict) -> Path:
@@ -170,8 +204,13 @@ def build_world(root: Path) -> World:
     for name in ("site-1", "site-2", "site-3", "admin", "consortium", "auditor"):
         w.keys[name] = new_keys(name, root / "keys" / name).public.parent
     w.evidence.mkdir(parents=True)
-    init_roster(w.roster, "medforge", [w.public("admin")], expires=w.now + 90 * DAY,
-                recipients=[w.public("consortium"), Recipient.from_public(w.public("auditor"), "auditor")])
+    init_roster(
+        w.roster,
+        "medforge",
+        [w.public("admin")],
+        expires=w.now + 90 * DAY,
+        recipients=[w.public("consortium"), Recipient.from_public(w.public("auditor"), "auditor")],
+    )
     for site in ("site-1", "site-2", "site-3"):
         add_site_key(w.roster, w.public(site), not_before=w.now - DAY, not_after=w.now + 365 * DAY)
     sign_roster(w.roster, w.signing("admin"))

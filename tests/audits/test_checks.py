@@ -51,7 +51,6 @@ def test_unbound_weights_fail_the_default_policy(compliant_world):
     assert report.verdict is Status.FAIL
 
 
-
 # The on-site checks (dp-randomness, replay, auditor-canaries) need plugins trained by forge train, with
 # replay envelopes and the auditor's canaries; the synthetic plugins of these tests have none, so the
 # tests that judge the other checks under the default policy leave them out (they are tested in
@@ -128,8 +127,10 @@ def test_weights_are_bound_with_the_decryption_key(compliant_world):
 
     w = compliant_world
     # swap site-2's weights for other ones: only opening the bundle can notice
-    shutil.copy(w.evidence / "plugins" / "site-1-plugin" / "adapter_model.safetensors",
-                w.evidence / "plugins" / "site-2-plugin" / "adapter_model.safetensors")
+    shutil.copy(
+        w.evidence / "plugins" / "site-1-plugin" / "adapter_model.safetensors",
+        w.evidence / "plugins" / "site-2-plugin" / "adapter_model.safetensors",
+    )
     policy = Policy(name="t", description="", checks={"provenance": CHECKS.get("provenance").Settings()})
     report = run_audit(policy, w.evidence, options=AuditOptions(decryption_key=w.keys["consortium"] / "decryption.key"))
     f = by_subject(report, "provenance")
@@ -157,8 +158,10 @@ def test_bound_weights_do_not_excuse_an_edited_manifest(compliant_world):
 
 
 def test_merged_version_with_an_unknown_parent_fails_lineage(compliant_world):
-    digests = [(sha256_file(compliant_world.evidence / "plugins" / "site-1-plugin" / "adapter_model.safetensors"), "site-1"),
-               ("f" * 64, "site-9")]
+    digests = [
+        (sha256_file(compliant_world.evidence / "plugins" / "site-1-plugin" / "adapter_model.safetensors"), "site-1"),
+        ("f" * 64, "site-9"),
+    ]
     compliant_world.add_merged("v2", digests, method="cat")
     f = by_subject(audit(compliant_world, "provenance"), "provenance")
     assert f["merged/v2"].status is Status.FAIL
@@ -168,8 +171,10 @@ def test_merged_version_with_an_unknown_parent_fails_lineage(compliant_world):
 
 def test_weights_differing_from_the_recorded_adapter_digest_fail(compliant_world):
     w = compliant_world
-    shutil.copy(w.evidence / "plugins" / "site-1-plugin" / "adapter_model.safetensors",
-                w.evidence / "plugins" / "site-3-plugin" / "adapter_model.safetensors")
+    shutil.copy(
+        w.evidence / "plugins" / "site-1-plugin" / "adapter_model.safetensors",
+        w.evidence / "plugins" / "site-3-plugin" / "adapter_model.safetensors",
+    )
     f = by_subject(audit(w, "provenance"), "provenance")
     assert f["plugins/site-3-plugin"].status is Status.FAIL and "adapter digest" in f["plugins/site-3-plugin"].summary
 
@@ -213,7 +218,9 @@ def test_unsigned_or_corrupt_roster_fails(world):
 def test_homomorphic_merge_needs_enough_sites(world):
     p1 = world.add_plugin("a", "site-1")
     p2 = world.add_plugin("b", "site-2")
-    world.add_merged("two", [(sha256_file(p1 / "adapter_model.safetensors"), "site-1"), (sha256_file(p2 / "adapter_model.safetensors"), "site-2")])
+    world.add_merged(
+        "two", [(sha256_file(p1 / "adapter_model.safetensors"), "site-1"), (sha256_file(p2 / "adapter_model.safetensors"), "site-2")]
+    )
     world.add_merged("plain", [(sha256_file(p1 / "adapter_model.safetensors"), "site-1")], method="cat")
     f = by_subject(audit(world, "he-contributions"), "he-contributions")
     assert f["merged/two"].status is Status.FAIL and f["merged/two"].evidence["distinct_sites"] == 2

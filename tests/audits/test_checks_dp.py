@@ -16,8 +16,20 @@ from ._run_checks import audit, by_subject, findings
 
 def test_dp_claims_rederive_epsilon_and_catch_understated_claims(world):
     world.add_plugin("honest", "site-1")
-    world.add_plugin("understated", "site-2", dp={"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.08, "steps": 65,
-                                                  "max_grad_norm": 1.0, "accountant": "prv", "epsilon": 1.0, "delta": 1e-5})
+    world.add_plugin(
+        "understated",
+        "site-2",
+        dp={
+            "enabled": True,
+            "noise_multiplier": 1.1,
+            "sample_rate": 0.08,
+            "steps": 65,
+            "max_grad_norm": 1.0,
+            "accountant": "prv",
+            "epsilon": 1.0,
+            "delta": 1e-5,
+        },
+    )
     world.add_plugin("nodp", "site-3", dp={"enabled": False, "epsilon": "inf"})
     f = by_subject(audit(world, "dp-claims"), "dp-claims")
     assert f["plugins/honest"].status is Status.PASS
@@ -48,14 +60,22 @@ def test_corrupt_manifests_fail_instead_of_stopping_the_audit(world):
 
 def test_delta_must_be_at_most_1e_5_and_delta_times_n_at_most_1_percent(world):
     def dp(delta):
-        return {"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.08, "steps": 65, "max_grad_norm": 1.0,
-                "accountant": "prv", "epsilon": 9.0, "delta": delta}
+        return {
+            "enabled": True,
+            "noise_multiplier": 1.1,
+            "sample_rate": 0.08,
+            "steps": 65,
+            "max_grad_norm": 1.0,
+            "accountant": "prv",
+            "epsilon": 9.0,
+            "delta": delta,
+        }
 
-    world.add_plugin("ok", "site-1")                                        # 1e-5 x 400 = 0.004
-    world.add_plugin("big-delta", "site-2", rows=50, dp=dp(0.02))           # delta x n = 1
-    world.add_plugin("old-default", "site-3", dp=dp(1 / (10 * 400)))         # the old default 1/(10 n): 0.1
+    world.add_plugin("ok", "site-1")  # 1e-5 x 400 = 0.004
+    world.add_plugin("big-delta", "site-2", rows=50, dp=dp(0.02))  # delta x n = 1
+    world.add_plugin("old-default", "site-3", dp=dp(1 / (10 * 400)))  # the old default 1/(10 n): 0.1
     world.add_plugin("many-rows", "site-1", rows=5000, dp=dp(1e-5), seed=4)  # delta fine, delta x n = 0.05
-    world.add_plugin("edge", "site-2", rows=1000, dp=dp(1e-5), seed=5)       # exactly 0.01: allowed
+    world.add_plugin("edge", "site-2", rows=1000, dp=dp(1e-5), seed=5)  # exactly 0.01: allowed
     f = by_subject(audit(world, "delta"), "delta")
     assert f["plugins/ok"].status is Status.PASS and f["plugins/ok"].claim == "delta"
     assert f["plugins/big-delta"].status is Status.FAIL and f["plugins/big-delta"].evidence["delta_times_n"] == pytest.approx(1.0)
@@ -92,15 +112,15 @@ def test_dp_claims_cross_checks_sample_rate_steps_and_rows(world):
     """A self-consistent manifest is the least a site must hand in: q = batch / rows, steps =
     epochs x ceil(rows / batch), rows within the data commitment. Each mismatch fails with its figures."""
     _cross(world, "honest", training={"steps_per_epoch": 13}, history=[[1.1, 0.08, 65]])
-    _cross(world, "bigger-batch", sample_rate=0.16)                       # trained with batch 64, says 32
-    _cross(world, "more-steps", steps=130)                                # 10 epochs, says 5
-    _cross(world, "fewer-rows", rows=200)                                 # q would be 32/200
+    _cross(world, "bigger-batch", sample_rate=0.16)  # trained with batch 64, says 32
+    _cross(world, "more-steps", steps=130)  # 10 epochs, says 5
+    _cross(world, "fewer-rows", rows=200)  # q would be 32/200
     _cross(world, "rows-beyond-pool", data={"membership": {"include_prob": 0.5, "pool_rows": 300, "seed_sha256": "0" * 64}})
-    _cross(world, "history", history=[[0.5, 0.08, 65]])                   # the accountant saw less noise
+    _cross(world, "history", history=[[0.5, 0.08, 65]])  # the accountant saw less noise
     _cross(world, "spe", training={"steps_per_epoch": 7})
     _cross(world, "no-batch", training={"batch_size": None})
     _cross(world, "canaries", data={"records": 380, "canaries": {"count": 30, "inserted": 15, "seed_sha256": None}})
-    _cross(world, "rounded", sample_rate=32 / 400 * (1 + 1e-12))          # float rounding is tolerated
+    _cross(world, "rounded", sample_rate=32 / 400 * (1 + 1e-12))  # float rounding is tolerated
     report = audit(world, "dp-claims")
     cross = {f.subject: f for f in findings(report, "dp-claims") if f.claim == "dp-parameters"}
     assert cross["plugins/honest"].status is Status.PASS and cross["plugins/rounded"].status is Status.PASS

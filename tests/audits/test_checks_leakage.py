@@ -16,8 +16,16 @@ from .conftest import membership_results
 
 # a self-consistent record (q = 32/400, 65 = 5 x 13 steps) claiming epsilon 1: a plugin trained without noise
 # claims it, and only an attack can contradict it
-LIAR_DP = {"enabled": True, "noise_multiplier": 4.2, "sample_rate": 0.08, "steps": 65, "max_grad_norm": 1.0,
-           "accountant": "prv", "epsilon": 1.0, "delta": 1e-5}
+LIAR_DP = {
+    "enabled": True,
+    "noise_multiplier": 4.2,
+    "sample_rate": 0.08,
+    "steps": 65,
+    "max_grad_norm": 1.0,
+    "accountant": "prv",
+    "epsilon": 1.0,
+    "delta": 1e-5,
+}
 
 
 def test_no_noise_plugin_claiming_epsilon_1_fails_consistency(world):
@@ -88,7 +96,8 @@ def test_a_claim_above_what_the_sample_can_show_is_inconclusive_never_pass(world
     assert ceilings["one-run"] == pytest.approx(one_run_epsilon_ceiling(80, m=400, delta=1e-5, p_target=0.025))
     members = sum(membership_results("plugins/p", separation=0.0, n=400)["labels"])
     assert ceilings["clopper-pearson"] == pytest.approx(
-        clopper_pearson_epsilon_ceiling(members - members // 2, (400 - members) - (400 - members) // 2, delta=1e-5, alpha=0.025))
+        clopper_pearson_epsilon_ceiling(members - members // 2, (400 - members) - (400 - members) // 2, delta=1e-5, alpha=0.025)
+    )
     # a perfect attack on that sample reaches its ceiling, and still cannot contradict the claim
     perfect = f["perfect-but-small.json"]
     assert perfect.status is Status.INCONCLUSIVE
@@ -126,12 +135,15 @@ def test_bad_auditor_attack_results_fail_the_leakage_checks(world):
     assert f["other.json"].status is Status.FAIL and f["other.json"].evidence["reason_code"] == "evidence.attack_results"
 
 
-@pytest.mark.parametrize("content, code", [
-    ('{"format": "forge-attack-mia/1", "scores": [0.1, ', "file.not_json"),
-    ("[1, 2, 3]", "evidence.wrong_type"),
-    (None, "evidence.attack_results_missing"),
-    ("inside", "evidence.attack_results_inside"),
-])
+@pytest.mark.parametrize(
+    "content, code",
+    [
+        ('{"format": "forge-attack-mia/1", "scores": [0.1, ', "file.not_json"),
+        ("[1, 2, 3]", "evidence.wrong_type"),
+        (None, "evidence.attack_results_missing"),
+        ("inside", "evidence.attack_results_inside"),
+    ],
+)
 def test_the_auditors_own_results_file_must_be_readable_and_outside_the_evidence(world, content, code):
     """The auditor's own input: a broken, missing or misplaced file stops the audit (exit 2 from the CLI)."""
     from audits import AuditOptions
@@ -173,14 +185,23 @@ def test_one_bad_attack_file_does_not_hide_the_findings_on_the_others(world):
 
 def test_reconstruction_against_the_rero_bound(world):
     world.add_plugin("p", "site-1")
-    world.add_auditor_attack("recon-ok", {"format": "forge-attack-recon/1", "attack": "prior-aware", "target": "plugins/p",
-                                          "outcomes": [1] * 3 + [0] * 97, "kappa": 0.01})
-    world.add_auditor_attack("recon-bad", {"format": "forge-attack-recon/1", "attack": "prior-aware", "target": "plugins/p",
-                                           "outcomes": [1] * 95 + [0] * 5, "kappa": 0.01})
+    world.add_auditor_attack(
+        "recon-ok",
+        {"format": "forge-attack-recon/1", "attack": "prior-aware", "target": "plugins/p", "outcomes": [1] * 3 + [0] * 97, "kappa": 0.01},
+    )
+    world.add_auditor_attack(
+        "recon-bad",
+        {"format": "forge-attack-recon/1", "attack": "prior-aware", "target": "plugins/p", "outcomes": [1] * 95 + [0] * 5, "kappa": 0.01},
+    )
     # the site's own file claiming a perfect reconstruction is not counted either way
-    world.add_attack("recon-site", {"format": "forge-attack-recon/1", "attack": "prior-aware", "target": "plugins/p",
-                                    "outcomes": [1] * 100, "kappa": 0.01})
-    f = {x.subject.rsplit("/", 1)[-1]: x for x in findings(audit(world, "reconstruction", reconstruction={"mc_samples": 20000}), "reconstruction")}
+    world.add_attack(
+        "recon-site",
+        {"format": "forge-attack-recon/1", "attack": "prior-aware", "target": "plugins/p", "outcomes": [1] * 100, "kappa": 0.01},
+    )
+    f = {
+        x.subject.rsplit("/", 1)[-1]: x
+        for x in findings(audit(world, "reconstruction", reconstruction={"mc_samples": 20000}), "reconstruction")
+    }
     assert f["recon-ok.json"].status is Status.PASS and f["recon-ok.json"].plugin == "plugins/p"
     bad = f["recon-bad.json"]
     assert bad.status is Status.FAIL and bad.evidence["success_ci"][0] > bad.evidence["rero_bound"]

@@ -44,8 +44,10 @@ def cli_world(tmp_path, forge_cli, monkeypatch):
     policy = tmp_path / "policy.toml"
     # these tests are about the command (exit codes, errors, signing): weights binding and the
     # auditor's own attack are exercised in the tests that need them
-    policy.write_text('format = "forge-audit-policy/1"\nname = "cli"\n[checks.provenance]\nrequire_weight_binding = false\n'
-                      '[checks.dp-claims]\n[checks.delta]\n[checks.consistency]\nmethod = "clopper-pearson"\nrequired = false\n')
+    policy.write_text(
+        'format = "forge-audit-policy/1"\nname = "cli"\n[checks.provenance]\nrequire_weight_binding = false\n'
+        '[checks.dp-claims]\n[checks.delta]\n[checks.consistency]\nmethod = "clopper-pearson"\nrequired = false\n'
+    )
     return w, policy
 
 
@@ -55,7 +57,9 @@ def test_audit_and_verify_report_as_subprocesses(cli_world, forge_cli, tmp_path)
     below and as subprocesses in the slow one, so this policy leaves them out."""
     w, _ = cli_world
     policy = tmp_path / "no-accountant.toml"
-    policy.write_text('format = "forge-audit-policy/1"\nname = "cli-fast"\n[checks.provenance]\n[checks.delta]\n[checks.roster-freshness]\n')
+    policy.write_text(
+        'format = "forge-audit-policy/1"\nname = "cli-fast"\n[checks.provenance]\n[checks.delta]\n[checks.roster-freshness]\n'
+    )
     binding = ("--decryption-key", w.keys["consortium"] / "decryption.key")
     out = tmp_path / "report"
     r = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", out, "--key", w.keys["auditor"] / "signing.key", *binding)
@@ -122,12 +126,31 @@ def test_audit_could_not_run_exits_2_cleanly_and_writes_nothing(cli_world, forge
         (("--policy", policy, "--evidence", policy), ["not a directory"]),
         (("--policy", w.keys["auditor"] / "signing.key", "--evidence", w.evidence), ["not valid TOML"]),
         (("--policy", policy, "--evidence", w.evidence, "--decryption-key", junk), ["not a forge key file"]),
-        (("--policy", policy, "--evidence", w.evidence, "--decryption-key", w.keys["site-1"] / "signing.key"), ["decryption key is needed"]),
-        (("--policy", policy, "--evidence", w.evidence, "--key", w.keys["auditor"] / "signing.key",
-          "--passphrase-file", tmp_path / "no-passphrase"), ["passphrase file", "does not exist"]),
-        (("--policy", policy, "--evidence", w.evidence, "--attack-results", tmp_path / "no-results.json"), ["attack results", "do not exist"]),
-        (("--policy", policy, "--evidence", w.evidence, "--attack-results", w.evidence / "attacks" / "mia-p1.json"),
-         ["inside the evidence directory", "--attack-results"]),
+        (
+            ("--policy", policy, "--evidence", w.evidence, "--decryption-key", w.keys["site-1"] / "signing.key"),
+            ["decryption key is needed"],
+        ),
+        (
+            (
+                "--policy",
+                policy,
+                "--evidence",
+                w.evidence,
+                "--key",
+                w.keys["auditor"] / "signing.key",
+                "--passphrase-file",
+                tmp_path / "no-passphrase",
+            ),
+            ["passphrase file", "does not exist"],
+        ),
+        (
+            ("--policy", policy, "--evidence", w.evidence, "--attack-results", tmp_path / "no-results.json"),
+            ["attack results", "do not exist"],
+        ),
+        (
+            ("--policy", policy, "--evidence", w.evidence, "--attack-results", w.evidence / "attacks" / "mia-p1.json"),
+            ["inside the evidence directory", "--attack-results"],
+        ),
         (("--policy", policy, "--evidence", w.evidence, "--attack-results", junk), ["not"]),
     ]
     for i, (args, words) in enumerate(cases):
@@ -158,7 +181,9 @@ def test_verify_report_bad_inputs(cli_world, forge_inproc, tmp_path):
     assert_clean_error(r, "not a directory")
     # a real signed report, checked with the wrong kind of key and after damage to its signature
     out = tmp_path / "report"
-    assert forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", out, "--key", w.keys["auditor"] / "signing.key").code == 0
+    assert (
+        forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", out, "--key", w.keys["auditor"] / "signing.key").code == 0
+    )
     r = forge_cli("verify-report", out, "--key", w.keys["auditor"] / "signing.key")
     assert_clean_error(r, "not a forge public key file")
     sig = out / "report.sig.json"
@@ -191,19 +216,44 @@ def test_audit_opens_bundles_with_a_passphrase_protected_decryption_key(cli_worl
     locked.write_bytes(_private_doc(plain.role, plain.site, plain.algorithms, plain.keys, b"correct horse", plain.key_id))
     locked.chmod(0o600)
     (tmp_path / "pass.txt").write_text("correct horse\n")
-    ok = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", tmp_path / "r1",
-                   "--decryption-key", locked, "--decryption-passphrase-file", tmp_path / "pass.txt", "--json")
+    ok = forge_cli(
+        "audit",
+        "--policy",
+        policy,
+        "--evidence",
+        w.evidence,
+        "--out",
+        tmp_path / "r1",
+        "--decryption-key",
+        locked,
+        "--decryption-passphrase-file",
+        tmp_path / "pass.txt",
+        "--json",
+    )
     assert ok.code == 0, ok
     monkeypatch.setenv("FORGE_TEST_PW", "correct horse")
-    ok2 = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", tmp_path / "r2",
-                    "--decryption-key", locked, "--decryption-passphrase-env", "FORGE_TEST_PW")
+    ok2 = forge_cli(
+        "audit",
+        "--policy",
+        policy,
+        "--evidence",
+        w.evidence,
+        "--out",
+        tmp_path / "r2",
+        "--decryption-key",
+        locked,
+        "--decryption-passphrase-env",
+        "FORGE_TEST_PW",
+    )
     assert ok2.code == 0, ok2
     monkeypatch.setenv("FORGE_TEST_PW", "wrong")
-    for i, (extra, words) in enumerate([
-        (("--decryption-key", locked, "--decryption-passphrase-env", "FORGE_TEST_PW"), ["passphrase"]),
-        (("--decryption-key", locked), ["passphrase"]),
-        (("--decryption-passphrase-env", "FORGE_TEST_PW"), ["--decryption-key"]),
-    ]):
+    for i, (extra, words) in enumerate(
+        [
+            (("--decryption-key", locked, "--decryption-passphrase-env", "FORGE_TEST_PW"), ["passphrase"]),
+            (("--decryption-key", locked), ["passphrase"]),
+            (("--decryption-passphrase-env", "FORGE_TEST_PW"), ["--decryption-key"]),
+        ]
+    ):
         out = tmp_path / f"bad{i}"
         r = forge_cli("audit", "--policy", policy, "--evidence", w.evidence, "--out", out, *extra)
         assert_clean_error(r, *words)
@@ -219,10 +269,21 @@ def test_attack_results_and_inconclusive_exit_codes(cli_world, forge_inproc, tmp
     mine.write_text(json.dumps(membership_results("plugins/p1", separation=0.0, seed=3, n=400)))
     for fails, code in ((False, 0), (True, 1)):
         policy = tmp_path / f"inc-{fails}.toml"
-        policy.write_text(f'format = "forge-audit-policy/1"\nname = "inc"\n[verdict]\ninconclusive_fails = {str(fails).lower()}\n'
-                          '[checks.provenance]\n[checks.consistency]\n')
-        args = ("audit", "--policy", policy, "--evidence", w.evidence, "--decryption-key", w.keys["consortium"] / "decryption.key",
-                "--attack-results", mine)
+        policy.write_text(
+            f'format = "forge-audit-policy/1"\nname = "inc"\n[verdict]\ninconclusive_fails = {str(fails).lower()}\n'
+            "[checks.provenance]\n[checks.consistency]\n"
+        )
+        args = (
+            "audit",
+            "--policy",
+            policy,
+            "--evidence",
+            w.evidence,
+            "--decryption-key",
+            w.keys["consortium"] / "decryption.key",
+            "--attack-results",
+            mine,
+        )
         r = forge_inproc(*args, "--out", tmp_path / f"r-{fails}")
         assert r.code == code, r
         assert "INCONCLUSIVE" in r.out and "cannot tell" in r.out and "claimed only" in r.out

@@ -44,8 +44,13 @@ required = false
 def _consortium(root, now):
     keys = {n: new_keys(n, root / "keys" / n).public.parent for n in ("site-1", "admin", "consortium", "auditor")}
     roster = root / "roster.json"
-    init_roster(roster, "medforge", [load_public_key(keys["admin"])], expires=now + 60 * 86400,
-                recipients=[load_public_key(keys["consortium"]), Recipient.from_public(load_public_key(keys["auditor"]), "auditor")])
+    init_roster(
+        roster,
+        "medforge",
+        [load_public_key(keys["admin"])],
+        expires=now + 60 * 86400,
+        recipients=[load_public_key(keys["consortium"]), Recipient.from_public(load_public_key(keys["auditor"]), "auditor")],
+    )
     add_site_key(roster, load_public_key(keys["site-1"]), not_before=now - 86400, not_after=now + 365 * 86400)
     sign_roster(roster, load_signing_key(keys["admin"] / "signing.key"))
     return keys, roster
@@ -57,8 +62,16 @@ def _evidence(root, name, plugin, keys, roster, now, ledgers):
     (ev / "plugins").mkdir(parents=True, exist_ok=True)
     (ev / "bundles").mkdir()
     shutil.copy(roster, ev / "roster.json")
-    seal(plugin, load_signing_key(keys["site-1"] / "signing.key"), load_public_key(keys["consortium"]), ev / "bundles" / "p.forge",
-         now=now - 60, counter=SequenceCounter(root / f"counter-{name}"), roster=roster, root=roster)
+    seal(
+        plugin,
+        load_signing_key(keys["site-1"] / "signing.key"),
+        load_public_key(keys["consortium"]),
+        ev / "bundles" / "p.forge",
+        now=now - 60,
+        counter=SequenceCounter(root / f"counter-{name}"),
+        roster=roster,
+        root=roster,
+    )
     shutil.copytree(plugin, ev / "plugins" / "p")
     (ev / "attacks").mkdir()
     (ev / "attacks" / "site-mia.json").write_text(json.dumps(membership_results("plugins/p", separation=0.0, n=4000, seed=5)))
@@ -66,8 +79,20 @@ def _evidence(root, name, plugin, keys, roster, now, ledgers):
 
 
 def _audit(forge_cli, policy, evidence, out, keys):
-    a = forge_cli("audit", "--policy", policy, "--evidence", evidence, "--out", out, "--key", keys["auditor"] / "signing.key",
-                  "--decryption-key", keys["consortium"] / "decryption.key", "--json")
+    a = forge_cli(
+        "audit",
+        "--policy",
+        policy,
+        "--evidence",
+        evidence,
+        "--out",
+        out,
+        "--key",
+        keys["auditor"] / "signing.key",
+        "--decryption-key",
+        keys["consortium"] / "decryption.key",
+        "--json",
+    )
     report = json.loads((out / "report.json").read_text())
     return a, report
 
@@ -98,10 +123,21 @@ def test_a_self_consistent_liar_gets_the_same_verdict_as_an_honest_site_and_the_
     q, steps, rows = meta["dp"]["sample_rate"], meta["dp"]["steps"], meta["data"]["rows"]
     delta = default_delta(rows)
     sigma = calibrate_noise_multiplier(1.0, delta, q, steps, "prv")
-    meta["dp"].update({"enabled": True, "noise_multiplier": sigma, "delta": delta, "accountant": "prv", "epsilon": 1.0, "max_grad_norm": 1.0,
-                       "history": [[sigma, q, steps]]})
+    meta["dp"].update(
+        {
+            "enabled": True,
+            "noise_multiplier": sigma,
+            "delta": delta,
+            "accountant": "prv",
+            "epsilon": 1.0,
+            "max_grad_norm": 1.0,
+            "history": [[sigma, q, steps]],
+        }
+    )
     (tmp_path / "nodp" / "forge.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    Ledger.open("site-1", "bundled:site-1", None, root=liar_home / "ledgers").record([(sigma, q, steps)], kind="train", delta=delta, note={})
+    Ledger.open("site-1", "bundled:site-1", None, root=liar_home / "ledgers").record(
+        [(sigma, q, steps)], kind="train", delta=delta, note={}
+    )
     liar = _evidence(tmp_path, "liar", tmp_path / "nodp", keys, roster, now, liar_home / "ledgers")
 
     results = {}
@@ -119,7 +155,9 @@ def test_a_self_consistent_liar_gets_the_same_verdict_as_an_honest_site_and_the_
             rows_ = {r["claim"]: r for r in rep["claims"] if r["plugin"] == "plugins/p"}
             assert rows_["dp-parameters"]["basis"] == "claimed" and "claimed only" in rows_["dp-parameters"]["note"]
             assert rows_["weights-binding"]["basis"] == "verified" and rows_["membership-leakage"]["basis"] == "claimed"
-            (site_file,) = [f for c in rep["checks"] if c["name"] == "consistency" for f in c["findings"] if f["subject"] == "attacks/site-mia.json"]
+            (site_file,) = [
+                f for c in rep["checks"] if c["name"] == "consistency" for f in c["findings"] if f["subject"] == "attacks/site-mia.json"
+            ]
             assert site_file["status"] == "skip" and "not counted" in site_file["summary"]
     assert {c["name"]: c["status"] for c in results["liar", "consortium"][1]["checks"]}["dp-claims"] == "pass"
     assert forge_cli("verify-report", tmp_path / "liar-consortium", "--key", keys["auditor"] / "public.json").code == 0

@@ -33,12 +33,12 @@ def consortium(tmp_path_factory, replay_tools):
     return replay_tools.build(tmp_path_factory.mktemp("onsite"), "onsite-test", maintainer=True)
 
 
-
 @pytest.fixture(autouse=True)
 def _pinned(request):
     """Every test has its own FORGE_HOME: pin the consortium's root there (obtained out of band)."""
     if "consortium" in request.fixturenames:
         pin_root(request.getfixturevalue("consortium")["roster"])
+
 
 def _evidence(c, name: str, plugin_dir: Path, ledgers: Path) -> Path:
     ev = c["root"] / name / "evidence"
@@ -60,8 +60,14 @@ def _audit(c, ev: Path, plugin_dir: Path):
     attacks.mkdir()
     res = run_mia(ev / "plugins" / SITE, f"bundled:{SITE}", settings=MiaSettings(attack="loss", references=0, n_boot=50), cache=False)
     write_results(res, attacks / "mia.json")
-    return audit_directory(ev, None, decryption_key=c["keys"]["maintainer"].decryption, replay_key=c["keys"]["auditor"].decryption,
-                           canary_records=[c["record_path"]], attack_results=[attacks / "mia.json"])
+    return audit_directory(
+        ev,
+        None,
+        decryption_key=c["keys"]["maintainer"].decryption,
+        replay_key=c["keys"]["auditor"].decryption,
+        canary_records=[c["record_path"]],
+        attack_results=[attacks / "mia.json"],
+    )
 
 
 def _statuses(report) -> dict:
@@ -70,10 +76,19 @@ def _statuses(report) -> dict:
 
 def test_an_honest_site_passes_the_default_onsite_audit(consortium):
     c = consortium
-    run = train_site(site=SITE, data_spec=f"bundled:{SITE}", base_name="tabular-mlp", out=c["root"] / "honest" / "plugin",
-                     canary_grant=c["grant"], grant_key=c["keys"][SITE].decryption, roster=c["roster"],
-                     auditor=c["keys"]["auditor"].public, signer=c["keys"][SITE].signing,
-                     ledger_root=c["root"] / "honest" / "ledgers", **CLAIMED)
+    run = train_site(
+        site=SITE,
+        data_spec=f"bundled:{SITE}",
+        base_name="tabular-mlp",
+        out=c["root"] / "honest" / "plugin",
+        canary_grant=c["grant"],
+        grant_key=c["keys"][SITE].decryption,
+        roster=c["roster"],
+        auditor=c["keys"]["auditor"].public,
+        signer=c["keys"][SITE].signing,
+        ledger_root=c["root"] / "honest" / "ledgers",
+        **CLAIMED,
+    )
     ev = _evidence(c, "honest", run.plugin.path, c["root"] / "honest" / "ledgers")
     report = _audit(c, ev, run.plugin.path)
     st = _statuses(report)
@@ -83,7 +98,9 @@ def test_an_honest_site_passes_the_default_onsite_audit(consortium):
 
 
 LIES = {
-    "no noise": dict(train_cfg={k: v for k, v in CLAIMED.items() if k not in ("noise_multiplier", "delta", "accountant")} | {"no_dp": True}),
+    "no noise": dict(
+        train_cfg={k: v for k, v in CLAIMED.items() if k not in ("noise_multiplier", "delta", "accountant")} | {"no_dp": True}
+    ),
     "more steps": dict(train_cfg={**CLAIMED, "epochs": 12}),
     "canaries dropped": dict(train_cfg=CLAIMED, lie_data=lambda d, cs: d),
     "other data": dict(train_cfg=CLAIMED, lie_data=lambda d, cs: d.subset(np.arange(len(d)) != 0).concat(cs, name=d.name)),
@@ -135,10 +152,19 @@ def test_default_canaries_contradict_a_no_noise_plugin_claiming_epsilon_1(powere
 def test_default_canaries_leave_an_honest_epsilon_1_plugin_below_its_claim(powered):
     pin_root(powered["roster"])
     c = powered
-    run = train_site(site=SITE, data_spec=f"bundled:{SITE}", base_name="tabular-mlp", out=c["root"] / "power-honest" / "plugin",
-                     canary_grant=c["grant"], grant_key=c["keys"][SITE].decryption, roster=c["roster"],
-                     auditor=c["keys"]["auditor"].public, signer=c["keys"][SITE].signing,
-                     ledger_root=c["root"] / "power-honest" / "ledgers", **POWER_CLAIM)
+    run = train_site(
+        site=SITE,
+        data_spec=f"bundled:{SITE}",
+        base_name="tabular-mlp",
+        out=c["root"] / "power-honest" / "plugin",
+        canary_grant=c["grant"],
+        grant_key=c["keys"][SITE].decryption,
+        roster=c["roster"],
+        auditor=c["keys"]["auditor"].public,
+        signer=c["keys"][SITE].signing,
+        ledger_root=c["root"] / "power-honest" / "ledgers",
+        **POWER_CLAIM,
+    )
     f = _canary_finding(c, _evidence(c, "power-honest", run.plugin.path, c["root"] / "power-honest" / "ledgers"))
     assert f.status is Status.PASS, f.summary  # the sample could show about 3: a PASS, not "cannot tell"
     assert f.evidence["epsilon_lb"] <= 1.0 < f.evidence["ceiling"]

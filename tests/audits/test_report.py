@@ -20,8 +20,17 @@ from forge_secure.errors import ForgeDataError, ForgeFileError
 from .conftest import build_world, membership_results
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
 
 def _policy(tmp: Path) -> Path:
     from audits import default_policy_text
@@ -55,16 +64,30 @@ def reports(tmp_path_factory):
             for i, site in enumerate(("site-1", "site-2", "site-3")):
                 kw = {}
                 if liar and site == "site-2":
-                    kw["dp"] = {"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.08, "steps": 65,
-                                "max_grad_norm": 1.0, "accountant": "prv", "epsilon": 1.0, "delta": 1e-5}
+                    kw["dp"] = {
+                        "enabled": True,
+                        "noise_multiplier": 1.1,
+                        "sample_rate": 0.08,
+                        "steps": 65,
+                        "max_grad_norm": 1.0,
+                        "accountant": "prv",
+                        "epsilon": 1.0,
+                        "delta": 1e-5,
+                    }
                 p = w.add_plugin(f"{site}-plugin", site, seed=i, **kw)
                 digests.append((sha256_file(p / "adapter_model.safetensors"), site))
                 sep = 4.0 if (liar and site == "site-2") else 0.0
                 w.add_auditor_attack(f"mia-{site}", membership_results(f"plugins/{site}-plugin", separation=sep, seed=i, n=2000))
             w.add_merged("v1", digests)
             before = snapshot(w.evidence)
-            report = audit_directory(w.evidence, _policy(root / name), out=root / name / "report", key=w.keys["auditor"] / "signing.key",
-                                     decryption_key=w.decryption_key, attack_results=w.auditor_attacks)
+            report = audit_directory(
+                w.evidence,
+                _policy(root / name),
+                out=root / name / "report",
+                key=w.keys["auditor"] / "signing.key",
+                decryption_key=w.decryption_key,
+                attack_results=w.auditor_attacks,
+            )
             out[name] = {"world": w, "report": report, "dir": root / name / "report", "before": before}
         yield out
     finally:
@@ -157,8 +180,9 @@ def test_html_is_self_contained(reports):
 
 
 def _chromium(args: list[str], tmp: Path, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
@@ -263,8 +287,10 @@ def inconclusive_reports(tmp_path_factory):
         out = {"world": w}
         for fails in (False, True):
             policy = root / f"policy-{fails}.toml"
-            policy.write_text(f'format = "forge-audit-policy/1"\nname = "inc"\n[verdict]\ninconclusive_fails = {str(fails).lower()}\n'
-                              "[checks.delta]\n[checks.consistency]\n")
+            policy.write_text(
+                f'format = "forge-audit-policy/1"\nname = "inc"\n[verdict]\ninconclusive_fails = {str(fails).lower()}\n'
+                "[checks.delta]\n[checks.consistency]\n"
+            )
             d = root / f"report-{fails}"
             out[fails] = (audit_directory(w.evidence, policy, out=d, attack_results=w.auditor_attacks), d)
         yield out
@@ -323,22 +349,48 @@ def test_claims_table_says_verified_by_replay_or_claimed_only():
     from audits.claims import claims_table
 
     checks = [
-        CheckResult("provenance", "t", "d", {}, (
-            _f("provenance", "pass", "bundles/a.forge"),
-            _f("provenance", "pass", "plugins/a", plugin="plugins/a", claim="weights-binding", basis="verified"),
-            _f("provenance", "warn", "plugins/b", plugin="plugins/b", claim="weights-binding", basis="claimed"),
-        )),
-        CheckResult("dp-claims", "t", "d", {}, tuple(
-            _f("dp-claims", "pass", p, plugin=p, claim=c, basis="re-derived")
-            for p in ("plugins/a", "plugins/b", "plugins/c") for c in ("dp-parameters", "epsilon"))),
-        CheckResult("replay", "t", "d", {}, (  # the replay check's findings name no claim: it judges the whole recipe
-            _f("replay", "pass", "plugins/a", evidence={"basis": "verified"}),
-            _f("replay", "fail", "plugins/c", evidence={"basis": "claimed"}),
-        )),
-        CheckResult("membership", "t", "d", {}, (
-            _f("membership", "skip", "attacks/site.json", plugin="plugins/b", claim="membership-leakage", basis="claimed"),
-        )),
-        CheckResult("auditor-canaries", "t", "d", {}, (_f("auditor-canaries", "inconclusive", "plugins/b", evidence={"basis": "verified"}),)),
+        CheckResult(
+            "provenance",
+            "t",
+            "d",
+            {},
+            (
+                _f("provenance", "pass", "bundles/a.forge"),
+                _f("provenance", "pass", "plugins/a", plugin="plugins/a", claim="weights-binding", basis="verified"),
+                _f("provenance", "warn", "plugins/b", plugin="plugins/b", claim="weights-binding", basis="claimed"),
+            ),
+        ),
+        CheckResult(
+            "dp-claims",
+            "t",
+            "d",
+            {},
+            tuple(
+                _f("dp-claims", "pass", p, plugin=p, claim=c, basis="re-derived")
+                for p in ("plugins/a", "plugins/b", "plugins/c")
+                for c in ("dp-parameters", "epsilon")
+            ),
+        ),
+        CheckResult(
+            "replay",
+            "t",
+            "d",
+            {},
+            (  # the replay check's findings name no claim: it judges the whole recipe
+                _f("replay", "pass", "plugins/a", evidence={"basis": "verified"}),
+                _f("replay", "fail", "plugins/c", evidence={"basis": "claimed"}),
+            ),
+        ),
+        CheckResult(
+            "membership",
+            "t",
+            "d",
+            {},
+            (_f("membership", "skip", "attacks/site.json", plugin="plugins/b", claim="membership-leakage", basis="claimed"),),
+        ),
+        CheckResult(
+            "auditor-canaries", "t", "d", {}, (_f("auditor-canaries", "inconclusive", "plugins/b", evidence={"basis": "verified"}),)
+        ),
     ]
     rows = {(r["plugin"], r["claim"]): r for r in claims_table(checks)}
     assert {p for p, _ in rows} == {"plugins/a", "plugins/b", "plugins/c"}  # a bundle is not a plugin

@@ -34,8 +34,20 @@ def _policy(required: bool):
 @pytest.fixture
 def liar(world):
     sigma = calibrate_noise_multiplier(1.0, 1e-5, 0.08, 65, "prv")
-    world.add_plugin("liar", "site-1", dp={"enabled": True, "noise_multiplier": sigma, "sample_rate": 0.08, "steps": 65,
-                                           "max_grad_norm": 1.0, "accountant": "prv", "epsilon": 1.0, "delta": 1e-5})
+    world.add_plugin(
+        "liar",
+        "site-1",
+        dp={
+            "enabled": True,
+            "noise_multiplier": sigma,
+            "sample_rate": 0.08,
+            "steps": 65,
+            "max_grad_norm": 1.0,
+            "accountant": "prv",
+            "epsilon": 1.0,
+            "delta": 1e-5,
+        },
+    )
     return world
 
 
@@ -46,7 +58,9 @@ def _statuses(report):
 def _site_files():
     random = membership_results("plugins/liar", separation=0.0, n=2000, seed=7)
     crafted = membership_results("plugins/liar", separation=0.0, n=40000, seed=8)
-    crafted["scores"] = [0.0] * len(crafted["scores"])  # every record looks alike: AUC 0.5, TPR 0, on a sample large enough to "confirm" epsilon 1
+    crafted["scores"] = [0.0] * len(
+        crafted["scores"]
+    )  # every record looks alike: AUC 0.5, TPR 0, on a sample large enough to "confirm" epsilon 1
     crafted["empirical_epsilon"] = {"epsilon_lb": 0.0, "exceeds_claim": False}
     with_signals = membership_results("plugins/liar", separation=0.0, n=2000, seed=9)
     with_signals["signals"] = {"target_logits": [[0.0, 0.0]] * 2000, "class_labels": [1] * 2000}
@@ -75,7 +89,10 @@ def test_site_supplied_attack_files_do_not_change_the_verdict(liar, required, mo
         assert _statuses(report) == _statuses(baseline), name
         for check in ("membership", "consistency"):
             (f,) = [x for c in report.checks if c.name == check for x in c.findings if x.subject == f"attacks/{name}.json"]
-            assert f.status is Status.SKIP and "not counted" in f.summary and f.basis == "claimed" and f.plugin == "plugins/liar", (name, f.summary)
+            assert f.status is Status.SKIP and "not counted" in f.summary and f.basis == "claimed" and f.plugin == "plugins/liar", (
+                name,
+                f.summary,
+            )
         path.unlink()
 
 

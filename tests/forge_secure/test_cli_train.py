@@ -46,10 +46,18 @@ def peft_plugin(tmp_path, monkeypatch):
     base = load_base("tabular-mlp")
     torch.manual_seed(0)
     model = get_peft_model(fresh_copy(base), LoraConfig(r=4, lora_alpha=8, target_modules=list(base.target_modules)))
-    meta = new_meta(site="site-1", base=base, lora={"rank": 4, "alpha": 8, "targets": list(base.target_modules), "ffa": False},
-                    training={"epochs": 1}, dp={"enabled": False, "epsilon": float("inf")},
-                    data={"name": "breast-cancer/site-1/train", "rows": 1,
-                          "membership": {"include_prob": 0.5, "pool_rows": 2, "seed_sha256": "0" * 64}})
+    meta = new_meta(
+        site="site-1",
+        base=base,
+        lora={"rank": 4, "alpha": 8, "targets": list(base.target_modules), "ffa": False},
+        training={"epochs": 1},
+        dp={"enabled": False, "epsilon": float("inf")},
+        data={
+            "name": "breast-cancer/site-1/train",
+            "rows": 1,
+            "membership": {"include_prob": 0.5, "pool_rows": 2, "seed_sha256": "0" * 64},
+        },
+    )
     return save_plugin(model, meta, tmp_path / "plugin")
 
 
@@ -64,6 +72,7 @@ def _csv(path, n_features, label="label", rows=6, seed=0):
 
 
 # --------------------------------------------------------------------------- bad input to train
+
 
 def _train(forge_cli, tmp_path, *extra, data="bundled:site-1", base="tabular-mlp"):
     return forge_cli("train", "--site", "site-1", "--data", data, "--base", base, "--epsilon", "8", "--out", tmp_path / "out", *extra)
@@ -133,6 +142,7 @@ def test_train_needs_exactly_one_privacy_choice(forge, tmp_path):
 
 # --------------------------------------------------------------------------- eval / plugin show on a PEFT plugin
 
+
 def test_plugin_show_and_eval(forge, peft_plugin):
     r = forge("plugin", "show", peft_plugin, "--json")
     assert r.code == 0, r
@@ -194,11 +204,27 @@ def test_plugin_show_json_error(forge, tmp_path):
 
 # --------------------------------------------------------------------------- end to end with A2's train_plugin
 
+
 @needs_train
 def test_train_eval_show_ledger_end_to_end(forge, tmp_path):
     out = tmp_path / "p1"
-    r = forge("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "4", "--ffa", "--epochs", "3",
-                  "--out", out, "--budget", "5", "--json")
+    r = forge(
+        "train",
+        "--site",
+        "site-1",
+        "--data",
+        "bundled:site-1",
+        "--epsilon",
+        "4",
+        "--ffa",
+        "--epochs",
+        "3",
+        "--out",
+        out,
+        "--budget",
+        "5",
+        "--json",
+    )
     assert r.code == 0, r
     s = json.loads(r.out)
     assert s["dp"]["enabled"] is True and 0 < s["dp"]["epsilon"] <= 4.0 + 1e-6
@@ -224,8 +250,7 @@ def test_train_eval_show_ledger_end_to_end(forge, tmp_path):
     (led,) = json.loads(r.out)["ledgers"]
     assert led["releases"] == 1 and led["epsilon_spent"] == pytest.approx(s["dp"]["epsilon"], rel=1e-3)
     # a second training at epsilon 4 would pass the budget of 5: refused with the figures, nothing written
-    r = forge("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "4", "--ffa", "--epochs", "3",
-                  "--out", tmp_path / "p2")
+    r = forge("train", "--site", "site-1", "--data", "bundled:site-1", "--epsilon", "4", "--ffa", "--epochs", "3", "--out", tmp_path / "p2")
     assert_clean_error(r, "budget")
     assert not (tmp_path / "p2").exists()
 
@@ -250,8 +275,20 @@ def test_vectorised_bootstrap_auc_equals_sklearn():
 def test_ledger_show_and_corrupt_ledger(forge, tmp_path):
     r = forge("ledger", "show", "--json")
     assert r.code == 0 and json.loads(r.out) == {"ledgers": []}
-    r = forge("train", "--site", "site-3", "--data", "bundled:site-3", "--noise-multiplier", "2", "--epochs", "1",
-              "--out", tmp_path / "p", "--json")
+    r = forge(
+        "train",
+        "--site",
+        "site-3",
+        "--data",
+        "bundled:site-3",
+        "--noise-multiplier",
+        "2",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "p",
+        "--json",
+    )
     assert r.code == 0, r
     eps = json.loads(r.out)["dp"]["epsilon"]
     r = forge("ledger", "show")
@@ -279,17 +316,51 @@ def test_vit_tiny_on_a_medmnist_npz(forge, tmp_path):
     s = bundled_image_splits()
     tr, te = s.sites[0].train(), s.sites[0].test
     to_u8 = lambda d: np.round(d.X[:, 0] * 255).astype(np.uint8)  # noqa: E731
-    np.savez(tmp_path / "digits.npz", train_images=to_u8(tr), train_labels=tr.y[:, None], val_images=to_u8(te)[:4],
-             val_labels=te.y[:4, None], test_images=to_u8(te), test_labels=te.y[:, None])
+    np.savez(
+        tmp_path / "digits.npz",
+        train_images=to_u8(tr),
+        train_labels=tr.y[:, None],
+        val_images=to_u8(te)[:4],
+        val_labels=te.y[:4, None],
+        test_images=to_u8(te),
+        test_labels=te.y[:, None],
+    )
     # site-1 holds 9 of the 10 digits: the shipped 10-class vit-tiny does not fit, and no base is trained at load time
-    r = forge("train", "--site", "site-1", "--data", tmp_path / "digits.npz", "--base", "vit-tiny", "--no-dp", "--epochs", "1",
-              "--out", tmp_path / "vit")
+    r = forge(
+        "train",
+        "--site",
+        "site-1",
+        "--data",
+        tmp_path / "digits.npz",
+        "--base",
+        "vit-tiny",
+        "--no-dp",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "vit",
+    )
     assert_clean_error(r, "n_classes=9 is not shipped", "tools/make_bases.py vit-tiny --set n_classes=9 --out DIR")
     from forge_secure.plugins.base_builders import write_base
 
     write_base("vit-tiny", tmp_path / "vit9", n_classes=9, pretrain_steps=3)  # what that command does
-    r = forge("train", "--site", "site-1", "--data", tmp_path / "digits.npz", "--base", tmp_path / "vit9", "--no-dp", "--epochs", "1",
-              "--rank", "2", "--out", tmp_path / "vit", "--json")
+    r = forge(
+        "train",
+        "--site",
+        "site-1",
+        "--data",
+        tmp_path / "digits.npz",
+        "--base",
+        tmp_path / "vit9",
+        "--no-dp",
+        "--epochs",
+        "1",
+        "--rank",
+        "2",
+        "--out",
+        tmp_path / "vit",
+        "--json",
+    )
     assert r.code == 0, r
     s = json.loads(r.out)
     assert s["base"]["name"] == str((tmp_path / "vit9").resolve())
@@ -327,8 +398,21 @@ def test_train_own_csv_by_coin_flips_then_attack_candidates_check(forge, tmp_pat
     from forge_secure.plugins.data import draw_membership
 
     data = _csv(tmp_path / "own.csv", 30, rows=50)
-    r = forge("train", "--site", "site-1", "--data", data, "--no-dp", "--epochs", "1", "--membership-seed", "41",
-              "--out", tmp_path / "p", "--json")
+    r = forge(
+        "train",
+        "--site",
+        "site-1",
+        "--data",
+        data,
+        "--no-dp",
+        "--epochs",
+        "1",
+        "--membership-seed",
+        "41",
+        "--out",
+        tmp_path / "p",
+        "--json",
+    )
     assert r.code == 0, r
     meta = json.loads((tmp_path / "p" / "forge.json").read_text())
     mask = draw_membership(50, 41, 0.5)

@@ -68,8 +68,12 @@ def test_demo_up_to_the_merge_trains_seals_opens_and_merges(forge, tmp_path):
 
     assert summary["keys"]["roster"]["sites"] == ["site-1", "site-2", "site-3"]
     for s in ("site-1", "site-2", "site-3"):
-        v = verify(out / "evidence" / "bundles" / f"{s}.forge", out / "roster.json", state_dir=tmp_path / "verifier-state",
-                   root=out / "roster.json")
+        v = verify(
+            out / "evidence" / "bundles" / f"{s}.forge",
+            out / "roster.json",
+            state_dir=tmp_path / "verifier-state",
+            root=out / "roster.json",
+        )
         assert v.site == s and v.dp["enabled"] is True
         assert adapter_digest(out / "evidence" / "plugins" / s) == adapter_digest(out / "plugins" / s)
         assert (out / "maintainer" / "contributions" / s / "ciphertexts.bin").is_file()

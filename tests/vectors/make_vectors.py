@@ -69,36 +69,55 @@ def plugin_files() -> dict[str, bytes]:
     from safetensors.numpy import save
 
     meta = {
-        "format": "forge-plugin/1", "toolkit_version": "0.1.0", "site": "site-1", "kind": "trained",
+        "format": "forge-plugin/1",
+        "toolkit_version": "0.1.0",
+        "site": "site-1",
+        "kind": "trained",
         "base": {"name": "tabular-mlp", "digest": hashlib.sha256(b"vector base").hexdigest()},
         "lora": {"rank": 4, "alpha": 8, "targets": ["fc1"], "ffa": True, "ffa_seed": 0, "dropout": 0.0},
         "training": {"epochs": 1, "batch_size": 8, "lr": 0.05, "optimizer": "sgd", "seed": 0},
-        "dp": {"enabled": True, "noise_multiplier": 1.1, "sample_rate": 0.25, "steps": 12, "max_grad_norm": 1.0,
-               "accountant": "prv", "epsilon": 3.2, "delta": 0.001},
-        "parents": [], "merge": None,
+        "dp": {
+            "enabled": True,
+            "noise_multiplier": 1.1,
+            "sample_rate": 0.25,
+            "steps": 12,
+            "max_grad_norm": 1.0,
+            "accountant": "prv",
+            "epsilon": 3.2,
+            "delta": 0.001,
+        },
+        "parents": [],
+        "merge": None,
     }
     rng = np.random.default_rng(0)
-    weights = {"base_model.model.fc1.lora_A.weight": rng.standard_normal((4, 512)).astype(np.float32),
-               "base_model.model.fc1.lora_B.weight": rng.standard_normal((512, 4)).astype(np.float32)}
+    weights = {
+        "base_model.model.fc1.lora_A.weight": rng.standard_normal((4, 512)).astype(np.float32),
+        "base_model.model.fc1.lora_B.weight": rng.standard_normal((512, 4)).astype(np.float32),
+    }
     return {
         "forge.json": (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode(),
-        "adapter_config.json": json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["fc1"]},
-                                          sort_keys=True).encode(),
+        "adapter_config.json": json.dumps(
+            {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["fc1"]}, sort_keys=True
+        ).encode(),
         "adapter_model.safetensors": save(weights),
     }
 
 
 def make_keys(root: Path) -> dict[str, keys.KeyFiles]:
-    return {name: keys.new_keys(name, root / "keys" / name, post_quantum=pq, random=Drbg(f"key {name}"))
-            for name, pq in KEY_SPECS.items()}
+    return {name: keys.new_keys(name, root / "keys" / name, post_quantum=pq, random=Drbg(f"key {name}")) for name, pq in KEY_SPECS.items()}
 
 
 def make_roster(root: Path, made: dict[str, keys.KeyFiles]) -> Path:
     path = root / "roster.json"
     if path.exists():  # made already (deterministic: the same bytes)
         return path
-    roster.init_roster(path, "vector-consortium", [made["admin-1"].public_key], expires=FAR,
-                       recipients=[made["consortium"].public_key, made["consortium-pq"].public_key])
+    roster.init_roster(
+        path,
+        "vector-consortium",
+        [made["admin-1"].public_key],
+        expires=FAR,
+        recipients=[made["consortium"].public_key, made["consortium-pq"].public_key],
+    )
     for site in ("site-1", "site-pq"):
         roster.add_site_key(path, made[site].public_key, not_before=NOT_BEFORE, not_after=FAR)
     roster.sign_roster(path, keys.load_signing_key(made["admin-1"].signing), state_dir=root / "state")
@@ -109,8 +128,9 @@ def _made(root: Path) -> dict[str, keys.KeyFiles]:
     out = {}
     for name in KEY_SPECS:
         d = root / "keys" / name
-        out[name] = keys.KeyFiles(d / keys.SIGNING_FILE, d / keys.DECRYPTION_FILE, d / keys.PUBLIC_FILE,
-                                  keys.load_public_key(d / keys.PUBLIC_FILE))
+        out[name] = keys.KeyFiles(
+            d / keys.SIGNING_FILE, d / keys.DECRYPTION_FILE, d / keys.PUBLIC_FILE, keys.load_public_key(d / keys.PUBLIC_FILE)
+        )
     return out
 
 
@@ -121,9 +141,21 @@ def make_bundle(root: Path, name: str, plugin: Path, wrap=P.hpke_wrap) -> Path:
     if not roster_path.exists():
         make_roster(root, _made(root))
     with tempfile.TemporaryDirectory() as counter_dir:
-        bundle._seal(plugin, root / "keys" / signer / keys.SIGNING_FILE, root / "keys" / recipient / keys.PUBLIC_FILE, out,
-                     sequence=SEQUENCE, chunk_size=CHUNK, passphrase=None, random=Drbg(f"bundle {name}"), now=FIXED_NOW,
-                     counter=SequenceCounter(counter_dir), wrap=wrap, roster=roster_path, state_dir=root / "state")
+        bundle._seal(
+            plugin,
+            root / "keys" / signer / keys.SIGNING_FILE,
+            root / "keys" / recipient / keys.PUBLIC_FILE,
+            out,
+            sequence=SEQUENCE,
+            chunk_size=CHUNK,
+            passphrase=None,
+            random=Drbg(f"bundle {name}"),
+            now=FIXED_NOW,
+            counter=SequenceCounter(counter_dir),
+            wrap=wrap,
+            roster=roster_path,
+            state_dir=root / "state",
+        )
     return out
 
 

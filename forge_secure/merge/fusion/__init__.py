@@ -6,20 +6,19 @@ Methods register by name in :data:`FUSIONS` (``exact``, ``ffa``, ``sequential``,
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..adapter import LoraAdapter, normalise_weights
 from . import dare, exact, sequential, ties  # noqa: F401  (register the methods)
 from .base import FUSIONS, FusionMethod, FusionResult
-from .exact import concat_merge, ffa_average
 from .dare import dare_merge
+from .exact import concat_merge, ffa_average
 from .sequential import minimise_scalars, sequential_merge
 from .ties import ties_merge
 from .tuning import tune_weights
 
 
-def fuse(method: str | FusionMethod, adapters: Sequence[LoraAdapter], weights: Sequence[float] | None = None,
-         **options) -> FusionResult:
+def fuse(method: str | FusionMethod, adapters: Sequence[LoraAdapter], weights: Sequence[float] | None = None, **options) -> FusionResult:
     """Merge ``adapters`` with the registered ``method`` (a name, or a :class:`FusionMethod`
     looked up already); ``weights`` (default equal) are normalised to sum 1. Options:
     ``density``/``seed``/``rank`` (TIES, DARE), ``loss_fn``/``budget``/``seed`` (sequential).
@@ -30,6 +29,15 @@ def fuse(method: str | FusionMethod, adapters: Sequence[LoraAdapter], weights: S
 
 
 __all__ = [
-    "FUSIONS", "FusionMethod", "FusionResult", "fuse", "concat_merge", "ffa_average",
-    "ties_merge", "dare_merge", "sequential_merge", "minimise_scalars", "tune_weights",
+    "FUSIONS",
+    "FusionMethod",
+    "FusionResult",
+    "fuse",
+    "concat_merge",
+    "ffa_average",
+    "ties_merge",
+    "dare_merge",
+    "sequential_merge",
+    "minimise_scalars",
+    "tune_weights",
 ]

@@ -8,8 +8,8 @@ messages list the allowed names from the registry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ...registry import Registry
 from ..adapter import LoraAdapter
@@ -20,7 +20,7 @@ class FusionMethod:
     """A registered Fusion method: its function and what it needs from its inputs."""
 
     name: str
-    fuse: Callable[..., "FusionResult"]
+    fuse: Callable[..., FusionResult]
     needs_ffa: bool = False  # only FFA-LoRA plugins (shared A)
     same_rank: bool = False  # adds factors, so one rank
     needs_loss: bool = False  # tunes scalars on (synthetic) data

@@ -8,7 +8,7 @@ summed with the merge weights (PEFT's ``dare_linear``). The drop masks come from
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -26,7 +26,9 @@ def dare_tensors(taus: Sequence[torch.Tensor], weights: Sequence[float], density
     return out
 
 
-def dare_merge(adapters: Sequence[LoraAdapter], weights: Sequence[float], *, density: float = 0.5, seed: int = 0, rank: int | None = None) -> FusionResult:
+def dare_merge(
+    adapters: Sequence[LoraAdapter], weights: Sequence[float], *, density: float = 0.5, seed: int = 0, rank: int | None = None
+) -> FusionResult:
     check_compatible(adapters)
     density = check_density(density)
     ffa = all(ad.ffa for ad in adapters)
@@ -40,5 +42,10 @@ def dare_merge(adapters: Sequence[LoraAdapter], weights: Sequence[float], *, den
     return FusionResult(adapter, "dare", list(map(float, weights)), details)
 
 
-register(FusionMethod("dare", lambda adapters, weights, density=0.5, seed=0, rank=None, **_: dare_merge(adapters, weights, density=density, seed=seed, rank=rank),
-                      description="DARE: random drop with rescaling by 1/density, then the weighted sum (seeded)"))
+register(
+    FusionMethod(
+        "dare",
+        lambda adapters, weights, density=0.5, seed=0, rank=None, **_: dare_merge(adapters, weights, density=density, seed=seed, rank=rank),
+        description="DARE: random drop with rescaling by 1/density, then the weighted sum (seeded)",
+    )
+)

@@ -15,7 +15,7 @@ Averaging ``A`` and ``B`` separately is not averaging the updates:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -66,7 +66,19 @@ def ffa_average(adapters: Sequence[LoraAdapter], weights: Sequence[float]) -> Fu
     return FusionResult(merged, "ffa", list(map(float, weights)), {"rank": first.rank})
 
 
-register(FusionMethod("exact", lambda adapters, weights, **_: concat_merge(adapters, weights),
-                      description="exact weighted sum of the updates B*A by concatenation (rank grows to the sum of ranks)"))
-register(FusionMethod("ffa", lambda adapters, weights, **_: ffa_average(adapters, weights), needs_ffa=True, same_rank=True,
-                      description="exact weighted average of B for FFA-LoRA plugins (shared frozen A)"))
+register(
+    FusionMethod(
+        "exact",
+        lambda adapters, weights, **_: concat_merge(adapters, weights),
+        description="exact weighted sum of the updates B*A by concatenation (rank grows to the sum of ranks)",
+    )
+)
+register(
+    FusionMethod(
+        "ffa",
+        lambda adapters, weights, **_: ffa_average(adapters, weights),
+        needs_ffa=True,
+        same_rank=True,
+        description="exact weighted average of B for FFA-LoRA plugins (shared frozen A)",
+    )
+)

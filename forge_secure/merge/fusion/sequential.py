@@ -17,7 +17,7 @@ those ``c_i`` are recorded as the merge weights.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -28,14 +28,25 @@ from .base import FusionMethod, FusionResult, register
 LossFn = Callable[[LoraAdapter], float]
 
 
-def minimise_scalars(objective: Callable[[np.ndarray], float], n: int, *, budget: int = 40, init: float = 0.5, bound: float = 1.5, lower: float | None = None, seed: int = 0) -> tuple[np.ndarray, float]:
+def minimise_scalars(
+    objective: Callable[[np.ndarray], float],
+    n: int,
+    *,
+    budget: int = 40,
+    init: float = 0.5,
+    bound: float = 1.5,
+    lower: float | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, float]:
     """Minimise ``objective`` over ``n`` scalars in ``[lower, bound]`` (``lower`` defaults to
     ``-bound``) with nevergrad NGOpt, starting at ``init``, seeded (the parametrization's
     random state)."""
     import nevergrad as ng
 
     if budget < 1:
-        raise ForgeValueError(f"budget {budget} must be at least 1", fix="give a positive number of evaluations, e.g. 40", code="merge.bad_budget")
+        raise ForgeValueError(
+            f"budget {budget} must be at least 1", fix="give a positive number of evaluations, e.g. 40", code="merge.bad_budget"
+        )
     with warnings.catch_warnings():  # nevergrad/scipy chatter about bounds and COBYLA settings
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -53,7 +64,16 @@ def combine(current: LoraAdapter, nxt: LoraAdapter, alpha: float, beta: float) -
     return current.with_state(state, name="merged", ffa=False)
 
 
-def sequential_merge(adapters: Sequence[LoraAdapter], *, loss_fn: LossFn | None, budget: int = 40, init: float = 0.5, bound: float = 1.5, l1: float = 0.05, seed: int = 0) -> FusionResult:
+def sequential_merge(
+    adapters: Sequence[LoraAdapter],
+    *,
+    loss_fn: LossFn | None,
+    budget: int = 40,
+    init: float = 0.5,
+    bound: float = 1.5,
+    l1: float = 0.05,
+    seed: int = 0,
+) -> FusionResult:
     """MedForge's Fusion; ``loss_fn(adapter)`` is the cross-entropy on tuning data."""
     if loss_fn is None:
         raise ForgeValueError(
@@ -65,11 +85,16 @@ def sequential_merge(adapters: Sequence[LoraAdapter], *, loss_fn: LossFn | None,
     first = adapters[0]
     # all plugins must share the scaling: the scalars act on the raw factors
     if any(abs(ad.scaling - first.scaling) > 1e-12 for ad in adapters):
-        raise ForgeValueError("plugins have different lora_alpha/rank scalings", fix="merge plugins trained with the same r and lora_alpha", code="merge.different_scaling")
+        raise ForgeValueError(
+            "plugins have different lora_alpha/rank scalings",
+            fix="merge plugins trained with the same r and lora_alpha",
+            code="merge.different_scaling",
+        )
     current = first.with_state({k: v.clone() for k, v in first.state.items()}, name="merged", ffa=False)
     coef = np.ones(1)
     steps = []
     for j, nxt in enumerate(adapters[1:], start=1):
+
         def objective(x: np.ndarray, current=current, nxt=nxt) -> float:
             cand = combine(current, nxt, x[0], x[1])
             value = float(loss_fn(cand)) + l1 * float(np.mean(np.abs(x)))
@@ -84,9 +109,14 @@ def sequential_merge(adapters: Sequence[LoraAdapter], *, loss_fn: LossFn | None,
     return FusionResult(current, "sequential", [float(c) for c in coef], details)
 
 
-register(FusionMethod(
-    "sequential",
-    lambda adapters, weights, loss_fn=None, budget=40, seed=0, **_: sequential_merge(adapters, loss_fn=loss_fn, budget=budget, seed=seed),
-    same_rank=True, needs_loss=True,
-    description="MedForge/LoraHub: alpha*current + beta*next on A and B, scalars tuned by nevergrad on synthetic data",
-))
+register(
+    FusionMethod(
+        "sequential",
+        lambda adapters, weights, loss_fn=None, budget=40, seed=0, **_: sequential_merge(
+            adapters, loss_fn=loss_fn, budget=budget, seed=seed
+        ),
+        same_rank=True,
+        needs_loss=True,
+        description="MedForge/LoraHub: alpha*current + beta*next on A and B, scalars tuned by nevergrad on synthetic data",
+    )
+)

@@ -10,7 +10,7 @@ target module; the merged update is factored back into LoRA form by a truncated 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -9,7 +9,7 @@ sign agrees with the elected one (weighted by the merge weights). The paper keep
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -22,7 +22,9 @@ from .taskvectors import task_vectors, to_adapter
 def check_density(density: float) -> float:
     density = float(density)
     if not 0.0 < density <= 1.0:
-        raise ForgeValueError(f"density {density} is outside (0, 1]", fix="give the fraction of entries to keep, e.g. 0.5", code="merge.bad_density")
+        raise ForgeValueError(
+            f"density {density} is outside (0, 1]", fix="give the fraction of entries to keep, e.g. 0.5", code="merge.bad_density"
+        )
     return density
 
 
@@ -59,5 +61,10 @@ def ties_merge(adapters: Sequence[LoraAdapter], weights: Sequence[float], *, den
     return FusionResult(adapter, "ties", list(map(float, weights)), details)
 
 
-register(FusionMethod("ties", lambda adapters, weights, density=0.5, rank=None, **_: ties_merge(adapters, weights, density=density, rank=rank),
-                      description="TIES: trim, elect sign, disjoint mean (on B for FFA plugins, else on B*A then SVD)"))
+register(
+    FusionMethod(
+        "ties",
+        lambda adapters, weights, density=0.5, rank=None, **_: ties_merge(adapters, weights, density=density, rank=rank),
+        description="TIES: trim, elect sign, disjoint mean (on B for FFA plugins, else on B*A then SVD)",
+    )
+)

@@ -9,7 +9,7 @@ result is reported on.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -18,7 +18,18 @@ from .base import FUSIONS, FusionMethod
 from .sequential import minimise_scalars
 
 
-def tune_weights(method: str | FusionMethod, adapters: Sequence[LoraAdapter], loss_fn: Callable[[LoraAdapter], float], *, budget: int = 40, init: float = 0.5, upper: float = 1.5, l1: float = 0.05, seed: int = 0, **options) -> tuple[list[float], dict]:
+def tune_weights(
+    method: str | FusionMethod,
+    adapters: Sequence[LoraAdapter],
+    loss_fn: Callable[[LoraAdapter], float],
+    *,
+    budget: int = 40,
+    init: float = 0.5,
+    upper: float = 1.5,
+    l1: float = 0.05,
+    seed: int = 0,
+    **options,
+) -> tuple[list[float], dict]:
     """Weights (summing to 1) for ``method`` (a name, or the :class:`FusionMethod` a merge
     looked up already) tuned to minimise ``loss_fn`` of the merge."""
     spec = method if isinstance(method, FusionMethod) else FUSIONS.get(method)

@@ -12,6 +12,17 @@ from .keys import KeyInfo, fingerprint, keygen, load_public_context, load_secret
 from .params import HEParams
 
 __all__ = [
-    "AGGREGATE_FORMAT", "CONTRIBUTION_FORMAT", "Contribution", "HEParams", "KeyInfo", "aggregate", "decrypt_sum",
-    "decrypt_to_plugin", "encrypt_plugin", "fingerprint", "keygen", "load_public_context", "load_secret_context",
+    "AGGREGATE_FORMAT",
+    "CONTRIBUTION_FORMAT",
+    "Contribution",
+    "HEParams",
+    "KeyInfo",
+    "aggregate",
+    "decrypt_sum",
+    "decrypt_to_plugin",
+    "encrypt_plugin",
+    "fingerprint",
+    "keygen",
+    "load_public_context",
+    "load_secret_context",
 ]

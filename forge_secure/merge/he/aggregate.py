@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ... import __version__
 from ...errors import ForgeDataError, ForgeIntegrityError, ForgeValueError
@@ -42,23 +42,38 @@ def aggregate(contributions: Sequence[str | os.PathLike], public_context: str | 
     for p, m in zip(paths, metas, strict=True):
         if m["context_fingerprint"] != info.fingerprint:
             raise ForgeIntegrityError(
-                f"contribution {p} was encrypted under another CKKS context " f"({m['context_fingerprint'][:12]}..., this one is {info.fingerprint[:12]}...)",
+                f"contribution {p} was encrypted under another CKKS context "
+                f"({m['context_fingerprint'][:12]}..., this one is {info.fingerprint[:12]}...)",
                 fix="every site must encrypt with the consortium's current public.ctx",
                 code="he.context_mismatch",
             )
         if HEParams.from_dict(m["params"]) != info.params:
-            raise ForgeIntegrityError(f"contribution {p} uses other CKKS parameters", fix="encrypt with the consortium's public.ctx", code="he.context_mismatch")
+            raise ForgeIntegrityError(
+                f"contribution {p} uses other CKKS parameters", fix="encrypt with the consortium's public.ctx", code="he.context_mismatch"
+            )
         if m["id"] in ids:
             raise ForgeValueError(f"contribution {m['id']} ({p}) is given twice", fix="give each contribution once", code="he.duplicate")
         ids.add(m["id"])
         for field, label in (("base", "base model"), ("layout", "LoRA layout"), ("rank", "rank"), ("alpha", "lora_alpha")):
             if m.get(field) != first.get(field):
-                raise ForgeDataError(f"contribution {p} has another {label} than {paths[0]}", fix="aggregate only plugins of one base, rank and target set", code="merge.different_bases" if field == "base" else "merge.different_ranks")
+                raise ForgeDataError(
+                    f"contribution {p} has another {label} than {paths[0]}",
+                    fix="aggregate only plugins of one base, rank and target set",
+                    code="merge.different_bases" if field == "base" else "merge.different_ranks",
+                )
         if m["files"][FROZEN_A] != first["files"][FROZEN_A]:
-            raise ForgeDataError(f"contribution {p} has another frozen A than {paths[0]}", fix="FFA plugins must share base digest, rank and ffa_seed", code="merge.different_ffa_a")
+            raise ForgeDataError(
+                f"contribution {p} has another frozen A than {paths[0]}",
+                fix="FFA plugins must share base digest, rank and ffa_seed",
+                code="merge.different_ffa_a",
+            )
     params = info.params
     if len(paths) > params.max_contributions:
-        raise ForgeValueError(f"{len(paths)} contributions could overflow the CKKS range", fix=f"aggregate at most {params.max_contributions} at once", code="he.too_many")
+        raise ForgeValueError(
+            f"{len(paths)} contributions could overflow the CKKS range",
+            fix=f"aggregate at most {params.max_contributions} at once",
+            code="he.too_many",
+        )
     total: list = []
     for p, m in zip(paths, metas, strict=True):  # one contribution in memory at a time
         vecs = _load_vectors(ctx, p, m, "contribution")
@@ -82,7 +97,11 @@ def aggregate(contributions: Sequence[str | os.PathLike], public_context: str | 
             "n_ciphertexts": len(total),
             "contributions": [{"id": m["id"], "site": m["site"], "weight": m["weight"], "parent": m["parent"]} for m in metas],
             "sum_weights": float(sum(m["weight"] for m in metas)),
-            "files": {CIPHERTEXTS: sha256_file(tmp / CIPHERTEXTS), FROZEN_A: sha256_file(tmp / FROZEN_A), ADAPTER_CONFIG: sha256_file(tmp / ADAPTER_CONFIG)},
+            "files": {
+                CIPHERTEXTS: sha256_file(tmp / CIPHERTEXTS),
+                FROZEN_A: sha256_file(tmp / FROZEN_A),
+                ADAPTER_CONFIG: sha256_file(tmp / ADAPTER_CONFIG),
+            },
             "dp": {"post_processing": True, "per_parent": [m.get("dp") for m in metas]},
         }
         atomic_write_json(tmp / "forge.json", meta)

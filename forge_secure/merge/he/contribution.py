@@ -53,14 +53,24 @@ def check_weight(weight) -> float:
     try:
         w = float(weight)
     except (TypeError, ValueError):
-        raise ForgeValueError(f"weight {weight!r} is not a number", fix="give a positive number, e.g. the training-set size", code="he.bad_weight") from None
+        raise ForgeValueError(
+            f"weight {weight!r} is not a number", fix="give a positive number, e.g. the training-set size", code="he.bad_weight"
+        ) from None
     if not (math.isfinite(w) and w > 0):
-        raise ForgeValueError(f"weight {weight!r} must be a positive finite number", fix="give e.g. the training-set size", code="he.bad_weight")
+        raise ForgeValueError(
+            f"weight {weight!r} must be a positive finite number", fix="give e.g. the training-set size", code="he.bad_weight"
+        )
     return w
 
 
-def encrypt_plugin(plugin_dir: str | os.PathLike, public_context: str | os.PathLike, out: str | os.PathLike, *, weight: float | None = None,
-                   hide_digest: bool = False) -> Contribution:
+def encrypt_plugin(
+    plugin_dir: str | os.PathLike,
+    public_context: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    weight: float | None = None,
+    hide_digest: bool = False,
+) -> Contribution:
     """Encrypt ``weight * B`` of an FFA plugin under the public context into ``out``
     (``hide_digest``: record only a salted commitment to the plugin, see above)."""
     from safetensors.torch import save_file
@@ -110,10 +120,21 @@ def encrypt_plugin(plugin_dir: str | os.PathLike, public_context: str | os.PathL
             "layout": layout,
             "n_values": n_values(layout),
             "n_ciphertexts": len(blobs),
-            "files": {CIPHERTEXTS: sha256_file(tmp / CIPHERTEXTS), FROZEN_A: sha256_file(tmp / FROZEN_A), ADAPTER_CONFIG: sha256_file(tmp / ADAPTER_CONFIG)},
-            "parent": dict({"commitment": sha256_bytes(bytes.fromhex(salt) + bytes.fromhex(plugin.digest)), "site": plugin.site,
-                            "kind": plugin.meta.get("kind", "trained"), "dp": plugin.meta.get("dp"), "rows": plugin.rows},
-                           **({} if hide_digest else {"digest": plugin.digest})),
+            "files": {
+                CIPHERTEXTS: sha256_file(tmp / CIPHERTEXTS),
+                FROZEN_A: sha256_file(tmp / FROZEN_A),
+                ADAPTER_CONFIG: sha256_file(tmp / ADAPTER_CONFIG),
+            },
+            "parent": dict(
+                {
+                    "commitment": sha256_bytes(bytes.fromhex(salt) + bytes.fromhex(plugin.digest)),
+                    "site": plugin.site,
+                    "kind": plugin.meta.get("kind", "trained"),
+                    "dp": plugin.meta.get("dp"),
+                    "rows": plugin.rows,
+                },
+                **({} if hide_digest else {"digest": plugin.digest}),
+            ),
             "dp": plugin.meta.get("dp"),
         }
         atomic_write_json(tmp / "forge.json", meta)
@@ -125,11 +146,17 @@ def read_he_dir(path: str | os.PathLike, fmt: str, what: str) -> dict:
     digests of its files."""
     p = Path(path)
     if not p.is_dir():
-        raise ForgeDataError(f"{what} {p} is not a directory", fix=f"give the directory written by forge (or open its sealed bundle first)", code="he.not_a_directory")
+        raise ForgeDataError(
+            f"{what} {p} is not a directory",
+            fix="give the directory written by forge (or open its sealed bundle first)",
+            code="he.not_a_directory",
+        )
     meta = read_manifest(p)  # the one parse of a forge.json
     if meta.get("format") != fmt:
         got = meta.get("format")
-        raise ForgeDataError(f"{p} is not a {what} (format {got!r}, expected {fmt!r})", fix=f"give a {what} directory", code="he.wrong_type")
+        raise ForgeDataError(
+            f"{p} is not a {what} (format {got!r}, expected {fmt!r})", fix=f"give a {what} directory", code="he.wrong_type"
+        )
     try:
         files = dict(meta["files"])
         layout = [[str(k), [int(x) for x in shape]] for k, shape in meta["layout"]]
@@ -137,12 +164,18 @@ def read_he_dir(path: str | os.PathLike, fmt: str, what: str) -> dict:
         HEParams.from_dict(meta["params"])
         str(meta["context_fingerprint"])
     except (KeyError, TypeError, ValueError):
-        raise ForgeDataError(f"{p / 'forge.json'} lacks required fields", fix="the description is damaged; produce it again", code="he.bad_meta") from None
+        raise ForgeDataError(
+            f"{p / 'forge.json'} lacks required fields", fix="the description is damaged; produce it again", code="he.bad_meta"
+        ) from None
     meta["layout"] = layout
     for name, digest in files.items():
         f = p / name
         if not f.is_file():
             raise ForgeIntegrityError(f"{what} {p} is missing {name}", fix="copy the whole directory", code="he.missing_file")
         if sha256_file(f) != digest:
-            raise ForgeIntegrityError(f"{f} does not match the digest in forge.json", fix="the file is truncated or tampered with; ask for it again", code="he.tampered")
+            raise ForgeIntegrityError(
+                f"{f} does not match the digest in forge.json",
+                fix="the file is truncated or tampered with; ask for it again",
+                code="he.tampered",
+            )
     return meta

@@ -48,8 +48,11 @@ def _load_frozen(path: Path, what: str) -> dict:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ForgeDataError(f"{path} in {what} is not a readable safetensors file ({e.__class__.__name__})",
-                             fix="the aggregate is damaged; produce it again", code="he.bad_meta") from None
+        raise ForgeDataError(
+            f"{path} in {what} is not a readable safetensors file ({e.__class__.__name__})",
+            fix="the aggregate is damaged; produce it again",
+            code="he.bad_meta",
+        ) from None
 
 
 def _release_log(key_path: Path) -> Path:
@@ -76,16 +79,24 @@ def _own_sum(ctx, info, meta: dict, contributions) -> list:
         raise ForgeValueError("no contributions given", fix="give the sites' contribution directories", code="he.no_contributions")
     total: list = []
     for c, m in zip(paths, metas, strict=True):
-        if m["context_fingerprint"] != info.fingerprint or m.get("layout") != meta.get("layout") or m.get("files", {}).get(FROZEN_A) != meta.get("files", {}).get(FROZEN_A):
-            raise ForgeIntegrityError(f"contribution {c} does not fit the aggregate (context, layout or frozen A)",
-                                      fix="give the contributions the aggregate was made from; nothing was released", code="he.contribution_mismatch")
+        if (
+            m["context_fingerprint"] != info.fingerprint
+            or m.get("layout") != meta.get("layout")
+            or m.get("files", {}).get(FROZEN_A) != meta.get("files", {}).get(FROZEN_A)
+        ):
+            raise ForgeIntegrityError(
+                f"contribution {c} does not fit the aggregate (context, layout or frozen A)",
+                fix="give the contributions the aggregate was made from; nothing was released",
+                code="he.contribution_mismatch",
+            )
         vecs = _load_vectors(ctx, c, m, "contribution")
         total = add_all([total, vecs]) if total else vecs
     return total
 
 
-def decrypt_sum(aggregate_dir: str | os.PathLike, secret_context: str | os.PathLike, *, k: int = 2, release=None,
-                contributions=None) -> tuple[dict, np.ndarray]:
+def decrypt_sum(
+    aggregate_dir: str | os.PathLike, secret_context: str | os.PathLike, *, k: int = 2, release=None, contributions=None
+) -> tuple[dict, np.ndarray]:
     """Decrypt an aggregate (after the checks above): returns its forge.json and the weighted
     mean ``sum_i w_i B_i / sum_i w_i`` as one flat float64 vector. ``release(meta, mean)``,
     if given, is called before the release is logged (a failure there logs nothing).
@@ -94,7 +105,9 @@ def decrypt_sum(aggregate_dir: str | os.PathLike, secret_context: str | os.PathL
     from filelock import FileLock
 
     if not isinstance(k, int) or isinstance(k, bool) or k < 2:
-        raise ForgeValueError(f"k = {k!r} must be an integer of at least 2", fix="one contribution alone must never be decrypted; use k >= 2", code="he.bad_k")
+        raise ForgeValueError(
+            f"k = {k!r} must be an integer of at least 2", fix="one contribution alone must never be decrypted; use k >= 2", code="he.bad_k"
+        )
     p = Path(aggregate_dir)
     meta = read_he_dir(p, AGGREGATE_FORMAT, "homomorphic aggregate")
     ctx, info = load_secret_context(secret_context)
@@ -118,10 +131,18 @@ def decrypt_sum(aggregate_dir: str | os.PathLike, secret_context: str | os.PathL
             code="he.too_few",
         )
     if meta["context_fingerprint"] != info.fingerprint:
-        raise ForgeIntegrityError("the aggregate was made under another CKKS context than this secret key", fix="decrypt with the key of the consortium it was encrypted for", code="he.context_mismatch")
+        raise ForgeIntegrityError(
+            "the aggregate was made under another CKKS context than this secret key",
+            fix="decrypt with the key of the consortium it was encrypted for",
+            code="he.context_mismatch",
+        )
     weights = [float(c.get("weight", 0)) for c in contribs]
     if not all(np.isfinite(weights)) or min(weights) <= 0 or abs(sum(weights) - float(meta["sum_weights"])) > 1e-9 * max(1.0, sum(weights)):
-        raise ForgeIntegrityError("the aggregate's weights are not positive or do not add up to its sum_weights", fix="aggregate again from the contributions", code="he.bad_weights")
+        raise ForgeIntegrityError(
+            "the aggregate's weights are not positive or do not add up to its sum_weights",
+            fix="aggregate again from the contributions",
+            code="he.bad_weights",
+        )
     log_path = _release_log(Path(secret_context))
     with FileLock(str(log_path) + ".lock"):
         log = read_json_file(log_path, "release log") if log_path.exists() else {"released": []}
@@ -130,13 +151,16 @@ def decrypt_sum(aggregate_dir: str | os.PathLike, secret_context: str | os.PathL
         if reused:
             raise ForgeValueError(
                 f"contribution(s) {', '.join(i[:12] for i in reused)} were already in a released aggregate",
-                fix="one merge releases one aggregate; decrypting another combination " "would reveal single plugins. Ask the sites for fresh contributions",
+                fix="one merge releases one aggregate; decrypting another combination "
+                "would reveal single plugins. Ask the sites for fresh contributions",
                 code="he.already_released",
             )
         vecs = _load_vectors(ctx, p, meta, "aggregate") if contributions is None else _own_sum(ctx, info, meta, contributions)
         flat = decrypt_vectors(vecs, int(meta["n_values"]))
         if flat.size != int(meta["n_values"]):
-            raise ForgeIntegrityError("the aggregate decrypts to fewer values than its layout", fix="aggregate again", code="he.bad_ciphertexts")
+            raise ForgeIntegrityError(
+                "the aggregate decrypts to fewer values than its layout", fix="aggregate again", code="he.bad_ciphertexts"
+            )
         bound = info.params.max_abs * len(contribs)
         if not np.isfinite(flat).all() or float(np.abs(flat).max(initial=0.0)) > bound:
             raise ForgeIntegrityError(
@@ -152,8 +176,15 @@ def decrypt_sum(aggregate_dir: str | os.PathLike, secret_context: str | os.PathL
     return meta, mean
 
 
-def decrypt_to_plugin(aggregate_dir: str | os.PathLike, secret_context: str | os.PathLike, out: str | os.PathLike, *, k: int = 2, base=None,
-                      contributions=None) -> Path:
+def decrypt_to_plugin(
+    aggregate_dir: str | os.PathLike,
+    secret_context: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    k: int = 2,
+    base=None,
+    contributions=None,
+) -> Path:
     """Decrypt the aggregate and write the merged FFA plugin (``kind: merged``, method
     ``ffa-ckks``, parents = the contributions' commitments)."""
     import torch
@@ -166,7 +197,11 @@ def decrypt_to_plugin(aggregate_dir: str | os.PathLike, secret_context: str | os
     if base is None:
         base = load_base(str(base_meta.get("name")))
     if base.digest != base_meta.get("digest"):
-        raise ForgeDataError(f"base model {base.name} has digest {base.digest[:12]}..., the aggregate was made for {str(base_meta.get('digest'))[:12]}...", fix="use the base model version the sites trained on", code="merge.different_bases")
+        raise ForgeDataError(
+            f"base model {base.name} has digest {base.digest[:12]}..., the aggregate was made for {str(base_meta.get('digest'))[:12]}...",
+            fix="use the base model version the sites trained on",
+            code="merge.different_bases",
+        )
     config = read_json_file(p / ADAPTER_CONFIG, "adapter config")
     frozen = _load_frozen(p / FROZEN_A, f"aggregate {p}")
     written = []
@@ -174,15 +209,32 @@ def decrypt_to_plugin(aggregate_dir: str | os.PathLike, secret_context: str | os
     def release(meta: dict, mean: np.ndarray) -> None:
         state = dict(frozen)
         state.update(unflatten(mean, meta["layout"], dtype=torch.float32))
-        adapter = LoraAdapter(state=state, rank=int(meta["rank"]), alpha=float(meta["alpha"]), rslora=bool(config.get("use_rslora")), ffa=True, name="merged")
+        adapter = LoraAdapter(
+            state=state, rank=int(meta["rank"]), alpha=float(meta["alpha"]), rslora=bool(config.get("use_rslora")), ffa=True, name="merged"
+        )
         contribs = meta["contributions"]
         parents = [dict(c["parent"], id=c["id"], weight=c["weight"]) for c in contribs]
         sw = float(meta["sum_weights"])
         template_meta = {"base": base_meta, "lora": meta.get("lora"), "data": {"kind": base.kind, "n_classes": base.n_classes}}
-        written.append(write_merged_plugin(
-            base, adapter, parents=parents, method="ffa-ckks", weights=[c["weight"] / sw for c in contribs],
-            details={"k": k, "contributions": len(contribs), "key_holder_summed": contributions is not None, "context_fingerprint": meta["context_fingerprint"], "params": meta["params"]},
-            template_meta=template_meta, template_config=config, out=out))
+        written.append(
+            write_merged_plugin(
+                base,
+                adapter,
+                parents=parents,
+                method="ffa-ckks",
+                weights=[c["weight"] / sw for c in contribs],
+                details={
+                    "k": k,
+                    "contributions": len(contribs),
+                    "key_holder_summed": contributions is not None,
+                    "context_fingerprint": meta["context_fingerprint"],
+                    "params": meta["params"],
+                },
+                template_meta=template_meta,
+                template_config=config,
+                out=out,
+            )
+        )
 
     decrypt_sum(p, secret_context, k=k, release=release, contributions=contributions)
     return written[0]

@@ -33,7 +33,9 @@ def _ts():
 def make_context(params: HEParams):
     """A fresh secret CKKS context (no Galois or relinearisation work is ever needed)."""
     ts = _ts()
-    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=params.poly_modulus_degree, coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes))
+    ctx = ts.context(
+        ts.SCHEME_TYPE.CKKS, poly_modulus_degree=params.poly_modulus_degree, coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes)
+    )
     ctx.global_scale = 2.0**params.scale_bits
     return ctx
 
@@ -80,7 +82,9 @@ def _context_file(path: str | os.PathLike, default_name: str, what: str) -> tupl
         meta_path = p.parent / META_FILE
         meta = read_json_file(meta_path, "CKKS key description") if meta_path.exists() else None
     if not p.exists():
-        raise ForgeFileError(f"{what} {p} does not exist", fix="give the directory made by `forge he keygen` (or the .ctx file)", code="he.missing_context")
+        raise ForgeFileError(
+            f"{what} {p} does not exist", fix="give the directory made by `forge he keygen` (or the .ctx file)", code="he.missing_context"
+        )
     if p.is_dir():
         raise ForgeFileError(f"{what} {p} is a directory", fix="give the context file", code="he.missing_context")
     return p, meta
@@ -93,14 +97,20 @@ def _deserialize(p: Path, what: str):
     try:
         return _ts().context_from(raw)
     except Exception as e:  # TenSEAL raises ValueError/RuntimeError on bad streams
-        raise ForgeIntegrityError(f"{what} {p} is not a TenSEAL context ({e})", fix="it is truncated or of the wrong type; copy it again from the key holder", code="he.bad_context") from None
+        raise ForgeIntegrityError(
+            f"{what} {p} is not a TenSEAL context ({e})",
+            fix="it is truncated or of the wrong type; copy it again from the key holder",
+            code="he.bad_context",
+        ) from None
 
 
 def _params_of(meta: dict | None, p: Path) -> HEParams:
     if meta is None:
         return HEParams()
     if not isinstance(meta, dict) or meta.get("format") != KEYS_FORMAT:
-        raise ForgeIntegrityError(f"{p.parent / META_FILE} is not a forge CKKS key description", fix="regenerate with `forge he keygen`", code="he.bad_context")
+        raise ForgeIntegrityError(
+            f"{p.parent / META_FILE} is not a forge CKKS key description", fix="regenerate with `forge he keygen`", code="he.bad_context"
+        )
     return HEParams.from_dict(meta.get("params", {}))
 
 
@@ -117,7 +127,9 @@ def load_public_context(path: str | os.PathLike):
     params = _params_of(meta, p)
     fp = fingerprint(ctx)
     if meta is not None and meta.get("fingerprint") != fp:
-        raise ForgeIntegrityError(f"{p} does not match the fingerprint in {META_FILE}", fix="copy the key directory again", code="he.context_mismatch")
+        raise ForgeIntegrityError(
+            f"{p} does not match the fingerprint in {META_FILE}", fix="copy the key directory again", code="he.context_mismatch"
+        )
     return ctx, KeyInfo(params, fp, p)
 
 
@@ -130,5 +142,9 @@ def load_secret_context(path: str | os.PathLike):
     params = _params_of(meta, p)
     fp = fingerprint(ctx)
     if meta is not None and meta.get("fingerprint") != fp:
-        raise ForgeIntegrityError(f"{p} does not match the fingerprint in {META_FILE}", fix="use the key directory as written by `forge he keygen`", code="he.context_mismatch")
+        raise ForgeIntegrityError(
+            f"{p} does not match the fingerprint in {META_FILE}",
+            fix="use the key directory as written by `forge he keygen`",
+            code="he.context_mismatch",
+        )
     return ctx, KeyInfo(params, fp, p)

@@ -3,7 +3,7 @@ contribution, aggregation and decryption steps and by the benchmark."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,7 +26,9 @@ def load_vectors(ctx, blobs: Sequence[bytes], what: str = "ciphertexts") -> list
         try:
             out.append(ts.ckks_vector_from(ctx, b))
         except Exception as e:  # TenSEAL raises ValueError on a bad stream
-            raise ForgeIntegrityError(f"ciphertext {i} of {what} does not parse ({e})", fix="the file is corrupt; ask for it again", code="he.bad_ciphertexts") from None
+            raise ForgeIntegrityError(
+                f"ciphertext {i} of {what} does not parse ({e})", fix="the file is corrupt; ask for it again", code="he.bad_ciphertexts"
+            ) from None
     return out
 
 

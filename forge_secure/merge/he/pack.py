@@ -9,8 +9,8 @@ length-prefixed TenSEAL serialisations (8-byte big-endian length, then the bytes
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -64,18 +64,30 @@ def read_ciphertexts(path: Path, expected: int) -> list[bytes]:
     out = []
     with open(path, "rb") as f:
         if f.read(len(MAGIC)) != MAGIC:
-            raise ForgeIntegrityError(f"{path} is not a forge ciphertext file", fix="give the directory written by `forge he encrypt`", code="he.bad_ciphertexts")
+            raise ForgeIntegrityError(
+                f"{path} is not a forge ciphertext file", fix="give the directory written by `forge he encrypt`", code="he.bad_ciphertexts"
+            )
         for i in range(expected):
             head = f.read(_LEN.size)
             if len(head) != _LEN.size:
-                raise ForgeIntegrityError(f"{path} is truncated: {i} of {expected} ciphertexts", fix="copy the contribution again", code="he.truncated")
+                raise ForgeIntegrityError(
+                    f"{path} is truncated: {i} of {expected} ciphertexts", fix="copy the contribution again", code="he.truncated"
+                )
             (n,) = _LEN.unpack(head)
             if n > MAX_CIPHERTEXT_BYTES:
-                raise ForgeIntegrityError(f"{path}: ciphertext {i} claims {n} bytes", fix="the file is corrupt; copy it again", code="he.bad_ciphertexts")
+                raise ForgeIntegrityError(
+                    f"{path}: ciphertext {i} claims {n} bytes", fix="the file is corrupt; copy it again", code="he.bad_ciphertexts"
+                )
             blob = f.read(n)
             if len(blob) != n:
-                raise ForgeIntegrityError(f"{path} is truncated inside ciphertext {i}", fix="copy the contribution again", code="he.truncated")
+                raise ForgeIntegrityError(
+                    f"{path} is truncated inside ciphertext {i}", fix="copy the contribution again", code="he.truncated"
+                )
             out.append(blob)
         if f.read(1):
-            raise ForgeIntegrityError(f"{path} holds more than the {expected} ciphertexts its forge.json lists", fix="the file was tampered with; ask the site to resend", code="he.bad_ciphertexts")
+            raise ForgeIntegrityError(
+                f"{path} holds more than the {expected} ciphertexts its forge.json lists",
+                fix="the file was tampered with; ask the site to resend",
+                code="he.bad_ciphertexts",
+            )
     return out

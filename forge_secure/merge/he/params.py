@@ -32,10 +32,14 @@ class HEParams:
         object.__setattr__(self, "coeff_mod_bit_sizes", tuple(int(b) for b in self.coeff_mod_bit_sizes))
         N = self.poly_modulus_degree
         if N not in SECURITY_CAP_BITS:
-            raise ForgeConfigError(f"poly_modulus_degree {N} is not supported", fix=f"use one of {sorted(SECURITY_CAP_BITS)}", code="he.params")
+            raise ForgeConfigError(
+                f"poly_modulus_degree {N} is not supported", fix=f"use one of {sorted(SECURITY_CAP_BITS)}", code="he.params"
+            )
         bits = self.coeff_mod_bit_sizes
         if len(bits) < 2 or any(not 20 <= b <= 60 for b in bits):
-            raise ForgeConfigError(f"coefficient modulus {list(bits)} needs at least two primes of 20-60 bits", fix="use e.g. [60, 40]", code="he.params")
+            raise ForgeConfigError(
+                f"coefficient modulus {list(bits)} needs at least two primes of 20-60 bits", fix="use e.g. [60, 40]", code="he.params"
+            )
         if sum(bits) > SECURITY_CAP_BITS[N]:
             raise ForgeConfigError(
                 f"coefficient modulus {list(bits)} has {sum(bits)} bits, above the 128-bit security cap {SECURITY_CAP_BITS[N]} for N={N}",
@@ -43,7 +47,11 @@ class HEParams:
                 code="he.params",
             )
         if not 20 <= self.scale_bits < self.data_bits:
-            raise ForgeConfigError(f"scale 2^{self.scale_bits} does not fit the data modulus of {self.data_bits} bits", fix="use scale_bits 40 with [60, 40]", code="he.params")
+            raise ForgeConfigError(
+                f"scale 2^{self.scale_bits} does not fit the data modulus of {self.data_bits} bits",
+                fix="use scale_bits 40 with [60, 40]",
+                code="he.params",
+            )
         if not (self.max_abs > 0 and self.max_abs < self.capacity):
             raise ForgeConfigError(f"max_abs {self.max_abs} must be positive and below the capacity {self.capacity}", code="he.params")
 
@@ -71,8 +79,12 @@ class HEParams:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "HEParams":
+    def from_dict(cls, d: dict) -> HEParams:
         try:
             return cls(int(d["poly_modulus_degree"]), tuple(d["coeff_mod_bit_sizes"]), int(d["scale_bits"]), float(d["max_abs"]))
         except (KeyError, TypeError, ValueError) as e:
-            raise ForgeConfigError(f"CKKS parameters {d!r} are incomplete or malformed ({e})", fix="regenerate the keys with `forge he keygen`", code="he.params") from None
+            raise ForgeConfigError(
+                f"CKKS parameters {d!r} are incomplete or malformed ({e})",
+                fix="regenerate the keys with `forge he keygen`",
+                code="he.params",
+            ) from None

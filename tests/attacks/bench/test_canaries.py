@@ -9,8 +9,7 @@ import math
 
 import pytest
 
-from attacks.bench import config_from_dict
-from attacks.bench import report
+from attacks.bench import config_from_dict, report
 from attacks.bench.report import read_csv
 from attacks.bench.runner import run_bench
 from attacks.metrics import clopper_pearson_epsilon_ceiling, one_run_epsilon, one_run_epsilon_ceiling
@@ -27,8 +26,11 @@ IMAGE = {
 }
 # the same on the tabular base (about a second of training): Adam learns every inserted
 # canary, and a held-back one matches its random binary label about half the time
-TABULAR = {**IMAGE, "data": {"source": "bundled", "n_sites": 3},
-           "training": {"base": "tabular-mlp", "epochs": 20, "batch_size": 32, "lr": 0.01, "optimizer": "adam"}}
+TABULAR = {
+    **IMAGE,
+    "data": {"source": "bundled", "n_sites": 3},
+    "training": {"base": "tabular-mlp", "epochs": 20, "batch_size": 32, "lr": 0.01, "optimizer": "adam"},
+}
 RECIPES = {"tabular": TABULAR, "image": pytest.param(IMAGE, marks=pytest.mark.slow)}
 
 
@@ -49,7 +51,8 @@ def test_no_dp_leaks_visibly_and_epsilon_1_stays_below_its_claim(small_grid):
         assert r["canary_m"] == 64 and r["canary_guesses"] == 32
         assert 0 <= r["canary_correct"] <= r["canary_guesses"]
         assert r["canary_epsilon"] == pytest.approx(
-            one_run_epsilon(r["canary_guesses"], r["canary_correct"], 64, delta=0.0 if math.isnan(r["delta"]) else r["delta"]), abs=1e-5)
+            one_run_epsilon(r["canary_guesses"], r["canary_correct"], 64, delta=0.0 if math.isnan(r["delta"]) else r["delta"]), abs=1e-5
+        )
     # without noise: the one-sided 95 % interval [bound, inf) excludes 0, and the model learnt
     # its inserted canaries far more often than it guesses the held-back ones' random labels
     assert nodp["canary_epsilon"] > 0.0
@@ -83,10 +86,28 @@ def test_the_ceiling_is_computed_and_shown(small_grid):
 
 def test_a_claim_above_the_ceiling_reads_cannot_tell_not_0():
     """Hand-made rows: a claim of 8 on 64 canaries (ceiling about 2.3) cannot be tested."""
-    base = {"rank": 8, "lora": "lora", "merge": "none", "attack": "lira", "delta": 1e-5, "accuracy": 0.8, "utility_auc": 0.9,
-            "attack_auc": 0.5, "tpr_at_1pct_fpr": 0.0, "empirical_epsilon": 0.0, "empirical_ceiling": 2.0,
-            "canary_epsilon": 0.0, "canary_m": 64, "canary_guesses": 32, "canary_correct": 16, "canary_acc_in": 0.1,
-            "canary_acc_out": 0.1, "canary_above_claim": False, "above_claim": False, "recon_success": math.nan}
+    base = {
+        "rank": 8,
+        "lora": "lora",
+        "merge": "none",
+        "attack": "lira",
+        "delta": 1e-5,
+        "accuracy": 0.8,
+        "utility_auc": 0.9,
+        "attack_auc": 0.5,
+        "tpr_at_1pct_fpr": 0.0,
+        "empirical_epsilon": 0.0,
+        "empirical_ceiling": 2.0,
+        "canary_epsilon": 0.0,
+        "canary_m": 64,
+        "canary_guesses": 32,
+        "canary_correct": 16,
+        "canary_acc_in": 0.1,
+        "canary_acc_out": 0.1,
+        "canary_above_claim": False,
+        "above_claim": False,
+        "recon_success": math.nan,
+    }
     rows = []
     for eps in (1.0, 8.0):
         for seed in (0, 1, 2):

@@ -8,8 +8,6 @@ import json
 import pytest
 
 
-
-
 def _assert_clean(result, *words):
     assert result.code == 2, result
     assert "Traceback" not in result.err + result.out, result
@@ -38,7 +36,10 @@ references = 2
     "text, words",
     [  # the three; every other bad value is covered at the library level (test_config.py)
         (GOOD.replace("[bench]", "[bench]\nfast = true"), ["unknown key 'fast'", "seeds"]),
-        (GOOD.replace('attack = ["lira"]', 'attack = ["lira", "shadow-models"]'), ["unknown attack 'shadow-models'", "lira", "recon", "rmia"]),
+        (
+            GOOD.replace('attack = ["lira"]', 'attack = ["lira", "shadow-models"]'),
+            ["unknown attack 'shadow-models'", "lira", "recon", "rmia"],
+        ),
         (GOOD.replace("epsilon = [8]", "epsilon = []"), ["epsilon is empty"]),
     ],
 )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-import tomllib
 
 import pytest
+import tomllib
 
 from attacks.bench import BENCH_ATTACKS, config_from_dict, expand_grid, load_config, merge_registry
 from attacks.bench import grid as G

@@ -77,8 +77,15 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 @pytest.fixture
 def cluster(tmp_path):
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FORGE_HOME": str(tmp_path / "home"), "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "FORGE_HOME": str(tmp_path / "home"),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "OMP_NUM_THREADS": "1",
+    }
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats", "--block"]
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -105,9 +112,29 @@ def cluster(tmp_path):
 
 def _bench(cluster, tmp_path, out: str) -> subprocess.Popen:
     (tmp_path / "bench.toml").write_text(CONFIG)
-    return subprocess.Popen([sys.executable, "-m", "forge_secure.cli", "bench", "--config", str(tmp_path / "bench.toml"),
-                             "--out", str(tmp_path / out), "--cache", str(tmp_path / "cache"), "--ray", cluster["address"],
-                             "--workers", "2", "--json"], env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "forge_secure.cli",
+            "bench",
+            "--config",
+            str(tmp_path / "bench.toml"),
+            "--out",
+            str(tmp_path / out),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--ray",
+            cluster["address"],
+            "--workers",
+            "2",
+            "--json",
+        ],
+        env=cluster["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _cells(tmp_path) -> int:

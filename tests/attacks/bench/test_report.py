@@ -23,16 +23,34 @@ def rows() -> list[dict]:
                     emp = 0.2 * seed if math.isfinite(eps) else 2.0
                     out.append(
                         {
-                            "epsilon": eps, "rank": 4, "lora": "ffa", "merge": merge, "attack": attack, "seed": seed,
-                            "claimed_epsilon": eps, "delta": 1e-3, "accountant": "prv",
-                            "accuracy": acc, "utility_auc": 0.9, "attack_auc": 0.5 + rng.uniform(0, 0.1),
-                            "tpr_at_1pct_fpr": 0.02 * seed, "fpr_reached_1pct": 0.0, "tpr_at_0.1pct_fpr": 0.0,
+                            "epsilon": eps,
+                            "rank": 4,
+                            "lora": "ffa",
+                            "merge": merge,
+                            "attack": attack,
+                            "seed": seed,
+                            "claimed_epsilon": eps,
+                            "delta": 1e-3,
+                            "accountant": "prv",
+                            "accuracy": acc,
+                            "utility_auc": 0.9,
+                            "attack_auc": 0.5 + rng.uniform(0, 0.1),
+                            "tpr_at_1pct_fpr": 0.02 * seed,
+                            "fpr_reached_1pct": 0.0,
+                            "tpr_at_0.1pct_fpr": 0.0,
                             # one run above its claim: a bug the outputs must flag
                             "empirical_epsilon": 1.5 if (eps == 1.0 and seed == 2 and attack == "lira" and merge == "none") else emp,
                             "above_claim": eps == 1.0 and seed == 2 and attack == "lira" and merge == "none",
-                            "n_members": 50, "n_nonmembers": 50, "references": 4,
-                            "recon_success": math.nan, "recon_low": math.nan, "recon_high": math.nan,
-                            "recon_baseline": math.nan, "recon_bound": math.nan, "seconds": 1.0, "cell_key": f"k{len(out)}",
+                            "n_members": 50,
+                            "n_nonmembers": 50,
+                            "references": 4,
+                            "recon_success": math.nan,
+                            "recon_low": math.nan,
+                            "recon_high": math.nan,
+                            "recon_baseline": math.nan,
+                            "recon_bound": math.nan,
+                            "seconds": 1.0,
+                            "cell_key": f"k{len(out)}",
                         }
                     )
     return out
@@ -105,9 +123,21 @@ def _canary_rows() -> list[dict]:
         nodp = math.isinf(r["epsilon"])
         v = 28 if nodp else 16
         delta = 0.0 if nodp else 1e-3
-        out.append(dict(r, above_claim=False, empirical_ceiling=1.9, canary_m=64, canary_guesses=32, canary_correct=v,
-                        canary_epsilon=one_run_epsilon(32, v, 64, delta=delta), canary_ceiling=one_run_epsilon_ceiling(32, m=64, delta=delta),
-                        canary_acc_in=0.6 if nodp else 0.1, canary_acc_out=0.1, canary_above_claim=False))
+        out.append(
+            dict(
+                r,
+                above_claim=False,
+                empirical_ceiling=1.9,
+                canary_m=64,
+                canary_guesses=32,
+                canary_correct=v,
+                canary_epsilon=one_run_epsilon(32, v, 64, delta=delta),
+                canary_ceiling=one_run_epsilon_ceiling(32, m=64, delta=delta),
+                canary_acc_in=0.6 if nodp else 0.1,
+                canary_acc_out=0.1,
+                canary_above_claim=False,
+            )
+        )
     return out
 
 
@@ -115,8 +145,12 @@ def test_the_ceiling_is_drawn_and_claims_above_it_are_hollow(tmp_path):
     written = plots.write_plots(_canary_rows(), tmp_path, 0.95)
     assert len(written) == 6
     svg = (tmp_path / "empirical_vs_claimed.svg").read_text()
-    for words in ("ceiling: perfect attack, threshold", "ceiling: perfect attack, pooled one-run", "one-run bound pooled over seeds",
-                  "cannot tell (claim above ceiling)"):
+    for words in (
+        "ceiling: perfect attack, threshold",
+        "ceiling: perfect attack, pooled one-run",
+        "one-run bound pooled over seeds",
+        "cannot tell (claim above ceiling)",
+    ):
         assert words in svg, words
     assert "BUG" not in svg
 

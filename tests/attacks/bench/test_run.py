@@ -71,7 +71,9 @@ def _check_first_run(first):
             assert r["n_members"] > 5 and r["n_nonmembers"] > 5 and r["references"] == 2
     # the merged model is scored on the union of both sites' pools, the single plugin on one
     sizes = {(r["merge"], r["n_members"] + r["n_nonmembers"]) for r in rows if r["attack"] == "lira" and r["seed"] == 0}
-    assert len({n for m, n in sizes if m == "none"}) == 1 and max(n for m, n in sizes if m == "exact") > max(n for m, n in sizes if m == "none")
+    assert len({n for m, n in sizes if m == "none"}) == 1 and max(n for m, n in sizes if m == "exact") > max(
+        n for m, n in sizes if m == "none"
+    )
     md = (out / "summary.md").read_text()
     assert "n = 2" in md and md.count("\n| ") == N_RUNS // 2 + 1
     assert "<table>" in (out / "summary.html").read_text()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from scipy.stats import norm
@@ -116,7 +115,6 @@ def test_rmia_hand_computed():
     assert expected_off <= off.score(target, y, population_target_logits=pop_target)[0] < expected_off + step
 
 
-
 def test_rmia_tie_break_of_an_underflowing_probability_is_finite_without_warning():
     """A target whose true-class probability underflows to 0 (a logit gap of 5000) used to take
     log(0) in the tie-break (a RuntimeWarning on every bench run); it must rank lowest, finitely."""
@@ -136,6 +134,7 @@ def test_rmia_tie_break_of_an_underflowing_probability_is_finite_without_warning
             score = attack.score(target, y, population_target_logits=pop_target)
         assert np.all(np.isfinite(score))
         assert score[0] == score.min() and score[0] < score[1] < score[2]
+
 
 def _synthetic(n=400, m=200, R=8, signal=2.0, seed=0):
     """Records of varied difficulty; a model's confidence rises by ``signal`` on its training records."""
@@ -178,7 +177,9 @@ def test_calibrated_attacks_find_a_synthetic_signal(name, settings):
 def test_no_signal_stays_near_chance():
     ref, t, y, in_mask, pop_in, members, n = _synthetic(signal=0.0, seed=4)
     for name in ("lira", "rmia"):
-        attack = make_attack(name).fit(ref[:, :n], y[:n], in_mask, population_reference_logits=ref[:, n:], population_labels=y[n:], population_in_mask=pop_in)
+        attack = make_attack(name).fit(
+            ref[:, :n], y[:n], in_mask, population_reference_logits=ref[:, n:], population_labels=y[n:], population_in_mask=pop_in
+        )
         auc = roc_auc(attack.score(t[:n], y[:n], population_target_logits=t[n:]), members)
         assert abs(auc - 0.5) < 0.08, (name, auc)
 

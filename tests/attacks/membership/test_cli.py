@@ -17,8 +17,28 @@ def forge_inproc(forge_inproc, mia_home):
 @pytest.mark.slow
 def test_cli_run_writes_results_and_plot(forge_cli, small_plugin, tmp_path):
     out, plot = tmp_path / "results.json", tmp_path / "roc.svg"
-    r = forge_cli("attack", "mia", "--target", small_plugin, "--data", "bundled:site-1", "--attack", "lira",
-                  "--references", "4", "--fixed-variance", "--workers", "1", "--n-boot", "100", "--out", out, "--plot", plot, "--json")
+    r = forge_cli(
+        "attack",
+        "mia",
+        "--target",
+        small_plugin,
+        "--data",
+        "bundled:site-1",
+        "--attack",
+        "lira",
+        "--references",
+        "4",
+        "--fixed-variance",
+        "--workers",
+        "1",
+        "--n-boot",
+        "100",
+        "--out",
+        out,
+        "--plot",
+        plot,
+        "--json",
+    )
     assert r.code == 0, r
     summary = json.loads(r.out)
     assert summary["attack"] == "lira" and "auc" in summary["metrics"]
@@ -29,8 +49,27 @@ def test_cli_run_writes_results_and_plot(forge_cli, small_plugin, tmp_path):
 
 
 def test_cli_text_summary(forge_inproc, small_plugin, tmp_path):
-    r = forge_inproc("attack", "mia", "--target", small_plugin, "--data", "bundled:site-1", "--attack", "lira", "--references", "4",
-                     "--fixed-variance", "--workers", "1", "--n-boot", "50", "--out", tmp_path / "r.json", "--plot", tmp_path / "roc.png")
+    r = forge_inproc(
+        "attack",
+        "mia",
+        "--target",
+        small_plugin,
+        "--data",
+        "bundled:site-1",
+        "--attack",
+        "lira",
+        "--references",
+        "4",
+        "--fixed-variance",
+        "--workers",
+        "1",
+        "--n-boot",
+        "50",
+        "--out",
+        tmp_path / "r.json",
+        "--plot",
+        tmp_path / "roc.png",
+    )
     assert r.code == 0, r
     assert "ROC AUC" in r.out and "TPR at 0.1% FPR" in r.out and "claimed epsilon inf" in r.out and "4 reference models" in r.out
     data = json.loads((tmp_path / "r.json").read_text())
@@ -94,8 +133,10 @@ def test_cli_bad_inputs(forge_inproc, small_plugin, tmp_path):
     wrong_cols = tmp_path / "cols.csv"
     wrong_cols.write_text("a,b,label\n1,2,0\n3,4,1\n")
     check(forge_inproc("attack", "mia", *t, "--data", wrong_cols, "--membership-seed", "1", "--attack", "loss", "--out", out), "columns")
-    check(forge_inproc("attack", "mia", *t, "--data", tmp_path / "missing.csv", "--membership-seed", "1", "--attack", "loss", "--out", out),
-          "does not exist")
+    check(
+        forge_inproc("attack", "mia", *t, "--data", tmp_path / "missing.csv", "--membership-seed", "1", "--attack", "loss", "--out", out),
+        "does not exist",
+    )
     check(forge_inproc(*base, *t, "--attack", "reference", "--references", "2", "--ray", "127.0.0.1:9", "--no-cache"), "cannot reach")
     (tmp_path / "outdir").mkdir()
     r = forge_inproc("attack", "mia", *t, "--data", "bundled:site-1", "--attack", "loss", "--out", tmp_path / "outdir")
@@ -107,8 +148,12 @@ def test_results_file_checks(tmp_path, small_plugin, forge_inproc):
     from forge_secure.errors import ForgeDataError, ForgeFileError
 
     out = tmp_path / "r.json"
-    assert forge_inproc("attack", "mia", "--target", small_plugin, "--data", "bundled:site-1", "--attack", "loss",
-                        "--n-boot", "20", "--out", out).code == 0
+    assert (
+        forge_inproc(
+            "attack", "mia", "--target", small_plugin, "--data", "bundled:site-1", "--attack", "loss", "--n-boot", "20", "--out", out
+        ).code
+        == 0
+    )
     good = json.loads(out.read_text())
     assert load_results(out)["attack"] == "loss"
     bad = tmp_path / "bad.json"

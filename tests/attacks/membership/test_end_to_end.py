@@ -42,7 +42,9 @@ def test_overfit_plugin_leaks_membership(overfit_plugin, tmp_path):
 
 @pytest.mark.slow
 def test_dp_eps1_plugin_stays_near_chance(dp_plugin):
-    res = run_mia(dp_plugin, "bundled:site-1", settings=MiaSettings(attack="lira", references=4, fixed_variance=True, n_boot=300), workers=1)
+    res = run_mia(
+        dp_plugin, "bundled:site-1", settings=MiaSettings(attack="lira", references=4, fixed_variance=True, n_boot=300), workers=1
+    )
     auc = res["metrics"]["auc"]
     assert auc["ci"][0] <= 0.5 <= auc["ci"][1] or abs(auc["value"] - 0.5) < 0.1, auc
     claimed = res["claimed_epsilon"]["epsilon"]
@@ -57,7 +59,12 @@ def test_empirical_epsilon_never_exceeds_claim_across_dp_runs(train, tmp_path):
     for seed, eps in ((1, 1.0), (2, 2.0), (3, 4.0)):
         d = train(tmp_path / f"p{seed}", seed=seed, target_epsilon=eps, delta=1e-3, epochs=10, batch_size=16, lr=0.1, rank=4, alpha=8)
         for attack in ("loss", "lira"):
-            res = run_mia(d, "bundled:site-1", settings=MiaSettings(attack=attack, references=4, fixed_variance=True, n_boot=100, seed=seed), workers=1)
+            res = run_mia(
+                d,
+                "bundled:site-1",
+                settings=MiaSettings(attack=attack, references=4, fixed_variance=True, n_boot=100, seed=seed),
+                workers=1,
+            )
             emp = res["empirical_epsilon"]
             assert emp["epsilon_lb"] <= res["claimed_epsilon"]["epsilon"], (seed, eps, attack, emp)
 

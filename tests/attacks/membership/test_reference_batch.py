@@ -30,8 +30,9 @@ def _one_at_a_time(recipe, base, sets, seeds, eval_X, kind):
 
     out = []
     for (X, y), s in zip(sets, seeds, strict=True):
-        plugin = train_plugin(reference_config(recipe, s), Dataset(X, y, base.n_classes, "ref", kind), site="ref", base=base,
-                              secret=reference_secret(s))
+        plugin = train_plugin(
+            reference_config(recipe, s), Dataset(X, y, base.n_classes, "ref", kind), site="ref", base=base, secret=reference_secret(s)
+        )
         out.append(np.asarray(plugin.logits(eval_X), dtype=np.float64))
     return np.stack(out)
 
@@ -50,13 +51,16 @@ def _agree(a, b):
     return float(np.abs(a - b).max()) / scale
 
 
-@pytest.mark.parametrize("cfg", [
-    dict(noise_multiplier=1.5, epochs=4, batch_size=16, lr=0.1, rank=4, alpha=8),           # DP-SGD, LoRA A and B trained
-    dict(no_dp=True, epochs=6, batch_size=16, lr=0.05, rank=4, alpha=8),                     # no DP: batch-gradient clipping
-    dict(noise_multiplier=1.0, epochs=4, batch_size=16, lr=0.01, ffa=True, optimizer="adam"),  # FFA-LoRA (A frozen), Adam
-    dict(noise_multiplier=1.0, epochs=2, batch_size=1, lr=0.05, rank=2, alpha=4),  # q = 1/60: many empty Poisson batches (noise only)
-    dict(no_dp=True, epochs=2, batch_size=1, lr=0.05, rank=2, alpha=4),             # ... and skipped steps without DP
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(noise_multiplier=1.5, epochs=4, batch_size=16, lr=0.1, rank=4, alpha=8),  # DP-SGD, LoRA A and B trained
+        dict(no_dp=True, epochs=6, batch_size=16, lr=0.05, rank=4, alpha=8),  # no DP: batch-gradient clipping
+        dict(noise_multiplier=1.0, epochs=4, batch_size=16, lr=0.01, ffa=True, optimizer="adam"),  # FFA-LoRA (A frozen), Adam
+        dict(noise_multiplier=1.0, epochs=2, batch_size=1, lr=0.05, rank=2, alpha=4),  # q = 1/60: many empty Poisson batches (noise only)
+        dict(no_dp=True, epochs=2, batch_size=1, lr=0.05, rank=2, alpha=4),  # ... and skipped steps without DP
+    ],
+)
 def test_batched_equals_one_at_a_time_tabular(mia_home, cfg):
     from attacks.reference_batch import train_batched
     from forge_secure.plugins.bases import load_base
@@ -89,8 +93,12 @@ def test_batched_equals_one_at_a_time_vit(mia_home):
     small = _sets(data, 1, 48, seed=5)[0]
     from forge_secure.plugins.data import Dataset
 
-    target = train_plugin(TrainConfig(base="vit-tiny", noise_multiplier=1.0, epochs=2, batch_size=16, lr=0.05, rank=2, alpha=4),
-                          Dataset(small[0], small[1], base.n_classes, "t", "image"), site="t", base=base)
+    target = train_plugin(
+        TrainConfig(base="vit-tiny", noise_multiplier=1.0, epochs=2, batch_size=16, lr=0.05, rank=2, alpha=4),
+        Dataset(small[0], small[1], base.n_classes, "t", "image"),
+        site="t",
+        base=base,
+    )
     recipe = _recipe(target.meta)
     sets, seeds = _sets(data, 2, 48, seed=1), [1, 2]
     ev = data.X[:40]
@@ -119,8 +127,15 @@ def test_train_references_batched_matches_sequential(mia_home, dp_plugin, tmp_pa
     masks = np.concatenate([a.in_mask, a.population_in_mask], 1)
     from attacks.references import reference_seed
 
-    tasks = [{"recipe": {k: meta[k] for k in ("base", "lora", "training", "dp")}, "mask": masks[i], "seed": reference_seed(3, i),
-              "eval_X": pool_X} for i in range(4)]
+    tasks = [
+        {
+            "recipe": {k: meta[k] for k in ("base", "lora", "training", "dp")},
+            "mask": masks[i],
+            "seed": reference_seed(3, i),
+            "eval_X": pool_X,
+        }
+        for i in range(4)
+    ]
     parts = _batch_tasks(tasks, pool_X, pool_y, 2)
     assert [len(p["seeds"]) for p in parts] == [2, 2]
     halves = np.concatenate([train_reference_batch(p) for p in parts])

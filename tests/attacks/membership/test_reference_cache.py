@@ -60,13 +60,13 @@ def test_cache_entries_round_trip_and_reject_damage(tmp_path):
     path = _cache_path(key, tmp_path)
     _store(path, key, logits, mask)
     np.testing.assert_array_equal(_load_cached(path, key, 3, mask), logits)
-    assert _load_cached(path, "other", 3, mask) is None            # key recorded inside must match
-    assert _load_cached(path, key, 4, mask) is None                # wrong number of records
-    assert _load_cached(path, key, 3, ~mask) is None               # another split
+    assert _load_cached(path, "other", 3, mask) is None  # key recorded inside must match
+    assert _load_cached(path, key, 4, mask) is None  # wrong number of records
+    assert _load_cached(path, key, 3, ~mask) is None  # another split
     raw = path.read_bytes()
-    path.write_bytes(raw[: len(raw) // 2])                         # truncated
+    path.write_bytes(raw[: len(raw) // 2])  # truncated
     assert _load_cached(path, key, 3, mask) is None
-    path.write_bytes(b"\x00" * 40)                                 # garbage
+    path.write_bytes(b"\x00" * 40)  # garbage
     assert _load_cached(path, key, 3, mask) is None
     assert _load_cached(tmp_path / "missing.safetensors", key, 3, mask) is None
 

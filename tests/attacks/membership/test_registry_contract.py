@@ -63,7 +63,7 @@ def signals():
     in_mask = np.zeros((R, len(y)), dtype=bool)
     pop_in = np.zeros((R, len(py)), dtype=bool)
     refs, pop_refs = [], []
-    for k in range(0, R, 2):
+    for _ in range(0, R, 2):
         half, pop_half = rng.random(len(y)) < 0.5, rng.random(len(py)) < 0.5
         for m, pm in ((half, pop_half), (~half, ~pop_half)):
             j = len(refs)
@@ -73,8 +73,14 @@ def signals():
             pop_refs.append(_logits(model, pX))
     fit_args = (np.stack(refs), y, in_mask)
     fit_kwargs = {"population_reference_logits": np.stack(pop_refs), "population_labels": py, "population_in_mask": pop_in}
-    return {"fit_args": fit_args, "fit_kwargs": fit_kwargs, "target": _logits(target, X), "population_target": _logits(target, pX),
-            "labels": y, "members": members}
+    return {
+        "fit_args": fit_args,
+        "fit_kwargs": fit_kwargs,
+        "target": _logits(target, X),
+        "population_target": _logits(target, pX),
+        "labels": y,
+        "members": members,
+    }
 
 
 def _fit_score(attack, s):
@@ -179,7 +185,15 @@ def test_too_few_references_leave_it_unfitted(name, signals):
     attack = make_attack(name)
     _fit_score(attack, signals)
     with pytest.raises(TooFewReferences):
-        attack.fit(refs[:0], labels, mask[:0], **{**signals["fit_kwargs"], "population_reference_logits": signals["fit_kwargs"]["population_reference_logits"][:0],
-                                                     "population_in_mask": signals["fit_kwargs"]["population_in_mask"][:0]})
+        attack.fit(
+            refs[:0],
+            labels,
+            mask[:0],
+            **{
+                **signals["fit_kwargs"],
+                "population_reference_logits": signals["fit_kwargs"]["population_reference_logits"][:0],
+                "population_in_mask": signals["fit_kwargs"]["population_in_mask"][:0],
+            },
+        )
     with pytest.raises(NotFittedError):
         check_is_fitted(attack)  # the failed fit did not leave the earlier fit's state behind

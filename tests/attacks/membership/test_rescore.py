@@ -52,10 +52,17 @@ def test_rescore_reproduces_the_file_exactly(saved):
     assert again["signals"] == original["signals"]
 
 
-@pytest.mark.parametrize("attack,settings", [
-    ("lira", {"online": False}), ("lira", {"fixed_variance": True}), ("rmia", {}), ("rmia", {"online": False}),
-    ("loss", {}), ("reference", {}),
-])
+@pytest.mark.parametrize(
+    "attack,settings",
+    [
+        ("lira", {"online": False}),
+        ("lira", {"fixed_variance": True}),
+        ("rmia", {}),
+        ("rmia", {"online": False}),
+        ("loss", {}),
+        ("reference", {}),
+    ],
+)
 def test_rescore_equals_a_run_of_that_attack(saved, saved_offline, overfit_plugin, attack, settings):
     """Any registered attack from the saved signals gives what a run of that attack gives
     (its references come from the cache: the same models). Offline variants are rescored
@@ -126,8 +133,13 @@ def test_files_without_or_with_broken_signals(saved, tmp_path):
     with pytest.raises(ForgeDataError) as e:
         rescore(doc)
     assert e.value.code == "attack.no_signals"
-    doc["signals"] = {"format": "forge-mia-signals/1", "references": {"mode": "online", "seed": 1}, "digests": {}, "digest": "x",
-                      "target_logits": "not an array"}
+    doc["signals"] = {
+        "format": "forge-mia-signals/1",
+        "references": {"mode": "online", "seed": 1},
+        "digests": {},
+        "digest": "x",
+        "target_logits": "not an array",
+    }
     with pytest.raises(ForgeDataError):
         rescore(doc)
     with pytest.raises(ForgeDataError):

@@ -43,17 +43,20 @@ def test_epsilon_delta_bound():
     assert rero_bound_dp(math.inf, 0.0, 0.1) == 1.0
 
 
-@pytest.mark.parametrize("call", [
-    lambda: rero_bound_dp(1.0, 0.0, 0.0),
-    lambda: rero_bound_dp(-1.0, 0.0, 0.1),
-    lambda: rero_bound_dp(1.0, 2.0, 0.1),
-    lambda: rero_bound_dpsgd(1.0, 0.0, 10, 0.1),
-    lambda: rero_bound_dpsgd(1.0, 0.5, 0, 0.1),
-    lambda: rero_bound_dpsgd(-1.0, 0.5, 10, 0.1),
-    lambda: rero_bound_dpsgd(float("nan"), 0.5, 10, 0.1),
-    lambda: rero_bound_dpsgd(1.0, 0.5, 10, 1.5),
-    lambda: rero_bound_dpsgd(1.0, 0.5, 10, 0.1, samples=10),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: rero_bound_dp(1.0, 0.0, 0.0),
+        lambda: rero_bound_dp(-1.0, 0.0, 0.1),
+        lambda: rero_bound_dp(1.0, 2.0, 0.1),
+        lambda: rero_bound_dpsgd(1.0, 0.0, 10, 0.1),
+        lambda: rero_bound_dpsgd(1.0, 0.5, 0, 0.1),
+        lambda: rero_bound_dpsgd(-1.0, 0.5, 10, 0.1),
+        lambda: rero_bound_dpsgd(float("nan"), 0.5, 10, 0.1),
+        lambda: rero_bound_dpsgd(1.0, 0.5, 10, 1.5),
+        lambda: rero_bound_dpsgd(1.0, 0.5, 10, 0.1, samples=10),
+    ],
+)
 def test_bad_bound_inputs_are_clean_errors(call):
     with pytest.raises(ForgeValueError) as e:
         call()

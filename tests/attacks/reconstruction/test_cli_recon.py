@@ -8,7 +8,6 @@ import shutil
 import pytest
 
 
-
 def _assert_clean_error(result, *words):
     from tests.conftest import assert_clean_error
 
@@ -30,8 +29,28 @@ def plugin_dirs(tmp_path_factory):
 
 def test_gradient_attack_from_the_command_line(forge_cli, plugin_dirs, tmp_path):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
-    r = forge_cli("attack", "recon", "--target", plugin_dirs / "dp", "--kind", "gradient", "--data", "bundled:site-1/holdout",
-                  "--trials", "2", "--steps", "40", "--restarts", "2", "--bound-samples", "2000", "--out", out, "--plot", png)
+    r = forge_cli(
+        "attack",
+        "recon",
+        "--target",
+        plugin_dirs / "dp",
+        "--kind",
+        "gradient",
+        "--data",
+        "bundled:site-1/holdout",
+        "--trials",
+        "2",
+        "--steps",
+        "40",
+        "--restarts",
+        "2",
+        "--bound-samples",
+        "2000",
+        "--out",
+        out,
+        "--plot",
+        png,
+    )
     assert r.code == 0, r
     res = json.loads(out.read_text())
     assert res["kind"] == "gradient" and res["target"]["dp"]["enabled"]
@@ -47,8 +66,25 @@ def test_gradient_attack_from_the_command_line(forge_cli, plugin_dirs, tmp_path)
 @pytest.mark.slow
 def test_informed_attack_from_the_command_line_json(forge_cli, plugin_dirs, tmp_path):
     out = tmp_path / "i.json"
-    r = forge_cli("attack", "recon", "--target", plugin_dirs / "dp", "--kind", "informed", "--mode", "model", "--trials", "3",
-                  "--candidates", "5", "--bound-samples", "2000", "--out", out, "--json")
+    r = forge_cli(
+        "attack",
+        "recon",
+        "--target",
+        plugin_dirs / "dp",
+        "--kind",
+        "informed",
+        "--mode",
+        "model",
+        "--trials",
+        "3",
+        "--candidates",
+        "5",
+        "--bound-samples",
+        "2000",
+        "--out",
+        out,
+        "--json",
+    )
     assert r.code == 0, r
     printed = json.loads(r.out)
     assert printed["baseline"] == pytest.approx(0.2) and printed["bound"]["bound"] >= 0.2
@@ -58,8 +94,24 @@ def test_informed_attack_from_the_command_line_json(forge_cli, plugin_dirs, tmp_
 @pytest.mark.slow
 def test_canary_attack_from_the_command_line(forge_cli, plugin_dirs, tmp_path):
     out = tmp_path / "c.json"
-    r = forge_cli("attack", "recon", "--target", plugin_dirs / "nodp", "--kind", "canary", "--repetitions", "0,8",
-                  "--canaries", "2", "--canary-candidates", "16", "--out", out, "--plot", tmp_path / "c.png")
+    r = forge_cli(
+        "attack",
+        "recon",
+        "--target",
+        plugin_dirs / "nodp",
+        "--kind",
+        "canary",
+        "--repetitions",
+        "0,8",
+        "--canaries",
+        "2",
+        "--canary-candidates",
+        "16",
+        "--out",
+        out,
+        "--plot",
+        tmp_path / "c.png",
+    )
     assert r.code == 0, r
     res = json.loads(out.read_text())
     assert [row["repetitions"] for row in res["success"]["by_repetition"]] == [0, 8]
@@ -71,10 +123,16 @@ def test_unknown_kind(forge_cli, plugin_dirs, tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
-@pytest.mark.parametrize("make", [
-    pytest.param("missing", marks=pytest.mark.slow), "empty_dir", pytest.param("file", marks=pytest.mark.slow),
-    pytest.param("no_meta", marks=pytest.mark.slow), "bad_meta",
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param("missing", marks=pytest.mark.slow),
+        "empty_dir",
+        pytest.param("file", marks=pytest.mark.slow),
+        pytest.param("no_meta", marks=pytest.mark.slow),
+        "bad_meta",
+    ],
+)
 def test_target_that_is_not_a_plugin(forge_cli, tmp_path, make):
     target = tmp_path / "target"
     if make == "empty_dir":
@@ -114,8 +172,18 @@ def test_wrong_data_columns(forge_cli, plugin_dirs, tmp_path):
 
 @pytest.mark.slow
 def test_wrong_data_types(forge_cli, plugin_dirs, tmp_path):
-    r = forge_cli("attack", "recon", "--target", plugin_dirs / "nodp", "--kind", "informed", "--data", "bundled-digits:site-1",
-                  "--out", tmp_path / "x.json")
+    r = forge_cli(
+        "attack",
+        "recon",
+        "--target",
+        plugin_dirs / "nodp",
+        "--kind",
+        "informed",
+        "--data",
+        "bundled-digits:site-1",
+        "--out",
+        tmp_path / "x.json",
+    )
     _assert_clean_error(r, "image", "tabular")
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"\x00\x01garbage")
@@ -127,21 +195,32 @@ def test_wrong_data_types(forge_cli, plugin_dirs, tmp_path):
 def test_bad_options(forge_cli, plugin_dirs, tmp_path):
     r = forge_cli("attack", "recon", "--target", plugin_dirs / "nodp", "--kind", "gradient", "--out", tmp_path)
     _assert_clean_error(r, "directory")
-    r = forge_cli("attack", "recon", "--target", plugin_dirs / "nodp", "--kind", "gradient", "--out", tmp_path / "x.json",
-                  "--trials", "500")
+    r = forge_cli(
+        "attack", "recon", "--target", plugin_dirs / "nodp", "--kind", "gradient", "--out", tmp_path / "x.json", "--trials", "500"
+    )
     _assert_clean_error(r, "500", "records")
     assert not (tmp_path / "x.json").exists()
 
 
 @pytest.mark.slow
 def test_more_bad_options(forge_cli, plugin_dirs, tmp_path):
-    r = forge_cli("attack", "recon", "--target", plugin_dirs / "nodp", "--kind", "gradient", "--out", tmp_path / "x.json",
-                  "--plot", tmp_path / "x.pdf")
+    r = forge_cli(
+        "attack",
+        "recon",
+        "--target",
+        plugin_dirs / "nodp",
+        "--kind",
+        "gradient",
+        "--out",
+        tmp_path / "x.json",
+        "--plot",
+        tmp_path / "x.pdf",
+    )
     _assert_clean_error(r, ".png")
-    r = forge_cli("attack", "recon", "--target", plugin_dirs / "nodp", "--kind", "gradient", "--out", tmp_path / "x.json",
-                  "--labels", "guess")
+    r = forge_cli(
+        "attack", "recon", "--target", plugin_dirs / "nodp", "--kind", "gradient", "--out", tmp_path / "x.json", "--labels", "guess"
+    )
     _assert_clean_error(r, "guess", "idlg")
-    r = forge_cli("attack", "recon", "--target", plugin_dirs / "nodp", "--kind", "gradient", "--out", tmp_path / "x.json",
-                  "--trials", "0")
+    r = forge_cli("attack", "recon", "--target", plugin_dirs / "nodp", "--kind", "gradient", "--out", tmp_path / "x.json", "--trials", "0")
     assert r.code == 2 and "Traceback" not in r.err
     assert not (tmp_path / "x.json").exists()

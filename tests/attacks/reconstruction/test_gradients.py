@@ -11,7 +11,12 @@ from opacus import GradSampleModule
 from torch import nn
 
 from attacks.reconstruction.gradients import (
-    DPSetting, LoraFunctional, clip_per_sample, gradient_from_update, noisy_dp_gradient, one_step_update,
+    DPSetting,
+    LoraFunctional,
+    clip_per_sample,
+    gradient_from_update,
+    noisy_dp_gradient,
+    one_step_update,
 )
 from forge_secure.errors import ForgeValueError
 

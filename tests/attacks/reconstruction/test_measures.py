@@ -8,7 +8,15 @@ import pytest
 from attacks.reconstruction.canary import exposure
 from attacks.reconstruction.features import FeatureSpec
 from attacks.reconstruction.measures import (
-    feature_hits, image_baseline, image_success, match_records, nn_identifiable, psnr, ssim, tabular_baseline, tabular_success,
+    feature_hits,
+    image_baseline,
+    image_success,
+    match_records,
+    nn_identifiable,
+    psnr,
+    ssim,
+    tabular_baseline,
+    tabular_success,
 )
 from forge_secure.errors import ForgeDataError, ForgeValueError
 

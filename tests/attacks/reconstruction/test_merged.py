@@ -27,8 +27,9 @@ def merged_dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("recon-merged")
     for site in ("site-1", "site-2"):
-        train_plugin(TrainConfig(noise_multiplier=1.0, epochs=3, ffa=True, seed=0), load_data(f"bundled:{site}"), site=site,
-                     out=root / site)
+        train_plugin(
+            TrainConfig(noise_multiplier=1.0, epochs=3, ffa=True, seed=0), load_data(f"bundled:{site}"), site=site, out=root / site
+        )
     fusion_merge([root / "site-1", root / "site-2"], root / "ffa", method="ffa")
     fusion_merge([root / "site-1", root / "site-2"], root / "exact", method="exact")
     return root
@@ -42,8 +43,14 @@ def test_merge_release_at_the_start_is_the_merged_plugin(merged_dirs, method):
     rmeta, _, index = resolve_recipe(merged, merged_dirs / "site-2")
     assert index == 1 and rmeta["site"] == "site-2"
     lora = rmeta["lora"]
-    rel = MergeRelease(lora_functional(merged), merged.meta["merge"]["weights"][index], fn.params,
-                       scaling=lora["alpha"] / lora["rank"], method=method, site_frozen=fn.frozen)
+    rel = MergeRelease(
+        lora_functional(merged),
+        merged.meta["merge"]["weights"][index],
+        fn.params,
+        scaling=lora["alpha"] / lora["rank"],
+        method=method,
+        site_frozen=fn.frozen,
+    )
     start = rel(fn.params)
     for n, p in rel.fn.params.items():
         assert torch.allclose(start[n], p)
@@ -63,7 +70,10 @@ def test_informed_on_a_merge_stays_within_the_site_bound(merged_dirs):
     assert res["recipe"]["merge_weight"] == pytest.approx(merged.meta["merge"]["weights"][0])
     b = res["bound"]
     assert (b["noise_multiplier"], b["sample_rate"], b["steps"]) == (
-        pytest.approx(site_dp["noise_multiplier"]), pytest.approx(site_dp["sample_rate"]), site_dp["steps"])
+        pytest.approx(site_dp["noise_multiplier"]),
+        pytest.approx(site_dp["sample_rate"]),
+        site_dp["steps"],
+    )
     assert "post-processing" in b["applies_to"]
     ref = rero_bound_dpsgd(site_dp["noise_multiplier"], site_dp["sample_rate"], site_dp["steps"], 0.1, samples=4000, seed=0)
     assert b["bound"] == pytest.approx(ref.bound)
@@ -94,8 +104,22 @@ def test_cli_merged_without_recipe_is_a_clean_error(forge_cli, merged_dirs, tmp_
 
 def test_cli_informed_on_a_merge_with_recipe(forge_cli, merged_dirs, tmp_path):
     out = tmp_path / "r.json"
-    r = forge_cli("attack", "recon", "--target", merged_dirs / "exact", "--kind", "informed", "--recipe", merged_dirs / "site-2",
-                  "--trials", "10", "--bound-samples", "2000", "--out", out)
+    r = forge_cli(
+        "attack",
+        "recon",
+        "--target",
+        merged_dirs / "exact",
+        "--kind",
+        "informed",
+        "--recipe",
+        merged_dirs / "site-2",
+        "--trials",
+        "10",
+        "--bound-samples",
+        "2000",
+        "--out",
+        out,
+    )
     assert r.code == 0, r
     res = json.loads(out.read_text())
     assert res["mode"] == "model" and res["recipe"]["site"] == "site-2" and "concatenated" in res["observed"]
@@ -106,8 +130,9 @@ def test_cli_informed_on_a_merge_with_recipe(forge_cli, merged_dirs, tmp_path):
 def test_gradient_and_canary_on_a_merge_with_recipe(merged_dirs):
     merged = load_plugin(merged_dirs / "ffa")
     holdout, prior, train = load_data("bundled:site-1/holdout"), load_data("bundled:public"), load_data("bundled:site-1/train")
-    s = ReconSettings(trials=2, steps=40, restarts=2, bound_samples=2000, repetitions=(0, 4), canaries_per_repetition=2,
-                      canary_candidates=10)
+    s = ReconSettings(
+        trials=2, steps=40, restarts=2, bound_samples=2000, repetitions=(0, 4), canaries_per_repetition=2, canary_candidates=10
+    )
     g = run_gradient(merged, holdout, prior, s, recipe=merged_dirs / "site-1")
     dp = json.loads((merged_dirs / "site-1" / "forge.json").read_text())["dp"]
     assert g["settings"]["dp"]["noise_multiplier"] == pytest.approx(dp["noise_multiplier"])
@@ -123,11 +148,24 @@ def test_mixture_target_attacks_the_named_component(forge_inproc, merged_dirs, t
     without it, or with an unknown site, a clean error lists the components."""
     from forge_secure.merge.mixture import build_mixture
 
-    mix = build_mixture([merged_dirs / "site-1", merged_dirs / "site-2"], router="static",
-                        weights=[0.5, 0.5]).save(tmp_path / "mix")
+    mix = build_mixture([merged_dirs / "site-1", merged_dirs / "site-2"], router="static", weights=[0.5, 0.5]).save(tmp_path / "mix")
     out = tmp_path / "r.json"
-    r = forge_inproc("attack", "recon", "--target", mix, "--component", "site-2", "--kind", "informed",
-                           "--trials", "4", "--bound-samples", "1000", "--out", out)
+    r = forge_inproc(
+        "attack",
+        "recon",
+        "--target",
+        mix,
+        "--component",
+        "site-2",
+        "--kind",
+        "informed",
+        "--trials",
+        "4",
+        "--bound-samples",
+        "1000",
+        "--out",
+        out,
+    )
     assert r.code == 0, r
     res = json.loads(out.read_text())
     assert res["target"]["mixture"] == {"path": str(mix), "component": "site-2"} and res["target"]["site"] == "site-2"
@@ -137,8 +175,9 @@ def test_mixture_target_attacks_the_named_component(forge_inproc, merged_dirs, t
         r = forge_inproc("attack", "recon", "--target", mix, *extra, "--kind", "informed", "--out", bad)
         assert_clean_error(r, *words)
         assert not bad.exists()
-    r = forge_inproc("attack", "recon", "--target", merged_dirs / "site-1", "--component", "site-1", "--kind", "informed",
-                           "--out", tmp_path / "c.json")
+    r = forge_inproc(
+        "attack", "recon", "--target", merged_dirs / "site-1", "--component", "site-1", "--kind", "informed", "--out", tmp_path / "c.json"
+    )
     assert_clean_error(r, "no mixture.json", "drop --component")
     (mix / "mixture.json").write_text("{not json")
     r = forge_inproc("attack", "recon", "--target", mix, "--component", "site-1", "--kind", "informed", "--out", tmp_path / "d.json")

@@ -13,8 +13,8 @@ import torch
 from attacks.reconstruction.merged import MergeRedo, order_parents
 from attacks.reconstruction.run import ReconSettings, lora_functional, resolve_recipe, run_informed
 from forge_secure.errors import ForgeError, ForgeValueError
-from forge_secure.plugins.record import read_plugin
 from forge_secure.plugins import load_data, load_plugin, make_canaries
+from forge_secure.plugins.record import read_plugin
 from forge_secure.privacy.randomness import seed_from_label
 from tests.conftest import assert_clean_error
 
@@ -34,17 +34,32 @@ def redo_dirs(tmp_path_factory):
     for site in ("site-1", "site-2"):
         data = load_data(f"bundled:{site}")
         # the attacker's own experiment: reproducible randomness (a secret derived from a public label)
-        train_plugin(TrainConfig(no_dp=True, epochs=3, seed=0), data, site=site, out=root / f"{site}-nodp",
-                     secret=seed_from_label(f"test-merged-redo-{site}-nodp", 0))
-        train_plugin(TrainConfig(noise_multiplier=1.0, epochs=3, seed=0), data, site=site, out=root / f"{site}-dp",
-                     secret=seed_from_label(f"test-merged-redo-{site}-dp", 0))
-    synth = make_synthetic(load_base("tabular-mlp"), load_data("bundled:site-1"), SynthConfig(noise_multiplier=2.0, per_class=20),
-                           site="site-1")
+        train_plugin(
+            TrainConfig(no_dp=True, epochs=3, seed=0),
+            data,
+            site=site,
+            out=root / f"{site}-nodp",
+            secret=seed_from_label(f"test-merged-redo-{site}-nodp", 0),
+        )
+        train_plugin(
+            TrainConfig(noise_multiplier=1.0, epochs=3, seed=0),
+            data,
+            site=site,
+            out=root / f"{site}-dp",
+            secret=seed_from_label(f"test-merged-redo-{site}-dp", 0),
+        )
+    synth = make_synthetic(
+        load_base("tabular-mlp"), load_data("bundled:site-1"), SynthConfig(noise_multiplier=2.0, per_class=20), site="site-1"
+    )
     save_synthetic(synth, root / "synth.npz")
     for dp in ("nodp", "dp"):
         for m in METHODS:
-            fusion_merge([root / f"site-1-{dp}", root / f"site-2-{dp}"], root / f"{m}-{dp}", method=m,
-                         tune_on=root / "synth.npz" if m == "sequential" else None)
+            fusion_merge(
+                [root / f"site-1-{dp}", root / f"site-2-{dp}"],
+                root / f"{m}-{dp}",
+                method=m,
+                tune_on=root / "synth.npz" if m == "sequential" else None,
+            )
     return root
 
 
@@ -84,8 +99,14 @@ def test_without_dp_the_attack_beats_chance_on_a_ties_merge(redo_dirs):
     random labels, as in test_informed (in-distribution records carry tiny gradients)."""
     data = load_data("bundled:site-1")
     prior = make_canaries(200, data, 1)
-    res = run_informed(load_plugin(redo_dirs / "ties-nodp"), data, prior, ReconSettings(trials=24, seed=0, bound_samples=2000),
-                       recipe=redo_dirs / "site-1-nodp", parents=[redo_dirs / "site-2-nodp"])
+    res = run_informed(
+        load_plugin(redo_dirs / "ties-nodp"),
+        data,
+        prior,
+        ReconSettings(trials=24, seed=0, bound_samples=2000),
+        recipe=redo_dirs / "site-1-nodp",
+        parents=[redo_dirs / "site-2-nodp"],
+    )
     assert res["mode"] == "model" and "ties merge redone" in res["observed"]
     assert res["merge_redo"]["method"] == "ties" and res["merge_redo"]["redo_relative_error"] < 1e-6
     assert res["success"]["ci"][0] > 0.1, res["success"]
@@ -97,16 +118,28 @@ def test_without_dp_the_attack_beats_chance_on_a_ties_merge(redo_dirs):
 def test_without_dp_the_attack_beats_chance_on_dare_and_sequential(redo_dirs, method):
     data = load_data("bundled:site-1")
     prior = make_canaries(200, data, 1)
-    res = run_informed(load_plugin(redo_dirs / f"{method}-nodp"), data, prior, ReconSettings(trials=30, seed=1, bound_samples=2000),
-                       recipe=redo_dirs / "site-1-nodp", parents=[redo_dirs / "site-2-nodp"])
+    res = run_informed(
+        load_plugin(redo_dirs / f"{method}-nodp"),
+        data,
+        prior,
+        ReconSettings(trials=30, seed=1, bound_samples=2000),
+        recipe=redo_dirs / "site-1-nodp",
+        parents=[redo_dirs / "site-2-nodp"],
+    )
     assert res["success"]["ci"][0] > 0.1, res["success"]
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_with_dp_the_attack_stays_within_the_site_bound(redo_dirs, method):
     data, prior = load_data("bundled:site-1"), make_canaries(200, load_data("bundled:site-1"), 1)
-    res = run_informed(load_plugin(redo_dirs / f"{method}-dp"), data, prior, ReconSettings(trials=8, seed=0, bound_samples=4000),
-                       recipe=redo_dirs / "site-1-dp", parents=[redo_dirs / "site-2-dp"])
+    res = run_informed(
+        load_plugin(redo_dirs / f"{method}-dp"),
+        data,
+        prior,
+        ReconSettings(trials=8, seed=0, bound_samples=4000),
+        recipe=redo_dirs / "site-1-dp",
+        parents=[redo_dirs / "site-2-dp"],
+    )
     site_dp = json.loads((redo_dirs / "site-1-dp" / "forge.json").read_text())["dp"]
     b = res["bound"]
     assert (b["noise_multiplier"], b["steps"]) == (pytest.approx(site_dp["noise_multiplier"]), site_dp["steps"])
@@ -142,8 +175,24 @@ def test_library_errors(redo_dirs, tmp_path):
 
 def test_cli_informed_on_a_ties_merge(forge_cli, redo_dirs, tmp_path):
     out = tmp_path / "r.json"
-    r = forge_cli("attack", "recon", "--target", redo_dirs / "ties-dp", "--kind", "informed", "--recipe", redo_dirs / "site-1-dp",
-                  "--parents", redo_dirs / "site-2-dp", "--trials", "3", "--bound-samples", "2000", "--out", out)
+    r = forge_cli(
+        "attack",
+        "recon",
+        "--target",
+        redo_dirs / "ties-dp",
+        "--kind",
+        "informed",
+        "--recipe",
+        redo_dirs / "site-1-dp",
+        "--parents",
+        redo_dirs / "site-2-dp",
+        "--trials",
+        "3",
+        "--bound-samples",
+        "2000",
+        "--out",
+        out,
+    )
     assert r.code == 0, r
     res = json.loads(out.read_text())
     assert res["merge_redo"]["parents"] == ["site-1", "site-2"] and res["within_bound"] and res["trials"] == 3
@@ -185,26 +234,61 @@ BAD_PARENTS = [
 def test_bad_parents_are_clean_errors(redo_dirs, tmp_path, make, words):
     merged = load_plugin(redo_dirs / "dare-dp")
     with pytest.raises(ForgeError) as e:
-        run_informed(merged, load_data("bundled:site-1"), load_data("bundled:public"), ReconSettings(trials=2, bound_samples=1000),
-                     recipe=redo_dirs / "site-1-dp", parents=[make(redo_dirs, tmp_path)])
+        run_informed(
+            merged,
+            load_data("bundled:site-1"),
+            load_data("bundled:public"),
+            ReconSettings(trials=2, bound_samples=1000),
+            recipe=redo_dirs / "site-1-dp",
+            parents=[make(redo_dirs, tmp_path)],
+        )
     for w in words:
         assert w in str(e.value)
 
 
-@pytest.mark.parametrize("make,words", [(lambda root, tmp: None, ("site-2", "--parents")),
-                                       pytest.param(_tampered, ("sha256",), marks=pytest.mark.slow)],
-                         ids=["missing", "tampered"])
+@pytest.mark.parametrize(
+    "make,words",
+    [(lambda root, tmp: None, ("site-2", "--parents")), pytest.param(_tampered, ("sha256",), marks=pytest.mark.slow)],
+    ids=["missing", "tampered"],
+)
 def test_cli_bad_parents_are_clean_errors(forge_cli, redo_dirs, tmp_path, make, words):
     out = tmp_path / "r.json"
     bad = make(redo_dirs, tmp_path)
     extra = ["--parents", bad] if bad is not None else []
-    r = forge_cli("attack", "recon", "--target", redo_dirs / "dare-dp", "--kind", "informed", "--recipe", redo_dirs / "site-1-dp",
-                  *extra, "--trials", "2", "--bound-samples", "1000", "--out", out)
+    r = forge_cli(
+        "attack",
+        "recon",
+        "--target",
+        redo_dirs / "dare-dp",
+        "--kind",
+        "informed",
+        "--recipe",
+        redo_dirs / "site-1-dp",
+        *extra,
+        "--trials",
+        "2",
+        "--bound-samples",
+        "1000",
+        "--out",
+        out,
+    )
     assert_clean_error(r, *words)
     assert not out.exists()
 
 
 def test_parents_only_for_the_informed_attack(forge_cli, redo_dirs, tmp_path):
-    r = forge_cli("attack", "recon", "--target", redo_dirs / "ties-dp", "--kind", "canary", "--recipe", redo_dirs / "site-1-dp",
-                  "--parents", redo_dirs / "site-2-dp", "--out", tmp_path / "r.json")
+    r = forge_cli(
+        "attack",
+        "recon",
+        "--target",
+        redo_dirs / "ties-dp",
+        "--kind",
+        "canary",
+        "--recipe",
+        redo_dirs / "site-1-dp",
+        "--parents",
+        redo_dirs / "site-2-dp",
+        "--out",
+        tmp_path / "r.json",
+    )
     assert_clean_error(r, "--parents", "informed")

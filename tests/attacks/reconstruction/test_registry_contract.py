@@ -40,8 +40,18 @@ from forge_secure.errors import ForgeError
 from forge_secure.plugins import bundled_image_splits, load_data, make_canaries
 
 #: small settings under which every attack runs in seconds
-FAST = ReconSettings(trials=2, seed=3, steps=30, restarts=2, candidates=3, repetitions=(0, 2), canaries_per_repetition=1,
-                     canary_candidates=8, bound_samples=2000, plot_records=2)
+FAST = ReconSettings(
+    trials=2,
+    seed=3,
+    steps=30,
+    restarts=2,
+    candidates=3,
+    repetitions=(0, 2),
+    canaries_per_repetition=1,
+    canary_candidates=8,
+    bound_samples=2000,
+    plot_records=2,
+)
 #: attacks whose whole record is fixed by the seed; the canary test retrains with the plugin's
 #: recipe, whose sampling (and, with DP, noise) comes from a secret source by design: its own
 #: draws (the canaries) are checked instead

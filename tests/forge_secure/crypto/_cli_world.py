@@ -12,13 +12,26 @@ def build_cli_world(tmp_path, kit, label: str, *, seal_with_roster: bool):
     (without it, seal finds the roster trusted on this machine)."""
     keys = {n: new_keys(n, tmp_path / n, random=kit.Drbg(f"{label} {n}")) for n in ("site-1", "consortium", "other", "admin-1")}
     roster = tmp_path / "roster.json"
-    init_roster(roster, "medforge", [keys["admin-1"].public_key], expires=kit.NOW + 3650 * kit.DAY,
-                recipients=[keys["consortium"].public_key, Recipient.from_public(keys["other"].public_key, "auditor")])
+    init_roster(
+        roster,
+        "medforge",
+        [keys["admin-1"].public_key],
+        expires=kit.NOW + 3650 * kit.DAY,
+        recipients=[keys["consortium"].public_key, Recipient.from_public(keys["other"].public_key, "auditor")],
+    )
     add_site_key(roster, keys["site-1"].public_key, not_before=kit.NOW - kit.DAY, not_after=kit.NOW + 3650 * kit.DAY)
     sign_roster(roster, load_signing_key(keys["admin-1"].signing))
     plugin = kit.make_plugin(tmp_path / "plugin")
     bundle = tmp_path / "a.forge"
-    args = ["seal", str(plugin), "--signer", str(keys["site-1"].signing), "--recipient", str(keys["consortium"].public),
-            "--out", str(bundle)] + (["--roster", str(roster)] if seal_with_roster else [])
+    args = [
+        "seal",
+        str(plugin),
+        "--signer",
+        str(keys["site-1"].signing),
+        "--recipient",
+        str(keys["consortium"].public),
+        "--out",
+        str(bundle),
+    ] + (["--roster", str(roster)] if seal_with_roster else [])
     assert forge_main(args) == 0
     return keys, roster, plugin, bundle

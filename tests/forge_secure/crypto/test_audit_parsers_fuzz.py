@@ -43,11 +43,47 @@ from forge_secure.errors import ForgeError
 
 PARSERS = ["audit-policy", "evidence-attack-file", "evidence-plugin-manifest", "auditor-results"]
 
-TOML_VALUES = ["1" * 5000, "-" + "9" * 30, "0x" + "f" * 40, "inf", "nan", "-0", "1979-05-27T07:32:00Z", "07:32:00", '"[/x]"',
-               '"%s{0}"', "'''a\nb'''", "[1, \"a\", {x = 1}]", "{a = 1, b = [2]}", "true", "\"\"", "[" * 3000 + "]" * 3000,
-               "{a = " * 500 + "1" + "}" * 500, "1e999", "\"\\ud800\"", "[[]]", "-1", "0", "1.5", "1_000", "\"" + "a" * 10_000 + "\""]
-TOML_LINES = ["[checks.nonexistent]", "[checks]", "[verdict]", "[[checks]]", "unknown = 1", "enabled = \"yes\"", "[checks.dp-claims]",
-              "format = \"forge-audit-policy/1\"", "checks = 3", "verdict = []", "[checks.dp-claims.deeper]", "a.b.c = 1"]
+TOML_VALUES = [
+    "1" * 5000,
+    "-" + "9" * 30,
+    "0x" + "f" * 40,
+    "inf",
+    "nan",
+    "-0",
+    "1979-05-27T07:32:00Z",
+    "07:32:00",
+    '"[/x]"',
+    '"%s{0}"',
+    "'''a\nb'''",
+    '[1, "a", {x = 1}]',
+    "{a = 1, b = [2]}",
+    "true",
+    '""',
+    "[" * 3000 + "]" * 3000,
+    "{a = " * 500 + "1" + "}" * 500,
+    "1e999",
+    '"\\ud800"',
+    "[[]]",
+    "-1",
+    "0",
+    "1.5",
+    "1_000",
+    '"' + "a" * 10_000 + '"',
+]
+TOML_LINES = [
+    "[checks.nonexistent]",
+    "[checks]",
+    "[verdict]",
+    "[[checks]]",
+    "unknown = 1",
+    'enabled = "yes"',
+    "[checks.dp-claims]",
+    'format = "forge-audit-policy/1"',
+    "checks = 3",
+    "verdict = []",
+    "[checks.dp-claims.deeper]",
+    "a.b.c = 1",
+]
 
 
 class PolicyTarget:
@@ -56,8 +92,12 @@ class PolicyTarget:
     def __init__(self, fuzzing, path):
         self.name, self.path, self.expected, self.coded, self.only_seeds_valid = "audit-policy", path, ForgeError, True, False
         text = default_policy_text()
-        self.seeds = [text.encode(), (text + "\n[checks.dp-claims]\nmax_epsilon = 2.0\n").encode() if "[checks.dp-claims]" not in text
-                      else text.replace("[verdict]", "[verdict]\n").encode()]
+        self.seeds = [
+            text.encode(),
+            (text + "\n[checks.dp-claims]\nmax_epsilon = 2.0\n").encode()
+            if "[checks.dp-claims]" not in text
+            else text.replace("[verdict]", "[verdict]\n").encode(),
+        ]
         self.bytes_target = fuzzing.Target("audit-policy", self.parse, self.seeds, json_doc=False)
 
     def parse(self, raw: bytes) -> None:
@@ -85,23 +125,44 @@ class PolicyTarget:
 def membership_doc(seed: int) -> dict:
     rng = np.random.default_rng(seed)
     labels = rng.random(24) < 0.5
-    return {"format": "forge-attack-mia/1", "attack": "lira", "target": {"path": "plugins/site-1", "adapter_digest": "ab" * 32},
-            "membership": {"include_prob": 0.5, "seed_sha256": "cd" * 32}, "scores": (rng.normal(0, 1, 24) + labels).round(4).tolist(),
-            "labels": labels.astype(int).tolist(), "auc": 0.61, "canaries": {"scores": [0.1, 0.9, 0.3], "labels": [0, 1, 0]}}
+    return {
+        "format": "forge-attack-mia/1",
+        "attack": "lira",
+        "target": {"path": "plugins/site-1", "adapter_digest": "ab" * 32},
+        "membership": {"include_prob": 0.5, "seed_sha256": "cd" * 32},
+        "scores": (rng.normal(0, 1, 24) + labels).round(4).tolist(),
+        "labels": labels.astype(int).tolist(),
+        "auc": 0.61,
+        "canaries": {"scores": [0.1, 0.9, 0.3], "labels": [0, 1, 0]},
+    }
 
 
 def reconstruction_doc() -> dict:
-    return {"kind": "reconstruction", "attack": "informed", "target": "plugins/site-1", "outcomes": [1] * 3 + [0] * 17,
-            "kappa": 0.05, "success_rate": 0.15}
+    return {
+        "kind": "reconstruction",
+        "attack": "informed",
+        "target": "plugins/site-1",
+        "outcomes": [1] * 3 + [0] * 17,
+        "kappa": 0.05,
+        "success_rate": 0.15,
+    }
 
 
 def _evidence_root(tmp_path):
     root = tmp_path / "evidence"
     plugin = root / "plugins" / "site-1"
     plugin.mkdir(parents=True)
-    (plugin / "forge.json").write_text(json.dumps({"format": "forge-plugin/1", "kind": "trained", "site": "site-1",
-                                                    "base": {"name": "tabular-mlp", "digest": "ab" * 32},
-                                                    "dp": {"enabled": True, "epsilon": 3.0, "delta": 1e-5}}))
+    (plugin / "forge.json").write_text(
+        json.dumps(
+            {
+                "format": "forge-plugin/1",
+                "kind": "trained",
+                "site": "site-1",
+                "base": {"name": "tabular-mlp", "digest": "ab" * 32},
+                "dp": {"enabled": True, "epsilon": 3.0, "delta": 1e-5},
+            }
+        )
+    )
     (plugin / "adapter_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     (root / "attacks").mkdir()
     return root
@@ -175,8 +236,9 @@ def test_audit_reader_is_total_100k(name, tmp_path, fuzzing):
     _check(fuzzing.run(_targets(tmp_path, fuzzing)[name], "slow"), name, "slow", fuzzing)
 
 
-@pytest.mark.parametrize(("key", "value"), [("inconclusive_fails", "[" * 3000 + "]" * 3000), ("inconclusive_fails", "1" * 5000),
-                                            ("max_epsilon", "1" * 400)])
+@pytest.mark.parametrize(
+    ("key", "value"), [("inconclusive_fails", "[" * 3000 + "]" * 3000), ("inconclusive_fails", "1" * 5000), ("max_epsilon", "1" * 400)]
+)
 def test_policy_hostile_toml_ends_in_forge_error(key, value, tmp_path):
     path = tmp_path / "policy.toml"
     text = default_policy_text()

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from forge_secure.crypto import BundleError, ReplayStore, SequenceCounter, revoke_key, sign_roster, load_signing_key
+from forge_secure.crypto import BundleError, ReplayStore, SequenceCounter, load_signing_key, revoke_key, sign_roster
 from forge_secure.crypto import _primitives as P
 from forge_secure.crypto.bundle import INFO_LABEL, PAYLOAD_TYPE
 from forge_secure.errors import ForgeDataError, ForgeFileError
@@ -26,8 +26,7 @@ def same_tree(a, b) -> bool:
     return not mismatch and not errors and all(same_tree(os.path.join(a, d), os.path.join(b, d)) for d in cmp.common_dirs)
 
 
-def resign(world, data: bytes, kit, *, site="site-1", header_edit=None, rewrap_key=None, recipient="consortium",
-           chunks=None) -> bytes:
+def resign(world, data: bytes, kit, *, site="site-1", header_edit=None, rewrap_key=None, recipient="consortium", chunks=None) -> bytes:
     """What a trusted signer could do: change the bundle and sign again (with its own key).
 
     ``header_edit`` edits header and manifest consistently; ``rewrap_key`` (the data key,
@@ -55,9 +54,13 @@ def resign(world, data: bytes, kit, *, site="site-1", header_edit=None, rewrap_k
     payload = canonical_json(statement)
     signer = world.signer(site)
     sigs = signer.sign_all(P.pae(PAYLOAD_TYPE, payload))
-    envelope = canonical_json({"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),
-                               "signatures": [{"keyid": f"{a}:{signer.key_id}", "sig": base64.b64encode(s).decode()}
-                                              for a, s in sigs.items()]})
+    envelope = canonical_json(
+        {
+            "payloadType": PAYLOAD_TYPE,
+            "payload": base64.b64encode(payload).decode(),
+            "signatures": [{"keyid": f"{a}:{signer.key_id}", "sig": base64.b64encode(s).decode()} for a, s in sigs.items()],
+        }
+    )
     return kit.join(header_bytes, wrapped, chunks, envelope)
 
 
@@ -145,16 +148,30 @@ def test_every_flipped_byte_is_refused(tmp_path, kit):
     world = kit.build_world(tmp_path, rows=8)  # a small bundle, so every one of its bytes can be flipped
     data = world.seal().read_bytes()
     for i in range(len(data)):
-        mutated = data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
-        expect(("bundle.format", "bundle.truncated", "bundle.trailing", "bundle.signature", "bundle.envelope", "bundle.digest",
-                "bundle.version", "bundle.algorithm", "bundle.untrusted_signer", "bundle.statement"), world.verify_bytes, mutated)
+        mutated = data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :]
+        expect(
+            (
+                "bundle.format",
+                "bundle.truncated",
+                "bundle.trailing",
+                "bundle.signature",
+                "bundle.envelope",
+                "bundle.digest",
+                "bundle.version",
+                "bundle.algorithm",
+                "bundle.untrusted_signer",
+                "bundle.statement",
+            ),
+            world.verify_bytes,
+            mutated,
+        )
 
 
 def test_flipped_bytes_fail_open_and_leave_nothing(world):
     data = world.seal().read_bytes()
     bad = world.root / "bad.forge"
     for i in (0, 20, len(data) // 2, len(data) - 200, len(data) - 1):
-        bad.write_bytes(data[:i] + bytes([data[i] ^ 0x80]) + data[i + 1:])
+        bad.write_bytes(data[:i] + bytes([data[i] ^ 0x80]) + data[i + 1 :])
         with pytest.raises(BundleError):
             world.open(bad)
         assert no_output(world)
@@ -231,9 +248,11 @@ def test_swapped_payloads_between_two_valid_bundles_are_refused(world, kit):
     a = kit.split(world.seal("a.forge").read_bytes())
     b = kit.split(world.seal("b.forge").read_bytes())
     bad = world.root / "swap.forge"
-    for candidate in (kit.join(a.header_bytes, a.wrapped, b.chunks, a.envelope),     # A's header, B's ciphertext
-                      kit.join(a.header_bytes, b.wrapped, b.chunks, a.envelope),     # B's key and ciphertext
-                      kit.join(b.header_bytes, b.wrapped, b.chunks, a.envelope)):    # B's body, A's signature
+    for candidate in (
+        kit.join(a.header_bytes, a.wrapped, b.chunks, a.envelope),  # A's header, B's ciphertext
+        kit.join(a.header_bytes, b.wrapped, b.chunks, a.envelope),  # B's key and ciphertext
+        kit.join(b.header_bytes, b.wrapped, b.chunks, a.envelope),
+    ):  # B's body, A's signature
         bad.write_bytes(candidate)
         expect(("bundle.digest", "bundle.format"), world.verify, bad)
     bad.write_bytes(resign(world, kit.join(a.header_bytes, a.wrapped, b.chunks, a.envelope), kit))
@@ -243,15 +262,18 @@ def test_swapped_payloads_between_two_valid_bundles_are_refused(world, kit):
     assert no_output(world)
 
 
-@pytest.mark.parametrize("field,value,codes", [
-    ("format", "forge-bundle/2", ("bundle.version",)),
-    ("kem", "ml-kem-768+x25519", ("bundle.format",)),
-    ("kem", "x448", ("bundle.algorithm",)),
-    ("aead", "aes-128-gcm", ("bundle.algorithm",)),
-    ("stream", "aes-256-gcm-chunked/0", ("bundle.algorithm",)),
-    ("signature", ["ed25519", "ml-dsa-65"], ("bundle.signature", "bundle.format")),
-    ("chunk_size", 8192, ("bundle.format",)),
-])
+@pytest.mark.parametrize(
+    "field,value,codes",
+    [
+        ("format", "forge-bundle/2", ("bundle.version",)),
+        ("kem", "ml-kem-768+x25519", ("bundle.format",)),
+        ("kem", "x448", ("bundle.algorithm",)),
+        ("aead", "aes-128-gcm", ("bundle.algorithm",)),
+        ("stream", "aes-256-gcm-chunked/0", ("bundle.algorithm",)),
+        ("signature", ["ed25519", "ml-dsa-65"], ("bundle.signature", "bundle.format")),
+        ("chunk_size", 8192, ("bundle.format",)),
+    ],
+)
 def test_changed_algorithm_or_version_fields_are_refused(world, kit, field, value, codes):
     p = kit.split(world.seal().read_bytes())
     header = dict(p.header)
@@ -313,8 +335,15 @@ def test_signer_not_in_roster(world):
 def seal_as(world, who, **kw):
     from forge_secure.crypto import seal
 
-    return seal(world.plugin, world.signer(who), world.keys["consortium"].public, world.root / f"{who}.forge",
-                now=kw.pop("now", world_now()), chunk_size=4096, **kw)
+    return seal(
+        world.plugin,
+        world.signer(who),
+        world.keys["consortium"].public,
+        world.root / f"{who}.forge",
+        now=kw.pop("now", world_now()),
+        chunk_size=4096,
+        **kw,
+    )
 
 
 def world_now():
@@ -379,7 +408,7 @@ def test_replay_by_id_and_by_sequence(world):
     first = world.seal("1.forge")
     second = world.seal("2.forge")
     world.open(second, out="o2")
-    expect("bundle.replay", world.open, second, out="o2b")       # same submission id
+    expect("bundle.replay", world.open, second, out="o2b")  # same submission id
     # with a window of 1, sequence 1 is too old once 2 was accepted
     expect("bundle.replay", world.open, first, out="o1", replay=ReplayStore(window=1))
     assert no_output(world, "o1") and no_output(world, "o2b")

@@ -23,16 +23,41 @@ def test_cli_subprocess_seal_verify_open(forge_cli, tmp_path, setup):
     keys, roster, plugin, _ = setup
     env = {"SITE_PASS": "correct horse battery"}
     bundle = tmp_path / "b.forge"
-    r = forge_cli("seal", plugin, "--signer", keys["site-1"].signing, "--recipient", keys["consortium"].public,
-                  "--out", bundle, "--sequence", "5", "--roster", roster)
+    r = forge_cli(
+        "seal",
+        plugin,
+        "--signer",
+        keys["site-1"].signing,
+        "--recipient",
+        keys["consortium"].public,
+        "--out",
+        bundle,
+        "--sequence",
+        "5",
+        "--roster",
+        roster,
+    )
     assert_clean_error(r, "roster.unpinned", "no pinned root")  # the subprocess's FORGE_HOME has no root of trust yet
-    r = forge_cli("seal", plugin, "--signer", keys["site-1"].signing, "--recipient", keys["consortium"].public,
-                  "--out", bundle, "--sequence", "5", "--roster", roster, "--root", roster)
+    r = forge_cli(
+        "seal",
+        plugin,
+        "--signer",
+        keys["site-1"].signing,
+        "--recipient",
+        keys["consortium"].public,
+        "--out",
+        bundle,
+        "--sequence",
+        "5",
+        "--roster",
+        roster,
+        "--root",
+        roster,
+    )
     assert r.code == 0 and bundle.exists(), r
     r = forge_cli("verify", bundle, "--roster", roster, "--json")
     assert r.code == 0 and json.loads(r.out)["sequence"] == 5, r
-    r = forge_cli("open", bundle, "--key", keys["other"].decryption, "--roster", roster, "--out", tmp_path / "inbox",
-                  env=env)
+    r = forge_cli("open", bundle, "--key", keys["other"].decryption, "--roster", roster, "--out", tmp_path / "inbox", env=env)
     assert_clean_error(r, "bundle.wrong_recipient", "is sealed for key")
     assert len(r.err.strip().splitlines()) == 1 and not (tmp_path / "inbox").exists()
 
@@ -45,8 +70,19 @@ def test_cli_story_in_process(tmp_path, kit, capsys, monkeypatch):
     for who in ("consortium", "admin-1"):
         assert run(capsys, "keys", "new", "--site", who, "--out", tmp_path / who, "--json")[0] == 0
     roster = tmp_path / "roster.json"
-    code, text = run(capsys, "roster", "init", "--out", roster, "--consortium", "medforge", "--admin", tmp_path / "admin-1",
-                     "--recipient", tmp_path / "consortium" / "public.json")
+    code, text = run(
+        capsys,
+        "roster",
+        "init",
+        "--out",
+        roster,
+        "--consortium",
+        "medforge",
+        "--admin",
+        tmp_path / "admin-1",
+        "--recipient",
+        tmp_path / "consortium" / "public.json",
+    )
     assert code == 0 and "version 1" in text
     code, text = run(capsys, "roster", "add", roster, "--site-key", tmp_path / "site" / "public.json", "--not-after", "30d")
     assert code == 0 and "version 2" in text
@@ -56,16 +92,25 @@ def test_cli_story_in_process(tmp_path, kit, capsys, monkeypatch):
     assert code == 0 and json.loads(text)["version"] == 3 and json.loads(text)["trusted"] is True
     plugin = kit.make_plugin(tmp_path / "plugin")
     bundle = tmp_path / "site-1.forge"
-    seal_args = ("seal", plugin, "--signer", tmp_path / "site" / "signing.key", "--passphrase-env", "SITE_PASS",
-                 "--recipient", tmp_path / "consortium" / "public.json")
+    seal_args = (
+        "seal",
+        plugin,
+        "--signer",
+        tmp_path / "site" / "signing.key",
+        "--passphrase-env",
+        "SITE_PASS",
+        "--recipient",
+        tmp_path / "consortium" / "public.json",
+    )
     assert run(capsys, *seal_args, "--out", bundle)[0] == 0
     code, text = run(capsys, "verify", bundle, "--roster", roster)
     assert code == 0 and "site-1 (sequence 1)" in text
     code, text = run(capsys, "open", bundle, "--key", tmp_path / "consortium", "--roster", roster, "--out", tmp_path / "inbox")
     assert code == 0
     assert (tmp_path / "inbox" / "adapter_model.safetensors").read_bytes() == (plugin / "adapter_model.safetensors").read_bytes()
-    code, text = run(capsys, "open", bundle, "--key", tmp_path / "consortium" / "decryption.key", "--roster", roster,
-                     "--out", tmp_path / "again")
+    code, text = run(
+        capsys, "open", bundle, "--key", tmp_path / "consortium" / "decryption.key", "--roster", roster, "--out", tmp_path / "again"
+    )
     clean_error(code, text, "already opened")
     assert not (tmp_path / "again").exists()
     data = bytearray(bundle.read_bytes())
@@ -85,8 +130,18 @@ def test_cli_story_seal_verify_open(forge_cli, tmp_path, kit):
     new_keys("consortium", tmp_path / "cons", random=kit.Drbg("cli cons"))
     new_keys("admin-1", tmp_path / "admin", random=kit.Drbg("cli admin"))
     roster = tmp_path / "roster.json"
-    r = forge_cli("roster", "init", "--out", roster, "--consortium", "medforge", "--admin", tmp_path / "admin" / "public.json",
-                  "--recipient", tmp_path / "cons" / "public.json")
+    r = forge_cli(
+        "roster",
+        "init",
+        "--out",
+        roster,
+        "--consortium",
+        "medforge",
+        "--admin",
+        tmp_path / "admin" / "public.json",
+        "--recipient",
+        tmp_path / "cons" / "public.json",
+    )
     assert r.code == 0 and "version 1" in r.out, r
     r = forge_cli("roster", "add", roster, "--site-key", tmp_path / "site" / "public.json", "--not-after", "30d")
     assert r.code == 0 and "version 2" in r.out, r
@@ -94,8 +149,19 @@ def test_cli_story_seal_verify_open(forge_cli, tmp_path, kit):
     assert r.code == 0 and json.loads(r.out)["trusted"] is True, r
     plugin = kit.make_plugin(tmp_path / "plugin")
     bundle = tmp_path / "site-1.forge"
-    r = forge_cli("seal", plugin, "--signer", tmp_path / "site" / "signing.key", "--passphrase-env", "SITE_PASS",
-                  "--recipient", tmp_path / "cons" / "public.json", "--out", bundle, env=env)
+    r = forge_cli(
+        "seal",
+        plugin,
+        "--signer",
+        tmp_path / "site" / "signing.key",
+        "--passphrase-env",
+        "SITE_PASS",
+        "--recipient",
+        tmp_path / "cons" / "public.json",
+        "--out",
+        bundle,
+        env=env,
+    )
     assert r.code == 0 and bundle.exists(), r
     r = forge_cli("verify", bundle, "--roster", roster, "--json")
     assert r.code == 0, r
@@ -116,8 +182,19 @@ def test_cli_story_seal_verify_open(forge_cli, tmp_path, kit):
     r = forge_cli("verify", bad, "--roster", roster)
     assert_clean_error(r, "does not match its signed digest")
     assert len(r.err.strip().splitlines()) == 1
-    r = forge_cli("seal", plugin, "--signer", tmp_path / "site" / "signing.key", "--passphrase-env", "SITE_PASS",
-                  "--recipient", tmp_path / "cons" / "public.json", "--out", tmp_path / "x.forge", env={"SITE_PASS": "wrong pass!"})
+    r = forge_cli(
+        "seal",
+        plugin,
+        "--signer",
+        tmp_path / "site" / "signing.key",
+        "--passphrase-env",
+        "SITE_PASS",
+        "--recipient",
+        tmp_path / "cons" / "public.json",
+        "--out",
+        tmp_path / "x.forge",
+        env={"SITE_PASS": "wrong pass!"},
+    )
     assert_clean_error(r, "wrong passphrase")
     assert not (tmp_path / "x.forge").exists()
 
@@ -160,15 +237,55 @@ def test_cli_bad_inputs_in_process(tmp_path, setup, capsys):
         (("open", bundle, "--key", keys["other"].decryption, "--roster", roster, "--out", tmp_path / "o1"), ["bundle.wrong_recipient"]),
         (("open", bundle, "--key", keys["consortium"].public, "--roster", roster, "--out", tmp_path / "o2"), ["key.wrong_type"]),
         (("open", bundle, "--key", keys["consortium"].signing, "--roster", roster, "--out", tmp_path / "o3"), ["signing key"]),
-        (("seal", plugin, "--signer", keys["site-1"].signing, "--recipient", keys["consortium"].public, "--out", bundle), ["already exists"]),
-        (("seal", plugin / "forge.json", "--signer", keys["site-1"].signing, "--recipient", keys["consortium"].public,
-          "--out", tmp_path / "s.forge"), ["not a plugin directory"]),
-        (("seal", plugin, "--signer", keys["site-1"].decryption, "--recipient", keys["consortium"].public,
-          "--out", tmp_path / "s.forge"), ["signing key"]),
-        (("seal", plugin, "--signer", keys["site-1"].signing, "--recipient", keys["consortium"].signing,
-          "--out", tmp_path / "s.forge"), ["public key file"]),
-        (("seal", plugin, "--signer", keys["site-1"].signing, "--recipient", keys["consortium"].public,
-          "--out", tmp_path / "s.forge", "--passphrase-file", tmp_path / "nope.txt"), ["does not exist"]),
+        (
+            ("seal", plugin, "--signer", keys["site-1"].signing, "--recipient", keys["consortium"].public, "--out", bundle),
+            ["already exists"],
+        ),
+        (
+            (
+                "seal",
+                plugin / "forge.json",
+                "--signer",
+                keys["site-1"].signing,
+                "--recipient",
+                keys["consortium"].public,
+                "--out",
+                tmp_path / "s.forge",
+            ),
+            ["not a plugin directory"],
+        ),
+        (
+            (
+                "seal",
+                plugin,
+                "--signer",
+                keys["site-1"].decryption,
+                "--recipient",
+                keys["consortium"].public,
+                "--out",
+                tmp_path / "s.forge",
+            ),
+            ["signing key"],
+        ),
+        (
+            ("seal", plugin, "--signer", keys["site-1"].signing, "--recipient", keys["consortium"].signing, "--out", tmp_path / "s.forge"),
+            ["public key file"],
+        ),
+        (
+            (
+                "seal",
+                plugin,
+                "--signer",
+                keys["site-1"].signing,
+                "--recipient",
+                keys["consortium"].public,
+                "--out",
+                tmp_path / "s.forge",
+                "--passphrase-file",
+                tmp_path / "nope.txt",
+            ),
+            ["does not exist"],
+        ),
         (("keys", "new", "--site", "site-1", "--out", tmp_path / "site-1"), ["never overwritten"]),
         (("roster", "sign", roster, "--key", keys["site-1"].signing), ["not an admin"]),
         (("roster", "show", empty), ["empty"]),
@@ -188,6 +305,7 @@ def test_cli_verify_and_open_text_output(tmp_path, setup, capsys):
     assert code == 0 and "OK" in text and "site-1" in text and "epsilon 3.2" in text and "ab" * 32 in text
     code, text = run(capsys, "roster", "show", roster)
     assert code == 0 and "1 valid of 1 needed" in text
-    code, text = run(capsys, "open", bundle, "--key", keys["consortium"].decryption, "--roster", roster,
-                     "--out", tmp_path / "inbox", "--json")
+    code, text = run(
+        capsys, "open", bundle, "--key", keys["consortium"].decryption, "--roster", roster, "--out", tmp_path / "inbox", "--json"
+    )
     assert code == 0 and json.loads(text)["verified"]["sequence"] == 1

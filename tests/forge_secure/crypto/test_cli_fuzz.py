@@ -76,13 +76,37 @@ def _command_target(name, fuzzing, tmp_path, capsys, world):
     commands = {
         "verify-bundle": (lambda raw: cli(["verify", fuzz_file, "--roster", roster], raw), bundle, False),
         "verify-timestamp": (lambda raw: cli(["verify", bundle, "--roster", roster, "--timestamp", fuzz_file], raw), timestamp, True),
-        "open-key": (lambda raw: cli(["open", bundle, "--key", fuzz_file, "--roster", roster, "--out", tmp_path / f"o{n()}"], raw,
-                                     0o600), keys["consortium"].decryption, True),
-        "open-bundle": (lambda raw: cli(["open", fuzz_file, "--key", keys["consortium"].decryption, "--roster", roster,
-                                         "--out", tmp_path / f"b{n()}"], raw), bundle, False),
-        "seal-recipient": (lambda raw: cli(["seal", plugin, "--signer", keys["site-1"].signing, "--recipient", fuzz_file,
-                                            "--roster", roster, "--out", tmp_path / f"s{n()}.forge"], raw),
-                           keys["consortium"].public, True),
+        "open-key": (
+            lambda raw: cli(["open", bundle, "--key", fuzz_file, "--roster", roster, "--out", tmp_path / f"o{n()}"], raw, 0o600),
+            keys["consortium"].decryption,
+            True,
+        ),
+        "open-bundle": (
+            lambda raw: cli(
+                ["open", fuzz_file, "--key", keys["consortium"].decryption, "--roster", roster, "--out", tmp_path / f"b{n()}"], raw
+            ),
+            bundle,
+            False,
+        ),
+        "seal-recipient": (
+            lambda raw: cli(
+                [
+                    "seal",
+                    plugin,
+                    "--signer",
+                    keys["site-1"].signing,
+                    "--recipient",
+                    fuzz_file,
+                    "--roster",
+                    roster,
+                    "--out",
+                    tmp_path / f"s{n()}.forge",
+                ],
+                raw,
+            ),
+            keys["consortium"].public,
+            True,
+        ),
         "roster-show": (lambda raw: cli(["roster", "show", fuzz_file], raw), roster, True),
         "roster-pin": (lambda raw: cli(["roster", "pin", fuzz_file], raw), roster, True),
     }

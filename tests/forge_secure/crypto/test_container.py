@@ -24,7 +24,7 @@ def unpack(tmp_path, data: bytes, size: int | None = None, step: int = 7):
     reader = ContainerReader(out, len(data) if size is None else size)
     try:
         for i in range(0, len(data), step):  # fed in small pieces, as chunks arrive
-            reader.feed(data[i:i + step])
+            reader.feed(data[i : i + step])
         return reader.finish()
     finally:
         reader.close()
@@ -66,8 +66,13 @@ def test_duplicate_and_clashing_names_are_refused(tmp_path):
 
 def test_wrong_sizes_and_trailing_bytes_are_refused(tmp_path):
     good = raw_container([("forge.json", b"{}"), ("w", b"123")])
-    cases = ((good + b"x", len(good) + 1), (good[:-1], len(good)), (good, len(good) + 5),
-             (b"NOTMAGIC" + good[8:], len(good)), (MAGIC + struct.pack(">I", 0), 12))
+    cases = (
+        (good + b"x", len(good) + 1),
+        (good[:-1], len(good)),
+        (good, len(good) + 5),
+        (b"NOTMAGIC" + good[8:], len(good)),
+        (MAGIC + struct.pack(">I", 0), 12),
+    )
     for i, (data, size) in enumerate(cases):
         (tmp_path / str(i)).mkdir()
         with pytest.raises(BundleError) as e:

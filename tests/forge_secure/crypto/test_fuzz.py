@@ -20,7 +20,7 @@ def mutate(rng: np.random.Generator, data: bytes, other: bytes) -> bytes:
     kind = rng.integers(0, 7)
     if kind == 0:  # flip one bit
         i = int(rng.integers(0, n))
-        return data[:i] + bytes([data[i] ^ (1 << int(rng.integers(0, 8)))]) + data[i + 1:]
+        return data[:i] + bytes([data[i] ^ (1 << int(rng.integers(0, 8)))]) + data[i + 1 :]
     if kind == 1:  # overwrite a few random bytes
         out = bytearray(data)
         for i in rng.integers(0, n, size=int(rng.integers(1, 5))):
@@ -33,7 +33,7 @@ def mutate(rng: np.random.Generator, data: bytes, other: bytes) -> bytes:
         return data[:i] + rng.bytes(int(rng.integers(1, 40))) + data[i:]
     if kind == 4:  # delete a range
         i = int(rng.integers(0, n))
-        return data[:i] + data[i + int(rng.integers(1, 64)):]
+        return data[:i] + data[i + int(rng.integers(1, 64)) :]
     if kind == 5:  # splice a range of another valid bundle over the same offsets
         i = int(rng.integers(0, min(n, len(other))))
         j = min(i + int(rng.integers(1, 2048)), n, len(other))
@@ -83,8 +83,13 @@ def test_many_seeded_mutations_larger_payload(tmp_path, kit):
 
 
 @settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=st.lists(st.tuples(st.sampled_from(["flip", "cut", "insert", "zero"]), st.integers(0, 1 << 30),
-                              st.binary(min_size=1, max_size=16)), min_size=1, max_size=4))
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["flip", "cut", "insert", "zero"]), st.integers(0, 1 << 30), st.binary(min_size=1, max_size=16)),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_property_no_mutation_is_accepted(world, ops):
     if not hasattr(world, "_fuzz_data"):
         world._fuzz_data = world.seal("p.forge").read_bytes()
@@ -93,13 +98,13 @@ def test_property_no_mutation_is_accepted(world, ops):
     for op, pos, blob in ops:
         i = pos % max(len(mutated), 1)
         if op == "flip" and mutated:
-            mutated = mutated[:i] + bytes([mutated[i] ^ 0xFF]) + mutated[i + 1:]
+            mutated = mutated[:i] + bytes([mutated[i] ^ 0xFF]) + mutated[i + 1 :]
         elif op == "cut":
             mutated = mutated[:i]
         elif op == "insert":
             mutated = mutated[:i] + blob + mutated[i:]
         elif op == "zero" and mutated:
-            mutated = mutated[:i] + b"\x00" * len(blob) + mutated[i + len(blob):]
+            mutated = mutated[:i] + b"\x00" * len(blob) + mutated[i + len(blob) :]
     if mutated == data:
         return
     with pytest.raises(BundleError):

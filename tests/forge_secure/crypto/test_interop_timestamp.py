@@ -72,8 +72,10 @@ def test_timestamp_signers_lifetimes_and_files(world, kit, tmp_path):
     stranger = load_signing_key(world.keys["stranger"].signing)
     path = tmp_path / "ts.json"
     assert code_of(issue_timestamp, roster, stranger, path, now=kit.NOW) == "timestamp.not_signer"
-    assert code_of(issue_timestamp, roster, load_signing_key(world.keys["admin-1"].signing), path, lifetime=30 * 86400,
-                   now=kit.NOW) == "timestamp.lifetime"
+    assert (
+        code_of(issue_timestamp, roster, load_signing_key(world.keys["admin-1"].signing), path, lifetime=30 * 86400, now=kit.NOW)
+        == "timestamp.lifetime"
+    )
     issue_timestamp(roster, load_signing_key(world.keys["admin-1"].signing), path, now=kit.NOW)  # an admin may sign one
     ts = read_timestamp(path)
     assert ts.expires - ts.issued == 6 * 3600 and ts.roster_sha256 == roster.digest
@@ -93,8 +95,23 @@ def test_cli_timestamp(world, kit, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(_time, "now", lambda: kit.NOW)
     ts = tmp_path / "ts.json"
-    assert forge_main(["roster", "timestamp", str(world.roster), "--key", str(world.keys["admin-1"].signing), "--out", str(ts),
-                       "--lifetime", "2h", "--json"]) == 0
+    assert (
+        forge_main(
+            [
+                "roster",
+                "timestamp",
+                str(world.roster),
+                "--key",
+                str(world.keys["admin-1"].signing),
+                "--out",
+                str(ts),
+                "--lifetime",
+                "2h",
+                "--json",
+            ]
+        )
+        == 0
+    )
     info = json.loads(capsys.readouterr().out)
     assert info["format"] == "forge-timestamp/1" and info["expires"] == _time.format_time(kit.NOW + 7200)
     bundle = world.seal("c.forge")

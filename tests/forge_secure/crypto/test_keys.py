@@ -82,21 +82,21 @@ def test_broken_key_files(tmp_path):
     good = files.signing.read_bytes()
     cases = {
         b"": "file.empty",
-        good[: len(good) // 2]: "key.invalid",                          # truncated
+        good[: len(good) // 2]: "key.invalid",  # truncated
         b"\x00\x01binary garbage": "key.invalid",
-        files.public.read_bytes(): "key.wrong_type",                      # a public key where a private one belongs
-        files.decryption.read_bytes(): "key.wrong_type",                  # the other role
-        good.replace(b'"site": "site-1"', b'"site": "site-2"'): None,     # site is not part of the key id: still loads
+        files.public.read_bytes(): "key.wrong_type",  # a public key where a private one belongs
+        files.decryption.read_bytes(): "key.wrong_type",  # the other role
+        good.replace(b'"site": "site-1"', b'"site": "site-2"'): None,  # site is not part of the key id: still loads
     }
     doc = json.loads(good)
     doc["key_id"] = "00" * 32
-    cases[json.dumps(doc).encode()] = "key.invalid"                       # tampered key id
+    cases[json.dumps(doc).encode()] = "key.invalid"  # tampered key id
     doc = json.loads(good)
     doc["algorithms"] = ["ed448"]
     cases[json.dumps(doc).encode()] = "key.algorithm"
     doc = json.loads(good)
     doc["pkcs8"]["ed25519"] = doc["pkcs8"]["ed25519"][:60] + "AAAA" + doc["pkcs8"]["ed25519"][64:]
-    cases[json.dumps(doc).encode()] = "key.invalid"                       # tampered PEM body
+    cases[json.dumps(doc).encode()] = "key.invalid"  # tampered PEM body
     for data, code in cases.items():
         bad.write_bytes(data)
         bad.chmod(0o600)
@@ -117,9 +117,15 @@ def _legacy_encrypted(path, key, passphrase: bytes) -> None:
     """A format-1 key file protected the old way (PKCS#8 BestAvailableEncryption: PBKDF2 + AES-CBC)."""
     from forge_secure.crypto import _primitives as P
 
-    doc = {"format": "forge-private-key/1", "role": "signing", "site": key.site, "key_id": key.key_id,
-           "algorithms": list(key.algorithms), "encrypted": True,
-           "pkcs8": {a: P.private_to_pem(k, passphrase) for a, k in key.keys.items()}}
+    doc = {
+        "format": "forge-private-key/1",
+        "role": "signing",
+        "site": key.site,
+        "key_id": key.key_id,
+        "algorithms": list(key.algorithms),
+        "encrypted": True,
+        "pkcs8": {a: P.private_to_pem(k, passphrase) for a, k in key.keys.items()},
+    }
     path.write_text(json.dumps(doc, indent=2, sort_keys=True))
     path.chmod(0o600)
 

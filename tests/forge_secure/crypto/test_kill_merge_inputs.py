@@ -41,8 +41,13 @@ def _env() -> dict:
 
 
 def _child(world, kit, bundles) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(world.keys["consortium"].decryption), str(world.roster), str(kit.NOW),
-                             *map(str, bundles)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(world.keys["consortium"].decryption), str(world.roster), str(kit.NOW), *map(str, bundles)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _partials() -> list[Path]:

@@ -45,16 +45,41 @@ def _trials(world, kit, count: int, seed: int) -> dict:
     # the time of one whole open in a child process, to spread the kill points over it
     b0 = world.seal("calibrate.forge")
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", CHILD, str(b0), str(world.keys["consortium"].decryption), str(world.roster),
-                    str(inbox / "calibrate"), str(kit.NOW)], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(b0),
+            str(world.keys["consortium"].decryption),
+            str(world.roster),
+            str(inbox / "calibrate"),
+            str(kit.NOW),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     full = time.perf_counter() - t0
     stats = {"killed_before_delivery": 0, "killed_after_delivery": 0, "completed": 0}
     for i in range(count):
         bundle = world.seal(f"t{i}.forge")
         first, second = inbox / f"first-{i}", inbox / f"second-{i}"
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(bundle), str(world.keys["consortium"].decryption),
-                                 str(world.roster), str(first), str(kit.NOW)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                CHILD,
+                str(bundle),
+                str(world.keys["consortium"].decryption),
+                str(world.roster),
+                str(first),
+                str(kit.NOW),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         time.sleep(rng.uniform(0.0, full * 1.1))
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()

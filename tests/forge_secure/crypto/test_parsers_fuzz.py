@@ -65,8 +65,22 @@ from forge_secure.crypto.roster import read_roster, roster_from_bytes
 from forge_secure.fileio import loads_bounded
 
 PASSPHRASE = b"correct horse battery staple"
-PARSERS = ["bundle-header", "bundle-envelope", "bundle-bytes", "roster", "public-key", "signing-key", "decryption-key",
-           "protected-key", "timestamp", "trust-state", "pin-digest", "replay-store", "sequence-counter", "json-reader"]
+PARSERS = [
+    "bundle-header",
+    "bundle-envelope",
+    "bundle-bytes",
+    "roster",
+    "public-key",
+    "signing-key",
+    "decryption-key",
+    "protected-key",
+    "timestamp",
+    "trust-state",
+    "pin-digest",
+    "replay-store",
+    "sequence-counter",
+    "json-reader",
+]
 
 
 def _targets(world, kit, fuzzing, monkeypatch) -> dict:
@@ -122,30 +136,43 @@ def _targets(world, kit, fuzzing, monkeypatch) -> dict:
     counter_bytes = (counter.root / "site-1.json").read_bytes()
 
     return {
-        "bundle-header": T("bundle-header", header, [p1.header_bytes, p2.header_bytes], expected=BundleError,
-                           only_seeds_valid=True),
-        "bundle-envelope": T("bundle-envelope", envelope, [p1.envelope, p2.envelope], expected=BundleError,
-                             only_seeds_valid=True),
-        "bundle-bytes": T("bundle-bytes", whole, [b1, b2], expected=BundleError, json_doc=False,
-                          only_seeds_valid=True),
+        "bundle-header": T("bundle-header", header, [p1.header_bytes, p2.header_bytes], expected=BundleError, only_seeds_valid=True),
+        "bundle-envelope": T("bundle-envelope", envelope, [p1.envelope, p2.envelope], expected=BundleError, only_seeds_valid=True),
+        "bundle-bytes": T("bundle-bytes", whole, [b1, b2], expected=BundleError, json_doc=False, only_seeds_valid=True),
         "roster": T("roster", roster_from_bytes, [world.roster.read_bytes(), roster2.read_bytes()], expected=BundleError),
-        "public-key": T("public-key", keys_mod.public_key_from_bytes,
-                        [world.keys["consortium"].public.read_bytes(), world.keys["site-1"].public.read_bytes()], expected=BundleError),
-        "signing-key": T("signing-key", lambda raw: keys_mod.private_key_from_bytes(raw, role="signing"),
-                         [world.keys["site-1"].signing.read_bytes(), world.keys["admin-1"].signing.read_bytes()], expected=BundleError),
-        "decryption-key": T("decryption-key", lambda raw: keys_mod.private_key_from_bytes(raw, role="decryption"),
-                            [world.keys["consortium"].decryption.read_bytes(), world.keys["other"].decryption.read_bytes()],
-                            expected=BundleError),
-        "protected-key": T("protected-key", lambda raw: keys_mod.private_key_from_bytes(raw, PASSPHRASE),
-                           [protected.read_bytes()], expected=BundleError),
+        "public-key": T(
+            "public-key",
+            keys_mod.public_key_from_bytes,
+            [world.keys["consortium"].public.read_bytes(), world.keys["site-1"].public.read_bytes()],
+            expected=BundleError,
+        ),
+        "signing-key": T(
+            "signing-key",
+            lambda raw: keys_mod.private_key_from_bytes(raw, role="signing"),
+            [world.keys["site-1"].signing.read_bytes(), world.keys["admin-1"].signing.read_bytes()],
+            expected=BundleError,
+        ),
+        "decryption-key": T(
+            "decryption-key",
+            lambda raw: keys_mod.private_key_from_bytes(raw, role="decryption"),
+            [world.keys["consortium"].decryption.read_bytes(), world.keys["other"].decryption.read_bytes()],
+            expected=BundleError,
+        ),
+        "protected-key": T(
+            "protected-key", lambda raw: keys_mod.private_key_from_bytes(raw, PASSPHRASE), [protected.read_bytes()], expected=BundleError
+        ),
         "timestamp": T("timestamp", ts_mod.timestamp_from_bytes, [ts_path.read_bytes()], expected=BundleError),
         "trust-state": T("trust-state", state, [state_file.read_bytes()], expected=BundleError),
-        "pin-digest": T("pin-digest", pin_digest, [b"sha256:" + roster_obj.digest.encode(), roster_obj.digest.encode()],
-                        expected=BundleError, json_doc=False),
+        "pin-digest": T(
+            "pin-digest",
+            pin_digest,
+            [b"sha256:" + roster_obj.digest.encode(), roster_obj.digest.encode()],
+            expected=BundleError,
+            json_doc=False,
+        ),
         "replay-store": T("replay-store", replay_mod.store_from_bytes, [store.path.read_bytes(), v1_store], expected=BundleError),
         "sequence-counter": T("sequence-counter", replay_mod.counter_from_bytes, [counter_bytes], expected=BundleError),
-        "json-reader": T("json-reader", loads_bounded, [world.roster.read_bytes(), ts_path.read_bytes()], expected=ValueError,
-                         coded=False),
+        "json-reader": T("json-reader", loads_bounded, [world.roster.read_bytes(), ts_path.read_bytes()], expected=ValueError, coded=False),
     }
 
 

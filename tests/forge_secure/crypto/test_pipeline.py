@@ -14,14 +14,21 @@ import pytest
 
 from forge_secure.crypto import _pipeline
 from forge_secure.crypto._pipeline import (
-    EarlyWriteback, TwoLanes, give_back, hash_stream, positional_fd, pread_exactly, pwrite_all, readinto_exactly,
+    EarlyWriteback,
+    TwoLanes,
+    give_back,
+    hash_stream,
+    positional_fd,
+    pread_exactly,
+    pwrite_all,
+    readinto_exactly,
     take_buffers,
 )
 
 MODES = [  # (fill_anywhere, drain_anywhere, threaded)
-    (False, True, True),   # sealing: fill in order here, write anywhere
-    (True, False, True),   # opening: read anywhere, decrypt in order here
-    (True, True, True),    # verifying: read anywhere, nothing to drain
+    (False, True, True),  # sealing: fill in order here, write anywhere
+    (True, False, True),  # opening: read anywhere, decrypt in order here
+    (True, True, True),  # verifying: read anywhere, nothing to drain
     (False, False, True),
     (False, True, False),  # short streams: all inline
 ]
@@ -44,7 +51,7 @@ def test_every_chunk_is_filled_hashed_in_order_and_drained_once(fill_anywhere, d
     def fill(i, buf):
         with lock:
             filled.append((i, threading.current_thread().name))
-        buf[:len(data[i])] = data[i]
+        buf[: len(data[i])] = data[i]
         return len(data[i])
 
     def drain(i, view):
@@ -53,9 +60,18 @@ def test_every_chunk_is_filled_hashed_in_order_and_drained_once(fill_anywhere, d
             assert threading.current_thread().name == caller and i == len(drained)
         drained[i] = bytes(view)
 
-    TwoLanes(len(data), 64, fill=fill, update=lambda v: hashed.append(bytes(v)), drain=drain, fill_anywhere=fill_anywhere,
-             drain_anywhere=drain_anywhere, depth=3, threaded=threaded).run()
-    assert hashed == data                                      # the running hash sees the stream in order
+    TwoLanes(
+        len(data),
+        64,
+        fill=fill,
+        update=lambda v: hashed.append(bytes(v)),
+        drain=drain,
+        fill_anywhere=fill_anywhere,
+        drain_anywhere=drain_anywhere,
+        depth=3,
+        threaded=threaded,
+    ).run()
+    assert hashed == data  # the running hash sees the stream in order
     assert drained == dict(enumerate(data))
     assert sorted(i for i, _ in filled) == list(range(len(data)))
     if not fill_anywhere:
@@ -64,6 +80,7 @@ def test_every_chunk_is_filled_hashed_in_order_and_drained_once(fill_anywhere, d
 
 def test_shared_work_goes_to_the_idle_thread():
     """Writes are taken by the helper when the caller is the slower lane, and the other way."""
+
     def run(slow_fill: bool):
         who: list[str] = []
         gate = threading.Event()
@@ -119,9 +136,17 @@ def test_an_error_on_either_thread_is_raised_here_and_nothing_hangs(where, fill_
             raise ValueError(f"{kind} failed")
         return value
 
-    lanes = TwoLanes(50, 8, fill=lambda i, b: step("fill", 8), update=lambda v: step("update"),
-                     drain=lambda i, v: step("drain"), fill_anywhere=fill_anywhere, drain_anywhere=drain_anywhere,
-                     depth=2, threaded=threaded)
+    lanes = TwoLanes(
+        50,
+        8,
+        fill=lambda i, b: step("fill", 8),
+        update=lambda v: step("update"),
+        drain=lambda i, v: step("drain"),
+        fill_anywhere=fill_anywhere,
+        drain_anywhere=drain_anywhere,
+        depth=2,
+        threaded=threaded,
+    )
     with pytest.raises(ValueError, match=f"{where} failed"):
         lanes.run()
     assert calls["fill"] < 50  # it stopped early
@@ -158,8 +183,7 @@ def test_a_forked_child_gets_its_own_helper_threads():
         code = 1
         try:
             h = hashlib.sha256()
-            TwoLanes(6, 3, fill=lambda i, b: b.__setitem__(slice(0, 3), b"abc") or 3, update=h.update,
-                     drain=lambda i, v: None).run()
+            TwoLanes(6, 3, fill=lambda i, b: b.__setitem__(slice(0, 3), b"abc") or 3, update=h.update, drain=lambda i, v: None).run()
             code = 0 if h.digest() == hashlib.sha256(b"abc" * 6).digest() else 1
         finally:
             os._exit(code)
@@ -185,7 +209,7 @@ class Dribble(io.RawIOBase):
 
     def readinto(self, b):
         n = min(7, len(b), len(self._data) - self._pos)
-        b[:n] = self._data[self._pos:self._pos + n]
+        b[:n] = self._data[self._pos : self._pos + n]
         self._pos += n
         return n
 
@@ -248,7 +272,7 @@ def test_start_hashes_ahead_without_draining_and_cancel_stops_it():
             ahead.set()
 
     def fill(i, buf):
-        buf[:len(data[i])] = data[i]
+        buf[: len(data[i])] = data[i]
         return len(data[i])
 
     lanes = TwoLanes(len(data), 32, fill=fill, update=update, drain=lambda i, v: None, fill_anywhere=True, depth=4)
@@ -259,12 +283,10 @@ def test_start_hashes_ahead_without_draining_and_cancel_stops_it():
     lanes.run()
     assert hashed == data and drained == list(range(len(data)))
 
-    started = TwoLanes(len(data), 32, fill=fill, update=lambda v: None, drain=lambda i, v: drained.append(i),
-                       fill_anywhere=True, depth=2)
+    started = TwoLanes(len(data), 32, fill=fill, update=lambda v: None, drain=lambda i, v: drained.append(i), fill_anywhere=True, depth=2)
     drained.clear()
     started.start()
     started.cancel()
     assert drained == [] and started._helper is None
     with pytest.raises(ValueError):
         TwoLanes(3, 8, fill=fill, update=lambda v: None, drain=lambda i, v: None, drain_anywhere=True).start()
-

@@ -74,8 +74,11 @@ def test_every_kem_wraps_a_data_key_to_its_recipient_only(name):
     wrapped = hpke_wrap(kem, pub, data_key, info)
     assert len(wrapped) == kem.wrapped_bytes()
     assert hpke_unwrap(kem, parts, wrapped, info) == data_key
-    for bad in (lambda: hpke_unwrap(kem, other, wrapped, info), lambda: hpke_unwrap(kem, parts, wrapped, info + b"!"),
-                lambda: hpke_unwrap(kem, parts, _flip(wrapped, len(wrapped) - 1), info)):
+    for bad in (
+        lambda: hpke_unwrap(kem, other, wrapped, info),
+        lambda: hpke_unwrap(kem, parts, wrapped, info + b"!"),
+        lambda: hpke_unwrap(kem, parts, _flip(wrapped, len(wrapped) - 1), info),
+    ):
         with pytest.raises(InvalidTag):
             bad()
     with pytest.raises(ValueError):

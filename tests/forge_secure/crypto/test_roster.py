@@ -7,8 +7,16 @@ import json
 import pytest
 
 from forge_secure.crypto import (
-    BundleError, add_admin_key, add_site_key, init_roster, load_roster, load_signing_key, new_keys, read_roster,
-    revoke_key, sign_roster,
+    BundleError,
+    add_admin_key,
+    add_site_key,
+    init_roster,
+    load_roster,
+    load_signing_key,
+    new_keys,
+    read_roster,
+    revoke_key,
+    sign_roster,
 )
 
 
@@ -36,14 +44,14 @@ def test_unsigned_then_signed(tmp_path, admins, kit):
 
 def test_threshold_two_of_three(tmp_path, admins, kit):
     path = tmp_path / "r.json"
-    init_roster(path, "medforge", [admins[a].public_key for a in ("admin-1", "admin-2", "admin-3")], threshold=2,
-                expires=kit.NOW + kit.DAY)
+    init_roster(path, "medforge", [admins[a].public_key for a in ("admin-1", "admin-2", "admin-3")], threshold=2, expires=kit.NOW + kit.DAY)
     sign_roster(path, load_signing_key(admins["admin-1"].signing))
     assert code_of(load_roster, path, now=kit.NOW) == "roster.signature"
     sign_roster(path, load_signing_key(admins["admin-3"].signing))
     assert load_roster(path, now=kit.NOW).describe(kit.NOW)["valid_signatures"] == 2
-    assert code_of(init_roster, tmp_path / "r2.json", "x", [admins["admin-1"].public_key], threshold=2,
-                   expires=kit.NOW) == "roster.threshold"
+    assert (
+        code_of(init_roster, tmp_path / "r2.json", "x", [admins["admin-1"].public_key], threshold=2, expires=kit.NOW) == "roster.threshold"
+    )
     assert code_of(init_roster, path, "medforge", [admins["admin-1"].public_key], expires=kit.NOW) == "roster.exists"
 
 
@@ -118,16 +126,21 @@ def test_broken_roster_files(tmp_path, admins, kit):
     good = path.read_bytes()
     bad = tmp_path / "bad.json"
     doc = json.loads(good)
-    doc["signed"]["expires"] = "2099-01-01T00:00:00Z"            # tampered: signature no longer matches
+    doc["signed"]["expires"] = "2099-01-01T00:00:00Z"  # tampered: signature no longer matches
     tampered = json.dumps(doc).encode()
     doc2 = json.loads(good)
     doc2["signed"]["extra"] = 1
     doc3 = json.loads(good)
     doc3["signed"]["format"] = "forge-roster/9"
-    for data, code in ((b"", "file.empty"), (good[:100], "roster.invalid"), (b"[1,2]", "roster.wrong_type"),
-                       (tampered, "roster.signature"), (json.dumps(doc2).encode(), "roster.invalid"),
-                       (json.dumps(doc3).encode(), "roster.version"),
-                       (admins["admin-1"].public.read_bytes(), "roster.wrong_type")):
+    for data, code in (
+        (b"", "file.empty"),
+        (good[:100], "roster.invalid"),
+        (b"[1,2]", "roster.wrong_type"),
+        (tampered, "roster.signature"),
+        (json.dumps(doc2).encode(), "roster.invalid"),
+        (json.dumps(doc3).encode(), "roster.version"),
+        (admins["admin-1"].public.read_bytes(), "roster.wrong_type"),
+    ):
         bad.write_bytes(data)
         assert code_of(load_roster, bad, now=kit.NOW, state_dir=tmp_path / "s") == code, data[:60]
     assert code_of(read_roster, tmp_path) == "file.is_directory"

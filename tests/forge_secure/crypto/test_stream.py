@@ -98,10 +98,14 @@ def _cut_in_half(path):
     os.truncate(path, path.stat().st_size // 2)
 
 
-@pytest.mark.parametrize("change, codes", [
-    (_flip_middle_byte, ("bundle.digest", "bundle.chunk", "bundle.changed")),
-    (_cut_in_half, ("bundle.truncated", "bundle.changed", "bundle.digest")),
-], ids=["flipped", "truncated"])
+@pytest.mark.parametrize(
+    "change, codes",
+    [
+        (_flip_middle_byte, ("bundle.digest", "bundle.chunk", "bundle.changed")),
+        (_cut_in_half, ("bundle.truncated", "bundle.changed", "bundle.digest")),
+    ],
+    ids=["flipped", "truncated"],
+)
 def test_a_bundle_changed_while_it_is_being_verified_is_refused(big, monkeypatch, change, codes):
     """The helper starts hashing before the roster is loaded; a change made then is caught."""
     world, path = big
@@ -188,9 +192,19 @@ def test_bundles_sealed_on_two_threads_are_identical_to_single_threaded_ones(tmp
         return wrapped[(data_key, info)]
 
     def seal(name):
-        return bundle_mod._seal(world.plugin, world.signer(), world.keys["consortium"].public, world.root / name,
-                                sequence=5, chunk_size=4096, passphrase=None, random=kit.Drbg("same"), now=kit.NOW,
-                                counter=None, wrap=wrap).read_bytes()
+        return bundle_mod._seal(
+            world.plugin,
+            world.signer(),
+            world.keys["consortium"].public,
+            world.root / name,
+            sequence=5,
+            chunk_size=4096,
+            passphrase=None,
+            random=kit.Drbg("same"),
+            now=kit.NOW,
+            counter=None,
+            wrap=wrap,
+        ).read_bytes()
 
     threaded = seal("a.forge")
     real = sealing_mod.TwoLanes

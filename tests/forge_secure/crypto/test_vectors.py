@@ -80,8 +80,8 @@ def test_post_quantum_bundle_regenerates_up_to_the_ml_dsa_signature(tmp_path, mv
     stored = kit.split((VECTORS / "post-quantum.forge").read_bytes())
     assert fresh.head == stored.head and fresh.chunks == stored.chunks
     env_f, env_s = json.loads(fresh.envelope), json.loads(stored.envelope)
-    assert env_f["payload"] == env_s["payload"]                      # the signed statement is identical
-    assert env_f["signatures"][0] == env_s["signatures"][0]          # Ed25519 is deterministic
+    assert env_f["payload"] == env_s["payload"]  # the signed statement is identical
+    assert env_f["signatures"][0] == env_s["signatures"][0]  # Ed25519 is deterministic
     assert [s["keyid"] for s in env_f["signatures"]] == [s["keyid"] for s in env_s["signatures"]]
     roster = mv.make_roster(tmp_path, made)
     assert verify(tmp_path / "post-quantum.forge", roster, now=mv.FIXED_NOW, state_dir=tmp_path / "state").post_quantum
@@ -96,8 +96,13 @@ def test_stored_vectors_verify_and_open(tmp_path, mv, name, roster_file):
     roster = VECTORS / roster_file
     v = verify(VECTORS / name, roster, now=mv.FIXED_NOW, root=roster)
     assert {k: val for k, val in v.to_dict().items() if k != "path"} == expected
-    opened = open_bundle(VECTORS / name, secret_copy(VECTORS / "keys" / name_to_recipient(name) / keys.DECRYPTION_FILE, tmp_path),
-                         roster, tmp_path / "out", now=mv.FIXED_NOW)
+    opened = open_bundle(
+        VECTORS / name,
+        secret_copy(VECTORS / "keys" / name_to_recipient(name) / keys.DECRYPTION_FILE, tmp_path),
+        roster,
+        tmp_path / "out",
+        now=mv.FIXED_NOW,
+    )
     assert sorted(opened.files) == sorted(p.name for p in (VECTORS / "plugin").iterdir())
     _, mismatch, errors = filecmp.cmpfiles(VECTORS / "plugin", tmp_path / "out", list(opened.files), shallow=False)
     assert not mismatch and not errors

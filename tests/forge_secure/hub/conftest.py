@@ -23,28 +23,38 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from forge_secure.crypto import add_site_key, init_roster, load_signing_key, new_keys, seal, sign_roster
-from forge_secure.crypto import SequenceCounter
+from forge_secure.crypto import SequenceCounter, add_site_key, init_roster, load_signing_key, new_keys, seal, sign_roster
 from forge_secure.privacy.accountants import compute_epsilon
 
 DAY = 86400
 SITES = ("site-1", "site-2")
 
 
-def make_plugin(path: Path, *, site="site-1", rows=16, seed=0, sigma=1.1, q=0.25, steps=40, delta=1e-3, dp=True,
-                accountant="rdp") -> Path:
+def make_plugin(path: Path, *, site="site-1", rows=16, seed=0, sigma=1.1, q=0.25, steps=40, delta=1e-3, dp=True, accountant="rdp") -> Path:
     path.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    save_file({"base_model.model.fc1.lora_A.weight": rng.standard_normal((4, rows)).astype(np.float32),
-               "base_model.model.fc1.lora_B.weight": rng.standard_normal((rows, 4)).astype(np.float32)},
-              str(path / "adapter_model.safetensors"))
+    save_file(
+        {
+            "base_model.model.fc1.lora_A.weight": rng.standard_normal((4, rows)).astype(np.float32),
+            "base_model.model.fc1.lora_B.weight": rng.standard_normal((rows, 4)).astype(np.float32),
+        },
+        str(path / "adapter_model.safetensors"),
+    )
     record = {"enabled": False, "epsilon": "inf"}
     if dp:
         eps = compute_epsilon([(sigma, q, steps)], delta, accountant)
-        record = {"enabled": True, "noise_multiplier": sigma, "sample_rate": q, "steps": steps, "max_grad_norm": 1.0,
-                  "accountant": accountant, "epsilon": eps, "delta": delta, "history": [[sigma, q, steps]]}
-    meta = {"format": "forge-plugin/1", "kind": "trained", "site": site, "base": {"name": "tabular-mlp", "digest": "ab" * 32},
-            "dp": record}
+        record = {
+            "enabled": True,
+            "noise_multiplier": sigma,
+            "sample_rate": q,
+            "steps": steps,
+            "max_grad_norm": 1.0,
+            "accountant": accountant,
+            "epsilon": eps,
+            "delta": delta,
+            "history": [[sigma, q, steps]],
+        }
+    meta = {"format": "forge-plugin/1", "kind": "trained", "site": site, "base": {"name": "tabular-mlp", "digest": "ab" * 32}, "dp": record}
     (path / "forge.json").write_text(json.dumps(meta, indent=2))
     return path
 
@@ -76,8 +86,15 @@ class Consortium:
         out = self.root / "bundles" / f"{site}-{self.n}.forge"
         out.parent.mkdir(exist_ok=True)
         counter = SequenceCounter(self.root / "sequence")
-        return seal(plugin or self.plugin(site, **kw), signer or self.signer(site), self.keys["consortium"].public, out,
-                    sequence=sequence, counter=counter, chunk_size=4096)
+        return seal(
+            plugin or self.plugin(site, **kw),
+            signer or self.signer(site),
+            self.keys["consortium"].public,
+            out,
+            sequence=sequence,
+            counter=counter,
+            chunk_size=4096,
+        )
 
 
 def build_consortium(root: Path, sites=SITES) -> Consortium:
@@ -130,11 +147,23 @@ def postgres_server():
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
         run_as = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*run_as, initdb, "-D", str(data), "-U", "forge", "--auth=trust", "-E", "UTF8"], check=True,
-                   capture_output=True)
-    subprocess.run([*run_as, pg_ctl, "-D", str(data), "-l", str(base / "log"), "-w", "-o",
-                    f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={base} -c max_connections=200 -c fsync=off",
-                    "start"], check=True, capture_output=True)
+    subprocess.run([*run_as, initdb, "-D", str(data), "-U", "forge", "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *run_as,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-l",
+            str(base / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={base} -c max_connections=200 -c fsync=off",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     counter = [0]
 
     def new_database() -> str:
@@ -182,8 +211,22 @@ def wait_for(url: str, proc=None, timeout: float = 30.0) -> None:
 def start_hub_process(tmp: Path, *, roster: Path | None, db: str, store: Path, keys: Path, extra=(), port=None):
     """``forge hub serve`` in a subprocess on a loopback port; returns (process, url)."""
     port = port or _free_port()
-    args = [sys.executable, "-m", "forge_secure.cli", "hub", "serve", "--port", str(port), "--db", db, "--store", str(store),
-            "--key-dir", str(keys), *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "forge_secure.cli",
+        "hub",
+        "serve",
+        "--port",
+        str(port),
+        "--db",
+        db,
+        "--store",
+        str(store),
+        "--key-dir",
+        str(keys),
+        *extra,
+    ]
     if roster is not None:
         args += ["--roster", str(roster)]
     env = dict(os.environ, FORGE_HOME=str(tmp / "hub-home"))
@@ -211,6 +254,7 @@ class HubEnv:
         import sqlalchemy as sa
 
         from forge_secure.hub import db
+
         with db.read(self.hub.engine) as conn:
             size = conn.execute(sa.select(db.log_head.c.size)).scalar()
             subs = conn.execute(sa.select(sa.func.count()).select_from(db.submissions)).scalar()
@@ -315,7 +359,6 @@ class Proxy:
         return {f"/tuf/metadata/{n}": httpx.get(f"{self.upstream}/tuf/metadata/{n}").content for n in names}
 
 
-
 @pytest.fixture
 def make_proxy():
     made = []
@@ -334,8 +377,14 @@ def hubkit():
     """Helpers for test modules (conftest is not importable under --import-mode=importlib)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(build_consortium=build_consortium, start_hub_process=start_hub_process, make_plugin=make_plugin,
-                           free_port=_free_port, LiveServer=LiveServer, make_hub=make_hub)
+    return SimpleNamespace(
+        build_consortium=build_consortium,
+        start_hub_process=start_hub_process,
+        make_plugin=make_plugin,
+        free_port=_free_port,
+        LiveServer=LiveServer,
+        make_hub=make_hub,
+    )
 
 
 @pytest.fixture(scope="module")

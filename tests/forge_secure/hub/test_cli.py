@@ -37,14 +37,37 @@ def test_push_verify_pull_publish_fetch(live_hub, forge_inproc, tmp_path):
     assert res.code == 2 and json.loads(res.out)["error"]["code"] == "bundle.replay"
     res = forge_inproc("hub", "pull", "--hub", url, "--out", tmp_path / "inbox")
     assert res.code == 0 and (tmp_path / "inbox" / "pulled.json").is_file(), res
-    res = forge_inproc("hub", "publish", "--hub", url, "--plugin", c.plugin("site-1"), "--key", c.keys["admin-1"].signing,
-                       "--pulled", tmp_path / "inbox" / "pulled.json")
+    res = forge_inproc(
+        "hub",
+        "publish",
+        "--hub",
+        url,
+        "--plugin",
+        c.plugin("site-1"),
+        "--key",
+        c.keys["admin-1"].signing,
+        "--pulled",
+        tmp_path / "inbox" / "pulled.json",
+    )
     assert res.code == 0 and "release published" in res.out, res
     res = forge_inproc("hub", "fetch", "1", "--hub", url, "--out", tmp_path / "v1", "--roster", c.roster, "--json")
     assert res.code == 0 and json.loads(res.out)["version"] == 1, res
     _clean(forge_inproc("hub", "fetch", "1", "--hub", url, "--out", tmp_path / "v1", "--roster", c.roster), "file.exists")
-    _clean(forge_inproc("hub", "publish", "--hub", url, "--plugin", c.plugin("site-1"), "--key", c.keys["site-1"].signing,
-                        "--pulled", tmp_path / "inbox" / "pulled.json"), "hub.forbidden")
+    _clean(
+        forge_inproc(
+            "hub",
+            "publish",
+            "--hub",
+            url,
+            "--plugin",
+            c.plugin("site-1"),
+            "--key",
+            c.keys["site-1"].signing,
+            "--pulled",
+            tmp_path / "inbox" / "pulled.json",
+        ),
+        "hub.forbidden",
+    )
     res = forge_inproc("hub", "budget", "--hub", url, "--site", "site-1", "--epsilon", "4", "--key", c.keys["admin-1"].signing)
     assert res.code == 0, res
     res = forge_inproc("hub", "info", "--hub", url, "--json")
@@ -69,6 +92,18 @@ def test_bad_inputs(live_hub, forge_inproc, tmp_path):
 
 
 def test_serve_refuses_a_public_plain_http_address(forge_inproc, tmp_path, consortium):
-    res = forge_inproc("hub", "serve", "--host", "0.0.0.0", "--store", tmp_path / "s", "--key-dir", tmp_path / "k",
-                       "--db", f"sqlite:///{tmp_path / 'h.db'}", "--roster", consortium.roster)
+    res = forge_inproc(
+        "hub",
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--store",
+        tmp_path / "s",
+        "--key-dir",
+        tmp_path / "k",
+        "--db",
+        f"sqlite:///{tmp_path / 'h.db'}",
+        "--roster",
+        consortium.roster,
+    )
     _clean(res, "hub.insecure")

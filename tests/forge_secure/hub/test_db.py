@@ -56,8 +56,12 @@ def test_upgrade_from_0001_keeps_the_submissions(db_url):
             conn.commit()
             conn.info.pop("write")
         with db.write(engine) as conn:
-            conn.execute(sa.text("INSERT INTO submissions (submission_id, site, sequence, bundle_sha256, size, signer, created, "
-                                 "accepted, log_index, dp) VALUES ('s1', 'site-1', 1, 'ab', 10, 'k', 't', 1, 0, '{}')"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO submissions (submission_id, site, sequence, bundle_sha256, size, signer, created, "
+                    "accepted, log_index, dp) VALUES ('s1', 'site-1', 1, 'ab', 10, 'k', 't', 1, 0, '{}')"
+                )
+            )
         db.migrate(engine)
         with db.read(engine) as conn:
             assert conn.execute(sa.select(db.submissions.c.submission_id, db.submissions.c.dp_run)).all() == [("s1", None)]

@@ -17,8 +17,9 @@ def test_run_hub_cycle(consortium, tmp_path):
     assert [p["site"] for p in s["pushed"]] == ["site-1", "site-1", "site-2"] and s["pulled"] == 3 and s["version"] == 1
     assert {f["site"] for f in s["fetched"]} == {"site-1", "site-2"}
     for f in s["fetched"]:
-        assert (tmp_path / "work" / "sites" / f["site"] / "v1" / "adapter_model.safetensors").read_bytes() == \
-            (merged / "adapter_model.safetensors").read_bytes()
+        assert (tmp_path / "work" / "sites" / f["site"] / "v1" / "adapter_model.safetensors").read_bytes() == (
+            merged / "adapter_model.safetensors"
+        ).read_bytes()
         assert f["lineage"] == 3 and len(f["receipts_in_log"]) == len(bundles[f["site"]])
     assert s["log_size"] == 2 + 1 + 3 + 1  # hub, roster, site-1 budget, three submissions, the release
     ledger = {x["site"]: x for x in s["ledger"]}

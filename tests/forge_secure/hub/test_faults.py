@@ -19,7 +19,6 @@ import sqlalchemy as sa
 from forge_secure.hub import client, db
 
 
-
 def _sites(n: int) -> tuple[str, ...]:
     return tuple(f"site-{i}" for i in range(1, n + 1))
 
@@ -68,8 +67,11 @@ def _check_log(url: str, bundles: dict[str, list[Path]], results: list[dict]) ->
     assert sorted(r["index"] for r in results) == sorted(e["index"] for e in entries if e["kind"] == "submission")
     client.verify_log(url)  # the checkpoint is signed and consistent with the receipts' ones
     for r in results[:: max(1, len(results) // 10)]:
-        client.check_consistency(url, client.verify_receipt(r["receipt"], r["receipt"]["hub_key"])["checkpoint"],
-                                 client.fetch_checkpoint(url, client.pinned(url)))
+        client.check_consistency(
+            url,
+            client.verify_receipt(r["receipt"], r["receipt"]["hub_key"])["checkpoint"],
+            client.fetch_checkpoint(url, client.pinned(url)),
+        )
 
 
 def _concurrent(kit, tmp_path, db_url, per_site):
@@ -105,9 +107,13 @@ def test_sigkill_mid_upload_then_retry(hubkit, tmp_path, db_url):
     port = int(url.rsplit(":", 1)[1])
     before = httpx.get(f"{url}/v1/info").json()["log_size"]
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(f"POST /v1/push HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
-                 f"Content-Length: {len(data)}\r\n\r\n".encode() + data[:len(data) // 2])
+    sock.sendall(
+        f"POST /v1/push HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data[: len(data) // 2]
+    )
     import time
+
     time.sleep(0.5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -117,8 +123,9 @@ def test_sigkill_mid_upload_then_retry(hubkit, tmp_path, db_url):
         assert httpx.get(f"{url}/v1/info").json()["log_size"] == before  # no partial record
         assert httpx.get(f"{url}/v1/submissions").json()["submissions"] == []
         assert list((tmp_path / "store" / "incoming").iterdir()) == []  # the killed upload's partial file: swept at start-up
-        assert not list((tmp_path / "store" / "sha256").rglob("*.*")) and \
-            all(p.stat().st_size != len(data) for p in (tmp_path / "store" / "sha256").rglob("*") if p.is_file())
+        assert not list((tmp_path / "store" / "sha256").rglob("*.*")) and all(
+            p.stat().st_size != len(data) for p in (tmp_path / "store" / "sha256").rglob("*") if p.is_file()
+        )
         res = client.push(bundle, url)  # the client's retry
         assert res["entry"]["site"] == "site-1"
         with pytest.raises(client.HubError) as e:

@@ -56,17 +56,27 @@ def test_malformed_requests_on_the_wire(live_hub):
 
 
 ENDPOINTS = ["/v1/push", "/v1/budgets", "/v1/releases", "/v1/roster", "/v1/blobs"]
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                           lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=12)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=12,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(endpoint=st.sampled_from(ENDPOINTS),
-       body=st.one_of(st.binary(max_size=300), json_values.map(lambda v: json.dumps(v).encode()),
-                      st.fixed_dictionaries({"payload": st.text(max_size=40), "signatures": json_values})
-                      .map(lambda v: json.dumps(v).encode())),
-       header=st.one_of(st.none(), st.text(max_size=40).map(lambda t: base64.b64encode(t.encode()).decode()),
-                        st.text(alphabet="abcdefABCDEF0123456789+/=", max_size=60)))
+@given(
+    endpoint=st.sampled_from(ENDPOINTS),
+    body=st.one_of(
+        st.binary(max_size=300),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries({"payload": st.text(max_size=40), "signatures": json_values}).map(lambda v: json.dumps(v).encode()),
+    ),
+    header=st.one_of(
+        st.none(),
+        st.text(max_size=40).map(lambda t: base64.b64encode(t.encode()).decode()),
+        st.text(alphabet="abcdefABCDEF0123456789+/=", max_size=60),
+    ),
+)
 def test_random_bodies_and_headers(hub_env_once, endpoint, body, header):
     env = hub_env_once
     headers = {"forge-request": header} if header is not None else {}
@@ -77,10 +87,21 @@ def test_random_bodies_and_headers(hub_env_once, endpoint, body, header):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-@given(path=st.sampled_from(["/v1/log/consistency", "/v1/log/entries", "/v1/submissions/x/receipt", "/v1/receipt",
-                             "/audit/x", "/v1/bundles/zz", "/tuf/metadata/../../x", "/tuf/targets/x.y"]),
-       params=st.dictionaries(st.sampled_from(["old", "new", "start", "limit", "size", "bundle", "site"]),
-                              st.text(max_size=12), max_size=3))
+@given(
+    path=st.sampled_from(
+        [
+            "/v1/log/consistency",
+            "/v1/log/entries",
+            "/v1/submissions/x/receipt",
+            "/v1/receipt",
+            "/audit/x",
+            "/v1/bundles/zz",
+            "/tuf/metadata/../../x",
+            "/tuf/targets/x.y",
+        ]
+    ),
+    params=st.dictionaries(st.sampled_from(["old", "new", "start", "limit", "size", "bundle", "site"]), st.text(max_size=12), max_size=3),
+)
 def test_random_queries(hub_env_once, path, params):
     resp = hub_env_once.client.get(path, params=params)
     assert resp.status_code < 500, (path, params, resp.text[:300])

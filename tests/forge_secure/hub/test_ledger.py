@@ -69,14 +69,28 @@ def test_signed_budget_change_by_admin_only_fresh_and_once(hub_env):
     assert entry["kind"] == "budget" and entry["site"] == "site-1" and entry["request"] == req
     _error(hub_env.client.post("/v1/budgets", json=req), 409, "hub.replay")
     site_key = load_signing_key(c.keys["site-1"].signing)
-    _error(hub_env.client.post("/v1/budgets", json=sign_request(site_key, "set-budget", {"site": "site-1", "epsilon": "99"},
-                                                                hub.origin)), 403, "hub.forbidden")
-    _error(hub_env.client.post("/v1/budgets", json=sign_request(admin, "set-budget", {"site": "site-1", "epsilon": "9"},
-                                                                hub.origin, now=hub.now() - 3600)), 401, "hub.stale")
-    _error(hub_env.client.post("/v1/budgets", json=sign_request(admin, "set-budget", {"site": "site-1", "epsilon": "9"},
-                                                                "another-hub/x")), 401, "hub.auth")
-    _error(hub_env.client.post("/v1/budgets", json=sign_request(admin, "publish", {"site": "site-1", "epsilon": "9"},
-                                                                hub.origin)), 401, "hub.auth")
+    _error(
+        hub_env.client.post("/v1/budgets", json=sign_request(site_key, "set-budget", {"site": "site-1", "epsilon": "99"}, hub.origin)),
+        403,
+        "hub.forbidden",
+    )
+    _error(
+        hub_env.client.post(
+            "/v1/budgets", json=sign_request(admin, "set-budget", {"site": "site-1", "epsilon": "9"}, hub.origin, now=hub.now() - 3600)
+        ),
+        401,
+        "hub.stale",
+    )
+    _error(
+        hub_env.client.post("/v1/budgets", json=sign_request(admin, "set-budget", {"site": "site-1", "epsilon": "9"}, "another-hub/x")),
+        401,
+        "hub.auth",
+    )
+    _error(
+        hub_env.client.post("/v1/budgets", json=sign_request(admin, "publish", {"site": "site-1", "epsilon": "9"}, hub.origin)),
+        401,
+        "hub.auth",
+    )
     forged = sign_request(admin, "set-budget", {"site": "site-1", "epsilon": "9"}, hub.origin)
     body = json.loads(base64.b64decode(forged["payload"]))
     body["params"]["epsilon"] = "900"
@@ -86,6 +100,7 @@ def test_signed_budget_change_by_admin_only_fresh_and_once(hub_env):
         r = hub_env.client.post("/v1/budgets", content=junk)
         assert 400 <= r.status_code < 500 and r.json()["error"]["code"].startswith("hub.")
     from forge_secure.hub import db
+
     with db.read(hub.engine) as conn:
         assert hub.budget(conn, "site-1") == 5.0
 
@@ -109,15 +124,31 @@ def _ffa_plugin(out, *, site: str, seed: int, sigma=1.1, q=0.25, steps=40, delta
     model = get_peft_model(fresh_copy(base), LoraConfig(r=4, lora_alpha=8, target_modules=["fc1", "fc2"], init_lora_weights=False))
     state = get_peft_model_state_dict(model)
     g, ga = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(1234)
-    set_peft_model_state_dict(model, {k: torch.randn(v.shape, generator=ga if ".lora_A." in k else g) * 0.3 for k, v in sorted(state.items())})
+    set_peft_model_state_dict(
+        model, {k: torch.randn(v.shape, generator=ga if ".lora_A." in k else g) * 0.3 for k, v in sorted(state.items())}
+    )
     history = [[sigma, q, steps]]
-    dp = {"enabled": True, "noise_multiplier": sigma, "sample_rate": q, "steps": steps, "max_grad_norm": 1.0, "accountant": "prv",
-          "epsilon": compute_epsilon(history, delta, "prv"), "delta": delta, "history": history, "sampling": "poisson",
-          "randomness": randomness_record(secrets.token_bytes(32), supplied=False)}
-    meta = new_meta(site=site, base=base, dp=dp,
-                    lora={"rank": 4, "alpha": 8, "targets": ["fc1", "fc2"], "ffa": True, "ffa_seed": 1234, "dropout": 0.0},
-                    training={"epochs": 1, "batch_size": 16, "lr": 0.1, "optimizer": "sgd", "seed": seed},
-                    data={"name": f"bundled:{site}", "kind": "tabular", "rows": 40, "n_classes": 2})
+    dp = {
+        "enabled": True,
+        "noise_multiplier": sigma,
+        "sample_rate": q,
+        "steps": steps,
+        "max_grad_norm": 1.0,
+        "accountant": "prv",
+        "epsilon": compute_epsilon(history, delta, "prv"),
+        "delta": delta,
+        "history": history,
+        "sampling": "poisson",
+        "randomness": randomness_record(secrets.token_bytes(32), supplied=False),
+    }
+    meta = new_meta(
+        site=site,
+        base=base,
+        dp=dp,
+        lora={"rank": 4, "alpha": 8, "targets": ["fc1", "fc2"], "ffa": True, "ffa_seed": 1234, "dropout": 0.0},
+        training={"epochs": 1, "batch_size": 16, "lr": 0.1, "optimizer": "sgd", "seed": seed},
+        data={"name": f"bundled:{site}", "kind": "tabular", "rows": 40, "n_classes": 2},
+    )
     return save_plugin(model, meta, out)
 
 

@@ -28,6 +28,7 @@ def test_push_accepted_with_signed_receipt(hub_env):
     entry = checked["entry"]
     assert entry["kind"] == "submission" and entry["site"] == "site-1" and entry["sequence"] == 1
     import hashlib
+
     assert entry["bundle_sha256"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
     assert hub_env.hub.store.path(entry["bundle_sha256"]).read_bytes() == bundle.read_bytes()
     assert float(entry["dp"]["epsilon"]) > 0 and entry["dp"]["accountant"] == "rdp"
@@ -43,19 +44,19 @@ def _flip(data: bytes, at: int) -> bytes:
 
 def _envelope_span(data: bytes) -> tuple[int, int]:
     hlen = struct.unpack(">I", data[8:12])[0]
-    header = json.loads(data[12:12 + hlen])
+    header = json.loads(data[12 : 12 + hlen])
     pos = 12 + hlen
-    wlen = struct.unpack(">H", data[pos:pos + 2])[0]
+    wlen = struct.unpack(">H", data[pos : pos + 2])[0]
     pos += 2 + wlen
     cs, total, size = header["chunk_size"], header["chunks"], header["payload_size"]
     for i in range(total):
         pos += (size - i * cs if i == total - 1 else cs) + 16
-    return pos, struct.unpack(">I", data[pos:pos + 4])[0]
+    return pos, struct.unpack(">I", data[pos : pos + 4])[0]
 
 
 def _unsigned(data: bytes) -> bytes:
     pos, elen = _envelope_span(data)
-    env = json.loads(data[pos + 4:pos + 4 + elen])
+    env = json.loads(data[pos + 4 : pos + 4 + elen])
     env["signatures"] = []
     new = json.dumps(env).encode()
     return data[:pos] + struct.pack(">I", len(new)) + new
@@ -65,9 +66,13 @@ def _unsigned(data: bytes) -> bytes:
 def test_tampered_push_refused_and_nothing_stored(hub_env, case, tmp_path):
     data = hub_env.consortium.seal("site-1").read_bytes()
     pos, elen = _envelope_span(data)
-    bad = {"flip-header": lambda: _flip(data, 20), "flip-chunk": lambda: _flip(data, pos - 40),
-           "flip-envelope": lambda: _flip(data, pos + 4 + elen // 2), "truncated": lambda: data[:len(data) * 2 // 3],
-           "unsigned": lambda: _unsigned(data)}[case]()
+    bad = {
+        "flip-header": lambda: _flip(data, 20),
+        "flip-chunk": lambda: _flip(data, pos - 40),
+        "flip-envelope": lambda: _flip(data, pos + 4 + elen // 2),
+        "truncated": lambda: data[: len(data) * 2 // 3],
+        "unsigned": lambda: _unsigned(data),
+    }[case]()
     before = hub_env.state()
     resp = hub_env.client.post("/v1/push", content=bad)
     assert 400 <= resp.status_code < 500, resp.text
@@ -81,8 +86,8 @@ def test_replayed_and_rolled_back_pushes_refused(hub_env):
     first, second = c.seal("site-1"), c.seal("site-1")
     assert hub_env.push(second).status_code == 200  # sequence 2 first
     before = hub_env.state()
-    _error(hub_env.push(second), 409, "bundle.replay")        # the same bundle again
-    _error(hub_env.push(first), 409, "bundle.replay")         # an older sequence number (rolled back)
+    _error(hub_env.push(second), 409, "bundle.replay")  # the same bundle again
+    _error(hub_env.push(first), 409, "bundle.replay")  # an older sequence number (rolled back)
     assert hub_env.state() == before
 
 

@@ -17,7 +17,7 @@ from forge_secure.crypto.received import ArrivalDigest, verify_received
 def _arrive(data: bytes, block: int) -> ArrivalDigest:
     a = ArrivalDigest()
     for i in range(0, len(data), block):
-        a.update(data[i:i + block])
+        a.update(data[i : i + block])
     return a
 
 
@@ -65,10 +65,10 @@ def _mutations(data: bytes, seed: int, n: int):
     yield "huge-header-length", data[:8] + struct.pack(">I", 1 << 31) + data[12:]
     for k in range(n):
         pos = rng.randrange(len(data))
-        yield f"flip-{k}@{pos}", data[:pos] + bytes([data[pos] ^ (1 << rng.randrange(8))]) + data[pos + 1:]
+        yield f"flip-{k}@{pos}", data[:pos] + bytes([data[pos] ^ (1 << rng.randrange(8))]) + data[pos + 1 :]
     for k in range(n // 4):  # a flip in the encrypted payload, the part whose digest is taken on arrival
         pos = rng.randrange(12 + hlen + 90, len(data) - 600)
-        yield f"payload-flip-{k}@{pos}", data[:pos] + bytes([data[pos] ^ 1]) + data[pos + 1:]
+        yield f"payload-flip-{k}@{pos}", data[:pos] + bytes([data[pos] ^ 1]) + data[pos + 1 :]
 
 
 def test_refuses_exactly_what_verify_refuses(sealed, tmp_path):
@@ -93,7 +93,7 @@ def test_payload_flip_is_caught_by_the_arrival_digest(sealed, tmp_path):
     with open(sealed[1], "rb") as f:
         parsed = _parse(f, sealed[1])
     pos = parsed.chunks_offset + 5000
-    bad = data[:pos] + bytes([data[pos] ^ 0x80]) + data[pos + 1:]
+    bad = data[:pos] + bytes([data[pos] ^ 0x80]) + data[pos + 1 :]
     path = tmp_path / "b.forge"
     path.write_bytes(bad)
     a = _arrive(bad, 65536)

@@ -16,7 +16,6 @@ from forge_secure.hub import client, client_release
 from forge_secure.hub.auth import sign_request
 
 
-
 @pytest.fixture(params=["sqlite"])
 def db_url(request, tmp_path):
     return f"sqlite:///{tmp_path / 'hub.sqlite3'}"
@@ -31,9 +30,16 @@ def _published(env, url, tmp_path, n=1, audit=True):
     report.write_text("<html><body><h1>audit: pass</h1></body></html>")
     out = []
     for v in range(n):
-        out.append(client_release.publish(url, c.plugin("site-1", seed=10 + v), c.keys["admin-1"].signing,
-                                          pulled=tmp_path / "inbox" / "pulled.json", audit=report if audit else None,
-                                          notes=f"version {v + 1}"))
+        out.append(
+            client_release.publish(
+                url,
+                c.plugin("site-1", seed=10 + v),
+                c.keys["admin-1"].signing,
+                pulled=tmp_path / "inbox" / "pulled.json",
+                audit=report if audit else None,
+                notes=f"version {v + 1}",
+            )
+        )
     return pulled, out
 
 
@@ -71,7 +77,9 @@ def test_publish_refusals(live_hub, tmp_path):
     assert post("admin-1", {**params, "plugin": {"sha256": "ab" * 32, "size": 3}}).json()["error"]["code"] == "hub.missing_blob"
     req = sign_request(load_signing_key(c.keys["admin-1"].signing), "blob", {"sha256": "ab" * 32, "size": 5}, origin)
     import base64
+
     from forge_secure.fileio import canonical_json
+
     r = httpx.post(f"{url}/v1/blobs", content=b"hello", headers={"forge-request": base64.b64encode(canonical_json(req)).decode()})
     assert r.status_code == 400 and r.json()["error"]["code"] == "hub.digest"
     r = httpx.post(f"{url}/v1/blobs", content=b"hello", headers={"forge-request": "%%%"})

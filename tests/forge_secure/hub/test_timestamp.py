@@ -176,9 +176,14 @@ def test_forge_hub_serve_with_a_timestamp_key(hubkit, tmp_path, ts_keys):
 
     c = hubkit.build_consortium(tmp_path / "c")
     _admin_edit(c, lambda r: add_timestamp_key(r, ts_keys.public_key))
-    proc, url = hubkit.start_hub_process(tmp_path, roster=c.roster, db=f"sqlite:///{tmp_path / 'hub.sqlite3'}",
-                                         store=tmp_path / "store", keys=tmp_path / "keys",
-                                         extra=["--timestamp-key", str(ts_keys.signing), "--timestamp-lifetime", "2h"])
+    proc, url = hubkit.start_hub_process(
+        tmp_path,
+        roster=c.roster,
+        db=f"sqlite:///{tmp_path / 'hub.sqlite3'}",
+        store=tmp_path / "store",
+        keys=tmp_path / "keys",
+        extra=["--timestamp-key", str(ts_keys.signing), "--timestamp-lifetime", "2h"],
+    )
     try:
         ts = timestamp_from_bytes(httpx.get(f"{url}/v1/timestamp").content, "served")
         assert ts.expires - ts.issued == 2 * HOUR

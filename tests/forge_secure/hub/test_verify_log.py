@@ -37,9 +37,11 @@ def _rewrite(env, index: int, change) -> None:
         body = json.loads(conn.execute(sa.select(db.log_entries.c.body).where(db.log_entries.c.idx == index)).scalar())
         change(body)
         from forge_secure.fileio import canonical_json
+
         data = canonical_json(body)
-        conn.execute(db.log_entries.update().where(db.log_entries.c.idx == index)
-                     .values(body=data.decode(), leaf_hash=merkle.leaf_hash(data).hex()))
+        conn.execute(
+            db.log_entries.update().where(db.log_entries.c.idx == index).values(body=data.decode(), leaf_hash=merkle.leaf_hash(data).hex())
+        )
     env.hub.log.cache = type(env.hub.log.cache)()  # a fresh process would read the rewritten leaves
 
 
@@ -48,7 +50,7 @@ def test_rewritten_history_detected(live_hub, tmp_path):
     c = env.consortium
     client.push(c.seal("site-1"), url, receipt_out=tmp_path / "r.json")
     client.verify_log(url)
-    _rewrite(env, 2, lambda b: b.update(site="site-2"))   # the operator hides who submitted
+    _rewrite(env, 2, lambda b: b.update(site="site-2"))  # the operator hides who submitted
     client.push(c.seal("site-2"), url)
     with pytest.raises(ForgeError) as e:
         client.verify_log(url)
@@ -95,7 +97,9 @@ def test_tampered_receipt_and_other_hub_key(live_hub, tmp_path):
         client.verify_receipt(dict(receipt, index=receipt["index"] + 1), key)
     assert e.value.code.startswith("log.")
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from forge_secure.hub.note import NoteSigner
+
     other = NoteSigner(key.split("+")[0], Ed25519PrivateKey.generate()).verifier.encode()
     with pytest.raises(ForgeError) as e:
         client.verify_receipt(receipt, other)

@@ -20,8 +20,7 @@ def db_url(request, tmp_path):
 
 
 def _chromium(args, tmp):
-    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
@@ -35,8 +34,9 @@ def test_page_in_headless_chromium(live_hub, tmp_path):
     client.pull(url, tmp_path / "inbox")
     report = tmp_path / "report.json"
     report.write_text('{"verdict": "pass"}')
-    client_release.publish(url, c.plugin("site-1", seed=5), c.keys["admin-1"].signing, pulled=tmp_path / "inbox" / "pulled.json",
-                           audit=report)
+    client_release.publish(
+        url, c.plugin("site-1", seed=5), c.keys["admin-1"].signing, pulled=tmp_path / "inbox" / "pulled.json", audit=report
+    )
     subs = httpx.get(f"{url}/v1/submissions").json()["submissions"]
     dom = _chromium(["--dump-dom", url + "/"], tmp_path)
     assert dom.returncode == 0, dom.stderr[-2000:]

@@ -23,10 +23,14 @@ class TinyMLP(torch.nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
-def peft_adapter(seed: int, rank: int = 2, alpha: float = 4.0, *, shared_a_seed: int | None = None, name: str | None = None, base_seed: int = 0) -> LoraAdapter:
+def peft_adapter(
+    seed: int, rank: int = 2, alpha: float = 4.0, *, shared_a_seed: int | None = None, name: str | None = None, base_seed: int = 0
+) -> LoraAdapter:
     """A real PEFT LoRA adapter with seeded random A and B (FFA when ``shared_a_seed``)."""
     torch.manual_seed(seed)
-    model = get_peft_model(TinyMLP(seed=base_seed), LoraConfig(r=rank, lora_alpha=alpha, target_modules=["fc1", "fc2"], init_lora_weights=False))
+    model = get_peft_model(
+        TinyMLP(seed=base_seed), LoraConfig(r=rank, lora_alpha=alpha, target_modules=["fc1", "fc2"], init_lora_weights=False)
+    )
     state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
     if shared_a_seed is not None:
         g = torch.Generator().manual_seed(shared_a_seed)

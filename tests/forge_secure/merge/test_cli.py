@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-
 from ...conftest import assert_clean_error
 
 
@@ -72,8 +71,21 @@ def test_fusion_on_sealed_bundles_end_to_end(forge_cli, forge, consortium, ffa_p
     bundles = seal_all(consortium, ffa_plugins, tmp_path, "plain")
     key, roster = consortium["cons"].decryption, consortium["roster"]
     # the real subprocess, sharing this session's FORGE_HOME so the base model cache is warm
-    r = forge_cli("merge", "fusion", "--method", "ffa", *bundles, "--key", key, "--roster", roster, "--out", tmp_path / "merged", "--json",
-                  env={"FORGE_HOME": os.environ["FORGE_HOME"]})
+    r = forge_cli(
+        "merge",
+        "fusion",
+        "--method",
+        "ffa",
+        *bundles,
+        "--key",
+        key,
+        "--roster",
+        roster,
+        "--out",
+        tmp_path / "merged",
+        "--json",
+        env={"FORGE_HOME": os.environ["FORGE_HOME"]},
+    )
     assert r.code == 0, r
     info = json.loads(r.out)
     assert info["method"] == "ffa" and [p["site"] for p in info["parents"]] == ["site-1", "site-2", "site-3"]
@@ -98,7 +110,9 @@ def test_homomorphic_fusion_on_sealed_contributions(forge, consortium, ffa_plugi
     r = forge("he", "decrypt", tmp_path / "agg", "--key", tmp_path / "keys", "--out", tmp_path / "o", "--contributions", *contribs[:2])
     assert_clean_error(r, "contributions given")  # the aggregate lists three
     assert not (tmp_path / "o").exists()
-    r = forge("he", "decrypt", tmp_path / "agg", "--key", tmp_path / "keys", "--out", tmp_path / "merged", "--json", "--contributions", *contribs)
+    r = forge(
+        "he", "decrypt", tmp_path / "agg", "--key", tmp_path / "keys", "--out", tmp_path / "merged", "--json", "--contributions", *contribs
+    )
     assert r.code == 0, r
     assert json.loads(r.out)["method"] == "ffa-ckks"
     # the same aggregate again: one merge releases one aggregate
@@ -127,7 +141,10 @@ def test_cli_bad_inputs_give_one_line_and_exit_2(forge, consortium, ffa_plugins,
         (("merge", "fusion", ffa_plugins[0], ffa_plugins[1], "--weights", "1,x", "--out", tmp_path / "o"), ("--weights",)),
         (("merge", "fusion", ffa_plugins[0], ffa_plugins[1], "--weights", "1", "--out", tmp_path / "o"), ("1 weights for 2 plugins",)),
         (("merge", "fusion", "--method", "sequential", ffa_plugins[0], ffa_plugins[1], "--out", tmp_path / "o"), ("--tune-on",)),
-        (("merge", "fusion", ffa_plugins[0], ffa_plugins[1], "--tune-on", ffa_plugins[0] / "forge.json", "--out", tmp_path / "o"), ("not a forge synthetic",)),
+        (
+            ("merge", "fusion", ffa_plugins[0], ffa_plugins[1], "--tune-on", ffa_plugins[0] / "forge.json", "--out", tmp_path / "o"),
+            ("not a forge synthetic",),
+        ),
         (("merge", "mixture", "--router", "gate", ffa_plugins[0], ffa_plugins[1], "--out", tmp_path / "o"), ("--tune-on",)),
         (("lineage", ffa_plugins[0] / "forge.json"), ("not a directory",)),
         (("he", "decrypt", tmp_path, "--key", tmp_path, "--out", tmp_path / "o"), ("forge.json",)),
@@ -136,7 +153,23 @@ def test_cli_bad_inputs_give_one_line_and_exit_2(forge, consortium, ffa_plugins,
     fake = tmp_path / "fake.forge"
     fake.write_bytes(b"FORGE not really")
     cases.append((("merge", "fusion", fake, ffa_plugins[1], "--out", tmp_path / "o"), ("--key",)))
-    cases.append((("merge", "fusion", fake, ffa_plugins[1], "--key", consortium["cons"].decryption, "--roster", consortium["roster"], "--out", tmp_path / "o"), ("bundle",)))
+    cases.append(
+        (
+            (
+                "merge",
+                "fusion",
+                fake,
+                ffa_plugins[1],
+                "--key",
+                consortium["cons"].decryption,
+                "--roster",
+                consortium["roster"],
+                "--out",
+                tmp_path / "o",
+            ),
+            ("bundle",),
+        )
+    )
     for args, words in cases:
         r = forge(*args)
         assert_clean_error(r, *words)

@@ -116,7 +116,9 @@ def test_sequential_medforge_tunes_and_is_seeded():
         assert -1.5 <= st["alpha"] <= 1.5 and -1.5 <= st["beta"] <= 1.5
     # the recorded weights reproduce the factors: A' = sum c_i A_i
     k = next(iter(ads[0].state))
-    torch.testing.assert_close(r1.adapter.state[k].double(), sum(c * ad.state[k].double() for c, ad in zip(r1.weights, ads, strict=True)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        r1.adapter.state[k].double(), sum(c * ad.state[k].double() for c, ad in zip(r1.weights, ads, strict=True)), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_sequential_needs_tuning_data_and_one_rank():

@@ -13,10 +13,19 @@ import pytest
 
 from forge_secure.errors import ForgeConfigError, ForgeDataError, ForgeIntegrityError, ForgeValueError
 from forge_secure.merge import fuse, fusion_merge, lineage_tree
-from forge_secure.merge.he import HEParams, aggregate, decrypt_sum, decrypt_to_plugin, encrypt_plugin, keygen, load_public_context, load_secret_context
+from forge_secure.merge.he import (
+    HEParams,
+    aggregate,
+    decrypt_sum,
+    decrypt_to_plugin,
+    encrypt_plugin,
+    keygen,
+    load_public_context,
+    load_secret_context,
+)
 from forge_secure.merge.he.pack import flatten
-from forge_secure.plugins.record import read_plugin
 from forge_secure.plugins.plugin import load_plugin
+from forge_secure.plugins.record import read_plugin
 
 
 @pytest.fixture(scope="module")

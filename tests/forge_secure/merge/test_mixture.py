@@ -32,7 +32,7 @@ def test_static_mixture_is_the_weighted_average_of_plugin_probabilities(plugins,
     mix = build_mixture(plugins)  # weights = training-set sizes
     loaded = [load_plugin(p) for p in plugins]
     w = np.array([84, 62, 31]) / 177
-    want = sum(wi * p.predict_proba(X) for wi, p in zip(w, loaded))
+    want = sum(wi * p.predict_proba(X) for wi, p in zip(w, loaded, strict=True))
     np.testing.assert_allclose(mix.predict_proba(X), want, rtol=1e-10)
     np.testing.assert_allclose(np.exp(mix.logits(X)), want, rtol=1e-10)
     assert np.allclose(mix.predict_proba(X).sum(1), 1.0)
@@ -42,7 +42,10 @@ def test_tuned_static_weights_do_not_lose_to_equal_weights(plugins, data):
     X, y = data
     loaded = [load_plugin(p) for p in plugins]
     w, info = tune_static_weights(loaded, X, y, budget=25, seed=0)
-    nll = lambda ws: -np.log(Mixture(loaded, StaticRouter(ws).fit(loaded)).predict_proba(X)[np.arange(len(y)), y]).mean()
+
+    def nll(ws):
+        return -np.log(Mixture(loaded, StaticRouter(ws).fit(loaded)).predict_proba(X)[np.arange(len(y)), y]).mean()
+
     assert sum(w) == pytest.approx(1.0)
     assert nll(w) <= nll([1, 1, 1]) + 0.05 * 0.5 + 1e-9
 

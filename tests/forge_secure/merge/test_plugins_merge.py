@@ -11,15 +11,17 @@ import torch
 
 from forge_secure.errors import ForgeDataError, ForgeError, ForgeFileError, ForgeIntegrityError, ForgeValueError
 from forge_secure.merge import fusion_merge, lineage_lines, lineage_tree
-from forge_secure.plugins.record import read_plugin
 from forge_secure.plugins.plugin import load_plugin
+from forge_secure.plugins.record import read_plugin
 
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory, make_plugin):
     d = tmp_path_factory.mktemp("plain")
-    return [make_plugin(d / f"p{i}", 10 + i, rank=3 + (i == 2), rows=r, site=f"site-{i + 1}", epsilon=e)
-            for i, (r, e) in enumerate([(84, 2.0), (62, 8.0), (31, 4.0)])]
+    return [
+        make_plugin(d / f"p{i}", 10 + i, rank=3 + (i == 2), rows=r, site=f"site-{i + 1}", epsilon=e)
+        for i, (r, e) in enumerate([(84, 2.0), (62, 8.0), (31, 4.0)])
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,10 @@ def test_exact_merge_writes_a_peft_plugin_equal_to_the_weighted_updates(plain, b
 
     ref = fresh_copy(base).double()  # never change the shared base
     deltas = {m: sum(wi * f.adapter.delta(m) for wi, f in zip(w, files, strict=True)) for m in files[0].adapter.modules}
-    params = {f"{m.split('base_model.model.')[1]}.weight": dict(ref.named_modules())[m.split('base_model.model.')[1]].weight.double() + d for m, d in deltas.items()}
+    params = {
+        f"{m.split('base_model.model.')[1]}.weight": dict(ref.named_modules())[m.split("base_model.model.")[1]].weight.double() + d
+        for m, d in deltas.items()
+    }
     with torch.no_grad():
         want = torch.func.functional_call(ref, params, (torch.as_tensor(X).double(),)).numpy()
     np.testing.assert_allclose(merged.logits(X), want, rtol=1e-4, atol=1e-4)

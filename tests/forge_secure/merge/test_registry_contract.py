@@ -2,7 +2,8 @@
 ``parametrize_with_checks`` runs every estimator (a new entry is checked by registering it):
 
 - :data:`FUSIONS`: every method merges real PEFT adapters into a finite adapter over the same
-  modules with the weights it applied (the given ones, normalised, unless it tunes its own), is fixed by its seed, and refuses non-finite tensors,
+  modules with the weights it applied (the given ones, normalised, unless it tunes its own), is fixed by its seed, and
+  refuses non-finite tensors,
   bad weights and inputs its kind cannot merge with a ``ForgeError``;
 - :data:`ROUTERS`: every mixture router is a scikit-learn estimator (settings in ``__init__``,
   learned state with a trailing underscore), is unfitted until ``fit``, routes each record to a
@@ -23,7 +24,6 @@ from sklearn.utils.validation import check_is_fitted
 from forge_secure.errors import ForgeError
 from forge_secure.merge.evaluate import make_loss
 from forge_secure.merge.fusion import FUSIONS, fuse
-from forge_secure.plugins.record import read_plugin
 from forge_secure.merge.mixture import (
     ROUTERS,
     Mixture,
@@ -31,6 +31,7 @@ from forge_secure.merge.mixture import (
     load_mixture,
 )
 from forge_secure.plugins.plugin import load_plugin
+from forge_secure.plugins.record import read_plugin
 
 from ._helpers import TinyMLP, peft_adapter, toy_data
 
@@ -100,8 +101,14 @@ def test_every_fusion_refuses_bad_input_with_a_forge_error(name):
             fuse(name, [peft_adapter(1), peft_adapter(2)], **_options(spec))  # plain LoRA: different A
     if spec.same_rank:
         with pytest.raises(ForgeError):
-            fuse(name, [peft_adapter(1, rank=2, shared_a_seed=7 if spec.needs_ffa else None),
-                        peft_adapter(2, rank=3, shared_a_seed=7 if spec.needs_ffa else None)], **_options(spec))
+            fuse(
+                name,
+                [
+                    peft_adapter(1, rank=2, shared_a_seed=7 if spec.needs_ffa else None),
+                    peft_adapter(2, rank=3, shared_a_seed=7 if spec.needs_ffa else None),
+                ],
+                **_options(spec),
+            )
     if spec.needs_loss:
         with pytest.raises(ForgeError) as e:
             fuse(name, ads)

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from forge_secure.errors import ForgeConfigError, ForgeDataError, ForgeFileError
-from forge_secure.privacy.synthetic import (SynthConfig, compute_epsilon, load_synthetic, make_synthetic, release_class_means,
-                                            save_synthetic)
+from forge_secure.privacy.synthetic import SynthConfig, compute_epsilon, load_synthetic, make_synthetic, release_class_means, save_synthetic
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +99,24 @@ def test_forge_synth_command_and_tuning_with_it(tmp_path, capsys, make_plugin):
     from forge_secure.merge import fusion_merge
     from forge_secure.plugins.plugin import load_plugin
 
-    code = main(["synth", "--data", "bundled:site-1", "--site", "site-1", "--epsilon", "1", "--budget", "10", "--per-class", "30", "--out", str(tmp_path / "s.npz"), "--json"])
+    code = main(
+        [
+            "synth",
+            "--data",
+            "bundled:site-1",
+            "--site",
+            "site-1",
+            "--epsilon",
+            "1",
+            "--budget",
+            "10",
+            "--per-class",
+            "30",
+            "--out",
+            str(tmp_path / "s.npz"),
+            "--json",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out
     info = json.loads(out.out)

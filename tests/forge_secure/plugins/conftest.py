@@ -35,8 +35,14 @@ def _make_meta(base, site="site-1", rank=4, **over):
         lora={"rank": rank, "alpha": 2 * rank, "targets": list(base.target_modules), "ffa": False, "dropout": 0.0},
         training={"epochs": 1, "batch_size": 8, "lr": 0.05, "optimizer": "sgd", "seed": 0},
         dp={"enabled": False, "epsilon": float("inf"), "delta": None},
-        data={"name": "breast-cancer/site-1/train", "kind": "tabular", "rows": 10, "n_classes": 2,
-              "membership": {"include_prob": 0.5, "pool_rows": 20, "seed_sha256": "0" * 64}, "canaries": {"count": 0, "seed_sha256": None}},
+        data={
+            "name": "breast-cancer/site-1/train",
+            "kind": "tabular",
+            "rows": 10,
+            "n_classes": 2,
+            "membership": {"include_prob": 0.5, "pool_rows": 20, "seed_sha256": "0" * 64},
+            "canaries": {"count": 0, "seed_sha256": None},
+        },
     )
     meta.update(over)
     return meta

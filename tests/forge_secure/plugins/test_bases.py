@@ -17,8 +17,17 @@ import torch
 from forge_secure.errors import ForgeDataError, ForgeError, ForgeFileError, ForgeIntegrityError, ForgeValueError
 from forge_secure.plugins import bases
 from forge_secure.plugins.base_builders import build_files, write_base
-from forge_secure.plugins.bases import (ASSETS, GRID, SHIPPED, TABULAR_BASE_FEATURES, directory_digest, fresh_copy, load_base,
-                                        weights_bytes, weights_digest)
+from forge_secure.plugins.bases import (
+    ASSETS,
+    GRID,
+    SHIPPED,
+    TABULAR_BASE_FEATURES,
+    directory_digest,
+    fresh_copy,
+    load_base,
+    weights_bytes,
+    weights_digest,
+)
 from forge_secure.plugins.data import bundled_image_splits, bundled_splits
 from tests.conftest import assert_clean_error
 
@@ -50,6 +59,7 @@ def private_assets(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- shipped bases
+
 
 def test_shipped_digests_are_pinned_and_defined_by_the_files():
     assert SHIPPED == {"tabular-mlp": TABULAR_DIGEST, "vit-tiny": VIT_DIGEST}
@@ -196,6 +206,7 @@ def test_load_base_memoises(tabular_base):
 
 # --------------------------------------------------------------------------- the builder script
 
+
 def test_builder_reproduces_the_shipped_tabular_files():
     files = build_files("tabular-mlp")
     assert files["model.safetensors"] == (ASSETS / "tabular-mlp" / "model.safetensors").read_bytes()
@@ -209,8 +220,9 @@ def test_make_bases_script_reproduces_every_shipped_file():
     """``tools/make_bases.py --check`` rebuilds both bases (vit-tiny: about 10 s) and compares
     them byte for byte. Floating-point results differ between CPUs: this holds on the machine
     (and library versions) that built the assets, which is why bases ship as files."""
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "make_bases.py"), "--check"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=600)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "make_bases.py"), "--check"], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("identical to the shipped files") == 2
 
@@ -241,6 +253,7 @@ def test_make_bases_script_builds_other_settings_into_a_directory(tmp_path, caps
 
 # --------------------------------------------------------------------------- forge base directories
 
+
 @pytest.fixture(scope="module")
 def seed1_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bases") / "seed-1"
@@ -260,9 +273,17 @@ def test_forge_base_directory(seed1_dir, tmp_path):
     assert e.value.code == "base.settings"
 
 
-@pytest.mark.parametrize("damage,code", [("no-weights", "base.missing_file"), ("truncated", "base.bad_weights"),
-                                         ("not-json", "base.bad_config"), ("wrong-type", "base.bad_config"),
-                                         ("other-shape", "base.bad_weights"), ("unknown-arch", "base.unsupported")])
+@pytest.mark.parametrize(
+    "damage,code",
+    [
+        ("no-weights", "base.missing_file"),
+        ("truncated", "base.bad_weights"),
+        ("not-json", "base.bad_config"),
+        ("wrong-type", "base.bad_config"),
+        ("other-shape", "base.bad_weights"),
+        ("unknown-arch", "base.unsupported"),
+    ],
+)
 def test_damaged_forge_base_directory(seed1_dir, tmp_path, damage, code):
     d = tmp_path / "b"
     shutil.copytree(seed1_dir, d)
@@ -287,6 +308,7 @@ def test_damaged_forge_base_directory(seed1_dir, tmp_path, damage, code):
 
 
 # --------------------------------------------------------------------------- Hugging Face directories
+
 
 def _hf_dir(tmp_path):
     from transformers import ViTForImageClassification

@@ -130,6 +130,7 @@ def test_dataset_validates_and_digests():
 
 # ---------------------------------------------------------------- CSV
 
+
 def _write_csv(path, header, rows):
     path.write_text("\n".join([",".join(header)] + [",".join(map(str, r)) for r in rows]) + "\n")
     return path
@@ -180,6 +181,7 @@ def test_bad_paths(tmp_path):
 
 
 # ---------------------------------------------------------------- npz (MedMNIST layout)
+
 
 def _medmnist(path, channels=None, n=6, size=5, seed=0):
     rng = np.random.default_rng(seed)

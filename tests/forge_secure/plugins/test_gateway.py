@@ -31,9 +31,15 @@ def test_the_other_readers_no_longer_exist():
     import forge_secure.merge.io as merge_io
     import forge_secure.plugins.plugin as plugin_mod
 
-    for module, name in ((merge_io, "read_plugin_files"), (merge_io, "PluginFiles"), (merge_io, "load_safetensors"),
-                         (bundle, "_read_forge_json"), (bundle, "_jsonable_claim"), (plugin_mod, "read_meta"),
-                         (plugin_mod, "_jsonable")):
+    for module, name in (
+        (merge_io, "read_plugin_files"),
+        (merge_io, "PluginFiles"),
+        (merge_io, "load_safetensors"),
+        (bundle, "_read_forge_json"),
+        (bundle, "_jsonable_claim"),
+        (plugin_mod, "read_meta"),
+        (plugin_mod, "_jsonable"),
+    ):
         assert not hasattr(module, name), f"{module.__name__}.{name} is a second reader/encoder"
 
 
@@ -63,17 +69,33 @@ def test_one_data_compatibility_family():
     """attack.data_* and recon.data_* (kind, columns, labels) are gone: check_compatible's data.* is the one family."""
     for path in SOURCES:
         text = path.read_text()
-        for gone in ("attack.data_columns", "attack.data_kind", "attack.data_labels", "recon.data_kind", "recon.data_columns",
-                     "recon.data_labels", "recon.base_mismatch", "attack.base_mismatch", "bundle.not_plugin"):
+        for gone in (
+            "attack.data_columns",
+            "attack.data_kind",
+            "attack.data_labels",
+            "recon.data_kind",
+            "recon.data_columns",
+            "recon.data_labels",
+            "recon.base_mismatch",
+            "attack.base_mismatch",
+            "bundle.not_plugin",
+        ):
             assert gone not in text, (path, gone)
 
 
 # --------------------------------------------------------------------------- the codec
 
 
-@pytest.mark.parametrize("value, plain, text", [
-    (math.inf, "inf", "inf"), (-math.inf, "-inf", "-inf"), (1.1, 1.1, "1.1"), (3.0, 3.0, "3.0"), (0.001, 0.001, "0.001"),
-])
+@pytest.mark.parametrize(
+    "value, plain, text",
+    [
+        (math.inf, "inf", "inf"),
+        (-math.inf, "-inf", "-inf"),
+        (1.1, 1.1, "1.1"),
+        (3.0, 3.0, "3.0"),
+        (0.001, 0.001, "0.001"),
+    ],
+)
 def test_the_non_finite_codec_round_trips(value, plain, text):
     assert encode(value) == plain and encode(value, text=True) == text
     assert decode(encode(value)) == value == decode(encode(value, text=True))
@@ -89,7 +111,11 @@ def test_the_codec_reads_what_older_files_hold_and_refuses_the_rest():
             decode(bad)
     # a bundle's DP claim: canonical (no floats), the same strings the plugin's forge.json holds for infinity
     assert jsonable({"epsilon": math.inf, "delta": 1e-5, "steps": 3, "big": 1 << 60}, canonical=True) == {
-        "epsilon": "inf", "delta": "1e-05", "steps": 3, "big": str(1 << 60)}
+        "epsilon": "inf",
+        "delta": "1e-05",
+        "steps": 3,
+        "big": str(1 << 60),
+    }
     assert jsonable({"epsilon": math.inf, "x": [1.5, -math.inf]}) == {"epsilon": "inf", "x": [1.5, "-inf"]}
 
 
@@ -133,8 +159,11 @@ FAULTS = {
     "forge.json wrong type": (lambda p: (p / META_FILE).write_text("[1, 2, 3]"), ForgeDataError, "plugin.wrong_type"),
     "forge.json missing": (lambda p: (p / META_FILE).unlink(), ForgeFileError, "plugin.no_meta"),
     "forge.json tampered": (lambda p: _edit(p, lambda m: m["dp"].update(steps="many")), ForgeDataError, "plugin.meta_invalid"),
-    "adapter truncated": (lambda p: (p / ADAPTER_FILE).write_bytes((p / ADAPTER_FILE).read_bytes()[:-64]), ForgeIntegrityError,
-                          "plugin.adapter_digest"),
+    "adapter truncated": (
+        lambda p: (p / ADAPTER_FILE).write_bytes((p / ADAPTER_FILE).read_bytes()[:-64]),
+        ForgeIntegrityError,
+        "plugin.adapter_digest",
+    ),
     "adapter missing": (lambda p: (p / ADAPTER_FILE).unlink(), ForgeFileError, "plugin.no_adapter"),
 }
 
@@ -162,8 +191,9 @@ def walk(tmp_path_factory):
         for site in ("site-1", "site-2"):
             shard = splits.site(site)
             cfg = TrainConfig(noise_multiplier=1.0, epochs=2, seed=3, ffa=True, ffa_seed=0)
-            trained[site] = train_plugin(cfg, shard.train(), site=site, base=base, commitment={"membership": shard.commitment()},
-                                         out=root / "trained" / site)
+            trained[site] = train_plugin(
+                cfg, shard.train(), site=site, base=base, commitment={"membership": shard.commitment()}, out=root / "trained" / site
+            )
         yield world, base, trained, root
     finally:
         if old is None:
@@ -189,19 +219,27 @@ def test_one_plugin_from_training_to_audit_through_the_gateway(walk, monkeypatch
     bundles = {}
     for site, plugin in trained.items():
         bundles[site] = world.seal(plugin.path, site, world.evidence / "bundles" / f"{site}.forge")
-        opened = open_bundle(bundles[site], world.decryption_key, world.roster, world.evidence / "plugins" / site,
-                             root=world.roster, state_dir=root / "consortium-state")
+        opened = open_bundle(
+            bundles[site],
+            world.decryption_key,
+            world.roster,
+            world.evidence / "plugins" / site,
+            root=world.roster,
+            state_dir=root / "consortium-state",
+        )
         assert read_plugin(opened.out).adapter_sha256 == plugin.record.adapter_sha256
     merged = fusion_merge([world.evidence / "plugins" / s for s in trained], world.evidence / "merged" / "v1", method="ffa")
     mrec = read_plugin(merged)
     assert mrec.kind == "merged" and [p["site"] for p in mrec.lineage.parents] == ["site-1", "site-2"]
     assert mrec.epsilon == max(p.record.epsilon for p in trained.values())  # the codec: floats in, floats out
-    res = run_mia(world.evidence / "plugins" / "site-1", "bundled:site-1", settings=MiaSettings(attack="loss", references=0, n_boot=200),
-                  workers=1)
+    res = run_mia(
+        world.evidence / "plugins" / "site-1", "bundled:site-1", settings=MiaSettings(attack="loss", references=0, n_boot=200), workers=1
+    )
     assert 0.0 <= res["metrics"]["auc"]["value"] <= 1.0
     table = {name: CHECKS.get(name).Settings() for name in ("provenance", "dp-claims")}
-    report = run_audit(Policy(name="t", description="", checks=table), world.evidence,
-                       options=world.options(decryption_key=world.decryption_key))
+    report = run_audit(
+        Policy(name="t", description="", checks=table), world.evidence, options=world.options(decryption_key=world.decryption_key)
+    )
     prov = {f.subject: f for c in report.checks if c.name == "provenance" for f in c.findings}
     assert "plugins/site-1" in prov, [(f.subject, f.status.value, f.summary) for f in prov.values()]
     assert prov["plugins/site-1"].status.value == "pass" and prov["plugins/site-2"].status.value == "pass", prov
@@ -238,8 +276,15 @@ def _entry_points(world, base, root):
         assert item.error is not None
         raise item.error
 
-    return {"load": load_plugin, "seal": seal, "merge": merge, "mixture": mixture, "attack": attack, "audit": audit,
-            "lineage": lineage_tree}
+    return {
+        "load": load_plugin,
+        "seal": seal,
+        "merge": merge,
+        "mixture": mixture,
+        "attack": attack,
+        "audit": audit,
+        "lineage": lineage_tree,
+    }
 
 
 # seal checks only what a transport must (the parse and the adapter digest): the schema is the opener's

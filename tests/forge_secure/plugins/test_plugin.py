@@ -90,14 +90,49 @@ def _edit_meta(path, fn):
         (lambda p: _edit_meta(p, lambda m: m["lora"].update(rank="four")), ForgeDataError, "plugin.meta_invalid", "lora.rank"),
         # the DP record must be complete and consistent: a claim the record cannot back is refused
         (lambda p: _edit_meta(p, lambda m: m["dp"].update(epsilon=1.0)), ForgeDataError, "plugin.meta_invalid", "dp.epsilon"),
-        (lambda p: _edit_meta(p, lambda m: m["dp"].update(enabled=True, epsilon=1.0)), ForgeDataError, "plugin.meta_invalid", "noise_multiplier"),
-        (lambda p: _edit_meta(p, lambda m: m["dp"].update(enabled=True, epsilon=1.0, noise_multiplier=1.1, sample_rate=1.5, steps=10,
-                                                          delta=1e-5, max_grad_norm=1.0, accountant="prv")),
-         ForgeDataError, "plugin.meta_invalid", "dp.sample_rate"),
-        (lambda p: _edit_meta(p, lambda m: m["base"].update(digest="ab" * 32)), ForgeIntegrityError, "plugin.base_mismatch", "digest abababab"),
-        (lambda p: (p / ADAPTER_FILE).write_bytes((p / ADAPTER_FILE).read_bytes()[:-40]), ForgeIntegrityError, "plugin.adapter_digest", "truncated or tampered"),
+        (
+            lambda p: _edit_meta(p, lambda m: m["dp"].update(enabled=True, epsilon=1.0)),
+            ForgeDataError,
+            "plugin.meta_invalid",
+            "noise_multiplier",
+        ),
+        (
+            lambda p: _edit_meta(
+                p,
+                lambda m: m["dp"].update(
+                    enabled=True,
+                    epsilon=1.0,
+                    noise_multiplier=1.1,
+                    sample_rate=1.5,
+                    steps=10,
+                    delta=1e-5,
+                    max_grad_norm=1.0,
+                    accountant="prv",
+                ),
+            ),
+            ForgeDataError,
+            "plugin.meta_invalid",
+            "dp.sample_rate",
+        ),
+        (
+            lambda p: _edit_meta(p, lambda m: m["base"].update(digest="ab" * 32)),
+            ForgeIntegrityError,
+            "plugin.base_mismatch",
+            "digest abababab",
+        ),
+        (
+            lambda p: (p / ADAPTER_FILE).write_bytes((p / ADAPTER_FILE).read_bytes()[:-40]),
+            ForgeIntegrityError,
+            "plugin.adapter_digest",
+            "truncated or tampered",
+        ),
         (lambda p: (p / ADAPTER_FILE).unlink(), ForgeFileError, "plugin.no_adapter", "adapter_model.safetensors"),
-        (lambda p: (p / "adapter_config.json").write_text('{"r": 4}'), ForgeDataError, "plugin.config_invalid", "not a peft adapter config"),
+        (
+            lambda p: (p / "adapter_config.json").write_text('{"r": 4}'),
+            ForgeDataError,
+            "plugin.config_invalid",
+            "not a peft adapter config",
+        ),
     ],
 )
 def test_load_refuses_broken_plugins(saved, breaker, error, code, words):
@@ -193,7 +228,9 @@ def test_plugin_on_a_local_hugging_face_base(tmp_path, make_meta):
     ViTForImageClassification(b.vit_config(n_classes=3, layers=1)).save_pretrained(hf_dir)
     base = load_base(hf_dir)
     torch.manual_seed(1)
-    model = get_peft_model(fresh_copy(base), LoraConfig(r=2, lora_alpha=4, target_modules=list(base.target_modules), init_lora_weights=False))
+    model = get_peft_model(
+        fresh_copy(base), LoraConfig(r=2, lora_alpha=4, target_modules=list(base.target_modules), init_lora_weights=False)
+    )
     meta = make_meta(base, rank=2)
     path = save_plugin(model, meta, tmp_path / "plugin")
     X = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)

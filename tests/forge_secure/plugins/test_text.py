@@ -137,8 +137,28 @@ def text_plugins(small_base_dir, report_files, tmp_path_factory):
     plugins = {}
     for site in ("site-1", "site-2"):
         out = root / f"p-{site}"
-        code = main(["train", "--site", site, "--data", str(report_files[site]), "--membership-seed", str(MEMBERSHIP_SEED),
-                     "--base", str(small_base_dir), "--epsilon", "8", "--epochs", "2", "--rank", "2", "--out", str(out), "--json"])
+        code = main(
+            [
+                "train",
+                "--site",
+                site,
+                "--data",
+                str(report_files[site]),
+                "--membership-seed",
+                str(MEMBERSHIP_SEED),
+                "--base",
+                str(small_base_dir),
+                "--epsilon",
+                "8",
+                "--epochs",
+                "2",
+                "--rank",
+                "2",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
         assert code == 0
         plugins[site] = out
     return plugins
@@ -151,8 +171,26 @@ def test_text_plugin_trains_seals_and_merges(forge_inproc, small_base_dir, repor
     plugins = dict(text_plugins)
     for site, data in (("site-3", report_files["site-3"]),):
         out = tmp_path / f"p-{site}"
-        r = forge_inproc("train", "--site", site, "--data", data, "--membership-seed", MEMBERSHIP_SEED, "--base", small_base_dir,
-                         "--epsilon", "8", "--epochs", "2", "--rank", "2", "--out", out, "--json")
+        r = forge_inproc(
+            "train",
+            "--site",
+            site,
+            "--data",
+            data,
+            "--membership-seed",
+            MEMBERSHIP_SEED,
+            "--base",
+            small_base_dir,
+            "--epsilon",
+            "8",
+            "--epochs",
+            "2",
+            "--rank",
+            "2",
+            "--out",
+            out,
+            "--json",
+        )
         assert r.code == 0, r
         s = json.loads(r.out)
         assert s["dp"]["enabled"] and s["data"]["kind"] == "text" and sorted(s["lora"]["targets"]) == ["query", "value"]
@@ -165,8 +203,17 @@ def test_text_plugin_trains_seals_and_merges(forge_inproc, small_base_dir, repor
     assert_clean_error(forge_inproc("eval", plugins["site-1"], "--data", "bundled-digits:site-1/test"), "text")
 
     # seal, open, and the opened plugin is the same model
-    from forge_secure.crypto import add_site_key, init_roster, load_decryption_key, load_signing_key, new_keys, open_bundle, seal, sign_roster
-    from forge_secure.crypto import _time
+    from forge_secure.crypto import (
+        _time,
+        add_site_key,
+        init_roster,
+        load_decryption_key,
+        load_signing_key,
+        new_keys,
+        open_bundle,
+        seal,
+        sign_roster,
+    )
     from forge_secure.plugins.plugin import load_plugin
 
     now = _time.parse_time("2026-06-01T12:00:00Z", "now")
@@ -178,22 +225,49 @@ def test_text_plugin_trains_seals_and_merges(forge_inproc, small_base_dir, repor
     bundle = seal(plugins["site-1"], load_signing_key(keys["site-1"].signing), keys["consortium"].public, tmp_path / "s1.forge", now=now)
     opened = open_bundle(bundle, load_decryption_key(keys["consortium"].decryption), roster, tmp_path / "opened", now=now)
     X = load_data(f"{site1}:test").X[:8]
-    np.testing.assert_allclose(load_plugin(opened.path if hasattr(opened, "path") else tmp_path / "opened").logits(X),
-                               load_plugin(plugins["site-1"]).logits(X), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        load_plugin(opened.path if hasattr(opened, "path") else tmp_path / "opened").logits(X),
+        load_plugin(plugins["site-1"]).logits(X),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
     # merge the two sites' plugins
-    r = forge_inproc("merge", "fusion", plugins["site-1"], plugins["site-2"], plugins["site-3"], "--method", "exact", "--out", tmp_path / "merged", "--json")
+    r = forge_inproc(
+        "merge",
+        "fusion",
+        plugins["site-1"],
+        plugins["site-2"],
+        plugins["site-3"],
+        "--method",
+        "exact",
+        "--out",
+        tmp_path / "merged",
+        "--json",
+    )
     assert r.code == 0, r
     merged = load_plugin(tmp_path / "merged")
     assert merged.meta["kind"] == "merged" and merged.logits(X).shape == (8, 2)
 
 
-
 def test_loss_attack_on_a_text_plugin(forge_inproc, report_files, text_plugins, tmp_path):
     """The membership code path on text in the default run (the loss attack needs no
     reference models; the reference attacks and reconstruction are the slow test below)."""
-    r = forge_inproc("attack", "mia", "--target", text_plugins["site-1"], "--data", report_files["site-1"], "--membership-seed",
-                     MEMBERSHIP_SEED, "--attack", "loss", "--out", tmp_path / "mia.json", "--json")
+    r = forge_inproc(
+        "attack",
+        "mia",
+        "--target",
+        text_plugins["site-1"],
+        "--data",
+        report_files["site-1"],
+        "--membership-seed",
+        MEMBERSHIP_SEED,
+        "--attack",
+        "loss",
+        "--out",
+        tmp_path / "mia.json",
+        "--json",
+    )
     assert r.code == 0, r
     mia = json.loads((tmp_path / "mia.json").read_text())
     assert mia["coin_flip"] and mia["membership"]["commitment_checked"]
@@ -206,30 +280,74 @@ def test_attacks_on_a_text_plugin(forge_inproc, report_files, text_plugins, tmp_
     trained by the plugin's recipe, and the reconstruction games."""
     site1, plugins = report_files["site-1"], text_plugins
     # membership: references trained with the plugin's recipe on the same base
-    r = forge_inproc("attack", "mia", "--target", plugins["site-1"], "--data", site1, "--membership-seed", MEMBERSHIP_SEED,
-                     "--references", "4", "--out", tmp_path / "mia.json", "--json")
+    r = forge_inproc(
+        "attack",
+        "mia",
+        "--target",
+        plugins["site-1"],
+        "--data",
+        site1,
+        "--membership-seed",
+        MEMBERSHIP_SEED,
+        "--references",
+        "4",
+        "--out",
+        tmp_path / "mia.json",
+        "--json",
+    )
     assert r.code == 0, r
     mia = json.loads((tmp_path / "mia.json").read_text())
     assert 0.0 <= mia["metrics"]["auc"]["value"] <= 1.0 and len(mia["labels"]) == len(load_data(str(site1)))
 
     # reconstruction: the informed adversary's game and the canary test with the plugin's DP-SGD recipe
-    for kind, extra in (("informed", ["--trials", "2", "--candidates", "4", "--bound-samples", "1000"]),
-                        ("canary", ["--canaries", "4", "--canary-candidates", "8"])):
-        r = forge_inproc("attack", "recon", "--target", plugins["site-1"], "--kind", kind, "--data", site1, "--prior",
-                         report_files["public"], *extra, "--out", tmp_path / f"recon-{kind}.json", "--json")
+    for kind, extra in (
+        ("informed", ["--trials", "2", "--candidates", "4", "--bound-samples", "1000"]),
+        ("canary", ["--canaries", "4", "--canary-candidates", "8"]),
+    ):
+        r = forge_inproc(
+            "attack",
+            "recon",
+            "--target",
+            plugins["site-1"],
+            "--kind",
+            kind,
+            "--data",
+            site1,
+            "--prior",
+            report_files["public"],
+            *extra,
+            "--out",
+            tmp_path / f"recon-{kind}.json",
+            "--json",
+        )
         assert r.code == 0, (kind, r)
         res = json.loads((tmp_path / f"recon-{kind}.json").read_text())
         assert res["kind"] == kind
 
 
 def test_gradient_inversion_refuses_token_ids(forge_inproc, report_files, text_plugins, tmp_path):
-    r = forge_inproc("attack", "recon", "--target", text_plugins["site-1"], "--kind", "gradient", "--data", report_files["site-1"],
-                     "--prior", report_files["public"], "--trials", "1", "--out", tmp_path / "g.json")
+    r = forge_inproc(
+        "attack",
+        "recon",
+        "--target",
+        text_plugins["site-1"],
+        "--kind",
+        "gradient",
+        "--data",
+        report_files["site-1"],
+        "--prior",
+        report_files["public"],
+        "--trials",
+        "1",
+        "--out",
+        tmp_path / "g.json",
+    )
     assert_clean_error(r, "token ids", "--kind informed")
     assert not (tmp_path / "g.json").exists()
 
 
 # --------------------------------------------------------------------------- the real pretrained MiniLM (slow)
+
 
 @pytest.fixture(scope="module")
 def minilm_base_dir(tmp_path_factory):
@@ -267,8 +385,14 @@ def test_minilm_dp_plugin_trains_and_loads(minilm_base_dir, tmp_path):
     td = prepare_training_data(str(files["site-3"]), membership_seed=MEMBERSHIP_SEED)
     base = load_base(minilm_base_dir)
     started = time.process_time()
-    plugin = train_plugin(TrainConfig(base=str(minilm_base_dir), target_epsilon=8.0, epochs=1, rank=4, lr=0.3), td.data,
-                          site="site-3", base=base, commitment=td.commitment, out=tmp_path / "plugin")
+    plugin = train_plugin(
+        TrainConfig(base=str(minilm_base_dir), target_epsilon=8.0, epochs=1, rank=4, lr=0.3),
+        td.data,
+        site="site-3",
+        base=base,
+        commitment=td.commitment,
+        out=tmp_path / "plugin",
+    )
     assert time.process_time() - started < 600
     assert plugin.meta["dp"]["enabled"] and plugin.meta["dp"]["epsilon"] <= 8.0 + 1e-6
     test = load_data(f"{files['site-3']}:test")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from opacus.accountants import RDPAccountant, PRVAccountant
+from opacus.accountants import PRVAccountant, RDPAccountant
 
 from forge_secure.errors import ForgeValueError
-from forge_secure.privacy.accountants import (ACCOUNTANTS, MAX_NOISE_MULTIPLIER, calibrate_noise_multiplier, compute_epsilon,
-                                              default_delta)
+from forge_secure.privacy.accountants import ACCOUNTANTS, MAX_NOISE_MULTIPLIER, calibrate_noise_multiplier, compute_epsilon, default_delta
 
 
 def _opacus(cls, history, delta):
@@ -40,7 +39,8 @@ def test_composition_is_concatenation():
     assert both > max(compute_epsilon(a, 1e-3, "rdp"), compute_epsilon(b, 1e-3, "rdp"))
     # identical mechanisms compose like one longer run
     assert compute_epsilon([(1.5, 0.3, 10), (1.5, 0.3, 10)], 1e-3, "prv") == pytest.approx(
-        compute_epsilon([(1.5, 0.3, 20)], 1e-3, "prv"), rel=1e-9)
+        compute_epsilon([(1.5, 0.3, 20)], 1e-3, "prv"), rel=1e-9
+    )
     assert compute_epsilon([], 1e-3) == 0.0
 
 
@@ -73,10 +73,17 @@ def test_unreachable_target_is_refused():
     assert "raise the target epsilon" in text.lower()
 
 
-@pytest.mark.parametrize("history,word", [
-    ([(0.0, 0.3, 10)], "noise multiplier"), ([(1.0, 1.5, 10)], "sample rate"), ([(1.0, 0.3, 0)], "steps"),
-    ([(1.0, 0.3, 2.5)], "whole number"), ([(1.0, 0.3)], "not (noise_multiplier"), (["abc"], "not (noise_multiplier"),
-])
+@pytest.mark.parametrize(
+    "history,word",
+    [
+        ([(0.0, 0.3, 10)], "noise multiplier"),
+        ([(1.0, 1.5, 10)], "sample rate"),
+        ([(1.0, 0.3, 0)], "steps"),
+        ([(1.0, 0.3, 2.5)], "whole number"),
+        ([(1.0, 0.3)], "not (noise_multiplier"),
+        (["abc"], "not (noise_multiplier"),
+    ],
+)
 def test_bad_history(history, word):
     with pytest.raises(ForgeValueError) as e:
         compute_epsilon(history, 1e-3, "rdp")
@@ -90,7 +97,6 @@ def test_bad_delta_and_accountant():
     with pytest.raises(ForgeValueError) as e:
         compute_epsilon([(1.0, 0.3, 10)], 1e-3, "moments")
     assert "gdp, prv, rdp" in str(e.value)
-
 
 
 def test_default_delta_is_far_below_one_over_n():

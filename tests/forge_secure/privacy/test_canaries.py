@@ -20,9 +20,11 @@ def _text_like() -> Dataset:
 @pytest.mark.parametrize("kind", ["tabular", "image", "text"])
 def test_canaries_are_shaped_like_the_data_and_regenerate_from_the_record(kind):
     rng = np.random.default_rng(1)
-    like = {"tabular": Dataset(rng.normal(size=(10, 5)), rng.integers(0, 2, 10), 2, "t", "tabular"),
-            "image": Dataset(rng.uniform(size=(10, 1, 8, 8)), rng.integers(0, 10, 10), 10, "i", "image"),
-            "text": _text_like()}[kind]
+    like = {
+        "tabular": Dataset(rng.normal(size=(10, 5)), rng.integers(0, 2, 10), 2, "t", "tabular"),
+        "image": Dataset(rng.uniform(size=(10, 1, 8, 8)), rng.integers(0, 10, 10), 10, "i", "image"),
+        "text": _text_like(),
+    }[kind]
     record = issue_record("site-1", 64, like)
     cset, mask = all_canaries(record)
     assert cset.shape == like.shape and cset.kind == kind and len(cset) == 64
@@ -43,8 +45,13 @@ def test_text_canaries_survive_the_grant(replay_tools, tmp_path):
     pin_root(world["roster"])
     like = _text_like()
     record = issue_record(replay_tools.site, 32, like)
-    grant = write_grant(record, signer=load_signing_key(world["keys"]["auditor"].signing),
-                        site_key=world["keys"][replay_tools.site].public, out=tmp_path / "text-grant.forge", roster=world["roster"])
+    grant = write_grant(
+        record,
+        signer=load_signing_key(world["keys"]["auditor"].signing),
+        site_key=world["keys"][replay_tools.site].public,
+        out=tmp_path / "text-grant.forge",
+        roster=world["roster"],
+    )
     meta, data = open_grant(grant, key=world["keys"][replay_tools.site].decryption, roster=world["roster"])
     want = included_canaries(record, like=like)
     assert data.kind == "text" and np.array_equal(data.X, want.X) and np.array_equal(data.y, want.y)

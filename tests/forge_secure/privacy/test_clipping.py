@@ -26,8 +26,9 @@ def _opacus_reference(model, X, y, max_grad_norm):
         warnings.simplefilter("ignore")
         gsm = GradSampleModule(ref, batch_first=True, loss_reduction="sum")
     params = [p for p in ref.parameters() if p.requires_grad]
-    opt = DPOptimizer(torch.optim.SGD(params, lr=0.1), noise_multiplier=0.0, max_grad_norm=max_grad_norm,
-                      expected_batch_size=len(X), loss_reduction="sum")
+    opt = DPOptimizer(
+        torch.optim.SGD(params, lr=0.1), noise_multiplier=0.0, max_grad_norm=max_grad_norm, expected_batch_size=len(X), loss_reduction="sum"
+    )
     F.cross_entropy(gsm(X), y, reduction="sum").backward()
     norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in opt.grad_samples], dim=1).norm(2, dim=1)
     opt.clip_and_accumulate()

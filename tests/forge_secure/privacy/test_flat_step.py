@@ -17,8 +17,9 @@ def _setup(tab_base, tab_train, randomise_B, sigma, secret=None):
     model, _ = build_lora_model(tab_base, TrainConfig(no_dp=True, seed=3))
     randomise_B(model, 1)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = ClippedGradDPOptimizer(torch.optim.SGD(params, lr=0.1), noise_multiplier=sigma, max_grad_norm=0.5,
-                                 expected_batch_size=20.0, loss_reduction="mean")
+    opt = ClippedGradDPOptimizer(
+        torch.optim.SGD(params, lr=0.1), noise_multiplier=sigma, max_grad_norm=0.5, expected_batch_size=20.0, loss_reduction="mean"
+    )
     opt.noise_source = NoiseSource(SecretStream(secret or fresh_secret(), NOISE))
     clipper = LoraClipper(model)
     X, y = torch.tensor(tab_train.X[:24]), torch.tensor(tab_train.y[:24])
@@ -68,7 +69,7 @@ def test_flat_step_noise_has_the_dp_sgd_scale(tab_base, tab_train, randomise_B):
     noise = (clipper.flat_grad - clean).numpy()
     want = 2.0 * 0.5 / 20.0
     assert noise.size > 1000
-    assert abs(noise.std() / want - 1) < 0.08 and abs(noise.mean()) < 4 * want / noise.size ** 0.5
+    assert abs(noise.std() / want - 1) < 0.08 and abs(noise.mean()) < 4 * want / noise.size**0.5
     for p, s in zip(params, saved, strict=True):
         assert torch.equal(p, s)
 

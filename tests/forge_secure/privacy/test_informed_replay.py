@@ -35,8 +35,14 @@ def _vector(model) -> torch.Tensor:
 def _adversary_replay(config, plan, base, known, candidate, secret) -> torch.Tensor:
     data = known.concat(candidate, name=known.name)
     model, _ = build_lora_model(base, config)
-    run = TrainingRun(model, torch.from_numpy(np.array(data.X, dtype=np.float32)), torch.from_numpy(np.array(data.y, dtype=np.int64)),
-                      config, plan, secret=secret)
+    run = TrainingRun(
+        model,
+        torch.from_numpy(np.array(data.X, dtype=np.float32)),
+        torch.from_numpy(np.array(data.y, dtype=np.int64)),
+        config,
+        plan,
+        secret=secret,
+    )
     run.run(config.epochs)
     run.close()
     return _vector(model)
@@ -48,8 +54,14 @@ def game(tab_base, tab_shard):
     n = len(known) + 1
     sigma = plan_privacy(TrainConfig(target_epsilon=1.0, delta=1e-5, epochs=EPOCHS, accountant="rdp"), n).noise_multiplier
     config = TrainConfig(noise_multiplier=sigma, delta=1e-5, epochs=EPOCHS, accountant="rdp")
-    return {"known": known, "population": population, "config": config, "plan": plan_privacy(config, n), "base": tab_base,
-            "site": tab_shard.site}
+    return {
+        "known": known,
+        "population": population,
+        "config": config,
+        "plan": plan_privacy(config, n),
+        "base": tab_base,
+        "site": tab_shard.site,
+    }
 
 
 def _play(game, *, seeded: bool, seed: int):
@@ -66,8 +78,12 @@ def _play(game, *, seeded: bool, seed: int):
         assert released.meta["dp"]["epsilon"] == pytest.approx(1.0, rel=1e-3)
         assert str(config.seed) == str(released.meta["training"]["seed"])  # the seed the adversary uses is the published one
         rel = _vector(released.model)
-        d = np.array([float((_adversary_replay(config, plan, base, known, population.subset(np.array([c])), public) - rel).norm()
-                            / rel.norm()) for c in cand])
+        d = np.array(
+            [
+                float((_adversary_replay(config, plan, base, known, population.subset(np.array([c])), public) - rel).norm() / rel.norm())
+                for c in cand
+            ]
+        )
         wins += int(np.argmin(d) == target)
         rounds.append((d, target))
     return wins, rounds

@@ -45,15 +45,27 @@ def test_compose_record_and_refuse(tmp_path):
 def test_training_refused_before_it_starts(tab_base, tab_train, tmp_path):
     led = Ledger.open("site-1", "bc/site-1", budget=2.0, root=tmp_path / "ledgers")
     with pytest.raises(ForgeBudgetError) as e:
-        train_plugin(TrainConfig(noise_multiplier=0.8, epochs=20, accountant="rdp"), tab_train, site="site-1", base=tab_base,
-                     ledger=led, out=tmp_path / "p")
+        train_plugin(
+            TrainConfig(noise_multiplier=0.8, epochs=20, accountant="rdp"),
+            tab_train,
+            site="site-1",
+            base=tab_base,
+            ledger=led,
+            out=tmp_path / "p",
+        )
     assert "budget 2" in str(e.value)
     assert not (tmp_path / "p").exists() and led.records() == []
     with pytest.raises(ForgeBudgetError) as e:  # no DP = unbounded epsilon: refused where a budget exists
         train_plugin(TrainConfig(no_dp=True, epochs=1), tab_train, site="site-1", base=tab_base, ledger=led)
     assert "unbounded" in str(e.value)
-    plugin = train_plugin(TrainConfig(noise_multiplier=3.0, epochs=2, accountant="rdp"), tab_train, site="site-1", base=tab_base,
-                          ledger=led, out=tmp_path / "q")
+    plugin = train_plugin(
+        TrainConfig(noise_multiplier=3.0, epochs=2, accountant="rdp"),
+        tab_train,
+        site="site-1",
+        base=tab_base,
+        ledger=led,
+        out=tmp_path / "q",
+    )
     (rec,) = led.records()
     assert rec["kind"] == "train" and rec["history"] == [[3.0, plugin.meta["dp"]["sample_rate"], plugin.meta["dp"]["steps"]]]
     assert rec["epsilon"] == pytest.approx(plugin.meta["dp"]["epsilon"])
@@ -117,8 +129,9 @@ def _damage_head(p):
     p.with_suffix(".head").unlink()
 
 
-@pytest.mark.parametrize("damage", [_damage_truncate, _damage_bad_json, _damage_tamper, _damage_drop_last, _damage_drop_middle,
-                                    _damage_head])
+@pytest.mark.parametrize(
+    "damage", [_damage_truncate, _damage_bad_json, _damage_tamper, _damage_drop_last, _damage_drop_middle, _damage_head]
+)
 def test_corruption_detected(tmp_path, damage):
     led = _ledger_with_entries(tmp_path)
     damage(led.path)

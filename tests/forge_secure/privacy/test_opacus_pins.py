@@ -88,7 +88,8 @@ def test_the_subclass_derives_from_opacus_fast_gradient_clipping_optimizer():
         assert theirs is not None, f"Opacus no longer has DPOptimizerFastGradientClipping.{name}; {UPGRADE_FIX}"
         assert inspect.signature(ours) == inspect.signature(theirs), f"Opacus changed the signature of {name}; {UPGRADE_FIX}"
     assert isinstance(inspect.getattr_static(DPOptimizerFastGradientClipping, "params"), property), (
-        f"Opacus's DPOptimizer.params is no longer a property; {UPGRADE_FIX}")
+        f"Opacus's DPOptimizer.params is no longer a property; {UPGRADE_FIX}"
+    )
 
 
 def test_private_helpers_exist_and_behave_as_the_subclass_assumes():
@@ -142,8 +143,9 @@ def test_opacus_pre_step_calls_the_overrides_in_order_and_zero_grad_clears_the_s
 
     model = _model()
     params = list(model.parameters())
-    opt = Recording(torch.optim.SGD(params, lr=0.1), noise_multiplier=1.0, max_grad_norm=0.5, expected_batch_size=4.0,
-                    loss_reduction="mean")
+    opt = Recording(
+        torch.optim.SGD(params, lr=0.1), noise_multiplier=1.0, max_grad_norm=0.5, expected_batch_size=4.0, loss_reduction="mean"
+    )
     opt.noise_source = NoiseSource(SecretStream(fresh_secret(), NOISE))
     hooked = []
     opt.attach_step_hook(lambda o: hooked.append(o))
@@ -166,7 +168,7 @@ def test_without_noise_the_subclass_moves_the_weights_exactly_as_opacus_does():
             opt.zero_grad(set_to_none=True)
             _clipped_grads(model)
             opt.step()
-    for a, b in zip(ours.parameters(), theirs.parameters()):
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
 
 
@@ -184,7 +186,7 @@ def test_noise_is_added_to_every_parameter_at_the_recorded_scale():
     opt.add_noise()
     z = NoiseSource(SecretStream(secret, NOISE)).take(sum(p.numel() for p in params))
     o = 0
-    for p, s in zip(params, sums):
-        want = s.double() + 1.3 * 0.5 * z[o:o + p.numel()].view(p.shape)
+    for p, s in zip(params, sums, strict=True):
+        want = s.double() + 1.3 * 0.5 * z[o : o + p.numel()].view(p.shape)
         torch.testing.assert_close(p.grad.double(), want, rtol=0, atol=1e-6)
         o += p.numel()

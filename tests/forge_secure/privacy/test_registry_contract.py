@@ -49,9 +49,13 @@ def test_every_accountant_is_monotone(name):
 KNOWN_CALIBRATION_DEFECTS: dict[str, str] = {}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(n in KNOWN_CALIBRATION_DEFECTS, strict=True,
-                                                                       reason=KNOWN_CALIBRATION_DEFECTS.get(n, "")))
-                                  for n in ACCOUNTANTS.names()])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(n in KNOWN_CALIBRATION_DEFECTS, strict=True, reason=KNOWN_CALIBRATION_DEFECTS.get(n, "")))
+        for n in ACCOUNTANTS.names()
+    ],
+)
 def test_every_accountant_calibrates_a_noise_multiplier_that_meets_its_target(name):
     sigma = calibrate_noise_multiplier(3.0, DELTA, 0.25, 40, name)
     eps = compute_epsilon([(sigma, 0.25, 40)], DELTA, name)
@@ -60,8 +64,11 @@ def test_every_accountant_calibrates_a_noise_multiplier_that_meets_its_target(na
 
 
 @pytest.mark.parametrize("name", ACCOUNTANTS.names())
-@pytest.mark.parametrize("bad", [[(0.0, 0.25, 10)], [(1.0, 1.5, 10)], [(1.0, 0.25, 0)], [(1.0, 0.25, 2.5)], [("x", 0.2, 3)], [(1.0, 0.2)]],
-                         ids=["sigma0", "q>1", "steps0", "steps-fraction", "text", "two-fields"])
+@pytest.mark.parametrize(
+    "bad",
+    [[(0.0, 0.25, 10)], [(1.0, 1.5, 10)], [(1.0, 0.25, 0)], [(1.0, 0.25, 2.5)], [("x", 0.2, 3)], [(1.0, 0.2)]],
+    ids=["sigma0", "q>1", "steps0", "steps-fraction", "text", "two-fields"],
+)
 def test_every_accountant_refuses_a_malformed_history(name, bad):
     with pytest.raises(ForgeError) as e:
         compute_epsilon(bad, DELTA, name)

@@ -19,7 +19,7 @@ from forge_secure.crypto.trust import pin_root
 from forge_secure.errors import ForgeError
 from forge_secure.plugins.data import load_data
 from forge_secure.privacy.canaries import issue_record
-from forge_secure.privacy.replay import (ReplayError, assemble_data, envelope_path, open_replay_envelope, replay)
+from forge_secure.privacy.replay import ReplayError, assemble_data, envelope_path, open_replay_envelope, replay
 from forge_secure.privacy.site import train_site
 
 DAY = 86400
@@ -31,12 +31,20 @@ CLAIMED = dict(noise_multiplier=1.0, epochs=4, batch_size=32, lr=0.05, max_grad_
 def world(tmp_path_factory, replay_tools):
     root = tmp_path_factory.mktemp("replay-world")
     w = replay_tools.build(root, "replay-test")
-    w["honest"] = train_site(site=SITE, data_spec=f"bundled:{SITE}", base_name="tabular-mlp", out=root / "honest",
-                             canary_grant=w["grant"], grant_key=w["keys"][SITE].decryption, roster=w["roster"],
-                             auditor=w["keys"]["auditor"].public, signer=w["keys"][SITE].signing,
-                             ledger_root=root / "ledgers", **CLAIMED)
+    w["honest"] = train_site(
+        site=SITE,
+        data_spec=f"bundled:{SITE}",
+        base_name="tabular-mlp",
+        out=root / "honest",
+        canary_grant=w["grant"],
+        grant_key=w["keys"][SITE].decryption,
+        roster=w["roster"],
+        auditor=w["keys"]["auditor"].public,
+        signer=w["keys"][SITE].signing,
+        ledger_root=root / "ledgers",
+        **CLAIMED,
+    )
     return w
-
 
 
 @pytest.fixture(autouse=True)
@@ -45,9 +53,11 @@ def _pinned(request):
     if "world" in request.fixturenames:
         pin_root(request.getfixturevalue("world")["roster"])
 
+
 def _replay(world, plugin_dir: Path, envelope: Path | None = None, *, key=None):
-    recipe = open_replay_envelope(envelope or envelope_path(plugin_dir), key=key or world["keys"]["auditor"].decryption,
-                                  roster=world["roster"])
+    recipe = open_replay_envelope(
+        envelope or envelope_path(plugin_dir), key=key or world["keys"]["auditor"].decryption, roster=world["roster"]
+    )
     data = assemble_data(recipe, canary_record=world["record"])
     return replay(recipe, plugin_dir, data)
 
@@ -72,8 +82,20 @@ def test_replay_in_another_process_through_the_cli(world, forge_cli):
     rec = world["root"] / "record.json"
     rec.write_text(json.dumps(world["record"]))
     assert forge_cli("roster", "pin", world["roster"]).code == 0  # the auditor's machine pins the root once
-    r = forge_cli("audit", "replay", run.envelope, "--plugin", run.plugin.path, "--key", world["keys"]["auditor"].decryption,
-                  "--roster", world["roster"], "--canary-record", rec, "--json")
+    r = forge_cli(
+        "audit",
+        "replay",
+        run.envelope,
+        "--plugin",
+        run.plugin.path,
+        "--key",
+        world["keys"]["auditor"].decryption,
+        "--roster",
+        world["roster"],
+        "--canary-record",
+        rec,
+        "--json",
+    )
     assert r.code == 0, r.err
     out = json.loads(r.out)
     assert out["verified"] and out["bit_exact"]
@@ -86,15 +108,16 @@ def _liar(world, replay_tools, name: str, **kw):
 
 LIES = {
     "less noise": dict(train_cfg={**CLAIMED, "noise_multiplier": 0.5}),
-    "no noise": dict(train_cfg={k: v for k, v in CLAIMED.items() if k not in ("noise_multiplier", "delta", "accountant")} | {"no_dp": True}),
+    "no noise": dict(
+        train_cfg={k: v for k, v in CLAIMED.items() if k not in ("noise_multiplier", "delta", "accountant")} | {"no_dp": True}
+    ),
     "larger sample rate": dict(train_cfg={**CLAIMED, "batch_size": 64}),
     "more steps": dict(train_cfg={**CLAIMED, "epochs": 8}),
     "larger clipping norm": dict(train_cfg={**CLAIMED, "max_grad_norm": 4.0}),
     "other learning rate": dict(train_cfg={**CLAIMED, "lr": 0.2}),
     "other data": dict(train_cfg=CLAIMED, lie_data=lambda d, c: d.subset(np.arange(len(d)) != 3).concat(c, name=d.name)),
     "canaries dropped": dict(train_cfg=CLAIMED, lie_data=lambda d, c: d),
-    "canaries altered": dict(train_cfg=CLAIMED, lie_data=lambda d, c: d.concat(
-        dataclasses.replace(c, y=(1 - c.y)), name=d.name)),
+    "canaries altered": dict(train_cfg=CLAIMED, lie_data=lambda d, c: d.concat(dataclasses.replace(c, y=(1 - c.y)), name=d.name)),
 }
 
 
@@ -151,14 +174,51 @@ def test_train_cli_writes_the_envelope_and_the_grant_is_refused_to_another_site(
     k = world["keys"]
     out = tmp_path / "p"
     assert forge_cli("roster", "pin", world["roster"]).code == 0  # the site's machine pins the root once
-    r = forge_cli("train", "--site", SITE, "--data", f"bundled:{SITE}", "--noise-multiplier", "1", "--epochs", "1",
-                  "--out", out, "--auditor", k["auditor"].public, "--signer", k[SITE].signing, "--canary-grant", world["grant"],
-                  "--grant-key", k[SITE].decryption, "--roster", world["roster"], "--json")
+    r = forge_cli(
+        "train",
+        "--site",
+        SITE,
+        "--data",
+        f"bundled:{SITE}",
+        "--noise-multiplier",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        out,
+        "--auditor",
+        k["auditor"].public,
+        "--signer",
+        k[SITE].signing,
+        "--canary-grant",
+        world["grant"],
+        "--grant-key",
+        k[SITE].decryption,
+        "--roster",
+        world["roster"],
+        "--json",
+    )
     assert r.code == 0, r.err
     s = json.loads(r.out)
     assert Path(s["replay_envelope"]).is_file() and s["canaries"]["count"] == world["record"]["included"]
-    r = forge_cli("train", "--site", "site-2", "--data", "bundled:site-2", "--noise-multiplier", "1", "--epochs", "1",
-                  "--out", tmp_path / "q", "--canary-grant", world["grant"], "--grant-key", k[SITE].decryption,
-                  "--roster", world["roster"])
+    r = forge_cli(
+        "train",
+        "--site",
+        "site-2",
+        "--data",
+        "bundled:site-2",
+        "--noise-multiplier",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "q",
+        "--canary-grant",
+        world["grant"],
+        "--grant-key",
+        k[SITE].decryption,
+        "--roster",
+        world["roster"],
+    )
     assert r.code == 2 and "Traceback" not in r.err and "site-1" in r.err
     assert not (tmp_path / "q").exists()

@@ -133,11 +133,19 @@ def test_from_meta_reproduces_the_recipe(dp_plugin):
         TrainConfig.from_meta({"kind": "merged"})
 
 
-@pytest.mark.parametrize("kwargs,word", [
-    ({}, "none given"), ({"no_dp": True, "noise_multiplier": 1.0}, "no_dp"), ({"noise_multiplier": -1.0}, "noise_multiplier"),
-    ({"no_dp": True, "rank": 0}, "rank"), ({"no_dp": True, "lr": float("nan")}, "lr"), ({"no_dp": True, "accountant": "x"}, "prv"),
-    ({"no_dp": True, "epochs": 1.5}, "epochs"), ({"target_epsilon": 1.0, "delta": 2.0}, "delta"),
-])
+@pytest.mark.parametrize(
+    "kwargs,word",
+    [
+        ({}, "none given"),
+        ({"no_dp": True, "noise_multiplier": 1.0}, "no_dp"),
+        ({"noise_multiplier": -1.0}, "noise_multiplier"),
+        ({"no_dp": True, "rank": 0}, "rank"),
+        ({"no_dp": True, "lr": float("nan")}, "lr"),
+        ({"no_dp": True, "accountant": "x"}, "prv"),
+        ({"no_dp": True, "epochs": 1.5}, "epochs"),
+        ({"target_epsilon": 1.0, "delta": 2.0}, "delta"),
+    ],
+)
 def test_config_validation(kwargs, word):
     with pytest.raises(ForgeValueError) as e:
         TrainConfig(**kwargs)
@@ -152,8 +160,13 @@ def test_delta_must_be_below_one_over_n(tab_train):
 
 def test_unreachable_target_refused_before_training(tab_base, tab_train, tmp_path):
     with pytest.raises(ForgeValueError) as e:
-        train_plugin(TrainConfig(target_epsilon=0.001, epochs=200, accountant="rdp", delta=1e-6), tab_train, site="site-1",
-                     base=tab_base, out=tmp_path / "p")
+        train_plugin(
+            TrainConfig(target_epsilon=0.001, epochs=200, accountant="rdp", delta=1e-6),
+            tab_train,
+            site="site-1",
+            base=tab_base,
+            out=tmp_path / "p",
+        )
     assert e.value.code == "dp.unreachable"
     assert not (tmp_path / "p").exists()
 

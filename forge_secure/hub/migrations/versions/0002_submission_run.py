@@ -4,6 +4,7 @@ counts a run once and finds an earlier record of the same run with an index look
 Revision ID: 0002
 Revises: 0001
 """
+
 import sqlalchemy as sa
 from alembic import op
 
