@@ -109,11 +109,11 @@ def test_every_attack_refuses_records_of_another_kind_or_shape(name, tabular_plu
     digits = bundled_image_splits().public
     with pytest.raises(ForgeError) as e:
         _run(name, tabular_plugins["dp"], digits, prior)
-    assert e.value.code == "recon.data_kind"
+    assert e.value.code == "data.kind_mismatch"
     narrow = type(data)(data.X[:, :5].copy(), data.y, data.n_classes, "five-columns", "tabular")
     with pytest.raises(ForgeError) as e:
         _run(name, tabular_plugins["dp"], narrow, prior)
-    assert e.value.code == "recon.data_columns"
+    assert e.value.code == "data.shape_mismatch"
 
 
 def test_unknown_attack_names_list_the_registered_ones():

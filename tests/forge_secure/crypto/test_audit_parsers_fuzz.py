@@ -40,6 +40,7 @@ from audits.attack_results import MEMBERSHIP, RECONSTRUCTION, attack_evidence
 from audits.evidence import Evidence
 from audits.policy import default_policy_text, load_policy
 from forge_secure.errors import ForgeError
+from tests.audits._plugins import plugin_meta, write_plugin
 
 PARSERS = ["audit-policy", "evidence-attack-file", "evidence-plugin-manifest", "auditor-results"]
 
@@ -150,20 +151,9 @@ def reconstruction_doc() -> dict:
 
 def _evidence_root(tmp_path):
     root = tmp_path / "evidence"
-    plugin = root / "plugins" / "site-1"
-    plugin.mkdir(parents=True)
-    (plugin / "forge.json").write_text(
-        json.dumps(
-            {
-                "format": "forge-plugin/1",
-                "kind": "trained",
-                "site": "site-1",
-                "base": {"name": "tabular-mlp", "digest": "ab" * 32},
-                "dp": {"enabled": True, "epsilon": 3.0, "delta": 1e-5},
-            }
-        )
-    )
-    (plugin / "adapter_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    # a well-formed plugin (the evidence reads it through the plugins' gateway, which checks the
+    # schema, the adapter digest and the base), so that the fuzz's refusals are of its damage
+    write_plugin(root / "plugins" / "site-1", plugin_meta("site-1"), seed=0)
     (root / "attacks").mkdir()
     return root
 
