@@ -326,7 +326,8 @@ def run_informed(
     meta, rdir, index = resolve_recipe(plugin, recipe)
     merged = index is not None
     release = None
-    if merged:
+    if index is not None:
+        assert rdir is not None  # resolve_recipe gives a merged plugin's recipe directory with its index
         from forge_secure.plugins import load_plugin
 
         site_plugin = load_plugin(rdir, base=plugin.base)
@@ -362,7 +363,7 @@ def run_informed(
     if dp.get("enabled"):
         generic = rero_bound_dp(float(dp["epsilon"]), float(dp["delta"]), 1.0 / cfg.candidates)
     redo = getattr(release, "score_space", None) is not None
-    if merged:
+    if release is not None:  # merged: the attack ran against the re-released merge
         if redo:
             how = (
                 f"(the {release.method} merge redone from all {len(release.parents)} parents with its recorded settings; "
@@ -394,7 +395,7 @@ def run_informed(
         "observed": observed,
         "mode": cfg.mode,
         "recipe": _recipe_record(plugin, meta, rdir, index),
-        "merge_redo": release.record() if redo else None,
+        "merge_redo": release.record() if redo and release is not None else None,
         "success": res["success"],
         "baseline": res["baseline"],
         "bound": {**res["bound"], "epsilon_delta_bound": generic, "applies_to": applies},
@@ -469,8 +470,9 @@ def run_canary(
         b = rero_bound_dpsgd(
             float(dp["noise_multiplier"]), float(dp["sample_rate"]), int(dp["steps"]), kappa, samples=s.bound_samples, seed=s.seed
         )
+        bound_value = b.bound
         bound = {
-            "bound": b.bound,
+            "bound": bound_value,
             "mc_stderr": b.mc_stderr,
             "kappa": kappa,
             "noise_multiplier": b.noise_multiplier,
@@ -480,8 +482,9 @@ def run_canary(
             "applies_to": "r = 1",
         }
     else:
-        bound = {"bound": 1.0, "kappa": kappa, "note": "trained without DP: no bound"}
-    summary = attack.summary(exposures, bound["bound"])
+        bound_value = 1.0
+        bound = {"bound": bound_value, "kappa": kappa, "note": "trained without DP: no bound"}
+    summary = attack.summary(exposures, bound_value)
     top = summary["by_repetition"][-1]
     out = {
         "kind": "canary",

@@ -27,7 +27,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from ..fileio import atomic_directory, atomic_write_json, read_json_file, sha256
 from ..registry import Registry
 from .adapter import LoraAdapter, module_path, normalise_weights
 from .evaluate import log_softmax
+
+if TYPE_CHECKING:
+    from ..plugins.bases import Base
 
 MIXTURE_FORMAT = "forge-mixture/1"
 ROUTERS: Registry[type[Router]] = Registry("mixture router")
@@ -283,7 +286,7 @@ class Mixture:
 
     plugins: list
     router: Router
-    base: object = None
+    base: Base | None = None  # the plugins' base when not given
     details: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -301,6 +304,11 @@ class Mixture:
             raise ForgeDataError("mixture plugins predict different numbers of classes", code="merge.different_classes")
         if self.base is None:
             self.base = self.plugins[0].base
+
+    @property
+    def _base(self) -> Base:
+        assert self.base is not None  # set in __post_init__
+        return self.base
 
     def component_proba(self, X: np.ndarray) -> np.ndarray:
         """``(J, n, C)``: each plugin's class probabilities."""
@@ -325,7 +333,7 @@ class Mixture:
     def update_responses(self, X: np.ndarray) -> np.ndarray:
         """``(n, J)``: ``sum_m ||s_j B_j A_j h_m(x)|| / ||h_m(x)||`` over target layers."""
         adapters = [plugin_adapter(p) for p in self.plugins]
-        modules = dict(self.base.model.named_modules())
+        modules = dict(self._base.model.named_modules())
         inputs: dict[str, torch.Tensor] = {}
         handles = []
         for m in adapters[0].modules:
@@ -333,7 +341,7 @@ class Mixture:
             handles.append(modules[path].register_forward_hook(lambda mod, inp, out, path=path: inputs.__setitem__(path, inp[0].detach())))
         try:
             with torch.no_grad():
-                self.base.model(torch.as_tensor(np.asarray(X, dtype=np.float32)))
+                self._base.model(torch.as_tensor(np.asarray(X, dtype=np.float32)))
         finally:
             for h in handles:
                 h.remove()
@@ -374,7 +382,7 @@ class Mixture:
                 "toolkit_version": __version__,
                 "router": self.router.name,
                 "router_settings": self.router.to_json(),
-                "base": self.base.describe(),
+                "base": self._base.describe(),
                 "plugins": entries,
                 "details": self.details,
                 "weights": self.router.to_json().get("weights"),
