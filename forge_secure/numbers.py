@@ -18,7 +18,7 @@ here, and every reader decodes them here:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, overload
 
 MAX_SAFE_INT = (1 << 53) - 1  # RFC 8785 / I-JSON: integers a double holds exactly
 
@@ -31,6 +31,14 @@ _WORDS = {
     "-infinity": -math.inf,
     "nan": math.nan,
 }
+
+
+@overload
+def encode(x: float, *, text: Literal[True]) -> str: ...
+@overload
+def encode(x: float, *, text: Literal[False] = ...) -> float | str: ...
+@overload
+def encode(x: float, *, text: bool) -> float | str: ...
 
 
 def encode(x: float, *, text: bool = False) -> float | str:

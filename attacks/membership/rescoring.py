@@ -53,7 +53,7 @@ def rescore(results: dict | str | Path, attack: str | None = None, **settings: A
     ``fixed_variance``, ``rmia_a``, ``gamma``, ``temperature``, ``references``, ``seed``,
     ``n_boot``, ...). Raises ``ForgeDataError`` (code ``attack.signals_tampered``) when the
     signals do not match their digests, ``attack.no_signals`` for a file without them."""
-    from .run import _jsonable, load_results, validate_results
+    from .results import load_results, results_jsonable, validate_results
 
     if isinstance(results, (str, Path)):
         where = str(results)
@@ -112,4 +112,4 @@ def rescore(results: dict | str | Path, attack: str | None = None, **settings: A
             in_per_candidate={"min": int(mask.sum(0).min()) if mask.size else 0, "max": int(mask.sum(0).max()) if mask.size else 0},
         )
         out["references"] = refs
-    return _jsonable(out)
+    return results_jsonable(out)

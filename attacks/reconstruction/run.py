@@ -30,18 +30,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from forge_secure.errors import ForgeDataError, ForgeValueError
+from forge_secure.errors import ForgeValueError
 from forge_secure.registry import Registry
 
 from . import plots
 from .bounds import rero_bound_dp, rero_bound_dpsgd
 from .canary import CanaryConfig, CanaryExposure, base_logits_fn
-from .gradients import DPSetting, LoraFunctional, gradient_from_update, noisy_dp_gradient, one_step_update, to_tensor
+from .gradients import DPSetting, gradient_from_update, noisy_dp_gradient, one_step_update, to_tensor
 from .informed import INFORMED_MODES, InformedAdversary, InformedConfig, MergeRelease
 from .inversions import INVERSIONS
 from .labels import LABEL_MODES
 from .measures import DEFAULT_TOLERANCE
 from .merged import REDO_METHODS
+from .target import check_data, lora_functional, merge_redo, recipe_record, resolve_recipe
+from .target import target_record as target_record  # re-exported: the CLI reads it from here
 
 RECONSTRUCTION_ATTACKS: Registry[Callable[..., dict]] = Registry("reconstruction attack")
 
@@ -101,99 +103,6 @@ class ReconSettings:
         d = asdict(self)
         d["repetitions"] = list(self.repetitions)
         return d
-
-
-# --------------------------------------------------------------------------- helpers
-def check_data(plugin, data, what: str = "data") -> None:
-    """The records must fit the plugin's base (the one data-compatibility check, codes
-    ``data.*``), and a game needs at least two of them."""
-    from forge_secure.plugins.sources import check_compatible
-
-    check_compatible(plugin.base, data, what)
-    if len(data) < 2:
-        raise ForgeDataError(f"{what} {data.name!r} holds {len(data)} record(s)", fix="give at least two records", code="recon.data_small")
-
-
-def target_record(plugin) -> dict:
-    meta = plugin.meta
-    return {
-        "path": str(plugin.path) if plugin.path else None,
-        "site": meta.get("site"),
-        "base": meta.get("base", {}).get("name"),
-        "adapter_sha256": (meta.get("adapter") or {}).get("sha256"),
-        "dp": meta.get("dp"),
-        "lora": meta.get("lora"),
-    }
-
-
-def _parent_sites(meta: dict) -> list[str]:
-    return [str(p.get("site")) for p in (meta.get("parents") or []) if isinstance(p, dict) and p.get("site")]
-
-
-def resolve_recipe(plugin, recipe: str | Path | None) -> tuple[dict, Path | None, int | None]:
-    """``(recipe_meta, recipe_dir, parent_index)``: the DP-SGD recipe an attack on ``plugin``
-    uses. A trained plugin is its own recipe unless ``recipe`` is given; a merged plugin needs
-    ``recipe``, the directory (or forge.json) of one of its parent site plugins."""
-    from forge_secure.plugins import read_plugin
-
-    meta = plugin.meta
-    merged = meta.get("kind") == "merged"
-    if recipe is None:
-        if merged:
-            sites = _parent_sites(meta) or ["(none recorded)"]
-            raise ForgeValueError(
-                f"{plugin.path or 'the target'} is a merged plugin of sites {', '.join(sites)}; its forge.json holds no DP-SGD recipe",
-                fix=f"pass --recipe with the plugin directory of one of its parents ({', '.join(sites)})",
-                code="recon.needs_recipe",
-            )
-        return meta, None, None
-    rdir = Path(recipe)
-    if rdir.name == "forge.json" and rdir.is_file():
-        rdir = rdir.parent
-    rmeta = read_plugin(rdir, base=plugin.base, weights=False).meta  # another base: plugin.base_mismatch
-    if rmeta.get("kind") != "trained":
-        raise ForgeValueError(
-            f"the recipe plugin {rdir} is a {rmeta.get('kind')} plugin, not a site plugin trained with DP-SGD",
-            fix="give a parent site plugin's directory as --recipe",
-            code="recon.recipe_kind",
-        )
-    if not merged:
-        return rmeta, rdir, None
-    parents = [p for p in (meta.get("parents") or []) if isinstance(p, dict)]
-    digest = (rmeta.get("adapter") or {}).get("sha256")
-    index = next((i for i, p in enumerate(parents) if digest and p.get("digest") == digest), None)
-    if index is None:  # digests hidden (ffa-ckks --hide-digest): match by site
-        same = [i for i, p in enumerate(parents) if p.get("site") == rmeta.get("site") and not p.get("digest")]
-        index = same[0] if len(same) == 1 else None
-    if index is None:
-        sites = _parent_sites(meta) or ["(none recorded)"]
-        raise ForgeValueError(
-            f"the recipe plugin {rdir} (site {rmeta.get('site')}) is not a parent of the merged plugin {plugin.path}",
-            fix=f"pass --recipe with one of its parents ({', '.join(sites)})",
-            code="recon.recipe_not_parent",
-        )
-    return rmeta, rdir, index
-
-
-def _recipe_record(plugin, rmeta: dict, rdir: Path | None, index: int | None) -> dict | None:
-    if rdir is None:
-        return None
-    rec = {
-        "path": str(rdir),
-        "site": rmeta.get("site"),
-        "adapter_sha256": (rmeta.get("adapter") or {}).get("sha256"),
-        "dp": rmeta.get("dp"),
-    }
-    if index is not None:
-        rec["parent_index"] = index
-        weights = (plugin.meta.get("merge") or {}).get("weights")
-        rec["merge_weight"] = weights[index] if isinstance(weights, list) and index < len(weights) else None
-    return rec
-
-
-def lora_functional(plugin) -> LoraFunctional:
-    ffa = bool((plugin.meta.get("lora") or {}).get("ffa"))
-    return LoraFunctional(plugin.model, ffa=ffa)
 
 
 # --------------------------------------------------------------------------- gradient inversion
@@ -266,7 +175,7 @@ def run_gradient(
         "seconds": seconds,
         "seconds_per_record": seconds / need,
         "labels_recovered": {"rate": labels_ok / s.trials, "mode": s.labels},
-        "recipe": _recipe_record(plugin, meta, rdir, index),
+        "recipe": recipe_record(plugin, meta, rdir, index),
         "settings": {**s.to_dict(), "inversion": cfg.to_dict(), "lr": lr, "dp": asdict(dp) if dp else None},
     }
     out.update(inversion.outcome(plugin, recs, truths, prior, dp, s, plot))
@@ -276,25 +185,6 @@ def run_gradient(
 # --------------------------------------------------------------------------- informed adversary
 RESULTS_FORMAT = "forge-recon-results/1"
 """Format tag of an informed-adversary results file, as the audit reads it."""
-
-
-def _merge_redo(plugin, rdir: Path, index: int, fn: LoraFunctional, parents: Sequence[str | Path] | None):
-    """The :class:`~attacks.reconstruction.merged.MergeRedo` of a ties/dare/sequential merge:
-    the recipe site's plugin and the other parents (``parents``) read with the merge's own
-    reader (clean errors for missing, truncated or tampered plugins), matched by digest."""
-    from forge_secure.plugins import read_plugin
-
-    from .merged import MergeRedo, order_parents
-
-    if plugin.path is None:
-        raise ForgeValueError(
-            "the merged plugin has no directory to read its adapter from", fix="load it with load_plugin(DIR)", code="recon.merge_redo"
-        )
-    merged_files = read_plugin(plugin.path, base=plugin.base)
-    recipe_files = read_plugin(rdir, base=plugin.base)
-    given = [read_plugin(p, base=plugin.base) for p in (parents or [])]
-    ordered = order_parents(plugin.meta, recipe_files, given)
-    return MergeRedo(merged_files, ordered, index, fn)
 
 
 @RECONSTRUCTION_ATTACKS.register("informed")
@@ -326,7 +216,8 @@ def run_informed(
     meta, rdir, index = resolve_recipe(plugin, recipe)
     merged = index is not None
     release = None
-    if merged:
+    if index is not None:
+        assert rdir is not None  # resolve_recipe gives a merged plugin's recipe directory with its index
         from forge_secure.plugins import load_plugin
 
         site_plugin = load_plugin(rdir, base=plugin.base)
@@ -343,7 +234,7 @@ def run_informed(
         scaling = alpha / (rank**0.5 if lora.get("rslora") else rank)
         method = str((plugin.meta.get("merge") or {}).get("method"))
         if method in REDO_METHODS:
-            release = _merge_redo(plugin, rdir, index, fn, parents)
+            release = merge_redo(plugin, rdir, index, fn, parents)
         else:
             release = MergeRelease(
                 lora_functional(plugin), float(weights[index]), fn.params, scaling=scaling, method=method, site_frozen=fn.frozen
@@ -362,7 +253,7 @@ def run_informed(
     if dp.get("enabled"):
         generic = rero_bound_dp(float(dp["epsilon"]), float(dp["delta"]), 1.0 / cfg.candidates)
     redo = getattr(release, "score_space", None) is not None
-    if merged:
+    if release is not None:  # merged: the attack ran against the re-released merge
         if redo:
             how = (
                 f"(the {release.method} merge redone from all {len(release.parents)} parents with its recorded settings; "
@@ -393,8 +284,8 @@ def run_informed(
         "kappa": res["baseline"],
         "observed": observed,
         "mode": cfg.mode,
-        "recipe": _recipe_record(plugin, meta, rdir, index),
-        "merge_redo": release.record() if redo else None,
+        "recipe": recipe_record(plugin, meta, rdir, index),
+        "merge_redo": release.record() if redo and release is not None else None,
         "success": res["success"],
         "baseline": res["baseline"],
         "bound": {**res["bound"], "epsilon_delta_bound": generic, "applies_to": applies},
@@ -469,8 +360,9 @@ def run_canary(
         b = rero_bound_dpsgd(
             float(dp["noise_multiplier"]), float(dp["sample_rate"]), int(dp["steps"]), kappa, samples=s.bound_samples, seed=s.seed
         )
+        bound_value = b.bound
         bound = {
-            "bound": b.bound,
+            "bound": bound_value,
             "mc_stderr": b.mc_stderr,
             "kappa": kappa,
             "noise_multiplier": b.noise_multiplier,
@@ -480,8 +372,9 @@ def run_canary(
             "applies_to": "r = 1",
         }
     else:
-        bound = {"bound": 1.0, "kappa": kappa, "note": "trained without DP: no bound"}
-    summary = attack.summary(exposures, bound["bound"])
+        bound_value = 1.0
+        bound = {"bound": bound_value, "kappa": kappa, "note": "trained without DP: no bound"}
+    summary = attack.summary(exposures, bound_value)
     top = summary["by_repetition"][-1]
     out = {
         "kind": "canary",
@@ -491,7 +384,7 @@ def run_canary(
             else f"a site plugin retrained with the recipe of site {meta.get('site')} (a parent of the merged target)"
         )
         + " on the data with canaries inserted; candidates ranked by their loss under it minus their loss under the public base",
-        "recipe": _recipe_record(plugin, meta, rdir, index),
+        "recipe": recipe_record(plugin, meta, rdir, index),
         "success": summary,
         "baseline": {"rank1": kappa, "mean_exposure_bits": summary["chance_exposure_bits"]},
         "bound": bound,

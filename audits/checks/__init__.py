@@ -33,6 +33,6 @@ RUN_ORDER = (
     "he-contributions",
 )
 
-from . import budget, canaries, dp, leakage, merges, provenance, replay  # noqa: E402,F401  (registration)
+from . import budget, canaries, consistency, dp, leakage, merges, provenance, replay  # noqa: E402,F401  (registration)
 
 __all__ = ["CHECKS", "Check", "CheckSettings", "RUN_ORDER", "register_check"]

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from forge_secure.errors import ForgeError
 
 from ..findings import Finding, Status
 from .base import Check, CheckSettings, register_check
 from .dp import bad_evidence, missing_evidence
+
+if TYPE_CHECKING:
+    from forge_secure.crypto.bundle import Verified
 
 SECONDS_PER_DAY = 86400
 
@@ -197,6 +201,7 @@ class Provenance(Check):
                 if progress:
                     progress(f"verifying {b.rel}", i, len(evidence.bundles))
                 opened_meta = opened_digest = None
+                v: Verified | None
                 try:
                     if evidence.options.decryption_key is not None:
                         # open verifies before it decrypts: its verification is the one used (no second pass)
@@ -283,7 +288,7 @@ class Provenance(Check):
         findings += self._link_plugins(evidence, settings, verified)
         return findings
 
-    def _open(self, path: Path, roster, evidence, out: Path, now: int) -> tuple[object, str, dict]:
+    def _open(self, path: Path, roster, evidence, out: Path, now: int) -> tuple[Verified, str, dict]:
         """(what open_bundle verified, sha256 of the opened adapter, the opened forge.json): the
         bundle is opened (verified, then decrypted) once, and its content read through the
         plugins' one gateway (schema, adapter digest, finite weights, base digest)."""

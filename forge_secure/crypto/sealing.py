@@ -59,6 +59,11 @@ class _ContainerSource:
     def __init__(self, entries: list[Entry]):
         self._index = index_bytes(entries)
         self._entries = list(entries)
+        self._paths: list[Path] = []
+        for e in self._entries:
+            if e.path is None:  # entries parsed from a bundle carry no source file
+                raise ValueError(f"container entry {e.name!r} has no source path; seal the entries scan_directory returns")
+            self._paths.append(e.path)
         self._starts: list[int] = []
         pos = len(self._index)
         for e in self._entries:
@@ -80,7 +85,7 @@ class _ContainerSource:
         with self._lock:
             if k not in self._fds:
                 try:  # O_NOFOLLOW: a file replaced by a link since the scan is not followed
-                    self._fds[k] = os.open(self._entries[k].path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
+                    self._fds[k] = os.open(self._paths[k], os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
                 except OSError:
                     raise self._changed(self._entries[k]) from None
             return self._fds[k]
@@ -120,7 +125,7 @@ class _ContainerSource:
     def finish(self) -> None:
         """After the last chunk: every file was read whole, and the empty ones are still empty."""
         for k, e in enumerate(self._entries):
-            if self._left[k] or (e.size == 0 and os.stat(e.path).st_size != 0):
+            if self._left[k] or (e.size == 0 and os.stat(self._paths[k]).st_size != 0):
                 raise self._changed(e)
 
     def close(self) -> None:

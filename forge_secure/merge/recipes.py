@@ -100,7 +100,12 @@ def fusion_merge(
         details = dict(result.details, weight_source=weight_source)
         if tune_on is not None:
             details["tuned_on"] = str(tune_on)
-        parents = [lineage_entry(p.meta, p.digest) for p in plugins]
+        parents = []
+        for p in plugins:
+            assert p.adapter_sha256 is not None  # read with its weights (p.adapter above): hashed
+            parents.append(lineage_entry(p.meta, p.adapter_sha256))
+        template_config = plugins[0].config
+        assert template_config is not None  # p.adapter above refuses a plugin read without its weights
         return write_merged_plugin(
             base,
             result.adapter,
@@ -109,7 +114,7 @@ def fusion_merge(
             weights=result.weights,
             details=details,
             template_meta=plugins[0].meta,
-            template_config=plugins[0].config,
+            template_config=template_config,
             out=out,
         )
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,24 @@ META_FILE = "forge.json"
 PLUGIN_FILES = (CONFIG_FILE, ADAPTER_FILE, META_FILE)
 MIXTURE_FILE = "mixture.json"
 MAX_META_BYTES = 4 << 20  # forge.json with a deep merge lineage stays far below this
+
+
+def _dict_at(d: dict, key: str) -> dict:
+    """``d[key]`` if it is a JSON object, else an empty one."""
+    v = d.get(key)
+    return v if isinstance(v, dict) else {}
+
+
+def _list_at(d: dict, key: str) -> list:
+    """``d[key]`` if it is a JSON array, else an empty one."""
+    v = d.get(key)
+    return v if isinstance(v, list) else []
+
+
+def _str_at(d: dict, key: str) -> str | None:
+    """``d[key]`` if it is a string, else None."""
+    v = d.get(key)
+    return v if isinstance(v, str) else None
 
 
 # --------------------------------------------------------------------------- the record
@@ -92,7 +111,7 @@ class DPRecord:
             sample_rate=num("sample_rate"),
             steps=steps if isinstance(steps, int) and not isinstance(steps, bool) else None,
             max_grad_norm=num("max_grad_norm"),
-            accountant=dp.get("accountant") if isinstance(dp.get("accountant"), str) else None,
+            accountant=_str_at(dp, "accountant"),
             post_processing=dp.get("post_processing") is True,
         )
 
@@ -115,8 +134,8 @@ class DataShape:
             return v if isinstance(v, int) and not isinstance(v, bool) else None
 
         return cls(
-            name=data.get("name") if isinstance(data.get("name"), str) else None,
-            kind=data.get("kind") if isinstance(data.get("kind"), str) else None,
+            name=_str_at(data, "name"),
+            kind=_str_at(data, "kind"),
             rows=integer("rows"),
             n_classes=integer("n_classes"),
         )
@@ -132,16 +151,16 @@ class Lineage:
 
     @classmethod
     def from_meta(cls, meta: dict) -> Lineage:
-        parents = meta.get("parents") if isinstance(meta.get("parents"), list) else []
-        merge = meta.get("merge") if isinstance(meta.get("merge"), dict) else {}
-        weights = merge.get("weights") if isinstance(merge.get("weights"), list) else []
+        parents = _list_at(meta, "parents")
+        merge = _dict_at(meta, "merge")
+        weights = _list_at(merge, "weights")
         try:
             w = tuple(decode(x) for x in weights)
         except ValueError:
             w = ()
         return cls(
             tuple(copy.deepcopy(p) for p in parents if isinstance(p, dict)),
-            merge.get("method") if isinstance(merge.get("method"), str) else None,
+            _str_at(merge, "method"),
             w,
         )
 
@@ -409,7 +428,13 @@ def check_base(record_or_meta, digest: str, name: str, *, where: str) -> None:
 
 
 def read_plugin(
-    path: str | Path, *, weights: bool = True, base=None, schema: bool = True, verify_base: bool = True, adapter_digest: bool = False
+    path: str | os.PathLike[str],
+    *,
+    weights: bool = True,
+    base=None,
+    schema: bool = True,
+    verify_base: bool = True,
+    adapter_digest: bool = False,
 ) -> PluginRecord:
     """Read and check a plugin folder; the one way into one (see the module docstring).
 
@@ -428,9 +453,9 @@ def read_plugin(
         if not is_plugin:
             raise _not_a_plugin(path, meta)
         validate_meta(meta, where=_meta_where(path))
-    base_rec = meta.get("base") if isinstance(meta.get("base"), dict) else {}
-    adapter_rec = meta.get("adapter") if isinstance(meta.get("adapter"), dict) else {}
-    recorded = adapter_rec.get("sha256") if isinstance(adapter_rec.get("sha256"), str) else None
+    base_rec = _dict_at(meta, "base")
+    adapter_rec = _dict_at(meta, "adapter")
+    recorded = _str_at(adapter_rec, "sha256")
     config = tensors = digest = None
     if weights and is_plugin:
         config = _read_config(path)
@@ -438,7 +463,7 @@ def read_plugin(
     elif adapter_digest and is_plugin:
         digest = _adapter_sha256(path, recorded)
     base_name = str(base_rec.get("name", ""))
-    base_digest = base_rec.get("digest") if isinstance(base_rec.get("digest"), str) else ""
+    base_digest = _str_at(base_rec, "digest") or ""
     checked = False
     if base is not None:
         check_base(meta, base.digest, base.name, where=str(path))
@@ -448,7 +473,7 @@ def read_plugin(
         if known is not None:
             check_base(meta, known, base_name, where=str(path))
             checked = True
-    lora = meta.get("lora") if isinstance(meta.get("lora"), dict) else {}
+    lora = _dict_at(meta, "lora")
     return PluginRecord(
         path=path,
         meta=meta,
@@ -457,7 +482,7 @@ def read_plugin(
         site=str(meta.get("site", "")),
         base_name=base_name,
         base_digest=base_digest,
-        base_settings=dict(base_rec.get("settings") or {}) if isinstance(base_rec.get("settings"), dict) else {},
+        base_settings=dict(_dict_at(base_rec, "settings")),
         lora=lora,
         dp=DPRecord.from_meta(meta.get("dp")),
         data=DataShape.from_meta(meta.get("data")),

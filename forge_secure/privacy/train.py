@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +31,12 @@ import torch.nn.functional as F
 
 from .. import progress
 from ..errors import ForgeDataError, ForgeFileError, ForgeValueError
-from .accountants import ACCOUNTANTS, calibrate_noise_multiplier, compute_epsilon, default_delta
+from .accountants import ACCOUNTANTS, compute_epsilon
 from .clipping import LoraClipper
 from .config import OPTIMIZERS, TrainConfig
-from .ffa import ffa_matrix, lora_init_matrix, lora_layers, lora_weight, matrix_shape
+from .lora_model import build_lora_model as build_lora_model  # re-exported from .lora_model and .plan
+from .plan import DPPlan as DPPlan
+from .plan import plan_privacy as plan_privacy
 from .randomness import (
     DROPOUT,
     GENERATOR,
@@ -53,99 +53,6 @@ from .randomness import (
 )
 
 CLIPPING_METHOD = "per-sample, closed-form LoRA norms (book-keeping, one backward); Opacus DPOptimizerFastGradientClipping"
-
-
-@dataclass(frozen=True)
-class DPPlan:
-    """The privacy parameters of one training run, fixed before it starts."""
-
-    n: int
-    sample_rate: float
-    steps_per_epoch: int
-    steps: int
-    delta: float | None
-    noise_multiplier: float | None
-    epsilon: float  # planned (equal to the recorded one: same accountant, same history)
-    accountant: str | None
-
-    @property
-    def history(self) -> list[tuple[float, float, int]]:
-        return [] if self.noise_multiplier is None else [(self.noise_multiplier, self.sample_rate, self.steps)]
-
-
-def plan_privacy(config: TrainConfig, n: int, *, prior: list | None = None) -> DPPlan:
-    """Sample rate, steps, delta and noise multiplier for ``config`` on ``n`` records.
-
-    ``q = min(1, batch_size / n)``, ``ceil(n / batch_size)`` steps per epoch; delta
-    defaults to ``min(1e-5, 1 / n^2)`` (see ``accountants.default_delta``) and must be below ``1 / n``; a target epsilon is calibrated
-    with the configured accountant.
-    """
-    if n < 1:
-        raise ForgeDataError("the training set is empty", fix="give a data set with at least one record", code="data.empty")
-    q = min(1.0, config.batch_size / n)
-    steps_per_epoch = max(1, math.ceil(n / config.batch_size))
-    steps = config.epochs * steps_per_epoch
-    if config.no_dp:
-        return DPPlan(n, q, steps_per_epoch, steps, None, None, math.inf, None)
-    delta = config.delta if config.delta is not None else default_delta(n)
-    if delta >= 1.0 / n:
-        raise ForgeValueError(
-            f"delta {delta:g} is not below 1/n = {1.0 / n:.4g} for {n} training records",
-            fix=f"give --delta below {1.0 / n:.3g} (default min(1e-5, 1/n^2) = {default_delta(n):.3g})",
-            code="dp.delta",
-        )
-    sigma = config.noise_multiplier
-    if sigma is None:
-        assert config.target_epsilon is not None  # TrainConfig holds exactly one of no_dp, noise_multiplier, target_epsilon
-        sigma = calibrate_noise_multiplier(config.target_epsilon, delta, q, steps, config.accountant)
-    eps = compute_epsilon([(sigma, q, steps)], delta, config.accountant)
-    return DPPlan(n, q, steps_per_epoch, steps, delta, float(sigma), eps, config.accountant)
-
-
-def build_lora_model(base, config: TrainConfig, targets: tuple[str, ...] | None = None):
-    """``base`` (a fresh copy) wrapped with a PEFT LoRA adapter: B = 0, A derived
-    deterministically (FFA: from the base digest and ``ffa_seed``, then frozen; standard:
-    from the training seed). The global torch RNG is left untouched."""
-    from peft import LoraConfig, get_peft_model
-
-    from ..plugins.bases import fresh_copy
-
-    targets = tuple(targets or config.targets or base.target_modules)
-    module = fresh_copy(base)
-    for p in module.parameters():
-        p.requires_grad_(False)
-    lcfg = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,  # type: ignore[arg-type]  # PEFT annotates lora_alpha as int; it only divides it by r
-        target_modules=list(targets),
-        lora_dropout=config.dropout,
-        bias="none",
-    )
-    try:
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = get_peft_model(module, lcfg)
-    except ValueError as e:
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise ForgeValueError(
-            f"LoRA targets {list(targets)} do not fit base {base.name} ({str(e).splitlines()[0][:120]})",
-            fix=f"name Linear modules of the base, e.g. {', '.join(names[:8])}",
-            code="train.targets",
-        ) from None
-    with torch.no_grad():
-        for name, layer in lora_layers(model):
-            A, B = lora_weight(layer, "lora_A"), lora_weight(layer, "lora_B")
-            make = ffa_matrix if config.ffa else lora_init_matrix
-            seed = config.ffa_seed if config.ffa else config.seed
-            A.copy_(make(base.digest, seed, name, matrix_shape(name, A)))
-            B.zero_()
-            A.requires_grad_(not config.ffa)
-            B.requires_grad_(True)
-    model.eval()  # the base stays in eval mode (no batch statistics mixing records)
-    if config.dropout > 0:
-        for _, layer in lora_layers(model):
-            layer.lora_dropout["default"].train()
-    return model, targets
 
 
 def _accountant(accountant: str):

@@ -78,6 +78,8 @@ def encrypt_plugin(
     ctx, info = load_public_context(public_context)
     params: HEParams = info.params
     plugin = read_plugin(plugin_dir)
+    plugin_digest = plugin.adapter_sha256
+    assert plugin_digest is not None  # read_plugin with its weights always hashes the adapter
     ad = plugin.adapter
     if not ad.ffa:
         raise ForgeDataError(
@@ -127,13 +129,13 @@ def encrypt_plugin(
             },
             "parent": dict(
                 {
-                    "commitment": sha256_bytes(bytes.fromhex(salt) + bytes.fromhex(plugin.digest)),
+                    "commitment": sha256_bytes(bytes.fromhex(salt) + bytes.fromhex(plugin_digest)),
                     "site": plugin.site,
                     "kind": plugin.meta.get("kind", "trained"),
                     "dp": plugin.meta.get("dp"),
                     "rows": plugin.rows,
                 },
-                **({} if hide_digest else {"digest": plugin.digest}),
+                **({} if hide_digest else {"digest": plugin_digest}),
             ),
             "dp": plugin.meta.get("dp"),
         }
