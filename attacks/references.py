@@ -416,7 +416,7 @@ def train_references(
 
 #: references trained in one batched pass x the base's parameters: the pass holds every
 #: reference's activations at once, which grow with the base (64 MiniLM references in one pass,
-#: 22.7 M parameters, went over 20 GB and were killed by the kernel; 6 per pass stay near 2 GB).
+#: 22.7 M parameters, went over 20 GB and were killed by the kernel; 6 per pass peaked at 5.5 GB resident).
 #: The toy bases (thousands to a few hundred thousand parameters) are never split.
 PASS_BUDGET = 150_000_000
 
