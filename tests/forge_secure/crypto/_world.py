@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from safetensors.numpy import save_file
 
 from forge_secure.crypto import (
@@ -30,6 +31,7 @@ from forge_secure.crypto import (
     verify,
 )
 from forge_secure.crypto import bundle as bundle_mod
+from forge_secure.crypto.errors import BundleError
 
 NOW = _time.parse_time("2026-06-01T12:00:00Z", "now")
 DAY = 86400
@@ -188,3 +190,11 @@ def join_bundle(header_bytes: bytes, wrapped: bytes, chunks: list[bytes], envelo
         + struct.pack(">I", len(envelope))
         + envelope
     )
+
+
+def code_of(fn, *a, **kw) -> str:
+    """The code of the one-line BundleError that ``fn(*a, **kw)`` raises."""
+    with pytest.raises(BundleError) as e:
+        fn(*a, **kw)
+    assert "\n" not in str(e.value)
+    return e.value.code

@@ -28,16 +28,10 @@ from forge_secure.crypto import keys as keys_mod
 from forge_secure.crypto.roster import roster_from_bytes
 from forge_secure.errors import ForgeError
 from forge_secure.fileio import PARTIAL_PREFIX, atomic_directory, read_json_file, sweep_partials
+from tests.forge_secure.crypto._world import code_of
 
 DEEP = b"[" * 60_000
 BIG_INT = b"1" * 5_000
-
-
-def code_of(fn, *a, **kw) -> str:
-    with pytest.raises(BundleError) as e:
-        fn(*a, **kw)
-    assert "\n" not in str(e.value)
-    return e.value.code
 
 
 def bundle_with_header(header: bytes) -> bytes:

@@ -33,14 +33,7 @@ from forge_secure.crypto import (
 )
 from forge_secure.crypto import keys as keys_mod
 from forge_secure.crypto.roster import Roster
-
-
-def code_of(fn, *a, **kw) -> str:
-    with pytest.raises(BundleError) as e:
-        fn(*a, **kw)
-    assert "\n" not in str(e.value)
-    return e.value.code
-
+from tests.forge_secure.crypto._world import code_of
 
 # --------------------------------------------------------------------------- pinned root of trust
 

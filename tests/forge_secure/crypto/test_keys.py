@@ -8,13 +8,7 @@ import stat
 import pytest
 
 from forge_secure.crypto import BundleError, load_decryption_key, load_public_key, load_signing_key, new_keys, read_passphrase
-
-
-def code_of(fn, *a, **kw) -> str:
-    with pytest.raises(BundleError) as e:
-        fn(*a, **kw)
-    assert "\n" not in str(e.value)
-    return e.value.code
+from tests.forge_secure.crypto._world import code_of
 
 
 def test_new_keys_files_modes_and_ids(tmp_path):

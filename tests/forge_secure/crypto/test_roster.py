@@ -7,7 +7,6 @@ import json
 import pytest
 
 from forge_secure.crypto import (
-    BundleError,
     add_admin_key,
     add_site_key,
     init_roster,
@@ -18,13 +17,7 @@ from forge_secure.crypto import (
     revoke_key,
     sign_roster,
 )
-
-
-def code_of(fn, *a, **kw) -> str:
-    with pytest.raises(BundleError) as e:
-        fn(*a, **kw)
-    assert "\n" not in str(e.value)
-    return e.value.code
+from tests.forge_secure.crypto._world import code_of
 
 
 @pytest.fixture
