@@ -11,6 +11,7 @@ of the results file, plus the picture when asked for.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,22 +56,24 @@ def rate_bound(dp: DPSetting | None, kappa: float, samples: int, seed: int) -> d
     }
 
 
-class Inversion:
+class Inversion(abc.ABC):
     """One data kind's inversion, fitted to the attacked plugin (``attack``), and its judge."""
 
     attack: Any
 
+    @abc.abstractmethod
     def __init__(self, settings, fn: LoraFunctional, data, prior, categorical: Sequence[Sequence[int]] = ()):
-        raise NotImplementedError
+        """Fit the kind's inversion attack (``self.attack``) to ``fn`` with ``settings``."""
 
     @property
     def config(self):
         return self.attack.config
 
+    @abc.abstractmethod
     def outcome(
         self, plugin, recs: list[np.ndarray], truths: list[np.ndarray], prior, dp: DPSetting | None, settings, plot: str | Path | None
     ) -> dict:
-        raise NotImplementedError
+        """Success, baseline, bound and headline of the reconstructions ``recs`` of ``truths``."""
 
 
 @INVERSIONS.register("image")
