@@ -31,10 +31,9 @@ The entries (admins, site keys, recipients, revocations) and the format constant
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -387,14 +386,6 @@ def _text(value: object, limit: int) -> str:
     return value
 
 
-#: rosters parsed in this process, by (SHA-256 of the file's bytes, path): a long-lived process (the
-#: hub, a batch of seals) parses, canonicalises and checks the signatures of one roster once. Only the
-#: parse is remembered (a pure function of the bytes); every use is still trusted afresh
-#: (expiry, pinned root, rollback, fork) by :func:`~forge_secure.crypto.trust.trust`.
-_PARSED: OrderedDict[tuple[bytes, str], Roster] = OrderedDict()
-_PARSED_MAX = 16
-
-
 def read_roster(path: str | os.PathLike) -> Roster:
     """Parse a roster file without trusting it (see :func:`load_roster`)."""
     path = Path(path)
@@ -402,15 +393,16 @@ def read_roster(path: str | os.PathLike) -> Roster:
         raw = read_bounded_bytes(path, "roster", max_bytes=MAX_ROSTER, code_prefix="roster")
     except ForgeError as e:
         raise fail(e.code, e.message, e.fix or "restore it from a good copy") from None
-    key = (hashlib.sha256(raw).digest(), str(path))
-    roster = _PARSED.get(key)
-    if roster is None:
-        roster = _PARSED[key] = replace(roster_from_bytes(raw, str(path)), path=path)
-        while len(_PARSED) > _PARSED_MAX:
-            _PARSED.popitem(last=False)
-    else:
-        _PARSED.move_to_end(key)
-    return roster
+    return _parsed(raw, str(path))
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(raw: bytes, path: str) -> Roster:
+    """The parse of one roster file's bytes, remembered: a long-lived process (the hub, a batch of
+    seals) parses, canonicalises and checks the signatures of one roster once. Only the parse is
+    remembered (a pure function of the bytes; the Roster is frozen); every use is still trusted
+    afresh (expiry, pinned root, rollback, fork) by :func:`~forge_secure.crypto.trust.trust`."""
+    return replace(roster_from_bytes(raw, path), path=Path(path))
 
 
 def roster_from_bytes(raw: bytes, where: str = "<roster>") -> Roster:

@@ -27,7 +27,7 @@ can find the recipients without a ``--roster``).
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,21 +80,11 @@ def _damaged_state(where) -> BundleError:
     )
 
 
-#: the last state file parsed, by the SHA-256 of its bytes (the state is re-read on every use and
-#: parsed again only when it changed)
-_LAST_STATE: dict[bytes, _State] = {}
-
-
+@functools.lru_cache(maxsize=4)
 def state_from_bytes(raw: bytes, where="<roster state>") -> _State:
-    """Parse the bytes of a pinned-root state file; total: anything but a state ends in ``roster.state``."""
-    key = hashlib.sha256(raw).digest()
-    hit = _LAST_STATE.get(key)
-    if hit is not None:
-        return hit
-    state = _parse_state(raw, where)
-    _LAST_STATE.clear()
-    _LAST_STATE[key] = state
-    return state
+    """Parse the bytes of a pinned-root state file; total: anything but a state ends in ``roster.state``.
+    Remembered by content: the state is re-read on every use and parsed again only when it changed."""
+    return _parse_state(raw, where)
 
 
 def _parse_state(raw: bytes, where) -> _State:
