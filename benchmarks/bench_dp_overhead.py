@@ -103,28 +103,31 @@ def _finite(run) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in run.model.parameters() if p.requires_grad)
 
 
-def _noise_cost(run, reps: int) -> dict:
+def _noise_cost(run, reps: int, generator: str) -> dict:
     """CPU time of the secret noise alone, drawn exactly as the DP run draws it (a NoiseSource on a
-    fresh secret's ChaCha20 stream, one ``take`` of all trainable coordinates per step, plus the
-    float32 cast), over as many epochs as were timed; and its parts on one 16-step block."""
-    from forge_secure.privacy.randomness import NoiseSource, SecretStream, fresh_secret
+    fresh secret's stream of ``generator``, one ``take`` of all trainable coordinates per step, plus
+    the float32 cast), over as many epochs as were timed; and its parts on one 16-step block."""
+    from forge_secure.privacy.randomness import GENERATOR_V1, NoiseSource, SecretStream, fresh_secret
 
     numel = sum(p.numel() for p in run.params)
     steps = run.plan.steps_per_epoch
-    src = NoiseSource(SecretStream(fresh_secret(), "bench-noise"))
+    src = NoiseSource(SecretStream(fresh_secret(), "bench-noise", generator))
     epochs = max(reps, 48)  # a block holds up to 16 steps' noise: average over whole blocks, not a median epoch
     c0 = time.process_time()
     for _ in range(epochs * steps):
         src.take(numel).to(torch.float32)
     per_epoch = (time.process_time() - c0) / epochs
     # the parts, on one block of 16 steps' noise (4 normals per coordinate)
-    s = SecretStream(fresh_secret(), "bench-parts")
+    s = SecretStream(fresh_secret(), "bench-parts", generator)
     n = 4 * 16 * numel
+    v1 = generator == GENERATOR_V1
+    word = 8 if v1 else 4  # keystream bytes per normal
+    dtype = torch.float64 if v1 else torch.float32
     parts = {"keystream": [], "erfinv": [], "all": []}
-    x = torch.rand(n, dtype=torch.float64).mul_(2).sub_(1)
+    x = torch.rand(n, dtype=dtype).mul_(2).sub_(1)
     for _ in range(max(10, reps // 5)):
         c0 = time.process_time()
-        s._enc.update(bytes(8 * n))
+        s._enc.update(bytes(word * n))
         c1 = time.process_time()
         x.clone().erfinv_()
         c2 = time.process_time()
@@ -133,13 +136,18 @@ def _noise_cost(run, reps: int) -> dict:
         parts["keystream"].append(c1 - c0)
         parts["erfinv"].append(c2 - c1)
         parts["all"].append(c3 - c2)
-    return {"numel": numel, "mean_cpu_s_per_epoch": per_epoch, "block": {k: statistics.median(v) for k, v in parts.items()}}
+    return {
+        "generator": generator,
+        "numel": numel,
+        "mean_cpu_s_per_epoch": per_epoch,
+        "block": {k: statistics.median(v) for k, v in parts.items()},
+    }
 
 
 def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks: bool, lr: float, group: int = 16) -> dict:
     from forge_secure.plugins import load_base
     from forge_secure.privacy import TrainConfig, build_lora_model
-    from forge_secure.privacy.randomness import fresh_secret
+    from forge_secure.privacy.randomness import GENERATOR, GENERATOR_V1, fresh_secret
     from forge_secure.privacy.train import TrainingRun, plan_privacy
 
     base = load_base(base_name)
@@ -161,6 +169,11 @@ def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks:
     model, _ = build_lora_model(base, cfg)
     runs["dp_torch_noise"] = TrainingRun(model, X, y, cfg, plan_privacy(cfg, len(data)), secret=fresh_secret(), stabilise_no_dp=False)
     runs["dp_torch_noise"].optimizer.noise_source = _TorchNoise()
+    # the previous default generator (forge-drbg/1: ChaCha20, float64 normals), for the before / after
+    model, _ = build_lora_model(base, cfg)
+    runs["dp_drbg1"] = TrainingRun(
+        model, X, y, cfg, plan_privacy(cfg, len(data)), secret=fresh_secret(), stabilise_no_dp=False, generator=GENERATOR_V1
+    )
     if with_hooks:
         runs["opacus_hooks"] = _OpacusHooks(base, data, TrainConfig(noise_multiplier=1.0, batch_size=batch_size, lr=lr))
     cpu = {k: [] for k in runs}
@@ -188,7 +201,7 @@ def measure(base_name: str, reps: int, warmup: int, batch_size: int, with_hooks:
         "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
         "median_wall_s": {k: statistics.median(v) for k, v in wall.items()},
     }
-    out["noise"] = _noise_cost(runs["dp"], reps)
+    out["noise"] = [_noise_cost(runs["dp"], reps, g) for g in (GENERATOR, GENERATOR_V1)]
     out["secret_vs_torch"] = {}
     for clock, times in (("cpu", cpu), ("wall", wall)):
         ratios = np.array(times["dp"]) / np.array(times["dp_torch_noise"])
@@ -242,19 +255,22 @@ def main(argv=None) -> int:
         "processes; wall-clock ratios are given too.",
         "",
         "| base | rows | steps/epoch | clock | no-DP epoch | DP epoch | **DP / no-DP** median [IQR] | min-time ratio "
-        "| product no-DP path / no-DP | Opacus hooks / no-DP median [IQR] | weights finite |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| DP with forge-drbg/1 / no-DP median [IQR] | product no-DP path / no-DP | Opacus hooks / no-DP median [IQR] "
+        "| weights finite |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     noise_lines = [
         "",
-        "Where the DP step's time goes: the secret noise (`forge_secure/privacy/randomness.py`: four float64 normals per "
-        "trainable coordinate per step, each `sqrt(2) erfinv(2u - 1)` of a 53-bit uniform from the ChaCha20 keystream), "
-        "timed alone (CPU) exactly as the DP run draws it, against the no-DP epoch:",
+        "Where the DP step's time goes: the secret noise (`forge_secure/privacy/randomness.py`, four normals per "
+        "trainable coordinate per step), timed alone (CPU) exactly as the DP run draws it, against the no-DP epoch. "
+        "`forge-drbg/2` (the default): AES-256-CTR keystream, each normal `sqrt(2) erfinv(v)` in float32 of a 24-bit "
+        "uniform; `forge-drbg/1` (the previous default, kept to replay the plugins it trained): ChaCha20 keystream, "
+        "float64 `sqrt(2) erfinv(2u - 1)` of a 53-bit uniform:",
         "",
-        "| base | trainable coordinates | normals / step | noise per epoch (mean) | "
+        "| base | generator | trainable coordinates | normals / step | noise per epoch (mean) | "
         "noise / median no-DP epoch | (median DP epoch - noise) / median no-DP epoch "
-        "| 16-step block: keystream | erfinv (float64) | whole secure_normal |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| 16-step block: keystream | erfinv | whole secure_normal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         h = r.get("opacus_hooks")
@@ -262,21 +278,24 @@ def main(argv=None) -> int:
         for clock in ("cpu", "wall"):
             d, med = r["dp"][clock], r[f"median_{clock}_s"]
             hk = h[clock] if h else None
-            pr = r["no_dp_product"][clock]
+            pr, v1 = r["no_dp_product"][clock], r["dp_drbg1"][clock]
             lines.append(
                 f"| {r['base']} | {r['rows']} | {r['steps_per_epoch']} | {clock} | {med['no_dp'] * 1e3:.1f} ms | {med['dp'] * 1e3:.1f} ms "
-                f"| **{d['median']:.3f}** [{d['q1']:.3f}, {d['q3']:.3f}] | {d['min_ratio']:.3f} | {pr['median']:.3f} "
+                f"| **{d['median']:.3f}** [{d['q1']:.3f}, {d['q3']:.3f}] | {d['min_ratio']:.3f} "
+                f"| {v1['median']:.3f} [{v1['q1']:.3f}, {v1['q3']:.3f}] | {pr['median']:.3f} "
                 + (f"| {hk['median']:.2f} [{hk['q1']:.2f}, {hk['q3']:.2f}] " if hk else "| n/a ")
                 + f"| {finite} |"
             )
     for r in results:
-        nz, med = r["noise"], r["median_cpu_s"]
-        b = nz["block"]
-        noise_lines.append(
-            f"| {r['base']} | {nz['numel']} | {4 * nz['numel']} | {nz['mean_cpu_s_per_epoch'] * 1e3:.2f} ms "
-            f"| {nz['mean_cpu_s_per_epoch'] / med['no_dp']:.3f} | {(med['dp'] - nz['mean_cpu_s_per_epoch']) / med['no_dp']:.3f} "
-            f"| {b['keystream'] * 1e3:.2f} ms | {b['erfinv'] * 1e3:.2f} ms | {b['all'] * 1e3:.2f} ms |"
-        )
+        med = r["median_cpu_s"]
+        for nz, run in zip(r["noise"], ("dp", "dp_drbg1"), strict=True):
+            b = nz["block"]
+            noise_lines.append(
+                f"| {r['base']} | {nz['generator'].split(' ')[0]} | {nz['numel']} | {4 * nz['numel']} "
+                f"| {nz['mean_cpu_s_per_epoch'] * 1e3:.2f} ms | {nz['mean_cpu_s_per_epoch'] / med['no_dp']:.3f} "
+                f"| {(med[run] - nz['mean_cpu_s_per_epoch']) / med['no_dp']:.3f} "
+                f"| {b['keystream'] * 1e3:.2f} ms | {b['erfinv'] * 1e3:.2f} ms | {b['all'] * 1e3:.2f} ms |"
+            )
     noise_lines += [
         "",
         "The same DP run with its noise from a seeded torch generator instead (float32 normals, the generator before "
@@ -307,9 +326,10 @@ def main(argv=None) -> int:
         "training default 0.05, and over this many epochs at 0.02, the unclipped no-DP baseline diverges on tabular-mlp "
         "and would time NaN arithmetic). "
         '"product no-DP path" is `forge train --no-dp`\'s step, which adds a batch-gradient clip. DP clipping: closed-form '
-        "per-sample LoRA norms and book-keeping clipped sums in one backward pass (forge_secure/privacy/clipping.py); "
-        "noise, scaling and accounting by Opacus's DPOptimizerFastGradientClipping (for tabular inputs on one flat "
-        "gradient buffer, `step_flat`).",
+        "per-sample LoRA norms and book-keeping clipped sums in one backward pass (forge_secure/privacy/clipping.py; "
+        "for tabular inputs every layer's factors in one matrix and the arithmetic in NumPy, whose fixed cost per "
+        "operation is about half of torch's); noise, scaling and accounting by Opacus's "
+        "DPOptimizerFastGradientClipping (for tabular inputs on one flat gradient buffer, `step_flat`).",
     ]
     text = "\n".join(lines)
     print(text)

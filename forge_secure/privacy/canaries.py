@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ForgeDataError, ForgeError, ForgeFileError, ForgeValueError
-from .randomness import SecretStream, check_secret, fresh_secret
+from .randomness import GENERATOR_V1, SecretStream, check_secret, fresh_secret
 
 if TYPE_CHECKING:
     from ..plugins.data import Dataset
@@ -59,7 +59,7 @@ def draw_canaries(secret: bytes, count: int, like: dict):
     """All ``count`` canaries of ``secret`` and their inclusion coins: ``(Dataset, mask)``."""
     from ..plugins.data import Dataset
 
-    s = SecretStream(check_secret(secret), "auditor-canaries")
+    s = SecretStream(check_secret(secret), "auditor-canaries", GENERATOR_V1)  # pinned: issued sets re-derive from the secret
     shape = (int(count), *like["shape"])
     n = int(np.prod(shape))
     if like["kind"] == "tabular":

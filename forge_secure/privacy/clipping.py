@@ -30,12 +30,20 @@ optimizer. Clip factors use Opacus's formula, so the result equals Opacus's
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ForgeValueError
 from .ffa import lora_layers
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of ``t`` (detached only when it is in the graph: detaching costs an object)."""
+    return t.detach().numpy() if t.requires_grad else t.numpy()
 
 
 class _Tap:
@@ -247,12 +255,12 @@ class LoraClipper:
 
     def _clip_backward_flat(self, loss: torch.Tensor, max_grad_norm: float) -> torch.Tensor | None:
         """The common tabular case with the fewest tensor operations (small models are
-        dominated by per-operation overhead): every layer ran once on (n, d) inputs.
-        Returns None (nothing changed) when that does not hold."""
+        dominated by per-operation overhead): every layer ran once on (n, d) CPU inputs of a
+        dtype NumPy holds. Returns None (nothing changed) when that does not hold."""
         taps = self.taps
         outs, hs = [], []
         for t in taps:
-            if len(t.u) != 1 or t.u[0].dim() != 2:
+            if len(t.u) != 1 or t.u[0].dim() != 2 or t.u[0].dtype not in _NUMPY_DTYPES or t.u[0].device.type != "cpu":
                 return None
             outs.append(t.u[0])
             if t.train_A:
@@ -266,35 +274,79 @@ class LoraClipper:
             grads = [g if g is not None else torch.zeros_like(v) for g, v in zip(grads, outs + hs, strict=True)]
         gs, it = grads[: len(taps)], iter(grads[len(taps) :])
         gas = [next(it) if t.train_A else None for t in taps]
-        with torch.no_grad():  # the math below must not be recorded by autograd (B requires grad)
-            return self._flat_math(taps, gs, gas, max_grad_norm)
+        return self._flat_math(taps, gs, gas, max_grad_norm)  # in NumPy: nothing for autograd to record
+
+    def _fused_plan(self, taps, gs, gas):
+        """The column layout of the (n, width) matrix :meth:`_flat_math` concatenates every
+        layer's factors into, the 0/1 matrix that sums squared entries per factor, and NumPy
+        views of the flat gradient buffer, one per weight. Built once (the layer shapes are the
+        same at every step)."""
+        cached = self.__dict__.get("_fused")
+        if cached is not None:  # the layers, and so the widths, are fixed; _flat_math checks the total
+            return cached
+        flat, plan = self._flat_views()
+        # the left factors first (g, then B^T g), then the right ones (h, then x) in the same order:
+        # block k's per-sample norm is the product of the row norms of left block k and right block k
+        lefts, rights, views = [], [], []
+        for t, g, ga, (_, vB, _, vA) in zip(taps, gs, gas, plan, strict=True):
+            lefts.append(g.shape[1])
+            rights.append(t.h[0].shape[1])
+            views.append(vB.numpy())
+            if ga is not None:
+                lefts.append(ga.shape[1])
+                rights.append(t.x[0].shape[1])
+                views.append(vA.numpy())
+        widths = lefts + rights
+        ind = np.zeros((sum(widths), len(widths)), dtype=_NUMPY_DTYPES[flat.dtype])
+        bounds, o = [], 0
+        for k, w in enumerate(widths):
+            ind[o : o + w, k] = 1.0
+            bounds.append((o, o + w))
+            o += w
+        nb = len(lefts)
+        fused = (ind, nb, bounds[nb - 1][1], list(zip(bounds[:nb], bounds[nb:], strict=True)), views)
+        self.__dict__["_fused"] = fused
+        return fused
 
     def _flat_math(self, taps, gs, gas, max_grad_norm: float) -> torch.Tensor:
-        """As few tensor operations as the maths allows: for one token per sample each
-        block's per-sample norm is a product of two row norms, and the per-sample norm over
-        all blocks is the row norm of those products."""
-        norm = torch.linalg.vector_norm
+        """The fewest operations the maths allows, in NumPy (a small model's step is dominated by
+        the fixed cost of each operation, which is about half of torch's in NumPy). For one token
+        per sample each block's per-sample norm is a product of two row norms,
+        ``||grad_B,i|| = ||g_i|| ||h_i||`` and ``||grad_A,i|| = ||B^T g_i|| ||x_i||``. Every
+        factor goes into one (n, width) matrix ``S``; one product of ``S * S`` with a 0/1 matrix
+        gives every factor's squared row norm, and the per-sample squared norm is the row sum of
+        the products of the paired columns. Each clipped sum is then one matrix product, of a
+        column block of ``c S`` (a left factor, scaled by the clip factors) with a column block
+        of ``S`` (its right factor), written straight into the flat buffer."""
         flat, plan = self._flat_views()
-        blocks = []
-        for t, g, ga in zip(taps, gs, gas, strict=True):
-            blocks.append(norm(g, dim=1, keepdim=True) * norm(t.h[0], dim=1, keepdim=True))  # ||grad_B,i|| = ||g_i|| ||h_i||
+        ind, nb, split, pairs, views = self._fused_plan(taps, gs, gas)
+        parts = []
+        for g, ga in zip(gs, gas, strict=True):  # autograd's results: no graph, no detach needed
+            parts.append(g.numpy())
             if ga is not None:
-                blocks.append(norm(ga, dim=1, keepdim=True) * norm(t.x[0], dim=1, keepdim=True))  # ||grad_A,i|| = ||B^T g_i|| ||x_i||
-        norms = norm(torch.cat(blocks, 1), dim=1, keepdim=True)  # (n, 1)
-        # Opacus's clip factor min(1, C / (norm + 1e-6))
-        c = (norms + 1e-6).reciprocal_().mul_(max_grad_norm).clamp_(max=1.0)
-        for t, g, ga, (Bw, vB, Aw, vA) in zip(taps, gs, gas, plan, strict=True):
-            torch.mm((g * c).t(), t.h[0], out=vB)
+                parts.append(ga.numpy())
+        for t, ga in zip(taps, gas, strict=True):
+            parts.append(_array(t.h[0]))
+            if ga is not None:
+                parts.append(_array(t.x[0]))
+        S = np.concatenate(parts, axis=1)  # (n, width)
+        if S.shape[1] != ind.shape[0]:
+            raise RuntimeError(f"LoRA factor widths changed between steps ({S.shape[1]} != {ind.shape[0]})")  # a bug
+        q = (S * S) @ ind  # (n, 2 nb): every factor's squared row norm
+        norms = np.sqrt(np.einsum("ij,ij->i", q[:, :nb], q[:, nb:]))[:, None]  # (n, 1)
+        c = np.minimum(max_grad_norm / (norms + 1e-6), 1.0)  # Opacus's clip factor min(1, C / (norm + 1e-6))
+        L = S[:, :split] * c  # the left factors, clipped
+        for ((l0, l1), (r0, r1)), v in zip(pairs, views, strict=True):
+            np.matmul(L[:, l0:l1].T, S[:, r0:r1], out=v)
+        for Bw, vB, Aw, vA in plan:
             if Bw.grad is not vB:
                 Bw.grad = vB
-            if ga is not None:
-                torch.mm((ga * c).t(), t.x[0], out=vA)
-                if Aw.grad is not vA:
-                    Aw.grad = vA
+            if Aw is not None and Aw.grad is not vA:
+                Aw.grad = vA
         flat._forge_processed = False  # fresh clipped sums: the optimizer may noise them once
         self.flat_grad = flat
         self.reset()
-        return norms.view(-1)
+        return torch.from_numpy(norms.reshape(-1))
 
     def clip_backward(self, loss: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
         """One backward pass; sets ``p.grad = sum_i c_i grad_i`` for every trainable LoRA

@@ -3,21 +3,33 @@ by whoever holds the secret (and nobody else).
 
 A training run draws a fresh 256-bit secret from the operating system (:func:`fresh_secret`).
 Everything random in the run comes from it through :class:`SecretStream`, a deterministic
-CSPRNG: the ChaCha20 keystream (RFC 8439, from ``cryptography``) of a key derived from the
-secret and a domain label, so that the Poisson sampling, the Gaussian noise and the dropout
-masks are independent streams. An auditor given the secret (in the sealed replay envelope,
-:mod:`.replay`) re-runs the training bit for bit; a reader of ``forge.json`` sees only the
-hiding commitment :func:`commit` (SHA-256 of a domain label and the secret).
+CSPRNG: the keystream of a stream cipher keyed by SHA-256 of a domain label and the secret, so
+that the Poisson sampling, the Gaussian noise and the dropout masks are independent streams.
+An auditor given the secret (in the sealed replay envelope, :mod:`.replay`) re-runs the
+training bit for bit; a reader of ``forge.json`` sees only the hiding commitment :func:`commit`
+(SHA-256 of a domain label and the secret).
 
 Floating-point attacks on Gaussian sampling (Mironov 2012; Jin et al. 2022, "Are we there
 yet? Timing and floating-point attacks on differential privacy systems") exploit the
 low-order bits of one sampled normal. We do what Opacus's secure mode does
 (``opacus.optimizers.optimizer._generate_noise``, after Holohan and Braghin 2021, section 5.1):
 each noise coordinate is the sum of four independent standard normals divided by two, so
-that an attack has to invert a sum of several draws. Each normal is the inverse normal CDF,
-``sqrt(2) erfinv(2u - 1)`` in float64 (torch's vectorised ``erfinv``, twice as fast as
-``scipy.special.ndtri`` here), of a uniform ``u`` with 53 random bits, offset by half a unit
-so that it is never 0 or 1. Opacus's own secure mode draws float32 normals; these are float64.
+that an attack has to invert a sum of several draws, and every draw comes from a CSPRNG.
+
+Two generators (:data:`GENERATORS`), named in ``forge.json`` so that a replay uses the one the
+run used:
+
+* ``forge-drbg/2`` (the default since the noise became the largest cost of a small model's DP
+  step): AES-256-CTR keystream; each normal is ``sqrt(2) erfinv(v)`` computed in float32 of
+  ``v = (2j + 1) 2^-24`` for a uniform 24-bit integer ``j`` (exact in float32, symmetric, never
+  0 or +-1), the precision of the float32 gradients the noise is added to and of Opacus's own
+  secure mode (float32 normals). 2.5x faster than ``forge-drbg/1`` (``benchmarks/bench_dp_overhead.py``).
+* ``forge-drbg/1``: ChaCha20 keystream; each normal ``sqrt(2) erfinv(2u - 1)`` in float64 of a
+  53-bit uniform ``u``, cast to float32 when added. Kept to replay the plugins it trained and for
+  the auditor's canary draws (which must re-derive identically from an auditor's secret).
+
+The Poisson sampling and the dropout seed take 64-bit words from either keystream (53-bit
+uniforms).
 """
 
 from __future__ import annotations
@@ -32,8 +44,17 @@ import numpy as np
 from ..errors import ForgeValueError
 
 SECRET_BYTES = 32
-GENERATOR = "forge-drbg/1 (ChaCha20 keystream per stream, SHA-256 key derivation)"
-NOISE_RECIPE = "sum of 4 standard normals / 2 (Opacus secure-mode recipe); each sqrt(2) erfinv(2u - 1) of a 53-bit uniform u"
+GENERATOR_V1 = "forge-drbg/1 (ChaCha20 keystream per stream, SHA-256 key derivation)"
+GENERATOR_V2 = "forge-drbg/2 (AES-256-CTR keystream per stream, SHA-256 key derivation)"
+#: generator name (as forge.json records it) -> its noise recipe
+GENERATORS = {
+    GENERATOR_V1: "sum of 4 standard normals / 2 (Opacus secure-mode recipe); each sqrt(2) erfinv(2u - 1) of a 53-bit uniform u",
+    GENERATOR_V2: "sum of 4 standard normals / 2 (Opacus secure-mode recipe); each sqrt(2) erfinv(v) in float32 "
+    "of v = (2j + 1) 2^-24 for a uniform 24-bit integer j",
+}
+#: what a new training run uses
+GENERATOR = GENERATOR_V2
+NOISE_RECIPE = GENERATORS[GENERATOR]
 COMMITMENT_LABEL = b"forge-secret-commitment/1\x00"
 #: the streams of one training run
 SAMPLING, NOISE, DROPOUT = "poisson-sampling", "gaussian-noise", "dropout"
@@ -75,23 +96,40 @@ def seed_from_label(label: str, seed: int) -> bytes:
     return hashlib.sha256(f"forge-public-seed/1|{label}|{int(seed)}".encode()).digest()
 
 
+def check_generator(name: object) -> str:
+    """``name`` if it is a generator this toolkit implements (:data:`GENERATORS`)."""
+    if not isinstance(name, str) or name not in GENERATORS:
+        raise ForgeValueError(
+            f"unknown randomness generator {str(name)[:80]!r}",
+            fix=f"this toolkit implements {', '.join(sorted(GENERATORS))}; re-train with forge train",
+            code="dp.generator",
+        )
+    return name
+
+
 class SecretStream:
-    """One deterministic CSPRNG stream: ChaCha20 keyed by SHA-256(label, secret), encrypting zeros.
+    """One deterministic CSPRNG stream: the keystream of ``generator``'s cipher keyed by
+    SHA-256(label, secret), encrypting zeros.
 
     Numbers are consumed strictly in order, so drawing in blocks of any size gives the same
     sequence (a replay may draw differently sized blocks and still reproduce the run).
     """
 
-    def __init__(self, secret: bytes, label: str):
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+    def __init__(self, secret: bytes, label: str, generator: str = GENERATOR):
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-        key = hashlib.sha256(b"forge-drbg/1\x00" + label.encode() + b"\x00" + check_secret(secret)).digest()
-        self._enc = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor()
+        self.generator = check_generator(generator)
+        if generator == GENERATOR_V1:
+            key = hashlib.sha256(b"forge-drbg/1\x00" + label.encode() + b"\x00" + check_secret(secret)).digest()
+            self._enc = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor()
+        else:
+            key = hashlib.sha256(b"forge-drbg/2\x00" + label.encode() + b"\x00" + check_secret(secret)).digest()
+            self._enc = Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16)).encryptor()
         self.label = label
-        self.drawn = 0  # 64-bit words drawn so far
+        self.drawn = 0  # numbers drawn so far
 
     def words(self, n: int) -> np.ndarray:
-        """``n`` uniformly random uint64 words."""
+        """``n`` uniformly random uint64 words (from either generator's keystream)."""
         n = int(n)
         self.drawn += n
         return np.frombuffer(self._enc.update(bytes(8 * n)), dtype="<u8").astype(np.uint64, copy=False)
@@ -103,6 +141,9 @@ class SecretStream:
     #: normals converted per pass: the keystream words and their floats stay in the CPU cache
     #: (one pass over a whole noise block of a larger model is memory-bound)
     CHUNK = 16384
+    #: the same for forge-drbg/2's float32 normals (fewer, larger passes: its conversion is cheaper
+    #: per number, so the fixed cost of each operation weighs more)
+    CHUNK_F32 = 65536
 
     def _normals_into(self, out) -> None:
         """Fill the float64 tensor ``out`` with the next ``out.numel()`` standard normals, chunk
@@ -129,7 +170,8 @@ class SecretStream:
 
     def normal(self, n: int):
         """``n`` standard normals as a float64 torch tensor: ``sqrt(2) erfinv(2u - 1)`` of
-        53-bit uniforms ``u`` (computed as ``(m + 1/2) 2^-52 - 1`` for the 53-bit integer ``m``)."""
+        53-bit uniforms ``u`` (computed as ``(m + 1/2) 2^-52 - 1`` for the 53-bit integer ``m``).
+        Not the DP noise of ``forge-drbg/2`` (:meth:`secure_normal` is)."""
         import torch
 
         out = torch.empty(int(n), dtype=torch.float64)
@@ -137,12 +179,45 @@ class SecretStream:
         return out
 
     def secure_normal(self, n: int):
-        """``n`` standard normals (float64 torch tensor), each the sum of four draws divided by two
-        (the same numbers as ``normal(4 n).view(-1, 4).sum(dim=1) / 2``, computed a chunk at a
-        time so that the four draws are summed while they are in cache)."""
+        """``n`` standard normals, each the sum of four draws divided by two (the generator's
+        recipe, :data:`GENERATORS`): a float32 torch tensor for ``forge-drbg/2``, float64 for
+        ``forge-drbg/1``."""
+        if self.generator == GENERATOR_V2:
+            return self._secure_normal_f32(int(n))
+        return self._secure_normal_f64(int(n))
+
+    def _secure_normal_f32(self, n: int):
+        """``forge-drbg/2``: four 32-bit keystream words per output; each word's top 24 bits are
+        a uniform integer ``j`` in [-2^23, 2^23) (an arithmetic shift of the signed word), ``v =
+        j 2^-23 + 2^-24 = (2j + 1) 2^-24`` (both steps exact in float32), and the output is
+        ``sum of four erfinv(v) / sqrt(2)`` (= the sum of four ``sqrt(2) erfinv(v)``, halved)."""
         import torch
 
-        n = int(n)
+        out = torch.empty(n, dtype=torch.float32)
+        if n == 0:
+            return out
+        rows = min(max(1, self.CHUNK_F32 // 4), n)
+        words = torch.empty(4 * rows, dtype=torch.int32)
+        raw = memoryview(words.numpy()).cast("B")  # type: ignore[arg-type]  # numpy declares ndarray.__buffer__ for Python >= 3.12 only
+        x = torch.empty(4 * rows, dtype=torch.float32)
+        zeros = bytes(len(raw))
+        self.drawn += 4 * n
+        for s in range(0, n, rows):
+            k = min(rows, n - s)
+            if k < rows:
+                words, x, raw, zeros = words[: 4 * k], x[: 4 * k], raw[: 16 * k], zeros[: 16 * k]
+            self._enc.update_into(zeros, raw)
+            x.copy_(words.bitwise_right_shift_(8))  # j, exactly representable
+            x.mul_(2.0**-23).add_(2.0**-24).erfinv_()
+            q = x.view(k, 4)  # ((d0 + d1) + d2) + d3, in this order (a reduction kernel is 2x slower here)
+            torch.add(q[:, 0], q[:, 1], out=out[s : s + k]).add_(q[:, 2]).add_(q[:, 3])
+        return out.mul_(math.sqrt(0.5))
+
+    def _secure_normal_f64(self, n: int):
+        """``forge-drbg/1``: float64, the same numbers as ``normal(4 n).view(-1, 4).sum(dim=1) / 2``,
+        computed a chunk at a time so that the four draws are summed while they are in cache."""
+        import torch
+
         out = torch.empty(n, dtype=torch.float64)
         rows = max(1, self.CHUNK // 4)
         buf = torch.empty(4 * min(rows, n), dtype=torch.float64)
@@ -188,7 +263,8 @@ class NoiseSource:
         self._pos = 0
 
     def take(self, numel: int):
-        """The next ``numel`` standard normals (a float64 torch tensor, a view of the block)."""
+        """The next ``numel`` standard normals (a view of the block: float32 for ``forge-drbg/2``,
+        float64 for ``forge-drbg/1``)."""
         import torch
 
         numel = int(numel)

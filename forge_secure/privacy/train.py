@@ -40,12 +40,13 @@ from .plan import plan_privacy as plan_privacy
 from .randomness import (
     DROPOUT,
     GENERATOR,
+    GENERATORS,
     NOISE,
-    NOISE_RECIPE,
     SAMPLING,
     NoiseSource,
     PoissonSampler,
     SecretStream,
+    check_generator,
     check_secret,
     commit,
     fresh_secret,
@@ -175,7 +176,16 @@ class TrainingRun:
     Used by :func:`train_plugin` and by ``benchmarks/bench_dp_overhead.py``."""
 
     def __init__(
-        self, model, X: torch.Tensor, y: torch.Tensor, config: TrainConfig, plan: DPPlan, *, secret: bytes, stabilise_no_dp: bool = True
+        self,
+        model,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        config: TrainConfig,
+        plan: DPPlan,
+        *,
+        secret: bytes,
+        stabilise_no_dp: bool = True,
+        generator: str = GENERATOR,
     ):
         self.model, self.X, self.y, self.config, self.plan = model, X, y, config, plan
         self.stabilise_no_dp = stabilise_no_dp
@@ -188,7 +198,8 @@ class TrainingRun:
         self.clipper: LoraClipper | None = None
         # Opacus's optimizer (Opacus ships no type information) or, without DP, a torch one
         self.optimizer: Any
-        self.dropout_seed = SecretStream(secret, DROPOUT).torch_seed()
+        self.generator = generator = check_generator(generator)
+        self.dropout_seed = SecretStream(secret, DROPOUT, generator).torch_seed()
         if self.dp:
             self.accountant = _accountant(config.accountant)
             self.clipper = LoraClipper(model)
@@ -199,11 +210,11 @@ class TrainingRun:
                 expected_batch_size=plan.n * plan.sample_rate,
                 loss_reduction="mean",
             )
-            self.optimizer.noise_source = NoiseSource(SecretStream(secret, NOISE))
+            self.optimizer.noise_source = NoiseSource(SecretStream(secret, NOISE, generator))
             self.optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
         else:
             self.optimizer = base_opt
-        self.sampler = PoissonSampler(SecretStream(secret, SAMPLING), plan.n, plan.sample_rate, plan.steps_per_epoch)
+        self.sampler = PoissonSampler(SecretStream(secret, SAMPLING, generator), plan.n, plan.sample_rate, plan.steps_per_epoch)
         self.steps_done = 0
         self._dirty = True
 
@@ -291,11 +302,16 @@ def _check_data(base, data) -> None:
         )
 
 
-def randomness_record(secret: bytes, *, supplied: bool) -> dict:
-    """What forge.json says of a run's randomness: the generator, the noise recipe and a hiding
+def randomness_record(secret: bytes, *, supplied: bool, generator: str = GENERATOR) -> dict:
+    """What forge.json says of a run's randomness: the generator, its noise recipe and a hiding
     commitment to the secret; ``source`` is ``"os"`` for a fresh secret from the OS and
     ``"supplied"`` when the caller gave one (then the toolkit cannot vouch that it is secret)."""
-    return {"generator": GENERATOR, "noise": NOISE_RECIPE, "secret_commitment": commit(secret), "source": "supplied" if supplied else "os"}
+    return {
+        "generator": generator,
+        "noise": GENERATORS[generator],
+        "secret_commitment": commit(secret),
+        "source": "supplied" if supplied else "os",
+    }
 
 
 def data_commitment(secret: bytes, data) -> str:
@@ -314,6 +330,7 @@ def train_plugin(
     commitment: dict | None = None,
     out: str | Path | None = None,
     secret: bytes | None = None,
+    generator: str = GENERATOR,
 ):
     """Train one plugin of ``site`` on ``data`` with ``config``; return a ``Plugin``.
 
@@ -323,6 +340,7 @@ def train_plugin(
     forge.json records only a commitment to it. Give ``secret`` only to replay a run or for an
     auditor's own reproducible experiments: forge.json then says ``randomness.source =
     "supplied"`` and the default audit refuses such a plugin unless a replay verifies it.
+    ``generator`` (:data:`.randomness.GENERATORS`) is for a replay of a run that used an older one.
 
     With a ``ledger``, the epsilon of this release composed with everything already in
     the ledger is checked against the site's budget *before* training (refused with the
@@ -358,7 +376,7 @@ def train_plugin(
     y = torch.from_numpy(np.array(data.y, dtype=np.int64))
     supplied = secret is not None
     secret = check_secret(secret) if supplied else fresh_secret()
-    run = TrainingRun(model, X, y, config, plan, secret=secret)
+    run = TrainingRun(model, X, y, config, plan, secret=secret, generator=generator)
     started = time.perf_counter()
     with progress.task(f"training {site} ({'DP' if run.dp else 'no DP'})", total=config.epochs) as advance:
         run.run(config.epochs, advance)
@@ -406,7 +424,7 @@ def train_plugin(
             "delta": None,
             "sampling": "poisson",
         }
-    dp["randomness"] = randomness_record(secret, supplied=supplied)
+    dp["randomness"] = randomness_record(secret, supplied=supplied, generator=run.generator)
 
     commitment = dict(commitment or {})
     data_record = {
