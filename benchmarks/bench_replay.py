@@ -61,7 +61,7 @@ print(json.dumps({"distance": r.distance, "bit_exact": r.bit_exact, "verified": 
 
 def _world(root: Path) -> dict:
     from forge_secure.crypto.keys import load_public_key, load_signing_key, new_keys
-    from forge_secure.crypto.roster import add_site_key, init_roster, sign_roster
+    from forge_secure.crypto.roster import Recipient, add_site_key, init_roster, sign_roster
     from forge_secure.plugins.data import load_data
     from forge_secure.privacy import TrainConfig
     from forge_secure.privacy.canaries import included_canaries, issue_record, write_grant
@@ -70,14 +70,18 @@ def _world(root: Path) -> dict:
     keys = {who: new_keys(who, root / "keys" / who) for who in ("admin", SITE, "auditor")}
     now = int(time.time())
     roster = root / "roster.json"
-    init_roster(roster, "bench", [load_public_key(keys["admin"].public)], expires=now + 90 * DAY)
+    # the recipients the envelopes and the grant are sealed to are listed in the signed roster (seal refuses others)
+    recipients = [Recipient.from_public(load_public_key(keys[who].public), role) for who, role in (("auditor", "auditor"), (SITE, "site"))]
+    init_roster(roster, "bench", [load_public_key(keys["admin"].public)], expires=now + 90 * DAY, recipients=recipients)
     for who in (SITE, "auditor"):
         add_site_key(roster, load_public_key(keys[who].public), not_before=now - DAY, not_after=now + 365 * DAY)
     sign_roster(roster, load_signing_key(keys["admin"].signing))
     site_data = load_data(f"bundled:{SITE}")
     record = issue_record(SITE, CANARIES, site_data)
     (root / "record.json").write_text(json.dumps(record))
-    grant = write_grant(record, signer=load_signing_key(keys["auditor"].signing), site_key=keys[SITE].public, out=root / "grant.forge")
+    grant = write_grant(
+        record, signer=load_signing_key(keys["auditor"].signing), site_key=keys[SITE].public, out=root / "grant.forge", roster=roster
+    )
     cset = included_canaries(record)
     data = site_data.concat(cset, name=site_data.name)
     # the claimed recipe: the product defaults (30 epochs, batch 32, lr 0.05, C = 1, PRV accountant)
@@ -220,7 +224,7 @@ def block_size_check() -> bool:
     src = NoiseSource(SecretStream(secret, NOISE))
     per_step = torch.cat([src.take(numel).clone() for _ in range(steps)])
     other = SecretStream(secret, NOISE)
-    other.CHUNK = 1000
+    other.CHUNK = other.CHUNK_F32 = 1000  # the conversion chunk of either generator
     return bool(torch.equal(whole, per_step) and torch.equal(whole, other.secure_normal(numel * steps)))
 
 
