@@ -41,11 +41,6 @@ from .ffa import lora_layers
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
-def _array(t: torch.Tensor) -> np.ndarray:
-    """A NumPy view of ``t`` (detached only when it is in the graph: detaching costs an object)."""
-    return t.detach().numpy() if t.requires_grad else t.numpy()
-
-
 class _Tap:
     """What one LoRA layer saw in the last forward pass."""
 
@@ -253,7 +248,7 @@ class LoraClipper:
             ]
         return self._flat, self._flat_plan
 
-    def _clip_backward_flat(self, loss: torch.Tensor, max_grad_norm: float) -> torch.Tensor | None:
+    def _clip_backward_flat(self, loss: torch.Tensor, max_grad_norm: float) -> np.ndarray | None:
         """The common tabular case with the fewest tensor operations (small models are
         dominated by per-operation overhead): every layer ran once on (n, d) CPU inputs of a
         dtype NumPy holds. Returns None (nothing changed) when that does not hold."""
@@ -308,7 +303,7 @@ class LoraClipper:
         self.__dict__["_fused"] = fused
         return fused
 
-    def _flat_math(self, taps, gs, gas, max_grad_norm: float) -> torch.Tensor:
+    def _flat_math(self, taps, gs, gas, max_grad_norm: float) -> np.ndarray:
         """The fewest operations the maths allows, in NumPy (a small model's step is dominated by
         the fixed cost of each operation, which is about half of torch's in NumPy). For one token
         per sample each block's per-sample norm is a product of two row norms,
@@ -320,21 +315,19 @@ class LoraClipper:
         of ``S`` (its right factor), written straight into the flat buffer."""
         flat, plan = self._flat_views()
         ind, nb, split, pairs, views = self._fused_plan(taps, gs, gas)
-        parts = []
-        for g, ga in zip(gs, gas, strict=True):  # autograd's results: no graph, no detach needed
-            parts.append(g.numpy())
-            if ga is not None:
-                parts.append(ga.numpy())
+        parts = [v for g, ga in zip(gs, gas, strict=True) for v in (g, ga) if v is not None]  # the left factors
         for t, ga in zip(taps, gas, strict=True):
-            parts.append(_array(t.h[0]))
+            parts.append(t.h[0])
             if ga is not None:
-                parts.append(_array(t.x[0]))
-        S = np.concatenate(parts, axis=1)  # (n, width)
+                parts.append(t.x[0])
+        with torch.no_grad():  # h and x are in the graph: concatenate them outside it
+            S = torch.cat(parts, 1).numpy()  # (n, width); one torch op and one view (cheaper than a view per factor)
         if S.shape[1] != ind.shape[0]:
             raise RuntimeError(f"LoRA factor widths changed between steps ({S.shape[1]} != {ind.shape[0]})")  # a bug
         q = (S * S) @ ind  # (n, 2 nb): every factor's squared row norm
-        norms = np.sqrt(np.einsum("ij,ij->i", q[:, :nb], q[:, nb:]))[:, None]  # (n, 1)
-        c = np.minimum(max_grad_norm / (norms + 1e-6), 1.0)  # Opacus's clip factor min(1, C / (norm + 1e-6))
+        norms = np.sqrt(np.vecdot(q[:, :nb], q[:, nb:]))[:, None]  # (n, 1)
+        c = norms + 1e-6  # Opacus's clip factor min(1, C / (norm + 1e-6)), in one buffer
+        np.minimum(np.divide(max_grad_norm, c, out=c), 1.0, out=c)
         L = S[:, :split] * c  # the left factors, clipped
         for ((l0, l1), (r0, r1)), v in zip(pairs, views, strict=True):
             np.matmul(L[:, l0:l1].T, S[:, r0:r1], out=v)
@@ -346,16 +339,17 @@ class LoraClipper:
         flat._forge_processed = False  # fresh clipped sums: the optimizer may noise them once
         self.flat_grad = flat
         self.reset()
-        return torch.from_numpy(norms.reshape(-1))
+        return norms
 
-    def clip_backward(self, loss: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+    def clip_backward(self, loss: torch.Tensor, max_grad_norm: float, *, norms: bool = True) -> torch.Tensor | None:
         """One backward pass; sets ``p.grad = sum_i c_i grad_i`` for every trainable LoRA
-        weight and returns the per-sample norms before clipping. ``loss`` must be the *sum*
-        of per-sample losses."""
+        weight and returns the per-sample norms before clipping (``norms=False``: nothing, which
+        saves a conversion on the training loop's tabular path). ``loss`` must be the *sum* of
+        per-sample losses."""
         self.flat_grad = None
         fast = self._clip_backward_flat(loss, max_grad_norm)
         if fast is not None:
-            return fast
+            return torch.from_numpy(fast.reshape(-1)) if norms else None
         parts = self._output_grads(loss)
         with torch.no_grad():  # B requires grad: keep autograd out of the clipping math
             return self._general_math(parts, max_grad_norm)

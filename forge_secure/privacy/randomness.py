@@ -38,6 +38,7 @@ import hashlib
 import hmac
 import math
 import os
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,8 @@ GENERATOR_V2 = "forge-drbg/2 (AES-256-CTR keystream per stream, SHA-256 key deri
 GENERATORS = {
     GENERATOR_V1: "sum of 4 standard normals / 2 (Opacus secure-mode recipe); each sqrt(2) erfinv(2u - 1) of a 53-bit uniform u",
     GENERATOR_V2: "sum of 4 standard normals / 2 (Opacus secure-mode recipe); each sqrt(2) erfinv(v) in float32 "
-    "of v = (2j + 1) 2^-24 for a uniform 24-bit integer j",
+    "of v = (2j + 1) 2^-24 for a uniform 24-bit integer j; in groups of 4096 outputs, output i of a group sums words "
+    "i, 4096 + i, 8192 + i, 12288 + i of the group's 16384",
 }
 #: what a new training run uses
 GENERATOR = GENERATOR_V2
@@ -127,6 +129,8 @@ class SecretStream:
             self._enc = Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16)).encryptor()
         self.label = label
         self.drawn = 0  # numbers drawn so far
+        self._spare: Any = None  # forge-drbg/2: outputs of the last group not yet asked for (a torch tensor)
+        self._bufs: Any = None  # forge-drbg/2: the conversion buffers, kept between calls
 
     def words(self, n: int) -> np.ndarray:
         """``n`` uniformly random uint64 words (from either generator's keystream)."""
@@ -186,32 +190,48 @@ class SecretStream:
             return self._secure_normal_f32(int(n))
         return self._secure_normal_f64(int(n))
 
+    #: forge-drbg/2 draws its normals in groups of this many outputs (4 x as many keystream words)
+    GROUP = 4096
+
     def _secure_normal_f32(self, n: int):
-        """``forge-drbg/2``: four 32-bit keystream words per output; each word's top 24 bits are
-        a uniform integer ``j`` in [-2^23, 2^23) (an arithmetic shift of the signed word), ``v =
-        j 2^-23 + 2^-24 = (2j + 1) 2^-24`` (both steps exact in float32), and the output is
-        ``sum of four erfinv(v) / sqrt(2)`` (= the sum of four ``sqrt(2) erfinv(v)``, halved)."""
+        """``forge-drbg/2``. The keystream is read in groups of ``4 GROUP`` little-endian signed
+        32-bit words; each word's top 24 bits are a uniform integer ``j`` in [-2^23, 2^23) (an
+        arithmetic shift), ``v = j 2^-23 + 2^-24 = (2j + 1) 2^-24`` (both steps exact in float32)
+        and its normal is ``sqrt(2) erfinv(v)``. Output ``i`` of a group is the sum of the normals
+        of words ``i``, ``GROUP + i``, ``2 GROUP + i`` and ``3 GROUP + i`` of that group, added in
+        that order, halved (computed as ``sum of four erfinv(v) / sqrt(2)``): four planes, so that
+        the sums run over contiguous memory. Outputs of a group not yet asked for wait in the
+        stream for the next call, so the numbers do not depend on how they are drawn."""
         import torch
 
-        out = torch.empty(n, dtype=torch.float32)
-        if n == 0:
-            return out
-        rows = min(max(1, self.CHUNK_F32 // 4), n)
-        words = torch.empty(4 * rows, dtype=torch.int32)
-        raw = memoryview(words.numpy()).cast("B")  # type: ignore[arg-type]  # numpy declares ndarray.__buffer__ for Python >= 3.12 only
-        x = torch.empty(4 * rows, dtype=torch.float32)
-        zeros = bytes(len(raw))
-        self.drawn += 4 * n
-        for s in range(0, n, rows):
-            k = min(rows, n - s)
-            if k < rows:
-                words, x, raw, zeros = words[: 4 * k], x[: 4 * k], raw[: 16 * k], zeros[: 16 * k]
-            self._enc.update_into(zeros, raw)
-            x.copy_(words.bitwise_right_shift_(8))  # j, exactly representable
-            x.mul_(2.0**-23).add_(2.0**-24).erfinv_()
-            q = x.view(k, 4)  # ((d0 + d1) + d2) + d3, in this order (a reduction kernel is 2x slower here)
-            torch.add(q[:, 0], q[:, 1], out=out[s : s + k]).add_(q[:, 2]).add_(q[:, 3])
-        return out.mul_(math.sqrt(0.5))
+        spare = self._spare
+        have = 0 if spare is None else spare.numel()
+        if spare is not None and n <= have:
+            self._spare = spare[n:]
+            return spare[:n]
+        G = self.GROUP
+        groups = -(-(n - have) // G)
+        per = max(1, self.CHUNK_F32 // (4 * G))  # groups converted per pass (in cache)
+        fresh = torch.empty(groups * G, dtype=torch.float32)
+        bufs = self._bufs
+        if bufs is None or bufs[0].numel() < min(per, groups) * 4 * G:  # kept: a fresh large buffer costs page faults
+            words = torch.empty(min(per, groups) * 4 * G, dtype=torch.int32)
+            raw = memoryview(words.numpy()).cast("B")  # type: ignore[arg-type]  # numpy declares ndarray.__buffer__ for Python >= 3.12 only
+            bufs = self._bufs = (words, raw, torch.empty(words.numel(), dtype=torch.float32), memoryview(bytes(len(raw))))
+        words, raw, x, zeros = bufs
+        self.drawn += 4 * G * groups
+        for g in range(0, groups, per):
+            k = min(per, groups - g)
+            w, xs = words[: 4 * G * k], x[: 4 * G * k]
+            self._enc.update_into(zeros[: 16 * G * k], raw[: 16 * G * k])
+            xs.copy_(w.bitwise_right_shift_(8))  # j, exactly representable
+            xs.mul_(2.0**-23).add_(2.0**-24).erfinv_()
+            planes = xs.view(k, 4, G)
+            torch.add(planes[:, 0], planes[:, 1], out=fresh[g * G : (g + k) * G].view(k, G)).add_(planes[:, 2]).add_(planes[:, 3])
+        fresh.mul_(math.sqrt(0.5))
+        out = fresh if spare is None or not have else torch.cat([spare, fresh])
+        self._spare = out[n:]
+        return out[:n]
 
     def _secure_normal_f64(self, n: int):
         """``forge-drbg/1``: float64, the same numbers as ``normal(4 n).view(-1, 4).sum(dim=1) / 2``,
@@ -260,20 +280,24 @@ class NoiseSource:
 
         self.stream = stream
         self._pending = torch.empty(0, dtype=torch.float64)
-        self._pos = 0
+        self._pos = self._size = 0
 
     def take(self, numel: int):
         """The next ``numel`` standard normals (a view of the block: float32 for ``forge-drbg/2``,
-        float64 for ``forge-drbg/1``)."""
+        float64 for ``forge-drbg/1``). Called once per DP step: the common case is one slice."""
+        pos = self._pos
+        end = pos + numel
+        if end > self._size:
+            self._refill(int(numel))
+            pos, end = 0, numel
+        self._pos = end
+        return self._pending[pos:end]
+
+    def _refill(self, numel: int) -> None:
         import torch
 
-        numel = int(numel)
-        if self._pending.numel() - self._pos < numel:
-            rows = max(1, min(16, (1 << 18) // max(1, numel)))
-            fresh = self.stream.secure_normal(rows * numel)
-            rest = self._pending[self._pos :]
-            self._pending = torch.cat([rest, fresh]) if rest.numel() else fresh
-            self._pos = 0
-        out = self._pending[self._pos : self._pos + numel]
-        self._pos += numel
-        return out
+        rows = max(1, min(16, (1 << 18) // max(1, numel)))
+        fresh = self.stream.secure_normal(rows * numel)
+        rest = self._pending[self._pos :]
+        self._pending = torch.cat([rest, fresh]) if rest.numel() else fresh
+        self._pos, self._size = 0, self._pending.numel()

@@ -106,7 +106,8 @@ def _optimizer_class():
         def _noise(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
             if self.noise_source is None:
                 raise RuntimeError("the DP optimizer has no secret noise source")  # a bug, not bad input
-            return self.noise_source.take(numel).to(dtype)
+            z = self.noise_source.take(numel)
+            return z if z.dtype is dtype else z.to(dtype)
 
         def add_noise(self):
             from opacus.optimizers.optimizer import _check_processed_flag
@@ -232,7 +233,7 @@ class TrainingRun:
             if idx:
                 ix = torch.as_tensor(idx)
                 loss = F.cross_entropy(model(self.X[ix]), self.y[ix], reduction="sum")
-                clipper.clip_backward(loss, self.config.max_grad_norm)
+                clipper.clip_backward(loss, self.config.max_grad_norm, norms=False)
                 flat = clipper.flat_grad
                 if flat is not None:  # every LoRA gradient is a view of one buffer
                     opt.step_flat(flat)

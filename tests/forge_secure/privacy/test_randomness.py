@@ -48,15 +48,16 @@ def test_an_unknown_or_ill_typed_generator_is_a_clean_error(bad):
 def test_forge_drbg_2_noise_is_its_documented_recipe():
     """Recomputed from the AES-256-CTR keystream in float64 with SciPy: the float32 result
     agrees to float32 precision."""
-    n = 5000
+    n, group = 5000, SecretStream.GROUP  # two groups of 4096 outputs, each from 4 planes of 4096 words
     z = SecretStream(SECRET, NOISE, GENERATOR_V2).secure_normal(n)
     assert z.dtype == torch.float32
     key = hashlib.sha256(b"forge-drbg/2\x00" + NOISE.encode() + b"\x00" + SECRET).digest()
-    stream = Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16)).encryptor().update(bytes(16 * n))
+    stream = Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16)).encryptor().update(bytes(2 * 16 * group))
     j = np.frombuffer(stream, dtype="<i4").astype(np.int64) >> 8  # the top 24 bits, signed
     assert j.min() >= -(2**23) and j.max() < 2**23
     v = (2 * j + 1) / 2.0**24
-    expected = (np.sqrt(2.0) * special.erfinv(v)).reshape(n, 4).sum(axis=1) / 2.0
+    planes = (np.sqrt(2.0) * special.erfinv(v)).reshape(2, 4, group)  # (group, plane, i)
+    expected = planes.sum(axis=1).reshape(-1)[:n] / 2.0
     np.testing.assert_allclose(z.double().numpy(), expected, rtol=2e-5, atol=2e-5)
 
 
@@ -77,7 +78,7 @@ def test_the_numbers_do_not_depend_on_how_they_are_drawn(generator, monkeypatch)
     src = NoiseSource(SecretStream(SECRET, NOISE, generator))
     assert torch.equal(whole[:7000], torch.cat([src.take(1776) for _ in range(3)] + [src.take(1672)]))
     monkeypatch.setattr(SecretStream, "CHUNK", 1000)
-    monkeypatch.setattr(SecretStream, "CHUNK_F32", 1000)
+    monkeypatch.setattr(SecretStream, "CHUNK_F32", 1000)  # one group per pass
     assert torch.equal(whole, SecretStream(SECRET, NOISE, generator).secure_normal(70_001))
 
 
