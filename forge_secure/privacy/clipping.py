@@ -86,6 +86,9 @@ class LoraClipper:
         self._flat: torch.Tensor | None = None
         self._flat_plan = None
         self.flat_grad: torch.Tensor | None = None  # set when the last clip_backward filled the flat buffer
+        #: the flat path divides its clipped sums by this (the DP step's expected batch size, folded into
+        #: the clip factors, which saves an operation per step); the buffer records it for the optimizer
+        self.flat_divisor = 1.0
         lora_params: set[int] = set()
         for name, layer in lora_layers(model, adapter):
             A, B = layer.lora_A[adapter], layer.lora_B[adapter]
@@ -328,6 +331,9 @@ class LoraClipper:
         norms = np.sqrt(np.vecdot(q[:, :nb], q[:, nb:]))[:, None]  # (n, 1)
         c = norms + 1e-6  # Opacus's clip factor min(1, C / (norm + 1e-6)), in one buffer
         np.minimum(np.divide(max_grad_norm, c, out=c), 1.0, out=c)
+        divisor = self.flat_divisor
+        if divisor != 1.0:
+            np.divide(c, divisor, out=c)
         L = S[:, :split] * c  # the left factors, clipped
         for ((l0, l1), (r0, r1)), v in zip(pairs, views, strict=True):
             np.matmul(L[:, l0:l1].T, S[:, r0:r1], out=v)
@@ -337,6 +343,7 @@ class LoraClipper:
             if Aw is not None and Aw.grad is not vA:
                 Aw.grad = vA
         flat._forge_processed = False  # fresh clipped sums: the optimizer may noise them once
+        flat._forge_divisor = divisor  # the sums are divided by this
         self.flat_grad = flat
         self.reset()
         return norms

@@ -128,9 +128,13 @@ def _optimizer_class():
         def step_flat(self, flat: torch.Tensor):
             """Opacus's ``step`` for clipped sums held in one buffer of which every
             trainable gradient is a view (:class:`LoraClipper`'s flat path): ``pre_step``'s
-            noise, scaling and accountant hook in three tensor operations, then the wrapped
-            optimizer's step. Virtual steps take Opacus's own path."""
+            noise, scaling and accountant hook in two tensor operations (one when the clipper
+            already divided the sums by the expected batch size, ``flat_divisor``), then the
+            wrapped optimizer's step. Virtual steps take Opacus's own path."""
+            divisor = getattr(flat, "_forge_divisor", 1.0)
             if self._step_skip_queue or self.loss_reduction != "mean":
+                if divisor != 1.0:  # Opacus's path expects undivided sums
+                    raise RuntimeError("virtual steps need LoraClipper.flat_divisor = 1")  # a bug, not bad input
                 for p in self.params:
                     p.summed_grad = None
                 return self.step()
@@ -139,8 +143,14 @@ def _optimizer_class():
                     "Gradients haven't been cleared since the last optimizer step. In order to obtain "
                     "privacy guarantees you must compute fresh clipped gradients before each step"
                 )
-            flat.add_(self._noise(flat.numel(), flat.dtype), alpha=self.noise_multiplier * self.max_grad_norm)
-            flat.div_(self.expected_batch_size)
+            std = self.noise_multiplier * self.max_grad_norm
+            if divisor == self.expected_batch_size:  # (sum + std z) / B, with the sum already divided
+                flat.add_(self._noise(flat.numel(), flat.dtype), alpha=std / divisor)
+            elif divisor == 1.0:
+                flat.add_(self._noise(flat.numel(), flat.dtype), alpha=std)
+                flat.div_(self.expected_batch_size)
+            else:
+                raise RuntimeError(f"clipped sums divided by {divisor}, not by the expected batch size")  # a bug
             flat._forge_processed = True  # type: ignore[attr-defined]  # a marker on the tensor, like Opacus's p._processed
             if self.step_hook:
                 self.step_hook(self)
@@ -204,6 +214,7 @@ class TrainingRun:
         if self.dp:
             self.accountant = _accountant(config.accountant)
             self.clipper = LoraClipper(model)
+            self.clipper.flat_divisor = plan.n * plan.sample_rate  # the expected batch size: step_flat's division, folded
             self.optimizer = ClippedGradDPOptimizer(
                 base_opt,
                 noise_multiplier=plan.noise_multiplier,

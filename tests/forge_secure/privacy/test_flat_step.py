@@ -13,7 +13,7 @@ from forge_secure.privacy.randomness import NOISE, NoiseSource, SecretStream, fr
 from forge_secure.privacy.train import ClippedGradDPOptimizer, TrainingRun, plan_privacy
 
 
-def _setup(tab_base, tab_train, randomise_B, sigma, secret=None):
+def _setup(tab_base, tab_train, randomise_B, sigma, secret=None, divisor=1.0):
     model, _ = build_lora_model(tab_base, TrainConfig(no_dp=True, seed=3))
     randomise_B(model, 1)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -22,6 +22,7 @@ def _setup(tab_base, tab_train, randomise_B, sigma, secret=None):
     )
     opt.noise_source = NoiseSource(SecretStream(secret or fresh_secret(), NOISE))
     clipper = LoraClipper(model)
+    clipper.flat_divisor = divisor
     X, y = torch.tensor(tab_train.X[:24]), torch.tensor(tab_train.y[:24])
     clipper.clip_backward(F.cross_entropy(model(X), y, reduction="sum"), 0.5)
     return model, params, opt, clipper
@@ -42,11 +43,13 @@ def test_flat_step_equals_opacus_path_without_noise(tab_base, tab_train, randomi
         assert torch.allclose(a, b, atol=1e-7), (a - b).abs().max()
 
 
-def test_flat_step_and_opacus_path_draw_the_same_secret_noise(tab_base, tab_train, randomise_B):
+@pytest.mark.parametrize("divisor", [1.0, 20.0])
+def test_flat_step_and_opacus_path_draw_the_same_secret_noise(tab_base, tab_train, randomise_B, divisor):
     """sigma > 0 and one secret: both paths take the same numbers from the noise stream, so a
-    replay reproduces a run whichever path it takes."""
+    replay reproduces a run whichever path it takes; the clipper dividing the sums by the
+    expected batch size (20 here, TrainingRun's setting) changes nothing but rounding."""
     secret = fresh_secret()
-    m1, p1, opt1, c1 = _setup(tab_base, tab_train, randomise_B, 1.5, secret)
+    m1, p1, opt1, c1 = _setup(tab_base, tab_train, randomise_B, 1.5, secret, divisor)
     m2, p2, opt2, c2 = _setup(tab_base, tab_train, randomise_B, 1.5, secret)
     for p in p2:
         p.grad = p.grad.clone()
@@ -54,15 +57,16 @@ def test_flat_step_and_opacus_path_draw_the_same_secret_noise(tab_base, tab_trai
     opt2.step()
     for a, b in zip(p1, p2, strict=True):
         assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
-    _, p3, opt3, c3 = _setup(tab_base, tab_train, randomise_B, 1.5)  # another secret: other noise
+    _, p3, opt3, c3 = _setup(tab_base, tab_train, randomise_B, 1.5, divisor=divisor)  # another secret: other noise
     opt3.step_flat(c3.flat_grad)
     assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(p1, p3, strict=True))
 
 
-def test_flat_step_noise_has_the_dp_sgd_scale(tab_base, tab_train, randomise_B):
+@pytest.mark.parametrize("divisor", [1.0, 20.0])
+def test_flat_step_noise_has_the_dp_sgd_scale(tab_base, tab_train, randomise_B, divisor):
     """The noise added is N(0, (sigma C)^2) per coordinate, divided by the expected batch size."""
-    _, params, opt, clipper = _setup(tab_base, tab_train, randomise_B, 2.0)
-    clean = clipper.flat_grad.clone() / 20.0
+    _, params, opt, clipper = _setup(tab_base, tab_train, randomise_B, 2.0, divisor=divisor)
+    clean = clipper.flat_grad.clone() * divisor / 20.0
     saved = [p.detach().clone() for p in params]
     opt.original_optimizer.param_groups[0]["lr"] = 0.0  # look at the gradient, not the step
     opt.step_flat(clipper.flat_grad)
@@ -72,6 +76,12 @@ def test_flat_step_noise_has_the_dp_sgd_scale(tab_base, tab_train, randomise_B):
     assert abs(noise.std() / want - 1) < 0.08 and abs(noise.mean()) < 4 * want / noise.size**0.5
     for p, s in zip(params, saved, strict=True):
         assert torch.equal(p, s)
+
+
+def test_flat_step_refuses_sums_divided_by_anything_but_the_expected_batch_size(tab_base, tab_train, randomise_B):
+    _, _, opt, clipper = _setup(tab_base, tab_train, randomise_B, 1.0, divisor=7.0)
+    with pytest.raises(RuntimeError, match="divided by 7"):
+        opt.step_flat(clipper.flat_grad)
 
 
 def test_flat_step_refuses_to_noise_twice(tab_base, tab_train, randomise_B):
@@ -90,6 +100,7 @@ def test_training_run_uses_the_flat_path_and_counts_every_step(tab_base, tab_tra
     run.epoch()
     run.epoch()
     assert run.clipper.flat_grad is not None
+    assert run.clipper.flat_divisor == run.optimizer.expected_batch_size  # the division folded into the clip factors
     assert run.steps_done == 2 * plan.steps_per_epoch
     assert run.history == [(1.0, plan.sample_rate, 2 * plan.steps_per_epoch)]
     assert all(torch.isfinite(p).all() for p in model.parameters())
