@@ -34,6 +34,7 @@ from . import db, ledger
 from . import log as logmod
 from .auth import AuthError, verify_request
 from .hubkeys import HubKeys, load_hub_keys
+from .naming import name_of
 from .store import Store
 from .tuf_repo import DbRepository
 
@@ -191,9 +192,13 @@ class Hub:
             path = inc.path
             # every check of verify(); the payload digest is the one taken as the bytes arrived
             v = verify_received(path, roster, inc.arrival, now=now, state_dir=self.state_dir, root=roster)
+            with open(path, "rb") as f:  # the name a client checks its receipt against (.naming): header and envelope only
+                name = name_of(f, path)
         finally:
             durable.result()  # never leave an fsync running on a file that is about to be removed
         received_sha256 = inc.sha256
+        if (name.payload_sha256, name.submission_id, name.size) != (v.bundle_sha256, v.submission_id, inc.size):
+            raise RuntimeError("the bundle's name disagrees with its verification")  # the same file, parsed twice
         record = ledger.rederive(v.dp)
         with db.read(self.engine) as conn:  # the ledger figure outside the lock first (the accountant is cached)
             self._ledger_after(conn, v.site, record)
@@ -211,7 +216,9 @@ class Hub:
                 "sequence": v.sequence,
                 "submission_id": v.submission_id,
                 "bundle_sha256": received_sha256,
-                "size": path.stat().st_size,
+                "payload_sha256": name.payload_sha256,
+                "envelope_sha256": name.envelope_sha256,
+                "size": name.size,
                 "signer": v.signer,
                 "recipient": v.recipient,
                 "created": v.created,
