@@ -22,6 +22,15 @@ from .note import Checkpoint, NoteSigner, sign_checkpoint
 
 RECEIPT_FORMAT = "forge-hub-receipt/1"
 
+# statements built once: each push runs them, and a prebuilt statement skips SQLAlchemy's
+# construction and cache-key work (bound values are given at execution)
+_SIZE = sa.select(db.log_head.c.size).where(db.log_head.c.id == 1)
+_INSERT = db.log_entries.insert()
+_ADVANCE = (
+    db.log_head.update().where(db.log_head.c.id == 1, db.log_head.c.size == sa.bindparam("old_size")).values(size=sa.bindparam("new_size"))
+)
+_ENTRY = sa.select(db.log_entries.c.body).where(db.log_entries.c.idx == sa.bindparam("idx"))
+
 
 class LeafCache:
     def __init__(self):
@@ -44,24 +53,22 @@ class LeafCache:
 
 
 def size(conn: sa.Connection) -> int:
-    return int(conn.execute(sa.select(db.log_head.c.size).where(db.log_head.c.id == 1)).scalar_one())
+    return int(conn.execute(_SIZE).scalar_one())
 
 
 def append(conn: sa.Connection, kind: str, body: dict, now: int) -> int:
     """Append one entry (inside a write transaction); returns its index."""
     n = size(conn)
     data = canonical_json({**body, "kind": kind, "index": n})
-    conn.execute(
-        db.log_entries.insert().values(idx=n, kind=kind, leaf_hash=merkle.leaf_hash(data).hex(), body=data.decode("utf-8"), created=now)
-    )
-    updated = conn.execute(db.log_head.update().where(db.log_head.c.id == 1, db.log_head.c.size == n).values(size=n + 1))
+    conn.execute(_INSERT, {"idx": n, "kind": kind, "leaf_hash": merkle.leaf_hash(data).hex(), "body": data.decode("utf-8"), "created": now})
+    updated = conn.execute(_ADVANCE, {"old_size": n, "new_size": n + 1})
     if updated.rowcount != 1:  # another writer moved the head: the writer lock failed
         raise RuntimeError("the log head moved during an append")
     return n
 
 
 def entry(conn: sa.Connection, index: int) -> str | None:
-    return conn.execute(sa.select(db.log_entries.c.body).where(db.log_entries.c.idx == index)).scalar()
+    return conn.execute(_ENTRY, {"idx": index}).scalar()
 
 
 def entries(conn: sa.Connection, start: int = 0, limit: int = 1000, kind: str | None = None) -> list[dict]:

@@ -56,9 +56,10 @@ class BundleName:
         return [k for k in self.FIELDS if entry.get(k) != getattr(self, k)]
 
 
-def envelope_sha256(parsed) -> str:
-    """sha256 of a parsed bundle's envelope bytes."""
-    return hashlib.sha256(parsed.envelope).hexdigest()
+def envelope_sha256_of(f, path="<bundle>") -> str:
+    """sha256 of the envelope of the bundle in the seekable binary file ``f`` (the parser
+    reads the header and the envelope only)."""
+    return hashlib.sha256(_parse(f, path).envelope).hexdigest()
 
 
 def name_of(f, path="<bundle>") -> BundleName:
@@ -75,7 +76,7 @@ def name_of(f, path="<bundle>") -> BundleName:
         raise ValueError("the signed statement names no payload digest") from e
     if not isinstance(sub_id, str) or not isinstance(payload, str):
         raise ValueError("the signed statement names no payload digest")
-    return BundleName(sub_id, payload, envelope_sha256(parsed), parsed.size)
+    return BundleName(sub_id, payload, hashlib.sha256(parsed.envelope).hexdigest(), parsed.size)
 
 
 class _Ends(io.RawIOBase):
@@ -157,4 +158,4 @@ def check_entry(entry: dict, sent: BundleName) -> None:
         )
 
 
-__all__ = ["BundleName", "SentEnds", "check_entry", "envelope_sha256", "name_of"]
+__all__ = ["BundleName", "SentEnds", "check_entry", "envelope_sha256_of", "name_of"]
