@@ -33,11 +33,16 @@ _ENTRY = sa.select(db.log_entries.c.body).where(db.log_entries.c.idx == sa.bindp
 
 
 class LeafCache:
+    """The log's leaf hashes read so far (entries never change) and a :class:`~.merkle.Tree`
+    over them, which remembers the roots of complete subtrees."""
+
     def __init__(self):
         self._leaves: list[bytes] = []
         self._lock = threading.Lock()
+        self.tree = merkle.Tree(self._leaves)
 
-    def leaves(self, conn: sa.Connection, size: int) -> list[bytes]:
+    def read(self, conn: sa.Connection, size: int) -> merkle.Tree:
+        """The tree, holding at least the first ``size`` leaves (read from the database when new)."""
         with self._lock:
             if len(self._leaves) < size:
                 rows = conn.execute(
@@ -49,7 +54,7 @@ class LeafCache:
                     if idx != len(self._leaves):
                         raise RuntimeError(f"the log has a gap at index {len(self._leaves)}")
                     self._leaves.append(bytes.fromhex(h))
-            return self._leaves[:size]
+            return self.tree
 
 
 def size(conn: sa.Connection) -> int:
@@ -84,13 +89,13 @@ class Log:
 
     def checkpoint(self, conn: sa.Connection, at: int | None = None) -> Checkpoint:
         n = size(conn) if at is None else at
-        return sign_checkpoint(self.signer, self.origin, n, merkle.root(self.cache.leaves(conn, n)))
+        return sign_checkpoint(self.signer, self.origin, n, self.cache.read(conn, n).root(n))
 
     def inclusion(self, conn: sa.Connection, index: int, at: int) -> list[str]:
-        return [h.hex() for h in merkle.inclusion_proof(index, self.cache.leaves(conn, at))]
+        return [h.hex() for h in self.cache.read(conn, at).inclusion_proof(index, at)]
 
     def consistency(self, conn: sa.Connection, old: int, new: int) -> list[str]:
-        return [h.hex() for h in merkle.consistency_proof(old, self.cache.leaves(conn, new))] if old else []
+        return [h.hex() for h in self.cache.read(conn, new).consistency_proof(old, new)] if old else []
 
     def receipt(self, conn: sa.Connection, index: int, at: int | None = None) -> dict:
         """A receipt for entry ``index``: the entry, a checkpoint of size ``at`` (default:
