@@ -31,7 +31,7 @@ from .naming import SentEnds, check_entry
 from .note import Checkpoint, NoteVerifier, verify_checkpoint
 
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
-BLOCK = 1 << 22
+BLOCK = 1 << 20
 
 
 class HubError(ForgeError):
