@@ -168,3 +168,27 @@ def test_pull_refuses_bytes_stored_under_a_lying_address(live_hub, tmp_path, mon
         client.pull(url, tmp_path / "inbox", site="site-1")
     assert e.value.code == "hub.digest"
     assert not list((tmp_path / "inbox").glob("*.forge"))
+
+
+@pytest.mark.parametrize("lie", [False, True])
+def test_receipt_of_a_hub_that_names_only_the_file_digest(live_hub, tmp_path, monkeypatch, lie):
+    """An entry without payload and envelope digests (a hub from before they were logged) is
+    checked by the sha256 of the whole file, as before: accepted when it names the bytes sent,
+    refused when it names others."""
+    env, url = live_hub()
+
+    def change(body):
+        del body["payload_sha256"], body["envelope_sha256"]
+        if lie:
+            body["bundle_sha256"] = "ab" * 32
+
+    _lying_log(monkeypatch, change)
+    bundle = env.consortium.seal("site-1")
+    if lie:
+        with pytest.raises(ForgeError) as e:
+            client.push(bundle, url)
+        assert e.value.code == "log.receipt" and "bundle_sha256" in e.value.message
+    else:
+        import hashlib
+
+        assert client.push(bundle, url)["entry"]["bundle_sha256"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
