@@ -30,6 +30,11 @@ _ADVANCE = (
     db.log_head.update().where(db.log_head.c.id == 1, db.log_head.c.size == sa.bindparam("old_size")).values(size=sa.bindparam("new_size"))
 )
 _ENTRY = sa.select(db.log_entries.c.body).where(db.log_entries.c.idx == sa.bindparam("idx"))
+_LEAVES = (
+    sa.select(db.log_entries.c.idx, db.log_entries.c.leaf_hash)
+    .where(db.log_entries.c.idx >= sa.bindparam("start"), db.log_entries.c.idx < sa.bindparam("stop"))
+    .order_by(db.log_entries.c.idx)
+)
 
 
 class LeafCache:
@@ -45,11 +50,7 @@ class LeafCache:
         """The tree, holding at least the first ``size`` leaves (read from the database when new)."""
         with self._lock:
             if len(self._leaves) < size:
-                rows = conn.execute(
-                    sa.select(db.log_entries.c.idx, db.log_entries.c.leaf_hash)
-                    .where(db.log_entries.c.idx >= len(self._leaves), db.log_entries.c.idx < size)
-                    .order_by(db.log_entries.c.idx)
-                ).all()
+                rows = conn.execute(_LEAVES, {"start": len(self._leaves), "stop": size}).all()
                 for idx, h in rows:
                     if idx != len(self._leaves):
                         raise RuntimeError(f"the log has a gap at index {len(self._leaves)}")

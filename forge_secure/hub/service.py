@@ -50,6 +50,7 @@ _LAST_SEQUENCE = sa.select(sa.func.max(db.submissions.c.sequence)).where(db.subm
 _BUDGETS = sa.select(db.budgets.c.site, db.budgets.c.epsilon).where(
     sa.or_(db.budgets.c.site == sa.bindparam("site"), db.budgets.c.site == "*")
 )
+_BUDGETED = sa.select(db.budgets.c.site)
 _INSERT_SUBMISSION = db.submissions.insert()
 
 
@@ -199,7 +200,9 @@ class Hub:
         now = self.now()
         durable = _SYNC.submit(inc.sync)  # the file's fsync runs while the bundle is verified
         try:
-            roster = self.roster()
+            with db.read(self.engine) as conn:
+                roster = self.roster(conn)
+                budgeted = {site for (site,) in conn.execute(_BUDGETED)}
             path = inc.path
             # every check of verify(); the payload digest is the one taken as the bytes arrived
             v = verify_received(path, roster, inc.arrival, now=now, state_dir=self.state_dir, root=roster)
@@ -210,8 +213,9 @@ class Hub:
             durable.result()  # never leave an fsync running on a file that is about to be removed
         received_sha256 = inc.sha256
         record = ledger.rederive(v.dp)
-        with db.read(self.engine) as conn:  # the ledger figure outside the lock first (the accountant is cached)
-            self._ledger_after(conn, v.site, record)
+        if budgeted & {v.site, "*"}:  # a budget to enforce: the ledger figure outside the lock first (the accountant is cached)
+            with db.read(self.engine) as conn:
+                self._ledger_after(conn, v.site, record)
         with db.write(self.engine) as conn:
             current = self.roster(conn)
             if current.version != roster.version:
