@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections import deque
 from dataclasses import dataclass
 
 from ..crypto.bundle_format import MAGIC, MAX_ENVELOPE, MAX_HEADER, _decode_envelope, _loads, _parse
@@ -118,21 +119,34 @@ class _Ends(io.RawIOBase):
 
 class SentEnds:
     """Keeps the first ``HEAD_BYTES`` and the last ``TAIL_BYTES`` of a stream as it is sent
-    (``add`` each block in order), so the bundle's name can be read from the very bytes sent."""
+    (``add`` each block in order), so the bundle's name can be read from the very bytes sent.
+    The tail is kept as references to the last blocks (no copy while sending)."""
 
     def __init__(self) -> None:
         self.head = b""
-        self.tail = b""
         self.size = 0
+        self._recent: deque[bytes] = deque()
+        self._recent_size = 0
 
     def add(self, block: bytes) -> None:
         if len(self.head) < HEAD_BYTES:
             self.head += block[: HEAD_BYTES - len(self.head)]
-        if len(block) >= TAIL_BYTES:
-            self.tail = block[-TAIL_BYTES:]
-        else:
-            self.tail = (self.tail + block)[-TAIL_BYTES:]
+        self._recent.append(block)
+        self._recent_size += len(block)
+        while self._recent_size - len(self._recent[0]) >= TAIL_BYTES:
+            self._recent_size -= len(self._recent.popleft())
         self.size += len(block)
+
+    @property
+    def tail(self) -> bytes:
+        """The last ``TAIL_BYTES`` sent (fewer when fewer were sent)."""
+        parts, need = [], TAIL_BYTES
+        for block in reversed(self._recent):
+            if need <= 0:
+                break
+            parts.append(block[-need:] if len(block) > need else block)
+            need -= len(block)
+        return b"".join(reversed(parts))
 
     def name(self) -> BundleName:
         """The name of the bundle sent; a :class:`ForgeIntegrityError` when the bytes sent are

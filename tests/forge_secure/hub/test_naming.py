@@ -110,3 +110,19 @@ def test_check_entry_refuses_every_other_name(bundle, consortium):
         assert e.value.code == "log.receipt" and field in e.value.message
     with pytest.raises(ForgeIntegrityError):
         check_entry({k: v for k, v in entry.items() if k != "envelope_sha256"}, name)  # an entry that names no envelope
+
+
+@pytest.mark.parametrize("block", [1, 5, 1000, TAIL_BYTES, TAIL_BYTES + 1, 2 * TAIL_BYTES, None])
+def test_sent_ends_keep_exactly_the_first_and_last_bytes(block):
+    import os
+
+    data = os.urandom(HEAD_BYTES + 3 * TAIL_BYTES + 123)
+    sent = SentEnds()
+    step = block or len(data)
+    for i in range(0, len(data), step):
+        sent.add(data[i : i + step])
+    assert (sent.head, sent.tail, sent.size) == (data[:HEAD_BYTES], data[-TAIL_BYTES:], len(data))
+    short = SentEnds()
+    short.add(b"abc")
+    short.add(b"de")
+    assert (short.head, short.tail, short.size) == (b"abcde", b"abcde", 5)
