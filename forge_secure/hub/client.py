@@ -11,23 +11,23 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
-import queue
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import httpx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ..crypto.received import ArrivalDigest
 from ..errors import ForgeError, ForgeFileError, ForgeIntegrityError
 from ..fileio import atomic_output, atomic_write_json, canonical_json, sha256_file
 from ..home import forge_home
 from . import merkle
 from .log import RECEIPT_FORMAT
+from .naming import SentEnds, check_entry
 from .note import Checkpoint, NoteVerifier, verify_checkpoint
 
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -84,36 +84,13 @@ def _request(method: str, url: str, **kw) -> httpx.Response:
     return resp
 
 
-class _BlockHasher:
-    """sha256 of blocks in the order given, on a helper thread: the upload does not wait for
-    the hashing (``hashlib`` releases the GIL). At most ``depth`` blocks wait."""
-
-    def __init__(self, depth: int = 16):
-        self._queue: queue.Queue = queue.Queue(depth)
-        self._hash = hashlib.sha256()
-        self._thread = threading.Thread(target=self._run, name="forge-push-hash", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (block := self._queue.get()) is not None:
-            self._hash.update(block)
-
-    def add(self, block: bytes) -> None:
-        self._queue.put(block)
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def hexdigest(self) -> str:
-        self.close()
-        return self._hash.hexdigest()
-
-
-def _file_chunks(path: Path):
+def _file_chunks(path: Path, sent: SentEnds | None = None):
+    """The file's bytes in blocks of ``BLOCK``; ``sent`` keeps the header and envelope of what was read."""
     with open(path, "rb") as f:
-        yield from iter(lambda: f.read(BLOCK), b"")
+        for block in iter(lambda: f.read(BLOCK), b""):
+            if sent is not None:
+                sent.add(block)
+            yield block
 
 
 # --------------------------------------------------------------------------- trust store
@@ -190,54 +167,53 @@ def _save_receipt(receipt: dict, out: Path | None) -> None:
             f.write((json.dumps(receipt, indent=2, sort_keys=True) + "\n").encode())
 
 
+def _check_names_sent(entry: dict, sent: SentEnds, bundle: Path) -> None:
+    """The receipt's entry must name the bundle sent (:func:`.naming.check_entry`). An entry
+    of a hub from before entries named the payload and envelope digests has only the sha256
+    of the whole file: then the file is hashed and compared, as such hubs' clients did."""
+    if "payload_sha256" in entry or "envelope_sha256" in entry:
+        check_entry(entry, sent.name())
+    elif entry.get("bundle_sha256") != sha256_file(bundle) or entry.get("size") != sent.size:
+        raise ForgeIntegrityError(
+            "the hub's receipt is for other bytes than the bundle sent (its bundle_sha256 differs)",
+            fix="do not rely on this hub; report it to the consortium",
+            code="log.receipt",
+        )
+
+
 def push(bundle: str | Path, url: str, *, receipt_out: str | Path | None = None, retries: int = 3, hub_key: str | None = None) -> dict:
     """Upload ``bundle`` (streamed); returns the checked receipt. A retry after a lost
-    answer finds the first acceptance by the bundle's sha256 instead of failing."""
+    answer finds the first acceptance by the bundle's submission id instead of failing.
+
+    The receipt is checked (:func:`verify_receipt`) and its entry must name the bundle sent:
+    its submission id, size, signed payload digest and envelope digest, read from the header
+    and envelope of the bytes sent (:mod:`.naming`), so the bundle is read once and not hashed here."""
     url, bundle = _check_url(url), Path(bundle)
     if not bundle.is_file():
         raise ForgeFileError(f"bundle {bundle} does not exist or is not a file", fix="give the .forge file", code="file.missing")
     trust = pinned(url, hub_key)
     size = bundle.stat().st_size
-    digest: dict = {}
-
-    def hashed_chunks():  # the sha256 of exactly the bytes sent, hashed on a helper thread (one read of the file)
-        hasher = _BlockHasher()
-        try:
-            for block in _file_chunks(bundle):
-                hasher.add(block)
-                yield block
-            digest["sha256"] = hasher.hexdigest()
-        finally:
-            hasher.close()
-
-    def sha() -> str:
-        if "sha256" not in digest:
-            digest["sha256"] = sha256_file(bundle)
-        return digest["sha256"]
-
     last: Exception | None = None
     for attempt in range(retries + 1):
+        sent = SentEnds()
         try:
             resp = http().post(
-                f"{url}/v1/push", content=hashed_chunks(), headers={"content-type": "application/octet-stream", "content-length": str(size)}
+                f"{url}/v1/push",
+                content=_file_chunks(bundle, sent),
+                headers={"content-type": "application/octet-stream", "content-length": str(size)},
             )
         except httpx.HTTPError as e:
             last = e
             time.sleep(min(0.5 * 2**attempt, 5))
             continue
         if resp.status_code == 409 and attempt > 0:
-            found = http().get(f"{url}/v1/receipt", params={"bundle": sha()})
+            found = http().get(f"{url}/v1/submissions/{quote(sent.name().submission_id, safe='')}/receipt")
             if found.status_code == 200:  # our earlier attempt was accepted: its answer was lost
                 resp = found
         raise_for(resp)
         receipt = resp.json()
         checked = verify_receipt(receipt, trust["hub_key"])
-        if checked["entry"].get("bundle_sha256") != sha():
-            raise ForgeIntegrityError(
-                "the hub's receipt is for other bytes than the bundle sent",
-                fix="do not rely on this hub; report it to the consortium",
-                code="log.receipt",
-            )
+        _check_names_sent(checked["entry"], sent, bundle)
         _save_receipt(receipt, Path(receipt_out) if receipt_out else None)
         return {"receipt": receipt, "entry": checked["entry"], "index": checked["index"], "log_size": checked["checkpoint"].size}
     raise HubError(
@@ -296,9 +272,36 @@ def verify_log(url: str, *, receipt: str | Path | None = None, hub_key: str | No
 # --------------------------------------------------------------------------- pull
 
 
+def _download(url: str, s: dict, entry: dict, target: Path) -> None:
+    """Download one accepted bundle to ``target``, checked on the way (one SHA-256 pass) against
+    its log entry: the sha256 of the file and, for entries that name them (:mod:`.naming`), the
+    signed payload digest, the envelope digest, the size and the submission id."""
+    arrival, ends = ArrivalDigest(), SentEnds()
+    with atomic_output(target) as f:
+        with http().stream("GET", f"{url}/v1/bundles/{s['bundle_sha256']}") as resp:
+            raise_for(resp)
+            for block in resp.iter_bytes(BLOCK):
+                arrival.update(block)
+                ends.add(block)
+                f.write(block)
+        bad = arrival.hexdigest() != s["bundle_sha256"]
+        if not bad and "payload_sha256" in entry:
+            try:
+                bad = bool(ends.name().mismatches(entry)) or arrival.prefix_hexdigest() != entry["payload_sha256"]
+            except ForgeIntegrityError:
+                bad = True
+        if bad:
+            raise ForgeIntegrityError(
+                f"bundle {s['submission_id']} downloaded with other bytes than its log entry names",
+                fix="pull again; if it persists, report the hub",
+                code="hub.digest",
+            )
+
+
 def pull(url: str, out: str | Path, *, site: str | None = None, hub_key: str | None = None) -> dict:
     """Download accepted bundles (those not yet in ``out``), each checked against its log
-    entry's sha256 and inclusion proof; ``out/pulled.json`` lists them for the lineage."""
+    entry (sha256, signed payload digest, envelope) and inclusion proof; ``out/pulled.json``
+    lists them for the lineage."""
     url, out = _check_url(url), Path(out)
     trust = pinned(url, hub_key)
     out.mkdir(parents=True, exist_ok=True)
@@ -315,19 +318,7 @@ def pull(url: str, out: str | Path, *, site: str | None = None, hub_key: str | N
             )
         target = out / f"{s['site']}-{s['sequence']}-{s['submission_id'][:12]}.forge"
         if not (target.exists() and sha256_file(target) == s["bundle_sha256"]):
-            h = hashlib.sha256()
-            with atomic_output(target) as f:
-                with http().stream("GET", f"{url}/v1/bundles/{s['bundle_sha256']}") as resp:
-                    raise_for(resp)
-                    for block in resp.iter_bytes(BLOCK):
-                        h.update(block)
-                        f.write(block)
-                if h.hexdigest() != s["bundle_sha256"]:
-                    raise ForgeIntegrityError(
-                        f"bundle {s['submission_id']} downloaded with another sha256 than logged",
-                        fix="pull again; if it persists, report the hub",
-                        code="hub.digest",
-                    )
+            _download(url, s, entry, target)
         pulled.append(
             {
                 "submission_id": s["submission_id"],

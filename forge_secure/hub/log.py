@@ -22,46 +22,59 @@ from .note import Checkpoint, NoteSigner, sign_checkpoint
 
 RECEIPT_FORMAT = "forge-hub-receipt/1"
 
+# statements built once: each push runs them, and a prebuilt statement skips SQLAlchemy's
+# construction and cache-key work (bound values are given at execution)
+_SIZE = sa.select(db.log_head.c.size).where(db.log_head.c.id == 1)
+_INSERT = db.log_entries.insert()
+_ADVANCE = (
+    db.log_head.update().where(db.log_head.c.id == 1, db.log_head.c.size == sa.bindparam("old_size")).values(size=sa.bindparam("new_size"))
+)
+_ENTRY = sa.select(db.log_entries.c.body).where(db.log_entries.c.idx == sa.bindparam("idx"))
+_LEAVES = (
+    sa.select(db.log_entries.c.idx, db.log_entries.c.leaf_hash)
+    .where(db.log_entries.c.idx >= sa.bindparam("start"), db.log_entries.c.idx < sa.bindparam("stop"))
+    .order_by(db.log_entries.c.idx)
+)
+
 
 class LeafCache:
+    """The log's leaf hashes read so far (entries never change) and a :class:`~.merkle.Tree`
+    over them, which remembers the roots of complete subtrees."""
+
     def __init__(self):
         self._leaves: list[bytes] = []
         self._lock = threading.Lock()
+        self.tree = merkle.Tree(self._leaves)
 
-    def leaves(self, conn: sa.Connection, size: int) -> list[bytes]:
+    def read(self, conn: sa.Connection, size: int) -> merkle.Tree:
+        """The tree, holding at least the first ``size`` leaves (read from the database when new)."""
         with self._lock:
             if len(self._leaves) < size:
-                rows = conn.execute(
-                    sa.select(db.log_entries.c.idx, db.log_entries.c.leaf_hash)
-                    .where(db.log_entries.c.idx >= len(self._leaves), db.log_entries.c.idx < size)
-                    .order_by(db.log_entries.c.idx)
-                ).all()
+                rows = conn.execute(_LEAVES, {"start": len(self._leaves), "stop": size}).all()
                 for idx, h in rows:
                     if idx != len(self._leaves):
                         raise RuntimeError(f"the log has a gap at index {len(self._leaves)}")
                     self._leaves.append(bytes.fromhex(h))
-            return self._leaves[:size]
+            return self.tree
 
 
 def size(conn: sa.Connection) -> int:
-    return int(conn.execute(sa.select(db.log_head.c.size).where(db.log_head.c.id == 1)).scalar_one())
+    return int(conn.execute(_SIZE).scalar_one())
 
 
 def append(conn: sa.Connection, kind: str, body: dict, now: int) -> int:
     """Append one entry (inside a write transaction); returns its index."""
     n = size(conn)
     data = canonical_json({**body, "kind": kind, "index": n})
-    conn.execute(
-        db.log_entries.insert().values(idx=n, kind=kind, leaf_hash=merkle.leaf_hash(data).hex(), body=data.decode("utf-8"), created=now)
-    )
-    updated = conn.execute(db.log_head.update().where(db.log_head.c.id == 1, db.log_head.c.size == n).values(size=n + 1))
+    conn.execute(_INSERT, {"idx": n, "kind": kind, "leaf_hash": merkle.leaf_hash(data).hex(), "body": data.decode("utf-8"), "created": now})
+    updated = conn.execute(_ADVANCE, {"old_size": n, "new_size": n + 1})
     if updated.rowcount != 1:  # another writer moved the head: the writer lock failed
         raise RuntimeError("the log head moved during an append")
     return n
 
 
 def entry(conn: sa.Connection, index: int) -> str | None:
-    return conn.execute(sa.select(db.log_entries.c.body).where(db.log_entries.c.idx == index)).scalar()
+    return conn.execute(_ENTRY, {"idx": index}).scalar()
 
 
 def entries(conn: sa.Connection, start: int = 0, limit: int = 1000, kind: str | None = None) -> list[dict]:
@@ -77,13 +90,13 @@ class Log:
 
     def checkpoint(self, conn: sa.Connection, at: int | None = None) -> Checkpoint:
         n = size(conn) if at is None else at
-        return sign_checkpoint(self.signer, self.origin, n, merkle.root(self.cache.leaves(conn, n)))
+        return sign_checkpoint(self.signer, self.origin, n, self.cache.read(conn, n).root(n))
 
     def inclusion(self, conn: sa.Connection, index: int, at: int) -> list[str]:
-        return [h.hex() for h in merkle.inclusion_proof(index, self.cache.leaves(conn, at))]
+        return [h.hex() for h in self.cache.read(conn, at).inclusion_proof(index, at)]
 
     def consistency(self, conn: sa.Connection, old: int, new: int) -> list[str]:
-        return [h.hex() for h in merkle.consistency_proof(old, self.cache.leaves(conn, new))] if old else []
+        return [h.hex() for h in self.cache.read(conn, new).consistency_proof(old, new)] if old else []
 
     def receipt(self, conn: sa.Connection, index: int, at: int | None = None) -> dict:
         """A receipt for entry ``index``: the entry, a checkpoint of size ``at`` (default:

@@ -82,6 +82,77 @@ def consistency_proof(old_size: int, leaves: Sequence[bytes]) -> list[bytes]:
     return sub(old_size, leaves, True)
 
 
+class Tree:
+    """The same hashes and proofs over a list of leaf hashes that only grows (an append-only
+    log), remembering the root of every complete subtree of at least ``MEMO`` leaves: such a
+    subtree never changes, so a root or a proof costs O(log n) hashes instead of O(n).
+
+    ``root(n)``, ``inclusion_proof(index, n)`` and ``consistency_proof(m, n)`` are those of
+    the first ``n`` leaves; they equal :func:`root`, :func:`inclusion_proof` and
+    :func:`consistency_proof` of ``leaves[:n]`` (tested against them)."""
+
+    MEMO = 16
+
+    def __init__(self, leaves: list[bytes]):
+        self.leaves = leaves
+        self._memo: dict[tuple[int, int], bytes] = {}
+
+    def _mth(self, lo: int, n: int) -> bytes:
+        """MTH of leaves[lo : lo + n] (n >= 1)."""
+        if n == 1:
+            return self.leaves[lo]
+        complete = n >= self.MEMO and n & (n - 1) == 0
+        if complete and (lo, n) in self._memo:
+            return self._memo[(lo, n)]
+        k = _split(n)
+        h = node_hash(self._mth(lo, k), self._mth(lo + k, n - k))
+        if complete:
+            self._memo[(lo, n)] = h
+        return h
+
+    def _check(self, n: int) -> None:
+        if not 0 <= n <= len(self.leaves):
+            raise ProofError(f"the tree holds {len(self.leaves)} entries, not {n}", fix="ask for a size up to the tree size")
+
+    def root(self, n: int) -> bytes:
+        self._check(n)
+        return EMPTY_ROOT if n == 0 else self._mth(0, n)
+
+    def inclusion_proof(self, index: int, n: int) -> list[bytes]:
+        self._check(n)
+        if not 0 <= index < n:
+            raise ProofError(f"leaf {index} is not in a tree of {n} entries", fix="ask for an index below the tree size")
+        proof: list[bytes] = []
+        lo = 0
+        while n > 1:  # PATH(m, D[lo : lo + n]), outermost sibling last
+            k = _split(n)
+            if index < k:
+                proof.append(self._mth(lo + k, n - k))
+                n = k
+            else:
+                proof.append(self._mth(lo, k))
+                lo, index, n = lo + k, index - k, n - k
+        return proof[::-1]
+
+    def consistency_proof(self, old_size: int, n: int) -> list[bytes]:
+        self._check(n)
+        if not 0 < old_size <= n:
+            raise ProofError(f"no consistency proof from size {old_size} to {n}", fix="give an old size between 1 and the tree size")
+        proof: list[bytes] = []
+        lo, m, whole = 0, old_size, True
+        while m != n:  # SUBPROOF(m, D[lo : lo + n], whole), outermost node last
+            k = _split(n)
+            if m <= k:
+                proof.append(self._mth(lo + k, n - k))
+                n = k
+            else:
+                proof.append(self._mth(lo, k))
+                lo, m, n, whole = lo + k, m - k, n - k, False
+        if not whole:
+            proof.append(self._mth(lo, n))
+        return proof[::-1]
+
+
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], expected_root: bytes) -> None:
     """RFC 9162 2.1.3.2; raises :class:`ProofError` when the proof does not hold."""
     if not 0 <= index < size:

@@ -90,6 +90,31 @@ def tune_malloc(mmap_threshold: int = 4 << 20, trim_threshold: int = 64 << 20, t
     )
 
 
+def _protocol():
+    """uvicorn's httptools protocol, handing a request's body on without two of its copies.
+
+    uvicorn appends each received body piece to a ``bytearray`` and gives the application
+    ``bytes(...)`` of it: two copies of every uploaded byte on the event loop. When the
+    request holds no unread body yet (the case while an upload streams: each piece is read
+    before the next arrives), this keeps the piece itself, and ``bytes()`` of a ``bytes`` is
+    the same object. Everything else (flow control, a second piece before the first is
+    read, upgrades, a finished response) is uvicorn's own code."""
+    from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class Protocol(HttpToolsProtocol):
+        def on_body(self, body: bytes) -> None:
+            cycle = self.cycle
+            if cycle.body or cycle.response_complete or self.parser.should_upgrade():
+                return super().on_body(body)
+            cycle.body = body  # type: ignore[assignment]  # read by bytes(cycle.body): the same object
+            if len(body) > HIGH_WATER_LIMIT:
+                self.flow.pause_reading()
+            cycle.message_event.set()
+
+    return Protocol
+
+
 def serve(
     hub: Hub,
     *,
@@ -113,6 +138,7 @@ def serve(
         log_level=log_level,
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
+        http=_protocol(),
         h11_max_incomplete_event_size=64 * 1024,
         timeout_keep_alive=30,
     )

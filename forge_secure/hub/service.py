@@ -34,11 +34,24 @@ from . import db, ledger
 from . import log as logmod
 from .auth import AuthError, verify_request
 from .hubkeys import HubKeys, load_hub_keys
+from .naming import envelope_sha256_of
 from .store import Store
 from .tuf_repo import DbRepository
 
 DEFAULT_MAX_BUNDLE = 1 << 30
 _SYNC = ThreadPoolExecutor(max_workers=8, thread_name_prefix="forge-hub-fsync")  # fsyncs release the GIL
+
+# the statements every push runs, built once (values are bound at execution): a prebuilt
+# statement skips SQLAlchemy's construction and cache-key work
+_ROSTER_HEAD = sa.select(db.rosters.c.version, db.rosters.c.digest).order_by(db.rosters.c.version.desc()).limit(1)
+_ROSTER_DOC = sa.select(db.rosters.c.document).where(db.rosters.c.version == sa.bindparam("version"))
+_SEEN = sa.select(db.submissions.c.accepted, db.submissions.c.log_index).where(db.submissions.c.submission_id == sa.bindparam("sid"))
+_LAST_SEQUENCE = sa.select(sa.func.max(db.submissions.c.sequence)).where(db.submissions.c.site == sa.bindparam("site"))
+_BUDGETS = sa.select(db.budgets.c.site, db.budgets.c.epsilon).where(
+    sa.or_(db.budgets.c.site == sa.bindparam("site"), db.budgets.c.site == "*")
+)
+_BUDGETED = sa.select(db.budgets.c.site)
+_INSERT_SUBMISSION = db.submissions.insert()
 
 
 @dataclass
@@ -118,13 +131,13 @@ class Hub:
         if conn is None:
             with db.read(self.engine) as c:
                 return self.roster(c)
-        row = conn.execute(sa.select(db.rosters.c.version, db.rosters.c.digest).order_by(db.rosters.c.version.desc()).limit(1)).first()
+        row = conn.execute(_ROSTER_HEAD).first()
         if row is None:
             raise ForgeError("this hub has no roster yet", fix="start it with --roster ROSTER.json", code="hub.no_roster")
         cached = self._roster_cache
         if cached is not None and (cached.version, cached.digest) == tuple(row):
             return cached
-        doc = conn.execute(sa.select(db.rosters.c.document).where(db.rosters.c.version == row[0])).scalar_one()
+        doc = conn.execute(_ROSTER_DOC, {"version": row[0]}).scalar_one()
         self._roster_cache = parse_roster(json.loads(doc), "the hub's roster")
         return self._roster_cache
 
@@ -187,16 +200,22 @@ class Hub:
         now = self.now()
         durable = _SYNC.submit(inc.sync)  # the file's fsync runs while the bundle is verified
         try:
-            roster = self.roster()
+            with db.read(self.engine) as conn:
+                roster = self.roster(conn)
+                budgeted = {site for (site,) in conn.execute(_BUDGETED)}
             path = inc.path
             # every check of verify(); the payload digest is the one taken as the bytes arrived
             v = verify_received(path, roster, inc.arrival, now=now, state_dir=self.state_dir, root=roster)
+            # the bundle's name in the log (.naming): the verified payload digest and the envelope's sha256
+            with open(path, "rb") as f:
+                envelope = envelope_sha256_of(f, path)
         finally:
             durable.result()  # never leave an fsync running on a file that is about to be removed
         received_sha256 = inc.sha256
         record = ledger.rederive(v.dp)
-        with db.read(self.engine) as conn:  # the ledger figure outside the lock first (the accountant is cached)
-            self._ledger_after(conn, v.site, record)
+        if budgeted & {v.site, "*"}:  # a budget to enforce: the ledger figure outside the lock first (the accountant is cached)
+            with db.read(self.engine) as conn:
+                self._ledger_after(conn, v.site, record)
         with db.write(self.engine) as conn:
             current = self.roster(conn)
             if current.version != roster.version:
@@ -211,7 +230,9 @@ class Hub:
                 "sequence": v.sequence,
                 "submission_id": v.submission_id,
                 "bundle_sha256": received_sha256,
-                "size": path.stat().st_size,
+                "payload_sha256": v.bundle_sha256,
+                "envelope_sha256": envelope,
+                "size": inc.size,
                 "signer": v.signer,
                 "recipient": v.recipient,
                 "created": v.created,
@@ -230,7 +251,8 @@ class Hub:
             }
             index = logmod.append(conn, "submission", body, now)
             conn.execute(
-                db.submissions.insert().values(
+                _INSERT_SUBMISSION,
+                dict(
                     submission_id=v.submission_id,
                     site=v.site,
                     sequence=v.sequence,
@@ -243,7 +265,7 @@ class Hub:
                     dp=json.dumps(record.to_dict()),
                     epsilon=None if not math.isfinite(after) else after,
                     dp_run=record.run,
-                )
+                ),
             )
             inc.commit()  # durable in the store before the transaction commits
             receipt = self.log.receipt(conn, index)
@@ -258,16 +280,14 @@ class Hub:
             return self.accept_push(inc)
 
     def _check_replay(self, conn, submission_id: str, site: str, sequence: int) -> None:
-        seen = conn.execute(
-            sa.select(db.submissions.c.accepted, db.submissions.c.log_index).where(db.submissions.c.submission_id == submission_id)
-        ).first()
+        seen = conn.execute(_SEEN, {"sid": submission_id}).first()
         if seen is not None:
             raise fail(
                 "bundle.replay",
                 f"submission {submission_id} was already accepted by the hub on {_time.format_time(seen[0])} (log entry {seen[1]})",
                 "this is a replay or a duplicate; nothing was stored again ('forge hub receipt' shows the first receipt)",
             )
-        last = conn.execute(sa.select(sa.func.max(db.submissions.c.sequence)).where(db.submissions.c.site == site)).scalar()
+        last = conn.execute(_LAST_SEQUENCE, {"site": site}).scalar()
         if last is not None and sequence <= int(last):
             raise fail(
                 "bundle.replay",
@@ -276,7 +296,7 @@ class Hub:
             )
 
     def budget(self, conn, site: str) -> float | None:
-        rows = dict(conn.execute(sa.select(db.budgets.c.site, db.budgets.c.epsilon).where(db.budgets.c.site.in_([site, "*"]))).all())
+        rows = dict(conn.execute(_BUDGETS, {"site": site}).all())
         return rows.get(site, rows.get("*"))
 
     def _records(self, conn, site: str, run: str | None = None) -> list[dict]:

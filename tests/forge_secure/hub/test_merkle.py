@@ -96,3 +96,26 @@ def test_every_consistency_proof_verifies_and_forks_fail(n):
     with pytest.raises(m.ProofError) as e:
         m.verify_consistency(n + 1, n, new_root, new_root, [])
     assert e.value.code == "log.rollback"
+
+
+def test_tree_of_a_growing_log_equals_the_rfc_definitions():
+    """merkle.Tree (complete subtrees remembered, O(log n) per root or proof) gives exactly the
+    roots and proofs of the recursive definitions, for every size up to 140 as leaves are
+    appended (so subtrees of 16, 32 and 64 leaves are remembered and reused), and the
+    reference tree's roots."""
+    tree = m.Tree([])
+    for h in HASHES:
+        tree.leaves.append(h)
+    assert [tree.root(n).hex() for n in range(1, 9)] == ROOTS and tree.root(0) == m.root([])
+    tree, leaves = m.Tree([]), _leaves(140)
+    for n in range(1, 141):
+        tree.leaves.append(leaves[n - 1])
+        d = leaves[:n]
+        assert tree.root(n) == m.root(d)
+        assert [tree.inclusion_proof(i, n) for i in range(n)] == [m.inclusion_proof(i, d) for i in range(n)]
+        assert [tree.consistency_proof(k, n) for k in range(1, n + 1)] == [m.consistency_proof(k, d) for k in range(1, n + 1)]
+    assert (0, 128) in tree._memo and all(size >= m.Tree.MEMO and size & (size - 1) == 0 for _, size in tree._memo)
+    assert [tree.root(k) for k in (1, 17, 64, 100)] == [m.root(leaves[:k]) for k in (1, 17, 64, 100)]  # older sizes, after growth
+    for bad in (lambda: tree.root(141), lambda: tree.inclusion_proof(140, 140), lambda: tree.consistency_proof(0, 10)):
+        with pytest.raises(m.ProofError):
+            bad()
