@@ -191,6 +191,12 @@ def write(engine: sa.Engine) -> Iterator[sa.Connection]:
             yield conn
 
 
+def on_abort(conn: sa.Connection, undo) -> None:
+    """Run ``undo()`` if the write transaction of ``conn`` does not commit (an in-memory cache
+    that read the transaction's own uncommitted rows forgets them)."""
+    conn.info.setdefault("on_abort", []).append(undo)
+
+
 @contextlib.contextmanager
 def _write(engine: sa.Engine) -> Iterator[sa.Connection]:
     with engine.connect() as conn:
@@ -200,8 +206,13 @@ def _write(engine: sa.Engine) -> Iterator[sa.Connection]:
                 if engine.dialect.name == "postgresql":
                     conn.execute(sa.select(log_head.c.size).where(log_head.c.id == 1).with_for_update())
                 yield conn
+        except BaseException:  # rolled back (or the commit failed): undo what caches took from it
+            for undo in reversed(conn.info.get("on_abort", [])):
+                undo()
+            raise
         finally:
             conn.info.pop("write", None)
+            conn.info.pop("on_abort", None)
 
 
 @contextlib.contextmanager

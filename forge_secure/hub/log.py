@@ -47,15 +47,29 @@ class LeafCache:
         self.tree = merkle.Tree(self._leaves)
 
     def read(self, conn: sa.Connection, size: int) -> merkle.Tree:
-        """The tree, holding at least the first ``size`` leaves (read from the database when new)."""
+        """The tree, holding at least the first ``size`` leaves (read from the database when new).
+
+        Leaves read inside a write transaction may not be committed yet (the push's own entry,
+        read for its receipt): if that transaction aborts, :func:`.db.write` runs the undo
+        registered here, which forgets them and every subtree root over them, so the cache
+        never holds an entry the database does not."""
         with self._lock:
-            if len(self._leaves) < size:
-                rows = conn.execute(_LEAVES, {"start": len(self._leaves), "stop": size}).all()
+            had = len(self._leaves)
+            if had < size:
+                rows = conn.execute(_LEAVES, {"start": had, "stop": size}).all()
                 for idx, h in rows:
                     if idx != len(self._leaves):
                         raise RuntimeError(f"the log has a gap at index {len(self._leaves)}")
                     self._leaves.append(bytes.fromhex(h))
+                if conn.info.get("write"):
+                    db.on_abort(conn, lambda: self.truncate(had))
             return self.tree
+
+    def truncate(self, size: int) -> None:
+        """Forget the leaves from ``size`` on and the subtree roots that cover any of them."""
+        with self._lock:
+            del self._leaves[size:]
+            self.tree.forget_from(size)
 
 
 def size(conn: sa.Connection) -> int:

@@ -110,6 +110,11 @@ class Tree:
             self._memo[(lo, n)] = h
         return h
 
+    def forget_from(self, size: int) -> None:
+        """Drop the remembered roots of subtrees that reach leaf ``size`` or beyond (the leaves
+        from ``size`` on were removed)."""
+        self._memo = {k: v for k, v in self._memo.items() if k[0] + k[1] <= size}
+
     def _check(self, n: int) -> None:
         if not 0 <= n <= len(self.leaves):
             raise ProofError(f"the tree holds {len(self.leaves)} entries, not {n}", fix="ask for a size up to the tree size")

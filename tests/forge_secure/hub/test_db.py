@@ -80,3 +80,41 @@ def test_bad_database_urls(tmp_path):
         with pytest.raises(ForgeError) as e:
             db.make_engine(url)
         assert e.value.code == "hub.db"
+
+
+def test_an_aborted_append_leaves_nothing_in_the_log_cache(db_url):
+    """A push's transaction reads its own uncommitted entry for the receipt; when it then rolls
+    back, the cached leaf and every subtree root over it are forgotten, so the next checkpoint is
+    the root of what the database holds (a cache that kept the phantom leaf would sign a history
+    that never existed)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from forge_secure.hub import log, merkle
+    from forge_secure.hub.note import NoteSigner
+
+    engine = db.make_engine(db_url)
+    try:
+        db.migrate(engine)
+        lg = log.Log(NoteSigner("test-log", Ed25519PrivateKey.generate()), "test-log")
+        for i in range(40):  # past Tree.MEMO, so that complete subtree roots are remembered
+            with db.write(engine) as conn:
+                lg.receipt(conn, log.append(conn, "test", {"i": i}, 0))
+        try:
+            with db.write(engine) as conn:
+                index = log.append(conn, "test", {"phantom": True}, 0)
+                lg.receipt(conn, index)  # caches the uncommitted leaf (and roots over it)
+                raise RuntimeError("the push fails after its receipt was built")
+        except RuntimeError:
+            pass
+        with db.write(engine) as conn:
+            index = log.append(conn, "test", {"real": True}, 0)
+            receipt = lg.receipt(conn, index)
+        assert index == 40
+        with db.read(engine) as conn:
+            stored = [bytes.fromhex(h) for (h,) in conn.execute(sa.select(db.log_entries.c.leaf_hash).order_by(db.log_entries.c.idx))]
+            checkpoint = lg.checkpoint(conn)
+        assert len(stored) == 41 and checkpoint.size == 41
+        assert checkpoint.root == merkle.root(stored)
+        assert receipt["checkpoint"] == checkpoint.note  # the receipt's checkpoint is of the stored history
+    finally:
+        engine.dispose()
