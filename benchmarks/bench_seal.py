@@ -52,26 +52,31 @@ MB = 1 << 20
 CHUNK = 1 << 20
 
 
-def make_plugin(root: Path, size: int, seed: int) -> Path:
-    plugin = root / f"plugin-{size // MB}MB"
+def make_plugin(root: Path, size: int, seed: int, name: str | None = None) -> Path:
+    """A plugin folder under ``root`` (``plugin-<size>MB``, or ``name``) with one weight file of
+    ``size`` seeded random bytes whose sha256 forge.json records, as ``forge train`` writes it
+    (so sealing checks the adapter against it, as it does for every real plugin)."""
+    plugin = root / (name or f"plugin-{size // MB}MB")
     plugin.mkdir()
+    rng = np.random.default_rng(seed)
+    left, digest = size, hashlib.sha256()
+    with open(plugin / "adapter_model.safetensors", "wb") as f:
+        while left:
+            block = rng.bytes(min(left, 64 * MB))
+            f.write(block)
+            digest.update(block)
+            left -= len(block)
     (plugin / "forge.json").write_text(
         json.dumps(
             {
                 "format": "forge-plugin/1",
                 "kind": "trained",
                 "base": {"name": "bench", "digest": "00" * 32},
+                "adapter": {"sha256": digest.hexdigest()},
                 "dp": {"enabled": True, "epsilon": 3.0, "delta": 1e-5},
             }
         )
     )
-    rng = np.random.default_rng(seed)
-    left = size
-    with open(plugin / "adapter_model.safetensors", "wb") as f:
-        while left:
-            n = min(left, 64 * MB)
-            f.write(rng.bytes(n))
-            left -= n
     return plugin
 
 
@@ -229,7 +234,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
             if size != args.rss_size * MB:
                 shutil.rmtree(plugin)
-        # peak memory in fresh processes
+        # peak memory in fresh processes (the timed plugin of that size is kept for it)
         rss_plugin = root / f"plugin-{args.rss_size}MB"
         if not rss_plugin.exists():
             rss_plugin = make_plugin(root, args.rss_size * MB, seed=7)
@@ -239,7 +244,7 @@ def main() -> None:
         rs = child(["seal", str(rss_plugin), str(site.signing), str(cons.public), str(bundle), "", "", "", str(seq)], env)
         ro = child(["open", "", "", "", str(bundle), str(cons.decryption), str(roster), str(out)], env)
         idle = child_idle(env)
-        cold_plugin = make_plugin(root, 16 * MB, seed=16)
+        cold_plugin = make_plugin(root, 16 * MB, seed=16, name="plugin-cold-16MB")  # never the plugin kept above
         cold_seal, cold_open = [], []
         for r in range(3):
             seq += 1
