@@ -20,7 +20,7 @@ the timed calls (run-queue delay from ``/proc/self/task/*/schedstat``: near 0 wh
 cores were free, several ms when other work competed for them).
 Peak RSS is measured in fresh child processes (``resource.getrusage(RUSAGE_CHILDREN)``
 after each child exits) that seal and open the 1 GB payload; fresh children also time the
-first seal and open of a 16 MiB payload in a new process (as one ``forge seal`` call does:
+first seal and open of a 16 MiB payload (``--cold-size``) in a new process (as one ``forge seal`` call does:
 no helper thread or buffers exist yet). Files live in a tmpfs (/dev/shm when present) so
 the disk of this shared machine does not dominate.
 
@@ -153,6 +153,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per size (median reported)")
     ap.add_argument("--small-repeats", type=int, default=15, help="timed repeats for sizes up to 64 MiB")
     ap.add_argument("--rss-size", type=int, default=1024, help="payload MiB for the peak-memory children")
+    ap.add_argument("--cold-size", type=int, default=16, help="payload MiB for the first-call children")
     ap.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = ap.parse_args()
     sizes = [int(s) * MB for s in args.sizes.split(",")]
@@ -244,7 +245,8 @@ def main() -> None:
         rs = child(["seal", str(rss_plugin), str(site.signing), str(cons.public), str(bundle), "", "", "", str(seq)], env)
         ro = child(["open", "", "", "", str(bundle), str(cons.decryption), str(roster), str(out)], env)
         idle = child_idle(env)
-        cold_plugin = make_plugin(root, 16 * MB, seed=16, name="plugin-cold-16MB")  # never the plugin kept above
+        cold = args.cold_size * MB
+        cold_plugin = make_plugin(root, cold, seed=16, name="plugin-cold")  # never the plugin kept above
         cold_seal, cold_open = [], []
         for r in range(3):
             seq += 1
@@ -253,7 +255,7 @@ def main() -> None:
                 child(["seal", str(cold_plugin), str(site.signing), str(cons.public), str(cb), "", "", "", str(seq)], env)["seconds"]
             )
             cold_open.append(child(["open", "", "", "", str(cb), str(cons.decryption), str(roster), str(co)], env)["seconds"])
-        cold_limit = statistics.median(sum(baseline(16 * MB, seed=r)[:2]) for r in range(3))
+        cold_limit = statistics.median(sum(baseline(cold, seed=r)[:2]) for r in range(3))
         mem = {
             "seal_mb": rs["maxrss_kb"] / 1024,
             "open_mb": ro["maxrss_kb"] / 1024,
@@ -266,6 +268,7 @@ def main() -> None:
             "cold_seal_s": statistics.median(cold_seal),
             "cold_open_s": statistics.median(cold_open),
             "cold_limit_s": cold_limit,
+            "cold_mb": args.cold_size,
         }
         print(json.dumps(mem), flush=True)
     finally:
@@ -317,7 +320,7 @@ def render(rows, mem, load) -> str:
         )
     lines += [
         "",
-        f"First call in a fresh process (16 MiB, median of 3 children; no helper thread or buffers exist yet, as in one "
+        f"First call in a fresh process ({mem['cold_mb']} MiB, median of 3 children; no helper thread or buffers exist yet, as in one "
         f"`forge seal` / `forge open` command; interpreter start and imports not included): seal "
         f"{mem['cold_seal_s'] * 1e3:.1f} ms, open {mem['cold_open_s'] * 1e3:.1f} ms, ratios "
         f"{mem['cold_limit_s'] / mem['cold_seal_s']:.2f} / {mem['cold_limit_s'] / mem['cold_open_s']:.2f}.",
