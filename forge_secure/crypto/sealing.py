@@ -32,7 +32,7 @@ from ..plugins.schema import FORMAT as PLUGIN_FORMAT
 from ..progress import task
 from . import _primitives as P
 from . import _time
-from ._pipeline import EarlyWriteback, TwoLanes, pread_exactly, pwrite_all
+from ._pipeline import EarlyWriteback, TwoLanes, background, give_back, pread_exactly, pwrite_all, take_buffers
 from .bundle_format import (
     DEFAULT_CHUNK,
     FORMAT,
@@ -62,7 +62,8 @@ class _ContainerSource:
     Each file is opened when first needed and closed once all its bytes were read, after
     checking that it did not change size while it was being sealed."""
 
-    def __init__(self, entries: list[Entry]):
+    def __init__(self, entries: list[Entry], root: str | os.PathLike = "the plugin folder"):
+        self.root = root
         self._index = index_bytes(entries)
         self._entries = list(entries)
         self._paths: list[Path] = []
@@ -79,6 +80,14 @@ class _ContainerSource:
         self._lock = threading.Lock()
         self._fds: dict[int, int] = {}
         self._left = {k: e.size for k, e in enumerate(self._entries)}
+
+    def changed(self):
+        """The error for a folder that changed while it was being sealed (a short read)."""
+        return fail(
+            "bundle.source_changed",
+            f"{self.root} changed while it was being sealed",
+            "wait until the plugin is fully written, then seal again",
+        )
 
     def _changed(self, entry: Entry):
         return fail(
@@ -144,6 +153,55 @@ class _ContainerSource:
             fds, self._fds = list(self._fds.values()), {}
         for fd in fds:
             os.close(fd)
+
+
+class _ReadAhead:
+    """Read the first ``count`` plaintext chunks on a pooled helper thread (and pass each to
+    ``check``, in order) while :func:`seal` does its serial set-up: the sequence counter, the
+    header, the key wrap, the output file. The chunks read here are the very bytes encrypted
+    later (``plaintext(i)``), so the adapter check still covers exactly the bytes sealed."""
+
+    def __init__(self, source: _ContainerSource, count: int, chunk_size: int, payload_size: int, check):
+        self.count, self._stop, self._error = count, False, None
+        self._buffers = take_buffers(chunk_size, count)
+        self._views: list[memoryview | None] = [None] * count
+        self._ready = [threading.Event() for _ in range(count)]
+
+        def run() -> None:
+            try:
+                for i, buf in enumerate(self._buffers):
+                    if self._stop:
+                        break
+                    view = memoryview(buf)[: min(chunk_size, payload_size - i * chunk_size)]
+                    if source.read_at(i * chunk_size, view) != len(view):
+                        raise source.changed()
+                    if check is not None:
+                        check(i, view)
+                    self._views[i] = view
+                    self._ready[i].set()
+            except BaseException as e:  # handed to the stream by plaintext()
+                self._error = e
+            finally:
+                for ready in self._ready:
+                    ready.set()
+
+        self._future = background(run)
+
+    def plaintext(self, index: int) -> memoryview | None:
+        """Chunk ``index`` as read ahead (None past the first ``count``); raises what the read raised."""
+        if index >= self.count:
+            return None
+        self._ready[index].wait()
+        if self._error is not None:
+            raise self._error
+        return self._views[index]
+
+    def close(self) -> None:
+        """Stop, wait for the helper (it reads through ``source``'s descriptors), free the buffers."""
+        self._stop = True
+        self._future.result()
+        self._views = []
+        give_back(self._buffers)
 
 
 # --------------------------------------------------------------------------- seal
@@ -318,11 +376,23 @@ def _seal(
     created = _time.now() if now is None else int(now)
     counter = counter or SequenceCounter()
     stride = chunk_size + P.TAG_BYTES
-    source = _ContainerSource(entries)
+    source = _ContainerSource(entries, plugin_dir)
     # the adapter's sha256 over the very bytes sealed, when forge.json records one to compare
     adapter_hash, adapter_at = None, (0, 0)
     if adapter is not None and record.recorded_adapter_sha256 is not None:
         adapter_hash, adapter_at = hashlib.sha256(), source.span(adapter.name)
+
+    def hash_adapter(index: int, plain: memoryview) -> None:  # in chunk order
+        assert adapter_hash is not None
+        start = adapter_at[0] - index * chunk_size
+        part = plain[max(start, 0) : max(start + adapter_at[1], 0)]
+        if len(part):
+            adapter_hash.update(part)
+
+    # the first chunks are read (and the adapter's checked) while the set-up below runs
+    ahead = _ReadAhead(
+        source, min(SEAL_DEPTH, chunks) if chunks > 2 else 0, chunk_size, payload_size, hash_adapter if adapter_hash else None
+    )
     try:
         with counter.next(signer.site, sequence) as seq:
             head, manifest, digest, cipher, submission_id = _seal_head(
@@ -334,21 +404,16 @@ def _seal(
                 return memoryview(buf)[stride : stride + want]
 
             def encrypt(index: int, buf: bytearray) -> int:  # any thread, any order (chunks are independent)
-                plain = plaintext(index, buf)
-                if source.read_at(index * chunk_size, plain) != len(plain):
-                    raise fail(
-                        "bundle.source_changed",
-                        f"{plugin_dir} changed while it was being sealed",
-                        "wait until the plugin is fully written, then seal again",
-                    )
+                plain = ahead.plaintext(index)
+                if plain is None:
+                    plain = plaintext(index, buf)
+                    if source.read_at(index * chunk_size, plain) != len(plain):
+                        raise source.changed()
                 return len(cipher.seal_chunk(index, index == chunks - 1, plain, buf))
 
             def check_adapter(index: int, buf: bytearray, n: int) -> None:  # either thread, in chunk order
-                assert adapter_hash is not None
-                start = adapter_at[0] - index * chunk_size
-                part = plaintext(index, buf)[max(start, 0) : max(start + adapter_at[1], 0)]
-                if len(part):
-                    adapter_hash.update(part)
+                if index >= ahead.count:  # the chunks read ahead were checked as they were read
+                    hash_adapter(index, plaintext(index, buf))
 
             with atomic_output(out) as f:
                 f.write(head)
@@ -406,5 +471,6 @@ def _seal(
                 f.write(struct.pack(">I", len(envelope)) + envelope)
             fsync_directory(out.parent)  # the file was fsynced before the rename; make its name durable too
     finally:
+        ahead.close()
         source.close()
     return out

@@ -12,6 +12,7 @@ import os
 import pytest
 
 from forge_secure.crypto import SequenceCounter
+from forge_secure.crypto import sealing as sealing_mod
 from forge_secure.errors import ForgeError
 from forge_secure.plugins import record as record_mod
 
@@ -70,28 +71,51 @@ def test_a_wrong_recorded_digest_is_refused_and_nothing_is_written_or_counted(wo
     assert SequenceCounter().last("site-1") == 0  # the sequence number was not used up
 
 
-def test_an_adapter_rewritten_after_the_scan_is_refused(world, kit):
+def rewrite(weights):
+    """Flip one bit in the middle of the adapter, in place (same size, same inode)."""
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1
+    with open(weights, "r+b") as f:
+        f.write(data)
+
+
+def test_an_adapter_rewritten_after_the_scan_is_refused(world, monkeypatch):
     """Same size, other bytes, changed between the scan and the read: the check covers exactly
     the bytes sealed, so this is caught (a separate hashing pass before sealing could not)."""
-    weights = world.plugin / ADAPTER
-    data = bytearray(weights.read_bytes())
+    real = sealing_mod.scan_directory
 
-    class Tamper:
-        def __init__(self):
-            self.drbg, self.done = kit.Drbg("tamper"), False
+    def scan_then_rewrite(*a, **k):
+        entries = real(*a, **k)
+        rewrite(world.plugin / ADAPTER)
+        return entries
 
-        def __call__(self, n):  # seal draws its random bytes after the scan, before the read
-            if not self.done:
-                self.done = True
-                data[len(data) // 2] ^= 1
-                with open(weights, "r+b") as f:
-                    f.write(data)
-            return self.drbg(n)
-
+    monkeypatch.setattr(sealing_mod, "scan_directory", scan_then_rewrite)
     with pytest.raises(ForgeError) as info:
-        world.seal("late.forge", random=Tamper())
+        world.seal("late.forge")
     assert info.value.code == "plugin.adapter_digest"
     assert nothing_written(world, "late.forge")
+
+
+@pytest.mark.parametrize("draw", [1, 2, 3])
+def test_wherever_a_rewrite_lands_a_sealed_adapter_matches_its_recorded_digest(world, kit, draw):
+    """Rewritten while the set-up runs (at the ``draw``-th random draw, while the first chunks
+    may already be read ahead): seal either refuses, or seals bytes that match forge.json."""
+    original = (world.plugin / ADAPTER).read_bytes()
+    drbg, calls = kit.Drbg("race"), [0]
+
+    def random(n):
+        calls[0] += 1
+        if calls[0] == draw:
+            rewrite(world.plugin / ADAPTER)
+        return drbg(n)
+
+    try:
+        path = world.seal("race.forge", random=random)
+    except ForgeError as e:
+        assert e.code in ("plugin.adapter_digest", "bundle.source_changed")
+        assert nothing_written(world, "race.forge")
+        return
+    assert (world.open(path).out / ADAPTER).read_bytes() == original
 
 
 def test_a_plugin_without_its_adapter_is_refused_before_anything_is_written(world):
