@@ -24,6 +24,7 @@ def test_the_benchmark_runs_when_the_memory_size_is_a_timed_size_and_the_first_c
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     timed, memory = rows
     assert timed["size_mb"] == 1 and timed["repeats"] == 1 and timed["seal_ratio"] > 0 and timed["open_ratio"] > 0
+    assert timed["bare_seal_ratio"] > 0  # the same bytes sealed with no adapter digest to check
     assert memory["size_mb"] == 1 and memory["cold_mb"] == 1 and memory["seal_mb"] > 0
     assert "| 1 MiB |" in proc.stdout
 
