@@ -22,6 +22,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 from .. import __version__
@@ -163,6 +164,7 @@ class _ReadAhead:
 
     def __init__(self, source: _ContainerSource, count: int, chunk_size: int, payload_size: int, check):
         self.count, self._stop, self._error = count, False, None
+        self._lock = threading.Lock()
         self._buffers = take_buffers(chunk_size, count)
         self._views: list[memoryview | None] = [None] * count
         self._ready = [threading.Event() for _ in range(count)]
@@ -185,12 +187,22 @@ class _ReadAhead:
                 for ready in self._ready:
                     ready.set()
 
-        self._future = background(run)
+        if count:
+            self._future = background(run)
+        else:  # nothing to read ahead (a stream of one or two chunks runs inline)
+            self._future = Future()
+            self._future.set_result(None)
 
     def plaintext(self, index: int) -> memoryview | None:
-        """Chunk ``index`` as read ahead (None past the first ``count``); raises what the read raised."""
+        """Chunk ``index`` as read ahead (None past the first ``count``); raises what the read raised.
+        If the helper has not even started (every pooled thread busy), it is cancelled and the
+        stream reads (and checks) every chunk itself: ``count`` becomes 0 before any chunk is checked."""
         if index >= self.count:
             return None
+        with self._lock:
+            if self._future.cancel():
+                self.count = 0
+                return None
         self._ready[index].wait()
         if self._error is not None:
             raise self._error
@@ -199,7 +211,8 @@ class _ReadAhead:
     def close(self) -> None:
         """Stop, wait for the helper (it reads through ``source``'s descriptors), free the buffers."""
         self._stop = True
-        self._future.result()
+        if not self._future.cancel():
+            self._future.result()
         self._views = []
         give_back(self._buffers)
 
