@@ -371,10 +371,10 @@ def check_adapter_digest(path: str | os.PathLike[str], recorded: str | None, dig
     """``digest`` (the sha256 of plugin folder ``path``'s adapter file, hashed by the caller, e.g.
     while sealing it) must be the one forge.json records, when it records one
     (``plugin.adapter_digest``)."""
+    f = Path(path) / ADAPTER_FILE
     if recorded is not None and recorded != digest:
         raise ForgeIntegrityError(
-            f"{Path(path) / ADAPTER_FILE} has sha256 {digest[:16]}..., not the adapter digest forge.json records "
-            f"({recorded[:16]}...): truncated or tampered",
+            f"{f} has sha256 {digest[:16]}..., not the adapter digest forge.json records ({recorded[:16]}...): truncated or tampered",
             fix="restore the plugin from a good copy or its sealed bundle",
             code="plugin.adapter_digest",
         )
