@@ -6,8 +6,9 @@ The folder's ``forge.json`` is read through the one gateway into a plugin folder
 same error as when the plugin is loaded, merged or audited. A plugin's adapter must match the
 sha256 its ``forge.json`` records (``plugin.adapter_digest``), or no bundle is written: the
 adapter is hashed in the same pass that reads and encrypts it (one read of its bytes, in
-order on the caller while the helper hashes the ciphertext), and compared before the bundle
-is renamed into place, so the check covers exactly the bytes sealed. No tensor is parsed:
+order: the first chunks as a helper reads them ahead during the set-up, the rest beside the
+ciphertext's hash), and compared before the bundle is renamed into place, so the check
+covers exactly the bytes sealed. No tensor is parsed:
 the opener's gateway checks the schema, the values and the base. The DP claim and base
 digest it records are copied into the signed manifest, encoded by
 :func:`forge_secure.numbers.jsonable` (canonical: floats as their ``repr``).
@@ -163,11 +164,21 @@ class _ReadAhead:
     later (``plaintext(i)``), so the adapter check still covers exactly the bytes sealed."""
 
     def __init__(self, source: _ContainerSource, count: int, chunk_size: int, payload_size: int, check):
-        self.count, self._stop, self._error = count, False, None
+        self.count, self._stop = count, False
+        self._error: BaseException | None = None
+        self._source, self._chunk, self._size, self._check = source, chunk_size, payload_size, check
         self._lock = threading.Lock()
-        self._buffers = take_buffers(chunk_size, count)
+        self._buffers: list[bytearray] = []
         self._views: list[memoryview | None] = [None] * count
         self._ready = [threading.Event() for _ in range(count)]
+        self._future: Future = Future()
+        self._future.set_result(None)  # until start(): nothing runs
+
+    def start(self) -> None:
+        if not self.count:  # nothing to read ahead (a stream of one or two chunks runs inline)
+            return
+        source, chunk_size, payload_size, check = self._source, self._chunk, self._size, self._check
+        self._buffers = take_buffers(chunk_size, self.count)
 
         def run() -> None:
             try:
@@ -187,11 +198,7 @@ class _ReadAhead:
                 for ready in self._ready:
                     ready.set()
 
-        if count:
-            self._future = background(run)
-        else:  # nothing to read ahead (a stream of one or two chunks runs inline)
-            self._future = Future()
-            self._future.set_result(None)
+        self._future = background(run)
 
     def plaintext(self, index: int) -> memoryview | None:
         """Chunk ``index`` as read ahead (None past the first ``count``); raises what the read raised.
@@ -402,11 +409,11 @@ def _seal(
         if len(part):
             adapter_hash.update(part)
 
-    # the first chunks are read (and the adapter's checked) while the set-up below runs
     ahead = _ReadAhead(
-        source, min(SEAL_DEPTH, chunks) if chunks > 2 else 0, chunk_size, payload_size, hash_adapter if adapter_hash else None
+        source, min(SEAL_DEPTH, chunks) if chunks > 2 else 0, chunk_size, payload_size, None if adapter_hash is None else hash_adapter
     )
     try:
+        ahead.start()  # the first chunks are read (and the adapter's checked) while the set-up below runs
         with counter.next(signer.site, sequence) as seq:
             head, manifest, digest, cipher, submission_id = _seal_head(
                 signer, recipient, kem, algorithms, meta, entries, seq, created, payload_size, chunk_size, chunks, random, wrap
