@@ -51,11 +51,6 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
-def background(fn: Callable[[], object]) -> Future:
-    """Run ``fn`` on a pooled helper thread (e.g. reading ahead while the caller sets up)."""
-    return _pool().submit(fn)
-
-
 def _reset_in_child() -> None:  # the parent's threads do not exist in a forked child
     global _POOL, _LOCK
     _POOL, _LOCK = None, threading.Lock()

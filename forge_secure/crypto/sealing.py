@@ -6,9 +6,8 @@ The folder's ``forge.json`` is read through the one gateway into a plugin folder
 same error as when the plugin is loaded, merged or audited. A plugin's adapter must match the
 sha256 its ``forge.json`` records (``plugin.adapter_digest``), or no bundle is written: the
 adapter is hashed in the same pass that reads and encrypts it (one read of its bytes, in
-order: the first chunks as a helper reads them ahead during the set-up, the rest beside the
-ciphertext's hash), and compared before the bundle is renamed into place, so the check
-covers exactly the bytes sealed. No tensor is parsed:
+order on either thread, beside the ciphertext's hash), and compared before the bundle is
+renamed into place, so the check covers exactly the bytes sealed. No tensor is parsed:
 the opener's gateway checks the schema, the values and the base. The DP claim and base
 digest it records are copied into the signed manifest, encoded by
 :func:`forge_secure.numbers.jsonable` (canonical: floats as their ``repr``).
@@ -23,7 +22,6 @@ import os
 import struct
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 
 from .. import __version__
@@ -34,7 +32,7 @@ from ..plugins.schema import FORMAT as PLUGIN_FORMAT
 from ..progress import task
 from . import _primitives as P
 from . import _time
-from ._pipeline import EarlyWriteback, TwoLanes, background, give_back, pread_exactly, pwrite_all, take_buffers
+from ._pipeline import EarlyWriteback, TwoLanes, pread_exactly, pwrite_all
 from .bundle_format import (
     DEFAULT_CHUNK,
     FORMAT,
@@ -155,73 +153,6 @@ class _ContainerSource:
             fds, self._fds = list(self._fds.values()), {}
         for fd in fds:
             os.close(fd)
-
-
-class _ReadAhead:
-    """Read the first ``count`` plaintext chunks on a pooled helper thread (and pass each to
-    ``check``, in order) while :func:`seal` does its serial set-up: the sequence counter, the
-    header, the key wrap, the output file. The chunks read here are the very bytes encrypted
-    later (``plaintext(i)``), so the adapter check still covers exactly the bytes sealed."""
-
-    def __init__(self, source: _ContainerSource, count: int, chunk_size: int, payload_size: int, check):
-        self.count, self._stop = count, False
-        self._error: BaseException | None = None
-        self._source, self._chunk, self._size, self._check = source, chunk_size, payload_size, check
-        self._lock = threading.Lock()
-        self._buffers: list[bytearray] = []
-        self._views: list[memoryview | None] = [None] * count
-        self._ready = [threading.Event() for _ in range(count)]
-        self._future: Future = Future()
-        self._future.set_result(None)  # until start(): nothing runs
-
-    def start(self) -> None:
-        if not self.count:  # nothing to read ahead (a stream of one or two chunks runs inline)
-            return
-        source, chunk_size, payload_size, check = self._source, self._chunk, self._size, self._check
-        self._buffers = take_buffers(chunk_size, self.count)
-
-        def run() -> None:
-            try:
-                for i, buf in enumerate(self._buffers):
-                    if self._stop:
-                        break
-                    view = memoryview(buf)[: min(chunk_size, payload_size - i * chunk_size)]
-                    if source.read_at(i * chunk_size, view) != len(view):
-                        raise source.changed()
-                    if check is not None:
-                        check(i, view)
-                    self._views[i] = view
-                    self._ready[i].set()
-            except BaseException as e:  # handed to the stream by plaintext()
-                self._error = e
-            finally:
-                for ready in self._ready:
-                    ready.set()
-
-        self._future = background(run)
-
-    def plaintext(self, index: int) -> memoryview | None:
-        """Chunk ``index`` as read ahead (None past the first ``count``); raises what the read raised.
-        If the helper has not even started (every pooled thread busy), it is cancelled and the
-        stream reads (and checks) every chunk itself: ``count`` becomes 0 before any chunk is checked."""
-        if index >= self.count:
-            return None
-        with self._lock:
-            if self._future.cancel():
-                self.count = 0
-                return None
-        self._ready[index].wait()
-        if self._error is not None:
-            raise self._error
-        return self._views[index]
-
-    def close(self) -> None:
-        """Stop, wait for the helper (it reads through ``source``'s descriptors), free the buffers."""
-        self._stop = True
-        if not self._future.cancel():
-            self._future.result()
-        self._views = []
-        give_back(self._buffers)
 
 
 # --------------------------------------------------------------------------- seal
@@ -402,18 +333,14 @@ def _seal(
     if adapter is not None and record.recorded_adapter_sha256 is not None:
         adapter_hash, adapter_at = hashlib.sha256(), source.span(adapter.name)
 
-    def hash_adapter(index: int, plain: memoryview) -> None:  # in chunk order
+    def hash_adapter(index: int, plain: memoryview) -> None:  # in chunk order (TwoLanes' check)
         assert adapter_hash is not None
         start = adapter_at[0] - index * chunk_size
         part = plain[max(start, 0) : max(start + adapter_at[1], 0)]
         if len(part):
             adapter_hash.update(part)
 
-    ahead = _ReadAhead(
-        source, min(SEAL_DEPTH, chunks) if chunks > 2 else 0, chunk_size, payload_size, None if adapter_hash is None else hash_adapter
-    )
     try:
-        ahead.start()  # the first chunks are read (and the adapter's checked) while the set-up below runs
         with counter.next(signer.site, sequence) as seq:
             head, manifest, digest, cipher, submission_id = _seal_head(
                 signer, recipient, kem, algorithms, meta, entries, seq, created, payload_size, chunk_size, chunks, random, wrap
@@ -424,16 +351,13 @@ def _seal(
                 return memoryview(buf)[stride : stride + want]
 
             def encrypt(index: int, buf: bytearray) -> int:  # any thread, any order (chunks are independent)
-                plain = ahead.plaintext(index)
-                if plain is None:
-                    plain = plaintext(index, buf)
-                    if source.read_at(index * chunk_size, plain) != len(plain):
-                        raise source.changed()
+                plain = plaintext(index, buf)
+                if source.read_at(index * chunk_size, plain) != len(plain):
+                    raise source.changed()
                 return len(cipher.seal_chunk(index, index == chunks - 1, plain, buf))
 
             def check_adapter(index: int, buf: bytearray, n: int) -> None:  # either thread, in chunk order
-                if index >= ahead.count:  # the chunks read ahead were checked as they were read
-                    hash_adapter(index, plaintext(index, buf))
+                hash_adapter(index, plaintext(index, buf))
 
             with atomic_output(out) as f:
                 f.write(head)
@@ -491,6 +415,5 @@ def _seal(
                 f.write(struct.pack(">I", len(envelope)) + envelope)
             fsync_directory(out.parent)  # the file was fsynced before the rename; make its name durable too
     finally:
-        ahead.close()
         source.close()
     return out

@@ -98,8 +98,8 @@ def test_an_adapter_rewritten_after_the_scan_is_refused(world, monkeypatch):
 
 @pytest.mark.parametrize("draw", [1, 2, 3])
 def test_wherever_a_rewrite_lands_a_sealed_adapter_matches_its_recorded_digest(world, kit, draw):
-    """Rewritten while the set-up runs (at the ``draw``-th random draw, while the first chunks
-    may already be read ahead): seal either refuses, or seals bytes that match forge.json."""
+    """Rewritten while the set-up runs (at the ``draw``-th random draw): seal either refuses, or
+    seals bytes that match forge.json."""
     original = (world.plugin / ADAPTER).read_bytes()
     drbg, calls = kit.Drbg("race"), [0]
 
@@ -124,27 +124,3 @@ def test_a_plugin_without_its_adapter_is_refused_before_anything_is_written(worl
         world.seal("none.forge")
     assert info.value.code == "plugin.no_adapter"
     assert nothing_written(world, "none.forge")
-
-
-@pytest.mark.parametrize("recorded", ["right", "wrong"])
-def test_when_no_pooled_thread_is_free_to_read_ahead_the_stream_reads_and_checks_every_chunk(world, monkeypatch, recorded):
-    """The read-ahead never starts (its task stays queued): seal cancels it and does the work
-    itself, so a busy pool can neither hang a seal nor skip part of the adapter check."""
-    from concurrent.futures import Future
-
-    queued: list[Future] = []
-
-    def never_started(fn):
-        queued.append(Future())
-        return queued[-1]
-
-    monkeypatch.setattr(sealing_mod, "background", never_started)
-    if recorded == "wrong":
-        record_digest(world.plugin, "11" * 32)
-        with pytest.raises(ForgeError) as info:
-            world.seal("busy.forge")
-        assert info.value.code == "plugin.adapter_digest" and nothing_written(world, "busy.forge")
-    else:
-        path = world.seal("busy.forge")
-        assert (world.open(path).out / ADAPTER).read_bytes() == (world.plugin / ADAPTER).read_bytes()
-    assert all(f.cancelled() for f in queued)

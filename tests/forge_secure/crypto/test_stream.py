@@ -123,8 +123,7 @@ def test_a_bundle_changed_while_it_is_being_verified_is_refused(big, monkeypatch
 
 
 def after_the_scan(monkeypatch, change):
-    """Make ``change`` right after seal scanned the folder, before it reads any file (seal
-    starts reading ahead as soon as the scan is done)."""
+    """Make ``change`` right after seal scanned the folder, before it reads any file."""
     real = sealing_mod.scan_directory
 
     def scan_then_change(*a, **k):
