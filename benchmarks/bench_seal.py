@@ -20,7 +20,7 @@ the timed calls (run-queue delay from ``/proc/self/task/*/schedstat``: near 0 wh
 cores were free, several ms when other work competed for them).
 Peak RSS is measured in fresh child processes (``resource.getrusage(RUSAGE_CHILDREN)``
 after each child exits) that seal and open the 1 GB payload; fresh children also time the
-first seal and open of a 16 MiB payload in a new process (as one ``forge seal`` call does:
+first seal and open of a 16 MiB payload (``--cold-size``) in a new process (as one ``forge seal`` call does:
 no helper thread or buffers exist yet). Files live in a tmpfs (/dev/shm when present) so
 the disk of this shared machine does not dominate.
 
@@ -52,27 +52,44 @@ MB = 1 << 20
 CHUNK = 1 << 20
 
 
-def make_plugin(root: Path, size: int, seed: int) -> Path:
-    plugin = root / f"plugin-{size // MB}MB"
+def write_meta(plugin: Path, adapter_sha256: str | None) -> None:
+    meta = {
+        "format": "forge-plugin/1",
+        "kind": "trained",
+        "base": {"name": "bench", "digest": "00" * 32},
+        "dp": {"enabled": True, "epsilon": 3.0, "delta": 1e-5},
+    }
+    if adapter_sha256 is not None:
+        meta["adapter"] = {"sha256": adapter_sha256}
+    (plugin / "forge.json").write_text(json.dumps(meta))
+
+
+def make_plugin(root: Path, size: int, seed: int, name: str | None = None) -> Path:
+    """A plugin folder under ``root`` (``plugin-<size>MB``, or ``name``) with one weight file of
+    ``size`` seeded random bytes whose sha256 forge.json records, as ``forge train`` writes it
+    (so sealing checks the adapter against it, as it does for every real plugin)."""
+    plugin = root / (name or f"plugin-{size // MB}MB")
     plugin.mkdir()
-    (plugin / "forge.json").write_text(
-        json.dumps(
-            {
-                "format": "forge-plugin/1",
-                "kind": "trained",
-                "base": {"name": "bench", "digest": "00" * 32},
-                "dp": {"enabled": True, "epsilon": 3.0, "delta": 1e-5},
-            }
-        )
-    )
     rng = np.random.default_rng(seed)
-    left = size
+    left, digest = size, hashlib.sha256()
     with open(plugin / "adapter_model.safetensors", "wb") as f:
         while left:
-            n = min(left, 64 * MB)
-            f.write(rng.bytes(n))
-            left -= n
+            block = rng.bytes(min(left, 64 * MB))
+            f.write(block)
+            digest.update(block)
+            left -= len(block)
+    write_meta(plugin, digest.hexdigest())
     return plugin
+
+
+def unrecorded_twin(plugin: Path) -> Path:
+    """The same adapter (a hard link) under a forge.json that records no adapter digest, so
+    sealing has nothing to check it against (as this benchmark's plugin was before)."""
+    twin = plugin.with_name(plugin.name + "-unrecorded")
+    twin.mkdir()
+    os.link(plugin / "adapter_model.safetensors", twin / "adapter_model.safetensors")
+    write_meta(twin, None)
+    return twin
 
 
 def baseline(size: int, seed: int) -> tuple[float, float, float]:
@@ -148,6 +165,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per size (median reported)")
     ap.add_argument("--small-repeats", type=int, default=15, help="timed repeats for sizes up to 64 MiB")
     ap.add_argument("--rss-size", type=int, default=1024, help="payload MiB for the peak-memory children")
+    ap.add_argument("--cold-size", type=int, default=16, help="payload MiB for the first-call children")
     ap.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = ap.parse_args()
     sizes = [int(s) * MB for s in args.sizes.split(",")]
@@ -177,8 +195,9 @@ def main() -> None:
         rows, seq = [], 0
         for size in sizes:
             plugin = make_plugin(root, size, seed=size)
+            twin = unrecorded_twin(plugin)
             b_aes, b_sha, b_cpu, t_seal, t_open, c_seal, c_open = [], [], [], [], [], [], []
-            q_seal, q_open, r_seal, r_open = [], [], [], []
+            q_seal, q_open, r_seal, r_open, t_bare, r_bare = [], [], [], [], [], []
             for r in range(args.small_repeats if size <= 64 * MB else args.repeats):
                 a, s, c = baseline(size, seed=r)
                 b_aes.append(a)
@@ -201,6 +220,12 @@ def main() -> None:
                 r_open.append((a + s) / t_open[-1])
                 bundle.unlink()
                 shutil.rmtree(out)
+                seq += 1
+                t0 = time.perf_counter()
+                seal(twin, signer, cons.public, bundle, sequence=seq, roster=roster)  # no adapter digest to check
+                t_bare.append(time.perf_counter() - t0)
+                r_bare.append((a + s) / t_bare[-1])
+                bundle.unlink()
             aes, sha = statistics.median(b_aes), statistics.median(b_sha)
             limit = aes + sha
             ts, to = statistics.median(t_seal), statistics.median(t_open)
@@ -221,15 +246,18 @@ def main() -> None:
                     "open_cpu_ratio": statistics.median(b_cpu) / statistics.median(c_open),
                     "seal_wait_ms": statistics.median(q_seal),
                     "open_wait_ms": statistics.median(q_open),
+                    "bare_seal_ratio": limit / statistics.median(t_bare),
+                    "bare_seal_ratio_iqr": iqr(r_bare),
                     "repeats": len(t_seal),
                     "seal_spread": (min(t_seal), max(t_seal)),
                     "open_spread": (min(t_open), max(t_open)),
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
+            shutil.rmtree(twin)
             if size != args.rss_size * MB:
                 shutil.rmtree(plugin)
-        # peak memory in fresh processes
+        # peak memory in fresh processes (the timed plugin of that size is kept for it)
         rss_plugin = root / f"plugin-{args.rss_size}MB"
         if not rss_plugin.exists():
             rss_plugin = make_plugin(root, args.rss_size * MB, seed=7)
@@ -239,7 +267,8 @@ def main() -> None:
         rs = child(["seal", str(rss_plugin), str(site.signing), str(cons.public), str(bundle), "", "", "", str(seq)], env)
         ro = child(["open", "", "", "", str(bundle), str(cons.decryption), str(roster), str(out)], env)
         idle = child_idle(env)
-        cold_plugin = make_plugin(root, 16 * MB, seed=16)
+        cold = args.cold_size * MB
+        cold_plugin = make_plugin(root, cold, seed=16, name="plugin-cold")  # never the plugin kept above
         cold_seal, cold_open = [], []
         for r in range(3):
             seq += 1
@@ -248,7 +277,7 @@ def main() -> None:
                 child(["seal", str(cold_plugin), str(site.signing), str(cons.public), str(cb), "", "", "", str(seq)], env)["seconds"]
             )
             cold_open.append(child(["open", "", "", "", str(cb), str(cons.decryption), str(roster), str(co)], env)["seconds"])
-        cold_limit = statistics.median(sum(baseline(16 * MB, seed=r)[:2]) for r in range(3))
+        cold_limit = statistics.median(sum(baseline(cold, seed=r)[:2]) for r in range(3))
         mem = {
             "seal_mb": rs["maxrss_kb"] / 1024,
             "open_mb": ro["maxrss_kb"] / 1024,
@@ -261,6 +290,7 @@ def main() -> None:
             "cold_seal_s": statistics.median(cold_seal),
             "cold_open_s": statistics.median(cold_open),
             "cold_limit_s": cold_limit,
+            "cold_mb": args.cold_size,
         }
         print(json.dumps(mem), flush=True)
     finally:
@@ -295,11 +325,15 @@ def render(rows, mem, load) -> str:
         "interquartile range of the per-repeat ratios. The CPU ratios (process CPU seconds, all threads, against the",
         "baseline's) show the extra work (reading and writing the bytes). \"CPU wait\" is the median time this process's",
         "threads spent waiting for a CPU during one seal / open (other processes on the 2 cores): near 0 means the",
-        "figure was measured on free cores.",
+        "figure was measured on free cores. The plugin's forge.json records its adapter's sha256, as `forge train`",
+        "writes it, so seal also checks the adapter against it: a second SHA-256 pass over the adapter's bytes that",
+        "the limit does not include (run beside the payload hash, in the same read). The last column seals the same",
+        "bytes under a forge.json that records no adapter digest (nothing to check; this benchmark's plugin until",
+        "2026-12-03).",
         "",
         "| payload | AES-GCM GB/s | SHA-256 GB/s | limit GB/s | seal GB/s | seal ratio [IQR] | open GB/s | open ratio [IQR] "
-        "| seal+open ratio | seal / open CPU ratio | CPU wait seal / open | repeats |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| seal+open ratio | seal / open CPU ratio | CPU wait seal / open | repeats | seal ratio, no adapter digest [IQR] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         (sl, sh), (ol, oh) = r["seal_ratio_iqr"], r["open_ratio_iqr"]
@@ -308,11 +342,12 @@ def render(rows, mem, load) -> str:
             f"{r['seal_gbps']:.2f} | **{r['seal_ratio']:.2f}** [{sl:.2f}, {sh:.2f}] | {r['open_gbps']:.2f} | "
             f"**{r['open_ratio']:.2f}** [{ol:.2f}, {oh:.2f}] | {r['both_ratio']:.2f} | "
             f"{r['seal_cpu_ratio']:.2f} / {r['open_cpu_ratio']:.2f} | "
-            f"{r['seal_wait_ms']:.1f} / {r['open_wait_ms']:.1f} ms | {r['repeats']} |"
+            f"{r['seal_wait_ms']:.1f} / {r['open_wait_ms']:.1f} ms | {r['repeats']} | "
+            f"{r['bare_seal_ratio']:.2f} [{r['bare_seal_ratio_iqr'][0]:.2f}, {r['bare_seal_ratio_iqr'][1]:.2f}] |"
         )
     lines += [
         "",
-        f"First call in a fresh process (16 MiB, median of 3 children; no helper thread or buffers exist yet, as in one "
+        f"First call in a fresh process ({mem['cold_mb']} MiB, median of 3 children; no helper thread or buffers exist yet, as in one "
         f"`forge seal` / `forge open` command; interpreter start and imports not included): seal "
         f"{mem['cold_seal_s'] * 1e3:.1f} ms, open {mem['cold_open_s'] * 1e3:.1f} ms, ratios "
         f"{mem['cold_limit_s'] / mem['cold_seal_s']:.2f} / {mem['cold_limit_s'] / mem['cold_open_s']:.2f}.",

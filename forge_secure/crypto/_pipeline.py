@@ -11,7 +11,11 @@ shared out around it. :class:`TwoLanes` does that with two threads, one per core
   a later ciphertext chunk with ``pread``, or write a finished one with ``pwrite``);
 * the **caller** does the work that must stay on one thread in order (decrypting into the
   container when opening, which writes the files in order) and takes any shared work the
-  helper has not taken.
+  helper has not taken;
+* a stream may have a second in-order pass (``check``: sealing hashes the plaintext of a
+  plugin's adapter against the sha256 its forge.json records, in the same read), which
+  either thread runs, one chunk at a time and in order; the caller takes it first, so the
+  two hashes run side by side, one on each core.
 
 Which thread does a shared piece of work is decided at run time, so the two stay balanced
 whatever the speeds of this machine. ``hashlib`` updates, ``pread``/``pwrite`` and file
@@ -86,6 +90,7 @@ def default_depth(size: int) -> int:
 
 Fill = Callable[[int, bytearray], int]
 Drain = Callable[[int, memoryview], object]
+Check = Callable[[int, bytearray, int], object]
 
 
 class TwoLanes:
@@ -96,9 +101,12 @@ class TwoLanes:
     * ``update(view)``: on the helper, strictly in chunk order (a running hash).
     * ``drain(i, view)``: use the chunk. With ``drain_anywhere`` any thread, any order
       (positional writes); otherwise the caller drains them in order.
+    * ``check(i, buf, n)`` (optional): a second pass strictly in chunk order, run by either
+      thread (never both at once; the caller prefers it), given the whole buffer (``fill``
+      may keep more than ``buf[:n]`` in it, e.g. the plaintext beside the ciphertext).
 
-    A buffer is reused once its chunk is both hashed and drained, so neither ``update`` nor
-    ``drain`` may change it. ``run()`` returns when every chunk is done, or raises the first
+    A buffer is reused once its chunk is hashed, checked and drained, so none of ``update``,
+    ``check`` and ``drain`` may change it. ``run()`` returns when every chunk is done, or raises the first
     error of either thread after the helper has stopped. ``progress(1)`` is called per chunk.
     With ``threaded=False`` everything runs on the caller, chunk by chunk.
     """
@@ -116,12 +124,14 @@ class TwoLanes:
         depth: int | None = None,
         threaded: bool = True,
         progress: Callable[[int], object] | None = None,
+        check: Check | None = None,
     ):
         depth = default_depth(max(size, 1)) if depth is None else depth
         if count < 0 or size < 1 or depth < 2:
             raise ValueError("TwoLanes needs count >= 0, size >= 1 and depth >= 2")
         self.count, self.size, self.depth = count, size, depth
-        self.fill, self.update, self.drain = fill, update, drain
+        self.fill, self.update, self.drain, self.check = fill, update, drain, check
+        self._steps = 2 if check is None else 3  # hash, drain (and check) per chunk
         self.fill_anywhere, self.drain_anywhere = fill_anywhere, drain_anywhere
         self.threaded = threaded and count > 1
         self.progress = progress or (lambda n: None)
@@ -130,6 +140,8 @@ class TwoLanes:
         self._next_fill = 0  # next chunk to claim for filling
         self._next_hash = 0  # next chunk the helper hashes
         self._next_drain = 0  # next chunk the caller drains (ordered drains)
+        self._next_check = 0  # next chunk to check (either thread, one at a time)
+        self._checking = False
         self._filled: dict[int, tuple[bytearray, int]] = {}
         self._undrained: collections.deque[int] = collections.deque()  # filled, drain not yet taken
         self._left: dict[int, int] = {}  # chunk -> steps still to do (hash, drain)
@@ -145,8 +157,11 @@ class TwoLanes:
         try:
             buf = buffers[0]
             for i in range(self.count):
-                view = memoryview(buf)[: self.fill(i, buf)]
+                n = self.fill(i, buf)
+                view = memoryview(buf)[:n]
                 self.update(view)
+                if self.check is not None:
+                    self.check(i, buf, n)
                 self.drain(i, view)
                 self.progress(1)
         finally:
@@ -155,7 +170,7 @@ class TwoLanes:
     # ------------------------------------------------------------------ shared state
 
     def _finish_step(self, i: int) -> None:
-        """One of chunk ``i``'s two steps is done (called with the lock held)."""
+        """One of chunk ``i``'s steps is done (called with the lock held)."""
         self._left[i] -= 1
         if not self._left[i]:
             del self._left[i]
@@ -170,17 +185,24 @@ class TwoLanes:
             return ("fill", i, self._free.pop())
         return None
 
+    def _claim_check(self):
+        # one thread at a time: the flag is set here and cleared when the chunk is checked
+        if self.check is not None and not self._checking and self._next_check in self._filled:
+            self._checking = True
+            return ("check", self._next_check, None)
+        return None
+
     def _pick_caller(self):
         # ordered drains: only this thread takes them, and it finishes one (advancing
         # _next_drain) before it picks again, so a chunk is never drained twice
         if not self.drain_anywhere and self._next_drain in self._filled:
             return ("drain", self._next_drain, None)
-        return self._spare_work(fill=True)
+        return self._claim_check() or self._spare_work(fill=True)
 
     def _pick_helper(self):
         if self._next_hash < self.count and self._next_hash in self._filled:
             return ("hash", self._next_hash, None)
-        return self._spare_work(fill=self.fill_anywhere)
+        return self._spare_work(fill=self.fill_anywhere) or self._claim_check()
 
     def _spare_work(self, *, fill: bool):
         """A chunk to fill (when this thread may), else one to drain out of order (when
@@ -198,20 +220,26 @@ class TwoLanes:
             n = self.fill(i, buf)
             with self._cond:
                 self._filled[i] = (buf, n)
-                self._left[i] = 2
+                self._left[i] = self._steps
                 if self.drain_anywhere:
                     self._undrained.append(i)
                 self._cond.notify_all()
             return
-        buf, n = self._filled[i]  # a filled chunk stays in _filled until both steps are done
+        buf, n = self._filled[i]  # a filled chunk stays in _filled until all its steps are done
         view = memoryview(buf)[:n]
         if kind == "hash":
             self.update(view)
+        elif kind == "check":
+            assert self.check is not None
+            self.check(i, buf, n)
         else:
             self.drain(i, view)
         with self._cond:
             if kind == "hash":
                 self._next_hash += 1
+            elif kind == "check":
+                self._next_check += 1
+                self._checking = False
             elif not self.drain_anywhere:
                 self._next_drain += 1
             self._finish_step(i)

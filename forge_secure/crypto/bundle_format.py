@@ -322,12 +322,16 @@ def _digest_error(path) -> BundleError:
     )
 
 
-def _verify(f: BinaryIO, path, roster: Roster, now: int, *, full_digest: bool = True) -> tuple[_Parsed, Verified]:
+def _verify(
+    f: BinaryIO, path, roster: Roster, now: int, *, full_digest: bool = True, parsed: _Parsed | None = None
+) -> tuple[_Parsed, Verified]:
     """Every check of a bundle. With ``full_digest=False`` (used by open, which hashes the
     ciphertext while decrypting and compares before releasing anything) the payload digest
     is returned as claimed; the header digest (which authenticates the wrapped key and so
-    every chunk's key) is always checked here, before any decryption."""
-    parsed = _parse(f, path)
+    every chunk's key) is always checked here, before any decryption. ``parsed``: the
+    structure already parsed from ``f`` (open parses it once, to start hashing early); every
+    check then runs on those very bytes."""
+    parsed = _parse(f, path) if parsed is None else parsed
     header = parsed.header
     signer_id = header["signer"]
     entry = roster.listed_key(signer_id)  # revoked / not in the roster: refused before any signature work

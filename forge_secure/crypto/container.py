@@ -153,10 +153,11 @@ class ContainerReader:
             "do not use this bundle; ask the site to seal its plugin directory again",
         )
 
-    def _parse_index(self) -> bool:
-        buf = self._buf
+    def _parse_index(self, buf) -> int | None:
+        """Parse the index at the start of ``buf`` (bytes-like); the bytes it took, or None
+        when ``buf`` does not hold all of it yet."""
         if len(buf) < 12:
-            return False
+            return None
         if bytes(buf[:8]) != MAGIC:
             raise self._bad("wrong magic")
         (count,) = struct.unpack(">I", buf[8:12])
@@ -165,12 +166,12 @@ class ContainerReader:
         pos, entries, names = 12, [], set()
         for _ in range(count):
             if len(buf) < pos + 2:
-                return False
+                return None
             (n,) = struct.unpack(">H", buf[pos : pos + 2])
             if not 1 <= n <= MAX_NAME:
                 raise self._bad("bad name length")
             if len(buf) < pos + 2 + n + 8:
-                return False
+                return None
             try:
                 name = bytes(buf[pos + 2 : pos + 2 + n]).decode("utf-8")
             except UnicodeDecodeError:
@@ -192,9 +193,8 @@ class ContainerReader:
             raise self._bad(f"{sorted(clash)[0]!r} is both a file and a directory")
         if pos + sum(e.size for e in entries) != self.expected:
             raise self._bad("the index does not add up to the payload size")
-        del buf[:pos]
         self._entries = entries
-        return True
+        return pos
 
     def _close_file(self) -> None:
         f, self._file = self._file, None
@@ -233,13 +233,17 @@ class ContainerReader:
         self.received += len(data)
         if self.received > self.expected:
             raise self._bad("more bytes than the header states")
-        if self._entries is None:
-            self._buf += data
-            if not self._parse_index():
-                return
-            data, self._buf = self._buf, bytearray()  # what follows the index (ours: no copy needed)
-            self._next_file()
         view = memoryview(data)
+        if self._entries is None:
+            if not self._buf and (pos := self._parse_index(view)) is not None:
+                view = view[pos:]  # the whole index in the first piece (the usual case): no copy
+            else:  # an index longer than one piece: gather it
+                self._buf += view
+                pos = self._parse_index(self._buf)
+                if pos is None:
+                    return
+                view, self._buf = memoryview(self._buf)[pos:], bytearray()
+            self._next_file()
         while len(view):
             if self._file is None:
                 raise self._bad("bytes after the last file")

@@ -153,7 +153,8 @@ def _open(
     f: BinaryIO, path, key: PrivateKey, trusted: Roster, out: Path, now: int, replay: ReplayStore, *, early=None, before=None
 ) -> Opened:
     before = _stamp(f) if early is None else before
-    parsed, v = _verify(f, path, trusted, now, full_digest=False)
+    # parsed once: the checks run on the header and envelope the early hashing started from
+    parsed, v = _verify(f, path, trusted, now, full_digest=False, parsed=None if early is None else early[0])
     if key.key_id != v.recipient:
         raise fail(
             "bundle.wrong_recipient",
@@ -190,15 +191,9 @@ def _open(
             reader = ContainerReader(tmp, h["payload_size"])
             plain_buf = take_buffers(cs, 1)
             try:
-                if early is not None and (early[0].head, early[0].chunks_offset, early[0].envelope_offset) == (
-                    parsed.head,
-                    parsed.chunks_offset,
-                    parsed.envelope_offset,
-                ):
-                    _, digest, lanes = early  # the same bytes as verified: keep what was hashed so far
-                else:  # no early start (an in-memory stream), or the file changed under us: start afresh
-                    if early is not None:
-                        early[2].cancel()
+                if early is not None:
+                    _, digest, lanes = early  # started from the very structure verified: keep what was hashed so far
+                else:  # no early start (an in-memory stream)
                     digest, lanes = _open_lanes(parsed, f, positional_fd(f), path)
 
                 def decrypt(index: int, view: memoryview) -> None:  # in order, on this thread

@@ -3,11 +3,14 @@ for one recipient, signed by the site (layout in :mod:`forge_secure.crypto.bundl
 
 The folder's ``forge.json`` is read through the one gateway into a plugin folder
 (:func:`forge_secure.plugins.record.read_plugin`, ``schema=False``): the same fault gets the
-same error as when the plugin is loaded, merged or audited, and a plugin whose adapter does
-not match its recorded sha256 is refused before anything is encrypted (no tensor is parsed:
-the opener's gateway checks the schema, the values and the base). The DP claim and base digest it records are copied
-into the signed manifest,
-encoded by :func:`forge_secure.numbers.jsonable` (canonical: floats as their ``repr``).
+same error as when the plugin is loaded, merged or audited. A plugin's adapter must match the
+sha256 its ``forge.json`` records (``plugin.adapter_digest``), or no bundle is written: the
+adapter is hashed in the same pass that reads and encrypts it (one read of its bytes, in
+order on either thread, beside the ciphertext's hash), and compared before the bundle is
+renamed into place, so the check covers exactly the bytes sealed. No tensor is parsed:
+the opener's gateway checks the schema, the values and the base. The DP claim and base
+digest it records are copied into the signed manifest, encoded by
+:func:`forge_secure.numbers.jsonable` (canonical: floats as their ``repr``).
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from pathlib import Path
 from .. import __version__
 from ..fileio import atomic_output, canonical_json, fsync_directory
 from ..numbers import jsonable
-from ..plugins.record import check_folder, read_plugin
+from ..plugins.record import adapter_file, check_adapter_digest, check_folder, read_plugin
+from ..plugins.schema import FORMAT as PLUGIN_FORMAT
 from ..progress import task
 from . import _primitives as P
 from . import _time
-from ._pipeline import EarlyWriteback, TwoLanes, give_back, pread_exactly, pwrite_all, take_buffers
+from ._pipeline import EarlyWriteback, TwoLanes, pread_exactly, pwrite_all
 from .bundle_format import (
     DEFAULT_CHUNK,
     FORMAT,
@@ -49,6 +53,8 @@ from .replay import SequenceCounter
 from .roster import Roster
 from .trust import load_roster, trusted_rosters
 
+SEAL_DEPTH = 4  # chunk buffers in flight (each holds a chunk's plaintext and its ciphertext)
+
 
 class _ContainerSource:
     """The container bytes of ``entries``, read at any offset by any thread (``read_at``).
@@ -56,7 +62,8 @@ class _ContainerSource:
     Each file is opened when first needed and closed once all its bytes were read, after
     checking that it did not change size while it was being sealed."""
 
-    def __init__(self, entries: list[Entry]):
+    def __init__(self, entries: list[Entry], root: str | os.PathLike = "the plugin folder"):
+        self.root = root
         self._index = index_bytes(entries)
         self._entries = list(entries)
         self._paths: list[Path] = []
@@ -73,6 +80,14 @@ class _ContainerSource:
         self._lock = threading.Lock()
         self._fds: dict[int, int] = {}
         self._left = {k: e.size for k, e in enumerate(self._entries)}
+
+    def changed(self):
+        """The error for a folder that changed while it was being sealed (a short read)."""
+        return fail(
+            "bundle.source_changed",
+            f"{self.root} changed while it was being sealed",
+            "wait until the plugin is fully written, then seal again",
+        )
 
     def _changed(self, entry: Entry):
         return fail(
@@ -101,6 +116,11 @@ class _ContainerSource:
                 raise self._changed(self._entries[k])
         finally:
             os.close(fd)
+
+    def span(self, name: str) -> tuple[int, int]:
+        """(offset, size) of file ``name``'s bytes in the container."""
+        k = next(k for k, e in enumerate(self._entries) if e.name == name)
+        return self._starts[k], self._entries[k].size
 
     def read_at(self, offset: int, view: memoryview) -> int:
         """Fill ``view`` with the container bytes at ``offset``; returns the bytes filled
@@ -294,9 +314,11 @@ def _seal(
     if not isinstance(recipient, PublicKey):
         recipient = load_public_key(recipient)
     _listed_recipient(recipient, roster, root, state_dir, _time.now() if now is None else int(now), timestamp)
-    # the gateway into a plugin folder: forge.json parsed in the one place, and a plugin's adapter
-    # checked against the sha256 it records (the opener's gateway checks the schema, values and base)
-    meta = read_plugin(plugin_dir, schema=False, weights=False, adapter_digest=True).meta
+    # the gateway into a plugin folder: forge.json parsed in the one place (the opener's gateway
+    # checks the schema, values and base); a plugin must have its adapter, hashed below
+    record = read_plugin(plugin_dir, schema=False, weights=False)
+    meta = record.meta
+    adapter = adapter_file(plugin_dir) if record.format == PLUGIN_FORMAT else None
     entries = scan_directory(plugin_dir)
     payload_size = len(index_bytes(entries)) + sum(e.size for e in entries)
     chunks = -(-payload_size // chunk_size)
@@ -305,29 +327,37 @@ def _seal(
     created = _time.now() if now is None else int(now)
     counter = counter or SequenceCounter()
     stride = chunk_size + P.TAG_BYTES
-    plain_bufs: list[bytearray] = []
-    local = threading.local()
-    source = _ContainerSource(entries)
+    source = _ContainerSource(entries, plugin_dir)
+    # the adapter's sha256 over the very bytes sealed, when forge.json records one to compare
+    adapter_hash, adapter_at = None, (0, 0)
+    if adapter is not None and record.recorded_adapter_sha256 is not None:
+        adapter_hash, adapter_at = hashlib.sha256(), source.span(adapter.name)
+
+    def hash_adapter(index: int, plain: memoryview) -> None:  # in chunk order (TwoLanes' check)
+        assert adapter_hash is not None
+        start = adapter_at[0] - index * chunk_size
+        part = plain[max(start, 0) : max(start + adapter_at[1], 0)]
+        if len(part):
+            adapter_hash.update(part)
+
     try:
         with counter.next(signer.site, sequence) as seq:
             head, manifest, digest, cipher, submission_id = _seal_head(
                 signer, recipient, kem, algorithms, meta, entries, seq, created, payload_size, chunk_size, chunks, random, wrap
             )
 
-            def encrypt(index: int, buf: bytearray) -> int:  # any thread, any order (chunks are independent)
+            def plaintext(index: int, buf: bytearray) -> memoryview:  # a chunk's buffer: ciphertext, then plaintext
                 want = payload_size - index * chunk_size if index == chunks - 1 else chunk_size
-                mine = getattr(local, "plain", None)
-                if mine is None:  # one plaintext buffer per thread
-                    mine = local.plain = take_buffers(chunk_size, 1)[0]
-                    plain_bufs.append(mine)
-                plain = memoryview(mine)[:want]
-                if source.read_at(index * chunk_size, plain) != want:
-                    raise fail(
-                        "bundle.source_changed",
-                        f"{plugin_dir} changed while it was being sealed",
-                        "wait until the plugin is fully written, then seal again",
-                    )
+                return memoryview(buf)[stride : stride + want]
+
+            def encrypt(index: int, buf: bytearray) -> int:  # any thread, any order (chunks are independent)
+                plain = plaintext(index, buf)
+                if source.read_at(index * chunk_size, plain) != len(plain):
+                    raise source.changed()
                 return len(cipher.seal_chunk(index, index == chunks - 1, plain, buf))
+
+            def check_adapter(index: int, buf: bytearray, n: int) -> None:  # either thread, in chunk order
+                hash_adapter(index, plaintext(index, buf))
 
             with atomic_output(out) as f:
                 f.write(head)
@@ -341,20 +371,25 @@ def _seal(
                         writeback.hint(len(head) + (index - 3) * stride, 4 * stride)
 
                 with task("sealing", chunks) as advance:
-                    # read -> encrypt by either thread; SHA-256 in order on a pooled helper; each
-                    # chunk written (pwrite at its offset) by whichever thread is free (_pipeline)
+                    # read -> encrypt by either thread; SHA-256 of the payload in order on a pooled
+                    # helper, and of the adapter's plaintext in order on either (the caller first);
+                    # each chunk written (pwrite at its offset) by whichever thread is free (_pipeline)
                     TwoLanes(
                         chunks,
-                        stride,
+                        stride + chunk_size,
                         fill=encrypt,
                         update=digest.update,
                         drain=store,
+                        check=None if adapter_hash is None else check_adapter,
                         fill_anywhere=True,
                         drain_anywhere=True,
+                        depth=SEAL_DEPTH,
                         threaded=chunks > 2,
                         progress=advance,
                     ).run()
                 source.finish()
+                if adapter is not None and adapter_hash is not None:  # before anything is signed or renamed
+                    check_adapter_digest(plugin_dir, record.recorded_adapter_sha256, adapter_hash.hexdigest())
                 statement = {
                     "_type": STATEMENT_TYPE,
                     "subject": [
@@ -381,5 +416,4 @@ def _seal(
             fsync_directory(out.parent)  # the file was fsynced before the rename; make its name durable too
     finally:
         source.close()
-        give_back(plain_bufs)
     return out

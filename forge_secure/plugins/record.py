@@ -357,14 +357,21 @@ def _read_config(path: Path) -> dict:
     return cfg
 
 
-def _adapter_sha256(path: Path, recorded: str | None) -> str:
-    """sha256 of the adapter file, which must be the one forge.json records (when it records one)."""
-    f = path / ADAPTER_FILE
+def adapter_file(path: str | os.PathLike[str]) -> Path:
+    """The adapter file of plugin folder ``path`` (``plugin.no_adapter`` when there is none)."""
+    f = Path(path) / ADAPTER_FILE
     if not f.is_file():
         raise ForgeFileError(
             f"{path} has no {ADAPTER_FILE}", fix="give a complete plugin directory written by forge train", code="plugin.no_adapter"
         )
-    digest = sha256_file(f)
+    return f
+
+
+def check_adapter_digest(path: str | os.PathLike[str], recorded: str | None, digest: str) -> str:
+    """``digest`` (the sha256 of plugin folder ``path``'s adapter file, hashed by the caller, e.g.
+    while sealing it) must be the one forge.json records, when it records one
+    (``plugin.adapter_digest``)."""
+    f = Path(path) / ADAPTER_FILE
     if recorded is not None and recorded != digest:
         raise ForgeIntegrityError(
             f"{f} has sha256 {digest[:16]}..., not the adapter digest forge.json records ({recorded[:16]}...): truncated or tampered",
@@ -372,6 +379,11 @@ def _adapter_sha256(path: Path, recorded: str | None) -> str:
             code="plugin.adapter_digest",
         )
     return digest
+
+
+def _adapter_sha256(path: Path, recorded: str | None) -> str:
+    """sha256 of the adapter file, which must be the one forge.json records (when it records one)."""
+    return check_adapter_digest(path, recorded, sha256_file(adapter_file(path)))
 
 
 def _read_adapter(path: Path, recorded: str | None) -> tuple[str, dict]:

@@ -30,7 +30,8 @@ def unpack(tmp_path, data: bytes, size: int | None = None, step: int = 7):
         reader.close()
 
 
-def test_round_trip_with_subdirectories_and_empty_files(tmp_path):
+@pytest.mark.parametrize("step", [7, 1000, 1 << 20], ids=["index-over-many-pieces", "index-in-first-piece", "one-piece"])
+def test_round_trip_with_subdirectories_and_empty_files(tmp_path, step):
     src = tmp_path / "src"
     (src / "sub" / "deeper").mkdir(parents=True)
     (src / "forge.json").write_text("{}")
@@ -40,7 +41,7 @@ def test_round_trip_with_subdirectories_and_empty_files(tmp_path):
     assert [e.name for e in entries] == ["empty", "forge.json", "sub/deeper/w.bin"]
     data = b"".join(iter_container(entries))
     assert len(data) == container_size(entries)
-    got = unpack(tmp_path, data, step=1000)
+    got = unpack(tmp_path, data, step=step)
     assert [e.name for e in got] == [e.name for e in entries]
     assert (tmp_path / "out" / "sub" / "deeper" / "w.bin").read_bytes() == bytes(range(256)) * 40
     assert (tmp_path / "out" / "empty").read_bytes() == b""

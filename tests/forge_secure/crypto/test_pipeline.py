@@ -78,6 +78,73 @@ def test_every_chunk_is_filled_hashed_in_order_and_drained_once(fill_anywhere, d
         assert [i for i, _ in filled] == list(range(len(data))) and {t for _, t in filled} == {caller}
 
 
+@pytest.mark.parametrize("fill_anywhere,drain_anywhere,threaded", MODES)
+def test_the_second_ordered_pass_sees_every_chunk_once_in_order_on_either_thread(fill_anywhere, drain_anywhere, threaded):
+    """``check`` (sealing's adapter hash) runs strictly in order, one chunk at a time, on the
+    whole buffer ``fill`` left (more than the ``n`` bytes hashed and drained), before reuse."""
+    data = pieces(9, 120, 48)
+    checked: list[bytes] = []
+    who: set[str] = set()
+    busy = threading.Lock()
+
+    def fill(i, buf):
+        buf[: len(data[i])] = data[i]
+        buf[48:] = data[i][:1] * 16  # beside the chunk: kept in the buffer until every step is done
+        return len(data[i])
+
+    def check(i, buf, n):
+        assert busy.acquire(blocking=False), "two threads checked at once"
+        try:
+            assert n == len(data[i]) and bytes(buf[48:]) == data[i][:1] * 16
+            checked.append(bytes(buf[:n]))
+            who.add(threading.current_thread().name)
+        finally:
+            busy.release()
+
+    hashed: list[bytes] = []
+    TwoLanes(
+        len(data),
+        64,
+        fill=fill,
+        update=lambda v: hashed.append(bytes(v)),
+        drain=lambda i, v: None,
+        check=check,
+        fill_anywhere=fill_anywhere,
+        drain_anywhere=drain_anywhere,
+        depth=3,
+        threaded=threaded,
+    ).run()
+    assert checked == data and hashed == data
+    if not threaded:
+        assert who == {threading.current_thread().name}
+
+
+def test_the_two_ordered_passes_run_side_by_side():
+    """With a slow hash and a slow check, the caller checks while the helper hashes."""
+    overlap = threading.Event()
+    running = {"hash": threading.Event(), "check": threading.Event()}
+
+    def step(kind):
+        running[kind].set()
+        other = running["check" if kind == "hash" else "hash"]
+        if other.wait(0.02):
+            overlap.set()
+        running[kind].clear()
+
+    TwoLanes(
+        30,
+        8,
+        fill=lambda i, b: 8,
+        update=lambda v: step("hash"),
+        drain=lambda i, v: None,
+        check=lambda i, b, n: step("check"),
+        fill_anywhere=True,
+        drain_anywhere=True,
+        depth=4,
+    ).run()
+    assert overlap.is_set()
+
+
 def test_shared_work_goes_to_the_idle_thread():
     """Writes are taken by the helper when the caller is the slower lane, and the other way."""
 
@@ -125,10 +192,10 @@ def test_never_more_than_depth_buffers_in_flight():
     assert len(seen) <= 3 and peak[0] <= 3
 
 
-@pytest.mark.parametrize("where", ["fill", "update", "drain"])
+@pytest.mark.parametrize("where", ["fill", "update", "drain", "check"])
 @pytest.mark.parametrize("fill_anywhere,drain_anywhere,threaded", MODES)
 def test_an_error_on_either_thread_is_raised_here_and_nothing_hangs(where, fill_anywhere, drain_anywhere, threaded):
-    calls = {"fill": 0, "update": 0, "drain": 0}
+    calls = {"fill": 0, "update": 0, "drain": 0, "check": 0}
 
     def step(kind, value=None):
         calls[kind] += 1
@@ -142,6 +209,7 @@ def test_an_error_on_either_thread_is_raised_here_and_nothing_hangs(where, fill_
         fill=lambda i, b: step("fill", 8),
         update=lambda v: step("update"),
         drain=lambda i, v: step("drain"),
+        check=lambda i, b, n: step("check"),
         fill_anywhere=fill_anywhere,
         drain_anywhere=drain_anywhere,
         depth=2,

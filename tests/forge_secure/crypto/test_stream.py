@@ -122,22 +122,20 @@ def test_a_bundle_changed_while_it_is_being_verified_is_refused(big, monkeypatch
     assert no_output(world)
 
 
-class Tamper:
-    """A random source that changes the plugin after it was scanned (seal draws its random
-    bytes between scanning the files and reading them)."""
+def after_the_scan(monkeypatch, change):
+    """Make ``change`` right after seal scanned the folder, before it reads any file."""
+    real = sealing_mod.scan_directory
 
-    def __init__(self, kit, change):
-        self.drbg, self.change, self.done = kit.Drbg("tamper"), change, False
+    def scan_then_change(*a, **k):
+        entries = real(*a, **k)
+        change()
+        return entries
 
-    def __call__(self, n):
-        if not self.done:
-            self.done = True
-            self.change()
-        return self.drbg(n)
+    monkeypatch.setattr(sealing_mod, "scan_directory", scan_then_change)
 
 
 @pytest.mark.parametrize("how", ["grow", "shrink", "fill_empty", "vanish", "symlink"])
-def test_a_source_changed_while_sealing_is_refused_and_nothing_is_written(tmp_path, kit, how):
+def test_a_source_changed_while_sealing_is_refused_and_nothing_is_written(tmp_path, kit, how, monkeypatch):
     world = kit.build_world(tmp_path, rows=4800)
     weights = world.plugin / "adapter_model.safetensors"
     empty = world.plugin / "notes.txt"
@@ -158,8 +156,9 @@ def test_a_source_changed_while_sealing_is_refused_and_nothing_is_written(tmp_pa
             weights.rename(moved)
             weights.symlink_to(moved)
 
+    after_the_scan(monkeypatch, change)
     with pytest.raises(BundleError) as info:
-        world.seal("changed.forge", random=Tamper(kit, change))
+        world.seal("changed.forge")
     assert info.value.code == "bundle.source_changed"
     assert not any(p.name.startswith((".forge-partial.changed.forge", "changed.forge")) for p in world.root.iterdir())
 
