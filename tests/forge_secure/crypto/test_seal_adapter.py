@@ -14,7 +14,7 @@ import pytest
 from forge_secure.crypto import SequenceCounter
 from forge_secure.crypto import sealing as sealing_mod
 from forge_secure.errors import ForgeError
-from forge_secure.plugins import record as record_mod
+from forge_secure.plugins import plugin_files as plugin_files_mod
 
 ADAPTER = "adapter_model.safetensors"
 
@@ -52,7 +52,7 @@ def test_a_recorded_digest_is_checked_in_the_one_pass_and_the_plugin_round_trips
         return real(fd, buffers, offset)
 
     with monkeypatch.context() as m:
-        m.setattr(record_mod, "sha256_file", no_second_pass)
+        m.setattr(plugin_files_mod, "sha256_file", no_second_pass)
         m.setattr(os, "preadv", counting)
         path = world.seal("ok.forge", chunk_size=chunk_size)
     assert sum(reads) == (world.plugin / ADAPTER).stat().st_size  # every byte read once
