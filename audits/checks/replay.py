@@ -37,7 +37,7 @@ class DpRandomness(Check):
         allow_supplied_secret: bool = False  # true: a caller-supplied secret passes when replay verifies the plugin
 
     def run(self, evidence, settings, *, progress=None) -> list[Finding]:
-        from forge_secure.privacy.randomness import GENERATORS
+        from forge_secure.privacy.randomness import is_generator
 
         plugins = trained_plugins(evidence)
         if not plugins:
@@ -65,7 +65,7 @@ class DpRandomness(Check):
                         basis="claimed",
                     )
                 )
-            elif not isinstance(rnd.get("generator"), str) or rnd["generator"] not in GENERATORS:
+            elif not is_generator(rnd.get("generator")):
                 out.append(
                     Finding(
                         self.name,

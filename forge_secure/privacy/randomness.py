@@ -23,7 +23,7 @@ run used:
   step): AES-256-CTR keystream; each normal is ``sqrt(2) erfinv(v)`` computed in float32 of
   ``v = (2j + 1) 2^-24`` for a uniform 24-bit integer ``j`` (exact in float32, symmetric, never
   0 or +-1), the precision of the float32 gradients the noise is added to and of Opacus's own
-  secure mode (float32 normals). 2.5x faster than ``forge-drbg/1`` (``benchmarks/bench_dp_overhead.py``).
+  secure mode (float32 normals); about a third of ``forge-drbg/1``'s cost (``benchmarks/bench_dp_overhead.py``).
 * ``forge-drbg/1``: ChaCha20 keystream; each normal ``sqrt(2) erfinv(2u - 1)`` in float64 of a
   53-bit uniform ``u``, cast to float32 when added. Kept to replay the plugins it trained and for
   the auditor's canary draws (which must re-derive identically from an auditor's secret).
@@ -56,7 +56,6 @@ GENERATORS = {
 }
 #: what a new training run uses
 GENERATOR = GENERATOR_V2
-NOISE_RECIPE = GENERATORS[GENERATOR]
 COMMITMENT_LABEL = b"forge-secret-commitment/1\x00"
 #: the streams of one training run
 SAMPLING, NOISE, DROPOUT = "poisson-sampling", "gaussian-noise", "dropout"
@@ -98,15 +97,20 @@ def seed_from_label(label: str, seed: int) -> bytes:
     return hashlib.sha256(f"forge-public-seed/1|{label}|{int(seed)}".encode()).digest()
 
 
+def is_generator(name: object) -> bool:
+    """Whether ``name`` (from a forge.json, so of any JSON type) is a generator this toolkit implements."""
+    return isinstance(name, str) and name in GENERATORS
+
+
 def check_generator(name: object) -> str:
     """``name`` if it is a generator this toolkit implements (:data:`GENERATORS`)."""
-    if not isinstance(name, str) or name not in GENERATORS:
+    if not is_generator(name):
         raise ForgeValueError(
             f"unknown randomness generator {str(name)[:80]!r}",
             fix=f"this toolkit implements {', '.join(sorted(GENERATORS))}; re-train with forge train",
             code="dp.generator",
         )
-    return name
+    return str(name)
 
 
 class SecretStream:
@@ -121,11 +125,11 @@ class SecretStream:
         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
         self.generator = check_generator(generator)
+        version = generator.split(" ", 1)[0].encode()  # b"forge-drbg/1" or b"forge-drbg/2": the key's domain label
+        key = hashlib.sha256(version + b"\x00" + label.encode() + b"\x00" + check_secret(secret)).digest()
         if generator == GENERATOR_V1:
-            key = hashlib.sha256(b"forge-drbg/1\x00" + label.encode() + b"\x00" + check_secret(secret)).digest()
             self._enc = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor()
         else:
-            key = hashlib.sha256(b"forge-drbg/2\x00" + label.encode() + b"\x00" + check_secret(secret)).digest()
             self._enc = Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16)).encryptor()
         self.label = label
         self.drawn = 0  # numbers drawn so far

@@ -270,7 +270,7 @@ def replay(recipe: dict, plugin_dir: str | Path, data, *, tolerance: float = DEF
     from ..plugins.bases import load_base
     from ..plugins.plugin import adapter_digest, load_plugin
     from .config import TrainConfig
-    from .randomness import GENERATORS
+    from .randomness import is_generator
     from .train import plan_privacy, train_plugin
 
     started = time.perf_counter()
@@ -333,14 +333,14 @@ def replay(recipe: dict, plugin_dir: str | Path, data, *, tolerance: float = DEF
             comparisons=tuple(comparisons),
         )
     generator = ((plugin.meta.get("dp") or {}).get("randomness") or {}).get("generator")
-    if not isinstance(generator, str) or generator not in GENERATORS:
+    if not is_generator(generator):
         return result(
             False,
             "replay.recipe",
             f"forge.json names the randomness generator {str(generator)[:80]!r}, which this toolkit does not implement",
             comparisons=tuple(comparisons),
         )
-    again = train_plugin(config, data, site=plugin.meta["site"], base=base, secret=secret, generator=generator)
+    again = train_plugin(config, data, site=plugin.meta["site"], base=base, secret=secret, generator=str(generator))
     distance, max_abs = _adapter_distance(plugin.adapter_state(), again.adapter_state())
     exact = distance == 0.0
     ok = exact or distance <= tolerance
