@@ -77,6 +77,7 @@ class Verified:
     bundle_sha256: str
     roster_consortium: str
     roster_version: int
+    envelope_sha256: str = ""  # sha256 of the signed envelope's bytes (with the payload digest, they fix every byte)
 
     @property
     def post_quantum(self) -> bool:
@@ -419,6 +420,7 @@ def _verify(
         bundle_sha256=computed,
         roster_consortium=roster.consortium,
         roster_version=roster.version,
+        envelope_sha256=hashlib.sha256(parsed.envelope).hexdigest(),
     )
 
 

@@ -57,12 +57,6 @@ class BundleName:
         return [k for k in self.FIELDS if entry.get(k) != getattr(self, k)]
 
 
-def envelope_sha256_of(f, path="<bundle>") -> str:
-    """sha256 of the envelope of the bundle in the seekable binary file ``f`` (the parser
-    reads the header and the envelope only)."""
-    return hashlib.sha256(_parse(f, path).envelope).hexdigest()
-
-
 def name_of(f, path="<bundle>") -> BundleName:
     """The name of the bundle in the seekable binary file ``f``, from its header and envelope
     only (no signature check, no hashing of the payload). Raises :class:`BundleError` (the
@@ -172,4 +166,4 @@ def check_entry(entry: dict, sent: BundleName) -> None:
         )
 
 
-__all__ = ["BundleName", "SentEnds", "check_entry", "envelope_sha256_of", "name_of"]
+__all__ = ["BundleName", "SentEnds", "check_entry", "name_of"]

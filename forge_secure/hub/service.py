@@ -34,7 +34,6 @@ from . import db, ledger
 from . import log as logmod
 from .auth import AuthError, verify_request
 from .hubkeys import HubKeys, load_hub_keys
-from .naming import envelope_sha256_of
 from .store import Store
 from .tuf_repo import DbRepository
 
@@ -204,11 +203,10 @@ class Hub:
                 roster = self.roster(conn)
                 budgeted = {site for (site,) in conn.execute(_BUDGETED)}
             path = inc.path
-            # every check of verify(); the payload digest is the one taken as the bytes arrived
+            # every check of verify(); the payload digest is the one taken as the bytes arrived; the
+            # bundle's name in the log (.naming) is the verified payload digest and the envelope's sha256
             v = verify_received(path, roster, inc.arrival, now=now, state_dir=self.state_dir, root=roster)
-            # the bundle's name in the log (.naming): the verified payload digest and the envelope's sha256
-            with open(path, "rb") as f:
-                envelope = envelope_sha256_of(f, path)
+            envelope = v.envelope_sha256
         finally:
             durable.result()  # never leave an fsync running on a file that is about to be removed
         received_sha256 = inc.sha256

@@ -13,6 +13,7 @@ blob, which a retry of the same bytes reuses.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import os
@@ -27,7 +28,8 @@ from ..errors import ForgeError
 from ..fileio import FRESH_PREFIX, PARTIAL_PREFIX, _try_lock, fsync_directory, sweep_partials
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-BATCH = 1 << 20  # received bytes handed at once to the hashing and writing threads (one batch in flight per upload)
+BATCH = 1 << 20  # received bytes handed at once to the hashing and writing threads
+WINDOW = 3  # batches in flight per upload (the event loop reads on meanwhile)
 _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="forge-hub-store")  # hashing and writing
 
 
@@ -135,21 +137,34 @@ class Incoming:
     async def receive(self, stream: AsyncIterator[bytes], limit: int) -> None:
         """Write the request body, hashing it on the way.
 
-        The event loop only receives: each batch of blocks that arrived meanwhile is hashed
-        and written on two pool threads at once (``hashlib`` and file writes release the
-        GIL) while the next batch arrives, in order, one batch in flight. Memory stays at
-        about two batches (``BATCH``) per upload; the size limit is checked before a block
-        is queued."""
+        The event loop only receives. Each batch of blocks that arrived meanwhile goes to two
+        ordered lanes on pool threads, one hashing and one writing (``hashlib`` and file
+        writes release the GIL), each batch after the one before it in its lane. Up to
+        ``WINDOW`` batches are in flight, so the loop goes on reading the socket while the
+        threads work (with one batch in flight, reading stopped at every batch until the
+        one before it was hashed, and the client stalled). Memory stays at about
+        ``WINDOW + 1`` batches per upload; the size limit is checked before a block is queued."""
         pending: list = []
         waiting = 0
-        flight: list[concurrent.futures.Future] = []
+        flight: collections.deque[tuple[concurrent.futures.Future, concurrent.futures.Future]] = collections.deque()
+        last: tuple[concurrent.futures.Future | None, concurrent.futures.Future | None] = (None, None)
 
-        def launch() -> list[concurrent.futures.Future]:
-            nonlocal pending, waiting
+        def after(previous: concurrent.futures.Future | None, work, batch: list) -> None:
+            # the pool runs tasks in the order they were submitted, so ``previous`` has already
+            # started on another thread: waiting for it cannot deadlock the pool
+            if previous is not None:
+                previous.result()
+            work(batch)
+
+        def launch() -> None:
+            nonlocal pending, waiting, last
             batch, pending, waiting = pending, [], 0
-            return [_POOL.submit(self._hash_all, batch), _POOL.submit(self._write_all, batch)]
+            hashed = _POOL.submit(after, last[0], self._hash_all, batch)
+            written = _POOL.submit(after, last[1], self._write_all, batch)
+            last = (hashed, written)
+            flight.append(last)
 
-        async def settle(futures: list[concurrent.futures.Future]) -> None:
+        async def settle(futures) -> None:
             # both finish before anything is raised (e.g. a full disk): no thread is left using the file
             for outcome in await asyncio.gather(*map(asyncio.wrap_future, futures), return_exceptions=True):
                 if isinstance(outcome, BaseException):
@@ -163,16 +178,17 @@ class Incoming:
                 pending.append(block)
                 waiting += len(block)
                 if waiting >= BATCH:
-                    await settle(flight)
-                    flight = launch()
-            await settle(flight)
+                    while len(flight) >= WINDOW or (flight and all(f.done() for f in flight[0])):
+                        await settle(flight.popleft())
+                    launch()
             if pending:
-                flight = launch()
-                await settle(flight)
+                launch()
+            while flight:
+                await settle(flight.popleft())
         finally:
-            # cancelled or refused half-way: wait for the batch in flight (bounded: one batch) before
+            # cancelled or refused half-way: wait for the batches in flight (bounded: WINDOW) before
             # the caller closes and removes the file, so no write can land on a reused descriptor
-            concurrent.futures.wait(flight)
+            concurrent.futures.wait([f for pair in flight for f in pair])
         self.file.flush()
 
     @property

@@ -25,6 +25,9 @@ def test_the_benchmark_runs_when_the_memory_size_is_a_timed_size_and_the_first_c
     timed, memory = rows
     assert timed["size_mb"] == 1 and timed["repeats"] == 1 and timed["seal_ratio"] > 0 and timed["open_ratio"] > 0
     assert timed["bare_seal_ratio"] > 0  # the same bytes sealed with no adapter digest to check
+    # the two-core bound: measured passes, two SHA-256 passes with the adapter check, so a lower bound
+    assert set(timed["floors_ms"]) == {"sha", "aes", "read", "write"} and all(v > 0 for v in timed["floors_ms"].values())
+    assert timed["fixed_ms"] > 0 and 0 < timed["bound_ratio"] < timed["bare_bound_ratio"]
     assert memory["size_mb"] == 1 and memory["cold_mb"] == 1 and memory["seal_mb"] > 0
     assert "| 1 MiB |" in proc.stdout
 
