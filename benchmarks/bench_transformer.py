@@ -42,7 +42,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
-MEMBERSHIP_SEED = 20261203
+MEMBERSHIP_SEED = 190620171122302157296455710945376257110  # secret in real use: a random 128-bit number
 RANK, BATCH = 8, 32
 
 

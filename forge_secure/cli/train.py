@@ -80,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         metavar="S",
         help="your own CSV/.npz only: train on an independent coin-flip draw of its records from seed S (the rest is "
-        "holdout), so that a membership audit is valid; forge.json records only sha256(S)",
+        "holdout), so that a membership audit is valid; forge.json records only sha256(S), so S must be a secret "
+        "random number of at least 2**96 (python -c 'import secrets; print(secrets.randbits(128))')",
     )
     p.add_argument("--include-prob", type=float, default=0.5, help="inclusion probability of those coin flips (default 0.5)")
     _common.add_json_flag(p)

@@ -9,6 +9,11 @@ then the file is the pool, each record is included by an independent coin flip
 (:func:`draw_membership`, probability ``include_prob``), the rest is the holdout, and the
 commitment records the same fields as for bundled data, so that a membership audit of the
 plugin is statistically valid (``forge attack mia --data FILE --membership-seed S``).
+The seed is the secret that hides which records were trained on: forge.json, which anyone
+who receives the plugin reads, holds sha256 of it, so a guessable seed (a date, a small
+number) would let them recompute the draw. A training seed must therefore be at least
+``2**MIN_SEED_BITS`` (a random 128-bit number passes with probability 1 - 2^-32); checking
+a seed against an existing commitment (the attack) accepts any seed.
 
 Canaries (``canaries=M``): ``M`` out-of-distribution records (:func:`make_canaries`), each
 included in the training set by an independent fair coin flip (Steinke, Nasr and
@@ -57,6 +62,14 @@ def default_canary_seed(site: str, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"forge-canaries|{site}|{seed}".encode()).digest()[:8], "big") >> 1
 
 
+MIN_SEED_BITS = 96  # a training membership seed is at least 2**96: guessable seeds are refused
+
+SEED_FIX = (
+    'give --membership-seed a random number drawn with: python -c "import secrets; print(secrets.randbits(128))" '
+    "and keep it secret until the audit"
+)
+
+
 def prepare_training_data(
     spec: str,
     *,
@@ -72,7 +85,7 @@ def prepare_training_data(
         if isinstance(membership_seed, bool) or not isinstance(membership_seed, (int, np.integer)) or membership_seed < 0:
             raise ForgeValueError(
                 f"membership seed {membership_seed!r} must be a non-negative integer",
-                fix="give --membership-seed such as 20261123 (keep it secret until the audit)",
+                fix=SEED_FIX,
                 code="data.membership_seed",
             )
         if not (0.0 < float(include_prob) < 1.0):
@@ -105,6 +118,13 @@ def prepare_training_data(
         data = load_data(spec, label_column=label_column)
         membership = None
         if membership_seed is not None:
+            if int(membership_seed) < 2**MIN_SEED_BITS:
+                raise ForgeValueError(
+                    f"membership seed {membership_seed} can be guessed: forge.json records sha256 of it, so anyone who "
+                    "reads the plugin could try every small number and recompute which records were trained on",
+                    fix=SEED_FIX,
+                    code="data.membership_seed",
+                )
             pool = data
             mask = draw_membership(len(pool), int(membership_seed), float(include_prob))
             if not mask.any():

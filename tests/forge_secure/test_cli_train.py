@@ -14,6 +14,8 @@ from tests.conftest import assert_clean_error as _assert_clean_error
 HAVE_TRAIN = importlib.util.find_spec("forge_secure.privacy.train") is not None
 needs_train = pytest.mark.skipif(not HAVE_TRAIN, reason="forge_secure.privacy.train (A2) not present yet")
 
+SEED = 190620171122302157296455710945376257110  # a fixed 128-bit membership seed (a training seed must be >= 2**96)
+
 
 @pytest.fixture
 def forge(forge_inproc, tmp_path_factory, monkeypatch):
@@ -408,21 +410,24 @@ def test_train_own_csv_by_coin_flips_then_attack_candidates_check(forge, tmp_pat
         "--epochs",
         "1",
         "--membership-seed",
-        "41",
+        str(SEED),
         "--out",
         tmp_path / "p",
         "--json",
     )
     assert r.code == 0, r
     meta = json.loads((tmp_path / "p" / "forge.json").read_text())
-    mask = draw_membership(50, 41, 0.5)
+    mask = draw_membership(50, SEED, 0.5)
     assert meta["data"]["rows"] == int(mask.sum())
     assert meta["data"]["membership"]["pool_rows"] == 50
-    cands = resolve_candidates(str(data), meta=meta, membership_seed=41)
+    cands = resolve_candidates(str(data), meta=meta, membership_seed=SEED)
     assert cands.provenance["commitment_checked"] and np.array_equal(cands.labels, mask.astype(np.int64))
     with pytest.raises(ForgeValueError) as e:
-        resolve_candidates(str(data), meta=meta, membership_seed=42)
+        resolve_candidates(str(data), meta=meta, membership_seed=SEED + 1)
     assert e.value.code == "attack.membership_mismatch"
     bad = forge("train", "--site", "site-1", "--data", data, "--no-dp", "--membership-seed", "-3", "--out", tmp_path / "q")
     assert_clean_error(bad, "-3", "--membership-seed")
+    assert not (tmp_path / "q").exists()
+    guessable = forge("train", "--site", "site-1", "--data", data, "--no-dp", "--membership-seed", "20261203", "--out", tmp_path / "q")
+    assert_clean_error(guessable, "can be guessed", "secrets.randbits(128)")
     assert not (tmp_path / "q").exists()

@@ -9,6 +9,8 @@ from forge_secure.errors import ForgeDataError, ForgeValueError
 from forge_secure.plugins.data import bundled_image_splits, bundled_splits, seed_sha256
 from forge_secure.plugins.sources import base_kwargs_for, canary_set, check_compatible, prepare_training_data
 
+SEED = 190620171122302157296455710945376257110  # a fixed 128-bit membership seed (a training seed must be >= 2**96)
+
 
 def test_bundled_training_data_and_commitment():
     td = prepare_training_data("bundled:site-3")
@@ -73,18 +75,24 @@ def test_user_file_coin_flip_membership(tmp_path):
     rows = "\n".join(f"{i},{i * 2},{i % 2}" for i in range(60))
     p.write_text("a,b,label\n" + rows + "\n")
     whole = prepare_training_data(str(p))
-    td = prepare_training_data(str(p), membership_seed=7, include_prob=0.5)
-    mask = draw_membership(60, 7, 0.5)
+    td = prepare_training_data(str(p), membership_seed=SEED, include_prob=0.5)
+    mask = draw_membership(60, SEED, 0.5)
     assert 0 < mask.sum() < 60 and len(td.data) == mask.sum()
     np.testing.assert_array_equal(td.data.X, whole.data.X[mask])
-    assert td.commitment["membership"] == {"include_prob": 0.5, "pool_rows": 60, "seed_sha256": seed_sha256(7)}
+    assert td.commitment["membership"] == {"include_prob": 0.5, "pool_rows": 60, "seed_sha256": seed_sha256(SEED)}
     assert td.ledger_dataset == whole.ledger_dataset  # the same patients, whatever the draw
     for bad in (-1, 1.5, True):
         with pytest.raises(ForgeValueError) as e:
             prepare_training_data(str(p), membership_seed=bad)
         assert e.value.code == "data.membership_seed"
+    # forge.json publishes sha256(seed): a seed someone could enumerate (a date, a small number) is refused
+    for guessable in (0, 7, 20261203, 2**96 - 1):
+        with pytest.raises(ForgeValueError) as e:
+            prepare_training_data(str(p), membership_seed=guessable)
+        assert e.value.code == "data.membership_seed" and "can be guessed" in str(e.value) and "secrets.randbits(128)" in e.value.fix
+    assert prepare_training_data(str(p), membership_seed=2**96).commitment["membership"]["pool_rows"] == 60
     with pytest.raises(ForgeValueError) as e:
-        prepare_training_data(str(p), membership_seed=3, include_prob=1.0)
+        prepare_training_data(str(p), membership_seed=SEED, include_prob=1.0)
     assert e.value.code == "data.include_prob"
     with pytest.raises(ForgeValueError) as e:
         prepare_training_data("bundled:site-1", membership_seed=3)

@@ -20,7 +20,7 @@ from forge_secure.plugins.data import Dataset, bundled_splits, load_data, make_c
 from forge_secure.plugins.sources import check_compatible
 from tests.conftest import assert_clean_error
 
-MEMBERSHIP_SEED = 20261203
+MEMBERSHIP_SEED = 190620171122302157296455710945376257110  # secret in real use: a random 128-bit number
 
 
 @pytest.fixture(scope="module")
